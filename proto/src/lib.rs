@@ -1,0 +1,27 @@
+//! gRPC types of Agenda, generated from `proto/*.proto` at build time.
+//!
+//! Layout:
+//! - [`db`]: the agenda-db client API (KV, Txn, Lease, Watch, Cluster).
+//! - [`raft`]: node-to-node raft transport and the records agenda-db
+//!   replicates and persists (commands, results, snapshots).
+#![allow(missing_docs, clippy::all)]
+
+/// Generated modules, nested like the protobuf packages so that
+/// cross-package references resolve.
+pub mod agenda {
+    pub mod db {
+        pub mod v1 {
+            tonic::include_proto!("agenda.db.v1");
+        }
+    }
+    pub mod raft {
+        pub mod v1 {
+            tonic::include_proto!("agenda.raft.v1");
+        }
+    }
+}
+
+/// agenda-db client API (`agenda.db.v1`).
+pub use agenda::db::v1 as db;
+/// Raft transport and replicated records (`agenda.raft.v1`).
+pub use agenda::raft::v1 as raft;

@@ -1,0 +1,283 @@
+//! Client of agenda-db used by every service.
+//!
+//! Any node can serve any request, so the client keeps one lazily connected
+//! channel per node and sticks to the one that last answered. When a call
+//! fails with "unavailable" (node down, no leader, timeout) it moves to the
+//! next node and tries again until the overall deadline. Every mutating
+//! call carries one request id for all its attempts, so a retry after a lost
+//! reply returns the first result instead of applying twice.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agenda_proto::db::db_client::DbClient as Grpc;
+use agenda_proto::db::*;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+
+/// Default overall deadline of one call (all attempts).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of one attempt against one node.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause before trying the next node.
+const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// A cheap-to-clone handle to the cluster.
+#[derive(Clone)]
+pub struct DbClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Vec<(String, Grpc<Channel>)>,
+    current: AtomicUsize,
+    timeout: Duration,
+}
+
+impl DbClient {
+    /// Creates a client for the given node addresses (`host:port` or URLs).
+    /// Connections are made on first use.
+    pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Err(Error::Config("no agenda-db endpoints given".into()));
+        }
+        let mut nodes = Vec::new();
+        for e in endpoints {
+            let e = e.as_ref().trim();
+            let url = if e.contains("://") {
+                e.to_string()
+            } else {
+                format!("http://{e}")
+            };
+            let channel = Endpoint::from_shared(url.clone())
+                .map_err(|err| Error::Config(format!("bad agenda-db endpoint {e:?}: {err}")))?
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .connect_lazy();
+            let grpc = Grpc::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024);
+            nodes.push((e.to_string(), grpc));
+        }
+        let start = rand::random_range(0..nodes.len());
+        Ok(DbClient {
+            inner: Arc::new(Inner {
+                nodes,
+                current: AtomicUsize::new(start),
+                timeout: DEFAULT_TIMEOUT,
+            }),
+        })
+    }
+
+    /// Same nodes, another overall deadline per call.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        DbClient {
+            inner: Arc::new(Inner {
+                nodes: self.inner.nodes.clone(),
+                current: AtomicUsize::new(self.inner.current.load(Ordering::Relaxed)),
+                timeout,
+            }),
+        }
+    }
+
+    /// A fresh request id for one logical mutation.
+    pub fn request_id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    /// Runs `f` against nodes until one answers or the deadline passes.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Grpc<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.inner.timeout;
+        let n = self.inner.nodes.len();
+        let mut last_err = Error::Unavailable("no attempt made".into());
+        loop {
+            let i = self.inner.current.load(Ordering::Relaxed) % n;
+            let (addr, grpc) = &self.inner.nodes[i];
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(last_err);
+            }
+            let attempt = ATTEMPT_TIMEOUT.min(left);
+            match tokio::time::timeout(attempt, f(grpc.clone())).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => {
+                    let err = Error::from(status);
+                    if !err.is_retryable() {
+                        return Err(err);
+                    }
+                    tracing::debug!(node = %addr, error = %err, "agenda-db call failed; trying the next node");
+                    last_err = err;
+                }
+                Err(_) => {
+                    last_err =
+                        Error::Unavailable(format!("{addr} did not answer within {attempt:?}"));
+                }
+            }
+            // Move on only if nobody else already did.
+            let _ =
+                self.inner
+                    .current
+                    .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
+            tokio::time::sleep(
+                RETRY_BACKOFF.min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+    }
+
+    /// Reads keys (linearizable unless `req.stale`).
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.range(req).await }
+        })
+        .await
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>> {
+        let resp = self
+            .range(RangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(resp.kvs.into_iter().next())
+    }
+
+    /// Reads every key under a prefix.
+    pub async fn get_prefix(&self, prefix: impl Into<Vec<u8>>) -> Result<RangeResponse> {
+        self.range(RangeRequest {
+            key: prefix.into(),
+            prefix: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Writes a key (exactly once, whatever the retries).
+    pub async fn put(&self, mut req: PutRequest) -> Result<PutResponse> {
+        fill_id(&mut req.request_id);
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.put(req).await }
+        })
+        .await
+    }
+
+    /// Deletes a key or prefix.
+    pub async fn delete(&self, mut req: DeleteRequest) -> Result<DeleteResponse> {
+        fill_id(&mut req.request_id);
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.delete(req).await }
+        })
+        .await
+    }
+
+    /// Runs a transaction.
+    pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
+        fill_id(&mut req.request_id);
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.txn(req).await }
+        })
+        .await
+    }
+
+    /// Grants a lease of `ttl` seconds.
+    pub async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
+        let req = LeaseGrantRequest {
+            ttl,
+            id: 0,
+            request_id: Self::request_id(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.lease_grant(req).await }
+        })
+        .await
+    }
+
+    /// Renews a lease.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        let req = LeaseKeepAliveRequest {
+            id,
+            request_id: Self::request_id(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.lease_keep_alive(req).await }
+        })
+        .await
+    }
+
+    /// Revokes a lease (its keys vanish).
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
+        let req = LeaseRevokeRequest {
+            id,
+            request_id: Self::request_id(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.lease_revoke(req).await }
+        })
+        .await
+    }
+
+    /// Opens a watch stream on whichever node answers.
+    pub async fn watch(&self, req: WatchRequest) -> Result<tonic::Streaming<WatchResponse>> {
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.watch(req).await }
+        })
+        .await
+    }
+
+    /// Status of the cluster as one node sees it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse> {
+        self.call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })
+            .await
+    }
+
+    /// Adds a member.
+    pub async fn member_add(&self, id: u64, addr: &str) -> Result<MemberChangeResponse> {
+        let req = MemberAddRequest {
+            id,
+            addr: addr.to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.member_add(req).await }
+        })
+        .await
+    }
+
+    /// Removes a member.
+    pub async fn member_remove(&self, id: u64) -> Result<MemberChangeResponse> {
+        let req = MemberRemoveRequest {
+            id,
+            request_id: Self::request_id(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.member_remove(req).await }
+        })
+        .await
+    }
+}
+
+fn fill_id(id: &mut String) {
+    if id.is_empty() {
+        *id = DbClient::request_id();
+    }
+}

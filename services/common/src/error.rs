@@ -1,0 +1,59 @@
+//! Errors of the shared client code.
+
+/// What a call to agenda-db (or the registry) can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// No node answered in time (no leader, partition, all down).
+    #[error("agenda-db unavailable: {0}")]
+    Unavailable(String),
+    /// The request was refused as malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The named thing does not exist (e.g. an expired lease).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The state does not allow the request.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A watch or read asked for compacted history.
+    #[error("compacted: {0}")]
+    Compacted(String),
+    /// Anything else the server reported.
+    #[error("agenda-db error: {0}")]
+    Internal(String),
+    /// Bad client configuration (e.g. an endpoint that is not a URL).
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True when the same call may succeed later or on another node.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        let msg = s.message().to_string();
+        match s.code() {
+            Code::InvalidArgument => Error::InvalidArgument(msg),
+            Code::NotFound => Error::NotFound(msg),
+            Code::FailedPrecondition | Code::AlreadyExists => Error::FailedPrecondition(msg),
+            Code::OutOfRange => Error::Compacted(msg),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                Error::Unavailable(msg)
+            }
+            // Transport-level failures (connection refused/reset) surface as
+            // Unknown with a transport message.
+            Code::Unknown if msg.contains("transport") || msg.contains("connect") => {
+                Error::Unavailable(msg)
+            }
+            _ => Error::Internal(format!("{:?}: {msg}", s.code())),
+        }
+    }
+}

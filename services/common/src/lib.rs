@@ -1,0 +1,20 @@
+//! Code shared by every Agenda process.
+//!
+//! Layout:
+//! - [`db_client`]: the agenda-db client (any node, retries with the same
+//!   request id, deadlines, leader failover).
+//! - [`registry`]: service registry on top of agenda-db (instances under
+//!   leases, config keys, watches).
+//! - [`shutdown`]: SIGINT/SIGTERM fanned out through a cancellation token.
+//! - [`telemetry`]: logging set-up.
+//! - [`error`]: the crate's error type.
+#![deny(missing_docs)]
+
+pub mod db_client;
+pub mod error;
+pub mod registry;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use db_client::DbClient;
+pub use error::{Error, Result};

@@ -1,0 +1,286 @@
+//! The service registry, kept in agenda-db.
+//!
+//! Key layout (all under `/registry/`):
+//! - `/registry/services/{service}/{instance}` = address, attached to the
+//!   instance's lease: it vanishes when the instance stops renewing.
+//! - `/registry/config/{name}` = value, e.g. the Redis primary address.
+//!
+//! Readers list a prefix, then watch it from the next revision; when the
+//! watch breaks (node died, compaction) they list again, so they always
+//! converge on the current content.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use agenda_proto::db::{event, PutRequest, RangeRequest, WatchRequest};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::db_client::DbClient;
+use crate::error::{Error, Result};
+
+/// Prefix of service instance keys.
+pub const SERVICES: &str = "/registry/services/";
+/// Prefix of config keys.
+pub const CONFIG: &str = "/registry/config/";
+
+/// One registered instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Instance {
+    /// Instance id (unique within the service).
+    pub id: String,
+    /// Address clients connect to.
+    pub addr: String,
+}
+
+fn service_prefix(service: &str) -> String {
+    format!("{SERVICES}{service}/")
+}
+
+/// A live registration; dropping it stops renewing (the entry then expires
+/// after its TTL), [`Registration::deregister`] removes it at once.
+pub struct Registration {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Registration {
+    /// Removes the instance from the registry now.
+    pub async fn deregister(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Registers `instance` of `service` under a lease of `ttl` and keeps it
+/// alive (renewing every ttl/3, re-registering if the lease was lost).
+pub async fn register(
+    client: &DbClient,
+    service: &str,
+    instance: Instance,
+    ttl: Duration,
+) -> Result<Registration> {
+    let ttl_secs = ttl.as_secs().max(1) as i64;
+    let key = format!("{}{}", service_prefix(service), instance.id);
+    let mut lease = put_with_lease(client, &key, &instance.addr, ttl_secs).await?;
+    tracing::info!(service, instance = %instance.id, addr = %instance.addr, lease, "registered in the registry");
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let client = client.clone();
+    let period = Duration::from_secs(ttl_secs as u64) / 3;
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(period) => {}
+            }
+            match client.lease_keep_alive(lease).await {
+                Ok(_) => {}
+                Err(Error::NotFound(_)) => {
+                    tracing::warn!(%key, "registry lease expired; registering again");
+                    match put_with_lease(&client, &key, &instance.addr, ttl_secs).await {
+                        Ok(l) => lease = l,
+                        Err(e) => {
+                            tracing::warn!(%key, error = %e, "re-registration failed; will retry")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "registry keep-alive failed; will retry")
+                }
+            }
+        }
+        if let Err(e) = client.lease_revoke(lease).await {
+            tracing::warn!(%key, error = %e, "could not deregister; the entry expires with its lease");
+        } else {
+            tracing::info!(%key, "deregistered");
+        }
+    });
+    Ok(Registration {
+        stop,
+        task: Some(task),
+    })
+}
+
+async fn put_with_lease(client: &DbClient, key: &str, value: &str, ttl: i64) -> Result<i64> {
+    let lease = client.lease_grant(ttl).await?.id;
+    client
+        .put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            lease,
+            ..Default::default()
+        })
+        .await?;
+    Ok(lease)
+}
+
+/// Current instances of a service.
+pub async fn list_instances(client: &DbClient, service: &str) -> Result<Vec<Instance>> {
+    let prefix = service_prefix(service);
+    let resp = client.get_prefix(prefix.clone()).await?;
+    Ok(to_instances(
+        &prefix,
+        resp.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+    ))
+}
+
+fn to_instances(prefix: &str, map: BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Instance> {
+    map.into_iter()
+        .map(|(k, v)| Instance {
+            id: String::from_utf8_lossy(&k[prefix.len().min(k.len())..]).into_owned(),
+            addr: String::from_utf8_lossy(&v).into_owned(),
+        })
+        .collect()
+}
+
+/// Follows the instances of a service; the receiver always holds the
+/// latest list. The background task ends when `stop` is cancelled.
+pub fn watch_instances(
+    client: &DbClient,
+    service: &str,
+    stop: CancellationToken,
+) -> watch::Receiver<Vec<Instance>> {
+    let prefix = service_prefix(service);
+    let mut map_rx = watch_prefix(client, prefix.clone(), stop.clone());
+    let (tx, rx) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        loop {
+            let list = to_instances(&prefix, map_rx.borrow_and_update().clone());
+            tx.send_replace(list);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = map_rx.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    rx
+}
+
+/// Reads a config key (`/registry/config/{name}`).
+pub async fn get_config(client: &DbClient, name: &str) -> Result<Option<Vec<u8>>> {
+    Ok(client
+        .get(format!("{CONFIG}{name}"))
+        .await?
+        .map(|kv| kv.value))
+}
+
+/// Writes a config key.
+pub async fn put_config(client: &DbClient, name: &str, value: &[u8]) -> Result<()> {
+    client
+        .put(PutRequest {
+            key: format!("{CONFIG}{name}").into_bytes(),
+            value: value.to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// Follows one config key; `None` while it does not exist.
+pub fn watch_config(
+    client: &DbClient,
+    name: &str,
+    stop: CancellationToken,
+) -> watch::Receiver<Option<Vec<u8>>> {
+    let key = format!("{CONFIG}{name}").into_bytes();
+    let mut map_rx = watch_prefix(
+        client,
+        String::from_utf8_lossy(&key).into_owned(),
+        stop.clone(),
+    );
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            let value = map_rx.borrow_and_update().get(&key).cloned();
+            tx.send_if_modified(|cur| {
+                if *cur != value {
+                    *cur = value;
+                    true
+                } else {
+                    false
+                }
+            });
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = map_rx.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    rx
+}
+
+/// Mirrors every key under `prefix` into a map that follows changes.
+pub fn watch_prefix(
+    client: &DbClient,
+    prefix: String,
+    stop: CancellationToken,
+) -> watch::Receiver<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let (tx, rx) = watch::channel(BTreeMap::new());
+    let client = client.clone();
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            if let Err(e) = mirror(&client, &prefix, &tx, &stop).await {
+                tracing::debug!(%prefix, error = %e, "registry watch interrupted; listing again");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn mirror(
+    client: &DbClient,
+    prefix: &str,
+    tx: &watch::Sender<BTreeMap<Vec<u8>, Vec<u8>>>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let resp = client
+        .range(RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            prefix: true,
+            ..Default::default()
+        })
+        .await?;
+    let revision = resp.header.map_or(0, |h| h.revision);
+    let mut map: BTreeMap<Vec<u8>, Vec<u8>> =
+        resp.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    tx.send_replace(map.clone());
+    let mut stream = client
+        .watch(WatchRequest {
+            key: prefix.as_bytes().to_vec(),
+            prefix: true,
+            start_revision: revision + 1,
+            prev_kv: false,
+        })
+        .await?;
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            m = stream.message() => m.map_err(Error::from)?,
+        };
+        let Some(msg) = msg else {
+            return Err(Error::Unavailable("watch stream ended".into()));
+        };
+        for ev in msg.events {
+            let Some(kv) = ev.kv else { continue };
+            if ev.r#type == event::EventType::Delete as i32 {
+                map.remove(&kv.key);
+            } else {
+                map.insert(kv.key, kv.value);
+            }
+        }
+        tx.send_replace(map.clone());
+    }
+}

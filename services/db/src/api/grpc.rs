@@ -1,0 +1,109 @@
+//! gRPC face (`agenda.db.v1.Db`).
+
+use std::pin::Pin;
+
+use agenda_proto::db::db_server::Db as DbApi;
+use agenda_proto::db::*;
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use crate::service::Db;
+
+/// Implements the generated service trait.
+pub struct GrpcApi {
+    /// Request layer.
+    pub db: Db,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DbApi for GrpcApi {
+    async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        Ok(Response::new(self.db.range(r.into_inner()).await?))
+    }
+
+    async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        Ok(Response::new(self.db.put(r.into_inner()).await?))
+    }
+
+    async fn delete(&self, r: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        Ok(Response::new(self.db.delete(r.into_inner()).await?))
+    }
+
+    async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        Ok(Response::new(self.db.txn(r.into_inner()).await?))
+    }
+
+    async fn lease_grant(
+        &self,
+        r: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        Ok(Response::new(self.db.lease_grant(r.into_inner()).await?))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        r: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        Ok(Response::new(
+            self.db.lease_keep_alive(r.into_inner()).await?,
+        ))
+    }
+
+    async fn lease_revoke(
+        &self,
+        r: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        Ok(Response::new(self.db.lease_revoke(r.into_inner()).await?))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, r: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let rx = self.db.watch(r.into_inner())?;
+        let stream = ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let s = self.db.status().await?;
+        Ok(Response::new(ClusterStatusResponse {
+            header: Some(ResponseHeader {
+                member_id: s.id,
+                revision: s.revision,
+                raft_term: s.term,
+            }),
+            leader_id: s.leader,
+            term: s.term,
+            commit_index: s.commit,
+            applied_index: s.applied,
+            members: s
+                .members
+                .into_iter()
+                .map(|(id, addr)| Member { id, addr })
+                .collect(),
+            role: s.role.to_string(),
+            compact_revision: s.compact_revision,
+        }))
+    }
+
+    async fn member_add(
+        &self,
+        r: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberChangeResponse>, Status> {
+        Ok(Response::new(self.db.member_add(r.into_inner()).await?))
+    }
+
+    async fn member_remove(
+        &self,
+        r: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberChangeResponse>, Status> {
+        Ok(Response::new(self.db.member_remove(r.into_inner()).await?))
+    }
+}

@@ -1,0 +1,178 @@
+//! Command-line and environment configuration of `agenda-db`.
+
+use std::collections::BTreeMap;
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// One node of Agenda's replicated store (raft over redb, etcd-v3-like API).
+///
+/// Start five nodes with the same --peers list and distinct --id values.
+/// Every flag can also be given as an environment variable (shown in
+/// brackets).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "agenda-db", version, about, long_about = None)]
+pub struct Config {
+    /// This node's id: a positive integer that appears in --peers.
+    #[arg(long, env = "AGENDA_DB_ID")]
+    pub id: u64,
+
+    /// Address for gRPC (client API and raft traffic from peers), host:port.
+    #[arg(long, env = "AGENDA_DB_LISTEN", default_value = "127.0.0.1:7001")]
+    pub listen: String,
+
+    /// Address for the operator REST API, /healthz and /metrics, host:port.
+    #[arg(long, env = "AGENDA_DB_HTTP", default_value = "127.0.0.1:7101")]
+    pub http: String,
+
+    /// Initial members as ID=HOST:PORT pairs separated by commas, e.g.
+    /// "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003". Used to
+    /// bootstrap a new cluster; later membership lives in the data itself.
+    #[arg(long, env = "AGENDA_DB_PEERS")]
+    pub peers: String,
+
+    /// Directory for this node's database file (created if missing).
+    #[arg(long, env = "AGENDA_DB_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Join an existing cluster instead of bootstrapping a new one: the node
+    /// starts empty and waits for the leader to send it a snapshot. Add it
+    /// first with `POST /v1/cluster/members` on any member.
+    #[arg(long, env = "AGENDA_DB_JOIN")]
+    pub join: bool,
+
+    /// Name shared by every node of one cluster; a data dir or a peer from
+    /// another cluster is refused.
+    #[arg(long, env = "AGENDA_DB_CLUSTER_TOKEN", default_value = "agenda")]
+    pub cluster_token: String,
+
+    /// Raft tick in milliseconds (heartbeats every 2 ticks, elections after
+    /// 10-20 ticks without a leader).
+    #[arg(long, env = "AGENDA_DB_TICK_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=1000))]
+    pub tick_ms: u64,
+
+    /// Election timeout in ticks (randomized between this and twice this).
+    #[arg(long, env = "AGENDA_DB_ELECTION_TICKS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(3..=1000))]
+    pub election_ticks: u64,
+
+    /// Compact the raft log once it holds this many applied entries; a
+    /// follower further behind than that catches up by snapshot.
+    #[arg(long, env = "AGENDA_DB_SNAPSHOT_THRESHOLD", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub snapshot_threshold: u64,
+
+    /// Revisions of history kept for Watch replay and past-revision reads.
+    #[arg(long, env = "AGENDA_DB_HISTORY", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub history: i64,
+
+    /// Longest a request waits (e.g. for a leader) before failing with
+    /// UNAVAILABLE, in milliseconds.
+    #[arg(long, env = "AGENDA_DB_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub request_timeout_ms: u64,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "agenda_db=debug".
+    #[arg(long, env = "AGENDA_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// Parses and checks --peers: id -> address, including this node's.
+    pub fn members(&self) -> Result<BTreeMap<u64, String>, String> {
+        if self.id == 0 {
+            return Err("--id must be a positive integer".into());
+        }
+        let mut out = BTreeMap::new();
+        for part in self
+            .peers
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (id, addr) = part
+                .split_once('=')
+                .ok_or_else(|| format!("--peers: {part:?} is not ID=HOST:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("--peers: {id:?} is not a positive integer id"))?;
+            if id == 0 {
+                return Err("--peers: ids must be positive".into());
+            }
+            check_addr(addr.trim()).map_err(|e| format!("--peers: member {id}: {e}"))?;
+            if out.insert(id, addr.trim().to_string()).is_some() {
+                return Err(format!("--peers: member {id} is listed twice"));
+            }
+        }
+        if self.join {
+            out.entry(self.id).or_insert_with(|| self.listen.clone());
+        } else if !out.contains_key(&self.id) {
+            return Err(format!(
+                "--id {} is not in --peers ({}); list every initial member including this one",
+                self.id, self.peers
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Raft tick length.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// Request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Checks that `addr` is host:port and resolves.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    if addr.is_empty() {
+        return Err("address must not be empty".into());
+    }
+    match addr.to_socket_addrs() {
+        Ok(mut it) => match it.next() {
+            Some(_) => Ok(()),
+            None => Err(format!("address {addr:?} resolves to nothing")),
+        },
+        Err(e) => Err(format!(
+            "address {addr:?} is not a reachable HOST:PORT ({e})"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(id: u64, peers: &str, join: bool) -> Config {
+        let mut args = vec![
+            "agenda-db".to_string(),
+            format!("--id={id}"),
+            format!("--peers={peers}"),
+            "--data-dir=/tmp/x".to_string(),
+        ];
+        if join {
+            args.push("--join".into());
+        }
+        Config::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn peers_are_parsed_and_checked() {
+        let c = cfg(2, "1=127.0.0.1:1, 2=127.0.0.1:2", false);
+        assert_eq!(c.members().unwrap().len(), 2);
+        assert!(cfg(3, "1=127.0.0.1:1", false)
+            .members()
+            .unwrap_err()
+            .contains("not in --peers"));
+        assert!(cfg(1, "1=127.0.0.1:1,1=127.0.0.1:2", false)
+            .members()
+            .is_err());
+        assert!(cfg(1, "1=nonsense", false).members().is_err());
+        assert!(cfg(1, "x=127.0.0.1:1", false).members().is_err());
+        let joined = cfg(6, "1=127.0.0.1:1", true).members().unwrap();
+        assert!(joined.contains_key(&6));
+    }
+}

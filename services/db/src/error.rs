@@ -1,0 +1,118 @@
+//! The one error type of agenda-db, and how it maps to gRPC and HTTP.
+
+use std::time::Duration;
+
+/// Everything that can go wrong inside a node or while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The disk store failed; the node stops rather than risk divergence.
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+    /// A persisted or received record could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// Raft refused an operation (e.g. a log entry that no longer exists).
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// No leader is known right now; the caller may retry later.
+    #[error("no raft leader is available; retry shortly")]
+    NoLeader,
+    /// The request did not complete within its deadline.
+    #[error("request timed out after {0:?} (the cluster may have lost its majority)")]
+    Timeout(Duration),
+    /// The request itself is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The thing the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well formed but the state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A watch asked for history that compaction already removed.
+    #[error("revision {requested} is compacted; the oldest available revision is {oldest}")]
+    Compacted {
+        /// Revision the caller asked for.
+        requested: i64,
+        /// Oldest revision still available.
+        oldest: i64,
+    },
+    /// The node is shutting down or was removed from the cluster.
+    #[error("this node is stopping")]
+    Stopped,
+    /// Start-up configuration is unusable (wrong flags, foreign data dir).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Storage(e.into())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+impl From<prost::DecodeError> for Error {
+    fn from(e: prost::DecodeError) -> Self {
+        Error::Corrupt(e.to_string())
+    }
+}
+
+impl From<protobuf::ProtobufError> for Error {
+    fn from(e: protobuf::ProtobufError) -> Self {
+        Error::Corrupt(e.to_string())
+    }
+}
+
+impl Error {
+    /// True when retrying the same request later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::NoLeader | Error::Timeout(_) | Error::Stopped)
+    }
+
+    /// Short machine-readable code, shared by the gRPC and REST faces.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NotFound(_) => "not_found",
+            Error::FailedPrecondition(_) => "failed_precondition",
+            Error::Compacted { .. } => "compacted",
+            Error::NoLeader | Error::Timeout(_) | Error::Stopped => "unavailable",
+            Error::Config(_) => "config",
+            Error::Storage(_) | Error::Corrupt(_) | Error::Raft(_) => "internal",
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Status;
+        match &e {
+            Error::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            Error::NotFound(m) => Status::not_found(m.clone()),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+            Error::Compacted { .. } => Status::out_of_range(e.to_string()),
+            Error::NoLeader | Error::Timeout(_) | Error::Stopped => {
+                Status::unavailable(e.to_string())
+            }
+            Error::Config(_) | Error::Storage(_) | Error::Corrupt(_) | Error::Raft(_) => {
+                tracing::error!(error = %e, "internal error while serving a request");
+                Status::internal("internal error; see the node's log")
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! agenda-db: one node of Agenda's replicated store of record and service
+//! registry. raft-rs replicates an etcd-v3-like key-value state machine;
+//! redb keeps the raft log and the state in one file, committed together.
+//!
+//! Layout:
+//! - [`config`]: flags and environment.
+//! - [`node`]: the raft loop (one thread owns the `RawNode`).
+//! - [`storage`]: raft log / hard state in redb (raft-rs `Storage`).
+//! - [`state_machine`]: what applying a command does; snapshots.
+//! - [`schema`]: the redb tables.
+//! - [`transport`]: raft messages between nodes over gRPC streams.
+//! - [`service`]: the request layer (retries, ReadIndex, watches).
+//! - [`api`]: gRPC and REST faces over the request layer.
+//! - [`lease`], [`watch`], [`metrics`], [`error`].
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod lease;
+pub mod metrics;
+pub mod node;
+pub mod schema;
+pub mod service;
+pub mod state_machine;
+pub mod storage;
+pub mod transport;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agenda_proto::db::db_server::DbServer;
+use agenda_proto::raft::raft_server::RaftServer;
+use redb::{Database, ReadableDatabase};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use node::{Exit, Node, NodeConfig};
+use state_machine::{StateMachine, Tables};
+use storage::RaftStorage;
+
+/// Name of the database file inside the data dir.
+pub const DB_FILE: &str = "agenda-db.redb";
+/// How long in-flight requests get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens (or creates) a node's database file, creating every table so
+/// readers never meet a missing one.
+pub fn open_database(path: &Path) -> Result<Database> {
+    let db = Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Config(format!(
+            "{} is already in use by another agenda-db process",
+            path.display()
+        )),
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(msg)) => Error::Config(format!(
+            "{} is corrupt ({msg}); restore it from a peer by removing this data dir and re-adding the member",
+            path.display()
+        )),
+        other => Error::Config(format!("cannot open {}: {other}", path.display())),
+    })?;
+    let txn = db.begin_write()?;
+    {
+        let _ = Tables::open(&txn)?;
+        let _ = txn.open_table(schema::LOG)?;
+    }
+    txn.commit()?;
+    Ok(db)
+}
+
+/// Checks that the data dir belongs to this node of this cluster, or stamps
+/// a fresh one. Returns true if it was fresh.
+fn check_identity(db: &Database, token: &str, id: u64) -> Result<bool> {
+    let want = format!("{token}\n{id}");
+    let found = {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(schema::META)?;
+        let v = meta.get(schema::META_IDENTITY)?;
+        v.map(|v| String::from_utf8_lossy(v.value()).into_owned())
+    };
+    match found {
+        Some(f) if f == want => Ok(false),
+        Some(f) => {
+            let (t, i) = f.split_once('\n').unwrap_or((&f, "?"));
+            Err(Error::Config(format!(
+                "data dir belongs to node {i} of cluster {t:?}, not node {id} of cluster {token:?}; \
+                 use that node's flags or an empty data dir"
+            )))
+        }
+        None => {
+            let txn = db.begin_write()?;
+            txn.open_table(schema::META)?
+                .insert(schema::META_IDENTITY, want.as_bytes())?;
+            txn.commit()?;
+            Ok(true)
+        }
+    }
+}
+
+/// Runs a node until `shutdown` is cancelled, the node is removed from the
+/// cluster, or a fatal error. Listeners are bound by the caller so tests can
+/// use port 0.
+pub async fn run(
+    cfg: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let members = cfg.members().map_err(Error::Config)?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        Error::Config(format!(
+            "cannot create data dir {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
+    let db = Arc::new(open_database(&cfg.data_dir.join(DB_FILE))?);
+    check_identity(&db, &cfg.cluster_token, cfg.id)?;
+
+    let mut storage = RaftStorage::load(db.clone())?;
+    let mut sm = StateMachine::load(&db, cfg.history)?;
+    if !storage.is_initialized() && !cfg.join {
+        bootstrap(&db, &mut storage, &mut sm, &members)?;
+        tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapped a new cluster member");
+    } else if cfg.join && !storage.is_initialized() {
+        tracing::info!("starting empty; waiting for the leader to send a snapshot");
+    } else {
+        tracing::info!(
+            applied = sm.applied.0,
+            revision = sm.revision,
+            last_log = storage.last(),
+            "restarted from disk"
+        );
+    }
+
+    // Members known from the data win; --peers fills in the rest (a
+    // joining node needs them to answer the leader).
+    let mut book: BTreeMap<u64, String> = members;
+    book.extend(sm.members.clone());
+    let transport = transport::Transport::new(
+        cfg.id,
+        cfg.cluster_token.clone(),
+        book,
+        tokio::runtime::Handle::current(),
+    );
+    let metrics = metrics::Metrics::new(cfg.id);
+    let hub = watch::WatchHub::default();
+    let node_cfg = NodeConfig {
+        id: cfg.id,
+        tick: cfg.tick(),
+        election_ticks: cfg.election_ticks as usize,
+        heartbeat_ticks: 2,
+        snapshot_threshold: cfg.snapshot_threshold,
+    };
+    let (node, handle, rx) = Node::new(
+        node_cfg,
+        storage,
+        db.clone(),
+        sm,
+        hub.clone(),
+        transport.clone(),
+        metrics.clone(),
+    )?;
+    transport.set_node(handle.clone());
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("raft-{}", cfg.id))
+        .spawn(move || {
+            let _ = done_tx.send(node.run(rx));
+        })
+        .map_err(|e| Error::Config(format!("cannot start the raft thread: {e}")))?;
+
+    let db_service = service::Db::new(handle.clone(), db.clone(), hub, cfg.request_timeout());
+    let stop_servers = CancellationToken::new();
+
+    let grpc_addr = grpc.local_addr().ok();
+    let grpc_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            DbServer::new(api::grpc::GrpcApi {
+                db: db_service.clone(),
+            })
+            .max_decoding_message_size(8 * 1024 * 1024),
+        )
+        .add_service(
+            RaftServer::new(transport::RaftService {
+                node: handle.clone(),
+                token: cfg.cluster_token.clone(),
+            })
+            .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            stop_servers.clone().cancelled_owned(),
+        );
+    let http_addr = http.local_addr().ok();
+    let router = api::http::router(api::http::HttpState {
+        db: db_service,
+        metrics,
+    });
+    let http_server =
+        axum::serve(http, router).with_graceful_shutdown(stop_servers.clone().cancelled_owned());
+    tracing::info!(id = cfg.id, grpc = ?grpc_addr, http = ?http_addr, "agenda-db node serving");
+
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(async move { http_server.await });
+
+    let outcome = tokio::select! {
+        () = shutdown.cancelled() => None,
+        r = &mut done_rx => Some(r),
+    };
+    // Stop accepting, let in-flight requests finish (bounded), then stop raft.
+    stop_servers.cancel();
+    let drain = async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing anyway");
+    }
+    handle.stop();
+    let outcome = match outcome {
+        Some(r) => r,
+        None => done_rx.await,
+    };
+    transport.shutdown();
+    match outcome {
+        Ok(Ok(Exit::Stopped)) => {
+            tracing::info!("node stopped cleanly");
+            Ok(())
+        }
+        Ok(Ok(Exit::Removed)) => {
+            tracing::info!("this member was removed from the cluster; exiting");
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "raft node failed; stopping");
+            Err(e)
+        }
+        Err(_) => Err(Error::Stopped),
+    }
+}
+
+fn bootstrap(
+    db: &Database,
+    storage: &mut RaftStorage,
+    sm: &mut StateMachine,
+    members: &BTreeMap<u64, String>,
+) -> Result<()> {
+    let mut cs = raft::prelude::ConfState::default();
+    cs.voters = members.keys().copied().collect();
+    let txn = db.begin_write()?;
+    storage.set_conf_state(&txn, cs)?;
+    {
+        let mut t = Tables::open(&txn)?;
+        sm.set_members(&mut t, members.clone())?;
+        sm.persist(&mut t)?;
+    }
+    txn.commit()?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `agenda-db` binary: parse flags, bind listeners, run the node.
+
+use std::process::ExitCode;
+
+use agenda_common::shutdown;
+use agenda_db::Config;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cfg = Config::parse();
+    agenda_common::telemetry::init(&cfg.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agenda-db: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agenda-db: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Fail fast on bad peers before touching the data dir.
+    cfg.members().map_err(anyhow::Error::msg)?;
+    let grpc = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --listen {}: {e}", cfg.listen))?;
+    let http = tokio::net::TcpListener::bind(&cfg.http)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --http {}: {e}", cfg.http))?;
+    let token = shutdown::token_on_signal();
+    agenda_db::run(cfg, grpc, http, token).await?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Prometheus metrics of one node (its own registry, so several nodes can
+//! live in one test process).
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+/// Every metric the node exports on `/metrics`.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Registry rendered by the HTTP endpoint.
+    pub registry: Registry,
+    /// Current raft term.
+    pub term: IntGauge,
+    /// 1 while this node leads.
+    pub is_leader: IntGauge,
+    /// Leader changes seen.
+    pub leader_changes: IntCounter,
+    /// Proposals handed to raft.
+    pub proposals: IntCounter,
+    /// Proposals raft refused (no leader).
+    pub proposals_failed: IntCounter,
+    /// Applied index.
+    pub applied_index: IntGauge,
+    /// Proposal to apply on this node.
+    pub commit_seconds: Histogram,
+    /// Durable write transactions (raft log + state).
+    pub fsync_seconds: Histogram,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: IntCounter,
+    /// Log compactions.
+    pub compactions: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new(node_id: u64) -> Self {
+        let registry = Registry::new_custom(
+            Some("agenda_db".into()),
+            Some([("node".to_string(), node_id.to_string())].into()),
+        )
+        .expect("static registry options are valid");
+        let buckets = vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+        ];
+        let m = Metrics {
+            term: IntGauge::new("raft_term", "Current raft term").unwrap(),
+            is_leader: IntGauge::new("raft_is_leader", "1 while this node is the raft leader")
+                .unwrap(),
+            leader_changes: IntCounter::new("raft_leader_changes_total", "Leader changes observed")
+                .unwrap(),
+            proposals: IntCounter::new("raft_proposals_total", "Proposals handed to raft").unwrap(),
+            proposals_failed: IntCounter::new(
+                "raft_proposals_failed_total",
+                "Proposals refused (no leader)",
+            )
+            .unwrap(),
+            applied_index: IntGauge::new("raft_applied_index", "Last applied log index").unwrap(),
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "commit_latency_seconds",
+                    "Proposal to apply, on the proposing node",
+                )
+                .buckets(buckets.clone()),
+            )
+            .unwrap(),
+            fsync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "fsync_latency_seconds",
+                    "Durable commit of log + state (one fsync)",
+                )
+                .buckets(buckets),
+            )
+            .unwrap(),
+            snapshots_installed: IntCounter::new(
+                "snapshots_installed_total",
+                "Snapshots installed from a leader",
+            )
+            .unwrap(),
+            compactions: IntCounter::new("log_compactions_total", "Raft log compactions").unwrap(),
+            registry,
+        };
+        for c in [
+            Box::new(m.term.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.is_leader.clone()),
+            Box::new(m.leader_changes.clone()),
+            Box::new(m.proposals.clone()),
+            Box::new(m.proposals_failed.clone()),
+            Box::new(m.applied_index.clone()),
+            Box::new(m.commit_seconds.clone()),
+            Box::new(m.fsync_seconds.clone()),
+            Box::new(m.snapshots_installed.clone()),
+            Box::new(m.compactions.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "could not render metrics");
+        }
+        out
+    }
+}

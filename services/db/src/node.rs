@@ -1,0 +1,788 @@
+//! The raft node: one thread owns the `RawNode`, the state machine and the
+//! write side of the database.
+//!
+//! Each turn of the loop drains the mailbox into raft (`step`, `propose`,
+//! `read_index`), ticks, then handles one `Ready` in the order raft-rs
+//! documents: send the leader's messages, install a snapshot, apply
+//! committed entries, append new entries, save the hard state — all of that
+//! in ONE redb write transaction, i.e. one fsync however many proposals
+//! arrived meanwhile (group commit) — then send the messages that must wait
+//! for persistence, advance, and apply what the advance committed.
+//!
+//! A storage error ends the loop with an error: the node stops rather than
+//! continue with a state it could not persist.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agenda_proto::db::{LeaseRevokeRequest, Member, MemberChangeResponse};
+use agenda_proto::raft::{command, command_result, Command, CommandResult, MemberChange};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole, INVALID_ID};
+use redb::{Database, Durability};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::lease::LeaseClock;
+use crate::metrics::Metrics;
+use crate::state_machine::{Effects, LeaseEffect, StateMachine, Tables};
+use crate::storage::RaftStorage;
+use crate::transport::Transport;
+use crate::watch::WatchHub;
+
+/// Largest command accepted into the log.
+pub const MAX_COMMAND_BYTES: usize = 2 * 1024 * 1024;
+/// Mailbox items handled per loop turn before ticking and persisting, so a
+/// flood of requests cannot starve heartbeats.
+const DRAIN_BATCH: usize = 8192;
+/// Read batches whose ReadIndex never came back are dropped after this
+/// (their callers retry).
+const READ_INDEX_GIVE_UP: Duration = Duration::from_secs(3);
+
+/// Timing and log-size knobs of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: u64,
+    /// Raft tick length.
+    pub tick: Duration,
+    /// Election timeout in ticks (randomized up to twice that).
+    pub election_ticks: usize,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: usize,
+    /// Compact the log once it holds this many applied entries.
+    pub snapshot_threshold: u64,
+}
+
+/// Something for the node loop to do.
+pub enum Request {
+    /// Replicate and apply a client command.
+    Propose {
+        /// The command (with a non-empty request id).
+        cmd: Command,
+        /// Gets the first result of this request id.
+        reply: oneshot::Sender<Result<CommandResult>>,
+    },
+    /// Add (`add`) or remove a member.
+    MemberChange {
+        /// Who, and the request id.
+        change: MemberChange,
+        /// Add or remove.
+        add: bool,
+        /// Gets the resulting member list.
+        reply: oneshot::Sender<Result<CommandResult>>,
+    },
+    /// Answers once this node has applied everything committed when the
+    /// request arrived (raft ReadIndex): a linearizable read may follow.
+    ReadIndex {
+        /// Fires when reading locally is safe.
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// A message from a peer.
+    Raft(Box<Message>),
+    /// Status snapshot for the Cluster API.
+    Status {
+        /// Receives the status.
+        reply: oneshot::Sender<Status>,
+    },
+    /// The transport finished (or failed) sending a snapshot.
+    SnapshotSent {
+        /// Peer id.
+        to: u64,
+        /// Whether it went out.
+        ok: bool,
+    },
+    /// The transport could not reach a peer.
+    Unreachable(u64),
+}
+
+/// Status of the node, as the Cluster API reports it.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Node id.
+    pub id: u64,
+    /// Known leader, 0 if none.
+    pub leader: u64,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Raft role.
+    pub role: &'static str,
+    /// Members and their addresses.
+    pub members: BTreeMap<u64, String>,
+    /// Current revision.
+    pub revision: i64,
+    /// Oldest revision still in history.
+    pub compact_revision: i64,
+}
+
+/// Values the serving side reads without a round trip to the loop.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Current leader id (0: none).
+    pub leader: AtomicU64,
+    /// Current term.
+    pub term: AtomicU64,
+    /// Current store revision.
+    pub revision: AtomicI64,
+    /// Oldest revision in history.
+    pub compact_revision: AtomicI64,
+    /// False once the loop has ended (stopped, removed or failed).
+    pub running: AtomicBool,
+    /// Set to ask the loop to stop.
+    pub stop: AtomicBool,
+}
+
+/// How the loop ended when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop.
+    Stopped,
+    /// This node was removed from the cluster.
+    Removed,
+}
+
+/// Handle to talk to the node loop from async code.
+#[derive(Clone)]
+pub struct NodeHandle {
+    /// This node's id.
+    pub id: u64,
+    tx: Sender<Request>,
+    /// Values readable without a round trip.
+    pub shared: Arc<Shared>,
+}
+
+impl NodeHandle {
+    /// Queues a request for the loop.
+    pub fn send(&self, req: Request) -> Result<()> {
+        if !self.shared.running.load(Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        self.tx.send(req).map_err(|_| Error::Stopped)
+    }
+
+    /// Asks the loop to stop after its current turn.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        // Wake the loop if it is waiting for work.
+        let _ = self.tx.send(Request::Unreachable(0));
+    }
+
+    /// Current leader id, 0 when unknown.
+    pub fn leader(&self) -> u64 {
+        self.shared.leader.load(Ordering::Acquire)
+    }
+}
+
+/// Outcome of one applied entry, delivered after the transaction commits.
+struct Outcome {
+    request_id: String,
+    result: Option<CommandResult>,
+    effects: Effects,
+}
+
+/// A caller waiting for its proposal, with when it was proposed.
+type Waiter = (oneshot::Sender<Result<CommandResult>>, Instant);
+
+/// Owns the raft node; runs on its own thread (see [`Node::run`]).
+pub struct Node {
+    cfg: NodeConfig,
+    raw: RawNode<RaftStorage>,
+    db: Arc<Database>,
+    sm: StateMachine,
+    leases: LeaseClock,
+    hub: WatchHub,
+    transport: Transport,
+    metrics: Metrics,
+    shared: Arc<Shared>,
+    /// Callers waiting for a request id to be applied on this node.
+    pending: HashMap<String, Vec<Waiter>>,
+    /// ReadIndex requests gathered during this turn (one raft round each turn).
+    read_batch: Vec<oneshot::Sender<Result<()>>>,
+    /// Batches sent to raft, by context, waiting for their read index.
+    reads_in_flight: HashMap<u64, (Vec<oneshot::Sender<Result<()>>>, Instant)>,
+    /// Batches whose read index is known, waiting for apply to reach it.
+    reads_ready: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
+    next_read_ctx: u64,
+    role: StateRole,
+    removed: bool,
+}
+
+impl Node {
+    /// Creates the raft node over loaded storage and state machine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: NodeConfig,
+        storage: RaftStorage,
+        db: Arc<Database>,
+        sm: StateMachine,
+        hub: WatchHub,
+        transport: Transport,
+        metrics: Metrics,
+    ) -> Result<(Node, NodeHandle, Receiver<Request>)> {
+        let raft_cfg = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: sm.applied.0,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        raft_cfg.validate()?;
+        let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => cfg.id));
+        let raw = RawNode::new(&raft_cfg, storage, &logger)?;
+        let mut leases = LeaseClock::default();
+        leases.reset(StateMachine::leases(&db)?, Instant::now());
+        let shared = Arc::new(Shared::default());
+        shared.running.store(true, Ordering::Release);
+        shared.revision.store(sm.revision, Ordering::Release);
+        shared
+            .compact_revision
+            .store(sm.compact_revision, Ordering::Release);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = NodeHandle {
+            id: cfg.id,
+            tx,
+            shared: shared.clone(),
+        };
+        let node = Node {
+            cfg,
+            raw,
+            db,
+            sm,
+            leases,
+            hub,
+            transport,
+            metrics,
+            shared,
+            pending: HashMap::new(),
+            read_batch: Vec::new(),
+            reads_in_flight: HashMap::new(),
+            reads_ready: Vec::new(),
+            next_read_ctx: 1,
+            role: StateRole::Follower,
+            removed: false,
+        };
+        Ok((node, handle, rx))
+    }
+
+    /// Runs the loop until asked to stop, removed, or a fatal error.
+    pub fn run(mut self, rx: Receiver<Request>) -> Result<Exit> {
+        let result = self.run_inner(&rx);
+        self.shared.running.store(false, Ordering::Release);
+        // Dropping the waiters tells every caller the node is gone.
+        self.pending.clear();
+        result
+    }
+
+    fn run_inner(&mut self, rx: &Receiver<Request>) -> Result<Exit> {
+        let mut last_tick = Instant::now();
+        loop {
+            let wait = self.cfg.tick.saturating_sub(last_tick.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(req) => self.handle(req)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(Exit::Stopped),
+            }
+            for _ in 0..DRAIN_BATCH {
+                match rx.try_recv() {
+                    Ok(req) => self.handle(req)?,
+                    Err(_) => break,
+                }
+            }
+            if self.shared.stop.load(Ordering::Acquire) {
+                return Ok(Exit::Stopped);
+            }
+            self.flush_reads();
+            if last_tick.elapsed() >= self.cfg.tick {
+                last_tick = Instant::now();
+                self.raw.tick();
+                self.on_tick();
+            }
+            self.on_ready()?;
+            if self.removed {
+                return Ok(Exit::Removed);
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request) -> Result<()> {
+        match req {
+            Request::Propose { cmd, reply } => {
+                if self.raw.raft.leader_id == INVALID_ID {
+                    let _ = reply.send(Err(Error::NoLeader));
+                    return Ok(());
+                }
+                let data = cmd.encode_to_vec();
+                if data.len() > MAX_COMMAND_BYTES {
+                    let _ = reply.send(Err(Error::InvalidArgument(format!(
+                        "request is {} bytes; the limit is {MAX_COMMAND_BYTES}",
+                        data.len()
+                    ))));
+                    return Ok(());
+                }
+                match self.raw.propose(Vec::new(), data) {
+                    Ok(()) => {
+                        self.metrics.proposals.inc();
+                        self.pending
+                            .entry(cmd.request_id)
+                            .or_default()
+                            .push((reply, Instant::now()));
+                    }
+                    Err(_) => {
+                        self.metrics.proposals_failed.inc();
+                        let _ = reply.send(Err(Error::NoLeader));
+                    }
+                }
+            }
+            Request::MemberChange { change, add, reply } => {
+                let mut cc = ConfChange::default();
+                cc.node_id = change.id;
+                cc.set_change_type(if add {
+                    ConfChangeType::AddNode
+                } else {
+                    ConfChangeType::RemoveNode
+                });
+                cc.context = change.encode_to_vec().into();
+                if self.raw.raft.leader_id == INVALID_ID {
+                    let _ = reply.send(Err(Error::NoLeader));
+                    return Ok(());
+                }
+                match self.raw.propose_conf_change(Vec::new(), cc) {
+                    Ok(()) => self
+                        .pending
+                        .entry(change.request_id)
+                        .or_default()
+                        .push((reply, Instant::now())),
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::FailedPrecondition(format!(
+                            "membership change refused: {e}"
+                        ))));
+                    }
+                }
+            }
+            Request::ReadIndex { reply } => {
+                if self.raw.raft.leader_id == INVALID_ID {
+                    let _ = reply.send(Err(Error::NoLeader));
+                } else {
+                    self.read_batch.push(reply);
+                }
+            }
+            Request::Raft(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(error = %e, "raft step refused a message");
+                }
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Request::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Request::Unreachable(id) => {
+                if id != 0 {
+                    self.raw.report_unreachable(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Status {
+        let raft = &self.raw.raft;
+        Status {
+            id: self.cfg.id,
+            leader: raft.leader_id,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.sm.applied.0,
+            role: role_name(raft.state),
+            members: self.sm.members.clone(),
+            revision: self.sm.revision,
+            compact_revision: self.sm.compact_revision,
+        }
+    }
+
+    fn flush_reads(&mut self) {
+        if self.read_batch.is_empty() {
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        let batch = std::mem::take(&mut self.read_batch);
+        self.reads_in_flight.insert(ctx, (batch, Instant::now()));
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if self.role == StateRole::Leader {
+            for id in self.leases.take_expired(now) {
+                tracing::info!(lease = id, "lease expired; revoking it");
+                let cmd = Command {
+                    request_id: String::new(),
+                    proposed_at_ms: now_ms(),
+                    op: Some(command::Op::LeaseRevoke(LeaseRevokeRequest {
+                        id,
+                        request_id: String::new(),
+                    })),
+                };
+                if let Err(e) = self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
+                    tracing::warn!(lease = id, error = %e, "could not propose lease revoke");
+                }
+            }
+        }
+        self.reads_in_flight
+            .retain(|_, (_, at)| now.duration_since(*at) < READ_INDEX_GIVE_UP);
+    }
+
+    fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+        let old_leader = self.shared.leader.swap(leader, Ordering::AcqRel);
+        if old_leader != leader {
+            self.metrics.leader_changes.inc();
+            tracing::info!(leader, role = role_name(role), "raft leader changed");
+            // ReadIndex requests in flight died with the old leadership;
+            // dropping them lets their callers retry at once.
+            self.reads_in_flight.clear();
+        }
+        if role == StateRole::Leader && self.role != StateRole::Leader {
+            self.leases.promote(Instant::now());
+        }
+        self.role = role;
+        self.metrics
+            .is_leader
+            .set(i64::from(role == StateRole::Leader));
+    }
+
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            let (leader, role) = (ss.leader_id, ss.raft_state);
+            self.on_soft_state(leader, role);
+        }
+        self.transport.send(rd.take_messages());
+        for rs in rd.take_read_states() {
+            let ctx = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            if let Some((batch, _)) = self.reads_in_flight.remove(&ctx) {
+                self.reads_ready.push((rs.index, batch));
+            }
+        }
+
+        let must_sync = rd.must_sync() || !rd.snapshot().is_empty();
+        let started = Instant::now();
+        let mut txn = self.db.begin_write()?;
+        if !must_sync {
+            txn.set_durability(Durability::None)?;
+        }
+        let mut outcomes = Vec::new();
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(&txn, rd.snapshot())?;
+        }
+        self.apply_entries(&txn, rd.take_committed_entries(), &mut outcomes)?;
+        self.raw.mut_store().append(&txn, rd.entries())?;
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
+        }
+        self.maybe_compact(&txn)?;
+        txn.commit()?;
+        if must_sync {
+            self.metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.deliver(outcomes);
+        self.transport.send(rd.take_persisted_messages());
+
+        let mut light = self.raw.advance(rd);
+        self.transport.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        if light.commit_index().is_some() || !committed.is_empty() {
+            let mut txn = self.db.begin_write()?;
+            // Safe without fsync: these entries are durable in the log, so
+            // losing this commit only means applying them again from it.
+            txn.set_durability(Durability::None)?;
+            if let Some(commit) = light.commit_index() {
+                self.raw.mut_store().set_commit(&txn, commit)?;
+            }
+            let mut outcomes = Vec::new();
+            self.apply_entries(&txn, committed, &mut outcomes)?;
+            self.maybe_compact(&txn)?;
+            txn.commit()?;
+            self.deliver(outcomes);
+        }
+        self.raw.advance_apply();
+        self.release_reads();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, txn: &redb::WriteTransaction, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            bytes = snap.get_data().len(),
+            "installing snapshot from the leader"
+        );
+        self.raw.mut_store().apply_snapshot(txn, meta)?;
+        self.sm.restore(txn, snap)?;
+        self.metrics.snapshots_installed.inc();
+        self.transport.set_members(&self.sm.members);
+        self.shared
+            .revision
+            .store(self.sm.revision, Ordering::Release);
+        self.shared
+            .compact_revision
+            .store(self.sm.compact_revision, Ordering::Release);
+        // Deadlines restart from now; see lease.rs.
+        self.leases.reset(snapshot_leases(snap)?, Instant::now());
+        Ok(())
+    }
+
+    fn apply_entries(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        entries: Vec<Entry>,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut t = Tables::open(txn)?;
+        let term = self.raw.raft.term;
+        for e in entries {
+            if e.index <= self.sm.applied.0 {
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => {
+                    // The empty entry a new leader appends.
+                    self.sm.applied = (e.index, e.term);
+                }
+                EntryType::EntryNormal => {
+                    let cmd = Command::decode(e.data.as_ref())?;
+                    let (result, effects) =
+                        self.sm.apply(&mut t, e.index, e.term, self.cfg.id, &cmd)?;
+                    outcomes.push(Outcome {
+                        request_id: cmd.request_id,
+                        result: Some(result),
+                        effects,
+                    });
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)?;
+                    let change = MemberChange::decode(cc.context.as_ref())?;
+                    let result = self.apply_conf_change(&mut t, &cc, &change, term)?;
+                    self.sm.applied = (e.index, e.term);
+                    self.sm
+                        .dedup_record(&mut t, &change.request_id, now_ms(), &result)?;
+                    outcomes.push(Outcome {
+                        request_id: change.request_id,
+                        result: Some(result),
+                        effects: Effects::default(),
+                    });
+                }
+                EntryType::EntryConfChangeV2 => {
+                    tracing::warn!(
+                        index = e.index,
+                        "ignoring a joint-consensus entry (never proposed here)"
+                    );
+                    self.sm.applied = (e.index, e.term);
+                }
+            }
+        }
+        self.sm.persist(&mut t)?;
+        Ok(())
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        t: &mut Tables,
+        cc: &ConfChange,
+        change: &MemberChange,
+        term: u64,
+    ) -> Result<CommandResult> {
+        let cs = match self.raw.apply_conf_change(cc) {
+            Ok(cs) => cs,
+            Err(e) => {
+                tracing::warn!(error = %e, node = cc.node_id, "conf change not applicable");
+                return Ok(CommandResult {
+                    result: Some(command_result::Result::Error(
+                        agenda_proto::raft::CommandError {
+                            code: agenda_proto::raft::command_error::Code::FailedPrecondition
+                                as i32,
+                            message: format!("membership change refused: {e}"),
+                        },
+                    )),
+                });
+            }
+        };
+        let mut members = self.sm.members.clone();
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                tracing::info!(node = change.id, addr = %change.addr, "member added");
+                members.insert(change.id, change.addr.clone());
+            }
+            ConfChangeType::RemoveNode => {
+                tracing::info!(node = change.id, "member removed");
+                members.remove(&change.id);
+                if change.id == self.cfg.id {
+                    self.removed = true;
+                }
+            }
+        }
+        self.sm.set_members(t, members)?;
+        t.put_conf_state(&cs)?;
+        self.raw.mut_store().conf_state_applied(cs);
+        self.transport.set_members(&self.sm.members);
+        Ok(CommandResult {
+            result: Some(command_result::Result::MemberChange(MemberChangeResponse {
+                header: Some(self.sm.header(self.cfg.id, term)),
+                members: self
+                    .sm
+                    .members
+                    .iter()
+                    .map(|(id, addr)| Member {
+                        id: *id,
+                        addr: addr.clone(),
+                    })
+                    .collect(),
+            })),
+        })
+    }
+
+    fn maybe_compact(&mut self, txn: &redb::WriteTransaction) -> Result<()> {
+        let applied = self.sm.applied.0;
+        let first = self.raw.store().first();
+        if applied >= first && applied - first >= self.cfg.snapshot_threshold {
+            // Keep a tail so followers that are only slightly behind still
+            // catch up from the log instead of a full snapshot.
+            let keep = self.cfg.snapshot_threshold / 10;
+            let to = applied.saturating_sub(keep);
+            self.raw.mut_store().compact(txn, to)?;
+            self.metrics.compactions.inc();
+            tracing::debug!(to, "raft log compacted");
+        }
+        Ok(())
+    }
+
+    /// After commit: answer callers, publish watch events, move lease clocks.
+    fn deliver(&mut self, outcomes: Vec<Outcome>) {
+        let now = Instant::now();
+        for o in outcomes {
+            if let Some((rev, events)) = o.effects.revision {
+                self.hub.publish(rev, events);
+            }
+            match o.effects.lease {
+                Some(LeaseEffect::Granted(id, ttl)) => self.leases.granted(id, ttl, now),
+                Some(LeaseEffect::Renewed(id)) => self.leases.renewed(id, now),
+                Some(LeaseEffect::Revoked(id)) => self.leases.revoked(id),
+                None => {}
+            }
+            if let (Some(waiters), Some(result)) = (self.pending.remove(&o.request_id), o.result) {
+                for (tx, at) in waiters {
+                    self.metrics
+                        .commit_seconds
+                        .observe(now.duration_since(at).as_secs_f64());
+                    let _ = tx.send(Ok(result.clone()));
+                }
+            }
+        }
+        self.shared
+            .revision
+            .store(self.sm.revision, Ordering::Release);
+        self.shared
+            .compact_revision
+            .store(self.sm.compact_revision, Ordering::Release);
+        self.shared
+            .term
+            .store(self.raw.raft.term, Ordering::Release);
+        self.metrics.term.set(self.raw.raft.term as i64);
+        self.metrics.applied_index.set(self.sm.applied.0 as i64);
+        // Callers that gave up (dropped their receiver) are forgotten.
+        self.pending.retain(|_, ws| {
+            ws.retain(|(tx, _)| !tx.is_closed());
+            !ws.is_empty()
+        });
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.sm.applied.0;
+        let mut i = 0;
+        while i < self.reads_ready.len() {
+            if self.reads_ready[i].0 <= applied {
+                let (_, batch) = self.reads_ready.swap_remove(i);
+                for tx in batch {
+                    let _ = tx.send(Ok(()));
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+fn snapshot_leases(snap: &Snapshot) -> Result<Vec<(i64, i64)>> {
+    let data = agenda_proto::raft::SnapshotData::decode(snap.get_data())?;
+    Ok(data.leases.iter().map(|l| (l.id, l.ttl)).collect())
+}
+
+fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::PreCandidate => "pre_candidate",
+        StateRole::Leader => "leader",
+    }
+}
+
+/// Wall clock in ms, stamped on proposals (see `Command.proposed_at_ms`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sends raft-rs's slog records to `tracing`.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", record.msg()),
+            _ => tracing::debug!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}

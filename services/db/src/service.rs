@@ -1,0 +1,420 @@
+//! The request layer shared by the gRPC and REST faces: deadlines,
+//! retries inside the node, linearizable reads, watches.
+//!
+//! Writes become raft proposals tagged with a request id. If no answer
+//! comes within a second (the proposal may have been lost in a leader
+//! change), the same command is proposed again: the id makes the second
+//! copy return the first one's result, so a retry never applies twice.
+//! Reads wait for a ReadIndex round and for this node to apply up to it,
+//! then read the local replica; `stale` reads skip the round.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agenda_proto::db::{
+    DeleteRequest, DeleteResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, MemberAddRequest,
+    MemberChangeResponse, MemberRemoveRequest, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
+};
+use agenda_proto::raft::{command, command_result, Command, MemberChange};
+use redb::{Database, ReadableDatabase};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::node::{now_ms, NodeHandle, Request, Status};
+use crate::state_machine::{self, refusal_to_error};
+use crate::watch::WatchHub;
+
+/// A proposal with no answer after this long is proposed again.
+const REPROPOSE_AFTER: Duration = Duration::from_secs(1);
+/// Pause between attempts while there is no leader.
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(25);
+/// Watch events sent per message during history replay.
+const REPLAY_CHUNK: usize = 256;
+
+/// Cheap-to-clone handle that serves requests on this node.
+#[derive(Clone)]
+pub struct Db {
+    node: NodeHandle,
+    db: Arc<Database>,
+    hub: WatchHub,
+    timeout: Duration,
+}
+
+impl Db {
+    /// Builds the request layer over a running node.
+    pub fn new(node: NodeHandle, db: Arc<Database>, hub: WatchHub, timeout: Duration) -> Self {
+        Db {
+            node,
+            db,
+            hub,
+            timeout,
+        }
+    }
+
+    /// The node handle (status, leader).
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            member_id: self.node.id,
+            revision,
+            raft_term: self.node.shared.term.load(Ordering::Acquire),
+        })
+    }
+
+    /// Reads keys (linearizable unless `stale`).
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        state_machine::validate_range(&req)?;
+        if !req.stale {
+            self.read_barrier().await?;
+        }
+        let txn = self.db.begin_read()?;
+        let mut resp = state_machine::range_at(&txn, &req)?;
+        let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+        resp.header = self.header(revision);
+        Ok(resp)
+    }
+
+    /// Writes one key.
+    pub async fn put(&self, mut req: PutRequest) -> Result<PutResponse> {
+        let id = take_id(&mut req.request_id);
+        match self.propose(id, command::Op::Put(req)).await? {
+            command_result::Result::Put(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a key or a prefix.
+    pub async fn delete(&self, mut req: DeleteRequest) -> Result<DeleteResponse> {
+        let id = take_id(&mut req.request_id);
+        match self.propose(id, command::Op::Delete(req)).await? {
+            command_result::Result::Delete(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a transaction.
+    pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
+        let id = take_id(&mut req.request_id);
+        match self.propose(id, command::Op::Txn(req)).await? {
+            command_result::Result::Txn(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Grants a lease (choosing its id when the caller gave 0).
+    pub async fn lease_grant(&self, mut req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if req.id == 0 {
+            req.id = rand::random_range(1..i64::MAX);
+        }
+        let id = take_id(&mut req.request_id);
+        match self.propose(id, command::Op::LeaseGrant(req)).await? {
+            command_result::Result::LeaseGrant(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Renews a lease for another TTL.
+    pub async fn lease_keep_alive(
+        &self,
+        mut req: LeaseKeepAliveRequest,
+    ) -> Result<LeaseKeepAliveResponse> {
+        let id = take_id(&mut req.request_id);
+        match self.propose(id, command::Op::LeaseKeepAlive(req)).await? {
+            command_result::Result::LeaseKeepAlive(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Revokes a lease and deletes its keys.
+    pub async fn lease_revoke(&self, mut req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        let id = take_id(&mut req.request_id);
+        match self.propose(id, command::Op::LeaseRevoke(req)).await? {
+            command_result::Result::LeaseRevoke(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub async fn status(&self) -> Result<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.node.send(Request::Status { reply: tx })?;
+        tokio::time::timeout(self.timeout, rx)
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))?
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Adds a voting member.
+    pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberChangeResponse> {
+        if req.id == 0 {
+            return Err(Error::InvalidArgument("member id must be positive".into()));
+        }
+        crate::config::check_addr(&req.addr).map_err(Error::InvalidArgument)?;
+        let status = self.status().await?;
+        if status.members.contains_key(&req.id) {
+            return Err(Error::FailedPrecondition(format!(
+                "member {} is already in the cluster",
+                req.id
+            )));
+        }
+        self.member_change(req.id, req.addr, req.request_id, true)
+            .await
+    }
+
+    /// Removes a member.
+    pub async fn member_remove(&self, req: MemberRemoveRequest) -> Result<MemberChangeResponse> {
+        let status = self.status().await?;
+        if !status.members.contains_key(&req.id) {
+            return Err(Error::NotFound(format!(
+                "member {} is not in the cluster",
+                req.id
+            )));
+        }
+        if status.members.len() == 1 {
+            return Err(Error::FailedPrecondition(
+                "cannot remove the last member".into(),
+            ));
+        }
+        self.member_change(req.id, String::new(), req.request_id, false)
+            .await
+    }
+
+    async fn member_change(
+        &self,
+        id: u64,
+        addr: String,
+        mut request_id: String,
+        add: bool,
+    ) -> Result<MemberChangeResponse> {
+        let change = MemberChange {
+            request_id: take_id(&mut request_id),
+            id,
+            addr,
+        };
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.node.send(Request::MemberChange {
+                change: change.clone(),
+                add,
+                reply: tx,
+            })?;
+            match self.wait(rx, deadline).await? {
+                Some(command_result::Result::MemberChange(r)) => return Ok(r),
+                Some(command_result::Result::Error(e)) => return Err(refusal_to_error(&e)),
+                Some(other) => return Err(unexpected(other)),
+                None => self.check_deadline(deadline)?,
+            }
+        }
+    }
+
+    async fn propose(&self, request_id: String, op: command::Op) -> Result<command_result::Result> {
+        let cmd = Command {
+            request_id,
+            proposed_at_ms: now_ms(),
+            op: Some(op),
+        };
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.node.send(Request::Propose {
+                cmd: cmd.clone(),
+                reply: tx,
+            })?;
+            match self.wait(rx, deadline).await? {
+                Some(command_result::Result::Error(e)) => return Err(refusal_to_error(&e)),
+                Some(r) => return Ok(r),
+                None => self.check_deadline(deadline)?,
+            }
+        }
+    }
+
+    /// Waits for one attempt's answer; `None` means "try again".
+    async fn wait(
+        &self,
+        rx: oneshot::Receiver<Result<agenda_proto::raft::CommandResult>>,
+        deadline: Instant,
+    ) -> Result<Option<command_result::Result>> {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(REPROPOSE_AFTER);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Ok(res))) => Ok(res.result),
+            Ok(Ok(Err(Error::NoLeader))) => {
+                tokio::time::sleep(NO_LEADER_BACKOFF).await;
+                Ok(None)
+            }
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) if !self.node.shared.running.load(Ordering::Acquire) => Err(Error::Stopped),
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn check_deadline(&self, deadline: Instant) -> Result<()> {
+        if Instant::now() < deadline {
+            return Ok(());
+        }
+        if self.node.leader() == 0 {
+            Err(Error::NoLeader)
+        } else {
+            Err(Error::Timeout(self.timeout))
+        }
+    }
+
+    /// Returns once a linearizable local read is safe.
+    async fn read_barrier(&self) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.node.send(Request::ReadIndex { reply: tx })?;
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(REPROPOSE_AFTER);
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(Ok(()))) => return Ok(()),
+                Ok(Ok(Err(Error::NoLeader))) => tokio::time::sleep(NO_LEADER_BACKOFF).await,
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(_)) if !self.node.shared.running.load(Ordering::Acquire) => {
+                    return Err(Error::Stopped)
+                }
+                // Dropped by a leader change, or no answer yet: ask again.
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(_) => {}
+            }
+            self.check_deadline(deadline)?;
+        }
+    }
+
+    /// Starts a watch: replays history from `start_revision`, then streams
+    /// live revisions. The stream ends with an error if the watcher falls
+    /// behind; it can resume from the last revision it saw plus one.
+    pub fn watch(&self, req: WatchRequest) -> Result<mpsc::Receiver<Result<WatchResponse>>> {
+        if req.key.is_empty() && !req.prefix {
+            return Err(Error::InvalidArgument(
+                "key must not be empty (set prefix to watch everything)".into(),
+            ));
+        }
+        if req.start_revision < 0 {
+            return Err(Error::InvalidArgument(
+                "start_revision must not be negative".into(),
+            ));
+        }
+        let mut live = self.hub.subscribe();
+        let current = self.node.shared.revision.load(Ordering::Acquire);
+        let compacted = self.node.shared.compact_revision.load(Ordering::Acquire);
+        let start = if req.start_revision == 0 {
+            current + 1
+        } else {
+            req.start_revision
+        };
+        if start <= compacted {
+            return Err(Error::Compacted {
+                requested: start,
+                oldest: compacted + 1,
+            });
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut last = start - 1;
+            let history = this
+                .db
+                .begin_read()
+                .map_err(Error::from)
+                .and_then(|txn| state_machine::history_since(&txn, start));
+            let history = match history {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let mut chunk = Vec::new();
+            for (rev, events) in history {
+                chunk.extend(filter(&req, events));
+                last = rev;
+                if chunk.len() >= REPLAY_CHUNK && !this.emit(&tx, rev, &mut chunk).await {
+                    return;
+                }
+            }
+            if !chunk.is_empty() && !this.emit(&tx, last, &mut chunk).await {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    item = live.recv() => match item {
+                        Ok(batch) if batch.revision > last => {
+                            last = batch.revision;
+                            let mut events = filter(&req, batch.events.iter().cloned());
+                            if !events.is_empty() && !this.emit(&tx, last, &mut events).await {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx.send(Err(Error::FailedPrecondition(format!(
+                                "watcher fell behind; resume from revision {}", last + 1
+                            )))).await;
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn emit(
+        &self,
+        tx: &mpsc::Sender<Result<WatchResponse>>,
+        revision: i64,
+        events: &mut Vec<agenda_proto::db::Event>,
+    ) -> bool {
+        let resp = WatchResponse {
+            header: self.header(revision),
+            events: std::mem::take(events),
+        };
+        tx.send(Ok(resp)).await.is_ok()
+    }
+}
+
+fn filter(
+    req: &WatchRequest,
+    events: impl IntoIterator<Item = agenda_proto::db::Event>,
+) -> Vec<agenda_proto::db::Event> {
+    events
+        .into_iter()
+        .filter(|e| {
+            e.kv.as_ref()
+                .is_some_and(|kv| state_machine::selects(&req.key, req.prefix, &kv.key))
+        })
+        .map(|mut e| {
+            if !req.prev_kv {
+                e.prev_kv = None;
+            }
+            e
+        })
+        .collect()
+}
+
+/// Uses the caller's request id, or makes one so internal retries are
+/// still exactly-once.
+fn take_id(id: &mut String) -> String {
+    if id.is_empty() {
+        *id = format!("srv-{:032x}", rand::random::<u128>());
+    }
+    id.clone()
+}
+
+fn unexpected(_: command_result::Result) -> Error {
+    Error::InvalidArgument("request_id was already used for a different operation".into())
+}

@@ -1,0 +1,363 @@
+//! Raft log, hard state and conf state: raft-rs's `Storage`, backed by redb.
+//!
+//! Writes happen only inside a write transaction opened by the node loop
+//! (see `node.rs`), so the log, the hard state and the state machine commit
+//! together. The live part of the log (everything after the last compaction)
+//! is also kept in memory: raft-rs reads it on every append and heartbeat,
+//! and the compaction threshold bounds its size.
+//!
+//! What callers may rely on: `first_index() == truncated index + 1`,
+//! `term(truncated index)` always answers, and after `apply_snapshot` the log
+//! is empty and starts right after the snapshot.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use redb::{Database, ReadableDatabase, WriteTransaction};
+
+use crate::error::{Error, Result};
+use crate::schema::{self, LOG, META};
+
+/// raft-rs storage of one node.
+pub struct RaftStorage {
+    /// The node's database (shared with the state machine and readers).
+    db: Arc<Database>,
+    hard_state: HardState,
+    /// Configuration as of the applied index; raft-rs reads it at start-up.
+    conf_state: ConfState,
+    /// (index, term) of the last entry removed from the log.
+    truncated: (u64, u64),
+    /// Entries `truncated.0 + 1 ..= last_index`.
+    entries: VecDeque<Entry>,
+}
+
+impl RaftStorage {
+    /// Loads the persisted log and states.
+    pub fn load(db: Arc<Database>) -> Result<Self> {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let hard_state = match meta.get(schema::META_HARD_STATE)? {
+            Some(v) => HardState::parse_from_bytes(v.value())?,
+            None => HardState::default(),
+        };
+        let conf_state = match meta.get(schema::META_CONF_STATE)? {
+            Some(v) => ConfState::parse_from_bytes(v.value())?,
+            None => ConfState::default(),
+        };
+        let truncated = match meta.get(schema::META_TRUNCATED)? {
+            Some(v) => schema::read_pair_u64(v.value())
+                .ok_or_else(|| Error::Corrupt("truncated index record".into()))?,
+            None => (0, 0),
+        };
+        let log = txn.open_table(LOG)?;
+        let mut entries = VecDeque::new();
+        let mut expect = truncated.0 + 1;
+        for item in log.range(truncated.0 + 1..)? {
+            let (k, v) = item?;
+            if k.value() != expect {
+                return Err(Error::Corrupt(format!(
+                    "raft log has a hole: expected index {expect}, found {}",
+                    k.value()
+                )));
+            }
+            entries.push_back(Entry::parse_from_bytes(v.value())?);
+            expect += 1;
+        }
+        Ok(RaftStorage {
+            db,
+            hard_state,
+            conf_state,
+            truncated,
+            entries,
+        })
+    }
+
+    /// True once the node has a configuration, a vote or log entries: a
+    /// fresh data dir is not initialized.
+    pub fn is_initialized(&self) -> bool {
+        !self.conf_state.voters.is_empty()
+            || self.hard_state != HardState::default()
+            || !self.entries.is_empty()
+            || self.truncated.0 > 0
+    }
+
+    /// The index after the last compaction.
+    pub fn first(&self) -> u64 {
+        self.truncated.0 + 1
+    }
+
+    /// The index of the last entry.
+    pub fn last(&self) -> u64 {
+        self.truncated.0 + self.entries.len() as u64
+    }
+
+    /// Current hard state.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// Configuration as of the applied index.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Appends entries, first dropping any conflicting suffix.
+    pub fn append(&mut self, txn: &WriteTransaction, ents: &[Entry]) -> Result<()> {
+        let Some(first_new) = ents.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        if first_new < self.first() {
+            return Err(Error::Corrupt(format!(
+                "raft asked to append at {first_new}, before the log start {}",
+                self.first()
+            )));
+        }
+        if first_new > self.last() + 1 {
+            return Err(Error::Corrupt(format!(
+                "raft asked to append at {first_new}, leaving a hole after {}",
+                self.last()
+            )));
+        }
+        let mut log = txn.open_table(LOG)?;
+        if first_new <= self.last() {
+            log.retain_in(first_new.., |_, _| false)?;
+            self.entries.truncate((first_new - self.first()) as usize);
+        }
+        for e in ents {
+            log.insert(e.index, e.write_to_bytes()?.as_slice())?;
+            self.entries.push_back(e.clone());
+        }
+        Ok(())
+    }
+
+    /// Persists a new hard state.
+    pub fn set_hard_state(&mut self, txn: &WriteTransaction, hs: HardState) -> Result<()> {
+        txn.open_table(META)?
+            .insert(schema::META_HARD_STATE, hs.write_to_bytes()?.as_slice())?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Moves only the commit index of the hard state.
+    pub fn set_commit(&mut self, txn: &WriteTransaction, commit: u64) -> Result<()> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(txn, hs)
+    }
+
+    /// Persists the configuration (called when a conf change is applied).
+    pub fn set_conf_state(&mut self, txn: &WriteTransaction, cs: ConfState) -> Result<()> {
+        txn.open_table(META)?
+            .insert(schema::META_CONF_STATE, cs.write_to_bytes()?.as_slice())?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Records a configuration that the caller already persisted (conf
+    /// change applied through the state machine's tables).
+    pub fn conf_state_applied(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    /// Drops entries up to and including `index` (which must be applied).
+    pub fn compact(&mut self, txn: &WriteTransaction, index: u64) -> Result<()> {
+        if index <= self.truncated.0 {
+            return Ok(());
+        }
+        if index > self.last() {
+            return Err(Error::Corrupt(format!(
+                "compaction to {index} past the last log index {}",
+                self.last()
+            )));
+        }
+        let term = self.term_of(index)?;
+        let mut log = txn.open_table(LOG)?;
+        log.retain_in(..=index, |_, _| false)?;
+        let n = (index - self.truncated.0) as usize;
+        self.entries.drain(..n);
+        self.truncated = (index, term);
+        txn.open_table(META)?.insert(
+            schema::META_TRUNCATED,
+            schema::pair_u64(index, term).as_slice(),
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the log by a snapshot's position (the state machine part is
+    /// restored by `StateMachine::restore` in the same transaction).
+    pub fn apply_snapshot(
+        &mut self,
+        txn: &WriteTransaction,
+        meta: &SnapshotMetadata,
+    ) -> Result<()> {
+        txn.open_table(LOG)?.retain(|_, _| false)?;
+        self.entries.clear();
+        self.truncated = (meta.index, meta.term);
+        txn.open_table(META)?.insert(
+            schema::META_TRUNCATED,
+            schema::pair_u64(meta.index, meta.term).as_slice(),
+        )?;
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        self.set_hard_state(txn, hs)?;
+        self.set_conf_state(txn, meta.get_conf_state().clone())
+    }
+
+    fn term_of(&self, idx: u64) -> Result<u64> {
+        if idx == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if idx < self.truncated.0 {
+            return Err(Error::Raft(raft::Error::Store(StorageError::Compacted)));
+        }
+        match self.entries.get((idx - self.first()) as usize) {
+            Some(e) => Ok(e.term),
+            None => Err(Error::Raft(raft::Error::Store(StorageError::Unavailable))),
+        }
+    }
+}
+
+fn other(e: Error) -> raft::Error {
+    match e {
+        Error::Raft(e) => e,
+        e => raft::Error::Store(StorageError::Other(Box::new(e))),
+    }
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let from = (low - self.first()) as usize;
+        let to = (high - self.first()) as usize;
+        let mut out: Vec<Entry> = self.entries.range(from..to).cloned().collect();
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.term_of(idx).map_err(other)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The snapshot is the applied state right now; its index is the
+        // applied index, which is never below the log start, so the leader
+        // can always continue with entries after it.
+        crate::state_machine::build_snapshot(&self.db).map_err(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e
+    }
+
+    fn open() -> (tempfile::TempDir, Arc<Database>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(crate::open_database(&dir.path().join("db.redb")).unwrap());
+        (dir, db)
+    }
+
+    #[test]
+    fn append_truncates_conflicts_and_survives_reload() {
+        let (_dir, db) = open();
+        let mut s = RaftStorage::load(db.clone()).unwrap();
+        assert!(!s.is_initialized());
+        let txn = db.begin_write().unwrap();
+        s.append(&txn, &[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .unwrap();
+        s.append(&txn, &[entry(2, 2)]).unwrap();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.vote = 3;
+        s.set_hard_state(&txn, hs.clone()).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(s.last(), 2);
+
+        let s = RaftStorage::load(db).unwrap();
+        assert_eq!(s.last(), 2);
+        assert_eq!(s.term(2).unwrap(), 2);
+        assert_eq!(s.hard_state(), &hs);
+        assert!(s.is_initialized());
+        let got = s
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 2)]
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_the_boundary_term() {
+        let (_dir, db) = open();
+        let mut s = RaftStorage::load(db.clone()).unwrap();
+        let txn = db.begin_write().unwrap();
+        s.append(
+            &txn,
+            &(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        s.compact(&txn, 6).unwrap();
+        txn.commit().unwrap();
+        let s = RaftStorage::load(db).unwrap();
+        assert_eq!(s.first_index().unwrap(), 7);
+        assert_eq!(s.term(6).unwrap(), 2);
+        assert!(matches!(
+            s.entries(5, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(s.term(5).is_err());
+        assert_eq!(
+            s.entries(7, 11, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn appending_with_a_hole_is_refused() {
+        let (_dir, db) = open();
+        let mut s = RaftStorage::load(db.clone()).unwrap();
+        let txn = db.begin_write().unwrap();
+        s.append(&txn, &[entry(1, 1)]).unwrap();
+        assert!(s.append(&txn, &[entry(3, 1)]).is_err());
+    }
+}

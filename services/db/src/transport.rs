@@ -1,0 +1,281 @@
+//! Raft messages between nodes: one long-lived gRPC client stream per peer.
+//!
+//! The node thread hands messages to [`Transport::send`], which never
+//! blocks: each peer has a bounded queue drained by its own task. Raft
+//! tolerates lost messages, so a full queue or a broken connection drops
+//! messages (and tells raft the peer is unreachable) instead of stalling
+//! the node. The receiving side ([`RaftService`]) checks the cluster token
+//! and feeds messages into the node's mailbox.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use agenda_proto::raft::raft_client::RaftClient;
+use agenda_proto::raft::raft_server::Raft;
+use agenda_proto::raft::{RaftAck, RaftEnvelope};
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::node::{NodeHandle, Request};
+
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+/// Metadata key carrying the cluster token.
+pub const CLUSTER_HEADER: &str = "x-agenda-cluster";
+/// Metadata key carrying the sender's id.
+pub const FROM_HEADER: &str = "x-agenda-from";
+/// Largest raft message (a snapshot) accepted or sent.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+struct Peer {
+    addr: String,
+    tx: mpsc::Sender<Message>,
+}
+
+struct Inner {
+    id: u64,
+    token: String,
+    rt: tokio::runtime::Handle,
+    members: Mutex<BTreeMap<u64, String>>,
+    peers: Mutex<HashMap<u64, Peer>>,
+    node: OnceLock<NodeHandle>,
+}
+
+/// Outgoing half, owned by the node loop; cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl Transport {
+    /// Creates the transport; peer tasks run on `rt`.
+    pub fn new(
+        id: u64,
+        token: String,
+        members: BTreeMap<u64, String>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
+        Transport {
+            inner: Arc::new(Inner {
+                id,
+                token,
+                rt,
+                members: Mutex::new(members),
+                peers: Mutex::new(HashMap::new()),
+                node: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Connects the transport to the node it reports to.
+    pub fn set_node(&self, node: NodeHandle) {
+        let _ = self.inner.node.set(node);
+    }
+
+    /// Replaces the member address book (after a conf change or snapshot).
+    pub fn set_members(&self, members: &BTreeMap<u64, String>) {
+        let mut book = self.inner.members.lock().expect("members lock");
+        for (id, addr) in members {
+            book.insert(*id, addr.clone());
+        }
+        book.retain(|id, _| members.contains_key(id));
+    }
+
+    /// Queues messages for their peers; never blocks.
+    pub fn send(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let members = self.inner.members.lock().expect("members lock").clone();
+        let mut peers = self.inner.peers.lock().expect("peers lock");
+        for m in msgs {
+            let to = m.to;
+            let Some(addr) = members.get(&to) else {
+                tracing::debug!(to, "no address for raft peer; dropping message");
+                continue;
+            };
+            let peer = match peers.get(&to) {
+                Some(p) if &p.addr == addr && !p.tx.is_closed() => p,
+                _ => {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    let inner = self.inner.clone();
+                    let a = addr.clone();
+                    self.inner
+                        .rt
+                        .spawn(async move { peer_loop(inner, to, a, rx).await });
+                    peers.insert(
+                        to,
+                        Peer {
+                            addr: addr.clone(),
+                            tx,
+                        },
+                    );
+                    &peers[&to]
+                }
+            };
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            if peer.tx.try_send(m).is_err() {
+                self.inner.report(Request::Unreachable(to));
+                if is_snapshot {
+                    self.inner.report(Request::SnapshotSent { to, ok: false });
+                }
+            }
+        }
+    }
+
+    /// Stops every peer task.
+    pub fn shutdown(&self) {
+        self.inner.peers.lock().expect("peers lock").clear();
+    }
+}
+
+impl Inner {
+    fn report(&self, req: Request) {
+        if let Some(node) = self.node.get() {
+            let _ = node.send(req);
+        }
+    }
+}
+
+async fn peer_loop(inner: Arc<Inner>, to: u64, addr: String, mut rx: mpsc::Receiver<Message>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut warned = false;
+    loop {
+        let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+            Ok(e) => e
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5)),
+            Err(e) => {
+                tracing::error!(to, %addr, error = %e, "invalid raft peer address");
+                return;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(to, %addr, error = %e, "raft peer unreachable; retrying in the background");
+                    warned = true;
+                }
+                inner.report(Request::Unreachable(to));
+                // Drop what queued up meanwhile: raft resends what matters.
+                while let Ok(m) = rx.try_recv() {
+                    if m.get_msg_type() == MessageType::MsgSnapshot {
+                        inner.report(Request::SnapshotSent { to, ok: false });
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    () = drop_until_closed(&inner, to, &mut rx) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if warned {
+            tracing::info!(to, %addr, "raft peer reachable again");
+            warned = false;
+        }
+        backoff = Duration::from_millis(50);
+        let mut client = RaftClient::new(channel)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let (stx, srx) = mpsc::channel::<RaftEnvelope>(256);
+        let mut request = tonic::Request::new(ReceiverStream::new(srx));
+        if let Ok(v) = inner.token.parse() {
+            request.metadata_mut().insert(CLUSTER_HEADER, v);
+        }
+        if let Ok(v) = inner.id.to_string().parse() {
+            request.metadata_mut().insert(FROM_HEADER, v);
+        }
+        let call = tokio::spawn(async move { client.send(request).await });
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(m) = m else {
+                        call.abort();
+                        return;
+                    };
+                    let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+                    let bytes = match m.write_to_bytes() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot encode raft message");
+                            continue;
+                        }
+                    };
+                    let sent = stx.send(RaftEnvelope { message: bytes }).await.is_ok();
+                    if is_snapshot {
+                        inner.report(Request::SnapshotSent { to, ok: sent });
+                    }
+                    if !sent {
+                        break;
+                    }
+                }
+                _ = stx.closed() => break,
+            }
+        }
+        call.abort();
+        inner.report(Request::Unreachable(to));
+    }
+}
+
+/// Drops messages arriving while the peer is unreachable; resolves when the
+/// transport shuts down (every sender gone).
+async fn drop_until_closed(inner: &Inner, to: u64, rx: &mut mpsc::Receiver<Message>) {
+    while let Some(m) = rx.recv().await {
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            inner.report(Request::SnapshotSent { to, ok: false });
+        }
+    }
+}
+
+/// Server side: receives raft traffic from peers.
+pub struct RaftService {
+    /// Node to feed.
+    pub node: NodeHandle,
+    /// Expected cluster token.
+    pub token: String,
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn send(
+        &self,
+        request: tonic::Request<tonic::Streaming<RaftEnvelope>>,
+    ) -> Result<tonic::Response<RaftAck>, tonic::Status> {
+        let token = request
+            .metadata()
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if token != self.token {
+            let from = request
+                .metadata()
+                .get(FROM_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string();
+            tracing::warn!(from, token, "refusing raft traffic from another cluster");
+            return Err(tonic::Status::permission_denied(format!(
+                "cluster token mismatch: this node belongs to cluster {:?}",
+                self.token
+            )));
+        }
+        let mut stream = request.into_inner();
+        while let Some(env) = stream.message().await? {
+            let m = Message::parse_from_bytes(&env.message)
+                .map_err(|e| tonic::Status::invalid_argument(format!("bad raft message: {e}")))?;
+            self.node
+                .send(Request::Raft(Box::new(m)))
+                .map_err(|_| tonic::Status::unavailable("node is stopping"))?;
+        }
+        Ok(tonic::Response::new(RaftAck {}))
+    }
+}
