@@ -37,7 +37,8 @@ stop() {
   rm -f "$state/url" "$state/endpoints.json"
   echo "stopped."
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 for i in $(seq 1 $nodes); do
   "$bin/agenda-db" --id "$i" \

@@ -116,7 +116,7 @@ pub fn check_with_limit(
 ) -> Result<(), Violation> {
     let mut values = Interner::default();
     let initial = values.intern(initial.as_deref());
-    let ops = compile(history, &mut values)?;
+    let (ops, initial) = compile(history, &mut values, initial)?;
     let mut search = Search::new(&ops);
     let verdict = search.run(initial, max_steps);
     let blocked = |search: &Search| {
@@ -130,7 +130,7 @@ pub fn check_with_limit(
             let states: Vec<String> = search
                 .frontier_states
                 .iter()
-                .map(|&state| show(values.values[state]))
+                .map(|&state| values.show(state))
                 .collect();
             Err(Violation {
                 message: format!(
@@ -180,6 +180,15 @@ impl<'a> Interner<'a> {
             self.values.push(value);
             self.values.len() - 1
         })
+    }
+
+    /// Formats a value for messages; ids past the table stand for the merged
+    /// values that are never read (see [`compile`]).
+    fn show(&self, value: Value) -> String {
+        match self.values.get(value) {
+            Some(&value) => show(value),
+            None => "<a value never read back>".to_owned(),
+        }
     }
 }
 
@@ -251,11 +260,17 @@ struct Checked {
 }
 
 /// Validates the history, drops reads with unknown outcome and returns the
-/// remaining operations sorted by call time.
+/// remaining operations sorted by call time, along with the initial value.
+///
+/// Values that no operation compares the register with (never read, never
+/// expected by a compare-and-set) are indistinguishable, so they are merged
+/// into one: configurations that differ only in such values, and
+/// unknown-outcome writes of them, become identical.
 fn compile<'a>(
     history: &'a [Operation],
     values: &mut Interner<'a>,
-) -> Result<Vec<Checked>, Violation> {
+    initial: Value,
+) -> Result<(Vec<Checked>, Value), Violation> {
     let mut ops = Vec::with_capacity(history.len());
     for (index, operation) in history.iter().enumerate() {
         let malformed = |reason: &str| Violation {
@@ -294,10 +309,22 @@ fn compile<'a>(
             twin: None,
         });
     }
+    let mut observed = vec![false; values.values.len()];
+    for op in &ops {
+        if let Step::Read(value) | Step::Cas { expect: value, .. } = op.step {
+            observed[value] = true;
+        }
+    }
+    let unobserved = values.values.len();
+    let merge = |value: Value| if observed[value] { value } else { unobserved };
     ops.sort_by_key(|op| (op.call, op.index));
     let (mut known_bits, mut unknown_bits) = (0, 0);
     let mut last_unknown = HashMap::new();
     for op in &mut ops {
+        match &mut op.step {
+            Step::Read(_) => {}
+            Step::Write(value) | Step::Cas { new: value, .. } => *value = merge(*value),
+        }
         if op.unknown {
             op.bit = unknown_bits;
             unknown_bits += 1;
@@ -307,7 +334,7 @@ fn compile<'a>(
             known_bits += 1;
         }
     }
-    Ok(ops)
+    Ok((ops, merge(initial)))
 }
 
 /// Sentinel node at the start of the event list.

@@ -852,3 +852,339 @@ pub fn compare_holds(c: &Compare, kv: Option<&KeyValue>) -> bool {
         compare::Result::Greater => ord == Ordering::Greater,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agenda_proto::db::{LeaseGrantRequest, LeaseRevokeRequest};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        db: Database,
+        sm: StateMachine,
+        index: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let db = crate::open_database(&dir.path().join("db.redb")).unwrap();
+            let sm = StateMachine::load(&db, 1000).unwrap();
+            Fixture {
+                _dir: dir,
+                db,
+                sm,
+                index: 0,
+            }
+        }
+
+        fn apply(&mut self, id: &str, op: command::Op) -> (CommandResult, Effects) {
+            self.apply_at(id, op, 1_000_000)
+        }
+
+        fn apply_at(&mut self, id: &str, op: command::Op, at_ms: u64) -> (CommandResult, Effects) {
+            self.index += 1;
+            let txn = self.db.begin_write().unwrap();
+            let out = {
+                let mut t = Tables::open(&txn).unwrap();
+                let cmd = Command {
+                    request_id: id.into(),
+                    proposed_at_ms: at_ms,
+                    op: Some(op),
+                };
+                let out = self.sm.apply(&mut t, self.index, 1, 1, &cmd).unwrap();
+                self.sm.persist(&mut t).unwrap();
+                out
+            };
+            txn.commit().unwrap();
+            out
+        }
+
+        fn get(&self, key: &str) -> Option<KeyValue> {
+            let txn = self.db.begin_read().unwrap();
+            let kv = txn.open_table(KV).unwrap();
+            get_kv(&kv, key.as_bytes()).unwrap()
+        }
+    }
+
+    fn put(key: &str, value: &str) -> command::Op {
+        command::Op::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+    }
+
+    fn error_code(r: &CommandResult) -> Option<command_error::Code> {
+        match &r.result {
+            Some(command_result::Result::Error(e)) => command_error::Code::try_from(e.code).ok(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn puts_advance_revision_version_and_keep_create_revision() {
+        let mut f = Fixture::new();
+        f.apply("a", put("k", "1"));
+        f.apply("b", put("k", "2"));
+        let kv = f.get("k").unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (1, 2, 2));
+        assert_eq!(kv.value, b"2");
+        assert_eq!(f.sm.revision, 2);
+    }
+
+    #[test]
+    fn a_repeated_request_id_returns_the_first_result_without_applying() {
+        let mut f = Fixture::new();
+        let (first, eff) = f.apply("same", put("k", "1"));
+        assert!(eff.revision.is_some());
+        let (again, eff) = f.apply("same", put("k", "1"));
+        assert_eq!(first, again);
+        assert!(eff.revision.is_none());
+        assert_eq!(f.get("k").unwrap().version, 1);
+        assert_eq!(f.sm.revision, 1);
+    }
+
+    #[test]
+    fn dedup_records_expire_after_the_retention() {
+        let mut f = Fixture::new();
+        f.apply_at("old", put("k", "1"), 1_000);
+        f.apply_at("new", put("k", "2"), 1_000 + DEDUP_RETENTION_MS + 1);
+        let txn = f.db.begin_write().unwrap();
+        let t = Tables::open(&txn).unwrap();
+        assert!(f.sm.dedup_lookup(&t, "old").unwrap().is_none());
+        assert!(f.sm.dedup_lookup(&t, "new").unwrap().is_some());
+    }
+
+    #[test]
+    fn txn_compares_pick_the_branch_atomically() {
+        let mut f = Fixture::new();
+        f.apply("1", put("k", "v"));
+        let cas = |expect_version: i64, new: &str| {
+            command::Op::Txn(TxnRequest {
+                compare: vec![Compare {
+                    key: b"k".to_vec(),
+                    target: compare::Target::Version as i32,
+                    result: compare::Result::Equal as i32,
+                    number: expect_version,
+                    ..Default::default()
+                }],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::Put(PutRequest {
+                        key: b"k".to_vec(),
+                        value: new.into(),
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![RequestOp {
+                    request: Some(request_op::Request::Range(RangeRequest {
+                        key: b"k".to_vec(),
+                        ..Default::default()
+                    })),
+                }],
+                request_id: String::new(),
+            })
+        };
+        let (r, _) = f.apply("2", cas(1, "w"));
+        let Some(command_result::Result::Txn(t)) = r.result else {
+            panic!("txn result expected")
+        };
+        assert!(t.succeeded);
+        let (r, eff) = f.apply("3", cas(1, "x"));
+        let Some(command_result::Result::Txn(t)) = r.result else {
+            panic!("txn result expected")
+        };
+        assert!(!t.succeeded);
+        assert!(eff.revision.is_none(), "a read-only branch writes no revision");
+        let Some(response_op::Response::Range(range)) = &t.responses[0].response else {
+            panic!("range response expected")
+        };
+        assert_eq!(range.kvs[0].value, b"w");
+    }
+
+    #[test]
+    fn compare_semantics_for_missing_keys_and_orders() {
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            value: b"b".to_vec(),
+            version: 3,
+            mod_revision: 9,
+            ..Default::default()
+        };
+        let c = |target: compare::Target, result: compare::Result, value: &str, number: i64| Compare {
+            key: b"k".to_vec(),
+            target: target as i32,
+            result: result as i32,
+            value: value.into(),
+            number,
+        };
+        use compare::{Result as R, Target as T};
+        assert!(compare_holds(&c(T::Value, R::Equal, "b", 0), Some(&kv)));
+        assert!(compare_holds(&c(T::Value, R::Greater, "a", 0), Some(&kv)));
+        assert!(compare_holds(&c(T::Value, R::Less, "c", 0), Some(&kv)));
+        assert!(!compare_holds(&c(T::Value, R::NotEqual, "x", 0), None));
+        assert!(compare_holds(&c(T::Version, R::Equal, "", 0), None));
+        assert!(compare_holds(&c(T::ModRevision, R::Greater, "", 8), Some(&kv)));
+        assert!(compare_holds(&c(T::Version, R::NotEqual, "", 2), Some(&kv)));
+    }
+
+    #[test]
+    fn an_invalid_txn_writes_nothing() {
+        let mut f = Fixture::new();
+        let op = command::Op::Txn(TxnRequest {
+            success: vec![
+                RequestOp {
+                    request: Some(request_op::Request::Put(PutRequest {
+                        key: b"ok".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+                RequestOp {
+                    request: Some(request_op::Request::Put(PutRequest {
+                        key: b"bad".to_vec(),
+                        lease: 42,
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        });
+        let (r, _) = f.apply("t", op);
+        assert_eq!(error_code(&r), Some(command_error::Code::NotFound));
+        assert!(f.get("ok").is_none());
+        assert_eq!(f.sm.revision, 0);
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_in_one_revision() {
+        let mut f = Fixture::new();
+        f.apply(
+            "g",
+            command::Op::LeaseGrant(LeaseGrantRequest {
+                ttl: 5,
+                id: 7,
+                ..Default::default()
+            }),
+        );
+        for k in ["a", "b"] {
+            f.apply(
+                k,
+                command::Op::Put(PutRequest {
+                    key: k.into(),
+                    lease: 7,
+                    ..Default::default()
+                }),
+            );
+        }
+        f.apply("c", put("c", "no lease"));
+        let (_, eff) = f.apply(
+            "r",
+            command::Op::LeaseRevoke(LeaseRevokeRequest {
+                id: 7,
+                ..Default::default()
+            }),
+        );
+        let (rev, events) = eff.revision.unwrap();
+        assert_eq!(rev, 4);
+        assert_eq!(events.len(), 2);
+        assert_eq!(eff.lease, Some(LeaseEffect::Revoked(7)));
+        assert!(f.get("a").is_none() && f.get("b").is_none());
+        assert!(f.get("c").is_some());
+        let (r, _) = f.apply(
+            "r2",
+            command::Op::LeaseRevoke(LeaseRevokeRequest {
+                id: 7,
+                ..Default::default()
+            }),
+        );
+        assert_eq!(error_code(&r), Some(command_error::Code::NotFound));
+    }
+
+    #[test]
+    fn past_revisions_are_readable_until_compacted() {
+        let mut f = Fixture::new();
+        f.sm.history_keep = 3;
+        for i in 1..=5 {
+            f.apply(&format!("p{i}"), put("k", &i.to_string()));
+        }
+        f.apply(
+            "d",
+            command::Op::Delete(DeleteRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            }),
+        );
+        let txn = f.db.begin_read().unwrap();
+        let at = |rev: i64| {
+            range_at(
+                &txn,
+                &RangeRequest {
+                    key: b"k".to_vec(),
+                    revision: rev,
+                    ..Default::default()
+                },
+            )
+        };
+        assert_eq!(at(5).unwrap().kvs[0].value, b"5");
+        assert_eq!(at(4).unwrap().kvs[0].value, b"4");
+        assert!(at(6).unwrap().kvs.is_empty());
+        assert!(matches!(at(1), Err(Error::Compacted { .. })));
+        let hist = history_since(&txn, f.sm.compact_revision + 1).unwrap();
+        assert_eq!(hist.len(), 3);
+    }
+
+    #[test]
+    fn snapshot_round_trip_restores_everything() {
+        let mut f = Fixture::new();
+        f.apply(
+            "g",
+            command::Op::LeaseGrant(LeaseGrantRequest {
+                ttl: 5,
+                id: 9,
+                ..Default::default()
+            }),
+        );
+        f.apply(
+            "a",
+            command::Op::Put(PutRequest {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+                lease: 9,
+                ..Default::default()
+            }),
+        );
+        let snap = build_snapshot(&f.db).unwrap();
+        assert_eq!(snap.get_metadata().index, 2);
+
+        let mut g = Fixture::new();
+        g.apply("x", put("stale", "gone after restore"));
+        let txn = g.db.begin_write().unwrap();
+        g.sm.restore(&txn, &snap).unwrap();
+        txn.commit().unwrap();
+        assert!(g.get("stale").is_none());
+        assert_eq!(g.get("a").unwrap().lease, 9);
+        assert_eq!(StateMachine::leases(&g.db).unwrap(), vec![(9, 5)]);
+        assert_eq!(g.sm.revision, 1);
+        // The dedup table travelled too: a retry of "a" is still recognized.
+        let (r, eff) = g.apply("a", put("a", "other"));
+        assert!(eff.revision.is_none());
+        assert!(matches!(r.result, Some(command_result::Result::Put(_))));
+        // And revoking the restored lease still finds its keys.
+        g.apply(
+            "r",
+            command::Op::LeaseRevoke(LeaseRevokeRequest {
+                id: 9,
+                ..Default::default()
+            }),
+        );
+        assert!(g.get("a").is_none());
+    }
+
+    #[test]
+    fn prefix_end_handles_edge_bytes() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
