@@ -1,1 +1,11 @@
+//! System tests and benchmarks of Agenda: real processes, real disks.
+//!
+//! Layout:
+//! - [`cluster`]: start, kill, restart and join agenda-db processes on
+//!   loopback; poll-with-deadline helpers.
+//! - [`linearizability`]: a Wing–Gong/Lowe checker for a register with
+//!   compare-and-set, fed by histories recorded in the tests.
+//! - `tests/`: the system tests; `src/bin/bench_db.rs`: `make bench-db`.
 
+pub mod cluster;
+pub mod linearizability;

@@ -189,8 +189,9 @@ struct Outcome {
     effects: Effects,
 }
 
-/// A caller waiting for its proposal, with when it was proposed.
-type Waiter = (oneshot::Sender<Result<CommandResult>>, Instant);
+/// A caller waiting for its proposal: reply channel, when it was proposed,
+/// and the command (kept to propose it again after a leader change).
+type Waiter = (oneshot::Sender<Result<CommandResult>>, Instant, Option<Command>);
 
 /// Owns the raft node; runs on its own thread (see [`Node::run`]).
 pub struct Node {
@@ -214,6 +215,10 @@ pub struct Node {
     next_read_ctx: u64,
     role: StateRole,
     removed: bool,
+    /// Set when a new leader appears: proposals forwarded to the old one
+    /// may be lost, so they are proposed again (the request id makes the
+    /// copy harmless).
+    repropose: bool,
 }
 
 impl Node {
@@ -274,6 +279,7 @@ impl Node {
             next_read_ctx: 1,
             role: StateRole::Follower,
             removed: false,
+            repropose: false,
         };
         Ok((node, handle, rx))
     }
@@ -306,6 +312,10 @@ impl Node {
                 return Ok(Exit::Stopped);
             }
             self.flush_reads();
+            if self.repropose {
+                self.repropose = false;
+                self.propose_pending_again();
+            }
             if last_tick.elapsed() >= self.cfg.tick {
                 last_tick = Instant::now();
                 self.raw.tick();
@@ -337,9 +347,9 @@ impl Node {
                     Ok(()) => {
                         self.metrics.proposals.inc();
                         self.pending
-                            .entry(cmd.request_id)
+                            .entry(cmd.request_id.clone())
                             .or_default()
-                            .push((reply, Instant::now()));
+                            .push((reply, Instant::now(), Some(cmd)));
                     }
                     Err(_) => {
                         self.metrics.proposals_failed.inc();
@@ -365,7 +375,7 @@ impl Node {
                         .pending
                         .entry(change.request_id)
                         .or_default()
-                        .push((reply, Instant::now())),
+                        .push((reply, Instant::now(), None)),
                     Err(e) => {
                         let _ = reply.send(Err(Error::FailedPrecondition(format!(
                             "membership change refused: {e}"
@@ -431,6 +441,21 @@ impl Node {
         self.reads_in_flight.insert(ctx, (batch, Instant::now()));
     }
 
+    fn propose_pending_again(&mut self) {
+        let mut n = 0;
+        for waiters in self.pending.values() {
+            let Some(cmd) = waiters.iter().find_map(|(_, _, c)| c.as_ref()) else {
+                continue;
+            };
+            if self.raw.propose(Vec::new(), cmd.encode_to_vec()).is_ok() {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(proposals = n, "proposed in-flight requests again after a leader change");
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
         if self.role == StateRole::Leader {
@@ -461,6 +486,7 @@ impl Node {
             // ReadIndex requests in flight died with the old leadership;
             // dropping them lets their callers retry at once.
             self.reads_in_flight.clear();
+            self.repropose = leader != INVALID_ID;
         }
         if role == StateRole::Leader && self.role != StateRole::Leader {
             self.leases.promote(Instant::now());
@@ -704,7 +730,7 @@ impl Node {
                 None => {}
             }
             if let (Some(waiters), Some(result)) = (self.pending.remove(&o.request_id), o.result) {
-                for (tx, at) in waiters {
+                for (tx, at, _) in waiters {
                     self.metrics
                         .commit_seconds
                         .observe(now.duration_since(at).as_secs_f64());
@@ -725,7 +751,7 @@ impl Node {
         self.metrics.applied_index.set(self.sm.applied.0 as i64);
         // Callers that gave up (dropped their receiver) are forgotten.
         self.pending.retain(|_, ws| {
-            ws.retain(|(tx, _)| !tx.is_closed());
+            ws.retain(|(tx, _, _)| !tx.is_closed());
             !ws.is_empty()
         });
     }

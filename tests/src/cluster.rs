@@ -1,0 +1,321 @@
+//! Real agenda-db processes on loopback, for system tests and benchmarks.
+//!
+//! Each [`Cluster`] lives in its own temp dir (data dirs and logs), picks
+//! free ports, and kills every process it started when dropped, also when a
+//! test fails. Nothing here sleeps for a fixed time: helpers poll a
+//! condition until a deadline.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agenda_common::DbClient;
+use anyhow::{bail, Context, Result};
+
+/// Directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("AGENDA_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, with a clear message if it is not built.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let p = bin_dir().join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found; build it first (`cargo build --workspace`, or `make test` which does)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// A free loopback port (bound then released; the OS rarely reuses it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One agenda-db process.
+pub struct Node {
+    /// Raft id.
+    pub id: u64,
+    /// gRPC address.
+    pub grpc: String,
+    /// REST address (host:port).
+    pub http: String,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+    join: bool,
+}
+
+impl Node {
+    /// Operator base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// Options of a test cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Number of initial members.
+    pub size: u64,
+    /// Extra flags for every node.
+    pub args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            size: 5,
+            args: Vec::new(),
+        }
+    }
+}
+
+/// A set of agenda-db processes sharing one temp dir.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    opts: Options,
+    peers: String,
+    /// The processes, by id.
+    pub nodes: BTreeMap<u64, Node>,
+}
+
+impl Cluster {
+    /// Starts `opts.size` nodes and waits until they agree on a leader.
+    pub async fn start(opts: Options) -> Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("agenda-db-test").tempdir()?;
+        let bin = bin("agenda-db")?;
+        let mut nodes = BTreeMap::new();
+        for id in 1..=opts.size {
+            nodes.insert(id, Self::new_node(dir.path(), id, false));
+        }
+        let peers = nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            dir,
+            bin,
+            opts,
+            peers,
+            nodes,
+        };
+        let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        for id in ids {
+            c.spawn(id)?;
+        }
+        c.wait_leader(Duration::from_secs(20)).await?;
+        Ok(c)
+    }
+
+    fn new_node(dir: &Path, id: u64, join: bool) -> Node {
+        Node {
+            id,
+            grpc: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            child: None,
+            join,
+        }
+    }
+
+    /// The cluster's temp dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, id: u64) -> Result<()> {
+        let peers = self.peers.clone();
+        let node = self.nodes.get_mut(&id).context("no such node")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(format!("--id={id}"))
+            .arg(format!("--listen={}", node.grpc))
+            .arg(format!("--http={}", node.http))
+            .arg(format!("--peers={peers}"))
+            .arg(format!("--data-dir={}", node.data_dir.display()))
+            .args(&self.opts.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if node.join {
+            cmd.arg("--join");
+        }
+        node.child = Some(cmd.spawn().context("spawn agenda-db")?);
+        Ok(())
+    }
+
+    /// Client over every running node's gRPC address.
+    pub fn client(&self) -> DbClient {
+        let eps: Vec<String> = self.nodes.values().map(|n| n.grpc.clone()).collect();
+        DbClient::new(&eps).expect("valid endpoints")
+    }
+
+    /// Client bound to one node only.
+    pub fn node_client(&self, id: u64) -> DbClient {
+        DbClient::new(&[self.nodes[&id].grpc.clone()]).expect("valid endpoint")
+    }
+
+    /// Waits until every running node reports the same leader, and returns it.
+    pub async fn wait_leader(&mut self, timeout: Duration) -> Result<u64> {
+        let running: Vec<(u64, String)> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|(id, n)| n.is_running().then(|| (*id, n.grpc.clone())))
+            .collect();
+        wait_for("a leader known to every running node", timeout, || {
+            let running = running.clone();
+            async move {
+                let mut leader = None;
+                for (_, addr) in &running {
+                    let c = DbClient::new(&[addr.clone()])
+                        .ok()?
+                        .with_timeout(Duration::from_millis(500));
+                    let s = c.cluster_status().await.ok()?;
+                    if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+                        return None;
+                    }
+                    leader = Some(s.leader_id);
+                }
+                leader
+            }
+        })
+        .await
+    }
+
+    /// The current leader according to any reachable node.
+    pub async fn leader(&self) -> Result<u64> {
+        let c = self.client().with_timeout(Duration::from_secs(5));
+        wait_for("a leader", Duration::from_secs(10), || {
+            let c = c.clone();
+            async move {
+                let s = c.cluster_status().await.ok()?;
+                (s.leader_id != 0).then_some(s.leader_id)
+            }
+        })
+        .await
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (bounded), SIGKILL otherwise.
+    pub fn stop(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let n = self.nodes.get_mut(&id)?;
+        let mut c = n.child.take()?;
+        // SAFETY-free: `kill` command sends SIGTERM to a pid we started.
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a stopped node again with the same data dir.
+    pub fn restart(&mut self, id: u64) -> Result<()> {
+        self.spawn(id)
+    }
+
+    /// Starts a new empty node that joins through a conf change (the
+    /// caller adds it with `member_add`).
+    pub fn spawn_joining(&mut self, id: u64) -> Result<&Node> {
+        let node = Self::new_node(self.dir.path(), id, true);
+        self.peers = format!("{},{}={}", self.peers, id, node.grpc);
+        self.nodes.insert(id, node);
+        self.spawn(id)?;
+        Ok(&self.nodes[&id])
+    }
+
+    /// Last lines of a node's log (for failure messages).
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.nodes.values_mut() {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            // Keep the evidence of a failed test.
+            let path = self.dir.path().to_path_buf();
+            eprintln!("test cluster logs kept in {}", path.display());
+            let _ = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("temp dir"),
+            )
+            .keep();
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! System tests of agenda-db: five real processes on loopback, real disks,
+//! real kills. Run with `make test` (which builds the binaries first).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agenda_common::{DbClient, Error as ClientError};
+use agenda_proto::db::{
+    compare, event, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchRequest,
+};
+use agenda_tests::cluster::{wait_for, Cluster, Options};
+use agenda_tests::linearizability::{self, Op, Operation, Outcome};
+use anyhow::{ensure, Context, Result};
+
+fn opts(args: &[&str]) -> Options {
+    Options {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Options::default()
+    }
+}
+
+fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+async fn count_prefix(client: &DbClient, prefix: &str, stale: bool) -> Result<i64> {
+    Ok(client
+        .range(RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            prefix: true,
+            stale,
+            count_only: true,
+            ..Default::default()
+        })
+        .await?
+        .count)
+}
+
+async fn metric(c: &Cluster, id: u64, name: &str) -> Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", c.nodes[&id].url()))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("metric {name} not found on node {id}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_any_node_are_readable_from_every_node() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    for i in 0..100u64 {
+        let node = 1 + i % 5;
+        c.node_client(node)
+            .put(put(format!("k/{i:03}"), format!("v{i}")))
+            .await
+            .with_context(|| format!("put through node {node}"))?;
+    }
+    for id in 1..=5 {
+        let client = c.node_client(id);
+        // Linearizable: every acknowledged write is visible at once.
+        ensure!(count_prefix(&client, "k/", false).await? == 100, "node {id} misses writes");
+        let kv = client.get("k/042").await?.context("k/042 missing")?;
+        ensure!(kv.value == b"v42" && kv.version == 1);
+        // A stale read converges too.
+        wait_for("stale read to catch up", Duration::from_secs(5), || {
+            let client = client.clone();
+            async move { (count_prefix(&client, "k/", true).await.ok()? == 100).then_some(()) }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Concurrent writers of unique keys; records what was acknowledged.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+    attempted: Arc<Mutex<BTreeSet<String>>>,
+    errors: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(client: DbClient, n: usize, per_writer_max: u64) -> Writers {
+        let w = Writers {
+            stop: Arc::new(AtomicBool::new(false)),
+            acked: Arc::default(),
+            attempted: Arc::default(),
+            errors: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let mut tasks = Vec::new();
+        for writer in 0..n {
+            let (client, stop, acked, attempted, errors) = (
+                client.clone(),
+                w.stop.clone(),
+                w.acked.clone(),
+                w.attempted.clone(),
+                w.errors.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                for seq in 0..per_writer_max {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("w/{writer:02}/{seq:06}");
+                    attempted.lock().unwrap().insert(key.clone());
+                    match client.put(put(key.clone(), seq.to_string())).await {
+                        Ok(_) => acked.lock().unwrap().push((key, Instant::now())),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        Writers { tasks, ..w }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn finish(mut self) -> Self {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        self
+    }
+}
+
+/// Every acknowledged key is present exactly once (version 1) and nothing
+/// was written that no client attempted.
+async fn check_writes(client: &DbClient, w: &Writers) -> Result<()> {
+    let resp = client
+        .range(RangeRequest {
+            key: b"w/".to_vec(),
+            prefix: true,
+            ..Default::default()
+        })
+        .await?;
+    let stored: BTreeMap<String, i64> = resp
+        .kvs
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.version))
+        .collect();
+    let attempted = w.attempted.lock().unwrap();
+    for (key, _) in w.acked.lock().unwrap().iter() {
+        ensure!(stored.contains_key(key), "acknowledged write {key} was lost");
+    }
+    for (key, version) in &stored {
+        ensure!(*version == 1, "{key} was applied {version} times");
+        ensure!(attempted.contains(key), "{key} was never written by a client");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_load_loses_and_duplicates_nothing() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    let client = c.client();
+    let writers = Writers::start(client.clone(), 16, 5_000);
+    wait_for("some writes before the kill", Duration::from_secs(20), || async {
+        (writers.acked() >= 300).then_some(())
+    })
+    .await?;
+
+    let leader = c.leader().await?;
+    let killed_at = Instant::now();
+    c.kill(leader);
+    // Service resumes when a write that starts after the kill succeeds.
+    let probe = client.with_timeout(Duration::from_secs(10));
+    let mut n = 0u64;
+    let resumed = loop {
+        n += 1;
+        if probe.put(put(format!("probe/{n}"), "x")).await.is_ok() {
+            break killed_at.elapsed();
+        }
+        ensure!(killed_at.elapsed() < Duration::from_secs(10), "no write succeeded after the kill");
+    };
+    let before = writers.acked();
+    wait_for("writers to go on after the failover", Duration::from_secs(20), || async {
+        (writers.acked() >= before + 300).then_some(())
+    })
+    .await?;
+    let writers = writers.finish().await;
+    eprintln!(
+        "leader {leader} killed: first write acknowledged {resumed:?} after the kill; {} writes acknowledged, {} failed",
+        writers.acked(),
+        writers.errors.load(Ordering::Relaxed)
+    );
+    check_writes(&client, &writers).await?;
+    // The target is 1.5 s on an idle machine; CI machines are shared, so
+    // the assertion leaves headroom (`make bench-db` reports the real
+    // figure).
+    ensure!(resumed < Duration::from_secs(3), "service resumed only after {resumed:?}");
+
+    // The killed node comes back and catches up with everything.
+    c.restart(leader)?;
+    let total = count_prefix(&client, "w/", false).await?;
+    let back = c.node_client(leader);
+    wait_for("the restarted node to catch up", Duration::from_secs(20), || {
+        let back = back.clone();
+        async move { (count_prefix(&back, "w/", true).await.ok()? == total).then_some(()) }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_down_still_serve_three_down_answer_503_then_recover() -> Result<()> {
+    let mut c = Cluster::start(opts(&["--request-timeout-ms=1500"])).await?;
+    let leader = c.leader().await?;
+    let follower = (1..=5).find(|id| *id != leader).unwrap();
+    c.kill(leader);
+    c.kill(follower);
+    let client = c.client();
+    client.put(put("after-two", "ok")).await.context("write with two nodes down")?;
+    ensure!(client.get("after-two").await?.is_some());
+
+    let third = (1..=5).find(|id| *id != leader && *id != follower).unwrap();
+    c.kill(third);
+    let survivor = (1..=5).find(|id| ![leader, follower, third].contains(id)).unwrap();
+    let url = format!("{}/v1/kv/after-three", c.nodes[&survivor].url());
+    let resp = reqwest::Client::new().put(&url).body("x").send().await?;
+    ensure!(resp.status() == 503, "expected 503, got {}", resp.status());
+    ensure!(resp.headers().contains_key("retry-after"), "503 without Retry-After");
+    let body: serde_json::Value = resp.json().await?;
+    ensure!(body["error"]["code"] == "unavailable", "error body: {body}");
+    let get = reqwest::get(format!("{}/v1/kv/after-two", c.nodes[&survivor].url())).await?;
+    ensure!(get.status() == 503, "a linearizable read without quorum must fail, got {}", get.status());
+    let health = reqwest::get(format!("{}/healthz", c.nodes[&survivor].url())).await?;
+    ensure!(health.status() == 503);
+
+    c.restart(third)?;
+    let client = client.with_timeout(Duration::from_secs(20));
+    client.put(put("after-recovery", "ok")).await.context("write after one node returned")?;
+    ensure!(client.get("after-two").await?.is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_down_for_many_writes_catches_up_by_snapshot() -> Result<()> {
+    let writes: u64 = std::env::var("AGENDA_SNAPSHOT_TEST_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let mut c = Cluster::start(opts(&["--snapshot-threshold=1000"])).await?;
+    let leader = c.leader().await?;
+    let lagger = (1..=5).rev().find(|id| *id != leader).unwrap();
+    c.stop(lagger);
+    let client = c.client();
+    // 64 concurrent writers, bounded by count.
+    let mut tasks = Vec::new();
+    for w in 0..64u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < writes {
+                client.put(put(format!("s/{i:07}"), "x")).await?;
+                i += 64;
+            }
+            Ok::<_, ClientError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    c.restart(lagger)?;
+    let back = c.node_client(lagger);
+    wait_for("the lagging node to hold every write", Duration::from_secs(60), || {
+        let back = back.clone();
+        async move { (count_prefix(&back, "s/", true).await.ok()? == writes as i64).then_some(()) }
+    })
+    .await?;
+    let installed = metric(&c, lagger, "agenda_db_snapshots_installed_total").await?;
+    ensure!(installed >= 1.0, "node {lagger} caught up without a snapshot");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_expiry_deletes_keys_and_wakes_watchers() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let client = c.client();
+    let short = client.lease_grant(1).await?.id;
+    let kept = client.lease_grant(2).await?.id;
+    let r = client
+        .put(PutRequest {
+            lease: short,
+            ..put("lease/short", "x")
+        })
+        .await?;
+    client
+        .put(PutRequest {
+            lease: kept,
+            ..put("lease/kept", "y")
+        })
+        .await?;
+    let start = r.header.unwrap().revision;
+    let mut stream = c
+        .node_client(3)
+        .watch(WatchRequest {
+            key: b"lease/".to_vec(),
+            prefix: true,
+            start_revision: start,
+            prev_kv: true,
+        })
+        .await?;
+    let started = Instant::now();
+    let keeper = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = client.lease_keep_alive(kept).await;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        })
+    };
+    let deleted = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = stream.message().await? {
+            for ev in msg.events {
+                if ev.r#type == event::EventType::Delete as i32 {
+                    return Ok::<_, anyhow::Error>(ev);
+                }
+            }
+        }
+        anyhow::bail!("watch ended")
+    })
+    .await
+    .context("no delete event within 10 s")??;
+    let took = started.elapsed();
+    ensure!(deleted.kv.unwrap().key == b"lease/short");
+    ensure!(deleted.prev_kv.unwrap().value == b"x", "prev_kv requested");
+    ensure!(client.get("lease/short").await?.is_none());
+    // The kept-alive lease outlives its TTL.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ensure!(client.get("lease/kept").await?.is_some(), "kept-alive lease expired");
+    keeper.abort();
+    eprintln!("1 s lease expired and the watcher heard it after {took:?}");
+    // Revoking deletes at once; a second revoke is a clear NotFound.
+    client.lease_revoke(kept).await?;
+    ensure!(client.get("lease/kept").await?.is_none());
+    ensure!(matches!(client.lease_revoke(kept).await, Err(ClientError::NotFound(_))));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_is_replaced_while_serving() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    let client = c.client();
+    let writers = Writers::start(client.clone(), 4, 100_000);
+    wait_for("writes before the change", Duration::from_secs(20), || async {
+        (writers.acked() >= 100).then_some(())
+    })
+    .await?;
+    let leader = c.leader().await?;
+    let victim = (1..=5).rev().find(|id| *id != leader).unwrap();
+    client.member_remove(victim).await?;
+    // A removed member exits by itself, cleanly.
+    let node = c.nodes.get_mut(&victim).unwrap();
+    wait_for("the removed member to exit", Duration::from_secs(20), || {
+        let running = node.is_running();
+        async move { (!running).then_some(()) }
+    })
+    .await?;
+    let addr = c.spawn_joining(6)?.grpc.clone();
+    client.member_add(6, &addr).await?;
+    let newcomer = c.node_client(6);
+    let before = writers.acked();
+    wait_for("more writes after the change", Duration::from_secs(20), || async {
+        (writers.acked() >= before + 100).then_some(())
+    })
+    .await?;
+    let writers = writers.finish().await;
+    ensure!(
+        writers.errors.load(Ordering::Relaxed) == 0,
+        "writes failed during the membership change"
+    );
+    let total = count_prefix(&client, "w/", false).await?;
+    wait_for("the new member to catch up", Duration::from_secs(30), || {
+        let newcomer = newcomer.clone();
+        async move { (count_prefix(&newcomer, "w/", true).await.ok()? == total).then_some(()) }
+    })
+    .await?;
+    let status = newcomer.cluster_status().await?;
+    let ids: Vec<u64> = status.members.iter().map(|m| m.id).collect();
+    let expected: Vec<u64> = (1..=6).filter(|id| *id != victim).collect();
+    ensure!(ids == expected, "members are {ids:?}");
+    ensure!(status.leader_id != 0);
+    check_writes(&client, &writers).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_restart_keeps_every_write_and_applies_nothing_twice() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    let client = c.client();
+    for i in 0..200 {
+        client.put(put(format!("r/{i:03}"), "x")).await?;
+    }
+    let rev = client.get("r/199").await?.unwrap().mod_revision;
+    for id in 1..=5 {
+        let st = c.stop(id).context("stop")?;
+        ensure!(st.success(), "node {id} did not exit cleanly on SIGTERM: {st:?}");
+    }
+    for id in 1..=5 {
+        c.restart(id)?;
+    }
+    c.wait_leader(Duration::from_secs(20)).await?;
+    let client = c.client();
+    let resp = client
+        .range(RangeRequest {
+            key: b"r/".to_vec(),
+            prefix: true,
+            ..Default::default()
+        })
+        .await?;
+    ensure!(resp.kvs.len() == 200);
+    ensure!(resp.kvs.iter().all(|kv| kv.version == 1));
+    ensure!(resp.header.unwrap().revision == rev, "revision moved across a restart");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_replays_history_and_refuses_compacted_revisions() -> Result<()> {
+    let c = Cluster::start(opts(&["--history=20"])).await?;
+    let client = c.client();
+    let mut last = 0;
+    for i in 0..50 {
+        last = client.put(put("h", i.to_string())).await?.header.unwrap().revision;
+    }
+    let err = match client
+        .watch(WatchRequest {
+            key: b"h".to_vec(),
+            start_revision: 1,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(mut s) => s.message().await.err().map(ClientError::from),
+        Err(e) => Some(e),
+    };
+    ensure!(matches!(err, Some(ClientError::Compacted(_))), "got {err:?}");
+    let mut stream = client
+        .watch(WatchRequest {
+            key: b"h".to_vec(),
+            start_revision: last - 4,
+            ..Default::default()
+        })
+        .await?;
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let msg = stream.message().await?.context("watch ended")?;
+        seen.extend(msg.events.into_iter().map(|e| e.kv.unwrap().mod_revision));
+    }
+    ensure!(seen == (last - 4..=last).collect::<Vec<_>>(), "replayed {seen:?}");
+    client.put(put("h", "live")).await?;
+    let msg = stream.message().await?.context("watch ended")?;
+    ensure!(msg.events[0].kv.as_ref().unwrap().value == b"live");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rest_api_errors_use_the_shared_shape() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let base = c.nodes[&2].url();
+    let http = reqwest::Client::new();
+    let cases = [
+        (http.get(format!("{base}/v1/kv/missing")), 404, "not_found"),
+        (http.get(format!("{base}/v1/kv?limit=abc")), 400, "bad_request"),
+        (http.get(format!("{base}/v1/kv?limit=-1")), 422, "invalid_argument"),
+        (http.post(format!("{base}/v1/txn")).body("{nope"), 400, "bad_request"),
+        (
+            http.post(format!("{base}/v1/txn")).body(r#"{"compare":[{"key":"a","target":"colour","result":"equal"}]}"#),
+            400,
+            "bad_request",
+        ),
+        (http.post(format!("{base}/v1/leases")).body(r#"{"ttl":0}"#), 422, "invalid_argument"),
+        (http.post(format!("{base}/v1/leases/12345/keepalive")), 404, "not_found"),
+        (http.put(format!("{base}/v1/kv/x?lease=77")).body("v"), 404, "not_found"),
+        (http.post(format!("{base}/v1/cluster/members")).body(r#"{"id":1,"addr":"127.0.0.1:1"}"#), 409, "failed_precondition"),
+        (http.get(format!("{base}/v1/nothing")), 404, "not_found"),
+    ];
+    for (req, status, code) in cases {
+        let resp = req.send().await?;
+        let got = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await?;
+        ensure!(got == status && body["error"]["code"] == code, "expected {status} {code}, got {got} {body}");
+        ensure!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Happy path of the same API, with an idempotent retry.
+    let put = |v: &'static str| http.put(format!("{base}/v1/kv/greeting")).header("x-request-id", "same-id").body(v);
+    let first: serde_json::Value = put("hello").send().await?.json().await?;
+    let retry: serde_json::Value = put("hello").send().await?.json().await?;
+    ensure!(first == retry, "a retried PUT must return the first result");
+    let resp = http.get(format!("{base}/v1/kv/greeting")).send().await?;
+    ensure!(resp.headers()["x-mod-revision"] == first["revision"].to_string().as_str());
+    ensure!(resp.headers()["x-version"] == "1");
+    ensure!(resp.text().await? == "hello");
+    let cluster: serde_json::Value = http.get(format!("{base}/v1/cluster")).send().await?.json().await?;
+    ensure!(cluster["members"].as_object().unwrap().len() == 5 && cluster["leader_id"] != 0);
+    Ok(())
+}
+
+/// Records a register history per key while leaders are killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    let client = c.client().with_timeout(Duration::from_secs(4));
+    let keys = 3u64;
+    let clients = 12u64;
+    let epoch = Instant::now();
+    let history: Arc<Mutex<Vec<(u64, Operation)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for cl in 0..clients {
+        let (client, history, stop) = (client.clone(), history.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = cl.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut last_seen: Option<Vec<u8>> = None;
+            for n in 0..2_000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let key = format!("lin/{}", rng % keys);
+                let call = epoch.elapsed().as_nanos() as u64;
+                let (op, outcome) = match (rng >> 8) % 3 {
+                    0 => {
+                        let r = client.get(key.clone()).await;
+                        match r {
+                            Ok(kv) => {
+                                let v = kv.map(|kv| kv.value);
+                                last_seen = v.clone();
+                                (Op::Read, Outcome::Read(v))
+                            }
+                            Err(_) => continue,
+                        }
+                    }
+                    1 => {
+                        let v = format!("{cl}-{n}").into_bytes();
+                        let r = client.put(put(key.clone(), v.clone())).await;
+                        (Op::Write(Some(v)), if r.is_ok() { Outcome::Write } else { Outcome::Unknown })
+                    }
+                    _ => {
+                        let new = format!("{cl}-{n}-cas").into_bytes();
+                        let expect = last_seen.clone();
+                        let cmp = match &expect {
+                            Some(v) => Compare {
+                                key: key.clone().into_bytes(),
+                                target: compare::Target::Value as i32,
+                                result: compare::Result::Equal as i32,
+                                value: v.clone(),
+                                number: 0,
+                            },
+                            None => Compare {
+                                key: key.clone().into_bytes(),
+                                target: compare::Target::Version as i32,
+                                result: compare::Result::Equal as i32,
+                                value: Vec::new(),
+                                number: 0,
+                            },
+                        };
+                        let r = client
+                            .txn(TxnRequest {
+                                compare: vec![cmp],
+                                success: vec![RequestOp {
+                                    request: Some(request_op::Request::Put(put(key.clone(), new.clone()))),
+                                }],
+                                ..Default::default()
+                            })
+                            .await;
+                        let outcome = match r {
+                            Ok(t) => Outcome::Cas(t.succeeded),
+                            Err(_) => Outcome::Unknown,
+                        };
+                        (Op::Cas { expect, new: Some(new) }, outcome)
+                    }
+                };
+                let ret = (!matches!(outcome, Outcome::Unknown))
+                    .then(|| epoch.elapsed().as_nanos() as u64);
+                let k = key.trim_start_matches("lin/").parse::<u64>().unwrap();
+                history.lock().unwrap().push((k, Operation { client: cl, call, ret, op, outcome }));
+            }
+        }));
+    }
+    let count = || history.lock().unwrap().len();
+    for round in 0..2 {
+        let target = count() + 300;
+        wait_for("operations between kills", Duration::from_secs(30), || async {
+            (count() >= target).then_some(())
+        })
+        .await?;
+        let leader = c.leader().await?;
+        eprintln!("round {round}: killing leader {leader}");
+        c.kill(leader);
+        let target = count() + 300;
+        wait_for("operations after the kill", Duration::from_secs(30), || async {
+            (count() >= target).then_some(())
+        })
+        .await?;
+        c.restart(leader)?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    let history = std::mem::take(&mut *history.lock().unwrap());
+    eprintln!("checking {} operations", history.len());
+    for k in 0..keys {
+        let ops: Vec<Operation> = history
+            .iter()
+            .filter(|(key, _)| *key == k)
+            .map(|(_, op)| op.clone())
+            .collect();
+        linearizability::check(None, &ops).map_err(|v| anyhow::anyhow!("key lin/{k}: {v}"))?;
+    }
+    Ok(())
+}
