@@ -129,7 +129,9 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `opts.size` nodes and waits until they agree on a leader.
     pub async fn start(opts: Options) -> Result<Cluster> {
-        let dir = tempfile::Builder::new().prefix("agenda-db-test").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("agenda-db-test")
+            .tempdir()?;
         let bin = bin("agenda-db")?;
         let mut nodes = BTreeMap::new();
         for id in 1..=opts.size {
@@ -262,7 +264,10 @@ impl Cluster {
         let n = self.nodes.get_mut(&id)?;
         let mut c = n.child.take()?;
         // SAFETY-free: `kill` command sends SIGTERM to a pid we started.
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(st)) = c.try_wait() {
@@ -311,11 +316,7 @@ impl Drop for Cluster {
             // Keep the evidence of a failed test.
             let path = self.dir.path().to_path_buf();
             eprintln!("test cluster logs kept in {}", path.display());
-            let _ = std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("temp dir"),
-            )
-            .keep();
+            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
         }
     }
 }

@@ -1358,7 +1358,7 @@ mod tests {
     #[test]
     fn agrees_with_brute_force_on_small_random_histories() {
         let mut rng = XorShift(0x5EED);
-        let mut value = |rng: &mut XorShift| match rng.below(3) {
+        let value = |rng: &mut XorShift| match rng.below(3) {
             0 => None,
             k => val(if k == 1 { "a" } else { "b" }),
         };

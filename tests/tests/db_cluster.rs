@@ -68,7 +68,10 @@ async fn writes_through_any_node_are_readable_from_every_node() -> Result<()> {
     for id in 1..=5 {
         let client = c.node_client(id);
         // Linearizable: every acknowledged write is visible at once.
-        ensure!(count_prefix(&client, "k/", false).await? == 100, "node {id} misses writes");
+        ensure!(
+            count_prefix(&client, "k/", false).await? == 100,
+            "node {id} misses writes"
+        );
         let kv = client.get("k/042").await?.context("k/042 missing")?;
         ensure!(kv.value == b"v42" && kv.version == 1);
         // A stale read converges too.
@@ -157,11 +160,17 @@ async fn check_writes(client: &DbClient, w: &Writers) -> Result<()> {
         .collect();
     let attempted = w.attempted.lock().unwrap();
     for (key, _) in w.acked.lock().unwrap().iter() {
-        ensure!(stored.contains_key(key), "acknowledged write {key} was lost");
+        ensure!(
+            stored.contains_key(key),
+            "acknowledged write {key} was lost"
+        );
     }
     for (key, version) in &stored {
         ensure!(*version == 1, "{key} was applied {version} times");
-        ensure!(attempted.contains(key), "{key} was never written by a client");
+        ensure!(
+            attempted.contains(key),
+            "{key} was never written by a client"
+        );
     }
     Ok(())
 }
@@ -171,9 +180,11 @@ async fn killing_the_leader_under_load_loses_and_duplicates_nothing() -> Result<
     let mut c = Cluster::start(Options::default()).await?;
     let client = c.client();
     let writers = Writers::start(client.clone(), 16, 5_000);
-    wait_for("some writes before the kill", Duration::from_secs(20), || async {
-        (writers.acked() >= 300).then_some(())
-    })
+    wait_for(
+        "some writes before the kill",
+        Duration::from_secs(20),
+        || async { (writers.acked() >= 300).then_some(()) },
+    )
     .await?;
 
     let leader = c.leader().await?;
@@ -187,12 +198,17 @@ async fn killing_the_leader_under_load_loses_and_duplicates_nothing() -> Result<
         if probe.put(put(format!("probe/{n}"), "x")).await.is_ok() {
             break killed_at.elapsed();
         }
-        ensure!(killed_at.elapsed() < Duration::from_secs(10), "no write succeeded after the kill");
+        ensure!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "no write succeeded after the kill"
+        );
     };
     let before = writers.acked();
-    wait_for("writers to go on after the failover", Duration::from_secs(20), || async {
-        (writers.acked() >= before + 300).then_some(())
-    })
+    wait_for(
+        "writers to go on after the failover",
+        Duration::from_secs(20),
+        || async { (writers.acked() >= before + 300).then_some(()) },
+    )
     .await?;
     let writers = writers.finish().await;
     eprintln!(
@@ -204,16 +220,23 @@ async fn killing_the_leader_under_load_loses_and_duplicates_nothing() -> Result<
     // The target is 1.5 s on an idle machine; CI machines are shared, so
     // the assertion leaves headroom (`make bench-db` reports the real
     // figure).
-    ensure!(resumed < Duration::from_secs(3), "service resumed only after {resumed:?}");
+    ensure!(
+        resumed < Duration::from_secs(3),
+        "service resumed only after {resumed:?}"
+    );
 
     // The killed node comes back and catches up with everything.
     c.restart(leader)?;
     let total = count_prefix(&client, "w/", false).await?;
     let back = c.node_client(leader);
-    wait_for("the restarted node to catch up", Duration::from_secs(20), || {
-        let back = back.clone();
-        async move { (count_prefix(&back, "w/", true).await.ok()? == total).then_some(()) }
-    })
+    wait_for(
+        "the restarted node to catch up",
+        Duration::from_secs(20),
+        || {
+            let back = back.clone();
+            async move { (count_prefix(&back, "w/", true).await.ok()? == total).then_some(()) }
+        },
+    )
     .await?;
     Ok(())
 }
@@ -226,26 +249,41 @@ async fn two_nodes_down_still_serve_three_down_answer_503_then_recover() -> Resu
     c.kill(leader);
     c.kill(follower);
     let client = c.client();
-    client.put(put("after-two", "ok")).await.context("write with two nodes down")?;
+    client
+        .put(put("after-two", "ok"))
+        .await
+        .context("write with two nodes down")?;
     ensure!(client.get("after-two").await?.is_some());
 
     let third = (1..=5).find(|id| *id != leader && *id != follower).unwrap();
     c.kill(third);
-    let survivor = (1..=5).find(|id| ![leader, follower, third].contains(id)).unwrap();
+    let survivor = (1..=5)
+        .find(|id| ![leader, follower, third].contains(id))
+        .unwrap();
     let url = format!("{}/v1/kv/after-three", c.nodes[&survivor].url());
     let resp = reqwest::Client::new().put(&url).body("x").send().await?;
     ensure!(resp.status() == 503, "expected 503, got {}", resp.status());
-    ensure!(resp.headers().contains_key("retry-after"), "503 without Retry-After");
+    ensure!(
+        resp.headers().contains_key("retry-after"),
+        "503 without Retry-After"
+    );
     let body: serde_json::Value = resp.json().await?;
     ensure!(body["error"]["code"] == "unavailable", "error body: {body}");
     let get = reqwest::get(format!("{}/v1/kv/after-two", c.nodes[&survivor].url())).await?;
-    ensure!(get.status() == 503, "a linearizable read without quorum must fail, got {}", get.status());
+    ensure!(
+        get.status() == 503,
+        "a linearizable read without quorum must fail, got {}",
+        get.status()
+    );
     let health = reqwest::get(format!("{}/healthz", c.nodes[&survivor].url())).await?;
     ensure!(health.status() == 503);
 
     c.restart(third)?;
     let client = client.with_timeout(Duration::from_secs(20));
-    client.put(put("after-recovery", "ok")).await.context("write after one node returned")?;
+    client
+        .put(put("after-recovery", "ok"))
+        .await
+        .context("write after one node returned")?;
     ensure!(client.get("after-two").await?.is_some());
     Ok(())
 }
@@ -285,7 +323,10 @@ async fn a_node_down_for_many_writes_catches_up_by_snapshot() -> Result<()> {
     })
     .await?;
     let installed = metric(&c, lagger, "agenda_db_snapshots_installed_total").await?;
-    ensure!(installed >= 1.0, "node {lagger} caught up without a snapshot");
+    ensure!(
+        installed >= 1.0,
+        "node {lagger} caught up without a snapshot"
+    );
     Ok(())
 }
 
@@ -345,13 +386,19 @@ async fn lease_expiry_deletes_keys_and_wakes_watchers() -> Result<()> {
     ensure!(client.get("lease/short").await?.is_none());
     // The kept-alive lease outlives its TTL.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    ensure!(client.get("lease/kept").await?.is_some(), "kept-alive lease expired");
+    ensure!(
+        client.get("lease/kept").await?.is_some(),
+        "kept-alive lease expired"
+    );
     keeper.abort();
     eprintln!("1 s lease expired and the watcher heard it after {took:?}");
     // Revoking deletes at once; a second revoke is a clear NotFound.
     client.lease_revoke(kept).await?;
     ensure!(client.get("lease/kept").await?.is_none());
-    ensure!(matches!(client.lease_revoke(kept).await, Err(ClientError::NotFound(_))));
+    ensure!(matches!(
+        client.lease_revoke(kept).await,
+        Err(ClientError::NotFound(_))
+    ));
     Ok(())
 }
 
@@ -360,27 +407,35 @@ async fn a_member_is_replaced_while_serving() -> Result<()> {
     let mut c = Cluster::start(Options::default()).await?;
     let client = c.client();
     let writers = Writers::start(client.clone(), 4, 100_000);
-    wait_for("writes before the change", Duration::from_secs(20), || async {
-        (writers.acked() >= 100).then_some(())
-    })
+    wait_for(
+        "writes before the change",
+        Duration::from_secs(20),
+        || async { (writers.acked() >= 100).then_some(()) },
+    )
     .await?;
     let leader = c.leader().await?;
     let victim = (1..=5).rev().find(|id| *id != leader).unwrap();
     client.member_remove(victim).await?;
     // A removed member exits by itself, cleanly.
     let node = c.nodes.get_mut(&victim).unwrap();
-    wait_for("the removed member to exit", Duration::from_secs(20), || {
-        let running = node.is_running();
-        async move { (!running).then_some(()) }
-    })
+    wait_for(
+        "the removed member to exit",
+        Duration::from_secs(20),
+        || {
+            let running = node.is_running();
+            async move { (!running).then_some(()) }
+        },
+    )
     .await?;
     let addr = c.spawn_joining(6)?.grpc.clone();
     client.member_add(6, &addr).await?;
     let newcomer = c.node_client(6);
     let before = writers.acked();
-    wait_for("more writes after the change", Duration::from_secs(20), || async {
-        (writers.acked() >= before + 100).then_some(())
-    })
+    wait_for(
+        "more writes after the change",
+        Duration::from_secs(20),
+        || async { (writers.acked() >= before + 100).then_some(()) },
+    )
     .await?;
     let writers = writers.finish().await;
     ensure!(
@@ -388,10 +443,14 @@ async fn a_member_is_replaced_while_serving() -> Result<()> {
         "writes failed during the membership change"
     );
     let total = count_prefix(&client, "w/", false).await?;
-    wait_for("the new member to catch up", Duration::from_secs(30), || {
-        let newcomer = newcomer.clone();
-        async move { (count_prefix(&newcomer, "w/", true).await.ok()? == total).then_some(()) }
-    })
+    wait_for(
+        "the new member to catch up",
+        Duration::from_secs(30),
+        || {
+            let newcomer = newcomer.clone();
+            async move { (count_prefix(&newcomer, "w/", true).await.ok()? == total).then_some(()) }
+        },
+    )
     .await?;
     let status = newcomer.cluster_status().await?;
     let ids: Vec<u64> = status.members.iter().map(|m| m.id).collect();
@@ -412,7 +471,10 @@ async fn a_full_restart_keeps_every_write_and_applies_nothing_twice() -> Result<
     let rev = client.get("r/199").await?.unwrap().mod_revision;
     for id in 1..=5 {
         let st = c.stop(id).context("stop")?;
-        ensure!(st.success(), "node {id} did not exit cleanly on SIGTERM: {st:?}");
+        ensure!(
+            st.success(),
+            "node {id} did not exit cleanly on SIGTERM: {st:?}"
+        );
     }
     for id in 1..=5 {
         c.restart(id)?;
@@ -428,7 +490,10 @@ async fn a_full_restart_keeps_every_write_and_applies_nothing_twice() -> Result<
         .await?;
     ensure!(resp.kvs.len() == 200);
     ensure!(resp.kvs.iter().all(|kv| kv.version == 1));
-    ensure!(resp.header.unwrap().revision == rev, "revision moved across a restart");
+    ensure!(
+        resp.header.unwrap().revision == rev,
+        "revision moved across a restart"
+    );
     Ok(())
 }
 
@@ -438,7 +503,12 @@ async fn watch_replays_history_and_refuses_compacted_revisions() -> Result<()> {
     let client = c.client();
     let mut last = 0;
     for i in 0..50 {
-        last = client.put(put("h", i.to_string())).await?.header.unwrap().revision;
+        last = client
+            .put(put("h", i.to_string()))
+            .await?
+            .header
+            .unwrap()
+            .revision;
     }
     let err = match client
         .watch(WatchRequest {
@@ -451,7 +521,10 @@ async fn watch_replays_history_and_refuses_compacted_revisions() -> Result<()> {
         Ok(mut s) => s.message().await.err().map(ClientError::from),
         Err(e) => Some(e),
     };
-    ensure!(matches!(err, Some(ClientError::Compacted(_))), "got {err:?}");
+    ensure!(
+        matches!(err, Some(ClientError::Compacted(_))),
+        "got {err:?}"
+    );
     let mut stream = client
         .watch(WatchRequest {
             key: b"h".to_vec(),
@@ -464,7 +537,10 @@ async fn watch_replays_history_and_refuses_compacted_revisions() -> Result<()> {
         let msg = stream.message().await?.context("watch ended")?;
         seen.extend(msg.events.into_iter().map(|e| e.kv.unwrap().mod_revision));
     }
-    ensure!(seen == (last - 4..=last).collect::<Vec<_>>(), "replayed {seen:?}");
+    ensure!(
+        seen == (last - 4..=last).collect::<Vec<_>>(),
+        "replayed {seen:?}"
+    );
     client.put(put("h", "live")).await?;
     let msg = stream.message().await?.context("watch ended")?;
     ensure!(msg.events[0].kv.as_ref().unwrap().value == b"live");
@@ -478,29 +554,68 @@ async fn rest_api_errors_use_the_shared_shape() -> Result<()> {
     let http = reqwest::Client::new();
     let cases = [
         (http.get(format!("{base}/v1/kv/missing")), 404, "not_found"),
-        (http.get(format!("{base}/v1/kv?limit=abc")), 400, "bad_request"),
-        (http.get(format!("{base}/v1/kv?limit=-1")), 422, "invalid_argument"),
-        (http.post(format!("{base}/v1/txn")).body("{nope"), 400, "bad_request"),
         (
-            http.post(format!("{base}/v1/txn")).body(r#"{"compare":[{"key":"a","target":"colour","result":"equal"}]}"#),
+            http.get(format!("{base}/v1/kv?limit=abc")),
             400,
             "bad_request",
         ),
-        (http.post(format!("{base}/v1/leases")).body(r#"{"ttl":0}"#), 422, "invalid_argument"),
-        (http.post(format!("{base}/v1/leases/12345/keepalive")), 404, "not_found"),
-        (http.put(format!("{base}/v1/kv/x?lease=77")).body("v"), 404, "not_found"),
-        (http.post(format!("{base}/v1/cluster/members")).body(r#"{"id":1,"addr":"127.0.0.1:1"}"#), 409, "failed_precondition"),
+        (
+            http.get(format!("{base}/v1/kv?limit=-1")),
+            422,
+            "invalid_argument",
+        ),
+        (
+            http.post(format!("{base}/v1/txn")).body("{nope"),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(format!("{base}/v1/txn"))
+                .body(r#"{"compare":[{"key":"a","target":"colour","result":"equal"}]}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(format!("{base}/v1/leases")).body(r#"{"ttl":0}"#),
+            422,
+            "invalid_argument",
+        ),
+        (
+            http.post(format!("{base}/v1/leases/12345/keepalive")),
+            404,
+            "not_found",
+        ),
+        (
+            http.put(format!("{base}/v1/kv/x?lease=77")).body("v"),
+            404,
+            "not_found",
+        ),
+        (
+            http.post(format!("{base}/v1/cluster/members"))
+                .body(r#"{"id":1,"addr":"127.0.0.1:1"}"#),
+            409,
+            "failed_precondition",
+        ),
         (http.get(format!("{base}/v1/nothing")), 404, "not_found"),
     ];
     for (req, status, code) in cases {
         let resp = req.send().await?;
         let got = resp.status().as_u16();
         let body: serde_json::Value = resp.json().await?;
-        ensure!(got == status && body["error"]["code"] == code, "expected {status} {code}, got {got} {body}");
-        ensure!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        ensure!(
+            got == status && body["error"]["code"] == code,
+            "expected {status} {code}, got {got} {body}"
+        );
+        ensure!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
     // Happy path of the same API, with an idempotent retry.
-    let put = |v: &'static str| http.put(format!("{base}/v1/kv/greeting")).header("x-request-id", "same-id").body(v);
+    let put = |v: &'static str| {
+        http.put(format!("{base}/v1/kv/greeting"))
+            .header("x-request-id", "same-id")
+            .body(v)
+    };
     let first: serde_json::Value = put("hello").send().await?.json().await?;
     let retry: serde_json::Value = put("hello").send().await?.json().await?;
     ensure!(first == retry, "a retried PUT must return the first result");
@@ -508,7 +623,12 @@ async fn rest_api_errors_use_the_shared_shape() -> Result<()> {
     ensure!(resp.headers()["x-mod-revision"] == first["revision"].to_string().as_str());
     ensure!(resp.headers()["x-version"] == "1");
     ensure!(resp.text().await? == "hello");
-    let cluster: serde_json::Value = http.get(format!("{base}/v1/cluster")).send().await?.json().await?;
+    let cluster: serde_json::Value = http
+        .get(format!("{base}/v1/cluster"))
+        .send()
+        .await?
+        .json()
+        .await?;
     ensure!(cluster["members"].as_object().unwrap().len() == 5 && cluster["leader_id"] != 0);
     Ok(())
 }
@@ -553,7 +673,14 @@ async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
                     1 => {
                         let v = format!("{cl}-{n}").into_bytes();
                         let r = client.put(put(key.clone(), v.clone())).await;
-                        (Op::Write(Some(v)), if r.is_ok() { Outcome::Write } else { Outcome::Unknown })
+                        (
+                            Op::Write(Some(v)),
+                            if r.is_ok() {
+                                Outcome::Write
+                            } else {
+                                Outcome::Unknown
+                            },
+                        )
                     }
                     _ => {
                         let new = format!("{cl}-{n}-cas").into_bytes();
@@ -578,7 +705,10 @@ async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
                             .txn(TxnRequest {
                                 compare: vec![cmp],
                                 success: vec![RequestOp {
-                                    request: Some(request_op::Request::Put(put(key.clone(), new.clone()))),
+                                    request: Some(request_op::Request::Put(put(
+                                        key.clone(),
+                                        new.clone(),
+                                    ))),
                                 }],
                                 ..Default::default()
                             })
@@ -587,30 +717,49 @@ async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
                             Ok(t) => Outcome::Cas(t.succeeded),
                             Err(_) => Outcome::Unknown,
                         };
-                        (Op::Cas { expect, new: Some(new) }, outcome)
+                        (
+                            Op::Cas {
+                                expect,
+                                new: Some(new),
+                            },
+                            outcome,
+                        )
                     }
                 };
                 let ret = (!matches!(outcome, Outcome::Unknown))
                     .then(|| epoch.elapsed().as_nanos() as u64);
                 let k = key.trim_start_matches("lin/").parse::<u64>().unwrap();
-                history.lock().unwrap().push((k, Operation { client: cl, call, ret, op, outcome }));
+                history.lock().unwrap().push((
+                    k,
+                    Operation {
+                        client: cl,
+                        call,
+                        ret,
+                        op,
+                        outcome,
+                    },
+                ));
             }
         }));
     }
     let count = || history.lock().unwrap().len();
     for round in 0..2 {
         let target = count() + 300;
-        wait_for("operations between kills", Duration::from_secs(30), || async {
-            (count() >= target).then_some(())
-        })
+        wait_for(
+            "operations between kills",
+            Duration::from_secs(30),
+            || async { (count() >= target).then_some(()) },
+        )
         .await?;
         let leader = c.leader().await?;
         eprintln!("round {round}: killing leader {leader}");
         c.kill(leader);
         let target = count() + 300;
-        wait_for("operations after the kill", Duration::from_secs(30), || async {
-            (count() >= target).then_some(())
-        })
+        wait_for(
+            "operations after the kill",
+            Duration::from_secs(30),
+            || async { (count() >= target).then_some(()) },
+        )
         .await?;
         c.restart(leader)?;
     }

@@ -30,7 +30,10 @@ fn check(args: &[String], want: &str) -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "{args:?} should fail");
     ensure!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    ensure!(stderr.contains(want), "{args:?}: expected {want:?} in: {stderr}");
+    ensure!(
+        stderr.contains(want),
+        "{args:?}: expected {want:?} in: {stderr}"
+    );
     Ok(())
 }
 
@@ -49,14 +52,28 @@ fn bad_flags_fail_clearly() -> Result<()> {
     let dir = tempfile::tempdir()?;
     check(&["--bogus".into()], "unexpected argument")?;
     check(&args(3, "1=127.0.0.1:1", dir.path()), "not in --peers")?;
-    check(&args(1, "1=no-such-host.invalid:1", dir.path()), "--peers: member 1")?;
-    check(&args(1, "1=127.0.0.1:1,1=127.0.0.1:2", dir.path()), "listed twice")?;
+    check(
+        &args(1, "1=no-such-host.invalid:1", dir.path()),
+        "--peers: member 1",
+    )?;
+    check(
+        &args(1, "1=127.0.0.1:1,1=127.0.0.1:2", dir.path()),
+        "listed twice",
+    )?;
     let mut a = args(1, "1=127.0.0.1:1", dir.path());
     a.push("--tick-ms=0".into());
     check(&a, "--tick-ms")?;
     let help = run(&["--help".into()])?;
     let text = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--id", "--listen", "--http", "--peers", "--data-dir", "--join", "AGENDA_DB_PEERS"] {
+    for flag in [
+        "--id",
+        "--listen",
+        "--http",
+        "--peers",
+        "--data-dir",
+        "--join",
+        "AGENDA_DB_PEERS",
+    ] {
         ensure!(text.contains(flag), "--help does not explain {flag}");
     }
     Ok(())

@@ -47,6 +47,10 @@ use storage::RaftStorage;
 
 /// Name of the database file inside the data dir.
 pub const DB_FILE: &str = "agenda-db.redb";
+/// Where the log of a new cluster starts (see `RaftStorage::bootstrap`).
+const BOOTSTRAP_INDEX: u64 = 5;
+/// Term of that starting point.
+const BOOTSTRAP_TERM: u64 = 5;
 /// How long in-flight requests get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -174,8 +178,14 @@ pub async fn run(
         })
         .map_err(|e| Error::Config(format!("cannot start the raft thread: {e}")))?;
 
-    let db_service = service::Db::new(handle.clone(), db.clone(), hub, cfg.request_timeout());
     let stop_servers = CancellationToken::new();
+    let db_service = service::Db::new(
+        handle.clone(),
+        db.clone(),
+        hub,
+        cfg.request_timeout(),
+        stop_servers.clone(),
+    );
 
     let grpc_addr = grpc.local_addr().ok();
     let grpc_server = tonic::transport::Server::builder()
@@ -190,6 +200,7 @@ pub async fn run(
             RaftServer::new(transport::RaftService {
                 node: handle.clone(),
                 token: cfg.cluster_token.clone(),
+                shutdown: stop_servers.clone(),
             })
             .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(transport::MAX_MESSAGE_BYTES),
@@ -255,9 +266,10 @@ fn bootstrap(
     let mut cs = raft::prelude::ConfState::default();
     cs.voters = members.keys().copied().collect();
     let txn = db.begin_write()?;
-    storage.set_conf_state(&txn, cs)?;
+    storage.bootstrap(&txn, cs, BOOTSTRAP_INDEX, BOOTSTRAP_TERM)?;
     {
         let mut t = Tables::open(&txn)?;
+        sm.applied = (BOOTSTRAP_INDEX, BOOTSTRAP_TERM);
         sm.set_members(&mut t, members.clone())?;
         sm.persist(&mut t)?;
     }

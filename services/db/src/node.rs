@@ -191,7 +191,11 @@ struct Outcome {
 
 /// A caller waiting for its proposal: reply channel, when it was proposed,
 /// and the command (kept to propose it again after a leader change).
-type Waiter = (oneshot::Sender<Result<CommandResult>>, Instant, Option<Command>);
+type Waiter = (
+    oneshot::Sender<Result<CommandResult>>,
+    Instant,
+    Option<Command>,
+);
 
 /// Owns the raft node; runs on its own thread (see [`Node::run`]).
 pub struct Node {
@@ -371,11 +375,11 @@ impl Node {
                     return Ok(());
                 }
                 match self.raw.propose_conf_change(Vec::new(), cc) {
-                    Ok(()) => self
-                        .pending
-                        .entry(change.request_id)
-                        .or_default()
-                        .push((reply, Instant::now(), None)),
+                    Ok(()) => self.pending.entry(change.request_id).or_default().push((
+                        reply,
+                        Instant::now(),
+                        None,
+                    )),
                     Err(e) => {
                         let _ = reply.send(Err(Error::FailedPrecondition(format!(
                             "membership change refused: {e}"
@@ -452,7 +456,10 @@ impl Node {
             }
         }
         if n > 0 {
-            tracing::info!(proposals = n, "proposed in-flight requests again after a leader change");
+            tracing::info!(
+                proposals = n,
+                "proposed in-flight requests again after a leader change"
+            );
         }
     }
 

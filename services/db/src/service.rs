@@ -21,6 +21,7 @@ use agenda_proto::db::{
 use agenda_proto::raft::{command, command_result, Command, MemberChange};
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::node::{now_ms, NodeHandle, Request, Status};
@@ -41,16 +42,25 @@ pub struct Db {
     db: Arc<Database>,
     hub: WatchHub,
     timeout: Duration,
+    /// Ends watch streams at shutdown so connections can drain.
+    shutdown: CancellationToken,
 }
 
 impl Db {
     /// Builds the request layer over a running node.
-    pub fn new(node: NodeHandle, db: Arc<Database>, hub: WatchHub, timeout: Duration) -> Self {
+    pub fn new(
+        node: NodeHandle,
+        db: Arc<Database>,
+        hub: WatchHub,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         Db {
             node,
             db,
             hub,
             timeout,
+            shutdown,
         }
     }
 
@@ -367,6 +377,7 @@ impl Db {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     () = tx.closed() => return,
+                    () = this.shutdown.cancelled() => return,
                 }
             }
         });

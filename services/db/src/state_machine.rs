@@ -995,7 +995,10 @@ mod tests {
             panic!("txn result expected")
         };
         assert!(!t.succeeded);
-        assert!(eff.revision.is_none(), "a read-only branch writes no revision");
+        assert!(
+            eff.revision.is_none(),
+            "a read-only branch writes no revision"
+        );
         let Some(response_op::Response::Range(range)) = &t.responses[0].response else {
             panic!("range response expected")
         };
@@ -1011,20 +1014,24 @@ mod tests {
             mod_revision: 9,
             ..Default::default()
         };
-        let c = |target: compare::Target, result: compare::Result, value: &str, number: i64| Compare {
-            key: b"k".to_vec(),
-            target: target as i32,
-            result: result as i32,
-            value: value.into(),
-            number,
-        };
+        let c =
+            |target: compare::Target, result: compare::Result, value: &str, number: i64| Compare {
+                key: b"k".to_vec(),
+                target: target as i32,
+                result: result as i32,
+                value: value.into(),
+                number,
+            };
         use compare::{Result as R, Target as T};
         assert!(compare_holds(&c(T::Value, R::Equal, "b", 0), Some(&kv)));
         assert!(compare_holds(&c(T::Value, R::Greater, "a", 0), Some(&kv)));
         assert!(compare_holds(&c(T::Value, R::Less, "c", 0), Some(&kv)));
         assert!(!compare_holds(&c(T::Value, R::NotEqual, "x", 0), None));
         assert!(compare_holds(&c(T::Version, R::Equal, "", 0), None));
-        assert!(compare_holds(&c(T::ModRevision, R::Greater, "", 8), Some(&kv)));
+        assert!(compare_holds(
+            &c(T::ModRevision, R::Greater, "", 8),
+            Some(&kv)
+        ));
         assert!(compare_holds(&c(T::Version, R::NotEqual, "", 2), Some(&kv)));
     }
 

@@ -141,6 +141,31 @@ impl RaftStorage {
         Ok(())
     }
 
+    /// Initializes a new member of a new cluster: the log starts as if
+    /// compacted at (`index`, `term`) with `cs` as configuration. Every
+    /// founding member starts from the same point, and because the entries
+    /// before it do not exist, a member added later can only be initialized
+    /// by a snapshot (it would otherwise replay a log without the founding
+    /// configuration).
+    pub fn bootstrap(
+        &mut self,
+        txn: &WriteTransaction,
+        cs: ConfState,
+        index: u64,
+        term: u64,
+    ) -> Result<()> {
+        self.truncated = (index, term);
+        txn.open_table(META)?.insert(
+            schema::META_TRUNCATED,
+            schema::pair_u64(index, term).as_slice(),
+        )?;
+        let mut hs = HardState::default();
+        hs.term = term;
+        hs.commit = index;
+        self.set_hard_state(txn, hs)?;
+        self.set_conf_state(txn, cs)
+    }
+
     /// Moves only the commit index of the hard state.
     pub fn set_commit(&mut self, txn: &WriteTransaction, commit: u64) -> Result<()> {
         let mut hs = self.hard_state.clone();

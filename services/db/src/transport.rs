@@ -242,6 +242,8 @@ pub struct RaftService {
     pub node: NodeHandle,
     /// Expected cluster token.
     pub token: String,
+    /// Ends open streams at shutdown (peers keep them open forever).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -269,7 +271,14 @@ impl Raft for RaftService {
             )));
         }
         let mut stream = request.into_inner();
-        while let Some(env) = stream.message().await? {
+        loop {
+            let env = tokio::select! {
+                m = stream.message() => m?,
+                () = self.shutdown.cancelled() => {
+                    return Err(tonic::Status::unavailable("node is shutting down"));
+                }
+            };
+            let Some(env) = env else { break };
             let m = Message::parse_from_bytes(&env.message)
                 .map_err(|e| tonic::Status::invalid_argument(format!("bad raft message: {e}")))?;
             self.node
