@@ -5,7 +5,9 @@
 //!   loopback; poll-with-deadline helpers.
 //! - [`linearizability`]: a Wing–Gong/Lowe checker for a register with
 //!   compare-and-set, fed by histories recorded in the tests.
+//! - [`etcd`]: a real etcd cluster, the yardstick of the benchmark.
 //! - `tests/`: the system tests; `src/bin/bench_db.rs`: `make bench-db`.
 
 pub mod cluster;
+pub mod etcd;
 pub mod linearizability;

@@ -1,0 +1,231 @@
+//! `make bench-db`: the same KV workload against a five-node agenda-db and a
+//! five-member etcd, both on loopback with fsync on, in one run. Prints a
+//! table of throughput and latency percentiles and the agenda-db/etcd ratio
+//! per row. It never asserts speed.
+
+use std::time::{Duration, Instant};
+
+use agenda_proto::db::db_client::DbClient as AgendaKv;
+use agenda_proto::db::{PutRequest, RangeRequest};
+use agenda_tests::cluster::{Cluster, Options};
+use agenda_tests::etcd::{pb, EtcdCluster};
+use anyhow::Result;
+use clap::Parser;
+use tonic::transport::{Channel, Endpoint};
+
+/// Benchmark agenda-db against etcd.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Seconds per row.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrency levels of the write rows.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,512")]
+    clients: Vec<usize>,
+    /// Concurrency of the linearizable read row.
+    #[arg(long, default_value_t = 512)]
+    read_clients: usize,
+    /// Upper bound on operations per row (keeps every loop bounded).
+    #[arg(long, default_value_t = 500_000)]
+    max_ops: usize,
+    /// Skip etcd (when it is not installed).
+    #[arg(long)]
+    no_etcd: bool,
+}
+
+#[derive(Clone)]
+enum Target {
+    Agenda(Vec<AgendaKv<Channel>>),
+    Etcd(Vec<pb::kv_client::KvClient<Channel>>),
+}
+
+impl Target {
+    async fn put(&self, client: usize, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        match self {
+            Target::Agenda(c) => {
+                let mut c = c[client % c.len()].clone();
+                c.put(PutRequest {
+                    key,
+                    value,
+                    request_id: uuid_like(),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            Target::Etcd(c) => {
+                let mut c = c[client % c.len()].clone();
+                c.put(pb::PutRequest { key, value, lease: 0 }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, client: usize, key: Vec<u8>) -> Result<()> {
+        match self {
+            Target::Agenda(c) => {
+                let mut c = c[client % c.len()].clone();
+                c.range(RangeRequest {
+                    key,
+                    ..Default::default()
+                })
+                .await?;
+            }
+            Target::Etcd(c) => {
+                let mut c = c[client % c.len()].clone();
+                // serializable = false: linearizable, like ours.
+                c.range(pb::RangeRequest {
+                    key,
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn uuid_like() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn channels(addrs: &[String]) -> Result<Vec<Channel>> {
+    addrs
+        .iter()
+        .map(|a| {
+            Ok(Endpoint::from_shared(format!("http://{a}"))?
+                .tcp_nodelay(true)
+                .connect_lazy())
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Write,
+    Read,
+}
+
+struct Row {
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+async fn run_row(t: &Target, kind: Kind, clients: usize, secs: u64, max_ops: usize) -> Row {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let per_client = (max_ops / clients).max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let tag: u32 = rand::random();
+    for c in 0..clients {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            for n in 0..per_client {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let t0 = Instant::now();
+                let r = match kind {
+                    Kind::Write => {
+                        t.put(c, format!("bench/{tag:08x}/{c:04}/{n:07}").into_bytes(), vec![b'x'; 100])
+                            .await
+                    }
+                    Kind::Read => t.get(c, format!("bench/prefill/{:04}", n % 1000).into_bytes()).await,
+                };
+                match r {
+                    Ok(()) => lat.push(t0.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        if let Ok((lat, e)) = task.await {
+            all.extend(lat);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    Row {
+        ops_per_sec: all.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors,
+    }
+}
+
+async fn prefill(t: &Target) -> Result<()> {
+    for i in 0..1000 {
+        t.put(i, format!("bench/prefill/{i:04}").into_bytes(), vec![b'p'; 100]).await?;
+    }
+    Ok(())
+}
+
+async fn suite(t: &Target, args: &Args) -> Result<Vec<(String, Row)>> {
+    prefill(t).await?;
+    let mut rows = Vec::new();
+    for &c in &args.clients {
+        rows.push((format!("write  c={c}"), run_row(t, Kind::Write, c, args.seconds, args.max_ops).await));
+    }
+    rows.push((
+        format!("read   c={} (linearizable)", args.read_clients),
+        run_row(t, Kind::Read, args.read_clients, args.seconds, args.max_ops).await,
+    ));
+    Ok(rows)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    eprintln!("starting a 5-node agenda-db cluster (fsync on)...");
+    let agenda = Cluster::start(Options::default()).await?;
+    let addrs: Vec<String> = agenda.nodes.values().map(|n| n.grpc.clone()).collect();
+    let target = Target::Agenda(channels(&addrs)?.into_iter().map(AgendaKv::new).collect());
+    let ours = suite(&target, &args).await?;
+    drop(agenda);
+
+    let theirs = if args.no_etcd {
+        None
+    } else {
+        eprintln!("starting a 5-member etcd cluster (fsync on)...");
+        let etcd = EtcdCluster::start(5).await?;
+        let target = Target::Etcd(etcd.channels()?.into_iter().map(pb::kv_client::KvClient::new).collect());
+        let rows = suite(&target, &args).await?;
+        drop(etcd);
+        Some(rows)
+    };
+
+    println!();
+    println!("5 nodes on loopback, fsync on, {} s per row, clients spread over all nodes", args.seconds);
+    println!(
+        "{:<30} | {:>10} {:>9} {:>9} {:>6} | {:>10} {:>9} {:>9} {:>6} | {:>9}",
+        "workload", "agenda/s", "p50 ms", "p99 ms", "errors", "etcd/s", "p50 ms", "p99 ms", "errors", "ratio"
+    );
+    println!("{}", "-".repeat(132));
+    for (i, (name, r)) in ours.iter().enumerate() {
+        match theirs.as_ref().map(|t| &t[i].1) {
+            Some(e) => println!(
+                "{:<30} | {:>10.0} {:>9} {:>9} {:>6} | {:>10.0} {:>9} {:>9} {:>6} | {:>8.2}x",
+                name, r.ops_per_sec, ms(r.p50), ms(r.p99), r.errors, e.ops_per_sec, ms(e.p50), ms(e.p99), e.errors,
+                r.ops_per_sec / e.ops_per_sec.max(f64::MIN_POSITIVE)
+            ),
+            None => println!(
+                "{:<30} | {:>10.0} {:>9} {:>9} {:>6} | {:>10} {:>9} {:>9} {:>6} | {:>9}",
+                name, r.ops_per_sec, ms(r.p50), ms(r.p99), r.errors, "-", "-", "-", "-", "-"
+            ),
+        }
+    }
+    Ok(())
+}
