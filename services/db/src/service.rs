@@ -421,7 +421,8 @@ fn filter(
 /// still exactly-once.
 fn take_id(id: &mut String) -> String {
     if id.is_empty() {
-        *id = format!("srv-{:032x}", rand::random::<u128>());
+        // Time-ordered, like the client library's ids (see DbClient).
+        *id = format!("{:016x}{:016x}", now_ms(), rand::random::<u64>());
     }
     id.clone()
 }

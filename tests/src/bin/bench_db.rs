@@ -31,6 +31,10 @@ struct Args {
     /// Skip etcd (when it is not installed).
     #[arg(long)]
     no_etcd: bool,
+    /// Drive an already running agenda-db (comma-separated gRPC addresses)
+    /// instead of starting one, e.g. the cluster of `make run`.
+    #[arg(long, value_delimiter = ',')]
+    agenda_endpoints: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -47,7 +51,7 @@ impl Target {
                 c.put(PutRequest {
                     key,
                     value,
-                    request_id: uuid_like(),
+                    request_id: agenda_common::DbClient::request_id(),
                     ..Default::default()
                 })
                 .await?;
@@ -82,10 +86,6 @@ impl Target {
         }
         Ok(())
     }
-}
-
-fn uuid_like() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 fn channels(addrs: &[String]) -> Result<Vec<Channel>> {
@@ -189,9 +189,14 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    eprintln!("starting a 5-node agenda-db cluster (fsync on)...");
-    let agenda = Cluster::start(Options::default()).await?;
-    let addrs: Vec<String> = agenda.nodes.values().map(|n| n.grpc.clone()).collect();
+    let (agenda, addrs) = if args.agenda_endpoints.is_empty() {
+        eprintln!("starting a 5-node agenda-db cluster (fsync on)...");
+        let c = Cluster::start(Options::default()).await?;
+        let addrs: Vec<String> = c.nodes.values().map(|n| n.grpc.clone()).collect();
+        (Some(c), addrs)
+    } else {
+        (None, args.agenda_endpoints.clone())
+    };
     let target = Target::Agenda(channels(&addrs)?.into_iter().map(AgendaKv::new).collect());
     let ours = suite(&target, &args).await?;
     drop(agenda);
