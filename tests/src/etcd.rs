@@ -81,7 +81,10 @@ impl EtcdCluster {
         let cluster = EtcdCluster {
             _dir: dir,
             children,
-            clients: peers.iter().map(|(_, c, _)| format!("127.0.0.1:{c}")).collect(),
+            clients: peers
+                .iter()
+                .map(|(_, c, _)| format!("127.0.0.1:{c}"))
+                .collect(),
         };
         let chans = cluster.channels()?;
         wait_for("etcd to accept writes", Duration::from_secs(30), || {

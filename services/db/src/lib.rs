@@ -45,8 +45,10 @@ use node::{Exit, Node, NodeConfig};
 use state_machine::{StateMachine, Tables};
 use storage::RaftStorage;
 
-/// Name of the database file inside the data dir.
-pub const DB_FILE: &str = "agenda-db.redb";
+/// The raft log file inside the data dir (see `schema.rs`).
+pub const LOG_FILE: &str = "raft-log.redb";
+/// The state machine file inside the data dir.
+pub const STATE_FILE: &str = "state.redb";
 /// Where the log of a new cluster starts (see `RaftStorage::bootstrap`).
 const BOOTSTRAP_INDEX: u64 = 5;
 /// Term of that starting point.
@@ -122,17 +124,41 @@ pub async fn run(
             cfg.data_dir.display()
         ))
     })?;
-    let db = Arc::new(open_database(&cfg.data_dir.join(DB_FILE))?);
-    check_identity(&db, &cfg.cluster_token, cfg.id)?;
+    let log_db = Arc::new(open_database(&cfg.data_dir.join(LOG_FILE))?);
+    let state_db = Arc::new(open_database(&cfg.data_dir.join(STATE_FILE))?);
+    let fresh_log = check_identity(&log_db, &cfg.cluster_token, cfg.id)?;
+    let fresh_state = check_identity(&state_db, &cfg.cluster_token, cfg.id)?;
+    if fresh_log != fresh_state {
+        return Err(Error::Config(format!(
+            "{} has only one of {LOG_FILE} and {STATE_FILE}; it cannot be used (remove it and re-add the member)",
+            cfg.data_dir.display()
+        )));
+    }
 
-    let mut storage = RaftStorage::load(db.clone())?;
-    let mut sm = StateMachine::load(&db, cfg.history)?;
+    let mut storage = RaftStorage::load(&log_db, state_db.clone())?;
+    let mut sm = StateMachine::load(&state_db, cfg.history)?;
     if !storage.is_initialized() && !cfg.join {
-        bootstrap(&db, &mut storage, &mut sm, &members)?;
+        bootstrap(&log_db, &state_db, &mut storage, &mut sm, &members)?;
         tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapped a new cluster member");
     } else if cfg.join && !storage.is_initialized() {
         tracing::info!("starting empty; waiting for the leader to send a snapshot");
     } else {
+        if storage.hard_state().commit < sm.applied.0 {
+            // The commit index is saved lazily; what was applied was
+            // committed, so the state file's applied index is a lower bound.
+            let txn = log_db.begin_write()?;
+            storage.set_commit(&txn, sm.applied.0)?;
+            txn.commit()?;
+        }
+        if sm.applied.0 > storage.last() || sm.applied.0 + 1 < storage.first() {
+            return Err(Error::Config(format!(
+                "{}: the state file (applied {}) does not fit the raft log ({}..={}); remove the data dir and re-add the member",
+                cfg.data_dir.display(),
+                sm.applied.0,
+                storage.first(),
+                storage.last()
+            )));
+        }
         tracing::info!(
             applied = sm.applied.0,
             revision = sm.revision,
@@ -163,7 +189,8 @@ pub async fn run(
     let (node, handle, rx) = Node::new(
         node_cfg,
         storage,
-        db.clone(),
+        log_db.clone(),
+        state_db.clone(),
         sm,
         hub.clone(),
         transport.clone(),
@@ -181,7 +208,7 @@ pub async fn run(
     let stop_servers = CancellationToken::new();
     let db_service = service::Db::new(
         handle.clone(),
-        db.clone(),
+        state_db.clone(),
         hub,
         cfg.request_timeout(),
         stop_servers.clone(),
@@ -258,21 +285,25 @@ pub async fn run(
 }
 
 fn bootstrap(
-    db: &Database,
+    log_db: &Database,
+    state_db: &Database,
     storage: &mut RaftStorage,
     sm: &mut StateMachine,
     members: &BTreeMap<u64, String>,
 ) -> Result<()> {
     let mut cs = raft::prelude::ConfState::default();
     cs.voters = members.keys().copied().collect();
-    let txn = db.begin_write()?;
-    storage.bootstrap(&txn, cs, BOOTSTRAP_INDEX, BOOTSTRAP_TERM)?;
+    let txn = state_db.begin_write()?;
+    storage.set_conf_state(&txn, cs)?;
     {
         let mut t = Tables::open(&txn)?;
         sm.applied = (BOOTSTRAP_INDEX, BOOTSTRAP_TERM);
         sm.set_members(&mut t, members.clone())?;
         sm.persist(&mut t)?;
     }
+    txn.commit()?;
+    let txn = log_db.begin_write()?;
+    storage.bootstrap(&txn, BOOTSTRAP_INDEX, BOOTSTRAP_TERM)?;
     txn.commit()?;
     Ok(())
 }

@@ -3,11 +3,12 @@
 //!
 //! Each turn of the loop drains the mailbox into raft (`step`, `propose`,
 //! `read_index`), ticks, then handles one `Ready` in the order raft-rs
-//! documents: send the leader's messages, install a snapshot, apply
-//! committed entries, append new entries, save the hard state — all of that
-//! in ONE redb write transaction, i.e. one fsync however many proposals
-//! arrived meanwhile (group commit) — then send the messages that must wait
-//! for persistence, advance, and apply what the advance committed.
+//! documents: send the leader's messages, install a snapshot, append new
+//! entries and save the hard state in ONE log-file transaction (one fsync
+//! however many proposals arrived meanwhile: group commit), apply committed
+//! entries in one state-file transaction (see `schema.rs` for the two
+//! files), send the messages that must wait for persistence, advance, and
+//! apply what the advance committed.
 //!
 //! A storage error ends the loop with an error: the node stops rather than
 //! continue with a state it could not persist.
@@ -30,6 +31,7 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::lease::LeaseClock;
 use crate::metrics::Metrics;
+use crate::schema::STATE_SYNC_INTERVAL;
 use crate::state_machine::{Effects, LeaseEffect, StateMachine, Tables};
 use crate::storage::RaftStorage;
 use crate::transport::Transport;
@@ -201,7 +203,11 @@ type Waiter = (
 pub struct Node {
     cfg: NodeConfig,
     raw: RawNode<RaftStorage>,
-    db: Arc<Database>,
+    log_db: Arc<Database>,
+    state_db: Arc<Database>,
+    /// Applied index as of the last durable state-file commit.
+    durable_applied: u64,
+    last_state_sync: Instant,
     sm: StateMachine,
     leases: LeaseClock,
     hub: WatchHub,
@@ -231,7 +237,8 @@ impl Node {
     pub fn new(
         cfg: NodeConfig,
         storage: RaftStorage,
-        db: Arc<Database>,
+        log_db: Arc<Database>,
+        state_db: Arc<Database>,
         sm: StateMachine,
         hub: WatchHub,
         transport: Transport,
@@ -253,7 +260,7 @@ impl Node {
         let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => cfg.id));
         let raw = RawNode::new(&raft_cfg, storage, &logger)?;
         let mut leases = LeaseClock::default();
-        leases.reset(StateMachine::leases(&db)?, Instant::now());
+        leases.reset(StateMachine::leases(&state_db)?, Instant::now());
         let shared = Arc::new(Shared::default());
         shared.running.store(true, Ordering::Release);
         shared.revision.store(sm.revision, Ordering::Release);
@@ -266,10 +273,14 @@ impl Node {
             tx,
             shared: shared.clone(),
         };
+        let durable_applied = sm.applied.0;
         let node = Node {
             cfg,
             raw,
-            db,
+            log_db,
+            state_db,
+            durable_applied,
+            last_state_sync: Instant::now(),
             sm,
             leases,
             hub,
@@ -290,8 +301,13 @@ impl Node {
 
     /// Runs the loop until asked to stop, removed, or a fatal error.
     pub fn run(mut self, rx: Receiver<Request>) -> Result<Exit> {
-        let result = self.run_inner(&rx);
+        let mut result = self.run_inner(&rx);
         self.shared.running.store(false, Ordering::Release);
+        if result.is_ok() {
+            if let Err(e) = self.sync_state() {
+                result = Err(e);
+            }
+        }
         // Dropping the waiters tells every caller the node is gone.
         self.pending.clear();
         result
@@ -324,6 +340,12 @@ impl Node {
                 last_tick = Instant::now();
                 self.raw.tick();
                 self.on_tick();
+                if self.sm.applied.0 > self.durable_applied
+                    && self.last_state_sync.elapsed() >= STATE_SYNC_INTERVAL
+                {
+                    // Idle after a burst: sync so a restart replays little.
+                    self.sync_state()?;
+                }
             }
             self.on_ready()?;
             if self.removed {
@@ -526,54 +548,93 @@ impl Node {
             }
         }
 
-        let must_sync = rd.must_sync() || !rd.snapshot().is_empty();
-        let started = Instant::now();
-        let mut txn = self.db.begin_write()?;
-        if !must_sync {
-            txn.set_durability(Durability::None)?;
-        }
-        let mut outcomes = Vec::new();
         if !rd.snapshot().is_empty() {
-            self.install_snapshot(&txn, rd.snapshot())?;
+            self.install_snapshot(rd.snapshot())?;
         }
-        self.apply_entries(&txn, rd.take_committed_entries(), &mut outcomes)?;
-        self.raw.mut_store().append(&txn, rd.entries())?;
-        if let Some(hs) = rd.hs() {
-            self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
+        // 1. Log file: append and save the hard state, one fsync for the
+        //    whole batch (group commit).
+        let must_sync = rd.must_sync();
+        if must_sync || !rd.entries().is_empty() || rd.hs().is_some() {
+            let started = Instant::now();
+            let mut txn = self.log_db.begin_write()?;
+            if !must_sync {
+                txn.set_durability(Durability::None)?;
+            }
+            self.raw.mut_store().append(&txn, rd.entries())?;
+            if let Some(hs) = rd.hs() {
+                self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
+            }
+            self.maybe_compact(&txn)?;
+            txn.commit()?;
+            if must_sync {
+                self.metrics
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
         }
-        self.maybe_compact(&txn)?;
-        txn.commit()?;
-        if must_sync {
-            self.metrics
-                .fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
-        }
-        self.deliver(outcomes);
+        // 2. State file: apply what is committed (already durable in the
+        //    log of a majority).
+        let committed = rd.take_committed_entries();
+        self.apply_and_deliver(committed)?;
         self.transport.send(rd.take_persisted_messages());
 
         let mut light = self.raw.advance(rd);
         self.transport.send(light.take_messages());
-        let committed = light.take_committed_entries();
-        if light.commit_index().is_some() || !committed.is_empty() {
-            let mut txn = self.db.begin_write()?;
-            // Safe without fsync: these entries are durable in the log, so
-            // losing this commit only means applying them again from it.
+        if let Some(commit) = light.commit_index() {
+            let mut txn = self.log_db.begin_write()?;
+            // Safe without fsync: raft recomputes the commit index.
             txn.set_durability(Durability::None)?;
-            if let Some(commit) = light.commit_index() {
-                self.raw.mut_store().set_commit(&txn, commit)?;
-            }
-            let mut outcomes = Vec::new();
-            self.apply_entries(&txn, committed, &mut outcomes)?;
-            self.maybe_compact(&txn)?;
+            self.raw.mut_store().set_commit(&txn, commit)?;
             txn.commit()?;
-            self.deliver(outcomes);
         }
+        let committed = light.take_committed_entries();
+        self.apply_and_deliver(committed)?;
         self.raw.advance_apply();
         self.release_reads();
         Ok(())
     }
 
-    fn install_snapshot(&mut self, txn: &redb::WriteTransaction, snap: &Snapshot) -> Result<()> {
+    /// Applies committed entries in one state-file transaction (durable
+    /// every `STATE_SYNC_INTERVAL`), then answers callers.
+    fn apply_and_deliver(&mut self, entries: Vec<Entry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let durable = self.last_state_sync.elapsed() >= STATE_SYNC_INTERVAL;
+        let mut txn = self.state_db.begin_write()?;
+        if !durable {
+            // Safe: these entries are durable in the log; after a crash the
+            // state file is older and the node applies them again from it.
+            txn.set_durability(Durability::None)?;
+        }
+        let mut outcomes = Vec::new();
+        self.apply_entries(&txn, entries, &mut outcomes)?;
+        txn.commit()?;
+        if durable {
+            self.sync_state_done();
+        }
+        self.deliver(outcomes);
+        Ok(())
+    }
+
+    fn sync_state_done(&mut self) {
+        self.last_state_sync = Instant::now();
+        self.durable_applied = self.sm.applied.0;
+    }
+
+    /// Makes the state file durable now (shutdown).
+    fn sync_state(&mut self) -> Result<()> {
+        let txn = self.state_db.begin_write()?;
+        {
+            let mut t = Tables::open(&txn)?;
+            self.sm.persist(&mut t)?;
+        }
+        txn.commit()?;
+        self.sync_state_done();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
         let meta = snap.get_metadata();
         tracing::info!(
             index = meta.index,
@@ -581,8 +642,15 @@ impl Node {
             bytes = snap.get_data().len(),
             "installing snapshot from the leader"
         );
-        self.raw.mut_store().apply_snapshot(txn, meta)?;
-        self.sm.restore(txn, snap)?;
+        // State first and durably: if we crash before the log is reset, the
+        // log merely holds entries the state already includes.
+        let txn = self.state_db.begin_write()?;
+        self.sm.restore(&txn, snap)?;
+        txn.commit()?;
+        self.sync_state_done();
+        let txn = self.log_db.begin_write()?;
+        self.raw.mut_store().apply_snapshot(&txn, meta)?;
+        txn.commit()?;
         self.metrics.snapshots_installed.inc();
         self.transport.set_members(&self.sm.members);
         self.shared
@@ -709,7 +777,9 @@ impl Node {
     }
 
     fn maybe_compact(&mut self, txn: &redb::WriteTransaction) -> Result<()> {
-        let applied = self.sm.applied.0;
+        // Never past what the state file has synced: a crash must be able
+        // to replay the rest from the log.
+        let applied = self.durable_applied;
         let first = self.raw.store().first();
         if applied >= first && applied - first >= self.cfg.snapshot_threshold {
             // Keep a tail so followers that are only slightly behind still

@@ -1,14 +1,20 @@
 //! Raft log, hard state and conf state: raft-rs's `Storage`, backed by redb.
 //!
-//! Writes happen only inside a write transaction opened by the node loop
-//! (see `node.rs`), so the log, the hard state and the state machine commit
-//! together. The live part of the log (everything after the last compaction)
-//! is also kept in memory: raft-rs reads it on every append and heartbeat,
-//! and the compaction threshold bounds its size.
+//! The log and the hard state live in the log file (`raft-log.redb`),
+//! committed with an fsync on every Ready that must sync. The conf state
+//! belongs to the state file (`state.redb`): it is the configuration as of
+//! the applied index, committed atomically with the state machine (see
+//! `schema.rs` for why there are two files). Writes happen only inside
+//! transactions opened by the node loop. The live part of the log
+//! (everything after the last compaction) is also kept in memory: raft-rs
+//! reads it on every append and heartbeat, and the compaction threshold
+//! bounds its size.
 //!
 //! What callers may rely on: `first_index() == truncated index + 1`,
-//! `term(truncated index)` always answers, and after `apply_snapshot` the log
-//! is empty and starts right after the snapshot.
+//! `term(truncated index)` always answers, after `apply_snapshot` the log
+//! is empty and starts right after the snapshot, and the log is never
+//! compacted past the state file's durable applied index (the node's job),
+//! so a restart can always replay what the state file had not yet synced.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,8 +29,8 @@ use crate::schema::{self, LOG, META};
 
 /// raft-rs storage of one node.
 pub struct RaftStorage {
-    /// The node's database (shared with the state machine and readers).
-    db: Arc<Database>,
+    /// The state file (snapshots are built from it).
+    state_db: Arc<Database>,
     hard_state: HardState,
     /// Configuration as of the applied index; raft-rs reads it at start-up.
     conf_state: ConfState,
@@ -35,17 +41,23 @@ pub struct RaftStorage {
 }
 
 impl RaftStorage {
-    /// Loads the persisted log and states.
-    pub fn load(db: Arc<Database>) -> Result<Self> {
-        let txn = db.begin_read()?;
+    /// Loads the persisted log and hard state (log file) and the conf state
+    /// (state file).
+    pub fn load(log_db: &Database, state_db: Arc<Database>) -> Result<Self> {
+        let conf_state = {
+            let txn = state_db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let v = meta.get(schema::META_CONF_STATE)?;
+            match v {
+                Some(v) => ConfState::parse_from_bytes(v.value())?,
+                None => ConfState::default(),
+            }
+        };
+        let txn = log_db.begin_read()?;
         let meta = txn.open_table(META)?;
         let hard_state = match meta.get(schema::META_HARD_STATE)? {
             Some(v) => HardState::parse_from_bytes(v.value())?,
             None => HardState::default(),
-        };
-        let conf_state = match meta.get(schema::META_CONF_STATE)? {
-            Some(v) => ConfState::parse_from_bytes(v.value())?,
-            None => ConfState::default(),
         };
         let truncated = match meta.get(schema::META_TRUNCATED)? {
             Some(v) => schema::read_pair_u64(v.value())
@@ -67,7 +79,7 @@ impl RaftStorage {
             expect += 1;
         }
         Ok(RaftStorage {
-            db,
+            state_db,
             hard_state,
             conf_state,
             truncated,
@@ -141,19 +153,13 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Initializes a new member of a new cluster: the log starts as if
-    /// compacted at (`index`, `term`) with `cs` as configuration. Every
-    /// founding member starts from the same point, and because the entries
-    /// before it do not exist, a member added later can only be initialized
-    /// by a snapshot (it would otherwise replay a log without the founding
-    /// configuration).
-    pub fn bootstrap(
-        &mut self,
-        txn: &WriteTransaction,
-        cs: ConfState,
-        index: u64,
-        term: u64,
-    ) -> Result<()> {
+    /// Initializes the log of a founding member of a new cluster: it starts
+    /// as if compacted at (`index`, `term`) (the configuration goes to the
+    /// state file, see `lib.rs`). Every founding member starts from the
+    /// same point, and because the entries before it do not exist, a member
+    /// added later can only be initialized by a snapshot (it would otherwise
+    /// replay a log without the founding configuration).
+    pub fn bootstrap(&mut self, txn: &WriteTransaction, index: u64, term: u64) -> Result<()> {
         self.truncated = (index, term);
         txn.open_table(META)?.insert(
             schema::META_TRUNCATED,
@@ -162,8 +168,7 @@ impl RaftStorage {
         let mut hs = HardState::default();
         hs.term = term;
         hs.commit = index;
-        self.set_hard_state(txn, hs)?;
-        self.set_conf_state(txn, cs)
+        self.set_hard_state(txn, hs)
     }
 
     /// Moves only the commit index of the hard state.
@@ -173,7 +178,7 @@ impl RaftStorage {
         self.set_hard_state(txn, hs)
     }
 
-    /// Persists the configuration (called when a conf change is applied).
+    /// Persists the configuration in a state-file transaction.
     pub fn set_conf_state(&mut self, txn: &WriteTransaction, cs: ConfState) -> Result<()> {
         txn.open_table(META)?
             .insert(schema::META_CONF_STATE, cs.write_to_bytes()?.as_slice())?;
@@ -229,7 +234,8 @@ impl RaftStorage {
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
         self.set_hard_state(txn, hs)?;
-        self.set_conf_state(txn, meta.get_conf_state().clone())
+        self.conf_state = meta.get_conf_state().clone();
+        Ok(())
     }
 
     fn term_of(&self, idx: u64) -> Result<u64> {
@@ -297,7 +303,7 @@ impl raft::Storage for RaftStorage {
         // The snapshot is the applied state right now; its index is the
         // applied index, which is never below the log start, so the leader
         // can always continue with entries after it.
-        crate::state_machine::build_snapshot(&self.db).map_err(other)
+        crate::state_machine::build_snapshot(&self.state_db).map_err(other)
     }
 }
 
@@ -319,10 +325,14 @@ mod tests {
         (dir, db)
     }
 
+    fn load(db: &Arc<Database>) -> RaftStorage {
+        RaftStorage::load(db, db.clone()).unwrap()
+    }
+
     #[test]
     fn append_truncates_conflicts_and_survives_reload() {
         let (_dir, db) = open();
-        let mut s = RaftStorage::load(db.clone()).unwrap();
+        let mut s = load(&db);
         assert!(!s.is_initialized());
         let txn = db.begin_write().unwrap();
         s.append(&txn, &[entry(1, 1), entry(2, 1), entry(3, 1)])
@@ -335,7 +345,7 @@ mod tests {
         txn.commit().unwrap();
         assert_eq!(s.last(), 2);
 
-        let s = RaftStorage::load(db).unwrap();
+        let s = load(&db);
         assert_eq!(s.last(), 2);
         assert_eq!(s.term(2).unwrap(), 2);
         assert_eq!(s.hard_state(), &hs);
@@ -352,7 +362,7 @@ mod tests {
     #[test]
     fn compaction_keeps_the_boundary_term() {
         let (_dir, db) = open();
-        let mut s = RaftStorage::load(db.clone()).unwrap();
+        let mut s = load(&db);
         let txn = db.begin_write().unwrap();
         s.append(
             &txn,
@@ -361,7 +371,7 @@ mod tests {
         .unwrap();
         s.compact(&txn, 6).unwrap();
         txn.commit().unwrap();
-        let s = RaftStorage::load(db).unwrap();
+        let s = load(&db);
         assert_eq!(s.first_index().unwrap(), 7);
         assert_eq!(s.term(6).unwrap(), 2);
         assert!(matches!(
@@ -380,7 +390,7 @@ mod tests {
     #[test]
     fn appending_with_a_hole_is_refused() {
         let (_dir, db) = open();
-        let mut s = RaftStorage::load(db.clone()).unwrap();
+        let mut s = load(&db);
         let txn = db.begin_write().unwrap();
         s.append(&txn, &[entry(1, 1)]).unwrap();
         assert!(s.append(&txn, &[entry(3, 1)]).is_err());

@@ -58,7 +58,12 @@ impl Target {
             }
             Target::Etcd(c) => {
                 let mut c = c[client % c.len()].clone();
-                c.put(pb::PutRequest { key, value, lease: 0 }).await?;
+                c.put(pb::PutRequest {
+                    key,
+                    value,
+                    lease: 0,
+                })
+                .await?;
             }
         }
         Ok(())
@@ -130,10 +135,17 @@ async fn run_row(t: &Target, kind: Kind, clients: usize, secs: u64, max_ops: usi
                 let t0 = Instant::now();
                 let r = match kind {
                     Kind::Write => {
-                        t.put(c, format!("bench/{tag:08x}/{c:04}/{n:07}").into_bytes(), vec![b'x'; 100])
+                        t.put(
+                            c,
+                            format!("bench/{tag:08x}/{c:04}/{n:07}").into_bytes(),
+                            vec![b'x'; 100],
+                        )
+                        .await
+                    }
+                    Kind::Read => {
+                        t.get(c, format!("bench/prefill/{:04}", n % 1000).into_bytes())
                             .await
                     }
-                    Kind::Read => t.get(c, format!("bench/prefill/{:04}", n % 1000).into_bytes()).await,
                 };
                 match r {
                     Ok(()) => lat.push(t0.elapsed()),
@@ -153,7 +165,11 @@ async fn run_row(t: &Target, kind: Kind, clients: usize, secs: u64, max_ops: usi
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     Row {
         ops_per_sec: all.len() as f64 / elapsed,
         p50: pct(0.50),
@@ -164,7 +180,12 @@ async fn run_row(t: &Target, kind: Kind, clients: usize, secs: u64, max_ops: usi
 
 async fn prefill(t: &Target) -> Result<()> {
     for i in 0..1000 {
-        t.put(i, format!("bench/prefill/{i:04}").into_bytes(), vec![b'p'; 100]).await?;
+        t.put(
+            i,
+            format!("bench/prefill/{i:04}").into_bytes(),
+            vec![b'p'; 100],
+        )
+        .await?;
     }
     Ok(())
 }
@@ -173,7 +194,10 @@ async fn suite(t: &Target, args: &Args) -> Result<Vec<(String, Row)>> {
     prefill(t).await?;
     let mut rows = Vec::new();
     for &c in &args.clients {
-        rows.push((format!("write  c={c}"), run_row(t, Kind::Write, c, args.seconds, args.max_ops).await));
+        rows.push((
+            format!("write  c={c}"),
+            run_row(t, Kind::Write, c, args.seconds, args.max_ops).await,
+        ));
     }
     rows.push((
         format!("read   c={} (linearizable)", args.read_clients),
@@ -206,29 +230,63 @@ async fn main() -> Result<()> {
     } else {
         eprintln!("starting a 5-member etcd cluster (fsync on)...");
         let etcd = EtcdCluster::start(5).await?;
-        let target = Target::Etcd(etcd.channels()?.into_iter().map(pb::kv_client::KvClient::new).collect());
+        let target = Target::Etcd(
+            etcd.channels()?
+                .into_iter()
+                .map(pb::kv_client::KvClient::new)
+                .collect(),
+        );
         let rows = suite(&target, &args).await?;
         drop(etcd);
         Some(rows)
     };
 
     println!();
-    println!("5 nodes on loopback, fsync on, {} s per row, clients spread over all nodes", args.seconds);
+    println!(
+        "5 nodes on loopback, fsync on, {} s per row, clients spread over all nodes",
+        args.seconds
+    );
     println!(
         "{:<30} | {:>10} {:>9} {:>9} {:>6} | {:>10} {:>9} {:>9} {:>6} | {:>9}",
-        "workload", "agenda/s", "p50 ms", "p99 ms", "errors", "etcd/s", "p50 ms", "p99 ms", "errors", "ratio"
+        "workload",
+        "agenda/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "etcd/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "ratio"
     );
     println!("{}", "-".repeat(132));
     for (i, (name, r)) in ours.iter().enumerate() {
         match theirs.as_ref().map(|t| &t[i].1) {
             Some(e) => println!(
                 "{:<30} | {:>10.0} {:>9} {:>9} {:>6} | {:>10.0} {:>9} {:>9} {:>6} | {:>8.2}x",
-                name, r.ops_per_sec, ms(r.p50), ms(r.p99), r.errors, e.ops_per_sec, ms(e.p50), ms(e.p99), e.errors,
+                name,
+                r.ops_per_sec,
+                ms(r.p50),
+                ms(r.p99),
+                r.errors,
+                e.ops_per_sec,
+                ms(e.p50),
+                ms(e.p99),
+                e.errors,
                 r.ops_per_sec / e.ops_per_sec.max(f64::MIN_POSITIVE)
             ),
             None => println!(
                 "{:<30} | {:>10.0} {:>9} {:>9} {:>6} | {:>10} {:>9} {:>9} {:>6} | {:>9}",
-                name, r.ops_per_sec, ms(r.p50), ms(r.p99), r.errors, "-", "-", "-", "-", "-"
+                name,
+                r.ops_per_sec,
+                ms(r.p50),
+                ms(r.p99),
+                r.errors,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
             ),
         }
     }
