@@ -535,7 +535,7 @@ impl Node {
             let (leader, role) = (ss.leader_id, ss.raft_state);
             self.on_soft_state(leader, role);
         }
-        self.transport.send(rd.take_messages());
+        self.transport.send(coalesce_proposals(rd.take_messages()));
         for rs in rd.take_read_states() {
             let ctx = rs
                 .request_ctx
@@ -551,8 +551,13 @@ impl Node {
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot())?;
         }
-        // 1. Log file: append and save the hard state, one fsync for the
-        //    whole batch (group commit).
+        // Committed entries first, as raft-rs documents: they are already
+        // durable in a majority's logs, so callers get their answers
+        // without waiting for this Ready's own fsync.
+        let committed = rd.take_committed_entries();
+        self.apply_and_deliver(committed)?;
+        // Then the log file: append and save the hard state, one fsync for
+        // the whole batch (group commit).
         let must_sync = rd.must_sync();
         if must_sync || !rd.entries().is_empty() || rd.hs().is_some() {
             let started = Instant::now();
@@ -572,10 +577,6 @@ impl Node {
                     .observe(started.elapsed().as_secs_f64());
             }
         }
-        // 2. State file: apply what is committed (already durable in the
-        //    log of a majority).
-        let committed = rd.take_committed_entries();
-        self.apply_and_deliver(committed)?;
         self.transport.send(rd.take_persisted_messages());
 
         let mut light = self.raw.advance(rd);
@@ -847,6 +848,25 @@ impl Node {
             }
         }
     }
+}
+
+/// Merges the proposals a follower forwards to its leader in one Ready
+/// into one message: raft-rs appends every entry of a MsgPropose, and one
+/// message per client request would dominate the transport at load.
+fn coalesce_proposals(msgs: Vec<Message>) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(msgs.len());
+    let mut prop: Option<usize> = None;
+    for m in msgs {
+        if m.get_msg_type() == raft::prelude::MessageType::MsgPropose {
+            if let Some(i) = prop.filter(|i| out[*i].to == m.to) {
+                out[i].entries.extend(m.entries);
+                continue;
+            }
+            prop = Some(out.len());
+        }
+        out.push(m);
+    }
+    out
 }
 
 fn snapshot_leases(snap: &Snapshot) -> Result<Vec<(i64, i64)>> {

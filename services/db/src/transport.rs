@@ -24,6 +24,8 @@ use crate::node::{NodeHandle, Request};
 
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
+/// Most messages packed into one envelope.
+const BATCH: usize = 256;
 /// Metadata key carrying the cluster token.
 pub const CLUSTER_HEADER: &str = "x-agenda-cluster";
 /// Metadata key carrying the sender's id.
@@ -198,20 +200,31 @@ async fn peer_loop(inner: Arc<Inner>, to: u64, addr: String, mut rx: mpsc::Recei
         loop {
             tokio::select! {
                 m = rx.recv() => {
-                    let Some(m) = m else {
+                    let Some(first) = m else {
                         call.abort();
                         return;
                     };
-                    let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-                    let bytes = match m.write_to_bytes() {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot encode raft message");
-                            continue;
+                    // Pack what is already queued into one envelope.
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
                         }
-                    };
-                    let sent = stx.send(RaftEnvelope { message: bytes }).await.is_ok();
-                    if is_snapshot {
+                    }
+                    let snapshots = batch
+                        .iter()
+                        .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+                        .count();
+                    let mut messages = Vec::with_capacity(batch.len());
+                    for m in &batch {
+                        match m.write_to_bytes() {
+                            Ok(b) => messages.push(b),
+                            Err(e) => tracing::error!(error = %e, "cannot encode raft message"),
+                        }
+                    }
+                    let sent = stx.send(RaftEnvelope { messages }).await.is_ok();
+                    for _ in 0..snapshots {
                         inner.report(Request::SnapshotSent { to, ok: sent });
                     }
                     if !sent {
@@ -279,11 +292,14 @@ impl Raft for RaftService {
                 }
             };
             let Some(env) = env else { break };
-            let m = Message::parse_from_bytes(&env.message)
-                .map_err(|e| tonic::Status::invalid_argument(format!("bad raft message: {e}")))?;
-            self.node
-                .send(Request::Raft(Box::new(m)))
-                .map_err(|_| tonic::Status::unavailable("node is stopping"))?;
+            for bytes in &env.messages {
+                let m = Message::parse_from_bytes(bytes).map_err(|e| {
+                    tonic::Status::invalid_argument(format!("bad raft message: {e}"))
+                })?;
+                self.node
+                    .send(Request::Raft(Box::new(m)))
+                    .map_err(|_| tonic::Status::unavailable("node is stopping"))?;
+            }
         }
         Ok(tonic::Response::new(RaftAck {}))
     }
