@@ -221,7 +221,7 @@ impl Cluster {
             async move {
                 let mut leader = None;
                 for (_, addr) in &running {
-                    let c = DbClient::new(&[addr.clone()])
+                    let c = DbClient::new(std::slice::from_ref(addr))
                         .ok()?
                         .with_timeout(Duration::from_millis(500));
                     let s = c.cluster_status().await.ok()?;

@@ -291,8 +291,10 @@ fn bootstrap(
     sm: &mut StateMachine,
     members: &BTreeMap<u64, String>,
 ) -> Result<()> {
-    let mut cs = raft::prelude::ConfState::default();
-    cs.voters = members.keys().copied().collect();
+    let cs = raft::prelude::ConfState {
+        voters: members.keys().copied().collect(),
+        ..Default::default()
+    };
     let txn = state_db.begin_write()?;
     storage.set_conf_state(&txn, cs)?;
     {

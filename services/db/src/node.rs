@@ -199,6 +199,9 @@ type Waiter = (
     Option<Command>,
 );
 
+/// Callers waiting for one ReadIndex round.
+type ReadBatch = Vec<oneshot::Sender<Result<()>>>;
+
 /// Owns the raft node; runs on its own thread (see [`Node::run`]).
 pub struct Node {
     cfg: NodeConfig,
@@ -219,9 +222,9 @@ pub struct Node {
     /// ReadIndex requests gathered during this turn (one raft round each turn).
     read_batch: Vec<oneshot::Sender<Result<()>>>,
     /// Batches sent to raft, by context, waiting for their read index.
-    reads_in_flight: HashMap<u64, (Vec<oneshot::Sender<Result<()>>>, Instant)>,
+    reads_in_flight: HashMap<u64, (ReadBatch, Instant)>,
     /// Batches whose read index is known, waiting for apply to reach it.
-    reads_ready: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
+    reads_ready: Vec<(u64, ReadBatch)>,
     next_read_ctx: u64,
     role: StateRole,
     removed: bool,
@@ -384,8 +387,10 @@ impl Node {
                 }
             }
             Request::MemberChange { change, add, reply } => {
-                let mut cc = ConfChange::default();
-                cc.node_id = change.id;
+                let mut cc = ConfChange {
+                    node_id: change.id,
+                    ..Default::default()
+                };
                 cc.set_change_type(if add {
                     ConfChangeType::AddNode
                 } else {

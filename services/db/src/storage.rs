@@ -66,8 +66,7 @@ impl RaftStorage {
         };
         let log = txn.open_table(LOG)?;
         let mut entries = VecDeque::new();
-        let mut expect = truncated.0 + 1;
-        for item in log.range(truncated.0 + 1..)? {
+        for (expect, item) in (truncated.0 + 1..).zip(log.range(truncated.0 + 1..)?) {
             let (k, v) = item?;
             if k.value() != expect {
                 return Err(Error::Corrupt(format!(
@@ -76,7 +75,6 @@ impl RaftStorage {
                 )));
             }
             entries.push_back(Entry::parse_from_bytes(v.value())?);
-            expect += 1;
         }
         Ok(RaftStorage {
             state_db,
@@ -165,9 +163,11 @@ impl RaftStorage {
             schema::META_TRUNCATED,
             schema::pair_u64(index, term).as_slice(),
         )?;
-        let mut hs = HardState::default();
-        hs.term = term;
-        hs.commit = index;
+        let hs = HardState {
+            term,
+            commit: index,
+            ..Default::default()
+        };
         self.set_hard_state(txn, hs)
     }
 
@@ -313,10 +313,11 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     fn open() -> (tempfile::TempDir, Arc<Database>) {
@@ -338,9 +339,11 @@ mod tests {
         s.append(&txn, &[entry(1, 1), entry(2, 1), entry(3, 1)])
             .unwrap();
         s.append(&txn, &[entry(2, 2)]).unwrap();
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.vote = 3;
+        let hs = HardState {
+            term: 2,
+            vote: 3,
+            ..Default::default()
+        };
         s.set_hard_state(&txn, hs.clone()).unwrap();
         txn.commit().unwrap();
         assert_eq!(s.last(), 2);

@@ -1,0 +1,51 @@
+# Agenda: every entry point a person or CI uses. Each target does its own
+# set-up: it builds what it runs and, when run as root, installs the Debian
+# packages it needs (otherwise it says which ones to install).
+
+CARGO ?= cargo
+SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: run run-local test lint unit system bench bench-db build release deps-run deps-bench clean
+
+## make run: start the whole system on loopback, in the foreground (Ctrl-C stops it).
+run: run-local
+
+## make run-local: the same, loopback only, no root needed.
+run-local: release deps-run
+	AGENDA_BIN_DIR=$(CURDIR)/target/release deploy/run-local.sh
+
+## make test: format and lint checks, unit tests, system tests (real processes).
+test: lint build
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p agenda-tests --tests -- --test-threads=1
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release --workspace
+
+## make bench-db: agenda-db vs a real etcd, same workload, one run, a table.
+bench-db: release deps-bench
+	target/release/bench_db
+
+## make bench: every benchmark (today: bench-db).
+bench: bench-db
+
+deps-run:
+	@command -v curl >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq curl; \
+	  else echo "make run needs curl: sudo apt-get install -y curl"; exit 1; fi; }
+
+deps-bench:
+	@command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq etcd-server; \
+	  else echo "make bench-db needs etcd: sudo apt-get install -y etcd-server"; exit 1; fi; }
+
+clean:
+	$(CARGO) clean
+	rm -rf .agenda
