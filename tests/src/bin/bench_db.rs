@@ -31,6 +31,9 @@ struct Args {
     /// Skip etcd (when it is not installed).
     #[arg(long)]
     no_etcd: bool,
+    /// Leader kills for the failover measurement (0 to skip).
+    #[arg(long, default_value_t = 5)]
+    failovers: usize,
     /// Drive an already running agenda-db (comma-separated gRPC addresses)
     /// instead of starting one, e.g. the cluster of `make run`.
     #[arg(long, value_delimiter = ',')]
@@ -206,6 +209,33 @@ async fn suite(t: &Target, args: &Args) -> Result<Vec<(String, Row)>> {
     Ok(rows)
 }
 
+/// Kills the leader `rounds` times; returns, per kill, the time from the
+/// kill to the first acknowledged write that started after it.
+async fn failovers(c: &mut Cluster, rounds: usize) -> Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    let client = c.client().with_timeout(Duration::from_secs(10));
+    for round in 0..rounds {
+        let leader = c.leader().await?;
+        let killed = Instant::now();
+        c.kill(leader);
+        loop {
+            let req = PutRequest {
+                key: format!("failover/{round}").into_bytes(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            };
+            if client.put(req).await.is_ok() {
+                out.push(killed.elapsed());
+                break;
+            }
+            anyhow::ensure!(killed.elapsed() < Duration::from_secs(30), "no write after kill {round}");
+        }
+        c.restart(leader)?;
+        c.wait_leader(Duration::from_secs(20)).await?;
+    }
+    Ok(out)
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
@@ -223,7 +253,10 @@ async fn main() -> Result<()> {
     };
     let target = Target::Agenda(channels(&addrs)?.into_iter().map(AgendaKv::new).collect());
     let ours = suite(&target, &args).await?;
-    drop(agenda);
+    let failover = match agenda {
+        Some(mut c) if args.failovers > 0 => Some(failovers(&mut c, args.failovers).await?),
+        _ => None,
+    };
 
     let theirs = if args.no_etcd {
         None
@@ -289,6 +322,17 @@ async fn main() -> Result<()> {
                 "-"
             ),
         }
+    }
+    if let Some(mut f) = failover {
+        f.sort_unstable();
+        println!();
+        println!(
+            "leader kill -9 -> first acknowledged write, {} kills: p50 {} ms, max {} ms (all: {})",
+            f.len(),
+            ms(f[f.len() / 2]),
+            ms(f[f.len() - 1]),
+            f.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
+        );
     }
     Ok(())
 }
