@@ -336,7 +336,10 @@ async fn a_node_down_for_100k_writes_catches_up_by_snapshot() -> Result<()> {
     })
     .await?;
     let installed = metric(&c, lagger, "agenda_db_snapshots_installed_total").await?;
-    ensure!(installed >= 1.0, "node {lagger} caught up without a snapshot");
+    ensure!(
+        installed >= 1.0,
+        "node {lagger} caught up without a snapshot"
+    );
     // It serves linearizable reads of the same data as everyone else.
     let kv = back.get("s/0099999").await?.context("last key missing")?;
     ensure!(kv.version == 1);

@@ -56,7 +56,10 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.stop.cancel();
+        // Like a crash: stop renewing, leave the entry to its TTL.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 

@@ -228,7 +228,10 @@ async fn failovers(c: &mut Cluster, rounds: usize) -> Result<Vec<Duration>> {
                 out.push(killed.elapsed());
                 break;
             }
-            anyhow::ensure!(killed.elapsed() < Duration::from_secs(30), "no write after kill {round}");
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(30),
+                "no write after kill {round}"
+            );
         }
         c.restart(leader)?;
         c.wait_leader(Duration::from_secs(20)).await?;

@@ -1,0 +1,97 @@
+//! The registry helpers of the shared client library, against a real
+//! agenda-db cluster.
+
+use std::time::Duration;
+
+use agenda_common::registry::{self, Instance};
+use agenda_common::shutdown::CancellationToken;
+use agenda_tests::cluster::{wait_for, Cluster, Options};
+use anyhow::Result;
+
+fn inst(id: &str, addr: &str) -> Instance {
+    Instance {
+        id: id.into(),
+        addr: addr.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_register_renew_deregister_and_expire() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    let client = c.client();
+    let stop = CancellationToken::new();
+    let mut seen = registry::watch_instances(&client, "users", stop.clone());
+
+    let a = registry::register(
+        &client,
+        "users",
+        inst("a", "10.0.0.1:1"),
+        Duration::from_secs(2),
+    )
+    .await?;
+    let b = registry::register(
+        &client,
+        "users",
+        inst("b", "10.0.0.2:1"),
+        Duration::from_secs(2),
+    )
+    .await?;
+    let both = vec![inst("a", "10.0.0.1:1"), inst("b", "10.0.0.2:1")];
+    tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|v| *v == both)).await??;
+    assert_eq!(registry::list_instances(&client, "users").await?, both);
+
+    // Renewal keeps them through several TTLs, across a leader kill.
+    let leader = c.leader().await?;
+    c.kill(leader);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(registry::list_instances(&client, "users").await?, both);
+
+    // A clean shutdown removes the entry at once...
+    a.deregister().await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        seen.wait_for(|v| *v == vec![inst("b", "10.0.0.2:1")]),
+    )
+    .await??;
+    // ...a crashed instance (no more keep-alives) vanishes after its TTL.
+    drop(b);
+    tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|v| v.is_empty())).await??;
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_keys_are_read_and_followed() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    let client = c.client();
+    let stop = CancellationToken::new();
+    assert_eq!(registry::get_config(&client, "redis-primary").await?, None);
+    let mut primary = registry::watch_config(&client, "redis-primary", stop.clone());
+    registry::put_config(&client, "redis-primary", b"127.0.0.1:6379").await?;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        primary.wait_for(|v| v.as_deref() == Some(&b"127.0.0.1:6379"[..])),
+    )
+    .await??;
+    registry::put_config(&client, "redis-primary", b"127.0.0.1:6380").await?;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        primary.wait_for(|v| v.as_deref() == Some(&b"127.0.0.1:6380"[..])),
+    )
+    .await??;
+    // The watcher keeps following when nodes die (its stream may have been
+    // on one of them): it lists again and resumes.
+    c.kill(1);
+    c.kill(2);
+    registry::put_config(&client, "redis-primary", b"127.0.0.1:6381").await?;
+    wait_for(
+        "the watcher to follow after node kills",
+        Duration::from_secs(15),
+        || async { (primary.borrow().as_deref() == Some(&b"127.0.0.1:6381"[..])).then_some(()) },
+    )
+    .await?;
+    let value = registry::get_config(&client, "redis-primary").await?;
+    assert_eq!(value.as_deref(), Some(&b"127.0.0.1:6381"[..]));
+    stop.cancel();
+    Ok(())
+}
