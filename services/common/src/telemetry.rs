@@ -1,5 +1,7 @@
 //! Logging set-up shared by every binary.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs a `tracing` subscriber writing to stderr. `filter` uses the
@@ -13,6 +15,8 @@ pub fn init(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, never in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
         .try_init();
     if let Some(e) = bad {

@@ -62,6 +62,12 @@ pub struct Config {
     #[arg(long, env = "AGENDA_DB_SNAPSHOT_THRESHOLD", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub snapshot_threshold: u64,
 
+    /// How often the state file is synced to disk, in milliseconds. The raft
+    /// log is synced before every acknowledgement regardless; this only
+    /// bounds how much of the log a restart replays.
+    #[arg(long, env = "AGENDA_DB_STATE_SYNC_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub state_sync_ms: u64,
+
     /// Revisions of history kept for Watch replay and past-revision reads.
     #[arg(long, env = "AGENDA_DB_HISTORY", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub history: i64,

@@ -185,6 +185,7 @@ pub async fn run(
         election_ticks: cfg.election_ticks as usize,
         heartbeat_ticks: 2,
         snapshot_threshold: cfg.snapshot_threshold,
+        state_sync: Duration::from_millis(cfg.state_sync_ms),
     };
     let (node, handle, rx) = Node::new(
         node_cfg,

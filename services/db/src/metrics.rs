@@ -24,6 +24,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Durable write transactions (raft log + state).
     pub fsync_seconds: Histogram,
+    /// Durable commits of the state file.
+    pub state_sync_seconds: Histogram,
     /// Snapshots installed from a leader.
     pub snapshots_installed: IntCounter,
     /// Log compactions.
@@ -67,6 +69,14 @@ impl Metrics {
                     "fsync_latency_seconds",
                     "Durable commit of log + state (one fsync)",
                 )
+                .buckets(buckets.clone()),
+            )
+            .unwrap(),
+            state_sync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "state_sync_latency_seconds",
+                    "Durable commit of the state file",
+                )
                 .buckets(buckets),
             )
             .unwrap(),
@@ -87,6 +97,7 @@ impl Metrics {
             Box::new(m.applied_index.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.fsync_seconds.clone()),
+            Box::new(m.state_sync_seconds.clone()),
             Box::new(m.snapshots_installed.clone()),
             Box::new(m.compactions.clone()),
         ] {

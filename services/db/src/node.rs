@@ -31,7 +31,6 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::lease::LeaseClock;
 use crate::metrics::Metrics;
-use crate::schema::STATE_SYNC_INTERVAL;
 use crate::state_machine::{Effects, LeaseEffect, StateMachine, Tables};
 use crate::storage::RaftStorage;
 use crate::transport::Transport;
@@ -59,6 +58,8 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Compact the log once it holds this many applied entries.
     pub snapshot_threshold: u64,
+    /// How often the state file is committed durably.
+    pub state_sync: Duration,
 }
 
 /// Something for the node loop to do.
@@ -344,7 +345,7 @@ impl Node {
                 self.raw.tick();
                 self.on_tick();
                 if self.sm.applied.0 > self.durable_applied
-                    && self.last_state_sync.elapsed() >= STATE_SYNC_INTERVAL
+                    && self.last_state_sync.elapsed() >= self.cfg.state_sync
                 {
                     // Idle after a burst: sync so a restart replays little.
                     self.sync_state()?;
@@ -601,12 +602,12 @@ impl Node {
     }
 
     /// Applies committed entries in one state-file transaction (durable
-    /// every `STATE_SYNC_INTERVAL`), then answers callers.
+    /// every `cfg.state_sync`), then answers callers.
     fn apply_and_deliver(&mut self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        let durable = self.last_state_sync.elapsed() >= STATE_SYNC_INTERVAL;
+        let durable = self.last_state_sync.elapsed() >= self.cfg.state_sync;
         let mut txn = self.state_db.begin_write()?;
         if !durable {
             // Safe: these entries are durable in the log; after a crash the
@@ -615,8 +616,12 @@ impl Node {
         }
         let mut outcomes = Vec::new();
         self.apply_entries(&txn, entries, &mut outcomes)?;
+        let started = Instant::now();
         txn.commit()?;
         if durable {
+            self.metrics
+                .state_sync_seconds
+                .observe(started.elapsed().as_secs_f64());
             self.sync_state_done();
         }
         self.deliver(outcomes);
@@ -635,7 +640,11 @@ impl Node {
             let mut t = Tables::open(&txn)?;
             self.sm.persist(&mut t)?;
         }
+        let started = Instant::now();
         txn.commit()?;
+        self.metrics
+            .state_sync_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.sync_state_done();
         Ok(())
     }

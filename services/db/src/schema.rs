@@ -13,7 +13,7 @@
 //! Why two files: a redb durable commit writes every page dirtied since the
 //! last one. If each Ready also fsynced the state machine's randomly placed
 //! pages, the disk would see many pages per write; instead the state file
-//! commits without fsync and syncs every [`STATE_SYNC_INTERVAL`]. After a
+//! commits without fsync and syncs every `--state-sync-ms`. After a
 //! crash it is older than the log, and the node replays the log from its
 //! applied index (the log is never compacted past the durable applied
 //! index). This is etcd's WAL + backend split, with redb on both sides.
@@ -52,9 +52,6 @@ pub const META_MEMBERS: &str = "members";
 /// Cluster token and node id the file belongs to (utf8 "token\nid"), in
 /// both files.
 pub const META_IDENTITY: &str = "identity";
-
-/// How often the state file is committed durably.
-pub const STATE_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Encodes two u64 into 16 bytes (little endian).
 pub fn pair_u64(a: u64, b: u64) -> [u8; 16] {
