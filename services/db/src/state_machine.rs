@@ -29,9 +29,13 @@ use crate::schema::{self, DEDUP, DEDUP_AGE, HISTORY, KV, LEASES, LEASE_KEYS, MET
 
 /// How long a request id is remembered for exactly-once retries.
 pub const DEDUP_RETENTION_MS: u64 = 15 * 60 * 1000;
-/// At most this many old records are expired per applied command, so
-/// expiry never makes one apply slow.
-const GC_BATCH: usize = 64;
+/// Old dedup records and history are expired in rounds, every `GC_EVERY`
+/// entries (or revisions), at most `GC_BATCH` at a time: never a scan per
+/// write, never a long pause. The triggers depend only on replicated state,
+/// so every replica expires the same records at the same index.
+const GC_EVERY: u64 = 64;
+/// Most records expired in one round.
+const GC_BATCH: usize = 4 * GC_EVERY as usize;
 /// Upper bound on key size, as etcd's default request limits suggest.
 pub const MAX_KEY_BYTES: usize = 4096;
 /// Upper bound on value size.
@@ -205,6 +209,9 @@ impl StateMachine {
             t.dedup.insert(request_id, rec.encode_to_vec().as_slice())?;
             t.dedup_age.insert((at_ms, request_id), ())?;
         }
+        if self.applied.0 % GC_EVERY != 0 {
+            return Ok(());
+        }
         let cutoff = at_ms.saturating_sub(DEDUP_RETENTION_MS);
         let mut old = Vec::new();
         for item in t.dedup_age.range((0u64, "")..(cutoff, ""))?.take(GC_BATCH) {
@@ -304,7 +311,8 @@ impl StateMachine {
         t.history.insert(w.rev, rec.encode_to_vec().as_slice())?;
         effects.revision = Some((w.rev, w.events));
         let keep_from = self.revision - self.history_keep;
-        if keep_from > self.compact_revision {
+        let slack = (GC_EVERY as i64).min(self.history_keep);
+        if keep_from - self.compact_revision >= slack {
             let mut old = Vec::new();
             for item in t.history.range(..=keep_from)?.take(GC_BATCH) {
                 old.push(item?.0.value());
@@ -949,11 +957,18 @@ mod tests {
     fn dedup_records_expire_after_the_retention() {
         let mut f = Fixture::new();
         f.apply_at("old", put("k", "1"), 1_000);
-        f.apply_at("new", put("k", "2"), 1_000 + DEDUP_RETENTION_MS + 1);
+        // Expiry runs every GC_EVERY entries.
+        for i in 2..=GC_EVERY {
+            f.apply_at(
+                &format!("new{i}"),
+                put("k", "2"),
+                1_000 + DEDUP_RETENTION_MS + 1,
+            );
+        }
         let txn = f.db.begin_write().unwrap();
         let t = Tables::open(&txn).unwrap();
         assert!(f.sm.dedup_lookup(&t, "old").unwrap().is_none());
-        assert!(f.sm.dedup_lookup(&t, "new").unwrap().is_some());
+        assert!(f.sm.dedup_lookup(&t, "new2").unwrap().is_some());
     }
 
     #[test]
