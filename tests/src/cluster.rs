@@ -47,6 +47,20 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
+/// One lazily connected gRPC channel per address (host:port).
+pub fn channels(addrs: &[String]) -> Result<Vec<tonic::transport::Channel>> {
+    addrs
+        .iter()
+        .map(|a| {
+            Ok(
+                tonic::transport::Endpoint::from_shared(format!("http://{a}"))?
+                    .tcp_nodelay(true)
+                    .connect_lazy(),
+            )
+        })
+        .collect()
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
 where

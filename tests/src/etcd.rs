@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cluster::{free_port, wait_for};
 
@@ -106,14 +106,7 @@ impl EtcdCluster {
 
     /// One lazily connected channel per member.
     pub fn channels(&self) -> Result<Vec<Channel>> {
-        self.clients
-            .iter()
-            .map(|a| {
-                Ok(Endpoint::from_shared(format!("http://{a}"))?
-                    .tcp_nodelay(true)
-                    .connect_lazy())
-            })
-            .collect()
+        crate::cluster::channels(&self.clients)
     }
 }
 

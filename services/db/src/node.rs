@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agenda_proto::db::{LeaseRevokeRequest, Member, MemberChangeResponse};
+use agenda_proto::db::{LeaseRevokeRequest, MemberChangeResponse};
 use agenda_proto::raft::{command, command_result, Command, CommandResult, MemberChange};
 use prost::Message as _;
 use protobuf::Message as _;
@@ -668,12 +668,7 @@ impl Node {
         txn.commit()?;
         self.metrics.snapshots_installed.inc();
         self.transport.set_members(&self.sm.members);
-        self.shared
-            .revision
-            .store(self.sm.revision, Ordering::Release);
-        self.shared
-            .compact_revision
-            .store(self.sm.compact_revision, Ordering::Release);
+        self.publish_position();
         // Deadlines restart from now; see lease.rs.
         self.leases.reset(snapshot_leases(snap)?, Instant::now());
         Ok(())
@@ -778,15 +773,7 @@ impl Node {
         Ok(CommandResult {
             result: Some(command_result::Result::MemberChange(MemberChangeResponse {
                 header: Some(self.sm.header(self.cfg.id, term)),
-                members: self
-                    .sm
-                    .members
-                    .iter()
-                    .map(|(id, addr)| Member {
-                        id: *id,
-                        addr: addr.clone(),
-                    })
-                    .collect(),
+                members: self.sm.member_list(),
             })),
         })
     }
@@ -830,12 +817,7 @@ impl Node {
                 }
             }
         }
-        self.shared
-            .revision
-            .store(self.sm.revision, Ordering::Release);
-        self.shared
-            .compact_revision
-            .store(self.sm.compact_revision, Ordering::Release);
+        self.publish_position();
         self.shared
             .term
             .store(self.raw.raft.term, Ordering::Release);
@@ -846,6 +828,16 @@ impl Node {
             ws.retain(|(tx, _, _)| !tx.is_closed());
             !ws.is_empty()
         });
+    }
+
+    /// Makes the revisions visible to the serving side (watch starts).
+    fn publish_position(&self) {
+        self.shared
+            .revision
+            .store(self.sm.revision, Ordering::Release);
+        self.shared
+            .compact_revision
+            .store(self.sm.compact_revision, Ordering::Release);
     }
 
     fn release_reads(&mut self) {

@@ -159,18 +159,22 @@ impl StateMachine {
     pub fn set_members(&mut self, t: &mut Tables, members: BTreeMap<u64, String>) -> Result<()> {
         self.members = members;
         let list = Members {
-            members: self
-                .members
-                .iter()
-                .map(|(id, addr)| Member {
-                    id: *id,
-                    addr: addr.clone(),
-                })
-                .collect(),
+            members: self.member_list(),
         };
         t.meta
             .insert(schema::META_MEMBERS, list.encode_to_vec().as_slice())?;
         Ok(())
+    }
+
+    /// The members as protobuf records.
+    pub fn member_list(&self) -> Vec<Member> {
+        self.members
+            .iter()
+            .map(|(id, addr)| Member {
+                id: *id,
+                addr: addr.clone(),
+            })
+            .collect()
     }
 
     /// Header for answers produced at the current state.
@@ -209,7 +213,7 @@ impl StateMachine {
             t.dedup.insert(request_id, rec.encode_to_vec().as_slice())?;
             t.dedup_age.insert((at_ms, request_id), ())?;
         }
-        if self.applied.0 % GC_EVERY != 0 {
+        if !self.applied.0.is_multiple_of(GC_EVERY) {
             return Ok(());
         }
         let cutoff = at_ms.saturating_sub(DEDUP_RETENTION_MS);

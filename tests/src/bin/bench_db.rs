@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use agenda_proto::db::db_client::DbClient as AgendaKv;
 use agenda_proto::db::{PutRequest, RangeRequest};
-use agenda_tests::cluster::{Cluster, Options};
+use agenda_tests::cluster::{channels, Cluster, Options};
 use agenda_tests::etcd::{pb, EtcdCluster};
 use anyhow::Result;
 use clap::Parser;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Benchmark agenda-db against etcd.
 #[derive(Parser, Debug)]
@@ -94,17 +94,6 @@ impl Target {
         }
         Ok(())
     }
-}
-
-fn channels(addrs: &[String]) -> Result<Vec<Channel>> {
-    addrs
-        .iter()
-        .map(|a| {
-            Ok(Endpoint::from_shared(format!("http://{a}"))?
-                .tcp_nodelay(true)
-                .connect_lazy())
-        })
-        .collect()
 }
 
 #[derive(Clone, Copy, Debug)]
