@@ -65,7 +65,7 @@ pub struct Config {
     /// How often the state file is synced to disk, in milliseconds. The raft
     /// log is synced before every acknowledgement regardless; this only
     /// bounds how much of the log a restart replays.
-    #[arg(long, env = "AGENDA_DB_STATE_SYNC_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    #[arg(long, env = "AGENDA_DB_STATE_SYNC_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub state_sync_ms: u64,
 
     /// Revisions of history kept for Watch replay and past-revision reads.
