@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use agenda_proto::db::db_client::DbClient as Grpc;
 use agenda_proto::db::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 
@@ -46,18 +46,7 @@ impl DbClient {
         let mut nodes = Vec::new();
         for e in endpoints {
             let e = e.as_ref().trim();
-            let url = if e.contains("://") {
-                e.to_string()
-            } else {
-                format!("http://{e}")
-            };
-            let channel = Endpoint::from_shared(url.clone())
-                .map_err(|err| Error::Config(format!("bad agenda-db endpoint {e:?}: {err}")))?
-                .connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .connect_lazy();
+            let channel = crate::net::endpoint(e)?.connect_lazy();
             let grpc = Grpc::new(channel)
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024);

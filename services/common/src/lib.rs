@@ -5,6 +5,8 @@
 //!   request id, deadlines, leader failover).
 //! - [`registry`]: service registry on top of agenda-db (instances under
 //!   leases, config keys, watches).
+//! - [`net`]: every listener and client link is built here (one place to
+//!   switch TLS on for all links).
 //! - [`shutdown`]: SIGINT/SIGTERM fanned out through a cancellation token.
 //! - [`telemetry`]: logging set-up.
 //! - [`error`]: the crate's error type.
@@ -12,6 +14,7 @@
 
 pub mod db_client;
 pub mod error;
+pub mod net;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

@@ -216,8 +216,7 @@ pub async fn run(
     );
 
     let grpc_addr = grpc.local_addr().ok();
-    let grpc_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let grpc_server = agenda_common::net::grpc_server()
         .add_service(
             DbServer::new(api::grpc::GrpcApi {
                 db: db_service.clone(),

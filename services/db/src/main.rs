@@ -37,12 +37,8 @@ fn main() -> ExitCode {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Fail fast on bad peers before touching the data dir.
     cfg.members().map_err(anyhow::Error::msg)?;
-    let grpc = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on --listen {}: {e}", cfg.listen))?;
-    let http = tokio::net::TcpListener::bind(&cfg.http)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on --http {}: {e}", cfg.http))?;
+    let grpc = agenda_common::net::bind(&cfg.listen, "--listen").await?;
+    let http = agenda_common::net::bind(&cfg.http, "--http").await?;
     let token = shutdown::token_on_signal();
     agenda_db::run(cfg, grpc, http, token).await?;
     Ok(())

@@ -18,7 +18,6 @@ use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use crate::node::{NodeHandle, Request};
 
@@ -147,12 +146,8 @@ async fn peer_loop(inner: Arc<Inner>, to: u64, addr: String, mut rx: mpsc::Recei
     let mut backoff = Duration::from_millis(50);
     let mut warned = false;
     loop {
-        let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
-            Ok(e) => e
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5)),
+        let endpoint = match agenda_common::net::endpoint(&addr) {
+            Ok(e) => e,
             Err(e) => {
                 tracing::error!(to, %addr, error = %e, "invalid raft peer address");
                 return;
