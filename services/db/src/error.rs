@@ -43,6 +43,9 @@ pub enum Error {
     /// Start-up configuration is unusable (wrong flags, foreign data dir).
     #[error("{0}")]
     Config(String),
+    /// The node cannot go on (its raft thread died).
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// Result alias used throughout the crate.
@@ -93,6 +96,7 @@ impl Error {
             Error::Compacted { .. } => "compacted",
             Error::NoLeader | Error::Timeout(_) | Error::Stopped => "unavailable",
             Error::Config(_) => "config",
+            Error::Fatal(_) => "internal",
             Error::Storage(_) | Error::Corrupt(_) | Error::Raft(_) => "internal",
         }
     }
@@ -109,7 +113,11 @@ impl From<Error> for tonic::Status {
             Error::NoLeader | Error::Timeout(_) | Error::Stopped => {
                 Status::unavailable(e.to_string())
             }
-            Error::Config(_) | Error::Storage(_) | Error::Corrupt(_) | Error::Raft(_) => {
+            Error::Config(_)
+            | Error::Fatal(_)
+            | Error::Storage(_)
+            | Error::Corrupt(_)
+            | Error::Raft(_) => {
                 tracing::error!(error = %e, "internal error while serving a request");
                 Status::internal("internal error; see the node's log")
             }

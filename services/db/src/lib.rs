@@ -280,7 +280,9 @@ pub async fn run(
             tracing::error!(error = %e, "raft node failed; stopping");
             Err(e)
         }
-        Err(_) => Err(Error::Stopped),
+        Err(_) => Err(Error::Fatal(
+            "the raft thread died unexpectedly (see the panic message above)".into(),
+        )),
     }
 }
 

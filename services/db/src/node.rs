@@ -102,6 +102,8 @@ pub enum Request {
     },
     /// The transport could not reach a peer.
     Unreachable(u64),
+    /// Nothing to do: wakes the loop so it notices a stop request.
+    Wake,
 }
 
 /// Status of the node, as the Cluster API reports it.
@@ -175,8 +177,7 @@ impl NodeHandle {
     /// Asks the loop to stop after its current turn.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
-        // Wake the loop if it is waiting for work.
-        let _ = self.tx.send(Request::Unreachable(0));
+        let _ = self.tx.send(Request::Wake);
     }
 
     /// Current leader id, 0 when unknown.
@@ -438,11 +439,8 @@ impl Node {
                 };
                 self.raw.report_snapshot(to, status);
             }
-            Request::Unreachable(id) => {
-                if id != 0 {
-                    self.raw.report_unreachable(id);
-                }
-            }
+            Request::Unreachable(id) => self.raw.report_unreachable(id),
+            Request::Wake => {}
         }
         Ok(())
     }

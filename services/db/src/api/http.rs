@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use agenda_proto::db::{
-    compare, request_op, response_op, Compare, DeleteRequest, KeyValue, LeaseGrantRequest,
+    compare, event, request_op, response_op, Compare, DeleteRequest, KeyValue, LeaseGrantRequest,
     LeaseKeepAliveRequest, LeaseRevokeRequest, MemberAddRequest, MemberRemoveRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest, WatchRequest,
 };
@@ -92,7 +92,11 @@ impl From<Error> for ApiError {
             Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::Compacted { .. } => StatusCode::GONE,
             Error::NoLeader | Error::Timeout(_) | Error::Stopped => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Config(_) | Error::Storage(_) | Error::Corrupt(_) | Error::Raft(_) => {
+            Error::Config(_)
+            | Error::Fatal(_)
+            | Error::Storage(_)
+            | Error::Corrupt(_)
+            | Error::Raft(_) => {
                 tracing::error!(error = %e, "internal error while serving a request");
                 return ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -547,7 +551,7 @@ async fn watch(State(s): State<HttpState>, Q(q): Q<WatchQuery>) -> ApiResult<Res
             Ok(resp) => json!({
                 "revision": resp.header.map_or(0, |h| h.revision),
                 "events": resp.events.iter().map(|e| json!({
-                    "type": if e.r#type == 0 { "put" } else { "delete" },
+                    "type": if e.r#type == event::EventType::Delete as i32 { "delete" } else { "put" },
                     "kv": e.kv.as_ref().map(kv_json),
                     "prev_kv": e.prev_kv.as_ref().map(kv_json),
                 })).collect::<Vec<_>>(),
