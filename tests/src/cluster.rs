@@ -39,12 +39,22 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// A free loopback port (bound then released; the OS rarely reuses it soon).
+/// A free loopback port: bound then released, and never handed out twice
+/// by this process (the OS may offer a just-released port again, and two
+/// nodes on one port make a cluster that never forms).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("port registry");
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// One lazily connected gRPC channel per address (host:port).
@@ -167,7 +177,14 @@ impl Cluster {
         for id in ids {
             c.spawn(id)?;
         }
-        c.wait_leader(Duration::from_secs(20)).await?;
+        if let Err(e) = c.wait_leader(Duration::from_secs(20)).await {
+            let tails: Vec<String> = c
+                .nodes
+                .keys()
+                .map(|id| format!("--- node {id} ---\n{}", c.log_tail(*id, 15)))
+                .collect();
+            anyhow::bail!("{e}\n{}", tails.join("\n"));
+        }
         Ok(c)
     }
 
