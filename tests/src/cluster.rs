@@ -343,7 +343,7 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("AGENDA_KEEP_LOGS").is_some() {
             // Keep the evidence of a failed test.
             let path = self.dir.path().to_path_buf();
             eprintln!("test cluster logs kept in {}", path.display());

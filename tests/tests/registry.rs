@@ -95,3 +95,30 @@ async fn config_keys_are_read_and_followed() -> Result<()> {
     stop.cancel();
     Ok(())
 }
+
+/// The shared client must keep finding the live node among dead ones (it
+/// once stopped rotating after wrapping around its list). Each client
+/// starts at a random node, so twenty of them cover every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_rotates_past_dead_nodes_from_any_start() -> Result<()> {
+    let c = Cluster::start(Options {
+        size: 1,
+        args: Vec::new(),
+    })
+    .await?;
+    let dead = || format!("127.0.0.1:{}", agenda_tests::cluster::free_port());
+    let endpoints = vec![dead(), c.nodes[&1].grpc.clone(), dead(), dead()];
+    for n in 0..20 {
+        let client = agenda_common::DbClient::new(&endpoints)?.with_timeout(Duration::from_secs(5));
+        for i in 0..3 {
+            client
+                .put(agenda_proto::db::PutRequest {
+                    key: format!("rot/{n}/{i}").into_bytes(),
+                    value: b"x".to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}

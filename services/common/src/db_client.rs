@@ -90,8 +90,8 @@ impl DbClient {
         let n = self.inner.nodes.len();
         let mut last_err = Error::Unavailable("no attempt made".into());
         loop {
-            let i = self.inner.current.load(Ordering::Relaxed) % n;
-            let (addr, grpc) = &self.inner.nodes[i];
+            let cur = self.inner.current.load(Ordering::Relaxed);
+            let (addr, grpc) = &self.inner.nodes[cur % n];
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(last_err);
@@ -112,11 +112,15 @@ impl DbClient {
                         Error::Unavailable(format!("{addr} did not answer within {attempt:?}"));
                 }
             }
-            // Move on only if nobody else already did.
-            let _ =
-                self.inner
-                    .current
-                    .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
+            // Move on only if no concurrent call already did.
+            // Compare with the raw counter, not the index: it keeps growing,
+            // and comparing the index stopped the rotation after one lap.
+            let _ = self.inner.current.compare_exchange(
+                cur,
+                cur.wrapping_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             tokio::time::sleep(
                 RETRY_BACKOFF.min(deadline.saturating_duration_since(Instant::now())),
             )

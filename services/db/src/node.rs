@@ -563,14 +563,21 @@ impl Node {
         // Then the log file: append and save the hard state, one fsync for
         // the whole batch (group commit).
         let must_sync = rd.must_sync();
-        if must_sync || !rd.entries().is_empty() || rd.hs().is_some() {
+        // The commit index is volatile raft state: a hard state that only
+        // moved it is not worth a page per Ready (after a restart raft
+        // learns it again, and start-up lifts it to the applied index).
+        let hs = rd.hs().filter(|hs| {
+            let cur = self.raw.store().hard_state();
+            hs.term != cur.term || hs.vote != cur.vote
+        });
+        if must_sync || !rd.entries().is_empty() || hs.is_some() {
             let started = Instant::now();
             let mut txn = self.log_db.begin_write()?;
             if !must_sync {
                 txn.set_durability(Durability::None)?;
             }
             self.raw.mut_store().append(&txn, rd.entries())?;
-            if let Some(hs) = rd.hs() {
+            if let Some(hs) = hs {
                 self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
             }
             self.maybe_compact(&txn)?;
@@ -585,13 +592,6 @@ impl Node {
 
         let mut light = self.raw.advance(rd);
         self.transport.send(light.take_messages());
-        if let Some(commit) = light.commit_index() {
-            let mut txn = self.log_db.begin_write()?;
-            // Safe without fsync: raft recomputes the commit index.
-            txn.set_durability(Durability::None)?;
-            self.raw.mut_store().set_commit(&txn, commit)?;
-            txn.commit()?;
-        }
         let committed = light.take_committed_entries();
         self.apply_and_deliver(committed)?;
         self.raw.advance_apply();
