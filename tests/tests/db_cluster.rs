@@ -474,6 +474,41 @@ async fn a_member_is_replaced_while_serving() -> Result<()> {
     ensure!(ids == expected, "members are {ids:?}");
     ensure!(status.leader_id != 0);
     check_writes(&client, &writers).await?;
+
+    // The new member restarts from its own disk (its configuration came in
+    // the snapshot) and keeps up.
+    c.stop(6);
+    c.restart(6)?;
+    client.put(put("after-restart", "x")).await?;
+    wait_for(
+        "the restarted new member to follow",
+        Duration::from_secs(20),
+        || {
+            let newcomer = newcomer.clone();
+            async move {
+                let kv = newcomer
+                    .range(RangeRequest {
+                        key: b"after-restart".to_vec(),
+                        stale: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                (!kv.kvs.is_empty()).then_some(())
+            }
+        },
+    )
+    .await?;
+    let status = newcomer.cluster_status().await?;
+    ensure!(
+        status.members.len() == 5 && status.leader_id != 0,
+        "after restart: {status:?}"
+    );
+    ensure!(
+        status.voters == expected,
+        "raft configuration after restart: {:?}",
+        status.voters
+    );
     Ok(())
 }
 

@@ -143,22 +143,10 @@ pub async fn run(
     } else if cfg.join && !storage.is_initialized() {
         tracing::info!("starting empty; waiting for the leader to send a snapshot");
     } else {
-        if storage.hard_state().commit < sm.applied.0 {
-            // The commit index is saved lazily; what was applied was
-            // committed, so the state file's applied index is a lower bound.
-            let txn = log_db.begin_write()?;
-            storage.set_commit(&txn, sm.applied.0)?;
-            txn.commit()?;
-        }
-        if sm.applied.0 > storage.last() || sm.applied.0 + 1 < storage.first() {
-            return Err(Error::Config(format!(
-                "{}: the state file (applied {}) does not fit the raft log ({}..={}); remove the data dir and re-add the member",
-                cfg.data_dir.display(),
-                sm.applied.0,
-                storage.first(),
-                storage.last()
-            )));
-        }
+        reconcile(&log_db, &mut storage, &sm).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", cfg.data_dir.display())),
+            other => other,
+        })?;
         tracing::info!(
             applied = sm.applied.0,
             revision = sm.revision,
@@ -286,6 +274,49 @@ pub async fn run(
     }
 }
 
+/// Brings the log file in line with the state file after a restart. The
+/// two are committed separately (see `schema.rs`), so a crash can leave the
+/// state behind the log (normal: the node replays) or, in the middle of a
+/// snapshot install, ahead of it.
+fn reconcile(log_db: &Database, storage: &mut RaftStorage, sm: &StateMachine) -> Result<()> {
+    if storage.hard_state().commit < sm.applied.0 {
+        // The commit index is saved lazily; what was applied was
+        // committed, so the state file's applied index is a lower bound.
+        let txn = log_db.begin_write()?;
+        storage.set_commit(&txn, sm.applied.0)?;
+        txn.commit()?;
+    }
+    if sm.applied.0 > storage.last() {
+        // Only a crash in the middle of installing a snapshot leaves the
+        // state ahead of the log (state first, log second): finish the job
+        // by moving the log to the snapshot's position.
+        tracing::warn!(
+            applied = sm.applied.0,
+            last_log = storage.last(),
+            "state file is ahead of the raft log (interrupted snapshot install); resetting the log"
+        );
+        let mut meta = raft::prelude::SnapshotMetadata {
+            index: sm.applied.0,
+            term: sm.applied.1,
+            ..Default::default()
+        };
+        meta.set_conf_state(storage.conf_state().clone());
+        let txn = log_db.begin_write()?;
+        storage.apply_snapshot(&txn, &meta)?;
+        txn.commit()?;
+    }
+    if sm.applied.0 + 1 < storage.first() {
+        return Err(Error::Config(format!(
+            "the state file (applied {}) is older than the start of the raft log ({}..={}); \
+             remove the data dir and re-add the member",
+            sm.applied.0,
+            storage.first(),
+            storage.last()
+        )));
+    }
+    Ok(())
+}
+
 fn bootstrap(
     log_db: &Database,
     state_db: &Database,
@@ -310,4 +341,76 @@ fn bootstrap(
     storage.bootstrap(&txn, BOOTSTRAP_INDEX, BOOTSTRAP_TERM)?;
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::Entry;
+
+    fn entries(from: u64, to: u64) -> Vec<Entry> {
+        (from..=to)
+            .map(|index| Entry {
+                index,
+                term: 6,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn setup() -> (tempfile::TempDir, Database, Arc<Database>) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_database(&dir.path().join(LOG_FILE)).unwrap();
+        let state = Arc::new(open_database(&dir.path().join(STATE_FILE)).unwrap());
+        (dir, log, state)
+    }
+
+    #[test]
+    fn a_state_ahead_of_the_log_moves_the_log_forward() {
+        let (_dir, log, state) = setup();
+        let mut storage = RaftStorage::load(&log, state.clone()).unwrap();
+        let txn = log.begin_write().unwrap();
+        storage.bootstrap(&txn, 5, 5).unwrap();
+        storage.append(&txn, &entries(6, 10)).unwrap();
+        txn.commit().unwrap();
+        let mut sm = StateMachine::load(&state, 100).unwrap();
+        sm.applied = (20, 6); // as if a snapshot at 20 was installed
+        reconcile(&log, &mut storage, &sm).unwrap();
+        assert_eq!((storage.first(), storage.last()), (21, 20));
+        assert!(storage.hard_state().commit >= 20);
+        let reloaded = RaftStorage::load(&log, state).unwrap();
+        assert_eq!((reloaded.first(), reloaded.last()), (21, 20));
+    }
+
+    #[test]
+    fn a_state_behind_the_log_is_replayed_and_lifts_the_commit_index() {
+        let (_dir, log, state) = setup();
+        let mut storage = RaftStorage::load(&log, state.clone()).unwrap();
+        let txn = log.begin_write().unwrap();
+        storage.bootstrap(&txn, 5, 5).unwrap();
+        storage.append(&txn, &entries(6, 10)).unwrap();
+        txn.commit().unwrap();
+        let mut sm = StateMachine::load(&state, 100).unwrap();
+        sm.applied = (8, 6);
+        reconcile(&log, &mut storage, &sm).unwrap();
+        assert_eq!((storage.first(), storage.last()), (6, 10));
+        assert_eq!(storage.hard_state().commit, 8);
+    }
+
+    #[test]
+    fn a_state_older_than_the_log_start_is_refused() {
+        let (_dir, log, state) = setup();
+        let mut storage = RaftStorage::load(&log, state.clone()).unwrap();
+        let txn = log.begin_write().unwrap();
+        storage.bootstrap(&txn, 5, 5).unwrap();
+        storage.append(&txn, &entries(6, 10)).unwrap();
+        storage.compact(&txn, 8).unwrap();
+        txn.commit().unwrap();
+        let mut sm = StateMachine::load(&state, 100).unwrap();
+        sm.applied = (6, 6);
+        let err = reconcile(&log, &mut storage, &sm).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("older than the start of the raft log"));
+    }
 }

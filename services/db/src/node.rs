@@ -127,6 +127,8 @@ pub struct Status {
     pub revision: i64,
     /// Oldest revision still in history.
     pub compact_revision: i64,
+    /// Voters of raft's own configuration.
+    pub voters: Vec<u64>,
 }
 
 /// Values the serving side reads without a round trip to the loop.
@@ -457,6 +459,11 @@ impl Node {
             members: self.sm.members.clone(),
             revision: self.sm.revision,
             compact_revision: self.sm.compact_revision,
+            voters: {
+                let mut v = raft.prs().conf().to_conf_state().voters;
+                v.sort_unstable();
+                v
+            },
         }
     }
 

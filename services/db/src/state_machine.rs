@@ -457,8 +457,8 @@ impl StateMachine {
         Ok(out)
     }
 
-    /// Replaces the whole state by a snapshot's (the log part is reset by
-    /// `RaftStorage::apply_snapshot` in the same transaction).
+    /// Replaces the whole state, configuration included, by a snapshot's
+    /// (the log file is reset afterwards by `RaftStorage::apply_snapshot`).
     pub fn restore(&mut self, txn: &WriteTransaction, snap: &Snapshot) -> Result<()> {
         let data = SnapshotData::decode(snap.get_data())?;
         let mut t = Tables::open(txn)?;
@@ -490,6 +490,9 @@ impl StateMachine {
         self.revision = data.revision;
         self.compact_revision = data.revision;
         self.set_members(&mut t, members_map(data.members.unwrap_or_default()))?;
+        // The configuration as of the snapshot belongs with the state: a
+        // restart reads it from here.
+        t.put_conf_state(meta.get_conf_state())?;
         self.persist(&mut t)
     }
 }

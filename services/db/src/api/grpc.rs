@@ -90,6 +90,7 @@ impl DbApi for GrpcApi {
                 .collect(),
             role: s.role.to_string(),
             compact_revision: s.compact_revision,
+            voters: s.voters,
         }))
     }
 

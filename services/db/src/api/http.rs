@@ -579,6 +579,7 @@ struct ClusterJson {
     revision: i64,
     compact_revision: i64,
     members: BTreeMap<u64, String>,
+    voters: Vec<u64>,
 }
 
 async fn cluster(State(s): State<HttpState>) -> ApiResult<Json<ClusterJson>> {
@@ -593,6 +594,7 @@ async fn cluster(State(s): State<HttpState>) -> ApiResult<Json<ClusterJson>> {
         revision: st.revision,
         compact_revision: st.compact_revision,
         members: st.members,
+        voters: st.voters,
     }))
 }
 
