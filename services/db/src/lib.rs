@@ -358,21 +358,24 @@ mod tests {
             .collect()
     }
 
-    fn setup() -> (tempfile::TempDir, Database, Arc<Database>) {
+    /// A founding member's files with log entries 6..=10, compacted up to
+    /// `compact_to` (5 = not at all).
+    fn setup(compact_to: u64) -> (tempfile::TempDir, Database, Arc<Database>, RaftStorage) {
         let dir = tempfile::tempdir().unwrap();
         let log = open_database(&dir.path().join(LOG_FILE)).unwrap();
         let state = Arc::new(open_database(&dir.path().join(STATE_FILE)).unwrap());
-        (dir, log, state)
-    }
-
-    #[test]
-    fn a_state_ahead_of_the_log_moves_the_log_forward() {
-        let (_dir, log, state) = setup();
         let mut storage = RaftStorage::load(&log, state.clone()).unwrap();
         let txn = log.begin_write().unwrap();
         storage.bootstrap(&txn, 5, 5).unwrap();
         storage.append(&txn, &entries(6, 10)).unwrap();
+        storage.compact(&txn, compact_to).unwrap();
         txn.commit().unwrap();
+        (dir, log, state, storage)
+    }
+
+    #[test]
+    fn a_state_ahead_of_the_log_moves_the_log_forward() {
+        let (_dir, log, state, mut storage) = setup(5);
         let mut sm = StateMachine::load(&state, 100).unwrap();
         sm.applied = (20, 6); // as if a snapshot at 20 was installed
         reconcile(&log, &mut storage, &sm).unwrap();
@@ -384,12 +387,7 @@ mod tests {
 
     #[test]
     fn a_state_behind_the_log_is_replayed_and_lifts_the_commit_index() {
-        let (_dir, log, state) = setup();
-        let mut storage = RaftStorage::load(&log, state.clone()).unwrap();
-        let txn = log.begin_write().unwrap();
-        storage.bootstrap(&txn, 5, 5).unwrap();
-        storage.append(&txn, &entries(6, 10)).unwrap();
-        txn.commit().unwrap();
+        let (_dir, log, state, mut storage) = setup(5);
         let mut sm = StateMachine::load(&state, 100).unwrap();
         sm.applied = (8, 6);
         reconcile(&log, &mut storage, &sm).unwrap();
@@ -399,13 +397,7 @@ mod tests {
 
     #[test]
     fn a_state_older_than_the_log_start_is_refused() {
-        let (_dir, log, state) = setup();
-        let mut storage = RaftStorage::load(&log, state.clone()).unwrap();
-        let txn = log.begin_write().unwrap();
-        storage.bootstrap(&txn, 5, 5).unwrap();
-        storage.append(&txn, &entries(6, 10)).unwrap();
-        storage.compact(&txn, 8).unwrap();
-        txn.commit().unwrap();
+        let (_dir, log, state, mut storage) = setup(8);
         let mut sm = StateMachine::load(&state, 100).unwrap();
         sm.applied = (6, 6);
         let err = reconcile(&log, &mut storage, &sm).unwrap_err();
