@@ -122,3 +122,60 @@ async fn the_client_rotates_past_dead_nodes_from_any_start() -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes through the shared client are proposed on the leader (a follower
+/// would only pass them on and answer two raft round trips later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_sends_writes_to_the_leader() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let client = c.client();
+    let leader = c.leader().await?;
+    // The client learns the leader in the background, after its first call.
+    wait_for(
+        "a write proposed on the leader",
+        Duration::from_secs(10),
+        || {
+            let (c, client) = (&c, client.clone());
+            async move {
+                let before = proposals(c, leader).await.ok()?;
+                client
+                    .put(agenda_proto::db::PutRequest {
+                        key: b"warm-up".to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                (proposals(c, leader).await.ok()? > before).then_some(())
+            }
+        },
+    )
+    .await?;
+    let before = proposals(&c, leader).await?;
+    for i in 0..100 {
+        client
+            .put(agenda_proto::db::PutRequest {
+                key: format!("lead/{i}").into_bytes(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let on_leader = proposals(&c, leader).await? - before;
+    anyhow::ensure!(
+        on_leader >= 95.0,
+        "only {on_leader} of 100 writes were proposed on the leader"
+    );
+    Ok(())
+}
+
+async fn proposals(c: &Cluster, id: u64) -> Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", c.nodes[&id].url()))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find(|l| l.starts_with("agenda_db_raft_proposals_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no proposals metric on node {id}"))
+}

@@ -6,8 +6,13 @@
 //! next node and tries again until the overall deadline. Every mutating
 //! call carries one request id for all its attempts, so a retry after a lost
 //! reply returns the first result instead of applying twice.
+//!
+//! Writes go to the leader when the client knows it (learnt in the
+//! background from cluster status): a follower would only pass them on and
+//! answer after applying them itself, two raft round trips later. Reads stay
+//! on the sticky node, since every node serves linearizable reads.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +39,39 @@ struct Inner {
     nodes: Vec<(String, Grpc<Channel>)>,
     current: AtomicUsize,
     timeout: Duration,
+    /// Index in `nodes` of the believed leader, [`UNKNOWN`] if none.
+    leader: AtomicUsize,
+    /// A leader probe is running.
+    probing: AtomicBool,
+    /// When the last probe started (ms since `epoch`).
+    last_probe_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// No known leader.
+const UNKNOWN: usize = usize::MAX;
+/// Least time between two leader probes.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+impl Inner {
+    fn new(nodes: Vec<(String, Grpc<Channel>)>, current: usize, timeout: Duration) -> Self {
+        Inner {
+            nodes,
+            current: AtomicUsize::new(current),
+            timeout,
+            leader: AtomicUsize::new(UNKNOWN),
+            probing: AtomicBool::new(false),
+            last_probe_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// `host:port` of an endpoint or member address, whatever its scheme.
+fn host_port(addr: &str) -> &str {
+    let a = addr.trim();
+    let a = a.split_once("://").map_or(a, |(_, rest)| rest);
+    a.trim_end_matches('/')
 }
 
 impl DbClient {
@@ -54,23 +92,64 @@ impl DbClient {
         }
         let start = rand::random_range(0..nodes.len());
         Ok(DbClient {
-            inner: Arc::new(Inner {
-                nodes,
-                current: AtomicUsize::new(start),
-                timeout: DEFAULT_TIMEOUT,
-            }),
+            inner: Arc::new(Inner::new(nodes, start, DEFAULT_TIMEOUT)),
         })
     }
 
     /// Same nodes, another overall deadline per call.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
+        let inner = Inner::new(
+            self.inner.nodes.clone(),
+            self.inner.current.load(Ordering::Relaxed),
+            timeout,
+        );
+        inner
+            .leader
+            .store(self.inner.leader.load(Ordering::Relaxed), Ordering::Relaxed);
         DbClient {
-            inner: Arc::new(Inner {
-                nodes: self.inner.nodes.clone(),
-                current: AtomicUsize::new(self.inner.current.load(Ordering::Relaxed)),
-                timeout,
-            }),
+            inner: Arc::new(inner),
         }
+    }
+
+    /// Index of the believed leader; starts a background probe when it is
+    /// unknown (at most every `PROBE_EVERY`).
+    fn leader_index(&self) -> Option<usize> {
+        let leader = self.inner.leader.load(Ordering::Relaxed);
+        if leader != UNKNOWN {
+            return Some(leader);
+        }
+        let now = self.inner.epoch.elapsed().as_millis() as u64;
+        let last = self.inner.last_probe_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= PROBE_EVERY.as_millis() as u64
+            && !self.inner.probing.swap(true, Ordering::AcqRel)
+        {
+            self.inner.last_probe_ms.store(now, Ordering::Relaxed);
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let i = inner.current.load(Ordering::Relaxed) % inner.nodes.len();
+                let mut grpc = inner.nodes[i].1.clone();
+                let status = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    grpc.cluster_status(ClusterStatusRequest {}),
+                )
+                .await;
+                if let Ok(Ok(status)) = status {
+                    let status = status.into_inner();
+                    let addr = status
+                        .members
+                        .iter()
+                        .find(|m| m.id == status.leader_id)
+                        .map(|m| host_port(&m.addr).to_string());
+                    if let Some(idx) =
+                        addr.and_then(|a| inner.nodes.iter().position(|(e, _)| host_port(e) == a))
+                    {
+                        inner.leader.store(idx, Ordering::Relaxed);
+                    }
+                }
+                inner.probing.store(false, Ordering::Release);
+            });
+        }
+        None
     }
 
     /// A fresh request id for one logical mutation. Version 7 UUIDs start
@@ -80,13 +159,52 @@ impl DbClient {
         uuid::Uuid::now_v7().simple().to_string()
     }
 
+    /// Runs a write: first on the believed leader, then like [`Self::call`].
+    async fn call_write<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Grpc<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.inner.timeout;
+        if let Some(i) = self.leader_index() {
+            let attempt = ATTEMPT_TIMEOUT.min(self.inner.timeout);
+            match tokio::time::timeout(attempt, f(self.inner.nodes[i].1.clone())).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => {
+                    let err = Error::from(status);
+                    if !err.is_retryable() {
+                        return Err(err);
+                    }
+                }
+                Err(_) => {}
+            }
+            // The leader moved or died: forget it and go the normal way
+            // (the same request id keeps the retry exactly-once).
+            let _ = self.inner.leader.compare_exchange(
+                i,
+                UNKNOWN,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        self.call_until(f, deadline).await
+    }
+
     /// Runs `f` against nodes until one answers or the deadline passes.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(Grpc<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        let deadline = Instant::now() + self.inner.timeout;
+        self.call_until(f, Instant::now() + self.inner.timeout)
+            .await
+    }
+
+    async fn call_until<T, F, Fut>(&self, f: F, deadline: Instant) -> Result<T>
+    where
+        F: Fn(Grpc<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         let n = self.inner.nodes.len();
         let mut last_err = Error::Unavailable("no attempt made".into());
         loop {
@@ -161,7 +279,7 @@ impl DbClient {
     /// Writes a key (exactly once, whatever the retries).
     pub async fn put(&self, mut req: PutRequest) -> Result<PutResponse> {
         fill_id(&mut req.request_id);
-        self.call(|mut c| {
+        self.call_write(|mut c| {
             let req = req.clone();
             async move { c.put(req).await }
         })
@@ -171,7 +289,7 @@ impl DbClient {
     /// Deletes a key or prefix.
     pub async fn delete(&self, mut req: DeleteRequest) -> Result<DeleteResponse> {
         fill_id(&mut req.request_id);
-        self.call(|mut c| {
+        self.call_write(|mut c| {
             let req = req.clone();
             async move { c.delete(req).await }
         })
@@ -181,7 +299,7 @@ impl DbClient {
     /// Runs a transaction.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
         fill_id(&mut req.request_id);
-        self.call(|mut c| {
+        self.call_write(|mut c| {
             let req = req.clone();
             async move { c.txn(req).await }
         })
@@ -195,7 +313,7 @@ impl DbClient {
             id: 0,
             request_id: Self::request_id(),
         };
-        self.call(|mut c| {
+        self.call_write(|mut c| {
             let req = req.clone();
             async move { c.lease_grant(req).await }
         })
@@ -208,7 +326,7 @@ impl DbClient {
             id,
             request_id: Self::request_id(),
         };
-        self.call(|mut c| {
+        self.call_write(|mut c| {
             let req = req.clone();
             async move { c.lease_keep_alive(req).await }
         })
@@ -221,7 +339,7 @@ impl DbClient {
             id,
             request_id: Self::request_id(),
         };
-        self.call(|mut c| {
+        self.call_write(|mut c| {
             let req = req.clone();
             async move { c.lease_revoke(req).await }
         })
@@ -250,7 +368,7 @@ impl DbClient {
             addr: addr.to_string(),
             request_id: Self::request_id(),
         };
-        self.call(|mut c| {
+        self.call_write(|mut c| {
             let req = req.clone();
             async move { c.member_add(req).await }
         })
@@ -263,7 +381,7 @@ impl DbClient {
             id,
             request_id: Self::request_id(),
         };
-        self.call(|mut c| {
+        self.call_write(|mut c| {
             let req = req.clone();
             async move { c.member_remove(req).await }
         })

@@ -44,6 +44,9 @@ struct Args {
 enum Target {
     Agenda(Vec<AgendaKv<Channel>>),
     Etcd(Vec<pb::kv_client::KvClient<Channel>>),
+    /// agenda-db through the shared client the services use (writes go to
+    /// the leader, failover and retries included).
+    AgendaClient(agenda_common::DbClient),
 }
 
 impl Target {
@@ -65,6 +68,14 @@ impl Target {
                     key,
                     value,
                     lease: 0,
+                })
+                .await?;
+            }
+            Target::AgendaClient(c) => {
+                c.put(PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
                 })
                 .await?;
             }
@@ -90,6 +101,9 @@ impl Target {
                     ..Default::default()
                 })
                 .await?;
+            }
+            Target::AgendaClient(c) => {
+                c.get(key).await?;
             }
         }
         Ok(())
@@ -245,6 +259,14 @@ async fn main() -> Result<()> {
     };
     let target = Target::Agenda(channels(&addrs)?.into_iter().map(AgendaKv::new).collect());
     let ours = suite(&target, &args).await?;
+    let via_client = Target::AgendaClient(agenda_common::DbClient::new(&addrs)?);
+    let mut client_rows = Vec::new();
+    for &c in &args.clients {
+        client_rows.push((
+            c,
+            run_row(&via_client, Kind::Write, c, args.seconds, args.max_ops).await,
+        ));
+    }
     let failover = match agenda {
         Some(mut c) if args.failovers > 0 => Some(failovers(&mut c, args.failovers).await?),
         _ => None,
@@ -314,6 +336,19 @@ async fn main() -> Result<()> {
                 "-"
             ),
         }
+    }
+    println!();
+    println!(
+        "agenda-db writes through the shared DbClient (what services use: writes go to the leader)"
+    );
+    for (c, r) in &client_rows {
+        println!(
+            "  c={c:<4} {:>8.0} writes/s  p50 {} ms  p99 {} ms  errors {}",
+            r.ops_per_sec,
+            ms(r.p50),
+            ms(r.p99),
+            r.errors
+        );
     }
     if let Some(mut f) = failover {
         f.sort_unstable();
