@@ -327,6 +327,20 @@ impl Cluster {
         Ok(&self.nodes[&id])
     }
 
+    /// Reads one metric (first sample whose line starts with `name`) from a
+    /// node's `/metrics`.
+    pub async fn metric(&self, id: u64, name: &str) -> Result<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.nodes[&id].url()))
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("metric {name} not found on node {id}"))
+    }
+
     /// Last lines of a node's log (for failure messages).
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();

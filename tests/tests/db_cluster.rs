@@ -43,18 +43,6 @@ async fn count_prefix(client: &DbClient, prefix: &str, stale: bool) -> Result<i6
         .count)
 }
 
-async fn metric(c: &Cluster, id: u64, name: &str) -> Result<f64> {
-    let text = reqwest::get(format!("{}/metrics", c.nodes[&id].url()))
-        .await?
-        .text()
-        .await?;
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("metric {name} not found on node {id}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_through_any_node_are_readable_from_every_node() -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
@@ -335,7 +323,9 @@ async fn a_node_down_for_100k_writes_catches_up_by_snapshot() -> Result<()> {
         async move { (count_prefix(&back, "s/", true).await.ok()? == KEYS as i64).then_some(()) }
     })
     .await?;
-    let installed = metric(&c, lagger, "agenda_db_snapshots_installed_total").await?;
+    let installed = c
+        .metric(lagger, "agenda_db_snapshots_installed_total")
+        .await?;
     ensure!(
         installed >= 1.0,
         "node {lagger} caught up without a snapshot"

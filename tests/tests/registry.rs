@@ -169,13 +169,5 @@ async fn the_client_sends_writes_to_the_leader() -> Result<()> {
 }
 
 async fn proposals(c: &Cluster, id: u64) -> Result<f64> {
-    let text = reqwest::get(format!("{}/metrics", c.nodes[&id].url()))
-        .await?
-        .text()
-        .await?;
-    text.lines()
-        .find(|l| l.starts_with("agenda_db_raft_proposals_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no proposals metric on node {id}"))
+    c.metric(id, "agenda_db_raft_proposals_total").await
 }
