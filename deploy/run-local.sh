@@ -2,9 +2,10 @@
 # Starts the local system on loopback and stays in the foreground until
 # Ctrl-C (or SIGTERM), then stops everything it started.
 #
-# Today the system is the five-node agenda-db cluster. Writes, once ready:
-#   .agenda/url             operator base URL of node 1 (REST)
-#   .agenda/endpoints.json  every process: name, machine, pid, addresses, data dir
+# The system: five agenda-db nodes, two agenda-users, two agenda-groups and
+# one agenda-gateway. Writes, once the gateway is ready:
+#   .agenda/url             the public base URL (the gateway)
+#   .agenda/endpoints.json  every process: name, kind, machine, pid, addresses, data dir, log
 # Data lives under .agenda/data (kept across runs; AGENDA_FRESH=1 wipes it).
 set -euo pipefail
 
@@ -14,6 +15,10 @@ bin="${AGENDA_BIN_DIR:-$root/target/release}"
 nodes=5
 grpc_base=${AGENDA_DB_GRPC_BASE:-7001}
 http_base=${AGENDA_DB_HTTP_BASE:-7101}
+users_base=${AGENDA_USERS_BASE:-7201}
+groups_base=${AGENDA_GROUPS_BASE:-7301}
+gateway=${AGENDA_GATEWAY_ADDR:-127.0.0.1:8080}
+replicas=2
 
 mkdir -p "$state/logs" "$state/data"
 [ "${AGENDA_FRESH:-0}" = 1 ] && rm -rf "$state/data"/*
@@ -40,26 +45,56 @@ stop() {
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
-for i in $(seq 1 $nodes); do
-  "$bin/agenda-db" --id "$i" \
-    --listen "127.0.0.1:$((grpc_base + i - 1))" \
-    --http "127.0.0.1:$((http_base + i - 1))" \
-    --peers "$peers" \
-    --data-dir "$state/data/db$i" \
-    >"$state/logs/db$i.log" 2>&1 &
-  pids+=($!)
+# Fail early if something is already on our ports.
+for port in $(seq $grpc_base $((grpc_base + nodes - 1))) $(seq $http_base $((http_base + nodes - 1))) \
+  $(seq $users_base $((users_base + replicas - 1))) $(seq $groups_base $((groups_base + replicas - 1))) "${gateway##*:}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is already in use (another make run?); stop that first" >&2
+    exit 1
+  fi
 done
 
-echo "waiting for the cluster to elect a leader..."
-deadline=$((SECONDS + 30))
-until curl -fsS "http://127.0.0.1:$http_base/healthz" >/dev/null 2>&1; do
+names=()
+kinds=()
+addrs=()
+dirs=()
+# start NAME KIND ADDR DATA_DIR COMMAND...
+start() {
+  local name=$1 kind=$2 addr=$3 dir=$4
+  shift 4
+  "$@" >"$state/logs/$name.log" 2>&1 &
+  pids+=($!)
+  names+=("$name")
+  kinds+=("$kind")
+  addrs+=("$addr")
+  dirs+=("$dir")
+}
+
+check_alive() {
   for idx in "${!pids[@]}"; do
     if ! kill -0 "${pids[$idx]}" 2>/dev/null; then
-      echo "agenda-db node $((idx + 1)) exited; its log:" >&2
-      tail -n 20 "$state/logs/db$((idx + 1)).log" >&2
+      echo "${names[$idx]} exited; its log:" >&2
+      tail -n 20 "$state/logs/${names[$idx]}.log" >&2
       exit 1
     fi
   done
+}
+
+db_endpoints=""
+for i in $(seq 1 $nodes); do
+  db_endpoints="${db_endpoints:+$db_endpoints,}127.0.0.1:$((grpc_base + i - 1))"
+  start "agenda-db-$i" agenda-db "127.0.0.1:$((grpc_base + i - 1))" "$state/data/db$i" \
+    "$bin/agenda-db" --id "$i" \
+    --listen "127.0.0.1:$((grpc_base + i - 1))" \
+    --http "127.0.0.1:$((http_base + i - 1))" \
+    --peers "$peers" \
+    --data-dir "$state/data/db$i"
+done
+
+echo "waiting for agenda-db to elect a leader..."
+deadline=$((SECONDS + 30))
+until curl -fsS "http://127.0.0.1:$http_base/healthz" >/dev/null 2>&1; do
+  check_alive
   if [ $SECONDS -ge $deadline ]; then
     echo "no leader after 30 s; see $state/logs/" >&2
     exit 1
@@ -67,26 +102,60 @@ until curl -fsS "http://127.0.0.1:$http_base/healthz" >/dev/null 2>&1; do
   sleep 0.2
 done
 
+for r in $(seq 1 $replicas); do
+  start "agenda-users-$r" agenda-users "127.0.0.1:$((users_base + r - 1))" "" \
+    "$bin/agenda-users" --listen "127.0.0.1:$((users_base + r - 1))" --db "$db_endpoints"
+  start "agenda-groups-$r" agenda-groups "127.0.0.1:$((groups_base + r - 1))" "" \
+    "$bin/agenda-groups" --listen "127.0.0.1:$((groups_base + r - 1))" --db "$db_endpoints"
+done
+start agenda-gateway agenda-gateway "$gateway" "" \
+  "$bin/agenda-gateway" --listen "$gateway" --db "$db_endpoints"
+
+echo "waiting for the gateway to be ready..."
+deadline=$((SECONDS + 30))
+until curl -fsS "http://$gateway/readyz" >/dev/null 2>&1; do
+  check_alive
+  if [ $SECONDS -ge $deadline ]; then
+    echo "gateway not ready after 30 s:" >&2
+    curl -sS "http://$gateway/readyz" >&2 || true
+    echo "see $state/logs/" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+
 {
   echo '{"processes": ['
-  for i in $(seq 1 $nodes); do
-    sep=","; [ "$i" = "$nodes" ] && sep=""
-    printf '  {"name": "agenda-db-%s", "kind": "agenda-db", "machine": "local", "pid": %s, "grpc": "127.0.0.1:%s", "http": "http://127.0.0.1:%s", "data_dir": "%s", "log": "%s"}%s\n' \
-      "$i" "${pids[$((i - 1))]}" "$((grpc_base + i - 1))" "$((http_base + i - 1))" \
-      "$state/data/db$i" "$state/logs/db$i.log" "$sep"
+  last=$((${#pids[@]} - 1))
+  for idx in "${!pids[@]}"; do
+    sep=","; [ "$idx" = "$last" ] && sep=""
+    extra=""
+    case "${kinds[$idx]}" in
+      agenda-db) n=${names[$idx]##*-}; extra=", \"grpc\": \"${addrs[$idx]}\", \"http\": \"http://127.0.0.1:$((http_base + n - 1))\"" ;;
+      agenda-gateway) extra=", \"http\": \"http://${addrs[$idx]}\"" ;;
+      *) extra=", \"grpc\": \"${addrs[$idx]}\"" ;;
+    esac
+    printf '  {"name": "%s", "kind": "%s", "machine": "local", "pid": %s%s, "data_dir": %s, "log": "%s"}%s\n' \
+      "${names[$idx]}" "${kinds[$idx]}" "${pids[$idx]}" "$extra" \
+      "$([ -n "${dirs[$idx]}" ] && printf '"%s"' "${dirs[$idx]}" || echo null)" \
+      "$state/logs/${names[$idx]}.log" "$sep"
   done
   echo ']}'
 } >"$state/endpoints.json"
-echo "http://127.0.0.1:$http_base" >"$state/url"
+echo "http://$gateway" >"$state/url"
 
 cat <<TXT
 
-agenda-db cluster is up (5 nodes). Logs: $state/logs/, processes: $state/endpoints.json
+Agenda is up: 5 agenda-db nodes, $replicas agenda-users, $replicas agenda-groups, 1 gateway.
+Public API: http://$gateway   (OpenAPI: http://$gateway/openapi.json)
+Logs: $state/logs/   Processes: $state/endpoints.json
 Try:
-  curl -X PUT --data-binary hello http://127.0.0.1:$http_base/v1/kv/greeting
-  curl -i http://127.0.0.1:$((http_base + 2))/v1/kv/greeting      # any node answers
-  curl 'http://127.0.0.1:$http_base/v1/kv?prefix=' ; curl http://127.0.0.1:$http_base/v1/cluster
-gRPC clients: any of 127.0.0.1:$grpc_base..$((grpc_base + nodes - 1)).
+  curl -s -X POST http://$gateway/v1/auth/register -H 'content-type: application/json' \\
+    -d '{"username":"alice","email":"alice@example.org","password":"correct-horse-1"}'
+  curl -s -X POST http://$gateway/v1/auth/login -H 'content-type: application/json' \\
+    -d '{"username":"alice","password":"correct-horse-1"}'
+  curl -s http://$gateway/v1/me -H "authorization: Bearer <access_token from login>"
+Operators: agenda-db REST on http://127.0.0.1:$http_base..$((http_base + nodes - 1)) (/v1/cluster, /metrics).
 Ctrl-C stops everything.
 TXT
 

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`db`]: the agenda-db client API (KV, Txn, Lease, Watch, Cluster).
+//! - [`calendar`]: the gateway's calls to agenda-users and agenda-groups.
 //! - [`raft`]: node-to-node raft transport and the records agenda-db
 //!   replicates and persists (commands, results, snapshots).
 #![allow(missing_docs, clippy::all)]
@@ -14,6 +15,11 @@ pub mod agenda {
             tonic::include_proto!("agenda.db.v1");
         }
     }
+    pub mod calendar {
+        pub mod v1 {
+            tonic::include_proto!("agenda.calendar.v1");
+        }
+    }
     pub mod raft {
         pub mod v1 {
             tonic::include_proto!("agenda.raft.v1");
@@ -21,6 +27,8 @@ pub mod agenda {
     }
 }
 
+/// Gateway to users/groups calls (`agenda.calendar.v1`).
+pub use agenda::calendar::v1 as calendar;
 /// agenda-db client API (`agenda.db.v1`).
 pub use agenda::db::v1 as db;
 /// Raft transport and replicated records (`agenda.raft.v1`).

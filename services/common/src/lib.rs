@@ -1,20 +1,24 @@
 //! Code shared by every Agenda process.
 //!
 //! Layout:
+//! - [`auth`]: access tokens (JWT) and their signing keys in the registry.
 //! - [`db_client`]: the agenda-db client (any node, retries with the same
 //!   request id, deadlines, leader failover).
 //! - [`registry`]: service registry on top of agenda-db (instances under
 //!   leases, config keys, watches).
 //! - [`net`]: every listener and client link is built here (one place to
 //!   switch TLS on for all links).
+//! - [`process`]: the shared `main` (logging, runtime, exit code).
 //! - [`shutdown`]: SIGINT/SIGTERM fanned out through a cancellation token.
 //! - [`telemetry`]: logging set-up.
 //! - [`error`]: the crate's error type.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod db_client;
 pub mod error;
 pub mod net;
+pub mod process;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

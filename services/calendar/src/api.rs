@@ -1,0 +1,301 @@
+//! Request bodies of the public API and the operations the gateway sends
+//! to the services.
+//!
+//! Bodies refuse unknown fields. Times and enums arrive as strings and are
+//! checked by [`crate::validate`], so a bad value is a 422 naming the field
+//! rather than a generic parse error.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// `POST /v1/auth/register`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub display_name: Option<String>,
+    pub time_zone: Option<String>,
+}
+
+/// `POST /v1/auth/login`: `username` (or an email in it) or `email`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub password: String,
+}
+
+/// `POST /v1/auth/login` reply.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginReply {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub user: crate::model::User,
+}
+
+/// `PATCH /v1/me`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMeRequest {
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub display_name: Option<String>,
+    pub time_zone: Option<String>,
+}
+
+/// `POST /v1/events`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEventRequest {
+    pub title: String,
+    /// RFC 3339.
+    pub start: String,
+    /// RFC 3339, after `start`.
+    pub end: String,
+    /// IANA time zone name.
+    pub time_zone: String,
+    pub description: Option<String>,
+    pub location: Option<String>,
+    /// RFC 5545 RRULE value, e.g. `FREQ=WEEKLY;COUNT=10`.
+    pub rrule: Option<String>,
+    /// Occurrence starts (RFC 3339) removed from the recurrence.
+    pub exdates: Option<Vec<String>>,
+    /// Usernames.
+    pub attendees: Option<Vec<String>>,
+    pub group_id: Option<Uuid>,
+    /// `default` or `private`.
+    pub visibility: Option<String>,
+}
+
+/// `PATCH /v1/events/{id}`: every field optional; `rrule: ""` clears it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEventRequest {
+    pub title: Option<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub time_zone: Option<String>,
+    pub description: Option<String>,
+    pub location: Option<String>,
+    pub rrule: Option<String>,
+    pub exdates: Option<Vec<String>>,
+    pub visibility: Option<String>,
+}
+
+/// `POST /v1/events/{id}/rsvp`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RsvpRequest {
+    /// accepted, declined or tentative.
+    pub status: String,
+}
+
+/// `POST /v1/groups`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    pub name: String,
+    pub description: Option<String>,
+    /// `hierarchical` or `flat`.
+    pub kind: String,
+    pub parent_id: Option<Uuid>,
+}
+
+/// `PATCH /v1/groups/{id}`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroupRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// `PATCH /v1/groups/{id}/members/{user_id}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMemberRequest {
+    pub rank: u32,
+}
+
+/// `POST /v1/groups/{id}/invitations`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    pub username: String,
+    pub rank: Option<u32>,
+}
+
+/// A time window (`from`, `to`: RFC 3339).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Window {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// `?on_conflict=reject|allow`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConflictPolicy {
+    pub on_conflict: Option<String>,
+}
+
+/// What the gateway asks a service to do, on behalf of `caller`.
+///
+/// The variants are the public API's operations; [`Op::service`] says which
+/// service owns each, and both services share the store code behind them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case")]
+pub enum Op {
+    Register(RegisterRequest),
+    Login(LoginRequest),
+    GetMe,
+    UpdateMe(UpdateMeRequest),
+    DeleteMe,
+    SearchUsers {
+        q: String,
+    },
+    CreateEvent {
+        body: CreateEventRequest,
+        reject: bool,
+    },
+    ListEvents {
+        window: Window,
+    },
+    GetEvent {
+        id: String,
+    },
+    UpdateEvent {
+        id: String,
+        body: UpdateEventRequest,
+        reject: bool,
+    },
+    DeleteEvent {
+        id: String,
+    },
+    Rsvp {
+        id: String,
+        body: RsvpRequest,
+        reject: bool,
+    },
+    FreeBusy {
+        users: String,
+        window: Window,
+    },
+    ListNotifications {
+        unread: bool,
+    },
+    ReadNotification {
+        id: String,
+    },
+    CreateGroup(CreateGroupRequest),
+    ListGroups,
+    GetGroup {
+        id: String,
+    },
+    UpdateGroup {
+        id: String,
+        body: UpdateGroupRequest,
+    },
+    DeleteGroup {
+        id: String,
+    },
+    ListMembers {
+        id: String,
+    },
+    UpdateMember {
+        id: String,
+        user_id: String,
+        body: UpdateMemberRequest,
+    },
+    RemoveMember {
+        id: String,
+        user_id: String,
+    },
+    Invite {
+        id: String,
+        body: InviteRequest,
+    },
+    ListInvitations,
+    AnswerInvitation {
+        id: String,
+        accept: bool,
+    },
+    CreateGroupEvent {
+        body: CreateEventRequest,
+        reject: bool,
+    },
+    GroupAgenda {
+        id: String,
+        window: Window,
+    },
+}
+
+/// The two stateless services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Users,
+    Groups,
+}
+
+impl Service {
+    /// Name in the registry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Users => "users",
+            Service::Groups => "groups",
+        }
+    }
+}
+
+impl Op {
+    /// Which service executes this operation.
+    pub fn service(&self) -> Service {
+        use Op::*;
+        match self {
+            CreateGroup(_)
+            | ListGroups
+            | GetGroup { .. }
+            | UpdateGroup { .. }
+            | DeleteGroup { .. }
+            | ListMembers { .. }
+            | UpdateMember { .. }
+            | RemoveMember { .. }
+            | Invite { .. }
+            | ListInvitations
+            | AnswerInvitation { .. }
+            | CreateGroupEvent { .. }
+            | GroupAgenda { .. } => Service::Groups,
+            _ => Service::Users,
+        }
+    }
+
+    /// True when running it twice is harmless, so the gateway may retry it
+    /// on another replica after an ambiguous failure.
+    pub fn is_read_only(&self) -> bool {
+        use Op::*;
+        matches!(
+            self,
+            GetMe
+                | SearchUsers { .. }
+                | ListEvents { .. }
+                | GetEvent { .. }
+                | FreeBusy { .. }
+                | ListNotifications { .. }
+                | ListGroups
+                | GetGroup { .. }
+                | ListMembers { .. }
+                | ListInvitations
+                | GroupAgenda { .. }
+        )
+    }
+
+    /// Whether the caller must be authenticated.
+    pub fn needs_caller(&self) -> bool {
+        !matches!(self, Op::Register(_) | Op::Login(_))
+    }
+}

@@ -1,0 +1,23 @@
+//! The calendar domain, shared by `agenda-users` and `agenda-groups` so no
+//! rule is written twice.
+//!
+//! Layout:
+//! - [`model`]: stored records and the public resource shapes.
+//! - [`api`]: request bodies and the [`api::Op`]erations the gateway sends.
+//! - [`error`]: [`ApiError`], the one error shape of the public API.
+//! - [`validate`], [`recurrence`], [`rules`]: pure domain rules.
+//! - [`keys`]: the agenda-db key layout.
+//! - [`store`]: transactions on agenda-db that apply the rules atomically.
+//! - [`rpc`]: the gRPC envelope between the gateway and the services.
+
+pub mod api;
+pub mod error;
+pub mod keys;
+pub mod model;
+pub mod recurrence;
+pub mod rpc;
+pub mod rules;
+pub mod store;
+pub mod validate;
+
+pub use error::{ApiError, ApiResult};

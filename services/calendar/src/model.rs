@@ -1,0 +1,253 @@
+//! Resource types: what is stored in agenda-db and what clients see.
+//!
+//! Stored records are the `*Record` types (JSON values under the keys of
+//! [`crate::keys`]); the public shapes of DESIGN.md are the others.
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A stored account (the password hash never leaves the users service).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub display_name: String,
+    pub time_zone: String,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Public user shape. `email` only appears on your own profile.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub display_name: String,
+    pub time_zone: String,
+}
+
+impl UserRecord {
+    /// The profile as its owner sees it.
+    pub fn view_own(&self) -> User {
+        User {
+            email: Some(self.email.clone()),
+            ..self.view_public()
+        }
+    }
+    /// The profile as anyone else sees it.
+    pub fn view_public(&self) -> User {
+        User {
+            id: self.id,
+            username: self.username.clone(),
+            email: None,
+            display_name: self.display_name.clone(),
+            time_zone: self.time_zone.clone(),
+        }
+    }
+}
+
+/// Group structure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupKind {
+    /// Ranked members; 0 is the top.
+    Hierarchical,
+    /// Everyone equal but the owner.
+    Flat,
+}
+
+/// A stored group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub kind: GroupKind,
+    pub parent_id: Option<Uuid>,
+    pub owner_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Public group shape, from one member's point of view.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Group {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub kind: GroupKind,
+    pub parent_id: Option<Uuid>,
+    pub owner_id: Uuid,
+    pub my_rank: u32,
+}
+
+impl GroupRecord {
+    /// The group as a member of rank `my_rank` sees it.
+    pub fn view(&self, my_rank: u32) -> Group {
+        Group {
+            id: self.id,
+            name: self.name.clone(),
+            description: self.description.clone(),
+            kind: self.kind,
+            parent_id: self.parent_id,
+            owner_id: self.owner_id,
+            my_rank,
+        }
+    }
+}
+
+/// A member of a group (stored and public shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub user_id: Uuid,
+    pub username: String,
+    pub rank: u32,
+}
+
+/// Answer to an invitation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InvitationStatus {
+    Pending,
+    Accepted,
+    Declined,
+}
+
+/// An invitation to join a group (stored and public shape).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Invitation {
+    pub id: Uuid,
+    pub group_id: Uuid,
+    pub group_name: String,
+    pub invited_by: Uuid,
+    pub invitee_id: Uuid,
+    pub rank: u32,
+    pub status: InvitationStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An attendee's answer to an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttendeeStatus {
+    NeedsAction,
+    Accepted,
+    Declined,
+    Tentative,
+}
+
+/// Who sees an event's details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// The hierarchy rules decide.
+    #[default]
+    Default,
+    /// Busy for everyone but the organizer and attendees.
+    Private,
+}
+
+/// One participant of an event. The organizer is always the first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Attendee {
+    pub user_id: Uuid,
+    pub username: String,
+    pub status: AttendeeStatus,
+}
+
+/// A stored event. A copy lives in every participant's agenda.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: Uuid,
+    pub title: String,
+    pub description: String,
+    pub location: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub time_zone: String,
+    pub rrule: Option<String>,
+    #[serde(default)]
+    pub exdates: Vec<DateTime<Utc>>,
+    pub organizer_id: Uuid,
+    pub group_id: Option<Uuid>,
+    pub visibility: Visibility,
+    pub attendees: Vec<Attendee>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl EventRecord {
+    /// Status of `user` (None: not a participant).
+    pub fn status_of(&self, user: Uuid) -> Option<AttendeeStatus> {
+        self.attendees
+            .iter()
+            .find(|a| a.user_id == user)
+            .map(|a| a.status)
+    }
+
+    /// Every participant's id.
+    pub fn participants(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.attendees.iter().map(|a| a.user_id)
+    }
+}
+
+/// Public event shape (also one expanded occurrence of a recurring event).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub id: Uuid,
+    pub title: String,
+    pub description: String,
+    pub location: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub start: DateTime<FixedOffset>,
+    #[schema(value_type = String, format = DateTime)]
+    pub end: DateTime<FixedOffset>,
+    pub time_zone: String,
+    pub rrule: Option<String>,
+    #[schema(value_type = Vec<String>)]
+    pub exdates: Vec<DateTime<FixedOffset>>,
+    pub organizer_id: Uuid,
+    pub group_id: Option<Uuid>,
+    pub visibility: Visibility,
+    pub attendees: Vec<Attendee>,
+    pub my_status: Option<AttendeeStatus>,
+    /// Set on an expanded occurrence: the recurring event it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recurring_event_id: Option<Uuid>,
+}
+
+/// An overlapping event reported when creating, moving or accepting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Conflict {
+    pub event_id: Uuid,
+    pub title: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub start: DateTime<Utc>,
+    #[schema(value_type = String, format = DateTime)]
+    pub end: DateTime<Utc>,
+    pub user_id: Uuid,
+}
+
+/// A busy interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Interval {
+    #[schema(value_type = String, format = DateTime)]
+    pub start: DateTime<Utc>,
+    #[schema(value_type = String, format = DateTime)]
+    pub end: DateTime<Utc>,
+}
+
+/// A stored notification for one person.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Notification {
+    /// Time-ordered (UUID v7), so the key order is the creation order.
+    pub id: Uuid,
+    pub kind: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    pub read: bool,
+    pub data: serde_json::Value,
+}

@@ -1,0 +1,233 @@
+//! The gRPC envelope between the gateway and the services, server side.
+//!
+//! Both services accept a [`CallRequest`] carrying an [`Op`] as JSON and
+//! answer with an HTTP status and JSON body, which the gateway relays. The
+//! serving loop (listen, register in the registry, drain on shutdown) is
+//! the same for both and lives here too.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agenda_common::registry::{self, Instance};
+use agenda_common::shutdown::CancellationToken;
+use agenda_common::DbClient;
+use agenda_proto::calendar::{
+    groups_server::{Groups, GroupsServer},
+    users_server::{Users, UsersServer},
+    CallReply, CallRequest,
+};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::api::{Op, Service};
+use crate::error::{ApiError, ApiResult};
+
+/// A successful answer: status and JSON body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// 200 with `value`.
+    pub fn ok(value: impl Serialize) -> ApiResult<Reply> {
+        Ok(Reply {
+            status: 200,
+            body: serde_json::to_value(value).map_err(ApiError::internal)?,
+        })
+    }
+    /// 201 with `value`.
+    pub fn created(value: impl Serialize) -> ApiResult<Reply> {
+        Ok(Reply {
+            status: 201,
+            ..Self::ok(value)?
+        })
+    }
+    /// 204.
+    pub fn no_content() -> ApiResult<Reply> {
+        Ok(Reply {
+            status: 204,
+            body: Value::Null,
+        })
+    }
+    /// `{"items": [...]}`.
+    pub fn items<T: Serialize>(items: Vec<T>) -> ApiResult<Reply> {
+        Self::ok(serde_json::json!({ "items": items }))
+    }
+}
+
+/// Who is calling: the user id the gateway took from a valid token.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Option<Uuid>);
+
+impl Caller {
+    /// The authenticated user, or 401.
+    pub fn user(&self) -> ApiResult<Uuid> {
+        self.0
+            .ok_or_else(|| ApiError::unauthenticated("this route needs a bearer token"))
+    }
+}
+
+/// What a service does with one operation.
+pub trait Handler: Send + Sync + 'static {
+    /// Executes `op` for `caller`.
+    fn handle(&self, caller: Caller, op: Op) -> impl Future<Output = ApiResult<Reply>> + Send;
+}
+
+/// The tonic service around a [`Handler`].
+pub struct Endpoint<H> {
+    service: Service,
+    handler: Arc<H>,
+}
+
+impl<H: Handler> Endpoint<H> {
+    async fn dispatch(&self, req: CallRequest) -> CallReply {
+        let result = match self.decode(&req) {
+            Ok((caller, op)) => {
+                let name = op_name(&op);
+                let started = std::time::Instant::now();
+                let r = self.handler.handle(caller, op).await;
+                let status = match &r {
+                    Ok(reply) => reply.status,
+                    Err(e) => e.status,
+                };
+                tracing::debug!(request_id = %req.request_id, op = name, status, elapsed_ms = started.elapsed().as_millis() as u64, "call");
+                if status >= 500 {
+                    tracing::warn!(request_id = %req.request_id, op = name, status, "call failed");
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let (status, body) = match result {
+            Ok(reply) => (reply.status, reply.body),
+            Err(e) => (e.status, e.body()),
+        };
+        CallReply {
+            status: status as u32,
+            body: if body.is_null() {
+                Vec::new()
+            } else {
+                serde_json::to_vec(&body).unwrap_or_default()
+            },
+        }
+    }
+
+    fn decode(&self, req: &CallRequest) -> ApiResult<(Caller, Op)> {
+        let op: Op = serde_json::from_slice(&req.op)
+            .map_err(|e| ApiError::bad_request(format!("undecodable operation: {e}")))?;
+        if op.service() != self.service {
+            return Err(ApiError::bad_request(format!(
+                "operation not served by the {} service",
+                self.service.name()
+            )));
+        }
+        let caller = if req.caller_id.is_empty() {
+            None
+        } else {
+            Some(
+                Uuid::parse_str(&req.caller_id)
+                    .map_err(|_| ApiError::unauthenticated("malformed caller id"))?,
+            )
+        };
+        if op.needs_caller() && caller.is_none() {
+            return Err(ApiError::unauthenticated("this route needs a bearer token"));
+        }
+        Ok((Caller(caller), op))
+    }
+}
+
+fn op_name(op: &Op) -> String {
+    serde_json::to_value(op)
+        .ok()
+        .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl<H: Handler> Users for Endpoint<H> {
+    async fn call(&self, req: Request<CallRequest>) -> Result<Response<CallReply>, Status> {
+        Ok(Response::new(self.dispatch(req.into_inner()).await))
+    }
+}
+
+#[tonic::async_trait]
+impl<H: Handler> Groups for Endpoint<H> {
+    async fn call(&self, req: Request<CallRequest>) -> Result<Response<CallReply>, Status> {
+        Ok(Response::new(self.dispatch(req.into_inner()).await))
+    }
+}
+
+/// How long a registry entry outlives a crashed instance.
+pub const REGISTRY_TTL: Duration = Duration::from_secs(3);
+
+/// Serves `handler` as `service` on `listener` until `shutdown`: registers
+/// the instance (address `advertise`) in the registry once listening,
+/// deregisters first on shutdown so the gateway stops sending, then drains.
+pub async fn serve<H: Handler>(
+    service: Service,
+    handler: H,
+    listener: TcpListener,
+    advertise: String,
+    db: DbClient,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let endpoint = Endpoint {
+        service,
+        handler: Arc::new(handler),
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut router = agenda_common::net::grpc_server();
+    let router = match service {
+        Service::Users => router.add_service(UsersServer::new(endpoint)),
+        Service::Groups => router.add_service(GroupsServer::new(endpoint)),
+    };
+    let stop_serving = CancellationToken::new();
+    let stopped = stop_serving.clone();
+    let server = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, stopped.cancelled_owned())
+            .await
+    });
+    let instance = Instance {
+        id: format!("{}-{}", service.name(), Uuid::new_v4().simple()),
+        addr: advertise,
+    };
+    let registration = loop {
+        match registry::register(&db, service.name(), instance.clone(), REGISTRY_TTL).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register in agenda-db yet; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        stop_serving.cancel();
+                        let _ = server.await;
+                        return Ok(());
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(service = service.name(), addr = %instance.addr, "serving");
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: deregistering, then draining in-flight calls");
+    registration.deregister().await;
+    stop_serving.cancel();
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "gRPC server task failed");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("calls still running after 10 s; exiting anyway");
+            Ok(())
+        }
+    }
+}

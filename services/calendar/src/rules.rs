@@ -1,0 +1,372 @@
+//! The domain rules of DESIGN.md, pure: hierarchy, invitations, conflicts,
+//! free/busy and privacy. The store applies them; tests pin them here.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::model::{
+    Attendee, AttendeeStatus, Conflict, EventRecord, GroupKind, Interval, Member, Visibility,
+};
+use crate::recurrence;
+
+/// Rank of a group's owner.
+pub const OWNER_RANK: u32 = 0;
+/// Rank of every non-owner member of a flat group.
+pub const FLAT_RANK: u32 = 1;
+
+/// Attendees of a new group event: the creator accepted; in a hierarchical
+/// group members ranked below the creator are accepted at once and the
+/// others must answer; in a flat group everyone else must answer.
+pub fn group_event_attendees(
+    kind: GroupKind,
+    creator: &Member,
+    members: &[Member],
+) -> Vec<Attendee> {
+    let mut out = vec![Attendee {
+        user_id: creator.user_id,
+        username: creator.username.clone(),
+        status: AttendeeStatus::Accepted,
+    }];
+    for m in members.iter().filter(|m| m.user_id != creator.user_id) {
+        let status = match kind {
+            GroupKind::Hierarchical if m.rank > creator.rank => AttendeeStatus::Accepted,
+            _ => AttendeeStatus::NeedsAction,
+        };
+        out.push(Attendee {
+            user_id: m.user_id,
+            username: m.username.clone(),
+            status,
+        });
+    }
+    out
+}
+
+/// The rank an invitation gives: in a hierarchical group strictly below
+/// the inviter (default one below), in a flat group always [`FLAT_RANK`].
+pub fn invitation_rank(kind: GroupKind, inviter_rank: u32, asked: Option<u32>) -> ApiResult<u32> {
+    match kind {
+        GroupKind::Flat => Ok(FLAT_RANK),
+        GroupKind::Hierarchical => {
+            let rank = asked.unwrap_or(inviter_rank + 1);
+            if rank <= inviter_rank {
+                return Err(ApiError::forbidden(format!(
+                    "you hold rank {inviter_rank} and may only invite at ranks below yours (greater than {inviter_rank})"
+                )));
+            }
+            if rank > 1000 {
+                return Err(ApiError::invalid_field("rank", "rank must be at most 1000"));
+            }
+            Ok(rank)
+        }
+    }
+}
+
+/// Whether `actor` may change or remove `target` (a superior acting on a
+/// member ranked below them).
+pub fn may_manage(actor: &Member, target: &Member) -> bool {
+    actor.rank < target.rank
+}
+
+/// Checks a rank change by a superior: the new rank stays below theirs.
+pub fn check_rank_change(
+    kind: GroupKind,
+    actor: &Member,
+    target: &Member,
+    rank: u32,
+) -> ApiResult<()> {
+    if !may_manage(actor, target) {
+        return Err(ApiError::forbidden(
+            "only members ranked above this member may change them",
+        ));
+    }
+    if kind == GroupKind::Flat {
+        return Err(ApiError::invalid_field(
+            "rank",
+            "ranks do not apply in a flat group (only ownership can be handed over, with rank 0)",
+        ));
+    }
+    if rank <= actor.rank {
+        return Err(ApiError::forbidden(format!(
+            "you may only assign ranks below your own ({})",
+            actor.rank
+        )));
+    }
+    if rank > 1000 {
+        return Err(ApiError::invalid_field("rank", "rank must be at most 1000"));
+    }
+    Ok(())
+}
+
+/// Whether an event counts as busy time for `user`.
+pub fn is_busy_for(ev: &EventRecord, user: Uuid) -> bool {
+    !matches!(ev.status_of(user), Some(AttendeeStatus::Declined) | None)
+}
+
+/// Conflicts between a new or moved event and what `user` already has:
+/// every occurrence of theirs (not declined, not the event itself) that
+/// overlaps an occurrence of `new`.
+pub fn conflicts(new: &EventRecord, user: Uuid, agenda: &[EventRecord]) -> Vec<Conflict> {
+    let mine = recurrence::upcoming(new);
+    let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
+        return Vec::new();
+    };
+    let (from, to) = (first.start, last.end);
+    let mut out = Vec::new();
+    for other in agenda
+        .iter()
+        .filter(|o| o.id != new.id && is_busy_for(o, user))
+    {
+        for occ in recurrence::occurrences(other, from, to) {
+            if mine.iter().any(|m| m.start < occ.end && occ.start < m.end) {
+                out.push(Conflict {
+                    event_id: other.id,
+                    title: other.title.clone(),
+                    start: occ.start,
+                    end: occ.end,
+                    user_id: user,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Busy intervals of `user` in `[from, to)`, merged and sorted.
+pub fn busy(
+    agenda: &[EventRecord],
+    user: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<Interval> {
+    let mut all: Vec<Interval> = agenda
+        .iter()
+        .filter(|e| is_busy_for(e, user))
+        .flat_map(|e| recurrence::occurrences(e, from, to))
+        .collect();
+    merge(&mut all)
+}
+
+/// Merges overlapping or touching intervals.
+pub fn merge(intervals: &mut [Interval]) -> Vec<Interval> {
+    intervals.sort_by_key(|i| (i.start, i.end));
+    let mut out: Vec<Interval> = Vec::new();
+    for i in intervals.iter() {
+        match out.last_mut() {
+            Some(last) if i.start <= last.end => last.end = last.end.max(i.end),
+            _ => out.push(*i),
+        }
+    }
+    out
+}
+
+/// Where a group-agenda viewer stands.
+pub struct Viewer {
+    pub user_id: Uuid,
+    pub rank: u32,
+    pub kind: GroupKind,
+    pub group_id: Uuid,
+}
+
+/// Whether `viewer` sees the details of `ev` in the agenda of `owner` (a
+/// member of the group): their own items, the group's own events, and in a
+/// hierarchical group the items of members ranked below them. A private
+/// event shows only to its organizer and attendees, superiors included.
+pub fn sees_details(viewer: &Viewer, owner: &Member, ev: &EventRecord) -> bool {
+    let participant = ev.status_of(viewer.user_id).is_some() || ev.organizer_id == viewer.user_id;
+    if ev.visibility == Visibility::Private {
+        return participant;
+    }
+    participant
+        || owner.user_id == viewer.user_id
+        || ev.group_id == Some(viewer.group_id)
+        || (viewer.kind == GroupKind::Hierarchical && owner.rank > viewer.rank)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn member(rank: u32) -> Member {
+        Member {
+            user_id: Uuid::new_v4(),
+            username: format!("m{rank}"),
+            rank,
+        }
+    }
+
+    fn event(owner: Uuid, start_h: i64, len_h: i64) -> EventRecord {
+        let start = DateTime::parse_from_rfc3339("2026-05-04T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+            + Duration::hours(start_h);
+        EventRecord {
+            id: Uuid::new_v4(),
+            title: format!("at {start_h}"),
+            description: String::new(),
+            location: String::new(),
+            start,
+            end: start + Duration::hours(len_h),
+            time_zone: "UTC".into(),
+            rrule: None,
+            exdates: Vec::new(),
+            organizer_id: owner,
+            group_id: None,
+            visibility: Visibility::Default,
+            attendees: vec![Attendee {
+                user_id: owner,
+                username: "o".into(),
+                status: AttendeeStatus::Accepted,
+            }],
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn hierarchy_accepts_below_the_creator_only() {
+        let (top, mid, low, peer) = (member(0), member(1), member(2), member(1));
+        let all = vec![top.clone(), mid.clone(), low.clone(), peer.clone()];
+        let att = group_event_attendees(GroupKind::Hierarchical, &mid, &all);
+        let status = |m: &Member| att.iter().find(|a| a.user_id == m.user_id).unwrap().status;
+        assert_eq!(status(&mid), AttendeeStatus::Accepted);
+        assert_eq!(status(&low), AttendeeStatus::Accepted);
+        assert_eq!(status(&top), AttendeeStatus::NeedsAction);
+        assert_eq!(status(&peer), AttendeeStatus::NeedsAction);
+        let flat = group_event_attendees(GroupKind::Flat, &top, &all);
+        assert_eq!(
+            flat.iter()
+                .filter(|a| a.status == AttendeeStatus::Accepted)
+                .count(),
+            1
+        );
+        assert_eq!(flat.len(), 4);
+    }
+
+    #[test]
+    fn invitations_only_below_the_inviter() {
+        assert_eq!(
+            invitation_rank(GroupKind::Hierarchical, 1, None).unwrap(),
+            2
+        );
+        assert_eq!(
+            invitation_rank(GroupKind::Hierarchical, 1, Some(5)).unwrap(),
+            5
+        );
+        assert_eq!(
+            invitation_rank(GroupKind::Hierarchical, 1, Some(1))
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            invitation_rank(GroupKind::Hierarchical, 2, Some(0))
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            invitation_rank(GroupKind::Flat, 1, Some(0)).unwrap(),
+            FLAT_RANK
+        );
+    }
+
+    #[test]
+    fn superiors_manage_members_below() {
+        let (a, b, c) = (member(0), member(1), member(2));
+        assert!(check_rank_change(GroupKind::Hierarchical, &a, &c, 1).is_ok());
+        assert_eq!(
+            check_rank_change(GroupKind::Hierarchical, &b, &c, 1)
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            check_rank_change(GroupKind::Hierarchical, &c, &b, 3)
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            check_rank_change(GroupKind::Flat, &a, &b, 2)
+                .unwrap_err()
+                .status,
+            422
+        );
+    }
+
+    #[test]
+    fn conflicts_ignore_declined_and_self() {
+        let me = Uuid::new_v4();
+        let new = event(me, 10, 2);
+        let overlapping = event(me, 11, 1);
+        let touching = event(me, 12, 1);
+        let mut declined = event(Uuid::new_v4(), 10, 1);
+        declined.attendees.push(Attendee {
+            user_id: me,
+            username: "me".into(),
+            status: AttendeeStatus::Declined,
+        });
+        let agenda = vec![new.clone(), overlapping.clone(), touching, declined];
+        let c = conflicts(&new, me, &agenda);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].event_id, overlapping.id);
+    }
+
+    #[test]
+    fn recurring_conflicts_are_found_weeks_later() {
+        let me = Uuid::new_v4();
+        let mut weekly = event(me, 10, 1);
+        weekly.rrule = Some("FREQ=WEEKLY".into());
+        let later = event(me, 10 + 24 * 21, 1);
+        let c = conflicts(&later, me, &[weekly.clone()]);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].start, later.start);
+        // And the other way round.
+        assert_eq!(conflicts(&weekly, me, &[later]).len(), 1);
+    }
+
+    #[test]
+    fn busy_merges_intervals() {
+        let me = Uuid::new_v4();
+        let agenda = vec![event(me, 1, 2), event(me, 2, 2), event(me, 6, 1)];
+        let from = agenda[0].start - Duration::hours(5);
+        let b = busy(&agenda, me, from, from + Duration::days(1));
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].end - b[0].start, Duration::hours(3));
+    }
+
+    #[test]
+    fn privacy_rules() {
+        let boss = member(0);
+        let mid = member(1);
+        let low = member(2);
+        let group_id = Uuid::new_v4();
+        let viewer = Viewer {
+            user_id: mid.user_id,
+            rank: mid.rank,
+            kind: GroupKind::Hierarchical,
+            group_id,
+        };
+        let low_ev = event(low.user_id, 1, 1);
+        let boss_ev = event(boss.user_id, 1, 1);
+        let mut group_ev = event(boss.user_id, 1, 1);
+        group_ev.group_id = Some(group_id);
+        let mut private_low = event(low.user_id, 1, 1);
+        private_low.visibility = Visibility::Private;
+        assert!(sees_details(&viewer, &low, &low_ev));
+        assert!(!sees_details(&viewer, &boss, &boss_ev));
+        assert!(sees_details(&viewer, &boss, &group_ev));
+        assert!(
+            !sees_details(&viewer, &low, &private_low),
+            "private beats rank"
+        );
+        let flat = Viewer {
+            kind: GroupKind::Flat,
+            ..viewer
+        };
+        assert!(!sees_details(&flat, &low, &low_ev));
+        let own = event(mid.user_id, 1, 1);
+        assert!(sees_details(&flat, &mid, &own));
+    }
+}

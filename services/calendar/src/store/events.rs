@@ -1,0 +1,504 @@
+//! Events: a copy in every participant's agenda, conflicts checked against
+//! each affected person's agenda under a compare on its version key.
+
+use chrono::{DateTime, FixedOffset, Utc};
+use futures::future::try_join_all;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::notifications;
+use super::{Attempt, Batch, Store};
+use crate::api::{CreateEventRequest, UpdateEventRequest};
+use crate::error::{ApiError, ApiResult};
+use crate::keys;
+use crate::model::{
+    Attendee, AttendeeStatus, Conflict, Event, EventRecord, Interval, UserRecord, Visibility,
+};
+use crate::{recurrence, rules, validate};
+
+/// Most attendees of a personal event.
+pub const MAX_ATTENDEES: usize = 100;
+
+/// The event fields a request sets, checked.
+struct Fields {
+    title: String,
+    description: String,
+    location: String,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    time_zone: String,
+    rrule: Option<String>,
+    exdates: Vec<DateTime<Utc>>,
+    visibility: Visibility,
+}
+
+impl Fields {
+    fn check(self) -> ApiResult<Fields> {
+        validate::span(self.start, self.end)?;
+        let tz = validate::time_zone("time_zone", &self.time_zone)?;
+        let rrule = match self.rrule.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(r) => Some(recurrence::check(r, self.start, tz)?),
+        };
+        Ok(Fields {
+            time_zone: tz.name().to_string(),
+            rrule,
+            ..self
+        })
+    }
+}
+
+fn exdates(list: Option<Vec<String>>) -> ApiResult<Vec<DateTime<Utc>>> {
+    let list = list.unwrap_or_default();
+    if list.len() > 500 {
+        return Err(ApiError::invalid_field("exdates", "at most 500 exdates"));
+    }
+    list.iter()
+        .map(|s| validate::instant("exdates", s))
+        .collect()
+}
+
+/// Turns a create request into a new event organized by `organizer`
+/// with `attendees` (the organizer is added first, accepted).
+pub fn new_event(
+    req: CreateEventRequest,
+    organizer: &UserRecord,
+    attendees: Vec<Attendee>,
+    group_id: Option<Uuid>,
+) -> ApiResult<EventRecord> {
+    let f = Fields {
+        title: validate::text("title", &req.title, 1, 200)?,
+        description: validate::text(
+            "description",
+            req.description.as_deref().unwrap_or(""),
+            0,
+            2000,
+        )?,
+        location: validate::text("location", req.location.as_deref().unwrap_or(""), 0, 2000)?,
+        start: validate::instant("start", &req.start)?,
+        end: validate::instant("end", &req.end)?,
+        time_zone: req.time_zone,
+        rrule: req.rrule,
+        exdates: exdates(req.exdates)?,
+        visibility: req
+            .visibility
+            .as_deref()
+            .map(validate::visibility)
+            .transpose()?
+            .unwrap_or_default(),
+    }
+    .check()?;
+    let mut all = vec![Attendee {
+        user_id: organizer.id,
+        username: organizer.username.clone(),
+        status: AttendeeStatus::Accepted,
+    }];
+    for a in attendees {
+        if !all.iter().any(|x| x.user_id == a.user_id) {
+            all.push(a);
+        }
+    }
+    Ok(EventRecord {
+        id: Uuid::new_v4(),
+        title: f.title,
+        description: f.description,
+        location: f.location,
+        start: f.start,
+        end: f.end,
+        time_zone: f.time_zone,
+        rrule: f.rrule,
+        exdates: f.exdates,
+        organizer_id: organizer.id,
+        group_id,
+        visibility: f.visibility,
+        attendees: all,
+        created_at: Utc::now(),
+    })
+}
+
+fn apply_update(ev: &EventRecord, req: UpdateEventRequest) -> ApiResult<(EventRecord, bool)> {
+    let start = req
+        .start
+        .as_deref()
+        .map(|s| validate::instant("start", s))
+        .transpose()?
+        .unwrap_or(ev.start);
+    let end = req
+        .end
+        .as_deref()
+        .map(|s| validate::instant("end", s))
+        .transpose()?
+        .unwrap_or(ev.end);
+    let f = Fields {
+        title: match &req.title {
+            Some(t) => validate::text("title", t, 1, 200)?,
+            None => ev.title.clone(),
+        },
+        description: match &req.description {
+            Some(t) => validate::text("description", t, 0, 2000)?,
+            None => ev.description.clone(),
+        },
+        location: match &req.location {
+            Some(t) => validate::text("location", t, 0, 2000)?,
+            None => ev.location.clone(),
+        },
+        start,
+        end,
+        time_zone: req
+            .time_zone
+            .clone()
+            .unwrap_or_else(|| ev.time_zone.clone()),
+        rrule: match &req.rrule {
+            Some(r) => Some(r.clone()),
+            None => ev.rrule.clone(),
+        },
+        exdates: match req.exdates {
+            Some(list) => exdates(Some(list))?,
+            None => ev.exdates.clone(),
+        },
+        visibility: match &req.visibility {
+            Some(v) => validate::visibility(v)?,
+            None => ev.visibility,
+        },
+    }
+    .check()?;
+    let mut out = ev.clone();
+    out.title = f.title;
+    out.description = f.description;
+    out.location = f.location;
+    out.start = f.start;
+    out.end = f.end;
+    out.time_zone = f.time_zone;
+    out.rrule = f.rrule;
+    out.exdates = f.exdates;
+    out.visibility = f.visibility;
+    let moved = out.start != ev.start
+        || out.end != ev.end
+        || out.rrule != ev.rrule
+        || out.exdates != ev.exdates
+        || out.time_zone != ev.time_zone;
+    Ok((out, moved))
+}
+
+/// The public shape of `ev` for `viewer`; `occurrence` for one expanded
+/// instance of a recurring event.
+pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Event {
+    let tz: Option<chrono_tz::Tz> = ev.time_zone.parse().ok();
+    let local = |t: DateTime<Utc>| -> DateTime<FixedOffset> {
+        match tz {
+            Some(tz) => t.with_timezone(&tz).fixed_offset(),
+            None => t.fixed_offset(),
+        }
+    };
+    let (start, end) = occurrence.map_or((ev.start, ev.end), |o| (o.start, o.end));
+    Event {
+        id: ev.id,
+        title: ev.title.clone(),
+        description: ev.description.clone(),
+        location: ev.location.clone(),
+        start: local(start),
+        end: local(end),
+        time_zone: ev.time_zone.clone(),
+        rrule: ev.rrule.clone(),
+        exdates: ev.exdates.iter().map(|t| local(*t)).collect(),
+        organizer_id: ev.organizer_id,
+        group_id: ev.group_id,
+        visibility: ev.visibility,
+        attendees: ev.attendees.clone(),
+        my_status: ev.status_of(viewer),
+        recurring_event_id: occurrence.filter(|_| ev.rrule.is_some()).map(|_| ev.id),
+    }
+}
+
+/// `{event, conflicts}` reply.
+pub fn with_conflicts(
+    ev: &EventRecord,
+    viewer: Uuid,
+    conflicts: Vec<Conflict>,
+) -> serde_json::Value {
+    json!({ "event": view(ev, viewer, None), "conflicts": conflicts })
+}
+
+fn conflict_error(conflicts: Vec<Conflict>) -> ApiError {
+    ApiError::conflict(format!(
+        "the event overlaps {} existing event occurrence(s)",
+        conflicts.len()
+    ))
+    .with_details(json!({ "conflicts": conflicts }))
+}
+
+fn summary(ev: &EventRecord) -> serde_json::Value {
+    json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
+}
+
+/// One attempt at writing `ev` (all copies), with the conflicts of
+/// `check` (people whose agendas must not change meanwhile) and extra
+/// `guards` (key, mod_revision).
+pub(crate) struct Write<'a> {
+    pub ev: &'a EventRecord,
+    pub check: Vec<Uuid>,
+    pub reject: bool,
+    pub guards: Vec<(String, i64)>,
+    pub notify: Vec<(Uuid, &'static str)>,
+    /// The caller's copy must still be at this revision (updates).
+    pub base: Option<(Uuid, i64)>,
+}
+
+impl Store {
+    /// Every event in `user`'s agenda.
+    pub async fn agenda(&self, user: Uuid) -> ApiResult<Vec<EventRecord>> {
+        Ok(self
+            .list::<EventRecord>(&keys::agenda(user))
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
+    }
+
+    pub(crate) async fn write_event(&self, w: Write<'_>) -> ApiResult<Attempt<Vec<Conflict>>> {
+        // Versions first, agendas after: a change committed in between moves
+        // a version, so the compare below fails and the decision is redone.
+        let versions = try_join_all(
+            w.check
+                .iter()
+                .map(|u| async move { self.revision(&keys::agenda_version(*u)).await }),
+        )
+        .await?;
+        let agendas = try_join_all(w.check.iter().map(|u| self.agenda(*u))).await?;
+        let mut conflicts = Vec::new();
+        for (user, agenda) in w.check.iter().zip(&agendas) {
+            if rules::is_busy_for(w.ev, *user) {
+                conflicts.extend(rules::conflicts(w.ev, *user, agenda));
+            }
+        }
+        if w.reject && !conflicts.is_empty() {
+            return Err(conflict_error(conflicts));
+        }
+        let mut batch = Batch::default();
+        for (user, rev) in w.check.iter().zip(&versions) {
+            batch.unchanged(&keys::agenda_version(*user), *rev);
+        }
+        for (key, rev) in &w.guards {
+            batch.unchanged(key, *rev);
+        }
+        if let Some((owner, rev)) = w.base {
+            batch.unchanged(&keys::agenda_event(owner, w.ev.id), rev);
+        }
+        for p in w.ev.participants() {
+            batch
+                .put(&keys::agenda_event(p, w.ev.id), w.ev)?
+                .bump(&keys::agenda_version(p));
+        }
+        for (user, kind) in &w.notify {
+            notifications::add(&mut batch, *user, kind, summary(w.ev))?;
+        }
+        self.commit_or_retry(batch, conflicts).await
+    }
+
+    /// Creates a personal event; attendees are usernames.
+    pub async fn create_event(
+        &self,
+        caller: Uuid,
+        req: CreateEventRequest,
+        reject: bool,
+    ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
+        if req.group_id.is_some() {
+            return Err(ApiError::bad_request(
+                "group events are created by the groups service",
+            ));
+        }
+        let organizer = self.me(caller).await?;
+        let names = req.attendees.clone().unwrap_or_default();
+        if names.len() > MAX_ATTENDEES {
+            return Err(ApiError::invalid_field(
+                "attendees",
+                "at most 100 attendees",
+            ));
+        }
+        let attendees = self
+            .users_by_name(&names, "attendees")
+            .await?
+            .into_iter()
+            .map(|u| Attendee {
+                user_id: u.id,
+                username: u.username,
+                status: AttendeeStatus::NeedsAction,
+            })
+            .collect();
+        let ev = new_event(req, &organizer, attendees, None)?;
+        let everyone: Vec<Uuid> = ev.participants().collect();
+        let notify = everyone
+            .iter()
+            .filter(|u| **u != caller)
+            .map(|u| (*u, "event_invited"))
+            .collect::<Vec<_>>();
+        let conflicts = self
+            .optimistic("these agendas", || {
+                self.write_event(Write {
+                    ev: &ev,
+                    check: everyone.clone(),
+                    reject,
+                    guards: Vec::new(),
+                    notify: notify.clone(),
+                    base: None,
+                })
+            })
+            .await?;
+        Ok((ev, conflicts))
+    }
+
+    /// The caller's copy of an event (404 when they are not a participant).
+    pub async fn event(&self, caller: Uuid, id: Uuid) -> ApiResult<super::Versioned<EventRecord>> {
+        self.get::<EventRecord>(&keys::agenda_event(caller, id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("event"))
+    }
+
+    /// Changes an event (organizer only); moving it reports conflicts.
+    pub async fn update_event(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        req: UpdateEventRequest,
+        reject: bool,
+    ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
+        self.optimistic("this event", || {
+            let req = req.clone();
+            async move {
+                let cur = self.event(caller, id).await?;
+                if cur.value.organizer_id != caller {
+                    return Err(ApiError::forbidden(
+                        "only the organizer may change this event",
+                    ));
+                }
+                let (ev, moved) = apply_update(&cur.value, req)?;
+                let check = if moved {
+                    ev.participants().collect()
+                } else {
+                    Vec::new()
+                };
+                let notify = ev
+                    .participants()
+                    .filter(|u| *u != caller)
+                    .map(|u| (u, "event_updated"))
+                    .collect();
+                Ok(self
+                    .write_event(Write {
+                        ev: &ev,
+                        check,
+                        reject,
+                        guards: Vec::new(),
+                        notify,
+                        base: Some((caller, cur.mod_revision)),
+                    })
+                    .await?
+                    .map(|c| (ev, c)))
+            }
+        })
+        .await
+    }
+
+    /// Deletes an event from every agenda (organizer only).
+    pub async fn delete_event(&self, caller: Uuid, id: Uuid) -> ApiResult<()> {
+        self.optimistic("this event", || async {
+            let cur = self.event(caller, id).await?;
+            let ev = &cur.value;
+            if ev.organizer_id != caller {
+                return Err(ApiError::forbidden(
+                    "only the organizer may delete this event; decline it instead",
+                ));
+            }
+            let mut batch = Batch::default();
+            batch.unchanged(&keys::agenda_event(caller, id), cur.mod_revision);
+            for p in ev.participants() {
+                batch
+                    .delete(&keys::agenda_event(p, id))
+                    .bump(&keys::agenda_version(p));
+                if p != caller {
+                    notifications::add(&mut batch, p, "event_cancelled", summary(ev))?;
+                }
+            }
+            self.commit_or_retry(batch, ()).await
+        })
+        .await
+    }
+
+    /// Records the caller's answer; accepting reports conflicts.
+    pub async fn rsvp(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        status: AttendeeStatus,
+        reject: bool,
+    ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
+        self.optimistic("this event", || async move {
+            let cur = self.event(caller, id).await?;
+            let mut ev = cur.value.clone();
+            for a in ev.attendees.iter_mut().filter(|a| a.user_id == caller) {
+                a.status = status;
+            }
+            let busy = matches!(status, AttendeeStatus::Accepted | AttendeeStatus::Tentative);
+            let notify = if ev.organizer_id != caller {
+                vec![(ev.organizer_id, "rsvp")]
+            } else {
+                Vec::new()
+            };
+            Ok(self
+                .write_event(Write {
+                    ev: &ev,
+                    check: if busy { vec![caller] } else { Vec::new() },
+                    reject,
+                    guards: Vec::new(),
+                    notify,
+                    base: Some((caller, cur.mod_revision)),
+                })
+                .await?
+                .map(|c| (ev, c)))
+        })
+        .await
+    }
+
+    /// The caller's agenda in `[from, to)`, recurring events expanded.
+    pub async fn list_events(
+        &self,
+        caller: Uuid,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> ApiResult<Vec<Event>> {
+        let mut out: Vec<Event> = self
+            .agenda(caller)
+            .await?
+            .iter()
+            .flat_map(|ev| {
+                recurrence::occurrences(ev, from, to)
+                    .into_iter()
+                    .map(move |o| view(ev, caller, Some(o)))
+            })
+            .collect();
+        out.sort_by_key(|e| (e.start, e.id));
+        Ok(out)
+    }
+
+    /// Busy intervals of each named user.
+    pub async fn free_busy(
+        &self,
+        names: &[String],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> ApiResult<serde_json::Map<String, serde_json::Value>> {
+        let mut out = serde_json::Map::new();
+        for name in names {
+            let user = match self.find_login(name).await? {
+                Some(u) if !name.contains('@') => u,
+                _ => return Err(ApiError::not_found(&format!("user {name:?}"))),
+            };
+            let agenda = self.agenda(user.id).await?;
+            let busy = rules::busy(&agenda, user.id, from, to);
+            out.insert(
+                user.username,
+                serde_json::to_value(busy).map_err(ApiError::internal)?,
+            );
+        }
+        Ok(out)
+    }
+}

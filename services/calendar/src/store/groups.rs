@@ -1,0 +1,520 @@
+//! Groups, ranks, invitations, group events and the group agenda.
+//!
+//! Every membership change compares and bumps the group's version key, so
+//! two superiors acting at once, or an invitation answered twice, resolve
+//! as if one happened after the other.
+
+use chrono::{DateTime, Utc};
+use futures::future::try_join_all;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::events::{new_event, view, Write};
+use super::notifications;
+use super::{Attempt, Batch, Store, Versioned};
+use crate::api::{CreateEventRequest, CreateGroupRequest, InviteRequest, UpdateGroupRequest};
+use crate::error::{ApiError, ApiResult};
+use crate::keys;
+use crate::model::{
+    Conflict, EventRecord, Group, GroupKind, GroupRecord, Invitation, InvitationStatus, Member,
+};
+use crate::rules::{self, Viewer, FLAT_RANK, OWNER_RANK};
+use crate::{recurrence, validate};
+
+/// A group as one member sees it, read consistently enough to decide on.
+pub struct Membership {
+    pub group: GroupRecord,
+    pub me: Member,
+    /// Revision of the group's version key when read.
+    pub version: i64,
+}
+
+impl Store {
+    /// The group and the caller's membership; 404 if either is missing, so
+    /// non-members cannot tell a group exists.
+    pub async fn membership(&self, caller: Uuid, group: Uuid) -> ApiResult<Membership> {
+        let version = self.revision(&keys::group_version(group)).await?;
+        let me = self.get::<Member>(&keys::member(group, caller)).await?;
+        let g = self.get::<GroupRecord>(&keys::group(group)).await?;
+        match (g, me) {
+            (Some(g), Some(me)) => Ok(Membership {
+                group: g.value,
+                me: me.value,
+                version,
+            }),
+            _ => Err(ApiError::not_found("group")),
+        }
+    }
+
+    /// Members of a group, best rank first.
+    pub async fn members(&self, group: Uuid) -> ApiResult<Vec<Member>> {
+        let mut m: Vec<Member> = self
+            .list::<Member>(&keys::members(group))
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        m.sort_by(|a, b| a.rank.cmp(&b.rank).then(a.username.cmp(&b.username)));
+        Ok(m)
+    }
+
+    /// Creates a group; the caller becomes its owner (rank 0).
+    pub async fn create_group(&self, caller: Uuid, req: CreateGroupRequest) -> ApiResult<Group> {
+        let me = self.me(caller).await?;
+        let name = validate::text("name", &req.name, 1, 100)?;
+        let description = validate::text(
+            "description",
+            req.description.as_deref().unwrap_or(""),
+            0,
+            2000,
+        )?;
+        let kind = validate::group_kind(&req.kind)?;
+        let mut batch = Batch::default();
+        if let Some(parent) = req.parent_id {
+            // Only members of the parent may attach to it.
+            let p = self
+                .membership(caller, parent)
+                .await
+                .map_err(|_| ApiError::invalid_field("parent_id", "no such group among yours"))?;
+            batch.unchanged(&keys::group_version(parent), p.version);
+        }
+        let group = GroupRecord {
+            id: Uuid::new_v4(),
+            name,
+            description,
+            kind,
+            parent_id: req.parent_id,
+            owner_id: caller,
+            created_at: Utc::now(),
+        };
+        let owner = Member {
+            user_id: caller,
+            username: me.username,
+            rank: OWNER_RANK,
+        };
+        batch
+            .put(&keys::group(group.id), &group)?
+            .put(&keys::member(group.id, caller), &owner)?
+            .put_raw(&keys::user_group(caller, group.id), Vec::new())
+            .bump(&keys::group_version(group.id));
+        if !self.commit(batch).await? {
+            return Err(ApiError::conflict(
+                "the parent group changed meanwhile; retry",
+            ));
+        }
+        Ok(group.view(OWNER_RANK))
+    }
+
+    /// The caller's groups.
+    pub async fn list_groups(&self, caller: Uuid) -> ApiResult<Vec<Group>> {
+        let ids: Vec<Uuid> = self
+            .keys(&keys::user_groups(caller), 0)
+            .await?
+            .iter()
+            .filter_map(|kv| keys::last_id(&kv.key))
+            .collect();
+        let found = try_join_all(ids.into_iter().map(|g| async move {
+            match self.membership(caller, g).await {
+                Ok(m) => Ok(Some(m.group.view(m.me.rank))),
+                Err(e) if e.status == 404 => Ok(None),
+                Err(e) => Err(e),
+            }
+        }))
+        .await?;
+        let mut out: Vec<Group> = found.into_iter().flatten().collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Renames or re-describes a group (owner only).
+    pub async fn update_group(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        req: UpdateGroupRequest,
+    ) -> ApiResult<Group> {
+        let name = req
+            .name
+            .as_deref()
+            .map(|n| validate::text("name", n, 1, 100))
+            .transpose()?;
+        let description = req
+            .description
+            .as_deref()
+            .map(|d| validate::text("description", d, 0, 2000))
+            .transpose()?;
+        self.optimistic("this group", || async {
+            let m = self.membership(caller, id).await?;
+            if m.group.owner_id != caller {
+                return Err(ApiError::forbidden("only the owner may change the group"));
+            }
+            let cur: Versioned<GroupRecord> = self
+                .get(&keys::group(id))
+                .await?
+                .ok_or_else(|| ApiError::not_found("group"))?;
+            let mut g = cur.value;
+            if let Some(n) = &name {
+                g.name = n.clone();
+            }
+            if let Some(d) = &description {
+                g.description = d.clone();
+            }
+            let mut batch = Batch::default();
+            batch
+                .unchanged(&keys::group(id), cur.mod_revision)
+                .put(&keys::group(id), &g)?;
+            self.commit_or_retry(batch, g.view(m.me.rank)).await
+        })
+        .await
+    }
+
+    /// Deletes a group and its memberships (owner only).
+    pub async fn delete_group(&self, caller: Uuid, id: Uuid) -> ApiResult<()> {
+        self.optimistic("this group", || async {
+            let m = self.membership(caller, id).await?;
+            if m.group.owner_id != caller {
+                return Err(ApiError::forbidden("only the owner may delete the group"));
+            }
+            let members = self.members(id).await?;
+            let mut batch = Batch::default();
+            batch
+                .unchanged(&keys::group_version(id), m.version)
+                .delete(&keys::group(id))
+                .delete_prefix(&keys::members(id))
+                .delete(&keys::group_version(id))
+                .delete_prefix(&keys::pending_invitations(id));
+            for mem in &members {
+                batch.delete(&keys::user_group(mem.user_id, id));
+                if mem.user_id != caller {
+                    notifications::add(
+                        &mut batch,
+                        mem.user_id,
+                        "group_deleted",
+                        json!({"group_id": id, "group_name": m.group.name}),
+                    )?;
+                }
+            }
+            self.commit_or_retry(batch, ()).await
+        })
+        .await
+    }
+
+    /// Changes a member's rank, or hands ownership over (`rank` 0 by the
+    /// owner).
+    pub async fn update_member(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        target: Uuid,
+        rank: u32,
+    ) -> ApiResult<Member> {
+        self.optimistic("this group", || async {
+            let m = self.membership(caller, id).await?;
+            let t = self
+                .get::<Member>(&keys::member(id, target))
+                .await?
+                .ok_or_else(|| ApiError::not_found("member"))?
+                .value;
+            let mut batch = Batch::default();
+            batch
+                .unchanged(&keys::group_version(id), m.version)
+                .bump(&keys::group_version(id));
+            let updated = if rank == OWNER_RANK {
+                if m.group.owner_id != caller {
+                    return Err(ApiError::forbidden("only the owner may hand the group over"));
+                }
+                if target == caller {
+                    return Ok(Attempt::Done(m.me));
+                }
+                let mut g = m.group.clone();
+                g.owner_id = target;
+                let old_owner = Member {
+                    rank: match g.kind {
+                        GroupKind::Flat => FLAT_RANK,
+                        GroupKind::Hierarchical => 1,
+                    },
+                    ..m.me.clone()
+                };
+                batch
+                    .put(&keys::group(id), &g)?
+                    .put(&keys::member(id, caller), &old_owner)?;
+                Member { rank: OWNER_RANK, ..t }
+            } else {
+                rules::check_rank_change(m.group.kind, &m.me, &t, rank)?;
+                Member { rank, ..t }
+            };
+            batch.put(&keys::member(id, target), &updated)?;
+            notifications::add(
+                &mut batch,
+                target,
+                "member_changed",
+                json!({"group_id": id, "group_name": m.group.name, "rank": updated.rank, "by": caller}),
+            )?;
+            self.commit_or_retry(batch, updated).await
+        })
+        .await
+    }
+
+    /// Removes a member (a superior) or leaves (the caller themselves).
+    pub async fn remove_member(&self, caller: Uuid, id: Uuid, target: Uuid) -> ApiResult<()> {
+        self.optimistic("this group", || async {
+            let m = self.membership(caller, id).await?;
+            let t = self
+                .get::<Member>(&keys::member(id, target))
+                .await?
+                .ok_or_else(|| ApiError::not_found("member"))?
+                .value;
+            if target == caller {
+                if m.group.owner_id == caller {
+                    return Err(ApiError::conflict(
+                        "the owner cannot leave; hand the group over (PATCH a member to rank 0) or delete it",
+                    ));
+                }
+            } else if !rules::may_manage(&m.me, &t) {
+                return Err(ApiError::forbidden(
+                    "only members ranked above this member may remove them",
+                ));
+            }
+            let mut batch = Batch::default();
+            batch
+                .unchanged(&keys::group_version(id), m.version)
+                .bump(&keys::group_version(id))
+                .delete(&keys::member(id, target))
+                .delete(&keys::user_group(target, id));
+            if target != caller {
+                notifications::add(
+                    &mut batch,
+                    target,
+                    "member_removed",
+                    json!({"group_id": id, "group_name": m.group.name, "by": caller}),
+                )?;
+            }
+            self.commit_or_retry(batch, ()).await
+        })
+        .await
+    }
+
+    /// Invites a user by name.
+    pub async fn invite(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        req: InviteRequest,
+    ) -> ApiResult<Invitation> {
+        let m = self.membership(caller, id).await?;
+        let rank = rules::invitation_rank(m.group.kind, m.me.rank, req.rank)?;
+        let invitee = self
+            .users_by_name(std::slice::from_ref(&req.username), "username")
+            .await?
+            .remove(0);
+        let member_key = keys::member(id, invitee.id);
+        let pending_key = keys::pending_invitation(id, invitee.id);
+        let inv = Invitation {
+            id: Uuid::new_v4(),
+            group_id: id,
+            group_name: m.group.name.clone(),
+            invited_by: caller,
+            invitee_id: invitee.id,
+            rank,
+            status: InvitationStatus::Pending,
+            created_at: Utc::now(),
+        };
+        let mut batch = Batch::default();
+        batch
+            .exists(&keys::member(id, caller))
+            .unchanged(&member_key, 0)
+            .unchanged(&pending_key, 0)
+            .put(&keys::invitation(inv.id), &inv)?
+            .put_raw(&keys::user_invitation(invitee.id, inv.id), Vec::new())
+            .put(&pending_key, &inv.id)?;
+        notifications::add(
+            &mut batch,
+            invitee.id,
+            "group_invitation",
+            json!({"invitation_id": inv.id, "group_id": id, "group_name": inv.group_name, "invited_by": caller, "rank": rank}),
+        )?;
+        if self.commit(batch).await? {
+            return Ok(inv);
+        }
+        if self.revision(&member_key).await? != 0 {
+            return Err(ApiError::conflict(format!(
+                "{} is already a member",
+                invitee.username
+            )));
+        }
+        if self.revision(&pending_key).await? != 0 {
+            return Err(ApiError::conflict(format!(
+                "{} already has a pending invitation to this group",
+                invitee.username
+            )));
+        }
+        Err(ApiError::not_found("group"))
+    }
+
+    /// The caller's invitations, newest first.
+    pub async fn invitations(&self, caller: Uuid) -> ApiResult<Vec<Invitation>> {
+        let ids: Vec<Uuid> = self
+            .keys(&keys::user_invitations(caller), 0)
+            .await?
+            .iter()
+            .filter_map(|kv| keys::last_id(&kv.key))
+            .collect();
+        let found = try_join_all(
+            ids.into_iter()
+                .map(|i| async move { self.get::<Invitation>(&keys::invitation(i)).await }),
+        )
+        .await?;
+        let mut out: Vec<Invitation> = found.into_iter().flatten().map(|v| v.value).collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(out)
+    }
+
+    /// Accepts or declines an invitation, once.
+    pub async fn answer_invitation(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        accept: bool,
+    ) -> ApiResult<Invitation> {
+        self.optimistic("this invitation", || async {
+            let cur = self
+                .get::<Invitation>(&keys::invitation(id))
+                .await?
+                .filter(|i| i.value.invitee_id == caller)
+                .ok_or_else(|| ApiError::not_found("invitation"))?;
+            let mut inv = cur.value;
+            if inv.status != InvitationStatus::Pending {
+                return Err(ApiError::conflict(format!(
+                    "this invitation was already {}",
+                    if inv.status == InvitationStatus::Accepted { "accepted" } else { "declined" }
+                )));
+            }
+            let g = inv.group_id;
+            let version = self.revision(&keys::group_version(g)).await?;
+            if version == 0 {
+                return Err(ApiError::conflict("the group no longer exists"));
+            }
+            let me = self.me(caller).await?;
+            inv.status = if accept { InvitationStatus::Accepted } else { InvitationStatus::Declined };
+            let mut batch = Batch::default();
+            batch
+                .unchanged(&keys::invitation(id), cur.mod_revision)
+                .unchanged(&keys::group_version(g), version)
+                .put(&keys::invitation(id), &inv)?
+                .delete(&keys::pending_invitation(g, caller));
+            if accept {
+                batch
+                    .put(
+                        &keys::member(g, caller),
+                        &Member { user_id: caller, username: me.username.clone(), rank: inv.rank },
+                    )?
+                    .put_raw(&keys::user_group(caller, g), Vec::new())
+                    .bump(&keys::group_version(g));
+            }
+            notifications::add(
+                &mut batch,
+                inv.invited_by,
+                "invitation_answered",
+                json!({"invitation_id": id, "group_id": g, "group_name": inv.group_name, "user_id": caller, "username": me.username, "status": inv.status}),
+            )?;
+            self.commit_or_retry(batch, inv.clone()).await
+        })
+        .await
+    }
+
+    /// Creates a group event: every member attends, with the status the
+    /// hierarchy rules give.
+    pub async fn create_group_event(
+        &self,
+        caller: Uuid,
+        req: CreateEventRequest,
+        reject: bool,
+    ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
+        let Some(group_id) = req.group_id else {
+            return Err(ApiError::invalid_field("group_id", "group_id is required"));
+        };
+        if req.attendees.as_ref().is_some_and(|a| !a.is_empty()) {
+            return Err(ApiError::invalid_field(
+                "attendees",
+                "a group event is attended by the group's members; leave attendees out",
+            ));
+        }
+        let organizer = self.me(caller).await?;
+        let id = Uuid::new_v4();
+        self.optimistic("this group's agendas", || {
+            let req = req.clone();
+            let organizer = organizer.clone();
+            async move {
+                let m = self.membership(caller, group_id).await?;
+                let members = self.members(group_id).await?;
+                let attendees = rules::group_event_attendees(m.group.kind, &m.me, &members);
+                let mut ev = new_event(req, &organizer, attendees, Some(group_id))?;
+                ev.id = id;
+                let everyone: Vec<Uuid> = ev.participants().collect();
+                let notify = everyone
+                    .iter()
+                    .filter(|u| **u != caller)
+                    .map(|u| (*u, "event_invited"))
+                    .collect();
+                Ok(self
+                    .write_event(Write {
+                        ev: &ev,
+                        check: everyone,
+                        reject,
+                        guards: vec![(keys::group_version(group_id), m.version)],
+                        notify,
+                        base: None,
+                    })
+                    .await?
+                    .map(|c| (ev, c)))
+            }
+        })
+        .await
+    }
+
+    /// Every member's agenda in `[from, to)`, with details only where the
+    /// caller may see them.
+    pub async fn group_agenda(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> ApiResult<serde_json::Value> {
+        let m = self.membership(caller, id).await?;
+        let members = self.members(id).await?;
+        let agendas = try_join_all(members.iter().map(|mem| self.agenda(mem.user_id))).await?;
+        let viewer = Viewer {
+            user_id: caller,
+            rank: m.me.rank,
+            kind: m.group.kind,
+            group_id: id,
+        };
+        let out: Vec<serde_json::Value> = members
+            .iter()
+            .zip(&agendas)
+            .map(|(mem, agenda)| {
+                let mut items: Vec<(DateTime<Utc>, serde_json::Value)> = Vec::new();
+                for ev in agenda.iter().filter(|e| rules::is_busy_for(e, mem.user_id)) {
+                    let details = rules::sees_details(&viewer, mem, ev);
+                    for occ in recurrence::occurrences(ev, from, to) {
+                        let mut item = json!({"start": occ.start, "end": occ.end});
+                        if details {
+                            item["event"] = serde_json::to_value(view(ev, caller, Some(occ)))
+                                .unwrap_or_default();
+                        }
+                        items.push((occ.start, item));
+                    }
+                }
+                items.sort_by_key(|(s, _)| *s);
+                json!({
+                    "user_id": mem.user_id,
+                    "username": mem.username,
+                    "rank": mem.rank,
+                    "items": items.into_iter().map(|(_, i)| i).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Ok(json!({ "members": out }))
+    }
+}

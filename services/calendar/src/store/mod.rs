@@ -1,0 +1,251 @@
+//! Transactions on agenda-db that apply the domain rules atomically.
+//!
+//! Every change follows one pattern: read what the decision depends on
+//! (including the version keys of [`crate::keys`]), decide with the pure
+//! rules, then commit in one transaction that compares those versions.
+//! If another writer got there first the compare fails and the change is
+//! decided again on fresh data, so concurrent requests on any replicas end
+//! as if one central server had run them one after the other.
+//!
+//! Submodules: [`users`], [`events`], [`groups`], [`notifications`].
+
+pub mod events;
+pub mod groups;
+pub mod notifications;
+pub mod users;
+
+use std::future::Future;
+use std::time::Duration;
+
+use agenda_common::DbClient;
+use agenda_proto::db::{
+    compare, request_op, Compare, DeleteRequest, KeyValue, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
+};
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{ApiError, ApiResult};
+
+/// How many times a change is decided again after losing a race.
+const MAX_ATTEMPTS: u32 = 64;
+
+/// The calendar's view of agenda-db.
+#[derive(Clone)]
+pub struct Store {
+    db: DbClient,
+}
+
+/// A value read together with the revision it was last changed at (0 if
+/// absent), for the compare of the transaction that follows.
+pub struct Versioned<T> {
+    pub value: T,
+    pub mod_revision: i64,
+}
+
+/// The writes and guards of one transaction.
+#[derive(Default)]
+pub struct Batch {
+    compares: Vec<Compare>,
+    ops: Vec<RequestOp>,
+}
+
+impl Batch {
+    /// Requires `key` to be unchanged since `mod_revision` (0: absent).
+    pub fn unchanged(&mut self, key: &str, mod_revision: i64) -> &mut Self {
+        self.compares.push(Compare {
+            key: key.as_bytes().to_vec(),
+            target: compare::Target::ModRevision as i32,
+            result: compare::Result::Equal as i32,
+            number: mod_revision,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Requires `key` to exist.
+    pub fn exists(&mut self, key: &str) -> &mut Self {
+        self.compares.push(Compare {
+            key: key.as_bytes().to_vec(),
+            target: compare::Target::Version as i32,
+            result: compare::Result::Greater as i32,
+            number: 0,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Writes `value` as JSON.
+    pub fn put(&mut self, key: &str, value: &impl Serialize) -> ApiResult<&mut Self> {
+        let value = serde_json::to_vec(value).map_err(ApiError::internal)?;
+        Ok(self.put_raw(key, value))
+    }
+
+    /// Writes raw bytes.
+    pub fn put_raw(&mut self, key: &str, value: Vec<u8>) -> &mut Self {
+        self.ops.push(RequestOp {
+            request: Some(request_op::Request::Put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value,
+                ..Default::default()
+            })),
+        });
+        self
+    }
+
+    /// Touches a version key (its mod_revision moves on).
+    pub fn bump(&mut self, key: &str) -> &mut Self {
+        self.put_raw(key, Vec::new())
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: &str) -> &mut Self {
+        self.ops.push(RequestOp {
+            request: Some(request_op::Request::Delete(DeleteRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        });
+        self
+    }
+
+    /// Deletes every key under `prefix`.
+    pub fn delete_prefix(&mut self, prefix: &str) -> &mut Self {
+        self.ops.push(RequestOp {
+            request: Some(request_op::Request::Delete(DeleteRequest {
+                key: prefix.as_bytes().to_vec(),
+                prefix: true,
+                ..Default::default()
+            })),
+        });
+        self
+    }
+}
+
+/// Outcome of one optimistic attempt.
+pub enum Attempt<T> {
+    /// Decided and committed (or failed for good).
+    Done(T),
+    /// Lost a race: decide again on fresh data.
+    Retry,
+}
+
+impl<T> Attempt<T> {
+    /// Maps the decided value.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
+        match self {
+            Attempt::Done(v) => Attempt::Done(f(v)),
+            Attempt::Retry => Attempt::Retry,
+        }
+    }
+}
+
+impl Store {
+    /// A store over `db`.
+    pub fn new(db: DbClient) -> Self {
+        Store { db }
+    }
+
+    /// The underlying client.
+    pub fn db(&self) -> &DbClient {
+        &self.db
+    }
+
+    /// Reads one JSON value.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> ApiResult<Option<Versioned<T>>> {
+        match self.db.get(key.as_bytes().to_vec()).await? {
+            Some(kv) => Ok(Some(decode(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Revision of a key (0 when absent), for a later compare.
+    pub async fn revision(&self, key: &str) -> ApiResult<i64> {
+        Ok(self
+            .db
+            .get(key.as_bytes().to_vec())
+            .await?
+            .map_or(0, |kv| kv.mod_revision))
+    }
+
+    /// Every JSON value under `prefix`, in key order.
+    pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> ApiResult<Vec<Versioned<T>>> {
+        let kvs = self.keys(prefix, 0).await?;
+        kvs.iter().map(decode).collect()
+    }
+
+    /// Raw entries under `prefix` (`limit` 0: all).
+    pub async fn keys(&self, prefix: &str, limit: i64) -> ApiResult<Vec<KeyValue>> {
+        let resp = self
+            .db
+            .range(RangeRequest {
+                key: prefix.as_bytes().to_vec(),
+                prefix: true,
+                limit,
+                ..Default::default()
+            })
+            .await?;
+        Ok(resp.kvs)
+    }
+
+    /// Commits `batch` if its compares hold; false when they do not.
+    pub async fn commit(&self, batch: Batch) -> ApiResult<bool> {
+        let resp = self
+            .db
+            .txn(TxnRequest {
+                compare: batch.compares,
+                success: batch.ops,
+                failure: Vec::new(),
+                request_id: String::new(),
+            })
+            .await?;
+        Ok(resp.succeeded)
+    }
+
+    /// Commits `batch`: [`Attempt::Done`] with `value` when its compares
+    /// held, [`Attempt::Retry`] when another writer got there first.
+    pub async fn commit_or_retry<T>(&self, batch: Batch, value: T) -> ApiResult<Attempt<T>> {
+        Ok(if self.commit(batch).await? {
+            Attempt::Done(value)
+        } else {
+            Attempt::Retry
+        })
+    }
+
+    /// Runs `attempt` until it is [`Attempt::Done`], with a short random
+    /// back-off between rounds so racing writers spread out.
+    pub async fn optimistic<T, F, Fut>(&self, what: &str, mut attempt: F) -> ApiResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ApiResult<Attempt<T>>>,
+    {
+        for round in 0..MAX_ATTEMPTS {
+            match attempt().await? {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Retry => {
+                    let max = 2 + u64::from(round.min(8)) * 4;
+                    let pause = rand::rng().random_range(0..=max);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+        }
+        tracing::warn!(what, "gave up after {MAX_ATTEMPTS} lost races");
+        Err(ApiError::unavailable(format!(
+            "too many concurrent changes to {what}; retry"
+        )))
+    }
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> ApiResult<Versioned<T>> {
+    let value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::internal(format!(
+            "stored value at {} does not decode: {e}",
+            String::from_utf8_lossy(&kv.key)
+        ))
+    })?;
+    Ok(Versioned {
+        value,
+        mod_revision: kv.mod_revision,
+    })
+}

@@ -1,0 +1,250 @@
+//! Accounts: unique usernames and emails (case-insensitive), profiles.
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{Attempt, Batch, Store};
+use crate::api::{RegisterRequest, UpdateMeRequest};
+use crate::error::{ApiError, ApiResult};
+use crate::keys;
+use crate::model::{GroupRecord, UserRecord};
+use crate::validate;
+
+/// Most users one search returns.
+pub const SEARCH_LIMIT: usize = 50;
+
+/// A registration with its fields checked (the password still in clear,
+/// for the caller to hash).
+pub struct NewUser {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub display_name: String,
+    pub time_zone: String,
+}
+
+impl NewUser {
+    /// Checks every field of a registration.
+    pub fn check(req: RegisterRequest) -> ApiResult<NewUser> {
+        let username = validate::username(&req.username)?;
+        let display_name = match req.display_name {
+            Some(d) => validate::text("display_name", &d, 1, 100)?,
+            None => username.clone(),
+        };
+        let time_zone = match req.time_zone {
+            Some(tz) => validate::time_zone("time_zone", &tz)?.name().to_string(),
+            None => "UTC".to_string(),
+        };
+        Ok(NewUser {
+            email: validate::email(&req.email)?,
+            password: validate::password(&req.password)?,
+            username,
+            display_name,
+            time_zone,
+        })
+    }
+}
+
+impl Store {
+    /// Creates an account; 409 naming the field if the username or email
+    /// is taken (by anyone, on any replica, at the same moment).
+    pub async fn create_user(&self, new: NewUser, password_hash: String) -> ApiResult<UserRecord> {
+        let user = UserRecord {
+            id: Uuid::new_v4(),
+            username: new.username,
+            email: new.email,
+            display_name: new.display_name,
+            time_zone: new.time_zone,
+            password_hash,
+            created_at: Utc::now(),
+        };
+        let (name_key, email_key) = (keys::username(&user.username), keys::email(&user.email));
+        let mut batch = Batch::default();
+        batch
+            .unchanged(&name_key, 0)
+            .unchanged(&email_key, 0)
+            .put(&keys::user(user.id), &user)?
+            .put(&name_key, &user.id)?
+            .put(&email_key, &user.id)?;
+        if self.commit(batch).await? {
+            return Ok(user);
+        }
+        if self.revision(&name_key).await? != 0 {
+            return Err(ApiError::conflict("this username is already taken")
+                .with_details(serde_json::json!({"field": "username"})));
+        }
+        Err(
+            ApiError::conflict("an account with this email already exists")
+                .with_details(serde_json::json!({"field": "email"})),
+        )
+    }
+
+    /// The account with this username or email, if any.
+    pub async fn find_login(&self, login: &str) -> ApiResult<Option<UserRecord>> {
+        let key = if login.contains('@') {
+            keys::email(login.trim())
+        } else {
+            keys::username(login.trim())
+        };
+        let Some(id) = self.get::<Uuid>(&key).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .get::<UserRecord>(&keys::user(id.value))
+            .await?
+            .map(|v| v.value))
+    }
+
+    /// An account by id.
+    pub async fn user(&self, id: Uuid) -> ApiResult<Option<UserRecord>> {
+        Ok(self
+            .get::<UserRecord>(&keys::user(id))
+            .await?
+            .map(|v| v.value))
+    }
+
+    /// The caller's own account; a token of a deleted account is refused.
+    pub async fn me(&self, id: Uuid) -> ApiResult<UserRecord> {
+        self.user(id)
+            .await?
+            .ok_or_else(|| ApiError::unauthenticated("this account no longer exists"))
+    }
+
+    /// Accounts by username (each must exist: 422 naming `field`).
+    pub async fn users_by_name(&self, names: &[String], field: &str) -> ApiResult<Vec<UserRecord>> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match self.find_login(name).await? {
+                Some(u) if !name.contains('@') => out.push(u),
+                _ => {
+                    return Err(ApiError::invalid_field(
+                        field,
+                        format!("no user named {name:?}"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Updates the caller's profile; `hash` is the new password's hash.
+    pub async fn update_user(
+        &self,
+        id: Uuid,
+        req: UpdateMeRequest,
+        hash: Option<String>,
+    ) -> ApiResult<UserRecord> {
+        let display_name = req
+            .display_name
+            .map(|d| validate::text("display_name", &d, 1, 100))
+            .transpose()?;
+        let time_zone = req
+            .time_zone
+            .map(|tz| validate::time_zone("time_zone", &tz).map(|t| t.name().to_string()))
+            .transpose()?;
+        let email = req.email.map(|e| validate::email(&e)).transpose()?;
+        self.optimistic("profile", || async {
+            let key = keys::user(id);
+            let Some(cur) = self.get::<UserRecord>(&key).await? else {
+                return Err(ApiError::unauthenticated("this account no longer exists"));
+            };
+            let mut user = cur.value.clone();
+            let mut batch = Batch::default();
+            batch.unchanged(&key, cur.mod_revision);
+            if let Some(email) = &email {
+                if email.to_lowercase() != user.email.to_lowercase() {
+                    let new_key = keys::email(email);
+                    batch
+                        .unchanged(&new_key, 0)
+                        .delete(&keys::email(&user.email))
+                        .put(&new_key, &id)?;
+                }
+                user.email = email.clone();
+            }
+            if let Some(d) = &display_name {
+                user.display_name = d.clone();
+            }
+            if let Some(tz) = &time_zone {
+                user.time_zone = tz.clone();
+            }
+            if let Some(h) = &hash {
+                user.password_hash = h.clone();
+            }
+            batch.put(&key, &user)?;
+            if self.commit(batch).await? {
+                return Ok(Attempt::Done(user));
+            }
+            if let Some(e) = &email {
+                let owner = self.get::<Uuid>(&keys::email(e)).await?;
+                if owner.is_some_and(|o| o.value != id) {
+                    return Err(
+                        ApiError::conflict("an account with this email already exists")
+                            .with_details(serde_json::json!({"field": "email"})),
+                    );
+                }
+            }
+            Ok(Attempt::Retry)
+        })
+        .await
+    }
+
+    /// Deletes the caller's account, their memberships, agenda copies and
+    /// notifications. An owner must hand their groups over first (409).
+    pub async fn delete_user(&self, id: Uuid) -> ApiResult<()> {
+        self.optimistic("account", || async {
+            let key = keys::user(id);
+            let Some(user) = self.get::<UserRecord>(&key).await? else {
+                return Err(ApiError::unauthenticated("this account no longer exists"));
+            };
+            let groups = self.keys(&keys::user_groups(id), 0).await?;
+            let mut batch = Batch::default();
+            batch.unchanged(&key, user.mod_revision);
+            for kv in &groups {
+                let Some(gid) = keys::last_id(&kv.key) else {
+                    continue;
+                };
+                if let Some(g) = self.get::<GroupRecord>(&keys::group(gid)).await? {
+                    if g.value.owner_id == id {
+                        return Err(ApiError::conflict(format!(
+                            "you own the group {:?}; hand it over or delete it first",
+                            g.value.name
+                        )));
+                    }
+                }
+                batch
+                    .delete(&keys::member(gid, id))
+                    .bump(&keys::group_version(gid));
+            }
+            batch
+                .delete(&key)
+                .delete(&keys::username(&user.value.username))
+                .delete(&keys::email(&user.value.email))
+                .delete_prefix(&keys::user_groups(id))
+                .delete_prefix(&keys::agenda(id))
+                .delete_prefix(&keys::notifications(id))
+                .bump(&keys::agenda_version(id));
+            self.commit_or_retry(batch, ()).await
+        })
+        .await
+    }
+
+    /// Users whose username or display name contains `q` (case-insensitive).
+    pub async fn search_users(&self, q: &str) -> ApiResult<Vec<UserRecord>> {
+        let q = q.trim().to_lowercase();
+        if q.is_empty() {
+            return Err(ApiError::invalid_field("q", "q must not be empty"));
+        }
+        let mut out: Vec<UserRecord> = self
+            .list::<UserRecord>(keys::USERS)
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|u| {
+                u.username.to_lowercase().contains(&q) || u.display_name.to_lowercase().contains(&q)
+            })
+            .collect();
+        out.sort_by(|a, b| a.username.cmp(&b.username));
+        out.truncate(SEARCH_LIMIT);
+        Ok(out)
+    }
+}

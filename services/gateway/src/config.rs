@@ -1,0 +1,39 @@
+//! Flags and environment of `agenda-gateway`.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// agenda-gateway: the public HTTP/JSON API. Checks tokens, finds the
+/// users and groups replicas in the registry and balances calls over them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "agenda-gateway", version)]
+pub struct Config {
+    /// HTTP address to listen on.
+    #[arg(long, env = "AGENDA_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// agenda-db gRPC endpoints, comma-separated (any subset of the nodes).
+    #[arg(
+        long,
+        env = "AGENDA_DB",
+        default_value = "127.0.0.1:7001",
+        value_delimiter = ','
+    )]
+    pub db: Vec<String>,
+    /// Deadline of one API request, retries included, in milliseconds.
+    #[arg(long, env = "AGENDA_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "AGENDA_MAX_BODY_BYTES", default_value_t = 65_536)]
+    pub max_body_bytes: usize,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `agenda_gateway=debug`.
+    #[arg(long, env = "AGENDA_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// [`Config::request_timeout_ms`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}

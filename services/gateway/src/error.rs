@@ -1,0 +1,53 @@
+//! HTTP rendering of [`ApiError`]: the DESIGN.md error shape, and
+//! `Retry-After` on every 503.
+
+use agenda_calendar::ApiError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECS: &str = "1";
+
+/// An [`ApiError`] as an axum response.
+#[derive(Debug)]
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        json_response(
+            self.0.status,
+            serde_json::to_vec(&self.0.body()).unwrap_or_default(),
+        )
+    }
+}
+
+/// A JSON response with `status`; 204 and empty bodies carry no content.
+pub fn json_response(status: u16, body: Vec<u8>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = if body.is_empty() || status == StatusCode::NO_CONTENT {
+        status.into_response()
+    } else {
+        (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    resp
+}

@@ -1,0 +1,88 @@
+//! `agenda-gateway`: the public HTTP/JSON API of Agenda.
+//!
+//! Layout:
+//! - [`config`]: flags and environment.
+//! - [`routes`]: one module per resource; handlers turn requests into
+//!   operations for the services.
+//! - [`extract`]: the caller (JWT checked), JSON bodies, query strings.
+//! - [`upstream`]: discovery and balancing of users/groups replicas.
+//! - [`error`]: the error shape on the wire.
+//! - [`metrics`]: request ids, per-route latency and status counts.
+//! - [`openapi`]: the generated OpenAPI document.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use agenda_calendar::ApiError;
+use agenda_common::auth::KeySet;
+use agenda_common::shutdown::CancellationToken;
+use agenda_common::DbClient;
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+use crate::error::HttpError;
+
+/// What every handler shares.
+pub struct AppState {
+    pub db: DbClient,
+    pub upstream: upstream::Upstream,
+    pub keys: watch::Receiver<Option<KeySet>>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// The whole HTTP application.
+pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .merge(routes::api())
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/openapi.json", get(routes::ops::openapi))
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
+        .fallback(|| async { HttpError(ApiError::not_found("route")) })
+        .method_not_allowed_fallback(|| async { HttpError(ApiError::method_not_allowed()) })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(metrics::request_id))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown`, then finishes in-flight requests.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = DbClient::new(&cfg.db).context("--db")?;
+    let stop = shutdown.child_token();
+    let state = Arc::new(AppState {
+        upstream: upstream::Upstream::new(&db, cfg.request_timeout(), stop.clone()),
+        keys: agenda_common::auth::watch_keys(db.clone(), stop.clone()),
+        metrics: Arc::new(metrics::Metrics::new().context("metrics")?),
+        db,
+    });
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, app(state, cfg.max_body_bytes))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("HTTP server")?;
+    stop.cancel();
+    tracing::info!("gateway stopped");
+    Ok(())
+}

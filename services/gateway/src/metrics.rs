@@ -1,0 +1,119 @@
+//! Request ids and per-route metrics: a latency histogram and status
+//! counts, labelled by the route template (not the raw path, so ids do
+//! not explode the label space).
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// The request id of the current request (from `x-request-id` or new).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The gateway's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    latency: HistogramVec,
+    responses: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers the metrics.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "agenda_gateway_request_duration_seconds",
+                "Time to answer an API request, by route.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["method", "route"],
+        )?;
+        let responses = IntCounterVec::new(
+            Opts::new(
+                "agenda_gateway_responses_total",
+                "API responses, by route and status.",
+            ),
+            &["method", "route", "status"],
+        )?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(responses.clone()))?;
+        Ok(Metrics {
+            registry,
+            latency,
+            responses,
+        })
+    }
+
+    /// Text exposition.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Middleware (outermost): takes the caller's `x-request-id` or makes
+/// one, and echoes it on the response.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Route middleware (after routing, so the route template is known):
+/// times the request, counts the status, logs failures.
+pub async fn track(
+    axum::extract::State(metrics): axum::extract::State<std::sync::Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics
+        .latency
+        .with_label_values(&[&method, &route])
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .responses
+        .with_label_values(&[&method, &route, &status.to_string()])
+        .inc();
+    if status >= 500 {
+        tracing::warn!(request_id = %id, %method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, %method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
+    }
+    resp
+}

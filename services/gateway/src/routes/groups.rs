@@ -1,0 +1,130 @@
+//! `/v1/groups/...` and `/v1/invitations/...`.
+
+use agenda_calendar::api::{
+    CreateGroupRequest, InviteRequest, Op, UpdateGroupRequest, UpdateMemberRequest, Window,
+};
+use agenda_calendar::model::{Group, Invitation, Member};
+use axum::extract::Path;
+use axum::response::Response;
+
+use crate::error::HttpError;
+use crate::extract::{Authed, JsonBody, Query};
+
+/// Creates a group; you become its owner (rank 0).
+#[utoipa::path(post, path = "/v1/groups", tag = "groups", security(("bearer" = [])),
+    request_body = CreateGroupRequest, responses((status = 201, body = Group), (status = 422)))]
+pub async fn create(
+    Authed(c): Authed,
+    JsonBody(body): JsonBody<CreateGroupRequest>,
+) -> Result<Response, HttpError> {
+    c.call(Op::CreateGroup(body)).await
+}
+
+/// Your groups.
+#[utoipa::path(get, path = "/v1/groups", tag = "groups", security(("bearer" = [])),
+    responses((status = 200, description = "{items: [group]}")))]
+pub async fn list(Authed(c): Authed) -> Result<Response, HttpError> {
+    c.call(Op::ListGroups).await
+}
+
+/// A group you belong to.
+#[utoipa::path(get, path = "/v1/groups/{id}", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = Group), (status = 404)))]
+pub async fn get(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
+    c.call(Op::GetGroup { id }).await
+}
+
+/// Renames or re-describes a group (owner only).
+#[utoipa::path(patch, path = "/v1/groups/{id}", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = UpdateGroupRequest,
+    responses((status = 200, body = Group), (status = 403), (status = 404)))]
+pub async fn update(
+    Authed(c): Authed,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateGroupRequest>,
+) -> Result<Response, HttpError> {
+    c.call(Op::UpdateGroup { id, body }).await
+}
+
+/// Deletes a group (owner only).
+#[utoipa::path(delete, path = "/v1/groups/{id}", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 204), (status = 403), (status = 404)))]
+pub async fn delete(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
+    c.call(Op::DeleteGroup { id }).await
+}
+
+/// Members of a group you belong to, best rank first.
+#[utoipa::path(get, path = "/v1/groups/{id}/members", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, description = "{items: [member]}", body = Member)))]
+pub async fn members(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
+    c.call(Op::ListMembers { id }).await
+}
+
+/// Changes a member's rank (a superior), or hands the group over (rank 0,
+/// owner only).
+#[utoipa::path(patch, path = "/v1/groups/{id}/members/{user_id}", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path), ("user_id" = String, Path)), request_body = UpdateMemberRequest,
+    responses((status = 200, body = Member), (status = 403), (status = 404)))]
+pub async fn update_member(
+    Authed(c): Authed,
+    Path((id, user_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<UpdateMemberRequest>,
+) -> Result<Response, HttpError> {
+    c.call(Op::UpdateMember { id, user_id, body }).await
+}
+
+/// Removes a member (a superior) or leaves the group (yourself).
+#[utoipa::path(delete, path = "/v1/groups/{id}/members/{user_id}", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path), ("user_id" = String, Path)),
+    responses((status = 204), (status = 403), (status = 404), (status = 409, description = "the owner must hand over first")))]
+pub async fn remove_member(
+    Authed(c): Authed,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    c.call(Op::RemoveMember { id, user_id }).await
+}
+
+/// Invites someone by username.
+#[utoipa::path(post, path = "/v1/groups/{id}/invitations", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = InviteRequest,
+    responses((status = 201, body = Invitation), (status = 403), (status = 404), (status = 409)))]
+pub async fn invite(
+    Authed(c): Authed,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<InviteRequest>,
+) -> Result<Response, HttpError> {
+    c.call(Op::Invite { id, body }).await
+}
+
+/// Every member's agenda; details only where you may see them.
+#[utoipa::path(get, path = "/v1/groups/{id}/agenda", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path), Window),
+    responses((status = 200, description = "{members: [{user_id, username, items: [{start, end, event?}]}]}")))]
+pub async fn agenda(
+    Authed(c): Authed,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> Result<Response, HttpError> {
+    c.call(Op::GroupAgenda { id, window }).await
+}
+
+/// Your invitations, newest first.
+#[utoipa::path(get, path = "/v1/invitations", tag = "groups", security(("bearer" = [])),
+    responses((status = 200, description = "{items: [invitation]}", body = Invitation)))]
+pub async fn invitations(Authed(c): Authed) -> Result<Response, HttpError> {
+    c.call(Op::ListInvitations).await
+}
+
+/// Accepts an invitation: you join the group at its rank.
+#[utoipa::path(post, path = "/v1/invitations/{id}/accept", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = Invitation), (status = 404), (status = 409)))]
+pub async fn accept(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
+    c.call(Op::AnswerInvitation { id, accept: true }).await
+}
+
+/// Declines an invitation.
+#[utoipa::path(post, path = "/v1/invitations/{id}/decline", tag = "groups", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = Invitation), (status = 404), (status = 409)))]
+pub async fn decline(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
+    c.call(Op::AnswerInvitation { id, accept: false }).await
+}

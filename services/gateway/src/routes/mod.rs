@@ -1,0 +1,61 @@
+//! The public routes (DESIGN.md "Public HTTP API"), one module per
+//! resource. Each handler turns the request into an [`Op`] and relays it;
+//! the rules live in the services.
+//!
+//! [`Op`]: agenda_calendar::api::Op
+
+pub mod auth;
+pub mod events;
+pub mod groups;
+pub mod notifications;
+pub mod ops;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::routing::{get, patch, post};
+use axum::Router;
+
+use crate::AppState;
+
+/// Every `/v1` route.
+pub fn api() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/auth/register", post(auth::register))
+        .route("/v1/auth/login", post(auth::login))
+        .route(
+            "/v1/me",
+            get(users::get_me)
+                .patch(users::update_me)
+                .delete(users::delete_me),
+        )
+        .route("/v1/users", get(users::search))
+        .route("/v1/groups", post(groups::create).get(groups::list))
+        .route(
+            "/v1/groups/{id}",
+            get(groups::get)
+                .patch(groups::update)
+                .delete(groups::delete),
+        )
+        .route("/v1/groups/{id}/members", get(groups::members))
+        .route(
+            "/v1/groups/{id}/members/{user_id}",
+            patch(groups::update_member).delete(groups::remove_member),
+        )
+        .route("/v1/groups/{id}/invitations", post(groups::invite))
+        .route("/v1/groups/{id}/agenda", get(groups::agenda))
+        .route("/v1/invitations", get(groups::invitations))
+        .route("/v1/invitations/{id}/accept", post(groups::accept))
+        .route("/v1/invitations/{id}/decline", post(groups::decline))
+        .route("/v1/events", post(events::create).get(events::list))
+        .route(
+            "/v1/events/{id}",
+            get(events::get)
+                .patch(events::update)
+                .delete(events::delete),
+        )
+        .route("/v1/events/{id}/rsvp", post(events::rsvp))
+        .route("/v1/freebusy", get(events::free_busy))
+        .route("/v1/notifications", get(notifications::list))
+        .route("/v1/notifications/{id}/read", post(notifications::read))
+}

@@ -1,0 +1,36 @@
+//! `GET /v1/notifications`, `POST /v1/notifications/{id}/read`.
+
+use agenda_calendar::api::Op;
+use agenda_calendar::model::Notification;
+use axum::extract::Path;
+use axum::response::Response;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::error::HttpError;
+use crate::extract::{Authed, Query};
+
+/// `?unread=true`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Filter {
+    /// Only unread notifications.
+    pub unread: Option<bool>,
+}
+
+/// Your notifications, newest first.
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", security(("bearer" = [])),
+    params(Filter), responses((status = 200, description = "{items: [notification]}")))]
+pub async fn list(Authed(c): Authed, Query(f): Query<Filter>) -> Result<Response, HttpError> {
+    c.call(Op::ListNotifications {
+        unread: f.unread.unwrap_or(false),
+    })
+    .await
+}
+
+/// Marks a notification read.
+#[utoipa::path(post, path = "/v1/notifications/{id}/read", tag = "notifications", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = Notification), (status = 404)))]
+pub async fn read(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
+    c.call(Op::ReadNotification { id }).await
+}

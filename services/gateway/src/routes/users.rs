@@ -1,0 +1,52 @@
+//! `GET|PATCH|DELETE /v1/me`, `GET /v1/users?q=`.
+
+use agenda_calendar::api::{Op, UpdateMeRequest};
+use agenda_calendar::model::User;
+use axum::response::Response;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::error::HttpError;
+use crate::extract::{Authed, JsonBody, Query};
+
+/// Your profile.
+#[utoipa::path(get, path = "/v1/me", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = User)))]
+pub async fn get_me(Authed(c): Authed) -> Result<Response, HttpError> {
+    c.call(Op::GetMe).await
+}
+
+/// Changes your profile (email, password, display name, time zone).
+#[utoipa::path(patch, path = "/v1/me", tag = "users", security(("bearer" = [])),
+    request_body = UpdateMeRequest, responses((status = 200, body = User)))]
+pub async fn update_me(
+    Authed(c): Authed,
+    JsonBody(body): JsonBody<UpdateMeRequest>,
+) -> Result<Response, HttpError> {
+    c.call(Op::UpdateMe(body)).await
+}
+
+/// Deletes your account (hand your groups over first).
+#[utoipa::path(delete, path = "/v1/me", tag = "users", security(("bearer" = [])),
+    responses((status = 204), (status = 409, description = "you still own a group")))]
+pub async fn delete_me(Authed(c): Authed) -> Result<Response, HttpError> {
+    c.call(Op::DeleteMe).await
+}
+
+/// `?q=`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Search {
+    /// Part of a username or display name.
+    pub q: Option<String>,
+}
+
+/// Finds people by username or display name.
+#[utoipa::path(get, path = "/v1/users", tag = "users", security(("bearer" = [])), params(Search),
+    responses((status = 200, description = "{items: [user]}")))]
+pub async fn search(Authed(c): Authed, Query(s): Query<Search>) -> Result<Response, HttpError> {
+    c.call(Op::SearchUsers {
+        q: s.q.unwrap_or_default(),
+    })
+    .await
+}

@@ -1,0 +1,167 @@
+//! Calls to the users and groups replicas: discovery through the
+//! registry, round-robin balancing, a deadline per request, and retries
+//! only where they are safe.
+//!
+//! A read-only operation may be retried on another replica after any
+//! failure. A change is retried only when the call never reached a
+//! replica (connection refused), because a replica that died mid-call may
+//! have committed it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use agenda_calendar::api::{Op, Service};
+use agenda_calendar::ApiError;
+use agenda_common::registry::{self, Instance};
+use agenda_common::shutdown::CancellationToken;
+use agenda_common::DbClient;
+use agenda_proto::calendar::{groups_client::GroupsClient, users_client::UsersClient, CallRequest};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+/// The replicas of both services.
+pub struct Upstream {
+    users: watch::Receiver<Vec<Instance>>,
+    groups: watch::Receiver<Vec<Instance>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    next: AtomicUsize,
+    timeout: Duration,
+}
+
+/// An answer relayed from a service: status and JSON body.
+pub struct Relayed {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Upstream {
+    /// Follows both services in the registry until `stop`.
+    pub fn new(db: &DbClient, timeout: Duration, stop: CancellationToken) -> Self {
+        Upstream {
+            users: registry::watch_instances(db, Service::Users.name(), stop.clone()),
+            groups: registry::watch_instances(db, Service::Groups.name(), stop),
+            channels: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            timeout,
+        }
+    }
+
+    /// Registered instances of `service`.
+    pub fn instances(&self, service: Service) -> Vec<Instance> {
+        match service {
+            Service::Users => self.users.borrow().clone(),
+            Service::Groups => self.groups.borrow().clone(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = agenda_common::net::endpoint(addr)
+            .map_err(ApiError::internal)?
+            .connect_lazy();
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Sends `op` for `caller`; retries as the module doc says until the
+    /// request deadline.
+    pub async fn call(
+        &self,
+        caller: Option<Uuid>,
+        request_id: &str,
+        op: &Op,
+    ) -> Result<Relayed, ApiError> {
+        let service = op.service();
+        let payload = serde_json::to_vec(op).map_err(ApiError::internal)?;
+        let deadline = Instant::now() + self.timeout;
+        let read_only = op.is_read_only();
+        let mut attempt = 0usize;
+        loop {
+            let instances = self.instances(service);
+            if instances.is_empty() {
+                if Instant::now() + Duration::from_millis(100) >= deadline {
+                    return Err(ApiError::unavailable(format!(
+                        "no {} service instance is available; retry shortly",
+                        service.name()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let pick = self.next.fetch_add(1, Ordering::Relaxed) % instances.len();
+            let addr = &instances[pick].addr;
+            let channel = self.channel(addr)?;
+            let req = CallRequest {
+                caller_id: caller.map(|c| c.to_string()).unwrap_or_default(),
+                request_id: request_id.to_string(),
+                op: payload.clone(),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut request = tonic::Request::new(req);
+            request.set_timeout(left);
+            let result = match service {
+                Service::Users => UsersClient::new(channel).call(request).await,
+                Service::Groups => GroupsClient::new(channel).call(request).await,
+            };
+            let status = match result {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    return Ok(Relayed {
+                        status: reply.status as u16,
+                        body: reply.body,
+                    });
+                }
+                Err(status) => status,
+            };
+            attempt += 1;
+            let never_sent = is_connect_error(&status);
+            tracing::warn!(request_id, %addr, service = service.name(), code = ?status.code(), message = status.message(), attempt, never_sent, "service call failed");
+            let retry = (read_only || never_sent)
+                && status.code() != tonic::Code::DeadlineExceeded
+                && Instant::now() + Duration::from_millis(50) < deadline;
+            if !retry {
+                return Err(if status.code() == tonic::Code::DeadlineExceeded {
+                    ApiError::unavailable("the request timed out; retry shortly")
+                } else {
+                    ApiError::unavailable(format!(
+                        "the {} service failed during the request; retry shortly",
+                        service.name()
+                    ))
+                });
+            }
+            // Back off a little once every replica was tried.
+            if attempt % instances.len() == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// True when the connection could not be established, so the request
+/// cannot have reached the replica.
+fn is_connect_error(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+            );
+        }
+        if e.to_string().contains("tcp connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    status.message().contains("tcp connect error")
+}

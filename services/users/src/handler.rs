@@ -1,0 +1,163 @@
+//! The users service's operations: accounts, login, personal events,
+//! free/busy and notifications, each a call into the shared store.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agenda_calendar::api::{LoginReply, Op};
+use agenda_calendar::rpc::{Caller, Handler, Reply};
+use agenda_calendar::store::events::{view, with_conflicts};
+use agenda_calendar::store::users::NewUser;
+use agenda_calendar::store::Store;
+use agenda_calendar::{validate, ApiError, ApiResult};
+use agenda_common::auth::KeySet;
+
+use crate::password;
+
+/// The users service.
+pub struct Users {
+    pub store: Store,
+    pub keys: KeySet,
+    pub token_ttl_secs: u64,
+}
+
+const BAD_LOGIN: &str = "unknown user or wrong password";
+
+impl Handler for Users {
+    async fn handle(&self, caller: Caller, op: Op) -> ApiResult<Reply> {
+        let s = &self.store;
+        match op {
+            Op::Register(req) => {
+                let new = NewUser::check(req)?;
+                let hash = password::hash(new.password.clone()).await?;
+                Reply::created(s.create_user(new, hash).await?.view_own())
+            }
+            Op::Login(req) => {
+                let login = match (&req.username, &req.email) {
+                    (Some(u), None) => u.clone(),
+                    (None, Some(e)) => e.clone(),
+                    _ => {
+                        return Err(ApiError::invalid_field(
+                            "username",
+                            "give either username or email",
+                        ))
+                    }
+                };
+                let Some(user) = s.find_login(&login).await? else {
+                    return Err(ApiError::unauthenticated(BAD_LOGIN));
+                };
+                if !password::verify(req.password, user.password_hash.clone()).await? {
+                    return Err(ApiError::unauthenticated(BAD_LOGIN));
+                }
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_err(ApiError::internal)?
+                    .as_secs();
+                let token = self
+                    .keys
+                    .issue(
+                        &user.id.to_string(),
+                        &user.username,
+                        now,
+                        self.token_ttl_secs,
+                    )
+                    .map_err(ApiError::internal)?;
+                Reply::ok(LoginReply {
+                    access_token: token,
+                    token_type: "Bearer".into(),
+                    expires_in: self.token_ttl_secs,
+                    user: user.view_own(),
+                })
+            }
+            Op::GetMe => Reply::ok(s.me(caller.user()?).await?.view_own()),
+            Op::UpdateMe(req) => {
+                let hash = match &req.password {
+                    Some(p) => Some(password::hash(validate::password(p)?).await?),
+                    None => None,
+                };
+                Reply::ok(s.update_user(caller.user()?, req, hash).await?.view_own())
+            }
+            Op::DeleteMe => {
+                s.delete_user(caller.user()?).await?;
+                Reply::no_content()
+            }
+            Op::SearchUsers { q } => {
+                let me = caller.user()?;
+                let found = s.search_users(&q).await?;
+                Reply::items(
+                    found
+                        .iter()
+                        .map(|u| {
+                            if u.id == me {
+                                u.view_own()
+                            } else {
+                                u.view_public()
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            Op::CreateEvent { body, reject } => {
+                let me = caller.user()?;
+                let (ev, conflicts) = s.create_event(me, body, reject).await?;
+                Reply::created(with_conflicts(&ev, me, conflicts))
+            }
+            Op::ListEvents { window } => {
+                let me = caller.user()?;
+                let (from, to) = validate::window(window.from.as_deref(), window.to.as_deref())?;
+                Reply::items(s.list_events(me, from, to).await?)
+            }
+            Op::GetEvent { id } => {
+                let me = caller.user()?;
+                let ev = s.event(me, validate::id("event", &id)?).await?;
+                Reply::ok(view(&ev.value, me, None))
+            }
+            Op::UpdateEvent { id, body, reject } => {
+                let me = caller.user()?;
+                let (ev, conflicts) = s
+                    .update_event(me, validate::id("event", &id)?, body, reject)
+                    .await?;
+                Reply::ok(with_conflicts(&ev, me, conflicts))
+            }
+            Op::DeleteEvent { id } => {
+                s.delete_event(caller.user()?, validate::id("event", &id)?)
+                    .await?;
+                Reply::no_content()
+            }
+            Op::Rsvp { id, body, reject } => {
+                let me = caller.user()?;
+                let status = validate::rsvp(&body.status)?;
+                let (ev, conflicts) = s
+                    .rsvp(me, validate::id("event", &id)?, status, reject)
+                    .await?;
+                Reply::ok(with_conflicts(&ev, me, conflicts))
+            }
+            Op::FreeBusy { users, window } => {
+                caller.user()?;
+                let (from, to) = validate::window(window.from.as_deref(), window.to.as_deref())?;
+                let names: Vec<String> = users
+                    .split(',')
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                if names.is_empty() || names.len() > 50 {
+                    return Err(ApiError::invalid_field(
+                        "users",
+                        "users must list 1 to 50 usernames, comma-separated",
+                    ));
+                }
+                Reply::ok(serde_json::json!({ "users": s.free_busy(&names, from, to).await? }))
+            }
+            Op::ListNotifications { unread } => {
+                Reply::items(s.notifications(caller.user()?, unread).await?)
+            }
+            Op::ReadNotification { id } => Reply::ok(
+                s.mark_read(caller.user()?, validate::id("notification", &id)?)
+                    .await?,
+            ),
+            other => Err(ApiError::bad_request(format!(
+                "operation {:?} is not served by agenda-users",
+                other.service()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `agenda-users`: accounts (argon2id passwords, JWT login), profiles,
+//! personal events with attendees and RSVP, conflicts, free/busy and
+//! notifications. Keeps no state: everything is in agenda-db.
+//!
+//! Layout:
+//! - [`config`]: flags and environment.
+//! - [`handler`]: the operations, on top of `agenda_calendar::store`.
+//! - [`password`]: argon2id hashing off the async workers.
+
+pub mod config;
+pub mod handler;
+pub mod password;
+
+use agenda_calendar::api::Service;
+use agenda_calendar::store::Store;
+use agenda_common::shutdown::CancellationToken;
+use agenda_common::DbClient;
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Serves on `listener` until `shutdown`.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = DbClient::new(&cfg.db).context("--db")?;
+    let advertise = match cfg.advertise.clone() {
+        Some(a) => a,
+        None => listener.local_addr()?.to_string(),
+    };
+    // The signing keys come from agenda-db; wait for it rather than fail,
+    // so the processes of a deployment can start in any order.
+    let keys = loop {
+        match agenda_common::auth::load_or_create(&db).await {
+            Ok(k) => break k,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "agenda-db not reachable yet; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+            Err(e) => return Err(e).context("loading the JWT signing keys"),
+        }
+    };
+    let handler = handler::Users {
+        store: Store::new(db.clone()),
+        keys,
+        token_ttl_secs: cfg.token_ttl_secs,
+    };
+    agenda_calendar::rpc::serve(Service::Users, handler, listener, advertise, db, shutdown).await?;
+    Ok(())
+}
