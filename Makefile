@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run run-local test lint unit system bench bench-db build release deps-run deps-bench clean
+.PHONY: run run-local test lint unit system bench bench-api bench-db build release deps-run deps-bench clean
 
 ## make run: start the whole system on loopback, in the foreground (Ctrl-C stops it).
 run: run-local
@@ -33,8 +33,12 @@ release:
 bench-db: release deps-bench
 	target/release/bench_db
 
-## make bench: every benchmark (today: bench-db).
-bench: bench-db
+## make bench-api: the public API through the gateway at 1,000 clients, a table per route.
+bench-api: release
+	target/release/bench_api
+
+## make bench: every benchmark (the API, then agenda-db against etcd).
+bench: bench-api bench-db
 
 deps-run:
 	@command -v curl >/dev/null || { \

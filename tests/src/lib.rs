@@ -6,8 +6,11 @@
 //! - [`linearizability`]: a Wing–Gong/Lowe checker for a register with
 //!   compare-and-set, fed by histories recorded in the tests.
 //! - [`etcd`]: a real etcd cluster, the yardstick of the benchmark.
+//! - [`system`]: the whole system (db, users, groups, gateway) and a small
+//!   client of the public HTTP API.
 //! - `tests/`: the system tests; `src/bin/bench_db.rs`: `make bench-db`.
 
 pub mod cluster;
 pub mod etcd;
 pub mod linearizability;
+pub mod system;

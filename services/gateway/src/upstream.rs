@@ -136,7 +136,7 @@ impl Upstream {
                 });
             }
             // Back off a little once every replica was tried.
-            if attempt % instances.len() == 0 {
+            if attempt.is_multiple_of(instances.len()) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -255,28 +255,46 @@ impl Store {
             .collect())
     }
 
+    /// Every event in `user`'s agenda as it was at `revision`.
+    async fn agenda_at(&self, user: Uuid, revision: i64) -> ApiResult<Vec<EventRecord>> {
+        self.keys_at(&keys::agenda(user), 0, revision)
+            .await?
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .map_err(|e| ApiError::internal(format!("stored event does not decode: {e}")))
+            })
+            .collect()
+    }
+
+    /// One attempt at writing `ev`. Two ways, both equal to one central
+    /// server running the requests one after the other:
+    /// - `reject`: decide on the agendas read at versions v, commit only
+    ///   if no version moved (else decide again). No double booking.
+    /// - otherwise the write cannot fail on a conflict, so it commits
+    ///   without those compares (no lost races under contention) and the
+    ///   conflicts are read at exactly the commit's revision: everything
+    ///   serialized before this write, nothing after.
     pub(crate) async fn write_event(&self, w: Write<'_>) -> ApiResult<Attempt<Vec<Conflict>>> {
-        // Versions first, agendas after: a change committed in between moves
-        // a version, so the compare below fails and the decision is redone.
-        let versions = try_join_all(
-            w.check
-                .iter()
-                .map(|u| async move { self.revision(&keys::agenda_version(*u)).await }),
-        )
-        .await?;
-        let agendas = try_join_all(w.check.iter().map(|u| self.agenda(*u))).await?;
-        let mut conflicts = Vec::new();
-        for (user, agenda) in w.check.iter().zip(&agendas) {
-            if rules::is_busy_for(w.ev, *user) {
-                conflicts.extend(rules::conflicts(w.ev, *user, agenda));
-            }
-        }
-        if w.reject && !conflicts.is_empty() {
-            return Err(conflict_error(conflicts));
-        }
         let mut batch = Batch::default();
-        for (user, rev) in w.check.iter().zip(&versions) {
-            batch.unchanged(&keys::agenda_version(*user), *rev);
+        let mut conflicts = Vec::new();
+        if w.reject {
+            // Versions first, agendas after: a change committed in between
+            // moves a version, so the compare below fails.
+            let versions = try_join_all(
+                w.check
+                    .iter()
+                    .map(|u| async move { self.revision(&keys::agenda_version(*u)).await }),
+            )
+            .await?;
+            let agendas = try_join_all(w.check.iter().map(|u| self.agenda(*u))).await?;
+            conflicts = self.conflicts_in(&w, &agendas);
+            if !conflicts.is_empty() {
+                return Err(conflict_error(conflicts));
+            }
+            for (user, rev) in w.check.iter().zip(&versions) {
+                batch.unchanged(&keys::agenda_version(*user), *rev);
+            }
         }
         for (key, rev) in &w.guards {
             batch.unchanged(key, *rev);
@@ -292,7 +310,25 @@ impl Store {
         for (user, kind) in &w.notify {
             notifications::add(&mut batch, *user, kind, summary(w.ev))?;
         }
-        self.commit_or_retry(batch, conflicts).await
+        let Some(revision) = self.commit_at(batch).await? else {
+            return Ok(Attempt::Retry);
+        };
+        if !w.reject && !w.check.is_empty() {
+            let agendas =
+                try_join_all(w.check.iter().map(|u| self.agenda_at(*u, revision))).await?;
+            conflicts = self.conflicts_in(&w, &agendas);
+        }
+        Ok(Attempt::Done(conflicts))
+    }
+
+    fn conflicts_in(&self, w: &Write<'_>, agendas: &[Vec<EventRecord>]) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        for (user, agenda) in w.check.iter().zip(agendas) {
+            if rules::is_busy_for(w.ev, *user) {
+                out.extend(rules::conflicts(w.ev, *user, agenda));
+            }
+        }
+        out
     }
 
     /// Creates a personal event; attendees are usernames.
@@ -307,7 +343,6 @@ impl Store {
                 "group events are created by the groups service",
             ));
         }
-        let organizer = self.me(caller).await?;
         let names = req.attendees.clone().unwrap_or_default();
         if names.len() > MAX_ATTENDEES {
             return Err(ApiError::invalid_field(
@@ -315,9 +350,9 @@ impl Store {
                 "at most 100 attendees",
             ));
         }
-        let attendees = self
-            .users_by_name(&names, "attendees")
-            .await?
+        let (organizer, attendees) =
+            tokio::try_join!(self.me(caller), self.users_by_name(&names, "attendees"))?;
+        let attendees = attendees
             .into_iter()
             .map(|u| Attendee {
                 user_id: u.id,

@@ -33,9 +33,15 @@ impl Store {
     /// The group and the caller's membership; 404 if either is missing, so
     /// non-members cannot tell a group exists.
     pub async fn membership(&self, caller: Uuid, group: Uuid) -> ApiResult<Membership> {
+        // The version is read first (see store docs); the other two only
+        // need to be at least as new, so they go together after it.
         let version = self.revision(&keys::group_version(group)).await?;
-        let me = self.get::<Member>(&keys::member(group, caller)).await?;
-        let g = self.get::<GroupRecord>(&keys::group(group)).await?;
+        let member_key = keys::member(group, caller);
+        let group_key = keys::group(group);
+        let (me, g) = tokio::try_join!(
+            self.get::<Member>(&member_key),
+            self.get::<GroupRecord>(&group_key)
+        )?;
         match (g, me) {
             (Some(g), Some(me)) => Ok(Membership {
                 group: g.value,
@@ -365,7 +371,7 @@ impl Store {
         )
         .await?;
         let mut out: Vec<Invitation> = found.into_iter().flatten().map(|v| v.value).collect();
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out.sort_by_key(|i| std::cmp::Reverse(i.created_at));
         Ok(out)
     }
 

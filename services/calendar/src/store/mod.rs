@@ -177,12 +177,23 @@ impl Store {
 
     /// Raw entries under `prefix` (`limit` 0: all).
     pub async fn keys(&self, prefix: &str, limit: i64) -> ApiResult<Vec<KeyValue>> {
+        self.keys_at(prefix, limit, 0).await
+    }
+
+    /// Raw entries under `prefix` as they were at `revision` (0: now).
+    pub async fn keys_at(
+        &self,
+        prefix: &str,
+        limit: i64,
+        revision: i64,
+    ) -> ApiResult<Vec<KeyValue>> {
         let resp = self
             .db
             .range(RangeRequest {
                 key: prefix.as_bytes().to_vec(),
                 prefix: true,
                 limit,
+                revision,
                 ..Default::default()
             })
             .await?;
@@ -191,6 +202,11 @@ impl Store {
 
     /// Commits `batch` if its compares hold; false when they do not.
     pub async fn commit(&self, batch: Batch) -> ApiResult<bool> {
+        Ok(self.commit_at(batch).await?.is_some())
+    }
+
+    /// Like [`Store::commit`], returning the revision of the commit.
+    pub async fn commit_at(&self, batch: Batch) -> ApiResult<Option<i64>> {
         let resp = self
             .db
             .txn(TxnRequest {
@@ -200,7 +216,9 @@ impl Store {
                 request_id: String::new(),
             })
             .await?;
-        Ok(resp.succeeded)
+        Ok(resp
+            .succeeded
+            .then(|| resp.header.map_or(0, |h| h.revision)))
     }
 
     /// Commits `batch`: [`Attempt::Done`] with `value` when its compares

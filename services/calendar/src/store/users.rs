@@ -112,19 +112,18 @@ impl Store {
 
     /// Accounts by username (each must exist: 422 naming `field`).
     pub async fn users_by_name(&self, names: &[String], field: &str) -> ApiResult<Vec<UserRecord>> {
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            match self.find_login(name).await? {
-                Some(u) if !name.contains('@') => out.push(u),
-                _ => {
-                    return Err(ApiError::invalid_field(
-                        field,
-                        format!("no user named {name:?}"),
-                    ))
-                }
-            }
-        }
-        Ok(out)
+        let found = futures::future::try_join_all(names.iter().map(|n| self.find_login(n))).await?;
+        names
+            .iter()
+            .zip(found)
+            .map(|(name, user)| match user {
+                Some(u) if !name.contains('@') => Ok(u),
+                _ => Err(ApiError::invalid_field(
+                    field,
+                    format!("no user named {name:?}"),
+                )),
+            })
+            .collect()
     }
 
     /// Updates the caller's profile; `hash` is the new password's hash.

@@ -1,0 +1,561 @@
+//! The whole Agenda system on loopback, for black-box tests of the public
+//! HTTP API: an agenda-db [`Cluster`], `agenda-users` and `agenda-groups`
+//! replicas and one `agenda-gateway`, all real processes.
+//!
+//! Like [`crate::cluster`]: one temp dir per system (logs), free ports, no
+//! fixed sleeps (poll with deadlines), every process killed on drop, log
+//! tails printed when a test panics.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::cluster::{bin, free_port, Cluster, Options};
+
+/// Password of every account made by [`Api::register`].
+pub const PASSWORD: &str = "correct-horse-1";
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct SystemOptions {
+    /// agenda-db nodes.
+    pub db_nodes: u64,
+    /// agenda-users replicas.
+    pub users: usize,
+    /// agenda-groups replicas.
+    pub groups: usize,
+}
+
+impl Default for SystemOptions {
+    fn default() -> Self {
+        SystemOptions {
+            db_nodes: 3,
+            users: 2,
+            groups: 2,
+        }
+    }
+}
+
+/// One service process.
+struct Proc {
+    name: String,
+    addr: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running system. Dropping it kills every process.
+pub struct System {
+    procs: Vec<Proc>,
+    gateway: String,
+    /// The agenda-db cluster (store and registry).
+    pub db: Cluster,
+    dir: tempfile::TempDir,
+}
+
+impl System {
+    /// Starts everything and waits until the gateway is ready and every
+    /// service replica is in the registry.
+    pub async fn start(opts: SystemOptions) -> Result<System> {
+        // Fail before starting anything if a binary is missing.
+        let users_bin = bin("agenda-users")?;
+        let groups_bin = bin("agenda-groups")?;
+        let gateway_bin = bin("agenda-gateway")?;
+        let db = Cluster::start(Options {
+            size: opts.db_nodes,
+            args: Vec::new(),
+        })
+        .await?;
+        let db_addrs = db
+            .nodes
+            .values()
+            .map(|n| n.grpc.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let dir = tempfile::Builder::new()
+            .prefix("agenda-system-test")
+            .tempdir()?;
+        let mut sys = System {
+            procs: Vec::new(),
+            gateway: String::new(),
+            db,
+            dir,
+        };
+        for i in 0..opts.users {
+            sys.spawn(&users_bin, format!("users-{i}"), &db_addrs)?;
+        }
+        for i in 0..opts.groups {
+            sys.spawn(&groups_bin, format!("groups-{i}"), &db_addrs)?;
+        }
+        sys.gateway = sys.spawn(&gateway_bin, "gateway".into(), &db_addrs)?;
+        if let Err(e) = sys.wait_ready(Duration::from_secs(30)).await {
+            bail!("{e:#}\n{}", sys.all_log_tails(30));
+        }
+        Ok(sys)
+    }
+
+    fn spawn(&mut self, bin: &PathBuf, name: String, db: &str) -> Result<String> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(bin)
+            .args(["--listen", &addr, "--db", db, "--log", "info"])
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("spawn {name} ({})", bin.display()))?;
+        self.procs.push(Proc {
+            name,
+            addr: addr.clone(),
+            log,
+            child: Some(child),
+        });
+        Ok(addr)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let readyz = format!("{}/readyz", self.url());
+        let mut last: String;
+        loop {
+            self.check_running()?;
+            match http.get(&readyz).send().await {
+                Ok(r) if r.status() == StatusCode::OK => break,
+                Ok(r) => last = format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                bail!("gateway not ready after {timeout:?}: GET /readyz -> {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Ready needs one replica of each service; the tests want them all,
+        // so wait until each replica's port is in the registry too.
+        let client = self.db.client().with_timeout(Duration::from_secs(2));
+        loop {
+            self.check_running()?;
+            let registered: Vec<String> =
+                match client.get_prefix(agenda_common::registry::SERVICES).await {
+                    Ok(r) => r
+                        .kvs
+                        .iter()
+                        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+            let missing: Vec<&str> = self
+                .procs
+                .iter()
+                .filter(|p| p.name != "gateway")
+                .filter(|p| {
+                    let port = format!(":{}", p.addr.rsplit(':').next().unwrap_or_default());
+                    !registered.iter().any(|v| v.ends_with(&port))
+                })
+                .map(|p| p.name.as_str())
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline + Duration::from_secs(30) {
+                bail!("replicas not in the registry: {missing:?} (registry: {registered:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fails if a process that should run has exited.
+    fn check_running(&mut self) -> Result<()> {
+        for p in &mut self.procs {
+            if let Some(c) = p.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!("{} exited early: {status}", p.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Public base URL, e.g. `http://127.0.0.1:1234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.gateway)
+    }
+
+    /// A client of the public API.
+    pub fn api(&self) -> Api {
+        Api::new(&self.url())
+    }
+
+    fn kill(&mut self, name: &str) {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        if let Some(mut c) = p.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL agenda-users replica `i`.
+    pub fn kill_users(&mut self, i: usize) {
+        self.kill(&format!("users-{i}"));
+    }
+
+    /// SIGKILL agenda-groups replica `i`.
+    pub fn kill_groups(&mut self, i: usize) {
+        self.kill(&format!("groups-{i}"));
+    }
+
+    /// Last 40 lines of a process's log: `users-0`, `groups-1`, `gateway`,
+    /// `db-2`...
+    pub fn log_tail(&self, name: &str) -> String {
+        self.tail(name, 40)
+    }
+
+    fn tail(&self, name: &str, lines: usize) -> String {
+        if let Some(id) = name.strip_prefix("db-").and_then(|s| s.parse().ok()) {
+            return self.db.log_tail(id, lines);
+        }
+        let Some(p) = self.procs.iter().find(|p| p.name == name) else {
+            return format!("(no process {name})");
+        };
+        let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn all_log_tails(&self, lines: usize) -> String {
+        let names = self
+            .procs
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(self.db.nodes.keys().map(|id| format!("db-{id}")));
+        names
+            .map(|n| format!("--- {n} ---\n{}", self.tail(&n, lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() || std::env::var_os("AGENDA_KEEP_LOGS").is_some() {
+            eprintln!("{}", self.all_log_tails(20));
+            let path = self.dir.path().to_path_buf();
+            eprintln!("system test logs kept in {}", path.display());
+            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+        }
+    }
+}
+
+/// Status and JSON body (`Null` when empty, a string when not JSON).
+pub type Reply = (StatusCode, Value);
+
+/// A small client of the public API. Clones share the record of 5xx
+/// replies, see [`Api::server_errors`].
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+    server_errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Api {
+    /// Client of the gateway at `base` (generous timeout: loaded machine).
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .expect("http client"),
+            server_errors: Arc::default(),
+        }
+    }
+
+    /// A request builder for `path` (absolute, e.g. `/v1/me`).
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Sends a request and reads the reply; `Err` only for transport errors.
+    pub async fn try_send(&self, req: reqwest::RequestBuilder) -> Result<Reply> {
+        let req = req.build()?;
+        let what = format!("{} {}", req.method(), req.url().path());
+        let resp = self.http.execute(req).await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        if status.is_server_error() {
+            self.server_errors
+                .lock()
+                .expect("lock")
+                .push(format!("{what} -> {status} {body}"));
+        }
+        Ok((status, body))
+    }
+
+    /// `method path` with an optional bearer token and JSON body; panics on
+    /// a transport error.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut req = self.request(method.clone(), path);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.try_send(req)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: transport error: {e:#}"))
+    }
+
+    /// GET with a token.
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    /// POST JSON with a token.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(token), Some(&body))
+            .await
+    }
+
+    /// PATCH JSON with a token.
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, Some(token), Some(&body))
+            .await
+    }
+
+    /// DELETE with a token.
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Logs in by username.
+    pub async fn login(&self, username: &str, password: &str) -> Reply {
+        let body = json!({"username": username, "password": password});
+        self.call(Method::POST, "/v1/auth/login", None, Some(&body))
+            .await
+    }
+
+    /// Registers `username` (email `username@example.com`, password
+    /// [`PASSWORD`]) and logs in; returns `(user_id, access_token)`.
+    pub async fn register(&self, username: &str) -> (String, String) {
+        let body = json!({
+            "username": username,
+            "email": format!("{username}@example.com"),
+            "password": PASSWORD,
+        });
+        let (st, user) = self
+            .call(Method::POST, "/v1/auth/register", None, Some(&body))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "register {username}: {user}");
+        let (st, login) = self.login(username, PASSWORD).await;
+        assert_eq!(st, StatusCode::OK, "login {username}: {login}");
+        let id = user["id"].as_str().expect("user.id").to_string();
+        let token = login["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string();
+        (id, token)
+    }
+
+    /// Every 5xx reply seen so far (by this client and its clones).
+    pub fn server_errors(&self) -> Vec<String> {
+        self.server_errors.lock().expect("lock").clone()
+    }
+}
+
+/// Asserts the status of a reply and returns its body.
+#[track_caller]
+pub fn expect(reply: Reply, want: StatusCode, what: &str) -> Value {
+    let (st, body) = reply;
+    assert_eq!(st, want, "{what}: got {st} {body}");
+    body
+}
+
+/// Asserts a 2xx reply (for routes whose exact success code the contract
+/// leaves open) and returns its body.
+#[track_caller]
+pub fn expect_ok(reply: Reply, what: &str) -> Value {
+    let (st, body) = reply;
+    assert!(st.is_success(), "{what}: got {st} {body}");
+    body
+}
+
+/// Why `body` is not the DESIGN error shape
+/// `{"error":{"code":"..","message":"..","details":{}}}` with `code`.
+pub fn error_shape_problem(body: &Value, code: &str) -> Option<String> {
+    let e = &body["error"];
+    if e["code"] != code {
+        return Some(format!("error.code is {} (want {code:?})", e["code"]));
+    }
+    if !e["message"].is_string() {
+        return Some("error.message is not a string".into());
+    }
+    if !e["details"].is_object() {
+        return Some("error.details is not an object".into());
+    }
+    None
+}
+
+/// Asserts an error reply: status, and the DESIGN shape with `code`;
+/// returns `error.details`.
+#[track_caller]
+pub fn expect_error(reply: Reply, want: StatusCode, code: &str, what: &str) -> Value {
+    let (st, body) = reply;
+    assert_eq!(st, want, "{what}: got {st} {body}");
+    if let Some(p) = error_shape_problem(&body, code) {
+        panic!("{what}: {p}: {body}");
+    }
+    body["error"]["details"].clone()
+}
+
+/// `items` of a list reply (panics if absent).
+pub fn items(body: &Value) -> &Vec<Value> {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {body}"))
+}
+
+/// An RFC 3339 time as (seconds since the Unix epoch, UTC offset in
+/// seconds), so tests compare instants whatever offset the server writes.
+pub fn parse_time(s: &str) -> Option<(i64, i32)> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Skip fractional seconds.
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        c @ (b'+' | b'-') if i + 6 == b.len() => {
+            let o = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
+            if *c == b'-' {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let local = days * 86_400 + h * 3600 + mi * 60 + sec;
+    Some((local - offset, offset as i32))
+}
+
+/// Seconds since the epoch of an RFC 3339 value (panics if it is not one).
+pub fn instant(v: &Value) -> i64 {
+    v.as_str()
+        .and_then(parse_time)
+        .unwrap_or_else(|| panic!("not an RFC 3339 time: {v}"))
+        .0
+}
+
+/// Seconds since the epoch as RFC 3339 UTC, e.g. `2030-09-02T10:00:00Z`.
+pub fn fmt_time(t: i64) -> String {
+    // Civil from days (Howard Hinnant).
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Query string `from=..&to=..` (values percent-encoded).
+pub fn range(from: &str, to: &str) -> String {
+    format!("from={}&to={}", enc(from), enc(to))
+}
+
+/// Percent-encodes what RFC 3339 values and usernames may hold.
+pub fn enc(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('+', "%2B")
+        .replace(':', "%3A")
+        .replace(',', "%2C")
+        .replace(' ', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn parses_rfc3339() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some((0, 0)));
+        assert_eq!(
+            parse_time("2030-10-28T09:00:00+01:00"),
+            parse_time("2030-10-28T08:00:00Z").map(|(t, _)| (t, 3600))
+        );
+        assert_eq!(
+            parse_time("2030-10-21T09:00:00.250+02:00").map(|(t, o)| (t % 86_400 / 3600, o)),
+            Some((7, 7200))
+        );
+        assert_eq!(parse_time("2030-10-21"), None);
+        for t in [
+            "1970-01-01T00:00:00Z",
+            "2030-02-28T23:59:59Z",
+            "2032-02-29T12:00:00Z",
+        ] {
+            assert_eq!(super::fmt_time(parse_time(t).unwrap().0), t);
+        }
+        assert_eq!(parse_time("2030-10-21T09:00:00"), None);
+    }
+}

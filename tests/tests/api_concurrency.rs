@@ -1,0 +1,417 @@
+//! Races through the gateway, which spreads requests over two replicas of
+//! each service: one winner for a username, for a time slot with
+//! `on_conflict=reject`, for an invitation answered both ways; and service
+//! continues when one replica is killed with SIGKILL.
+//! Run: `cargo test -p agenda-tests --test api_concurrency -- --test-threads=1`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agenda_tests::system::{
+    error_shape_problem, expect, expect_ok, fmt_time, instant, items, range, Api, Reply, System,
+    SystemOptions, PASSWORD,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+async fn start() -> (System, Api) {
+    let sys = System::start(SystemOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let api = sys.api();
+    (sys, api)
+}
+
+/// Runs `n` requests at once (each on its own client, released together
+/// by a barrier); returns the replies in task order.
+async fn race<F, Fut>(sys: &System, n: usize, f: F) -> Vec<Reply>
+where
+    F: Fn(usize, Api) -> Fut,
+    Fut: std::future::Future<Output = Reply> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(n));
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let fut = f(i, Api::new(&sys.url()));
+        let barrier = barrier.clone();
+        set.spawn(async move {
+            barrier.wait().await;
+            (i, fut.await)
+        });
+    }
+    let mut out: Vec<(usize, Reply)> = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.expect("race task"));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Asserts exactly one reply with status `win` and every other a 409
+/// `conflict`; returns the winner's index.
+fn one_winner(what: &str, replies: &[Reply], win: impl Fn(StatusCode) -> bool) -> usize {
+    let winners: Vec<usize> = (0..replies.len()).filter(|i| win(replies[*i].0)).collect();
+    let summary: Vec<String> = replies.iter().map(|(s, b)| format!("{s} {b}")).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{what}: one winner expected: {summary:#?}"
+    );
+    for (i, (st, body)) in replies.iter().enumerate() {
+        if i != winners[0] {
+            assert_eq!(*st, StatusCode::CONFLICT, "{what}: loser {i}: {body}");
+            if let Some(p) = error_shape_problem(body, "conflict") {
+                panic!("{what}: loser {i}: {p}: {body}");
+            }
+        }
+    }
+    winners[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_clients_register_one_username() {
+    let (sys, api) = start().await;
+    // Case variants: usernames are unique case-insensitively. Emails differ,
+    // so the username alone decides.
+    let names = ["racer", "RACER", "Racer", "rAcEr"];
+    let replies = race(&sys, 20, |i, api| async move {
+        let body = json!({"username": names[i % names.len()],
+                          "email": format!("racer{i}@example.com"), "password": PASSWORD});
+        api.call(Method::POST, "/v1/auth/register", None, Some(&body))
+            .await
+    })
+    .await;
+    let w = one_winner("register", &replies, |s| s == StatusCode::CREATED);
+
+    // The one account is the winner's, and only it can log in.
+    let login = |email: String| {
+        let api = api.clone();
+        async move {
+            api.call(
+                Method::POST,
+                "/v1/auth/login",
+                None,
+                Some(&json!({"email": email, "password": PASSWORD})),
+            )
+            .await
+        }
+    };
+    let ok = expect(
+        login(format!("racer{w}@example.com")).await,
+        StatusCode::OK,
+        "the winner logs in",
+    );
+    assert_eq!(ok["user"]["id"], replies[w].1["id"]);
+    let loser = (w + 1) % 20;
+    let (st, body) = login(format!("racer{loser}@example.com")).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "a loser's account exists: {body}"
+    );
+    let token = ok["access_token"].as_str().expect("token");
+    let found = expect(
+        api.get("/v1/users?q=racer", token).await,
+        StatusCode::OK,
+        "search",
+    );
+    let n = items(&found)
+        .iter()
+        .filter(|u| {
+            u["username"]
+                .as_str()
+                .unwrap_or_default()
+                .eq_ignore_ascii_case("racer")
+        })
+        .count();
+    assert_eq!(n, 1, "one racer account: {found}");
+    assert!(api.server_errors().is_empty(), "{:#?}", api.server_errors());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_creates_race_for_one_slot() {
+    let (sys, api) = start().await;
+    let (_, x) = api.register("xavier").await;
+    let (start, end) = ("2030-09-10T10:00:00Z", "2030-09-10T11:00:00Z");
+    let replies = race(&sys, 16, |i, api| {
+        let x = x.clone();
+        async move {
+            api.post(
+                "/v1/events?on_conflict=reject",
+                &x,
+                json!({"title": format!("slot-{i}"), "start": start, "end": end,
+                       "time_zone": "UTC"}),
+            )
+            .await
+        }
+    })
+    .await;
+    let w = one_winner("one slot", &replies, |s| s == StatusCode::CREATED);
+    for (i, (st, body)) in replies.iter().enumerate() {
+        if *st == StatusCode::CONFLICT {
+            let list = body["error"]["details"]["conflicts"].as_array();
+            assert!(
+                list.is_some_and(|l| !l.is_empty()),
+                "409 {i} lists the conflict: {body}"
+            );
+        }
+    }
+    let agenda = expect(
+        api.get(
+            &format!(
+                "/v1/events?{}",
+                range("2030-09-10T00:00:00Z", "2030-09-11T00:00:00Z")
+            ),
+            &x,
+        )
+        .await,
+        StatusCode::OK,
+        "agenda",
+    );
+    let titles: Vec<&Value> = items(&agenda).iter().map(|e| &e["title"]).collect();
+    assert_eq!(
+        titles,
+        [&json!(format!("slot-{w}"))],
+        "exactly the winner's event: {agenda}"
+    );
+    assert!(api.server_errors().is_empty(), "{:#?}", api.server_errors());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invitation_accepted_and_declined_at_once() {
+    let (sys, api) = start().await;
+    let (_, alice) = api.register("alice").await;
+    // Three rounds, one invitee each, ten answers per round.
+    for round in 0..3 {
+        let name = format!("invitee{round}");
+        let (user_id, token) = api.register(&name).await;
+        let g = expect(
+            api.post(
+                "/v1/groups",
+                &alice,
+                json!({"name": format!("G{round}"), "kind": "hierarchical"}),
+            )
+            .await,
+            StatusCode::CREATED,
+            "group",
+        )["id"]
+            .as_str()
+            .expect("group id")
+            .to_string();
+        let inv = expect_ok(
+            api.post(
+                &format!("/v1/groups/{g}/invitations"),
+                &alice,
+                json!({"username": name}),
+            )
+            .await,
+            "invite",
+        )["id"]
+            .as_str()
+            .expect("invitation id")
+            .to_string();
+        let answer = |i: usize| {
+            if i.is_multiple_of(2) {
+                "accept"
+            } else {
+                "decline"
+            }
+        };
+        let replies = race(&sys, 10, |i, api| {
+            let (token, inv) = (token.clone(), inv.clone());
+            async move {
+                api.post(
+                    &format!("/v1/invitations/{inv}/{}", answer(i)),
+                    &token,
+                    json!({}),
+                )
+                .await
+            }
+        })
+        .await;
+        let w = one_winner(&format!("round {round}"), &replies, |s| s.is_success());
+        let accepted = answer(w) == "accept";
+
+        // Membership follows the winner, as seen by the owner and the invitee.
+        let members = expect(
+            api.get(&format!("/v1/groups/{g}/members"), &alice).await,
+            StatusCode::OK,
+            "members",
+        );
+        let is_member = items(&members)
+            .iter()
+            .any(|m| m["user_id"] == user_id.as_str());
+        assert_eq!(
+            is_member,
+            accepted,
+            "round {round}: winner {}: {members}",
+            answer(w)
+        );
+        let (st, _) = api.get(&format!("/v1/groups/{g}"), &token).await;
+        let want = if accepted {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(st, want, "round {round}: the invitee's view of the group");
+        // The invitation, if still listed, carries the winner's answer.
+        let list = expect(
+            api.get("/v1/invitations", &token).await,
+            StatusCode::OK,
+            "list",
+        );
+        if let Some(i) = items(&list).iter().find(|i| i["id"] == inv.as_str()) {
+            let status = if accepted { "accepted" } else { "declined" };
+            assert_eq!(i["status"], status, "round {round}: {i}");
+        }
+        // And it stays answered.
+        let (st, body) = api
+            .post(&format!("/v1/invitations/{inv}/accept"), &token, json!({}))
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "answered twice: {body}");
+    }
+    assert!(api.server_errors().is_empty(), "{:#?}", api.server_errors());
+}
+
+/// One request of the users service (`GET /v1/me` or a new event) or of
+/// the groups service (`GET /v1/groups` or a new group); status, and
+/// `Retry-After` on a 503.
+async fn probe(
+    api: &Api,
+    token: &str,
+    service: &str,
+    i: usize,
+) -> Result<(StatusCode, bool), String> {
+    let req = match (service, i % 2) {
+        ("users", 0) => api.request(Method::GET, "/v1/me"),
+        ("users", _) => {
+            let t = instant(&json!("2031-01-01T00:00:00Z")) + 3600 * i as i64;
+            api.request(Method::POST, "/v1/events").json(&json!({
+                "title": format!("probe-{i}"), "start": fmt_time(t),
+                "end": fmt_time(t + 1800), "time_zone": "UTC"}))
+        }
+        (_, 0) => api.request(Method::GET, "/v1/groups"),
+        _ => api
+            .request(Method::POST, "/v1/groups")
+            .json(&json!({"name": format!("probe-{i}"), "kind": "flat"})),
+    };
+    let resp = req
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| format!("transport: {e}"))?;
+    let retry_after = resp.headers().contains_key("retry-after");
+    Ok((resp.status(), retry_after))
+}
+
+/// After a SIGKILL of one replica, requests succeed again within a few
+/// seconds and then keep succeeding; meanwhile failures are 503s. Returns
+/// the titles of the events whose creation was acknowledged.
+async fn survives_kill(sys: &mut System, api: &Api, token: &str, service: &str) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut ack = |n: usize| {
+        if service == "users" && n % 2 == 1 {
+            acked.push(format!("probe-{n}"));
+        }
+    };
+    let mut n = 0;
+    for _ in 0..20 {
+        let (st, _) = probe(api, token, service, n)
+            .await
+            .expect("before the kill");
+        assert!(st.is_success(), "{service} before the kill: {st}");
+        ack(n);
+        n += 1;
+    }
+    match service {
+        "users" => sys.kill_users(0),
+        _ => sys.kill_groups(0),
+    }
+    let killed = Instant::now();
+    let deadline = Duration::from_secs(15);
+    let mut streak = 0;
+    let mut failures = Vec::new();
+    // Bounded: at most 2,000 probes and the deadline.
+    while streak < 20 {
+        assert!(
+            killed.elapsed() < deadline && n < 2000,
+            "{service}: no 20 successes in a row {:?} after the kill ({n} probes); failures: {failures:?}\n{}",
+            killed.elapsed(),
+            sys.log_tail("gateway")
+        );
+        match probe(api, token, service, n).await {
+            Ok((st, _)) if st.is_success() => {
+                streak += 1;
+                ack(n);
+            }
+            other => {
+                streak = 0;
+                failures.push((killed.elapsed(), other));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        n += 1;
+    }
+    eprintln!(
+        "{service}: 20 successes in a row {:?} after the kill; {} failures before",
+        killed.elapsed(),
+        failures.len()
+    );
+    // A failure while the gateway itself is up is a 503 with Retry-After
+    // (DESIGN: "503 temporarily unavailable with Retry-After").
+    for (at, f) in &failures {
+        assert!(
+            matches!(f, Ok((StatusCode::SERVICE_UNAVAILABLE, true))),
+            "{service}: failure {at:?} after the kill is not a 503 with Retry-After: {f:?}"
+        );
+    }
+    // And from now on, every request succeeds.
+    for _ in 0..40 {
+        let r = probe(api, token, service, n).await;
+        assert!(
+            matches!(r, Ok((st, _)) if st.is_success()),
+            "{service}: request {n} after recovery: {r:?}"
+        );
+        ack(n);
+        n += 1;
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_survive_a_killed_replica() {
+    let (mut sys, api) = start().await;
+    let (_, token) = api.register("survivor").await;
+    let acked = survives_kill(&mut sys, &api, &token, "users").await;
+    survives_kill(&mut sys, &api, &token, "groups").await;
+    // Nothing was lost or doubled: every acknowledged event is there, and
+    // no event twice.
+    let agenda = expect(
+        api.get(
+            &format!(
+                "/v1/events?{}",
+                range("2031-01-01T00:00:00Z", "2031-06-01T00:00:00Z")
+            ),
+            &token,
+        )
+        .await,
+        StatusCode::OK,
+        "agenda",
+    );
+    let mut titles: Vec<&str> = items(&agenda)
+        .iter()
+        .filter_map(|e| e["title"].as_str())
+        .collect();
+    let total = titles.len();
+    titles.sort();
+    titles.dedup();
+    assert_eq!(titles.len(), total, "duplicated events: {agenda}");
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| !titles.contains(&t.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged events lost: {lost:?}");
+}

@@ -1,0 +1,1098 @@
+//! The public API as three people use it (alice, bob, carol), end to end,
+//! against real processes: accounts, groups and invitations, group and
+//! personal events, RSVP, conflicts, recurrence across DST, free/busy,
+//! the group agenda's privacy rules, notifications, membership changes.
+//!
+//! One story, one system: each chapter builds on the previous ones. Every
+//! chapter works on its own day so the days do not interfere.
+//! Run: `cargo test -p agenda-tests --test api_story -- --test-threads=1`.
+
+use std::time::Duration;
+
+use agenda_tests::cluster::wait_for;
+use agenda_tests::system::{
+    expect, expect_error, expect_ok, fmt_time, instant, items, parse_time, range, Api, System,
+    SystemOptions, PASSWORD,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// One person of the story.
+struct P {
+    name: &'static str,
+    id: String,
+    token: String,
+}
+
+struct People {
+    alice: P,
+    bob: P,
+    carol: P,
+}
+
+/// A whole UTC day of 2030 as a `from=..&to=..` query.
+fn day(date: &str) -> String {
+    let from = parse_time(&format!("{date}T00:00:00Z")).expect("date").0;
+    range(&fmt_time(from), &fmt_time(from + 86_400))
+}
+
+fn at(date: &str, hm: &str) -> String {
+    format!("{date}T{hm}:00Z")
+}
+
+/// An event body on `date`, `from`-`to` UTC.
+fn utc_event(title: &str, date: &str, from: &str, to: &str) -> Value {
+    json!({"title": title, "start": at(date, from), "end": at(date, to), "time_zone": "UTC"})
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+async fn agenda(api: &Api, p: &P, query: &str) -> Vec<Value> {
+    let body = expect(
+        api.get(&format!("/v1/events?{query}"), &p.token).await,
+        StatusCode::OK,
+        &format!("{}'s agenda", p.name),
+    );
+    items(&body).clone()
+}
+
+/// `my_status` of event `id` in `p`'s agenda of `date`.
+async fn my_status(api: &Api, p: &P, date: &str, id: &str) -> String {
+    let items = agenda(api, p, &day(date)).await;
+    let e = items
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap_or_else(|| panic!("event {id} not in {}'s agenda: {items:?}", p.name));
+    s(&e["my_status"]).to_string()
+}
+
+/// Creates an event (201) and returns the create reply `{event, conflicts}`.
+async fn create_event(api: &Api, p: &P, body: Value) -> Value {
+    expect(
+        api.post("/v1/events", &p.token, body.clone()).await,
+        StatusCode::CREATED,
+        &format!("{} creates {body}", p.name),
+    )
+}
+
+fn event_id(created: &Value) -> String {
+    s(&created["event"]["id"]).to_string()
+}
+
+/// Waits until `p` has a notification of `kind` (stored, then pushed:
+/// it may land a moment after the change) and returns it.
+async fn notification(api: &Api, p: &P, kind: &str) -> Value {
+    wait_for(
+        &format!("a {kind} notification for {}", p.name),
+        Duration::from_secs(15),
+        || async {
+            let (st, body) = api.get("/v1/notifications", &p.token).await;
+            assert_eq!(st, StatusCode::OK, "notifications of {}: {body}", p.name);
+            items(&body).iter().find(|n| n["kind"] == kind).cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// `{user name -> rank}` of a group, as `viewer` sees it.
+async fn ranks(api: &Api, viewer: &P, group: &str) -> Vec<(String, i64)> {
+    let body = expect(
+        api.get(&format!("/v1/groups/{group}/members"), &viewer.token)
+            .await,
+        StatusCode::OK,
+        "members",
+    );
+    let mut v: Vec<(String, i64)> = items(&body)
+        .iter()
+        .map(|m| {
+            (
+                s(&m["username"]).to_string(),
+                m["rank"].as_i64().expect("rank"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn pairs(v: &[(&str, i64)]) -> Vec<(String, i64)> {
+    let mut v: Vec<(String, i64)> = v.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+    v.sort();
+    v
+}
+
+async fn invite(api: &Api, by: &P, group: &str, body: Value) -> Value {
+    // DESIGN/API.md give no status for a new invitation: any 2xx.
+    let inv = expect_ok(
+        api.post(&format!("/v1/groups/{group}/invitations"), &by.token, body)
+            .await,
+        "invite",
+    );
+    assert_eq!(inv["group_id"], group, "{inv}");
+    assert_eq!(inv["status"], "pending", "{inv}");
+    // `invited_by` is not specified as id or username: accept either.
+    assert!(
+        inv["invited_by"] == by.id.as_str() || inv["invited_by"] == by.name,
+        "invited_by: {inv}"
+    );
+    inv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_people_use_the_calendar() {
+    let sys = System::start(SystemOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let api = sys.api();
+    let p = accounts(&api).await;
+    let g = hierarchical_group(&api, &p).await;
+    let f = flat_group(&api, &p).await;
+    group_events(&api, &p, &g, &f).await;
+    let e1 = personal_events_and_rsvp(&api, &p).await;
+    conflicts(&api, &p).await;
+    recurrence_across_dst(&api, &p).await;
+    free_busy(&api, &p).await;
+    group_agenda(&api, &p, &g).await;
+    notifications(&api, &p).await;
+    membership_changes(&api, &p, &g).await;
+    delete_event_notifies_attendees(&api, &p, &e1).await;
+    assert!(
+        api.server_errors().is_empty(),
+        "5xx replies: {:#?}",
+        api.server_errors()
+    );
+}
+
+async fn accounts(api: &Api) -> People {
+    // Alice registers by hand, with the optional fields.
+    let user = expect(
+        api.call(
+            Method::POST,
+            "/v1/auth/register",
+            None,
+            Some(&json!({
+                "username": "alice",
+                "email": "alice@example.com",
+                "password": PASSWORD,
+                "display_name": "Alice A.",
+                "time_zone": "Europe/Madrid",
+            })),
+        )
+        .await,
+        StatusCode::CREATED,
+        "register alice",
+    );
+    assert!(user["id"].as_str().is_some_and(|i| !i.is_empty()), "{user}");
+    assert_eq!(user["username"], "alice");
+    assert_eq!(user["email"], "alice@example.com");
+    assert_eq!(user["display_name"], "Alice A.");
+    assert_eq!(user["time_zone"], "Europe/Madrid");
+    assert!(
+        !user.to_string().contains(PASSWORD),
+        "password echoed: {user}"
+    );
+
+    let login = expect(api.login("alice", PASSWORD).await, StatusCode::OK, "login");
+    assert!(
+        s(&login["token_type"]).eq_ignore_ascii_case("bearer"),
+        "{login}"
+    );
+    assert!(
+        login["expires_in"].as_i64().is_some_and(|t| t > 0),
+        "{login}"
+    );
+    assert_eq!(login["user"]["id"], user["id"]);
+    // Login by email works too.
+    let by_email = expect(
+        api.call(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(&json!({"email": "alice@example.com", "password": PASSWORD})),
+        )
+        .await,
+        StatusCode::OK,
+        "login by email",
+    );
+    assert_eq!(by_email["user"]["id"], user["id"]);
+
+    let alice = P {
+        name: "alice",
+        id: s(&user["id"]).into(),
+        token: s(&login["access_token"]).into(),
+    };
+    let (id, token) = api.register("bob").await;
+    let bob = P {
+        name: "bob",
+        id,
+        token,
+    };
+    let (id, token) = api.register("carol").await;
+    let carol = P {
+        name: "carol",
+        id,
+        token,
+    };
+
+    let me = expect(api.get("/v1/me", &alice.token).await, StatusCode::OK, "me");
+    assert_eq!(me["id"], alice.id.as_str());
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["time_zone"], "Europe/Madrid");
+    let me = expect(api.get("/v1/me", &bob.token).await, StatusCode::OK, "me");
+    assert_eq!(me["id"], bob.id.as_str());
+    assert_eq!(
+        me["display_name"], "bob",
+        "display_name defaults to username"
+    );
+    assert_eq!(me["time_zone"], "UTC", "time_zone defaults to UTC");
+
+    let patched = expect(
+        api.patch(
+            "/v1/me",
+            &alice.token,
+            json!({"display_name": "Alice Liddell"}),
+        )
+        .await,
+        StatusCode::OK,
+        "PATCH /v1/me",
+    );
+    assert_eq!(patched["display_name"], "Alice Liddell");
+    let me = expect(api.get("/v1/me", &alice.token).await, StatusCode::OK, "me");
+    assert_eq!(me["display_name"], "Alice Liddell");
+    assert_eq!(me["time_zone"], "Europe/Madrid", "PATCH kept other fields");
+
+    let found = expect(
+        api.get("/v1/users?q=car", &bob.token).await,
+        StatusCode::OK,
+        "search",
+    );
+    let names: Vec<&str> = items(&found).iter().map(|u| s(&u["username"])).collect();
+    assert!(names.contains(&"carol"), "search q=car: {found}");
+    assert!(
+        !names.contains(&"alice") && !names.contains(&"bob"),
+        "{found}"
+    );
+    let c = items(&found)
+        .iter()
+        .find(|u| u["username"] == "carol")
+        .unwrap();
+    assert_eq!(c["id"], carol.id.as_str());
+    People { alice, bob, carol }
+}
+
+/// Alice's hierarchical group: bob at rank 1, carol at rank 2 (after a
+/// declined first invitation).
+async fn hierarchical_group(api: &Api, p: &People) -> String {
+    let People { alice, bob, carol } = p;
+    let g = expect(
+        api.post(
+            "/v1/groups",
+            &alice.token,
+            json!({"name": "Research", "description": "the lab", "kind": "hierarchical"}),
+        )
+        .await,
+        StatusCode::CREATED,
+        "create group",
+    );
+    assert_eq!(g["name"], "Research");
+    assert_eq!(g["description"], "the lab");
+    assert_eq!(g["kind"], "hierarchical");
+    assert!(g["parent_id"].is_null(), "{g}");
+    assert_eq!(g["my_rank"], 0, "the creator is the owner: {g}");
+    let gid = s(&g["id"]).to_string();
+
+    let inv_b = invite(api, alice, &gid, json!({"username": "bob", "rank": 1})).await;
+    assert_eq!(inv_b["rank"], 1);
+    assert_eq!(inv_b["group_name"], "Research");
+    let inv_c1 = invite(api, alice, &gid, json!({"username": "carol", "rank": 2})).await;
+    assert_eq!(inv_c1["rank"], 2);
+
+    let list = expect(
+        api.get("/v1/invitations", &bob.token).await,
+        StatusCode::OK,
+        "bob's invitations",
+    );
+    let mine = items(&list)
+        .iter()
+        .find(|i| i["id"] == inv_b["id"])
+        .unwrap_or_else(|| panic!("bob's invitation missing: {list}"));
+    assert_eq!(mine["status"], "pending");
+    assert_eq!(mine["group_name"], "Research");
+
+    expect_ok(
+        api.post(
+            &format!("/v1/invitations/{}/accept", s(&inv_b["id"])),
+            &bob.token,
+            json!({}),
+        )
+        .await,
+        "bob accepts",
+    );
+    expect_ok(
+        api.post(
+            &format!("/v1/invitations/{}/decline", s(&inv_c1["id"])),
+            &carol.token,
+            json!({}),
+        )
+        .await,
+        "carol declines",
+    );
+    assert_eq!(
+        ranks(api, alice, &gid).await,
+        pairs(&[("alice", 0), ("bob", 1)])
+    );
+    expect_error(
+        api.get(&format!("/v1/groups/{gid}"), &carol.token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "carol declined: the group is not hers to see",
+    );
+    // The answered invitations, if still listed, carry their new status.
+    for (who, id, status) in [
+        (bob, &inv_b["id"], "accepted"),
+        (carol, &inv_c1["id"], "declined"),
+    ] {
+        let list = expect(
+            api.get("/v1/invitations", &who.token).await,
+            StatusCode::OK,
+            "list",
+        );
+        if let Some(i) = items(&list).iter().find(|i| &i["id"] == id) {
+            assert_eq!(i["status"], status, "{}'s invitation: {i}", who.name);
+        }
+    }
+
+    // Invited again, carol accepts.
+    let inv_c2 = invite(api, alice, &gid, json!({"username": "carol", "rank": 2})).await;
+    assert_ne!(inv_c2["id"], inv_c1["id"]);
+    expect_ok(
+        api.post(
+            &format!("/v1/invitations/{}/accept", s(&inv_c2["id"])),
+            &carol.token,
+            json!({}),
+        )
+        .await,
+        "carol accepts",
+    );
+    assert_eq!(
+        ranks(api, bob, &gid).await,
+        pairs(&[("alice", 0), ("bob", 1), ("carol", 2)])
+    );
+    let seen = expect(
+        api.get(&format!("/v1/groups/{gid}"), &carol.token).await,
+        StatusCode::OK,
+        "carol sees the group",
+    );
+    assert_eq!(seen["my_rank"], 2);
+    let bobs = expect(
+        api.get("/v1/groups", &bob.token).await,
+        StatusCode::OK,
+        "groups",
+    );
+    let entry = items(&bobs)
+        .iter()
+        .find(|x| x["id"] == gid.as_str())
+        .unwrap_or_else(|| panic!("group missing from bob's list: {bobs}"));
+    assert_eq!(entry["my_rank"], 1);
+    gid
+}
+
+/// Alice's flat group: bob invites carol himself (any member may).
+async fn flat_group(api: &Api, p: &People) -> String {
+    let People { alice, bob, carol } = p;
+    let f = expect(
+        api.post(
+            "/v1/groups",
+            &alice.token,
+            json!({"name": "Book club", "kind": "flat"}),
+        )
+        .await,
+        StatusCode::CREATED,
+        "create flat group",
+    );
+    assert_eq!(f["kind"], "flat");
+    let fid = s(&f["id"]).to_string();
+    let inv = invite(api, alice, &fid, json!({"username": "bob"})).await;
+    expect_ok(
+        api.post(
+            &format!("/v1/invitations/{}/accept", s(&inv["id"])),
+            &bob.token,
+            json!({}),
+        )
+        .await,
+        "bob joins the book club",
+    );
+    let inv = invite(api, bob, &fid, json!({"username": "carol"})).await;
+    expect_ok(
+        api.post(
+            &format!("/v1/invitations/{}/accept", s(&inv["id"])),
+            &carol.token,
+            json!({}),
+        )
+        .await,
+        "carol joins the book club",
+    );
+    assert_eq!(
+        ranks(api, carol, &fid).await,
+        pairs(&[("alice", 0), ("bob", 1), ("carol", 1)]),
+        "a flat group gives every other member rank 1"
+    );
+    fid
+}
+
+/// 2030-09-02: group events are accepted at once for lower ranks only.
+async fn group_events(api: &Api, p: &People, g: &str, f: &str) {
+    let People { alice, bob, carol } = p;
+    let d = "2030-09-02";
+    let ev = |title: &str, from: &str, to: &str, group: &str| {
+        let mut e = utc_event(title, d, from, to);
+        e["group_id"] = json!(group);
+        e
+    };
+    let ge1 = create_event(api, alice, ev("All hands", "10:00", "11:00", g)).await;
+    assert_eq!(ge1["event"]["group_id"], g);
+    let attendees: Vec<&str> = ge1["event"]["attendees"]
+        .as_array()
+        .expect("attendees")
+        .iter()
+        .map(|a| s(&a["username"]))
+        .collect();
+    assert!(
+        attendees.contains(&"bob") && attendees.contains(&"carol"),
+        "every member attends a group event: {ge1}"
+    );
+    let ge2 = create_event(api, bob, ev("Team sync", "12:00", "13:00", g)).await;
+    let fe = create_event(api, bob, ev("Chapter 3", "14:00", "15:00", f)).await;
+    let (ge1, ge2, fe) = (event_id(&ge1), event_id(&ge2), event_id(&fe));
+
+    let want = [
+        // By the owner: everyone below her accepts at once.
+        (&ge1, alice, "accepted"),
+        (&ge1, bob, "accepted"),
+        (&ge1, carol, "accepted"),
+        // By rank 1: carol (below) accepted, alice (above) must answer.
+        (&ge2, alice, "needs_action"),
+        (&ge2, bob, "accepted"),
+        (&ge2, carol, "accepted"),
+        // Flat: every other member must answer.
+        (&fe, alice, "needs_action"),
+        (&fe, bob, "accepted"),
+        (&fe, carol, "needs_action"),
+    ];
+    for (id, who, status) in want {
+        assert_eq!(
+            my_status(api, who, d, id).await,
+            status,
+            "{}'s status for group event {id}",
+            who.name
+        );
+    }
+    expect_ok(
+        api.post(
+            &format!("/v1/events/{ge2}/rsvp"),
+            &alice.token,
+            json!({"status": "accepted"}),
+        )
+        .await,
+        "alice accepts bob's group event",
+    );
+    assert_eq!(my_status(api, alice, d, &ge2).await, "accepted");
+}
+
+/// 2030-09-03: a personal event with attendees, RSVP, an update.
+async fn personal_events_and_rsvp(api: &Api, p: &People) -> String {
+    let People { alice, bob, carol } = p;
+    let d = "2030-09-03";
+    let created = create_event(
+        api,
+        alice,
+        json!({"title": "Planning", "description": "Q4", "location": "Room 1",
+               "start": at(d, "10:00"), "end": at(d, "11:00"), "time_zone": "UTC",
+               "attendees": ["bob", "carol"]}),
+    )
+    .await;
+    let e = &created["event"];
+    assert_eq!(e["organizer_id"], alice.id.as_str());
+    assert_eq!(e["title"], "Planning");
+    assert_eq!(e["time_zone"], "UTC");
+    assert_eq!(instant(&e["start"]), instant(&json!(at(d, "10:00"))));
+    assert_eq!(e["my_status"], "accepted", "the organizer accepts: {e}");
+    for a in e["attendees"].as_array().expect("attendees") {
+        if a["username"] != "alice" {
+            assert_eq!(a["status"], "needs_action", "{a}");
+        }
+    }
+    let id = event_id(&created);
+
+    // At once, no waiting: in each attendee's agenda, needs_action.
+    assert_eq!(my_status(api, bob, d, &id).await, "needs_action");
+    assert_eq!(my_status(api, carol, d, &id).await, "needs_action");
+    let seen = expect(
+        api.get(&format!("/v1/events/{id}"), &bob.token).await,
+        StatusCode::OK,
+        "an attendee sees the event",
+    );
+    assert_eq!(seen["title"], "Planning");
+
+    expect_ok(
+        api.post(
+            &format!("/v1/events/{id}/rsvp"),
+            &bob.token,
+            json!({"status": "accepted"}),
+        )
+        .await,
+        "bob accepts",
+    );
+    expect_ok(
+        api.post(
+            &format!("/v1/events/{id}/rsvp"),
+            &carol.token,
+            json!({"status": "tentative"}),
+        )
+        .await,
+        "carol: tentative",
+    );
+    assert_eq!(my_status(api, bob, d, &id).await, "accepted");
+    assert_eq!(my_status(api, carol, d, &id).await, "tentative");
+    expect_ok(
+        api.post(
+            &format!("/v1/events/{id}/rsvp"),
+            &carol.token,
+            json!({"status": "declined"}),
+        )
+        .await,
+        "carol declines",
+    );
+    let e = expect(
+        api.get(&format!("/v1/events/{id}"), &alice.token).await,
+        StatusCode::OK,
+        "organizer reads",
+    );
+    let status_of = |name: &str| {
+        e["attendees"]
+            .as_array()
+            .expect("attendees")
+            .iter()
+            .find(|a| a["username"] == name)
+            .map(|a| s(&a["status"]).to_string())
+            .unwrap_or_else(|| panic!("{name} not an attendee: {e}"))
+    };
+    assert_eq!(status_of("bob"), "accepted");
+    assert_eq!(status_of("carol"), "declined");
+    // A declined event may stay listed, but then as declined.
+    if let Some(x) = agenda(api, carol, &day(d))
+        .await
+        .iter()
+        .find(|x| x["id"] == id.as_str())
+    {
+        assert_eq!(x["my_status"], "declined");
+    }
+
+    // The organizer moves it to another room: attendees hear about it.
+    expect_ok(
+        api.patch(
+            &format!("/v1/events/{id}"),
+            &alice.token,
+            json!({"location": "Room 2"}),
+        )
+        .await,
+        "organizer updates",
+    );
+    let e = expect(
+        api.get(&format!("/v1/events/{id}"), &bob.token).await,
+        StatusCode::OK,
+        "read after update",
+    );
+    assert_eq!(e["location"], "Room 2");
+    assert_eq!(e["title"], "Planning", "PATCH keeps other fields");
+    id
+}
+
+fn conflict_ids(list: &Value) -> Vec<(String, String)> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("conflicts is not a list: {list}"))
+        .iter()
+        .map(|c| (s(&c["event_id"]).to_string(), s(&c["user_id"]).to_string()))
+        .collect()
+}
+
+/// 2030-09-04: overlaps are reported, or refused with `on_conflict=reject`.
+async fn conflicts(api: &Api, p: &People) {
+    let People { alice, bob, .. } = p;
+    let d = "2030-09-04";
+    let ev = |title: &str, from: &str, to: &str| utc_event(title, d, from, to);
+    let dentist = create_event(api, bob, ev("Dentist", "10:00", "11:00")).await;
+    assert_eq!(dentist["conflicts"], json!([]), "{dentist}");
+    let dentist = event_id(&dentist);
+
+    let gym = create_event(api, bob, ev("Gym", "10:30", "11:30")).await;
+    assert_eq!(
+        conflict_ids(&gym["conflicts"]),
+        vec![(dentist.clone(), bob.id.clone())],
+        "{gym}"
+    );
+    let c = &gym["conflicts"][0];
+    assert_eq!(instant(&c["start"]), instant(&json!(at(d, "10:00"))), "{c}");
+    assert_eq!(instant(&c["end"]), instant(&json!(at(d, "11:00"))), "{c}");
+    let gym = event_id(&gym);
+
+    // Alice invites bob over his dentist: the conflict is bob's.
+    let mut sync = ev("Sync", "09:30", "10:15");
+    sync["attendees"] = json!(["bob"]);
+    let sync = create_event(api, alice, sync).await;
+    assert!(
+        conflict_ids(&sync["conflicts"]).contains(&(dentist.clone(), bob.id.clone())),
+        "an attendee's conflict is reported to the organizer: {sync}"
+    );
+    let sync = event_id(&sync);
+
+    let details = expect_error(
+        api.post(
+            "/v1/events?on_conflict=reject",
+            &bob.token,
+            ev("Overlap", "10:45", "11:15"),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "on_conflict=reject",
+    );
+    let ids: Vec<String> = conflict_ids(&details["conflicts"])
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert!(
+        ids.contains(&dentist) && ids.contains(&gym) && !ids.contains(&sync),
+        "409 lists exactly the overlapping events: {details}"
+    );
+    // No conflict, reject or not: created. Touching is not overlapping.
+    for (title, from, to) in [("Lunch", "12:00", "13:00"), ("Call", "11:30", "12:00")] {
+        let (st, body) = api
+            .post(
+                "/v1/events?on_conflict=reject",
+                &bob.token,
+                ev(title, from, to),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{title} {from}-{to}: {body}");
+        assert_eq!(body["conflicts"], json!([]), "{body}");
+    }
+    let mut titles: Vec<String> = agenda(api, bob, &day(d))
+        .await
+        .iter()
+        .map(|e| s(&e["title"]).to_string())
+        .collect();
+    titles.sort();
+    assert_eq!(titles, ["Call", "Dentist", "Gym", "Lunch", "Sync"]);
+}
+
+/// Madrid leaves summer time on Sunday 2030-10-27: a weekly Monday 09:00
+/// meeting is 07:00 UTC before and 08:00 UTC after.
+async fn recurrence_across_dst(api: &Api, p: &People) {
+    let alice = &p.alice;
+    let q = range("2030-10-01T00:00:00Z", "2030-11-30T00:00:00Z");
+    let weekly = create_event(
+        api,
+        alice,
+        json!({"title": "1:1", "start": "2030-10-14T09:00:00+02:00",
+               "end": "2030-10-14T09:30:00+02:00", "time_zone": "Europe/Madrid",
+               "rrule": "FREQ=WEEKLY;BYDAY=MO;COUNT=4"}),
+    )
+    .await;
+    // The rule comes back as given, up to the order of its parts (the
+    // contract does not ask for the exact text).
+    let mut parts: Vec<&str> = s(&weekly["event"]["rrule"]).split(';').collect();
+    parts.sort();
+    assert_eq!(parts, ["BYDAY=MO", "COUNT=4", "FREQ=WEEKLY"], "{weekly}");
+    let weekly = event_id(&weekly);
+    let occurrences = |items: &[Value], id: &str| -> Vec<(String, i32)> {
+        let mut v: Vec<(i64, i32, i64)> = items
+            .iter()
+            .filter(|e| e["recurring_event_id"] == id)
+            .map(|e| {
+                let (start, offset) =
+                    parse_time(s(&e["start"])).unwrap_or_else(|| panic!("occurrence start: {e}"));
+                (start, offset, instant(&e["end"]) - start)
+            })
+            .collect();
+        v.sort();
+        for (_, _, len) in &v {
+            assert_eq!(*len, 30 * 60, "each occurrence lasts 30 min");
+        }
+        v.into_iter()
+            .map(|(t, off, _)| (fmt_time(t), off))
+            .collect()
+    };
+    let items = agenda(api, alice, &q).await;
+    let got = occurrences(&items, &weekly);
+    let utc: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        utc,
+        [
+            "2030-10-14T07:00:00Z",
+            "2030-10-21T07:00:00Z",
+            "2030-10-28T08:00:00Z",
+            "2030-11-04T08:00:00Z",
+        ],
+        "09:00 Madrid across the DST change"
+    );
+    // If the server writes local offsets (not Z), they must be Madrid's.
+    for ((t, off), want) in got.iter().zip([7200, 7200, 3600, 3600]) {
+        assert!(*off == 0 || *off == want, "{t} written with offset {off}s");
+    }
+
+    let review = create_event(
+        api,
+        alice,
+        json!({"title": "Review", "start": "2030-10-14T11:00:00+02:00",
+               "end": "2030-10-14T11:30:00+02:00", "time_zone": "Europe/Madrid",
+               "rrule": "FREQ=WEEKLY;BYDAY=MO;COUNT=4",
+               "exdates": ["2030-10-28T11:00:00+01:00"]}),
+    )
+    .await;
+    let review = event_id(&review);
+    let items = agenda(api, alice, &q).await;
+    let utc: Vec<String> = occurrences(&items, &review)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(
+        utc,
+        [
+            "2030-10-14T09:00:00Z",
+            "2030-10-21T09:00:00Z",
+            "2030-11-04T10:00:00Z",
+        ],
+        "EXDATE removes the 28 October occurrence"
+    );
+}
+
+/// 2030-09-05: free/busy shows merged intervals, never titles.
+async fn free_busy(api: &Api, p: &People) {
+    let People { alice, bob, carol } = p;
+    let d = "2030-09-05";
+    for (who, title, from, to) in [
+        (alice, "fb-secret-1", "09:00", "10:00"),
+        (alice, "fb-secret-2", "09:30", "11:00"),
+        (alice, "fb-secret-3", "12:00", "13:00"),
+        (bob, "fb-secret-4", "16:00", "17:00"),
+    ] {
+        create_event(api, who, utc_event(title, d, from, to)).await;
+    }
+    // Anyone logged in may ask, here carol about alice and bob.
+    let body = expect(
+        api.get(
+            &format!("/v1/freebusy?users=alice,bob&{}", day(d)),
+            &carol.token,
+        )
+        .await,
+        StatusCode::OK,
+        "free/busy",
+    );
+    assert!(
+        !body.to_string().contains("fb-secret"),
+        "titles leak: {body}"
+    );
+    let intervals = |name: &str| -> Vec<(String, String)> {
+        body["users"][name]
+            .as_array()
+            .unwrap_or_else(|| panic!("no intervals for {name}: {body}"))
+            .iter()
+            .map(|i| {
+                let keys: Vec<&String> = i.as_object().expect("interval").keys().collect();
+                assert_eq!(keys, ["end", "start"], "busy intervals only: {i}");
+                (fmt_time(instant(&i["start"])), fmt_time(instant(&i["end"])))
+            })
+            .collect()
+    };
+    let want = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (at(d, a), at(d, b))).collect()
+    };
+    assert_eq!(
+        intervals("alice"),
+        want(&[("09:00", "11:00"), ("12:00", "13:00")]),
+        "merged and sorted"
+    );
+    assert_eq!(intervals("bob"), want(&[("16:00", "17:00")]));
+}
+
+/// 2030-09-06: the group agenda shows details only where the viewer may
+/// see them.
+async fn group_agenda(api: &Api, p: &People, g: &str) {
+    let People { alice, bob, carol } = p;
+    let d = "2030-09-06";
+    let mut ids = Vec::new();
+    for (who, title, from, to, extra) in [
+        (alice, "ga-alice-own", "09:00", "10:00", json!({})),
+        (bob, "ga-bob-own", "11:00", "12:00", json!({})),
+        (carol, "ga-carol-own", "13:00", "14:00", json!({})),
+        (
+            carol,
+            "ga-carol-private",
+            "15:00",
+            "16:00",
+            json!({"visibility": "private"}),
+        ),
+        (alice, "ga-group", "17:00", "18:00", json!({"group_id": g})),
+    ] {
+        let mut body = utc_event(title, d, from, to);
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        ids.push(event_id(&create_event(api, who, body).await));
+    }
+    // (owner, event index, from, to, viewers who see details)
+    let rules: [(&P, usize, &str, &str, &[&str]); 5] = [
+        // A superior's personal event: busy for those below.
+        (alice, 0, "09:00", "10:00", &["alice"]),
+        // Lower-ranked members' events: details for those above.
+        (bob, 1, "11:00", "12:00", &["alice", "bob"]),
+        (carol, 2, "13:00", "14:00", &["alice", "bob", "carol"]),
+        // Private: busy even for superiors.
+        (carol, 3, "15:00", "16:00", &["carol"]),
+        // The group's own event: details for everyone.
+        (alice, 4, "17:00", "18:00", &["alice", "bob", "carol"]),
+    ];
+    for viewer in [alice, bob, carol] {
+        let body = expect(
+            api.get(&format!("/v1/groups/{g}/agenda?{}", day(d)), &viewer.token)
+                .await,
+            StatusCode::OK,
+            &format!("group agenda for {}", viewer.name),
+        );
+        let members = body["members"].as_array().expect("members");
+        assert_eq!(members.len(), 3, "{body}");
+        for (owner, i, from, to, see) in rules {
+            let member = members
+                .iter()
+                .find(|m| m["user_id"] == owner.id.as_str())
+                .unwrap_or_else(|| panic!("{} missing: {body}", owner.name));
+            assert_eq!(member["username"], owner.name);
+            let item = member["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .find(|x| {
+                    instant(&x["start"]) == instant(&json!(at(d, from)))
+                        && instant(&x["end"]) == instant(&json!(at(d, to)))
+                })
+                .unwrap_or_else(|| panic!("{}'s {from}-{to} missing: {member}", owner.name));
+            let ctx = format!(
+                "{} viewing {}'s {from}-{to}: {item}",
+                viewer.name, owner.name
+            );
+            if see.contains(&viewer.name) {
+                assert_eq!(
+                    item["event"]["id"],
+                    ids[i].as_str(),
+                    "details expected: {ctx}"
+                );
+            } else {
+                assert!(item["event"].is_null(), "busy block expected: {ctx}");
+            }
+        }
+        let text = body.to_string();
+        for (title, see) in [("ga-alice-own", "alice"), ("ga-carol-private", "carol")] {
+            assert!(
+                viewer.name == see || !text.contains(title),
+                "{title} leaks to {}: {text}",
+                viewer.name
+            );
+        }
+    }
+}
+
+async fn notifications(api: &Api, p: &People) {
+    let People { alice, bob, carol } = p;
+    for (who, kind) in [
+        (bob, "group_invitation"),
+        (bob, "event_invited"),
+        (bob, "event_updated"),
+        (carol, "group_invitation"),
+        (alice, "invitation_answered"),
+        (alice, "rsvp"),
+    ] {
+        let n = notification(api, who, kind).await;
+        assert!(n["id"].is_string(), "{n}");
+        assert_eq!(n["read"], false, "{n}");
+        assert!(n["data"].is_object(), "{n}");
+        assert!(
+            n["created_at"].as_str().and_then(parse_time).is_some(),
+            "{n}"
+        );
+    }
+    let all = expect(
+        api.get("/v1/notifications", &bob.token).await,
+        StatusCode::OK,
+        "list",
+    );
+    let times: Vec<i64> = items(&all)
+        .iter()
+        .map(|n| instant(&n["created_at"]))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {all}"
+    );
+
+    let invited = notification(api, bob, "event_invited").await;
+    let nid = s(&invited["id"]).to_string();
+    expect_ok(
+        api.post(
+            &format!("/v1/notifications/{nid}/read"),
+            &bob.token,
+            json!({}),
+        )
+        .await,
+        "mark read",
+    );
+    let all = expect(
+        api.get("/v1/notifications", &bob.token).await,
+        StatusCode::OK,
+        "list",
+    );
+    let n = items(&all)
+        .iter()
+        .find(|n| n["id"] == nid.as_str())
+        .expect("still listed");
+    assert_eq!(n["read"], true, "{n}");
+    let unread = expect(
+        api.get("/v1/notifications?unread=true", &bob.token).await,
+        StatusCode::OK,
+        "unread",
+    );
+    assert!(
+        items(&unread).iter().all(|n| n["read"] == false),
+        "{unread}"
+    );
+    assert!(
+        !items(&unread).iter().any(|n| n["id"] == nid.as_str()),
+        "{unread}"
+    );
+    assert!(
+        items(&unread)
+            .iter()
+            .any(|n| n["kind"] == "group_invitation"),
+        "the other notifications stay unread: {unread}"
+    );
+}
+
+async fn membership_changes(api: &Api, p: &People, g: &str) {
+    let People { alice, bob, carol } = p;
+    let member = |u: &P| format!("/v1/groups/{g}/members/{}", u.id);
+
+    // A superior moves a member below them further down.
+    expect_ok(
+        api.patch(&member(carol), &bob.token, json!({"rank": 3}))
+            .await,
+        "bob changes carol's rank",
+    );
+    assert_eq!(
+        ranks(api, alice, g).await,
+        pairs(&[("alice", 0), ("bob", 1), ("carol", 3)])
+    );
+    notification(api, carol, "member_changed").await;
+
+    // The owner cannot leave before handing over; only the owner deletes.
+    expect_error(
+        api.delete(&member(alice), &alice.token).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "the owner leaves without handing over",
+    );
+    expect_error(
+        api.delete(&format!("/v1/groups/{g}"), &bob.token).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "a non-owner deletes the group",
+    );
+
+    // Handover: bob becomes the owner, alice rank 1.
+    expect_ok(
+        api.patch(&member(bob), &alice.token, json!({"rank": 0}))
+            .await,
+        "owner hands over",
+    );
+    assert_eq!(
+        ranks(api, carol, g).await,
+        pairs(&[("alice", 1), ("bob", 0), ("carol", 3)])
+    );
+    for (who, rank) in [(bob, 0), (alice, 1)] {
+        let grp = expect(
+            api.get(&format!("/v1/groups/{g}"), &who.token).await,
+            StatusCode::OK,
+            "group",
+        );
+        assert_eq!(grp["my_rank"], rank, "{}: {grp}", who.name);
+    }
+    expect_error(
+        api.delete(&format!("/v1/groups/{g}"), &alice.token).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "the former owner deletes the group",
+    );
+
+    // The owner removes carol; alice leaves.
+    expect_ok(api.delete(&member(carol), &bob.token).await, "remove carol");
+    notification(api, carol, "member_removed").await;
+    expect_error(
+        api.get(&format!("/v1/groups/{g}"), &carol.token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "a removed member",
+    );
+    expect_ok(
+        api.delete(&member(alice), &alice.token).await,
+        "alice leaves",
+    );
+    assert_eq!(ranks(api, bob, g).await, pairs(&[("bob", 0)]));
+    let theirs = expect(
+        api.get("/v1/groups", &alice.token).await,
+        StatusCode::OK,
+        "groups",
+    );
+    assert!(!items(&theirs).iter().any(|x| x["id"] == g), "{theirs}");
+
+    expect_ok(
+        api.delete(&format!("/v1/groups/{g}"), &bob.token).await,
+        "the owner deletes the group",
+    );
+    expect_error(
+        api.get(&format!("/v1/groups/{g}"), &bob.token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "a deleted group",
+    );
+}
+
+async fn delete_event_notifies_attendees(api: &Api, p: &People, id: &str) {
+    let People { alice, bob, .. } = p;
+    expect_error(
+        api.delete(&format!("/v1/events/{id}"), &bob.token).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "an attendee deletes the organizer's event",
+    );
+    expect_ok(
+        api.delete(&format!("/v1/events/{id}"), &alice.token).await,
+        "the organizer deletes",
+    );
+    for who in [alice, bob] {
+        expect_error(
+            api.get(&format!("/v1/events/{id}"), &who.token).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "a deleted event",
+        );
+    }
+    let left = agenda(api, bob, &day("2030-09-03")).await;
+    assert!(
+        !left.iter().any(|e| e["id"] == id),
+        "still in bob's agenda: {left:?}"
+    );
+    let n = notification(api, bob, "event_cancelled").await;
+    assert_eq!(n["read"], false);
+}
