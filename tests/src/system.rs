@@ -207,6 +207,28 @@ impl System {
         }
     }
 
+    /// SIGTERM a process (`users-0`, `gateway`...) and wait for it to
+    /// exit (bounded: SIGKILL after 15 s); returns its exit status.
+    pub fn stop(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let p = self.procs.iter_mut().find(|p| p.name == name)?;
+        let mut c = p.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL agenda-users replica `i`.
     pub fn kill_users(&mut self, i: usize) {
         self.kill(&format!("users-{i}"));

@@ -415,3 +415,69 @@ async fn requests_survive_a_killed_replica() {
         .collect();
     assert!(lost.is_empty(), "acknowledged events lost: {lost:?}");
 }
+
+/// A replica stopped with SIGTERM leaves the registry before it exits and
+/// drains: clients see no failure at all, unlike a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_stopped_gracefully_costs_no_request() {
+    let (mut sys, api) = start().await;
+    let (_, token) = api.register("steady").await;
+    let db = sys.db.client();
+    let registered = |service: &'static str| {
+        let db = db.clone();
+        async move {
+            db.get_prefix(format!("/registry/services/{service}/"))
+                .await
+                .expect("list the registry")
+                .kvs
+                .len()
+        }
+    };
+    assert_eq!(registered("users").await, 2);
+    assert_eq!(registered("groups").await, 2);
+
+    // Clients keep calling both services while the replicas stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = JoinSet::new();
+    for worker in 0..4 {
+        let (api, token, stop) = (api.clone(), token.clone(), stop.clone());
+        load.spawn(async move {
+            let mut failures = Vec::new();
+            let mut n = 0;
+            // Bounded: the stop flag, and at most 5,000 requests.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 5000 {
+                let service = if worker % 2 == 0 { "users" } else { "groups" };
+                match probe(&api, &token, service, 1000 * worker + n).await {
+                    Ok((st, _)) if st.is_success() => {}
+                    other => failures.push(format!("{service} #{n}: {other:?}")),
+                }
+                n += 1;
+            }
+            (n, failures)
+        });
+    }
+    for name in ["users-0", "groups-0"] {
+        let status = tokio::task::block_in_place(|| sys.stop(name)).expect("running");
+        assert!(
+            status.success(),
+            "{name} exit status after SIGTERM: {status}"
+        );
+    }
+    // Deregistration happens before the exit, not by lease expiry.
+    assert_eq!(registered("users").await, 1, "users-0 still registered");
+    assert_eq!(registered("groups").await, 1, "groups-0 still registered");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    while let Some(r) = load.join_next().await {
+        let (n, failures) = r.expect("load task");
+        assert!(
+            failures.is_empty(),
+            "requests failed during a graceful stop: {failures:?}"
+        );
+        total += n;
+    }
+    assert!(
+        total > 20,
+        "too little load to prove anything: {total} requests"
+    );
+}

@@ -166,9 +166,14 @@ impl<H: Handler> Groups for Endpoint<H> {
 /// How long a registry entry outlives a crashed instance.
 pub const REGISTRY_TTL: Duration = Duration::from_secs(3);
 
+/// How long a stopping instance keeps serving after deregistering: time
+/// for gateways to see it leave, so no call is sent to a closed port.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(1000);
+
 /// Serves `handler` as `service` on `listener` until `shutdown`: registers
-/// the instance (address `advertise`) in the registry once listening,
-/// deregisters first on shutdown so the gateway stops sending, then drains.
+/// the instance (address `advertise`) in the registry once listening; on
+/// shutdown deregisters first, keeps serving for [`DRAIN_GRACE`] while
+/// gateways notice, then stops accepting and drains in-flight calls.
 pub async fn serve<H: Handler>(
     service: Service,
     handler: H,
@@ -218,6 +223,7 @@ pub async fn serve<H: Handler>(
     shutdown.cancelled().await;
     tracing::info!("shutting down: deregistering, then draining in-flight calls");
     registration.deregister().await;
+    tokio::time::sleep(DRAIN_GRACE).await;
     stop_serving.cancel();
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(result)) => result,
