@@ -192,6 +192,11 @@ pub enum Op {
     ReadNotification {
         id: String,
     },
+    /// Oldest first, those created after `after` (all when None): what a
+    /// reconnecting WebSocket missed.
+    NotificationsAfter {
+        after: Option<String>,
+    },
     CreateGroup(CreateGroupRequest),
     ListGroups,
     GetGroup {
@@ -286,6 +291,7 @@ impl Op {
                 | GetEvent { .. }
                 | FreeBusy { .. }
                 | ListNotifications { .. }
+                | NotificationsAfter { .. }
                 | ListGroups
                 | GetGroup { .. }
                 | ListMembers { .. }

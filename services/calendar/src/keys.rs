@@ -36,6 +36,8 @@ pub fn agenda(user: Uuid) -> String {
 pub fn notification(user: Uuid, id: Uuid) -> String {
     format!("/agenda/notifications/{user}/{id}")
 }
+/// Every notification of every user (the relay's outbox).
+pub const NOTIFICATIONS: &str = "/agenda/notifications/";
 pub fn notifications(user: Uuid) -> String {
     format!("/agenda/notifications/{user}/")
 }

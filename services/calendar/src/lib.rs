@@ -9,12 +9,14 @@
 //! - [`keys`]: the agenda-db key layout.
 //! - [`store`]: transactions on agenda-db that apply the rules atomically.
 //! - [`rpc`]: the gRPC envelope between the gateway and the services.
+//! - [`relay`]: notifications from agenda-db to the Redis stream.
 
 pub mod api;
 pub mod error;
 pub mod keys;
 pub mod model;
 pub mod recurrence;
+pub mod relay;
 pub mod rpc;
 pub mod rules;
 pub mod store;

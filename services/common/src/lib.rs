@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`auth`]: access tokens (JWT) and their signing keys in the registry.
+//! - [`election`]: one leader at a time through a leased key.
+//! - [`bus`]: connections to the current Redis primary (from the registry).
 //! - [`db_client`]: the agenda-db client (any node, retries with the same
 //!   request id, deadlines, leader failover).
 //! - [`registry`]: service registry on top of agenda-db (instances under
@@ -15,7 +17,9 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod bus;
 pub mod db_client;
+pub mod election;
 pub mod error;
 pub mod net;
 pub mod process;

@@ -26,6 +26,22 @@ pub struct Config {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "AGENDA_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
+    /// Password of the Redis servers (live notifications are read from
+    /// the primary named in the registry).
+    #[arg(
+        long,
+        env = "AGENDA_REDIS_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub redis_password: String,
+    /// Interval of WebSocket heartbeats (ping frame + heartbeat message), ms.
+    #[arg(long, env = "AGENDA_WS_HEARTBEAT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub ws_heartbeat_ms: u64,
+    /// Notifications queued per WebSocket before the client counts as too
+    /// slow and is disconnected (others are never held up by it).
+    #[arg(long, env = "AGENDA_WS_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub ws_queue: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `agenda_gateway=debug`.
     #[arg(long, env = "AGENDA_LOG", default_value = "info")]
     pub log: String,

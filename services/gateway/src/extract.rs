@@ -91,20 +91,49 @@ where
             .ok_or_else(|| {
                 ApiError::unauthenticated("the Authorization header must be \"Bearer <token>\"")
             })?;
-        let keys = state.keys.borrow().clone();
-        let Some(keys) = keys else {
-            return Err(ApiError::unavailable("token keys not loaded yet; retry shortly").into());
-        };
-        let claims = keys
-            .verify(token)
-            .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
-        let user = Uuid::parse_str(&claims.sub)
-            .map_err(|_| ApiError::unauthenticated("the access token is not valid"))?;
+        let user = verify(&state, token)?;
         Ok(Authed(Caller {
             state,
             request_id: request_id(parts),
             user: Some(user),
         }))
+    }
+}
+
+/// The user a token was issued to, if the token is valid now.
+pub fn verify(state: &AppState, token: &str) -> Result<Uuid, ApiError> {
+    let keys = state.keys.borrow().clone();
+    let Some(keys) = keys else {
+        return Err(ApiError::unavailable(
+            "token keys not loaded yet; retry shortly",
+        ));
+    };
+    let claims = keys
+        .verify(token)
+        .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+    Uuid::parse_str(&claims.sub)
+        .map_err(|_| ApiError::unauthenticated("the access token is not valid"))
+}
+
+/// The caller of a WebSocket session, once its token is checked.
+pub fn caller_for(state: Arc<AppState>, request_id: String, user: Uuid) -> Caller {
+    Caller {
+        state,
+        request_id,
+        user: Some(user),
+    }
+}
+
+impl Caller {
+    /// Like [`Caller::call`], returning the relayed status and JSON.
+    pub async fn call_json(&self, op: Op) -> Result<(u16, serde_json::Value), ApiError> {
+        let relayed = self
+            .state
+            .upstream
+            .call(self.user, &self.request_id, &op)
+            .await?;
+        let body = serde_json::from_slice(&relayed.body).unwrap_or(serde_json::Value::Null);
+        Ok((relayed.status, body))
     }
 }
 

@@ -6,6 +6,7 @@
 //!   operations for the services.
 //! - [`extract`]: the caller (JWT checked), JSON bodies, query strings.
 //! - [`upstream`]: discovery and balancing of users/groups replicas.
+//! - [`live`]: the Redis stream to open WebSockets (`routes::stream`).
 //! - [`error`]: the error shape on the wire.
 //! - [`metrics`]: request ids, per-route latency and status counts.
 //! - [`openapi`]: the generated OpenAPI document.
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -41,6 +43,10 @@ pub struct AppState {
     pub upstream: upstream::Upstream,
     pub keys: watch::Receiver<Option<KeySet>>,
     pub metrics: Arc<metrics::Metrics>,
+    pub hub: Arc<live::Hub>,
+    pub ws_heartbeat: std::time::Duration,
+    /// Cancelled at shutdown (ends WebSocket sessions).
+    pub shutdown: CancellationToken,
 }
 
 /// The whole HTTP application.
@@ -71,10 +77,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = DbClient::new(&cfg.db).context("--db")?;
     let stop = shutdown.child_token();
+    let hub = live::Hub::new(cfg.ws_queue as usize);
+    let bus = Arc::new(agenda_common::bus::Bus::new(
+        &db,
+        Some(cfg.redis_password.clone()),
+        stop.clone(),
+    ));
+    tokio::spawn(live::consume(bus, hub.clone(), stop.clone()));
     let state = Arc::new(AppState {
         upstream: upstream::Upstream::new(&db, cfg.request_timeout(), stop.clone()),
         keys: agenda_common::auth::watch_keys(db.clone(), stop.clone()),
         metrics: Arc::new(metrics::Metrics::new().context("metrics")?),
+        hub,
+        ws_heartbeat: std::time::Duration::from_millis(cfg.ws_heartbeat_ms),
+        shutdown: shutdown.clone(),
         db,
     });
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");

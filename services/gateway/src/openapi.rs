@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, events, groups, notifications, ops, users};
+use crate::routes::{auth, events, groups, notifications, ops, stream, users};
 
 /// The API document served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -18,7 +18,7 @@ use crate::routes::{auth, events, groups, notifications, ops, users};
         groups::agenda, groups::invitations, groups::accept, groups::decline,
         events::create, events::list, events::get, events::update, events::delete,
         events::rsvp, events::free_busy,
-        notifications::list, notifications::read,
+        notifications::list, notifications::read, stream::stream,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&Bearer)

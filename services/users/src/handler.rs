@@ -150,6 +150,15 @@ impl Handler for Users {
             Op::ListNotifications { unread } => {
                 Reply::items(s.notifications(caller.user()?, unread).await?)
             }
+            Op::NotificationsAfter { after } => {
+                let after = match after.as_deref() {
+                    None | Some("") => None,
+                    Some(a) => Some(uuid::Uuid::parse_str(a).map_err(|_| {
+                        ApiError::invalid_field("last_id", "last_id must be a notification id")
+                    })?),
+                };
+                Reply::items(s.notifications_after(caller.user()?, after).await?)
+            }
             Op::ReadNotification { id } => Reply::ok(
                 s.mark_read(caller.user()?, validate::id("notification", &id)?)
                     .await?,

@@ -1,6 +1,7 @@
 //! `agenda-users`: accounts (argon2id passwords, JWT login), profiles,
 //! personal events with attendees and RSVP, conflicts, free/busy and
-//! notifications. Keeps no state: everything is in agenda-db.
+//! notifications, and (one replica at a time) the notification relay to
+//! Redis. Keeps no state: everything is in agenda-db.
 //!
 //! Layout:
 //! - [`config`]: flags and environment.
@@ -46,11 +47,30 @@ pub async fn run(
             Err(e) => return Err(e).context("loading the JWT signing keys"),
         }
     };
+    // Every users replica is a relay candidate; one acts at a time.
+    let relay = (!cfg.no_relay).then(|| {
+        let bus = std::sync::Arc::new(agenda_common::bus::Bus::new(
+            &db,
+            Some(cfg.redis_password.clone()),
+            shutdown.clone(),
+        ));
+        let instance = format!("relay-{}", uuid::Uuid::new_v4().simple());
+        tokio::spawn(agenda_calendar::relay::run(
+            db.clone(),
+            bus,
+            instance,
+            shutdown.clone(),
+        ))
+    });
     let handler = handler::Users {
         store: Store::new(db.clone()),
         keys,
         token_ttl_secs: cfg.token_ttl_secs,
     };
     agenda_calendar::rpc::serve(Service::Users, handler, listener, advertise, db, shutdown).await?;
+    if let Some(relay) = relay {
+        // The shutdown token stops it; it resigns its election on the way.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), relay).await;
+    }
     Ok(())
 }

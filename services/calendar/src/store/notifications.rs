@@ -46,6 +46,24 @@ impl Store {
         Ok(all)
     }
 
+    /// `user`'s notifications created after `after` (ids are time-ordered),
+    /// oldest first, at most [`LIST_LIMIT`] × 5.
+    pub async fn notifications_after(
+        &self,
+        user: Uuid,
+        after: Option<Uuid>,
+    ) -> ApiResult<Vec<Notification>> {
+        let mut out: Vec<Notification> = self
+            .list::<Notification>(&keys::notifications(user))
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|n| after.is_none_or(|a| n.id > a))
+            .collect();
+        out.truncate(LIST_LIMIT * 5);
+        Ok(out)
+    }
+
     /// Marks one of `user`'s notifications read.
     pub async fn mark_read(&self, user: Uuid, id: Uuid) -> ApiResult<Notification> {
         let key = keys::notification(user, id);

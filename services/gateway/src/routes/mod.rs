@@ -1,5 +1,5 @@
 //! The public routes (DESIGN.md "Public HTTP API"), one module per
-//! resource. Each handler turns the request into an [`Op`] and relays it;
+//! resource (`stream` is the WebSocket). Each handler turns the request into an [`Op`] and relays it;
 //! the rules live in the services.
 //!
 //! [`Op`]: agenda_calendar::api::Op
@@ -9,6 +9,7 @@ pub mod events;
 pub mod groups;
 pub mod notifications;
 pub mod ops;
+pub mod stream;
 pub mod users;
 
 use std::sync::Arc;
@@ -58,4 +59,5 @@ pub fn api() -> Router<Arc<AppState>> {
         .route("/v1/freebusy", get(events::free_busy))
         .route("/v1/notifications", get(notifications::list))
         .route("/v1/notifications/{id}/read", post(notifications::read))
+        .route("/v1/stream", get(stream::stream))
 }

@@ -1,0 +1,245 @@
+//! The notification relay: agenda-db's notifications to the Redis stream,
+//! in order, losing nothing across any failover.
+//!
+//! One relay acts at a time (an election in agenda-db). It watches the
+//! notifications prefix from the cursor, `XADD`s each new notification to
+//! the current primary, waits until the replica holds them (`WAIT 1`) and
+//! only then moves the cursor, in a transaction fenced by its election.
+//! Whatever happens in between — the relay, Redis or agenda-db dying — the
+//! next relay starts again from the cursor: entries may be sent twice
+//! (consumers drop repeated ids), never lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agenda_common::bus::{Bus, NOTIFICATIONS_STREAM};
+use agenda_common::election;
+use agenda_common::shutdown::CancellationToken;
+use agenda_common::{DbClient, Error};
+use agenda_proto::db::{
+    event::EventType, request_op, PutRequest, RequestOp, TxnRequest, WatchRequest,
+};
+use futures::StreamExt;
+
+use crate::keys;
+
+/// Election key of the relay.
+pub const ELECTION_KEY: &str = "/registry/election/notification-relay";
+/// The last revision relayed and replicated.
+pub const CURSOR_KEY: &str = "/agenda/relay/cursor";
+/// Approximate length the stream is trimmed to.
+pub const STREAM_MAXLEN: usize = 100_000;
+
+/// How long one `WAIT` for the replica may take.
+const WAIT_MS: u64 = 1000;
+
+/// One notification to publish.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: String,
+    user: String,
+    data: Vec<u8>,
+}
+
+/// Runs as a relay candidate until `stop`.
+pub async fn run(db: DbClient, bus: Arc<Bus>, instance: String, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        let Some(lead) =
+            election::campaign(&db, ELECTION_KEY, &instance, Duration::from_secs(3), &stop).await
+        else {
+            return;
+        };
+        tracing::info!(%instance, "acting as the notification relay");
+        let result = tokio::select! {
+            () = lead.lost.cancelled() => Ok(()),
+            r = relay(&db, &bus, &lead) => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "relay interrupted; resuming from the cursor");
+        }
+        lead.resign().await;
+        if !stop.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn cursor(db: &DbClient) -> Result<i64, Error> {
+    Ok(match db.get(CURSOR_KEY).await? {
+        Some(kv) => String::from_utf8_lossy(&kv.value).parse().unwrap_or(0),
+        None => 0,
+    })
+}
+
+async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<(), Error> {
+    let mut from = cursor(db).await?;
+    tracing::info!(cursor = from, "relaying notifications");
+    loop {
+        let mut stream = match db
+            .watch(WatchRequest {
+                key: keys::NOTIFICATIONS.as_bytes().to_vec(),
+                prefix: true,
+                start_revision: from + 1,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(s) => s,
+            Err(Error::Compacted(m)) => {
+                from = catch_up(db, bus, lead, from, &m).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        while let Some(msg) = stream.next().await {
+            let resp = match msg {
+                Ok(r) => r,
+                Err(status) => match Error::from(status) {
+                    Error::Compacted(m) => {
+                        from = catch_up(db, bus, lead, from, &m).await?;
+                        break;
+                    }
+                    e => return Err(e),
+                },
+            };
+            let mut last = from;
+            let mut batch = Vec::new();
+            for ev in resp.events {
+                let Some(kv) = ev.kv else { continue };
+                last = last.max(kv.mod_revision);
+                // New notifications only; marking one read rewrites it.
+                if ev.r#type == EventType::Put as i32 && kv.create_revision == kv.mod_revision {
+                    if let Some(e) = entry(&kv.key, kv.value) {
+                        batch.push(e);
+                    }
+                }
+            }
+            if last > from {
+                publish(bus, &batch).await?;
+                advance(db, lead, last).await?;
+                from = last;
+            }
+        }
+    }
+}
+
+/// The history was compacted past the cursor: republish every stored
+/// notification created after it (consumers drop the repeats).
+async fn catch_up(
+    db: &DbClient,
+    bus: &Bus,
+    lead: &election::Leadership,
+    from: i64,
+    why: &str,
+) -> Result<i64, Error> {
+    tracing::warn!(
+        cursor = from,
+        why,
+        "history compacted past the cursor; republishing from a full scan"
+    );
+    let resp = db.get_prefix(keys::NOTIFICATIONS).await?;
+    let now = resp.header.map_or(from, |h| h.revision);
+    let batch: Vec<Entry> = resp
+        .kvs
+        .into_iter()
+        .filter(|kv| kv.create_revision > from)
+        .filter_map(|kv| entry(&kv.key, kv.value))
+        .collect();
+    publish(bus, &batch).await?;
+    advance(db, lead, now).await?;
+    Ok(now)
+}
+
+fn entry(key: &[u8], data: Vec<u8>) -> Option<Entry> {
+    let key = std::str::from_utf8(key).ok()?;
+    let mut parts = key.strip_prefix(keys::NOTIFICATIONS)?.split('/');
+    let (user, id) = (parts.next()?, parts.next()?);
+    Some(Entry {
+        id: id.to_string(),
+        user: user.to_string(),
+        data,
+    })
+}
+
+/// Appends `batch` to the stream on the current primary and returns once
+/// the replica acknowledged it; on any failure starts over on whatever is
+/// primary then.
+async fn publish(bus: &Bus, batch: &[Entry]) -> Result<(), Error> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match try_publish(bus, batch).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, entries = batch.len(), "publishing to Redis failed; retrying");
+                bus.reset();
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn try_publish(bus: &Bus, batch: &[Entry]) -> Result<(), Error> {
+    let primary = bus.wait_primary().await;
+    let mut conn = bus
+        .connect(&primary, Duration::from_millis(WAIT_MS + 2000))
+        .await?;
+    let mut pipe = redis::pipe();
+    for e in batch {
+        pipe.cmd("XADD")
+            .arg(NOTIFICATIONS_STREAM)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAXLEN)
+            .arg("*")
+            .arg("id")
+            .arg(&e.id)
+            .arg("user")
+            .arg(&e.user)
+            .arg("data")
+            .arg(&e.data)
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut conn)
+        .await
+        .map_err(agenda_common::bus::redis_error)?;
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(WAIT_MS)
+        .query_async(&mut conn)
+        .await
+        .map_err(agenda_common::bus::redis_error)?;
+    if acked < 1 {
+        return Err(Error::Unavailable(format!(
+            "the replica did not acknowledge within {WAIT_MS} ms (primary {})",
+            primary.addr
+        )));
+    }
+    Ok(())
+}
+
+async fn advance(db: &DbClient, lead: &election::Leadership, to: i64) -> Result<(), Error> {
+    let resp = db
+        .txn(TxnRequest {
+            compare: vec![lead.guard()],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::Put(PutRequest {
+                    key: CURSOR_KEY.as_bytes().to_vec(),
+                    value: to.to_string().into_bytes(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        })
+        .await?;
+    if !resp.succeeded {
+        lead.lost.cancel();
+        return Err(Error::FailedPrecondition(
+            "no longer the relay; the cursor stays with the new one".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! `GET /v1/stream`: live notifications over a WebSocket.
+//!
+//! The token comes in the `Authorization` header or, for browsers (which
+//! cannot set headers on a WebSocket), as `?access_token=`. A missing or
+//! bad token still completes the handshake and is then refused with close
+//! code 4401 and the reason, so every client library can show it.
+//! `?last_id=<notification id>` first replays what the client missed.
+//!
+//! Messages (text, JSON): `{"type":"ready"}`, `{"type":"notification",
+//! "notification":{...}}`, `{"type":"heartbeat"}` (with a ping frame).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agenda_calendar::api::Op;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::extract::{caller_for, verify, Query};
+use crate::live::{Pushed, Sent};
+use crate::metrics::RequestId;
+use crate::AppState;
+
+/// Close code for a refused token (like HTTP 401).
+pub const CLOSE_UNAUTHENTICATED: u16 = 4401;
+/// Close code for a client that did not read fast enough.
+pub const CLOSE_TOO_SLOW: u16 = 4408;
+/// Close code when the gateway shuts down (going away).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// How long one send may wait for a client before it counts as too slow.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `?access_token=&last_id=`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// The access token, when the Authorization header cannot be set.
+    pub access_token: Option<String>,
+    /// Id of the last notification received; what came after is sent first.
+    pub last_id: Option<String>,
+}
+
+/// Live notifications (WebSocket).
+#[utoipa::path(get, path = "/v1/stream", tag = "notifications", params(StreamQuery),
+    responses((status = 101, description = "WebSocket: ready, notification and heartbeat messages; close 4401 for a refused token, 4408 for a client too slow")))]
+pub async fn stream(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    request_id: Option<axum::Extension<RequestId>>,
+    Query(q): Query<StreamQuery>,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::to_string)
+        .or(q.access_token);
+    let auth = match token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        None => Err(
+            "unauthenticated: pass the access token as Authorization: Bearer or ?access_token="
+                .to_string(),
+        ),
+        Some(t) => verify(&state, t).map_err(|e| format!("{}: {}", e.code, e.message)),
+    };
+    let request_id = request_id.map(|r| r.0 .0.clone()).unwrap_or_default();
+    ws.on_upgrade(move |socket| session(socket, state, auth, q.last_id, request_id))
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.chars().take(120).collect::<String>().into(),
+    };
+    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+}
+
+async fn send_text(socket: &mut WebSocket, text: String) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
+}
+
+fn notification_message(n: &Pushed) -> String {
+    format!("{{\"type\":\"notification\",\"notification\":{}}}", n.json)
+}
+
+async fn session(
+    mut socket: WebSocket,
+    state: Arc<AppState>,
+    auth: Result<Uuid, String>,
+    last_id: Option<String>,
+    request_id: String,
+) {
+    let user = match auth {
+        Ok(u) => u,
+        Err(reason) => {
+            tracing::debug!(%request_id, %reason, "WebSocket refused");
+            close(&mut socket, CLOSE_UNAUTHENTICATED, &reason).await;
+            return;
+        }
+    };
+    // Subscribe before reading the backlog: what arrives meanwhile waits in
+    // the queue and repeats are dropped by id.
+    let mut sub = state.hub.subscribe(user);
+    let mut sent = Sent::new(10_000);
+    if let Some(after) = last_id.filter(|s| !s.is_empty()) {
+        let caller = caller_for(state.clone(), request_id.clone(), user);
+        match caller
+            .call_json(Op::NotificationsAfter { after: Some(after) })
+            .await
+        {
+            Ok((200, body)) => {
+                for n in body["items"].as_array().into_iter().flatten() {
+                    let id = n["id"].as_str().unwrap_or_default().to_string();
+                    if sent.first(&id) {
+                        let msg = json!({"type": "notification", "notification": n}).to_string();
+                        if !send_text(&mut socket, msg).await {
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok((status, body)) => {
+                let reason = body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("cannot replay")
+                    .to_string();
+                let code = if status == 401 {
+                    CLOSE_UNAUTHENTICATED
+                } else {
+                    4000 + status.min(999)
+                };
+                close(&mut socket, code, &reason).await;
+                return;
+            }
+            Err(e) => {
+                close(
+                    &mut socket,
+                    1013,
+                    &format!("{}; reconnect with the same last_id", e.message),
+                )
+                .await;
+                return;
+            }
+        }
+    }
+    if !send_text(&mut socket, json!({"type": "ready"}).to_string()).await {
+        return;
+    }
+    let mut heartbeat = tokio::time::interval(state.ws_heartbeat);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => {
+                close(&mut socket, CLOSE_GOING_AWAY, "the gateway is shutting down; reconnect").await;
+                return;
+            }
+            () = sub.slow.cancelled() => {
+                close(&mut socket, CLOSE_TOO_SLOW, "too slow: notifications were not read in time; reconnect with last_id").await;
+                return;
+            }
+            n = sub.rx.recv() => {
+                let Some(n) = n else { return };
+                if sent.first(&n.id) && !send_text(&mut socket, notification_message(&n)).await {
+                    close(&mut socket, CLOSE_TOO_SLOW, "too slow: a send timed out").await;
+                    return;
+                }
+            }
+            _ = heartbeat.tick() => {
+                let ok = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Vec::new().into()))).await;
+                if !matches!(ok, Ok(Ok(()))) || !send_text(&mut socket, json!({"type": "heartbeat"}).to_string()).await {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
