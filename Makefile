@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run run-local test lint unit system bench bench-api bench-db build release deps-run deps-bench clean
+.PHONY: run run-local test lint unit system bench bench-api bench-db bench-failover build release deps-run deps-test deps-bench deps-bench-failover clean
 
 ## make run: start the whole system on loopback, in the foreground (Ctrl-C stops it).
 run: run-local
@@ -15,7 +15,7 @@ run-local: release deps-run
 	AGENDA_BIN_DIR=$(CURDIR)/target/release deploy/run-local.sh
 
 ## make test: format and lint checks, unit tests, system tests (real processes).
-test: lint build
+test: deps-test lint build
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p agenda-tests --tests -- --test-threads=1
 
@@ -37,18 +37,32 @@ bench-db: release deps-bench
 bench-api: release
 	target/release/bench_api
 
+## make bench-failover: Redis primary kills, agenda-supervisor against Redis Sentinel, one run, a table.
+bench-failover: release deps-bench-failover
+	target/release/bench_failover
+
 ## make bench: every benchmark (the API, then agenda-db against etcd).
 bench: bench-api bench-db
 
 deps-run:
-	@command -v curl >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq curl; \
-	  else echo "make run needs curl: sudo apt-get install -y curl"; exit 1; fi; }
+	@{ command -v curl && command -v redis-server && command -v redis-cli; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq curl redis-server; \
+	  else echo "make run needs curl and redis-server: sudo apt-get install -y curl redis-server"; exit 1; fi; }
+
+deps-test:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq redis-server; \
+	  else echo "make test needs redis-server: sudo apt-get install -y redis-server"; exit 1; fi; }
 
 deps-bench:
 	@command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || { \
 	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq etcd-server; \
 	  else echo "make bench-db needs etcd: sudo apt-get install -y etcd-server"; exit 1; fi; }
+
+deps-bench-failover:
+	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq redis-server; \
+	  else echo "make bench-failover needs redis-server: sudo apt-get install -y redis-server"; exit 1; fi; }
 
 clean:
 	$(CARGO) clean

@@ -2,8 +2,9 @@
 # Starts the local system on loopback and stays in the foreground until
 # Ctrl-C (or SIGTERM), then stops everything it started.
 #
-# The system: five agenda-db nodes, two agenda-users, two agenda-groups and
-# one agenda-gateway. Writes, once the gateway is ready:
+# The system: five agenda-db nodes, two Redis servers each owned by an
+# agenda-supervisor (one per "machine"), two agenda-users, two
+# agenda-groups and one agenda-gateway. Writes, once everything is ready:
 #   .agenda/url             the public base URL (the gateway)
 #   .agenda/endpoints.json  every process: name, kind, machine, pid, addresses, data dir, log
 # Data lives under .agenda/data (kept across runs; AGENDA_FRESH=1 wipes it).
@@ -18,7 +19,17 @@ http_base=${AGENDA_DB_HTTP_BASE:-7101}
 users_base=${AGENDA_USERS_BASE:-7201}
 groups_base=${AGENDA_GROUPS_BASE:-7301}
 gateway=${AGENDA_GATEWAY_ADDR:-127.0.0.1:8080}
+redis_base=${AGENDA_REDIS_BASE:-7401}
+supervisor_base=${AGENDA_SUPERVISOR_BASE:-7501}
 replicas=2
+# One password for both Redis servers and their clients; kept in the
+# state dir so a restart finds the servers' AOF data under the same one.
+if [ -z "${AGENDA_REDIS_PASSWORD:-}" ]; then
+  mkdir -p "$state"
+  [ -s "$state/redis-password" ] || head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$state/redis-password"
+  AGENDA_REDIS_PASSWORD=$(cat "$state/redis-password")
+fi
+export AGENDA_REDIS_PASSWORD
 
 mkdir -p "$state/logs" "$state/data"
 [ "${AGENDA_FRESH:-0}" = 1 ] && rm -rf "$state/data"/*
@@ -47,7 +58,8 @@ trap stop EXIT
 
 # Fail early if something is already on our ports.
 for port in $(seq $grpc_base $((grpc_base + nodes - 1))) $(seq $http_base $((http_base + nodes - 1))) \
-  $(seq $users_base $((users_base + replicas - 1))) $(seq $groups_base $((groups_base + replicas - 1))) "${gateway##*:}"; do
+  $(seq $users_base $((users_base + replicas - 1))) $(seq $groups_base $((groups_base + replicas - 1))) \
+  $(seq $redis_base $((redis_base + 1))) $(seq $supervisor_base $((supervisor_base + 1))) "${gateway##*:}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use (another make run?); stop that first" >&2
     exit 1
@@ -102,6 +114,27 @@ until curl -fsS "http://127.0.0.1:$http_base/healthz" >/dev/null 2>&1; do
   sleep 0.2
 done
 
+# One supervisor per machine, each owning its machine's Redis.
+redis_nodes="127.0.0.1:$redis_base,127.0.0.1:$((redis_base + 1))"
+for m in a b; do
+  k=$([ $m = a ] && echo 0 || echo 1)
+  start "agenda-supervisor-$m" agenda-supervisor "127.0.0.1:$((supervisor_base + k))" "$state/data/redis-$m" \
+    "$bin/agenda-supervisor" --id "supervisor-$m" --db "$db_endpoints" \
+    --http "127.0.0.1:$((supervisor_base + k))" --redis-nodes "$redis_nodes" \
+    --local-redis "127.0.0.1:$((redis_base + k))" --redis-dir "$state/data/redis-$m"
+done
+
+echo "waiting for a Redis primary to be published..."
+deadline=$((SECONDS + 30))
+until curl -fsS "http://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary" >/dev/null 2>&1; do
+  check_alive
+  if [ $SECONDS -ge $deadline ]; then
+    echo "no Redis primary after 30 s; see $state/logs/agenda-supervisor-*.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+
 for r in $(seq 1 $replicas); do
   start "agenda-users-$r" agenda-users "127.0.0.1:$((users_base + r - 1))" "" \
     "$bin/agenda-users" --listen "127.0.0.1:$((users_base + r - 1))" --db "$db_endpoints"
@@ -133,6 +166,8 @@ done
     case "${kinds[$idx]}" in
       agenda-db) n=${names[$idx]##*-}; extra=", \"grpc\": \"${addrs[$idx]}\", \"http\": \"http://127.0.0.1:$((http_base + n - 1))\"" ;;
       agenda-gateway) extra=", \"http\": \"http://${addrs[$idx]}\"" ;;
+      agenda-supervisor) m=${names[$idx]##*-}; k=$([ "$m" = a ] && echo 0 || echo 1)
+        extra=", \"http\": \"http://${addrs[$idx]}\", \"redis\": \"127.0.0.1:$((redis_base + k))\"" ;;
       *) extra=", \"grpc\": \"${addrs[$idx]}\"" ;;
     esac
     printf '  {"name": "%s", "kind": "%s", "machine": "local", "pid": %s%s, "data_dir": %s, "log": "%s"}%s\n' \
@@ -140,13 +175,23 @@ done
       "$([ -n "${dirs[$idx]}" ] && printf '"%s"' "${dirs[$idx]}" || echo null)" \
       "$state/logs/${names[$idx]}.log" "$sep"
   done
+  # The Redis servers are children of their supervisors.
+  for m in a b; do
+    k=$([ $m = a ] && echo 0 || echo 1)
+    port=$((redis_base + k))
+    rpid=$(REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -p "$port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p')
+    role=$(REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -p "$port" info replication 2>/dev/null | tr -d '\r' | sed -n 's/^role://p')
+    printf '  ,{"name": "redis-%s", "kind": "redis-server", "machine": "local", "pid": %s, "redis": "127.0.0.1:%s", "role": "%s", "managed_by": "agenda-supervisor-%s", "data_dir": "%s"}\n' \
+      "$m" "${rpid:-null}" "$port" "${role:-unknown}" "$m" "$state/data/redis-$m"
+  done
   echo ']}'
 } >"$state/endpoints.json"
 echo "http://$gateway" >"$state/url"
 
 cat <<TXT
 
-Agenda is up: 5 agenda-db nodes, $replicas agenda-users, $replicas agenda-groups, 1 gateway.
+Agenda is up: 5 agenda-db nodes, 2 Redis (each with its agenda-supervisor), $replicas agenda-users,
+$replicas agenda-groups, 1 gateway.
 Public API: http://$gateway   (OpenAPI: http://$gateway/openapi.json)
 Logs: $state/logs/   Processes: $state/endpoints.json
 Try:
@@ -155,6 +200,9 @@ Try:
   curl -s -X POST http://$gateway/v1/auth/login -H 'content-type: application/json' \\
     -d '{"username":"alice","password":"correct-horse-1"}'
   curl -s http://$gateway/v1/me -H "authorization: Bearer <access_token from login>"
+Live notifications: a WebSocket on ws://$gateway/v1/stream?access_token=<token>
+Redis primary (published by the acting supervisor):
+  curl -s http://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary
 Operators: agenda-db REST on http://127.0.0.1:$http_base..$((http_base + nodes - 1)) (/v1/cluster, /metrics).
 Ctrl-C stops everything.
 TXT

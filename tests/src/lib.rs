@@ -8,9 +8,14 @@
 //! - [`etcd`]: a real etcd cluster, the yardstick of the benchmark.
 //! - [`system`]: the whole system (db, users, groups, gateway) and a small
 //!   client of the public HTTP API.
+//! - [`ws`]: a client of the WebSocket stream.
+//! - [`redis`]: two `agenda-supervisor`s, each owning a real
+//!   redis-server (the Redis layer of the messaging tests).
 //! - `tests/`: the system tests; `src/bin/bench_db.rs`: `make bench-db`.
 
 pub mod cluster;
 pub mod etcd;
 pub mod linearizability;
+pub mod redis;
 pub mod system;
+pub mod ws;

@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 
 use crate::cluster::{bin, free_port, Cluster, Options};
 
+/// Password of the test Redis servers.
+pub const REDIS_PASSWORD: &str = "test-redis-password";
+
 /// Password of every account made by [`Api::register`].
 pub const PASSWORD: &str = "correct-horse-1";
 
@@ -29,6 +32,11 @@ pub struct SystemOptions {
     pub users: usize,
     /// agenda-groups replicas.
     pub groups: usize,
+    /// Also start the Redis layer (two supervisors, each with its
+    /// redis-server), so notifications flow live.
+    pub redis: bool,
+    /// Extra flags for the gateway.
+    pub gateway_args: Vec<String>,
 }
 
 impl Default for SystemOptions {
@@ -37,6 +45,8 @@ impl Default for SystemOptions {
             db_nodes: 3,
             users: 2,
             groups: 2,
+            redis: false,
+            gateway_args: Vec::new(),
         }
     }
 }
@@ -55,6 +65,8 @@ pub struct System {
     gateway: String,
     /// The agenda-db cluster (store and registry).
     pub db: Cluster,
+    /// The Redis layer, when started.
+    pub redis: Option<crate::redis::RedisLayer>,
     dir: tempfile::TempDir,
 }
 
@@ -80,32 +92,46 @@ impl System {
         let dir = tempfile::Builder::new()
             .prefix("agenda-system-test")
             .tempdir()?;
+        let redis = if opts.redis {
+            let endpoints: Vec<String> = db.nodes.values().map(|n| n.grpc.clone()).collect();
+            Some(crate::redis::RedisLayer::start(&endpoints, dir.path(), REDIS_PASSWORD).await?)
+        } else {
+            None
+        };
         let mut sys = System {
             procs: Vec::new(),
             gateway: String::new(),
             db,
+            redis,
             dir,
         };
         for i in 0..opts.users {
-            sys.spawn(&users_bin, format!("users-{i}"), &db_addrs)?;
+            sys.spawn(&users_bin, format!("users-{i}"), &db_addrs, &[])?;
         }
         for i in 0..opts.groups {
-            sys.spawn(&groups_bin, format!("groups-{i}"), &db_addrs)?;
+            sys.spawn(&groups_bin, format!("groups-{i}"), &db_addrs, &[])?;
         }
-        sys.gateway = sys.spawn(&gateway_bin, "gateway".into(), &db_addrs)?;
+        sys.gateway = sys.spawn(
+            &gateway_bin,
+            "gateway".into(),
+            &db_addrs,
+            &opts.gateway_args,
+        )?;
         if let Err(e) = sys.wait_ready(Duration::from_secs(30)).await {
             bail!("{e:#}\n{}", sys.all_log_tails(30));
         }
         Ok(sys)
     }
 
-    fn spawn(&mut self, bin: &PathBuf, name: String, db: &str) -> Result<String> {
+    fn spawn(&mut self, bin: &PathBuf, name: String, db: &str, extra: &[String]) -> Result<String> {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = self.dir.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
         let child = Command::new(bin)
             .args(["--listen", &addr, "--db", db, "--log", "info"])
+            .args(extra)
             .env("RUST_BACKTRACE", "1")
+            .env("AGENDA_REDIS_PASSWORD", REDIS_PASSWORD)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -229,6 +255,14 @@ impl System {
         }
     }
 
+    /// Address of a process (`users-0`...).
+    pub fn addr(&self, name: &str) -> Option<&str> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.addr.as_str())
+    }
+
     /// SIGKILL agenda-users replica `i`.
     pub fn kill_users(&mut self, i: usize) {
         self.kill(&format!("users-{i}"));
@@ -263,10 +297,15 @@ impl System {
             .iter()
             .map(|p| p.name.clone())
             .chain(self.db.nodes.keys().map(|id| format!("db-{id}")));
-        names
+        let mut out = names
             .map(|n| format!("--- {n} ---\n{}", self.tail(&n, lines)))
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n");
+        if let Some(r) = &self.redis {
+            out.push('\n');
+            out.push_str(&r.log_tails(lines));
+        }
+        out
     }
 }
 

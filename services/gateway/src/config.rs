@@ -42,6 +42,12 @@ pub struct Config {
     /// slow and is disconnected (others are never held up by it).
     #[arg(long, env = "AGENDA_WS_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub ws_queue: u64,
+    /// Kernel send buffer of each client connection, in bytes. It bounds
+    /// what piles up for a client that stops reading: once it is full, the
+    /// WebSocket queue fills and that client is cut (the kernel's own
+    /// autotuned default lets megabytes pile up first).
+    #[arg(long, env = "AGENDA_SEND_BUFFER_BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(4096..=16_777_216))]
+    pub send_buffer_bytes: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `agenda_gateway=debug`.
     #[arg(long, env = "AGENDA_LOG", default_value = "info")]
     pub log: String,

@@ -28,6 +28,7 @@ use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -94,6 +95,12 @@ pub async fn run(
         db,
     });
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    let send_buffer = cfg.send_buffer_bytes as usize;
+    let listener = listener.tap_io(move |tcp| {
+        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+            tracing::debug!(error = %e, "cannot set the send buffer");
+        }
+    });
     axum::serve(listener, app(state, cfg.max_body_bytes))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -8,7 +8,9 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// The request id of the current request (from `x-request-id` or new).
 #[derive(Clone, Debug)]
@@ -19,6 +21,12 @@ pub struct Metrics {
     pub registry: Registry,
     latency: HistogramVec,
     responses: IntCounterVec,
+    /// Open WebSocket sessions.
+    pub ws_open: IntGauge,
+    /// Sessions cut because the client did not read in time.
+    pub ws_slow: IntCounter,
+    /// Notifications written to WebSockets.
+    pub ws_pushed: IntCounter,
 }
 
 impl Metrics {
@@ -42,12 +50,27 @@ impl Metrics {
             ),
             &["method", "route", "status"],
         )?;
+        let ws_open = IntGauge::new("agenda_gateway_ws_open", "Open WebSocket sessions.")?;
+        let ws_slow = IntCounter::new(
+            "agenda_gateway_ws_slow_disconnects_total",
+            "WebSocket sessions cut because the client did not read in time.",
+        )?;
+        let ws_pushed = IntCounter::new(
+            "agenda_gateway_ws_notifications_total",
+            "Notifications written to WebSockets.",
+        )?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(responses.clone()))?;
+        registry.register(Box::new(ws_open.clone()))?;
+        registry.register(Box::new(ws_slow.clone()))?;
+        registry.register(Box::new(ws_pushed.clone()))?;
         Ok(Metrics {
             registry,
             latency,
             responses,
+            ws_open,
+            ws_slow,
+            ws_pushed,
         })
     }
 

@@ -54,7 +54,8 @@ pub async fn run(
             Some(cfg.redis_password.clone()),
             shutdown.clone(),
         ));
-        let instance = format!("relay-{}", uuid::Uuid::new_v4().simple());
+        // The address in the id tells operators (and tests) which replica acts.
+        let instance = format!("relay-{advertise}-{}", uuid::Uuid::new_v4().simple());
         tokio::spawn(agenda_calendar::relay::run(
             db.clone(),
             bus,

@@ -206,6 +206,7 @@ async fn main() -> Result<()> {
                     db_nodes: 5,
                     users: 2,
                     groups: 2,
+                    ..Default::default()
                 })
                 .await?,
             )

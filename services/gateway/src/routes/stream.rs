@@ -111,6 +111,9 @@ async fn session(
             return;
         }
     };
+    let metrics = state.metrics.clone();
+    metrics.ws_open.inc();
+    let _open = scopeguard(move || metrics.ws_open.dec());
     // Subscribe before reading the backlog: what arrives meanwhile waits in
     // the queue and repeats are dropped by id.
     let mut sub = state.hub.subscribe(user);
@@ -129,6 +132,7 @@ async fn session(
                         if !send_text(&mut socket, msg).await {
                             return;
                         }
+                        state.metrics.ws_pushed.inc();
                     }
                 }
             }
@@ -168,14 +172,19 @@ async fn session(
                 return;
             }
             () = sub.slow.cancelled() => {
+                state.metrics.ws_slow.inc();
                 close(&mut socket, CLOSE_TOO_SLOW, "too slow: notifications were not read in time; reconnect with last_id").await;
                 return;
             }
             n = sub.rx.recv() => {
                 let Some(n) = n else { return };
-                if sent.first(&n.id) && !send_text(&mut socket, notification_message(&n)).await {
-                    close(&mut socket, CLOSE_TOO_SLOW, "too slow: a send timed out").await;
-                    return;
+                if sent.first(&n.id) {
+                    if !send_text(&mut socket, notification_message(&n)).await {
+                        state.metrics.ws_slow.inc();
+                        close(&mut socket, CLOSE_TOO_SLOW, "too slow: a send timed out; reconnect with last_id").await;
+                        return;
+                    }
+                    state.metrics.ws_pushed.inc();
                 }
             }
             _ = heartbeat.tick() => {
@@ -190,4 +199,17 @@ async fn session(
             },
         }
     }
+}
+
+/// Runs `f` when dropped (however the session ends).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

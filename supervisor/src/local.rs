@@ -1,0 +1,394 @@
+//! The local redis-server process: started with the configuration of
+//! docs/MESSAGING.md, restarted when it dies (always as a replica of the
+//! current primary, never as a primary), stopped on shutdown.
+//!
+//! A redis-server already answering on the local address (left running by
+//! a supervisor that was killed) is adopted instead of started: its pid
+//! comes from `INFO server`, and its death is seen through `/proc`.
+//!
+//! When the local node is itself the published primary and its process
+//! died, the restart waits until the leader publishes another primary. If
+//! that does not happen in time (no other node answers), the node is
+//! started as a replica of another configured node anyway, and the leader
+//! promotes it back since it is then the only node answering (see
+//! `failover`). Either way it never comes back as a master by itself.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agenda_common::shutdown::CancellationToken;
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::split_addr;
+use crate::failover::Primary;
+use crate::metrics::Metrics;
+use crate::redis_node::RedisNode;
+
+/// Name of the pid file redis-server writes in its data dir.
+pub const PID_FILE: &str = "redis.pid";
+/// Name of the redis-server log in its data dir.
+pub const LOG_FILE: &str = "redis.log";
+
+/// How long a stopping redis-server gets before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Pause before the first restart of a process that died young; doubles
+/// up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A process that ran this long resets the back-off.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// What the local process is, and how it is run.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// `host:port` of the local node.
+    pub addr: String,
+    /// Every configured node (fallback master when the registry lags).
+    pub nodes: Vec<String>,
+    /// redis-server, resolved with [`resolve_binary`].
+    pub binary: PathBuf,
+    /// Data dir.
+    pub dir: PathBuf,
+    /// requirepass / masterauth (empty: none).
+    pub password: String,
+    /// Deadline of one command to the node.
+    pub timeout: Duration,
+    /// How long the registry may keep naming the dead local node as the
+    /// primary before it is started as a replica of another node anyway.
+    pub primary_wait: Duration,
+}
+
+/// Finds the redis-server binary, with a message that says what to do.
+pub fn resolve_binary(path: &Path) -> Result<PathBuf, String> {
+    let is_file = |p: &Path| p.is_file();
+    if path.components().count() > 1 || path.is_absolute() {
+        return if is_file(path) {
+            Ok(path.to_path_buf())
+        } else {
+            Err(format!(
+                "--redis-server {}: no such file (install Redis: apt-get install redis-server)",
+                path.display()
+            ))
+        };
+    }
+    let dirs = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&dirs)
+        .map(|d| d.join(path))
+        .find(|p| is_file(p))
+        .ok_or_else(|| {
+            format!(
+                "--redis-server {}: not found in PATH (install Redis: apt-get install redis-server, \
+                 or pass the binary's path)",
+                path.display()
+            )
+        })
+}
+
+/// The running process.
+enum Proc {
+    /// Started by this supervisor (with its pid, which `Child::id` forgets
+    /// once the process is reaped).
+    Child(tokio::process::Child, Option<u32>),
+    /// Found running (started by an earlier supervisor).
+    Adopted(u32),
+}
+
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Proc::Child(_, pid) => *pid,
+            Proc::Adopted(pid) => Some(*pid),
+        }
+    }
+
+    /// Resolves when the process has exited, with a description.
+    async fn exited(&mut self) -> String {
+        match self {
+            Proc::Child(c, _) => match c.wait().await {
+                Ok(st) => format!("exited: {st}"),
+                Err(e) => format!("wait failed: {e}"),
+            },
+            Proc::Adopted(pid) => {
+                while alive(*pid) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                "exited (adopted process; status unknown)".into()
+            }
+        }
+    }
+
+    /// SIGTERM, a bounded wait, then SIGKILL.
+    async fn stop(&mut self) {
+        let Some(pid) = self.pid() else { return };
+        signal(pid, libc::SIGTERM);
+        if tokio::time::timeout(STOP_GRACE, self.exited())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pid,
+                "redis-server did not stop within {STOP_GRACE:?}; killing it"
+            );
+            signal(pid, libc::SIGKILL);
+            let _ = tokio::time::timeout(STOP_GRACE, self.exited()).await;
+        }
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // Never 0 or 1: kill(0) would signal our own process group.
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is the
+    // redis-server this supervisor started or adopted.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Whether `pid` runs (a zombie counts as dead).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Manages the local process until `stop`, then stops it. `primary`
+/// follows the published primary (already read once at start).
+pub async fn run(
+    spec: Spec,
+    primary: watch::Receiver<Option<Primary>>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&spec.dir)
+        .with_context(|| format!("creating --redis-dir {}", spec.dir.display()))?;
+    let mut primary = primary;
+    let mut proc = match adopt(&spec).await {
+        Some(p) => Some(p),
+        None => {
+            let published = primary.borrow().clone();
+            let master = match published {
+                None => {
+                    tracing::info!(node = %spec.addr, "decision: starting redis-server without a master (no primary published yet; the leader will choose one)");
+                    None
+                }
+                Some(p) if p.addr != spec.addr => Some(p.addr),
+                Some(_) => match replica_target(&spec, &mut primary, &stop).await {
+                    Some(t) => t,
+                    None => return Ok(()),
+                },
+            };
+            Some(spawn(&spec, master.as_deref())?)
+        }
+    };
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let (pid, status) = match proc.as_mut() {
+            Some(p) => tokio::select! {
+                () = stop.cancelled() => {
+                    tracing::info!(pid = ?p.pid(), "stopping the local redis-server");
+                    p.stop().await;
+                    return Ok(());
+                }
+                s = p.exited() => (p.pid(), s),
+            },
+            None => (None, "not running: the last start failed".to_string()),
+        };
+        metrics.local_restarts.inc();
+        metrics.decision("restart-local");
+        tracing::warn!(node = %spec.addr, ?pid, %status,
+            "decision: the local redis-server died; restarting it as a replica of the current primary");
+        if started.elapsed() >= STABLE_AFTER {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let Some(master) = replica_target(&spec, &mut primary, &stop).await else {
+            return Ok(());
+        };
+        proc = match spawn(&spec, master.as_deref()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // E.g. the binary vanished: keep trying, loudly.
+                tracing::error!(error = %format!("{e:#}"), "cannot restart redis-server; retrying");
+                metrics.decision("restart-local-failed");
+                None
+            }
+        };
+    }
+}
+
+/// The master a restarted local node must replicate: the published
+/// primary once it is another node. `None` inside: start without a master
+/// (nothing published, or no other node configured). Outer `None`: stop.
+async fn replica_target(
+    spec: &Spec,
+    primary: &mut watch::Receiver<Option<Primary>>,
+    stop: &CancellationToken,
+) -> Option<Option<String>> {
+    let deadline = tokio::time::Instant::now() + spec.primary_wait;
+    let mut logged = false;
+    loop {
+        let current = primary.borrow_and_update().clone();
+        match current {
+            None => return Some(None),
+            Some(p) if p.addr != spec.addr => {
+                tracing::info!(node = %spec.addr, master = %p.addr, epoch = p.epoch,
+                    "starting the local redis-server as a replica of the published primary");
+                return Some(Some(p.addr));
+            }
+            Some(p) => {
+                if !logged {
+                    tracing::info!(node = %spec.addr, epoch = p.epoch,
+                        "the registry still names this node as the primary; waiting for the leader to publish another before restarting it as a replica");
+                    logged = true;
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            changed = primary.changed() => if changed.is_err() { return None },
+            () = tokio::time::sleep_until(deadline) => {
+                let other = spec.nodes.iter().find(|n| **n != spec.addr).cloned();
+                tracing::warn!(node = %spec.addr, fallback = ?other, waited = ?spec.primary_wait,
+                    "decision: no other primary was published in time; starting as a replica of another configured node (never as a master)");
+                return Some(other);
+            }
+        }
+    }
+}
+
+/// Adopts a redis-server already answering on the local address.
+async fn adopt(spec: &Spec) -> Option<Proc> {
+    let mut node = RedisNode::new(&spec.addr, &spec.password, spec.timeout).ok()?;
+    let obs = node.check().await.ok()?;
+    let pid = obs.pid?;
+    tracing::info!(node = %spec.addr, pid, role = ?obs.role, "adopting the redis-server already running");
+    Some(Proc::Adopted(pid))
+}
+
+/// Starts redis-server (replicating `master` if given).
+fn spawn(spec: &Spec, master: Option<&str>) -> anyhow::Result<Proc> {
+    let (host, port) = split_addr(&spec.addr).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&spec.dir)
+        .with_context(|| format!("creating --redis-dir {}", spec.dir.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.dir.join(LOG_FILE))
+        .with_context(|| format!("opening {}", spec.dir.join(LOG_FILE).display()))?;
+    let mut cmd = tokio::process::Command::new(&spec.binary);
+    cmd.args(server_args(spec, &host, port, master)?)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", spec.binary.display()))?;
+    tracing::info!(node = %spec.addr, pid = ?child.id(), master = ?master, "started redis-server");
+    let pid = child.id();
+    Ok(Proc::Child(child, pid))
+}
+
+/// The redis-server command line (docs/MESSAGING.md).
+fn server_args(
+    spec: &Spec,
+    host: &str,
+    port: u16,
+    master: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let dir = spec
+        .dir
+        .canonicalize()
+        .with_context(|| format!("--redis-dir {}", spec.dir.display()))?;
+    let mut args: Vec<String> = vec![
+        "--port".into(),
+        port.to_string(),
+        "--bind".into(),
+        host.into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--pidfile".into(),
+        dir.join(PID_FILE).display().to_string(),
+        "--daemonize".into(),
+        "no".into(),
+        "--appendonly".into(),
+        "yes".into(),
+        "--appendfsync".into(),
+        "everysec".into(),
+        "--save".into(),
+        String::new(),
+        "--repl-diskless-sync-delay".into(),
+        "0".into(),
+    ];
+    if !spec.password.is_empty() {
+        args.extend([
+            "--requirepass".into(),
+            spec.password.clone(),
+            "--masterauth".into(),
+            spec.password.clone(),
+        ]);
+    }
+    if let Some(m) = master {
+        let (mh, mp) = split_addr(m).map_err(anyhow::Error::msg)?;
+        args.extend(["--replicaof".into(), mh, mp.to_string()]);
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binary_is_a_clear_error() {
+        let e = resolve_binary(Path::new("/nonexistent/redis-server")).unwrap_err();
+        assert!(e.contains("no such file"), "{e}");
+        let e = resolve_binary(Path::new("no-such-redis-server-binary")).unwrap_err();
+        assert!(e.contains("not found in PATH"), "{e}");
+    }
+
+    #[test]
+    fn command_line_has_the_contract_settings() {
+        let dir = std::env::temp_dir();
+        let spec = Spec {
+            addr: "127.0.0.1:7401".into(),
+            nodes: vec!["127.0.0.1:7401".into(), "127.0.0.1:7402".into()],
+            binary: "redis-server".into(),
+            dir,
+            password: "pw".into(),
+            timeout: Duration::from_millis(100),
+            primary_wait: Duration::from_secs(1),
+        };
+        let args = server_args(&spec, "127.0.0.1", 7401, Some("127.0.0.1:7402")).unwrap();
+        let line = args.join(" ");
+        for want in [
+            "--appendonly yes",
+            "--appendfsync everysec",
+            "--requirepass pw",
+            "--masterauth pw",
+            "--repl-diskless-sync-delay 0",
+            "--daemonize no",
+            "--replicaof 127.0.0.1 7402",
+            "--port 7401",
+        ] {
+            assert!(line.contains(want), "{want} missing in {line}");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! A WebSocket client of `GET /v1/stream` for the tests.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// What the stream said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// `{"type":"ready"}`: backlog sent, live from now on.
+    Ready,
+    /// `{"type":"heartbeat"}`.
+    Heartbeat,
+    /// A notification (the `notification` object).
+    Notification(Value),
+    /// The server closed: code and reason.
+    Closed(u16, String),
+}
+
+/// One open stream.
+pub struct Ws {
+    inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// Opens `GET /v1/stream` on the gateway at `base` (`http://host:port`),
+/// with the token as `?access_token=` when given, and `?last_id=`.
+pub async fn connect(base: &str, token: Option<&str>, last_id: Option<&str>) -> Result<Ws> {
+    let mut url = format!("{}/v1/stream", base.replacen("http://", "ws://", 1));
+    let mut sep = '?';
+    if let Some(t) = token {
+        url.push_str(&format!("{sep}access_token={t}"));
+        sep = '&';
+    }
+    if let Some(l) = last_id {
+        url.push_str(&format!("{sep}last_id={l}"));
+    }
+    let (inner, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .with_context(|| format!("WebSocket connect {url}"))?;
+    Ok(Ws { inner })
+}
+
+/// Like [`connect`] but over a socket with a tiny receive buffer, for a
+/// client that stops reading: the server's sends then block quickly.
+pub async fn connect_tiny_buffer(base: &str, token: &str) -> Result<Ws> {
+    let addr = base.trim_start_matches("http://");
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(2048)?;
+    let stream = socket
+        .connect(addr.parse().context("gateway address")?)
+        .await
+        .context("TCP connect")?;
+    let url = format!("ws://{addr}/v1/stream?access_token={token}");
+    let (inner, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .context("WebSocket handshake")?;
+    Ok(Ws { inner })
+}
+
+impl Ws {
+    /// The next frame of interest (pings are answered by the library).
+    pub async fn next(&mut self, timeout: Duration) -> Result<Frame> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = match tokio::time::timeout(left, self.inner.next()).await {
+                Err(_) => bail!("no frame within {timeout:?}"),
+                Ok(None) => return Ok(Frame::Closed(1006, "connection ended".into())),
+                Ok(Some(Err(e))) => return Ok(Frame::Closed(1006, e.to_string())),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).context("frame is not JSON")?;
+                    return Ok(match v["type"].as_str() {
+                        Some("ready") => Frame::Ready,
+                        Some("heartbeat") => Frame::Heartbeat,
+                        Some("notification") => Frame::Notification(v["notification"].clone()),
+                        other => bail!("unknown frame type {other:?}: {v}"),
+                    });
+                }
+                Message::Close(c) => {
+                    return Ok(match c {
+                        Some(f) => Frame::Closed(u16::from(f.code), f.reason.to_string()),
+                        None => Frame::Closed(u16::from(CloseCode::Status), String::new()),
+                    })
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Notifications until `n` arrived or `timeout`; heartbeats skipped.
+    pub async fn notifications(&mut self, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Ok(Frame::Notification(v)) => out.push(v),
+                Ok(Frame::Ready | Frame::Heartbeat) => {}
+                Ok(Frame::Closed(code, reason)) => {
+                    bail!(
+                        "closed ({code} {reason}) after {} of {n} notifications",
+                        out.len()
+                    )
+                }
+                Err(e) => bail!("{e} after {} of {n} notifications", out.len()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits for the ready frame (the backlog, if any, comes first and is
+    /// returned).
+    pub async fn ready(&mut self, timeout: Duration) -> Result<Vec<Value>> {
+        let mut backlog = Vec::new();
+        loop {
+            match self.next(timeout).await? {
+                Frame::Ready => return Ok(backlog),
+                Frame::Notification(v) => backlog.push(v),
+                Frame::Heartbeat => {}
+                Frame::Closed(code, reason) => bail!("closed before ready: {code} {reason}"),
+            }
+        }
+    }
+
+    /// Closes politely.
+    pub async fn close(mut self) {
+        let _ = self.inner.send(Message::Close(None)).await;
+    }
+}
