@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run run-local test lint unit system bench bench-api bench-db bench-failover build release deps-run deps-test deps-bench deps-bench-failover clean
+.PHONY: run run-local test lint unit system bench bench-api bench-notify bench-db bench-failover build release deps-run deps-test deps-bench deps-bench-failover clean
 
 ## make run: start the whole system on loopback, in the foreground (Ctrl-C stops it).
 run: run-local
@@ -41,8 +41,12 @@ bench-api: release
 bench-failover: release deps-bench-failover
 	target/release/bench_failover
 
-## make bench: every benchmark (the API, then agenda-db against etcd).
-bench: bench-api bench-db
+## make bench-notify: live notifications at 1,000 WebSockets: deliveries/s and write-to-push delay.
+bench-notify: release deps-test
+	target/release/bench_notify
+
+## make bench: every benchmark: the API, live notifications, Redis failover against Sentinel, agenda-db against etcd.
+bench: bench-api bench-notify bench-failover bench-db
 
 deps-run:
 	@{ command -v curl && command -v redis-server && command -v redis-cli; } >/dev/null || { \
