@@ -19,7 +19,7 @@ use agenda_common::{DbClient, Error};
 use agenda_proto::db::{
     event::EventType, request_op, PutRequest, RequestOp, TxnRequest, WatchRequest,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::keys;
 
@@ -29,6 +29,9 @@ pub const ELECTION_KEY: &str = "/registry/election/notification-relay";
 pub const CURSOR_KEY: &str = "/agenda/relay/cursor";
 /// Approximate length the stream is trimmed to.
 pub const STREAM_MAXLEN: usize = 100_000;
+
+/// Most watch responses folded into one publish.
+const MAX_BATCH_RESPONSES: usize = 512;
 
 /// How long one `WAIT` for the replica may take.
 const WAIT_MS: u64 = 1000;
@@ -91,26 +94,39 @@ async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<
             }
             Err(e) => return Err(e),
         };
-        while let Some(msg) = stream.next().await {
-            let resp = match msg {
-                Ok(r) => r,
-                Err(status) => match Error::from(status) {
-                    Error::Compacted(m) => {
-                        from = catch_up(db, bus, lead, from, &m).await?;
-                        break;
-                    }
-                    e => return Err(e),
-                },
-            };
+        while let Some(first) = stream.next().await {
+            // Take every response already waiting, so one XADD pipeline,
+            // one WAIT and one cursor write cover them all: under load the
+            // relay then keeps up instead of paying those per transaction.
+            let mut responses = vec![first];
+            while responses.len() < MAX_BATCH_RESPONSES {
+                match stream.next().now_or_never() {
+                    Some(Some(r)) => responses.push(r),
+                    _ => break,
+                }
+            }
             let mut last = from;
             let mut batch = Vec::new();
-            for ev in resp.events {
-                let Some(kv) = ev.kv else { continue };
-                last = last.max(kv.mod_revision);
-                // New notifications only; marking one read rewrites it.
-                if ev.r#type == EventType::Put as i32 && kv.create_revision == kv.mod_revision {
-                    if let Some(e) = entry(&kv.key, kv.value) {
-                        batch.push(e);
+            let mut compacted = None;
+            for msg in responses {
+                let resp = match msg {
+                    Ok(r) => r,
+                    Err(status) => match Error::from(status) {
+                        Error::Compacted(m) => {
+                            compacted = Some(m);
+                            break;
+                        }
+                        e => return Err(e),
+                    },
+                };
+                for ev in resp.events {
+                    let Some(kv) = ev.kv else { continue };
+                    last = last.max(kv.mod_revision);
+                    // New notifications only; marking one read rewrites it.
+                    if ev.r#type == EventType::Put as i32 && kv.create_revision == kv.mod_revision {
+                        if let Some(e) = entry(&kv.key, kv.value) {
+                            batch.push(e);
+                        }
                     }
                 }
             }
@@ -118,6 +134,10 @@ async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<
                 publish(bus, &batch).await?;
                 advance(db, lead, last).await?;
                 from = last;
+            }
+            if let Some(m) = compacted {
+                from = catch_up(db, bus, lead, from, &m).await?;
+                break;
             }
         }
     }
