@@ -57,6 +57,26 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Sends SIGTERM to a child we started and waits up to `timeout` for it
+/// to exit; SIGKILL after that. Returns its exit status.
+pub fn terminate(c: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = c.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = c.kill();
+            return c.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One lazily connected gRPC channel per address (host:port).
 pub fn channels(addrs: &[String]) -> Result<Vec<tonic::transport::Channel>> {
     addrs
@@ -294,22 +314,7 @@ impl Cluster {
     pub fn stop(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let n = self.nodes.get_mut(&id)?;
         let mut c = n.child.take()?;
-        // SAFETY-free: `kill` command sends SIGTERM to a pid we started.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                let _ = c.kill();
-                return c.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut c, Duration::from_secs(10))
     }
 
     /// Starts a stopped node again with the same data dir.

@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::AsyncConnectionConfig;
@@ -258,18 +258,7 @@ impl RedisLayer {
     /// its redis-server and gives its lease up.
     pub fn stop_supervisor(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         let mut c = self.sups[i].child.take()?;
-        kill(c.id(), "-TERM");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                let _ = c.kill();
-                return c.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::cluster::terminate(&mut c, Duration::from_secs(15))
     }
 
     /// Starts supervisor `i` again (same id, node and data dir).

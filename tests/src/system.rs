@@ -238,21 +238,7 @@ impl System {
     pub fn stop(&mut self, name: &str) -> Option<std::process::ExitStatus> {
         let p = self.procs.iter_mut().find(|p| p.name == name)?;
         let mut c = p.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                let _ = c.kill();
-                return c.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::cluster::terminate(&mut c, Duration::from_secs(15))
     }
 
     /// Address of a process (`users-0`...).
