@@ -80,7 +80,13 @@ impl Db {
     /// Reads keys (linearizable unless `stale`).
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
         state_machine::validate_range(&req)?;
-        if !req.stale {
+        // A read at a revision this node has already applied needs no
+        // ReadIndex round: that revision is committed and history never
+        // changes, so every node answers it the same. (Later revisions, or
+        // "now", still go through the barrier.)
+        let applied_here =
+            req.revision > 0 && req.revision <= self.node.shared.revision.load(Ordering::Acquire);
+        if !req.stale && !applied_here {
             self.read_barrier().await?;
         }
         let txn = self.db.begin_read()?;

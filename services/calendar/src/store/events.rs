@@ -256,7 +256,7 @@ impl Store {
     }
 
     /// Every event in `user`'s agenda as it was at `revision`.
-    async fn agenda_at(&self, user: Uuid, revision: i64) -> ApiResult<Vec<EventRecord>> {
+    pub(crate) async fn agenda_at(&self, user: Uuid, revision: i64) -> ApiResult<Vec<EventRecord>> {
         self.keys_at(&keys::agenda(user), 0, revision)
             .await?
             .iter()

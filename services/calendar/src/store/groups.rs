@@ -27,26 +27,31 @@ pub struct Membership {
     pub me: Member,
     /// Revision of the group's version key when read.
     pub version: i64,
+    /// The store revision it was read at (a consistent snapshot).
+    pub at: i64,
 }
 
 impl Store {
     /// The group and the caller's membership; 404 if either is missing, so
     /// non-members cannot tell a group exists.
     pub async fn membership(&self, caller: Uuid, group: Uuid) -> ApiResult<Membership> {
-        // The version is read first (see store docs); the other two only
-        // need to be at least as new, so they go together after it.
-        let version = self.revision(&keys::group_version(group)).await?;
+        // The version is read first (see store docs); the rest is read at
+        // that same snapshot.
+        let (version, at) = self
+            .revision_and_snapshot(&keys::group_version(group))
+            .await?;
         let member_key = keys::member(group, caller);
         let group_key = keys::group(group);
         let (me, g) = tokio::try_join!(
-            self.get::<Member>(&member_key),
-            self.get::<GroupRecord>(&group_key)
+            self.get_at::<Member>(&member_key, at),
+            self.get_at::<GroupRecord>(&group_key, at)
         )?;
         match (g, me) {
             (Some(g), Some(me)) => Ok(Membership {
                 group: g.value,
                 me: me.value,
                 version,
+                at,
             }),
             _ => Err(ApiError::not_found("group")),
         }
@@ -54,8 +59,13 @@ impl Store {
 
     /// Members of a group, best rank first.
     pub async fn members(&self, group: Uuid) -> ApiResult<Vec<Member>> {
+        self.members_at(group, 0).await
+    }
+
+    /// Members of a group as of `revision` (0: now), best rank first.
+    pub async fn members_at(&self, group: Uuid, revision: i64) -> ApiResult<Vec<Member>> {
         let mut m: Vec<Member> = self
-            .list::<Member>(&keys::members(group))
+            .list_at::<Member>(&keys::members(group), revision)
             .await?
             .into_iter()
             .map(|v| v.value)
@@ -452,7 +462,7 @@ impl Store {
             let organizer = organizer.clone();
             async move {
                 let m = self.membership(caller, group_id).await?;
-                let members = self.members(group_id).await?;
+                let members = self.members_at(group_id, m.at).await?;
                 let attendees = rules::group_event_attendees(m.group.kind, &m.me, &members);
                 let mut ev = new_event(req, &organizer, attendees, Some(group_id))?;
                 ev.id = id;
@@ -488,8 +498,11 @@ impl Store {
         to: DateTime<Utc>,
     ) -> ApiResult<serde_json::Value> {
         let m = self.membership(caller, id).await?;
-        let members = self.members(id).await?;
-        let agendas = try_join_all(members.iter().map(|mem| self.agenda(mem.user_id))).await?;
+        // One snapshot for the whole view: the members and every agenda as
+        // of the membership read.
+        let members = self.members_at(id, m.at).await?;
+        let agendas =
+            try_join_all(members.iter().map(|mem| self.agenda_at(mem.user_id, m.at))).await?;
         let viewer = Viewer {
             user_id: caller,
             rank: m.me.rank,

@@ -169,9 +169,51 @@ impl Store {
             .map_or(0, |kv| kv.mod_revision))
     }
 
+    /// Revision of a key (0 when absent) and the store's revision at the
+    /// read: later reads [`Store::get_at`]/[`Store::list_at`] that revision
+    /// see one consistent snapshot, and skip agenda-db's ReadIndex round
+    /// (a revision already applied is immutable).
+    pub async fn revision_and_snapshot(&self, key: &str) -> ApiResult<(i64, i64)> {
+        let resp = self
+            .db
+            .range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        let at = resp.header.map_or(0, |h| h.revision);
+        Ok((resp.kvs.first().map_or(0, |kv| kv.mod_revision), at))
+    }
+
+    /// One JSON value as of `revision`.
+    pub async fn get_at<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        revision: i64,
+    ) -> ApiResult<Option<Versioned<T>>> {
+        let resp = self
+            .db
+            .range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                revision,
+                ..Default::default()
+            })
+            .await?;
+        resp.kvs.first().map(decode).transpose()
+    }
+
     /// Every JSON value under `prefix`, in key order.
     pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> ApiResult<Vec<Versioned<T>>> {
-        let kvs = self.keys(prefix, 0).await?;
+        self.list_at(prefix, 0).await
+    }
+
+    /// Every JSON value under `prefix` as of `revision` (0: now).
+    pub async fn list_at<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        revision: i64,
+    ) -> ApiResult<Vec<Versioned<T>>> {
+        let kvs = self.keys_at(prefix, 0, revision).await?;
         kvs.iter().map(decode).collect()
     }
 
