@@ -45,8 +45,12 @@ stop() {
   trap - INT TERM EXIT
   echo
   echo "stopping ${#pids[@]} processes..."
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
+  # In reverse start order: the gateway and services first (they
+  # deregister through agenda-db), then the supervisors (which stop their
+  # Redis), agenda-db last.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    p=${pids[$i]}
+    kill -TERM "$p" 2>/dev/null || continue
     for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
   done
@@ -124,12 +128,17 @@ for m in a b; do
     --local-redis "127.0.0.1:$((redis_base + k))" --redis-dir "$state/data/redis-$m"
 done
 
-echo "waiting for a Redis primary to be published..."
-deadline=$((SECONDS + 30))
-until curl -fsS "http://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary" >/dev/null 2>&1; do
+echo "waiting for a Redis primary to be published and answering..."
+# The record may survive from an earlier run; what counts is that the node
+# it names answers as a master (after a restart the supervisors may first
+# have to fail over).
+deadline=$((SECONDS + 45))
+until primary=$(curl -fsS "http://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary" 2>/dev/null | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p') \
+  && [ -n "$primary" ] \
+  && REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -h "${primary%:*}" -p "${primary##*:}" info replication 2>/dev/null | grep -q '^role:master'; do
   check_alive
   if [ $SECONDS -ge $deadline ]; then
-    echo "no Redis primary after 30 s; see $state/logs/agenda-supervisor-*.log" >&2
+    echo "no answering Redis primary after 45 s; see $state/logs/agenda-supervisor-*.log" >&2
     exit 1
   fi
   sleep 0.2
@@ -179,8 +188,9 @@ done
   for m in a b; do
     k=$([ $m = a ] && echo 0 || echo 1)
     port=$((redis_base + k))
-    rpid=$(REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -p "$port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p')
-    role=$(REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -p "$port" info replication 2>/dev/null | tr -d '\r' | sed -n 's/^role://p')
+    # A node may be restarting (its supervisor brings it back): then null.
+    rpid=$(REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -p "$port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p' || true)
+    role=$(REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -p "$port" info replication 2>/dev/null | tr -d '\r' | sed -n 's/^role://p' || true)
     printf '  ,{"name": "redis-%s", "kind": "redis-server", "machine": "local", "pid": %s, "redis": "127.0.0.1:%s", "role": "%s", "managed_by": "agenda-supervisor-%s", "data_dir": "%s"}\n' \
       "$m" "${rpid:-null}" "$port" "${role:-unknown}" "$m" "$state/data/redis-$m"
   done

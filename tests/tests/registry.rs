@@ -171,3 +171,55 @@ async fn the_client_sends_writes_to_the_leader() -> Result<()> {
 async fn proposals(c: &Cluster, id: u64) -> Result<f64> {
     c.metric(id, "agenda_db_raft_proposals_total").await
 }
+
+/// One leader at a time; a resigned leader frees the key at once; a
+/// restarted candidate takes its own key back; a cancelled campaign ends
+/// even when the key is its own (a shutdown must not spin re-electing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn elections_have_one_leader_and_end_on_shutdown() -> Result<()> {
+    use agenda_common::election;
+    let c = Cluster::start(Options {
+        size: 3,
+        ..Default::default()
+    })
+    .await?;
+    let db = c.client();
+    let key = "/registry/election/test";
+    let ttl = Duration::from_secs(2);
+    let stop = CancellationToken::new();
+    let a = election::campaign(&db, key, "a", ttl, &stop)
+        .await
+        .expect("a is elected");
+    // b cannot win while a leads.
+    let b_stop = CancellationToken::new();
+    let b = tokio::spawn({
+        let (db, b_stop) = (db.clone(), b_stop.clone());
+        async move { election::campaign(&db, key, "b", ttl, &b_stop).await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!b.is_finished(), "b was elected while a leads");
+    // a resigns: b is elected well before a's lease would expire.
+    a.resign().await;
+    let b = tokio::time::timeout(Duration::from_secs(1), b)
+        .await??
+        .expect("b elected");
+    assert!(!b.lost.is_cancelled());
+    // A candidate with b's id (b restarted) takes the key back at once.
+    let again = tokio::time::timeout(
+        Duration::from_secs(1),
+        election::campaign(&db, key, "b", ttl, &stop),
+    )
+    .await?
+    .expect("b takes its key back");
+    // A cancelled campaign returns None at once, even for its own key.
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let none = tokio::time::timeout(
+        Duration::from_secs(1),
+        election::campaign(&db, key, "b", ttl, &cancelled),
+    )
+    .await?;
+    assert!(none.is_none());
+    again.resign().await;
+    Ok(())
+}

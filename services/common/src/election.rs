@@ -71,6 +71,9 @@ pub async fn campaign(
     let db = db.with_timeout(ttl / 3);
     let retry = (ttl / 6).max(Duration::from_millis(100));
     loop {
+        if stop.is_cancelled() {
+            return None;
+        }
         match try_acquire(&db, key, id, ttl_secs).await {
             Ok(Some(lease)) => {
                 tracing::info!(key, id, lease, ttl_secs, "elected");
