@@ -18,14 +18,9 @@ pub struct Config {
     /// deployment). Default: `supervisor-<--local-redis or random>`.
     #[arg(long, env = "AGENDA_SUPERVISOR_ID")]
     pub id: Option<String>,
-    /// agenda-db gRPC endpoints, comma-separated (any subset of the nodes).
-    #[arg(
-        long,
-        env = "AGENDA_DB",
-        default_value = "127.0.0.1:7001",
-        value_delimiter = ','
-    )]
-    pub db: Vec<String>,
+    /// agenda-db endpoints.
+    #[command(flatten)]
+    pub db: agenda_common::args::DbArgs,
     /// Address of the HTTP listener serving `/metrics` and `/healthz`.
     #[arg(long, env = "AGENDA_SUPERVISOR_HTTP", default_value = "127.0.0.1:7501")]
     pub http: String,
@@ -50,14 +45,9 @@ pub struct Config {
     /// --local-redis.
     #[arg(long, env = "AGENDA_REDIS_DIR")]
     pub redis_dir: Option<PathBuf>,
-    /// Password of every Redis node (requirepass and masterauth).
-    #[arg(
-        long,
-        env = "AGENDA_REDIS_PASSWORD",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub redis_password: String,
+    /// Redis password.
+    #[command(flatten)]
+    pub redis: agenda_common::args::RedisAuthArgs,
     /// Time between two health checks of every node, in milliseconds.
     #[arg(long, env = "AGENDA_SUPERVISOR_CHECK_INTERVAL_MS", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -78,10 +68,9 @@ pub struct Config {
     #[arg(long, env = "AGENDA_SUPERVISOR_LEASE_TTL_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(1000..=600_000))]
     pub lease_ttl_ms: u64,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or
-    /// `agenda_supervisor=debug`.
-    #[arg(long, env = "AGENDA_LOG", default_value = "info")]
-    pub log: String,
+    /// Logging.
+    #[command(flatten)]
+    pub log: agenda_common::args::LogArgs,
 }
 
 impl Config {

@@ -54,7 +54,7 @@ pub async fn run(
     let stop = shutdown.child_token();
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let http = tokio::spawn(metrics::serve(http_listener, metrics.clone(), stop.clone()));
-    let db = DbClient::new(&cfg.db).context("--db")?;
+    let db = DbClient::new(&cfg.db.db).context("--db")?;
     let loop_db = db.with_timeout(Duration::from_secs(2));
     tracing::info!(%id, nodes = ?cfg.redis_nodes, local = ?cfg.local_redis, "agenda-supervisor starting");
 
@@ -88,7 +88,7 @@ pub async fn run(
                 nodes: cfg.redis_nodes.clone(),
                 binary,
                 dir: dir.clone(),
-                password: cfg.redis_password.clone(),
+                password: cfg.redis.redis_password.clone(),
                 timeout: cfg.check_timeout(),
                 primary_wait: (cfg.down_after() * 3 + cfg.lease_ttl()).max(Duration::from_secs(3)),
             };
@@ -105,7 +105,7 @@ pub async fn run(
     let mut nodes = Vec::new();
     for addr in &cfg.redis_nodes {
         nodes.push(
-            redis_node::RedisNode::new(addr, &cfg.redis_password, cfg.check_timeout())
+            redis_node::RedisNode::new(addr, &cfg.redis.redis_password, cfg.check_timeout())
                 .map_err(anyhow::Error::msg)
                 .context("--redis-nodes")?,
         );

@@ -77,6 +77,34 @@ pub fn terminate(c: &mut Child, timeout: Duration) -> Option<std::process::ExitS
     }
 }
 
+/// Runs `cmd` (expected to exit on its own: a start-up check, `--help`)
+/// and returns its output; fails if it is still running after 10 s, so a
+/// process that unexpectedly starts never hangs a test.
+pub fn run_to_exit(cmd: &mut Command) -> Result<std::process::Output> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    for _ in 0..500 {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!("{cmd:?} did not exit")
+}
+
+/// Checks a refused start-up: non-zero exit, no panic, `want` in stderr.
+pub fn expect_refusal(out: &std::process::Output, what: &str, want: &str) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(!out.status.success(), "{what} should fail");
+    anyhow::ensure!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
+    anyhow::ensure!(
+        stderr.contains(want),
+        "{what}: expected {want:?} in: {stderr}"
+    );
+    Ok(())
+}
+
 /// One lazily connected gRPC channel per address (host:port).
 pub fn channels(addrs: &[String]) -> Result<Vec<tonic::transport::Channel>> {
     addrs

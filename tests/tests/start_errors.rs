@@ -2,39 +2,16 @@
 //! exit, never a panic.
 
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use agenda_tests::cluster::{bin, free_port, Cluster, Options};
+use agenda_tests::cluster::{bin, expect_refusal, free_port, run_to_exit, Cluster, Options};
 use anyhow::{ensure, Result};
 
 fn run(args: &[String]) -> Result<Output> {
-    let mut child = Command::new(bin("agenda-db")?)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    // A start-up error is immediate; never let a test hang on a node that
-    // unexpectedly started.
-    for _ in 0..500 {
-        if child.try_wait()?.is_some() {
-            return Ok(child.wait_with_output()?);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    anyhow::bail!("agenda-db {args:?} did not exit")
+    run_to_exit(Command::new(bin("agenda-db")?).args(args))
 }
 
 fn check(args: &[String], want: &str) -> Result<()> {
-    let out = run(args)?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "{args:?} should fail");
-    ensure!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    ensure!(
-        stderr.contains(want),
-        "{args:?}: expected {want:?} in: {stderr}"
-    );
-    Ok(())
+    expect_refusal(&run(args)?, &format!("agenda-db {args:?}"), want)
 }
 
 fn args(id: u64, peers: &str, dir: &std::path::Path) -> Vec<String> {

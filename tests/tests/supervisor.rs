@@ -2,12 +2,14 @@
 //! supervisors, two redis-servers. Kills under a writer, kills of the
 //! acting supervisor and of the replica, bad start-ups.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agenda_tests::cluster::{bin, free_port, wait_for, Cluster, Options};
+use agenda_tests::cluster::{
+    bin, expect_refusal, free_port, run_to_exit, wait_for, Cluster, Options,
+};
 use agenda_tests::redis::{PrimaryRecord, RedisLayer};
 use anyhow::{ensure, Context, Result};
 
@@ -422,32 +424,15 @@ async fn a_dead_replica_is_restarted_as_a_replica_without_promotion() -> Result<
 }
 
 fn run(args: &[String]) -> Result<Output> {
-    let mut child = Command::new(bin("agenda-supervisor")?)
-        .args(args)
-        .env_remove("AGENDA_REDIS_PASSWORD")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    for _ in 0..500 {
-        if child.try_wait()?.is_some() {
-            return Ok(child.wait_with_output()?);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    anyhow::bail!("agenda-supervisor {args:?} did not exit")
+    run_to_exit(
+        Command::new(bin("agenda-supervisor")?)
+            .args(args)
+            .env_remove("AGENDA_REDIS_PASSWORD"),
+    )
 }
 
 fn check(args: &[String], want: &str) -> Result<()> {
-    let out = run(args)?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "{args:?} should fail");
-    ensure!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    ensure!(
-        stderr.contains(want),
-        "{args:?}: expected {want:?} in: {stderr}"
-    );
-    Ok(())
+    expect_refusal(&run(args)?, &format!("agenda-supervisor {args:?}"), want)
 }
 
 #[test]

@@ -110,9 +110,3 @@ impl From<agenda_common::Error> for ApiError {
         }
     }
 }
-
-impl From<serde_json::Error> for ApiError {
-    fn from(e: serde_json::Error) -> Self {
-        ApiError::internal(format!("stored record does not decode: {e}"))
-    }
-}

@@ -203,10 +203,11 @@ async fn publish(bus: &Bus, batch: &[Entry]) -> Result<(), Error> {
 }
 
 async fn try_publish(bus: &Bus, batch: &[Entry]) -> Result<(), Error> {
-    let primary = bus.wait_primary().await;
-    let mut conn = bus
-        .connect(&primary, Duration::from_millis(WAIT_MS + 2000))
-        .await?;
+    // The shared connection to the current primary (made again after an
+    // error or a failover), not a new one per batch. Its response timeout
+    // (5 s) covers the WAIT below.
+    bus.wait_primary().await;
+    let (primary, mut conn) = bus.connection().await?;
     let mut pipe = redis::pipe();
     for e in batch {
         pipe.cmd("XADD")

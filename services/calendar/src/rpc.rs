@@ -89,16 +89,17 @@ impl<H: Handler> Endpoint<H> {
     async fn dispatch(&self, req: CallRequest) -> CallReply {
         let result = match self.decode(&req) {
             Ok((caller, op)) => {
-                let name = op_name(&op);
                 let started = std::time::Instant::now();
                 let r = self.handler.handle(caller, op).await;
                 let status = match &r {
                     Ok(reply) => reply.status,
                     Err(e) => e.status,
                 };
-                tracing::debug!(request_id = %req.request_id, op = name, status, elapsed_ms = started.elapsed().as_millis() as u64, "call");
+                // The name is only worked out when a line is written.
                 if status >= 500 {
-                    tracing::warn!(request_id = %req.request_id, op = name, status, "call failed");
+                    tracing::warn!(request_id = %req.request_id, op = op_name(&req.op), status, "call failed");
+                } else if tracing::enabled!(tracing::Level::DEBUG) {
+                    tracing::debug!(request_id = %req.request_id, op = op_name(&req.op), status, elapsed_ms = started.elapsed().as_millis() as u64, "call");
                 }
                 r
             }
@@ -142,10 +143,14 @@ impl<H: Handler> Endpoint<H> {
     }
 }
 
-fn op_name(op: &Op) -> String {
-    serde_json::to_value(op)
-        .ok()
-        .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_string))
+/// The operation's name (its `op` tag) from the request bytes.
+fn op_name(raw: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Tag {
+        op: String,
+    }
+    serde_json::from_slice::<Tag>(raw)
+        .map(|t| t.op)
         .unwrap_or_default()
 }
 

@@ -106,7 +106,8 @@ impl Bus {
     }
 
     /// A shared (multiplexed) connection to the current primary, for short
-    /// commands; a new one is made when the primary moved.
+    /// commands (and `WAIT`s of up to a few seconds); a new one is made when
+    /// the primary moved or after [`Bus::reset`].
     pub async fn connection(&self) -> Result<(Primary, MultiplexedConnection)> {
         let primary = self
             .primary()

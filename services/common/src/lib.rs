@@ -1,6 +1,7 @@
 //! Code shared by every Agenda process.
 //!
 //! Layout:
+//! - [`args`]: flags every process shares (agenda-db endpoints, log, Redis password).
 //! - [`auth`]: access tokens (JWT) and their signing keys in the registry.
 //! - [`election`]: one leader at a time through a leased key.
 //! - [`bus`]: connections to the current Redis primary (from the registry).
@@ -16,6 +17,7 @@
 //! - [`error`]: the crate's error type.
 #![deny(missing_docs)]
 
+pub mod args;
 pub mod auth;
 pub mod bus;
 pub mod db_client;

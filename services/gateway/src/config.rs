@@ -12,29 +12,16 @@ pub struct Config {
     /// HTTP address to listen on.
     #[arg(long, env = "AGENDA_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// agenda-db gRPC endpoints, comma-separated (any subset of the nodes).
-    #[arg(
-        long,
-        env = "AGENDA_DB",
-        default_value = "127.0.0.1:7001",
-        value_delimiter = ','
-    )]
-    pub db: Vec<String>,
+    #[command(flatten)]
+    pub db: agenda_common::args::DbArgs,
     /// Deadline of one API request, retries included, in milliseconds.
     #[arg(long, env = "AGENDA_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
     pub request_timeout_ms: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "AGENDA_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
-    /// Password of the Redis servers (live notifications are read from
-    /// the primary named in the registry).
-    #[arg(
-        long,
-        env = "AGENDA_REDIS_PASSWORD",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub redis_password: String,
+    #[command(flatten)]
+    pub redis: agenda_common::args::RedisAuthArgs,
     /// Interval of WebSocket heartbeats (ping frame + heartbeat message), ms.
     #[arg(long, env = "AGENDA_WS_HEARTBEAT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
     pub ws_heartbeat_ms: u64,
@@ -48,9 +35,8 @@ pub struct Config {
     /// autotuned default lets megabytes pile up first).
     #[arg(long, env = "AGENDA_SEND_BUFFER_BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(4096..=16_777_216))]
     pub send_buffer_bytes: u64,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `agenda_gateway=debug`.
-    #[arg(long, env = "AGENDA_LOG", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub log: agenda_common::args::LogArgs,
 }
 
 impl Config {

@@ -34,12 +34,22 @@ pub struct Public(pub Caller);
 impl Caller {
     /// Sends `op` to its service and relays the answer.
     pub async fn call(&self, op: Op) -> Result<Response, HttpError> {
-        let relayed = self
-            .state
-            .upstream
-            .call(self.user, &self.request_id, &op)
-            .await?;
+        let relayed = self.relay(&op).await?;
         Ok(json_response(relayed.status, relayed.body))
+    }
+
+    /// Like [`Caller::call`], returning the relayed status and JSON.
+    pub async fn call_json(&self, op: Op) -> Result<(u16, serde_json::Value), ApiError> {
+        let relayed = self.relay(&op).await?;
+        let body = serde_json::from_slice(&relayed.body).unwrap_or(serde_json::Value::Null);
+        Ok((relayed.status, body))
+    }
+
+    async fn relay(&self, op: &Op) -> Result<crate::upstream::Relayed, ApiError> {
+        self.state
+            .upstream
+            .call(self.user, &self.request_id, op)
+            .await
     }
 }
 
@@ -83,14 +93,9 @@ where
             .ok_or_else(|| {
                 ApiError::unauthenticated("missing Authorization: Bearer <token> header")
             })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthenticated("the Authorization header must be \"Bearer <token>\"")
-            })?;
+        let token = strip_bearer(header).ok_or_else(|| {
+            ApiError::unauthenticated("the Authorization header must be \"Bearer <token>\"")
+        })?;
         let user = verify(&state, token)?;
         Ok(Authed(Caller {
             state,
@@ -98,6 +103,15 @@ where
             user: Some(user),
         }))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+pub fn strip_bearer(value: &str) -> Option<&str> {
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// The user a token was issued to, if the token is valid now.
@@ -121,19 +135,6 @@ pub fn caller_for(state: Arc<AppState>, request_id: String, user: Uuid) -> Calle
         state,
         request_id,
         user: Some(user),
-    }
-}
-
-impl Caller {
-    /// Like [`Caller::call`], returning the relayed status and JSON.
-    pub async fn call_json(&self, op: Op) -> Result<(u16, serde_json::Value), ApiError> {
-        let relayed = self
-            .state
-            .upstream
-            .call(self.user, &self.request_id, &op)
-            .await?;
-        let body = serde_json::from_slice(&relayed.body).unwrap_or(serde_json::Value::Null);
-        Ok((relayed.status, body))
     }
 }
 

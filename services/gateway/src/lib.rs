@@ -76,12 +76,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = DbClient::new(&cfg.db).context("--db")?;
+    let db = DbClient::new(&cfg.db.db).context("--db")?;
     let stop = shutdown.child_token();
     let hub = live::Hub::new(cfg.ws_queue as usize);
     let bus = Arc::new(agenda_common::bus::Bus::new(
         &db,
-        Some(cfg.redis_password.clone()),
+        Some(cfg.redis.redis_password.clone()),
         stop.clone(),
     ));
     tokio::spawn(live::consume(bus, hub.clone(), stop.clone()));

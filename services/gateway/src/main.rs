@@ -7,7 +7,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
-    let log = cfg.log.clone();
+    let log = cfg.log.log.clone();
     agenda_common::process::run_main("agenda-gateway", &log, async move {
         let listener = agenda_common::net::bind(&cfg.listen, "--listen").await?;
         agenda_gateway::run(cfg, listener, agenda_common::shutdown::token_on_signal()).await

@@ -15,15 +15,8 @@ pub struct Config {
     /// the bound --listen address).
     #[arg(long, env = "AGENDA_GROUPS_ADVERTISE")]
     pub advertise: Option<String>,
-    /// agenda-db gRPC endpoints, comma-separated (any subset of the nodes).
-    #[arg(
-        long,
-        env = "AGENDA_DB",
-        default_value = "127.0.0.1:7001",
-        value_delimiter = ','
-    )]
-    pub db: Vec<String>,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `agenda_groups=debug`.
-    #[arg(long, env = "AGENDA_LOG", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub db: agenda_common::args::DbArgs,
+    #[command(flatten)]
+    pub log: agenda_common::args::LogArgs,
 }

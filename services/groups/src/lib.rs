@@ -24,7 +24,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = DbClient::new(&cfg.db).context("--db")?;
+    let db = DbClient::new(&cfg.db.db).context("--db")?;
     let advertise = match cfg.advertise.clone() {
         Some(a) => a,
         None => listener.local_addr()?.to_string(),

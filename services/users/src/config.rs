@@ -15,30 +15,16 @@ pub struct Config {
     /// the bound --listen address).
     #[arg(long, env = "AGENDA_USERS_ADVERTISE")]
     pub advertise: Option<String>,
-    /// agenda-db gRPC endpoints, comma-separated (any subset of the nodes).
-    #[arg(
-        long,
-        env = "AGENDA_DB",
-        default_value = "127.0.0.1:7001",
-        value_delimiter = ','
-    )]
-    pub db: Vec<String>,
+    #[command(flatten)]
+    pub db: agenda_common::args::DbArgs,
     /// Lifetime of issued access tokens, in seconds.
     #[arg(long, env = "AGENDA_TOKEN_TTL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=604_800))]
     pub token_ttl_secs: u64,
-    /// Password of the Redis servers (the relay publishes notifications
-    /// to the primary named in the registry).
-    #[arg(
-        long,
-        env = "AGENDA_REDIS_PASSWORD",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub redis_password: String,
+    #[command(flatten)]
+    pub redis: agenda_common::args::RedisAuthArgs,
     /// Do not run the notification relay in this replica.
     #[arg(long, env = "AGENDA_NO_RELAY")]
     pub no_relay: bool,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `agenda_users=debug`.
-    #[arg(long, env = "AGENDA_LOG", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub log: agenda_common::args::LogArgs,
 }

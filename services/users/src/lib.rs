@@ -27,7 +27,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = DbClient::new(&cfg.db).context("--db")?;
+    let db = DbClient::new(&cfg.db.db).context("--db")?;
     let advertise = match cfg.advertise.clone() {
         Some(a) => a,
         None => listener.local_addr()?.to_string(),
@@ -51,7 +51,7 @@ pub async fn run(
     let relay = (!cfg.no_relay).then(|| {
         let bus = std::sync::Arc::new(agenda_common::bus::Bus::new(
             &db,
-            Some(cfg.redis_password.clone()),
+            Some(cfg.redis.redis_password.clone()),
             shutdown.clone(),
         ));
         // The address in the id tells operators (and tests) which replica acts.

@@ -231,6 +231,18 @@ fn summary(ev: &EventRecord) -> serde_json::Value {
     json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
 }
 
+/// The conflicts of `w.ev` for each person of `w.check` (in `agendas`,
+/// same order) who keeps it as busy time.
+fn conflicts_in(w: &Write<'_>, agendas: &[Vec<EventRecord>]) -> Vec<Conflict> {
+    let mut out = Vec::new();
+    for (user, agenda) in w.check.iter().zip(agendas) {
+        if rules::is_busy_for(w.ev, *user) {
+            out.extend(rules::conflicts(w.ev, *user, agenda));
+        }
+    }
+    out
+}
+
 /// One attempt at writing `ev` (all copies), with the conflicts of
 /// `check` (people whose agendas must not change meanwhile) and extra
 /// `guards` (key, mod_revision).
@@ -247,24 +259,17 @@ pub(crate) struct Write<'a> {
 impl Store {
     /// Every event in `user`'s agenda.
     pub async fn agenda(&self, user: Uuid) -> ApiResult<Vec<EventRecord>> {
+        self.agenda_at(user, 0).await
+    }
+
+    /// Every event in `user`'s agenda as it was at `revision` (0: now).
+    pub(crate) async fn agenda_at(&self, user: Uuid, revision: i64) -> ApiResult<Vec<EventRecord>> {
         Ok(self
-            .list::<EventRecord>(&keys::agenda(user))
+            .list_at::<EventRecord>(&keys::agenda(user), revision)
             .await?
             .into_iter()
             .map(|v| v.value)
             .collect())
-    }
-
-    /// Every event in `user`'s agenda as it was at `revision`.
-    pub(crate) async fn agenda_at(&self, user: Uuid, revision: i64) -> ApiResult<Vec<EventRecord>> {
-        self.keys_at(&keys::agenda(user), 0, revision)
-            .await?
-            .iter()
-            .map(|kv| {
-                serde_json::from_slice(&kv.value)
-                    .map_err(|e| ApiError::internal(format!("stored event does not decode: {e}")))
-            })
-            .collect()
     }
 
     /// One attempt at writing `ev`. Two ways, both equal to one central
@@ -288,7 +293,7 @@ impl Store {
             )
             .await?;
             let agendas = try_join_all(w.check.iter().map(|u| self.agenda(*u))).await?;
-            conflicts = self.conflicts_in(&w, &agendas);
+            conflicts = conflicts_in(&w, &agendas);
             if !conflicts.is_empty() {
                 return Err(conflict_error(conflicts));
             }
@@ -316,19 +321,9 @@ impl Store {
         if !w.reject && !w.check.is_empty() {
             let agendas =
                 try_join_all(w.check.iter().map(|u| self.agenda_at(*u, revision))).await?;
-            conflicts = self.conflicts_in(&w, &agendas);
+            conflicts = conflicts_in(&w, &agendas);
         }
         Ok(Attempt::Done(conflicts))
-    }
-
-    fn conflicts_in(&self, w: &Write<'_>, agendas: &[Vec<EventRecord>]) -> Vec<Conflict> {
-        let mut out = Vec::new();
-        for (user, agenda) in w.check.iter().zip(agendas) {
-            if rules::is_busy_for(w.ev, *user) {
-                out.extend(rules::conflicts(w.ev, *user, agenda));
-            }
-        }
-        out
     }
 
     /// Creates a personal event; attendees are usernames.
@@ -523,10 +518,10 @@ impl Store {
     ) -> ApiResult<serde_json::Map<String, serde_json::Value>> {
         let mut out = serde_json::Map::new();
         for name in names {
-            let user = match self.find_login(name).await? {
-                Some(u) if !name.contains('@') => u,
-                _ => return Err(ApiError::not_found(&format!("user {name:?}"))),
-            };
+            let user = self
+                .user_by_name(name)
+                .await?
+                .ok_or_else(|| ApiError::not_found(&format!("user {name:?}")))?;
             let agenda = self.agenda(user.id).await?;
             let busy = rules::busy(&agenda, user.id, from, to);
             out.insert(

@@ -110,18 +110,25 @@ impl Store {
             .ok_or_else(|| ApiError::unauthenticated("this account no longer exists"))
     }
 
+    /// The account with this username (not an email), if any.
+    pub async fn user_by_name(&self, name: &str) -> ApiResult<Option<UserRecord>> {
+        if name.contains('@') {
+            return Ok(None);
+        }
+        self.find_login(name).await
+    }
+
     /// Accounts by username (each must exist: 422 naming `field`).
     pub async fn users_by_name(&self, names: &[String], field: &str) -> ApiResult<Vec<UserRecord>> {
-        let found = futures::future::try_join_all(names.iter().map(|n| self.find_login(n))).await?;
+        let found =
+            futures::future::try_join_all(names.iter().map(|n| self.user_by_name(n))).await?;
         names
             .iter()
             .zip(found)
-            .map(|(name, user)| match user {
-                Some(u) if !name.contains('@') => Ok(u),
-                _ => Err(ApiError::invalid_field(
-                    field,
-                    format!("no user named {name:?}"),
-                )),
+            .map(|(name, user)| {
+                user.ok_or_else(|| {
+                    ApiError::invalid_field(field, format!("no user named {name:?}"))
+                })
             })
             .collect()
     }

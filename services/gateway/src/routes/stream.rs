@@ -22,7 +22,7 @@ use serde_json::json;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::extract::{caller_for, verify, Query};
+use crate::extract::{caller_for, strip_bearer, verify, Query};
 use crate::live::{Pushed, Sent};
 use crate::metrics::RequestId;
 use crate::AppState;
@@ -60,10 +60,7 @@ pub async fn stream(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
+        .and_then(strip_bearer)
         .map(str::to_string)
         .or(q.access_token);
     let auth = match token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
