@@ -153,6 +153,7 @@ async fn three_people_use_the_calendar() {
     group_events(&api, &p, &g, &f).await;
     let e1 = personal_events_and_rsvp(&api, &p).await;
     conflicts(&api, &p).await;
+    moving_events(&api, &p).await;
     recurrence_across_dst(&api, &p).await;
     free_busy(&api, &p).await;
     group_agenda(&api, &p, &g).await;
@@ -687,6 +688,114 @@ async fn conflicts(api: &Api, p: &People) {
         .collect();
     titles.sort();
     assert_eq!(titles, ["Call", "Dentist", "Gym", "Lunch", "Sync"]);
+}
+
+/// Whether event `id` is in `who`'s agenda for `query`.
+async fn lists(api: &Api, who: &P, query: &str, id: &str) -> bool {
+    agenda(api, who, query).await.iter().any(|e| e["id"] == id)
+}
+
+/// Agendas are filed by time (one-off events under their start, long and
+/// recurring ones apart): an event moved a month, made long, made
+/// recurring or deleted is listed, conflicts and is found exactly where
+/// it now is, for organizer and attendee alike.
+async fn moving_events(api: &Api, p: &People) {
+    let People { alice, bob, .. } = p;
+    let (d1, d2) = ("2030-11-05", "2030-12-10");
+    let mut body = utc_event("Review", d1, "09:00", "10:00");
+    body["attendees"] = json!(["bob"]);
+    let id = event_id(&create_event(api, alice, body).await);
+    assert!(lists(api, alice, &day(d1), &id).await && lists(api, bob, &day(d1), &id).await);
+
+    // Moved five weeks on: gone from the old day, there on the new one.
+    let moved = expect(
+        api.patch(
+            &format!("/v1/events/{id}"),
+            &alice.token,
+            json!({"start": at(d2, "09:00"), "end": at(d2, "10:00")}),
+        )
+        .await,
+        StatusCode::OK,
+        "move the review",
+    );
+    assert_eq!(moved["conflicts"], json!([]), "{moved}");
+    for who in [alice, bob] {
+        assert!(
+            !lists(api, who, &day(d1), &id).await,
+            "{} still has it on {d1}",
+            who.name
+        );
+        assert!(
+            lists(api, who, &day(d2), &id).await,
+            "{} misses it on {d2}",
+            who.name
+        );
+    }
+    expect(
+        api.get(&format!("/v1/events/{id}"), &bob.token).await,
+        StatusCode::OK,
+        "the attendee reads the moved event",
+    );
+    // It conflicts where it is now, not where it was.
+    let here = create_event(api, bob, utc_event("Here", d2, "09:30", "10:30")).await;
+    assert!(
+        conflict_ids(&here["conflicts"]).contains(&(id.clone(), bob.id.clone())),
+        "{here}"
+    );
+    let there = create_event(api, bob, utc_event("There", d1, "09:30", "10:30")).await;
+    assert_eq!(there["conflicts"], json!([]), "{there}");
+
+    // Three days long, starting the day before: listed on each later day.
+    let long = expect(
+        api.patch(
+            &format!("/v1/events/{id}"),
+            &alice.token,
+            json!({"start": at("2030-12-09", "12:00"), "end": at("2030-12-12", "12:00")}),
+        )
+        .await,
+        StatusCode::OK,
+        "make it long",
+    );
+    assert!(
+        conflict_ids(&long["conflicts"]).contains(&(event_id(&here), bob.id.clone())),
+        "{long}"
+    );
+    assert!(lists(api, bob, &day("2030-12-11"), &id).await);
+    assert!(!lists(api, bob, &day("2030-12-13"), &id).await);
+
+    // Weekly from 2030-12-09: listed weeks later, and found by its series.
+    expect(
+        api.patch(
+            &format!("/v1/events/{id}"),
+            &alice.token,
+            json!({"start": at("2030-12-09", "08:00"), "end": at("2030-12-09", "09:00"),
+                   "rrule": "FREQ=WEEKLY"}),
+        )
+        .await,
+        StatusCode::OK,
+        "make it weekly",
+    );
+    let later = agenda(api, bob, &day("2031-01-06")).await;
+    assert!(
+        later.iter().any(|e| e["recurring_event_id"] == id.as_str()),
+        "weekly occurrence on 2031-01-06: {later:?}"
+    );
+    assert!(
+        !lists(api, bob, &day("2030-12-11"), &id).await,
+        "no longer three days long"
+    );
+
+    // Deleted: gone from every window and from reads by id.
+    let (st, _) = api.delete(&format!("/v1/events/{id}"), &alice.token).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert!(!lists(api, bob, &day("2031-01-06"), &id).await);
+    assert!(!lists(api, bob, &day(d2), &id).await);
+    expect_error(
+        api.get(&format!("/v1/events/{id}"), &bob.token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "a deleted event",
+    );
 }
 
 /// Madrid leaves summer time on Sunday 2030-10-27: a weekly Monday 09:00

@@ -1,11 +1,23 @@
 //! The agenda-db key layout, in one place.
 //!
-//! Every value is JSON. Events are stored once per participant (a copy in
-//! each agenda), so an agenda is one prefix read; every write of an event
-//! rewrites all copies in one transaction and bumps each participant's
-//! agenda version, which is what concurrent writers compare on.
+//! Every value is JSON. An event has one record (found by id, compared by
+//! every change of it) and a copy in each participant's agenda, filed by
+//! time: a one-off event of at most [`SHORT_EVENT`] under its start, the
+//! rest (recurring or long) under `r/`. A time window of an agenda is then
+//! two reads (a key span and `r/`) instead of the whole agenda. Every write
+//! of an event rewrites the record and all copies in one transaction and
+//! bumps each participant's agenda version, which is what concurrent
+//! writers compare on.
 
+use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
+
+use crate::model::EventRecord;
+
+/// Longest one-off event filed under its start time. A window `[from, to)`
+/// reads the starts in `[from - SHORT_EVENT, to)`, so this bounds how much
+/// before the window is read.
+pub const SHORT_EVENT: Duration = Duration::days(1);
 
 /// Root of all calendar data.
 pub const ROOT: &str = "/agenda/";
@@ -26,12 +38,42 @@ pub fn email(email: &str) -> String {
 pub fn agenda_version(user: Uuid) -> String {
     format!("/agenda/agenda-version/{user}")
 }
-/// A person's copy of an event.
-pub fn agenda_event(user: Uuid, event: Uuid) -> String {
-    format!("/agenda/agenda/{user}/{event}")
+/// The record of an event.
+pub fn event(id: Uuid) -> String {
+    format!("/agenda/events/{id}")
 }
+/// A person's copy of an event, filed by time.
+pub fn agenda_event(user: Uuid, ev: &EventRecord) -> String {
+    let long = ev.rrule.is_some() || ev.end - ev.start > SHORT_EVENT;
+    if long {
+        format!("/agenda/agenda/{user}/r/{}", ev.id)
+    } else {
+        format!("/agenda/agenda/{user}/{}/{}", at(ev.start), ev.id)
+    }
+}
+/// A person's whole agenda.
 pub fn agenda(user: Uuid) -> String {
     format!("/agenda/agenda/{user}/")
+}
+/// A person's recurring and long events, which every window reads.
+pub fn agenda_long(user: Uuid) -> String {
+    format!("/agenda/agenda/{user}/r/")
+}
+/// The key span `[start, end)` of a person's one-off events that may
+/// overlap `[from, to)` (a little more, never less).
+pub fn agenda_span(user: Uuid, from: DateTime<Utc>, to: DateTime<Utc>) -> (String, String) {
+    let to = to + Duration::seconds(1); // starts are kept to the second
+    (
+        format!("/agenda/agenda/{user}/{}", at(from - SHORT_EVENT)),
+        format!("/agenda/agenda/{user}/{}", at(to)),
+    )
+}
+
+/// A start time as a key part whose byte order is time order: `t` and
+/// the seconds as 16 hex digits with the sign bit flipped, so times
+/// before 1970 sort first too.
+fn at(t: DateTime<Utc>) -> String {
+    format!("t{:016x}", (t.timestamp() as u64) ^ (1 << 63))
 }
 pub fn notification(user: Uuid, id: Uuid) -> String {
     format!("/agenda/notifications/{user}/{id}")
@@ -83,4 +125,86 @@ pub fn pending_invitations(group: Uuid) -> String {
 pub fn last_id(key: &[u8]) -> Option<Uuid> {
     let s = std::str::from_utf8(key).ok()?;
     Uuid::parse_str(s.rsplit('/').next()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Visibility;
+
+    fn event(start: &str, hours: i64, rrule: Option<&str>) -> EventRecord {
+        let start = DateTime::parse_from_rfc3339(start).unwrap().to_utc();
+        EventRecord {
+            id: Uuid::new_v4(),
+            title: "t".into(),
+            description: String::new(),
+            location: String::new(),
+            start,
+            end: start + Duration::hours(hours),
+            time_zone: "UTC".into(),
+            rrule: rrule.map(str::to_string),
+            exdates: Vec::new(),
+            organizer_id: Uuid::new_v4(),
+            group_id: None,
+            visibility: Visibility::Default,
+            attendees: Vec::new(),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn in_span(key: &str, span: &(String, String)) -> bool {
+        span.0.as_str() <= key && key < span.1.as_str()
+    }
+
+    #[test]
+    fn start_keys_sort_in_time_order_across_1970() {
+        let times = [
+            "1960-01-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "1970-01-01T00:00:00Z",
+            "2027-03-01T10:00:00Z",
+            "2100-01-01T00:00:00Z",
+        ];
+        let keys: Vec<String> = times
+            .iter()
+            .map(|t| at(DateTime::parse_from_rfc3339(t).unwrap().to_utc()))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn a_window_span_holds_every_short_event_that_overlaps_it() {
+        let user = Uuid::new_v4();
+        let from = DateTime::parse_from_rfc3339("2027-03-10T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let span = agenda_span(user, from, from + Duration::days(7));
+        // Started the day before and still running; the last second; a
+        // sub-second start just before the end.
+        for (start, hours) in [
+            ("2027-03-09T01:00:00Z", 23),
+            ("2027-03-16T23:59:59Z", 1),
+            ("2027-03-16T23:59:59.900Z", 1),
+        ] {
+            let ev = event(start, hours, None);
+            assert!(in_span(&agenda_event(user, &ev), &span), "{start}");
+        }
+        // Long before, and starting at the window's end.
+        for start in ["2027-03-01T00:00:00Z", "2027-03-17T00:00:01Z"] {
+            assert!(
+                !in_span(&agenda_event(user, &event(start, 1, None)), &span),
+                "{start}"
+            );
+        }
+        // Recurring and long events are outside every span: under r/.
+        for ev in [
+            event("2027-03-10T09:00:00Z", 1, Some("FREQ=DAILY")),
+            event("2027-03-08T00:00:00Z", 72, None),
+        ] {
+            let key = agenda_event(user, &ev);
+            assert!(key.starts_with(&agenda_long(user)) && !in_span(&key, &span));
+        }
+    }
 }

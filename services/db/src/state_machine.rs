@@ -685,6 +685,11 @@ fn validate_key(key: &[u8], prefix: bool) -> Result<()> {
 /// Checks a range request's fields.
 pub fn validate_range(r: &RangeRequest) -> Result<()> {
     validate_key(&r.key, r.prefix)?;
+    if r.prefix && !r.range_end.is_empty() {
+        return Err(Error::InvalidArgument(
+            "give either prefix or range_end, not both".into(),
+        ));
+    }
     if r.limit < 0 {
         return Err(Error::InvalidArgument("limit must not be negative".into()));
     }
@@ -728,13 +733,23 @@ pub fn selects(sel_key: &[u8], prefix: bool, key: &[u8]) -> bool {
     }
 }
 
+/// Whether `key` falls in what a range request selects: one key, a
+/// prefix, or `[key, range_end)`.
+fn range_selects(req: &RangeRequest, key: &[u8]) -> bool {
+    if req.range_end.is_empty() {
+        selects(&req.key, req.prefix, key)
+    } else {
+        req.key.as_slice() <= key && key < req.range_end.as_slice()
+    }
+}
+
 /// Range over the current state (used by reads and by txn range ops).
 pub fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
     kv: &T,
     req: &RangeRequest,
 ) -> Result<RangeResponse> {
     let mut resp = RangeResponse::default();
-    if !req.prefix {
+    if !req.prefix && req.range_end.is_empty() {
         if let Some(v) = get_kv(kv, &req.key)? {
             resp.count = 1;
             if !req.count_only {
@@ -743,7 +758,14 @@ pub fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
         }
         return Ok(resp);
     }
-    let end = prefix_end(&req.key);
+    if !req.range_end.is_empty() && req.range_end <= req.key {
+        return Ok(resp);
+    }
+    let end = if req.range_end.is_empty() {
+        prefix_end(&req.key)
+    } else {
+        Some(req.range_end.clone())
+    };
     let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (
         Bound::Included(req.key.as_slice()),
         match &end {
@@ -794,6 +816,7 @@ pub fn range_at(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeRespon
         &RangeRequest {
             key: req.key.clone(),
             prefix: req.prefix,
+            range_end: req.range_end.clone(),
             ..Default::default()
         },
     )?;
@@ -804,7 +827,7 @@ pub fn range_at(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeRespon
         let (_, v) = item?;
         for ev in Revision::decode(v.value())?.events.into_iter().rev() {
             let Some(kv) = ev.kv else { continue };
-            if !selects(&req.key, req.prefix, &kv.key) {
+            if !range_selects(req, &kv.key) {
                 continue;
             }
             match ev.prev_kv {
@@ -1127,6 +1150,54 @@ mod tests {
             }),
         );
         assert_eq!(error_code(&r), Some(command_error::Code::NotFound));
+    }
+
+    #[test]
+    fn range_end_selects_a_half_open_span_now_and_in_the_past() {
+        let mut f = Fixture::new();
+        for k in ["a/1", "a/2", "a/3", "b/1"] {
+            f.apply(k, put(k, "x"));
+        }
+        f.apply("late", put("a/2", "y"));
+        f.apply("late2", put("a/25", "z"));
+        let txn = f.db.begin_read().unwrap();
+        let span = |rev: i64, from: &str, to: &str| -> Vec<(String, String)> {
+            range_at(
+                &txn,
+                &RangeRequest {
+                    key: from.into(),
+                    range_end: to.into(),
+                    revision: rev,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key).unwrap(),
+                    String::from_utf8(kv.value).unwrap(),
+                )
+            })
+            .collect()
+        };
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(span(0, "a/2", "a/3"), vec![kv("a/2", "y"), kv("a/25", "z")]);
+        // As of revision 4: before the overwrite and the new key.
+        assert_eq!(span(4, "a/2", "a/3"), vec![kv("a/2", "x")]);
+        assert_eq!(span(0, "a/3", "b/2").len(), 2);
+        assert!(
+            span(0, "b", "a").is_empty(),
+            "an empty span selects nothing"
+        );
+        let both = RangeRequest {
+            key: b"a".to_vec(),
+            prefix: true,
+            range_end: b"b".to_vec(),
+            ..Default::default()
+        };
+        assert!(validate_range(&both).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Events: a copy in every participant's agenda, conflicts checked against
-//! each affected person's agenda under a compare on its version key.
+//! Events: one record and a copy in every participant's agenda (filed by
+//! time, see [`crate::keys`]); conflicts checked against each affected
+//! person's agenda under a compare on its version key.
 
 use chrono::{DateTime, FixedOffset, Utc};
 use futures::future::try_join_all;
@@ -7,7 +8,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::notifications;
-use super::{Attempt, Batch, Store};
+use super::{decode, Attempt, Batch, Store, Versioned};
 use crate::api::{CreateEventRequest, UpdateEventRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
@@ -231,6 +232,12 @@ fn summary(ev: &EventRecord) -> serde_json::Value {
     json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
 }
 
+/// The span in which `ev` can conflict with anything (None: no occurrence).
+fn conflict_window(ev: &EventRecord) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let mine = recurrence::upcoming(ev);
+    Some((mine.first()?.start, mine.last()?.end))
+}
+
 /// The conflicts of `w.ev` for each person of `w.check` (in `agendas`,
 /// same order) who keeps it as busy time.
 fn conflicts_in(w: &Write<'_>, agendas: &[Vec<EventRecord>]) -> Vec<Conflict> {
@@ -252,24 +259,47 @@ pub(crate) struct Write<'a> {
     pub reject: bool,
     pub guards: Vec<(String, i64)>,
     pub notify: Vec<(Uuid, &'static str)>,
-    /// The caller's copy must still be at this revision (updates).
-    pub base: Option<(Uuid, i64)>,
+    /// The record as read before the change (None: a new event), which
+    /// must not have changed meanwhile.
+    pub previous: Option<&'a Versioned<EventRecord>>,
 }
 
 impl Store {
-    /// Every event in `user`'s agenda.
-    pub async fn agenda(&self, user: Uuid) -> ApiResult<Vec<EventRecord>> {
-        self.agenda_at(user, 0).await
+    /// The events of `user`'s agenda that may overlap `[from, to)` (a few
+    /// more, never fewer: callers expand occurrences in the window), as
+    /// they were at `revision` (0: now). Two reads of one snapshot.
+    pub(crate) async fn agenda_window(
+        &self,
+        user: Uuid,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+        revision: i64,
+    ) -> ApiResult<Vec<EventRecord>> {
+        let (start, end) = keys::agenda_span(user, from, to);
+        let (short, at) = self.span_at(&start, &end, revision).await?;
+        let long = self.keys_at(&keys::agenda_long(user), 0, at).await?;
+        short
+            .iter()
+            .chain(&long)
+            .map(|kv| decode(kv).map(|v| v.value))
+            .collect()
     }
 
-    /// Every event in `user`'s agenda as it was at `revision` (0: now).
-    pub(crate) async fn agenda_at(&self, user: Uuid, revision: i64) -> ApiResult<Vec<EventRecord>> {
-        Ok(self
-            .list_at::<EventRecord>(&keys::agenda(user), revision)
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect())
+    /// The agendas of `users` where `ev` may conflict, as of `revision`.
+    async fn agendas_for(
+        &self,
+        ev: &EventRecord,
+        users: &[Uuid],
+        revision: i64,
+    ) -> ApiResult<Vec<Vec<EventRecord>>> {
+        let Some(window) = conflict_window(ev) else {
+            return Ok(vec![Vec::new(); users.len()]);
+        };
+        try_join_all(
+            users
+                .iter()
+                .map(|u| self.agenda_window(*u, window, revision)),
+        )
+        .await
     }
 
     /// One attempt at writing `ev`. Two ways, both equal to one central
@@ -292,7 +322,7 @@ impl Store {
                     .map(|u| async move { self.revision(&keys::agenda_version(*u)).await }),
             )
             .await?;
-            let agendas = try_join_all(w.check.iter().map(|u| self.agenda(*u))).await?;
+            let agendas = self.agendas_for(w.ev, &w.check, 0).await?;
             conflicts = conflicts_in(&w, &agendas);
             if !conflicts.is_empty() {
                 return Err(conflict_error(conflicts));
@@ -304,13 +334,30 @@ impl Store {
         for (key, rev) in &w.guards {
             batch.unchanged(key, *rev);
         }
-        if let Some((owner, rev)) = w.base {
-            batch.unchanged(&keys::agenda_event(owner, w.ev.id), rev);
+        batch
+            .unchanged(
+                &keys::event(w.ev.id),
+                w.previous.map_or(0, |p| p.mod_revision),
+            )
+            .put(&keys::event(w.ev.id), w.ev)?;
+        let copies: Vec<String> =
+            w.ev.participants()
+                .map(|p| keys::agenda_event(p, w.ev))
+                .collect();
+        if let Some(prev) = w.previous {
+            // Copies filed elsewhere before (the event moved) go.
+            for p in prev.value.participants() {
+                let old = keys::agenda_event(p, &prev.value);
+                if !copies.contains(&old) {
+                    batch.delete(&old);
+                }
+                if w.ev.status_of(p).is_none() {
+                    batch.bump(&keys::agenda_version(p));
+                }
+            }
         }
-        for p in w.ev.participants() {
-            batch
-                .put(&keys::agenda_event(p, w.ev.id), w.ev)?
-                .bump(&keys::agenda_version(p));
+        for (p, key) in w.ev.participants().zip(&copies) {
+            batch.put(key, w.ev)?.bump(&keys::agenda_version(p));
         }
         for (user, kind) in &w.notify {
             notifications::add(&mut batch, *user, kind, summary(w.ev))?;
@@ -319,8 +366,7 @@ impl Store {
             return Ok(Attempt::Retry);
         };
         if !w.reject && !w.check.is_empty() {
-            let agendas =
-                try_join_all(w.check.iter().map(|u| self.agenda_at(*u, revision))).await?;
+            let agendas = self.agendas_for(w.ev, &w.check, revision).await?;
             conflicts = conflicts_in(&w, &agendas);
         }
         Ok(Attempt::Done(conflicts))
@@ -370,17 +416,19 @@ impl Store {
                     reject,
                     guards: Vec::new(),
                     notify: notify.clone(),
-                    base: None,
+                    previous: None,
                 })
             })
             .await?;
         Ok((ev, conflicts))
     }
 
-    /// The caller's copy of an event (404 when they are not a participant).
-    pub async fn event(&self, caller: Uuid, id: Uuid) -> ApiResult<super::Versioned<EventRecord>> {
-        self.get::<EventRecord>(&keys::agenda_event(caller, id))
+    /// An event the caller takes part in (404 for anyone else, so ids
+    /// cannot be probed).
+    pub async fn event(&self, caller: Uuid, id: Uuid) -> ApiResult<Versioned<EventRecord>> {
+        self.get::<EventRecord>(&keys::event(id))
             .await?
+            .filter(|ev| ev.value.status_of(caller).is_some())
             .ok_or_else(|| ApiError::not_found("event"))
     }
 
@@ -419,7 +467,7 @@ impl Store {
                         reject,
                         guards: Vec::new(),
                         notify,
-                        base: Some((caller, cur.mod_revision)),
+                        previous: Some(&cur),
                     })
                     .await?
                     .map(|c| (ev, c)))
@@ -439,10 +487,12 @@ impl Store {
                 ));
             }
             let mut batch = Batch::default();
-            batch.unchanged(&keys::agenda_event(caller, id), cur.mod_revision);
+            batch
+                .unchanged(&keys::event(id), cur.mod_revision)
+                .delete(&keys::event(id));
             for p in ev.participants() {
                 batch
-                    .delete(&keys::agenda_event(p, id))
+                    .delete(&keys::agenda_event(p, ev))
                     .bump(&keys::agenda_version(p));
                 if p != caller {
                     notifications::add(&mut batch, p, "event_cancelled", summary(ev))?;
@@ -480,7 +530,7 @@ impl Store {
                     reject,
                     guards: Vec::new(),
                     notify,
-                    base: Some((caller, cur.mod_revision)),
+                    previous: Some(&cur),
                 })
                 .await?
                 .map(|c| (ev, c)))
@@ -496,7 +546,7 @@ impl Store {
         to: DateTime<Utc>,
     ) -> ApiResult<Vec<Event>> {
         let mut out: Vec<Event> = self
-            .agenda(caller)
+            .agenda_window(caller, (from, to), 0)
             .await?
             .iter()
             .flat_map(|ev| {
@@ -522,7 +572,7 @@ impl Store {
                 .user_by_name(name)
                 .await?
                 .ok_or_else(|| ApiError::not_found(&format!("user {name:?}")))?;
-            let agenda = self.agenda(user.id).await?;
+            let agenda = self.agenda_window(user.id, (from, to), 0).await?;
             let busy = rules::busy(&agenda, user.id, from, to);
             out.insert(
                 user.username,

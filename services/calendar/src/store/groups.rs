@@ -479,7 +479,7 @@ impl Store {
                         reject,
                         guards: vec![(keys::group_version(group_id), m.version)],
                         notify,
-                        base: None,
+                        previous: None,
                     })
                     .await?
                     .map(|c| (ev, c)))
@@ -501,8 +501,12 @@ impl Store {
         // One snapshot for the whole view: the members and every agenda as
         // of the membership read.
         let members = self.members_at(id, m.at).await?;
-        let agendas =
-            try_join_all(members.iter().map(|mem| self.agenda_at(mem.user_id, m.at))).await?;
+        let agendas = try_join_all(
+            members
+                .iter()
+                .map(|mem| self.agenda_window(mem.user_id, (from, to), m.at)),
+        )
+        .await?;
         let viewer = Viewer {
             user_id: caller,
             rank: m.me.rank,

@@ -217,6 +217,32 @@ impl Store {
         kvs.iter().map(decode).collect()
     }
 
+    /// Raw entries in the key span `[start, end)` as they were at
+    /// `revision` (0: now), and the revision they were read at.
+    pub async fn span_at(
+        &self,
+        start: &str,
+        end: &str,
+        revision: i64,
+    ) -> ApiResult<(Vec<KeyValue>, i64)> {
+        let resp = self
+            .db
+            .range(RangeRequest {
+                key: start.as_bytes().to_vec(),
+                range_end: end.as_bytes().to_vec(),
+                revision,
+                ..Default::default()
+            })
+            .await?;
+        // A past revision's header carries the latest one, not the one read.
+        let at = if revision > 0 {
+            revision
+        } else {
+            resp.header.map_or(0, |h| h.revision)
+        };
+        Ok((resp.kvs, at))
+    }
+
     /// Raw entries under `prefix` (`limit` 0: all).
     pub async fn keys(&self, prefix: &str, limit: i64) -> ApiResult<Vec<KeyValue>> {
         self.keys_at(prefix, limit, 0).await
