@@ -296,8 +296,23 @@ impl DbClient {
         .await
     }
 
-    /// Runs a transaction.
+    /// Runs a transaction. One that only reads (every operation a range)
+    /// is served by any node without a log entry, so it goes where reads
+    /// go instead of to the leader.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
+        let read_only = req
+            .success
+            .iter()
+            .chain(&req.failure)
+            .all(|op| matches!(op.request, Some(request_op::Request::Range(_))));
+        if read_only {
+            return self
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.txn(req).await }
+                })
+                .await;
+        }
         fill_id(&mut req.request_id);
         self.call_write(|mut c| {
             let req = req.clone();

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agenda_proto::db::{
-    DeleteRequest, DeleteResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
-    LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, MemberAddRequest,
-    MemberChangeResponse, MemberRemoveRequest, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
+    request_op, DeleteRequest, DeleteResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    MemberAddRequest, MemberChangeResponse, MemberRemoveRequest, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchRequest,
+    WatchResponse,
 };
 use agenda_proto::raft::{command, command_result, Command, MemberChange};
 use redb::{Database, ReadableDatabase};
@@ -96,6 +97,26 @@ impl Db {
         Ok(resp)
     }
 
+    async fn read_txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        // Without compares, ranges all at revisions applied here are
+        // history: no ReadIndex round, as for a single range.
+        let applied = self.node.shared.revision.load(Ordering::Acquire);
+        let history_only = req.compare.is_empty()
+            && !req.success.is_empty()
+            && req.success.iter().all(|op| {
+                matches!(&op.request, Some(request_op::Request::Range(r))
+                    if r.revision > 0 && r.revision <= applied)
+            });
+        if !history_only {
+            self.read_barrier().await?;
+        }
+        let txn = self.db.begin_read()?;
+        let mut resp = state_machine::read_txn(&txn, &req)?;
+        let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+        resp.header = self.header(revision);
+        Ok(resp)
+    }
+
     /// Writes one key.
     pub async fn put(&self, mut req: PutRequest) -> Result<PutResponse> {
         let id = take_id(&mut req.request_id);
@@ -114,8 +135,12 @@ impl Db {
         }
     }
 
-    /// Runs a transaction.
+    /// Runs a transaction. One that only reads is served like a read
+    /// (ReadIndex, then the local replica) without a log entry.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
+        if state_machine::is_read_only(&req) {
+            return self.read_txn(req).await;
+        }
         let id = take_id(&mut req.request_id);
         match self.propose(id, command::Op::Txn(req)).await? {
             command_result::Result::Txn(r) => Ok(r),

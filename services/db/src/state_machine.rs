@@ -362,6 +362,11 @@ impl StateMachine {
             match &op.request {
                 Some(request_op::Request::Put(p)) => self.validate_put(t, p)?,
                 Some(request_op::Request::Delete(d)) => validate_key(&d.key, d.prefix)?,
+                Some(request_op::Request::Range(r)) if r.revision != 0 => {
+                    return Err(Error::InvalidArgument(
+                        "a txn that writes reads the latest state: range revision must be 0".into(),
+                    ))
+                }
                 Some(request_op::Request::Range(r)) => validate_range(r)?,
                 None => return Err(Error::InvalidArgument("empty txn operation".into())),
             }
@@ -788,14 +793,19 @@ pub fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(resp)
 }
 
+/// The snapshot's revision and the oldest revision history still holds.
+fn revisions(txn: &ReadTransaction) -> Result<(i64, i64)> {
+    let meta = txn.open_table(META)?;
+    Ok(match meta.get(schema::META_REVISION)? {
+        Some(v) => schema::read_pair_u64(v.value()).map_or((0, 0), |(a, b)| (a as i64, b as i64)),
+        None => (0, 0),
+    })
+}
+
 /// Range as of `req.revision` (0 = now), undoing newer history.
 pub fn range_at(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeResponse> {
     let kv = txn.open_table(KV)?;
-    let meta = txn.open_table(META)?;
-    let (current, compacted) = match meta.get(schema::META_REVISION)? {
-        Some(v) => schema::read_pair_u64(v.value()).map_or((0, 0), |(a, b)| (a as i64, b as i64)),
-        None => (0, 0),
-    };
+    let (current, compacted) = revisions(txn)?;
     let header = Some(ResponseHeader {
         revision: current,
         ..Default::default()
@@ -851,6 +861,55 @@ pub fn range_at(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeRespon
         }
     }
     Ok(resp)
+}
+
+/// Whether a txn only reads (every operation of both branches is a range):
+/// such a txn needs no log entry, like in etcd.
+pub fn is_read_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| matches!(op.request, Some(request_op::Request::Range(_))))
+}
+
+/// Runs a read-only txn on one snapshot: the compares against the current
+/// state pick the branch, whose ranges each read as of their own revision
+/// (0: the snapshot's).
+pub fn read_txn(txn: &ReadTransaction, req: &TxnRequest) -> Result<TxnResponse> {
+    for c in &req.compare {
+        validate_key(&c.key, false)?;
+    }
+    let ranges = |ops: &[RequestOp]| -> Result<Vec<RangeRequest>> {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(request_op::Request::Range(r)) => validate_range(r).map(|()| r.clone()),
+                _ => Err(Error::InvalidArgument("not a read-only txn".into())),
+            })
+            .collect()
+    };
+    let (success, failure) = (ranges(&req.success)?, ranges(&req.failure)?);
+    let kv = txn.open_table(KV)?;
+    let mut succeeded = true;
+    for c in &req.compare {
+        if !compare_holds(c, get_kv(&kv, &c.key)?.as_ref()) {
+            succeeded = false;
+            break;
+        }
+    }
+    let mut responses = Vec::new();
+    for r in if succeeded { success } else { failure } {
+        responses.push(ResponseOp {
+            response: Some(response_op::Response::Range(range_at(txn, &r)?)),
+        });
+    }
+    Ok(TxnResponse {
+        header: Some(ResponseHeader {
+            revision: revisions(txn)?.0,
+            ..Default::default()
+        }),
+        succeeded,
+        responses,
+    })
 }
 
 /// Revisions after `from` (inclusive) still in history, oldest first.
@@ -1150,6 +1209,63 @@ mod tests {
             }),
         );
         assert_eq!(error_code(&r), Some(command_error::Code::NotFound));
+    }
+
+    #[test]
+    fn a_read_only_txn_reads_one_snapshot_under_its_compares() {
+        let mut f = Fixture::new();
+        f.apply("1", put("v", "1"));
+        f.apply("2", put("a/1", "x"));
+        f.apply("3", put("a/1", "y"));
+        let range = |key: &str, revision: i64| RequestOp {
+            request: Some(request_op::Request::Range(RangeRequest {
+                key: key.into(),
+                prefix: true,
+                revision,
+                ..Default::default()
+            })),
+        };
+        let read = |version_rev: i64| TxnRequest {
+            compare: vec![Compare {
+                key: b"v".to_vec(),
+                target: compare::Target::ModRevision as i32,
+                result: compare::Result::Equal as i32,
+                number: version_rev,
+                ..Default::default()
+            }],
+            success: vec![range("a/", 0), range("a/", 2)],
+            failure: vec![range("v", 0)],
+            request_id: String::new(),
+        };
+        assert!(is_read_only(&read(1)));
+        let txn = f.db.begin_read().unwrap();
+        let values = |resp: &TxnResponse| -> Vec<Vec<u8>> {
+            resp.responses
+                .iter()
+                .map(|r| match &r.response {
+                    Some(response_op::Response::Range(r)) => r.kvs[0].value.clone(),
+                    other => panic!("range expected, got {other:?}"),
+                })
+                .collect()
+        };
+        let held = read_txn(&txn, &read(1)).unwrap();
+        assert!(held.succeeded);
+        assert_eq!(held.header.unwrap().revision, 3);
+        assert_eq!(values(&held), vec![b"y".to_vec(), b"x".to_vec()]);
+        let failed = read_txn(&txn, &read(2)).unwrap();
+        assert!(!failed.succeeded);
+        assert_eq!(values(&failed), vec![b"1".to_vec()]);
+        // A txn that writes reads the latest state only.
+        let mut write = read(1);
+        write.success.push(RequestOp {
+            request: Some(request_op::Request::Put(PutRequest {
+                key: b"w".to_vec(),
+                ..Default::default()
+            })),
+        });
+        assert!(!is_read_only(&write));
+        let (r, _) = f.apply("4", command::Op::Txn(write));
+        assert_eq!(error_code(&r), Some(command_error::Code::InvalidArgument));
     }
 
     #[test]

@@ -3,12 +3,11 @@
 //! person's agenda under a compare on its version key.
 
 use chrono::{DateTime, FixedOffset, Utc};
-use futures::future::try_join_all;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::notifications;
-use super::{decode, Attempt, Batch, Store, Versioned};
+use super::{Attempt, Batch, Read, Snapshot, Store, Versioned};
 use crate::api::{CreateEventRequest, UpdateEventRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
@@ -232,8 +231,28 @@ fn summary(ev: &EventRecord) -> serde_json::Value {
     json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
 }
 
+/// A time window `[from, to)`.
+pub type Window = (DateTime<Utc>, DateTime<Utc>);
+
+/// The two reads of `user`'s agenda for `window`, as of `revision`: the
+/// one-off events that may overlap it and the recurring or long ones.
+pub(crate) fn window_reads(user: Uuid, (from, to): Window, revision: i64) -> [Read; 2] {
+    let (start, end) = keys::agenda_span(user, from, to);
+    [
+        Read::span(&start, &end).at(revision),
+        Read::prefix(&keys::agenda_long(user)).at(revision),
+    ]
+}
+
+/// The events of the [`window_reads`] at `i` and `i + 1` of `snap`.
+pub(crate) fn window_events(snap: &Snapshot, i: usize) -> ApiResult<Vec<EventRecord>> {
+    let mut out = snap.values::<EventRecord>(i)?;
+    out.extend(snap.values::<EventRecord>(i + 1)?);
+    Ok(out.into_iter().map(|v| v.value).collect())
+}
+
 /// The span in which `ev` can conflict with anything (None: no occurrence).
-fn conflict_window(ev: &EventRecord) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+fn conflict_window(ev: &EventRecord) -> Option<Window> {
     let mine = recurrence::upcoming(ev);
     Some((mine.first()?.start, mine.last()?.end))
 }
@@ -266,40 +285,46 @@ pub(crate) struct Write<'a> {
 
 impl Store {
     /// The events of `user`'s agenda that may overlap `[from, to)` (a few
-    /// more, never fewer: callers expand occurrences in the window), as
-    /// they were at `revision` (0: now). Two reads of one snapshot.
-    pub(crate) async fn agenda_window(
-        &self,
-        user: Uuid,
-        (from, to): (DateTime<Utc>, DateTime<Utc>),
-        revision: i64,
-    ) -> ApiResult<Vec<EventRecord>> {
-        let (start, end) = keys::agenda_span(user, from, to);
-        let (short, at) = self.span_at(&start, &end, revision).await?;
-        let long = self.keys_at(&keys::agenda_long(user), 0, at).await?;
-        short
-            .iter()
-            .chain(&long)
-            .map(|kv| decode(kv).map(|v| v.value))
-            .collect()
+    /// more, never fewer: callers expand occurrences in the window).
+    pub async fn agenda_window(&self, user: Uuid, window: Window) -> ApiResult<Vec<EventRecord>> {
+        let snap = self.snapshot(&[], window_reads(user, window, 0)).await?;
+        // Without guards a snapshot always reads.
+        snap.map_or(Ok(Vec::new()), |s| window_events(&s, 0))
     }
 
-    /// The agendas of `users` where `ev` may conflict, as of `revision`.
+    /// For each of `users`: the revision of their agenda version and the
+    /// events of their agenda where `ev` may conflict, in one snapshot as
+    /// of `revision` (0: now).
     async fn agendas_for(
         &self,
         ev: &EventRecord,
         users: &[Uuid],
         revision: i64,
-    ) -> ApiResult<Vec<Vec<EventRecord>>> {
-        let Some(window) = conflict_window(ev) else {
-            return Ok(vec![Vec::new(); users.len()]);
+    ) -> ApiResult<(Vec<i64>, Vec<Vec<EventRecord>>)> {
+        let window = conflict_window(ev);
+        let reads: Vec<Read> = users
+            .iter()
+            .flat_map(|u| {
+                let version = Read::key(&keys::agenda_version(*u)).at(revision);
+                let agenda = window.map(|w| window_reads(*u, w, revision));
+                std::iter::once(version).chain(agenda.into_iter().flatten())
+            })
+            .collect();
+        let Some(snap) = self.snapshot(&[], reads).await? else {
+            return Ok((vec![0; users.len()], vec![Vec::new(); users.len()]));
         };
-        try_join_all(
-            users
-                .iter()
-                .map(|u| self.agenda_window(*u, window, revision)),
-        )
-        .await
+        let per_user = if window.is_some() { 3 } else { 1 };
+        let mut versions = Vec::with_capacity(users.len());
+        let mut agendas = Vec::with_capacity(users.len());
+        for i in 0..users.len() {
+            versions.push(snap.mod_revision(i * per_user));
+            agendas.push(if window.is_some() {
+                window_events(&snap, i * per_user + 1)?
+            } else {
+                Vec::new()
+            });
+        }
+        Ok((versions, agendas))
     }
 
     /// One attempt at writing `ev`. Two ways, both equal to one central
@@ -314,15 +339,9 @@ impl Store {
         let mut batch = Batch::default();
         let mut conflicts = Vec::new();
         if w.reject {
-            // Versions first, agendas after: a change committed in between
-            // moves a version, so the compare below fails.
-            let versions = try_join_all(
-                w.check
-                    .iter()
-                    .map(|u| async move { self.revision(&keys::agenda_version(*u)).await }),
-            )
-            .await?;
-            let agendas = self.agendas_for(w.ev, &w.check, 0).await?;
+            // Versions and agendas of one snapshot: a change committed
+            // since moves a version, so the compare below fails.
+            let (versions, agendas) = self.agendas_for(w.ev, &w.check, 0).await?;
             conflicts = conflicts_in(&w, &agendas);
             if !conflicts.is_empty() {
                 return Err(conflict_error(conflicts));
@@ -366,7 +385,7 @@ impl Store {
             return Ok(Attempt::Retry);
         };
         if !w.reject && !w.check.is_empty() {
-            let agendas = self.agendas_for(w.ev, &w.check, revision).await?;
+            let (_, agendas) = self.agendas_for(w.ev, &w.check, revision).await?;
             conflicts = conflicts_in(&w, &agendas);
         }
         Ok(Attempt::Done(conflicts))
@@ -546,7 +565,7 @@ impl Store {
         to: DateTime<Utc>,
     ) -> ApiResult<Vec<Event>> {
         let mut out: Vec<Event> = self
-            .agenda_window(caller, (from, to), 0)
+            .agenda_window(caller, (from, to))
             .await?
             .iter()
             .flat_map(|ev| {
@@ -572,7 +591,7 @@ impl Store {
                 .user_by_name(name)
                 .await?
                 .ok_or_else(|| ApiError::not_found(&format!("user {name:?}")))?;
-            let agenda = self.agenda_window(user.id, (from, to), 0).await?;
+            let agenda = self.agenda_window(user.id, (from, to)).await?;
             let busy = rules::busy(&agenda, user.id, from, to);
             out.insert(
                 user.username,

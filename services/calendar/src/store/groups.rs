@@ -9,9 +9,9 @@ use futures::future::try_join_all;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::events::{new_event, view, Write};
+use super::events::{new_event, view, window_events, window_reads, Write};
 use super::notifications;
-use super::{Attempt, Batch, Store, Versioned};
+use super::{Attempt, Batch, Read, Store, Versioned};
 use crate::api::{CreateEventRequest, CreateGroupRequest, InviteRequest, UpdateGroupRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
@@ -27,50 +27,72 @@ pub struct Membership {
     pub me: Member,
     /// Revision of the group's version key when read.
     pub version: i64,
-    /// The store revision it was read at (a consistent snapshot).
-    pub at: i64,
+}
+
+fn sort_members(m: &mut [Member]) {
+    m.sort_by(|a, b| a.rank.cmp(&b.rank).then(a.username.cmp(&b.username)));
 }
 
 impl Store {
     /// The group and the caller's membership; 404 if either is missing, so
     /// non-members cannot tell a group exists.
     pub async fn membership(&self, caller: Uuid, group: Uuid) -> ApiResult<Membership> {
-        // The version is read first (see store docs); the rest is read at
-        // that same snapshot.
-        let (version, at) = self
-            .revision_and_snapshot(&keys::group_version(group))
-            .await?;
-        let member_key = keys::member(group, caller);
-        let group_key = keys::group(group);
-        let (me, g) = tokio::try_join!(
-            self.get_at::<Member>(&member_key, at),
-            self.get_at::<GroupRecord>(&group_key, at)
-        )?;
-        match (g, me) {
-            (Some(g), Some(me)) => Ok(Membership {
-                group: g.value,
-                me: me.value,
-                version,
-                at,
-            }),
-            _ => Err(ApiError::not_found("group")),
+        Ok(self.membership_with(caller, group, false).await?.0)
+    }
+
+    /// [`Store::membership`] and every member, best rank first, read in
+    /// the same snapshot.
+    pub async fn membership_and_members(
+        &self,
+        caller: Uuid,
+        group: Uuid,
+    ) -> ApiResult<(Membership, Vec<Member>)> {
+        self.membership_with(caller, group, true).await
+    }
+
+    async fn membership_with(
+        &self,
+        caller: Uuid,
+        group: Uuid,
+        with_members: bool,
+    ) -> ApiResult<(Membership, Vec<Member>)> {
+        let mut reads = vec![
+            Read::key(&keys::group_version(group)),
+            Read::key(&keys::member(group, caller)),
+            Read::key(&keys::group(group)),
+        ];
+        if with_members {
+            reads.push(Read::prefix(&keys::members(group)));
         }
+        let Some(snap) = self.snapshot(&[], reads).await? else {
+            return Err(ApiError::not_found("group"));
+        };
+        let (Some(me), Some(g)) = (snap.value::<Member>(1)?, snap.value::<GroupRecord>(2)?) else {
+            return Err(ApiError::not_found("group"));
+        };
+        let mut members: Vec<Member> = snap
+            .values::<Member>(3)?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        sort_members(&mut members);
+        let m = Membership {
+            group: g.value,
+            me: me.value,
+            version: snap.mod_revision(0),
+        };
+        Ok((m, members))
     }
 
     /// Members of a group, best rank first.
     pub async fn members(&self, group: Uuid) -> ApiResult<Vec<Member>> {
-        self.members_at(group, 0).await
-    }
-
-    /// Members of a group as of `revision` (0: now), best rank first.
-    pub async fn members_at(&self, group: Uuid, revision: i64) -> ApiResult<Vec<Member>> {
         let mut m: Vec<Member> = self
-            .list_at::<Member>(&keys::members(group), revision)
+            .list::<Member>(&keys::members(group))
             .await?
             .into_iter()
             .map(|v| v.value)
             .collect();
-        m.sort_by(|a, b| a.rank.cmp(&b.rank).then(a.username.cmp(&b.username)));
+        sort_members(&mut m);
         Ok(m)
     }
 
@@ -461,8 +483,7 @@ impl Store {
             let req = req.clone();
             let organizer = organizer.clone();
             async move {
-                let m = self.membership(caller, group_id).await?;
-                let members = self.members_at(group_id, m.at).await?;
+                let (m, members) = self.membership_and_members(caller, group_id).await?;
                 let attendees = rules::group_event_attendees(m.group.kind, &m.me, &members);
                 let mut ev = new_event(req, &organizer, attendees, Some(group_id))?;
                 ev.id = id;
@@ -497,16 +518,24 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> ApiResult<serde_json::Value> {
-        let m = self.membership(caller, id).await?;
-        // One snapshot for the whole view: the members and every agenda as
-        // of the membership read.
-        let members = self.members_at(id, m.at).await?;
-        let agendas = try_join_all(
-            members
-                .iter()
-                .map(|mem| self.agenda_window(mem.user_id, (from, to), m.at)),
-        )
-        .await?;
+        // One snapshot for the whole view: every agenda is read in one go,
+        // and only if the membership is still the one read just before.
+        let (m, members, agendas) = self
+            .optimistic("this group", || async {
+                let (m, members) = self.membership_and_members(caller, id).await?;
+                let reads = members
+                    .iter()
+                    .flat_map(|mem| window_reads(mem.user_id, (from, to), 0));
+                let guard = [(keys::group_version(id), m.version)];
+                let Some(snap) = self.snapshot(&guard, reads).await? else {
+                    return Ok(Attempt::Retry);
+                };
+                let agendas = (0..members.len())
+                    .map(|i| window_events(&snap, 2 * i))
+                    .collect::<ApiResult<Vec<_>>>()?;
+                Ok(Attempt::Done((m, members, agendas)))
+            })
+            .await?;
         let viewer = Viewer {
             user_id: caller,
             rank: m.me.rank,

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use agenda_common::DbClient;
 use agenda_proto::db::{
-    compare, request_op, Compare, DeleteRequest, KeyValue, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    compare, request_op, response_op, Compare, DeleteRequest, KeyValue, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
 };
 use rand::Rng;
 use serde::de::DeserializeOwned;
@@ -42,6 +42,71 @@ pub struct Store {
 pub struct Versioned<T> {
     pub value: T,
     pub mod_revision: i64,
+}
+
+/// One read of a [`Store::snapshot`].
+pub struct Read(RangeRequest);
+
+impl Read {
+    /// One key.
+    pub fn key(key: &str) -> Read {
+        Read(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })
+    }
+
+    /// Every key under `prefix`.
+    pub fn prefix(prefix: &str) -> Read {
+        Read(RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            prefix: true,
+            ..Default::default()
+        })
+    }
+
+    /// Every key in `[start, end)`.
+    pub fn span(start: &str, end: &str) -> Read {
+        Read(RangeRequest {
+            key: start.as_bytes().to_vec(),
+            range_end: end.as_bytes().to_vec(),
+            ..Default::default()
+        })
+    }
+
+    /// As of a past `revision` (0: the snapshot's own).
+    pub fn at(mut self, revision: i64) -> Read {
+        self.0.revision = revision;
+        self
+    }
+}
+
+/// What a [`Store::snapshot`] read, in the order of its reads.
+pub struct Snapshot {
+    /// The store's revision at the read.
+    pub revision: i64,
+    results: Vec<Vec<KeyValue>>,
+}
+
+impl Snapshot {
+    /// Revision of read `i`'s key (0 when absent), for a later compare.
+    pub fn mod_revision(&self, i: usize) -> i64 {
+        self.raw(i).first().map_or(0, |kv| kv.mod_revision)
+    }
+
+    /// Read `i` as one JSON value.
+    pub fn value<T: DeserializeOwned>(&self, i: usize) -> ApiResult<Option<Versioned<T>>> {
+        self.raw(i).first().map(decode).transpose()
+    }
+
+    /// Read `i` as JSON values, in key order.
+    pub fn values<T: DeserializeOwned>(&self, i: usize) -> ApiResult<Vec<Versioned<T>>> {
+        self.raw(i).iter().map(decode).collect()
+    }
+
+    fn raw(&self, i: usize) -> &[KeyValue] {
+        self.results.get(i).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// The writes and guards of one transaction.
@@ -169,99 +234,64 @@ impl Store {
             .map_or(0, |kv| kv.mod_revision))
     }
 
-    /// Revision of a key (0 when absent) and the store's revision at the
-    /// read: later reads [`Store::get_at`]/[`Store::list_at`] that revision
-    /// see one consistent snapshot, and skip agenda-db's ReadIndex round
-    /// (a revision already applied is immutable).
-    pub async fn revision_and_snapshot(&self, key: &str) -> ApiResult<(i64, i64)> {
-        let resp = self
-            .db
-            .range(RangeRequest {
-                key: key.as_bytes().to_vec(),
-                ..Default::default()
-            })
-            .await?;
-        let at = resp.header.map_or(0, |h| h.revision);
-        Ok((resp.kvs.first().map_or(0, |kv| kv.mod_revision), at))
-    }
-
-    /// One JSON value as of `revision`.
-    pub async fn get_at<T: DeserializeOwned>(
+    /// Reads several keys, prefixes or spans in one consistent snapshot,
+    /// in one round trip, if every guard `(key, mod_revision)` still holds
+    /// (None when one does not: something changed, decide again).
+    pub async fn snapshot(
         &self,
-        key: &str,
-        revision: i64,
-    ) -> ApiResult<Option<Versioned<T>>> {
+        guards: &[(String, i64)],
+        reads: impl IntoIterator<Item = Read>,
+    ) -> ApiResult<Option<Snapshot>> {
+        let mut batch = Batch::default();
+        for (key, rev) in guards {
+            batch.unchanged(key, *rev);
+        }
         let resp = self
             .db
-            .range(RangeRequest {
-                key: key.as_bytes().to_vec(),
-                revision,
-                ..Default::default()
+            .txn(TxnRequest {
+                compare: batch.compares,
+                success: reads
+                    .into_iter()
+                    .map(|r| RequestOp {
+                        request: Some(request_op::Request::Range(r.0)),
+                    })
+                    .collect(),
+                failure: Vec::new(),
+                request_id: String::new(),
             })
             .await?;
-        resp.kvs.first().map(decode).transpose()
+        if !resp.succeeded {
+            return Ok(None);
+        }
+        let results = resp
+            .responses
+            .into_iter()
+            .map(|r| match r.response {
+                Some(response_op::Response::Range(r)) => Ok(r.kvs),
+                other => Err(ApiError::internal(format!(
+                    "a read-only txn answered {other:?}"
+                ))),
+            })
+            .collect::<ApiResult<_>>()?;
+        Ok(Some(Snapshot {
+            revision: resp.header.map_or(0, |h| h.revision),
+            results,
+        }))
     }
 
     /// Every JSON value under `prefix`, in key order.
     pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> ApiResult<Vec<Versioned<T>>> {
-        self.list_at(prefix, 0).await
-    }
-
-    /// Every JSON value under `prefix` as of `revision` (0: now).
-    pub async fn list_at<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        revision: i64,
-    ) -> ApiResult<Vec<Versioned<T>>> {
-        let kvs = self.keys_at(prefix, 0, revision).await?;
-        kvs.iter().map(decode).collect()
-    }
-
-    /// Raw entries in the key span `[start, end)` as they were at
-    /// `revision` (0: now), and the revision they were read at.
-    pub async fn span_at(
-        &self,
-        start: &str,
-        end: &str,
-        revision: i64,
-    ) -> ApiResult<(Vec<KeyValue>, i64)> {
-        let resp = self
-            .db
-            .range(RangeRequest {
-                key: start.as_bytes().to_vec(),
-                range_end: end.as_bytes().to_vec(),
-                revision,
-                ..Default::default()
-            })
-            .await?;
-        // A past revision's header carries the latest one, not the one read.
-        let at = if revision > 0 {
-            revision
-        } else {
-            resp.header.map_or(0, |h| h.revision)
-        };
-        Ok((resp.kvs, at))
+        self.keys(prefix, 0).await?.iter().map(decode).collect()
     }
 
     /// Raw entries under `prefix` (`limit` 0: all).
     pub async fn keys(&self, prefix: &str, limit: i64) -> ApiResult<Vec<KeyValue>> {
-        self.keys_at(prefix, limit, 0).await
-    }
-
-    /// Raw entries under `prefix` as they were at `revision` (0: now).
-    pub async fn keys_at(
-        &self,
-        prefix: &str,
-        limit: i64,
-        revision: i64,
-    ) -> ApiResult<Vec<KeyValue>> {
         let resp = self
             .db
             .range(RangeRequest {
                 key: prefix.as_bytes().to_vec(),
                 prefix: true,
                 limit,
-                revision,
                 ..Default::default()
             })
             .await?;
