@@ -191,7 +191,7 @@ pub async fn serve<H: Handler>(
         service,
         handler: Arc::new(handler),
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = agenda_common::net::incoming(listener);
     let mut router = agenda_common::net::grpc_server();
     let router = match service {
         Service::Users => router.add_service(UsersServer::new(endpoint)),

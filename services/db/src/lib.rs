@@ -221,13 +221,16 @@ pub async fn run(
             .max_encoding_message_size(transport::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            agenda_common::net::incoming(grpc),
             stop_servers.clone().cancelled_owned(),
         );
     let http_addr = http.local_addr().ok();
     let router = api::http::router(api::http::HttpState {
         db: db_service,
         metrics,
+    });
+    let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+        let _ = tcp.set_nodelay(true);
     });
     let http_server =
         axum::serve(http, router).with_graceful_shutdown(stop_servers.clone().cancelled_owned());

@@ -97,6 +97,9 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     let send_buffer = cfg.send_buffer_bytes as usize;
     let listener = listener.tap_io(move |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
             tracing::debug!(error = %e, "cannot set the send buffer");
         }
