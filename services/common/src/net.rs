@@ -51,3 +51,19 @@ pub async fn bind(addr: &str, flag: &str) -> Result<TcpListener> {
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {flag} {addr}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_grpc_connections_send_small_writes_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let conn = accepted.next().await.unwrap().unwrap();
+        assert!(conn.nodelay().unwrap(), "TCP_NODELAY must be set");
+    }
+}
