@@ -7,10 +7,15 @@
 //! call carries one request id for all its attempts, so a retry after a lost
 //! reply returns the first result instead of applying twice.
 //!
-//! Writes go to the leader when the client knows it (learnt in the
-//! background from cluster status): a follower would only pass them on and
-//! answer after applying them itself, two raft round trips later. Reads stay
-//! on the sticky node, since every node serves linearizable reads.
+//! Reads and writes go to the leader when the client knows it (learnt in
+//! the background from cluster status): a follower would only pass a write
+//! on and answer after applying it itself, two raft round trips later, and
+//! a follower's linearizable read waits for a ReadIndex round through the
+//! leader (follower -> leader -> quorum -> leader -> follower), where the
+//! leader's own is half of that. Under load that made every read 3-4 raft
+//! loop turns of other nodes slower (bench-api p95 45 -> 17 ms). Any node
+//! still serves anything, so when the leader is unknown or fails a call
+//! goes to the sticky node and on around the ring.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -159,8 +164,8 @@ impl DbClient {
         uuid::Uuid::now_v7().simple().to_string()
     }
 
-    /// Runs a write: first on the believed leader, then like [`Self::call`].
-    async fn call_write<T, F, Fut>(&self, f: F) -> Result<T>
+    /// Runs a call first on the believed leader, then like [`Self::call`].
+    async fn call_leader_first<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(Grpc<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -248,7 +253,7 @@ impl DbClient {
 
     /// Reads keys (linearizable unless `req.stale`).
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.call(|mut c| {
+        self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.range(req).await }
         })
@@ -279,7 +284,7 @@ impl DbClient {
     /// Writes a key (exactly once, whatever the retries).
     pub async fn put(&self, mut req: PutRequest) -> Result<PutResponse> {
         fill_id(&mut req.request_id);
-        self.call_write(|mut c| {
+        self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.put(req).await }
         })
@@ -289,7 +294,7 @@ impl DbClient {
     /// Deletes a key or prefix.
     pub async fn delete(&self, mut req: DeleteRequest) -> Result<DeleteResponse> {
         fill_id(&mut req.request_id);
-        self.call_write(|mut c| {
+        self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.delete(req).await }
         })
@@ -297,8 +302,7 @@ impl DbClient {
     }
 
     /// Runs a transaction. One that only reads (every operation a range)
-    /// is served by any node without a log entry, so it goes where reads
-    /// go instead of to the leader.
+    /// is served like a read, without a log entry or a request id.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
         let read_only = req
             .success
@@ -307,14 +311,14 @@ impl DbClient {
             .all(|op| matches!(op.request, Some(request_op::Request::Range(_))));
         if read_only {
             return self
-                .call(|mut c| {
+                .call_leader_first(|mut c| {
                     let req = req.clone();
                     async move { c.txn(req).await }
                 })
                 .await;
         }
         fill_id(&mut req.request_id);
-        self.call_write(|mut c| {
+        self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.txn(req).await }
         })
@@ -328,7 +332,7 @@ impl DbClient {
             id: 0,
             request_id: Self::request_id(),
         };
-        self.call_write(|mut c| {
+        self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.lease_grant(req).await }
         })
@@ -341,7 +345,7 @@ impl DbClient {
             id,
             request_id: Self::request_id(),
         };
-        self.call_write(|mut c| {
+        self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.lease_keep_alive(req).await }
         })
@@ -354,7 +358,7 @@ impl DbClient {
             id,
             request_id: Self::request_id(),
         };
-        self.call_write(|mut c| {
+        self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.lease_revoke(req).await }
         })
@@ -383,7 +387,7 @@ impl DbClient {
             addr: addr.to_string(),
             request_id: Self::request_id(),
         };
-        self.call_write(|mut c| {
+        self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.member_add(req).await }
         })
@@ -396,7 +400,7 @@ impl DbClient {
             id,
             request_id: Self::request_id(),
         };
-        self.call_write(|mut c| {
+        self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.member_remove(req).await }
         })
