@@ -1,6 +1,6 @@
 //! agenda-db: one node of Agenda's replicated store of record and service
 //! registry. raft-rs replicates an etcd-v3-like key-value state machine;
-//! redb keeps the raft log and the state in one file, committed together.
+//! redb keeps the raft log and the state in two files (see [`schema`]).
 //!
 //! Layout:
 //! - [`config`]: flags and environment.
