@@ -51,6 +51,15 @@ impl Default for SystemOptions {
     }
 }
 
+/// The `--db` flag value for a cluster.
+fn db_addrs(db: &Cluster) -> String {
+    db.nodes
+        .values()
+        .map(|n| n.grpc.clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// One service process.
 struct Proc {
     name: String,
@@ -83,12 +92,7 @@ impl System {
             args: Vec::new(),
         })
         .await?;
-        let db_addrs = db
-            .nodes
-            .values()
-            .map(|n| n.grpc.clone())
-            .collect::<Vec<_>>()
-            .join(",");
+        let db_addrs = db_addrs(&db);
         let dir = tempfile::Builder::new()
             .prefix("agenda-system-test")
             .tempdir()?;
@@ -121,6 +125,13 @@ impl System {
             bail!("{e:#}\n{}", sys.all_log_tails(30));
         }
         Ok(sys)
+    }
+
+    /// Starts one more agenda-users replica named `name` (e.g. after the
+    /// data was changed underneath the running ones); returns its address.
+    pub fn start_users(&mut self, name: &str) -> Result<String> {
+        let db = db_addrs(&self.db);
+        self.spawn(&bin("agenda-users")?, name.to_string(), &db, &[])
     }
 
     fn spawn(&mut self, bin: &PathBuf, name: String, db: &str, extra: &[String]) -> Result<String> {

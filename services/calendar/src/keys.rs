@@ -51,6 +51,8 @@ pub fn agenda_event(user: Uuid, ev: &EventRecord) -> String {
         format!("/agenda/agenda/{user}/{}/{}", at(ev.start), ev.id)
     }
 }
+/// Every agenda copy of everyone.
+pub const AGENDAS: &str = "/agenda/agenda/";
 /// A person's whole agenda.
 pub fn agenda(user: Uuid) -> String {
     format!("/agenda/agenda/{user}/")

@@ -63,8 +63,23 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    // Before serving: data from an earlier version moves to today's layout.
+    let store = Store::new(db.clone());
+    loop {
+        match store.upgrade_layout().await {
+            Ok(_) => break,
+            Err(e) if e.status == 503 => {
+                tracing::warn!(error = %e.message, "cannot upgrade the data layout yet; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+            Err(e) => anyhow::bail!("upgrading the data layout: {}", e.message),
+        }
+    }
     let handler = handler::Users {
-        store: Store::new(db.clone()),
+        store,
         keys,
         token_ttl_secs: cfg.token_ttl_secs,
     };

@@ -7,11 +7,13 @@
 //! decided again on fresh data, so concurrent requests on any replicas end
 //! as if one central server had run them one after the other.
 //!
-//! Submodules: [`users`], [`events`], [`groups`], [`notifications`].
+//! Submodules: [`users`], [`events`], [`groups`], [`notifications`],
+//! [`upgrade`] (data of earlier versions).
 
 pub mod events;
 pub mod groups;
 pub mod notifications;
+pub mod upgrade;
 pub mod users;
 
 use std::future::Future;

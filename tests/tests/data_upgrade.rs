@@ -1,0 +1,100 @@
+//! Data written by an earlier version (agenda copies keyed by event id, no
+//! event record) is moved to today's layout when `agenda-users` starts:
+//! nothing a person had disappears after an upgrade.
+
+use std::time::Duration;
+
+use agenda_common::DbClient;
+use agenda_proto::db::{DeleteRequest, PutRequest};
+use agenda_tests::cluster::wait_for;
+use agenda_tests::system::{expect, items, range, System, SystemOptions};
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_of_the_old_layout_survive_an_upgrade() {
+    let mut sys = System::start(SystemOptions {
+        users: 1,
+        groups: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let api = sys.api();
+    let (alice, alice_token) = api.register("alice").await;
+    let (bob, bob_token) = api.register("bob").await;
+
+    // The old version's data: a copy per participant, no record, no marker.
+    assert!(sys.stop("users-0").is_some(), "stop users-0");
+    let endpoints: Vec<String> = sys.db.nodes.values().map(|n| n.grpc.clone()).collect();
+    let db = DbClient::new(&endpoints).expect("db client");
+    let id = uuid::Uuid::new_v4().to_string();
+    let event = json!({
+        "id": id, "title": "Old planning", "description": "", "location": "",
+        "start": "2031-03-03T09:00:00Z", "end": "2031-03-03T10:00:00Z",
+        "time_zone": "UTC", "rrule": null, "exdates": [],
+        "organizer_id": alice, "group_id": null, "visibility": "default",
+        "attendees": [
+            {"user_id": alice, "username": "alice", "status": "accepted"},
+            {"user_id": bob, "username": "bob", "status": "needs_action"}
+        ],
+        "created_at": "2026-01-01T00:00:00Z"
+    });
+    for user in [&alice, &bob] {
+        db.put(PutRequest {
+            key: format!("/agenda/agenda/{user}/{id}").into_bytes(),
+            value: serde_json::to_vec(&event).unwrap(),
+            ..Default::default()
+        })
+        .await
+        .expect("write an old-layout copy");
+    }
+    db.delete(DeleteRequest {
+        key: b"/agenda/layout".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("drop the layout marker");
+
+    // The new version starts: the event is where people look for it.
+    sys.start_users("users-upgraded")
+        .expect("start agenda-users");
+    let day = range("2031-03-03T00:00:00Z", "2031-03-04T00:00:00Z");
+    for token in [&alice_token, &bob_token] {
+        wait_for(
+            "the old event in the day's agenda",
+            Duration::from_secs(30),
+            || async {
+                let (st, body) = api.get(&format!("/v1/events?{day}"), token).await;
+                (st == StatusCode::OK && items(&body).iter().any(|e| e["id"] == id.as_str()))
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", sys.log_tail("users-upgraded")));
+    }
+    let ev = expect(
+        api.get(&format!("/v1/events/{id}"), &bob_token).await,
+        StatusCode::OK,
+        "the attendee reads the old event by id",
+    );
+    assert_eq!(ev["title"], "Old planning");
+    expect(
+        api.post(
+            &format!("/v1/events/{id}/rsvp"),
+            &bob_token,
+            json!({"status": "accepted"}),
+        )
+        .await,
+        StatusCode::OK,
+        "the attendee answers the old event",
+    );
+    // No copy is left under the old keys.
+    for user in [&alice, &bob] {
+        let old = db
+            .get(format!("/agenda/agenda/{user}/{id}").into_bytes())
+            .await
+            .expect("read");
+        assert!(old.is_none(), "old copy of {user} still there");
+    }
+}
