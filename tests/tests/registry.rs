@@ -168,6 +168,43 @@ async fn the_client_sends_writes_to_the_leader() -> Result<()> {
     Ok(())
 }
 
+/// Linearizable reads through the shared client are served by the leader
+/// too: a follower's ReadIndex round goes through the leader anyway, two
+/// raft loop turns of other nodes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_reads_on_the_leader() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let client = c.client();
+    let leader = c.leader().await?;
+    wait_for(
+        "a read served by the leader",
+        Duration::from_secs(10),
+        || {
+            let (c, client) = (&c, client.clone());
+            async move {
+                let before = reads(c, leader).await.ok()?;
+                client.get(b"warm-up".to_vec()).await.ok()?;
+                (reads(c, leader).await.ok()? > before).then_some(())
+            }
+        },
+    )
+    .await?;
+    let before = reads(&c, leader).await?;
+    for i in 0..100 {
+        client.get(format!("lead/{i}").into_bytes()).await?;
+    }
+    let on_leader = reads(&c, leader).await? - before;
+    anyhow::ensure!(
+        on_leader >= 95.0,
+        "only {on_leader} of 100 reads were served by the leader"
+    );
+    Ok(())
+}
+
+async fn reads(c: &Cluster, id: u64) -> Result<f64> {
+    c.metric(id, "agenda_db_linearizable_reads_total").await
+}
+
 async fn proposals(c: &Cluster, id: u64) -> Result<f64> {
     c.metric(id, "agenda_db_raft_proposals_total").await
 }

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub proposals: IntCounter,
     /// Proposals raft refused (no leader).
     pub proposals_failed: IntCounter,
+    /// Linearizable reads (and read-only txns) that waited for a ReadIndex
+    /// round on this node.
+    pub linearizable_reads: IntCounter,
     /// Applied index.
     pub applied_index: IntGauge,
     /// Proposal to apply on this node.
@@ -53,6 +56,11 @@ impl Metrics {
             proposals_failed: IntCounter::new(
                 "raft_proposals_failed_total",
                 "Proposals refused (no leader)",
+            )
+            .unwrap(),
+            linearizable_reads: IntCounter::new(
+                "linearizable_reads_total",
+                "Reads that waited for a ReadIndex round on this node",
             )
             .unwrap(),
             applied_index: IntGauge::new("raft_applied_index", "Last applied log index").unwrap(),
@@ -94,6 +102,7 @@ impl Metrics {
             Box::new(m.leader_changes.clone()),
             Box::new(m.proposals.clone()),
             Box::new(m.proposals_failed.clone()),
+            Box::new(m.linearizable_reads.clone()),
             Box::new(m.applied_index.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.fsync_seconds.clone()),

@@ -419,6 +419,7 @@ impl Node {
                 }
             }
             Request::ReadIndex { reply } => {
+                self.metrics.linearizable_reads.inc();
                 if self.raw.raft.leader_id == INVALID_ID {
                     let _ = reply.send(Err(Error::NoLeader));
                 } else {
