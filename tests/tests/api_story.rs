@@ -501,6 +501,27 @@ async fn group_events(api: &Api, p: &People, g: &str, f: &str) {
         "alice accepts bob's group event",
     );
     assert_eq!(my_status(api, alice, d, &ge2).await, "accepted");
+
+    // Told as much: "added" where the hierarchy accepted, "invited" where
+    // an answer is expected.
+    for (who, id, kind) in [
+        (carol, &ge1, "event_added"),
+        (carol, &ge2, "event_added"),
+        (alice, &ge2, "event_invited"),
+        (carol, &fe, "event_invited"),
+    ] {
+        let all = expect(
+            api.get("/v1/notifications", &who.token).await,
+            StatusCode::OK,
+            "notifications",
+        );
+        let kinds: Vec<&str> = items(&all)
+            .iter()
+            .filter(|n| n["data"]["event_id"] == id.as_str())
+            .map(|n| s(&n["kind"]))
+            .collect();
+        assert_eq!(kinds, [kind], "{}'s notifications of {id}: {all}", who.name);
+    }
 }
 
 /// 2030-09-03: a personal event with attendees, RSVP, an update.

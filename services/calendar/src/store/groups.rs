@@ -16,7 +16,8 @@ use crate::api::{CreateEventRequest, CreateGroupRequest, InviteRequest, UpdateGr
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{
-    Conflict, EventRecord, Group, GroupKind, GroupRecord, Invitation, InvitationStatus, Member,
+    AttendeeStatus, Conflict, EventRecord, Group, GroupKind, GroupRecord, Invitation,
+    InvitationStatus, Member,
 };
 use crate::rules::{self, Viewer, FLAT_RANK, OWNER_RANK};
 use crate::{recurrence, validate};
@@ -488,10 +489,19 @@ impl Store {
                 let mut ev = new_event(req, &organizer, attendees, Some(group_id))?;
                 ev.id = id;
                 let everyone: Vec<Uuid> = ev.participants().collect();
-                let notify = everyone
+                // Members the hierarchy accepted for have nothing to answer.
+                let notify = ev
+                    .attendees
                     .iter()
-                    .filter(|u| **u != caller)
-                    .map(|u| (*u, "event_invited"))
+                    .filter(|a| a.user_id != caller)
+                    .map(|a| {
+                        let kind = if a.status == AttendeeStatus::Accepted {
+                            "event_added"
+                        } else {
+                            "event_invited"
+                        };
+                        (a.user_id, kind)
+                    })
                     .collect();
                 Ok(self
                     .write_event(Write {
