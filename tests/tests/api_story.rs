@@ -160,6 +160,7 @@ async fn three_people_use_the_calendar() {
     notifications(&api, &p).await;
     membership_changes(&api, &p, &g).await;
     delete_event_notifies_attendees(&api, &p, &e1).await;
+    deleting_an_account(&api, &p).await;
     assert!(
         api.server_errors().is_empty(),
         "5xx replies: {:#?}",
@@ -1225,4 +1226,75 @@ async fn delete_event_notifies_attendees(api: &Api, p: &People, id: &str) {
     );
     let n = notification(api, bob, "event_cancelled").await;
     assert_eq!(n["read"], false);
+}
+
+/// Dave leaves for good: the event he organized is cancelled for alice,
+/// alice's event goes on without him, his token and name stop working.
+async fn deleting_an_account(api: &Api, p: &People) {
+    let alice = &p.alice;
+    let (dave_id, dave_token) = api.register("dave").await;
+    let d = "2030-12-20";
+    let mut his = utc_event("Dave's farewell", d, "16:00", "17:00");
+    his["attendees"] = json!(["alice"]);
+    let his = event_id(
+        &create_event(
+            api,
+            &P {
+                name: "dave",
+                id: dave_id.clone(),
+                token: dave_token.clone(),
+            },
+            his,
+        )
+        .await,
+    );
+    let mut hers = utc_event("Alice's review", d, "10:00", "11:00");
+    hers["attendees"] = json!(["dave"]);
+    let hers = event_id(&create_event(api, alice, hers).await);
+
+    let (st, body) = api.delete("/v1/me", &dave_token).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{body}");
+
+    let day_items = agenda(api, alice, &day(d)).await;
+    assert!(
+        !day_items.iter().any(|e| e["id"] == his.as_str()),
+        "the organizer's event is cancelled: {day_items:?}"
+    );
+    expect_error(
+        api.get(&format!("/v1/events/{his}"), &alice.token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "a cancelled event",
+    );
+    let review = expect(
+        api.get(&format!("/v1/events/{hers}"), &alice.token).await,
+        StatusCode::OK,
+        "alice's event",
+    );
+    assert!(
+        !review["attendees"]
+            .as_array()
+            .expect("attendees")
+            .iter()
+            .any(|a| a["user_id"] == dave_id.as_str()),
+        "dave is off the attendees: {review}"
+    );
+    for (kind, id) in [("event_cancelled", &his), ("attendee_left", &hers)] {
+        let all = expect(
+            api.get("/v1/notifications", &alice.token).await,
+            StatusCode::OK,
+            "list",
+        );
+        assert!(
+            items(&all)
+                .iter()
+                .any(|n| n["kind"] == kind && n["data"]["event_id"] == id.as_str()),
+            "alice is told {kind} for {id}: {all}"
+        );
+    }
+    let (st, _) = api.get("/v1/me", &dave_token).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "a deleted account's token");
+    let (st, _) = api.login("dave", PASSWORD).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "a deleted account's login");
+    api.register("dave").await;
 }

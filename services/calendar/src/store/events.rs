@@ -522,6 +522,44 @@ impl Store {
         .await
     }
 
+    /// Takes a person whose account is going away out of an event: one
+    /// they organized is cancelled for everyone, one they attend goes on
+    /// without them (its organizer is told).
+    pub(crate) async fn leave_event(&self, user: Uuid, id: Uuid) -> ApiResult<()> {
+        let organizer = match self.event(user, id).await {
+            Ok(cur) => cur.value.organizer_id,
+            Err(e) if e.status == 404 => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if organizer == user {
+            return match self.delete_event(user, id).await {
+                Err(e) if e.status == 404 => Ok(()),
+                other => other,
+            };
+        }
+        self.optimistic("this event", || async move {
+            let cur = match self.event(user, id).await {
+                Ok(cur) => cur,
+                Err(e) if e.status == 404 => return Ok(Attempt::Done(())),
+                Err(e) => return Err(e),
+            };
+            let mut ev = cur.value.clone();
+            ev.attendees.retain(|a| a.user_id != user);
+            Ok(self
+                .write_event(Write {
+                    ev: &ev,
+                    check: Vec::new(),
+                    reject: false,
+                    guards: Vec::new(),
+                    notify: vec![(ev.organizer_id, "attendee_left")],
+                    previous: Some(&cur),
+                })
+                .await?
+                .map(|_| ()))
+        })
+        .await
+    }
+
     /// Records the caller's answer; accepting reports conflicts.
     pub async fn rsvp(
         &self,

@@ -194,9 +194,28 @@ impl Store {
         .await
     }
 
-    /// Deletes the caller's account, their memberships, agenda copies and
+    /// Deletes the caller's account, their memberships, events and
     /// notifications. An owner must hand their groups over first (409).
+    /// The events they organized are cancelled for everyone; the ones they
+    /// attend go on without them.
     pub async fn delete_user(&self, id: Uuid) -> ApiResult<()> {
+        self.delete_account(id).await?;
+        // The account is gone (nobody can add this person to anything
+        // now); their events follow one at a time, each decided like any
+        // other change of that event.
+        for kv in self.keys(&keys::agenda(id), 0).await? {
+            if let Some(event) = keys::last_id(&kv.key) {
+                self.leave_event(id, event).await?;
+            }
+        }
+        let mut rest = Batch::default();
+        rest.delete_prefix(&keys::agenda(id))
+            .bump(&keys::agenda_version(id));
+        self.commit(rest).await?;
+        Ok(())
+    }
+
+    async fn delete_account(&self, id: Uuid) -> ApiResult<()> {
         self.optimistic("account", || async {
             let key = keys::user(id);
             let Some(user) = self.get::<UserRecord>(&key).await? else {
@@ -226,9 +245,7 @@ impl Store {
                 .delete(&keys::username(&user.value.username))
                 .delete(&keys::email(&user.value.email))
                 .delete_prefix(&keys::user_groups(id))
-                .delete_prefix(&keys::agenda(id))
-                .delete_prefix(&keys::notifications(id))
-                .bump(&keys::agenda_version(id));
+                .delete_prefix(&keys::notifications(id));
             self.commit_or_retry(batch, ()).await
         })
         .await
