@@ -347,7 +347,11 @@ mod live {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_client_that_never_reads_is_cut_and_the_others_keep_receiving() {
-        let sys = start(&["--ws-queue", "8", "--send-buffer-bytes", "8192"]).await;
+        // A small queue and send buffer, so the stalled tab is cut soon; the
+        // queue still holds a whole batch of 20 for the reading tab, whose
+        // 8 KiB send buffer may wait out a delayed ACK (40 ms) while the 20
+        // notifications are made (a queue of 8 made it look slow).
+        let sys = start(&["--ws-queue", "64", "--send-buffer-bytes", "8192"]).await;
         let api = sys.api();
         let (_, alice) = api.register("alice").await;
         let (_, bob) = api.register("bob").await;
