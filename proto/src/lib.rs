@@ -33,3 +33,15 @@ pub use agenda::calendar::v1 as calendar;
 pub use agenda::db::v1 as db;
 /// Raft transport and replicated records (`agenda.raft.v1`).
 pub use agenda::raft::v1 as raft;
+
+impl db::TxnRequest {
+    /// Whether every operation of both branches is a range: such a txn only
+    /// reads, so agenda-db serves it like a read (no log entry) and the
+    /// client may send it to any node.
+    pub fn is_read_only(&self) -> bool {
+        self.success
+            .iter()
+            .chain(&self.failure)
+            .all(|op| matches!(op.request, Some(db::request_op::Request::Range(_))))
+    }
+}

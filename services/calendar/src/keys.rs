@@ -132,26 +132,9 @@ pub fn last_id(key: &[u8]) -> Option<Uuid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Visibility;
 
     fn event(start: &str, hours: i64, rrule: Option<&str>) -> EventRecord {
-        let start = DateTime::parse_from_rfc3339(start).unwrap().to_utc();
-        EventRecord {
-            id: Uuid::new_v4(),
-            title: "t".into(),
-            description: String::new(),
-            location: String::new(),
-            start,
-            end: start + Duration::hours(hours),
-            time_zone: "UTC".into(),
-            rrule: rrule.map(str::to_string),
-            exdates: Vec::new(),
-            organizer_id: Uuid::new_v4(),
-            group_id: None,
-            visibility: Visibility::Default,
-            attendees: Vec::new(),
-            created_at: Utc::now(),
-        }
+        EventRecord::sample(start, hours * 60, "UTC", rrule)
     }
 
     fn in_span(key: &str, span: &(String, String)) -> bool {

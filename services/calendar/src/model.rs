@@ -194,6 +194,33 @@ impl EventRecord {
     }
 }
 
+#[cfg(test)]
+impl EventRecord {
+    /// An event without attendees, for unit tests: `minutes` long from `start`
+    /// (RFC 3339) in `zone`, recurring by `rrule` if given.
+    pub(crate) fn sample(start: &str, minutes: i64, zone: &str, rrule: Option<&str>) -> Self {
+        let start = DateTime::parse_from_rfc3339(start)
+            .expect("RFC 3339 start")
+            .with_timezone(&Utc);
+        EventRecord {
+            id: Uuid::new_v4(),
+            title: "t".into(),
+            description: String::new(),
+            location: String::new(),
+            start,
+            end: start + chrono::Duration::minutes(minutes),
+            time_zone: zone.into(),
+            rrule: rrule.map(str::to_string),
+            exdates: Vec::new(),
+            organizer_id: Uuid::new_v4(),
+            group_id: None,
+            visibility: Visibility::Default,
+            attendees: Vec::new(),
+            created_at: Utc::now(),
+        }
+    }
+}
+
 /// Public event shape (also one expanded occurrence of a recurring event).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Event {

@@ -107,30 +107,10 @@ pub fn upcoming(ev: &EventRecord) -> Vec<Interval> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Visibility;
     use chrono::{Offset, TimeZone, Timelike};
-    use uuid::Uuid;
 
     fn event(start: &str, minutes: i64, zone: &str, rrule: Option<&str>) -> EventRecord {
-        let start = DateTime::parse_from_rfc3339(start)
-            .unwrap()
-            .with_timezone(&Utc);
-        EventRecord {
-            id: Uuid::new_v4(),
-            title: "t".into(),
-            description: String::new(),
-            location: String::new(),
-            start,
-            end: start + Duration::minutes(minutes),
-            time_zone: zone.into(),
-            rrule: rrule.map(str::to_string),
-            exdates: Vec::new(),
-            organizer_id: Uuid::new_v4(),
-            group_id: None,
-            visibility: Visibility::Default,
-            attendees: Vec::new(),
-            created_at: Utc::now(),
-        }
+        EventRecord::sample(start, minutes, zone, rrule)
     }
 
     fn utc(s: &str) -> DateTime<Utc> {

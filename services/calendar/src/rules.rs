@@ -197,30 +197,17 @@ mod tests {
     }
 
     fn event(owner: Uuid, start_h: i64, len_h: i64) -> EventRecord {
-        let start = DateTime::parse_from_rfc3339("2026-05-04T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc)
-            + Duration::hours(start_h);
-        EventRecord {
-            id: Uuid::new_v4(),
-            title: format!("at {start_h}"),
-            description: String::new(),
-            location: String::new(),
-            start,
-            end: start + Duration::hours(len_h),
-            time_zone: "UTC".into(),
-            rrule: None,
-            exdates: Vec::new(),
-            organizer_id: owner,
-            group_id: None,
-            visibility: Visibility::Default,
-            attendees: vec![Attendee {
-                user_id: owner,
-                username: "o".into(),
-                status: AttendeeStatus::Accepted,
-            }],
-            created_at: Utc::now(),
-        }
+        let mut ev = EventRecord::sample("2026-05-04T00:00:00Z", len_h * 60, "UTC", None);
+        ev.start += Duration::hours(start_h);
+        ev.end += Duration::hours(start_h);
+        ev.title = format!("at {start_h}");
+        ev.organizer_id = owner;
+        ev.attendees = vec![Attendee {
+            user_id: owner,
+            username: "o".into(),
+            status: AttendeeStatus::Accepted,
+        }];
+        ev
     }
 
     #[test]

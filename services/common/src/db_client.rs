@@ -304,12 +304,7 @@ impl DbClient {
     /// Runs a transaction. One that only reads (every operation a range)
     /// is served like a read, without a log entry or a request id.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
-        let read_only = req
-            .success
-            .iter()
-            .chain(&req.failure)
-            .all(|op| matches!(op.request, Some(request_op::Request::Range(_))));
-        if read_only {
+        if req.is_read_only() {
             return self
                 .call_leader_first(|mut c| {
                     let req = req.clone();

@@ -138,7 +138,7 @@ impl Db {
     /// Runs a transaction. One that only reads is served like a read
     /// (ReadIndex, then the local replica) without a log entry.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
-        if state_machine::is_read_only(&req) {
+        if req.is_read_only() {
             return self.read_txn(req).await;
         }
         let id = take_id(&mut req.request_id);

@@ -863,15 +863,6 @@ pub fn range_at(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeRespon
     Ok(resp)
 }
 
-/// Whether a txn only reads (every operation of both branches is a range):
-/// such a txn needs no log entry, like in etcd.
-pub fn is_read_only(req: &TxnRequest) -> bool {
-    req.success
-        .iter()
-        .chain(&req.failure)
-        .all(|op| matches!(op.request, Some(request_op::Request::Range(_))))
-}
-
 /// Runs a read-only txn on one snapshot: the compares against the current
 /// state pick the branch, whose ranges each read as of their own revision
 /// (0: the snapshot's).
@@ -1237,7 +1228,7 @@ mod tests {
             failure: vec![range("v", 0)],
             request_id: String::new(),
         };
-        assert!(is_read_only(&read(1)));
+        assert!(read(1).is_read_only());
         let txn = f.db.begin_read().unwrap();
         let values = |resp: &TxnResponse| -> Vec<Vec<u8>> {
             resp.responses
@@ -1263,7 +1254,7 @@ mod tests {
                 ..Default::default()
             })),
         });
-        assert!(!is_read_only(&write));
+        assert!(!write.is_read_only());
         let (r, _) = f.apply("4", command::Op::Txn(write));
         assert_eq!(error_code(&r), Some(command_error::Code::InvalidArgument));
     }

@@ -231,6 +231,25 @@ fn summary(ev: &EventRecord) -> serde_json::Value {
     json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
 }
 
+/// The txn that removes `cur` (record and every copy) if it did not change
+/// meanwhile, telling every participant but `by` it is cancelled.
+fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
+    let ev = &cur.value;
+    let mut batch = Batch::default();
+    batch
+        .unchanged(&keys::event(ev.id), cur.mod_revision)
+        .delete(&keys::event(ev.id));
+    for p in ev.participants() {
+        batch
+            .delete(&keys::agenda_event(p, ev))
+            .bump(&keys::agenda_version(p));
+        if p != by {
+            notifications::add(&mut batch, p, "event_cancelled", summary(ev))?;
+        }
+    }
+    Ok(batch)
+}
+
 /// A time window `[from, to)`.
 pub type Window = (DateTime<Utc>, DateTime<Utc>);
 
@@ -499,25 +518,12 @@ impl Store {
     pub async fn delete_event(&self, caller: Uuid, id: Uuid) -> ApiResult<()> {
         self.optimistic("this event", || async {
             let cur = self.event(caller, id).await?;
-            let ev = &cur.value;
-            if ev.organizer_id != caller {
+            if cur.value.organizer_id != caller {
                 return Err(ApiError::forbidden(
                     "only the organizer may delete this event; decline it instead",
                 ));
             }
-            let mut batch = Batch::default();
-            batch
-                .unchanged(&keys::event(id), cur.mod_revision)
-                .delete(&keys::event(id));
-            for p in ev.participants() {
-                batch
-                    .delete(&keys::agenda_event(p, ev))
-                    .bump(&keys::agenda_version(p));
-                if p != caller {
-                    notifications::add(&mut batch, p, "event_cancelled", summary(ev))?;
-                }
-            }
-            self.commit_or_retry(batch, ()).await
+            self.commit_or_retry(cancellation(&cur, caller)?, ()).await
         })
         .await
     }
@@ -526,23 +532,16 @@ impl Store {
     /// they organized is cancelled for everyone, one they attend goes on
     /// without them (its organizer is told).
     pub(crate) async fn leave_event(&self, user: Uuid, id: Uuid) -> ApiResult<()> {
-        let organizer = match self.event(user, id).await {
-            Ok(cur) => cur.value.organizer_id,
-            Err(e) if e.status == 404 => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if organizer == user {
-            return match self.delete_event(user, id).await {
-                Err(e) if e.status == 404 => Ok(()),
-                other => other,
-            };
-        }
         self.optimistic("this event", || async move {
             let cur = match self.event(user, id).await {
                 Ok(cur) => cur,
+                // Gone meanwhile (cancelled by its organizer): nothing to do.
                 Err(e) if e.status == 404 => return Ok(Attempt::Done(())),
                 Err(e) => return Err(e),
             };
+            if cur.value.organizer_id == user {
+                return self.commit_or_retry(cancellation(&cur, user)?, ()).await;
+            }
             let mut ev = cur.value.clone();
             ev.attendees.retain(|a| a.user_id != user);
             Ok(self
