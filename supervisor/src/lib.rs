@@ -94,6 +94,7 @@ pub async fn run(
             };
             Some(tokio::spawn(local::run(
                 spec,
+                loop_db.clone(),
                 primary_rx,
                 metrics.clone(),
                 stop.clone(),

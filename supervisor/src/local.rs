@@ -19,12 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agenda_common::shutdown::CancellationToken;
+use agenda_common::DbClient;
 use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::split_addr;
 use crate::failover::Primary;
 use crate::metrics::Metrics;
+use crate::published;
 use crate::redis_node::RedisNode;
 
 /// Name of the pid file redis-server writes in its data dir.
@@ -40,6 +42,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A process that ran this long resets the back-off.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How often a restart waiting for another primary reads the record again.
+const RECHECK: Duration = Duration::from_millis(200);
 
 /// What the local process is, and how it is run.
 #[derive(Debug, Clone)]
@@ -168,6 +172,7 @@ fn alive(pid: u32) -> bool {
 /// follows the published primary (already read once at start).
 pub async fn run(
     spec: Spec,
+    db: DbClient,
     primary: watch::Receiver<Option<Primary>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -185,7 +190,7 @@ pub async fn run(
                     None
                 }
                 Some(p) if p.addr != spec.addr => Some(p.addr),
-                Some(_) => match replica_target(&spec, &mut primary, &stop).await {
+                Some(_) => match replica_target(&spec, &db, &mut primary, &stop).await {
                     Some(t) => t,
                     None => return Ok(()),
                 },
@@ -219,7 +224,7 @@ pub async fn run(
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        let Some(master) = replica_target(&spec, &mut primary, &stop).await else {
+        let Some(master) = replica_target(&spec, &db, &mut primary, &stop).await else {
             return Ok(());
         };
         proc = match spawn(&spec, master.as_deref()) {
@@ -237,26 +242,41 @@ pub async fn run(
 /// The master a restarted local node must replicate: the published
 /// primary once it is another node. `None` inside: start without a master
 /// (nothing published, or no other node configured). Outer `None`: stop.
+///
+/// The record is read from agenda-db itself each time, not taken from the
+/// `primary` watch (which only wakes us up): the watch is fed by the
+/// control loop and can lag, e.g. just after start-up, and a stale "nothing
+/// published" once restarted a killed primary as an empty master.
 async fn replica_target(
     spec: &Spec,
+    db: &DbClient,
     primary: &mut watch::Receiver<Option<Primary>>,
     stop: &CancellationToken,
 ) -> Option<Option<String>> {
     let deadline = tokio::time::Instant::now() + spec.primary_wait;
     let mut logged = false;
     loop {
-        let current = primary.borrow_and_update().clone();
-        match current {
-            None => return Some(None),
-            Some(p) if p.addr != spec.addr => {
-                tracing::info!(node = %spec.addr, master = %p.addr, epoch = p.epoch,
-                    "starting the local redis-server as a replica of the published primary");
-                return Some(Some(p.addr));
-            }
-            Some(p) => {
+        primary.borrow_and_update();
+        match published::read(db).await {
+            Ok(p) => match p.primary {
+                None => return Some(None),
+                Some(p) if p.addr != spec.addr => {
+                    tracing::info!(node = %spec.addr, master = %p.addr, epoch = p.epoch,
+                        "starting the local redis-server as a replica of the published primary");
+                    return Some(Some(p.addr));
+                }
+                Some(p) => {
+                    if !logged {
+                        tracing::info!(node = %spec.addr, epoch = p.epoch,
+                            "the registry still names this node as the primary; waiting for the leader to publish another before restarting it as a replica");
+                        logged = true;
+                    }
+                }
+            },
+            Err(e) => {
                 if !logged {
-                    tracing::info!(node = %spec.addr, epoch = p.epoch,
-                        "the registry still names this node as the primary; waiting for the leader to publish another before restarting it as a replica");
+                    tracing::warn!(node = %spec.addr, error = %e,
+                        "cannot read the published primary; waiting before restarting the local redis-server");
                     logged = true;
                 }
             }
@@ -264,6 +284,7 @@ async fn replica_target(
         tokio::select! {
             () = stop.cancelled() => return None,
             changed = primary.changed() => if changed.is_err() { return None },
+            () = tokio::time::sleep(RECHECK) => {}
             () = tokio::time::sleep_until(deadline) => {
                 let other = spec.nodes.iter().find(|n| **n != spec.addr).cloned();
                 tracing::warn!(node = %spec.addr, fallback = ?other, waited = ?spec.primary_wait,
