@@ -151,6 +151,7 @@ async fn the_client_sends_writes_to_the_leader() -> Result<()> {
     )
     .await?;
     let before = proposals(&c, leader).await?;
+    let applied_before = applied(&c, leader).await?;
     for i in 0..100 {
         client
             .put(agenda_proto::db::PutRequest {
@@ -164,6 +165,12 @@ async fn the_client_sends_writes_to_the_leader() -> Result<()> {
     anyhow::ensure!(
         on_leader >= 95.0,
         "only {on_leader} of 100 writes were proposed on the leader"
+    );
+    // Every applied entry is counted in the apply batch histogram.
+    let applied = applied(&c, leader).await? - applied_before;
+    anyhow::ensure!(
+        applied >= 100.0,
+        "the apply batch histogram counted {applied} entries for 100 writes"
     );
     Ok(())
 }
@@ -203,6 +210,10 @@ async fn the_client_reads_on_the_leader() -> Result<()> {
 
 async fn reads(c: &Cluster, id: u64) -> Result<f64> {
     c.metric(id, "agenda_db_linearizable_reads_total").await
+}
+
+async fn applied(c: &Cluster, id: u64) -> Result<f64> {
+    c.metric(id, "agenda_db_apply_batch_entries_sum").await
 }
 
 async fn proposals(c: &Cluster, id: u64) -> Result<f64> {

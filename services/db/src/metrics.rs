@@ -29,6 +29,10 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Durable commits of the state file.
     pub state_sync_seconds: Histogram,
+    /// Entries applied per state-file transaction.
+    pub apply_batch_entries: Histogram,
+    /// Time to apply one batch and commit its state-file transaction.
+    pub apply_seconds: Histogram,
     /// Snapshots installed from a leader.
     pub snapshots_installed: IntCounter,
     /// Log compactions.
@@ -85,7 +89,25 @@ impl Metrics {
                     "state_sync_latency_seconds",
                     "Durable commit of the state file",
                 )
+                .buckets(buckets.clone()),
+            )
+            .unwrap(),
+            apply_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "apply_seconds",
+                    "Applying one batch of committed entries, state-file commit included",
+                )
                 .buckets(buckets),
+            )
+            .unwrap(),
+            apply_batch_entries: Histogram::with_opts(
+                HistogramOpts::new(
+                    "apply_batch_entries",
+                    "Committed entries applied in one state-file transaction",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ]),
             )
             .unwrap(),
             snapshots_installed: IntCounter::new(
@@ -107,6 +129,8 @@ impl Metrics {
             Box::new(m.commit_seconds.clone()),
             Box::new(m.fsync_seconds.clone()),
             Box::new(m.state_sync_seconds.clone()),
+            Box::new(m.apply_batch_entries.clone()),
+            Box::new(m.apply_seconds.clone()),
             Box::new(m.snapshots_installed.clone()),
             Box::new(m.compactions.clone()),
         ] {

@@ -613,6 +613,10 @@ impl Node {
         if entries.is_empty() {
             return Ok(());
         }
+        let apply_started = Instant::now();
+        self.metrics
+            .apply_batch_entries
+            .observe(entries.len() as f64);
         let durable = self.last_state_sync.elapsed() >= self.cfg.state_sync;
         let mut txn = self.state_db.begin_write()?;
         if !durable {
@@ -630,6 +634,9 @@ impl Node {
                 .observe(started.elapsed().as_secs_f64());
             self.sync_state_done();
         }
+        self.metrics
+            .apply_seconds
+            .observe(apply_started.elapsed().as_secs_f64());
         self.deliver(outcomes);
         Ok(())
     }
