@@ -80,6 +80,18 @@ pub struct System {
 }
 
 impl System {
+    /// One replica of each service, for tests that stop and start
+    /// `agenda-users` themselves; panics if the system does not come up.
+    pub async fn start_single() -> System {
+        System::start(SystemOptions {
+            users: 1,
+            groups: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start the system: {e:#}"))
+    }
+
     /// Starts everything and waits until the gateway is ready and every
     /// service replica is in the registry.
     pub async fn start(opts: SystemOptions) -> Result<System> {

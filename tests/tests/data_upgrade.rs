@@ -4,30 +4,22 @@
 
 use std::time::Duration;
 
-use agenda_common::DbClient;
 use agenda_proto::db::{DeleteRequest, PutRequest};
 use agenda_tests::cluster::wait_for;
-use agenda_tests::system::{expect, items, range, System, SystemOptions};
+use agenda_tests::system::{expect, items, range, System};
 use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_of_the_old_layout_survive_an_upgrade() {
-    let mut sys = System::start(SystemOptions {
-        users: 1,
-        groups: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let mut sys = System::start_single().await;
     let api = sys.api();
     let (alice, alice_token) = api.register("alice").await;
     let (bob, bob_token) = api.register("bob").await;
 
     // The old version's data: a copy per participant, no record, no marker.
     assert!(sys.stop("users-0").is_some(), "stop users-0");
-    let endpoints: Vec<String> = sys.db.nodes.values().map(|n| n.grpc.clone()).collect();
-    let db = DbClient::new(&endpoints).expect("db client");
+    let db = sys.db.client();
     let id = uuid::Uuid::new_v4().to_string();
     let event = json!({
         "id": id, "title": "Old planning", "description": "", "location": "",

@@ -85,6 +85,11 @@ pub const NOTIFICATIONS: &str = "/agenda/notifications/";
 pub fn notifications(user: Uuid) -> String {
     format!("/agenda/notifications/{user}/")
 }
+/// Accounts whose deletion is under way (see `Store::delete_user`).
+pub const DELETING: &str = "/agenda/deleting/";
+pub fn deleting(user: Uuid) -> String {
+    format!("/agenda/deleting/{user}")
+}
 pub fn group(id: Uuid) -> String {
     format!("/agenda/groups/{id}")
 }

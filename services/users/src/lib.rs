@@ -78,15 +78,43 @@ pub async fn run(
             Err(e) => anyhow::bail!("upgrading the data layout: {}", e.message),
         }
     }
+    let sweeper = tokio::spawn(sweep_deletions(store.clone(), shutdown.clone()));
     let handler = handler::Users {
         store,
         keys,
         token_ttl_secs: cfg.token_ttl_secs,
     };
     agenda_calendar::rpc::serve(Service::Users, handler, listener, advertise, db, shutdown).await?;
+    // The shutdown token stops it between rounds.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sweeper).await;
     if let Some(relay) = relay {
         // The shutdown token stops it; it resigns its election on the way.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), relay).await;
     }
     Ok(())
+}
+
+/// How often a replica looks for interrupted account deletions.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Finishes account deletions that a stopped process left halfway (see
+/// `Store::delete_user`), at start and then every [`SWEEP_EVERY`]. Every
+/// replica does it; finishing one twice at once is harmless.
+async fn sweep_deletions(store: Store, shutdown: CancellationToken) {
+    loop {
+        match store
+            .finish_pending_deletions(agenda_calendar::store::users::DELETION_GRACE)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(accounts = n, "finished interrupted account deletions"),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "could not finish interrupted account deletions; will retry")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+    }
 }

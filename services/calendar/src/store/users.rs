@@ -1,6 +1,9 @@
 //! Accounts: unique usernames and emails (case-insensitive), profiles.
 
-use chrono::Utc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Attempt, Batch, Store};
@@ -12,6 +15,18 @@ use crate::validate;
 
 /// Most users one search returns.
 pub const SEARCH_LIMIT: usize = 50;
+/// An account deletion still marked as under way after this long was
+/// interrupted (a live one finishes in seconds); a users replica finishes
+/// it (see [`Store::finish_pending_deletions`]).
+pub const DELETION_GRACE: Duration = Duration::from_secs(60);
+
+/// The marker of an account deletion under way: written with the account's
+/// removal, removed once the last of its events is settled.
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingDeletion {
+    user_id: Uuid,
+    since: DateTime<Utc>,
+}
 
 /// A registration with its fields checked (the password still in clear,
 /// for the caller to hash).
@@ -198,11 +213,41 @@ impl Store {
     /// notifications. An owner must hand their groups over first (409).
     /// The events they organized are cancelled for everyone; the ones they
     /// attend go on without them.
+    ///
+    /// The account goes in one transaction with a marker; the events follow
+    /// one at a time, and the marker goes with the last of them. The
+    /// second part runs detached, so a caller who hangs up does not stop
+    /// it halfway; if the process dies halfway, a users replica finishes it
+    /// later from the marker.
     pub async fn delete_user(&self, id: Uuid) -> ApiResult<()> {
         self.delete_account(id).await?;
-        // The account is gone (nobody can add this person to anything
-        // now); their events follow one at a time, each decided like any
-        // other change of that event.
+        let store = self.clone();
+        tokio::spawn(async move { store.finish_deletion(id).await })
+            .await
+            .map_err(ApiError::internal)?
+    }
+
+    /// Finishes the account deletions that were interrupted: those marked
+    /// as under way for longer than `older_than`. Returns how many.
+    pub async fn finish_pending_deletions(&self, older_than: Duration) -> ApiResult<usize> {
+        let cutoff = Utc::now() - older_than;
+        let mut finished = 0;
+        for pending in self.list::<PendingDeletion>(keys::DELETING).await? {
+            let p = pending.value;
+            if p.since > cutoff {
+                continue;
+            }
+            tracing::info!(user = %p.user_id, since = %p.since, "finishing an interrupted account deletion");
+            self.finish_deletion(p.user_id).await?;
+            finished += 1;
+        }
+        Ok(finished)
+    }
+
+    /// The events of a deleted account, then its marker. Safe to run again
+    /// or twice at once: each event is decided like any other change of
+    /// it, and one the person no longer takes part in is skipped.
+    async fn finish_deletion(&self, id: Uuid) -> ApiResult<()> {
         for kv in self.keys(&keys::agenda(id), 0).await? {
             if let Some(event) = keys::last_id(&kv.key) {
                 self.leave_event(id, event).await?;
@@ -210,7 +255,8 @@ impl Store {
         }
         let mut rest = Batch::default();
         rest.delete_prefix(&keys::agenda(id))
-            .bump(&keys::agenda_version(id));
+            .bump(&keys::agenda_version(id))
+            .delete(&keys::deleting(id));
         self.commit(rest).await?;
         Ok(())
     }
@@ -245,7 +291,14 @@ impl Store {
                 .delete(&keys::username(&user.value.username))
                 .delete(&keys::email(&user.value.email))
                 .delete_prefix(&keys::user_groups(id))
-                .delete_prefix(&keys::notifications(id));
+                .delete_prefix(&keys::notifications(id))
+                .put(
+                    &keys::deleting(id),
+                    &PendingDeletion {
+                        user_id: id,
+                        since: Utc::now(),
+                    },
+                )?;
             self.commit_or_retry(batch, ()).await
         })
         .await
