@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agenda_tests::cluster::wait_for;
 use agenda_tests::system::{
     error_shape_problem, expect, expect_ok, fmt_time, instant, items, range, Api, Reply, System,
     SystemOptions, PASSWORD,
@@ -179,6 +180,102 @@ async fn sixteen_creates_race_for_one_slot() {
     assert!(api.server_errors().is_empty(), "{:#?}", api.server_errors());
 }
 
+/// An `Idempotency-Key` makes a creation safe to repeat, even eight times
+/// at once: one event, one invitation, the same event in every answer; the
+/// key reused for another request is a 409, a malformed key a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_creation_repeated_with_its_idempotency_key_happens_once() {
+    let (sys, api) = start().await;
+    let (_, token) = api.register("repeater").await;
+    let (_, guest) = api.register("guest").await;
+    let body = json!({"title": "Once", "start": "2031-07-01T09:00:00Z",
+                      "end": "2031-07-01T10:00:00Z", "time_zone": "UTC",
+                      "attendees": ["guest"]});
+    let create = |api: Api, key: &str, body: Value| {
+        let req = api
+            .request(Method::POST, "/v1/events")
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move { api.try_send(req).await.expect("transport") }
+    };
+    let replies = race(&sys, 8, |_, api| create(api, "order-1", body.clone())).await;
+    let ids: Vec<&Value> = replies.iter().map(|(_, b)| &b["event"]["id"]).collect();
+    for (st, b) in &replies {
+        assert_eq!(*st, StatusCode::CREATED, "{b}");
+    }
+    assert!(
+        ids.iter().all(|id| *id == ids[0] && id.is_string()),
+        "one event in every answer: {ids:?}"
+    );
+    let later = create(api.clone(), "order-1", body.clone()).await;
+    assert_eq!(later.0, StatusCode::CREATED, "{}", later.1);
+    assert_eq!(&later.1["event"]["id"], ids[0], "a later repeat");
+    // A repeat answers as the first request did, even with a rule that
+    // would refuse a new creation now (the slot is taken by itself and,
+    // since, by another event: that one is reported, not refused).
+    let mut overlapping = body.clone();
+    overlapping["title"] = json!("Overlap");
+    overlapping["attendees"] = json!([]);
+    let (st, b) = create(api.clone(), "order-overlap", overlapping).await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let req = api
+        .request(Method::POST, "/v1/events?on_conflict=reject")
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "order-1")
+        .json(&body);
+    let (st, b) = api.try_send(req).await.expect("transport");
+    assert_eq!(
+        st,
+        StatusCode::CREATED,
+        "a repeat with on_conflict=reject: {b}"
+    );
+    assert_eq!(
+        &b["event"]["id"], ids[0],
+        "a repeat with on_conflict=reject"
+    );
+    assert_eq!(b["conflicts"].as_array().map(Vec::len), Some(1), "{b}");
+
+    let day = range("2031-07-01T00:00:00Z", "2031-07-02T00:00:00Z");
+    for t in [&token, &guest] {
+        let agenda = expect(
+            api.get(&format!("/v1/events?{day}"), t).await,
+            StatusCode::OK,
+            "agenda",
+        );
+        let once = items(&agenda)
+            .iter()
+            .filter(|e| e["title"] == "Once")
+            .count();
+        assert_eq!(once, 1, "one event: {agenda}");
+    }
+    let notes = expect(
+        api.get("/v1/notifications", &guest).await,
+        StatusCode::OK,
+        "notifications",
+    );
+    let invited = items(&notes)
+        .iter()
+        .filter(|n| n["kind"] == "event_invited")
+        .count();
+    assert_eq!(invited, 1, "one invitation: {notes}");
+
+    let mut other = body.clone();
+    other["title"] = json!("Twice");
+    let (st, b) = create(api.clone(), "order-1", other).await;
+    assert_eq!(
+        (st, b["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "the key reused for another request: {b}"
+    );
+    let (st, b) = create(api.clone(), "two words", body.clone()).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "a malformed key: {b}");
+    let (st, b) = create(api.clone(), "order-2", body).await;
+    assert_eq!(st, StatusCode::CREATED, "another key: {b}");
+    assert_ne!(&b["event"]["id"], ids[0], "another key, another event");
+    assert!(api.server_errors().is_empty(), "{:#?}", api.server_errors());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invitation_accepted_and_declined_at_once() {
     let (sys, api) = start().await;
@@ -307,8 +404,25 @@ async fn probe(
     Ok((resp.status(), retry_after))
 }
 
+/// The titles in `token`'s agenda over `[from, to)`, sorted.
+async fn titles_in(api: &Api, token: &str, from: &str, to: &str) -> Vec<String> {
+    let agenda = expect(
+        api.get(&format!("/v1/events?{}", range(from, to)), token)
+            .await,
+        StatusCode::OK,
+        "agenda",
+    );
+    let mut titles: Vec<String> = items(&agenda)
+        .iter()
+        .filter_map(|e| e["title"].as_str().map(str::to_string))
+        .collect();
+    titles.sort_unstable();
+    titles
+}
+
 /// After a SIGKILL of one replica, requests succeed again within a few
-/// seconds and then keep succeeding; meanwhile failures are 503s. Returns
+/// seconds and then keep succeeding; meanwhile failures are 503s, and none
+/// at all for users, whose probes are all safe to retry. Returns
 /// the titles of the events whose creation was acknowledged.
 async fn survives_kill(sys: &mut System, api: &Api, token: &str, service: &str) -> Vec<String> {
     let mut acked = Vec::new();
@@ -360,6 +474,14 @@ async fn survives_kill(sys: &mut System, api: &Api, token: &str, service: &str) 
         killed.elapsed(),
         failures.len()
     );
+    // The users probes are reads and keyed creations: the gateway retries
+    // them on the other replica, so the kill costs no request at all.
+    if service == "users" {
+        assert!(
+            failures.is_empty(),
+            "users: requests failed although all are safe to retry: {failures:?}"
+        );
+    }
     // A failure while the gateway itself is up is a 503 with Retry-After
     // (DESIGN: "503 temporarily unavailable with Retry-After").
     for (at, f) in &failures {
@@ -389,31 +511,59 @@ async fn requests_survive_a_killed_replica() {
     survives_kill(&mut sys, &api, &token, "groups").await;
     // Nothing was lost or doubled: every acknowledged event is there, and
     // no event twice.
-    let agenda = expect(
-        api.get(
-            &format!(
-                "/v1/events?{}",
-                range("2031-01-01T00:00:00Z", "2031-06-01T00:00:00Z")
-            ),
-            &token,
-        )
-        .await,
-        StatusCode::OK,
-        "agenda",
-    );
-    let mut titles: Vec<&str> = items(&agenda)
-        .iter()
-        .filter_map(|e| e["title"].as_str())
-        .collect();
+    let mut titles = titles_in(&api, &token, "2031-01-01T00:00:00Z", "2031-06-01T00:00:00Z").await;
     let total = titles.len();
-    titles.sort();
     titles.dedup();
-    assert_eq!(titles.len(), total, "duplicated events: {agenda}");
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|t| !titles.contains(&t.as_str()))
-        .collect();
+    assert_eq!(titles.len(), total, "duplicated events: {titles:?}");
+    let lost: Vec<&String> = acked.iter().filter(|t| !titles.contains(t)).collect();
     assert!(lost.is_empty(), "acknowledged events lost: {lost:?}");
+}
+
+/// Creations in flight when a users replica is killed are retried by the
+/// gateway on the other one under the same key: none fails, none is lost,
+/// none is doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creations_in_flight_survive_a_killed_replica() {
+    let (mut sys, api) = start().await;
+    let (_, token) = api.register("busy").await;
+    let started = Arc::new(Barrier::new(5));
+    let mut load = JoinSet::new();
+    for worker in 0..4 {
+        let (api, token, started) = (api.clone(), token.clone(), started.clone());
+        load.spawn(async move {
+            started.wait().await;
+            let mut replies = Vec::new();
+            // Bounded: 60 creations per worker.
+            for n in 0..60 {
+                let i = worker * 100 + n;
+                let t = instant(&json!("2032-01-01T00:00:00Z")) + 3600 * i as i64;
+                let body = json!({"title": format!("inflight-{i}"), "start": fmt_time(t),
+                                  "end": fmt_time(t + 1800), "time_zone": "UTC"});
+                replies.push((i, api.post("/v1/events", &token, body).await));
+            }
+            replies
+        });
+    }
+    started.wait().await;
+    // Let the creations get going, then kill a replica under them.
+    wait_for("creations under way", Duration::from_secs(20), || async {
+        let day = range("2032-01-01T00:00:00Z", "2032-02-01T00:00:00Z");
+        let (st, body) = api.get(&format!("/v1/events?{day}"), &token).await;
+        (st == StatusCode::OK && items(&body).len() >= 20).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    sys.kill_users(0);
+    let mut titles = Vec::new();
+    while let Some(replies) = load.join_next().await {
+        for (i, (st, body)) in replies.expect("worker") {
+            assert_eq!(st, StatusCode::CREATED, "creation {i}: {body}");
+            titles.push(format!("inflight-{i}"));
+        }
+    }
+    let seen = titles_in(&api, &token, "2032-01-01T00:00:00Z", "2032-02-01T00:00:00Z").await;
+    titles.sort_unstable();
+    assert_eq!(seen, titles, "each acknowledged creation exactly once");
 }
 
 /// A replica stopped with SIGTERM leaves the registry before it exits and

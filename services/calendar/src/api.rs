@@ -162,6 +162,10 @@ pub enum Op {
     CreateEvent {
         body: CreateEventRequest,
         reject: bool,
+        /// Makes the creation safe to repeat: every request with the same
+        /// key (per caller) creates the event once (see `store::events`).
+        #[serde(default)]
+        idempotency_key: Option<String>,
     },
     ListEvents {
         window: Window,
@@ -233,6 +237,9 @@ pub enum Op {
     CreateGroupEvent {
         body: CreateEventRequest,
         reject: bool,
+        /// As for [`Op::CreateEvent`].
+        #[serde(default)]
+        idempotency_key: Option<String>,
     },
     GroupAgenda {
         id: String,
@@ -300,8 +307,58 @@ impl Op {
         )
     }
 
+    /// Whether sending it again after a failure cannot apply it twice:
+    /// reads, and creations that carry an idempotency key.
+    pub fn is_retry_safe(&self) -> bool {
+        self.is_read_only()
+            || matches!(
+                self,
+                Op::CreateEvent {
+                    idempotency_key: Some(_),
+                    ..
+                } | Op::CreateGroupEvent {
+                    idempotency_key: Some(_),
+                    ..
+                }
+            )
+    }
+
     /// Whether the caller must be authenticated.
     pub fn needs_caller(&self) -> bool {
         !matches!(self, Op::Register(_) | Op::Login(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_and_keyed_creations_are_safe_to_retry() {
+        let body: CreateEventRequest = serde_json::from_value(serde_json::json!({
+            "title": "t", "start": "2031-01-01T09:00:00Z",
+            "end": "2031-01-01T10:00:00Z", "time_zone": "UTC"
+        }))
+        .unwrap();
+        let create = |key: Option<&str>| Op::CreateEvent {
+            body: body.clone(),
+            reject: false,
+            idempotency_key: key.map(str::to_string),
+        };
+        assert!(Op::GetMe.is_retry_safe());
+        assert!(create(Some("k")).is_retry_safe());
+        assert!(!create(None).is_retry_safe());
+        assert!(!Op::DeleteMe.is_retry_safe());
+        assert!(!Op::CreateGroupEvent {
+            body: body.clone(),
+            reject: false,
+            idempotency_key: None
+        }
+        .is_retry_safe());
+        // An older gateway's call (no key field) still parses.
+        let old =
+            serde_json::json!({"op": "create_event", "args": {"body": body, "reject": false}});
+        let op: Op = serde_json::from_value(old).unwrap();
+        assert!(!op.is_retry_safe());
     }
 }

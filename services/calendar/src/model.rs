@@ -177,6 +177,11 @@ pub struct EventRecord {
     pub visibility: Visibility,
     pub attendees: Vec<Attendee>,
     pub created_at: DateTime<Utc>,
+    /// For an event created under an idempotency key: a digest of the
+    /// creating request, to tell a retry from another request reusing the
+    /// key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<Uuid>,
 }
 
 impl EventRecord {
@@ -217,6 +222,7 @@ impl EventRecord {
             visibility: Visibility::Default,
             attendees: Vec::new(),
             created_at: Utc::now(),
+            request_digest: None,
         }
     }
 }

@@ -184,6 +184,17 @@ pub fn on_conflict(value: Option<&str>) -> ApiResult<bool> {
     }
 }
 
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(value: &[u8]) -> ApiResult<String> {
+    let ok = (1..=255).contains(&value.len()) && value.iter().all(|b| b.is_ascii_graphic());
+    match std::str::from_utf8(value) {
+        Ok(key) if ok => Ok(key.to_string()),
+        _ => Err(ApiError::bad_request(
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
 /// A path id: anything that is not a UUID names nothing.
 pub fn id(what: &str, value: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(value).map_err(|_| ApiError::not_found(what))
@@ -204,6 +215,21 @@ mod tests {
         assert_eq!(field(text("title", "   ", 1, 5).unwrap_err()), "title");
         assert_eq!(field(text("title", "abcdef", 1, 5).unwrap_err()), "title");
         assert!(text("title", "a\u{0}b", 1, 5).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert_eq!(idempotency_key(b"order-42").unwrap(), "order-42");
+        assert!(idempotency_key(&[b'k'; 255]).is_ok());
+        for bad in [
+            &b""[..],
+            &[b'k'; 256],
+            b"two words",
+            b"tab\t",
+            "ñ".as_bytes(),
+        ] {
+            assert_eq!(idempotency_key(bad).unwrap_err().status, 400, "{bad:?}");
+        }
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! registry, round-robin balancing, a deadline per request, and retries
 //! only where they are safe.
 //!
-//! A read-only operation may be retried on another replica after any
-//! failure. A change is retried only when the call never reached a
-//! replica (connection refused), because a replica that died mid-call may
-//! have committed it.
+//! A read-only operation, or a creation carrying an idempotency key, may
+//! be retried on another replica after any failure. Any other change is
+//! retried only when the call never reached a replica (connection
+//! refused), because a replica that died mid-call may have committed it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,7 +80,7 @@ impl Upstream {
         let service = op.service();
         let payload = serde_json::to_vec(op).map_err(ApiError::internal)?;
         let deadline = Instant::now() + self.timeout;
-        let read_only = op.is_read_only();
+        let retry_safe = op.is_retry_safe();
         let mut attempt = 0usize;
         loop {
             let instances = self.instances(service);
@@ -122,7 +122,7 @@ impl Upstream {
             attempt += 1;
             let never_sent = is_connect_error(&status);
             tracing::warn!(request_id, %addr, service = service.name(), code = ?status.code(), message = status.message(), attempt, never_sent, "service call failed");
-            let retry = (read_only || never_sent)
+            let retry = (retry_safe || never_sent)
                 && status.code() != tonic::Code::DeadlineExceeded
                 && Instant::now() + Duration::from_millis(50) < deadline;
             if !retry {

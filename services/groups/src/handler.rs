@@ -53,8 +53,14 @@ impl Handler for Groups {
                 s.answer_invitation(me, validate::id("invitation", &id)?, accept)
                     .await?,
             ),
-            Op::CreateGroupEvent { body, reject } => {
-                let (ev, conflicts) = s.create_group_event(me, body, reject).await?;
+            Op::CreateGroupEvent {
+                body,
+                reject,
+                idempotency_key,
+            } => {
+                let (ev, conflicts) = s
+                    .create_group_event(me, body, reject, idempotency_key.as_deref())
+                    .await?;
                 Reply::created(with_conflicts(&ev, me, conflicts))
             }
             Op::GroupAgenda { id, window } => {

@@ -96,9 +96,15 @@ impl Handler for Users {
                         .collect(),
                 )
             }
-            Op::CreateEvent { body, reject } => {
+            Op::CreateEvent {
+                body,
+                reject,
+                idempotency_key,
+            } => {
                 let me = caller.user()?;
-                let (ev, conflicts) = s.create_event(me, body, reject).await?;
+                let (ev, conflicts) = s
+                    .create_event(me, body, reject, idempotency_key.as_deref())
+                    .await?;
                 Reply::created(with_conflicts(&ev, me, conflicts))
             }
             Op::ListEvents { window } => {

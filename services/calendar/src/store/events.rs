@@ -113,7 +113,44 @@ pub fn new_event(
         visibility: f.visibility,
         attendees: all,
         created_at: Utc::now(),
+        request_digest: None,
     })
+}
+
+/// Namespace of the ids derived for creations under an idempotency key.
+const IDEMPOTENT_CREATES: Uuid = Uuid::from_u128(0x6a1d_9e0c_4b7f_4f4e_9a53_0e2d_8c71_b5a4);
+
+/// A creation made safe to repeat by an idempotency key: the event id is
+/// derived from the caller and the key, so every retry names the same
+/// event, and the digest of the request tells a retry from a different
+/// request that reuses the key.
+pub(crate) struct Idempotent {
+    pub id: Uuid,
+    pub digest: Uuid,
+}
+
+impl Idempotent {
+    /// None without a key.
+    pub fn new(
+        caller: Uuid,
+        key: Option<&str>,
+        req: &CreateEventRequest,
+    ) -> ApiResult<Option<Idempotent>> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let body = serde_json::to_vec(req).map_err(ApiError::internal)?;
+        Ok(Some(Idempotent {
+            id: Uuid::new_v5(&IDEMPOTENT_CREATES, format!("{caller}/{key}").as_bytes()),
+            digest: Uuid::new_v5(&IDEMPOTENT_CREATES, &body),
+        }))
+    }
+
+    /// Gives `ev` the derived id and the request digest.
+    pub fn stamp(&self, ev: &mut EventRecord) {
+        ev.id = self.id;
+        ev.request_digest = Some(self.digest);
+    }
 }
 
 fn apply_update(ev: &EventRecord, req: UpdateEventRequest) -> ApiResult<(EventRecord, bool)> {
@@ -410,12 +447,14 @@ impl Store {
         Ok(Attempt::Done(conflicts))
     }
 
-    /// Creates a personal event; attendees are usernames.
+    /// Creates a personal event; attendees are usernames. With an
+    /// idempotency `key`, repeating the request creates it once.
     pub async fn create_event(
         &self,
         caller: Uuid,
         req: CreateEventRequest,
         reject: bool,
+        key: Option<&str>,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
         if req.group_id.is_some() {
             return Err(ApiError::bad_request(
@@ -429,8 +468,17 @@ impl Store {
                 "at most 100 attendees",
             ));
         }
-        let (organizer, attendees) =
-            tokio::try_join!(self.me(caller), self.users_by_name(&names, "attendees"))?;
+        let idempotent = Idempotent::new(caller, key, &req)?;
+        // An earlier request under the key is looked for beside the other
+        // reads, so the common case (there is none) costs no extra round.
+        let (organizer, attendees, earlier) = tokio::try_join!(
+            self.me(caller),
+            self.users_by_name(&names, "attendees"),
+            self.replay(caller, idempotent.as_ref())
+        )?;
+        if let Some(done) = earlier {
+            return Ok(done);
+        }
         let attendees = attendees
             .into_iter()
             .map(|u| Attendee {
@@ -439,26 +487,96 @@ impl Store {
                 status: AttendeeStatus::NeedsAction,
             })
             .collect();
-        let ev = new_event(req, &organizer, attendees, None)?;
+        let mut ev = new_event(req, &organizer, attendees, None)?;
+        if let Some(i) = &idempotent {
+            i.stamp(&mut ev);
+        }
         let everyone: Vec<Uuid> = ev.participants().collect();
         let notify = everyone
             .iter()
             .filter(|u| **u != caller)
             .map(|u| (*u, "event_invited"))
             .collect::<Vec<_>>();
-        let conflicts = self
-            .optimistic("these agendas", || {
-                self.write_event(Write {
-                    ev: &ev,
-                    check: everyone.clone(),
-                    reject,
-                    guards: Vec::new(),
-                    notify: notify.clone(),
-                    previous: None,
-                })
-            })
-            .await?;
-        Ok((ev, conflicts))
+        let mut first = true;
+        self.optimistic("these agendas", || {
+            // A lost race may have been lost to a repeat of this request.
+            let again = !std::mem::replace(&mut first, false);
+            let (ev, everyone, notify, idempotent) = (&ev, &everyone, &notify, &idempotent);
+            async move {
+                if again {
+                    if let Some(done) = self.replay(caller, idempotent.as_ref()).await? {
+                        return Ok(Attempt::Done(done));
+                    }
+                }
+                let written = self
+                    .write_event(Write {
+                        ev,
+                        check: everyone.clone(),
+                        reject,
+                        guards: Vec::new(),
+                        notify: notify.clone(),
+                        previous: None,
+                    })
+                    .await;
+                self.unless_repeated(caller, idempotent.as_ref(), ev, written)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// A creation refused for conflicts (`on_conflict=reject`) may have
+    /// raced a repeat of itself that committed first: it then answers as
+    /// that one did. Other outcomes pass through.
+    pub(crate) async fn unless_repeated(
+        &self,
+        caller: Uuid,
+        idempotent: Option<&Idempotent>,
+        ev: &EventRecord,
+        written: ApiResult<Attempt<Vec<Conflict>>>,
+    ) -> ApiResult<Attempt<(EventRecord, Vec<Conflict>)>> {
+        match written {
+            Err(e) if e.status == 409 && idempotent.is_some() => {
+                match self.replay(caller, idempotent).await? {
+                    Some(done) => Ok(Attempt::Done(done)),
+                    None => Err(e),
+                }
+            }
+            other => Ok(other?.map(|c| (ev.clone(), c))),
+        }
+    }
+
+    /// The event an earlier request under the same idempotency key
+    /// created, with its conflicts as of now; None when there is none (or
+    /// no key). A different request reusing the key is a conflict.
+    pub(crate) async fn replay(
+        &self,
+        caller: Uuid,
+        idempotent: Option<&Idempotent>,
+    ) -> ApiResult<Option<(EventRecord, Vec<Conflict>)>> {
+        let Some(i) = idempotent else {
+            return Ok(None);
+        };
+        let Some(cur) = self.get::<EventRecord>(&keys::event(i.id)).await? else {
+            return Ok(None);
+        };
+        if cur.value.organizer_id != caller || cur.value.request_digest != Some(i.digest) {
+            return Err(ApiError::conflict(
+                "this Idempotency-Key was already used for a different request",
+            ));
+        }
+        let check: Vec<Uuid> = cur.value.participants().collect();
+        let (_, agendas) = self.agendas_for(&cur.value, &check, 0).await?;
+        let w = Write {
+            ev: &cur.value,
+            check,
+            reject: false,
+            guards: Vec::new(),
+            notify: Vec::new(),
+            previous: None,
+        };
+        let conflicts = conflicts_in(&w, &agendas);
+        Ok(Some((cur.value, conflicts)))
     }
 
     /// An event the caller takes part in (404 for anyone else, so ids
@@ -636,5 +754,41 @@ impl Store {
             );
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(title: &str) -> CreateEventRequest {
+        serde_json::from_value(serde_json::json!({
+            "title": title, "start": "2031-01-01T09:00:00Z",
+            "end": "2031-01-01T10:00:00Z", "time_zone": "UTC"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_idempotency_key_names_one_event_per_caller() {
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let req = request("Standup");
+        assert!(Idempotent::new(alice, None, &req).unwrap().is_none());
+        let first = Idempotent::new(alice, Some("k1"), &req).unwrap().unwrap();
+        let again = Idempotent::new(alice, Some("k1"), &req).unwrap().unwrap();
+        assert_eq!((first.id, first.digest), (again.id, again.digest));
+        let other_key = Idempotent::new(alice, Some("k2"), &req).unwrap().unwrap();
+        assert_ne!(first.id, other_key.id);
+        let other_caller = Idempotent::new(bob, Some("k1"), &req).unwrap().unwrap();
+        assert_ne!(first.id, other_caller.id);
+        let other_body = Idempotent::new(alice, Some("k1"), &request("Retro"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.id, other_body.id);
+        assert_ne!(first.digest, other_body.digest);
+
+        let mut ev = EventRecord::sample("2031-01-01T09:00:00Z", 60, "UTC", None);
+        first.stamp(&mut ev);
+        assert_eq!((ev.id, ev.request_digest), (first.id, Some(first.digest)));
     }
 }

@@ -9,7 +9,7 @@ use futures::future::try_join_all;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::events::{new_event, view, window_events, window_reads, Write};
+use super::events::{new_event, view, window_events, window_reads, Idempotent, Write};
 use super::notifications;
 use super::{Attempt, Batch, Read, Store, Versioned};
 use crate::api::{CreateEventRequest, CreateGroupRequest, InviteRequest, UpdateGroupRequest};
@@ -462,12 +462,14 @@ impl Store {
     }
 
     /// Creates a group event: every member attends, with the status the
-    /// hierarchy rules give.
+    /// hierarchy rules give. With an idempotency `key`, repeating the
+    /// request creates it once.
     pub async fn create_group_event(
         &self,
         caller: Uuid,
         req: CreateEventRequest,
         reject: bool,
+        key: Option<&str>,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
         let Some(group_id) = req.group_id else {
             return Err(ApiError::invalid_field("group_id", "group_id is required"));
@@ -479,15 +481,28 @@ impl Store {
             ));
         }
         let organizer = self.me(caller).await?;
+        let idempotent = Idempotent::new(caller, key, &req)?;
         let id = Uuid::new_v4();
         self.optimistic("this group's agendas", || {
             let req = req.clone();
             let organizer = organizer.clone();
+            let idempotent = idempotent.as_ref();
             async move {
-                let (m, members) = self.membership_and_members(caller, group_id).await?;
+                // Beside the membership read: no extra round when there
+                // is no earlier request under the key.
+                let (earlier, (m, members)) = tokio::try_join!(
+                    self.replay(caller, idempotent),
+                    self.membership_and_members(caller, group_id)
+                )?;
+                if let Some(done) = earlier {
+                    return Ok(Attempt::Done(done));
+                }
                 let attendees = rules::group_event_attendees(m.group.kind, &m.me, &members);
                 let mut ev = new_event(req, &organizer, attendees, Some(group_id))?;
                 ev.id = id;
+                if let Some(i) = idempotent {
+                    i.stamp(&mut ev);
+                }
                 let everyone: Vec<Uuid> = ev.participants().collect();
                 // Members the hierarchy accepted for have nothing to answer.
                 let notify = ev
@@ -503,7 +518,7 @@ impl Store {
                         (a.user_id, kind)
                     })
                     .collect();
-                Ok(self
+                let written = self
                     .write_event(Write {
                         ev: &ev,
                         check: everyone,
@@ -512,8 +527,8 @@ impl Store {
                         notify,
                         previous: None,
                     })
-                    .await?
-                    .map(|c| (ev, c)))
+                    .await;
+                self.unless_repeated(caller, idempotent, &ev, written).await
             }
         })
         .await

@@ -6,6 +6,7 @@ use agenda_calendar::api::{
 use agenda_calendar::model::{Event, Interval};
 use agenda_calendar::validate;
 use axum::extract::Path;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -27,21 +28,45 @@ fn reject(p: &ConflictPolicy) -> Result<bool, HttpError> {
 }
 
 /// Creates a personal event, or a group event with `group_id`.
+///
+/// Safe to repeat with an `Idempotency-Key` header: every request with the
+/// same key creates the event once and answers with it (409 if the key was
+/// used for a different request). Without one the gateway still makes its
+/// own retries safe with a key of its own.
 #[utoipa::path(post, path = "/v1/events", tag = "events", security(("bearer" = [])),
-    params(ConflictPolicy), request_body = CreateEventRequest,
+    params(ConflictPolicy,
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "1-255 visible ASCII characters; repeats of a request with it create the event once")),
+    request_body = CreateEventRequest,
     responses((status = 201, body = EventWithConflicts),
-              (status = 409, description = "conflicts, with on_conflict=reject (details.conflicts)"),
+              (status = 400, description = "malformed Idempotency-Key"),
+              (status = 409, description = "conflicts, with on_conflict=reject (details.conflicts); or the Idempotency-Key was used for a different request"),
               (status = 422, description = "invalid field")))]
 pub async fn create(
     Authed(c): Authed,
     Query(p): Query<ConflictPolicy>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<CreateEventRequest>,
 ) -> Result<Response, HttpError> {
     let reject = reject(&p)?;
+    // A fresh key per request when the client gives none: the gateway may
+    // then retry the call on another replica after any failure.
+    let idempotency_key = Some(match headers.get("idempotency-key") {
+        Some(v) => validate::idempotency_key(v.as_bytes())?,
+        None => uuid::Uuid::new_v4().to_string(),
+    });
     c.call(if body.group_id.is_some() {
-        Op::CreateGroupEvent { body, reject }
+        Op::CreateGroupEvent {
+            body,
+            reject,
+            idempotency_key,
+        }
     } else {
-        Op::CreateEvent { body, reject }
+        Op::CreateEvent {
+            body,
+            reject,
+            idempotency_key,
+        }
     })
     .await
 }
