@@ -469,16 +469,8 @@ impl Store {
             ));
         }
         let idempotent = Idempotent::new(caller, key, &req)?;
-        // An earlier request under the key is looked for beside the other
-        // reads, so the common case (there is none) costs no extra round.
-        let (organizer, attendees, earlier) = tokio::try_join!(
-            self.me(caller),
-            self.users_by_name(&names, "attendees"),
-            self.replay(caller, idempotent.as_ref())
-        )?;
-        if let Some(done) = earlier {
-            return Ok(done);
-        }
+        let (organizer, attendees) =
+            tokio::try_join!(self.me(caller), self.users_by_name(&names, "attendees"))?;
         let attendees = attendees
             .into_iter()
             .map(|u| Attendee {
@@ -497,9 +489,12 @@ impl Store {
             .filter(|u| **u != caller)
             .map(|u| (*u, "event_invited"))
             .collect::<Vec<_>>();
+        // No read for an earlier request under the key up front (the
+        // common case has none): the write refuses to overwrite the event
+        // record, so a repeat loses that race or a conflict check, and
+        // only then looks for the earlier request's event.
         let mut first = true;
         self.optimistic("these agendas", || {
-            // A lost race may have been lost to a repeat of this request.
             let again = !std::mem::replace(&mut first, false);
             let (ev, everyone, notify, idempotent) = (&ev, &everyone, &notify, &idempotent);
             async move {

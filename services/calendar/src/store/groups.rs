@@ -483,20 +483,21 @@ impl Store {
         let organizer = self.me(caller).await?;
         let idempotent = Idempotent::new(caller, key, &req)?;
         let id = Uuid::new_v4();
+        // As for personal events: an earlier request under the key is
+        // looked for only once this one lost a race or a conflict check.
+        let mut first = true;
         self.optimistic("this group's agendas", || {
             let req = req.clone();
             let organizer = organizer.clone();
             let idempotent = idempotent.as_ref();
+            let again = !std::mem::replace(&mut first, false);
             async move {
-                // Beside the membership read: no extra round when there
-                // is no earlier request under the key.
-                let (earlier, (m, members)) = tokio::try_join!(
-                    self.replay(caller, idempotent),
-                    self.membership_and_members(caller, group_id)
-                )?;
-                if let Some(done) = earlier {
-                    return Ok(Attempt::Done(done));
+                if again {
+                    if let Some(done) = self.replay(caller, idempotent).await? {
+                        return Ok(Attempt::Done(done));
+                    }
                 }
+                let (m, members) = self.membership_and_members(caller, group_id).await?;
                 let attendees = rules::group_event_attendees(m.group.kind, &m.me, &members);
                 let mut ev = new_event(req, &organizer, attendees, Some(group_id))?;
                 ev.id = id;
