@@ -469,51 +469,58 @@ impl Store {
             ));
         }
         let idempotent = Idempotent::new(caller, key, &req)?;
-        let (organizer, attendees) =
-            tokio::try_join!(self.me(caller), self.users_by_name(&names, "attendees"))?;
-        let attendees = attendees
-            .into_iter()
-            .map(|u| Attendee {
-                user_id: u.id,
-                username: u.username,
-                status: AttendeeStatus::NeedsAction,
-            })
-            .collect();
-        let mut ev = new_event(req, &organizer, attendees, None)?;
-        if let Some(i) = &idempotent {
-            i.stamp(&mut ev);
-        }
-        let everyone: Vec<Uuid> = ev.participants().collect();
-        let notify = everyone
-            .iter()
-            .filter(|u| **u != caller)
-            .map(|u| (*u, "event_invited"))
-            .collect::<Vec<_>>();
         // No read for an earlier request under the key up front (the
         // common case has none): the write refuses to overwrite the event
         // record, so a repeat loses that race or a conflict check, and
-        // only then looks for the earlier request's event.
+        // only then looks for the earlier request's event. The accounts
+        // are read without a ReadIndex round at first and guarded by
+        // compares; after a lost race everything is read confirmed.
         let mut first = true;
         self.optimistic("these agendas", || {
             let again = !std::mem::replace(&mut first, false);
-            let (ev, everyone, notify, idempotent) = (&ev, &everyone, &notify, &idempotent);
+            let (req, names, idempotent) = (req.clone(), &names, &idempotent);
             async move {
                 if again {
                     if let Some(done) = self.replay(caller, idempotent.as_ref()).await? {
                         return Ok(Attempt::Done(done));
                     }
                 }
+                let (organizer, people) = self.people(caller, names, "attendees", again).await?;
+                let mut guards = vec![(keys::user(caller), organizer.mod_revision)];
+                guards.extend(
+                    people
+                        .iter()
+                        .map(|p| (keys::user(p.value.id), p.mod_revision)),
+                );
+                let attendees = people
+                    .into_iter()
+                    .map(|p| Attendee {
+                        user_id: p.value.id,
+                        username: p.value.username,
+                        status: AttendeeStatus::NeedsAction,
+                    })
+                    .collect();
+                let mut ev = new_event(req, &organizer.value, attendees, None)?;
+                if let Some(i) = idempotent {
+                    i.stamp(&mut ev);
+                }
+                let everyone: Vec<Uuid> = ev.participants().collect();
+                let notify = everyone
+                    .iter()
+                    .filter(|u| **u != caller)
+                    .map(|u| (*u, "event_invited"))
+                    .collect();
                 let written = self
                     .write_event(Write {
-                        ev,
-                        check: everyone.clone(),
+                        ev: &ev,
+                        check: everyone,
                         reject,
-                        guards: Vec::new(),
-                        notify: notify.clone(),
+                        guards,
+                        notify,
                         previous: None,
                     })
                     .await;
-                self.unless_repeated(caller, idempotent.as_ref(), ev, written)
+                self.unless_repeated(caller, idempotent.as_ref(), &ev, written)
                     .await
             }
         })

@@ -227,6 +227,27 @@ impl Store {
         }
     }
 
+    /// Reads one JSON value from the leader's replica as it stands, without
+    /// a ReadIndex round: it may miss a write in flight, so a caller
+    /// guards what it decides on with compares (and reads with [`get`]
+    /// after a lost race).
+    ///
+    /// [`get`]: Store::get
+    pub async fn get_unconfirmed<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> ApiResult<Option<Versioned<T>>> {
+        let resp = self
+            .db
+            .range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                stale: true,
+                ..Default::default()
+            })
+            .await?;
+        resp.kvs.first().map(decode).transpose()
+    }
+
     /// Revision of a key (0 when absent), for a later compare.
     pub async fn revision(&self, key: &str) -> ApiResult<i64> {
         Ok(self

@@ -6,12 +6,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Attempt, Batch, Store};
+use super::{Attempt, Batch, Store, Versioned};
 use crate::api::{RegisterRequest, UpdateMeRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{GroupRecord, UserRecord};
 use crate::validate;
+
+/// An account and the accounts it names, each with its revision.
+type People = (Versioned<UserRecord>, Vec<Versioned<UserRecord>>);
 
 /// Most users one search returns.
 pub const SEARCH_LIMIT: usize = 50;
@@ -131,6 +134,76 @@ impl Store {
             return Ok(None);
         }
         self.find_login(name).await
+    }
+
+    /// The caller's account and the accounts named `names` (each must
+    /// exist: 422 naming `field`), each with its revision, for the
+    /// compares that guard a write decided on them. `confirmed`: through
+    /// ReadIndex; otherwise as the leader's replica stands (no round), and
+    /// a refusal is confirmed before it is given.
+    pub async fn people(
+        &self,
+        caller: Uuid,
+        names: &[String],
+        field: &str,
+        confirmed: bool,
+    ) -> ApiResult<People> {
+        let found = self.people_once(caller, names, field, confirmed).await;
+        match found {
+            Err(e) if !confirmed && matches!(e.status, 401 | 422) => {
+                self.people_once(caller, names, field, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn people_once(
+        &self,
+        caller: Uuid,
+        names: &[String],
+        field: &str,
+        confirmed: bool,
+    ) -> ApiResult<People> {
+        let my_key = keys::user(caller);
+        let (me, others) = tokio::try_join!(
+            self.read::<UserRecord>(&my_key, confirmed),
+            futures::future::try_join_all(names.iter().map(|n| self.person(n, field, confirmed)))
+        )?;
+        let me = me.ok_or_else(|| ApiError::unauthenticated("this account no longer exists"))?;
+        Ok((me, others))
+    }
+
+    /// The account with the username `name` (422 naming `field` if none).
+    async fn person(
+        &self,
+        name: &str,
+        field: &str,
+        confirmed: bool,
+    ) -> ApiResult<Versioned<UserRecord>> {
+        let id = match name.contains('@') {
+            true => None,
+            false => {
+                self.read::<Uuid>(&keys::username(name.trim()), confirmed)
+                    .await?
+            }
+        };
+        let user = match id {
+            Some(id) => self.read(&keys::user(id.value), confirmed).await?,
+            None => None,
+        };
+        user.ok_or_else(|| ApiError::invalid_field(field, format!("no user named {name:?}")))
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        confirmed: bool,
+    ) -> ApiResult<Option<Versioned<T>>> {
+        if confirmed {
+            self.get(key).await
+        } else {
+            self.get_unconfirmed(key).await
+        }
     }
 
     /// Accounts by username (each must exist: 422 naming `field`).
