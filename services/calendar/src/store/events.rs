@@ -475,17 +475,16 @@ impl Store {
         // only then looks for the earlier request's event. The accounts
         // are read without a ReadIndex round at first and guarded by
         // compares; after a lost race everything is read confirmed.
-        let mut first = true;
-        self.optimistic("these agendas", || {
-            let again = !std::mem::replace(&mut first, false);
-            let (req, names, idempotent) = (req.clone(), &names, &idempotent);
+        self.optimistic_unconfirmed_first("these agendas", |confirmed| {
+            let (req, names, idempotent) = (req.clone(), &names, idempotent.as_ref());
             async move {
-                if again {
-                    if let Some(done) = self.replay(caller, idempotent.as_ref()).await? {
+                if confirmed {
+                    if let Some(done) = self.replay(caller, idempotent).await? {
                         return Ok(Attempt::Done(done));
                     }
                 }
-                let (organizer, people) = self.people(caller, names, "attendees", again).await?;
+                let (organizer, people) =
+                    self.people(caller, names, "attendees", confirmed).await?;
                 let mut guards = vec![(keys::user(caller), organizer.mod_revision)];
                 guards.extend(
                     people
@@ -510,34 +509,31 @@ impl Store {
                     .filter(|u| **u != caller)
                     .map(|u| (*u, "event_invited"))
                     .collect();
-                let written = self
-                    .write_event(Write {
-                        ev: &ev,
-                        check: everyone,
-                        reject,
-                        guards,
-                        notify,
-                        previous: None,
-                    })
-                    .await;
-                self.unless_repeated(caller, idempotent.as_ref(), &ev, written)
-                    .await
+                let w = Write {
+                    ev: &ev,
+                    check: everyone,
+                    reject,
+                    guards,
+                    notify,
+                    previous: None,
+                };
+                self.write_new(caller, idempotent, w).await
             }
         })
         .await
     }
 
-    /// A creation refused for conflicts (`on_conflict=reject`) may have
-    /// raced a repeat of itself that committed first: it then answers as
-    /// that one did. Other outcomes pass through.
-    pub(crate) async fn unless_repeated(
+    /// Writes a new event. A creation refused for conflicts
+    /// (`on_conflict=reject`) may have raced a repeat of itself that
+    /// committed first: it then answers as that one did.
+    pub(crate) async fn write_new(
         &self,
         caller: Uuid,
         idempotent: Option<&Idempotent>,
-        ev: &EventRecord,
-        written: ApiResult<Attempt<Vec<Conflict>>>,
+        w: Write<'_>,
     ) -> ApiResult<Attempt<(EventRecord, Vec<Conflict>)>> {
-        match written {
+        let ev = w.ev;
+        match self.write_event(w).await {
             Err(e) if e.status == 409 && idempotent.is_some() => {
                 match self.replay(caller, idempotent).await? {
                     Some(done) => Ok(Attempt::Done(done)),
@@ -590,6 +586,28 @@ impl Store {
             .ok_or_else(|| ApiError::not_found("event"))
     }
 
+    /// An event the caller takes part in, for a change whose write
+    /// compares the record's revision: at first as the leader's replica
+    /// stands (no ReadIndex round; a stale read only loses the compare),
+    /// `confirmed` after a lost race. A 404 is always confirmed.
+    async fn event_to_change(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        confirmed: bool,
+    ) -> ApiResult<Versioned<EventRecord>> {
+        if !confirmed {
+            let cur = self
+                .get_unconfirmed::<EventRecord>(&keys::event(id))
+                .await?
+                .filter(|ev| ev.value.status_of(caller).is_some());
+            if let Some(cur) = cur {
+                return Ok(cur);
+            }
+        }
+        self.event(caller, id).await
+    }
+
     /// Changes an event (organizer only); moving it reports conflicts.
     pub async fn update_event(
         &self,
@@ -598,10 +616,10 @@ impl Store {
         req: UpdateEventRequest,
         reject: bool,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
-        self.optimistic("this event", || {
+        self.optimistic_unconfirmed_first("this event", |confirmed| {
             let req = req.clone();
             async move {
-                let cur = self.event(caller, id).await?;
+                let cur = self.event_to_change(caller, id, confirmed).await?;
                 if cur.value.organizer_id != caller {
                     return Err(ApiError::forbidden(
                         "only the organizer may change this event",
@@ -636,8 +654,8 @@ impl Store {
 
     /// Deletes an event from every agenda (organizer only).
     pub async fn delete_event(&self, caller: Uuid, id: Uuid) -> ApiResult<()> {
-        self.optimistic("this event", || async {
-            let cur = self.event(caller, id).await?;
+        self.optimistic_unconfirmed_first("this event", |confirmed| async move {
+            let cur = self.event_to_change(caller, id, confirmed).await?;
             if cur.value.organizer_id != caller {
                 return Err(ApiError::forbidden(
                     "only the organizer may delete this event; decline it instead",
@@ -687,8 +705,8 @@ impl Store {
         status: AttendeeStatus,
         reject: bool,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
-        self.optimistic("this event", || async move {
-            let cur = self.event(caller, id).await?;
+        self.optimistic_unconfirmed_first("this event", |confirmed| async move {
+            let cur = self.event_to_change(caller, id, confirmed).await?;
             let mut ev = cur.value.clone();
             for a in ev.attendees.iter_mut().filter(|a| a.user_id == caller) {
                 a.status = status;

@@ -519,17 +519,15 @@ impl Store {
                         (a.user_id, kind)
                     })
                     .collect();
-                let written = self
-                    .write_event(Write {
-                        ev: &ev,
-                        check: everyone,
-                        reject,
-                        guards: vec![(keys::group_version(group_id), m.version)],
-                        notify,
-                        previous: None,
-                    })
-                    .await;
-                self.unless_repeated(caller, idempotent, &ev, written).await
+                let w = Write {
+                    ev: &ev,
+                    check: everyone,
+                    reject,
+                    guards: vec![(keys::group_version(group_id), m.version)],
+                    notify,
+                    previous: None,
+                };
+                self.write_new(caller, idempotent, w).await
             }
         })
         .await

@@ -352,6 +352,30 @@ impl Store {
         })
     }
 
+    /// Like [`Store::optimistic`], for attempts that may read without a
+    /// ReadIndex round: `attempt(confirmed)` runs first with `confirmed`
+    /// false (reads as the leader's replica stands, their revisions
+    /// guarded by the write's compares, so stale data only loses the
+    /// race) and then with `confirmed` true. A refusal (4xx) decided on
+    /// unconfirmed reads is decided again: none is given on stale data.
+    pub async fn optimistic_unconfirmed_first<T, F, Fut>(
+        &self,
+        what: &str,
+        mut attempt: F,
+    ) -> ApiResult<T>
+    where
+        F: FnMut(bool) -> Fut,
+        Fut: Future<Output = ApiResult<Attempt<T>>>,
+    {
+        let mut confirmed = false;
+        self.optimistic(what, || {
+            let this = std::mem::replace(&mut confirmed, true);
+            let decided = attempt(this);
+            async move { confirm_refusal(this, decided.await) }
+        })
+        .await
+    }
+
     /// Runs `attempt` until it is [`Attempt::Done`], with a short random
     /// back-off between rounds so racing writers spread out.
     pub async fn optimistic<T, F, Fut>(&self, what: &str, mut attempt: F) -> ApiResult<T>
@@ -376,6 +400,14 @@ impl Store {
     }
 }
 
+/// A refusal decided on unconfirmed reads becomes another round.
+fn confirm_refusal<T>(confirmed: bool, decided: ApiResult<Attempt<T>>) -> ApiResult<Attempt<T>> {
+    match decided {
+        Err(e) if !confirmed && e.status < 500 => Ok(Attempt::Retry),
+        other => other,
+    }
+}
+
 fn decode<T: DeserializeOwned>(kv: &KeyValue) -> ApiResult<Versioned<T>> {
     let value = serde_json::from_slice(&kv.value).map_err(|e| {
         ApiError::internal(format!(
@@ -387,4 +419,31 @@ fn decode<T: DeserializeOwned>(kv: &KeyValue) -> ApiResult<Versioned<T>> {
         value,
         mod_revision: kv.mod_revision,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_confirmed_reads_give_a_refusal() {
+        let refused = || -> ApiResult<Attempt<()>> { Err(ApiError::not_found("event")) };
+        assert!(matches!(
+            confirm_refusal(false, refused()),
+            Ok(Attempt::Retry)
+        ));
+        assert_eq!(
+            confirm_refusal(true, refused()).err().map(|e| e.status),
+            Some(404)
+        );
+        let broken = || -> ApiResult<Attempt<()>> { Err(ApiError::internal("disk")) };
+        assert!(
+            confirm_refusal(false, broken()).is_err(),
+            "a 5xx is not retried"
+        );
+        assert!(matches!(
+            confirm_refusal(false, Ok(Attempt::Done(()))),
+            Ok(Attempt::Done(()))
+        ));
+    }
 }

@@ -140,24 +140,8 @@ impl Store {
     /// exist: 422 naming `field`), each with its revision, for the
     /// compares that guard a write decided on them. `confirmed`: through
     /// ReadIndex; otherwise as the leader's replica stands (no round), and
-    /// a refusal is confirmed before it is given.
+    /// the caller confirms a refusal before giving it.
     pub async fn people(
-        &self,
-        caller: Uuid,
-        names: &[String],
-        field: &str,
-        confirmed: bool,
-    ) -> ApiResult<People> {
-        let found = self.people_once(caller, names, field, confirmed).await;
-        match found {
-            Err(e) if !confirmed && matches!(e.status, 401 | 422) => {
-                self.people_once(caller, names, field, true).await
-            }
-            other => other,
-        }
-    }
-
-    async fn people_once(
         &self,
         caller: Uuid,
         names: &[String],
