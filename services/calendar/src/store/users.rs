@@ -305,6 +305,8 @@ impl Store {
     /// or twice at once: each event is decided like any other change of
     /// it, and one the person no longer takes part in is skipped.
     async fn finish_deletion(&self, id: Uuid) -> ApiResult<()> {
+        // The account is gone, so nobody can add this person to anything
+        // now (a write naming them compares their account record).
         for kv in self.keys(&keys::agenda(id), 0).await? {
             if let Some(event) = keys::last_id(&kv.key) {
                 self.leave_event(id, event).await?;
