@@ -276,6 +276,60 @@ async fn a_creation_repeated_with_its_idempotency_key_happens_once() {
     assert!(api.server_errors().is_empty(), "{:#?}", api.server_errors());
 }
 
+/// The same answer to an event sent six times at once is one answer: the
+/// organizer is told once (which is what lets the gateway retry answers);
+/// a different answer is news again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_answer_repeated_is_one_answer() {
+    let (sys, api) = start().await;
+    let (_, host) = api.register("host").await;
+    let (_, guest) = api.register("visitor").await;
+    let created = expect(
+        api.post(
+            "/v1/events",
+            &host,
+            json!({"title": "Tea", "start": "2031-08-01T16:00:00Z",
+                   "end": "2031-08-01T17:00:00Z", "time_zone": "UTC",
+                   "attendees": ["visitor"]}),
+        )
+        .await,
+        StatusCode::CREATED,
+        "create",
+    );
+    let path = format!(
+        "/v1/events/{}/rsvp",
+        created["event"]["id"].as_str().expect("id")
+    );
+    let replies = race(&sys, 6, |_, api| {
+        let (path, guest) = (path.clone(), guest.clone());
+        async move { api.post(&path, &guest, json!({"status": "accepted"})).await }
+    })
+    .await;
+    for (st, body) in &replies {
+        assert_eq!(*st, StatusCode::OK, "{body}");
+        assert_eq!(body["event"]["my_status"], "accepted", "{body}");
+    }
+    let told = |kind: &'static str| {
+        let (api, host) = (api.clone(), host.clone());
+        async move {
+            let all = expect(
+                api.get("/v1/notifications", &host).await,
+                StatusCode::OK,
+                "list",
+            );
+            items(&all).iter().filter(|n| n["kind"] == kind).count()
+        }
+    };
+    assert_eq!(told("rsvp").await, 1, "one answer, one notification");
+    expect(
+        api.post(&path, &guest, json!({"status": "declined"})).await,
+        StatusCode::OK,
+        "another answer",
+    );
+    assert_eq!(told("rsvp").await, 2, "a changed answer is told");
+    assert!(api.server_errors().is_empty(), "{:#?}", api.server_errors());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invitation_accepted_and_declined_at_once() {
     let (sys, api) = start().await;

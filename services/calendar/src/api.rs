@@ -308,18 +308,21 @@ impl Op {
     }
 
     /// Whether sending it again after a failure cannot apply it twice:
-    /// reads, and creations that carry an idempotency key.
+    /// reads, answers to an event (the same answer again is a no-op), and
+    /// creations that carry an idempotency key.
     pub fn is_retry_safe(&self) -> bool {
         self.is_read_only()
             || matches!(
                 self,
-                Op::CreateEvent {
-                    idempotency_key: Some(_),
-                    ..
-                } | Op::CreateGroupEvent {
-                    idempotency_key: Some(_),
-                    ..
-                }
+                Op::Rsvp { .. }
+                    | Op::CreateEvent {
+                        idempotency_key: Some(_),
+                        ..
+                    }
+                    | Op::CreateGroupEvent {
+                        idempotency_key: Some(_),
+                        ..
+                    }
             )
     }
 
@@ -349,6 +352,14 @@ mod tests {
         assert!(create(Some("k")).is_retry_safe());
         assert!(!create(None).is_retry_safe());
         assert!(!Op::DeleteMe.is_retry_safe());
+        assert!(Op::Rsvp {
+            id: "e".into(),
+            body: RsvpRequest {
+                status: "accepted".into()
+            },
+            reject: false
+        }
+        .is_retry_safe());
         assert!(!Op::CreateGroupEvent {
             body: body.clone(),
             reject: false,

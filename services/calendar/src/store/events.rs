@@ -564,17 +564,22 @@ impl Store {
             ));
         }
         let check: Vec<Uuid> = cur.value.participants().collect();
-        let (_, agendas) = self.agendas_for(&cur.value, &check, 0).await?;
+        let conflicts = self.conflicts_now(&cur.value, check).await?;
+        Ok(Some((cur.value, conflicts)))
+    }
+
+    /// The conflicts `ev` has now for each person of `check`.
+    async fn conflicts_now(&self, ev: &EventRecord, check: Vec<Uuid>) -> ApiResult<Vec<Conflict>> {
+        let (_, agendas) = self.agendas_for(ev, &check, 0).await?;
         let w = Write {
-            ev: &cur.value,
+            ev,
             check,
             reject: false,
             guards: Vec::new(),
             notify: Vec::new(),
             previous: None,
         };
-        let conflicts = conflicts_in(&w, &agendas);
-        Ok(Some((cur.value, conflicts)))
+        Ok(conflicts_in(&w, &agendas))
     }
 
     /// An event the caller takes part in (404 for anyone else, so ids
@@ -697,7 +702,8 @@ impl Store {
         .await
     }
 
-    /// Records the caller's answer; accepting reports conflicts.
+    /// Records the caller's answer; accepting reports conflicts. The same
+    /// answer again changes nothing and tells nobody, so a repeat is safe.
     pub async fn rsvp(
         &self,
         caller: Uuid,
@@ -707,11 +713,21 @@ impl Store {
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
         self.optimistic_unconfirmed_first("this event", |confirmed| async move {
             let cur = self.event_to_change(caller, id, confirmed).await?;
+            let busy = matches!(status, AttendeeStatus::Accepted | AttendeeStatus::Tentative);
+            if cur.value.status_of(caller) == Some(status) {
+                // The same answer again (a retry, a second tab): nothing to
+                // write and nobody to tell. Decided on confirmed reads only.
+                if !confirmed {
+                    return Ok(Attempt::Retry);
+                }
+                let check = if busy { vec![caller] } else { Vec::new() };
+                let conflicts = self.conflicts_now(&cur.value, check).await?;
+                return Ok(Attempt::Done((cur.value, conflicts)));
+            }
             let mut ev = cur.value.clone();
             for a in ev.attendees.iter_mut().filter(|a| a.user_id == caller) {
                 a.status = status;
             }
-            let busy = matches!(status, AttendeeStatus::Accepted | AttendeeStatus::Tentative);
             let notify = if ev.organizer_id != caller {
                 vec![(ev.organizer_id, "rsvp")]
             } else {
