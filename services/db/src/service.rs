@@ -85,9 +85,7 @@ impl Db {
         // ReadIndex round: that revision is committed and history never
         // changes, so every node answers it the same. (Later revisions, or
         // "now", still go through the barrier.)
-        let applied_here =
-            req.revision > 0 && req.revision <= self.node.shared.revision.load(Ordering::Acquire);
-        if !req.stale && !applied_here {
+        if !req.stale && !self.applied_here(req.revision) {
             self.read_barrier().await?;
         }
         let txn = self.db.begin_read()?;
@@ -97,15 +95,21 @@ impl Db {
         Ok(resp)
     }
 
+    /// Whether `revision` names a past revision this node has applied:
+    /// committed history, the same on every node, readable without a
+    /// ReadIndex round.
+    fn applied_here(&self, revision: i64) -> bool {
+        revision > 0 && revision <= self.node.shared.revision.load(Ordering::Acquire)
+    }
+
     async fn read_txn(&self, req: TxnRequest) -> Result<TxnResponse> {
         // Without compares, ranges all at revisions applied here are
         // history: no ReadIndex round, as for a single range.
-        let applied = self.node.shared.revision.load(Ordering::Acquire);
         let history_only = req.compare.is_empty()
             && !req.success.is_empty()
             && req.success.iter().all(|op| {
                 matches!(&op.request, Some(request_op::Request::Range(r))
-                    if r.revision > 0 && r.revision <= applied)
+                    if self.applied_here(r.revision))
             });
         if !history_only {
             self.read_barrier().await?;

@@ -193,16 +193,9 @@ impl Store {
     /// Accounts by username (each must exist: 422 naming `field`).
     pub async fn users_by_name(&self, names: &[String], field: &str) -> ApiResult<Vec<UserRecord>> {
         let found =
-            futures::future::try_join_all(names.iter().map(|n| self.user_by_name(n))).await?;
-        names
-            .iter()
-            .zip(found)
-            .map(|(name, user)| {
-                user.ok_or_else(|| {
-                    ApiError::invalid_field(field, format!("no user named {name:?}"))
-                })
-            })
-            .collect()
+            futures::future::try_join_all(names.iter().map(|n| self.person(n, field, true)))
+                .await?;
+        Ok(found.into_iter().map(|v| v.value).collect())
     }
 
     /// Updates the caller's profile; `hash` is the new password's hash.
