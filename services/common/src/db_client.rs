@@ -304,15 +304,9 @@ impl DbClient {
     /// Runs a transaction. One that only reads (every operation a range)
     /// is served like a read, without a log entry or a request id.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
-        if req.is_read_only() {
-            return self
-                .call_leader_first(|mut c| {
-                    let req = req.clone();
-                    async move { c.txn(req).await }
-                })
-                .await;
+        if !req.is_read_only() {
+            fill_id(&mut req.request_id);
         }
-        fill_id(&mut req.request_id);
         self.call_leader_first(|mut c| {
             let req = req.clone();
             async move { c.txn(req).await }
