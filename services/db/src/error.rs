@@ -8,6 +8,9 @@ pub enum Error {
     /// The disk store failed; the node stops rather than risk divergence.
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),
+    /// A file of the data dir could not be read or written.
+    #[error("{0}")]
+    Io(String),
     /// A persisted or received record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -97,7 +100,7 @@ impl Error {
             Error::NoLeader | Error::Timeout(_) | Error::Stopped => "unavailable",
             Error::Config(_) => "config",
             Error::Fatal(_) => "internal",
-            Error::Storage(_) | Error::Corrupt(_) | Error::Raft(_) => "internal",
+            Error::Storage(_) | Error::Io(_) | Error::Corrupt(_) | Error::Raft(_) => "internal",
         }
     }
 }
@@ -116,6 +119,7 @@ impl From<Error> for tonic::Status {
             Error::Config(_)
             | Error::Fatal(_)
             | Error::Storage(_)
+            | Error::Io(_)
             | Error::Corrupt(_)
             | Error::Raft(_) => {
                 tracing::error!(error = %e, "internal error while serving a request");

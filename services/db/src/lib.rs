@@ -1,12 +1,15 @@
 //! agenda-db: one node of Agenda's replicated store of record and service
-//! registry. raft-rs replicates an etcd-v3-like key-value state machine;
-//! redb keeps the raft log and the state in two files (see [`schema`]).
+//! registry. raft-rs replicates an etcd-v3-like key-value state machine
+//! held in memory; redb keeps the raft log, and a state file written off
+//! the raft thread bounds how much of it a restart replays (see
+//! [`state_file`]).
 //!
 //! Layout:
 //! - [`config`]: flags and environment.
 //! - [`node`]: the raft loop (one thread owns the `RawNode`).
 //! - [`storage`]: raft log / hard state in redb (raft-rs `Storage`).
 //! - [`state_machine`]: what applying a command does; snapshots.
+//! - [`state_file`]: the state on disk, written in the background.
 //! - [`schema`]: the redb tables.
 //! - [`transport`]: raft messages between nodes over gRPC streams.
 //! - [`service`]: the request layer (retries, ReadIndex, watches).
@@ -22,6 +25,7 @@ pub mod metrics;
 pub mod node;
 pub mod schema;
 pub mod service;
+pub mod state_file;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
@@ -42,13 +46,14 @@ pub use config::Config;
 pub use error::{Error, Result};
 
 use node::{Exit, Node, NodeConfig};
-use state_machine::{StateMachine, Tables};
+use state_file::StateFiles;
+use state_machine::{SharedState, StateMachine};
 use storage::RaftStorage;
+
+pub use state_file::STATE_FILE;
 
 /// The raft log file inside the data dir (see `schema.rs`).
 pub const LOG_FILE: &str = "raft-log.redb";
-/// The state machine file inside the data dir.
-pub const STATE_FILE: &str = "state.redb";
 /// Where the log of a new cluster starts (see `RaftStorage::bootstrap`).
 const BOOTSTRAP_INDEX: u64 = 5;
 /// Term of that starting point.
@@ -56,8 +61,8 @@ const BOOTSTRAP_TERM: u64 = 5;
 /// How long in-flight requests get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens (or creates) a node's database file, creating every table so
-/// readers never meet a missing one.
+/// Opens (or creates) a node's log file, creating its tables so readers
+/// never meet a missing one.
 pub fn open_database(path: &Path) -> Result<Database> {
     let db = Database::create(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => Error::Config(format!(
@@ -72,8 +77,8 @@ pub fn open_database(path: &Path) -> Result<Database> {
     })?;
     let txn = db.begin_write()?;
     {
-        let _ = Tables::open(&txn)?;
         let _ = txn.open_table(schema::LOG)?;
+        let _ = txn.open_table(schema::META)?;
     }
     txn.commit()?;
     Ok(db)
@@ -125,22 +130,32 @@ pub async fn run(
         ))
     })?;
     let log_db = Arc::new(open_database(&cfg.data_dir.join(LOG_FILE))?);
-    let state_db = Arc::new(open_database(&cfg.data_dir.join(STATE_FILE))?);
     let fresh_log = check_identity(&log_db, &cfg.cluster_token, cfg.id)?;
-    let fresh_state = check_identity(&state_db, &cfg.cluster_token, cfg.id)?;
-    if fresh_log != fresh_state {
+    let state_files = Arc::new(StateFiles::new(
+        &cfg.data_dir,
+        &cfg.cluster_token,
+        cfg.id,
+    ));
+    let loaded = state_files.load(cfg.history)?;
+    if fresh_log != loaded.is_none() {
         return Err(Error::Config(format!(
             "{} has only one of {LOG_FILE} and {STATE_FILE}; it cannot be used (remove it and re-add the member)",
             cfg.data_dir.display()
         )));
     }
+    let fresh = loaded.is_none();
+    let mut sm = loaded.unwrap_or_else(|| StateMachine::new(cfg.history));
+    let published = SharedState::new(sm.clone());
 
-    let mut storage = RaftStorage::load(&log_db, state_db.clone())?;
-    let mut sm = StateMachine::load(&state_db, cfg.history)?;
+    let mut storage = RaftStorage::load(&log_db, published.clone())?;
     if !storage.is_initialized() && !cfg.join {
-        bootstrap(&log_db, &state_db, &mut storage, &mut sm, &members)?;
+        bootstrap(&log_db, &state_files, &mut storage, &mut sm, &members)?;
         tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapped a new cluster member");
     } else if cfg.join && !storage.is_initialized() {
+        if fresh {
+            // So a restart finds both files (see the check above).
+            state_files.write(&sm)?;
+        }
         tracing::info!("starting empty; waiting for the leader to send a snapshot");
     } else {
         reconcile(&log_db, &mut storage, &sm).map_err(|e| match e {
@@ -158,7 +173,8 @@ pub async fn run(
     // Members known from the data win; --peers fills in the rest (a
     // joining node needs them to answer the leader).
     let mut book: BTreeMap<u64, String> = members;
-    book.extend(sm.members.clone());
+    book.extend(sm.members.iter().map(|(id, addr)| (*id, addr.clone())));
+    published.store(sm.clone());
     let transport = transport::Transport::new(
         cfg.id,
         cfg.cluster_token.clone(),
@@ -179,8 +195,9 @@ pub async fn run(
         node_cfg,
         storage,
         log_db.clone(),
-        state_db.clone(),
+        state_files,
         sm,
+        published.clone(),
         hub.clone(),
         transport.clone(),
         metrics.clone(),
@@ -197,7 +214,7 @@ pub async fn run(
     let stop_servers = CancellationToken::new();
     let db_service = service::Db::new(
         handle.clone(),
-        state_db.clone(),
+        published,
         hub,
         cfg.request_timeout(),
         stop_servers.clone(),
@@ -278,9 +295,9 @@ pub async fn run(
 }
 
 /// Brings the log file in line with the state file after a restart. The
-/// two are committed separately (see `schema.rs`), so a crash can leave the
-/// state behind the log (normal: the node replays) or, in the middle of a
-/// snapshot install, ahead of it.
+/// two are written separately, so a crash leaves the state behind the log
+/// (normal: the node replays) or, in the middle of a snapshot install,
+/// ahead of it.
 fn reconcile(log_db: &Database, storage: &mut RaftStorage, sm: &StateMachine) -> Result<()> {
     if storage.hard_state().commit < sm.applied.0 {
         // The commit index is saved lazily; what was applied was
@@ -320,9 +337,11 @@ fn reconcile(log_db: &Database, storage: &mut RaftStorage, sm: &StateMachine) ->
     Ok(())
 }
 
+/// Makes a founding member: the state first, then the log, so a crash in
+/// between is repaired by `reconcile` (state ahead of the log).
 fn bootstrap(
     log_db: &Database,
-    state_db: &Database,
+    state_files: &StateFiles,
     storage: &mut RaftStorage,
     sm: &mut StateMachine,
     members: &BTreeMap<u64, String>,
@@ -331,15 +350,11 @@ fn bootstrap(
         voters: members.keys().copied().collect(),
         ..Default::default()
     };
-    let txn = state_db.begin_write()?;
-    storage.set_conf_state(&txn, cs)?;
-    {
-        let mut t = Tables::open(&txn)?;
-        sm.applied = (BOOTSTRAP_INDEX, BOOTSTRAP_TERM);
-        sm.set_members(&mut t, members.clone())?;
-        sm.persist(&mut t)?;
-    }
-    txn.commit()?;
+    sm.applied = (BOOTSTRAP_INDEX, BOOTSTRAP_TERM);
+    sm.set_members(members.clone());
+    sm.conf_state = cs.clone();
+    state_files.write(sm)?;
+    storage.conf_state_applied(cs);
     let txn = log_db.begin_write()?;
     storage.bootstrap(&txn, BOOTSTRAP_INDEX, BOOTSTRAP_TERM)?;
     txn.commit()?;
@@ -363,10 +378,10 @@ mod tests {
 
     /// A founding member's files with log entries 6..=10, compacted up to
     /// `compact_to` (5 = not at all).
-    fn setup(compact_to: u64) -> (tempfile::TempDir, Database, Arc<Database>, RaftStorage) {
+    fn setup(compact_to: u64) -> (tempfile::TempDir, Database, SharedState, RaftStorage) {
         let dir = tempfile::tempdir().unwrap();
         let log = open_database(&dir.path().join(LOG_FILE)).unwrap();
-        let state = Arc::new(open_database(&dir.path().join(STATE_FILE)).unwrap());
+        let state = SharedState::new(StateMachine::new(100));
         let mut storage = RaftStorage::load(&log, state.clone()).unwrap();
         let txn = log.begin_write().unwrap();
         storage.bootstrap(&txn, 5, 5).unwrap();
@@ -379,7 +394,7 @@ mod tests {
     #[test]
     fn a_state_ahead_of_the_log_moves_the_log_forward() {
         let (_dir, log, state, mut storage) = setup(5);
-        let mut sm = StateMachine::load(&state, 100).unwrap();
+        let mut sm = StateMachine::new(100);
         sm.applied = (20, 6); // as if a snapshot at 20 was installed
         reconcile(&log, &mut storage, &sm).unwrap();
         assert_eq!((storage.first(), storage.last()), (21, 20));
@@ -390,8 +405,8 @@ mod tests {
 
     #[test]
     fn a_state_behind_the_log_is_replayed_and_lifts_the_commit_index() {
-        let (_dir, log, state, mut storage) = setup(5);
-        let mut sm = StateMachine::load(&state, 100).unwrap();
+        let (_dir, log, _state, mut storage) = setup(5);
+        let mut sm = StateMachine::new(100);
         sm.applied = (8, 6);
         reconcile(&log, &mut storage, &sm).unwrap();
         assert_eq!((storage.first(), storage.last()), (6, 10));
@@ -400,8 +415,8 @@ mod tests {
 
     #[test]
     fn a_state_older_than_the_log_start_is_refused() {
-        let (_dir, log, state, mut storage) = setup(8);
-        let mut sm = StateMachine::load(&state, 100).unwrap();
+        let (_dir, log, _state, mut storage) = setup(8);
+        let mut sm = StateMachine::new(100);
         sm.applied = (6, 6);
         let err = reconcile(&log, &mut storage, &sm).unwrap_err();
         assert!(err

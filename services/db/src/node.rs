@@ -1,14 +1,16 @@
 //! The raft node: one thread owns the `RawNode`, the state machine and the
-//! write side of the database.
+//! write side of the log file.
 //!
 //! Each turn of the loop drains the mailbox into raft (`step`, `propose`,
 //! `read_index`), ticks, then handles one `Ready` in the order raft-rs
 //! documents: send the leader's messages, install a snapshot, append new
 //! entries and save the hard state in ONE log-file transaction (one fsync
 //! however many proposals arrived meanwhile: group commit), apply committed
-//! entries in one state-file transaction (see `schema.rs` for the two
-//! files), send the messages that must wait for persistence, advance, and
-//! apply what the advance committed.
+//! entries to the in-memory state and publish it to readers, send the
+//! messages that must wait for persistence, advance, and apply what the
+//! advance committed. Every `--state-sync-ms` a copy of the state goes to
+//! the state-file thread (`state_file.rs`); the log is compacted only up
+//! to what a state file covers.
 //!
 //! A storage error ends the loop with an error: the node stops rather than
 //! continue with a state it could not persist.
@@ -26,12 +28,14 @@ use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole, INVALID_ID};
 use redb::{Database, Durability};
+
+use crate::state_file::{Background, StateFiles};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::lease::LeaseClock;
 use crate::metrics::Metrics;
-use crate::state_machine::{Effects, LeaseEffect, StateMachine, Tables};
+use crate::state_machine::{Effects, LeaseEffect, SharedState, StateMachine};
 use crate::storage::RaftStorage;
 use crate::transport::Transport;
 use crate::watch::WatchHub;
@@ -58,7 +62,7 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Compact the log once it holds this many applied entries.
     pub snapshot_threshold: u64,
-    /// How often the state file is committed durably.
+    /// How often a state file is written (when anything was applied).
     pub state_sync: Duration,
 }
 
@@ -211,11 +215,13 @@ pub struct Node {
     cfg: NodeConfig,
     raw: RawNode<RaftStorage>,
     log_db: Arc<Database>,
-    state_db: Arc<Database>,
-    /// Applied index as of the last durable state-file commit.
-    durable_applied: u64,
+    state_files: Arc<StateFiles>,
+    background: Background,
+    /// When the last state was handed to the state-file thread.
     last_state_sync: Instant,
     sm: StateMachine,
+    /// What readers see: `sm` as of the end of the last apply batch.
+    published: SharedState,
     leases: LeaseClock,
     hub: WatchHub,
     transport: Transport,
@@ -245,8 +251,9 @@ impl Node {
         cfg: NodeConfig,
         storage: RaftStorage,
         log_db: Arc<Database>,
-        state_db: Arc<Database>,
+        state_files: Arc<StateFiles>,
         sm: StateMachine,
+        published: SharedState,
         hub: WatchHub,
         transport: Transport,
         metrics: Metrics,
@@ -267,7 +274,7 @@ impl Node {
         let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => cfg.id));
         let raw = RawNode::new(&raft_cfg, storage, &logger)?;
         let mut leases = LeaseClock::default();
-        leases.reset(StateMachine::leases(&state_db)?, Instant::now());
+        leases.reset(sm.leases(), Instant::now());
         let shared = Arc::new(Shared::default());
         shared.running.store(true, Ordering::Release);
         shared.revision.store(sm.revision, Ordering::Release);
@@ -280,15 +287,16 @@ impl Node {
             tx,
             shared: shared.clone(),
         };
-        let durable_applied = sm.applied.0;
+        let background = Background::start(cfg.id, state_files.clone(), metrics.clone())?;
         let node = Node {
             cfg,
             raw,
             log_db,
-            state_db,
-            durable_applied,
+            state_files,
+            background,
             last_state_sync: Instant::now(),
             sm,
+            published,
             leases,
             hub,
             transport,
@@ -347,12 +355,8 @@ impl Node {
                 last_tick = Instant::now();
                 self.raw.tick();
                 self.on_tick();
-                if self.sm.applied.0 > self.durable_applied
-                    && self.last_state_sync.elapsed() >= self.cfg.state_sync
-                {
-                    // Idle after a burst: sync so a restart replays little.
-                    self.sync_state()?;
-                }
+                // Also when idle after a burst, so a restart replays little.
+                self.maybe_write_state();
             }
             self.on_ready()?;
             if self.removed {
@@ -457,7 +461,7 @@ impl Node {
             commit: raft.raft_log.committed,
             applied: self.sm.applied.0,
             role: role_name(raft.state),
-            members: self.sm.members.clone(),
+            members: BTreeMap::clone(&self.sm.members),
             revision: self.sm.revision,
             compact_revision: self.sm.compact_revision,
             voters: {
@@ -607,8 +611,8 @@ impl Node {
         Ok(())
     }
 
-    /// Applies committed entries in one state-file transaction (durable
-    /// every `cfg.state_sync`), then answers callers.
+    /// Applies committed entries, publishes the new state to readers,
+    /// then answers callers.
     fn apply_and_deliver(&mut self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
@@ -617,23 +621,10 @@ impl Node {
         self.metrics
             .apply_batch_entries
             .observe(entries.len() as f64);
-        let durable = self.last_state_sync.elapsed() >= self.cfg.state_sync;
-        let mut txn = self.state_db.begin_write()?;
-        if !durable {
-            // Safe: these entries are durable in the log; after a crash the
-            // state file is older and the node applies them again from it.
-            txn.set_durability(Durability::None)?;
-        }
         let mut outcomes = Vec::new();
-        self.apply_entries(&txn, entries, &mut outcomes)?;
-        let started = Instant::now();
-        txn.commit()?;
-        if durable {
-            self.metrics
-                .state_sync_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.sync_state_done();
-        }
+        self.apply_entries(entries, &mut outcomes)?;
+        self.published.store(self.sm.clone());
+        self.maybe_write_state();
         self.metrics
             .apply_seconds
             .observe(apply_started.elapsed().as_secs_f64());
@@ -641,24 +632,25 @@ impl Node {
         Ok(())
     }
 
-    fn sync_state_done(&mut self) {
-        self.last_state_sync = Instant::now();
-        self.durable_applied = self.sm.applied.0;
+    /// Offers the state to the state-file thread every `cfg.state_sync`.
+    fn maybe_write_state(&mut self) {
+        if self.last_state_sync.elapsed() >= self.cfg.state_sync
+            && self.sm.applied.0 > self.state_files.durable_applied()
+            && self.background.offer(&self.sm)
+        {
+            self.last_state_sync = Instant::now();
+        }
     }
 
-    /// Makes the state file durable now (shutdown).
+    /// Writes the state file now, on this thread (shutdown).
     fn sync_state(&mut self) -> Result<()> {
-        let txn = self.state_db.begin_write()?;
-        {
-            let mut t = Tables::open(&txn)?;
-            self.sm.persist(&mut t)?;
-        }
+        self.background.stop();
         let started = Instant::now();
-        txn.commit()?;
-        self.metrics
-            .state_sync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.sync_state_done();
+        if self.state_files.write(&self.sm)? {
+            self.metrics
+                .state_sync_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
@@ -670,33 +662,23 @@ impl Node {
             bytes = snap.get_data().len(),
             "installing snapshot from the leader"
         );
+        self.sm.restore(snap)?;
         // State first and durably: if we crash before the log is reset, the
         // log merely holds entries the state already includes.
-        let txn = self.state_db.begin_write()?;
-        self.sm.restore(&txn, snap)?;
-        txn.commit()?;
-        self.sync_state_done();
+        self.state_files.write(&self.sm)?;
         let txn = self.log_db.begin_write()?;
         self.raw.mut_store().apply_snapshot(&txn, meta)?;
         txn.commit()?;
         self.metrics.snapshots_installed.inc();
+        self.published.store(self.sm.clone());
         self.transport.set_members(&self.sm.members);
         self.publish_position();
         // Deadlines restart from now; see lease.rs.
-        self.leases.reset(snapshot_leases(snap)?, Instant::now());
+        self.leases.reset(self.sm.leases(), Instant::now());
         Ok(())
     }
 
-    fn apply_entries(
-        &mut self,
-        txn: &redb::WriteTransaction,
-        entries: Vec<Entry>,
-        outcomes: &mut Vec<Outcome>,
-    ) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut t = Tables::open(txn)?;
+    fn apply_entries(&mut self, entries: Vec<Entry>, outcomes: &mut Vec<Outcome>) -> Result<()> {
         let term = self.raw.raft.term;
         for e in entries {
             if e.index <= self.sm.applied.0 {
@@ -710,7 +692,7 @@ impl Node {
                 EntryType::EntryNormal => {
                     let cmd = Command::decode(e.data.as_ref())?;
                     let (result, effects) =
-                        self.sm.apply(&mut t, e.index, e.term, self.cfg.id, &cmd)?;
+                        self.sm.apply(e.index, e.term, self.cfg.id, &cmd)?;
                     outcomes.push(Outcome {
                         request_id: cmd.request_id,
                         result: Some(result),
@@ -720,10 +702,9 @@ impl Node {
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)?;
                     let change = MemberChange::decode(cc.context.as_ref())?;
-                    let result = self.apply_conf_change(&mut t, &cc, &change, term)?;
+                    let result = self.apply_conf_change(&cc, &change, term);
                     self.sm.applied = (e.index, e.term);
-                    self.sm
-                        .dedup_record(&mut t, &change.request_id, now_ms(), &result)?;
+                    self.sm.dedup_record(&change.request_id, now_ms(), &result);
                     outcomes.push(Outcome {
                         request_id: change.request_id,
                         result: Some(result),
@@ -739,22 +720,20 @@ impl Node {
                 }
             }
         }
-        self.sm.persist(&mut t)?;
         Ok(())
     }
 
     fn apply_conf_change(
         &mut self,
-        t: &mut Tables,
         cc: &ConfChange,
         change: &MemberChange,
         term: u64,
-    ) -> Result<CommandResult> {
+    ) -> CommandResult {
         let cs = match self.raw.apply_conf_change(cc) {
             Ok(cs) => cs,
             Err(e) => {
                 tracing::warn!(error = %e, node = cc.node_id, "conf change not applicable");
-                return Ok(CommandResult {
+                return CommandResult {
                     result: Some(command_result::Result::Error(
                         agenda_proto::raft::CommandError {
                             code: agenda_proto::raft::command_error::Code::FailedPrecondition
@@ -762,10 +741,10 @@ impl Node {
                             message: format!("membership change refused: {e}"),
                         },
                     )),
-                });
+                };
             }
         };
-        let mut members = self.sm.members.clone();
+        let mut members = BTreeMap::clone(&self.sm.members);
         match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 tracing::info!(node = change.id, addr = %change.addr, "member added");
@@ -779,22 +758,22 @@ impl Node {
                 }
             }
         }
-        self.sm.set_members(t, members)?;
-        t.put_conf_state(&cs)?;
+        self.sm.set_members(members);
+        self.sm.conf_state = cs.clone();
         self.raw.mut_store().conf_state_applied(cs);
         self.transport.set_members(&self.sm.members);
-        Ok(CommandResult {
+        CommandResult {
             result: Some(command_result::Result::MemberChange(MemberChangeResponse {
                 header: Some(self.sm.header(self.cfg.id, term)),
                 members: self.sm.member_list(),
             })),
-        })
+        }
     }
 
     fn maybe_compact(&mut self, txn: &redb::WriteTransaction) -> Result<()> {
-        // Never past what the state file has synced: a crash must be able
-        // to replay the rest from the log.
-        let applied = self.durable_applied;
+        // Never past what a state file covers: a crash must be able to
+        // replay the rest from the log.
+        let applied = self.state_files.durable_applied();
         let first = self.raw.store().first();
         if applied >= first && applied - first >= self.cfg.snapshot_threshold {
             // Keep a tail so followers that are only slightly behind still
@@ -886,11 +865,6 @@ fn coalesce_proposals(msgs: Vec<Message>) -> Vec<Message> {
         out.push(m);
     }
     out
-}
-
-fn snapshot_leases(snap: &Snapshot) -> Result<Vec<(i64, i64)>> {
-    let data = agenda_proto::raft::SnapshotData::decode(snap.get_data())?;
-    Ok(data.leases.iter().map(|l| (l.id, l.ttl)).collect())
 }
 
 fn role_name(role: StateRole) -> &'static str {

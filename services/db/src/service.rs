@@ -9,7 +9,6 @@
 //! then read the local replica; `stale` reads skip the round.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agenda_proto::db::{
@@ -20,13 +19,12 @@ use agenda_proto::db::{
     WatchResponse,
 };
 use agenda_proto::raft::{command, command_result, Command, MemberChange};
-use redb::{Database, ReadableDatabase};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::node::{now_ms, NodeHandle, Request, Status};
-use crate::state_machine::{self, refusal_to_error};
+use crate::state_machine::{self, refusal_to_error, SharedState};
 use crate::watch::WatchHub;
 
 /// A proposal with no answer after this long is proposed again.
@@ -40,7 +38,7 @@ const REPLAY_CHUNK: usize = 256;
 #[derive(Clone)]
 pub struct Db {
     node: NodeHandle,
-    db: Arc<Database>,
+    state: SharedState,
     hub: WatchHub,
     timeout: Duration,
     /// Ends watch streams at shutdown so connections can drain.
@@ -51,14 +49,14 @@ impl Db {
     /// Builds the request layer over a running node.
     pub fn new(
         node: NodeHandle,
-        db: Arc<Database>,
+        state: SharedState,
         hub: WatchHub,
         timeout: Duration,
         shutdown: CancellationToken,
     ) -> Self {
         Db {
             node,
-            db,
+            state,
             hub,
             timeout,
             shutdown,
@@ -88,8 +86,7 @@ impl Db {
         if !req.stale && !self.applied_here(req.revision) {
             self.read_barrier().await?;
         }
-        let txn = self.db.begin_read()?;
-        let mut resp = state_machine::range_at(&txn, &req)?;
+        let mut resp = state_machine::range_at(&self.state.load(), &req)?;
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
         resp.header = self.header(revision);
         Ok(resp)
@@ -114,8 +111,7 @@ impl Db {
         if !history_only {
             self.read_barrier().await?;
         }
-        let txn = self.db.begin_read()?;
-        let mut resp = state_machine::read_txn(&txn, &req)?;
+        let mut resp = state_machine::read_txn(&self.state.load(), &req)?;
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
         resp.header = self.header(revision);
         Ok(resp)
@@ -369,21 +365,10 @@ impl Db {
         let this = self.clone();
         tokio::spawn(async move {
             let mut last = start - 1;
-            let history = this
-                .db
-                .begin_read()
-                .map_err(Error::from)
-                .and_then(|txn| state_machine::history_since(&txn, start));
-            let history = match history {
-                Ok(h) => h,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
+            let history = state_machine::history_since(&this.state.load(), start);
             let mut chunk = Vec::new();
             for (rev, events) in history {
-                chunk.extend(filter(&req, events));
+                chunk.extend(filter(&req, events.iter().cloned()));
                 last = rev;
                 if chunk.len() >= REPLAY_CHUNK && !this.emit(&tx, rev, &mut chunk).await {
                     return;

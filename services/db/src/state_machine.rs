@@ -1,6 +1,14 @@
 //! The replicated key-value state: what applying a committed command does.
 //!
-//! Pure with respect to its inputs: a command and the current tables give
+//! The whole state lives in memory, in persistent (copy-on-write) maps, the
+//! way etcd keeps its index in memory. Why: applying a command to a disk
+//! B-tree cost about half of a node's CPU at load, while a clone of these
+//! maps is O(1), so the node can publish a consistent copy to readers after
+//! every apply batch and hand one to the state-file writer
+//! (`state_file.rs`) without ever stopping the raft thread. Durability comes
+//! from the raft log, which is kept until a state file covers it.
+//!
+//! Pure with respect to its inputs: a command and the current state give
 //! the same result on every replica. Time comes only from the command
 //! (`proposed_at_ms`), never from the local clock, and a command is fully
 //! validated before anything is written, so a refused command leaves no
@@ -8,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::{Arc, RwLock};
 
 use agenda_proto::db::{
     compare, event, request_op, response_op, Compare, DeleteRequest, DeleteResponse, Event,
@@ -17,18 +26,19 @@ use agenda_proto::db::{
 };
 use agenda_proto::raft::{
     command, command_error, command_result, Applied, Command, CommandError, CommandResult,
-    DedupRecord, Lease, Members, Revision, SnapshotData,
+    DedupRecord, Lease, Members, RevisionRecord, SnapshotData,
 };
+use bytes::Bytes;
+use imbl::{HashMap, OrdMap, OrdSet};
 use prost::Message as _;
-use protobuf::Message as _;
 use raft::prelude::{ConfState, Snapshot};
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
 use crate::error::{Error, Result};
-use crate::schema::{self, DEDUP, DEDUP_AGE, HISTORY, KV, LEASES, LEASE_KEYS, META};
 
-/// How long a request id is remembered for exactly-once retries.
-pub const DEDUP_RETENTION_MS: u64 = 15 * 60 * 1000;
+/// How long a request id is remembered for exactly-once retries. Clients
+/// retry within their request deadline (seconds); the margin is wide, and
+/// the records cost memory (about 150 bytes per write in the window).
+pub const DEDUP_RETENTION_MS: u64 = 5 * 60 * 1000;
 /// Old dedup records and history are expired in rounds, every `GC_EVERY`
 /// entries (or revisions), at most `GC_BATCH` at a time: never a scan per
 /// write, never a long pause. The triggers depend only on replicated state,
@@ -61,43 +71,27 @@ pub enum LeaseEffect {
     Revoked(i64),
 }
 
-/// All tables of the state machine, opened once per write transaction.
-pub struct Tables<'t> {
-    kv: Table<'t, &'static [u8], &'static [u8]>,
-    leases: Table<'t, i64, &'static [u8]>,
-    lease_keys: Table<'t, (i64, &'static [u8]), ()>,
-    history: Table<'t, i64, &'static [u8]>,
-    dedup: Table<'t, &'static str, &'static [u8]>,
-    dedup_age: Table<'t, (u64, &'static str), ()>,
-    meta: Table<'t, &'static str, &'static [u8]>,
+/// The maps of the state. Values sit behind `Arc` and keys are `Bytes` so
+/// the copy-on-write of a tree node after a publish copies pointers, not
+/// data.
+#[derive(Clone, Default)]
+struct Tables {
+    /// Live keys.
+    kv: OrdMap<Bytes, Arc<KeyValue>>,
+    /// Lease id -> TTL in seconds.
+    leases: OrdMap<i64, i64>,
+    /// Keys attached to each lease, so a revoke finds them without a scan.
+    lease_keys: OrdSet<(i64, Bytes)>,
+    /// Per-revision events, for Watch replay and past reads.
+    history: OrdMap<i64, Arc<Vec<Event>>>,
+    /// Exactly-once: request id -> its first result.
+    dedup: HashMap<Arc<str>, Arc<Applied>>,
+    /// Dedup records by age, so expiry is a range scan.
+    dedup_age: OrdSet<(u64, Arc<str>)>,
 }
 
-impl<'t> Tables<'t> {
-    /// Opens every state machine table in `txn`.
-    pub fn open(txn: &'t WriteTransaction) -> Result<Self> {
-        Ok(Tables {
-            kv: txn.open_table(KV)?,
-            leases: txn.open_table(LEASES)?,
-            lease_keys: txn.open_table(LEASE_KEYS)?,
-            history: txn.open_table(HISTORY)?,
-            dedup: txn.open_table(DEDUP)?,
-            dedup_age: txn.open_table(DEDUP_AGE)?,
-            meta: txn.open_table(META)?,
-        })
-    }
-}
-
-impl Tables<'_> {
-    /// Persists the configuration (conf change applied).
-    pub fn put_conf_state(&mut self, cs: &ConfState) -> Result<()> {
-        self.meta
-            .insert(schema::META_CONF_STATE, cs.write_to_bytes()?.as_slice())?;
-        Ok(())
-    }
-}
-
-/// In-memory view of the state machine's position; the data is in redb.
-#[derive(Debug, Clone)]
+/// The replicated state as of `applied`. Cloning is O(1).
+#[derive(Clone)]
 pub struct StateMachine {
     /// (index, term) of the last applied entry.
     pub applied: (u64, u64),
@@ -106,64 +100,42 @@ pub struct StateMachine {
     /// Oldest revision whose history is gone (watch/range below it fail).
     pub compact_revision: i64,
     /// Member id -> gRPC address, as of `applied`.
-    pub members: BTreeMap<u64, String>,
+    pub members: Arc<BTreeMap<u64, String>>,
+    /// The raft configuration as of `applied`.
+    pub conf_state: ConfState,
+    t: Tables,
     /// Number of revisions of history kept.
     history_keep: i64,
 }
 
-impl StateMachine {
-    /// Reads the persisted position.
-    pub fn load(db: &Database, history_keep: i64) -> Result<Self> {
-        let txn = db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let applied = match meta.get(schema::META_APPLIED)? {
-            Some(v) => schema::read_pair_u64(v.value())
-                .ok_or_else(|| Error::Corrupt("applied index record".into()))?,
-            None => (0, 0),
-        };
-        let (revision, compact_revision) = match meta.get(schema::META_REVISION)? {
-            Some(v) => {
-                let (a, b) = schema::read_pair_u64(v.value())
-                    .ok_or_else(|| Error::Corrupt("revision record".into()))?;
-                (a as i64, b as i64)
-            }
-            None => (0, 0),
-        };
-        let members = match meta.get(schema::META_MEMBERS)? {
-            Some(v) => members_map(Members::decode(v.value())?),
-            None => BTreeMap::new(),
-        };
-        Ok(StateMachine {
-            applied,
-            revision,
-            compact_revision,
-            members,
-            history_keep: history_keep.max(1),
-        })
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("applied", &self.applied)
+            .field("revision", &self.revision)
+            .field("compact_revision", &self.compact_revision)
+            .field("keys", &self.t.kv.len())
+            .finish_non_exhaustive()
     }
+}
 
-    /// Writes the position records; call once per batch, before commit.
-    pub fn persist(&self, t: &mut Tables) -> Result<()> {
-        t.meta.insert(
-            schema::META_APPLIED,
-            schema::pair_u64(self.applied.0, self.applied.1).as_slice(),
-        )?;
-        t.meta.insert(
-            schema::META_REVISION,
-            schema::pair_u64(self.revision as u64, self.compact_revision as u64).as_slice(),
-        )?;
-        Ok(())
+impl StateMachine {
+    /// An empty state (a new node, before bootstrap or a snapshot).
+    pub fn new(history_keep: i64) -> Self {
+        StateMachine {
+            applied: (0, 0),
+            revision: 0,
+            compact_revision: 0,
+            members: Arc::default(),
+            conf_state: ConfState::default(),
+            t: Tables::default(),
+            history_keep: history_keep.max(1),
+        }
     }
 
     /// Records the member list (bootstrap and conf changes).
-    pub fn set_members(&mut self, t: &mut Tables, members: BTreeMap<u64, String>) -> Result<()> {
-        self.members = members;
-        let list = Members {
-            members: self.member_list(),
-        };
-        t.meta
-            .insert(schema::META_MEMBERS, list.encode_to_vec().as_slice())?;
-        Ok(())
+    pub fn set_members(&mut self, members: BTreeMap<u64, String>) {
+        self.members = Arc::new(members);
     }
 
     /// The members as protobuf records.
@@ -186,87 +158,93 @@ impl StateMachine {
         }
     }
 
+    /// The current value of one key.
+    pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
+        self.t.kv.get(key).map(|kv| kv.as_ref())
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.t.kv.len()
+    }
+
+    /// Whether no key is live.
+    pub fn is_empty(&self) -> bool {
+        self.t.kv.is_empty()
+    }
+
     /// Looks up a request id's first result, if it is still remembered.
-    pub fn dedup_lookup(&self, t: &Tables, request_id: &str) -> Result<Option<CommandResult>> {
+    pub fn dedup_lookup(&self, request_id: &str) -> Option<CommandResult> {
         if request_id.is_empty() {
-            return Ok(None);
+            return None;
         }
-        match t.dedup.get(request_id)? {
-            Some(v) => Ok(Applied::decode(v.value())?.result),
-            None => Ok(None),
-        }
+        self.t.dedup.get(request_id).and_then(|a| a.result.clone())
     }
 
     /// Remembers a request id's result and expires old ones.
-    pub fn dedup_record(
-        &self,
-        t: &mut Tables,
-        request_id: &str,
-        at_ms: u64,
-        result: &CommandResult,
-    ) -> Result<()> {
+    pub fn dedup_record(&mut self, request_id: &str, at_ms: u64, result: &CommandResult) {
         if !request_id.is_empty() {
+            let id: Arc<str> = Arc::from(request_id);
             let rec = Applied {
                 result: Some(result.clone()),
                 at_ms,
             };
-            t.dedup.insert(request_id, rec.encode_to_vec().as_slice())?;
-            t.dedup_age.insert((at_ms, request_id), ())?;
+            self.t.dedup.insert(id.clone(), Arc::new(rec));
+            self.t.dedup_age.insert((at_ms, id));
         }
         if !self.applied.0.is_multiple_of(GC_EVERY) {
-            return Ok(());
+            return;
         }
         let cutoff = at_ms.saturating_sub(DEDUP_RETENTION_MS);
-        let mut old = Vec::new();
-        for item in t.dedup_age.range((0u64, "")..(cutoff, ""))?.take(GC_BATCH) {
-            let (k, _) = item?;
-            let (age, id) = k.value();
-            old.push((age, id.to_string()));
+        let old: Vec<(u64, Arc<str>)> = self
+            .t
+            .dedup_age
+            .range(..(cutoff, Arc::from("")))
+            .take(GC_BATCH)
+            .cloned()
+            .collect();
+        for rec in old {
+            self.t.dedup.remove(&rec.1);
+            self.t.dedup_age.remove(&rec);
         }
-        for (age, id) in old {
-            t.dedup_age.remove((age, id.as_str()))?;
-            t.dedup.remove(id.as_str())?;
-        }
-        Ok(())
     }
 
-    /// Applies one client command at (index, term). Storage errors abort the
-    /// batch (the node stops); refusals become an error result.
+    /// Applies one client command at (index, term). Refusals become an
+    /// error result; an `Err` means the command could not be applied at all.
     pub fn apply(
         &mut self,
-        t: &mut Tables,
         index: u64,
         term: u64,
         member_id: u64,
         cmd: &Command,
     ) -> Result<(CommandResult, Effects)> {
         self.applied = (index, term);
-        if let Some(prev) = self.dedup_lookup(t, &cmd.request_id)? {
+        if let Some(prev) = self.dedup_lookup(&cmd.request_id) {
             return Ok((prev, Effects::default()));
         }
         let mut effects = Effects::default();
         let outcome = match &cmd.op {
-            Some(command::Op::Put(req)) => self.validate_put(t, req).and_then(|()| {
+            Some(command::Op::Put(req)) => self.validate_put(req).map(|()| {
                 let mut w = Writer::new(self.revision + 1);
-                let prev = w.put(t, req)?;
-                self.finish(t, w, &mut effects)?;
-                Ok(command_result::Result::Put(PutResponse {
+                let prev = w.put(&mut self.t, req);
+                self.finish(w, &mut effects);
+                command_result::Result::Put(PutResponse {
                     header: Some(self.header(member_id, term)),
                     prev_kv: prev.filter(|_| req.prev_kv),
-                }))
+                })
             }),
-            Some(command::Op::Delete(req)) => validate_key(&req.key, req.prefix).and_then(|()| {
+            Some(command::Op::Delete(req)) => validate_key(&req.key, req.prefix).map(|()| {
                 let mut w = Writer::new(self.revision + 1);
-                let prev = w.delete(t, req)?;
-                self.finish(t, w, &mut effects)?;
-                Ok(command_result::Result::Delete(DeleteResponse {
+                let prev = w.delete(&mut self.t, req);
+                self.finish(w, &mut effects);
+                command_result::Result::Delete(DeleteResponse {
                     header: Some(self.header(member_id, term)),
                     deleted: prev.len() as i64,
                     prev_kvs: if req.prev_kv { prev } else { Vec::new() },
-                }))
+                })
             }),
-            Some(command::Op::Txn(req)) => self.txn(t, req, member_id, term, &mut effects),
-            Some(command::Op::LeaseGrant(req)) => self.lease_grant(t, req.id, req.ttl).map(|()| {
+            Some(command::Op::Txn(req)) => self.txn(req, member_id, term, &mut effects),
+            Some(command::Op::LeaseGrant(req)) => self.lease_grant(req.id, req.ttl).map(|()| {
                 effects.lease = Some(LeaseEffect::Granted(req.id, req.ttl));
                 command_result::Result::LeaseGrant(LeaseGrantResponse {
                     header: Some(self.header(member_id, term)),
@@ -274,7 +252,7 @@ impl StateMachine {
                     ttl: req.ttl,
                 })
             }),
-            Some(command::Op::LeaseKeepAlive(req)) => self.lease_ttl(t, req.id).map(|ttl| {
+            Some(command::Op::LeaseKeepAlive(req)) => self.lease_ttl(req.id).map(|ttl| {
                 effects.lease = Some(LeaseEffect::Renewed(req.id));
                 command_result::Result::LeaseKeepAlive(LeaseKeepAliveResponse {
                     header: Some(self.header(member_id, term)),
@@ -282,14 +260,14 @@ impl StateMachine {
                     ttl,
                 })
             }),
-            Some(command::Op::LeaseRevoke(req)) => self.lease_ttl(t, req.id).and_then(|_| {
+            Some(command::Op::LeaseRevoke(req)) => self.lease_ttl(req.id).map(|_| {
                 let mut w = Writer::new(self.revision + 1);
-                w.revoke(t, req.id)?;
-                self.finish(t, w, &mut effects)?;
+                w.revoke(&mut self.t, req.id);
+                self.finish(w, &mut effects);
                 effects.lease = Some(LeaseEffect::Revoked(req.id));
-                Ok(command_result::Result::LeaseRevoke(LeaseRevokeResponse {
+                command_result::Result::LeaseRevoke(LeaseRevokeResponse {
                     header: Some(self.header(member_id, term)),
-                }))
+                })
             }),
             None => Err(Error::InvalidArgument("empty command".into())),
         };
@@ -299,41 +277,36 @@ impl StateMachine {
                 result: Some(command_result::Result::Error(refusal(e)?)),
             },
         };
-        self.dedup_record(t, &cmd.request_id, cmd.proposed_at_ms, &result)?;
+        self.dedup_record(&cmd.request_id, cmd.proposed_at_ms, &result);
         Ok((result, effects))
     }
 
     /// Commits a writer's revision (if it wrote) and trims history.
-    fn finish(&mut self, t: &mut Tables, w: Writer, effects: &mut Effects) -> Result<()> {
+    fn finish(&mut self, w: Writer, effects: &mut Effects) {
         if w.events.is_empty() {
-            return Ok(());
+            return;
         }
         self.revision = w.rev;
-        let rec = Revision {
-            events: w.events.clone(),
-        };
-        t.history.insert(w.rev, rec.encode_to_vec().as_slice())?;
+        self.t.history.insert(w.rev, Arc::new(w.events.clone()));
         effects.revision = Some((w.rev, w.events));
         let keep_from = self.revision - self.history_keep;
         let slack = (GC_EVERY as i64).min(self.history_keep);
         if keep_from - self.compact_revision >= slack {
-            let mut old = Vec::new();
-            for item in t.history.range(..=keep_from)?.take(GC_BATCH) {
-                old.push(item?.0.value());
-            }
+            let old: Vec<i64> = self
+                .t
+                .history
+                .range(..=keep_from)
+                .take(GC_BATCH)
+                .map(|(rev, _)| *rev)
+                .collect();
             for rev in &old {
-                t.history.remove(*rev)?;
+                self.t.history.remove(rev);
             }
-            if let Some(last) = old.last() {
-                self.compact_revision = *last;
-            } else {
-                self.compact_revision = keep_from;
-            }
+            self.compact_revision = old.last().copied().unwrap_or(keep_from);
         }
-        Ok(())
     }
 
-    fn validate_put(&self, t: &Tables, req: &PutRequest) -> Result<()> {
+    fn validate_put(&self, req: &PutRequest) -> Result<()> {
         validate_key(&req.key, false)?;
         if req.value.len() > MAX_VALUE_BYTES {
             return Err(Error::InvalidArgument(format!(
@@ -341,7 +314,7 @@ impl StateMachine {
                 req.value.len()
             )));
         }
-        if req.lease != 0 && t.leases.get(req.lease)?.is_none() {
+        if req.lease != 0 && !self.t.leases.contains_key(&req.lease) {
             return Err(Error::NotFound(format!("lease {} not found", req.lease)));
         }
         Ok(())
@@ -349,7 +322,6 @@ impl StateMachine {
 
     fn txn(
         &mut self,
-        t: &mut Tables,
         req: &TxnRequest,
         member_id: u64,
         term: u64,
@@ -360,7 +332,7 @@ impl StateMachine {
         }
         for op in req.success.iter().chain(&req.failure) {
             match &op.request {
-                Some(request_op::Request::Put(p)) => self.validate_put(t, p)?,
+                Some(request_op::Request::Put(p)) => self.validate_put(p)?,
                 Some(request_op::Request::Delete(d)) => validate_key(&d.key, d.prefix)?,
                 Some(request_op::Request::Range(r)) if r.revision != 0 => {
                     return Err(Error::InvalidArgument(
@@ -371,14 +343,7 @@ impl StateMachine {
                 None => return Err(Error::InvalidArgument("empty txn operation".into())),
             }
         }
-        let mut succeeded = true;
-        for c in &req.compare {
-            let kv = get_kv(&t.kv, &c.key)?;
-            if !compare_holds(c, kv.as_ref()) {
-                succeeded = false;
-                break;
-            }
-        }
+        let succeeded = req.compare.iter().all(|c| compare_holds(c, self.get(&c.key)));
         let ops: &[RequestOp] = if succeeded {
             &req.success
         } else {
@@ -390,14 +355,14 @@ impl StateMachine {
             let header = Some(self.header(member_id, term));
             let resp = match &op.request {
                 Some(request_op::Request::Put(p)) => {
-                    let prev = w.put(t, p)?;
+                    let prev = w.put(&mut self.t, p);
                     response_op::Response::Put(PutResponse {
                         header,
                         prev_kv: prev.filter(|_| p.prev_kv),
                     })
                 }
                 Some(request_op::Request::Delete(d)) => {
-                    let prev = w.delete(t, d)?;
+                    let prev = w.delete(&mut self.t, d);
                     response_op::Response::Delete(DeleteResponse {
                         header,
                         deleted: prev.len() as i64,
@@ -405,7 +370,7 @@ impl StateMachine {
                     })
                 }
                 Some(request_op::Request::Range(r)) => {
-                    let mut resp = range(&t.kv, r)?;
+                    let mut resp = range(&self.t.kv, r);
                     resp.header = header;
                     response_op::Response::Range(resp)
                 }
@@ -415,7 +380,7 @@ impl StateMachine {
                 response: Some(resp),
             });
         }
-        self.finish(t, w, effects)?;
+        self.finish(w, effects);
         Ok(command_result::Result::Txn(TxnResponse {
             header: Some(self.header(member_id, term)),
             succeeded,
@@ -423,7 +388,7 @@ impl StateMachine {
         }))
     }
 
-    fn lease_grant(&self, t: &mut Tables, id: i64, ttl: i64) -> Result<()> {
+    fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<()> {
         if ttl < 1 {
             return Err(Error::InvalidArgument(format!(
                 "lease ttl must be at least 1 second, got {ttl}"
@@ -432,123 +397,158 @@ impl StateMachine {
         if id <= 0 {
             return Err(Error::InvalidArgument("lease id must be positive".into()));
         }
-        if t.leases.get(id)?.is_some() {
+        if self.t.leases.contains_key(&id) {
             return Err(Error::FailedPrecondition(format!(
                 "lease {id} already exists"
             )));
         }
-        t.leases
-            .insert(id, Lease { id, ttl }.encode_to_vec().as_slice())?;
+        self.t.leases.insert(id, ttl);
         Ok(())
     }
 
-    fn lease_ttl(&self, t: &Tables, id: i64) -> Result<i64> {
-        match t.leases.get(id)? {
-            Some(v) => Ok(Lease::decode(v.value())?.ttl),
-            None => Err(Error::NotFound(format!("lease {id} not found"))),
-        }
+    fn lease_ttl(&self, id: i64) -> Result<i64> {
+        self.t
+            .leases
+            .get(&id)
+            .copied()
+            .ok_or_else(|| Error::NotFound(format!("lease {id} not found")))
     }
 
     /// Every lease with its TTL, to rebuild the expiry clock.
-    pub fn leases(db: &Database) -> Result<Vec<(i64, i64)>> {
-        let txn = db.begin_read()?;
-        let leases = txn.open_table(LEASES)?;
-        let mut out = Vec::new();
-        for item in leases.iter()? {
-            let (_, v) = item?;
-            let l = Lease::decode(v.value())?;
-            out.push((l.id, l.ttl));
-        }
-        Ok(out)
+    pub fn leases(&self) -> Vec<(i64, i64)> {
+        self.t.leases.iter().map(|(id, ttl)| (*id, *ttl)).collect()
     }
 
-    /// Replaces the whole state, configuration included, by a snapshot's
-    /// (the log file is reset afterwards by `RaftStorage::apply_snapshot`).
-    pub fn restore(&mut self, txn: &WriteTransaction, snap: &Snapshot) -> Result<()> {
+    /// The state a lagging or new member needs (history stays behind: a
+    /// restored node's history starts at the snapshot).
+    pub fn snapshot_data(&self) -> SnapshotData {
+        SnapshotData {
+            kvs: self.t.kv.values().map(|kv| KeyValue::clone(kv)).collect(),
+            leases: self
+                .t
+                .leases
+                .iter()
+                .map(|(id, ttl)| Lease { id: *id, ttl: *ttl })
+                .collect(),
+            dedup: self
+                .t
+                .dedup
+                .iter()
+                .map(|(id, applied)| DedupRecord {
+                    request_id: id.to_string(),
+                    applied: Some(Applied::clone(applied)),
+                })
+                .collect(),
+            revision: self.revision,
+            members: Some(Members {
+                members: self.member_list(),
+            }),
+        }
+    }
+
+    /// The applied state as a raft snapshot (built by the leader for a
+    /// member that is too far behind).
+    pub fn to_snapshot(&self) -> Result<Snapshot> {
+        let mut snap = Snapshot::default();
+        snap.set_data(self.snapshot_data().encode_to_vec().into());
+        let m = snap.mut_metadata();
+        m.index = self.applied.0;
+        m.term = self.applied.1;
+        m.set_conf_state(self.conf_state.clone());
+        Ok(snap)
+    }
+
+    /// Replaces the whole state, configuration included, by a snapshot's.
+    pub fn restore(&mut self, snap: &Snapshot) -> Result<()> {
         let data = SnapshotData::decode(snap.get_data())?;
-        let mut t = Tables::open(txn)?;
-        t.kv.retain(|_, _| false)?;
-        t.leases.retain(|_, _| false)?;
-        t.lease_keys.retain(|_, _| false)?;
-        t.history.retain(|_, _| false)?;
-        t.dedup.retain(|_, _| false)?;
-        t.dedup_age.retain(|_, _| false)?;
-        for kv in &data.kvs {
-            t.kv.insert(kv.key.as_slice(), kv.encode_to_vec().as_slice())?;
-            if kv.lease != 0 {
-                t.lease_keys.insert((kv.lease, kv.key.as_slice()), ())?;
-            }
-        }
-        for l in &data.leases {
-            t.leases.insert(l.id, l.encode_to_vec().as_slice())?;
-        }
-        for d in &data.dedup {
-            if let Some(applied) = &d.applied {
-                t.dedup
-                    .insert(d.request_id.as_str(), applied.encode_to_vec().as_slice())?;
-                t.dedup_age
-                    .insert((applied.at_ms, d.request_id.as_str()), ())?;
-            }
-        }
         let meta = snap.get_metadata();
-        self.applied = (meta.index, meta.term);
+        self.load(
+            (meta.index, meta.term),
+            meta.get_conf_state().clone(),
+            data,
+        );
+        self.compact_revision = self.revision;
+        Ok(())
+    }
+
+    /// Replaces the state by `data` as of `applied`, with empty history.
+    pub fn load(&mut self, applied: (u64, u64), conf_state: ConfState, data: SnapshotData) {
+        let mut t = Tables::default();
+        for kv in data.kvs {
+            let key = Bytes::from(kv.key.clone());
+            if kv.lease != 0 {
+                t.lease_keys.insert((kv.lease, key.clone()));
+            }
+            t.kv.insert(key, Arc::new(kv));
+        }
+        for l in data.leases {
+            t.leases.insert(l.id, l.ttl);
+        }
+        for d in data.dedup {
+            if let Some(applied) = d.applied {
+                let id: Arc<str> = Arc::from(d.request_id);
+                t.dedup_age.insert((applied.at_ms, id.clone()));
+                t.dedup.insert(id, Arc::new(applied));
+            }
+        }
+        self.t = t;
+        self.applied = applied;
         self.revision = data.revision;
         self.compact_revision = data.revision;
-        self.set_members(&mut t, members_map(data.members.unwrap_or_default()))?;
-        // The configuration as of the snapshot belongs with the state: a
-        // restart reads it from here.
-        t.put_conf_state(meta.get_conf_state())?;
-        self.persist(&mut t)
+        self.conf_state = conf_state;
+        self.set_members(members_map(data.members.unwrap_or_default()));
+    }
+
+    /// History as records, oldest first (for the state file).
+    pub fn history_records(&self) -> Vec<RevisionRecord> {
+        self.t
+            .history
+            .iter()
+            .map(|(rev, events)| RevisionRecord {
+                revision: *rev,
+                events: Vec::clone(events),
+            })
+            .collect()
+    }
+
+    /// Puts back history read from the state file; `compact_revision` is
+    /// the oldest revision that is gone.
+    pub fn restore_history(&mut self, compact_revision: i64, records: Vec<RevisionRecord>) {
+        self.t.history = records
+            .into_iter()
+            .filter(|r| r.revision > compact_revision && r.revision <= self.revision)
+            .map(|r| (r.revision, Arc::new(r.events)))
+            .collect();
+        self.compact_revision = compact_revision;
     }
 }
 
-/// Builds a snapshot of the applied state (called by raft-rs through
-/// `Storage::snapshot` on the leader).
-pub fn build_snapshot(db: &Database) -> Result<Snapshot> {
-    let txn = db.begin_read()?;
-    let meta = txn.open_table(META)?;
-    let (index, term) = match meta.get(schema::META_APPLIED)? {
-        Some(v) => schema::read_pair_u64(v.value())
-            .ok_or_else(|| Error::Corrupt("applied index record".into()))?,
-        None => (0, 0),
-    };
-    let conf_state = match meta.get(schema::META_CONF_STATE)? {
-        Some(v) => ConfState::parse_from_bytes(v.value())?,
-        None => ConfState::default(),
-    };
-    let revision = match meta.get(schema::META_REVISION)? {
-        Some(v) => schema::read_pair_u64(v.value()).map_or(0, |(r, _)| r as i64),
-        None => 0,
-    };
-    let members = match meta.get(schema::META_MEMBERS)? {
-        Some(v) => Some(Members::decode(v.value())?),
-        None => None,
-    };
-    let mut data = SnapshotData {
-        revision,
-        members,
-        ..Default::default()
-    };
-    for item in txn.open_table(KV)?.iter()? {
-        data.kvs.push(KeyValue::decode(item?.1.value())?);
+/// The state readers see. The raft thread stores a clone after every apply
+/// batch; a reader takes the current one and reads it for as long as it
+/// likes without holding anything up, like a read transaction.
+#[derive(Clone)]
+pub struct SharedState(Arc<RwLock<Arc<StateMachine>>>);
+
+impl SharedState {
+    /// Publishes `sm` as the first state.
+    pub fn new(sm: StateMachine) -> Self {
+        SharedState(Arc::new(RwLock::new(Arc::new(sm))))
     }
-    for item in txn.open_table(LEASES)?.iter()? {
-        data.leases.push(Lease::decode(item?.1.value())?);
+
+    /// The state as of the last apply batch.
+    pub fn load(&self) -> Arc<StateMachine> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
-    for item in txn.open_table(DEDUP)?.iter()? {
-        let (k, v) = item?;
-        data.dedup.push(DedupRecord {
-            request_id: k.value().to_string(),
-            applied: Some(Applied::decode(v.value())?),
-        });
+
+    /// Replaces the published state.
+    pub fn store(&self, sm: StateMachine) {
+        let old = {
+            let mut cur = self.0.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *cur, Arc::new(sm))
+        };
+        // Freed outside the lock: readers never wait for a drop.
+        drop(old);
     }
-    let mut snap = Snapshot::default();
-    snap.set_data(data.encode_to_vec().into());
-    let m = snap.mut_metadata();
-    m.index = index;
-    m.term = term;
-    m.set_conf_state(conf_state);
-    Ok(snap)
 }
 
 /// Applies the writes of one revision, collecting its events.
@@ -565,8 +565,9 @@ impl Writer {
         }
     }
 
-    fn put(&mut self, t: &mut Tables, req: &PutRequest) -> Result<Option<KeyValue>> {
-        let prev = get_kv(&t.kv, &req.key)?;
+    fn put(&mut self, t: &mut Tables, req: &PutRequest) -> Option<KeyValue> {
+        let key = Bytes::copy_from_slice(&req.key);
+        let prev = t.kv.get(&key).map(|p| KeyValue::clone(p));
         let kv = KeyValue {
             key: req.key.clone(),
             value: req.value.clone(),
@@ -577,22 +578,22 @@ impl Writer {
         };
         if let Some(p) = &prev {
             if p.lease != 0 && p.lease != req.lease {
-                t.lease_keys.remove((p.lease, p.key.as_slice()))?;
+                t.lease_keys.remove(&(p.lease, key.clone()));
             }
         }
         if req.lease != 0 {
-            t.lease_keys.insert((req.lease, req.key.as_slice()), ())?;
+            t.lease_keys.insert((req.lease, key.clone()));
         }
-        t.kv.insert(req.key.as_slice(), kv.encode_to_vec().as_slice())?;
+        t.kv.insert(key, Arc::new(kv.clone()));
         self.events.push(Event {
             r#type: event::EventType::Put as i32,
             kv: Some(kv),
             prev_kv: prev.clone(),
         });
-        Ok(prev)
+        prev
     }
 
-    fn delete(&mut self, t: &mut Tables, req: &DeleteRequest) -> Result<Vec<KeyValue>> {
+    fn delete(&mut self, t: &mut Tables, req: &DeleteRequest) -> Vec<KeyValue> {
         let victims = if req.prefix {
             range(
                 &t.kv,
@@ -601,38 +602,39 @@ impl Writer {
                     prefix: true,
                     ..Default::default()
                 },
-            )?
+            )
             .kvs
         } else {
-            get_kv(&t.kv, &req.key)?.into_iter().collect()
+            t.kv.get(req.key.as_slice())
+                .map(|kv| KeyValue::clone(kv))
+                .into_iter()
+                .collect()
         };
         for kv in &victims {
-            self.remove(t, kv)?;
+            self.remove(t, kv);
         }
-        Ok(victims)
+        victims
     }
 
-    fn revoke(&mut self, t: &mut Tables, lease: i64) -> Result<()> {
-        let mut keys = Vec::new();
-        for item in t
+    fn revoke(&mut self, t: &mut Tables, lease: i64) {
+        let keys: Vec<Bytes> = t
             .lease_keys
-            .range((lease, &[][..])..(lease.saturating_add(1), &[][..]))?
-        {
-            keys.push(item?.0.value().1.to_vec());
-        }
+            .range((lease, Bytes::new())..(lease.saturating_add(1), Bytes::new()))
+            .map(|(_, key)| key.clone())
+            .collect();
         for key in keys {
-            if let Some(kv) = get_kv(&t.kv, &key)? {
-                self.remove(t, &kv)?;
+            if let Some(kv) = t.kv.get(&key).map(|kv| KeyValue::clone(kv)) {
+                self.remove(t, &kv);
             }
         }
-        t.leases.remove(lease)?;
-        Ok(())
+        t.leases.remove(&lease);
     }
 
-    fn remove(&mut self, t: &mut Tables, kv: &KeyValue) -> Result<()> {
-        t.kv.remove(kv.key.as_slice())?;
+    fn remove(&mut self, t: &mut Tables, kv: &KeyValue) {
+        t.kv.remove(kv.key.as_slice());
         if kv.lease != 0 {
-            t.lease_keys.remove((kv.lease, kv.key.as_slice()))?;
+            t.lease_keys
+                .remove(&(kv.lease, Bytes::copy_from_slice(&kv.key)));
         }
         self.events.push(Event {
             r#type: event::EventType::Delete as i32,
@@ -643,7 +645,6 @@ impl Writer {
             }),
             prev_kv: Some(kv.clone()),
         });
-        Ok(())
     }
 }
 
@@ -670,7 +671,8 @@ pub fn refusal_to_error(e: &CommandError) -> Error {
     }
 }
 
-fn members_map(m: Members) -> BTreeMap<u64, String> {
+/// Member records as a map.
+pub fn members_map(m: Members) -> BTreeMap<u64, String> {
     m.members.into_iter().map(|m| (m.id, m.addr)).collect()
 }
 
@@ -706,16 +708,6 @@ pub fn validate_range(r: &RangeRequest) -> Result<()> {
     Ok(())
 }
 
-fn get_kv<T: ReadableTable<&'static [u8], &'static [u8]>>(
-    kv: &T,
-    key: &[u8],
-) -> Result<Option<KeyValue>> {
-    match kv.get(key)? {
-        Some(v) => Ok(Some(KeyValue::decode(v.value())?)),
-        None => Ok(None),
-    }
-}
-
 /// The first key after every key that starts with `prefix`, or `None` when
 /// no such key exists (an empty or all-0xff prefix).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -748,23 +740,20 @@ fn range_selects(req: &RangeRequest, key: &[u8]) -> bool {
     }
 }
 
-/// Range over the current state (used by reads and by txn range ops).
-pub fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
-    kv: &T,
-    req: &RangeRequest,
-) -> Result<RangeResponse> {
+/// Range over the current keys (used by reads and by txn range ops).
+fn range(kv: &OrdMap<Bytes, Arc<KeyValue>>, req: &RangeRequest) -> RangeResponse {
     let mut resp = RangeResponse::default();
     if !req.prefix && req.range_end.is_empty() {
-        if let Some(v) = get_kv(kv, &req.key)? {
+        if let Some(v) = kv.get(req.key.as_slice()) {
             resp.count = 1;
             if !req.count_only {
-                resp.kvs.push(v);
+                resp.kvs.push(KeyValue::clone(v));
             }
         }
-        return Ok(resp);
+        return resp;
     }
     if !req.range_end.is_empty() && req.range_end <= req.key {
-        return Ok(resp);
+        return resp;
     }
     let end = if req.range_end.is_empty() {
         prefix_end(&req.key)
@@ -778,8 +767,7 @@ pub fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
             None => Bound::Unbounded,
         },
     );
-    for item in kv.range::<&[u8]>(bounds)? {
-        let (_, v) = item?;
+    for (_, v) in kv.range::<_, [u8]>(bounds) {
         resp.count += 1;
         if req.count_only {
             continue;
@@ -788,60 +776,47 @@ pub fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
             resp.more = true;
             continue;
         }
-        resp.kvs.push(KeyValue::decode(v.value())?);
+        resp.kvs.push(KeyValue::clone(v));
     }
-    Ok(resp)
-}
-
-/// The snapshot's revision and the oldest revision history still holds.
-fn revisions(txn: &ReadTransaction) -> Result<(i64, i64)> {
-    let meta = txn.open_table(META)?;
-    Ok(match meta.get(schema::META_REVISION)? {
-        Some(v) => schema::read_pair_u64(v.value()).map_or((0, 0), |(a, b)| (a as i64, b as i64)),
-        None => (0, 0),
-    })
+    resp
 }
 
 /// Range as of `req.revision` (0 = now), undoing newer history.
-pub fn range_at(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeResponse> {
-    let kv = txn.open_table(KV)?;
-    let (current, compacted) = revisions(txn)?;
+pub fn range_at(sm: &StateMachine, req: &RangeRequest) -> Result<RangeResponse> {
     let header = Some(ResponseHeader {
-        revision: current,
+        revision: sm.revision,
         ..Default::default()
     });
-    if req.revision == 0 || req.revision >= current {
-        let mut resp = range(&kv, req)?;
+    if req.revision == 0 || req.revision >= sm.revision {
+        let mut resp = range(&sm.t.kv, req);
         resp.header = header;
         return Ok(resp);
     }
-    if req.revision < compacted {
+    if req.revision < sm.compact_revision {
         return Err(Error::Compacted {
             requested: req.revision,
-            oldest: compacted,
+            oldest: sm.compact_revision,
         });
     }
     let all = range(
-        &kv,
+        &sm.t.kv,
         &RangeRequest {
             key: req.key.clone(),
             prefix: req.prefix,
             range_end: req.range_end.clone(),
             ..Default::default()
         },
-    )?;
+    );
     let mut state: BTreeMap<Vec<u8>, KeyValue> =
         all.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-    let history = txn.open_table(HISTORY)?;
-    for item in history.range(req.revision + 1..)?.rev() {
-        let (_, v) = item?;
-        for ev in Revision::decode(v.value())?.events.into_iter().rev() {
-            let Some(kv) = ev.kv else { continue };
+    for (_, events) in sm.t.history.range(req.revision + 1..).rev() {
+        for ev in events.iter().rev() {
+            let Some(kv) = &ev.kv else { continue };
             if !range_selects(req, &kv.key) {
                 continue;
             }
-            match ev.prev_kv {
-                Some(prev) => state.insert(kv.key, prev),
+            match &ev.prev_kv {
+                Some(prev) => state.insert(kv.key.clone(), prev.clone()),
                 None => state.remove(&kv.key),
             };
         }
@@ -863,10 +838,10 @@ pub fn range_at(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeRespon
     Ok(resp)
 }
 
-/// Runs a read-only txn on one snapshot: the compares against the current
-/// state pick the branch, whose ranges each read as of their own revision
-/// (0: the snapshot's).
-pub fn read_txn(txn: &ReadTransaction, req: &TxnRequest) -> Result<TxnResponse> {
+/// Runs a read-only txn on one state: the compares against the current
+/// keys pick the branch, whose ranges each read as of their own revision
+/// (0: the state's).
+pub fn read_txn(sm: &StateMachine, req: &TxnRequest) -> Result<TxnResponse> {
     for c in &req.compare {
         validate_key(&c.key, false)?;
     }
@@ -879,23 +854,16 @@ pub fn read_txn(txn: &ReadTransaction, req: &TxnRequest) -> Result<TxnResponse> 
             .collect()
     };
     let (success, failure) = (ranges(&req.success)?, ranges(&req.failure)?);
-    let kv = txn.open_table(KV)?;
-    let mut succeeded = true;
-    for c in &req.compare {
-        if !compare_holds(c, get_kv(&kv, &c.key)?.as_ref()) {
-            succeeded = false;
-            break;
-        }
-    }
+    let succeeded = req.compare.iter().all(|c| compare_holds(c, sm.get(&c.key)));
     let mut responses = Vec::new();
     for r in if succeeded { success } else { failure } {
         responses.push(ResponseOp {
-            response: Some(response_op::Response::Range(range_at(txn, &r)?)),
+            response: Some(response_op::Response::Range(range_at(sm, &r)?)),
         });
     }
     Ok(TxnResponse {
         header: Some(ResponseHeader {
-            revision: revisions(txn)?.0,
+            revision: sm.revision,
             ..Default::default()
         }),
         succeeded,
@@ -904,14 +872,11 @@ pub fn read_txn(txn: &ReadTransaction, req: &TxnRequest) -> Result<TxnResponse> 
 }
 
 /// Revisions after `from` (inclusive) still in history, oldest first.
-pub fn history_since(txn: &ReadTransaction, from: i64) -> Result<Vec<(i64, Vec<Event>)>> {
-    let history = txn.open_table(HISTORY)?;
-    let mut out = Vec::new();
-    for item in history.range(from..)? {
-        let (k, v) = item?;
-        out.push((k.value(), Revision::decode(v.value())?.events));
-    }
-    Ok(out)
+pub fn history_since(sm: &StateMachine, from: i64) -> Vec<(i64, Arc<Vec<Event>>)> {
+    sm.t.history
+        .range(from..)
+        .map(|(rev, events)| (*rev, events.clone()))
+        .collect()
 }
 
 /// Evaluates one txn compare against a key's current state.
@@ -947,21 +912,14 @@ mod tests {
     use agenda_proto::db::{LeaseGrantRequest, LeaseRevokeRequest};
 
     struct Fixture {
-        _dir: tempfile::TempDir,
-        db: Database,
         sm: StateMachine,
         index: u64,
     }
 
     impl Fixture {
         fn new() -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let db = crate::open_database(&dir.path().join("db.redb")).unwrap();
-            let sm = StateMachine::load(&db, 1000).unwrap();
             Fixture {
-                _dir: dir,
-                db,
-                sm,
+                sm: StateMachine::new(1000),
                 index: 0,
             }
         }
@@ -972,26 +930,16 @@ mod tests {
 
         fn apply_at(&mut self, id: &str, op: command::Op, at_ms: u64) -> (CommandResult, Effects) {
             self.index += 1;
-            let txn = self.db.begin_write().unwrap();
-            let out = {
-                let mut t = Tables::open(&txn).unwrap();
-                let cmd = Command {
-                    request_id: id.into(),
-                    proposed_at_ms: at_ms,
-                    op: Some(op),
-                };
-                let out = self.sm.apply(&mut t, self.index, 1, 1, &cmd).unwrap();
-                self.sm.persist(&mut t).unwrap();
-                out
+            let cmd = Command {
+                request_id: id.into(),
+                proposed_at_ms: at_ms,
+                op: Some(op),
             };
-            txn.commit().unwrap();
-            out
+            self.sm.apply(self.index, 1, 1, &cmd).unwrap()
         }
 
         fn get(&self, key: &str) -> Option<KeyValue> {
-            let txn = self.db.begin_read().unwrap();
-            let kv = txn.open_table(KV).unwrap();
-            get_kv(&kv, key.as_bytes()).unwrap()
+            self.sm.get(key.as_bytes()).cloned()
         }
     }
 
@@ -1045,10 +993,8 @@ mod tests {
                 1_000 + DEDUP_RETENTION_MS + 1,
             );
         }
-        let txn = f.db.begin_write().unwrap();
-        let t = Tables::open(&txn).unwrap();
-        assert!(f.sm.dedup_lookup(&t, "old").unwrap().is_none());
-        assert!(f.sm.dedup_lookup(&t, "new2").unwrap().is_some());
+        assert!(f.sm.dedup_lookup("old").is_none());
+        assert!(f.sm.dedup_lookup("new2").is_some());
     }
 
     #[test]
@@ -1229,7 +1175,6 @@ mod tests {
             request_id: String::new(),
         };
         assert!(read(1).is_read_only());
-        let txn = f.db.begin_read().unwrap();
         let values = |resp: &TxnResponse| -> Vec<Vec<u8>> {
             resp.responses
                 .iter()
@@ -1239,11 +1184,11 @@ mod tests {
                 })
                 .collect()
         };
-        let held = read_txn(&txn, &read(1)).unwrap();
+        let held = read_txn(&f.sm, &read(1)).unwrap();
         assert!(held.succeeded);
         assert_eq!(held.header.unwrap().revision, 3);
         assert_eq!(values(&held), vec![b"y".to_vec(), b"x".to_vec()]);
-        let failed = read_txn(&txn, &read(2)).unwrap();
+        let failed = read_txn(&f.sm, &read(2)).unwrap();
         assert!(!failed.succeeded);
         assert_eq!(values(&failed), vec![b"1".to_vec()]);
         // A txn that writes reads the latest state only.
@@ -1267,10 +1212,10 @@ mod tests {
         }
         f.apply("late", put("a/2", "y"));
         f.apply("late2", put("a/25", "z"));
-        let txn = f.db.begin_read().unwrap();
+        let sm = f.sm.clone();
         let span = |rev: i64, from: &str, to: &str| -> Vec<(String, String)> {
             range_at(
-                &txn,
+                &sm,
                 &RangeRequest {
                     key: from.into(),
                     range_end: to.into(),
@@ -1321,10 +1266,9 @@ mod tests {
                 ..Default::default()
             }),
         );
-        let txn = f.db.begin_read().unwrap();
         let at = |rev: i64| {
             range_at(
-                &txn,
+                &f.sm,
                 &RangeRequest {
                     key: b"k".to_vec(),
                     revision: rev,
@@ -1336,7 +1280,7 @@ mod tests {
         assert_eq!(at(4).unwrap().kvs[0].value, b"4");
         assert!(at(6).unwrap().kvs.is_empty());
         assert!(matches!(at(1), Err(Error::Compacted { .. })));
-        let hist = history_since(&txn, f.sm.compact_revision + 1).unwrap();
+        let hist = history_since(&f.sm, f.sm.compact_revision + 1);
         assert_eq!(hist.len(), 3);
     }
 
@@ -1360,17 +1304,15 @@ mod tests {
                 ..Default::default()
             }),
         );
-        let snap = build_snapshot(&f.db).unwrap();
+        let snap = f.sm.to_snapshot().unwrap();
         assert_eq!(snap.get_metadata().index, 2);
 
         let mut g = Fixture::new();
         g.apply("x", put("stale", "gone after restore"));
-        let txn = g.db.begin_write().unwrap();
-        g.sm.restore(&txn, &snap).unwrap();
-        txn.commit().unwrap();
+        g.sm.restore(&snap).unwrap();
         assert!(g.get("stale").is_none());
         assert_eq!(g.get("a").unwrap().lease, 9);
-        assert_eq!(StateMachine::leases(&g.db).unwrap(), vec![(9, 5)]);
+        assert_eq!(g.sm.leases(), vec![(9, 5)]);
         assert_eq!(g.sm.revision, 1);
         // The dedup table travelled too: a retry of "a" is still recognized.
         let (r, eff) = g.apply("a", put("a", "other"));

@@ -2,9 +2,8 @@
 //!
 //! The log and the hard state live in the log file (`raft-log.redb`),
 //! committed with an fsync on every Ready that must sync. The conf state
-//! belongs to the state file (`state.redb`): it is the configuration as of
-//! the applied index, committed atomically with the state machine (see
-//! `schema.rs` for why there are two files). Writes happen only inside
+//! belongs to the state machine: it is the configuration as of the applied
+//! index, saved with the state (`state_file.rs`). Writes happen only inside
 //! transactions opened by the node loop. The live part of the log
 //! (everything after the last compaction) is also kept in memory: raft-rs
 //! reads it on every append and heartbeat, and the compaction threshold
@@ -13,11 +12,10 @@
 //! What callers may rely on: `first_index() == truncated index + 1`,
 //! `term(truncated index)` always answers, after `apply_snapshot` the log
 //! is empty and starts right after the snapshot, and the log is never
-//! compacted past the state file's durable applied index (the node's job),
-//! so a restart can always replay what the state file had not yet synced.
+//! compacted past the state file's applied index (the node's job), so a
+//! restart can always replay what the state file does not hold.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -26,11 +24,12 @@ use redb::{Database, ReadableDatabase, WriteTransaction};
 
 use crate::error::{Error, Result};
 use crate::schema::{self, LOG, META};
+use crate::state_machine::SharedState;
 
 /// raft-rs storage of one node.
 pub struct RaftStorage {
-    /// The state file (snapshots are built from it).
-    state_db: Arc<Database>,
+    /// The applied state (snapshots are built from it).
+    state: SharedState,
     hard_state: HardState,
     /// Configuration as of the applied index; raft-rs reads it at start-up.
     conf_state: ConfState,
@@ -41,18 +40,10 @@ pub struct RaftStorage {
 }
 
 impl RaftStorage {
-    /// Loads the persisted log and hard state (log file) and the conf state
-    /// (state file).
-    pub fn load(log_db: &Database, state_db: Arc<Database>) -> Result<Self> {
-        let conf_state = {
-            let txn = state_db.begin_read()?;
-            let meta = txn.open_table(META)?;
-            let v = meta.get(schema::META_CONF_STATE)?;
-            match v {
-                Some(v) => ConfState::parse_from_bytes(v.value())?,
-                None => ConfState::default(),
-            }
-        };
+    /// Loads the persisted log and hard state (log file); the conf state
+    /// comes from the loaded state machine.
+    pub fn load(log_db: &Database, state: SharedState) -> Result<Self> {
+        let conf_state = state.load().conf_state.clone();
         let txn = log_db.begin_read()?;
         let meta = txn.open_table(META)?;
         let hard_state = match meta.get(schema::META_HARD_STATE)? {
@@ -77,7 +68,7 @@ impl RaftStorage {
             entries.push_back(Entry::parse_from_bytes(v.value())?);
         }
         Ok(RaftStorage {
-            state_db,
+            state,
             hard_state,
             conf_state,
             truncated,
@@ -178,16 +169,8 @@ impl RaftStorage {
         self.set_hard_state(txn, hs)
     }
 
-    /// Persists the configuration in a state-file transaction.
-    pub fn set_conf_state(&mut self, txn: &WriteTransaction, cs: ConfState) -> Result<()> {
-        txn.open_table(META)?
-            .insert(schema::META_CONF_STATE, cs.write_to_bytes()?.as_slice())?;
-        self.conf_state = cs;
-        Ok(())
-    }
-
-    /// Records a configuration that the caller already persisted (conf
-    /// change applied through the state machine's tables).
+    /// Records the configuration the state machine now holds (bootstrap,
+    /// conf change applied).
     pub fn conf_state_applied(&mut self, cs: ConfState) {
         self.conf_state = cs;
     }
@@ -217,7 +200,7 @@ impl RaftStorage {
     }
 
     /// Replaces the log by a snapshot's position (the state machine part is
-    /// restored by `StateMachine::restore` in the same transaction).
+    /// restored by `StateMachine::restore` first).
     pub fn apply_snapshot(
         &mut self,
         txn: &WriteTransaction,
@@ -303,7 +286,7 @@ impl raft::Storage for RaftStorage {
         // The snapshot is the applied state right now; its index is the
         // applied index, which is never below the log start, so the leader
         // can always continue with entries after it.
-        crate::state_machine::build_snapshot(&self.state_db).map_err(other)
+        self.state.load().to_snapshot().map_err(other)
     }
 }
 
@@ -320,14 +303,15 @@ mod tests {
         }
     }
 
-    fn open() -> (tempfile::TempDir, Arc<Database>) {
+    fn open() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(crate::open_database(&dir.path().join("db.redb")).unwrap());
+        let db = crate::open_database(&dir.path().join("db.redb")).unwrap();
         (dir, db)
     }
 
-    fn load(db: &Arc<Database>) -> RaftStorage {
-        RaftStorage::load(db, db.clone()).unwrap()
+    fn load(db: &Database) -> RaftStorage {
+        let state = SharedState::new(crate::state_machine::StateMachine::new(10));
+        RaftStorage::load(db, state).unwrap()
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl From<Error> for ApiError {
             Error::Config(_)
             | Error::Fatal(_)
             | Error::Storage(_)
+            | Error::Io(_)
             | Error::Corrupt(_)
             | Error::Raft(_) => {
                 tracing::error!(error = %e, "internal error while serving a request");

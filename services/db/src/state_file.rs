@@ -1,0 +1,380 @@
+//! The state file, `state.snap`: the whole state machine as of an applied
+//! index, written whole and off the raft thread.
+//!
+//! The state machine lives in memory (`state_machine.rs`); the raft log
+//! (`raft-log.redb`) is what makes an acknowledged write durable. This file
+//! only bounds how much of the log a restart replays and how much log must
+//! be kept: the node never compacts the log past the applied index of the
+//! last file written here. A restart loads the file and replays the log
+//! after it, so it neither loses nor re-applies anything.
+//!
+//! Format: the magic `AGDBSTA1`, the body length (u64 LE), the body (prost
+//! [`StateFile`]) and its CRC-32 (u32 LE). A write goes to
+//! `state.snap.tmp`, is fsynced and renamed over `state.snap`, and the
+//! directory is fsynced: a crash leaves the old file or the new one, and a
+//! torn or damaged file is refused at start instead of being half-read.
+//!
+//! Data dirs from before this file existed keep the state in `state.redb`;
+//! the first start converts it ([`StateFiles::load`]).
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use agenda_proto::db::KeyValue;
+use agenda_proto::raft::{
+    Applied, DedupRecord, Lease, Members, Revision, RevisionRecord, SnapshotData, StateFile,
+};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::ConfState;
+use redb::{ReadableDatabase, ReadableTable};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::schema;
+use crate::state_machine::StateMachine;
+
+/// The state file inside the data dir.
+pub const STATE_FILE: &str = "state.snap";
+/// Where earlier versions kept the state (converted at first start).
+pub const LEGACY_STATE_FILE: &str = "state.redb";
+const TMP_FILE: &str = "state.snap.tmp";
+const MAGIC: &[u8; 8] = b"AGDBSTA1";
+
+/// Reads and writes one node's state file. Writes are serialized and never
+/// go backwards: a file older than the one on disk is not written.
+pub struct StateFiles {
+    dir: PathBuf,
+    identity: String,
+    /// Applied index of the file on disk (`None`: no file yet).
+    written: Mutex<Option<u64>>,
+}
+
+impl StateFiles {
+    /// The state file of the node `id` of cluster `token` in `dir`.
+    pub fn new(dir: &Path, token: &str, id: u64) -> Self {
+        StateFiles {
+            dir: dir.to_path_buf(),
+            identity: format!("{token}\n{id}"),
+            written: Mutex::new(None),
+        }
+    }
+
+    /// Applied index covered by the file on disk (0 if none).
+    pub fn durable_applied(&self) -> u64 {
+        self.lock().unwrap_or(0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        // A writer that panicked left a complete file or none: the index
+        // is still right.
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Loads the state, `None` for a data dir without one. A data dir of
+    /// an earlier version is converted (its `state.redb` is removed once
+    /// the new file is durable).
+    pub fn load(&self, history_keep: i64) -> Result<Option<StateMachine>> {
+        let path = self.path();
+        if path.exists() {
+            let sm = self.read(&path, history_keep)?;
+            *self.lock() = Some(sm.applied.0);
+            return Ok(Some(sm));
+        }
+        let legacy = self.dir.join(LEGACY_STATE_FILE);
+        if !legacy.exists() {
+            return Ok(None);
+        }
+        tracing::info!(file = %legacy.display(), "converting the state from an earlier version");
+        let sm = self.read_legacy(&legacy, history_keep)?;
+        self.write(&sm)?;
+        std::fs::remove_file(&legacy).map_err(|e| io("remove", &legacy, e))?;
+        tracing::info!(applied = sm.applied.0, keys = sm.len(), "state converted to {STATE_FILE}");
+        Ok(Some(sm))
+    }
+
+    fn read(&self, path: &Path, history_keep: i64) -> Result<StateMachine> {
+        let bytes = std::fs::read(path).map_err(|e| io("read", path, e))?;
+        let corrupt = |why: &str| {
+            Error::Config(format!(
+                "{} is damaged ({why}); remove this data dir and re-add the member so it \
+                 catches up from the others",
+                path.display()
+            ))
+        };
+        if bytes.len() < MAGIC.len() + 12 || &bytes[..8] != MAGIC {
+            return Err(corrupt("not an agenda-db state file"));
+        }
+        let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        if len != (bytes.len() - 20) as u64 {
+            return Err(corrupt("truncated"));
+        }
+        let body = &bytes[16..bytes.len() - 4];
+        let crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"));
+        if crc32fast::hash(body) != crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let file = StateFile::decode(body).map_err(|e| corrupt(&e.to_string()))?;
+        self.check_identity(&file.identity)?;
+        let conf_state = ConfState::parse_from_bytes(&file.conf_state)?;
+        let mut sm = StateMachine::new(history_keep);
+        sm.load(
+            (file.applied_index, file.applied_term),
+            conf_state,
+            file.data.unwrap_or_default(),
+        );
+        sm.restore_history(file.compact_revision, file.history);
+        Ok(sm)
+    }
+
+    fn check_identity(&self, found: &str) -> Result<()> {
+        if found == self.identity {
+            return Ok(());
+        }
+        let (t, i) = found.split_once('\n').unwrap_or((found, "?"));
+        let (want_t, want_i) = self.identity.split_once('\n').unwrap_or_default();
+        Err(Error::Config(format!(
+            "data dir belongs to node {i} of cluster {t:?}, not node {want_i} of cluster \
+             {want_t:?}; use that node's flags or an empty data dir"
+        )))
+    }
+
+    /// Writes `sm` durably, unless the file on disk is as new. Returns
+    /// whether it wrote.
+    pub fn write(&self, sm: &StateMachine) -> Result<bool> {
+        let mut written = self.lock();
+        if written.is_some_and(|w| sm.applied.0 <= w) {
+            return Ok(false);
+        }
+        let file = StateFile {
+            identity: self.identity.clone(),
+            applied_index: sm.applied.0,
+            applied_term: sm.applied.1,
+            conf_state: sm.conf_state.write_to_bytes()?,
+            data: Some(sm.snapshot_data()),
+            compact_revision: sm.compact_revision,
+            history: sm.history_records(),
+        };
+        let body = file.encode_to_vec();
+        let tmp = self.dir.join(TMP_FILE);
+        let mut f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+        f.write_all(MAGIC)
+            .and_then(|()| f.write_all(&(body.len() as u64).to_le_bytes()))
+            .and_then(|()| f.write_all(&body))
+            .and_then(|()| f.write_all(&crc32fast::hash(&body).to_le_bytes()))
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("write", &tmp, e))?;
+        drop(f);
+        let path = self.path();
+        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync", &self.dir, e))?;
+        *written = Some(sm.applied.0);
+        Ok(true)
+    }
+
+    /// Reads an earlier version's `state.redb`.
+    fn read_legacy(&self, path: &Path, history_keep: i64) -> Result<StateMachine> {
+        let db = crate::open_database(path)?;
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(schema::META)?;
+        let record = |name: &str| -> Result<Option<Vec<u8>>> {
+            Ok(meta.get(name)?.map(|v| v.value().to_vec()))
+        };
+        if let Some(id) = record(schema::META_IDENTITY)? {
+            self.check_identity(&String::from_utf8_lossy(&id))?;
+        }
+        let pair = |name: &str| -> Result<(u64, u64)> {
+            match record(name)? {
+                Some(v) => schema::read_pair_u64(&v)
+                    .ok_or_else(|| Error::Corrupt(format!("{name} record"))),
+                None => Ok((0, 0)),
+            }
+        };
+        let applied = pair(schema::META_APPLIED)?;
+        let (revision, compact_revision) = pair(schema::META_REVISION)?;
+        let conf_state = match record(schema::META_CONF_STATE)? {
+            Some(v) => ConfState::parse_from_bytes(&v)?,
+            None => ConfState::default(),
+        };
+        let mut data = SnapshotData {
+            revision: revision as i64,
+            members: match record(schema::META_MEMBERS)? {
+                Some(v) => Some(Members::decode(v.as_slice())?),
+                None => None,
+            },
+            ..Default::default()
+        };
+        for item in txn.open_table(schema::KV)?.iter()? {
+            data.kvs.push(KeyValue::decode(item?.1.value())?);
+        }
+        for item in txn.open_table(schema::LEASES)?.iter()? {
+            data.leases.push(Lease::decode(item?.1.value())?);
+        }
+        for item in txn.open_table(schema::DEDUP)?.iter()? {
+            let (k, v) = item?;
+            data.dedup.push(DedupRecord {
+                request_id: k.value().to_string(),
+                applied: Some(Applied::decode(v.value())?),
+            });
+        }
+        let mut history = Vec::new();
+        for item in txn.open_table(schema::HISTORY)?.iter()? {
+            let (k, v) = item?;
+            history.push(RevisionRecord {
+                revision: k.value(),
+                events: Revision::decode(v.value())?.events,
+            });
+        }
+        let mut sm = StateMachine::new(history_keep);
+        sm.load(applied, conf_state, data);
+        sm.restore_history(compact_revision as i64, history);
+        Ok(sm)
+    }
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Io(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// Writes state files on their own thread, so the raft thread only pays
+/// for an O(1) clone of the state.
+pub struct Background {
+    tx: Option<SyncSender<StateMachine>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts the writer thread of node `id`.
+    pub fn start(id: u64, files: Arc<StateFiles>, metrics: Metrics) -> Result<Self> {
+        // One file at a time: while one is being written, newer states are
+        // simply offered again later.
+        let (tx, rx) = sync_channel::<StateMachine>(0);
+        let thread = std::thread::Builder::new()
+            .name(format!("state-file-{id}"))
+            .spawn(move || {
+                for sm in rx {
+                    let started = Instant::now();
+                    match files.write(&sm) {
+                        Ok(_) => metrics
+                            .state_sync_seconds
+                            .observe(started.elapsed().as_secs_f64()),
+                        // The log is kept until a file is written, so a
+                        // failure costs disk, not data; the next offer
+                        // tries again.
+                        Err(e) => tracing::error!(error = %e, "writing the state file failed"),
+                    }
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the state-file thread: {e}")))?;
+        Ok(Background {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands a state to the writer; false if it is busy with another.
+    pub fn offer(&self, sm: &StateMachine) -> bool {
+        match &self.tx {
+            Some(tx) => match tx.try_send(sm.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
+        }
+    }
+
+    /// Waits for the write in progress, if any, and stops the thread.
+    pub fn stop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agenda_proto::db::PutRequest;
+    use agenda_proto::raft::{command, Command};
+
+    fn state_with(keys: usize) -> StateMachine {
+        let mut sm = StateMachine::new(100);
+        sm.set_members([(1, "127.0.0.1:1".to_string())].into());
+        sm.conf_state = ConfState {
+            voters: vec![1],
+            ..Default::default()
+        };
+        for i in 0..keys {
+            let cmd = Command {
+                request_id: format!("r{i}"),
+                proposed_at_ms: 1,
+                op: Some(command::Op::Put(PutRequest {
+                    key: format!("k{i}").into(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
+            };
+            sm.apply(10 + i as u64, 2, 1, &cmd).unwrap();
+        }
+        sm
+    }
+
+    #[test]
+    fn a_written_state_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = StateFiles::new(dir.path(), "t", 1);
+        assert!(files.load(100).unwrap().is_none());
+        let sm = state_with(20);
+        assert!(files.write(&sm).unwrap());
+        assert!(!files.write(&sm).unwrap(), "the same state is not written twice");
+        let back = StateFiles::new(dir.path(), "t", 1)
+            .load(100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.applied, sm.applied);
+        assert_eq!(back.revision, 20);
+        assert_eq!(back.members, sm.members);
+        assert_eq!(back.conf_state.voters, vec![1]);
+        assert_eq!(back.get(b"k7").unwrap().mod_revision, 8);
+        assert!(back.dedup_lookup("r3").is_some(), "dedup survives");
+        let history = crate::state_machine::history_since(&back, 1);
+        assert_eq!(history.len(), 20, "history survives");
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = StateFiles::new(dir.path(), "t", 1);
+        files.write(&state_with(3)).unwrap();
+        let err = StateFiles::new(dir.path(), "t", 2).load(100).unwrap_err();
+        assert!(err.to_string().contains("belongs to node 1"), "{err}");
+        let path = dir.path().join(STATE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = StateFiles::new(dir.path(), "t", 1).load(100).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        std::fs::write(&path, &bytes[..mid]).unwrap();
+        let err = StateFiles::new(dir.path(), "t", 1).load(100).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}
