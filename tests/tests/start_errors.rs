@@ -70,7 +70,13 @@ fn a_busy_port_fails_clearly() -> Result<()> {
 fn a_corrupt_database_file_fails_clearly() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("raft-log.redb"), vec![0x5a; 64 * 1024])?;
-    check(&args(1, "1=127.0.0.1:1", dir.path()), "raft-log.redb")
+    check(&args(1, "1=127.0.0.1:1", dir.path()), "raft-log.redb")?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("state.snap"), vec![0x5a; 64 * 1024])?;
+    check(
+        &args(1, "1=127.0.0.1:1", dir.path()),
+        "state.snap is damaged",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

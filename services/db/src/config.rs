@@ -62,10 +62,13 @@ pub struct Config {
     #[arg(long, env = "AGENDA_DB_SNAPSHOT_THRESHOLD", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub snapshot_threshold: u64,
 
-    /// How often the state file is synced to disk, in milliseconds. The raft
-    /// log is synced before every acknowledgement regardless; this only
-    /// bounds how much of the log a restart replays.
-    #[arg(long, env = "AGENDA_DB_STATE_SYNC_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    /// Least time between two state files, in milliseconds. The state lives
+    /// in memory; a state file (written in the background, once this long
+    /// has passed and something changed) lets a restart replay only the log
+    /// after it, and the log is kept back to the last one. Acknowledged
+    /// writes are durable in the raft log regardless. A file that takes T
+    /// to write waits at least 10 T before the next.
+    #[arg(long, env = "AGENDA_DB_STATE_SYNC_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub state_sync_ms: u64,
 
     /// Revisions of history kept for Watch replay and past-revision reads.

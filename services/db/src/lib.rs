@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 
 use node::{Exit, Node, NodeConfig};
 use state_file::StateFiles;
-use state_machine::{SharedState, StateMachine};
+use state_machine::{Published, StateMachine};
 use storage::RaftStorage;
 
 pub use state_file::STATE_FILE;
@@ -131,11 +131,7 @@ pub async fn run(
     })?;
     let log_db = Arc::new(open_database(&cfg.data_dir.join(LOG_FILE))?);
     let fresh_log = check_identity(&log_db, &cfg.cluster_token, cfg.id)?;
-    let state_files = Arc::new(StateFiles::new(
-        &cfg.data_dir,
-        &cfg.cluster_token,
-        cfg.id,
-    ));
+    let state_files = Arc::new(StateFiles::new(&cfg.data_dir, &cfg.cluster_token, cfg.id));
     let loaded = state_files.load(cfg.history)?;
     if fresh_log != loaded.is_none() {
         return Err(Error::Config(format!(
@@ -145,9 +141,9 @@ pub async fn run(
     }
     let fresh = loaded.is_none();
     let mut sm = loaded.unwrap_or_else(|| StateMachine::new(cfg.history));
-    let published = SharedState::new(sm.clone());
+    let snapshot_source = Published::new(sm.clone());
 
-    let mut storage = RaftStorage::load(&log_db, published.clone())?;
+    let mut storage = RaftStorage::load(&log_db, snapshot_source.clone())?;
     if !storage.is_initialized() && !cfg.join {
         bootstrap(&log_db, &state_files, &mut storage, &mut sm, &members)?;
         tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapped a new cluster member");
@@ -174,7 +170,8 @@ pub async fn run(
     // joining node needs them to answer the leader).
     let mut book: BTreeMap<u64, String> = members;
     book.extend(sm.members.iter().map(|(id, addr)| (*id, addr.clone())));
-    published.store(sm.clone());
+    snapshot_source.store(sm.clone());
+    let view = Published::new(sm.view());
     let transport = transport::Transport::new(
         cfg.id,
         cfg.cluster_token.clone(),
@@ -197,7 +194,8 @@ pub async fn run(
         log_db.clone(),
         state_files,
         sm,
-        published.clone(),
+        view.clone(),
+        snapshot_source,
         hub.clone(),
         transport.clone(),
         metrics.clone(),
@@ -214,7 +212,7 @@ pub async fn run(
     let stop_servers = CancellationToken::new();
     let db_service = service::Db::new(
         handle.clone(),
-        published,
+        view,
         hub,
         cfg.request_timeout(),
         stop_servers.clone(),
@@ -378,10 +376,17 @@ mod tests {
 
     /// A founding member's files with log entries 6..=10, compacted up to
     /// `compact_to` (5 = not at all).
-    fn setup(compact_to: u64) -> (tempfile::TempDir, Database, SharedState, RaftStorage) {
+    fn setup(
+        compact_to: u64,
+    ) -> (
+        tempfile::TempDir,
+        Database,
+        Published<StateMachine>,
+        RaftStorage,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let log = open_database(&dir.path().join(LOG_FILE)).unwrap();
-        let state = SharedState::new(StateMachine::new(100));
+        let state = Published::new(StateMachine::new(100));
         let mut storage = RaftStorage::load(&log, state.clone()).unwrap();
         let txn = log.begin_write().unwrap();
         storage.bootstrap(&txn, 5, 5).unwrap();

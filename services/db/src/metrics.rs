@@ -27,7 +27,7 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Durable write transactions (raft log + state).
     pub fsync_seconds: Histogram,
-    /// Durable commits of the state file.
+    /// State files written (see `state_file.rs`).
     pub state_sync_seconds: Histogram,
     /// Entries applied per state-file transaction.
     pub apply_batch_entries: Histogram,
@@ -87,7 +87,7 @@ impl Metrics {
             state_sync_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "state_sync_latency_seconds",
-                    "Durable commit of the state file",
+                    "Writing one state file (encode, write, fsync, rename)",
                 )
                 .buckets(buckets.clone()),
             )

@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::lease::LeaseClock;
 use crate::metrics::Metrics;
-use crate::state_machine::{Effects, LeaseEffect, SharedState, StateMachine};
+use crate::state_machine::{Effects, LeaseEffect, Published, ReadView, StateMachine};
 use crate::storage::RaftStorage;
 use crate::transport::Transport;
 use crate::watch::WatchHub;
@@ -221,7 +221,9 @@ pub struct Node {
     last_state_sync: Instant,
     sm: StateMachine,
     /// What readers see: `sm` as of the end of the last apply batch.
-    published: SharedState,
+    view: Published<ReadView>,
+    /// What raft snapshots are built from (see `RaftStorage`).
+    snapshot_source: Published<StateMachine>,
     leases: LeaseClock,
     hub: WatchHub,
     transport: Transport,
@@ -253,7 +255,8 @@ impl Node {
         log_db: Arc<Database>,
         state_files: Arc<StateFiles>,
         sm: StateMachine,
-        published: SharedState,
+        view: Published<ReadView>,
+        snapshot_source: Published<StateMachine>,
         hub: WatchHub,
         transport: Transport,
         metrics: Metrics,
@@ -296,7 +299,8 @@ impl Node {
             background,
             last_state_sync: Instant::now(),
             sm,
-            published,
+            view,
+            snapshot_source,
             leases,
             hub,
             transport,
@@ -623,7 +627,7 @@ impl Node {
             .observe(entries.len() as f64);
         let mut outcomes = Vec::new();
         self.apply_entries(entries, &mut outcomes)?;
-        self.published.store(self.sm.clone());
+        self.view.store(self.sm.view());
         self.maybe_write_state();
         self.metrics
             .apply_seconds
@@ -632,13 +636,21 @@ impl Node {
         Ok(())
     }
 
-    /// Offers the state to the state-file thread every `cfg.state_sync`.
+    /// Offers the state to the state-file thread every `cfg.state_sync` or
+    /// more.
     fn maybe_write_state(&mut self) {
-        if self.last_state_sync.elapsed() >= self.cfg.state_sync
+        // A file costs time in proportion to the state's size: at most a
+        // tenth of the time goes to writing them.
+        let gap = self.cfg.state_sync.max(self.state_files.last_write() * 10);
+        if self.last_state_sync.elapsed() >= gap
             && self.sm.applied.0 > self.state_files.durable_applied()
             && self.background.offer(&self.sm)
         {
             self.last_state_sync = Instant::now();
+            // Raft snapshots follow the state files: never older than the
+            // log start, and the dedup tree is copied once per file, not
+            // per batch.
+            self.snapshot_source.store(self.sm.clone());
         }
     }
 
@@ -670,7 +682,8 @@ impl Node {
         self.raw.mut_store().apply_snapshot(&txn, meta)?;
         txn.commit()?;
         self.metrics.snapshots_installed.inc();
-        self.published.store(self.sm.clone());
+        self.snapshot_source.store(self.sm.clone());
+        self.view.store(self.sm.view());
         self.transport.set_members(&self.sm.members);
         self.publish_position();
         // Deadlines restart from now; see lease.rs.
@@ -691,8 +704,7 @@ impl Node {
                 }
                 EntryType::EntryNormal => {
                     let cmd = Command::decode(e.data.as_ref())?;
-                    let (result, effects) =
-                        self.sm.apply(e.index, e.term, self.cfg.id, &cmd)?;
+                    let (result, effects) = self.sm.apply(e.index, e.term, self.cfg.id, &cmd)?;
                     outcomes.push(Outcome {
                         request_id: cmd.request_id,
                         result: Some(result),

@@ -1,22 +1,14 @@
-//! The on-disk layout: the redb tables of a node's two files.
+//! The redb layout of `raft-log.redb`: the raft log ([`LOG`]) and, in
+//! [`META`], the hard state and the compaction point (`truncated`),
+//! committed with an fsync on every Ready that must sync (group commit: one
+//! fsync for every proposal that arrived meanwhile). Nothing is
+//! acknowledged before that.
 //!
-//! - `raft-log.redb`: the raft log and hard state ([`LOG`], and [`META`] with
-//!   `hard_state`, `truncated`). Committed with an fsync on every Ready
-//!   that must sync (group commit: one fsync for every proposal that
-//!   arrived meanwhile). Nothing is acknowledged before that.
-//! - `state.redb`: the state machine ([`KV`], [`LEASES`], [`LEASE_KEYS`],
-//!   [`HISTORY`], [`DEDUP`], [`DEDUP_AGE`]) and, in [`META`], the applied
-//!   index, revision, members and conf state, always in the same
-//!   transaction, so the state on disk is exactly "the log applied up to
-//!   `applied`": a restart neither loses nor re-applies anything.
-//!
-//! Why two files: a redb durable commit writes every page dirtied since the
-//! last one. If each Ready also fsynced the state machine's randomly placed
-//! pages, the disk would see many pages per write; instead the state file
-//! commits without fsync and syncs every `--state-sync-ms`. After a
-//! crash it is older than the log, and the node replays the log from its
-//! applied index (the log is never compacted past the durable applied
-//! index). This is etcd's WAL + backend split, with redb on both sides.
+//! The state machine is in memory and on disk in `state.snap` (see
+//! `state_file.rs`). Earlier versions kept it in a second redb file,
+//! `state.redb`, with the tables [`KV`], [`LEASES`], [`HISTORY`], [`DEDUP`]
+//! and the `META` records named below; they are defined here only so that
+//! file can be converted at first start.
 
 use redb::TableDefinition;
 
@@ -24,33 +16,28 @@ use redb::TableDefinition;
 pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Small records keyed by name (see the `META_*` constants).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Live keys: key -> prost `KeyValue`.
+/// Legacy `state.redb`: live keys, key -> prost `KeyValue`.
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
-/// Leases: id -> prost `Lease`.
+/// Legacy `state.redb`: leases, id -> prost `Lease`.
 pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
-/// Keys attached to each lease, so a revoke finds them without a scan.
-pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
-/// Per-revision events (prost `Revision`), for Watch replay and past reads.
+/// Legacy `state.redb`: per-revision events (prost `Revision`).
 pub const HISTORY: TableDefinition<i64, &[u8]> = TableDefinition::new("history");
-/// Exactly-once: request id -> prost `Applied` (its first result).
+/// Legacy `state.redb`: request id -> prost `Applied` (its first result).
 pub const DEDUP: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
-/// Dedup records by age, so expiry is a range scan: (at_ms, request id).
-pub const DEDUP_AGE: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedup_age");
 
 /// Raft `HardState` (protobuf).
 pub const META_HARD_STATE: &str = "hard_state";
-/// Raft `ConfState` (protobuf) as of the applied index.
+/// Legacy `state.redb`: raft `ConfState` (protobuf) as of the applied index.
 pub const META_CONF_STATE: &str = "conf_state";
 /// Index and term (2 x u64 LE) of the last entry removed from the log.
 pub const META_TRUNCATED: &str = "truncated";
-/// Applied index and its term (2 x u64 LE).
+/// Legacy `state.redb`: applied index and its term (2 x u64 LE).
 pub const META_APPLIED: &str = "applied";
-/// Current store revision and compact revision (2 x i64 LE).
+/// Legacy `state.redb`: store revision and compact revision (2 x i64 LE).
 pub const META_REVISION: &str = "revision";
-/// Member addresses (prost `Members`) as of the applied index.
+/// Legacy `state.redb`: member addresses (prost `Members`).
 pub const META_MEMBERS: &str = "members";
-/// Cluster token and node id the file belongs to (utf8 "token\nid"), in
-/// both files.
+/// Cluster token and node id the file belongs to (utf8 "token\nid").
 pub const META_IDENTITY: &str = "identity";
 
 /// Encodes two u64 into 16 bytes (little endian).

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::node::{now_ms, NodeHandle, Request, Status};
-use crate::state_machine::{self, refusal_to_error, SharedState};
+use crate::state_machine::{self, refusal_to_error, Published, ReadView};
 use crate::watch::WatchHub;
 
 /// A proposal with no answer after this long is proposed again.
@@ -38,7 +38,7 @@ const REPLAY_CHUNK: usize = 256;
 #[derive(Clone)]
 pub struct Db {
     node: NodeHandle,
-    state: SharedState,
+    state: Published<ReadView>,
     hub: WatchHub,
     timeout: Duration,
     /// Ends watch streams at shutdown so connections can drain.
@@ -49,7 +49,7 @@ impl Db {
     /// Builds the request layer over a running node.
     pub fn new(
         node: NodeHandle,
-        state: SharedState,
+        state: Published<ReadView>,
         hub: WatchHub,
         timeout: Duration,
         shutdown: CancellationToken,

@@ -20,10 +20,11 @@
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use agenda_proto::db::KeyValue;
 use agenda_proto::raft::{
@@ -45,6 +46,10 @@ pub const STATE_FILE: &str = "state.snap";
 pub const LEGACY_STATE_FILE: &str = "state.redb";
 const TMP_FILE: &str = "state.snap.tmp";
 const MAGIC: &[u8; 8] = b"AGDBSTA1";
+/// The body goes to disk in pieces of this size, each synced before the
+/// next, so a large file never queues a burst of dirty pages in front of
+/// the raft log's small fsyncs on the same disk.
+const SYNC_EVERY: usize = 4 * 1024 * 1024;
 
 /// Reads and writes one node's state file. Writes are serialized and never
 /// go backwards: a file older than the one on disk is not written.
@@ -53,6 +58,8 @@ pub struct StateFiles {
     identity: String,
     /// Applied index of the file on disk (`None`: no file yet).
     written: Mutex<Option<u64>>,
+    /// How long the last write took, in microseconds.
+    last_write_us: AtomicU64,
 }
 
 impl StateFiles {
@@ -62,12 +69,18 @@ impl StateFiles {
             dir: dir.to_path_buf(),
             identity: format!("{token}\n{id}"),
             written: Mutex::new(None),
+            last_write_us: AtomicU64::new(0),
         }
     }
 
     /// Applied index covered by the file on disk (0 if none).
     pub fn durable_applied(&self) -> u64 {
         self.lock().unwrap_or(0)
+    }
+
+    /// How long the last write took (zero before the first).
+    pub fn last_write(&self) -> Duration {
+        Duration::from_micros(self.last_write_us.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
@@ -98,7 +111,11 @@ impl StateFiles {
         let sm = self.read_legacy(&legacy, history_keep)?;
         self.write(&sm)?;
         std::fs::remove_file(&legacy).map_err(|e| io("remove", &legacy, e))?;
-        tracing::info!(applied = sm.applied.0, keys = sm.len(), "state converted to {STATE_FILE}");
+        tracing::info!(
+            applied = sm.applied.0,
+            keys = sm.len(),
+            "state converted to {STATE_FILE}"
+        );
         Ok(Some(sm))
     }
 
@@ -155,6 +172,7 @@ impl StateFiles {
         if written.is_some_and(|w| sm.applied.0 <= w) {
             return Ok(false);
         }
+        let started = Instant::now();
         let file = StateFile {
             identity: self.identity.clone(),
             applied_index: sm.applied.0,
@@ -167,12 +185,17 @@ impl StateFiles {
         let body = file.encode_to_vec();
         let tmp = self.dir.join(TMP_FILE);
         let mut f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-        f.write_all(MAGIC)
-            .and_then(|()| f.write_all(&(body.len() as u64).to_le_bytes()))
-            .and_then(|()| f.write_all(&body))
-            .and_then(|()| f.write_all(&crc32fast::hash(&body).to_le_bytes()))
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io("write", &tmp, e))?;
+        let mut put = || -> std::io::Result<()> {
+            f.write_all(MAGIC)?;
+            f.write_all(&(body.len() as u64).to_le_bytes())?;
+            for piece in body.chunks(SYNC_EVERY) {
+                f.write_all(piece)?;
+                f.sync_data()?;
+            }
+            f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
+            f.sync_all()
+        };
+        put().map_err(|e| io("write", &tmp, e))?;
         drop(f);
         let path = self.path();
         std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
@@ -180,6 +203,8 @@ impl StateFiles {
             .and_then(|d| d.sync_all())
             .map_err(|e| io("sync", &self.dir, e))?;
         *written = Some(sm.applied.0);
+        self.last_write_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -344,7 +369,10 @@ mod tests {
         assert!(files.load(100).unwrap().is_none());
         let sm = state_with(20);
         assert!(files.write(&sm).unwrap());
-        assert!(!files.write(&sm).unwrap(), "the same state is not written twice");
+        assert!(
+            !files.write(&sm).unwrap(),
+            "the same state is not written twice"
+        );
         let back = StateFiles::new(dir.path(), "t", 1)
             .load(100)
             .unwrap()
@@ -355,8 +383,91 @@ mod tests {
         assert_eq!(back.conf_state.voters, vec![1]);
         assert_eq!(back.get(b"k7").unwrap().mod_revision, 8);
         assert!(back.dedup_lookup("r3").is_some(), "dedup survives");
-        let history = crate::state_machine::history_since(&back, 1);
+        let history = crate::state_machine::history_since(&back.view(), 1);
         assert_eq!(history.len(), 20, "history survives");
+    }
+
+    #[test]
+    fn an_earlier_versions_state_redb_is_converted() {
+        use agenda_proto::db::{event, Event};
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join(LEGACY_STATE_FILE);
+        {
+            let db = crate::open_database(&legacy).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(schema::META).unwrap();
+                meta.insert(schema::META_IDENTITY, b"t\n1".as_slice())
+                    .unwrap();
+                meta.insert(schema::META_APPLIED, schema::pair_u64(42, 3).as_slice())
+                    .unwrap();
+                meta.insert(schema::META_REVISION, schema::pair_u64(9, 7).as_slice())
+                    .unwrap();
+                let cs = ConfState {
+                    voters: vec![1, 2, 3],
+                    ..Default::default()
+                };
+                meta.insert(
+                    schema::META_CONF_STATE,
+                    cs.write_to_bytes().unwrap().as_slice(),
+                )
+                .unwrap();
+                let kv = KeyValue {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    create_revision: 9,
+                    mod_revision: 9,
+                    version: 1,
+                    lease: 5,
+                };
+                txn.open_table(schema::KV)
+                    .unwrap()
+                    .insert(b"k".as_slice(), kv.encode_to_vec().as_slice())
+                    .unwrap();
+                txn.open_table(schema::LEASES)
+                    .unwrap()
+                    .insert(5, Lease { id: 5, ttl: 30 }.encode_to_vec().as_slice())
+                    .unwrap();
+                let applied = Applied {
+                    result: None,
+                    at_ms: 1,
+                };
+                txn.open_table(schema::DEDUP)
+                    .unwrap()
+                    .insert("req-1", applied.encode_to_vec().as_slice())
+                    .unwrap();
+                let rev = Revision {
+                    events: vec![Event {
+                        r#type: event::EventType::Put as i32,
+                        kv: Some(kv),
+                        prev_kv: None,
+                    }],
+                };
+                txn.open_table(schema::HISTORY)
+                    .unwrap()
+                    .insert(9, rev.encode_to_vec().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let sm = StateFiles::new(dir.path(), "t", 1)
+            .load(100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(sm.applied, (42, 3));
+        assert_eq!((sm.revision, sm.compact_revision), (9, 7));
+        assert_eq!(sm.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(sm.get(b"k").unwrap().value, b"v");
+        assert_eq!(sm.leases(), vec![(5, 30)]);
+        assert_eq!(crate::state_machine::history_since(&sm.view(), 8).len(), 1);
+        assert!(!legacy.exists(), "the old file is gone once converted");
+        // The next start reads the new file.
+        let again = StateFiles::new(dir.path(), "t", 1)
+            .load(100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.applied, (42, 3));
+        assert_eq!(again.get(b"k").unwrap().lease, 5);
     }
 
     #[test]

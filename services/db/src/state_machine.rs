@@ -36,9 +36,10 @@ use raft::prelude::{ConfState, Snapshot};
 use crate::error::{Error, Result};
 
 /// How long a request id is remembered for exactly-once retries. Clients
-/// retry within their request deadline (seconds); the margin is wide, and
-/// the records cost memory (about 150 bytes per write in the window).
-pub const DEDUP_RETENTION_MS: u64 = 5 * 60 * 1000;
+/// retry within their request deadline (the shared client's is 10 s); the
+/// records cost memory and state-file size (about 200 bytes per write in
+/// the window), so the margin is six deadlines, not more.
+pub const DEDUP_RETENTION_MS: u64 = 60 * 1000;
 /// Old dedup records and history are expired in rounds, every `GC_EVERY`
 /// entries (or revisions), at most `GC_BATCH` at a time: never a scan per
 /// write, never a long pause. The triggers depend only on replicated state,
@@ -161,6 +162,16 @@ impl StateMachine {
     /// The current value of one key.
     pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
         self.t.kv.get(key).map(|kv| kv.as_ref())
+    }
+
+    /// What readers get to see of the current state (O(1)).
+    pub fn view(&self) -> ReadView {
+        ReadView {
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            kv: self.t.kv.clone(),
+            history: self.t.history.clone(),
+        }
     }
 
     /// Number of live keys.
@@ -343,7 +354,10 @@ impl StateMachine {
                 None => return Err(Error::InvalidArgument("empty txn operation".into())),
             }
         }
-        let succeeded = req.compare.iter().all(|c| compare_holds(c, self.get(&c.key)));
+        let succeeded = req
+            .compare
+            .iter()
+            .all(|c| compare_holds(c, self.get(&c.key)));
         let ops: &[RequestOp] = if succeeded {
             &req.success
         } else {
@@ -462,11 +476,7 @@ impl StateMachine {
     pub fn restore(&mut self, snap: &Snapshot) -> Result<()> {
         let data = SnapshotData::decode(snap.get_data())?;
         let meta = snap.get_metadata();
-        self.load(
-            (meta.index, meta.term),
-            meta.get_conf_state().clone(),
-            data,
-        );
+        self.load((meta.index, meta.term), meta.get_conf_state().clone(), data);
         self.compact_revision = self.revision;
         Ok(())
     }
@@ -523,28 +533,47 @@ impl StateMachine {
     }
 }
 
-/// The state readers see. The raft thread stores a clone after every apply
-/// batch; a reader takes the current one and reads it for as long as it
-/// likes without holding anything up, like a read transaction.
-#[derive(Clone)]
-pub struct SharedState(Arc<RwLock<Arc<StateMachine>>>);
+/// What readers see of the state: the keys, history and revisions. The raft
+/// thread publishes one after every apply batch; it shares all unchanged
+/// tree nodes with the live state, and a reader holds it as long as it
+/// likes without holding anything up, like a read transaction. Dedup
+/// records and leases stay out: copying their trees on every publish would
+/// cost the raft thread for nothing.
+#[derive(Clone, Default)]
+pub struct ReadView {
+    /// Store revision of this view.
+    pub revision: i64,
+    /// Oldest revision whose history is gone.
+    pub compact_revision: i64,
+    kv: OrdMap<Bytes, Arc<KeyValue>>,
+    history: OrdMap<i64, Arc<Vec<Event>>>,
+}
 
-impl SharedState {
-    /// Publishes `sm` as the first state.
-    pub fn new(sm: StateMachine) -> Self {
-        SharedState(Arc::new(RwLock::new(Arc::new(sm))))
+/// A value one thread replaces and others read: the last stored `Arc`.
+pub struct Published<T>(Arc<RwLock<Arc<T>>>);
+
+impl<T> Clone for Published<T> {
+    fn clone(&self) -> Self {
+        Published(self.0.clone())
+    }
+}
+
+impl<T> Published<T> {
+    /// Publishes `value` as the first one.
+    pub fn new(value: T) -> Self {
+        Published(Arc::new(RwLock::new(Arc::new(value))))
     }
 
-    /// The state as of the last apply batch.
-    pub fn load(&self) -> Arc<StateMachine> {
+    /// The last value stored.
+    pub fn load(&self) -> Arc<T> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Replaces the published state.
-    pub fn store(&self, sm: StateMachine) {
+    /// Replaces the published value.
+    pub fn store(&self, value: T) {
         let old = {
             let mut cur = self.0.write().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut *cur, Arc::new(sm))
+            std::mem::replace(&mut *cur, Arc::new(value))
         };
         // Freed outside the lock: readers never wait for a drop.
         drop(old);
@@ -782,13 +811,13 @@ fn range(kv: &OrdMap<Bytes, Arc<KeyValue>>, req: &RangeRequest) -> RangeResponse
 }
 
 /// Range as of `req.revision` (0 = now), undoing newer history.
-pub fn range_at(sm: &StateMachine, req: &RangeRequest) -> Result<RangeResponse> {
+pub fn range_at(sm: &ReadView, req: &RangeRequest) -> Result<RangeResponse> {
     let header = Some(ResponseHeader {
         revision: sm.revision,
         ..Default::default()
     });
     if req.revision == 0 || req.revision >= sm.revision {
-        let mut resp = range(&sm.t.kv, req);
+        let mut resp = range(&sm.kv, req);
         resp.header = header;
         return Ok(resp);
     }
@@ -799,7 +828,7 @@ pub fn range_at(sm: &StateMachine, req: &RangeRequest) -> Result<RangeResponse> 
         });
     }
     let all = range(
-        &sm.t.kv,
+        &sm.kv,
         &RangeRequest {
             key: req.key.clone(),
             prefix: req.prefix,
@@ -809,7 +838,7 @@ pub fn range_at(sm: &StateMachine, req: &RangeRequest) -> Result<RangeResponse> 
     );
     let mut state: BTreeMap<Vec<u8>, KeyValue> =
         all.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-    for (_, events) in sm.t.history.range(req.revision + 1..).rev() {
+    for (_, events) in sm.history.range(req.revision + 1..).rev() {
         for ev in events.iter().rev() {
             let Some(kv) = &ev.kv else { continue };
             if !range_selects(req, &kv.key) {
@@ -841,7 +870,7 @@ pub fn range_at(sm: &StateMachine, req: &RangeRequest) -> Result<RangeResponse> 
 /// Runs a read-only txn on one state: the compares against the current
 /// keys pick the branch, whose ranges each read as of their own revision
 /// (0: the state's).
-pub fn read_txn(sm: &StateMachine, req: &TxnRequest) -> Result<TxnResponse> {
+pub fn read_txn(sm: &ReadView, req: &TxnRequest) -> Result<TxnResponse> {
     for c in &req.compare {
         validate_key(&c.key, false)?;
     }
@@ -854,7 +883,10 @@ pub fn read_txn(sm: &StateMachine, req: &TxnRequest) -> Result<TxnResponse> {
             .collect()
     };
     let (success, failure) = (ranges(&req.success)?, ranges(&req.failure)?);
-    let succeeded = req.compare.iter().all(|c| compare_holds(c, sm.get(&c.key)));
+    let succeeded = req
+        .compare
+        .iter()
+        .all(|c| compare_holds(c, sm.kv.get(c.key.as_slice()).map(|kv| kv.as_ref())));
     let mut responses = Vec::new();
     for r in if succeeded { success } else { failure } {
         responses.push(ResponseOp {
@@ -872,8 +904,8 @@ pub fn read_txn(sm: &StateMachine, req: &TxnRequest) -> Result<TxnResponse> {
 }
 
 /// Revisions after `from` (inclusive) still in history, oldest first.
-pub fn history_since(sm: &StateMachine, from: i64) -> Vec<(i64, Arc<Vec<Event>>)> {
-    sm.t.history
+pub fn history_since(sm: &ReadView, from: i64) -> Vec<(i64, Arc<Vec<Event>>)> {
+    sm.history
         .range(from..)
         .map(|(rev, events)| (*rev, events.clone()))
         .collect()
@@ -1184,11 +1216,11 @@ mod tests {
                 })
                 .collect()
         };
-        let held = read_txn(&f.sm, &read(1)).unwrap();
+        let held = read_txn(&f.sm.view(), &read(1)).unwrap();
         assert!(held.succeeded);
         assert_eq!(held.header.unwrap().revision, 3);
         assert_eq!(values(&held), vec![b"y".to_vec(), b"x".to_vec()]);
-        let failed = read_txn(&f.sm, &read(2)).unwrap();
+        let failed = read_txn(&f.sm.view(), &read(2)).unwrap();
         assert!(!failed.succeeded);
         assert_eq!(values(&failed), vec![b"1".to_vec()]);
         // A txn that writes reads the latest state only.
@@ -1212,7 +1244,7 @@ mod tests {
         }
         f.apply("late", put("a/2", "y"));
         f.apply("late2", put("a/25", "z"));
-        let sm = f.sm.clone();
+        let sm = f.sm.view();
         let span = |rev: i64, from: &str, to: &str| -> Vec<(String, String)> {
             range_at(
                 &sm,
@@ -1266,9 +1298,10 @@ mod tests {
                 ..Default::default()
             }),
         );
+        let view = f.sm.view();
         let at = |rev: i64| {
             range_at(
-                &f.sm,
+                &view,
                 &RangeRequest {
                     key: b"k".to_vec(),
                     revision: rev,
@@ -1280,7 +1313,7 @@ mod tests {
         assert_eq!(at(4).unwrap().kvs[0].value, b"4");
         assert!(at(6).unwrap().kvs.is_empty());
         assert!(matches!(at(1), Err(Error::Compacted { .. })));
-        let hist = history_since(&f.sm, f.sm.compact_revision + 1);
+        let hist = history_since(&view, f.sm.compact_revision + 1);
         assert_eq!(hist.len(), 3);
     }
 
@@ -1327,6 +1360,29 @@ mod tests {
             }),
         );
         assert!(g.get("a").is_none());
+    }
+
+    #[test]
+    fn a_published_view_does_not_see_later_writes() {
+        let mut f = Fixture::new();
+        f.apply("1", put("k", "old"));
+        let view = f.sm.view();
+        f.apply("2", put("k", "new"));
+        f.apply("3", put("other", "x"));
+        let read = |v: &ReadView, key: &str| {
+            range_at(
+                v,
+                &RangeRequest {
+                    key: key.into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        assert_eq!(read(&view, "k").kvs[0].value, b"old");
+        assert!(read(&view, "other").kvs.is_empty());
+        assert_eq!(read(&view, "k").header.unwrap().revision, 1);
+        assert_eq!(read(&f.sm.view(), "k").kvs[0].value, b"new");
     }
 
     #[test]

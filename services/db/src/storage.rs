@@ -24,12 +24,14 @@ use redb::{Database, ReadableDatabase, WriteTransaction};
 
 use crate::error::{Error, Result};
 use crate::schema::{self, LOG, META};
-use crate::state_machine::SharedState;
+use crate::state_machine::{Published, StateMachine};
 
 /// raft-rs storage of one node.
 pub struct RaftStorage {
-    /// The applied state (snapshots are built from it).
-    state: SharedState,
+    /// The state snapshots are built from: the one last handed to the
+    /// state-file writer, so never older than what the log was compacted
+    /// to.
+    state: Published<StateMachine>,
     hard_state: HardState,
     /// Configuration as of the applied index; raft-rs reads it at start-up.
     conf_state: ConfState,
@@ -42,7 +44,7 @@ pub struct RaftStorage {
 impl RaftStorage {
     /// Loads the persisted log and hard state (log file); the conf state
     /// comes from the loaded state machine.
-    pub fn load(log_db: &Database, state: SharedState) -> Result<Self> {
+    pub fn load(log_db: &Database, state: Published<StateMachine>) -> Result<Self> {
         let conf_state = state.load().conf_state.clone();
         let txn = log_db.begin_read()?;
         let meta = txn.open_table(META)?;
@@ -143,8 +145,8 @@ impl RaftStorage {
     }
 
     /// Initializes the log of a founding member of a new cluster: it starts
-    /// as if compacted at (`index`, `term`) (the configuration goes to the
-    /// state file, see `lib.rs`). Every founding member starts from the
+    /// as if compacted at (`index`, `term`) (the configuration goes with
+    /// the state, see `lib.rs`). Every founding member starts from the
     /// same point, and because the entries before it do not exist, a member
     /// added later can only be initialized by a snapshot (it would otherwise
     /// replay a log without the founding configuration).
@@ -310,7 +312,7 @@ mod tests {
     }
 
     fn load(db: &Database) -> RaftStorage {
-        let state = SharedState::new(crate::state_machine::StateMachine::new(10));
+        let state = Published::new(StateMachine::new(10));
         RaftStorage::load(db, state).unwrap()
     }
 
