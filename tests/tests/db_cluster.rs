@@ -283,7 +283,12 @@ async fn a_node_down_for_100k_writes_catches_up_by_snapshot() -> Result<()> {
     // needs is gone and only a snapshot can bring it back.
     const KEYS: u64 = 100_000;
     const PER_TXN: u64 = 10;
-    let mut c = Cluster::start(opts(&["--snapshot-threshold=1000", "--state-sync-ms=200"])).await?;
+    let mut c = Cluster::start(opts(&[
+        "--snapshot-threshold=1000",
+        "--state-sync-ms=200",
+        "--state-sync-bytes=65536",
+    ]))
+    .await?;
     let leader = c.leader().await?;
     let lagger = (1..=5).rev().find(|id| *id != leader).unwrap();
     c.stop(lagger);

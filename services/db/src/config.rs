@@ -63,13 +63,19 @@ pub struct Config {
     pub snapshot_threshold: u64,
 
     /// Least time between two state files, in milliseconds. The state lives
-    /// in memory; a state file (written in the background, once this long
-    /// has passed and something changed) lets a restart replay only the log
-    /// after it, and the log is kept back to the last one. Acknowledged
-    /// writes are durable in the raft log regardless. A file that takes T
-    /// to write waits at least 10 T before the next.
-    #[arg(long, env = "AGENDA_DB_STATE_SYNC_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    /// in memory; a state file (written in the background) lets a restart
+    /// replay only the log after it, and the log is kept back to the last
+    /// one. Acknowledged writes are durable in the raft log regardless.
+    #[arg(long, env = "AGENDA_DB_STATE_SYNC_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub state_sync_ms: u64,
+
+    /// Write a state file once the log applied since the last one holds
+    /// this many bytes, or as many as the last state file if that is more:
+    /// a file costs time in proportion to the whole state, so it is paid
+    /// for by as many bytes of new log, and a restart never replays more
+    /// log than about the state's own size.
+    #[arg(long, env = "AGENDA_DB_STATE_SYNC_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub state_sync_bytes: u64,
 
     /// Revisions of history kept for Watch replay and past-revision reads.
     #[arg(long, env = "AGENDA_DB_HISTORY", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..))]

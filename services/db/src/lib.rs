@@ -187,6 +187,7 @@ pub async fn run(
         heartbeat_ticks: 2,
         snapshot_threshold: cfg.snapshot_threshold,
         state_sync: Duration::from_millis(cfg.state_sync_ms),
+        state_sync_bytes: cfg.state_sync_bytes,
     };
     let (node, handle, rx) = Node::new(
         node_cfg,

@@ -8,9 +8,9 @@
 //! however many proposals arrived meanwhile: group commit), apply committed
 //! entries to the in-memory state and publish it to readers, send the
 //! messages that must wait for persistence, advance, and apply what the
-//! advance committed. Every `--state-sync-ms` a copy of the state goes to
-//! the state-file thread (`state_file.rs`); the log is compacted only up
-//! to what a state file covers.
+//! advance committed. Once enough log was applied to pay for it, a copy of
+//! the state goes to the state-file thread (`state_file.rs`); the log is
+//! compacted only up to what a state file covers.
 //!
 //! A storage error ends the loop with an error: the node stops rather than
 //! continue with a state it could not persist.
@@ -48,6 +48,12 @@ const DRAIN_BATCH: usize = 8192;
 /// Read batches whose ReadIndex never came back are dropped after this
 /// (their callers retry).
 const READ_INDEX_GIVE_UP: Duration = Duration::from_secs(3);
+/// Longest a new state waits before readers' view is replaced. A publish
+/// makes the next writes copy the tree nodes they touch, so under a write
+/// load the view is replaced at this pace, not after every batch; a
+/// linearizable read or a watch start that needs a newer view gets one at
+/// once. Only `stale` reads can see a view this much behind.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
 /// Timing and log-size knobs of a node.
 #[derive(Debug, Clone)]
@@ -62,8 +68,10 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Compact the log once it holds this many applied entries.
     pub snapshot_threshold: u64,
-    /// How often a state file is written (when anything was applied).
+    /// Least time between two state files.
     pub state_sync: Duration,
+    /// Log bytes that pay for a state file (see `Config::state_sync_bytes`).
+    pub state_sync_bytes: u64,
 }
 
 /// Something for the node loop to do.
@@ -106,6 +114,11 @@ pub enum Request {
     },
     /// The transport could not reach a peer.
     Unreachable(u64),
+    /// Replace readers' view by the current state now.
+    Publish {
+        /// Fires once the view is current.
+        reply: oneshot::Sender<()>,
+    },
     /// Nothing to do: wakes the loop so it notices a stop request.
     Wake,
 }
@@ -142,10 +155,12 @@ pub struct Shared {
     pub leader: AtomicU64,
     /// Current term.
     pub term: AtomicU64,
-    /// Current store revision.
+    /// Store revision of the view readers see.
     pub revision: AtomicI64,
-    /// Oldest revision in history.
+    /// Oldest revision in that view's history.
     pub compact_revision: AtomicI64,
+    /// Newest revision sent to watchers (can be ahead of `revision`).
+    pub delivered_revision: AtomicI64,
     /// False once the loop has ended (stopped, removed or failed).
     pub running: AtomicBool,
     /// Set to ask the loop to stop.
@@ -219,9 +234,14 @@ pub struct Node {
     background: Background,
     /// When the last state was handed to the state-file thread.
     last_state_sync: Instant,
+    /// Bytes of log applied since then.
+    applied_bytes: u64,
     sm: StateMachine,
-    /// What readers see: `sm` as of the end of the last apply batch.
+    /// What readers see: `sm` as of the last publish (see `PUBLISH_EVERY`).
     view: Published<ReadView>,
+    /// Whether `sm` moved since the last publish.
+    view_stale: bool,
+    last_publish: Instant,
     /// What raft snapshots are built from (see `RaftStorage`).
     snapshot_source: Published<StateMachine>,
     leases: LeaseClock,
@@ -282,6 +302,9 @@ impl Node {
         shared.running.store(true, Ordering::Release);
         shared.revision.store(sm.revision, Ordering::Release);
         shared
+            .delivered_revision
+            .store(sm.revision, Ordering::Release);
+        shared
             .compact_revision
             .store(sm.compact_revision, Ordering::Release);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -298,8 +321,11 @@ impl Node {
             state_files,
             background,
             last_state_sync: Instant::now(),
+            applied_bytes: 0,
             sm,
             view,
+            view_stale: false,
+            last_publish: Instant::now(),
             snapshot_source,
             leases,
             hub,
@@ -335,7 +361,10 @@ impl Node {
     fn run_inner(&mut self, rx: &Receiver<Request>) -> Result<Exit> {
         let mut last_tick = Instant::now();
         loop {
-            let wait = self.cfg.tick.saturating_sub(last_tick.elapsed());
+            let mut wait = self.cfg.tick.saturating_sub(last_tick.elapsed());
+            if self.view_stale {
+                wait = wait.min(PUBLISH_EVERY.saturating_sub(self.last_publish.elapsed()));
+            }
             match rx.recv_timeout(wait) {
                 Ok(req) => self.handle(req)?,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -359,10 +388,15 @@ impl Node {
                 last_tick = Instant::now();
                 self.raw.tick();
                 self.on_tick();
-                // Also when idle after a burst, so a restart replays little.
                 self.maybe_write_state();
             }
             self.on_ready()?;
+            if self.raw.store().take_snapshot_request() {
+                self.snapshot_source.store(self.sm.clone());
+            }
+            if self.view_stale && self.last_publish.elapsed() >= PUBLISH_EVERY {
+                self.publish_view();
+            }
             if self.removed {
                 return Ok(Exit::Removed);
             }
@@ -451,6 +485,10 @@ impl Node {
                 self.raw.report_snapshot(to, status);
             }
             Request::Unreachable(id) => self.raw.report_unreachable(id),
+            Request::Publish { reply } => {
+                self.publish_view();
+                let _ = reply.send(());
+            }
             Request::Wake => {}
         }
         Ok(())
@@ -627,7 +665,10 @@ impl Node {
             .observe(entries.len() as f64);
         let mut outcomes = Vec::new();
         self.apply_entries(entries, &mut outcomes)?;
-        self.view.store(self.sm.view());
+        self.view_stale = true;
+        if self.last_publish.elapsed() >= PUBLISH_EVERY {
+            self.publish_view();
+        }
         self.maybe_write_state();
         self.metrics
             .apply_seconds
@@ -636,17 +677,16 @@ impl Node {
         Ok(())
     }
 
-    /// Offers the state to the state-file thread every `cfg.state_sync` or
-    /// more.
+    /// Offers the state to the state-file thread once enough log was
+    /// applied to pay for it (see `Config::state_sync_bytes`).
     fn maybe_write_state(&mut self) {
-        // A file costs time in proportion to the state's size: at most a
-        // tenth of the time goes to writing them.
-        let gap = self.cfg.state_sync.max(self.state_files.last_write() * 10);
-        if self.last_state_sync.elapsed() >= gap
-            && self.sm.applied.0 > self.state_files.durable_applied()
+        let due = self.cfg.state_sync_bytes.max(self.state_files.size());
+        if self.applied_bytes >= due
+            && self.last_state_sync.elapsed() >= self.cfg.state_sync
             && self.background.offer(&self.sm)
         {
             self.last_state_sync = Instant::now();
+            self.applied_bytes = 0;
             // Raft snapshots follow the state files: never older than the
             // log start, and the dedup tree is copied once per file, not
             // per batch.
@@ -683,9 +723,9 @@ impl Node {
         txn.commit()?;
         self.metrics.snapshots_installed.inc();
         self.snapshot_source.store(self.sm.clone());
-        self.view.store(self.sm.view());
+        self.view_stale = true;
+        self.publish_view();
         self.transport.set_members(&self.sm.members);
-        self.publish_position();
         // Deadlines restart from now; see lease.rs.
         self.leases.reset(self.sm.leases(), Instant::now());
         Ok(())
@@ -697,6 +737,7 @@ impl Node {
             if e.index <= self.sm.applied.0 {
                 continue;
             }
+            self.applied_bytes += e.data.len() as u64;
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {
                     // The empty entry a new leader appends.
@@ -821,7 +862,9 @@ impl Node {
                 }
             }
         }
-        self.publish_position();
+        self.shared
+            .delivered_revision
+            .store(self.sm.revision, Ordering::Release);
         self.shared
             .term
             .store(self.raw.raft.term, Ordering::Release);
@@ -834,8 +877,14 @@ impl Node {
         });
     }
 
-    /// Makes the revisions visible to the serving side (watch starts).
-    fn publish_position(&self) {
+    /// Replaces readers' view by the current state, if it moved.
+    fn publish_view(&mut self) {
+        if !self.view_stale {
+            return;
+        }
+        self.view.store(self.sm.view());
+        self.view_stale = false;
+        self.last_publish = Instant::now();
         self.shared
             .revision
             .store(self.sm.revision, Ordering::Release);
@@ -846,6 +895,10 @@ impl Node {
 
     fn release_reads(&mut self) {
         let applied = self.sm.applied.0;
+        if self.reads_ready.iter().any(|(index, _)| *index <= applied) {
+            // The readers about to go read the view need it this new.
+            self.publish_view();
+        }
         let mut i = 0;
         while i < self.reads_ready.len() {
             if self.reads_ready[i].0 <= applied {

@@ -9,6 +9,7 @@
 //! then read the local replica; `stale` reads skip the round.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agenda_proto::db::{
@@ -348,10 +349,12 @@ impl Db {
             ));
         }
         let mut live = self.hub.subscribe();
-        let current = self.node.shared.revision.load(Ordering::Acquire);
+        // Everything up to here went to watchers before `live` existed, so
+        // the replay must cover it.
+        let delivered = self.node.shared.delivered_revision.load(Ordering::Acquire);
         let compacted = self.node.shared.compact_revision.load(Ordering::Acquire);
         let start = if req.start_revision == 0 {
-            current + 1
+            delivered + 1
         } else {
             req.start_revision
         };
@@ -365,7 +368,14 @@ impl Db {
         let this = self.clone();
         tokio::spawn(async move {
             let mut last = start - 1;
-            let history = state_machine::history_since(&this.state.load(), start);
+            let view = match this.view_at_least(delivered).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let history = state_machine::history_since(&view, start);
             let mut chunk = Vec::new();
             for (rev, events) in history {
                 chunk.extend(filter(&req, events.iter().cloned()));
@@ -402,6 +412,19 @@ impl Db {
             }
         });
         Ok(rx)
+    }
+
+    /// Readers' view, made current first if it is older than `revision`
+    /// (the node publishes it lazily, see `node::PUBLISH_EVERY`).
+    async fn view_at_least(&self, revision: i64) -> Result<Arc<ReadView>> {
+        let view = self.state.load();
+        if view.revision >= revision {
+            return Ok(view);
+        }
+        let (reply, done) = oneshot::channel();
+        self.node.send(Request::Publish { reply })?;
+        done.await.map_err(|_| Error::Stopped)?;
+        Ok(self.state.load())
     }
 
     async fn emit(

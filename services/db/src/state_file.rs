@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use agenda_proto::db::KeyValue;
 use agenda_proto::raft::{
@@ -58,8 +58,8 @@ pub struct StateFiles {
     identity: String,
     /// Applied index of the file on disk (`None`: no file yet).
     written: Mutex<Option<u64>>,
-    /// How long the last write took, in microseconds.
-    last_write_us: AtomicU64,
+    /// Size of the file on disk, in bytes.
+    size: AtomicU64,
 }
 
 impl StateFiles {
@@ -69,7 +69,7 @@ impl StateFiles {
             dir: dir.to_path_buf(),
             identity: format!("{token}\n{id}"),
             written: Mutex::new(None),
-            last_write_us: AtomicU64::new(0),
+            size: AtomicU64::new(0),
         }
     }
 
@@ -78,9 +78,9 @@ impl StateFiles {
         self.lock().unwrap_or(0)
     }
 
-    /// How long the last write took (zero before the first).
-    pub fn last_write(&self) -> Duration {
-        Duration::from_micros(self.last_write_us.load(Ordering::Relaxed))
+    /// Size of the file on disk (0 if none).
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
@@ -121,6 +121,7 @@ impl StateFiles {
 
     fn read(&self, path: &Path, history_keep: i64) -> Result<StateMachine> {
         let bytes = std::fs::read(path).map_err(|e| io("read", path, e))?;
+        self.size.store(bytes.len() as u64, Ordering::Relaxed);
         let corrupt = |why: &str| {
             Error::Config(format!(
                 "{} is damaged ({why}); remove this data dir and re-add the member so it \
@@ -172,7 +173,6 @@ impl StateFiles {
         if written.is_some_and(|w| sm.applied.0 <= w) {
             return Ok(false);
         }
-        let started = Instant::now();
         let file = StateFile {
             identity: self.identity.clone(),
             applied_index: sm.applied.0,
@@ -203,8 +203,7 @@ impl StateFiles {
             .and_then(|d| d.sync_all())
             .map_err(|e| io("sync", &self.dir, e))?;
         *written = Some(sm.applied.0);
-        self.last_write_us
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.size.store(body.len() as u64 + 20, Ordering::Relaxed);
         Ok(true)
     }
 

@@ -16,6 +16,7 @@
 //! restart can always replay what the state file does not hold.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -29,9 +30,12 @@ use crate::state_machine::{Published, StateMachine};
 /// raft-rs storage of one node.
 pub struct RaftStorage {
     /// The state snapshots are built from: the one last handed to the
-    /// state-file writer, so never older than what the log was compacted
-    /// to.
+    /// state-file writer (so never older than what the log was compacted
+    /// to), or a newer one the node stored on request.
     state: Published<StateMachine>,
+    /// Set when `state` was too old for a snapshot; the node then stores
+    /// a current one (see `take_snapshot_request`).
+    wants_state: AtomicBool,
     hard_state: HardState,
     /// Configuration as of the applied index; raft-rs reads it at start-up.
     conf_state: ConfState,
@@ -71,11 +75,18 @@ impl RaftStorage {
         }
         Ok(RaftStorage {
             state,
+            wants_state: AtomicBool::new(false),
             hard_state,
             conf_state,
             truncated,
             entries,
         })
+    }
+
+    /// Whether a snapshot was refused because the state it is built from
+    /// was too old (the request is cleared).
+    pub fn take_snapshot_request(&self) -> bool {
+        self.wants_state.swap(false, Ordering::AcqRel)
     }
 
     /// True once the node has a configuration, a vote or log entries: a
@@ -285,10 +296,19 @@ impl raft::Storage for RaftStorage {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The snapshot is the applied state right now; its index is the
-        // applied index, which is never below the log start, so the leader
-        // can always continue with entries after it.
-        self.state.load().to_snapshot().map_err(other)
+        // Its index is never below the log start, so the leader can always
+        // continue with the entries after it. But the receiver must find
+        // itself in the snapshot's configuration: one from before the last
+        // membership change is no use (a new member would ignore it), so
+        // ask the node for a current state and let raft try again.
+        let state = self.state.load();
+        if state.conf_state != self.conf_state {
+            self.wants_state.store(true, Ordering::Release);
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        state.to_snapshot().map_err(other)
     }
 }
 
