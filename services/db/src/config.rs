@@ -81,6 +81,12 @@ pub struct Config {
     #[arg(long, env = "AGENDA_DB_HISTORY", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub history: i64,
 
+    /// Most bytes of history kept (the encoded size of its events), besides
+    /// `--history` revisions: history lives in memory and in every state
+    /// file, so large values must not make it grow without bound.
+    #[arg(long, env = "AGENDA_DB_HISTORY_BYTES", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub history_bytes: u64,
+
     /// Longest a request waits (e.g. for a leader) before failing with
     /// UNAVAILABLE, in milliseconds.
     #[arg(long, env = "AGENDA_DB_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]

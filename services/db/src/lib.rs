@@ -141,6 +141,7 @@ pub async fn run(
     }
     let fresh = loaded.is_none();
     let mut sm = loaded.unwrap_or_else(|| StateMachine::new(cfg.history));
+    sm.set_history_bytes(cfg.history_bytes);
     let snapshot_source = Published::new(sm.clone());
 
     let mut storage = RaftStorage::load(&log_db, snapshot_source.clone())?;

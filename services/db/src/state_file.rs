@@ -50,6 +50,10 @@ const MAGIC: &[u8; 8] = b"AGDBSTA1";
 /// next, so a large file never queues a burst of dirty pages in front of
 /// the raft log's small fsyncs on the same disk.
 const SYNC_EVERY: usize = 4 * 1024 * 1024;
+/// Background writes go no faster than this (bytes per second), for the
+/// same reason: the raft log's fsyncs, which every acknowledgement waits
+/// for, keep most of the disk.
+pub const BACKGROUND_RATE: u64 = 32 * 1024 * 1024;
 
 /// Reads and writes one node's state file. Writes are serialized and never
 /// go backwards: a file older than the one on disk is not written.
@@ -169,6 +173,11 @@ impl StateFiles {
     /// Writes `sm` durably, unless the file on disk is as new. Returns
     /// whether it wrote.
     pub fn write(&self, sm: &StateMachine) -> Result<bool> {
+        self.write_paced(sm, None)
+    }
+
+    /// [`write`](Self::write), at most `rate` bytes per second if given.
+    pub fn write_paced(&self, sm: &StateMachine, rate: Option<u64>) -> Result<bool> {
         let mut written = self.lock();
         if written.is_some_and(|w| sm.applied.0 <= w) {
             return Ok(false);
@@ -185,12 +194,19 @@ impl StateFiles {
         let body = file.encode_to_vec();
         let tmp = self.dir.join(TMP_FILE);
         let mut f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+        let started = Instant::now();
         let mut put = || -> std::io::Result<()> {
             f.write_all(MAGIC)?;
             f.write_all(&(body.len() as u64).to_le_bytes())?;
+            let mut done = 0u64;
             for piece in body.chunks(SYNC_EVERY) {
                 f.write_all(piece)?;
                 f.sync_data()?;
+                done += piece.len() as u64;
+                if let Some(rate) = rate {
+                    let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
+                    std::thread::sleep(due.saturating_sub(started.elapsed()));
+                }
             }
             f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
             f.sync_all()
@@ -289,7 +305,7 @@ impl Background {
             .spawn(move || {
                 for sm in rx {
                     let started = Instant::now();
-                    match files.write(&sm) {
+                    match files.write_paced(&sm, Some(BACKGROUND_RATE)) {
                         Ok(_) => metrics
                             .state_sync_seconds
                             .observe(started.elapsed().as_secs_f64()),

@@ -107,6 +107,10 @@ pub struct StateMachine {
     t: Tables,
     /// Number of revisions of history kept.
     history_keep: i64,
+    /// Most bytes of history kept (encoded size of its events).
+    history_max_bytes: u64,
+    /// Encoded size of the history kept now.
+    history_bytes: u64,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -131,6 +135,8 @@ impl StateMachine {
             conf_state: ConfState::default(),
             t: Tables::default(),
             history_keep: history_keep.max(1),
+            history_max_bytes: u64::MAX,
+            history_bytes: 0,
         }
     }
 
@@ -298,23 +304,40 @@ impl StateMachine {
             return;
         }
         self.revision = w.rev;
+        self.history_bytes += events_size(&w.events);
         self.t.history.insert(w.rev, Arc::new(w.events.clone()));
         effects.revision = Some((w.rev, w.events));
         let keep_from = self.revision - self.history_keep;
         let slack = (GC_EVERY as i64).min(self.history_keep);
-        if keep_from - self.compact_revision >= slack {
-            let old: Vec<i64> = self
-                .t
-                .history
-                .range(..=keep_from)
-                .take(GC_BATCH)
-                .map(|(rev, _)| *rev)
-                .collect();
-            for rev in &old {
-                self.t.history.remove(rev);
-            }
-            self.compact_revision = old.last().copied().unwrap_or(keep_from);
+        let by_count = keep_from - self.compact_revision >= slack;
+        if !by_count && self.history_bytes <= self.history_max_bytes {
+            return;
         }
+        // Oldest first, never the newest revision: those past the count,
+        // then more while the bytes are over their limit.
+        let mut removed = 0;
+        while removed < GC_BATCH {
+            let Some((rev, events)) = self.t.history.get_min().map(|(r, e)| (*r, e.clone())) else {
+                break;
+            };
+            if rev >= self.revision
+                || (rev > keep_from && self.history_bytes <= self.history_max_bytes)
+            {
+                break;
+            }
+            self.t.history.remove(&rev);
+            self.history_bytes = self.history_bytes.saturating_sub(events_size(&events));
+            self.compact_revision = rev;
+            removed += 1;
+        }
+        if by_count && removed == 0 {
+            self.compact_revision = self.compact_revision.max(keep_from);
+        }
+    }
+
+    /// Caps the bytes of history kept (besides the revision count).
+    pub fn set_history_bytes(&mut self, bytes: u64) {
+        self.history_max_bytes = bytes;
     }
 
     fn validate_put(&self, req: &PutRequest) -> Result<()> {
@@ -502,6 +525,7 @@ impl StateMachine {
             }
         }
         self.t = t;
+        self.history_bytes = 0;
         self.applied = applied;
         self.revision = data.revision;
         self.compact_revision = data.revision;
@@ -529,6 +553,7 @@ impl StateMachine {
             .filter(|r| r.revision > compact_revision && r.revision <= self.revision)
             .map(|r| (r.revision, Arc::new(r.events)))
             .collect();
+        self.history_bytes = self.t.history.values().map(|e| events_size(e)).sum();
         self.compact_revision = compact_revision;
     }
 }
@@ -675,6 +700,11 @@ impl Writer {
             prev_kv: Some(kv.clone()),
         });
     }
+}
+
+/// What one revision's events count against the history's byte limit.
+fn events_size(events: &[Event]) -> u64 {
+    events.iter().map(|e| e.encoded_len() as u64).sum()
 }
 
 /// Turns a deterministic refusal into a result; anything else is fatal.
@@ -1360,6 +1390,34 @@ mod tests {
             }),
         );
         assert!(g.get("a").is_none());
+    }
+
+    #[test]
+    fn history_is_capped_in_bytes_as_well_as_revisions() {
+        let mut f = Fixture::new();
+        // An overwrite's events carry the value twice (kv and prev_kv).
+        f.apply("first", put("k", &"x".repeat(1000)));
+        let before = f.sm.history_bytes;
+        f.apply("second", put("k", &"x".repeat(1000)));
+        let one = f.sm.history_bytes - before;
+        f.sm.set_history_bytes(one * 10);
+        for i in 0..50 {
+            f.apply(&format!("w{i}"), put("k", &"x".repeat(1000)));
+        }
+        assert!(
+            f.sm.history_bytes <= one * 10 + one,
+            "{}",
+            f.sm.history_bytes
+        );
+        let view = f.sm.view();
+        let kept = history_since(&view, 0);
+        assert!(
+            kept.len() >= 9 && kept.len() <= 11,
+            "{} revisions kept",
+            kept.len()
+        );
+        assert_eq!(view.compact_revision, kept[0].0 - 1);
+        assert_eq!(kept.last().unwrap().0, f.sm.revision, "the newest stays");
     }
 
     #[test]
