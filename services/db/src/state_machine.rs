@@ -56,7 +56,7 @@ pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
 #[derive(Debug, Default)]
 pub struct Effects {
     /// Events of the new revision, if the command wrote anything.
-    pub revision: Option<(i64, Vec<Event>)>,
+    pub revision: Option<(i64, Arc<Vec<Event>>)>,
     /// Lease bookkeeping for the leader's expiry clock.
     pub lease: Option<LeaseEffect>,
 }
@@ -247,7 +247,7 @@ impl StateMachine {
                 self.finish(w, &mut effects);
                 command_result::Result::Put(PutResponse {
                     header: Some(self.header(member_id, term)),
-                    prev_kv: prev.filter(|_| req.prev_kv),
+                    prev_kv: prev,
                 })
             }),
             Some(command::Op::Delete(req)) => validate_key(&req.key, req.prefix).map(|()| {
@@ -305,8 +305,10 @@ impl StateMachine {
         }
         self.revision = w.rev;
         self.history_bytes += events_size(&w.events);
-        self.t.history.insert(w.rev, Arc::new(w.events.clone()));
-        effects.revision = Some((w.rev, w.events));
+        // History and the watchers share one copy of the events.
+        let events = Arc::new(w.events);
+        self.t.history.insert(w.rev, events.clone());
+        effects.revision = Some((w.rev, events));
         let keep_from = self.revision - self.history_keep;
         let slack = (GC_EVERY as i64).min(self.history_keep);
         let by_count = keep_from - self.compact_revision >= slack;
@@ -395,7 +397,7 @@ impl StateMachine {
                     let prev = w.put(&mut self.t, p);
                     response_op::Response::Put(PutResponse {
                         header,
-                        prev_kv: prev.filter(|_| p.prev_kv),
+                        prev_kv: prev,
                     })
                 }
                 Some(request_op::Request::Delete(d)) => {
@@ -639,12 +641,14 @@ impl Writer {
             t.lease_keys.insert((req.lease, key.clone()));
         }
         t.kv.insert(key, Arc::new(kv.clone()));
+        // The caller gets the previous value only if the request asked.
+        let asked = if req.prev_kv { prev.clone() } else { None };
         self.events.push(Event {
             r#type: event::EventType::Put as i32,
             kv: Some(kv),
-            prev_kv: prev.clone(),
+            prev_kv: prev,
         });
-        prev
+        asked
     }
 
     fn delete(&mut self, t: &mut Tables, req: &DeleteRequest) -> Vec<KeyValue> {

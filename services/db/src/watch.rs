@@ -18,8 +18,8 @@ const BUFFER: usize = 4096;
 pub struct RevisionEvents {
     /// The revision.
     pub revision: i64,
-    /// What changed at it, in order.
-    pub events: Vec<Event>,
+    /// What changed at it, in order (shared with the history).
+    pub events: Arc<Vec<Event>>,
 }
 
 /// Publisher side, owned by the node; cheap to clone.
@@ -38,7 +38,7 @@ impl Default for WatchHub {
 
 impl WatchHub {
     /// Publishes a committed revision (no-op without watchers).
-    pub fn publish(&self, revision: i64, events: Vec<Event>) {
+    pub fn publish(&self, revision: i64, events: Arc<Vec<Event>>) {
         let _ = self.tx.send(Arc::new(RevisionEvents { revision, events }));
     }
 
