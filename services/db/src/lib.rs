@@ -131,7 +131,11 @@ pub async fn run(
     })?;
     let log_db = Arc::new(open_database(&cfg.data_dir.join(LOG_FILE))?);
     let fresh_log = check_identity(&log_db, &cfg.cluster_token, cfg.id)?;
-    let state_files = Arc::new(StateFiles::new(&cfg.data_dir, &cfg.cluster_token, cfg.id));
+    let metrics = metrics::Metrics::new(cfg.id);
+    let state_files = Arc::new(
+        StateFiles::new(&cfg.data_dir, &cfg.cluster_token, cfg.id)
+            .timed(metrics.state_sync_seconds.clone()),
+    );
     let loaded = state_files.load(cfg.history)?;
     if fresh_log != loaded.is_none() {
         return Err(Error::Config(format!(
@@ -179,7 +183,6 @@ pub async fn run(
         book,
         tokio::runtime::Handle::current(),
     );
-    let metrics = metrics::Metrics::new(cfg.id);
     let hub = watch::WatchHub::default();
     let node_cfg = NodeConfig {
         id: cfg.id,

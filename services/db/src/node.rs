@@ -313,7 +313,7 @@ impl Node {
             tx,
             shared: shared.clone(),
         };
-        let background = Background::start(cfg.id, state_files.clone(), metrics.clone())?;
+        let background = Background::start(cfg.id, state_files.clone())?;
         let node = Node {
             cfg,
             raw,
@@ -700,12 +700,7 @@ impl Node {
     /// Writes the state file now, on this thread (shutdown).
     fn sync_state(&mut self) -> Result<()> {
         self.background.stop();
-        let started = Instant::now();
-        if self.state_files.write(&self.sm)? {
-            self.metrics
-                .state_sync_seconds
-                .observe(started.elapsed().as_secs_f64());
-        }
+        self.state_files.write(&self.sm)?;
         Ok(())
     }
 

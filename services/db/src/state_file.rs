@@ -36,7 +36,6 @@ use raft::prelude::ConfState;
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 use crate::schema;
 use crate::state_machine::StateMachine;
 
@@ -64,6 +63,8 @@ pub struct StateFiles {
     written: Mutex<Option<u64>>,
     /// Size of the file on disk, in bytes.
     size: AtomicU64,
+    /// Observes how long each write takes (see [`StateFiles::timed`]).
+    timer: Option<prometheus::Histogram>,
 }
 
 impl StateFiles {
@@ -74,7 +75,14 @@ impl StateFiles {
             identity: format!("{token}\n{id}"),
             written: Mutex::new(None),
             size: AtomicU64::new(0),
+            timer: None,
         }
+    }
+
+    /// Reports the duration of every write to `timer`.
+    pub fn timed(mut self, timer: prometheus::Histogram) -> Self {
+        self.timer = Some(timer);
+        self
     }
 
     /// Applied index covered by the file on disk (0 if none).
@@ -182,6 +190,7 @@ impl StateFiles {
         if written.is_some_and(|w| sm.applied.0 <= w) {
             return Ok(false);
         }
+        let started = Instant::now();
         let file = StateFile {
             identity: self.identity.clone(),
             applied_index: sm.applied.0,
@@ -194,7 +203,6 @@ impl StateFiles {
         let body = file.encode_to_vec();
         let tmp = self.dir.join(TMP_FILE);
         let mut f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-        let started = Instant::now();
         let mut put = || -> std::io::Result<()> {
             f.write_all(MAGIC)?;
             f.write_all(&(body.len() as u64).to_le_bytes())?;
@@ -220,6 +228,9 @@ impl StateFiles {
             .map_err(|e| io("sync", &self.dir, e))?;
         *written = Some(sm.applied.0);
         self.size.store(body.len() as u64 + 20, Ordering::Relaxed);
+        if let Some(timer) = &self.timer {
+            timer.observe(started.elapsed().as_secs_f64());
+        }
         Ok(true)
     }
 
@@ -296,7 +307,7 @@ pub struct Background {
 
 impl Background {
     /// Starts the writer thread of node `id`.
-    pub fn start(id: u64, files: Arc<StateFiles>, metrics: Metrics) -> Result<Self> {
+    pub fn start(id: u64, files: Arc<StateFiles>) -> Result<Self> {
         // One file at a time: while one is being written, newer states are
         // simply offered again later.
         let (tx, rx) = sync_channel::<StateMachine>(0);
@@ -304,15 +315,10 @@ impl Background {
             .name(format!("state-file-{id}"))
             .spawn(move || {
                 for sm in rx {
-                    let started = Instant::now();
-                    match files.write_paced(&sm, Some(BACKGROUND_RATE)) {
-                        Ok(_) => metrics
-                            .state_sync_seconds
-                            .observe(started.elapsed().as_secs_f64()),
-                        // The log is kept until a file is written, so a
-                        // failure costs disk, not data; the next offer
-                        // tries again.
-                        Err(e) => tracing::error!(error = %e, "writing the state file failed"),
+                    // The log is kept until a file is written, so a failure
+                    // costs disk, not data; the next offer tries again.
+                    if let Err(e) = files.write_paced(&sm, Some(BACKGROUND_RATE)) {
+                        tracing::error!(error = %e, "writing the state file failed");
                     }
                 }
             })
