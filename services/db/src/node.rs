@@ -653,8 +653,7 @@ impl Node {
         Ok(())
     }
 
-    /// Applies committed entries, publishes the new state to readers,
-    /// then answers callers.
+    /// Applies committed entries, then answers callers.
     fn apply_and_deliver(&mut self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
@@ -665,10 +664,9 @@ impl Node {
             .observe(entries.len() as f64);
         let mut outcomes = Vec::new();
         self.apply_entries(entries, &mut outcomes)?;
+        // Readers see it at the next publish (end of this turn at the
+        // latest once `PUBLISH_EVERY` has passed, or on demand).
         self.view_stale = true;
-        if self.last_publish.elapsed() >= PUBLISH_EVERY {
-            self.publish_view();
-        }
         self.maybe_write_state();
         self.metrics
             .apply_seconds
