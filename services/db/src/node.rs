@@ -25,7 +25,7 @@ use agenda_proto::db::{LeaseRevokeRequest, MemberChangeResponse};
 use agenda_proto::raft::{command, command_result, Command, CommandResult, MemberChange};
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole, INVALID_ID};
 use redb::{Database, Durability};
 
@@ -606,6 +606,16 @@ impl Node {
             }
         }
 
+        // A follower's messages all wait for this Ready's fsync, but only
+        // the ones that vouch for its log or vote must: proposals and read
+        // requests forwarded to the leader, and heartbeat answers, leave now
+        // instead of after the fsync.
+        let (after_sync, now): (Vec<Message>, Vec<Message>) = rd
+            .take_persisted_messages()
+            .into_iter()
+            .partition(|m| needs_persistence(m.get_msg_type()));
+        self.transport.send(coalesce_proposals(now));
+
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot())?;
         }
@@ -642,7 +652,7 @@ impl Node {
                     .observe(started.elapsed().as_secs_f64());
             }
         }
-        self.transport.send(rd.take_persisted_messages());
+        self.transport.send(after_sync);
 
         let mut light = self.raw.advance(rd);
         self.transport.send(light.take_messages());
@@ -916,7 +926,7 @@ fn coalesce_proposals(msgs: Vec<Message>) -> Vec<Message> {
     let mut out: Vec<Message> = Vec::with_capacity(msgs.len());
     let mut prop: Option<usize> = None;
     for m in msgs {
-        if m.get_msg_type() == raft::prelude::MessageType::MsgPropose {
+        if m.get_msg_type() == MessageType::MsgPropose {
             if let Some(i) = prop.filter(|i| out[*i].to == m.to) {
                 out[i].entries.extend(m.entries);
                 continue;
@@ -926,6 +936,18 @@ fn coalesce_proposals(msgs: Vec<Message>) -> Vec<Message> {
         out.push(m);
     }
     out
+}
+
+/// Messages that tell a peer what this node has durably stored (its log or
+/// its vote): they may only leave after the fsync (etcd's raft delays the
+/// same three types; everything else carries no such promise).
+fn needs_persistence(t: MessageType) -> bool {
+    matches!(
+        t,
+        MessageType::MsgAppendResponse
+            | MessageType::MsgRequestVoteResponse
+            | MessageType::MsgRequestPreVoteResponse
+    )
 }
 
 fn role_name(role: StateRole) -> &'static str {
