@@ -28,7 +28,6 @@ use agenda_proto::raft::{
     command, command_error, command_result, Applied, Command, CommandError, CommandResult,
     DedupRecord, Lease, Members, RevisionRecord, SnapshotData,
 };
-use bytes::Bytes;
 use imbl::{HashMap, OrdMap, OrdSet};
 use prost::Message as _;
 use raft::prelude::{ConfState, Snapshot};
@@ -72,17 +71,20 @@ pub enum LeaseEffect {
     Revoked(i64),
 }
 
-/// The maps of the state. Values sit behind `Arc` and keys are `Bytes` so
-/// the copy-on-write of a tree node after a publish copies pointers, not
-/// data.
+/// A key of the map: shared, so the copy-on-write of a tree node after a
+/// publish copies pointers, not data (one atomic increment per key; `Bytes`
+/// cost an allocation on the first clone and twice the size).
+type Key = Arc<[u8]>;
+
+/// The maps of the state. Values sit behind `Arc` and keys are [`Key`]s.
 #[derive(Clone, Default)]
 struct Tables {
     /// Live keys.
-    kv: OrdMap<Bytes, Arc<KeyValue>>,
+    kv: OrdMap<Key, Arc<KeyValue>>,
     /// Lease id -> TTL in seconds.
     leases: OrdMap<i64, i64>,
     /// Keys attached to each lease, so a revoke finds them without a scan.
-    lease_keys: OrdSet<(i64, Bytes)>,
+    lease_keys: OrdSet<(i64, Key)>,
     /// Per-revision events, for Watch replay and past reads.
     history: OrdMap<i64, Arc<Vec<Event>>>,
     /// Exactly-once: request id -> its first result.
@@ -510,7 +512,7 @@ impl StateMachine {
     pub fn load(&mut self, applied: (u64, u64), conf_state: ConfState, data: SnapshotData) {
         let mut t = Tables::default();
         for kv in data.kvs {
-            let key = Bytes::from(kv.key.clone());
+            let key: Key = Arc::from(kv.key.as_slice());
             if kv.lease != 0 {
                 t.lease_keys.insert((kv.lease, key.clone()));
             }
@@ -572,7 +574,7 @@ pub struct ReadView {
     pub revision: i64,
     /// Oldest revision whose history is gone.
     pub compact_revision: i64,
-    kv: OrdMap<Bytes, Arc<KeyValue>>,
+    kv: OrdMap<Key, Arc<KeyValue>>,
     history: OrdMap<i64, Arc<Vec<Event>>>,
 }
 
@@ -622,30 +624,40 @@ impl Writer {
     }
 
     fn put(&mut self, t: &mut Tables, req: &PutRequest) -> Option<KeyValue> {
-        let key = Bytes::copy_from_slice(&req.key);
-        let prev = t.kv.get(&key).map(|p| KeyValue::clone(p));
-        let kv = KeyValue {
+        let key: Key = Arc::from(req.key.as_slice());
+        let mut stored = Arc::new(KeyValue {
             key: req.key.clone(),
             value: req.value.clone(),
-            create_revision: prev.as_ref().map_or(self.rev, |p| p.create_revision),
+            create_revision: self.rev,
             mod_revision: self.rev,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            version: 1,
             lease: req.lease,
-        };
+        });
+        // One descent of the tree for a new key (a separate lookup first
+        // cost as much as the insert: perf); a key that existed is written
+        // again with its create revision and version carried over, along
+        // a path the first insert already made private.
+        let prev = t.kv.insert(key.clone(), stored.clone());
         if let Some(p) = &prev {
+            stored = Arc::new(KeyValue {
+                create_revision: p.create_revision,
+                version: p.version + 1,
+                ..KeyValue::clone(&stored)
+            });
+            t.kv.insert(key.clone(), stored.clone());
             if p.lease != 0 && p.lease != req.lease {
                 t.lease_keys.remove(&(p.lease, key.clone()));
             }
         }
         if req.lease != 0 {
-            t.lease_keys.insert((req.lease, key.clone()));
+            t.lease_keys.insert((req.lease, key));
         }
-        t.kv.insert(key, Arc::new(kv.clone()));
+        let prev = prev.map(|p| KeyValue::clone(&p));
         // The caller gets the previous value only if the request asked.
         let asked = if req.prev_kv { prev.clone() } else { None };
         self.events.push(Event {
             r#type: event::EventType::Put as i32,
-            kv: Some(kv),
+            kv: Some(KeyValue::clone(&stored)),
             prev_kv: prev,
         });
         asked
@@ -675,9 +687,10 @@ impl Writer {
     }
 
     fn revoke(&mut self, t: &mut Tables, lease: i64) {
-        let keys: Vec<Bytes> = t
+        let none: Key = Arc::from(&[][..]);
+        let keys: Vec<Key> = t
             .lease_keys
-            .range((lease, Bytes::new())..(lease.saturating_add(1), Bytes::new()))
+            .range((lease, none.clone())..(lease.saturating_add(1), none))
             .map(|(_, key)| key.clone())
             .collect();
         for key in keys {
@@ -692,7 +705,7 @@ impl Writer {
         t.kv.remove(kv.key.as_slice());
         if kv.lease != 0 {
             t.lease_keys
-                .remove(&(kv.lease, Bytes::copy_from_slice(&kv.key)));
+                .remove(&(kv.lease, Arc::from(kv.key.as_slice())));
         }
         self.events.push(Event {
             r#type: event::EventType::Delete as i32,
@@ -804,7 +817,7 @@ fn range_selects(req: &RangeRequest, key: &[u8]) -> bool {
 }
 
 /// Range over the current keys (used by reads and by txn range ops).
-fn range(kv: &OrdMap<Bytes, Arc<KeyValue>>, req: &RangeRequest) -> RangeResponse {
+fn range(kv: &OrdMap<Key, Arc<KeyValue>>, req: &RangeRequest) -> RangeResponse {
     let mut resp = RangeResponse::default();
     if !req.prefix && req.range_end.is_empty() {
         if let Some(v) = kv.get(req.key.as_slice()) {
@@ -1167,6 +1180,56 @@ mod tests {
         assert_eq!(error_code(&r), Some(command_error::Code::NotFound));
         assert!(f.get("ok").is_none());
         assert_eq!(f.sm.revision, 0);
+    }
+
+    #[test]
+    fn a_key_put_again_without_its_lease_survives_the_revoke() {
+        let mut f = Fixture::new();
+        f.apply(
+            "g",
+            command::Op::LeaseGrant(LeaseGrantRequest {
+                ttl: 5,
+                id: 7,
+                ..Default::default()
+            }),
+        );
+        f.apply(
+            "p1",
+            command::Op::Put(PutRequest {
+                key: "k".into(),
+                value: "leased".into(),
+                lease: 7,
+                ..Default::default()
+            }),
+        );
+        let (r, eff) = f.apply(
+            "p2",
+            command::Op::Put(PutRequest {
+                key: "k".into(),
+                value: "kept".into(),
+                prev_kv: true,
+                ..Default::default()
+            }),
+        );
+        let Some(command_result::Result::Put(put)) = r.result else {
+            panic!("not a put result: {r:?}");
+        };
+        assert_eq!(put.prev_kv.unwrap().lease, 7);
+        let (_, events) = eff.revision.unwrap();
+        assert_eq!(events[0].prev_kv.as_ref().unwrap().value, b"leased");
+        assert_eq!(events[0].kv.as_ref().unwrap().version, 2);
+        f.apply(
+            "r",
+            command::Op::LeaseRevoke(LeaseRevokeRequest {
+                id: 7,
+                ..Default::default()
+            }),
+        );
+        let kv = f.get("k").unwrap();
+        assert_eq!(
+            (kv.value.as_slice(), kv.lease, kv.version),
+            (&b"kept"[..], 0, 2)
+        );
     }
 
     #[test]
