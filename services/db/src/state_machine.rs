@@ -1030,6 +1030,21 @@ mod tests {
         })
     }
 
+    fn grant(id: i64, ttl: i64) -> command::Op {
+        command::Op::LeaseGrant(LeaseGrantRequest {
+            id,
+            ttl,
+            ..Default::default()
+        })
+    }
+
+    fn revoke(id: i64) -> command::Op {
+        command::Op::LeaseRevoke(LeaseRevokeRequest {
+            id,
+            ..Default::default()
+        })
+    }
+
     fn error_code(r: &CommandResult) -> Option<command_error::Code> {
         match &r.result {
             Some(command_result::Result::Error(e)) => command_error::Code::try_from(e.code).ok(),
@@ -1185,14 +1200,7 @@ mod tests {
     #[test]
     fn a_key_put_again_without_its_lease_survives_the_revoke() {
         let mut f = Fixture::new();
-        f.apply(
-            "g",
-            command::Op::LeaseGrant(LeaseGrantRequest {
-                ttl: 5,
-                id: 7,
-                ..Default::default()
-            }),
-        );
+        f.apply("g", grant(7, 5));
         f.apply(
             "p1",
             command::Op::Put(PutRequest {
@@ -1218,13 +1226,7 @@ mod tests {
         let (_, events) = eff.revision.unwrap();
         assert_eq!(events[0].prev_kv.as_ref().unwrap().value, b"leased");
         assert_eq!(events[0].kv.as_ref().unwrap().version, 2);
-        f.apply(
-            "r",
-            command::Op::LeaseRevoke(LeaseRevokeRequest {
-                id: 7,
-                ..Default::default()
-            }),
-        );
+        f.apply("r", revoke(7));
         let kv = f.get("k").unwrap();
         assert_eq!(
             (kv.value.as_slice(), kv.lease, kv.version),
@@ -1235,14 +1237,7 @@ mod tests {
     #[test]
     fn revoking_a_lease_deletes_its_keys_in_one_revision() {
         let mut f = Fixture::new();
-        f.apply(
-            "g",
-            command::Op::LeaseGrant(LeaseGrantRequest {
-                ttl: 5,
-                id: 7,
-                ..Default::default()
-            }),
-        );
+        f.apply("g", grant(7, 5));
         for k in ["a", "b"] {
             f.apply(
                 k,
@@ -1254,26 +1249,14 @@ mod tests {
             );
         }
         f.apply("c", put("c", "no lease"));
-        let (_, eff) = f.apply(
-            "r",
-            command::Op::LeaseRevoke(LeaseRevokeRequest {
-                id: 7,
-                ..Default::default()
-            }),
-        );
+        let (_, eff) = f.apply("r", revoke(7));
         let (rev, events) = eff.revision.unwrap();
         assert_eq!(rev, 4);
         assert_eq!(events.len(), 2);
         assert_eq!(eff.lease, Some(LeaseEffect::Revoked(7)));
         assert!(f.get("a").is_none() && f.get("b").is_none());
         assert!(f.get("c").is_some());
-        let (r, _) = f.apply(
-            "r2",
-            command::Op::LeaseRevoke(LeaseRevokeRequest {
-                id: 7,
-                ..Default::default()
-            }),
-        );
+        let (r, _) = f.apply("r2", revoke(7));
         assert_eq!(error_code(&r), Some(command_error::Code::NotFound));
     }
 
@@ -1417,14 +1400,7 @@ mod tests {
     #[test]
     fn snapshot_round_trip_restores_everything() {
         let mut f = Fixture::new();
-        f.apply(
-            "g",
-            command::Op::LeaseGrant(LeaseGrantRequest {
-                ttl: 5,
-                id: 9,
-                ..Default::default()
-            }),
-        );
+        f.apply("g", grant(9, 5));
         f.apply(
             "a",
             command::Op::Put(PutRequest {
@@ -1449,13 +1425,7 @@ mod tests {
         assert!(eff.revision.is_none());
         assert!(matches!(r.result, Some(command_result::Result::Put(_))));
         // And revoking the restored lease still finds its keys.
-        g.apply(
-            "r",
-            command::Op::LeaseRevoke(LeaseRevokeRequest {
-                id: 9,
-                ..Default::default()
-            }),
-        );
+        g.apply("r", revoke(9));
         assert!(g.get("a").is_none());
     }
 
