@@ -72,6 +72,57 @@ async fn writes_through_any_node_are_readable_from_every_node() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_read_is_at_most_20_ms_behind_its_node_under_write_load() -> Result<()> {
+    // Under a write load a node replaces readers' view only every 250 ms,
+    // unless a reader needs a newer one: a stale read gets a view at most
+    // 20 ms behind what the node has applied (agenda-db's README).
+    let c = Cluster::start(Options::default()).await?;
+    let node = c.leader().await?;
+    let client = c.node_client(node);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..8 {
+        let (client, stop) = (client.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            for i in 0..100_000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let _ = client.put(put(format!("load/{w}/{i}"), "x")).await;
+            }
+        }));
+    }
+    let checked = async {
+        for i in 0..20 {
+            let key = format!("marker/{i}");
+            // Acknowledged by this node: applied here.
+            client.put(put(key.as_str(), "x")).await?;
+            let acked = Instant::now();
+            tokio::time::sleep_until((acked + Duration::from_millis(21)).into()).await;
+            let resp = client
+                .range(RangeRequest {
+                    key: key.clone().into_bytes(),
+                    stale: true,
+                    ..Default::default()
+                })
+                .await?;
+            ensure!(
+                resp.count == 1,
+                "a stale read {:?} after {key} was acknowledged by node {node} missed it",
+                acked.elapsed()
+            );
+        }
+        Ok(())
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await?;
+    }
+    checked
+}
+
 /// Concurrent writers of unique keys; records what was acknowledged.
 struct Writers {
     stop: Arc<AtomicBool>,

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::node::{now_ms, NodeHandle, Request, Status};
+use crate::node::{self, now_ms, NodeHandle, Request, Status};
 use crate::state_machine::{self, refusal_to_error, Published, ReadView};
 use crate::watch::WatchHub;
 
@@ -84,10 +84,15 @@ impl Db {
         // ReadIndex round: that revision is committed and history never
         // changes, so every node answers it the same. (Later revisions, or
         // "now", still go through the barrier.)
-        if !req.stale && !self.applied_here(req.revision) {
-            self.read_barrier().await?;
-        }
-        let mut resp = state_machine::range_at(&self.state.load(), &req)?;
+        let view = if req.stale {
+            self.view_for_stale_read().await?
+        } else {
+            if !self.applied_here(req.revision) {
+                self.read_barrier().await?;
+            }
+            self.state.load()
+        };
+        let mut resp = state_machine::range_at(&view, &req)?;
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
         resp.header = self.header(revision);
         Ok(resp)
@@ -412,6 +417,20 @@ impl Db {
             }
         });
         Ok(rx)
+    }
+
+    /// The view for a `stale` read: the published one, unless it is older
+    /// than `node::STALE_READ_BOUND` and this node has applied more since.
+    async fn view_for_stale_read(&self) -> Result<Arc<ReadView>> {
+        let view = self.state.load();
+        let shared = &self.node.shared;
+        let age =
+            node::monotonic_ms().saturating_sub(shared.published_at_ms.load(Ordering::Acquire));
+        if u128::from(age) <= node::STALE_READ_BOUND.as_millis() {
+            return Ok(view);
+        }
+        self.view_at_least(shared.delivered_revision.load(Ordering::Acquire))
+            .await
     }
 
     /// Readers' view, made current first if it is older than `revision`
