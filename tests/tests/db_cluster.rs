@@ -123,6 +123,52 @@ async fn a_stale_read_is_at_most_20_ms_behind_its_node_under_write_load() -> Res
     checked
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_linearizable_reads_through_followers_lose_no_read_index_round() -> Result<()> {
+    // The leader keeps one pending ReadIndex round per context: followers
+    // that picked the same context had their rounds dropped, and their
+    // readers waited for the 1 s retry.
+    let c = Cluster::start(Options::default()).await?;
+    let leader = c.leader().await?;
+    c.node_client(leader).put(put("r", "x")).await?;
+    let term = c.metric(leader, "agenda_db_raft_term").await?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut readers = Vec::new();
+    for id in (1..=5).filter(|id| *id != leader) {
+        for _ in 0..32 {
+            let client = c.node_client(id);
+            readers.push(tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                for _ in 0..20_000 {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    let started = Instant::now();
+                    client.get("r").await?;
+                    slowest = slowest.max(started.elapsed());
+                }
+                anyhow::Ok(slowest)
+            }));
+        }
+    }
+    let mut slowest = Duration::ZERO;
+    for r in readers {
+        slowest = slowest.max(r.await??);
+    }
+    ensure!(
+        c.metric(leader, "agenda_db_raft_term").await? == term,
+        "a leader change during the test makes it meaningless"
+    );
+    for id in 1..=5 {
+        let retries = c.metric(id, "agenda_db_read_index_retries_total").await?;
+        ensure!(
+            retries == 0.0,
+            "node {id} lost {retries} ReadIndex rounds (slowest read {slowest:?})"
+        );
+    }
+    Ok(())
+}
+
 /// Concurrent writers of unique keys; records what was acknowledged.
 struct Writers {
     stop: Arc<AtomicBool>,

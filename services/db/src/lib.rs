@@ -221,6 +221,7 @@ pub async fn run(
         hub,
         cfg.request_timeout(),
         stop_servers.clone(),
+        metrics.read_index_retries.clone(),
     );
 
     let grpc_addr = grpc.local_addr().ok();

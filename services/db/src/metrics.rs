@@ -21,6 +21,9 @@ pub struct Metrics {
     /// Linearizable reads (and read-only txns) that waited for a ReadIndex
     /// round on this node.
     pub linearizable_reads: IntCounter,
+    /// ReadIndex rounds that got no answer within a second and were asked
+    /// again (lost on the way; a leader change is not counted).
+    pub read_index_retries: IntCounter,
     /// Applied index.
     pub applied_index: IntGauge,
     /// Proposal to apply on this node.
@@ -65,6 +68,11 @@ impl Metrics {
             linearizable_reads: IntCounter::new(
                 "linearizable_reads_total",
                 "Reads that waited for a ReadIndex round on this node",
+            )
+            .unwrap(),
+            read_index_retries: IntCounter::new(
+                "read_index_retries_total",
+                "ReadIndex rounds asked again after no answer within 1 s",
             )
             .unwrap(),
             applied_index: IntGauge::new("raft_applied_index", "Last applied log index").unwrap(),
@@ -125,6 +133,7 @@ impl Metrics {
             Box::new(m.proposals.clone()),
             Box::new(m.proposals_failed.clone()),
             Box::new(m.linearizable_reads.clone()),
+            Box::new(m.read_index_retries.clone()),
             Box::new(m.applied_index.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.fsync_seconds.clone()),

@@ -343,7 +343,9 @@ impl Node {
             read_batch: Vec::new(),
             reads_in_flight: HashMap::new(),
             reads_ready: Vec::new(),
-            next_read_ctx: 1,
+            // Not 1: a restarted node must not reuse the contexts of
+            // its previous run that a leader may still hold.
+            next_read_ctx: rand::random(),
             role: StateRole::Follower,
             removed: false,
             repropose: false,
@@ -526,8 +528,8 @@ impl Node {
             return;
         }
         let ctx = self.next_read_ctx;
-        self.next_read_ctx += 1;
-        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.next_read_ctx = self.next_read_ctx.wrapping_add(1);
+        self.raw.read_index(read_ctx(self.cfg.id, ctx));
         let batch = std::mem::take(&mut self.read_batch);
         self.reads_in_flight.insert(ctx, (batch, Instant::now()));
     }
@@ -602,12 +604,10 @@ impl Node {
         }
         self.transport.send(coalesce_proposals(rd.take_messages()));
         for rs in rd.take_read_states() {
-            let ctx = rs
-                .request_ctx
-                .as_slice()
-                .try_into()
-                .map(u64::from_le_bytes)
-                .unwrap_or(0);
+            let ctx = match parse_read_ctx(&rs.request_ctx) {
+                Some((id, ctx)) if id == self.cfg.id => ctx,
+                _ => continue,
+            };
             if let Some((batch, _)) = self.reads_in_flight.remove(&ctx) {
                 self.reads_ready.push((rs.index, batch));
             }
@@ -929,6 +929,27 @@ impl Node {
     }
 }
 
+/// The context of a ReadIndex round: the node id, then its own counter.
+/// The leader keeps one pending round per context and drops a second
+/// request with the same context, so contexts must differ across nodes
+/// (with a bare counter, followers collided and their reads waited for
+/// the 1 s retry).
+fn read_ctx(id: u64, n: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&id.to_le_bytes());
+    ctx.extend_from_slice(&n.to_le_bytes());
+    ctx
+}
+
+/// Inverse of [`read_ctx`].
+fn parse_read_ctx(ctx: &[u8]) -> Option<(u64, u64)> {
+    let (id, n) = ctx.split_at_checked(8)?;
+    Some((
+        u64::from_le_bytes(id.try_into().ok()?),
+        u64::from_le_bytes(n.try_into().ok()?),
+    ))
+}
+
 /// Merges the proposals a follower forwards to its leader in one Ready
 /// into one message: raft-rs appends every entry of a MsgPropose, and one
 /// message per client request would dominate the transport at load.
@@ -1000,5 +1021,18 @@ impl slog::Drain for TracingDrain {
             _ => tracing::debug!(target: "raft", "{}", record.msg()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_contexts_of_different_nodes_never_collide() {
+        assert_ne!(read_ctx(1, 7), read_ctx(2, 7));
+        assert_eq!(parse_read_ctx(&read_ctx(3, u64::MAX)), Some((3, u64::MAX)));
+        assert_eq!(parse_read_ctx(&7u64.to_le_bytes()), None);
+        assert_eq!(parse_read_ctx(&[]), None);
     }
 }

@@ -20,6 +20,7 @@ use agenda_proto::db::{
     WatchResponse,
 };
 use agenda_proto::raft::{command, command_result, Command, MemberChange};
+use prometheus::IntCounter;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,8 @@ pub struct Db {
     timeout: Duration,
     /// Ends watch streams at shutdown so connections can drain.
     shutdown: CancellationToken,
+    /// ReadIndex rounds asked again for lack of an answer.
+    read_retries: IntCounter,
 }
 
 impl Db {
@@ -54,6 +57,7 @@ impl Db {
         hub: WatchHub,
         timeout: Duration,
         shutdown: CancellationToken,
+        read_retries: IntCounter,
     ) -> Self {
         Db {
             node,
@@ -61,6 +65,7 @@ impl Db {
             hub,
             timeout,
             shutdown,
+            read_retries,
         }
     }
 
@@ -331,9 +336,10 @@ impl Db {
                 Ok(Err(_)) if !self.node.shared.running.load(Ordering::Acquire) => {
                     return Err(Error::Stopped)
                 }
-                // Dropped by a leader change, or no answer yet: ask again.
+                // Dropped by a leader change: ask again.
                 Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
-                Err(_) => {}
+                // No answer yet: the round was lost; ask again.
+                Err(_) => self.read_retries.inc(),
             }
             self.check_deadline(deadline)?;
         }
