@@ -59,8 +59,11 @@ pub const BACKGROUND_RATE: u64 = 32 * 1024 * 1024;
 pub struct StateFiles {
     dir: PathBuf,
     identity: String,
-    /// Applied index of the file on disk (`None`: no file yet).
+    /// Applied index of the file on disk (`None`: no file yet). Locked
+    /// only for a moment: the raft thread reads it on every log write.
     written: Mutex<Option<u64>>,
+    /// Held for a whole write, so writes are serialized.
+    writing: Mutex<()>,
     /// Size of the file on disk, in bytes.
     size: AtomicU64,
     /// Observes how long each write takes (see [`StateFiles::timed`]).
@@ -74,6 +77,7 @@ impl StateFiles {
             dir: dir.to_path_buf(),
             identity: format!("{token}\n{id}"),
             written: Mutex::new(None),
+            writing: Mutex::new(()),
             size: AtomicU64::new(0),
             timer: None,
         }
@@ -186,8 +190,12 @@ impl StateFiles {
 
     /// [`write`](Self::write), at most `rate` bytes per second if given.
     pub fn write_paced(&self, sm: &StateMachine, rate: Option<u64>) -> Result<bool> {
-        let mut written = self.lock();
-        if written.is_some_and(|w| sm.applied.0 <= w) {
+        // A paced write takes seconds; the raft thread must not wait for
+        // it to learn the applied index on disk (`durable_applied`): that
+        // stalled the leader's loop for the whole write (1-3 s, leader
+        // changes) before this lock was separate.
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.lock().is_some_and(|w| sm.applied.0 <= w) {
             return Ok(false);
         }
         let started = Instant::now();
@@ -226,7 +234,7 @@ impl StateFiles {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io("sync", &self.dir, e))?;
-        *written = Some(sm.applied.0);
+        *self.lock() = Some(sm.applied.0);
         self.size.store(body.len() as u64 + 20, Ordering::Relaxed);
         if let Some(timer) = &self.timer {
             timer.observe(started.elapsed().as_secs_f64());
@@ -489,6 +497,30 @@ mod tests {
             .unwrap();
         assert_eq!(again.applied, (42, 3));
         assert_eq!(again.get(b"k").unwrap().lease, 5);
+    }
+
+    #[test]
+    fn the_index_on_disk_is_readable_during_a_paced_write() {
+        // The raft thread asks on every log write; it must not wait for a
+        // background write to end (it did, for seconds, under load).
+        let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(StateFiles::new(dir.path(), "t", 1));
+        files.write(&state_with(1)).unwrap();
+        assert_eq!(files.durable_applied(), 10);
+        let sm = state_with(100);
+        let writer = {
+            let files = files.clone();
+            std::thread::spawn(move || files.write_paced(&sm, Some(8 * 1024)))
+        };
+        let tmp = dir.path().join(TMP_FILE);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !tmp.exists() {
+            assert!(Instant::now() < deadline, "the paced write never started");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(files.durable_applied(), 10, "waited for the write");
+        assert!(writer.join().unwrap().unwrap());
+        assert_eq!(files.durable_applied(), 109);
     }
 
     #[test]
