@@ -120,6 +120,8 @@ struct Row {
     ops_per_sec: f64,
     p50: Duration,
     p99: Duration,
+    /// Slowest call: a stall shows here long before it moves the p99.
+    max: Duration,
     errors: usize,
 }
 
@@ -180,6 +182,7 @@ async fn run_row(t: &Target, kind: Kind, clients: usize, secs: u64, max_ops: usi
         ops_per_sec: all.len() as f64 / elapsed,
         p50: pct(0.50),
         p99: pct(0.99),
+        max: all.last().copied().unwrap_or_default(),
         errors,
     }
 }
@@ -294,41 +297,45 @@ async fn main() -> Result<()> {
         args.seconds
     );
     println!(
-        "{:<30} | {:>10} {:>9} {:>9} {:>6} | {:>10} {:>9} {:>9} {:>6} | {:>9}",
+        "{:<30} | {:>10} {:>8} {:>8} {:>8} {:>6} | {:>10} {:>8} {:>8} {:>8} {:>6} | {:>8}",
         "workload",
         "agenda/s",
         "p50 ms",
         "p99 ms",
+        "max ms",
         "errors",
         "etcd/s",
         "p50 ms",
         "p99 ms",
+        "max ms",
         "errors",
         "ratio"
     );
-    println!("{}", "-".repeat(132));
+    println!("{}", "-".repeat(144));
+    let cells = |r: &Row| {
+        format!(
+            "{:>10.0} {:>8} {:>8} {:>8} {:>6}",
+            r.ops_per_sec,
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.max),
+            r.errors
+        )
+    };
     for (i, (name, r)) in ours.iter().enumerate() {
         match theirs.as_ref().map(|t| &t[i].1) {
             Some(e) => println!(
-                "{:<30} | {:>10.0} {:>9} {:>9} {:>6} | {:>10.0} {:>9} {:>9} {:>6} | {:>8.2}x",
+                "{:<30} | {} | {} | {:>7.2}x",
                 name,
-                r.ops_per_sec,
-                ms(r.p50),
-                ms(r.p99),
-                r.errors,
-                e.ops_per_sec,
-                ms(e.p50),
-                ms(e.p99),
-                e.errors,
+                cells(r),
+                cells(e),
                 r.ops_per_sec / e.ops_per_sec.max(f64::MIN_POSITIVE)
             ),
             None => println!(
-                "{:<30} | {:>10.0} {:>9} {:>9} {:>6} | {:>10} {:>9} {:>9} {:>6} | {:>9}",
+                "{:<30} | {} | {:>10} {:>8} {:>8} {:>8} {:>6} | {:>8}",
                 name,
-                r.ops_per_sec,
-                ms(r.p50),
-                ms(r.p99),
-                r.errors,
+                cells(r),
+                "-",
                 "-",
                 "-",
                 "-",
@@ -343,10 +350,11 @@ async fn main() -> Result<()> {
     );
     for (c, r) in &client_rows {
         println!(
-            "  c={c:<4} {:>8.0} writes/s  p50 {} ms  p99 {} ms  errors {}",
+            "  c={c:<4} {:>8.0} writes/s  p50 {} ms  p99 {} ms  max {} ms  errors {}",
             r.ops_per_sec,
             ms(r.p50),
             ms(r.p99),
+            ms(r.max),
             r.errors
         );
     }
