@@ -363,6 +363,9 @@ impl Db {
         // Everything up to here went to watchers before `live` existed, so
         // the replay must cover it.
         let delivered = self.node.shared.delivered_revision.load(Ordering::Acquire);
+        // The published view's: it can only be older (lower) than the
+        // state's, so this refuses nothing it should not; the view the
+        // replay reads is checked again below.
         let compacted = self.node.shared.compact_revision.load(Ordering::Acquire);
         let start = if req.start_revision == 0 {
             delivered + 1
@@ -386,6 +389,17 @@ impl Db {
                     return;
                 }
             };
+            // Without this check a replay from a revision compacted after
+            // the published view was taken would silently start later.
+            if start <= view.compact_revision {
+                let _ = tx
+                    .send(Err(Error::Compacted {
+                        requested: start,
+                        oldest: view.compact_revision + 1,
+                    }))
+                    .await;
+                return;
+            }
             let history = state_machine::history_since(&view, start);
             let mut chunk = Vec::new();
             for (rev, events) in history {
