@@ -167,14 +167,9 @@ pub struct Shared {
     pub leader: AtomicU64,
     /// Current term.
     pub term: AtomicU64,
-    /// Store revision of the view readers see.
-    pub revision: AtomicI64,
-    /// Oldest revision in that view's history.
-    pub compact_revision: AtomicI64,
-    /// Newest revision sent to watchers (can be ahead of `revision`).
+    /// Newest revision sent to watchers (can be ahead of the revision of
+    /// readers' view).
     pub delivered_revision: AtomicI64,
-    /// When the view readers see was published (see [`monotonic_ms`]).
-    pub published_at_ms: AtomicU64,
     /// False once the loop has ended (stopped, removed or failed).
     pub running: AtomicBool,
     /// Set to ask the loop to stop.
@@ -317,13 +312,9 @@ impl Node {
         leases.reset(sm.leases(), Instant::now());
         let shared = Arc::new(Shared::default());
         shared.running.store(true, Ordering::Release);
-        shared.revision.store(sm.revision, Ordering::Release);
         shared
             .delivered_revision
             .store(sm.revision, Ordering::Release);
-        shared
-            .compact_revision
-            .store(sm.compact_revision, Ordering::Release);
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = NodeHandle {
             id: cfg.id,
@@ -921,15 +912,6 @@ impl Node {
         self.view.store(self.sm.view());
         self.view_stale = false;
         self.last_publish = Instant::now();
-        self.shared
-            .published_at_ms
-            .store(monotonic_ms(), Ordering::Release);
-        self.shared
-            .revision
-            .store(self.sm.revision, Ordering::Release);
-        self.shared
-            .compact_revision
-            .store(self.sm.compact_revision, Ordering::Release);
     }
 
     fn release_reads(&mut self) {
@@ -1018,13 +1000,6 @@ fn role_name(role: StateRole) -> &'static str {
         StateRole::PreCandidate => "pre_candidate",
         StateRole::Leader => "leader",
     }
-}
-
-/// Milliseconds since the first call in this process, from a clock that
-/// never goes back.
-pub fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// Wall clock in ms, stamped on proposals (see `Command.proposed_at_ms`).

@@ -107,7 +107,7 @@ impl Db {
     /// committed history, the same on every node, readable without a
     /// ReadIndex round.
     fn applied_here(&self, revision: i64) -> bool {
-        revision > 0 && revision <= self.node.shared.revision.load(Ordering::Acquire)
+        revision > 0 && revision <= self.state.load().revision
     }
 
     async fn read_txn(&self, req: TxnRequest) -> Result<TxnResponse> {
@@ -348,7 +348,7 @@ impl Db {
     /// Starts a watch: replays history from `start_revision`, then streams
     /// live revisions. The stream ends with an error if the watcher falls
     /// behind; it can resume from the last revision it saw plus one.
-    pub fn watch(&self, req: WatchRequest) -> Result<mpsc::Receiver<Result<WatchResponse>>> {
+    pub async fn watch(&self, req: WatchRequest) -> Result<mpsc::Receiver<Result<WatchResponse>>> {
         if req.key.is_empty() && !req.prefix {
             return Err(Error::InvalidArgument(
                 "key must not be empty (set prefix to watch everything)".into(),
@@ -363,43 +363,25 @@ impl Db {
         // Everything up to here went to watchers before `live` existed, so
         // the replay must cover it.
         let delivered = self.node.shared.delivered_revision.load(Ordering::Acquire);
-        // The published view's: it can only be older (lower) than the
-        // state's, so this refuses nothing it should not; the view the
-        // replay reads is checked again below.
-        let compacted = self.node.shared.compact_revision.load(Ordering::Acquire);
         let start = if req.start_revision == 0 {
             delivered + 1
         } else {
             req.start_revision
         };
-        if start <= compacted {
+        // Compaction is judged on the view the replay reads: an older one
+        // could still show history that is gone, and the replay would then
+        // silently start later than asked.
+        let view = self.view_at_least(delivered).await?;
+        if start <= view.compact_revision {
             return Err(Error::Compacted {
                 requested: start,
-                oldest: compacted + 1,
+                oldest: view.compact_revision + 1,
             });
         }
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
         tokio::spawn(async move {
             let mut last = start - 1;
-            let view = match this.view_at_least(delivered).await {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            // Without this check a replay from a revision compacted after
-            // the published view was taken would silently start later.
-            if start <= view.compact_revision {
-                let _ = tx
-                    .send(Err(Error::Compacted {
-                        requested: start,
-                        oldest: view.compact_revision + 1,
-                    }))
-                    .await;
-                return;
-            }
             let history = state_machine::history_since(&view, start);
             let mut chunk = Vec::new();
             for (rev, events) in history {
@@ -443,13 +425,10 @@ impl Db {
     /// than `node::STALE_READ_BOUND` and this node has applied more since.
     async fn view_for_stale_read(&self) -> Result<Arc<ReadView>> {
         let view = self.state.load();
-        let shared = &self.node.shared;
-        let age =
-            node::monotonic_ms().saturating_sub(shared.published_at_ms.load(Ordering::Acquire));
-        if u128::from(age) <= node::STALE_READ_BOUND.as_millis() {
+        if view.taken.elapsed() <= node::STALE_READ_BOUND {
             return Ok(view);
         }
-        self.view_at_least(shared.delivered_revision.load(Ordering::Acquire))
+        self.view_at_least(self.node.shared.delivered_revision.load(Ordering::Acquire))
             .await
     }
 

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use agenda_proto::db::{
     compare, event, request_op, response_op, Compare, DeleteRequest, DeleteResponse, Event,
@@ -177,6 +178,7 @@ impl StateMachine {
         ReadView {
             revision: self.revision,
             compact_revision: self.compact_revision,
+            taken: Instant::now(),
             kv: self.t.kv.clone(),
             history: self.t.history.clone(),
         }
@@ -568,12 +570,14 @@ impl StateMachine {
 /// likes without holding anything up, like a read transaction. Dedup
 /// records and leases stay out: copying their trees on every publish would
 /// cost the raft thread for nothing.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ReadView {
     /// Store revision of this view.
     pub revision: i64,
     /// Oldest revision whose history is gone.
     pub compact_revision: i64,
+    /// When the view was taken from the state (how stale it may be).
+    pub taken: Instant,
     kv: OrdMap<Key, Arc<KeyValue>>,
     history: OrdMap<i64, Arc<Vec<Event>>>,
 }

@@ -63,7 +63,7 @@ impl DbApi for GrpcApi {
     type WatchStream = WatchStream;
 
     async fn watch(&self, r: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let rx = self.db.watch(r.into_inner())?;
+        let rx = self.db.watch(r.into_inner()).await?;
         let stream = ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }

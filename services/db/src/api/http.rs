@@ -541,12 +541,14 @@ async fn watch(State(s): State<HttpState>, Q(q): Q<WatchQuery>) -> ApiResult<Res
         (None, Some(p)) => (p, true),
         _ => return Err(ApiError::bad_request("give exactly one of key= or prefix=")),
     };
-    let rx = s.db.watch(WatchRequest {
-        key: key.into_bytes(),
-        prefix,
-        start_revision: q.from_revision,
-        prev_kv: q.prev_kv,
-    })?;
+    let rx =
+        s.db.watch(WatchRequest {
+            key: key.into_bytes(),
+            prefix,
+            start_revision: q.from_revision,
+            prev_kv: q.prev_kv,
+        })
+        .await?;
     let stream = ReceiverStream::new(rx).map(|item| {
         let line = match item {
             Ok(resp) => json!({
