@@ -442,8 +442,8 @@ async fn a_node_down_for_100k_writes_catches_up_by_snapshot() -> Result<()> {
 async fn lease_expiry_deletes_keys_and_wakes_watchers() -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
     let client = c.client();
-    let short = client.lease_grant(1).await?.id;
-    let kept = client.lease_grant(2).await?.id;
+    let short = client.lease_grant(Duration::from_secs(1)).await?.id;
+    let kept = client.lease_grant(Duration::from_secs(2)).await?.id;
     let r = client
         .put(PutRequest {
             lease: short,

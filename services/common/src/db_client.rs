@@ -314,12 +314,12 @@ impl DbClient {
         .await
     }
 
-    /// Grants a lease of `ttl` seconds.
-    pub async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
+    /// Grants a lease of `ttl` (at least 100 ms; kept to the millisecond).
+    pub async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrantResponse> {
         let req = LeaseGrantRequest {
-            ttl,
-            id: 0,
+            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
             request_id: Self::request_id(),
+            ..Default::default()
         };
         self.call_leader_first(|mut c| {
             let req = req.clone();

@@ -116,7 +116,10 @@ async fn try_acquire(db: &DbClient, key: &str, id: &str, ttl_secs: i64) -> Resul
         },
         Some(_) => return Ok(None),
     };
-    let lease = db.lease_grant(ttl_secs).await?.id;
+    let lease = db
+        .lease_grant(Duration::from_secs(ttl_secs as u64))
+        .await?
+        .id;
     let resp = db
         .txn(TxnRequest {
             compare: vec![compare],

@@ -114,7 +114,10 @@ pub async fn register(
 }
 
 async fn put_with_lease(client: &DbClient, key: &str, value: &str, ttl: i64) -> Result<i64> {
-    let lease = client.lease_grant(ttl).await?.id;
+    let lease = client
+        .lease_grant(Duration::from_secs(ttl.max(1) as u64))
+        .await?
+        .id;
     client
         .put(PutRequest {
             key: key.as_bytes().to_vec(),

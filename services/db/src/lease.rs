@@ -36,9 +36,9 @@ impl LeaseClock {
         }
     }
 
-    /// A lease was granted (or restored).
-    pub fn granted(&mut self, id: i64, ttl_secs: i64, now: Instant) {
-        let ttl = Duration::from_secs(ttl_secs.max(1) as u64);
+    /// A lease was granted (or restored), with its TTL in milliseconds.
+    pub fn granted(&mut self, id: i64, ttl_ms: i64, now: Instant) {
+        let ttl = Duration::from_millis(ttl_ms.max(1) as u64);
         self.timers.insert(
             id,
             Timer {
@@ -85,7 +85,7 @@ impl LeaseClock {
         out
     }
 
-    /// Seconds left before expiry, as this node sees it.
+    /// Time left before expiry, as this node sees it.
     pub fn remaining(&self, id: i64, now: Instant) -> Option<Duration> {
         self.timers
             .get(&id)
@@ -101,7 +101,7 @@ mod tests {
     fn expires_after_ttl_and_retries_revoke() {
         let t0 = Instant::now();
         let mut c = LeaseClock::default();
-        c.granted(7, 2, t0);
+        c.granted(7, 2000, t0);
         assert!(c.take_expired(t0 + Duration::from_millis(1999)).is_empty());
         assert_eq!(c.take_expired(t0 + Duration::from_secs(2)), vec![7]);
         // Not proposed twice in a row...
@@ -116,7 +116,7 @@ mod tests {
     fn keepalive_pushes_the_deadline() {
         let t0 = Instant::now();
         let mut c = LeaseClock::default();
-        c.granted(1, 3, t0);
+        c.granted(1, 3000, t0);
         c.renewed(1, t0 + Duration::from_secs(2));
         assert!(c.take_expired(t0 + Duration::from_secs(4)).is_empty());
         assert_eq!(c.take_expired(t0 + Duration::from_secs(5)), vec![1]);
@@ -126,7 +126,7 @@ mod tests {
     fn a_new_leader_extends_every_lease() {
         let t0 = Instant::now();
         let mut c = LeaseClock::default();
-        c.reset([(1, 1), (2, 10)], t0);
+        c.reset([(1, 1000), (2, 10_000)], t0);
         let later = t0 + Duration::from_secs(5);
         c.promote(later);
         assert!(c

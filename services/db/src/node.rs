@@ -779,8 +779,8 @@ impl Node {
                     let cc = ConfChange::parse_from_bytes(&e.data)?;
                     let change = MemberChange::decode(cc.context.as_ref())?;
                     let result = self.apply_conf_change(&cc, &change, term);
-                    self.sm.applied = (e.index, e.term);
-                    self.sm.dedup_record(&change.request_id, now_ms(), &result);
+                    self.sm
+                        .record_member_change(e.index, e.term, &change, &result);
                     outcomes.push(Outcome {
                         request_id: change.request_id,
                         result: Some(result),

@@ -248,6 +248,7 @@ impl Db {
             request_id: take_id(&mut request_id),
             id,
             addr,
+            proposed_at_ms: now_ms(),
         };
         let deadline = Instant::now() + self.timeout;
         loop {

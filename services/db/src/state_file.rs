@@ -455,7 +455,16 @@ mod tests {
                     .unwrap();
                 txn.open_table(schema::LEASES)
                     .unwrap()
-                    .insert(5, Lease { id: 5, ttl: 30 }.encode_to_vec().as_slice())
+                    .insert(
+                        5,
+                        Lease {
+                            id: 5,
+                            ttl: 30,
+                            ttl_ms: 0,
+                        }
+                        .encode_to_vec()
+                        .as_slice(),
+                    )
                     .unwrap();
                 let applied = Applied {
                     result: None,
@@ -487,7 +496,7 @@ mod tests {
         assert_eq!((sm.revision, sm.compact_revision), (9, 7));
         assert_eq!(sm.conf_state.voters, vec![1, 2, 3]);
         assert_eq!(sm.get(b"k").unwrap().value, b"v");
-        assert_eq!(sm.leases(), vec![(5, 30)]);
+        assert_eq!(sm.leases(), vec![(5, 30_000)]);
         assert_eq!(crate::state_machine::history_since(&sm.view(), 8).len(), 1);
         assert!(!legacy.exists(), "the old file is gone once converted");
         // The next start reads the new file.
@@ -540,5 +549,295 @@ mod tests {
         std::fs::write(&path, &bytes[..mid]).unwrap();
         let err = StateFiles::new(dir.path(), "t", 1).load(100).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}
+
+/// Replicas must agree byte for byte whatever happens to each of them:
+/// every input of apply comes from the log, and a state file carries all
+/// of the state. Random command logs, one replica restarted from its state
+/// file halfway.
+#[cfg(test)]
+mod determinism {
+    use std::collections::BTreeMap;
+
+    use agenda_proto::db::MemberChangeResponse;
+    use agenda_proto::db::{
+        compare, request_op, Compare, DeleteRequest, LeaseGrantRequest, LeaseRevokeRequest,
+        PutRequest, RequestOp, TxnRequest,
+    };
+    use agenda_proto::raft::{command, command_result, Command, CommandResult, MemberChange};
+    use prost::Message as _;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::StateFiles;
+    use crate::state_machine::StateMachine;
+
+    /// One entry of a generated log.
+    #[derive(Clone)]
+    enum Entry {
+        Cmd(Command),
+        Member { change: MemberChange, add: bool },
+    }
+
+    /// History kept per replica: small, so compaction happens often.
+    const HISTORY_KEEP: i64 = 40;
+
+    /// A random log: puts (some under leases), deletes, compare-and-set
+    /// txns, lease grants and the revokes their expiry proposes, member
+    /// changes, and retries of earlier request ids, spanning minutes of
+    /// proposer time so dedup records expire along the way.
+    fn random_log(seed: u64, len: usize) -> Vec<Entry> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        // Far from today's clock: a replica that used its own clock in
+        // apply would expire different records than the log says.
+        let mut at_ms: u64 = 1_000_000_000_000;
+        let mut leases: Vec<i64> = Vec::new();
+        let mut next_lease = 1;
+        let mut sent: Vec<Command> = Vec::new();
+        let mut out = Vec::new();
+        for n in 0..len {
+            at_ms += rng.random_range(0..3_000);
+            let key = format!("k{}", rng.random_range(0..30)).into_bytes();
+            let id = format!("req-{n}");
+            let op = match rng.random_range(0..100) {
+                0..=34 => command::Op::Put(PutRequest {
+                    key,
+                    value: format!("v{n}").into_bytes(),
+                    lease: if rng.random_bool(0.2) {
+                        leases.last().copied().unwrap_or(0)
+                    } else {
+                        0
+                    },
+                    ..Default::default()
+                }),
+                35..=44 => command::Op::Delete(DeleteRequest {
+                    key: if rng.random_bool(0.2) {
+                        b"k1".to_vec()
+                    } else {
+                        key
+                    },
+                    prefix: rng.random_bool(0.2),
+                    prev_kv: true,
+                    ..Default::default()
+                }),
+                45..=59 => command::Op::Txn(TxnRequest {
+                    compare: vec![Compare {
+                        key: key.clone(),
+                        target: compare::Target::Version as i32,
+                        result: compare::Result::Greater as i32,
+                        number: rng.random_range(0..3),
+                        ..Default::default()
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::Put(PutRequest {
+                            key: key.clone(),
+                            value: format!("t{n}").into_bytes(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![RequestOp {
+                        request: Some(request_op::Request::Delete(DeleteRequest {
+                            key,
+                            ..Default::default()
+                        })),
+                    }],
+                    ..Default::default()
+                }),
+                60..=67 => {
+                    next_lease += 1;
+                    leases.push(next_lease);
+                    command::Op::LeaseGrant(LeaseGrantRequest {
+                        id: next_lease,
+                        ttl_ms: rng.random_range(100..5_000),
+                        ..Default::default()
+                    })
+                }
+                68..=74 if !leases.is_empty() => {
+                    // Expiry: the leader proposes a revoke with no request id.
+                    let lease = leases.remove(rng.random_range(0..leases.len()));
+                    out.push(Entry::Cmd(Command {
+                        request_id: String::new(),
+                        proposed_at_ms: at_ms,
+                        op: Some(command::Op::LeaseRevoke(LeaseRevokeRequest {
+                            id: lease,
+                            ..Default::default()
+                        })),
+                    }));
+                    continue;
+                }
+                75..=82 => {
+                    let node = rng.random_range(2..6);
+                    out.push(Entry::Member {
+                        change: MemberChange {
+                            request_id: id,
+                            id: node,
+                            addr: format!("127.0.0.1:{}", 7000 + node),
+                            proposed_at_ms: at_ms,
+                        },
+                        add: rng.random_bool(0.5),
+                    });
+                    continue;
+                }
+                83..=94 if !sent.is_empty() => {
+                    // A client retry: the same request, proposed again later.
+                    let mut again = sent[rng.random_range(0..sent.len())].clone();
+                    again.proposed_at_ms = at_ms;
+                    out.push(Entry::Cmd(again));
+                    continue;
+                }
+                _ => command::Op::Put(PutRequest {
+                    key: b"hot".to_vec(),
+                    value: format!("h{n}").into_bytes(),
+                    ..Default::default()
+                }),
+            };
+            let cmd = Command {
+                request_id: id,
+                proposed_at_ms: at_ms,
+                op: Some(op),
+            };
+            sent.push(cmd.clone());
+            out.push(Entry::Cmd(cmd));
+        }
+        out
+    }
+
+    /// Applies `log[from..]` at raft indexes starting after `sm.applied`,
+    /// the way the node does (member changes included).
+    fn apply(sm: &mut StateMachine, log: &[Entry]) {
+        for e in log {
+            let index = sm.applied.0 + 1;
+            match e {
+                Entry::Cmd(cmd) => {
+                    sm.apply(index, 1, 1, cmd).unwrap();
+                }
+                Entry::Member { change, add } => {
+                    let mut members = BTreeMap::clone(&sm.members);
+                    if *add {
+                        members.insert(change.id, change.addr.clone());
+                    } else {
+                        members.remove(&change.id);
+                    }
+                    sm.set_members(members);
+                    sm.conf_state.voters = sm.members.keys().copied().collect();
+                    let result = CommandResult {
+                        result: Some(command_result::Result::MemberChange(MemberChangeResponse {
+                            header: Some(sm.header(1, 1)),
+                            members: sm.member_list(),
+                        })),
+                    };
+                    sm.record_member_change(index, 1, change, &result);
+                }
+            }
+        }
+    }
+
+    /// Everything a replica holds, in a canonical byte form (maps sorted).
+    fn canonical(sm: &StateMachine) -> Vec<u8> {
+        let mut data = sm.snapshot_data();
+        data.dedup.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+        let mut out = data.encode_to_vec();
+        for r in sm.history_records() {
+            out.extend(r.encode_to_vec());
+        }
+        out.extend(
+            format!(
+                "{:?}|{}|{:?}",
+                sm.applied, sm.compact_revision, sm.conf_state.voters
+            )
+            .bytes(),
+        );
+        out
+    }
+
+    fn fresh() -> StateMachine {
+        let mut sm = StateMachine::new(HISTORY_KEEP);
+        sm.set_members(BTreeMap::from([(1, "127.0.0.1:7001".to_string())]));
+        sm.conf_state.voters = vec![1];
+        sm
+    }
+
+    #[test]
+    fn replicas_agree_byte_for_byte_with_a_restart_from_a_state_file_halfway() {
+        for seed in 0..12 {
+            let log = random_log(seed, 900);
+            let mut straight = fresh();
+            apply(&mut straight, &log);
+
+            let dir = tempfile::tempdir().unwrap();
+            let files = StateFiles::new(dir.path(), "t", 1);
+            let mut restarted = fresh();
+            let half = log.len() / 2 + seed as usize * 7;
+            apply(&mut restarted, &log[..half]);
+            assert!(files.write(&restarted).unwrap());
+            drop(restarted);
+            let mut restarted = StateFiles::new(dir.path(), "t", 1)
+                .load(HISTORY_KEEP)
+                .unwrap()
+                .unwrap();
+            apply(&mut restarted, &log[half..]);
+
+            assert_eq!(straight.applied, restarted.applied, "seed {seed}");
+            assert!(
+                canonical(&straight) == canonical(&restarted),
+                "seed {seed}: replicas diverged (revision {} vs {}, dedup {} vs {}, leases {:?} vs {:?})",
+                straight.revision,
+                restarted.revision,
+                straight.snapshot_data().dedup.len(),
+                restarted.snapshot_data().dedup.len(),
+                straight.leases(),
+                restarted.leases(),
+            );
+        }
+    }
+
+    #[test]
+    fn a_retry_after_a_member_change_at_an_expiry_round_is_still_a_duplicate() {
+        let at = 1_000_000_000_000;
+        let put = Command {
+            request_id: "r1".into(),
+            proposed_at_ms: at,
+            op: Some(command::Op::Put(PutRequest {
+                key: b"x".to_vec(),
+                value: b"1".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let mut sm = fresh();
+        // Fill up to index 63 so the member change lands on index 64, an
+        // expiry round.
+        let filler: Vec<Entry> = (0..62)
+            .map(|i| {
+                Entry::Cmd(Command {
+                    request_id: format!("f{i}"),
+                    proposed_at_ms: at,
+                    op: Some(command::Op::Put(PutRequest {
+                        key: b"f".to_vec(),
+                        ..Default::default()
+                    })),
+                })
+            })
+            .collect();
+        apply(&mut sm, &filler);
+        apply(&mut sm, &[Entry::Cmd(put.clone())]);
+        assert_eq!(sm.applied.0, 63);
+        let change = MemberChange {
+            request_id: "m1".into(),
+            id: 2,
+            addr: "127.0.0.1:7002".into(),
+            proposed_at_ms: at + 1_000,
+        };
+        apply(&mut sm, &[Entry::Member { change, add: true }]);
+        assert_eq!(sm.applied.0, 64);
+        // The client retries well inside the retention.
+        let mut retry = put;
+        retry.proposed_at_ms = at + 2_000;
+        apply(&mut sm, &[Entry::Cmd(retry)]);
+        assert_eq!(
+            sm.get(b"x").unwrap().version,
+            1,
+            "the retry was applied a second time: the member change expired r1"
+        );
     }
 }

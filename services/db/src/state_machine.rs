@@ -27,7 +27,7 @@ use agenda_proto::db::{
 };
 use agenda_proto::raft::{
     command, command_error, command_result, Applied, Command, CommandError, CommandResult,
-    DedupRecord, Lease, Members, RevisionRecord, SnapshotData,
+    DedupRecord, Lease, MemberChange, Members, RevisionRecord, SnapshotData,
 };
 use imbl::{HashMap, OrdMap, OrdSet};
 use prost::Message as _;
@@ -47,6 +47,8 @@ pub const DEDUP_RETENTION_MS: u64 = 60 * 1000;
 const GC_EVERY: u64 = 64;
 /// Most records expired in one round.
 const GC_BATCH: usize = 4 * GC_EVERY as usize;
+/// Shortest lease: a keep-alive must have time to come back inside it.
+pub const MIN_LEASE_TTL_MS: i64 = 100;
 /// Upper bound on key size, as etcd's default request limits suggest.
 pub const MAX_KEY_BYTES: usize = 4096;
 /// Upper bound on value size.
@@ -64,7 +66,7 @@ pub struct Effects {
 /// Lease changes the in-memory expiry clock must follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEffect {
-    /// A lease was granted with this TTL (seconds).
+    /// A lease was granted with this TTL (milliseconds).
     Granted(i64, i64),
     /// A lease was kept alive.
     Renewed(i64),
@@ -83,6 +85,7 @@ struct Tables {
     /// Live keys.
     kv: OrdMap<Key, Arc<KeyValue>>,
     /// Lease id -> TTL in seconds.
+    /// Lease id -> TTL in milliseconds.
     leases: OrdMap<i64, i64>,
     /// Keys attached to each lease, so a revoke finds them without a scan.
     lease_keys: OrdSet<(i64, Key)>,
@@ -202,7 +205,23 @@ impl StateMachine {
         self.t.dedup.get(request_id).and_then(|a| a.result.clone())
     }
 
-    /// Remembers a request id's result and expires old ones.
+    /// Records an applied membership change entry (the node has applied it
+    /// to raft's configuration and the member list): its dedup record is
+    /// timed by its proposer, like a command's, so every replica expires
+    /// the same records at the same index.
+    pub fn record_member_change(
+        &mut self,
+        index: u64,
+        term: u64,
+        change: &MemberChange,
+        result: &CommandResult,
+    ) {
+        self.applied = (index, term);
+        self.dedup_record(&change.request_id, change.proposed_at_ms, result);
+    }
+
+    /// Remembers a request id's result and expires old ones. `at_ms` comes
+    /// from the log (the proposer's clock), never from this node's.
     pub fn dedup_record(&mut self, request_id: &str, at_ms: u64, result: &CommandResult) {
         if !request_id.is_empty() {
             let id: Arc<str> = Arc::from(request_id);
@@ -265,20 +284,25 @@ impl StateMachine {
                 })
             }),
             Some(command::Op::Txn(req)) => self.txn(req, member_id, term, &mut effects),
-            Some(command::Op::LeaseGrant(req)) => self.lease_grant(req.id, req.ttl).map(|()| {
-                effects.lease = Some(LeaseEffect::Granted(req.id, req.ttl));
-                command_result::Result::LeaseGrant(LeaseGrantResponse {
-                    header: Some(self.header(member_id, term)),
-                    id: req.id,
-                    ttl: req.ttl,
+            Some(command::Op::LeaseGrant(req)) => {
+                let ttl_ms = lease_ttl_ms(req);
+                self.lease_grant(req.id, ttl_ms).map(|()| {
+                    effects.lease = Some(LeaseEffect::Granted(req.id, ttl_ms));
+                    command_result::Result::LeaseGrant(LeaseGrantResponse {
+                        header: Some(self.header(member_id, term)),
+                        id: req.id,
+                        ttl: ttl_secs(ttl_ms),
+                        ttl_ms,
+                    })
                 })
-            }),
-            Some(command::Op::LeaseKeepAlive(req)) => self.lease_ttl(req.id).map(|ttl| {
+            }
+            Some(command::Op::LeaseKeepAlive(req)) => self.lease_ttl(req.id).map(|ttl_ms| {
                 effects.lease = Some(LeaseEffect::Renewed(req.id));
                 command_result::Result::LeaseKeepAlive(LeaseKeepAliveResponse {
                     header: Some(self.header(member_id, term)),
                     id: req.id,
-                    ttl,
+                    ttl: ttl_secs(ttl_ms),
+                    ttl_ms,
                 })
             }),
             Some(command::Op::LeaseRevoke(req)) => self.lease_ttl(req.id).map(|_| {
@@ -431,10 +455,10 @@ impl StateMachine {
         }))
     }
 
-    fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<()> {
-        if ttl < 1 {
+    fn lease_grant(&mut self, id: i64, ttl_ms: i64) -> Result<()> {
+        if ttl_ms < MIN_LEASE_TTL_MS {
             return Err(Error::InvalidArgument(format!(
-                "lease ttl must be at least 1 second, got {ttl}"
+                "lease ttl must be at least {MIN_LEASE_TTL_MS} ms (ttl_ms) or 1 second (ttl), got {ttl_ms} ms"
             )));
         }
         if id <= 0 {
@@ -445,7 +469,7 @@ impl StateMachine {
                 "lease {id} already exists"
             )));
         }
-        self.t.leases.insert(id, ttl);
+        self.t.leases.insert(id, ttl_ms);
         Ok(())
     }
 
@@ -457,7 +481,7 @@ impl StateMachine {
             .ok_or_else(|| Error::NotFound(format!("lease {id} not found")))
     }
 
-    /// Every lease with its TTL, to rebuild the expiry clock.
+    /// Every lease with its TTL in milliseconds, to rebuild the expiry clock.
     pub fn leases(&self) -> Vec<(i64, i64)> {
         self.t.leases.iter().map(|(id, ttl)| (*id, *ttl)).collect()
     }
@@ -471,7 +495,11 @@ impl StateMachine {
                 .t
                 .leases
                 .iter()
-                .map(|(id, ttl)| Lease { id: *id, ttl: *ttl })
+                .map(|(id, ttl_ms)| Lease {
+                    id: *id,
+                    ttl: ttl_secs(*ttl_ms),
+                    ttl_ms: *ttl_ms,
+                })
                 .collect(),
             dedup: self
                 .t
@@ -521,7 +549,8 @@ impl StateMachine {
             t.kv.insert(key, Arc::new(kv));
         }
         for l in data.leases {
-            t.leases.insert(l.id, l.ttl);
+            let ttl_ms = if l.ttl_ms > 0 { l.ttl_ms } else { l.ttl * 1000 };
+            t.leases.insert(l.id, ttl_ms);
         }
         for d in data.dedup {
             if let Some(applied) = d.applied {
@@ -740,6 +769,20 @@ fn refusal(e: Error) -> Result<CommandError> {
         code: code as i32,
         message: e.to_string(),
     })
+}
+
+/// A grant's TTL in milliseconds: `ttl_ms` when set, else whole seconds.
+fn lease_ttl_ms(req: &agenda_proto::db::LeaseGrantRequest) -> i64 {
+    if req.ttl_ms != 0 {
+        req.ttl_ms
+    } else {
+        req.ttl.saturating_mul(1000)
+    }
+}
+
+/// Milliseconds as whole seconds, rounded up (the `ttl` fields).
+fn ttl_secs(ttl_ms: i64) -> i64 {
+    (ttl_ms.max(0) + 999) / 1000
 }
 
 /// Converts a stored refusal back into an error for the caller.
@@ -1239,6 +1282,33 @@ mod tests {
     }
 
     #[test]
+    fn leases_keep_their_ttl_to_the_millisecond_and_refuse_too_short_ones() {
+        let mut f = Fixture::new();
+        let sub_second = command::Op::LeaseGrant(LeaseGrantRequest {
+            id: 3,
+            ttl_ms: 300,
+            ..Default::default()
+        });
+        let (r, eff) = f.apply("g", sub_second);
+        match r.result {
+            Some(command_result::Result::LeaseGrant(g)) => assert_eq!((g.ttl, g.ttl_ms), (1, 300)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(eff.lease, Some(LeaseEffect::Granted(3, 300)));
+        f.apply("s", grant(4, 2));
+        assert_eq!(f.sm.leases(), vec![(3, 300), (4, 2000)]);
+        let too_short = command::Op::LeaseGrant(LeaseGrantRequest {
+            id: 5,
+            ttl_ms: 99,
+            ..Default::default()
+        });
+        let (r, _) = f.apply("t", too_short);
+        assert_eq!(error_code(&r), Some(command_error::Code::InvalidArgument));
+        let (r, _) = f.apply("z", grant(6, 0));
+        assert_eq!(error_code(&r), Some(command_error::Code::InvalidArgument));
+    }
+
+    #[test]
     fn revoking_a_lease_deletes_its_keys_in_one_revision() {
         let mut f = Fixture::new();
         f.apply("g", grant(7, 5));
@@ -1422,7 +1492,7 @@ mod tests {
         g.sm.restore(&snap).unwrap();
         assert!(g.get("stale").is_none());
         assert_eq!(g.get("a").unwrap().lease, 9);
-        assert_eq!(g.sm.leases(), vec![(9, 5)]);
+        assert_eq!(g.sm.leases(), vec![(9, 5000)]);
         assert_eq!(g.sm.revision, 1);
         // The dedup table travelled too: a retry of "a" is still recognized.
         let (r, eff) = g.apply("a", put("a", "other"));

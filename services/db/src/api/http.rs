@@ -462,7 +462,11 @@ async fn txn(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LeaseBody {
+    /// Seconds; or `ttl_ms` for a sub-second lease.
+    #[serde(default)]
     ttl: i64,
+    #[serde(default)]
+    ttl_ms: i64,
     #[serde(default)]
     id: i64,
 }
@@ -476,13 +480,14 @@ async fn lease_grant(
     let resp =
         s.db.lease_grant(LeaseGrantRequest {
             ttl: b.ttl,
+            ttl_ms: b.ttl_ms,
             id: b.id,
             request_id: request_id(&headers),
         })
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": resp.id, "ttl": resp.ttl})),
+        Json(json!({"id": resp.id, "ttl": resp.ttl, "ttl_ms": resp.ttl_ms})),
     ))
 }
 
@@ -502,7 +507,9 @@ async fn lease_keep_alive(
             request_id: request_id(&headers),
         })
         .await?;
-    Ok(Json(json!({"id": resp.id, "ttl": resp.ttl})))
+    Ok(Json(
+        json!({"id": resp.id, "ttl": resp.ttl, "ttl_ms": resp.ttl_ms}),
+    ))
 }
 
 async fn lease_revoke(
