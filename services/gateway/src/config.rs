@@ -35,6 +35,15 @@ pub struct Config {
     /// autotuned default lets megabytes pile up first).
     #[arg(long, env = "AGENDA_SEND_BUFFER_BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(4096..=16_777_216))]
     pub send_buffer_bytes: u64,
+    /// The virtual IP clients use (two-machine deployments, with
+    /// --vip-holder-id): requests that arrive on it are served only while
+    /// this machine holds the VIP lease in agenda-db, so an address left
+    /// behind on a machine that lost the lease answers nobody.
+    #[arg(long, env = "AGENDA_GATEWAY_VIP", requires = "vip_holder_id")]
+    pub vip_addr: Option<std::net::IpAddr>,
+    /// The `--id` of the agenda-vip daemon on this machine.
+    #[arg(long, env = "AGENDA_GATEWAY_VIP_HOLDER", requires = "vip_addr")]
+    pub vip_holder_id: Option<String>,
     #[command(flatten)]
     pub log: agenda_common::args::LogArgs,
 }

@@ -6,19 +6,24 @@
 //!   operations for the services.
 //! - [`extract`]: the caller (JWT checked), JSON bodies, query strings.
 //! - [`upstream`]: discovery and balancing of users/groups replicas.
+//! - [`listener`]: accepted connections (socket options, local address).
 //! - [`live`]: the Redis stream to open WebSockets (`routes::stream`).
 //! - [`error`]: the error shape on the wire.
 //! - [`metrics`]: request ids, per-route latency and status counts.
 //! - [`openapi`]: the generated OpenAPI document.
+//! - [`vip`]: the VIP fence (serve VIP traffic only while this machine
+//!   holds the VIP lease).
 
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod upstream;
+pub mod vip;
 
 use std::sync::Arc;
 
@@ -29,7 +34,6 @@ use agenda_common::DbClient;
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -95,19 +99,20 @@ pub async fn run(
         db,
     });
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    let send_buffer = cfg.send_buffer_bytes as usize;
-    let listener = listener.tap_io(move |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
-            tracing::debug!(error = %e, "cannot set the send buffer");
-        }
-    });
-    axum::serve(listener, app(state, cfg.max_body_bytes))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("HTTP server")?;
+    let listener = listener::Tuned::new(listener, cfg.send_buffer_bytes as usize);
+    let mut router = app(state.clone(), cfg.max_body_bytes);
+    if let (Some(vip), Some(me)) = (cfg.vip_addr, &cfg.vip_holder_id) {
+        tracing::info!(%vip, holder_id = %me, "serving VIP traffic only while this machine holds the VIP lease");
+        let fence = vip::Fence::new(&state.db, vip, me, stop.clone());
+        router = router.layer(axum::middleware::from_fn_with_state(fence, vip::fence));
+    }
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<listener::LocalAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .context("HTTP server")?;
     stop.cancel();
     tracing::info!("gateway stopped");
     Ok(())

@@ -1,0 +1,58 @@
+//! The gateway's listener: every accepted connection gets its socket
+//! options, and handlers can learn the local address it arrived on (the
+//! VIP fence needs it).
+
+use std::net::SocketAddr;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP listener that tunes each accepted connection.
+pub struct Tuned {
+    inner: TcpListener,
+    send_buffer: usize,
+}
+
+impl Tuned {
+    /// Wraps `inner`; each connection gets TCP_NODELAY and a send buffer
+    /// of `send_buffer` bytes.
+    pub fn new(inner: TcpListener, send_buffer: usize) -> Self {
+        Tuned { inner, send_buffer }
+    }
+}
+
+impl Listener for Tuned {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        // axum's own accept loop retries (and logs) accept errors.
+        let (tcp, addr) = Listener::accept(&mut self.inner).await;
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(self.send_buffer) {
+            tracing::debug!(error = %e, "cannot set the send buffer");
+        }
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// The local address a connection arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, Tuned>> for LocalAddr {
+    fn connect_info(stream: IncomingStream<'_, Tuned>) -> Self {
+        let addr = stream
+            .io()
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        LocalAddr(addr)
+    }
+}
