@@ -1,0 +1,87 @@
+//! A minimal HTTP/1.1 GET (one request per connection) over a socket
+//! from [`crate::netns`]: enough for the JSON status endpoints.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::netns::Dialer;
+
+/// Status code and body of `GET url` (`http://host:port/path`).
+pub async fn get(dialer: &Dialer, url: &str, timeout: Duration) -> Result<(u16, String)> {
+    tokio::time::timeout(timeout, get_inner(dialer, url))
+        .await
+        .with_context(|| format!("GET {url}: no answer within {timeout:?}"))?
+}
+
+async fn get_inner(dialer: &Dialer, url: &str) -> Result<(u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: only http:// URLs"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let addr: SocketAddr = host
+        .parse()
+        .with_context(|| format!("{url}: host must be ip:port"))?;
+    let mut s = dialer
+        .connect(addr)
+        .await
+        .with_context(|| format!("GET {url}: connect"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {url}: malformed answer"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("GET {url}: no status"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").context("bad chunk")?;
+        let n = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if rest.len() < n {
+            bail!("truncated chunk");
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(
+            super::dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            "abcde"
+        );
+        assert!(super::dechunk("5\r\nab").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! `agendactl`: the operator's tool, like `etcdctl`.
+//!
+//! Layout:
+//! - [`endpoints`]: `.agenda/endpoints.json`, what `make run` started.
+//! - [`netns`]: sockets made inside a network namespace (the two-machine
+//!   topology's machines are namespaces the host cannot route to).
+//! - [`http`]: a minimal HTTP/1.1 GET over such a socket.
+//! - [`status`]: `agendactl status`, one table of the whole system.
+//! - [`relay`]: `agendactl relay`, the host's loopback port relayed to
+//!   the VIP from inside the client namespace.
+#![deny(missing_docs)]
+
+pub mod endpoints;
+pub mod http;
+pub mod netns;
+pub mod relay;
+pub mod status;

@@ -1,0 +1,455 @@
+#!/usr/bin/env bash
+# The two-machine topology of seed 002 (figure 2) on one host, in network
+# namespaces, and the operator's hands on it. Needs root, iproute2,
+# iputils-arping, redis-server, curl.
+#
+#   deploy/netns.sh run                 start everything, stay in the foreground until Ctrl-C / `stop`
+#   deploy/netns.sh up                  start everything and return (tests, chaos)
+#   deploy/netns.sh down | stop         stop every process and remove every namespace made here
+#   deploy/netns.sh ps                  every process: name, machine, pid, up/down
+#   deploy/netns.sh kill NAME [SIGNAL]  kill one process (default KILL), e.g. agenda-gateway-a
+#   deploy/netns.sh restart NAME        start a dead process again, same flags, same machine
+#   deploy/netns.sh kill-machine M      power cut: every process of machine M killed, its link down
+#   deploy/netns.sh start-machine M     power back: link up, every process of M started again
+#   deploy/netns.sh partition M1 M2     cut the link between two machines (both ways)
+#   deploy/netns.sh heal [M1 M2]        heal one cut, or every cut
+#   deploy/netns.sh exec M CMD...       run a command on a machine (e.g. `exec client curl ...`)
+#
+# Machines: machine-a, machine-b, witness, client (namespaces, prefixed by
+# AGENDA_NETNS_PREFIX), joined by a bridge that lives in a namespace of its
+# own (<prefix>agenda-lan). Subnet 10.77.0.0/24 (AGENDA_SUBNET=10.77.0):
+#   .10 the VIP   .11 machine-a   .12 machine-b   .13 witness   .100 client
+# Nothing is added to the host's own network namespace; the only thing in
+# it is a loopback relay (agendactl relay) that carries a person's
+# connections into the client namespace and on to the VIP.
+#
+# Placement (DESIGN.md, "Two-machine topology"):
+#   machine-a: agenda-db 1,2; redis + agenda-supervisor-a; agenda-users-a;
+#              agenda-groups-a; agenda-gateway-a + agenda-vip-a (priority 150)
+#   machine-b: agenda-db 3,4; redis + agenda-supervisor-b; agenda-users-b;
+#              agenda-groups-b; agenda-gateway-b + agenda-vip-b (priority 100)
+#   witness:   agenda-db 5
+#
+# State under AGENDA_STATE (default .agenda): run/ (pid, command line and
+# machine of every process), logs/, data/, endpoints.json, url (the VIP
+# URL, for clients in the client namespace), local_url (the host relay).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+state=${AGENDA_STATE:-$root/.agenda}
+bin=${AGENDA_BIN_DIR:-$root/target/release}
+prefix=${AGENDA_NETNS_PREFIX:-}
+subnet=${AGENDA_SUBNET:-10.77.0}
+relay_listen=${AGENDA_RELAY_LISTEN:-127.0.0.1:8080}
+run_dir="$state/run"
+logs="$state/logs"
+data="$state/data"
+
+lan="${prefix}agenda-lan"
+vip="$subnet.10"
+declare -A ip_of=([machine-a]="$subnet.11" [machine-b]="$subnet.12" [witness]="$subnet.13" [client]="$subnet.100")
+declare -A port_of=([machine-a]=va [machine-b]=vb [witness]=vw [client]=vc)
+machines=(machine-a machine-b witness client)
+db_machine=([1]=machine-a [2]=machine-a [3]=machine-b [4]=machine-b [5]=witness)
+
+ns() { echo "${prefix}$1"; }
+say() { echo "[netns] $*" >&2; }
+die() { echo "netns.sh: $*" >&2; exit 1; }
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "the namespace topology needs root (network namespaces); use \`make run-local\` for the loopback mode"
+  for c in ip curl redis-server arping; do
+    command -v "$c" >/dev/null || die "missing $c: apt-get install -y iproute2 curl redis-server iputils-arping"
+  done
+}
+
+db_endpoints() {
+  local out="" i
+  for i in 1 2 3 4 5; do out="${out:+$out,}${ip_of[${db_machine[$i]}]}:700$i"; done
+  echo "$out"
+}
+
+# ---------------------------------------------------------------- network
+
+net_up() {
+  local m
+  ip netns add "$lan"
+  ip -n "$lan" link set lo up
+  ip -n "$lan" link add br0 type bridge
+  ip -n "$lan" link set br0 up
+  for m in "${machines[@]}"; do
+    ip netns add "$(ns "$m")"
+    ip -n "$(ns "$m")" link set lo up
+    ip -n "$lan" link add "${port_of[$m]}" type veth peer name eth0 netns "$(ns "$m")"
+    ip -n "$lan" link set "${port_of[$m]}" master br0 up
+    ip -n "$(ns "$m")" addr add "${ip_of[$m]}/24" dev eth0
+    ip -n "$(ns "$m")" link set eth0 up
+  done
+  # Answer ARP for the VIP only from the interface that holds it, and
+  # take gratuitous ARP for a moved address at once.
+  for m in "${machines[@]}"; do
+    ip netns exec "$(ns "$m")" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+      net.ipv4.conf.eth0.arp_accept=1 >/dev/null || true
+  done
+}
+
+net_down() {
+  local m
+  for m in "${machines[@]}"; do
+    ip netns del "$(ns "$m")" 2>/dev/null || true
+  done
+  ip netns del "$lan" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- processes
+
+# start NAME MACHINE COMMAND... : detached (its own session, so a Ctrl-C
+# in some shell never reaches it), pid recorded, command line kept for
+# `restart`. MACHINE "host" runs in the host namespace (the relay only).
+start() {
+  local name=$1 machine=$2
+  shift 2
+  mkdir -p "$run_dir" "$logs"
+  printf '%q ' "$@" >"$run_dir/$name.cmd"
+  echo "$machine" >"$run_dir/$name.machine"
+  grep -qx "$name" "$run_dir/order" 2>/dev/null || echo "$name" >>"$run_dir/order"
+  rm -f "$run_dir/$name.pid"
+  local -a wrap=()
+  [ "$machine" != host ] && wrap=(ip netns exec "$(ns "$machine")")
+  echo "--- $(date -Is) start: $*" >>"$logs/$name.log"
+  setsid -f "${wrap[@]}" sh -c 'echo $$ >"$0"; exec "$@"' "$run_dir/$name.pid" "$@" \
+    >>"$logs/$name.log" 2>&1 </dev/null
+  local _
+  for _ in $(seq 1 100); do [ -s "$run_dir/$name.pid" ] && return 0; sleep 0.05; done
+  die "$name did not start; see $logs/$name.log"
+}
+
+pid_of() { cat "$run_dir/$1.pid" 2>/dev/null || true; }
+alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+restart() {
+  local name=$1
+  [ -f "$run_dir/$name.cmd" ] || die "no process named $name (see \`deploy/netns.sh ps\`)"
+  alive "$name" && die "$name is running (pid $(pid_of "$name")); kill it first"
+  local machine
+  machine=$(cat "$run_dir/$name.machine")
+  eval "local -a cmd=($(cat "$run_dir/$name.cmd"))"
+  start "$name" "$machine" "${cmd[@]}"
+  say "$name started again on $machine, pid $(pid_of "$name")"
+  write_endpoints
+}
+
+# in MACHINE CMD... : run a command on a machine (namespace).
+on() {
+  local m=$1
+  shift
+  ip netns exec "$(ns "$m")" "$@"
+}
+
+wait_until() { # what timeout_s command...
+  local what=$1 timeout=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      say "timed out after ${timeout}s waiting for $what; logs in $logs/"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+redis_is_primary() {
+  local rec addr
+  rec=$(on witness curl -fsS "http://${ip_of[witness]}:7105/v1/kv/%2Fregistry/config/redis-primary") || return 1
+  addr=$(sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' <<<"$rec")
+  [ -n "$addr" ] || return 1
+  local m
+  for m in machine-a machine-b; do
+    if [ "${addr%:*}" = "${ip_of[$m]}" ]; then
+      REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" on "$m" redis-cli -h "${addr%:*}" -p "${addr##*:}" info replication \
+        | grep -q '^role:master'
+      return
+    fi
+  done
+  return 1
+}
+
+vip_answers() { on client curl -fsS -m 2 "http://$vip:8080/healthz"; }
+
+up() {
+  need_root
+  [ -x "$bin/agenda-vip" ] || die "no binaries in $bin (build with \`cargo build --release --workspace\`)"
+  if ip netns list | grep -qx "$lan\( .*\)\?"; then
+    die "namespace $lan exists: another topology is up (\`deploy/netns.sh down\` removes it)"
+  fi
+  mkdir -p "$state" "$run_dir" "$logs" "$data"
+  rm -f "$run_dir"/* "$state/url" "$state/local_url" "$state/endpoints.json"
+  [ "${AGENDA_FRESH:-0}" = 1 ] && rm -rf "${data:?}"/*
+  [ -s "$state/redis-password" ] || head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$state/redis-password"
+  [ -s "$state/vip-key" ] || { head -c 32 /dev/urandom | base64 >"$state/vip-key"; chmod 600 "$state/vip-key"; }
+  export AGENDA_REDIS_PASSWORD
+  AGENDA_REDIS_PASSWORD=$(cat "$state/redis-password")
+  cat >"$state/netns.env" <<ENV
+AGENDA_NETNS_PREFIX=$prefix
+AGENDA_SUBNET=$subnet
+AGENDA_STATE=$state
+AGENDA_BIN_DIR=$bin
+ENV
+  trap 'say "start-up failed; removing what was made"; down; exit 1' ERR
+  say "network: bridge in $lan, subnet $subnet.0/24, VIP $vip"
+  net_up
+
+  local db peers="" i
+  db=$(db_endpoints)
+  for i in 1 2 3 4 5; do peers="${peers:+$peers,}$i=${ip_of[${db_machine[$i]}]}:700$i"; done
+  for i in 1 2 3 4 5; do
+    local m=${db_machine[$i]} a=${ip_of[${db_machine[$i]}]}
+    start "agenda-db-$i" "$m" "$bin/agenda-db" --id "$i" --listen "$a:700$i" --http "$a:710$i" \
+      --peers "$peers" --data-dir "$data/db$i"
+  done
+  say "waiting for agenda-db to elect a leader..."
+  wait_until "an agenda-db leader" 60 on witness curl -fsS "http://${ip_of[witness]}:7105/healthz"
+
+  local redis_nodes="${ip_of[machine-a]}:7401,${ip_of[machine-b]}:7401" x
+  for x in a b; do
+    local m="machine-$x" a=${ip_of[machine-$x]}
+    start "agenda-supervisor-$x" "$m" "$bin/agenda-supervisor" --id "supervisor-$x" --db "$db" \
+      --http "$a:7501" --redis-nodes "$redis_nodes" --local-redis "$a:7401" --redis-dir "$data/redis-$x"
+  done
+  say "waiting for a Redis primary..."
+  wait_until "a published, answering Redis primary" 60 redis_is_primary
+
+  local prio
+  for x in a b; do
+    local m="machine-$x" a=${ip_of[machine-$x]} other
+    other=$([ $x = a ] && echo "${ip_of[machine-b]}" || echo "${ip_of[machine-a]}")
+    prio=$([ $x = a ] && echo 150 || echo 100)
+    start "agenda-users-$x" "$m" "$bin/agenda-users" --listen "$a:7201" --db "$db"
+    start "agenda-groups-$x" "$m" "$bin/agenda-groups" --listen "$a:7301" --db "$db"
+    start "agenda-gateway-$x" "$m" "$bin/agenda-gateway" --listen 0.0.0.0:8080 --db "$db" \
+      --vip-addr "$vip" --vip-holder-id "$m"
+    start "agenda-vip-$x" "$m" "$bin/agenda-vip" --id "$m" --vip "$vip/24" --interface eth0 \
+      --bind "$a:5405" --peers "$other:5405" --priority "$prio" --no-preempt \
+      --auth-key-file "$state/vip-key" --db "$db" --http "$a:7601" \
+      --health-url http://127.0.0.1:8080/healthz
+  done
+  say "waiting for the VIP to answer from the client namespace..."
+  wait_until "the VIP" 90 vip_answers
+  wait_until "the gateway to be ready" 60 on client curl -fsS -m 2 "http://$vip:8080/readyz"
+
+  if [ "${AGENDA_RELAY:-1}" = 1 ]; then
+    start agenda-relay host "$bin/agendactl" relay --listen "$relay_listen" --netns "$(ns client)" --to "$vip:8080"
+    wait_until "the host relay" 10 curl -fsS -m 2 "http://$relay_listen/healthz"
+    echo "http://$relay_listen" >"$state/local_url"
+  fi
+  write_endpoints
+  echo "http://$vip:8080" >"$state/url"
+  trap - ERR
+}
+
+write_endpoints() {
+  local first=1 name m pid
+  {
+    echo "{"
+    echo "  \"vip\": \"$vip\","
+    echo "  \"client_netns\": \"$(ns client)\","
+    echo "  \"netns_prefix\": \"$prefix\","
+    echo "  \"url\": \"http://$vip:8080\","
+    [ -s "$state/local_url" ] && echo "  \"local_url\": \"$(cat "$state/local_url")\","
+    echo "  \"processes\": ["
+    while read -r name; do
+      m=$(cat "$run_dir/$name.machine")
+      pid=$(pid_of "$name")
+      local a=${ip_of[$m]:-127.0.0.1} kind extra="" dir=null
+      kind=${name%-*}
+      case "$name" in
+        agenda-db-*) local i=${name##*-}; kind=agenda-db
+          extra=", \"grpc\": \"$a:700$i\", \"http\": \"http://$a:710$i\""; dir="\"$data/db$i\"" ;;
+        agenda-supervisor-*) extra=", \"http\": \"http://$a:7501\", \"redis\": \"$a:7401\""; dir="\"$data/redis-${name##*-}\"" ;;
+        agenda-users-*) extra=", \"grpc\": \"$a:7201\"" ;;
+        agenda-groups-*) extra=", \"grpc\": \"$a:7301\"" ;;
+        agenda-gateway-*) extra=", \"http\": \"http://$a:8080\"" ;;
+        agenda-vip-*) extra=", \"http\": \"http://$a:7601\", \"adverts\": \"$a:5405\"" ;;
+        agenda-relay) kind=agenda-relay; extra=", \"http\": \"$(cat "$state/local_url" 2>/dev/null)\"" ;;
+      esac
+      [ $first = 1 ] || echo ","
+      first=0
+      printf '    {"name": "%s", "kind": "%s", "machine": "%s", "netns": "%s", "pid": %s%s, "data_dir": %s, "log": "%s"}' \
+        "$name" "$kind" "$m" "$([ "$m" = host ] && echo "" || ns "$m")" "${pid:-null}" "$extra" "$dir" "$logs/$name.log"
+    done <"$run_dir/order"
+    echo
+    echo "  ]"
+    echo "}"
+  } >"$state/endpoints.json.tmp"
+  mv "$state/endpoints.json.tmp" "$state/endpoints.json"
+}
+
+down() {
+  local name p
+  if [ -f "$run_dir/order" ]; then
+    # Reverse start order: the relay, gateways and services first, the
+    # supervisors (which stop their Redis), agenda-db last.
+    for name in $(tac "$run_dir/order"); do
+      p=$(pid_of "$name")
+      [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || continue
+      for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$p" 2>/dev/null || true
+    done
+  fi
+  # Whatever is left in our namespaces (a Redis whose supervisor was
+  # killed, a VIP guard) was started here too.
+  local m
+  for m in "${machines[@]}"; do
+    for p in $(ip netns pids "$(ns "$m")" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+  done
+  net_down
+  rm -f "$state/url" "$state/local_url" "$state/endpoints.json" "$run_dir"/*.pid
+}
+
+ps_() {
+  local name
+  printf '%-22s %-10s %-8s %s\n' NAME MACHINE PID STATE
+  while read -r name; do
+    printf '%-22s %-10s %-8s %s\n' "$name" "$(cat "$run_dir/$name.machine")" "$(pid_of "$name")" \
+      "$(alive "$name" && echo up || echo down)"
+  done <"$run_dir/order"
+}
+
+kill_() {
+  local name=$1 sig=${2:-KILL} p
+  p=$(pid_of "$name")
+  [ -n "$p" ] || die "no process named $name (see \`deploy/netns.sh ps\`)"
+  kill -"$sig" "$p" 2>/dev/null || die "$name (pid $p) is not running"
+  say "sent SIG$sig to $name (pid $p)"
+}
+
+check_machine() {
+  case "$1" in machine-a | machine-b | witness | client) ;; *) die "unknown machine $1 (machine-a, machine-b, witness, client)" ;; esac
+}
+
+kill_machine() {
+  local m=$1 p
+  check_machine "$m"
+  # The link first: a power cut takes nothing off the wire politely.
+  ip -n "$lan" link set "${port_of[$m]}" down
+  for p in $(ip netns pids "$(ns "$m")"); do kill -KILL "$p" 2>/dev/null || true; done
+  say "machine $m is off (link down, every process killed)"
+}
+
+start_machine() {
+  local m=$1 name
+  check_machine "$m"
+  ip -n "$lan" link set "${port_of[$m]}" up
+  while read -r name; do
+    if [ "$(cat "$run_dir/$name.machine")" = "$m" ] && ! alive "$name"; then
+      restart "$name"
+    fi
+  done <"$run_dir/order"
+  say "machine $m is on again"
+}
+
+# A cut is a blackhole route on each side (packets silently dropped, as
+# on a dead link), inside our namespaces only.
+partition() {
+  local a=$1 b=$2
+  check_machine "$a"
+  check_machine "$b"
+  ip -n "$(ns "$a")" route replace blackhole "${ip_of[$b]}/32"
+  ip -n "$(ns "$b")" route replace blackhole "${ip_of[$a]}/32"
+  echo "$a $b" >>"$run_dir/cuts"
+  say "cut $a <-> $b"
+}
+
+heal() {
+  local a b
+  if [ $# -ge 2 ]; then
+    ip -n "$(ns "$1")" route del blackhole "${ip_of[$2]}/32" 2>/dev/null || true
+    ip -n "$(ns "$2")" route del blackhole "${ip_of[$1]}/32" 2>/dev/null || true
+    say "healed $1 <-> $2"
+    return
+  fi
+  [ -f "$run_dir/cuts" ] || return 0
+  while read -r a b; do
+    ip -n "$(ns "$a")" route del blackhole "${ip_of[$b]}/32" 2>/dev/null || true
+    ip -n "$(ns "$b")" route del blackhole "${ip_of[$a]}/32" 2>/dev/null || true
+  done <"$run_dir/cuts"
+  rm -f "$run_dir/cuts"
+  say "healed every cut"
+}
+
+# The foreground runner of `make run`: outlives every death it exists to
+# survive; a process that dies is logged and stays down until restarted.
+run_fg() {
+  up
+  echo $$ >"$run_dir/runner.pid"
+  trap 'echo; say "stopping..."; down; say "stopped."; exit 0' INT TERM
+  cat <<TXT
+
+Agenda is up on two machines (network namespaces) behind the virtual IP $vip:
+  machine-a: agenda-db 1-2, Redis + supervisor, users, groups, gateway (active), agenda-vip
+  machine-b: agenda-db 3-4, Redis + supervisor, users, groups, gateway (passive), agenda-vip
+  witness:   agenda-db 5
+Clients in the client namespace use the VIP URL:   $(cat "$state/url")   (.agenda/url)
+  sudo ip netns exec $(ns client) curl -s $(cat "$state/url")/readyz
+A browser or curl on this host uses the relay:       $(cat "$state/local_url" 2>/dev/null)   (.agenda/local_url)
+  curl -s $(cat "$state/local_url" 2>/dev/null)/v1/auth/register -H 'content-type: application/json' \\
+    -d '{"username":"alice","email":"alice@example.org","password":"correct-horse-1"}'
+The whole system at a glance:  target/release/agendactl status
+Break things:  deploy/netns.sh kill agenda-gateway-a | kill-machine machine-a | partition machine-a machine-b
+               deploy/netns.sh restart NAME | start-machine M | heal      (deploy/netns.sh ps lists names)
+Logs: $logs/   Processes: $state/endpoints.json
+Ctrl-C (or \`make stop\` from another shell) stops everything and removes the namespaces.
+TXT
+  declare -A reported=()
+  local name
+  while true; do
+    while read -r name; do
+      if alive "$name"; then
+        reported[$name]=""
+      elif [ -z "${reported[$name]:-}" ]; then
+        reported[$name]=1
+        say "$name (pid $(pid_of "$name")) is down; it stays down until \`deploy/netns.sh restart $name\`"
+      fi
+    done <"$run_dir/order"
+    sleep 1 &
+    wait $! || true
+  done
+}
+
+stop_() {
+  local p
+  p=$(cat "$run_dir/runner.pid" 2>/dev/null || true)
+  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+    kill -TERM "$p"
+    for _ in $(seq 1 300); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+  fi
+  down
+}
+
+# Commands other than run/up find the topology's settings in netns.env.
+if [ "${1:-}" != run ] && [ "${1:-}" != up ] && [ -f "$state/netns.env" ] && [ -z "${AGENDA_NETNS_PREFIX+x}" ]; then
+  # shellcheck disable=SC1091
+  . "$state/netns.env"
+  prefix=$AGENDA_NETNS_PREFIX
+  lan="${prefix}agenda-lan"
+fi
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  run) run_fg ;;
+  up) up ;;
+  down) need_root; down ;;
+  stop) need_root; stop_ ;;
+  ps) ps_ ;;
+  kill) [ $# -ge 1 ] || die "usage: kill NAME [SIGNAL]"; kill_ "$@" ;;
+  restart) [ $# -eq 1 ] || die "usage: restart NAME"; restart "$1" ;;
+  kill-machine) [ $# -eq 1 ] || die "usage: kill-machine MACHINE"; kill_machine "$1" ;;
+  start-machine) [ $# -eq 1 ] || die "usage: start-machine MACHINE"; start_machine "$1" ;;
+  partition) [ $# -eq 2 ] || die "usage: partition M1 M2"; partition "$1" "$2" ;;
+  heal) heal "$@" ;;
+  exec) [ $# -ge 2 ] || die "usage: exec MACHINE CMD..."; check_machine "$1"; m=$1; shift; on "$m" "$@" ;;
+  endpoints) write_endpoints ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = --help ] || exit 2 ;;
+esac
