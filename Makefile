@@ -5,12 +5,26 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run run-local test lint unit system bench bench-api bench-notify bench-db bench-failover build release deps-run deps-test deps-bench deps-bench-failover clean
+.PHONY: run stop run-local chaos bench-vip test lint unit system bench bench-api bench-notify bench-db bench-failover build release deps-run deps-test deps-bench deps-bench-failover clean
 
-## make run: start the whole system on loopback, in the foreground (Ctrl-C stops it).
-run: run-local
+## make run: start the whole system in the foreground (Ctrl-C or `make stop` stops it).
+## As root: two machines (network namespaces) behind a virtual IP (deploy/netns.sh).
+## Otherwise: says so and runs the loopback mode (make run-local).
+run: release deps-run
+	@if [ "$$(id -u)" = 0 ]; then \
+	  AGENDA_BIN_DIR=$(CURDIR)/target/release deploy/netns.sh run; \
+	else \
+	  echo "make run: not root, so no network namespaces: starting the loopback mode (make run-local)."; \
+	  echo "          As root, make run starts the two-machine topology behind a virtual IP."; \
+	  AGENDA_BIN_DIR=$(CURDIR)/target/release deploy/run-local.sh; \
+	fi
 
-## make run-local: the same, loopback only, no root needed.
+## make stop: stop what make run (or make run-local) started, from another shell.
+stop:
+	@if [ -f .agenda/netns.env ] && [ "$$(id -u)" = 0 ]; then deploy/netns.sh stop; fi
+	@if [ -s .agenda/run-local.pid ]; then kill -TERM "$$(cat .agenda/run-local.pid)" 2>/dev/null || true; fi
+
+## make run-local: the same system on loopback only, no root needed.
 run-local: release deps-run
 	AGENDA_BIN_DIR=$(CURDIR)/target/release deploy/run-local.sh
 
@@ -52,6 +66,8 @@ deps-run:
 	@{ command -v curl && command -v redis-server && command -v redis-cli; } >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq curl redis-server; \
 	  else echo "make run needs curl and redis-server: sudo apt-get install -y curl redis-server"; exit 1; fi; }
+	@if [ "$$(id -u)" = 0 ]; then { command -v ip && command -v arping; } >/dev/null || { \
+	  $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq iproute2 iputils-arping; }; fi
 
 deps-test:
 	@command -v redis-server >/dev/null || { \

@@ -125,7 +125,16 @@ start() {
 }
 
 pid_of() { cat "$run_dir/$1.pid" 2>/dev/null || true; }
-alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# Alive and not a zombie: nothing may reap our detached processes
+# promptly (PID 1 of a container or VM need not), and kill -0 succeeds
+# on a zombie.
+pid_alive() {
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  s=${s##*) }
+  [ "${s%% *}" != Z ]
+}
+alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && pid_alive "$p"; }
 
 restart() {
   local name=$1
@@ -293,7 +302,7 @@ down() {
     for name in $(tac "$run_dir/order"); do
       p=$(pid_of "$name")
       [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || continue
-      for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 1 50); do pid_alive "$p" || break; sleep 0.1; done
       kill -KILL "$p" 2>/dev/null || true
     done
   fi
@@ -309,6 +318,7 @@ down() {
 
 ps_() {
   local name
+  [ -f "$run_dir/order" ] || die "nothing started under $state (set AGENDA_STATE to the state dir of the topology)"
   printf '%-22s %-10s %-8s %s\n' NAME MACHINE PID STATE
   while read -r name; do
     printf '%-22s %-10s %-8s %s\n' "$name" "$(cat "$run_dir/$name.machine")" "$(pid_of "$name")" \
@@ -420,9 +430,9 @@ TXT
 stop_() {
   local p
   p=$(cat "$run_dir/runner.pid" 2>/dev/null || true)
-  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+  if [ -n "$p" ] && pid_alive "$p"; then
     kill -TERM "$p"
-    for _ in $(seq 1 300); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 1 300); do pid_alive "$p" || return 0; sleep 0.1; done
   fi
   down
 }

@@ -54,7 +54,7 @@ stop() {
     for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
   done
-  rm -f "$state/url" "$state/endpoints.json"
+  rm -f "$state/url" "$state/endpoints.json" "$state/run-local.pid"
   echo "stopped."
 }
 trap 'stop; exit 0' INT TERM
@@ -217,6 +217,19 @@ Operators: agenda-db REST on http://127.0.0.1:$http_base..$((http_base + nodes -
 Ctrl-C stops everything.
 TXT
 
-wait -n "${pids[@]}" || true
-echo "a process exited unexpectedly; stopping the rest" >&2
-exit 1
+echo $$ >"$state/run-local.pid"
+# The runner outlives the deaths it exists to survive: a process that dies
+# is reported once and stays down (restart it by hand with the command
+# line in its log's first lines, or restart `make run-local`).
+declare -A reported=()
+while true; do
+  for idx in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$idx]}" 2>/dev/null && [ -z "${reported[$idx]:-}" ]; then
+      reported[$idx]=1
+      wait "${pids[$idx]}" 2>/dev/null && code=0 || code=$?
+      echo "${names[$idx]} (pid ${pids[$idx]}) exited with status $code; the rest keep serving (log: $state/logs/${names[$idx]}.log)" >&2
+    fi
+  done
+  sleep 1 &
+  wait $! || true
+done

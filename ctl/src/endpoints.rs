@@ -44,11 +44,16 @@ pub struct Process {
 }
 
 impl Process {
-    /// Whether the pid is alive (on this host).
+    /// Whether the pid runs on this host (a zombie does not: nothing may
+    /// reap a detached process promptly).
     pub fn alive(&self) -> bool {
-        // SAFETY: kill with signal 0 only checks.
-        self.pid
-            .is_some_and(|p| p > 0 && unsafe { libc::kill(p as libc::pid_t, 0) } == 0)
+        self.pid.is_some_and(|p| {
+            p > 0
+                && std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+                    .unwrap_or(false)
+        })
     }
 
     /// The namespace to dial it from ("" is the host's own).

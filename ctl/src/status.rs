@@ -16,24 +16,31 @@ use crate::netns::Dialers;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Reads one JSON document from a process, or says why not.
-async fn json(dialers: &Dialers, p: &Process, path: &str) -> Result<Value, String> {
+/// Reads one document from a process, or says why not.
+async fn body(dialers: &Dialers, p: &Process, path: &str) -> Result<String, String> {
     let base = p.http.as_deref().ok_or("no HTTP endpoint")?;
     let dialer = dialers.get(p.ns()).map_err(|e| e.to_string())?;
     match http::get(&dialer, &format!("{base}{path}"), TIMEOUT).await {
-        Ok((200, body)) => serde_json::from_str(&body).map_err(|e| format!("bad JSON: {e}")),
+        Ok((200, body)) => Ok(body),
         Ok((404, _)) => Err("not found".into()),
         Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
         Err(e) => Err(format!("{e:#}")),
     }
 }
 
-/// A registry key's value through the first agenda-db node that answers.
-async fn key(dialers: &Dialers, dbs: &[&Process], key: &str) -> Result<Option<Value>, String> {
+/// Reads one JSON document from a process, or says why not.
+async fn json(dialers: &Dialers, p: &Process, path: &str) -> Result<Value, String> {
+    let text = body(dialers, p, path).await?;
+    serde_json::from_str(&text).map_err(|e| format!("bad JSON: {e}"))
+}
+
+/// A registry key's value (agenda-db's REST answers a GET with the raw
+/// value) through the first agenda-db node that answers.
+async fn key(dialers: &Dialers, dbs: &[&Process], key: &str) -> Result<Option<String>, String> {
     let path = format!("/v1/kv/{}", key.replace('/', "%2F"));
     let mut last = "no agenda-db node".to_string();
     for p in dbs {
-        match json(dialers, p, &path).await {
+        match body(dialers, p, &path).await {
             Ok(v) => return Ok(Some(v)),
             Err(e) if e == "not found" => return Ok(None),
             Err(e) => last = e,
@@ -42,6 +49,7 @@ async fn key(dialers: &Dialers, dbs: &[&Process], key: &str) -> Result<Option<Va
     Err(last)
 }
 
+/// The value of a listed key-value.
 fn value(v: &Value) -> String {
     v.get("value")
         .and_then(Value::as_str)
@@ -59,7 +67,7 @@ pub async fn render(ep: &Endpoints) -> String {
     // The VIP.
     if let Some(vip) = &ep.vip {
         let holder = match key(&dialers, &up_dbs, "/registry/vip/holder").await {
-            Ok(Some(v)) => format!("held by {} (lease {})", value(&v), v["lease"]),
+            Ok(Some(v)) => format!("held by {v}"),
             Ok(None) => "held by nobody".into(),
             Err(e) => format!("unknown ({e})"),
         };
@@ -80,20 +88,20 @@ pub async fn render(ep: &Endpoints) -> String {
 
     // Redis.
     let primary = match key(&dialers, &up_dbs, "/registry/config/redis-primary").await {
-        Ok(Some(v)) => match serde_json::from_str::<Value>(&value(&v)) {
+        Ok(Some(v)) => match serde_json::from_str::<Value>(&v) {
             Ok(r) => format!("{} epoch {}", r["addr"].as_str().unwrap_or("?"), r["epoch"]),
-            Err(_) => value(&v),
+            Err(_) => v,
         },
         Ok(None) => "none published".into(),
         Err(e) => format!("unknown ({e})"),
     };
     let acting = match key(&dialers, &up_dbs, "/registry/election/redis-supervisor").await {
-        Ok(Some(v)) => value(&v),
+        Ok(Some(v)) => v,
         Ok(None) => "none".into(),
         Err(_) => "?".into(),
     };
     let relay = match key(&dialers, &up_dbs, "/registry/election/notification-relay").await {
-        Ok(Some(v)) => value(&v),
+        Ok(Some(v)) => v,
         Ok(None) => "none".into(),
         Err(_) => "?".into(),
     };

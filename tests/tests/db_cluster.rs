@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use agenda_common::{DbClient, Error as ClientError};
 use agenda_proto::db::{
-    compare, event, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchRequest,
+    event, request_op, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchRequest,
 };
 use agenda_tests::cluster::{wait_for, Cluster, Options};
-use agenda_tests::linearizability::{self, Op, Operation, Outcome};
+use agenda_tests::linearizability::{self, Operation};
+use agenda_tests::register::RegisterClient;
 use anyhow::{ensure, Context, Result};
 
 fn opts(args: &[&str]) -> Options {
@@ -904,98 +904,15 @@ async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
     for cl in 0..clients {
         let (client, history, stop) = (client.clone(), history.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = cl.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            let mut last_seen: Option<Vec<u8>> = None;
-            for n in 0..2_000u64 {
+            let mut reg = RegisterClient::new(client, cl);
+            for _ in 0..2_000u64 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let key = format!("lin/{}", rng % keys);
-                let call = epoch.elapsed().as_nanos() as u64;
-                let (op, outcome) = match (rng >> 8) % 3 {
-                    0 => {
-                        let r = client.get(key.clone()).await;
-                        match r {
-                            Ok(kv) => {
-                                let v = kv.map(|kv| kv.value);
-                                last_seen = v.clone();
-                                (Op::Read, Outcome::Read(v))
-                            }
-                            Err(_) => continue,
-                        }
-                    }
-                    1 => {
-                        let v = format!("{cl}-{n}").into_bytes();
-                        let r = client.put(put(key.clone(), v.clone())).await;
-                        (
-                            Op::Write(Some(v)),
-                            if r.is_ok() {
-                                Outcome::Write
-                            } else {
-                                Outcome::Unknown
-                            },
-                        )
-                    }
-                    _ => {
-                        let new = format!("{cl}-{n}-cas").into_bytes();
-                        let expect = last_seen.clone();
-                        let cmp = match &expect {
-                            Some(v) => Compare {
-                                key: key.clone().into_bytes(),
-                                target: compare::Target::Value as i32,
-                                result: compare::Result::Equal as i32,
-                                value: v.clone(),
-                                number: 0,
-                            },
-                            None => Compare {
-                                key: key.clone().into_bytes(),
-                                target: compare::Target::Version as i32,
-                                result: compare::Result::Equal as i32,
-                                value: Vec::new(),
-                                number: 0,
-                            },
-                        };
-                        let r = client
-                            .txn(TxnRequest {
-                                compare: vec![cmp],
-                                success: vec![RequestOp {
-                                    request: Some(request_op::Request::Put(put(
-                                        key.clone(),
-                                        new.clone(),
-                                    ))),
-                                }],
-                                ..Default::default()
-                            })
-                            .await;
-                        let outcome = match r {
-                            Ok(t) => Outcome::Cas(t.succeeded),
-                            Err(_) => Outcome::Unknown,
-                        };
-                        (
-                            Op::Cas {
-                                expect,
-                                new: Some(new),
-                            },
-                            outcome,
-                        )
-                    }
-                };
-                let ret = (!matches!(outcome, Outcome::Unknown))
-                    .then(|| epoch.elapsed().as_nanos() as u64);
-                let k = key.trim_start_matches("lin/").parse::<u64>().unwrap();
-                history.lock().unwrap().push((
-                    k,
-                    Operation {
-                        client: cl,
-                        call,
-                        ret,
-                        op,
-                        outcome,
-                    },
-                ));
+                let k = reg.random() % keys;
+                if let Some(op) = reg.step(&format!("lin/{k}"), epoch).await {
+                    history.lock().unwrap().push((k, op));
+                }
             }
         }));
     }

@@ -13,7 +13,7 @@
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, Command};
 
 use crate::error::{Error, Result};
 
@@ -141,12 +141,12 @@ impl Address {
     }
 
     /// Starts the guard: a child that removes the VIP once this process's
-    /// end of its stdin closes (on any death of this process). Keep the
-    /// returned child alive as long as the daemon runs.
-    pub fn spawn_guard(&self) -> Result<Child> {
+    /// end of its stdin closes (on any death of this process). Hold the
+    /// returned pipe as long as the daemon runs.
+    pub fn spawn_guard(&self) -> Result<(Child, ChildStdin)> {
         // Quoting: the values were validated (an IPv4 CIDR, an interface
         // name) but are still passed as positional parameters, not text.
-        Command::new("sh")
+        let mut child = Command::new("sh")
             .args([
                 "-c",
                 r#"cat >/dev/null; exec "$0" -4 addr del "$1" dev "$2" 2>/dev/null"#,
@@ -159,6 +159,11 @@ impl Address {
             .stderr(Stdio::null())
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| Error::Command(format!("cannot start the VIP guard (sh): {e}")))
+            .map_err(|e| Error::Command(format!("cannot start the VIP guard (sh): {e}")))?;
+        let pipe = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Command("the VIP guard has no stdin".into()))?;
+        Ok((child, pipe))
     }
 }

@@ -79,7 +79,9 @@ pub async fn run(
         tracing::warn!(vip = %cidr(&cfg), "removing a stale VIP left on the interface");
         addr.remove().await.context("removing a stale VIP")?;
     }
-    let mut guard = addr.spawn_guard()?;
+    // The guard's stdin is held here for the daemon's whole life (tokio's
+    // `Child::wait` would close it, which is the guard's signal to act).
+    let (mut guard, mut guard_pipe) = addr.spawn_guard()?;
     let socket = UdpSocket::bind(&cfg.bind)
         .await
         .with_context(|| format!("--bind {}", cfg.bind))?;
@@ -173,8 +175,12 @@ pub async fn run(
             },
             () = cancelled(lost) => d.vrrp.lease_lost(Instant::now()),
             status = guard.wait() => {
+                // Killed by someone: it removed the address on its way
+                // out only if it saw EOF, so a master's address may still
+                // be up. A new guard takes over; at most one a second.
                 tracing::warn!(?status, "the VIP guard exited; starting a new one");
-                guard = d.addr.spawn_guard()?;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                (guard, guard_pipe) = d.addr.spawn_guard()?;
                 Vec::new()
             }
         };
@@ -184,9 +190,9 @@ pub async fn run(
     d.perform(actions).await;
     stop.cancel();
     // Closing the guard's stdin lets it run its (now idle) removal.
-    if let Some(mut stdin) = guard.stdin.take() {
-        let _ = stdin.shutdown().await;
-    }
+    let _ = guard_pipe.shutdown().await;
+    drop(guard_pipe);
+    let _ = guard.wait().await;
     let _ = http.await;
     tracing::info!("agenda-vip stopped");
     Ok(())

@@ -1,0 +1,104 @@
+//! `make chaos`: faults under traffic in the two-machine topology, with
+//! history checks and a table of unavailability per fault (see
+//! `agenda_tests::chaos`). Also the workload process it starts inside the
+//! client namespace (`chaos workload`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agenda_tests::chaos;
+use clap::{Parser, Subcommand};
+
+/// Chaos runs of Agenda (root: network namespaces).
+#[derive(Debug, Parser)]
+#[command(name = "chaos")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start the topology, run the plan, check the histories, print the table.
+    Run {
+        /// `quick` (one fault of each kind) or `full` (also every machine,
+        /// pairs of faults and a majority loss).
+        #[arg(long, default_value = "full")]
+        plan: String,
+        /// Multiplies the time targets (debug builds: 3).
+        #[arg(long, default_value_t = 1)]
+        headroom: u32,
+    },
+    /// The workload (run inside the client namespace by `run`).
+    Workload {
+        /// The VIP URL.
+        #[arg(long)]
+        url: String,
+        /// agenda-db gRPC endpoints, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        db: Vec<String>,
+        /// Output dir; a file `stop` in it ends the run.
+        #[arg(long)]
+        out: PathBuf,
+        /// API writers.
+        #[arg(long, default_value_t = 3)]
+        writers: u32,
+        /// Register clients on agenda-db.
+        #[arg(long, default_value_t = 3)]
+        kv_clients: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run { plan, headroom } => {
+                let plan = match plan.as_str() {
+                    "quick" => chaos::quick_plan(),
+                    "full" => chaos::full_plan(),
+                    other => anyhow::bail!("unknown plan {other:?} (quick or full)"),
+                };
+                let report = chaos::run(plan, headroom).await?;
+                print!("{}", report.table());
+                if !report.violations.is_empty() {
+                    anyhow::bail!("{} violations", report.violations.len());
+                }
+                Ok(())
+            }
+            Cmd::Workload {
+                url,
+                db,
+                out,
+                writers,
+                kv_clients,
+            } => {
+                chaos::workload(chaos::WorkloadArgs {
+                    url,
+                    db,
+                    out,
+                    writers,
+                    kv_clients,
+                })
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chaos: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
