@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run stop run-local chaos bench-vip test lint unit system bench bench-api bench-notify bench-db bench-failover build release deps-run deps-test deps-bench deps-bench-failover clean
+.PHONY: run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-notify bench-db bench-failover build release deps-run deps-test deps-bench deps-bench-failover clean
 
 ## make run: start the whole system in the foreground (Ctrl-C or `make stop` stops it).
 ## As root: two machines (network namespaces) behind a virtual IP (deploy/netns.sh).
@@ -28,10 +28,27 @@ stop:
 run-local: release deps-run
 	AGENDA_BIN_DIR=$(CURDIR)/target/release deploy/run-local.sh
 
-## make test: format and lint checks, unit tests, system tests (real processes).
-test: deps-test lint build
+## make test: format and lint checks, the deployment files, unit tests, system
+## tests (real processes; as root also the two-machine topology in namespaces:
+## VIP failover and a bounded chaos plan).
+test: deps-test lint manifests build
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p agenda-tests --tests -- --test-threads=1
+
+## make manifests: docker-compose files and Kubernetes manifests validated offline.
+manifests:
+	deploy/check-manifests.sh
+
+## make chaos: faults under traffic in the two-machine topology (root), every
+## fault alone and in pairs, history checks, a table of unavailability per fault.
+chaos: release deps-run
+	target/release/chaos run --plan full
+
+## make docker-test: the compose deployment in three real dockerds inside
+## namespaces, the agenda story through the VIP, machine A killed, the story again
+## (root; outside CI; feeds the images the host-built release binaries).
+docker-test: release
+	deploy/docker/docker-test.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -73,6 +90,8 @@ deps-test:
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq redis-server; \
 	  else echo "make test needs redis-server: sudo apt-get install -y redis-server"; exit 1; fi; }
+	@if [ "$$(id -u)" = 0 ]; then { command -v ip && command -v arping && command -v curl; } >/dev/null || { \
+	  $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq iproute2 iputils-arping curl; }; fi
 
 deps-bench:
 	@command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || { \

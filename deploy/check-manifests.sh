@@ -45,7 +45,17 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   echo "installing kubernetes-validate $kv_version in $venv..."
   mkdir -p "$cache"
   rm -rf "$venv"
-  python3 -m venv "$venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    # Debian's own python3 keeps venv in a package of its own.
+    rm -rf "$venv"
+    if [ "$(id -u)" = 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    else
+      echo "deploy/check-manifests.sh needs python3 -m venv: sudo apt-get install -y python3-venv" >&2
+      exit 1
+    fi
+  fi
   "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version"
 fi
 kv="$venv/bin/kubernetes-validate"

@@ -350,6 +350,10 @@ kill_machine() {
 start_machine() {
   local m=$1 name
   check_machine "$m"
+  # A reboot: the interface comes back with the machine's own address
+  # only (a VIP it held when it lost power is not on it any more).
+  ip -n "$(ns "$m")" addr flush dev eth0
+  ip -n "$(ns "$m")" addr add "${ip_of[$m]}/24" dev eth0
   ip -n "$lan" link set "${port_of[$m]}" up
   while read -r name; do
     if [ "$(cat "$run_dir/$name.machine")" = "$m" ] && ! alive "$name"; then
@@ -443,6 +447,14 @@ if [ "${1:-}" != run ] && [ "${1:-}" != up ] && [ -f "$state/netns.env" ] && [ -
   . "$state/netns.env"
   prefix=$AGENDA_NETNS_PREFIX
   lan="${prefix}agenda-lan"
+fi
+
+# Every process gets the Redis password from the state dir, also one that
+# `restart` or `start-machine` starts from another shell (without it a
+# restarted service cannot talk to Redis at all).
+if [ -s "$state/redis-password" ]; then
+  export AGENDA_REDIS_PASSWORD
+  AGENDA_REDIS_PASSWORD=$(cat "$state/redis-password")
 fi
 
 cmd=${1:-}

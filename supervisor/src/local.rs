@@ -224,6 +224,12 @@ pub async fn run(
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+        // A redis-server that outlived an earlier supervisor (or that the
+        // start-up check missed) holds the port: adopt it, do not fight it.
+        if let Some(p) = adopt(&spec).await {
+            proc = Some(p);
+            continue;
+        }
         let Some(master) = replica_target(&spec, &db, &mut primary, &stop).await else {
             return Ok(());
         };
@@ -357,6 +363,11 @@ fn server_args(
         String::new(),
         "--repl-diskless-sync-delay".into(),
         "0".into(),
+        // A replica whose machine died sends no FIN: the primary notices
+        // only when its acks stop for this long (default 60 s), and until
+        // then the relay's WAIT for it blocks live notifications.
+        "--repl-timeout".into(),
+        "5".into(),
     ];
     if !spec.password.is_empty() {
         args.extend([

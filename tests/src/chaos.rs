@@ -618,7 +618,16 @@ pub async fn run(plan: Vec<Step>, headroom: u32) -> Result<Report> {
     }
     let _ = workload.kill();
     let _ = workload.wait();
-    let (steps, both, samples) = result?;
+    let (steps, both, samples) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            t.keep_state();
+            return Err(e.context(format!(
+                "histories and logs kept in {}",
+                t.state().display()
+            )));
+        }
+    };
     let mut report = check(&t, &out, steps, headroom).await?;
     if both > 0 {
         report
@@ -638,20 +647,12 @@ pub async fn run(plan: Vec<Step>, headroom: u32) -> Result<Report> {
     Ok(report)
 }
 
+/// Acknowledged API operations (creations and RSVPs) invoked after `since`.
 fn acked_after(out: &Path, since: u64) -> usize {
     read_lines(&out.join("ops.jsonl"))
         .iter()
         .filter(|o| o["ok"] == true && o["call"].as_u64().unwrap_or(0) >= since)
         .count()
-        + read_lines(&out.join("register.jsonl"))
-            .iter()
-            .filter(|o| {
-                o["ret"].is_u64()
-                    && o["epoch_ms"].as_u64().unwrap_or(0)
-                        + o["call"].as_u64().unwrap_or(0) / 1_000_000
-                        >= since
-            })
-            .count()
 }
 
 async fn wait_acks(out: &Path, since: u64, n: usize, timeout: Duration) -> usize {
@@ -796,19 +797,43 @@ impl Victim {
         match self {
             Victim::Process(p) => t.netns(&["kill", p]).map(|_| ()),
             Victim::Redis(machine, addr) => {
-                let port = addr.rsplit(':').next().unwrap_or("7401");
+                // Its pid, from the server itself (it is a child of its
+                // supervisor, not one of the topology's processes).
+                let (host, port) = addr.rsplit_once(':').context("redis address")?;
+                let password = std::fs::read_to_string(t.state().join("redis-password"))?;
                 let out = t.on(
                     machine,
                     &[
-                        "sh",
-                        "-c",
-                        &format!("kill -9 $(pgrep -f 'redis-server .*:{port}' | head -1)"),
+                        "redis-cli",
+                        "--no-auth-warning",
+                        "-a",
+                        password.trim(),
+                        "-h",
+                        host,
+                        "-p",
+                        port,
+                        "info",
+                        "server",
                     ],
                 )?;
-                if !out.status.success() {
+                let pid: i32 = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .find_map(|l| {
+                        l.trim()
+                            .strip_prefix("process_id:")
+                            .and_then(|p| p.parse().ok())
+                    })
+                    .with_context(|| {
+                        format!(
+                            "redis {addr} did not tell its pid: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        )
+                    })?;
+                // SAFETY: kill(2) on a pid just read from our own server.
+                if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
                     bail!(
-                        "killing redis {addr}: {}",
-                        String::from_utf8_lossy(&out.stderr)
+                        "kill -9 {pid} (redis {addr}): {}",
+                        std::io::Error::last_os_error()
                     );
                 }
                 Ok(())

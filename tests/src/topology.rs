@@ -27,6 +27,23 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether the machine in namespace `ns` holds `vip`: the address is on
+/// its interface and the link has a carrier (a powered-off machine keeps
+/// its addresses but answers nobody).
+fn holds(ns: &str, vip: &str) -> bool {
+    let has_addr = Command::new("ip")
+        .args(["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {vip}/")))
+        .unwrap_or(false);
+    has_addr
+        && Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show", "dev", "eth0"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("LOWER_UP"))
+            .unwrap_or(false)
+}
+
 /// Whether `pid` runs and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -150,11 +167,10 @@ impl Topology {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Whether the VIP is on `machine`'s interface now.
+    /// Whether `machine` holds the VIP now: on its interface, with its
+    /// link up (a machine without power holds nothing).
     pub fn has_vip(&self, machine: &str) -> bool {
-        self.on(machine, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {}/", self.vip)))
-            .unwrap_or(false)
+        holds(&self.ns(machine), &self.vip)
     }
 
     /// The machine holding the VIP by the lease (what agenda-db says).
@@ -224,13 +240,7 @@ impl Topology {
         let (a, b, vip) = (self.ns("machine-a"), self.ns("machine-b"), self.vip.clone());
         let (s, bo, sa) = (stop.clone(), both.clone(), samples.clone());
         let handle = std::thread::spawn(move || {
-            let has = |ns: &str| {
-                Command::new("ip")
-                    .args(["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {vip}/")))
-                    .unwrap_or(false)
-            };
+            let has = |ns: &str| holds(ns, &vip);
             while !s.load(Ordering::Relaxed) {
                 if has(&a) && has(&b) && has(&a) {
                     bo.fetch_add(1, Ordering::Relaxed);

@@ -3,8 +3,9 @@
 /// What a call to agenda-db (or the registry) can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// No node answered in time (no leader, partition, all down).
-    #[error("agenda-db unavailable: {0}")]
+    /// agenda-db (no node answered in time: no leader, partition, all
+    /// down) or Redis is unavailable; the message says which.
+    #[error("unavailable: {0}")]
     Unavailable(String),
     /// The request was refused as malformed.
     #[error("invalid argument: {0}")]

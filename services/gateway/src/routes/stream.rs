@@ -115,6 +115,12 @@ async fn session(
     // the queue and repeats are dropped by id.
     let mut sub = state.hub.subscribe(user);
     let mut sent = Sent::new(10_000);
+    // What the client already has: everything up to its last_id (ids are
+    // time-ordered). A consumer that re-reads the Redis stream after a
+    // failover pushes older entries again; the client received those on
+    // an earlier connection, which this one's `sent` never saw.
+    let floor = last_id.as_deref().and_then(|s| Uuid::parse_str(s).ok());
+    let already_had = |id: &str| floor.is_some_and(|f| Uuid::parse_str(id).is_ok_and(|id| id <= f));
     if let Some(after) = last_id.filter(|s| !s.is_empty()) {
         let caller = caller_for(state.clone(), request_id.clone(), user);
         match caller
@@ -175,7 +181,7 @@ async fn session(
             }
             n = sub.rx.recv() => {
                 let Some(n) = n else { return };
-                if sent.first(&n.id) {
+                if !already_had(&n.id) && sent.first(&n.id) {
                     if !send_text(&mut socket, notification_message(&n)).await {
                         state.metrics.ws_slow.inc();
                         close(&mut socket, CLOSE_TOO_SLOW, "too slow: a send timed out; reconnect with last_id").await;
