@@ -47,13 +47,9 @@ impl Process {
     /// Whether the pid runs on this host (a zombie does not: nothing may
     /// reap a detached process promptly).
     pub fn alive(&self) -> bool {
-        self.pid.is_some_and(|p| {
-            p > 0
-                && std::fs::read_to_string(format!("/proc/{p}/stat"))
-                    .ok()
-                    .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-                    .unwrap_or(false)
-        })
+        self.pid
+            .and_then(|p| u32::try_from(p).ok())
+            .is_some_and(agenda_common::process::alive)
     }
 
     /// The namespace to dial it from ("" is the host's own).

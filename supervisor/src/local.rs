@@ -116,7 +116,7 @@ impl Proc {
                 Err(e) => format!("wait failed: {e}"),
             },
             Proc::Adopted(pid) => {
-                while alive(*pid) {
+                while agenda_common::process::alive(*pid) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 "exited (adopted process; status unknown)".into()
@@ -154,17 +154,6 @@ fn signal(pid: u32, sig: libc::c_int) {
     // redis-server this supervisor started or adopted.
     unsafe {
         libc::kill(pid, sig);
-    }
-}
-
-/// Whether `pid` runs (a zombie counts as dead).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
     }
 }
 

@@ -44,14 +44,6 @@ fn holds(ns: &str, vip: &str) -> bool {
             .unwrap_or(false)
 }
 
-/// Whether `pid` runs and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
 /// A running topology.
 pub struct Topology {
     script: PathBuf,
@@ -208,7 +200,7 @@ impl Topology {
     /// Whether a process (by name) is alive (a zombie is not: nothing
     /// may reap the detached processes promptly).
     pub fn alive(&self, name: &str) -> bool {
-        self.pid(name).is_some_and(pid_alive)
+        self.pid(name).is_some_and(agenda_common::process::alive)
     }
 
     /// Pid of a process by name.

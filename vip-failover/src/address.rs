@@ -69,42 +69,34 @@ impl Address {
         Ok(String::from_utf8_lossy(&out.stdout).contains(&needle))
     }
 
-    async fn ip(&self, verb: &str) -> Result<std::process::Output> {
-        Command::new(&self.ip_cmd)
+    /// `ip -4 addr VERB VIP dev IFACE`; an error whose text contains one
+    /// of `fine` means the address is already as wanted.
+    async fn ip(&self, verb: &str, fine: &[&str]) -> Result<()> {
+        let out = Command::new(&self.ip_cmd)
             .args(["-4", "addr", verb, &self.cidr(), "dev", &self.interface])
             .output()
             .await
-            .map_err(|e| Error::Command(format!("{}: {e}", self.ip_cmd)))
+            .map_err(|e| Error::Command(format!("{}: {e}", self.ip_cmd)))?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || fine.iter().any(|f| err.contains(f)) {
+            Ok(())
+        } else {
+            Err(Error::Command(format!(
+                "ip addr {verb} {}: {}",
+                self.cidr(),
+                err.trim()
+            )))
+        }
     }
 
     /// Adds the VIP (already there is fine).
     pub async fn add(&self) -> Result<()> {
-        let out = self.ip("add").await?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || err.contains("File exists") {
-            Ok(())
-        } else {
-            Err(Error::Command(format!(
-                "ip addr add {}: {}",
-                self.cidr(),
-                err.trim()
-            )))
-        }
+        self.ip("add", &["File exists"]).await
     }
 
     /// Removes the VIP (already gone is fine).
     pub async fn remove(&self) -> Result<()> {
-        let out = self.ip("del").await?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || err.contains("Cannot assign") || err.contains("not found") {
-            Ok(())
-        } else {
-            Err(Error::Command(format!(
-                "ip addr del {}: {}",
-                self.cidr(),
-                err.trim()
-            )))
-        }
+        self.ip("del", &["Cannot assign", "not found"]).await
     }
 
     /// Sends unsolicited ARP replies for the VIP (first one at once, then

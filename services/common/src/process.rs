@@ -32,3 +32,16 @@ pub fn run_main<E: Display>(
         }
     }
 }
+
+/// Whether `pid` runs. A zombie counts as dead: nothing may reap a
+/// detached process promptly (PID 1 of a container or VM need not), and
+/// `kill(pid, 0)` succeeds on a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}

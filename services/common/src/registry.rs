@@ -197,12 +197,17 @@ pub fn watch_config(
     name: &str,
     stop: CancellationToken,
 ) -> watch::Receiver<Option<Vec<u8>>> {
-    let key = format!("{CONFIG}{name}").into_bytes();
-    let mut map_rx = watch_prefix(
-        client,
-        String::from_utf8_lossy(&key).into_owned(),
-        stop.clone(),
-    );
+    watch_key(client, format!("{CONFIG}{name}"), stop)
+}
+
+/// Follows one key; `None` while it does not exist.
+pub fn watch_key(
+    client: &DbClient,
+    key: String,
+    stop: CancellationToken,
+) -> watch::Receiver<Option<Vec<u8>>> {
+    let mut map_rx = watch_prefix(client, key.clone(), stop.clone());
+    let key = key.into_bytes();
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         loop {

@@ -33,29 +33,9 @@ pub struct Fence {
 impl Fence {
     /// Follows the holder key from agenda-db.
     pub fn new(db: &DbClient, vip: IpAddr, me: &str, stop: CancellationToken) -> Arc<Self> {
-        let prefix =
-            agenda_common::registry::watch_prefix(db, HOLDER_KEY.to_string(), stop.clone());
-        let (tx, holder) = watch::channel(None);
-        tokio::spawn(async move {
-            let mut prefix = prefix;
-            loop {
-                let v = prefix
-                    .borrow_and_update()
-                    .get(HOLDER_KEY.as_bytes())
-                    .cloned();
-                if *tx.borrow() != v {
-                    tracing::info!(holder = ?v.as_deref().map(String::from_utf8_lossy), "VIP holder changed");
-                    let _ = tx.send(v);
-                }
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    r = prefix.changed() => if r.is_err() { return },
-                }
-            }
-        });
         Arc::new(Fence {
             vip,
-            holder,
+            holder: agenda_common::registry::watch_key(db, HOLDER_KEY.to_string(), stop),
             me: me.as_bytes().to_vec(),
         })
     }
