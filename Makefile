@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-notify bench-db bench-failover build release deps-run deps-test deps-bench deps-bench-failover clean
+.PHONY: run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
 
 ## make run: start the whole system in the foreground (Ctrl-C or `make stop` stops it).
 ## As root: two machines (network namespaces) behind a virtual IP (deploy/netns.sh).
@@ -72,6 +72,12 @@ bench-api: release
 bench-failover: release deps-bench-failover
 	target/release/bench_failover
 
+## make bench-vip: the VIP, agenda-vip against Debian's keepalived in the same namespaces (root):
+## twenty gateway kills each (kill to first request served), then the A-B link cut for 10 s
+## (how many holders), one run, a table. Not part of make bench (root only).
+bench-vip: deps-bench-vip release deps-run
+	target/release/bench_vip
+
 ## make bench-notify: live notifications at 1,000 WebSockets: deliveries/s and write-to-push delay.
 bench-notify: release deps-test
 	target/release/bench_notify
@@ -102,6 +108,13 @@ deps-bench-failover:
 	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { \
 	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq redis-server; \
 	  else echo "make bench-failover needs redis-server: sudo apt-get install -y redis-server"; exit 1; fi; }
+
+deps-bench-vip:
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "make bench-vip needs root: it builds network namespaces (two machines, a witness, a client)"; \
+	  echo "and moves a virtual IP between them. Run it as root: sudo make bench-vip"; exit 1; fi
+	@command -v keepalived >/dev/null || [ -x /usr/sbin/keepalived ] || { \
+	  $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq keepalived; }
 
 clean:
 	$(CARGO) clean

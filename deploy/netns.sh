@@ -33,6 +33,14 @@
 # State under AGENDA_STATE (default .agenda): run/ (pid, command line and
 # machine of every process), logs/, data/, endpoints.json, url (the VIP
 # URL, for clients in the client namespace), local_url (the host relay).
+#
+# AGENDA_VIP_DAEMON=keepalived (for `make bench-vip` only; default
+# agenda-vip): Debian's keepalived holds the same VIP instead of agenda-vip
+# (keepalived-a/-b, same priorities, --no-preempt, 100 ms adverts, unicast
+# to the other machine), the local gateway's health checked as agenda-vip
+# checks it (keepalived-health-a/-b, deploy/keepalived-health.sh, a
+# track_file), and the gateways start without the VIP fence (--vip-addr,
+# --vip-holder-id: keepalived takes no lease in agenda-db).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +49,7 @@ bin=${AGENDA_BIN_DIR:-$root/target/release}
 prefix=${AGENDA_NETNS_PREFIX:-}
 subnet=${AGENDA_SUBNET:-10.77.0}
 relay_listen=${AGENDA_RELAY_LISTEN:-127.0.0.1:8080}
+vip_daemon=${AGENDA_VIP_DAEMON:-agenda-vip}
 run_dir="$state/run"
 logs="$state/logs"
 data="$state/data"
@@ -189,6 +198,11 @@ vip_answers() { on client curl -fsS -m 2 "http://$vip:8080/healthz"; }
 up() {
   need_root
   [ -x "$bin/agenda-vip" ] || die "no binaries in $bin (build with \`cargo build --release --workspace\`)"
+  case "$vip_daemon" in
+    agenda-vip) ;;
+    keepalived) command -v keepalived >/dev/null || die "missing keepalived: apt-get install -y keepalived" ;;
+    *) die "AGENDA_VIP_DAEMON=$vip_daemon: agenda-vip or keepalived" ;;
+  esac
   if ip netns list | grep -qx "$lan\( .*\)\?"; then
     die "namespace $lan exists: another topology is up (\`deploy/netns.sh down\` removes it)"
   fi
@@ -204,6 +218,7 @@ AGENDA_NETNS_PREFIX=$prefix
 AGENDA_SUBNET=$subnet
 AGENDA_STATE=$state
 AGENDA_BIN_DIR=$bin
+AGENDA_VIP_DAEMON=$vip_daemon
 ENV
   trap 'say "start-up failed; removing what was made"; down; exit 1' ERR
   say "network: bridge in $lan, subnet $subnet.0/24, VIP $vip"
@@ -236,6 +251,10 @@ ENV
     prio=$([ $x = a ] && echo 150 || echo 100)
     start "agenda-users-$x" "$m" "$bin/agenda-users" --listen "$a:7201" --db "$db"
     start "agenda-groups-$x" "$m" "$bin/agenda-groups" --listen "$a:7301" --db "$db"
+    if [ "$vip_daemon" = keepalived ]; then
+      start_keepalived "$x" "$a" "$other" "$prio" "$db"
+      continue
+    fi
     start "agenda-gateway-$x" "$m" "$bin/agenda-gateway" --listen 0.0.0.0:8080 --db "$db" \
       --vip-addr "$vip" --vip-holder-id "$m"
     start "agenda-vip-$x" "$m" "$bin/agenda-vip" --id "$m" --vip "$vip/24" --interface eth0 \
@@ -255,6 +274,71 @@ ENV
   write_endpoints
   echo "http://$vip:8080" >"$state/url"
   trap - ERR
+}
+
+# AGENDA_VIP_DAEMON=keepalived: the gateway of machine X without the VIP
+# fence, its health checker and keepalived, set up as agenda-vip is:
+# priority, no preemption, 100 ms adverts (VRRPv3, centisecond adverts),
+# unicast to the other machine, the same health check (interval 100 ms,
+# fall 3, rise 2, as a track_file: keepalived's vrrp_script runs at most
+# once a second), and three gratuitous ARPs as agenda-vip's `arping -A -c 3`
+# (keepalived sends them at once; spacing them with vrrp_garp_interval
+# would also hold back the first one behind the GARP keepalived sends for
+# the machine's own address on entering BACKUP). The state of each
+# instance (MASTER, BACKUP, FAULT, STOP) is written by the notify script to
+# keepalived/X.state.
+start_keepalived() {
+  local x=$1 a=$2 other=$3 prio=$4 db=$5 m="machine-$1" kdir="$state/keepalived"
+  mkdir -p "$kdir"
+  start "agenda-gateway-$x" "$m" "$bin/agenda-gateway" --listen 0.0.0.0:8080 --db "$db"
+  start "keepalived-health-$x" "$m" bash "$root/deploy/keepalived-health.sh" "$kdir/$x.health" \
+    http://127.0.0.1:8080/healthz 0.1 3 2
+  cat >"$kdir/notify-$x.sh" <<SH
+#!/bin/sh
+# keepalived notify: TYPE NAME STATE PRIORITY
+printf '%s\n' "\$3" >"$kdir/$x.state.tmp" && mv "$kdir/$x.state.tmp" "$kdir/$x.state"
+echo "\$(date -Is) notify: \$*" >>"$logs/keepalived-$x.log"
+SH
+  chmod 700 "$kdir/notify-$x.sh"
+  rm -f "$kdir/$x.state"
+  cat >"$kdir/$x.conf" <<CONF
+# keepalived for $m (written by deploy/netns.sh, AGENDA_VIP_DAEMON=keepalived)
+global_defs {
+  router_id agenda-$m
+  vrrp_version 3
+  script_user root
+  enable_script_security
+  vrrp_garp_master_repeat 3
+  vrrp_garp_master_delay 0
+  vrrp_garp_master_refresh 0
+}
+track_file gateway_health {
+  file "$kdir/$x.health"
+  weight 0
+  init_file 1
+}
+vrrp_instance agenda_vip {
+  state BACKUP
+  interface eth0
+  virtual_router_id 77
+  priority $prio
+  advert_int 0.1
+  nopreempt
+  unicast_src_ip $a
+  unicast_peer {
+    $other
+  }
+  virtual_ipaddress {
+    $vip/24 dev eth0
+  }
+  track_file {
+    gateway_health
+  }
+  notify "$kdir/notify-$x.sh"
+}
+CONF
+  start "keepalived-$x" "$m" keepalived -n -l -D --vrrp -f "$kdir/$x.conf" \
+    -p "$kdir/$x.pid" -r "$kdir/$x-vrrp.pid"
 }
 
 write_endpoints() {

@@ -39,6 +39,16 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The `p` quantile (0.0-1.0) of sorted values, nearest rank (0 when
+/// empty); the benchmarks' p50/p95.
+pub fn pct(sorted: &[u128], p: f64) -> u128 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 /// A free loopback port: bound then released, and never handed out twice
 /// by this process (the OS may offer a just-released port again, and two
 /// nodes on one port make a cluster that never forms).

@@ -21,6 +21,25 @@ use crate::cluster::{bin_dir, free_port};
 /// The machines, as `deploy/netns.sh` names them.
 pub const MACHINES: [&str; 4] = ["machine-a", "machine-b", "witness", "client"];
 
+/// The other of the two gateway machines (`machine-a` <-> `machine-b`).
+pub fn other_machine(machine: &str) -> &'static str {
+    if machine == "machine-a" {
+        "machine-b"
+    } else {
+        "machine-a"
+    }
+}
+
+/// The suffix of a gateway machine's processes (`agenda-gateway-a`): `a`
+/// for `machine-a`, `b` for `machine-b`.
+pub fn suffix(machine: &str) -> &'static str {
+    if machine == "machine-a" {
+        "a"
+    } else {
+        "b"
+    }
+}
+
 /// Whether this process may build namespaces (tests skip otherwise).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -60,6 +79,14 @@ pub struct Topology {
 impl Topology {
     /// Builds the namespaces and starts every process (fresh data).
     pub fn up(tag: &str) -> Result<Topology> {
+        Topology::up_with_env(tag, &[])
+    }
+
+    /// [`Topology::up`] with extra environment for `deploy/netns.sh up`,
+    /// e.g. `AGENDA_VIP_DAEMON=keepalived` (`make bench-vip`) or
+    /// `AGENDA_RELAY=0` (no host relay: [`Topology::url`] then reaches
+    /// nothing).
+    pub fn up_with_env(tag: &str, env: &[(&str, &str)]) -> Result<Topology> {
         if !is_root() {
             bail!("the namespace topology needs root");
         }
@@ -82,6 +109,7 @@ impl Topology {
             .command(&["up"])
             .env("AGENDA_RELAY_LISTEN", &relay)
             .env("AGENDA_FRESH", "1")
+            .envs(env.iter().copied())
             .output()
             .context("running deploy/netns.sh up")?;
         if !out.status.success() {

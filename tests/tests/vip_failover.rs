@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use agenda_tests::system::Api;
-use agenda_tests::topology::{is_root, Topology};
+use agenda_tests::topology::{is_root, other_machine as other, suffix, Topology};
 use anyhow::{ensure, Context, Result};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -32,22 +32,6 @@ async fn until_served(api: &Api, token: &str, timeout: Duration) -> Result<Durat
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     anyhow::bail!("nothing served through the VIP within {timeout:?}")
-}
-
-fn other(m: &str) -> &'static str {
-    if m == "machine-a" {
-        "machine-b"
-    } else {
-        "machine-a"
-    }
-}
-
-fn suffix(m: &str) -> &'static str {
-    if m == "machine-a" {
-        "a"
-    } else {
-        "b"
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

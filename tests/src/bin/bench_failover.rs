@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agenda_tests::cluster::{free_port, wait_for, Cluster, Options};
+use agenda_tests::cluster::{free_port, pct, wait_for, Cluster, Options};
 use agenda_tests::redis::{connect, role, RedisLayer, PRIMARY_KEY};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -548,14 +548,6 @@ struct Summary {
     name: String,
     rounds: Vec<Round>,
     failed: u64,
-}
-
-fn pct(sorted: &[u128], p: f64) -> u128 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn print(summaries: &[Summary], args: &Args) {
