@@ -3,7 +3,9 @@
 # checks it (its --health-url, --health-interval, --health-fall,
 # --health-rise): one GET every INTERVAL on a fixed schedule, each check
 # must answer 2xx within INTERVAL, FALL failures in a row make the gateway
-# unhealthy, RISE passes make it healthy again, starting unhealthy.
+# unhealthy, RISE passes make it healthy again, starting unhealthy. A
+# refused connection (nothing listens on the port: the gateway is gone)
+# makes it unhealthy at once, not after FALL checks.
 #
 #   deploy/keepalived-health.sh FILE URL [INTERVAL_S] [FALL] [RISE]
 #
@@ -25,8 +27,15 @@ printf '1\n' >"$file"
 echo "$(date -Is) checking $url every ${interval}s (fall $fall, rise $rise); unhealthy until proven"
 next=$(usec "$EPOCHREALTIME")
 while :; do
-  if curl -fsS -o /dev/null -m "$interval" "$url" 2>/dev/null; then ok=1; else ok=0; fi
-  if [ "$ok" = "$healthy" ]; then
+  curl -fsS -o /dev/null -m "$interval" "$url" 2>/dev/null
+  rc=$?
+  if [ "$rc" = 0 ]; then ok=1; else ok=0; fi
+  if [ "$rc" = 7 ] && [ "$healthy" = 1 ]; then
+    # curl 7: could not connect (refused): down at once, as in agenda-vip.
+    healthy=0 streak=0
+    printf '1\n' >"$file"
+    echo "$(date -Is) local gateway health changed: healthy=false (connection refused)"
+  elif [ "$ok" = "$healthy" ]; then
     streak=0
   else
     streak=$((streak + 1))

@@ -220,8 +220,12 @@ async fn listen(url: String, acc: Account, notes: Log, stop: Arc<std::sync::atom
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        // As a careful client does: ping every second and give the
+        // connection up when nothing (pong, heartbeat, notification) came
+        // back for a while: a connection to a machine that lost power
+        // otherwise stays open, silent, for ever.
         loop {
-            match s.next(Duration::from_secs(2)).await {
+            match s.next(Duration::from_secs(1)).await {
                 Ok(Frame::Notification(n)) => {
                     if let Some(id) = n["id"].as_str() {
                         last_id = Some(id.to_string());
@@ -233,6 +237,9 @@ async fn listen(url: String, acc: Account, notes: Log, stop: Arc<std::sync::atom
                 Err(_) => {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
+                    }
+                    if s.silent_for() > Duration::from_secs(3) || s.ping().await.is_err() {
+                        break;
                     }
                 }
             }
@@ -434,6 +441,17 @@ pub struct Step {
     pub majority_loss: bool,
 }
 
+impl Step {
+    /// Its faults' names joined with " + ".
+    pub fn name(&self) -> String {
+        self.faults
+            .iter()
+            .map(Fault::name)
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+}
+
 fn one(f: Fault) -> Step {
     Step {
         faults: vec![f],
@@ -573,7 +591,7 @@ fn read_lines(path: &Path) -> Vec<Value> {
 
 /// Runs the plan in a fresh topology; `headroom` multiplies the time
 /// targets (3 for debug builds on a shared machine).
-pub async fn run(plan: Vec<Step>, headroom: u32) -> Result<Report> {
+pub async fn run(plan: Vec<Step>, headroom: u32, keep: bool) -> Result<Report> {
     let t = tokio::task::spawn_blocking(|| Topology::up("ch")).await??;
     let out = t.state().join("chaos");
     std::fs::create_dir_all(&out)?;
@@ -637,7 +655,7 @@ pub async fn run(plan: Vec<Step>, headroom: u32) -> Result<Report> {
     report.summary.push_str(&format!(
         "; VIP holder samples: {samples}, with two holders: {both}"
     ));
-    if !report.violations.is_empty() || !report.slow.is_empty() {
+    if keep || !report.violations.is_empty() || !report.slow.is_empty() {
         t.keep_state();
         report.summary.push_str(&format!(
             "\nhistories and logs kept in {}",
@@ -921,15 +939,7 @@ async fn drive(
         // count as served after the fault).
         let at = now_ms();
         let names: Vec<String> = victims.iter().map(Victim::label).collect();
-        eprintln!(
-            "chaos: {} -> {}",
-            step.faults
-                .iter()
-                .map(Fault::name)
-                .collect::<Vec<_>>()
-                .join(" + "),
-            names.join(", ")
-        );
+        eprintln!("chaos: {} -> {}", step.name(), names.join(", "));
         if step.majority_loss {
             // No quorum: nothing is expected to work until it heals.
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -1152,12 +1162,7 @@ async fn check(
         } else {
             None
         };
-        let name = step
-            .faults
-            .iter()
-            .map(Fault::name)
-            .collect::<Vec<_>>()
-            .join(" + ");
+        let name = step.name();
         if let (Some(target), false) = (target, step.majority_loss) {
             match unavailable {
                 Some(u) if u <= target * headroom => {}

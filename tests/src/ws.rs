@@ -26,6 +26,8 @@ pub enum Frame {
 /// One open stream.
 pub struct Ws {
     inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// When the server last sent anything (pongs included).
+    heard: Instant,
 }
 
 /// Opens `GET /v1/stream` on the gateway at `base` (`http://host:port`),
@@ -43,7 +45,10 @@ pub async fn connect(base: &str, token: Option<&str>, last_id: Option<&str>) -> 
     let (inner, _) = tokio_tungstenite::connect_async(&url)
         .await
         .with_context(|| format!("WebSocket connect {url}"))?;
-    Ok(Ws { inner })
+    Ok(Ws {
+        inner,
+        heard: Instant::now(),
+    })
 }
 
 /// Like [`connect`] but over a socket with a tiny receive buffer, for a
@@ -60,10 +65,29 @@ pub async fn connect_tiny_buffer(base: &str, token: &str) -> Result<Ws> {
     let (inner, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
         .await
         .context("WebSocket handshake")?;
-    Ok(Ws { inner })
+    Ok(Ws {
+        inner,
+        heard: Instant::now(),
+    })
 }
 
 impl Ws {
+    /// How long since the server last sent anything (pongs included).
+    pub fn silent_for(&self) -> Duration {
+        self.heard.elapsed()
+    }
+
+    /// Sends a ping frame. A client that sent nothing would never notice
+    /// that its server's machine lost power (no FIN, no RST ever comes);
+    /// once the VIP has moved, a ping reaches the new holder, whose
+    /// kernel knows no such connection and resets it at once.
+    pub async fn ping(&mut self) -> Result<()> {
+        self.inner
+            .send(Message::Ping(Vec::new().into()))
+            .await
+            .context("sending a ping")
+    }
+
     /// The next frame of interest (pings are answered by the library).
     pub async fn next(&mut self, timeout: Duration) -> Result<Frame> {
         let deadline = Instant::now() + timeout;
@@ -75,6 +99,7 @@ impl Ws {
                 Ok(Some(Err(e))) => return Ok(Frame::Closed(1006, e.to_string())),
                 Ok(Some(Ok(m))) => m,
             };
+            self.heard = Instant::now();
             match msg {
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(&t).context("frame is not JSON")?;

@@ -16,7 +16,7 @@ async fn one_fault_of_each_kind_loses_nothing() -> Result<()> {
         eprintln!("skipped: the namespace topology needs root");
         return Ok(());
     }
-    let report = chaos::run(chaos::quick_plan(), 3).await?;
+    let report = chaos::run(chaos::quick_plan(), 3, false).await?;
     eprint!("{}", report.table());
     ensure!(
         report.violations.is_empty(),

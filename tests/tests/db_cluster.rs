@@ -775,7 +775,7 @@ async fn watch_replays_history_and_refuses_compacted_revisions() -> Result<()> {
         })
         .await
     {
-        Ok(mut s) => s.message().await.err().map(ClientError::from),
+        Ok(mut s) => s.message().await.err(),
         Err(e) => Some(e),
     };
     ensure!(
@@ -951,5 +951,84 @@ async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
             .collect();
         linearizability::check(None, &ops).map_err(|v| anyhow::anyhow!("key lin/{k}: {v}"))?;
     }
+    Ok(())
+}
+
+fn signal(c: &Cluster, id: u64, sig: i32) -> Result<()> {
+    let pid = c.nodes[&id].pid().context("node not running")?;
+    // SAFETY: kill(2) on the pid of a child this test started.
+    ensure!(
+        unsafe { libc::kill(pid as i32, sig) } == 0,
+        "kill -{sig} {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// A watch must not follow a node that went silent (frozen, powered off,
+/// cut off) or that lost the cluster: the client's stream ends with
+/// "unavailable" within a few seconds, so registry watchers list again
+/// elsewhere. An idle stream on a healthy node stays open (progress
+/// responses keep it alive and are not handed to the caller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_ends_when_its_node_goes_silent_or_loses_the_cluster() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    c.wait_leader(Duration::from_secs(20)).await?;
+    let watch = |id: u64| {
+        let client = c.node_client(id);
+        async move {
+            client
+                .watch(WatchRequest {
+                    key: b"silent/".to_vec(),
+                    prefix: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+
+    // Idle and healthy: nothing arrives and nothing fails.
+    let mut idle = watch(2).await?;
+    ensure!(
+        tokio::time::timeout(Duration::from_secs(3), idle.message())
+            .await
+            .is_err(),
+        "an idle watch on a healthy node ended or yielded a progress response"
+    );
+    c.client().put(put("silent/a", "1")).await?;
+    let msg = tokio::time::timeout(Duration::from_secs(5), idle.message())
+        .await
+        .context("no event within 5 s")??
+        .context("watch ended")?;
+    ensure!(msg.events.len() == 1, "one event, got {msg:?}");
+
+    // Frozen node: TCP stays open, nothing is sent.
+    signal(&c, 2, libc::SIGSTOP)?;
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), idle.message()).await;
+    signal(&c, 2, libc::SIGCONT)?;
+    match ended {
+        Ok(Err(ClientError::Unavailable(_))) => {}
+        other => anyhow::bail!("watch on a frozen node: {other:?}"),
+    }
+    let took = started.elapsed();
+    ensure!(took < Duration::from_secs(4), "noticed after {took:?}");
+
+    // A node cut off from a majority keeps running but knows no leader.
+    let mut lonely = watch(1).await?;
+    for id in [2, 3, 4] {
+        signal(&c, id, libc::SIGSTOP)?;
+    }
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), lonely.message()).await;
+    for id in [2, 3, 4] {
+        signal(&c, id, libc::SIGCONT)?;
+    }
+    match ended {
+        Ok(Err(ClientError::Unavailable(_))) => {}
+        other => anyhow::bail!("watch on a node without a majority: {other:?}"),
+    }
+    let took = started.elapsed();
+    ensure!(took < Duration::from_secs(6), "noticed after {took:?}");
     Ok(())
 }

@@ -70,7 +70,8 @@ pub struct Config {
     /// Time between two health checks (each must answer within it).
     #[arg(long, env = "AGENDA_VIP_HEALTH_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     pub health_interval: Duration,
-    /// Failed checks in a row that make the gateway unhealthy.
+    /// Failed checks in a row that make the gateway unhealthy (a refused
+    /// connection, nothing listening on the port, counts at once).
     #[arg(long, env = "AGENDA_VIP_HEALTH_FALL", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub health_fall: u32,

@@ -1,12 +1,27 @@
 //! The local gateway's health, debounced: `fall` failed checks in a row
 //! make it unhealthy, `rise` passed checks make it healthy again, so one
-//! slow answer under load never moves the VIP, and a dead gateway (its
-//! port refuses at once) is noticed within `fall` intervals.
+//! slow answer under load never moves the VIP. A refused connection is
+//! not debounced: on the machine's own loopback it means no process
+//! listens on the port any more (the gateway died or stopped), which no
+//! amount of waiting changes, so it counts at once (`Check::Gone`). That
+//! takes `fall - 1` check intervals off every failover after a gateway
+//! death (make bench-vip).
 
 use std::time::{Duration, Instant};
 
 use agenda_common::shutdown::CancellationToken;
 use tokio::sync::watch;
+
+/// One check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Answered 2xx in time.
+    Passed,
+    /// Answered late, with an error, or not at all.
+    Failed,
+    /// Nothing listens on the port: the connection was refused.
+    Gone,
+}
 
 /// The pure part: check results in, health out.
 #[derive(Debug, Clone)]
@@ -32,6 +47,19 @@ impl Debouncer {
     /// The current verdict.
     pub fn healthy(&self) -> bool {
         self.healthy
+    }
+
+    /// One check's outcome; returns the verdict.
+    pub fn check(&mut self, c: Check) -> bool {
+        match c {
+            Check::Passed => self.observe(true),
+            Check::Failed => self.observe(false),
+            Check::Gone => {
+                self.healthy = false;
+                self.streak = 0;
+                false
+            }
+        }
     }
 
     /// One check's result; returns the verdict.
@@ -69,11 +97,16 @@ pub fn spawn(
         };
         let mut next = Instant::now();
         loop {
-            let ok = matches!(client.get(&url).send().await, Ok(r) if r.status().is_success());
+            let outcome = match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => Check::Passed,
+                Ok(_) => Check::Failed,
+                Err(e) if refused(&e) => Check::Gone,
+                Err(_) => Check::Failed,
+            };
             let was = debouncer.healthy();
-            let now = debouncer.observe(ok);
+            let now = debouncer.check(outcome);
             if now != was {
-                tracing::info!(%url, healthy = now, "local gateway health changed");
+                tracing::info!(%url, healthy = now, check = ?outcome, "local gateway health changed");
                 let _ = tx.send(now);
             }
             next += interval;
@@ -87,9 +120,49 @@ pub fn spawn(
     rx
 }
 
+/// True when the connection was refused (nothing listens on the port).
+fn refused(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = err.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_connection_counts_at_once_but_recovery_still_needs_rise() {
+        let mut d = Debouncer::new(3, 2);
+        d.check(Check::Passed);
+        assert!(d.check(Check::Passed));
+        assert!(d.check(Check::Failed), "one slow answer is debounced");
+        assert!(!d.check(Check::Gone), "nothing listening: down at once");
+        assert!(!d.check(Check::Passed));
+        assert!(d.check(Check::Passed), "back after `rise` passes");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_told_apart_from_a_slow_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let err = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(refused(&err), "{err:?}");
+    }
 
     #[test]
     fn one_failure_or_one_success_changes_nothing() {

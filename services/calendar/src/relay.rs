@@ -78,7 +78,7 @@ async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<
     let mut from = cursor(db).await?;
     tracing::info!(cursor = from, "relaying notifications");
     loop {
-        let mut stream = match db
+        let stream = match db
             .watch(WatchRequest {
                 key: keys::NOTIFICATIONS.as_bytes().to_vec(),
                 prefix: true,
@@ -94,6 +94,7 @@ async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<
             }
             Err(e) => return Err(e),
         };
+        let mut stream = Box::pin(stream.into_stream());
         while let Some(first) = stream.next().await {
             // Take every response already waiting, so one XADD pipeline,
             // one WAIT and one cursor write cover them all: under load the
@@ -108,16 +109,22 @@ async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<
             let mut last = from;
             let mut batch = Vec::new();
             let mut compacted = None;
+            let mut lost_node = false;
             for msg in responses {
                 let resp = match msg {
                     Ok(r) => r,
-                    Err(status) => match Error::from(status) {
-                        Error::Compacted(m) => {
-                            compacted = Some(m);
-                            break;
-                        }
-                        e => return Err(e),
-                    },
+                    Err(Error::Compacted(m)) => {
+                        compacted = Some(m);
+                        break;
+                    }
+                    // Its node died or was cut off: publish what came, then
+                    // watch again from there on another node.
+                    Err(e) if e.is_retryable() => {
+                        tracing::info!(error = %e, "notification watch lost its node; watching again");
+                        lost_node = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
                 };
                 for ev in resp.events {
                     let Some(kv) = ev.kv else { continue };
@@ -137,6 +144,9 @@ async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<
             }
             if let Some(m) = compacted {
                 from = catch_up(db, bus, lead, from, &m).await?;
+                break;
+            }
+            if lost_node {
                 break;
             }
         }

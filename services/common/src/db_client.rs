@@ -16,6 +16,15 @@
 //! loop turns of other nodes slower (bench-api p95 45 -> 17 ms). Any node
 //! still serves anything, so when the leader is unknown or fails a call
 //! goes to the sticky node and on around the ring.
+//!
+//! A node that lost power answers nothing: its calls only time out. So
+//! the first attempts are short (1 s; later ones longer, for calls that
+//! are slow rather than lost), and a node that just failed is skipped by
+//! every call for a moment (`SUSPECT_FOR`) instead of each call paying
+//! the same timeout on it. Watch streams carry progress responses (see
+//! `agenda_db::service::WATCH_PROGRESS_EVERY`); [`WatchStream`] ends with
+//! an error after `WATCH_SILENCE` without one, so a watcher never follows
+//! a dead or cut-off node for long.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,8 +38,21 @@ use crate::error::{Error, Result};
 
 /// Default overall deadline of one call (all attempts).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline of one attempt against one node.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of the n-th attempt of one call against one node (the last
+/// one repeats): a dead node is given up on quickly, a slow call still
+/// gets its time on later attempts.
+const ATTEMPT_TIMEOUTS: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(3),
+];
+/// How long a node that failed an attempt is skipped by other calls
+/// (unless every node is).
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
+/// A watch stream silent for this long is given up (the server sends
+/// progress every 250 ms while it knows a leader).
+pub const WATCH_SILENCE: Duration = Duration::from_millis(1500);
 /// Pause before trying the next node.
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -50,6 +72,8 @@ struct Inner {
     probing: AtomicBool,
     /// When the last probe started (ms since `epoch`).
     last_probe_ms: AtomicU64,
+    /// Per node: skip it until then (ms since `epoch`; 0: not suspect).
+    suspect_until_ms: Vec<AtomicU64>,
     epoch: Instant,
 }
 
@@ -61,6 +85,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 impl Inner {
     fn new(nodes: Vec<(String, Grpc<Channel>)>, current: usize, timeout: Duration) -> Self {
         Inner {
+            suspect_until_ms: nodes.iter().map(|_| AtomicU64::new(0)).collect(),
             nodes,
             current: AtomicUsize::new(current),
             timeout,
@@ -70,6 +95,43 @@ impl Inner {
             epoch: Instant::now(),
         }
     }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Node `i` failed an attempt: other calls skip it for a while.
+    fn suspect(&self, i: usize) {
+        self.suspect_until_ms[i].store(
+            self.now_ms() + SUSPECT_FOR.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn is_suspect(&self, i: usize) -> bool {
+        self.suspect_until_ms[i].load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    /// Node `i` answered.
+    fn trusted(&self, i: usize) {
+        if self.suspect_until_ms[i].load(Ordering::Relaxed) != 0 {
+            self.suspect_until_ms[i].store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The counter value of the next node to try at or after `cur`:
+    /// suspects are stepped over unless every node is one.
+    fn skip_suspects(&self, cur: usize) -> usize {
+        let n = self.nodes.len();
+        (0..n)
+            .map(|k| cur.wrapping_add(k))
+            .find(|c| !self.is_suspect(c % n))
+            .unwrap_or(cur)
+    }
+}
+
+fn attempt_timeout(attempt: usize, left: Duration) -> Duration {
+    ATTEMPT_TIMEOUTS[attempt.min(ATTEMPT_TIMEOUTS.len() - 1)].min(left)
 }
 
 /// `host:port` of an endpoint or member address, whatever its scheme.
@@ -120,10 +182,10 @@ impl DbClient {
     /// unknown (at most every `PROBE_EVERY`).
     fn leader_index(&self) -> Option<usize> {
         let leader = self.inner.leader.load(Ordering::Relaxed);
-        if leader != UNKNOWN {
+        if leader != UNKNOWN && !self.inner.is_suspect(leader) {
             return Some(leader);
         }
-        let now = self.inner.epoch.elapsed().as_millis() as u64;
+        let now = self.inner.now_ms();
         let last = self.inner.last_probe_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= PROBE_EVERY.as_millis() as u64
             && !self.inner.probing.swap(true, Ordering::AcqRel)
@@ -131,7 +193,8 @@ impl DbClient {
             self.inner.last_probe_ms.store(now, Ordering::Relaxed);
             let inner = self.inner.clone();
             tokio::spawn(async move {
-                let i = inner.current.load(Ordering::Relaxed) % inner.nodes.len();
+                let cur = inner.current.load(Ordering::Relaxed);
+                let i = inner.skip_suspects(cur) % inner.nodes.len();
                 let mut grpc = inner.nodes[i].1.clone();
                 let status = tokio::time::timeout(
                     Duration::from_secs(1),
@@ -171,10 +234,15 @@ impl DbClient {
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = Instant::now() + self.inner.timeout;
+        let mut attempts = 0;
         if let Some(i) = self.leader_index() {
-            let attempt = ATTEMPT_TIMEOUT.min(self.inner.timeout);
+            let attempt = attempt_timeout(0, self.inner.timeout);
+            attempts = 1;
             match tokio::time::timeout(attempt, f(self.inner.nodes[i].1.clone())).await {
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Ok(resp)) => {
+                    self.inner.trusted(i);
+                    return Ok(resp.into_inner());
+                }
                 Ok(Err(status)) => {
                     let err = Error::from(status);
                     if !err.is_retryable() {
@@ -185,6 +253,7 @@ impl DbClient {
             }
             // The leader moved or died: forget it and go the normal way
             // (the same request id keeps the retry exactly-once).
+            self.inner.suspect(i);
             let _ = self.inner.leader.compare_exchange(
                 i,
                 UNKNOWN,
@@ -192,7 +261,7 @@ impl DbClient {
                 Ordering::Relaxed,
             );
         }
-        self.call_until(f, deadline).await
+        self.call_until(f, deadline, attempts).await
     }
 
     /// Runs `f` against nodes until one answers or the deadline passes.
@@ -201,27 +270,43 @@ impl DbClient {
         F: Fn(Grpc<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_until(f, Instant::now() + self.inner.timeout)
+        self.call_until(f, Instant::now() + self.inner.timeout, 0)
             .await
     }
 
-    async fn call_until<T, F, Fut>(&self, f: F, deadline: Instant) -> Result<T>
+    /// Runs `f` against nodes until one answers or the deadline passes;
+    /// `attempts` were already made (they set the next attempt's timeout).
+    async fn call_until<T, F, Fut>(&self, f: F, deadline: Instant, attempts: usize) -> Result<T>
     where
         F: Fn(Grpc<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let n = self.inner.nodes.len();
-        let mut last_err = Error::Unavailable("no attempt made".into());
+        let mut last_err = Error::Unavailable("the deadline passed before any attempt".into());
+        let mut attempts = attempts;
         loop {
-            let cur = self.inner.current.load(Ordering::Relaxed);
+            let seen = self.inner.current.load(Ordering::Relaxed);
+            let cur = self.inner.skip_suspects(seen);
+            if cur != seen {
+                let _ = self.inner.current.compare_exchange(
+                    seen,
+                    cur,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
             let (addr, grpc) = &self.inner.nodes[cur % n];
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(last_err);
             }
-            let attempt = ATTEMPT_TIMEOUT.min(left);
+            let attempt = attempt_timeout(attempts, left);
+            attempts += 1;
             match tokio::time::timeout(attempt, f(grpc.clone())).await {
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Ok(resp)) => {
+                    self.inner.trusted(cur % n);
+                    return Ok(resp.into_inner());
+                }
                 Ok(Err(status)) => {
                     let err = Error::from(status);
                     if !err.is_retryable() {
@@ -235,6 +320,7 @@ impl DbClient {
                         Error::Unavailable(format!("{addr} did not answer within {attempt:?}"));
                 }
             }
+            self.inner.suspect(cur % n);
             // Move on only if no concurrent call already did.
             // Compare with the raw counter, not the index: it keeps growing,
             // and comparing the index stopped the rotation after one lap.
@@ -354,13 +440,19 @@ impl DbClient {
         .await
     }
 
-    /// Opens a watch stream on whichever node answers.
-    pub async fn watch(&self, req: WatchRequest) -> Result<tonic::Streaming<WatchResponse>> {
-        self.call(|mut c| {
-            let req = req.clone();
-            async move { c.watch(req).await }
+    /// Opens a watch stream on whichever node answers. The stream ends
+    /// with an error when its node falls silent (see [`WatchStream`]).
+    pub async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
+        let inner = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.watch(req).await }
+            })
+            .await?;
+        Ok(WatchStream {
+            inner: Some(inner),
+            silence: WATCH_SILENCE,
         })
-        .await
     }
 
     /// Status of the cluster as one node sees it.
@@ -400,5 +492,59 @@ impl DbClient {
 fn fill_id(id: &mut String) {
     if id.is_empty() {
         *id = DbClient::request_id();
+    }
+}
+
+/// A watch stream from [`DbClient::watch`]: the node's responses with
+/// events, its progress responses skipped. A node that sends nothing for
+/// [`WATCH_SILENCE`] (dead, cut off, or without a raft leader) ends the
+/// stream with [`Error::Unavailable`]; the caller watches again from the
+/// revision it reached, on whichever node answers then.
+pub struct WatchStream {
+    inner: Option<tonic::Streaming<WatchResponse>>,
+    silence: Duration,
+}
+
+impl WatchStream {
+    /// The next response with events; `None` when the server ended the
+    /// stream. After an error the stream is over.
+    pub async fn message(&mut self) -> Result<Option<WatchResponse>> {
+        loop {
+            let Some(inner) = self.inner.as_mut() else {
+                return Ok(None);
+            };
+            let msg = match tokio::time::timeout(self.silence, inner.message()).await {
+                Ok(Ok(Some(msg))) => msg,
+                Ok(Ok(None)) => {
+                    self.inner = None;
+                    return Ok(None);
+                }
+                Ok(Err(status)) => {
+                    self.inner = None;
+                    return Err(Error::from(status));
+                }
+                Err(_) => {
+                    self.inner = None;
+                    return Err(Error::Unavailable(format!(
+                        "watch stream silent for {:?}: its node is down, cut off or without a leader",
+                        self.silence
+                    )));
+                }
+            };
+            if !msg.events.is_empty() {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    /// The same as a [`futures::Stream`] of results.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<WatchResponse>> + Send {
+        futures::stream::unfold(self, |mut s| async move {
+            match s.message().await {
+                Ok(Some(msg)) => Some((Ok(msg), s)),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), s)),
+            }
+        })
     }
 }

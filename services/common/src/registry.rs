@@ -279,7 +279,7 @@ async fn mirror(
     loop {
         let msg = tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            m = stream.message() => m.map_err(Error::from)?,
+            m = stream.message() => m?,
         };
         let Some(msg) = msg else {
             return Err(Error::Unavailable("watch stream ended".into()));

@@ -35,6 +35,13 @@ const REPROPOSE_AFTER: Duration = Duration::from_secs(1);
 const NO_LEADER_BACKOFF: Duration = Duration::from_millis(25);
 /// Watch events sent per message during history replay.
 const REPLAY_CHUNK: usize = 256;
+/// How often an idle watch stream gets an empty response (a progress
+/// notice). Sent only while this node knows a raft leader, so a client
+/// that hears nothing for a few of these knows its node died, is cut off
+/// or lost the cluster, and watches elsewhere (see `DbClient::watch`): a
+/// silent stream used to keep services on a stale registry for as long as
+/// a partition lasted.
+pub const WATCH_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Cheap-to-clone handle that serves requests on this node.
 #[derive(Clone)]
@@ -395,8 +402,17 @@ impl Db {
             if !chunk.is_empty() && !this.emit(&tx, last, &mut chunk).await {
                 return;
             }
+            let mut progress = tokio::time::interval(WATCH_PROGRESS_EVERY);
+            progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    _ = progress.tick() => {
+                        if this.node.shared.leader.load(Ordering::Acquire) != 0
+                            && !this.emit(&tx, last, &mut Vec::new()).await
+                        {
+                            return;
+                        }
+                    }
                     item = live.recv() => match item {
                         Ok(batch) if batch.revision > last => {
                             last = batch.revision;

@@ -6,6 +6,12 @@
 //! be retried on another replica after any failure. Any other change is
 //! retried only when the call never reached a replica (connection
 //! refused), because a replica that died mid-call may have committed it.
+//!
+//! A replica on a machine that lost power does not refuse anything: calls
+//! to it hang. So a retry-safe call gives one replica a short first
+//! attempt (`ATTEMPT_TIMEOUTS`), and a replica that failed or timed out is
+//! stepped over by every call for `SUSPECT_FOR` (unless all are suspect),
+//! until the registry drops it with its lease.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,11 +28,22 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+/// Deadline of the n-th attempt of a retry-safe call (the last repeats).
+const ATTEMPT_TIMEOUTS: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+/// How long a replica that failed a call is stepped over.
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
+
 /// The replicas of both services.
 pub struct Upstream {
     users: watch::Receiver<Vec<Instance>>,
     groups: watch::Receiver<Vec<Instance>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Replicas to step over until then, by address.
+    suspects: Mutex<HashMap<String, Instant>>,
     next: AtomicUsize,
     timeout: Duration,
 }
@@ -44,6 +61,7 @@ impl Upstream {
             users: registry::watch_instances(db, Service::Users.name(), stop.clone()),
             groups: registry::watch_instances(db, Service::Groups.name(), stop),
             channels: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             timeout,
         }
@@ -67,6 +85,26 @@ impl Upstream {
             .connect_lazy();
         map.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// The next replica in round-robin order that is not suspect (or the
+    /// next one, when all are).
+    fn pick<'a>(&self, instances: &'a [Instance]) -> &'a Instance {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        suspects.retain(|_, until| *until > now);
+        (0..instances.len())
+            .map(|k| &instances[start.wrapping_add(k) % instances.len()])
+            .find(|i| !suspects.contains_key(&i.addr))
+            .unwrap_or(&instances[start % instances.len()])
+    }
+
+    fn suspect(&self, addr: &str) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
     }
 
     /// Sends `op` for `caller`; retries as the module doc says until the
@@ -94,8 +132,7 @@ impl Upstream {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            let pick = self.next.fetch_add(1, Ordering::Relaxed) % instances.len();
-            let addr = &instances[pick].addr;
+            let addr = &self.pick(&instances).addr;
             let channel = self.channel(addr)?;
             let req = CallRequest {
                 caller_id: caller.map(|c| c.to_string()).unwrap_or_default(),
@@ -103,12 +140,26 @@ impl Upstream {
                 op: payload.clone(),
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut request = tonic::Request::new(req);
-            request.set_timeout(left);
-            let result = match service {
-                Service::Users => UsersClient::new(channel).call(request).await,
-                Service::Groups => GroupsClient::new(channel).call(request).await,
+            // Only a call that may be repeated is cut short: any other one
+            // gets the whole deadline, since it cannot be sent again.
+            let budget = if retry_safe {
+                ATTEMPT_TIMEOUTS[attempt.min(ATTEMPT_TIMEOUTS.len() - 1)].min(left)
+            } else {
+                left
             };
+            let mut request = tonic::Request::new(req);
+            request.set_timeout(budget);
+            let call = async {
+                match service {
+                    Service::Users => UsersClient::new(channel).call(request).await,
+                    Service::Groups => GroupsClient::new(channel).call(request).await,
+                }
+            };
+            // The grpc-timeout header only bounds a replica that answers;
+            // one that lost power is bounded here.
+            let result = tokio::time::timeout(budget, call)
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
             let status = match result {
                 Ok(reply) => {
                     let reply = reply.into_inner();
@@ -121,12 +172,15 @@ impl Upstream {
             };
             attempt += 1;
             let never_sent = is_connect_error(&status);
+            let timed_out = status.code() == tonic::Code::DeadlineExceeded;
+            if never_sent || timed_out || status.code() == tonic::Code::Unavailable {
+                self.suspect(addr);
+            }
             tracing::warn!(request_id, %addr, service = service.name(), code = ?status.code(), message = status.message(), attempt, never_sent, "service call failed");
-            let retry = (retry_safe || never_sent)
-                && status.code() != tonic::Code::DeadlineExceeded
+            let retry = (retry_safe || (never_sent && !timed_out))
                 && Instant::now() + Duration::from_millis(50) < deadline;
             if !retry {
-                return Err(if status.code() == tonic::Code::DeadlineExceeded {
+                return Err(if timed_out {
                     ApiError::unavailable("the request timed out; retry shortly")
                 } else {
                     ApiError::unavailable(format!(

@@ -28,6 +28,13 @@ enum Cmd {
         /// Multiplies the time targets (debug builds: 3).
         #[arg(long, default_value_t = 1)]
         headroom: u32,
+        /// Run only the plan's steps whose name contains this (repeatable),
+        /// e.g. `--only "power cut machine-a"`.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Keep the histories and logs even when the run passes.
+        #[arg(long)]
+        keep: bool,
     },
     /// The workload (run inside the client namespace by `run`).
     Workload {
@@ -63,13 +70,22 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Run { plan, headroom } => {
-                let plan = match plan.as_str() {
+            Cmd::Run {
+                plan,
+                headroom,
+                only,
+                keep,
+            } => {
+                let mut plan = match plan.as_str() {
                     "quick" => chaos::quick_plan(),
                     "full" => chaos::full_plan(),
                     other => anyhow::bail!("unknown plan {other:?} (quick or full)"),
                 };
-                let report = chaos::run(plan, headroom).await?;
+                if !only.is_empty() {
+                    plan.retain(|s| only.iter().any(|o| s.name().contains(o.as_str())));
+                    anyhow::ensure!(!plan.is_empty(), "no step of the plan matches {only:?}");
+                }
+                let report = chaos::run(plan, headroom, keep).await?;
                 print!("{}", report.table());
                 if !report.violations.is_empty() {
                     anyhow::bail!("{} violations", report.violations.len());
