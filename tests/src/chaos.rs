@@ -342,18 +342,27 @@ pub async fn workload(args: WorkloadArgs) -> Result<()> {
             }
         }));
     }
-    // A prober: a cheap authenticated read every 50 ms, so the first
-    // request served after a fault is seen within that, whatever the
-    // writers are waiting on.
+    // A prober: a cheap authenticated read started every 50 ms, without
+    // waiting for the ones in flight (at most 20), so the first request
+    // served after a fault is seen within that, whatever the writers are
+    // waiting on. (One at a time, a request whose SYN went to the old VIP
+    // holder used up its whole connect timeout first.)
     let probe = account(&http, &format!("ch{run}p")).await?;
     {
         let (http, stop) = (http.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(20));
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let token = probe.token.lock().unwrap().clone();
-                let _ = http
-                    .send(reqwest::Method::GET, "/v1/me", Some(&token), None, &[])
-                    .await;
+                if let Ok(permit) = in_flight.clone().try_acquire_owned() {
+                    let token = probe.token.lock().unwrap().clone();
+                    let http = http.clone();
+                    tokio::spawn(async move {
+                        let _ = http
+                            .send(reqwest::Method::GET, "/v1/me", Some(&token), None, &[])
+                            .await;
+                        drop(permit);
+                    });
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }));

@@ -125,6 +125,7 @@ pub async fn run(
             priority: cfg.priority,
             advert_interval: cfg.advert_interval,
             preempt: cfg.preempt(),
+            sole_backup: cfg.peers.len() == 1,
         },
         *health.borrow(),
         now,

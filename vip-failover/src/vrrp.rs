@@ -123,6 +123,12 @@ pub struct Params {
     pub advert_interval: Duration,
     /// Take over from a lower-priority master.
     pub preempt: bool,
+    /// One peer only (two machines). RFC 5798 has backups wait the skew
+    /// after a release so that the highest priority takes over first;
+    /// with no other backup to compete, that wait is pure delay (and the
+    /// VIP lease would settle any race anyway), so a sole backup takes
+    /// over at once.
+    pub sole_backup: bool,
 }
 
 /// The state machine.
@@ -242,9 +248,14 @@ impl Vrrp {
         match self.state {
             State::Backup | State::Fault => {
                 if a.priority == 0 {
-                    // The master gave up: take over after the skew only.
+                    // The master gave up: take over after the skew only
+                    // (at once with nobody else to compete).
                     self.peer_released = true;
-                    self.master_down_at = now + self.skew();
+                    self.master_down_at = if self.p.sole_backup {
+                        now
+                    } else {
+                        now + self.skew()
+                    };
                 } else if !self.p.preempt || a.priority >= self.p.priority {
                     self.peer_released = false;
                     self.master_down_at = now + self.master_down_interval();
@@ -347,6 +358,7 @@ mod tests {
                 priority,
                 advert_interval: 100 * MS,
                 preempt,
+                sole_backup: false,
             },
             true,
             now,
@@ -417,6 +429,24 @@ mod tests {
             vec![Action::Advert, Action::Claim { lock_delay: false }]
         );
         assert_eq!(v.take_transitions()[0].reason, Reason::PeerReleased);
+    }
+
+    #[test]
+    fn a_sole_backup_takes_a_release_over_at_once() {
+        let t = Instant::now();
+        let mut v = vrrp("b", 100, true, t);
+        v.p.sole_backup = true;
+        v.on_advert(&advert("a", 150), t);
+        v.on_advert(&advert("a", 0), t + 10 * MS);
+        assert_eq!(
+            v.tick(t + 10 * MS),
+            vec![Action::Advert, Action::Claim { lock_delay: false }]
+        );
+        // A master that merely stopped adverting is still waited out.
+        let mut w = vrrp("b", 100, true, t);
+        w.p.sole_backup = true;
+        w.on_advert(&advert("a", 150), t);
+        assert!(w.tick(t + 300 * MS).is_empty());
     }
 
     #[test]

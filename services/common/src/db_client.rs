@@ -50,6 +50,11 @@ const ATTEMPT_TIMEOUTS: [Duration; 4] = [
 /// How long a node that failed an attempt is skipped by other calls
 /// (unless every node is).
 const SUSPECT_FOR: Duration = Duration::from_secs(2);
+/// A lease keep-alive with no answer after this long goes to every node
+/// at once (same request id): leadership and the VIP are given up when a
+/// renewal is late, and a node cut off from the leader only says so after
+/// an election timeout.
+const HEDGE_AFTER: Duration = Duration::from_millis(200);
 /// A watch stream silent for this long is given up (the server sends
 /// progress every 250 ms while it knows a leader).
 pub const WATCH_SILENCE: Duration = Duration::from_millis(1500);
@@ -73,7 +78,8 @@ struct Inner {
     /// When the last probe started (ms since `epoch`).
     last_probe_ms: AtomicU64,
     /// Per node: skip it until then (ms since `epoch`; 0: not suspect).
-    suspect_until_ms: Vec<AtomicU64>,
+    /// Shared with [`DbClient::with_timeout`] copies.
+    suspect_until_ms: Arc<Vec<AtomicU64>>,
     epoch: Instant,
 }
 
@@ -85,7 +91,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 impl Inner {
     fn new(nodes: Vec<(String, Grpc<Channel>)>, current: usize, timeout: Duration) -> Self {
         Inner {
-            suspect_until_ms: nodes.iter().map(|_| AtomicU64::new(0)).collect(),
+            suspect_until_ms: Arc::new(nodes.iter().map(|_| AtomicU64::new(0)).collect()),
             nodes,
             current: AtomicUsize::new(current),
             timeout,
@@ -165,11 +171,13 @@ impl DbClient {
 
     /// Same nodes, another overall deadline per call.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
-        let inner = Inner::new(
+        let mut inner = Inner::new(
             self.inner.nodes.clone(),
             self.inner.current.load(Ordering::Relaxed),
             timeout,
         );
+        inner.epoch = self.inner.epoch;
+        inner.suspect_until_ms = self.inner.suspect_until_ms.clone();
         inner
             .leader
             .store(self.inner.leader.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -414,17 +422,79 @@ impl DbClient {
         .await
     }
 
-    /// Renews a lease.
+    /// Renews a lease; hedged (see `HEDGE_AFTER`), since a late renewal
+    /// costs a leadership or the VIP.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
         let req = LeaseKeepAliveRequest {
             id,
             request_id: Self::request_id(),
         };
-        self.call_leader_first(|mut c| {
+        self.call_hedged(|mut c| {
             let req = req.clone();
             async move { c.lease_keep_alive(req).await }
         })
         .await
+    }
+
+    /// Like [`Self::call_leader_first`], but when no answer came within
+    /// `HEDGE_AFTER` the call also goes to every node at once; the first
+    /// success wins. Only for calls whose request id makes copies apply
+    /// once.
+    async fn call_hedged<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Grpc<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let deadline = Instant::now() + self.inner.timeout;
+        let first = self.call_leader_first(&f);
+        tokio::pin!(first);
+        tokio::select! {
+            r = &mut first => return r,
+            () = tokio::time::sleep(HEDGE_AFTER.min(self.inner.timeout)) => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut copies: FuturesUnordered<_> = self
+            .inner
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (_, grpc))| {
+                let call = f(grpc.clone());
+                async move { (i, tokio::time::timeout(left, call).await) }
+            })
+            .collect();
+        let mut first_err = None;
+        loop {
+            tokio::select! {
+                r = &mut first, if first_err.is_none() => match r {
+                    Ok(v) => return Ok(v),
+                    Err(e) if !e.is_retryable() => return Err(e),
+                    Err(e) => first_err = Some(e),
+                },
+                copy = copies.next() => match copy {
+                    Some((i, Ok(Ok(resp)))) => {
+                        self.inner.trusted(i);
+                        return Ok(resp.into_inner());
+                    }
+                    Some((i, Ok(Err(status)))) => {
+                        let err = Error::from(status);
+                        if !err.is_retryable() {
+                            // An answer (say, the lease is gone), not a failure.
+                            return Err(err);
+                        }
+                        self.inner.suspect(i);
+                    }
+                    Some((i, Err(_))) => self.inner.suspect(i),
+                    None => {
+                        return match first_err {
+                            Some(e) => Err(e),
+                            None => first.await,
+                        }
+                    }
+                },
+            }
+        }
     }
 
     /// Revokes a lease (its keys vanish).

@@ -12,8 +12,9 @@
 //!   through the VIP), the holder is confirmed just before the kill, its
 //!   gateway is killed (-9, by pid), and the client namespace polls an
 //!   authenticated API read (`GET /v1/me`) through the VIP, a fresh
-//!   connection every `--poll-ms` with a `--request-timeout-ms` budget,
-//!   until one is answered 200: kill-to-first-successful-request. The
+//!   connection started every `--poll-ms` (overlapping) with a
+//!   `--request-timeout-ms` budget, until one is answered 200:
+//!   kill-to-first-successful-request. The
 //!   killed gateway is then restarted.
 //! - then the link between A and B is cut for `--cut-secs` (the witness
 //!   and the client still reach both) while both machines are sampled for
@@ -429,20 +430,39 @@ impl Probe {
     }
 
     /// Polls from `since` until a request is answered 200 (its answer's
-    /// arrival, measured from `since`) or `limit` passes; requests start
-    /// `poll` apart (at once after one that used up its budget).
+    /// arrival, measured from `since`) or `limit` passes. A request starts
+    /// every `poll`, without waiting for the ones in flight: while the VIP
+    /// moves, a SYN sent to the old holder is lost and its request uses up
+    /// its whole budget, and one-at-a-time polling then measured that
+    /// budget (up to 200 ms) instead of the failover. Threads inherit this
+    /// thread's network namespace (the client's); at most budget/poll + 1
+    /// are in flight.
     fn until_served(&self, since: Instant, limit: Duration) -> Option<(Duration, u32)> {
+        let (tx, rx) = mpsc::channel::<Instant>();
+        let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = (self.budget.as_millis() / self.poll.as_millis().max(1)) as usize + 1;
         let mut tries = 0;
+        let mut next = Instant::now();
         while since.elapsed() < limit && !INTERRUPTED.load(Ordering::Relaxed) {
-            let started = Instant::now();
-            tries += 1;
-            if self.once() {
-                return Some((since.elapsed(), tries));
+            if Instant::now() >= next && in_flight.load(Ordering::Relaxed) < most {
+                tries += 1;
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let (probe, tx, in_flight) = (self.clone(), tx.clone(), in_flight.clone());
+                std::thread::spawn(move || {
+                    if probe.once() {
+                        let _ = tx.send(Instant::now());
+                    }
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+                next += self.poll;
             }
-            let next = started + self.poll;
-            let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            match rx.recv_timeout(wait) {
+                Ok(at) => return Some((at.saturating_duration_since(since), tries)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             }
         }
         None
@@ -897,7 +917,7 @@ fn print(summaries: &[Summary], args: &Args) {
     }
     println!(
         "kills: kill -9 of the gateway on the VIP holder (confirmed just before) to the first GET /v1/me answered 200\n\
-         \x20      through the VIP from the client namespace (a fresh connection every {} ms, {} ms budget each);\n\
+         \x20      through the VIP from the client namespace (a fresh connection started every {} ms, overlapping, {} ms budget each);\n\
          \x20      2 holders: samples (every 10 ms, both machines) with the VIP on both, over all the kills",
         args.poll_ms, args.request_timeout_ms
     );
