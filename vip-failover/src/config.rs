@@ -81,8 +81,8 @@ pub struct Config {
     pub health_rise: u32,
     /// TTL of the VIP lease in agenda-db. The holder renews it four times
     /// per TTL and gives the VIP up a sixth of the TTL before it could
-    /// expire; a dead holder's VIP is free after at most this long (plus
-    /// an agenda-db election, whose new leader extends every lease).
+    /// expire; a dead holder's VIP is free at most this long after its
+    /// last renewal (an agenda-db leader change extends no lease).
     #[arg(long, env = "AGENDA_VIP_LEASE_TTL", default_value = "1500ms", value_parser = parse_duration)]
     pub lease_ttl: Duration,
     /// Extra wait before claiming a VIP whose holder vanished without

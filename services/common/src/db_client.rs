@@ -114,6 +114,22 @@ impl Inner {
         );
     }
 
+    /// Node `i` did not answer at all: its whole host is suspect. A
+    /// machine that lost power or its link takes every node on it along,
+    /// and each of them would otherwise cost every call its own timeout.
+    fn silent(&self, i: usize) {
+        let host = |a: &str| {
+            let hp = host_port(a);
+            hp.rsplit_once(':').map_or(hp, |(h, _)| h).to_string()
+        };
+        let dead = host(&self.nodes[i].0);
+        for (j, (addr, _)) in self.nodes.iter().enumerate() {
+            if host(addr) == dead {
+                self.suspect(j);
+            }
+        }
+    }
+
     fn is_suspect(&self, i: usize) -> bool {
         self.suspect_until_ms[i].load(Ordering::Relaxed) > self.now_ms()
     }
@@ -257,7 +273,7 @@ impl DbClient {
                         return Err(err);
                     }
                 }
-                Err(_) => {}
+                Err(_) => self.inner.silent(i),
             }
             // The leader moved or died: forget it and go the normal way
             // (the same request id keeps the retry exactly-once).
@@ -324,6 +340,7 @@ impl DbClient {
                     last_err = err;
                 }
                 Err(_) => {
+                    self.inner.silent(cur % n);
                     last_err =
                         Error::Unavailable(format!("{addr} did not answer within {attempt:?}"));
                 }
@@ -485,7 +502,7 @@ impl DbClient {
                         }
                         self.inner.suspect(i);
                     }
-                    Some((i, Err(_))) => self.inner.suspect(i),
+                    Some((i, Err(_))) => self.inner.silent(i),
                     None => {
                         return match first_err {
                             Some(e) => Err(e),
@@ -519,9 +536,13 @@ impl DbClient {
                 async move { c.watch(req).await }
             })
             .await?;
+        // The node that answered: calls move `current` only on failure.
+        let node = self.inner.current.load(Ordering::Relaxed) % self.inner.nodes.len();
         Ok(WatchStream {
             inner: Some(inner),
             silence: WATCH_SILENCE,
+            client: self.inner.clone(),
+            node,
         })
     }
 
@@ -573,6 +594,10 @@ fn fill_id(id: &mut String) {
 pub struct WatchStream {
     inner: Option<tonic::Streaming<WatchResponse>>,
     silence: Duration,
+    /// To mark the node when it falls silent, so the next watch (and
+    /// every other call) goes elsewhere instead of timing out on it.
+    client: Arc<Inner>,
+    node: usize,
 }
 
 impl WatchStream {
@@ -591,10 +616,15 @@ impl WatchStream {
                 }
                 Ok(Err(status)) => {
                     self.inner = None;
-                    return Err(Error::from(status));
+                    let err = Error::from(status);
+                    if err.is_retryable() {
+                        self.client.suspect(self.node);
+                    }
+                    return Err(err);
                 }
                 Err(_) => {
                     self.inner = None;
+                    self.client.silent(self.node);
                     return Err(Error::Unavailable(format!(
                         "watch stream silent for {:?}: its node is down, cut off or without a leader",
                         self.silence

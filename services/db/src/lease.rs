@@ -3,9 +3,18 @@
 //! Lease records (id, TTL) are replicated; their deadlines are not. Every
 //! node keeps deadlines in memory from what it applies (grant and
 //! keep-alive set `now + ttl`). Only the leader acts on them: it proposes a
-//! revoke for each expired lease. Like etcd, a node that becomes leader
-//! first extends every lease to a full TTL from now, because it cannot know
-//! how long ago the last keep-alive reached the old leader.
+//! revoke for each expired lease.
+//!
+//! Unlike etcd's, keep-alives here are log entries, so every replica sees
+//! each one and applies it no earlier than its holder sent it: a deadline
+//! kept anywhere is never earlier than the one the holder counts with
+//! (first send + TTL). A new leader therefore needs no full-TTL extension
+//! of every lease (etcd's, which made every leader change add a TTL to the
+//! failover of whatever a lease guards, the VIP first). It only waits until
+//! it has applied the first entry of its own term before expiring
+//! anything: that entry commits everything earlier in its log, including
+//! any keep-alive acknowledged by the old leader that it had received but
+//! not yet seen committed (see `Node::lease_gate`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -62,10 +71,10 @@ impl LeaseClock {
         self.timers.remove(&id);
     }
 
-    /// This node just became leader: give every lease a full TTL.
-    pub fn promote(&mut self, now: Instant) {
+    /// This node just became leader: revokes it proposed as a leader
+    /// before were lost with that leadership (the deadlines stand).
+    pub fn promote(&mut self) {
         for t in self.timers.values_mut() {
-            t.deadline = t.deadline.max(now + t.ttl);
             t.revoke_sent = None;
         }
     }
@@ -123,16 +132,22 @@ mod tests {
     }
 
     #[test]
-    fn a_new_leader_extends_every_lease() {
+    fn a_new_leader_keeps_the_deadlines_it_applied() {
         let t0 = Instant::now();
         let mut c = LeaseClock::default();
-        c.reset([(1, 1000), (2, 10_000)], t0);
-        let later = t0 + Duration::from_secs(5);
-        c.promote(later);
-        assert!(c
-            .take_expired(later + Duration::from_millis(900))
-            .is_empty());
-        assert_eq!(c.take_expired(later + Duration::from_secs(1)), vec![1]);
-        assert_eq!(c.remaining(2, later), Some(Duration::from_secs(10)));
+        c.granted(1, 1000, t0);
+        // As an old leader it proposed a revoke that was lost with its
+        // leadership; as the new one it proposes it again at once.
+        assert_eq!(c.take_expired(t0 + Duration::from_secs(1)), vec![1]);
+        c.promote();
+        assert_eq!(c.take_expired(t0 + Duration::from_millis(1010)), vec![1]);
+        c.revoked(1);
+        // No extension: a lease renewed (applied) at t0 + 2 s lasts its
+        // TTL from then, whoever leads.
+        c.granted(2, 1000, t0);
+        c.renewed(2, t0 + Duration::from_secs(2));
+        c.promote();
+        assert!(c.take_expired(t0 + Duration::from_millis(2999)).is_empty());
+        assert_eq!(c.take_expired(t0 + Duration::from_secs(3)), vec![2]);
     }
 }

@@ -254,6 +254,9 @@ pub struct Node {
     /// What raft snapshots are built from (see `RaftStorage`).
     snapshot_source: Published<StateMachine>,
     leases: LeaseClock,
+    /// As leader, expire no lease before this log index is applied (the
+    /// first entry of this leadership): see `lease.rs`.
+    lease_gate: u64,
     hub: WatchHub,
     transport: Transport,
     metrics: Metrics,
@@ -336,6 +339,7 @@ impl Node {
             last_publish: Instant::now(),
             snapshot_source,
             leases,
+            lease_gate: 0,
             hub,
             transport,
             metrics,
@@ -564,7 +568,7 @@ impl Node {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        if self.role == StateRole::Leader {
+        if self.role == StateRole::Leader && self.sm.applied.0 >= self.lease_gate {
             for id in self.leases.take_expired(now) {
                 tracing::info!(lease = id, "lease expired; revoking it");
                 let cmd = Command {
@@ -595,7 +599,8 @@ impl Node {
             self.repropose = leader != INVALID_ID;
         }
         if role == StateRole::Leader && self.role != StateRole::Leader {
-            self.leases.promote(Instant::now());
+            self.leases.promote();
+            self.lease_gate = self.raw.raft.raft_log.last_index();
         }
         self.role = role;
         self.metrics

@@ -87,8 +87,12 @@ fn main() -> ExitCode {
                 }
                 let report = chaos::run(plan, headroom, keep).await?;
                 print!("{}", report.table());
-                if !report.violations.is_empty() {
-                    anyhow::bail!("{} violations", report.violations.len());
+                if !report.violations.is_empty() || !report.slow.is_empty() {
+                    anyhow::bail!(
+                        "{} violations, {} time targets missed",
+                        report.violations.len(),
+                        report.slow.len()
+                    );
                 }
                 Ok(())
             }
