@@ -281,10 +281,12 @@ ENV
 # priority, no preemption, 100 ms adverts (VRRPv3, centisecond adverts),
 # unicast to the other machine, the same health check (interval 100 ms,
 # fall 3, rise 2, as a track_file: keepalived's vrrp_script runs at most
-# once a second), and three gratuitous ARPs as agenda-vip's `arping -A -c 3`
-# (keepalived sends them at once; spacing them with vrrp_garp_interval
-# would also hold back the first one behind the GARP keepalived sends for
-# the machine's own address on entering BACKUP). The state of each
+# once a second), and gratuitous ARPs past Linux's 1 s ARP `locktime` as
+# agenda-vip sends them (its are 250 ms apart over 2 s; keepalived's way is
+# a burst of 3 at once and a second burst 1 s later, vrrp_garp_master_delay
+# being whole seconds; spacing them with vrrp_garp_interval would also hold
+# back the first one behind the GARP keepalived sends for the machine's own
+# address on entering BACKUP). The state of each
 # instance (MASTER, BACKUP, FAULT, STOP) is written by the notify script to
 # keepalived/X.state.
 start_keepalived() {
@@ -309,7 +311,7 @@ global_defs {
   script_user root
   enable_script_security
   vrrp_garp_master_repeat 3
-  vrrp_garp_master_delay 0
+  vrrp_garp_master_delay 1
   vrrp_garp_master_refresh 0
 }
 track_file gateway_health {

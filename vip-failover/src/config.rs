@@ -96,10 +96,15 @@ pub struct Config {
     /// HTTP listener for `/metrics`, `/healthz` and `/status` (JSON).
     #[arg(long, env = "AGENDA_VIP_HTTP", default_value = "127.0.0.1:7601")]
     pub http: String,
-    /// Gratuitous ARP replies sent when the VIP is taken (one per second).
-    #[arg(long, env = "AGENDA_VIP_ARP_COUNT", default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(1..=20))]
+    /// Gratuitous ARP replies sent when the VIP is taken, the first at
+    /// once. Spread over 2 s by default: Linux ignores an ARP that changes
+    /// a neighbour entry updated less than a second ago (`locktime`).
+    #[arg(long, env = "AGENDA_VIP_ARP_COUNT", default_value_t = 9,
+          value_parser = clap::value_parser!(u32).range(1..=40))]
     pub arp_count: u32,
+    /// Time between two gratuitous ARP replies.
+    #[arg(long, env = "AGENDA_VIP_ARP_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub arp_interval: Duration,
     /// The `ip` command (iproute2).
     #[arg(long, env = "AGENDA_VIP_IP_CMD", default_value = "ip")]
     pub ip_cmd: String,

@@ -71,7 +71,7 @@ pub async fn run(
         &cfg.interface,
         &cfg.ip_cmd,
         &cfg.arping_cmd,
-        cfg.arp_count,
+        (cfg.arp_count, cfg.arp_interval),
     );
     // An address left by an earlier life of this daemon goes first: it is
     // not ours until the lease says so.

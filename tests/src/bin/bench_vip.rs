@@ -934,12 +934,14 @@ fn print(summaries: &[Summary], args: &Args) {
     println!("settings, both daemons: priority 150 on A, 100 on B, no preemption, adverts every 100 ms unicast to the other");
     println!("      machine (master down after 3 adverts + skew from the priority), local gateway health: GET");
     println!("      http://127.0.0.1:8080/healthz every 100 ms, 100 ms to answer, fall 3, rise 2, starting unhealthy;");
-    println!("      unhealthy: the VIP is given up at once and the peer told (priority-0 advert); three gratuitous ARPs");
-    println!("      on takeover. agenda-vip: HMAC-authenticated adverts, VIP lease 1.5 s, lock-delay 300 ms, arping -A");
-    println!("      -c 3 (one a second), gateways fenced (--vip-addr). keepalived 2.2.7 (Debian): vrrp_version 3,");
-    println!("      advert_int 0.1, state BACKUP + nopreempt, unicast_peer, no authentication (VRRPv3 has none), health");
-    println!("      as a track_file written by deploy/keepalived-health.sh (vrrp_script runs at most once a second),");
-    println!("      vrrp_garp_master_repeat 3 (all at once), vrrp_garp_master_delay 0; gateways without the fence.");
+    println!("      a refused connection counts at once; unhealthy: the VIP is given up at once and the peer told");
+    println!("      (priority-0 advert); gratuitous ARPs on takeover, also after Linux's 1 s ARP locktime.");
+    println!("      agenda-vip: HMAC-authenticated adverts, VIP lease 1.5 s, lock-delay 300 ms, a sole backup takes a");
+    println!("      release over without the skew, arping -A every 250 ms for 2 s, gateways fenced (--vip-addr).");
+    println!("      keepalived 2.2.7 (Debian): vrrp_version 3, advert_int 0.1, state BACKUP + nopreempt, unicast_peer,");
+    println!("      no authentication (VRRPv3 has none), health as a track_file written by deploy/keepalived-health.sh");
+    println!("      (vrrp_script runs at most once a second), vrrp_garp_master_repeat 3 (at once) and again after");
+    println!("      vrrp_garp_master_delay 1 s; gateways without the fence.");
     for s in summaries {
         if let Some(e) = &s.error {
             println!("{}: stopped early: {e}", s.daemon.name());
