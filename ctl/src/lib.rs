@@ -1,6 +1,8 @@
 //! `agendactl`: the operator's tool, like `etcdctl`.
 //!
 //! Layout:
+//! - [`certs`]: `agendactl certs`, the development CA and a certificate
+//!   per process.
 //! - [`endpoints`]: `.agenda/endpoints.json`, what `make run` started.
 //! - [`netns`]: sockets made inside a network namespace (the two-machine
 //!   topology's machines are namespaces the host cannot route to).
@@ -10,6 +12,7 @@
 //!   the VIP from inside the client namespace.
 #![deny(missing_docs)]
 
+pub mod certs;
 pub mod endpoints;
 pub mod http;
 pub mod netns;

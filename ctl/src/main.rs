@@ -31,6 +31,25 @@ enum Cmd {
         )]
         endpoints: PathBuf,
     },
+    /// Create a development CA (kept if present) and a fresh certificate
+    /// and key for every process of the topology (namespace addresses and
+    /// loopback), plus `agendactl` itself: `DIR/ca.pem`, `DIR/NAME.pem`,
+    /// `DIR/NAME-key.pem`. Run again to rotate the leaves.
+    Certs {
+        /// Where to write them.
+        #[arg(long, default_value = ".agenda/certs")]
+        dir: PathBuf,
+        /// The topology's subnet (`deploy/netns.sh`'s AGENDA_SUBNET).
+        #[arg(long, env = "AGENDA_SUBNET", default_value = "10.77.0")]
+        subnet: String,
+        /// Validity of each leaf, in days (the CA: at least ten years).
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+        /// Make a new CA even if one exists (every process must then get
+        /// the new `ca.pem` before it trusts the new leaves).
+        #[arg(long)]
+        new_ca: bool,
+    },
     /// Relay a port of this host to an address reached from inside a
     /// network namespace (`make run` uses it for the VIP).
     Relay {
@@ -57,6 +76,28 @@ fn main() -> ExitCode {
                 Ok::<(), anyhow::Error>(())
             }
             Cmd::Relay { listen, netns, to } => agendactl::relay::run(&listen, &netns, to).await,
+            Cmd::Certs {
+                dir,
+                subnet,
+                days,
+                new_ca,
+            } => {
+                let net: std::net::Ipv4Addr = format!("{}.0", subnet.trim_end_matches('.'))
+                    .parse()
+                    .map_err(|_| {
+                        anyhow::anyhow!("--subnet {subnet:?}: want three octets, e.g. 10.77.0")
+                    })?;
+                let plan = agendactl::certs::plan(net);
+                let issued = agendactl::certs::issue(&dir, &plan, days, new_ca)?;
+                println!(
+                    "{} CA {}; {} certificates (valid {days} days) in {}",
+                    if issued.new_ca { "new" } else { "kept the" },
+                    issued.ca.display(),
+                    issued.leaves.len(),
+                    dir.display()
+                );
+                Ok(())
+            }
         }
     })
 }

@@ -1,0 +1,353 @@
+//! `agendactl certs`: a development CA and one certificate per process of
+//! the deployment, for `make run` (namespaces) and `make run-local`
+//! (loopback) alike.
+//!
+//! Every leaf names its process in the subject's common name and its role
+//! (what agenda-db's permissions are keyed on) in the organizational unit;
+//! it carries both the process's address in the two-machine topology and
+//! loopback, so one set serves both modes. Leaves serve as server and as
+//! client certificates (mutual TLS on every internal link).
+//!
+//! Running it again keeps the CA (unless `--new-ca`) and issues every leaf
+//! anew: that is the rotation, which running processes pick up from the
+//! files. Each file is written whole (temp file, rename), so a process
+//! that reloads never reads half a certificate.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// The CA's subject: rebuilt identically to sign with an existing CA key
+/// (rcgen needs no parsing of the CA certificate for that).
+const CA_NAME: &str = "Agenda development CA";
+
+/// What a certificate's holder may do (the subject's OU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An agenda-db node (client port and raft peer traffic).
+    Peer,
+    /// agenda-gateway.
+    Gateway,
+    /// agenda-users.
+    Users,
+    /// agenda-groups.
+    Groups,
+    /// agenda-supervisor.
+    Supervisor,
+    /// agenda-vip.
+    Vip,
+    /// redis-server.
+    Redis,
+    /// agendactl and people operating the system.
+    Operator,
+}
+
+impl Role {
+    /// The name written in certificates.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Peer => "peer",
+            Role::Gateway => "gateway",
+            Role::Users => "users",
+            Role::Groups => "groups",
+            Role::Supervisor => "supervisor",
+            Role::Vip => "vip",
+            Role::Redis => "redis",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// One certificate to issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// File stem and common name, e.g. `agenda-db-1`.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Addresses it serves on (besides loopback).
+    pub ips: Vec<IpAddr>,
+}
+
+/// Every process of DESIGN.md's two-machine topology (`deploy/netns.sh`:
+/// machine A `.11`, B `.12`, the witness `.13`, the VIP `.10` on
+/// `subnet`), plus the operator.
+pub fn plan(subnet: Ipv4Addr) -> Vec<Leaf> {
+    let host = |last: u8| {
+        let [a, b, c, _] = subnet.octets();
+        IpAddr::V4(Ipv4Addr::new(a, b, c, last))
+    };
+    let (vip, a, b, w) = (host(10), host(11), host(12), host(13));
+    let leaf = |name: String, role, ips: Vec<IpAddr>| Leaf { name, role, ips };
+    let mut out = Vec::new();
+    for (id, ip) in [(1, a), (2, a), (3, b), (4, b), (5, w)] {
+        out.push(leaf(format!("agenda-db-{id}"), Role::Peer, vec![ip]));
+    }
+    for (m, ip) in [("a", a), ("b", b)] {
+        out.push(leaf(
+            format!("agenda-supervisor-{m}"),
+            Role::Supervisor,
+            vec![ip],
+        ));
+        out.push(leaf(format!("redis-{m}"), Role::Redis, vec![ip]));
+        out.push(leaf(format!("agenda-users-{m}"), Role::Users, vec![ip]));
+        out.push(leaf(format!("agenda-groups-{m}"), Role::Groups, vec![ip]));
+        out.push(leaf(
+            format!("agenda-gateway-{m}"),
+            Role::Gateway,
+            vec![ip, vip],
+        ));
+        out.push(leaf(format!("agenda-vip-{m}"), Role::Vip, vec![ip]));
+    }
+    out.push(leaf("agendactl".into(), Role::Operator, Vec::new()));
+    out
+}
+
+/// What [`issue`] wrote.
+#[derive(Debug)]
+pub struct Issued {
+    /// The CA certificate (what clients trust).
+    pub ca: PathBuf,
+    /// Whether the CA was made now (else an existing one signed).
+    pub new_ca: bool,
+    /// Leaf certificates written.
+    pub leaves: Vec<PathBuf>,
+}
+
+/// Writes `ca.pem`/`ca-key.pem` (kept when present, unless `new_ca`) and
+/// `NAME.pem`/`NAME-key.pem` for every leaf of `plan`, valid for `days`.
+pub fn issue(dir: &Path, leaves: &[Leaf], days: u32, new_ca: bool) -> Result<Issued> {
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let made_ca = new_ca || !ca_cert.exists() || !ca_key.exists();
+    let key = if made_ca {
+        let key = KeyPair::generate().context("generating the CA key")?;
+        let cert = ca_params(days.max(3650))?
+            .self_signed(&key)
+            .context("signing the CA")?;
+        write_private(&ca_key, &key.serialize_pem())?;
+        write(&ca_cert, &cert.pem())?;
+        key
+    } else {
+        let pem = std::fs::read_to_string(&ca_key)
+            .with_context(|| format!("reading {}", ca_key.display()))?;
+        KeyPair::from_pem(&pem).with_context(|| format!("{} is not a key", ca_key.display()))?
+    };
+    let issuer = Issuer::new(ca_params(days.max(3650))?, key);
+    let mut written = Vec::new();
+    for leaf in leaves {
+        let key = KeyPair::generate().context("generating a key")?;
+        let cert = leaf_params(leaf, days)?
+            .signed_by(&key, &issuer)
+            .with_context(|| format!("signing {}", leaf.name))?;
+        // Key first: a process reloading between the two writes finds a
+        // key that does not match its certificate and keeps the old pair.
+        write_private(
+            &dir.join(format!("{}-key.pem", leaf.name)),
+            &key.serialize_pem(),
+        )?;
+        let path = dir.join(format!("{}.pem", leaf.name));
+        write(&path, &cert.pem())?;
+        written.push(path);
+    }
+    Ok(Issued {
+        ca: ca_cert,
+        new_ca: made_ca,
+        leaves: written,
+    })
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = rcgen::date_time_ymd(1970, 1, 1)
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+    // An hour back: clocks of two machines may disagree a little.
+    params.not_before = now - std::time::Duration::from_secs(3600);
+    params.not_after = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
+}
+
+fn ca_params(days: u32) -> Result<CertificateParams> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Agenda");
+    dn.push(DnType::CommonName, CA_NAME);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut p, days);
+    Ok(p)
+}
+
+fn leaf_params(leaf: &Leaf, days: u32) -> Result<CertificateParams> {
+    let mut p = CertificateParams::new(vec![leaf.name.clone(), "localhost".to_string()])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Agenda");
+    dn.push(DnType::OrganizationalUnitName, leaf.role.name());
+    dn.push(DnType::CommonName, leaf.name.as_str());
+    p.distinguished_name = dn;
+    let loopback = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    for ip in leaf.ips.iter().chain(loopback.iter()) {
+        p.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    validity(&mut p, days);
+    Ok(p)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    write_mode(path, text, 0o644)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    write_mode(path, text, 0o600)
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("pem.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+    use super::*;
+
+    fn roots(dir: &Path) -> Arc<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        Arc::new(roots)
+    }
+
+    fn leaf(dir: &Path, name: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(dir.join(format!("{name}.pem"))).unwrap()
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn server_ok(dir: &Path, name: &str, ip: &str) -> bool {
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots(dir), provider())
+                .build()
+                .unwrap();
+        verifier
+            .verify_server_cert(
+                &leaf(dir, name),
+                &[],
+                &ServerName::try_from(ip.to_string()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .is_ok()
+    }
+
+    fn client_ok(dir: &Path, name: &str) -> bool {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots(dir), provider())
+                .build()
+                .unwrap();
+        verifier
+            .verify_client_cert(&leaf(dir, name), &[], UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn the_plan_places_every_process_of_the_topology() {
+        let plan = plan(Ipv4Addr::new(10, 77, 0, 0));
+        assert_eq!(plan.len(), 5 + 2 * 6 + 1);
+        let gw = plan.iter().find(|l| l.name == "agenda-gateway-b").unwrap();
+        assert_eq!(gw.role, Role::Gateway);
+        assert!(gw.ips.contains(&"10.77.0.12".parse().unwrap()));
+        assert!(gw.ips.contains(&"10.77.0.10".parse().unwrap()), "the VIP");
+        let db5 = plan.iter().find(|l| l.name == "agenda-db-5").unwrap();
+        assert_eq!(
+            (db5.role, db5.ips.clone()),
+            (Role::Peer, vec!["10.77.0.13".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn leaves_verify_against_the_ca_as_servers_and_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(Ipv4Addr::new(10, 77, 0, 0));
+        let issued = issue(dir.path(), &plan, 30, false).unwrap();
+        assert!(issued.new_ca);
+        assert_eq!(issued.leaves.len(), plan.len());
+        assert!(server_ok(dir.path(), "agenda-gateway-a", "10.77.0.10"));
+        assert!(server_ok(dir.path(), "agenda-gateway-a", "127.0.0.1"));
+        assert!(server_ok(dir.path(), "agenda-db-3", "10.77.0.12"));
+        assert!(
+            !server_ok(dir.path(), "agenda-db-3", "10.77.0.11"),
+            "not its machine"
+        );
+        assert!(client_ok(dir.path(), "agendactl"));
+        let key = std::fs::metadata(dir.path().join("agenda-db-1-key.pem")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn a_second_run_keeps_the_ca_and_rotates_the_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(Ipv4Addr::new(10, 77, 0, 0));
+        issue(dir.path(), &plan, 30, false).unwrap();
+        let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        let before = leaf(dir.path(), "agenda-users-a");
+        let again = issue(dir.path(), &plan, 30, false).unwrap();
+        assert!(!again.new_ca);
+        assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
+        assert_ne!(leaf(dir.path(), "agenda-users-a"), before, "a new leaf");
+        assert!(server_ok(dir.path(), "agenda-users-a", "10.77.0.11"));
+        // A new CA: the old leaves' trust is gone with it.
+        let other = tempfile::tempdir().unwrap();
+        issue(other.path(), &plan, 30, true).unwrap();
+        std::fs::copy(other.path().join("ca.pem"), dir.path().join("ca.pem")).unwrap();
+        assert!(!client_ok(dir.path(), "agendactl"));
+    }
+}
