@@ -14,6 +14,8 @@
 //! - [`process`]: the shared `main` (logging, runtime, exit code).
 //! - [`shutdown`]: SIGINT/SIGTERM fanned out through a cancellation token.
 //! - [`telemetry`]: logging set-up.
+//! - [`tls`]: a process's certificate (reloaded when its files change) and
+//!   the rustls configurations, mutual on internal links.
 //! - [`error`]: the crate's error type.
 #![deny(missing_docs)]
 
@@ -28,6 +30,7 @@ pub mod process;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use db_client::DbClient;
 pub use error::{Error, Result};

@@ -1,0 +1,388 @@
+//! TLS for every link: one process's identity (its certificate and key,
+//! the cluster CA it trusts) and the rustls configurations built from it,
+//! mutual on internal links. Certificates come from files
+//! (`agendactl certs` makes a development set) and are read again when
+//! they change, so leaves rotate without a restart: connections made
+//! after the change present the new certificate, open ones go on.
+//!
+//! Only the ring provider is used (no aws-lc: its C build is not wanted).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// How often the files are checked for a change.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a process's TLS material lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA (PEM): the only issuer trusted, as server and client.
+    pub ca: PathBuf,
+    /// This process's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// `DIR/ca.pem`, `DIR/NAME.pem`, `DIR/NAME-key.pem`, as
+    /// `agendactl certs` writes them.
+    pub fn in_dir(dir: &Path, name: &str) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Config(format!("{what} {}: {e}", path.display()))
+}
+
+fn load_pair(files: &TlsFiles) -> Result<Arc<CertifiedKey>> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| tls_error("reading certificate", &files.cert, e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| tls_error("reading certificate", &files.cert, e))?;
+    if chain.is_empty() {
+        return Err(tls_error("no certificate in", &files.cert, "empty"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| tls_error("reading key", &files.key, e))?;
+    let key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| tls_error("loading key", &files.key, e))?;
+    let pair = CertifiedKey::new(chain, key);
+    // A rotation writes the key, then the certificate: in between they do
+    // not match, and the old pair stays until the next check.
+    pair.keys_match()
+        .map_err(|e| tls_error("key does not match", &files.cert, e))?;
+    Ok(Arc::new(pair))
+}
+
+fn load_roots(ca: &Path) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| tls_error("reading CA", ca, e))? {
+        let c = c.map_err(|e| tls_error("reading CA", ca, e))?;
+        roots.add(c).map_err(|e| tls_error("bad CA", ca, e))?;
+    }
+    if roots.is_empty() {
+        return Err(tls_error("no certificate in", ca, "empty"));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// What the pair's files hold now. Compared by content, not by mtime: two
+/// writes within one filesystem clock tick (a few ms) share an mtime. The
+/// files are small and read once a second.
+fn contents(files: &TlsFiles) -> Vec<Option<Vec<u8>>> {
+    [&files.cert, &files.key]
+        .iter()
+        .map(|p| std::fs::read(p).ok())
+        .collect()
+}
+
+/// A process's certificate and key, swapped in when the files change.
+#[derive(Debug)]
+pub struct Identity {
+    files: TlsFiles,
+    roots: Arc<RootCertStore>,
+    current: RwLock<Arc<CertifiedKey>>,
+    seen: RwLock<Vec<Option<Vec<u8>>>>,
+    /// Contents that last failed to load.
+    failed: RwLock<Option<Vec<Option<Vec<u8>>>>>,
+}
+
+impl Identity {
+    /// Reads the files once (an error names the file and what is wrong).
+    pub fn load(files: &TlsFiles) -> Result<Arc<Identity>> {
+        let seen = contents(files);
+        let pair = load_pair(files)?;
+        Ok(Arc::new(Identity {
+            roots: load_roots(&files.ca)?,
+            files: files.clone(),
+            current: RwLock::new(pair),
+            seen: RwLock::new(seen),
+            failed: RwLock::new(None),
+        }))
+    }
+
+    /// The certificate and key in use.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the files again if they changed; true when a new pair is in
+    /// use. A pair that does not load (half rotated, a bad file) is
+    /// logged and the old one kept.
+    pub fn reload(&self) -> bool {
+        let now = contents(&self.files);
+        if *self.seen.read().unwrap_or_else(|p| p.into_inner()) == now {
+            return false;
+        }
+        match load_pair(&self.files) {
+            Ok(pair) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = pair;
+                *self.seen.write().unwrap_or_else(|p| p.into_inner()) = now;
+                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(e) => {
+                // Said once per bad state of the files, not every second.
+                let mut failed = self.failed.write().unwrap_or_else(|p| p.into_inner());
+                if failed.as_ref() != Some(&now) {
+                    tracing::warn!(error = %e, "TLS certificate changed but cannot be used yet; keeping the old one");
+                    *failed = Some(now);
+                }
+                false
+            }
+        }
+    }
+
+    /// Checks the files every [`RELOAD_EVERY`] until `stop`.
+    pub fn spawn_reload(self: &Arc<Self>, stop: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(RELOAD_EVERY) => {}
+                }
+                this.reload();
+            }
+        });
+    }
+
+    /// A server configuration presenting this identity; with
+    /// `client_auth`, a client must present a certificate from the CA.
+    pub fn server_config(self: &Arc<Self>, client_auth: bool) -> Result<Arc<ServerConfig>> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+        let builder = if client_auth {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+                    .build()
+                    .map_err(|e| Error::Config(format!("TLS client verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A client configuration trusting only the CA and presenting this
+    /// identity when the server asks.
+    pub fn client_config(self: &Arc<Self>) -> Result<Arc<ClientConfig>> {
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?
+            .with_root_certificates(self.roots.clone())
+            .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
+        Ok(Arc::new(config))
+    }
+}
+
+/// Hands rustls whatever pair the identity holds at handshake time.
+#[derive(Debug)]
+struct Resolver(Arc<Identity>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+}
+
+impl ResolvesClientCert for Resolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, SanType,
+    };
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    use super::*;
+
+    /// A CA in `dir` and a way to issue leaves into it.
+    struct Ca {
+        dir: tempfile::TempDir,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        fn new() -> Ca {
+            let dir = tempfile::tempdir().unwrap();
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, "test CA");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let cert = p.self_signed(&key).unwrap();
+            std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+            Ca {
+                dir,
+                issuer: Issuer::new(p, key),
+            }
+        }
+
+        fn leaf(&self, name: &str) -> TlsFiles {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = p.signed_by(&key, &self.issuer).unwrap();
+            let files = TlsFiles::in_dir(self.dir.path(), name);
+            std::fs::write(&files.key, key.serialize_pem()).unwrap();
+            std::fs::write(&files.cert, cert.pem()).unwrap();
+            files
+        }
+    }
+
+    /// An echo server with mutual TLS; returns its address.
+    async fn echo(identity: Arc<Identity>) -> SocketAddr {
+        let acceptor = TlsAcceptor::from(identity.server_config(true).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let mut buf = [0u8; 5];
+                        if tls.read_exact(&mut buf).await.is_ok() {
+                            let _ = tls.write_all(&buf).await;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One exchange; the server certificate seen.
+    async fn hello(
+        config: Arc<ClientConfig>,
+        addr: SocketAddr,
+    ) -> std::io::Result<CertificateDer<'static>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
+        tls.write_all(b"hello").await?;
+        let mut buf = [0u8; 5];
+        tls.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"hello");
+        let (_, conn) = tls.get_ref();
+        Ok(conn.peer_certificates().unwrap()[0].clone())
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_admits_cluster_certificates_only() {
+        let ca = Ca::new();
+        let server = Identity::load(&ca.leaf("server")).unwrap();
+        let client = Identity::load(&ca.leaf("client")).unwrap();
+        let addr = echo(server).await;
+        hello(client.client_config().unwrap(), addr).await.unwrap();
+
+        // No client certificate: refused.
+        let anonymous = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(client.roots.clone())
+            .with_no_client_auth();
+        assert!(hello(Arc::new(anonymous), addr).await.is_err());
+
+        // A certificate from another CA: refused, and its holder does
+        // not trust our server either.
+        let stranger = Ca::new();
+        let outsider = Identity::load(&stranger.leaf("client")).unwrap();
+        assert!(hello(outsider.client_config().unwrap(), addr)
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_rotated_leaf_is_served_without_a_restart() {
+        let ca = Ca::new();
+        let files = ca.leaf("server");
+        let server = Identity::load(&files).unwrap();
+        let client = Identity::load(&ca.leaf("client")).unwrap();
+        let addr = echo(server.clone()).await;
+        let first = hello(client.client_config().unwrap(), addr).await.unwrap();
+        assert!(!server.reload(), "nothing changed");
+
+        // Half a rotation (a new key, the old certificate): kept as it was.
+        let other = ca.leaf("other");
+        std::fs::copy(&other.key, &files.key).unwrap();
+        assert!(!server.reload());
+        assert_eq!(
+            hello(client.client_config().unwrap(), addr).await.unwrap(),
+            first
+        );
+
+        // The whole rotation.
+        ca.leaf("server");
+        assert!(server.reload());
+        let second = hello(client.client_config().unwrap(), addr).await.unwrap();
+        assert_ne!(second, first, "the new certificate is presented");
+    }
+
+    #[test]
+    fn missing_or_broken_files_are_named() {
+        let ca = Ca::new();
+        let mut files = ca.leaf("x");
+        files.key = ca.dir.path().join("nope.pem");
+        let err = Identity::load(&files).unwrap_err().to_string();
+        assert!(err.contains("nope.pem"), "{err}");
+        let files = ca.leaf("y");
+        std::fs::write(&files.cert, "not a certificate").unwrap();
+        let err = Identity::load(&files).unwrap_err().to_string();
+        assert!(err.contains("y.pem"), "{err}");
+    }
+}
