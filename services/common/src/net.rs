@@ -1,11 +1,12 @@
 //! Every network listener and client of Agenda is built here, so that link
 //! settings (and, later, TLS for all links at once) live in one place.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::{Channel, Endpoint, Server};
 
 use crate::error::{Error, Result};
 
@@ -37,6 +38,96 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Most TLS handshakes in progress at once on one listener.
+const MAX_HANDSHAKES: usize = 256;
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS connections a gRPC server accepts on `listener` (small writes
+/// sent at once), with `config` (see [`crate::tls::Identity`]; mutual on
+/// internal links). Handshakes run concurrently, bounded, each within a
+/// deadline, so a slow or silent client holds up nobody; a failed one is
+/// logged and dropped. tonic hands each request the peer's certificate
+/// (`Request::peer_certs`).
+pub fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                () = tx.closed() => return,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause, go on.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+                drop(permit);
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A gRPC channel to `addr` (`host:port`) over TLS with `config`, made
+/// lazily like [`endpoint`]'s: the server must present a certificate of
+/// the cluster CA naming `host`, and this process presents its own.
+pub fn tls_channel(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel> {
+    let addr = addr.trim();
+    let host_port = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let host_port = host_port.trim_end_matches('/').to_string();
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| Error::Config(format!("bad address {addr:?}: {e}")))?;
+    // The scheme stays http: TLS is this connector's, not tonic's.
+    let endpoint = endpoint(&host_port)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let connect = tower::service_fn(move |_: tonic::transport::Uri| {
+        let (connector, name, host_port) = (connector.clone(), name.clone(), host_port.clone());
+        async move {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&host_port))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "tcp connect timed out")
+                })??;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
 /// A gRPC server builder with the shared link settings.
 pub fn grpc_server() -> Server {
     Server::builder()
@@ -56,6 +147,66 @@ pub async fn bind(addr: &str, flag: &str) -> Result<TcpListener> {
 mod tests {
     use super::*;
     use futures::StreamExt;
+
+    /// A Users service that answers with how many certificates its
+    /// caller presented.
+    struct CountCerts;
+
+    #[tonic::async_trait]
+    impl agenda_proto::calendar::users_server::Users for CountCerts {
+        async fn call(
+            &self,
+            req: tonic::Request<agenda_proto::calendar::CallRequest>,
+        ) -> std::result::Result<tonic::Response<agenda_proto::calendar::CallReply>, tonic::Status>
+        {
+            let n = req.peer_certs().map_or(0, |c| c.len());
+            Ok(tonic::Response::new(agenda_proto::calendar::CallReply {
+                status: 200,
+                body: n.to_string().into_bytes(),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_over_mutual_tls_knows_its_caller_and_refuses_strangers() {
+        use agenda_proto::calendar::users_client::UsersClient;
+        use agenda_proto::calendar::users_server::UsersServer;
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::tls::tests::issue(dir.path(), &["server", "client"]);
+        let server = crate::tls::Identity::load(&files[0]).unwrap();
+        let client = crate::tls::Identity::load(&files[1]).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let incoming = tls_incoming(listener, server.server_config(true).unwrap());
+        tokio::spawn(
+            grpc_server()
+                .add_service(UsersServer::new(CountCerts))
+                .serve_with_incoming(incoming),
+        );
+        let call = |channel: Channel| async move {
+            UsersClient::new(channel)
+                .call(agenda_proto::calendar::CallRequest::default())
+                .await
+        };
+        let channel = tls_channel(&addr, client.client_config().unwrap()).unwrap();
+        let reply = call(channel).await.unwrap().into_inner();
+        assert_eq!(
+            reply.body, b"1",
+            "the caller's certificate reaches the handler"
+        );
+
+        // Plain gRPC, or TLS without a certificate: nothing served.
+        assert!(call(endpoint(&addr).unwrap().connect_lazy()).await.is_err());
+        let anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(crate::tls::tests::roots(dir.path()))
+        .with_no_client_auth();
+        let channel = tls_channel(&addr, Arc::new(anonymous)).unwrap();
+        assert!(call(channel).await.is_err());
+    }
 
     #[tokio::test]
     async fn accepted_grpc_connections_send_small_writes_at_once() {

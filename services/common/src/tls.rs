@@ -231,7 +231,7 @@ impl ResolvesClientCert for Resolver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::SocketAddr;
 
     use rcgen::{
@@ -282,6 +282,27 @@ mod tests {
             std::fs::write(&files.cert, cert.pem()).unwrap();
             files
         }
+    }
+
+    /// A CA and one leaf per name in `dir` (for other modules' tests).
+    pub(crate) fn issue(dir: &Path, names: &[&str]) -> Vec<TlsFiles> {
+        let ca = Ca::new();
+        std::fs::copy(ca.dir.path().join("ca.pem"), dir.join("ca.pem")).unwrap();
+        names
+            .iter()
+            .map(|n| {
+                let f = ca.leaf(n);
+                let out = TlsFiles::in_dir(dir, n);
+                std::fs::copy(&f.cert, &out.cert).unwrap();
+                std::fs::copy(&f.key, &out.key).unwrap();
+                out
+            })
+            .collect()
+    }
+
+    /// The CA of `dir` as a root store.
+    pub(crate) fn roots(dir: &Path) -> Arc<RootCertStore> {
+        load_roots(&dir.join("ca.pem")).unwrap()
     }
 
     /// An echo server with mutual TLS; returns its address.
