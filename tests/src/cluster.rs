@@ -187,6 +187,8 @@ pub struct Options {
     pub size: u64,
     /// Extra flags for every node.
     pub args: Vec<String>,
+    /// How the harness's own clients connect when the nodes run with TLS.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for Options {
@@ -194,6 +196,7 @@ impl Default for Options {
         Options {
             size: 5,
             args: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -290,12 +293,13 @@ impl Cluster {
     /// Client over every running node's gRPC address.
     pub fn client(&self) -> DbClient {
         let eps: Vec<String> = self.nodes.values().map(|n| n.grpc.clone()).collect();
-        DbClient::new(&eps).expect("valid endpoints")
+        DbClient::with_tls(&eps, self.opts.tls.clone()).expect("valid endpoints")
     }
 
     /// Client bound to one node only.
     pub fn node_client(&self, id: u64) -> DbClient {
-        DbClient::new(&[self.nodes[&id].grpc.clone()]).expect("valid endpoint")
+        DbClient::with_tls(&[self.nodes[&id].grpc.clone()], self.opts.tls.clone())
+            .expect("valid endpoint")
     }
 
     /// Waits until every running node reports the same leader, and returns it.
@@ -305,12 +309,13 @@ impl Cluster {
             .iter_mut()
             .filter_map(|(id, n)| n.is_running().then(|| (*id, n.grpc.clone())))
             .collect();
+        let tls = self.opts.tls.clone();
         wait_for("a leader known to every running node", timeout, || {
-            let running = running.clone();
+            let (running, tls) = (running.clone(), tls.clone());
             async move {
                 let mut leader = None;
                 for (_, addr) in &running {
-                    let c = DbClient::new(std::slice::from_ref(addr))
+                    let c = DbClient::with_tls(std::slice::from_ref(addr), tls.clone())
                         .ok()?
                         .with_timeout(Duration::from_millis(500));
                     let s = c.cluster_status().await.ok()?;

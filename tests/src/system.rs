@@ -101,7 +101,7 @@ impl System {
         let gateway_bin = bin("agenda-gateway")?;
         let db = Cluster::start(Options {
             size: opts.db_nodes,
-            args: Vec::new(),
+            ..Options::default()
         })
         .await?;
         let db_addrs = db_addrs(&db);

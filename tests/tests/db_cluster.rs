@@ -1066,3 +1066,58 @@ async fn a_keep_alive_answers_quickly_while_a_node_is_frozen() -> Result<()> {
     );
     Ok(())
 }
+
+/// With --tls-dir, a node's gRPC port (clients and raft peers alike)
+/// speaks only mutual TLS with a certificate of the cluster CA: the
+/// cluster elects and serves its clients over it; a plaintext client, or
+/// one with another CA's certificate, gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
+    use agendactl::certs::{issue, Leaf, Role};
+    let certs = tempfile::tempdir()?;
+    let leaf = |name: &str, role| Leaf {
+        name: name.into(),
+        role,
+        ips: Vec::new(),
+    };
+    issue(
+        certs.path(),
+        &[leaf("peer", Role::Peer), leaf("client", Role::Gateway)],
+        1,
+        false,
+    )?;
+    let dir = certs.path().display().to_string();
+    let identity = |dir: &std::path::Path, name: &str| {
+        agenda_common::tls::Identity::load(&agenda_common::tls::TlsFiles::in_dir(dir, name))
+    };
+    let tls = identity(certs.path(), "client")?.client_config()?;
+    let c = Cluster::start(Options {
+        tls: Some(tls.clone()),
+        ..opts(&["--tls-dir", &dir, "--tls-name", "peer"])
+    })
+    .await?;
+    let grpc: Vec<String> = c.nodes.values().map(|n| n.grpc.clone()).collect();
+
+    let client = DbClient::with_tls(&grpc, Some(tls))?;
+    client.put(put("tls/a", "1")).await?;
+    ensure!(client.get("tls/a").await?.map(|kv| kv.value) == Some(b"1".to_vec()));
+
+    let plain = DbClient::new(&grpc)?.with_timeout(Duration::from_secs(2));
+    ensure!(
+        plain.get("tls/a").await.is_err(),
+        "a plaintext client was served"
+    );
+
+    let stranger = tempfile::tempdir()?;
+    issue(stranger.path(), &[leaf("client", Role::Gateway)], 1, false)?;
+    let outsider = DbClient::with_tls(
+        &grpc,
+        Some(identity(stranger.path(), "client")?.client_config()?),
+    )?
+    .with_timeout(Duration::from_secs(2));
+    ensure!(
+        outsider.get("tls/a").await.is_err(),
+        "a client of another CA was served"
+    );
+    Ok(())
+}

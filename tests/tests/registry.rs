@@ -103,7 +103,7 @@ async fn config_keys_are_read_and_followed() -> Result<()> {
 async fn the_client_rotates_past_dead_nodes_from_any_start() -> Result<()> {
     let c = Cluster::start(Options {
         size: 1,
-        args: Vec::new(),
+        ..Options::default()
     })
     .await?;
     let dead = || format!("127.0.0.1:{}", agenda_tests::cluster::free_port());

@@ -40,6 +40,11 @@ fn bad_flags_fail_clearly() -> Result<()> {
     let mut a = args(1, "1=127.0.0.1:1", dir.path());
     a.push("--tick-ms=0".into());
     check(&a, "--tick-ms")?;
+    let mut a = args(1, "1=127.0.0.1:1", dir.path());
+    a.push(format!("--tls-dir={}", dir.path().display()));
+    check(&a, "--tls-name")?;
+    a.push("--tls-name=agenda-db-1".into());
+    check(&a, "agenda-db-1.pem")?;
     let help = run(&["--help".into()])?;
     let text = String::from_utf8_lossy(&help.stdout);
     for flag in [
@@ -49,6 +54,7 @@ fn bad_flags_fail_clearly() -> Result<()> {
         "--peers",
         "--data-dir",
         "--join",
+        "--tls-dir",
         "AGENDA_DB_PEERS",
     ] {
         ensure!(text.contains(flag), "--help does not explain {flag}");
@@ -83,7 +89,7 @@ fn a_corrupt_database_file_fails_clearly() -> Result<()> {
 async fn a_data_dir_from_another_node_or_cluster_is_refused() -> Result<()> {
     let mut c = Cluster::start(Options {
         size: 1,
-        args: Vec::new(),
+        ..Options::default()
     })
     .await?;
     c.stop(1);

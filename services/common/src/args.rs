@@ -2,7 +2,13 @@
 //! config so their names, environment variables and help stay the same
 //! everywhere.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use clap::Args;
+
+use crate::error::{Error, Result};
+use crate::tls::{Identity, TlsFiles};
 
 /// Where agenda-db is.
 #[derive(Debug, Clone, Args)]
@@ -37,4 +43,33 @@ pub struct RedisAuthArgs {
         hide_env_values = true
     )]
     pub redis_password: String,
+}
+
+/// This process's TLS identity. Unset: plaintext links (being phased out,
+/// see issue 12); set: mutual TLS on the links that support it so far.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Directory with `ca.pem`, `NAME.pem` and `NAME-key.pem`
+    /// (`agendactl certs` writes one); the files are read again when they
+    /// change.
+    #[arg(long, env = "AGENDA_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// This process's certificate name in --tls-dir (e.g. agenda-db-1).
+    #[arg(long, env = "AGENDA_TLS_NAME", default_value = "")]
+    pub tls_name: String,
+}
+
+impl TlsArgs {
+    /// The identity, loaded once, when --tls-dir is given.
+    pub fn identity(&self) -> Result<Option<Arc<Identity>>> {
+        let Some(dir) = &self.tls_dir else {
+            return Ok(None);
+        };
+        if self.tls_name.trim().is_empty() {
+            return Err(Error::Config(
+                "--tls-dir needs --tls-name (which certificate in it is this process's)".into(),
+            ));
+        }
+        Identity::load(&TlsFiles::in_dir(dir, self.tls_name.trim())).map(Some)
+    }
 }

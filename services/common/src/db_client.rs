@@ -167,13 +167,25 @@ impl DbClient {
     /// Creates a client for the given node addresses (`host:port` or URLs).
     /// Connections are made on first use.
     pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Self> {
+        Self::with_tls(endpoints, None)
+    }
+
+    /// Like [`Self::new`], over mutual TLS when `tls` is given (see
+    /// [`crate::tls::Identity::client_config`]).
+    pub fn with_tls<S: AsRef<str>>(
+        endpoints: &[S],
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self> {
         if endpoints.is_empty() {
             return Err(Error::Config("no agenda-db endpoints given".into()));
         }
         let mut nodes = Vec::new();
         for e in endpoints {
             let e = e.as_ref().trim();
-            let channel = crate::net::endpoint(e)?.connect_lazy();
+            let channel = match &tls {
+                Some(config) => crate::net::tls_channel(e, config.clone())?,
+                None => crate::net::endpoint(e)?.connect_lazy(),
+            };
             let grpc = Grpc::new(channel)
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024);

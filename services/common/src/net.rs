@@ -98,6 +98,21 @@ pub fn tls_incoming(
 /// lazily like [`endpoint`]'s: the server must present a certificate of
 /// the cluster CA naming `host`, and this process presents its own.
 pub fn tls_channel(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel> {
+    let (endpoint, connect) = tls_parts(addr, config)?;
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// Like [`tls_channel`], but connected (and the handshake done) before it
+/// returns, for callers that back off on a failed connection.
+pub async fn tls_connect(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel> {
+    let (endpoint, connect) = tls_parts(addr, config)?;
+    endpoint
+        .connect_with_connector(connect)
+        .await
+        .map_err(|e| Error::Unavailable(format!("{addr}: {e}")))
+}
+
+fn tls_parts(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<(Endpoint, TlsConnect)> {
     let addr = addr.trim();
     let host_port = addr.split_once("://").map_or(addr, |(_, rest)| rest);
     let host_port = host_port.trim_end_matches('/').to_string();
@@ -107,25 +122,57 @@ pub fn tls_channel(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Chan
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let name = rustls::pki_types::ServerName::try_from(host.clone())
+    let name = rustls::pki_types::ServerName::try_from(host)
         .map_err(|e| Error::Config(format!("bad address {addr:?}: {e}")))?;
     // The scheme stays http: TLS is this connector's, not tonic's.
     let endpoint = endpoint(&host_port)?;
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let connect = tower::service_fn(move |_: tonic::transport::Uri| {
-        let (connector, name, host_port) = (connector.clone(), name.clone(), host_port.clone());
-        async move {
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&host_port))
+    Ok((
+        endpoint,
+        TlsConnect {
+            connector: tokio_rustls::TlsConnector::from(config),
+            name,
+            host_port,
+        },
+    ))
+}
+
+/// Opens TCP to one address and runs the TLS handshake (for tonic).
+#[derive(Clone)]
+struct TlsConnect {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    host_port: String,
+}
+
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tower::Service<tonic::transport::Uri> for TlsConnect {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<TlsIo>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&this.host_port))
                 .await
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "tcp connect timed out")
                 })??;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    Ok(endpoint.connect_with_connector_lazy(connect))
+            let tls = this.connector.connect(this.name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
 
 /// A gRPC server builder with the shared link settings.

@@ -48,6 +48,12 @@ pub struct Config {
     #[arg(long, env = "AGENDA_DB_CLUSTER_TOKEN", default_value = "agenda")]
     pub cluster_token: String,
 
+    /// TLS: with --tls-dir, the gRPC port (clients and peers) accepts only
+    /// mutual TLS with a certificate of the cluster CA, and raft traffic
+    /// to peers goes over it too.
+    #[command(flatten)]
+    pub tls: agenda_common::args::TlsArgs,
+
     /// Raft tick in milliseconds (heartbeats every 2 ticks, elections after
     /// 10-20 ticks without a leader).
     #[arg(long, env = "AGENDA_DB_TICK_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=1000))]

@@ -177,11 +177,22 @@ pub async fn run(
     book.extend(sm.members.iter().map(|(id, addr)| (*id, addr.clone())));
     snapshot_source.store(sm.clone());
     let view = Published::new(sm.view());
+    let tls_error = |e: agenda_common::Error| Error::Config(e.to_string());
+    let identity = cfg.tls.identity().map_err(tls_error)?;
+    if let Some(id) = &identity {
+        id.spawn_reload(shutdown.clone());
+    }
+    let peer_tls = identity
+        .as_ref()
+        .map(|id| id.client_config())
+        .transpose()
+        .map_err(tls_error)?;
     let transport = transport::Transport::new(
         cfg.id,
         cfg.cluster_token.clone(),
         book,
         tokio::runtime::Handle::current(),
+        peer_tls,
     );
     let hub = watch::WatchHub::default();
     let node_cfg = NodeConfig {
@@ -225,7 +236,7 @@ pub async fn run(
     );
 
     let grpc_addr = grpc.local_addr().ok();
-    let grpc_server = agenda_common::net::grpc_server()
+    let grpc_router = agenda_common::net::grpc_server()
         .add_service(
             DbServer::new(api::grpc::GrpcApi {
                 db: db_service.clone(),
@@ -240,11 +251,22 @@ pub async fn run(
             })
             .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(transport::MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(
+        );
+    let grpc_server: std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::result::Result<(), tonic::transport::Error>>
+                + Send,
+        >,
+    > = match &identity {
+        Some(id) => Box::pin(grpc_router.serve_with_incoming_shutdown(
+            agenda_common::net::tls_incoming(grpc, id.server_config(true).map_err(tls_error)?),
+            stop_servers.clone().cancelled_owned(),
+        )),
+        None => Box::pin(grpc_router.serve_with_incoming_shutdown(
             agenda_common::net::incoming(grpc),
             stop_servers.clone().cancelled_owned(),
-        );
+        )),
+    };
     let http_addr = http.local_addr().ok();
     let router = api::http::router(api::http::HttpState {
         db: db_service,

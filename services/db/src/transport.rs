@@ -44,6 +44,8 @@ struct Inner {
     members: Mutex<BTreeMap<u64, String>>,
     peers: Mutex<HashMap<u64, Peer>>,
     node: OnceLock<NodeHandle>,
+    /// Mutual TLS to peers, when the node has an identity.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Outgoing half, owned by the node loop; cheap to clone.
@@ -59,6 +61,7 @@ impl Transport {
         token: String,
         members: BTreeMap<u64, String>,
         rt: tokio::runtime::Handle,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
         Transport {
             inner: Arc::new(Inner {
@@ -68,6 +71,7 @@ impl Transport {
                 members: Mutex::new(members),
                 peers: Mutex::new(HashMap::new()),
                 node: OnceLock::new(),
+                tls,
             }),
         }
     }
@@ -146,14 +150,21 @@ async fn peer_loop(inner: Arc<Inner>, to: u64, addr: String, mut rx: mpsc::Recei
     let mut backoff = Duration::from_millis(50);
     let mut warned = false;
     loop {
-        let endpoint = match agenda_common::net::endpoint(&addr) {
-            Ok(e) => e,
-            Err(e) => {
+        let connected = match &inner.tls {
+            Some(config) => agenda_common::net::tls_connect(&addr, config.clone()).await,
+            None => match agenda_common::net::endpoint(&addr) {
+                Ok(e) => e
+                    .connect()
+                    .await
+                    .map_err(|e| agenda_common::Error::Unavailable(e.to_string())),
+                Err(e) => Err(e),
+            },
+        };
+        let channel = match connected {
+            Err(agenda_common::Error::Config(e)) => {
                 tracing::error!(to, %addr, error = %e, "invalid raft peer address");
                 return;
             }
-        };
-        let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
                 if !warned {
