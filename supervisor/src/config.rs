@@ -21,6 +21,9 @@ pub struct Config {
     /// agenda-db endpoints.
     #[command(flatten)]
     pub db: agenda_common::args::DbArgs,
+    /// TLS identity (--tls-dir, --tls-name): mutual TLS on its gRPC links.
+    #[command(flatten)]
+    pub tls: agenda_common::args::TlsArgs,
     /// Address of the HTTP listener serving `/metrics` and `/healthz`.
     #[arg(long, env = "AGENDA_SUPERVISOR_HTTP", default_value = "127.0.0.1:7501")]
     pub http: String,

@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agenda_common::shutdown::CancellationToken;
-use agenda_common::DbClient;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -54,7 +53,10 @@ pub async fn run(
     let stop = shutdown.child_token();
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let http = tokio::spawn(metrics::serve(http_listener, metrics.clone(), stop.clone()));
-    let db = DbClient::new(&cfg.db.db).context("--db")?;
+    let db = agenda_common::net::Links::from_args(&cfg.tls, &stop)
+        .context("TLS")?
+        .db_client(&cfg.db.db)
+        .context("--db")?;
     let loop_db = db.with_timeout(Duration::from_secs(2));
     tracing::info!(%id, nodes = ?cfg.redis_nodes, local = ?cfg.local_redis, "agenda-supervisor starting");
 

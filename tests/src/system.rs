@@ -37,6 +37,10 @@ pub struct SystemOptions {
     pub redis: bool,
     /// Extra flags for the gateway.
     pub gateway_args: Vec<String>,
+    /// Mutual TLS on every gRPC link (agenda-db, its peers, users and
+    /// groups), with certificates from `agendactl certs`. Not with `redis`
+    /// yet.
+    pub tls: bool,
 }
 
 impl Default for SystemOptions {
@@ -47,11 +51,50 @@ impl Default for SystemOptions {
             groups: 2,
             redis: false,
             gateway_args: Vec::new(),
+            tls: false,
         }
     }
 }
 
 /// The `--db` flag value for a cluster.
+/// Certificates for a TLS system in `dir/certs`: the cluster options
+/// (nodes with the `peer` identity, the harness's clients with `test`)
+/// and the `--tls-dir` flag for the services.
+fn tls_setup(dir: &std::path::Path) -> Result<(Options, Vec<String>)> {
+    use agendactl::certs::{issue, Leaf, Role};
+    let certs = dir.join("certs");
+    let leaf = |name: &str, role| Leaf {
+        name: name.into(),
+        role,
+        ips: Vec::new(),
+    };
+    issue(
+        &certs,
+        &[
+            leaf("peer", Role::Peer),
+            leaf("users", Role::Users),
+            leaf("groups", Role::Groups),
+            leaf("gateway", Role::Gateway),
+            leaf("test", Role::Operator),
+        ],
+        1,
+        false,
+    )?;
+    let test =
+        agenda_common::tls::Identity::load(&agenda_common::tls::TlsFiles::in_dir(&certs, "test"))?;
+    let dir_flag = vec!["--tls-dir".to_string(), certs.display().to_string()];
+    let mut node_args = dir_flag.clone();
+    node_args.extend(["--tls-name".to_string(), "peer".to_string()]);
+    Ok((
+        Options {
+            args: node_args,
+            tls: Some(test.client_config()?),
+            ..Options::default()
+        },
+        dir_flag,
+    ))
+}
+
 fn db_addrs(db: &Cluster) -> String {
     db.nodes
         .values()
@@ -99,15 +142,24 @@ impl System {
         let users_bin = bin("agenda-users")?;
         let groups_bin = bin("agenda-groups")?;
         let gateway_bin = bin("agenda-gateway")?;
-        let db = Cluster::start(Options {
-            size: opts.db_nodes,
-            ..Options::default()
-        })
-        .await?;
-        let db_addrs = db_addrs(&db);
         let dir = tempfile::Builder::new()
             .prefix("agenda-system-test")
             .tempdir()?;
+        anyhow::ensure!(
+            !(opts.tls && opts.redis),
+            "TLS with the Redis layer is not supported yet"
+        );
+        let (db_opts, tls_args) = if opts.tls {
+            tls_setup(dir.path())?
+        } else {
+            (Options::default(), Vec::new())
+        };
+        let db = Cluster::start(Options {
+            size: opts.db_nodes,
+            ..db_opts
+        })
+        .await?;
+        let db_addrs = db_addrs(&db);
         let redis = if opts.redis {
             let endpoints: Vec<String> = db.nodes.values().map(|n| n.grpc.clone()).collect();
             Some(crate::redis::RedisLayer::start(&endpoints, dir.path(), REDIS_PASSWORD).await?)
@@ -121,17 +173,35 @@ impl System {
             redis,
             dir,
         };
+        let with_tls = |name: &str, extra: &[String]| -> Vec<String> {
+            let mut args = extra.to_vec();
+            if !tls_args.is_empty() {
+                args.extend(tls_args.iter().cloned());
+                args.extend(["--tls-name".to_string(), name.to_string()]);
+            }
+            args
+        };
         for i in 0..opts.users {
-            sys.spawn(&users_bin, format!("users-{i}"), &db_addrs, &[])?;
+            sys.spawn(
+                &users_bin,
+                format!("users-{i}"),
+                &db_addrs,
+                &with_tls("users", &[]),
+            )?;
         }
         for i in 0..opts.groups {
-            sys.spawn(&groups_bin, format!("groups-{i}"), &db_addrs, &[])?;
+            sys.spawn(
+                &groups_bin,
+                format!("groups-{i}"),
+                &db_addrs,
+                &with_tls("groups", &[]),
+            )?;
         }
         sys.gateway = sys.spawn(
             &gateway_bin,
             "gateway".into(),
             &db_addrs,
-            &opts.gateway_args,
+            &with_tls("gateway", &opts.gateway_args),
         )?;
         if let Err(e) = sys.wait_ready(Duration::from_secs(30)).await {
             bail!("{e:#}\n{}", sys.all_log_tails(30));

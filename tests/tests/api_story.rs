@@ -143,7 +143,22 @@ async fn invite(api: &Api, by: &P, group: &str, body: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_people_use_the_calendar() {
-    let sys = System::start(SystemOptions::default())
+    story(SystemOptions::default()).await;
+}
+
+/// The same story with mutual TLS on every gRPC link inside (agenda-db
+/// nodes and their peers, users, groups, the gateway's calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_story_holds_with_mutual_tls_inside() {
+    story(SystemOptions {
+        tls: true,
+        ..SystemOptions::default()
+    })
+    .await;
+}
+
+async fn story(opts: SystemOptions) {
+    let sys = System::start(opts)
         .await
         .unwrap_or_else(|e| panic!("start the system: {e:#}"));
     let api = sys.api();

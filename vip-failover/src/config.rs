@@ -58,6 +58,9 @@ pub struct Config {
     /// agenda-db endpoints.
     #[command(flatten)]
     pub db: agenda_common::args::DbArgs,
+    /// TLS identity (--tls-dir, --tls-name): mutual TLS on its gRPC links.
+    #[command(flatten)]
+    pub tls: agenda_common::args::TlsArgs,
     /// The local gateway's liveness URL (a local check: not /readyz,
     /// which needs the raft leader and would drop the VIP on both
     /// machines during every election).

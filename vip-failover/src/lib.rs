@@ -137,7 +137,9 @@ pub async fn run(
         "agenda-vip starting"
     );
     let mut d = Daemon {
-        db: DbClient::new(&cfg.db.db)
+        db: agenda_common::net::Links::from_args(&cfg.tls, &stop)
+            .context("TLS")?
+            .db_client(&cfg.db.db)
             .context("--db")?
             .with_timeout(cfg.lease_ttl),
         addr,

@@ -175,23 +175,58 @@ pub const REGISTRY_TTL: Duration = Duration::from_secs(3);
 /// for gateways to see it leave, so no call is sent to a closed port.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(1000);
 
-/// Serves `handler` as `service` on `listener` until `shutdown`: registers
-/// the instance (address `advertise`) in the registry once listening; on
-/// shutdown deregisters first, keeps serving for [`DRAIN_GRACE`] while
-/// gateways notice, then stops accepting and drains in-flight calls.
+/// Where a replica serves: its listener, the address it registers, and
+/// TLS (mutual) when the process has an identity.
+pub struct Serving {
+    listener: TcpListener,
+    /// The address registered for gateways to call.
+    pub advertise: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Serving {
+    /// `listener`, registered as `advertise` (default: its local address),
+    /// with `links`' TLS.
+    pub fn new(
+        listener: TcpListener,
+        advertise: Option<String>,
+        links: &agenda_common::net::Links,
+    ) -> agenda_common::Result<Serving> {
+        let advertise = match advertise {
+            Some(a) => a,
+            None => listener
+                .local_addr()
+                .map_err(|e| agenda_common::Error::Config(format!("listener: {e}")))?
+                .to_string(),
+        };
+        Ok(Serving {
+            listener,
+            advertise,
+            tls: links.server_config()?,
+        })
+    }
+}
+
+/// Serves `handler` as `service` until `shutdown`: registers the instance
+/// (`serving.advertise`) in the registry once listening; on shutdown
+/// deregisters first, keeps serving for [`DRAIN_GRACE`] while gateways
+/// notice, then stops accepting and drains in-flight calls.
 pub async fn serve<H: Handler>(
     service: Service,
     handler: H,
-    listener: TcpListener,
-    advertise: String,
+    serving: Serving,
     db: DbClient,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let Serving {
+        listener,
+        advertise,
+        tls,
+    } = serving;
     let endpoint = Endpoint {
         service,
         handler: Arc::new(handler),
     };
-    let incoming = agenda_common::net::incoming(listener);
     let mut router = agenda_common::net::grpc_server();
     let router = match service {
         Service::Users => router.add_service(UsersServer::new(endpoint)),
@@ -200,9 +235,24 @@ pub async fn serve<H: Handler>(
     let stop_serving = CancellationToken::new();
     let stopped = stop_serving.clone();
     let server = tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, stopped.cancelled_owned())
-            .await
+        match tls {
+            Some(config) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        agenda_common::net::tls_incoming(listener, config),
+                        stopped.cancelled_owned(),
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        agenda_common::net::incoming(listener),
+                        stopped.cancelled_owned(),
+                    )
+                    .await
+            }
+        }
     });
     let instance = Instance {
         id: format!("{}-{}", service.name(), Uuid::new_v4().simple()),

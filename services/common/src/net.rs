@@ -175,6 +175,61 @@ impl tower::Service<tonic::transport::Uri> for TlsConnect {
     }
 }
 
+/// How one process makes its links: plaintext, or mutual TLS with its
+/// identity (`--tls-dir`, `--tls-name`). Built once in `run` and handed
+/// to whatever dials or listens, so no link is made another way.
+#[derive(Clone, Default)]
+pub struct Links {
+    identity: Option<Arc<crate::tls::Identity>>,
+}
+
+impl Links {
+    /// From the process's flags; with TLS the certificate files are
+    /// checked for changes until `stop`.
+    pub fn from_args(
+        args: &crate::args::TlsArgs,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Links> {
+        let identity = args.identity()?;
+        if let Some(id) = &identity {
+            id.spawn_reload(stop.clone());
+        }
+        Ok(Links { identity })
+    }
+
+    /// Whether links are TLS.
+    pub fn tls(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// A client of agenda-db.
+    pub fn db_client<S: AsRef<str>>(&self, endpoints: &[S]) -> Result<crate::DbClient> {
+        let config = self
+            .identity
+            .as_ref()
+            .map(|id| id.client_config())
+            .transpose()?;
+        crate::DbClient::with_tls(endpoints, config)
+    }
+
+    /// A lazy gRPC channel to another process.
+    pub fn channel(&self, addr: &str) -> Result<Channel> {
+        match &self.identity {
+            Some(id) => tls_channel(addr, id.client_config()?),
+            None => Ok(endpoint(addr)?.connect_lazy()),
+        }
+    }
+
+    /// The server side of internal links (clients must present a
+    /// certificate of the cluster CA); `None` for plaintext.
+    pub fn server_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>> {
+        self.identity
+            .as_ref()
+            .map(|id| id.server_config(true))
+            .transpose()
+    }
+}
+
 /// A gRPC server builder with the shared link settings.
 pub fn grpc_server() -> Server {
     Server::builder()

@@ -14,6 +14,9 @@ pub struct Config {
     pub listen: String,
     #[command(flatten)]
     pub db: agenda_common::args::DbArgs,
+    /// TLS identity (--tls-dir, --tls-name): mutual TLS on its gRPC links.
+    #[command(flatten)]
+    pub tls: agenda_common::args::TlsArgs,
     /// Deadline of one API request, retries included, in milliseconds.
     #[arg(long, env = "AGENDA_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
     pub request_timeout_ms: u64,

@@ -80,7 +80,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = DbClient::new(&cfg.db.db).context("--db")?;
+    let links = agenda_common::net::Links::from_args(&cfg.tls, &shutdown).context("TLS")?;
+    let db = links.db_client(&cfg.db.db).context("--db")?;
     let stop = shutdown.child_token();
     let hub = live::Hub::new(cfg.ws_queue as usize);
     let bus = Arc::new(agenda_common::bus::Bus::new(
@@ -90,7 +91,7 @@ pub async fn run(
     ));
     tokio::spawn(live::consume(bus, hub.clone(), stop.clone()));
     let state = Arc::new(AppState {
-        upstream: upstream::Upstream::new(&db, cfg.request_timeout(), stop.clone()),
+        upstream: upstream::Upstream::new(&db, links, cfg.request_timeout(), stop.clone()),
         keys: agenda_common::auth::watch_keys(db.clone(), stop.clone()),
         metrics: Arc::new(metrics::Metrics::new().context("metrics")?),
         hub,

@@ -42,6 +42,8 @@ pub struct Upstream {
     users: watch::Receiver<Vec<Instance>>,
     groups: watch::Receiver<Vec<Instance>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// How channels to replicas are made (TLS or not).
+    links: agenda_common::net::Links,
     /// Replicas to step over until then, by address.
     suspects: Mutex<HashMap<String, Instant>>,
     next: AtomicUsize,
@@ -56,11 +58,17 @@ pub struct Relayed {
 
 impl Upstream {
     /// Follows both services in the registry until `stop`.
-    pub fn new(db: &DbClient, timeout: Duration, stop: CancellationToken) -> Self {
+    pub fn new(
+        db: &DbClient,
+        links: agenda_common::net::Links,
+        timeout: Duration,
+        stop: CancellationToken,
+    ) -> Self {
         Upstream {
             users: registry::watch_instances(db, Service::Users.name(), stop.clone()),
             groups: registry::watch_instances(db, Service::Groups.name(), stop),
             channels: Mutex::new(HashMap::new()),
+            links,
             suspects: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             timeout,
@@ -80,9 +88,7 @@ impl Upstream {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = agenda_common::net::endpoint(addr)
-            .map_err(ApiError::internal)?
-            .connect_lazy();
+        let c = self.links.channel(addr).map_err(ApiError::internal)?;
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -17,6 +17,9 @@ pub struct Config {
     pub advertise: Option<String>,
     #[command(flatten)]
     pub db: agenda_common::args::DbArgs,
+    /// TLS identity (--tls-dir, --tls-name): mutual TLS on its gRPC links.
+    #[command(flatten)]
+    pub tls: agenda_common::args::TlsArgs,
     #[command(flatten)]
     pub log: agenda_common::args::LogArgs,
 }

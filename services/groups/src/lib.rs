@@ -10,9 +10,9 @@ pub mod config;
 pub mod handler;
 
 use agenda_calendar::api::Service;
+use agenda_calendar::rpc::Serving;
 use agenda_calendar::store::Store;
 use agenda_common::shutdown::CancellationToken;
-use agenda_common::DbClient;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
@@ -24,15 +24,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = DbClient::new(&cfg.db.db).context("--db")?;
-    let advertise = match cfg.advertise.clone() {
-        Some(a) => a,
-        None => listener.local_addr()?.to_string(),
-    };
+    let links = agenda_common::net::Links::from_args(&cfg.tls, &shutdown).context("TLS")?;
+    let db = links.db_client(&cfg.db.db).context("--db")?;
+    let serving = Serving::new(listener, cfg.advertise.clone(), &links).context("TLS")?;
     let handler = handler::Groups {
         store: Store::new(db.clone()),
     };
-    agenda_calendar::rpc::serve(Service::Groups, handler, listener, advertise, db, shutdown)
-        .await?;
+    agenda_calendar::rpc::serve(Service::Groups, handler, serving, db, shutdown).await?;
     Ok(())
 }

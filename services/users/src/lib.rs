@@ -13,9 +13,9 @@ pub mod handler;
 pub mod password;
 
 use agenda_calendar::api::Service;
+use agenda_calendar::rpc::Serving;
 use agenda_calendar::store::Store;
 use agenda_common::shutdown::CancellationToken;
-use agenda_common::DbClient;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
@@ -27,11 +27,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = DbClient::new(&cfg.db.db).context("--db")?;
-    let advertise = match cfg.advertise.clone() {
-        Some(a) => a,
-        None => listener.local_addr()?.to_string(),
-    };
+    let links = agenda_common::net::Links::from_args(&cfg.tls, &shutdown).context("TLS")?;
+    let db = links.db_client(&cfg.db.db).context("--db")?;
+    let serving = Serving::new(listener, cfg.advertise.clone(), &links).context("TLS")?;
+    let advertise = serving.advertise.clone();
     // The signing keys come from agenda-db; wait for it rather than fail,
     // so the processes of a deployment can start in any order.
     let keys = loop {
@@ -84,7 +83,7 @@ pub async fn run(
         keys,
         token_ttl_secs: cfg.token_ttl_secs,
     };
-    agenda_calendar::rpc::serve(Service::Users, handler, listener, advertise, db, shutdown).await?;
+    agenda_calendar::rpc::serve(Service::Users, handler, serving, db, shutdown).await?;
     // The shutdown token stops it between rounds.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sweeper).await;
     if let Some(relay) = relay {
