@@ -1098,7 +1098,7 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     .await?;
     let grpc: Vec<String> = c.nodes.values().map(|n| n.grpc.clone()).collect();
 
-    let client = DbClient::with_tls(&grpc, Some(tls))?;
+    let client = DbClient::with_tls(&grpc, Some(tls.clone()))?;
     client.put(put("tls/a", "1")).await?;
     ensure!(client.get("tls/a").await?.map(|kv| kv.value) == Some(b"1".to_vec()));
 
@@ -1106,6 +1106,32 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     ensure!(
         plain.get("tls/a").await.is_err(),
         "a plaintext client was served"
+    );
+
+    // The operator REST too: plaintext and certificate-less requests get
+    // nothing; a cluster certificate reads the key.
+    let http = c.nodes[&1].http.clone();
+    let path = "/v1/kv/tls/a";
+    ensure!(
+        reqwest::get(format!("http://{http}{path}")).await.is_err(),
+        "plaintext REST was served"
+    );
+    let anonymous = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots(certs.path())?)
+    .with_no_client_auth();
+    ensure!(
+        https_get(&http, path, std::sync::Arc::new(anonymous))
+            .await
+            .is_err(),
+        "REST answered a client without a certificate"
+    );
+    let reply = https_get(&http, path, tls.clone()).await?;
+    ensure!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with('1'),
+        "REST over TLS: {reply}"
     );
 
     let stranger = tempfile::tempdir()?;
@@ -1120,4 +1146,36 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
         "a client of another CA was served"
     );
     Ok(())
+}
+
+fn roots(dir: &std::path::Path) -> Result<std::sync::Arc<rustls::RootCertStore>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(dir.join("ca.pem"))? {
+        roots.add(c?)?;
+    }
+    Ok(std::sync::Arc::new(roots))
+}
+
+/// One HTTP/1.1 GET over TLS; the whole reply as text.
+async fn https_get(
+    addr: &str,
+    path: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
+    let name = rustls::pki_types::ServerName::try_from(host)?;
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await??;
+    ensure!(!out.is_empty(), "no reply");
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }

@@ -94,6 +94,57 @@ pub fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// An HTTP listener (for axum) whose connections are TLS: the same
+/// bounded, deadline-bound handshakes as [`tls_incoming`].
+pub struct TlsListener {
+    local: std::net::SocketAddr,
+    incoming: std::pin::Pin<
+        Box<
+            dyn futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>>
+                + Send,
+        >,
+    >,
+}
+
+impl TlsListener {
+    /// TLS on `listener` with `config`.
+    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        Ok(TlsListener {
+            local: listener.local_addr()?,
+            incoming: Box::pin(tls_incoming(listener, config)),
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use futures::StreamExt as _;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(tls)) => {
+                    let peer = tls
+                        .get_ref()
+                        .0
+                        .peer_addr()
+                        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                    return (tls, peer);
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "TLS accept failed"),
+                // The accept task ended (it only does with this listener):
+                // nothing will come any more.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
 /// A gRPC channel to `addr` (`host:port`) over TLS with `config`, made
 /// lazily like [`endpoint`]'s: the server must present a certificate of
 /// the cluster CA naming `host`, and this process presents its own.

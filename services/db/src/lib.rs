@@ -272,15 +272,34 @@ pub async fn run(
         db: db_service,
         metrics,
     });
-    let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http_server =
-        axum::serve(http, router).with_graceful_shutdown(stop_servers.clone().cancelled_owned());
+    // With TLS, the operator REST asks for a certificate of the cluster CA
+    // too: it reads and writes everything.
+    let http_server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+    > = match &identity {
+        Some(id) => {
+            let tls = agenda_common::net::TlsListener::new(
+                http,
+                id.server_config(true).map_err(tls_error)?,
+            )
+            .map_err(|e| Error::Config(format!("--http: {e}")))?;
+            let serve = axum::serve(tls, router)
+                .with_graceful_shutdown(stop_servers.clone().cancelled_owned());
+            Box::pin(async move { serve.await })
+        }
+        None => {
+            let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let serve = axum::serve(http, router)
+                .with_graceful_shutdown(stop_servers.clone().cancelled_owned());
+            Box::pin(async move { serve.await })
+        }
+    };
     tracing::info!(id = cfg.id, grpc = ?grpc_addr, http = ?http_addr, "agenda-db node serving");
 
     let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(async move { http_server.await });
+    let http_task = tokio::spawn(http_server);
 
     let outcome = tokio::select! {
         () = shutdown.cancelled() => None,
