@@ -8,6 +8,12 @@
 #   .agenda/url             the public base URL (the gateway)
 #   .agenda/endpoints.json  every process: name, kind, machine, pid, addresses, data dir, log
 # Data lives under .agenda/data (kept across runs; AGENDA_FRESH=1 wipes it).
+#
+# TLS (AGENDA_TLS=1, the default): `agendactl certs` writes a development CA
+# (kept across runs) and a fresh certificate per process to .agenda/certs;
+# agenda-db (gRPC and REST) and the users/groups replicas accept only mutual
+# TLS with them, and every internal link uses it. The gateway's public side
+# and Redis are still plaintext (issue 12). AGENDA_TLS=0: all plaintext.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,6 +40,25 @@ export AGENDA_REDIS_PASSWORD
 mkdir -p "$state/logs" "$state/data"
 [ "${AGENDA_FRESH:-0}" = 1 ] && rm -rf "$state/data"/*
 rm -f "$state/url" "$state/endpoints.json"
+
+certs="$state/certs"
+if [ "${AGENDA_TLS:-1}" = 1 ]; then
+  "$bin/agendactl" certs --dir "$certs" >/dev/null
+  scheme=https
+  # Every process reads the directory from the environment (a path with
+  # spaces survives); tls NAME gives it its certificate's name.
+  export AGENDA_TLS_DIR="$certs"
+  tls() { echo --tls-name "$1"; }
+  # The operator's curl (agenda-db's REST wants a cluster certificate).
+  dbcurl() { curl --cacert "$certs/ca.pem" --cert "$certs/agendactl.pem" --key "$certs/agendactl-key.pem" "$@"; }
+else
+  scheme=http
+  unset AGENDA_TLS_DIR
+  tls() { :; }
+  dbcurl() { curl "$@"; }
+fi
+# The letter of replica number N (1, 2): certificates are per machine.
+letter() { [ "$1" = 1 ] && echo a || echo b; }
 
 peers=""
 for i in $(seq 1 $nodes); do
@@ -104,12 +129,12 @@ for i in $(seq 1 $nodes); do
     --listen "127.0.0.1:$((grpc_base + i - 1))" \
     --http "127.0.0.1:$((http_base + i - 1))" \
     --peers "$peers" \
-    --data-dir "$state/data/db$i"
+    --data-dir "$state/data/db$i" $(tls "agenda-db-$i")
 done
 
 echo "waiting for agenda-db to elect a leader..."
 deadline=$((SECONDS + 30))
-until curl -fsS "http://127.0.0.1:$http_base/healthz" >/dev/null 2>&1; do
+until dbcurl -fsS "$scheme://127.0.0.1:$http_base/healthz" >/dev/null 2>&1; do
   check_alive
   if [ $SECONDS -ge $deadline ]; then
     echo "no leader after 30 s; see $state/logs/" >&2
@@ -125,7 +150,8 @@ for m in a b; do
   start "agenda-supervisor-$m" agenda-supervisor "127.0.0.1:$((supervisor_base + k))" "$state/data/redis-$m" \
     "$bin/agenda-supervisor" --id "supervisor-$m" --db "$db_endpoints" \
     --http "127.0.0.1:$((supervisor_base + k))" --redis-nodes "$redis_nodes" \
-    --local-redis "127.0.0.1:$((redis_base + k))" --redis-dir "$state/data/redis-$m"
+    --local-redis "127.0.0.1:$((redis_base + k))" --redis-dir "$state/data/redis-$m" \
+    $(tls "agenda-supervisor-$m")
 done
 
 echo "waiting for a Redis primary to be published and answering..."
@@ -133,7 +159,7 @@ echo "waiting for a Redis primary to be published and answering..."
 # it names answers as a master (after a restart the supervisors may first
 # have to fail over).
 deadline=$((SECONDS + 45))
-until primary=$(curl -fsS "http://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary" 2>/dev/null | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p') \
+until primary=$(dbcurl -fsS "$scheme://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary" 2>/dev/null | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p') \
   && [ -n "$primary" ] \
   && REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -h "${primary%:*}" -p "${primary##*:}" info replication 2>/dev/null | grep -q '^role:master'; do
   check_alive
@@ -146,12 +172,14 @@ done
 
 for r in $(seq 1 $replicas); do
   start "agenda-users-$r" agenda-users "127.0.0.1:$((users_base + r - 1))" "" \
-    "$bin/agenda-users" --listen "127.0.0.1:$((users_base + r - 1))" --db "$db_endpoints"
+    "$bin/agenda-users" --listen "127.0.0.1:$((users_base + r - 1))" --db "$db_endpoints" \
+    $(tls "agenda-users-$(letter "$r")")
   start "agenda-groups-$r" agenda-groups "127.0.0.1:$((groups_base + r - 1))" "" \
-    "$bin/agenda-groups" --listen "127.0.0.1:$((groups_base + r - 1))" --db "$db_endpoints"
+    "$bin/agenda-groups" --listen "127.0.0.1:$((groups_base + r - 1))" --db "$db_endpoints" \
+    $(tls "agenda-groups-$(letter "$r")")
 done
 start agenda-gateway agenda-gateway "$gateway" "" \
-  "$bin/agenda-gateway" --listen "$gateway" --db "$db_endpoints"
+  "$bin/agenda-gateway" --listen "$gateway" --db "$db_endpoints" $(tls agenda-gateway-a)
 
 echo "waiting for the gateway to be ready..."
 deadline=$((SECONDS + 30))
@@ -167,13 +195,14 @@ until curl -fsS "http://$gateway/readyz" >/dev/null 2>&1; do
 done
 
 {
-  echo '{"processes": ['
+  [ "$scheme" = https ] && printf '{"tls_dir": "%s",\n' "$certs" || echo '{'
+  echo '"processes": ['
   last=$((${#pids[@]} - 1))
   for idx in "${!pids[@]}"; do
     sep=","; [ "$idx" = "$last" ] && sep=""
     extra=""
     case "${kinds[$idx]}" in
-      agenda-db) n=${names[$idx]##*-}; extra=", \"grpc\": \"${addrs[$idx]}\", \"http\": \"http://127.0.0.1:$((http_base + n - 1))\"" ;;
+      agenda-db) n=${names[$idx]##*-}; extra=", \"grpc\": \"${addrs[$idx]}\", \"http\": \"$scheme://127.0.0.1:$((http_base + n - 1))\"" ;;
       agenda-gateway) extra=", \"http\": \"http://${addrs[$idx]}\"" ;;
       agenda-supervisor) m=${names[$idx]##*-}; k=$([ "$m" = a ] && echo 0 || echo 1)
         extra=", \"http\": \"http://${addrs[$idx]}\", \"redis\": \"127.0.0.1:$((redis_base + k))\"" ;;
@@ -198,6 +227,14 @@ done
 } >"$state/endpoints.json"
 echo "http://$gateway" >"$state/url"
 
+kv_curl="curl -s $scheme://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary"
+tls_note="."
+if [ "$scheme" = https ]; then
+  kv_curl="curl --cacert '$certs/ca.pem' --cert '$certs/agendactl.pem' --key '$certs/agendactl-key.pem' \\
+    -s https://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary"
+  tls_note="; like agenda-db's gRPC
+  ports it asks for a certificate of the cluster CA ($certs/, agendactl.pem is the operator's)."
+fi
 cat <<TXT
 
 Agenda is up: 5 agenda-db nodes, 2 Redis (each with its agenda-supervisor), $replicas agenda-users,
@@ -212,8 +249,9 @@ Try:
   curl -s http://$gateway/v1/me -H "authorization: Bearer <access_token from login>"
 Live notifications: a WebSocket on ws://$gateway/v1/stream?access_token=<token>
 Redis primary (published by the acting supervisor):
-  curl -s http://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary
-Operators: agenda-db REST on http://127.0.0.1:$http_base..$((http_base + nodes - 1)) (/v1/cluster, /metrics).
+  $kv_curl
+Operators: agenda-db REST on $scheme://127.0.0.1:$http_base..$((http_base + nodes - 1)) (/v1/cluster, /metrics)$tls_note
+The whole system at a glance: $bin/agendactl status
 Ctrl-C stops everything.
 TXT
 

@@ -14,6 +14,10 @@ pub struct Endpoints {
     /// The namespace clients reach the VIP from.
     #[serde(default)]
     pub client_netns: Option<String>,
+    /// Certificates of the deployment (`agendactl certs`), when its links
+    /// are TLS: agendactl presents its own (`agendactl.pem`) from there.
+    #[serde(default)]
+    pub tls_dir: Option<std::path::PathBuf>,
     /// Every process.
     pub processes: Vec<Process>,
 }

@@ -2,6 +2,7 @@
 //! from [`crate::netns`]: enough for the JSON status endpoints.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -9,17 +10,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::netns::Dialer;
 
-/// Status code and body of `GET url` (`http://host:port/path`).
-pub async fn get(dialer: &Dialer, url: &str, timeout: Duration) -> Result<(u16, String)> {
-    tokio::time::timeout(timeout, get_inner(dialer, url))
+/// Status code and body of `GET url` (`http://host:port/path`, or
+/// `https://` with `tls`: mutual TLS with agendactl's certificate).
+pub async fn get(
+    dialer: &Dialer,
+    url: &str,
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(u16, String)> {
+    tokio::time::timeout(timeout, get_inner(dialer, url, tls))
         .await
         .with_context(|| format!("GET {url}: no answer within {timeout:?}"))?
 }
 
-async fn get_inner(dialer: &Dialer, url: &str) -> Result<(u16, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url}: only http:// URLs"))?;
+async fn get_inner(
+    dialer: &Dialer,
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(u16, String)> {
+    let (rest, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => bail!("{url}: only http:// and https:// URLs"),
+    };
     let (host, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
@@ -27,16 +40,28 @@ async fn get_inner(dialer: &Dialer, url: &str) -> Result<(u16, String)> {
     let addr: SocketAddr = host
         .parse()
         .with_context(|| format!("{url}: host must be ip:port"))?;
-    let mut s = dialer
+    let tcp = dialer
         .connect(addr)
         .await
         .with_context(|| format!("GET {url}: connect"))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
+    if secure {
+        let config = tls.with_context(|| {
+            format!("GET {url}: TLS, but no certificate (endpoints.json names no tls_dir)")
+        })?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let mut s = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("GET {url}: TLS handshake"))?;
+        s.write_all(request.as_bytes()).await?;
+        s.read_to_end(&mut buf).await?;
+    } else {
+        let mut s = tcp;
+        s.write_all(request.as_bytes()).await?;
+        s.read_to_end(&mut buf).await?;
+    }
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text
         .split_once("\r\n\r\n")

@@ -14,13 +14,27 @@ use crate::endpoints::{Endpoints, Process};
 use crate::http;
 use crate::netns::Dialers;
 
+/// How every process is reached: from its namespace, over TLS when the
+/// deployment has certificates (agendactl's own from `tls_dir`).
+struct Reach {
+    dialers: Dialers,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads one document from a process, or says why not.
-async fn body(dialers: &Dialers, p: &Process, path: &str) -> Result<String, String> {
+async fn body(reach: &Reach, p: &Process, path: &str) -> Result<String, String> {
     let base = p.http.as_deref().ok_or("no HTTP endpoint")?;
-    let dialer = dialers.get(p.ns()).map_err(|e| e.to_string())?;
-    match http::get(&dialer, &format!("{base}{path}"), TIMEOUT).await {
+    let dialer = reach.dialers.get(p.ns()).map_err(|e| e.to_string())?;
+    match http::get(
+        &dialer,
+        &format!("{base}{path}"),
+        TIMEOUT,
+        reach.tls.as_ref(),
+    )
+    .await
+    {
         Ok((200, body)) => Ok(body),
         Ok((404, _)) => Err("not found".into()),
         Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
@@ -29,18 +43,18 @@ async fn body(dialers: &Dialers, p: &Process, path: &str) -> Result<String, Stri
 }
 
 /// Reads one JSON document from a process, or says why not.
-async fn json(dialers: &Dialers, p: &Process, path: &str) -> Result<Value, String> {
-    let text = body(dialers, p, path).await?;
+async fn json(reach: &Reach, p: &Process, path: &str) -> Result<Value, String> {
+    let text = body(reach, p, path).await?;
     serde_json::from_str(&text).map_err(|e| format!("bad JSON: {e}"))
 }
 
 /// A registry key's value (agenda-db's REST answers a GET with the raw
 /// value) through the first agenda-db node that answers.
-async fn key(dialers: &Dialers, dbs: &[&Process], key: &str) -> Result<Option<String>, String> {
+async fn key(reach: &Reach, dbs: &[&Process], key: &str) -> Result<Option<String>, String> {
     let path = format!("/v1/kv/{}", key.replace('/', "%2F"));
     let mut last = "no agenda-db node".to_string();
     for p in dbs {
-        match body(dialers, p, &path).await {
+        match body(reach, p, &path).await {
             Ok(v) => return Ok(Some(v)),
             Err(e) if e == "not found" => return Ok(None),
             Err(e) => last = e,
@@ -59,21 +73,37 @@ fn value(v: &Value) -> String {
 
 /// Builds the status table.
 pub async fn render(ep: &Endpoints) -> String {
-    let dialers = Dialers::default();
     let mut out = String::new();
+    let tls = match &ep.tls_dir {
+        None => None,
+        Some(dir) => {
+            let files = agenda_common::tls::TlsFiles::in_dir(dir, "agendactl");
+            match agenda_common::tls::Identity::load(&files).and_then(|id| id.client_config()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let _ = writeln!(out, "TLS: {e} (every TLS endpoint will fail)");
+                    None
+                }
+            }
+        }
+    };
+    let reach = Reach {
+        dialers: Dialers::default(),
+        tls,
+    };
     let dbs: Vec<&Process> = ep.of_kind("agenda-db").collect();
     let up_dbs: Vec<&Process> = dbs.iter().copied().filter(|p| p.alive()).collect();
 
     // The VIP.
     if let Some(vip) = &ep.vip {
-        let holder = match key(&dialers, &up_dbs, "/registry/vip/holder").await {
+        let holder = match key(&reach, &up_dbs, "/registry/vip/holder").await {
             Ok(Some(v)) => format!("held by {v}"),
             Ok(None) => "held by nobody".into(),
             Err(e) => format!("unknown ({e})"),
         };
         let _ = writeln!(out, "VIP {vip}: {holder}");
         for p in ep.of_kind("agenda-vip") {
-            let line = match json(&dialers, p, "/status").await {
+            let line = match json(&reach, p, "/status").await {
                 Ok(s) => format!(
                     "{:<8} priority {:<3} {}",
                     s["state"].as_str().unwrap_or("?"),
@@ -87,7 +117,7 @@ pub async fn render(ep: &Endpoints) -> String {
     }
 
     // Redis.
-    let primary = match key(&dialers, &up_dbs, "/registry/config/redis-primary").await {
+    let primary = match key(&reach, &up_dbs, "/registry/config/redis-primary").await {
         Ok(Some(v)) => match serde_json::from_str::<Value>(&v) {
             Ok(r) => format!("{} epoch {}", r["addr"].as_str().unwrap_or("?"), r["epoch"]),
             Err(_) => v,
@@ -95,12 +125,12 @@ pub async fn render(ep: &Endpoints) -> String {
         Ok(None) => "none published".into(),
         Err(e) => format!("unknown ({e})"),
     };
-    let acting = match key(&dialers, &up_dbs, "/registry/election/redis-supervisor").await {
+    let acting = match key(&reach, &up_dbs, "/registry/election/redis-supervisor").await {
         Ok(Some(v)) => v,
         Ok(None) => "none".into(),
         Err(_) => "?".into(),
     };
-    let relay = match key(&dialers, &up_dbs, "/registry/election/notification-relay").await {
+    let relay = match key(&reach, &up_dbs, "/registry/election/notification-relay").await {
         Ok(Some(v)) => v,
         Ok(None) => "none".into(),
         Err(_) => "?".into(),
@@ -114,7 +144,7 @@ pub async fn render(ep: &Endpoints) -> String {
     let mut leader = None;
     let mut rows = String::new();
     for p in &dbs {
-        let row = match json(&dialers, p, "/v1/cluster").await {
+        let row = match json(&reach, p, "/v1/cluster").await {
             Ok(c) => {
                 if c["leader_id"].as_u64().unwrap_or(0) != 0 {
                     leader = c["leader_id"].as_u64();
@@ -140,7 +170,7 @@ pub async fn render(ep: &Endpoints) -> String {
 
     // The registry's service instances.
     let services = match up_dbs.first() {
-        Some(p) => json(&dialers, p, "/v1/kv?prefix=%2Fregistry%2Fservices%2F").await,
+        Some(p) => json(&reach, p, "/v1/kv?prefix=%2Fregistry%2Fservices%2F").await,
         None => Err("no agenda-db node up".into()),
     };
     match services {
