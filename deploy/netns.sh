@@ -31,7 +31,7 @@
 #   witness:   agenda-db 5
 #
 # State under AGENDA_STATE (default .agenda): run/ (pid, command line and
-# machine of every process), logs/, data/, endpoints.json, url (the VIP
+# machine of every process), logs/, data-netns/ (not run-local's data/), certs/, endpoints.json, url (the VIP
 # URL, for clients in the client namespace), local_url (the host relay).
 #
 # AGENDA_VIP_DAEMON=keepalived (for `make bench-vip` only; default
@@ -52,7 +52,14 @@ relay_listen=${AGENDA_RELAY_LISTEN:-127.0.0.1:8080}
 vip_daemon=${AGENDA_VIP_DAEMON:-agenda-vip}
 run_dir="$state/run"
 logs="$state/logs"
-data="$state/data"
+# Not run-local's .agenda/data: its agenda-db members are at 127.0.0.1, and
+# members recorded in the data win over --peers, so one mode's data would
+# leave the other's nodes calling peers that are not there.
+data="$state/data-netns"
+# Mutual TLS on every internal link (AGENDA_TLS=0: plaintext): certificates
+# from `agendactl certs` in $certs; agenda-db's REST asks for one too.
+certs="$state/certs"
+tls_on=${AGENDA_TLS:-1}
 
 lan="${prefix}agenda-lan"
 vip="$subnet.10"
@@ -62,6 +69,19 @@ machines=(machine-a machine-b witness client)
 db_machine=([1]=machine-a [2]=machine-a [3]=machine-b [4]=machine-b [5]=witness)
 
 ns() { echo "${prefix}$1"; }
+scheme() { if [ "$tls_on" = 1 ]; then echo https; else echo http; fi; }
+# tls_args NAME: sets TLS to the flags giving process NAME its certificate.
+tls_args() { TLS=(); [ "$tls_on" = 1 ] && TLS=(--tls-dir "$certs" --tls-name "$1"); return 0; }
+# db_curl MACHINE ARGS...: curl on a machine, as the operator when TLS is on.
+db_curl() {
+  local m=$1
+  shift
+  if [ "$tls_on" = 1 ]; then
+    on "$m" curl --cacert "$certs/ca.pem" --cert "$certs/agendactl.pem" --key "$certs/agendactl-key.pem" "$@"
+  else
+    on "$m" curl "$@"
+  fi
+}
 say() { echo "[netns] $*" >&2; }
 die() { echo "netns.sh: $*" >&2; exit 1; }
 
@@ -179,7 +199,7 @@ wait_until() { # what timeout_s command...
 
 redis_is_primary() {
   local rec addr
-  rec=$(on witness curl -fsS "http://${ip_of[witness]}:7105/v1/kv/%2Fregistry/config/redis-primary") || return 1
+  rec=$(db_curl witness -fsS "$(scheme)://${ip_of[witness]}:7105/v1/kv/%2Fregistry/config/redis-primary") || return 1
   addr=$(sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' <<<"$rec")
   [ -n "$addr" ] || return 1
   local m
@@ -219,27 +239,35 @@ AGENDA_SUBNET=$subnet
 AGENDA_STATE=$state
 AGENDA_BIN_DIR=$bin
 AGENDA_VIP_DAEMON=$vip_daemon
+AGENDA_TLS=$tls_on
 ENV
   trap 'say "start-up failed; removing what was made"; down; exit 1' ERR
   say "network: bridge in $lan, subnet $subnet.0/24, VIP $vip"
   net_up
 
+  if [ "$tls_on" = 1 ]; then
+    "$bin/agendactl" certs --dir "$certs" --subnet "$subnet" >/dev/null
+    say "certificates in $certs (mutual TLS on every internal link)"
+  fi
   local db peers="" i
   db=$(db_endpoints)
   for i in 1 2 3 4 5; do peers="${peers:+$peers,}$i=${ip_of[${db_machine[$i]}]}:700$i"; done
   for i in 1 2 3 4 5; do
     local m=${db_machine[$i]} a=${ip_of[${db_machine[$i]}]}
+    tls_args "agenda-db-$i"
     start "agenda-db-$i" "$m" "$bin/agenda-db" --id "$i" --listen "$a:700$i" --http "$a:710$i" \
-      --peers "$peers" --data-dir "$data/db$i"
+      --peers "$peers" --data-dir "$data/db$i" "${TLS[@]}"
   done
   say "waiting for agenda-db to elect a leader..."
-  wait_until "an agenda-db leader" 60 on witness curl -fsS "http://${ip_of[witness]}:7105/healthz"
+  wait_until "an agenda-db leader" 60 db_curl witness -fsS "$(scheme)://${ip_of[witness]}:7105/healthz"
 
   local redis_nodes="${ip_of[machine-a]}:7401,${ip_of[machine-b]}:7401" x
   for x in a b; do
     local m="machine-$x" a=${ip_of[machine-$x]}
+    tls_args "agenda-supervisor-$x"
     start "agenda-supervisor-$x" "$m" "$bin/agenda-supervisor" --id "supervisor-$x" --db "$db" \
-      --http "$a:7501" --redis-nodes "$redis_nodes" --local-redis "$a:7401" --redis-dir "$data/redis-$x"
+      --http "$a:7501" --redis-nodes "$redis_nodes" --local-redis "$a:7401" --redis-dir "$data/redis-$x" \
+      "${TLS[@]}"
   done
   say "waiting for a Redis primary..."
   wait_until "a published, answering Redis primary" 60 redis_is_primary
@@ -249,18 +277,22 @@ ENV
     local m="machine-$x" a=${ip_of[machine-$x]} other
     other=$([ $x = a ] && echo "${ip_of[machine-b]}" || echo "${ip_of[machine-a]}")
     prio=$([ $x = a ] && echo 150 || echo 100)
-    start "agenda-users-$x" "$m" "$bin/agenda-users" --listen "$a:7201" --db "$db"
-    start "agenda-groups-$x" "$m" "$bin/agenda-groups" --listen "$a:7301" --db "$db"
+    tls_args "agenda-users-$x"
+    start "agenda-users-$x" "$m" "$bin/agenda-users" --listen "$a:7201" --db "$db" "${TLS[@]}"
+    tls_args "agenda-groups-$x"
+    start "agenda-groups-$x" "$m" "$bin/agenda-groups" --listen "$a:7301" --db "$db" "${TLS[@]}"
     if [ "$vip_daemon" = keepalived ]; then
       start_keepalived "$x" "$a" "$other" "$prio" "$db"
       continue
     fi
+    tls_args "agenda-gateway-$x"
     start "agenda-gateway-$x" "$m" "$bin/agenda-gateway" --listen 0.0.0.0:8080 --db "$db" \
-      --vip-addr "$vip" --vip-holder-id "$m"
+      --vip-addr "$vip" --vip-holder-id "$m" "${TLS[@]}"
+    tls_args "agenda-vip-$x"
     start "agenda-vip-$x" "$m" "$bin/agenda-vip" --id "$m" --vip "$vip/24" --interface eth0 \
       --bind "$a:5405" --peers "$other:5405" --priority "$prio" --no-preempt \
       --auth-key-file "$state/vip-key" --db "$db" --http "$a:7601" \
-      --health-url http://127.0.0.1:8080/healthz
+      --health-url http://127.0.0.1:8080/healthz "${TLS[@]}"
   done
   say "waiting for the VIP to answer from the client namespace..."
   wait_until "the VIP" 90 vip_answers
@@ -292,7 +324,8 @@ ENV
 start_keepalived() {
   local x=$1 a=$2 other=$3 prio=$4 db=$5 m="machine-$1" kdir="$state/keepalived"
   mkdir -p "$kdir"
-  start "agenda-gateway-$x" "$m" "$bin/agenda-gateway" --listen 0.0.0.0:8080 --db "$db"
+  tls_args "agenda-gateway-$x"
+  start "agenda-gateway-$x" "$m" "$bin/agenda-gateway" --listen 0.0.0.0:8080 --db "$db" "${TLS[@]}"
   start "keepalived-health-$x" "$m" bash "$root/deploy/keepalived-health.sh" "$kdir/$x.health" \
     http://127.0.0.1:8080/healthz 0.1 3 2
   cat >"$kdir/notify-$x.sh" <<SH
@@ -350,6 +383,7 @@ write_endpoints() {
     echo "  \"vip\": \"$vip\","
     echo "  \"client_netns\": \"$(ns client)\","
     echo "  \"netns_prefix\": \"$prefix\","
+    [ "$tls_on" = 1 ] && echo "  \"tls_dir\": \"$certs\","
     echo "  \"url\": \"http://$vip:8080\","
     [ -s "$state/local_url" ] && echo "  \"local_url\": \"$(cat "$state/local_url")\","
     echo "  \"processes\": ["
@@ -360,7 +394,7 @@ write_endpoints() {
       kind=${name%-*}
       case "$name" in
         agenda-db-*) local i=${name##*-}; kind=agenda-db
-          extra=", \"grpc\": \"$a:700$i\", \"http\": \"http://$a:710$i\""; dir="\"$data/db$i\"" ;;
+          extra=", \"grpc\": \"$a:700$i\", \"http\": \"$(scheme)://$a:710$i\""; dir="\"$data/db$i\"" ;;
         agenda-supervisor-*) extra=", \"http\": \"http://$a:7501\", \"redis\": \"$a:7401\""; dir="\"$data/redis-${name##*-}\"" ;;
         agenda-users-*) extra=", \"grpc\": \"$a:7201\"" ;;
         agenda-groups-*) extra=", \"grpc\": \"$a:7301\"" ;;
@@ -532,6 +566,7 @@ if [ "${1:-}" != run ] && [ "${1:-}" != up ] && [ -f "$state/netns.env" ] && [ -
   # shellcheck disable=SC1091
   . "$state/netns.env"
   prefix=$AGENDA_NETNS_PREFIX
+  tls_on=${AGENDA_TLS:-1}
   lan="${prefix}agenda-lan"
 fi
 

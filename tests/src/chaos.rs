@@ -80,6 +80,9 @@ pub struct WorkloadArgs {
     pub writers: u32,
     /// Register clients on agenda-db.
     pub kv_clients: u64,
+    /// The topology's certificates: the register clients reach agenda-db
+    /// over mutual TLS as the operator (`agendactl.pem`).
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// One HTTP attempt, timed and logged.
@@ -271,7 +274,17 @@ pub async fn workload(args: WorkloadArgs) -> Result<()> {
     let mut tasks = Vec::new();
 
     // Register clients on agenda-db.
-    let db = agenda_common::DbClient::new(&args.db)?.with_timeout(Duration::from_secs(3));
+    let tls = match &args.tls_dir {
+        Some(dir) => Some(
+            agenda_common::tls::Identity::load(&agenda_common::tls::TlsFiles::in_dir(
+                dir,
+                "agendactl",
+            ))?
+            .client_config()?,
+        ),
+        None => None,
+    };
+    let db = agenda_common::DbClient::with_tls(&args.db, tls)?.with_timeout(Duration::from_secs(3));
     let epoch = Instant::now();
     let epoch_ms = now_ms();
     for c in 0..args.kv_clients {
@@ -630,6 +643,11 @@ pub async fn run(plan: Vec<Step>, headroom: u32, keep: bool) -> Result<Report> {
             "--out",
         ])
         .arg(&out)
+        .args(
+            t.certs()
+                .map(|d| vec!["--tls-dir".to_string(), d.display().to_string()])
+                .unwrap_or_default(),
+        )
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()

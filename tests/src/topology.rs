@@ -175,9 +175,40 @@ impl Topology {
             .output()?)
     }
 
+    /// The topology's certificates (`deploy/netns.sh` runs mutual TLS
+    /// inside unless AGENDA_TLS=0), if any.
+    pub fn certs(&self) -> Option<PathBuf> {
+        let dir = self.state.join("certs");
+        dir.join("ca.pem").exists().then_some(dir)
+    }
+
+    /// `scheme://` of agenda-db's REST.
+    pub fn db_scheme(&self) -> &'static str {
+        if self.certs().is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// GET `url` with curl from a machine; the body when it answers 2xx.
+    /// An `https://` URL is fetched as the operator (agendactl's
+    /// certificate).
     pub fn curl(&self, machine: &str, url: &str) -> Result<String> {
-        let out = self.on(machine, &["curl", "-fsS", "-m", "2", url])?;
+        let mut args: Vec<String> = ["curl", "-fsS", "-m", "2"].map(String::from).to_vec();
+        if let (true, Some(dir)) = (url.starts_with("https://"), self.certs()) {
+            for (flag, file) in [
+                ("--cacert", "ca.pem"),
+                ("--cert", "agendactl.pem"),
+                ("--key", "agendactl-key.pem"),
+            ] {
+                args.push(flag.into());
+                args.push(dir.join(file).display().to_string());
+            }
+        }
+        args.push(url.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.on(machine, &args)?;
         if !out.status.success() {
             bail!(
                 "{url} from {machine}: {}",
@@ -198,7 +229,10 @@ impl Topology {
         // agenda-db's REST answers a GET with the raw value.
         self.curl(
             "witness",
-            "http://10.77.0.13:7105/v1/kv/%2Fregistry%2Fvip%2Fholder",
+            &format!(
+                "{}://10.77.0.13:7105/v1/kv/%2Fregistry%2Fvip%2Fholder",
+                self.db_scheme()
+            ),
         )
         .ok()
     }

@@ -53,6 +53,9 @@ enum Cmd {
         /// Register clients on agenda-db.
         #[arg(long, default_value_t = 3)]
         kv_clients: u64,
+        /// The topology's certificates (agenda-db over mutual TLS).
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
     },
 }
 
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
                 out,
                 writers,
                 kv_clients,
+                tls_dir,
             } => {
                 chaos::workload(chaos::WorkloadArgs {
                     url,
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
                     out,
                     writers,
                     kv_clients,
+                    tls_dir,
                 })
                 .await
             }
