@@ -1179,3 +1179,106 @@ async fn https_get(
     ensure!(!out.is_empty(), "no reply");
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
+
+/// The server certificate a fresh TLS connection to `addr` is shown.
+async fn presented(
+    addr: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<rustls::pki_types::CertificateDer<'static>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(rustls::pki_types::ServerName::try_from(host)?, tcp)
+        .await?;
+    Ok(tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .context("no certificate")?[0]
+        .clone())
+}
+
+/// Rotating the leaf certificates of a running TLS cluster (what running
+/// `agendactl certs` again does) drops nothing: a writer keeps writing
+/// through it without one failure, new connections get the new
+/// certificates within seconds, and clients with the new ones are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotating_leaf_certificates_drops_nothing() -> Result<()> {
+    use agendactl::certs::{issue, Leaf, Role};
+    let certs = tempfile::tempdir()?;
+    let leaves = [
+        Leaf {
+            name: "peer".into(),
+            role: Role::Peer,
+            ips: Vec::new(),
+        },
+        Leaf {
+            name: "client".into(),
+            role: Role::Gateway,
+            ips: Vec::new(),
+        },
+    ];
+    issue(certs.path(), &leaves, 1, false)?;
+    let identity = |name: &str| {
+        agenda_common::tls::Identity::load(&agenda_common::tls::TlsFiles::in_dir(
+            certs.path(),
+            name,
+        ))
+    };
+    let tls = identity("client")?.client_config()?;
+    let dir = certs.path().display().to_string();
+    let c = Cluster::start(Options {
+        tls: Some(tls.clone()),
+        ..opts(&["--tls-dir", &dir, "--tls-name", "peer"])
+    })
+    .await?;
+    let node1 = c.nodes[&1].grpc.clone();
+    let before = presented(&node1, tls.clone()).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (c.client(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match client.put(put(format!("rot/{ok}"), "v")).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    issue(certs.path(), &leaves, 1, false)?;
+    let rotated = wait_for(
+        "node 1 to present its new certificate",
+        Duration::from_secs(10),
+        || {
+            let (node1, tls, before) = (node1.clone(), tls.clone(), before.clone());
+            async move {
+                let now = presented(&node1, tls).await.ok()?;
+                (now != before).then_some(now)
+            }
+        },
+    )
+    .await?;
+    ensure!(rotated != before);
+    // Raft peers reconnect with the new certificates too: writes commit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = writer.await?;
+    ensure!(
+        failed.is_empty(),
+        "writes failed during the rotation: {failed:?}"
+    );
+    ensure!(ok > 20, "only {ok} writes");
+    // A client holding the new certificate is served.
+    let fresh = DbClient::with_tls(
+        &c.nodes.values().map(|n| n.grpc.clone()).collect::<Vec<_>>(),
+        Some(identity("client")?.client_config()?),
+    )?;
+    fresh.put(put("rot/after", "v")).await?;
+    Ok(())
+}
