@@ -1082,7 +1082,11 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     };
     issue(
         certs.path(),
-        &[leaf("peer", Role::Peer), leaf("client", Role::Gateway)],
+        &[
+            leaf("peer", Role::Peer),
+            leaf("client", Role::Gateway),
+            leaf("operator", Role::Operator),
+        ],
         1,
         false,
     )?;
@@ -1109,7 +1113,8 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     );
 
     // The operator REST too: plaintext and certificate-less requests get
-    // nothing; a cluster certificate reads the key.
+    // nothing, nor does a cluster certificate of another role; an
+    // operator's reads the key.
     let http = c.nodes[&1].http.clone();
     let path = "/v1/kv/tls/a";
     ensure!(
@@ -1128,10 +1133,31 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
             .is_err(),
         "REST answered a client without a certificate"
     );
-    let reply = https_get(&http, path, tls.clone()).await?;
+    ensure!(
+        https_get(&http, path, tls.clone()).await.is_err(),
+        "REST answered a gateway certificate"
+    );
+    let operator = identity(certs.path(), "operator")?.client_config()?;
+    let reply = https_get(&http, path, operator).await?;
     ensure!(
         reply.starts_with("HTTP/1.1 200") && reply.ends_with('1'),
         "REST over TLS: {reply}"
+    );
+
+    // Member changes are the operator's; raft traffic the peers'.
+    match client.member_remove(5).await {
+        Err(ClientError::PermissionDenied(m)) => ensure!(m.contains("gateway"), "{m}"),
+        other => anyhow::bail!("a gateway removed a member: {other:?}"),
+    }
+    let mut raft = agenda_proto::raft::raft_client::RaftClient::new(
+        agenda_common::net::tls_channel(&grpc[0], tls.clone())?,
+    );
+    let refused = raft
+        .send(futures::stream::empty::<agenda_proto::raft::RaftEnvelope>())
+        .await;
+    ensure!(
+        matches!(&refused, Err(s) if s.code() == tonic::Code::PermissionDenied),
+        "a gateway sent raft traffic: {refused:?}"
     );
 
     let stranger = tempfile::tempdir()?;

@@ -19,6 +19,9 @@ pub enum Error {
     /// A watch or read asked for compacted history.
     #[error("compacted: {0}")]
     Compacted(String),
+    /// This caller's role may not do that (agenda-db over TLS).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// Anything else the server reported.
     #[error("agenda-db error: {0}")]
     Internal(String),
@@ -46,6 +49,7 @@ impl From<tonic::Status> for Error {
             Code::NotFound => Error::NotFound(msg),
             Code::FailedPrecondition | Code::AlreadyExists => Error::FailedPrecondition(msg),
             Code::OutOfRange => Error::Compacted(msg),
+            Code::PermissionDenied => Error::PermissionDenied(msg),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
                 Error::Unavailable(msg)
             }

@@ -98,6 +98,9 @@ pub fn tls_incoming(
 /// bounded, deadline-bound handshakes as [`tls_incoming`].
 pub struct TlsListener {
     local: std::net::SocketAddr,
+    /// Only callers of these roles are served (empty: any cluster
+    /// certificate); the others are dropped after the handshake.
+    roles: Vec<String>,
     incoming: std::pin::Pin<
         Box<
             dyn futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>>
@@ -111,8 +114,15 @@ impl TlsListener {
     pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
         Ok(TlsListener {
             local: listener.local_addr()?,
+            roles: Vec::new(),
             incoming: Box::pin(tls_incoming(listener, config)),
         })
+    }
+
+    /// Serves only callers whose certificate names one of `roles`.
+    pub fn only_roles(mut self, roles: &[&str]) -> Self {
+        self.roles = roles.iter().map(|r| r.to_string()).collect();
+        self
     }
 }
 
@@ -125,6 +135,17 @@ impl axum::serve::Listener for TlsListener {
         loop {
             match self.incoming.next().await {
                 Some(Ok(tls)) => {
+                    if !self.roles.is_empty() {
+                        let allowed: Vec<&str> = self.roles.iter().map(String::as_str).collect();
+                        if let Err(why) = crate::tls::require_role(
+                            Some(tls.get_ref().1.peer_certificates().unwrap_or_default()),
+                            &allowed,
+                            "use this port",
+                        ) {
+                            tracing::info!(%why, "connection refused");
+                            continue;
+                        }
+                    }
                     let peer = tls
                         .get_ref()
                         .0

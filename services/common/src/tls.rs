@@ -206,6 +206,43 @@ impl Identity {
     }
 }
 
+/// The role a certificate's holder has: its subject's organizational unit
+/// (`agendactl certs` writes `peer`, `gateway`, `users`, `groups`,
+/// `supervisor`, `vip`, `redis` or `operator` there).
+pub fn role_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let role = parsed
+        .subject()
+        .iter_organizational_unit()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(role)
+}
+
+/// Refuses a caller whose certificate's role is not one of `allowed`.
+/// A caller without certificates came over plaintext (a deployment
+/// without TLS): nothing to check.
+pub fn require_role(
+    certs: Option<&[CertificateDer<'_>]>,
+    allowed: &[&str],
+    what: &str,
+) -> std::result::Result<(), String> {
+    let Some(certs) = certs else {
+        return Ok(());
+    };
+    let role = certs.first().and_then(role_of);
+    match role {
+        Some(r) if allowed.contains(&r.as_str()) => Ok(()),
+        Some(r) => Err(format!(
+            "the {r} role may not {what} (allowed: {})",
+            allowed.join(", ")
+        )),
+        None => Err(format!("a certificate naming no role may not {what}")),
+    }
+}
+
 /// Hands rustls whatever pair the identity holds at handshake time.
 #[derive(Debug)]
 struct Resolver(Arc<Identity>);
@@ -392,6 +429,35 @@ pub(crate) mod tests {
         assert!(server.reload());
         let second = hello(client.client_config().unwrap(), addr).await.unwrap();
         assert_ne!(second, first, "the new certificate is presented");
+    }
+
+    #[test]
+    fn the_role_is_the_subjects_organizational_unit() {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["x".to_string()]).unwrap();
+        p.distinguished_name
+            .push(DnType::OrganizationalUnitName, "gateway");
+        p.distinguished_name
+            .push(DnType::CommonName, "agenda-gateway-a");
+        let cert = p.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        assert_eq!(role_of(&der).as_deref(), Some("gateway"));
+        let certs = [der];
+        assert!(require_role(Some(&certs), &["gateway", "users"], "read").is_ok());
+        let refused = require_role(Some(&certs), &["operator"], "add members").unwrap_err();
+        assert!(
+            refused.contains("gateway") && refused.contains("operator"),
+            "{refused}"
+        );
+        assert!(
+            require_role(None, &["operator"], "x").is_ok(),
+            "plaintext: no check"
+        );
+        // No OU: no role, refused.
+        let ca = Ca::new();
+        let bare = CertificateDer::from_pem_file(ca.leaf("bare").cert).unwrap();
+        assert_eq!(role_of(&bare), None);
+        assert!(require_role(Some(&[bare]), &["operator"], "x").is_err());
     }
 
     #[test]

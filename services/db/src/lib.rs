@@ -272,8 +272,8 @@ pub async fn run(
         db: db_service,
         metrics,
     });
-    // With TLS, the operator REST asks for a certificate of the cluster CA
-    // too: it reads and writes everything.
+    // With TLS, the operator REST serves operators only (their
+    // certificate's role): it reads and writes everything.
     let http_server: std::pin::Pin<
         Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
     > = match &identity {
@@ -282,7 +282,8 @@ pub async fn run(
                 http,
                 id.server_config(true).map_err(tls_error)?,
             )
-            .map_err(|e| Error::Config(format!("--http: {e}")))?;
+            .map_err(|e| Error::Config(format!("--http: {e}")))?
+            .only_roles(&["operator"]);
             let serve = axum::serve(tls, router)
                 .with_graceful_shutdown(stop_servers.clone().cancelled_owned());
             Box::pin(async move { serve.await })

@@ -271,6 +271,9 @@ impl Raft for RaftService {
         &self,
         request: tonic::Request<tonic::Streaming<RaftEnvelope>>,
     ) -> Result<tonic::Response<RaftAck>, tonic::Status> {
+        // Raft traffic only from other nodes (their certificates say
+        // `peer`), whoever else holds a certificate of the cluster.
+        crate::api::grpc::require(&request, &["peer"], "send raft traffic")?;
         let token = request
             .metadata()
             .get(CLUSTER_HEADER)

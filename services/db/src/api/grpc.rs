@@ -98,6 +98,7 @@ impl DbApi for GrpcApi {
         &self,
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberChangeResponse>, Status> {
+        require(&r, &["operator"], "change the cluster's members")?;
         Ok(Response::new(self.db.member_add(r.into_inner()).await?))
     }
 
@@ -105,6 +106,15 @@ impl DbApi for GrpcApi {
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberChangeResponse>, Status> {
+        require(&r, &["operator"], "change the cluster's members")?;
         Ok(Response::new(self.db.member_remove(r.into_inner()).await?))
     }
+}
+
+/// PERMISSION_DENIED unless the caller's certificate names one of
+/// `roles` (over plaintext there is no certificate and nothing to check).
+pub fn require<T>(r: &Request<T>, roles: &[&str], what: &str) -> Result<(), Status> {
+    let certs = r.peer_certs();
+    agenda_common::tls::require_role(certs.as_ref().map(|c| c.as_slice()), roles, what)
+        .map_err(Status::permission_denied)
 }
