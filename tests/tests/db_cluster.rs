@@ -1102,9 +1102,24 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     .await?;
     let grpc: Vec<String> = c.nodes.values().map(|n| n.grpc.clone()).collect();
 
+    // The operator holds every key; a gateway certificate reads the
+    // registry only (agenda_db::access has the table, role by role).
+    let operator = identity(certs.path(), "operator")?.client_config()?;
+    let admin = DbClient::with_tls(&grpc, Some(operator.clone()))?;
+    admin.put(put("tls/a", "1")).await?;
+    ensure!(admin.get("tls/a").await?.map(|kv| kv.value) == Some(b"1".to_vec()));
     let client = DbClient::with_tls(&grpc, Some(tls.clone()))?;
-    client.put(put("tls/a", "1")).await?;
-    ensure!(client.get("tls/a").await?.map(|kv| kv.value) == Some(b"1".to_vec()));
+    match client.get("tls/a").await {
+        Err(ClientError::PermissionDenied(m)) => {
+            ensure!(m.contains("gateway") && m.contains("tls/a"), "{m}")
+        }
+        other => anyhow::bail!("a gateway read outside the registry: {other:?}"),
+    }
+    ensure!(matches!(
+        client.put(put("/registry/config/jwt-keys", "mine")).await,
+        Err(ClientError::PermissionDenied(_))
+    ));
+    client.get("/registry/config/nothing-here").await?;
 
     let plain = DbClient::new(&grpc)?.with_timeout(Duration::from_secs(2));
     ensure!(
@@ -1137,7 +1152,6 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
         https_get(&http, path, tls.clone()).await.is_err(),
         "REST answered a gateway certificate"
     );
-    let operator = identity(certs.path(), "operator")?.client_config()?;
     let reply = https_get(&http, path, operator).await?;
     ensure!(
         reply.starts_with("HTTP/1.1 200") && reply.ends_with('1'),
@@ -1240,7 +1254,7 @@ async fn rotating_leaf_certificates_drops_nothing() -> Result<()> {
         },
         Leaf {
             name: "client".into(),
-            role: Role::Gateway,
+            role: Role::Operator,
             ips: Vec::new(),
         },
     ];

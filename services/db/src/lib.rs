@@ -14,9 +14,11 @@
 //! - [`transport`]: raft messages between nodes over gRPC streams.
 //! - [`service`]: the request layer (retries, ReadIndex, watches).
 //! - [`api`]: gRPC and REST faces over the request layer.
+//! - [`access`]: who may touch which keys (per-role permissions).
 //! - [`lease`], [`watch`], [`metrics`], [`error`].
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod config;
 pub mod error;

@@ -9,6 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
+use crate::access;
 use crate::service::Db;
 
 /// Implements the generated service trait.
@@ -22,18 +23,22 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl DbApi for GrpcApi {
     async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        allowed(&r, |req| access::Request::Range(req))?;
         Ok(Response::new(self.db.range(r.into_inner()).await?))
     }
 
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        allowed(&r, |req| access::Request::Put(req))?;
         Ok(Response::new(self.db.put(r.into_inner()).await?))
     }
 
     async fn delete(&self, r: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        allowed(&r, |req| access::Request::Delete(req))?;
         Ok(Response::new(self.db.delete(r.into_inner()).await?))
     }
 
     async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        allowed(&r, |req| access::Request::Txn(req))?;
         Ok(Response::new(self.db.txn(r.into_inner()).await?))
     }
 
@@ -41,6 +46,7 @@ impl DbApi for GrpcApi {
         &self,
         r: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        allowed(&r, |_| access::Request::LeaseGrant)?;
         Ok(Response::new(self.db.lease_grant(r.into_inner()).await?))
     }
 
@@ -63,6 +69,7 @@ impl DbApi for GrpcApi {
     type WatchStream = WatchStream;
 
     async fn watch(&self, r: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        allowed(&r, |req| access::Request::Watch(req))?;
         let rx = self.db.watch(r.into_inner()).await?;
         let stream = ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
@@ -109,6 +116,22 @@ impl DbApi for GrpcApi {
         require(&r, &["operator"], "change the cluster's members")?;
         Ok(Response::new(self.db.member_remove(r.into_inner()).await?))
     }
+}
+
+/// PERMISSION_DENIED unless the caller's role may do what `request` says
+/// ([`access`]); a plaintext caller has no role and is not checked.
+fn allowed<T>(
+    r: &Request<T>,
+    request: impl for<'a> FnOnce(&'a T) -> access::Request<'a>,
+) -> Result<(), Status> {
+    let Some(certs) = r.peer_certs() else {
+        return Ok(());
+    };
+    let role = certs
+        .first()
+        .and_then(agenda_common::tls::role_of)
+        .unwrap_or_default();
+    access::check(&role, request(r.get_ref())).map_err(Status::permission_denied)
 }
 
 /// PERMISSION_DENIED unless the caller's certificate names one of
