@@ -141,7 +141,8 @@ pub async fn run(
             .context("TLS")?
             .db_client(&cfg.db.db)
             .context("--db")?
-            .with_timeout(cfg.lease_ttl),
+            .with_timeout(cfg.lease_ttl)
+            .hedged(),
         addr,
         socket,
         peers,
