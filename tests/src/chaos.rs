@@ -67,21 +67,27 @@ impl Log {
     }
 }
 
-/// Where the workload runs and writes.
-#[derive(Debug, Clone)]
+/// Where the workload runs and writes (`chaos workload`'s flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct WorkloadArgs {
     /// The VIP URL.
+    #[arg(long)]
     pub url: String,
-    /// agenda-db gRPC endpoints.
+    /// agenda-db gRPC endpoints, comma-separated.
+    #[arg(long, value_delimiter = ',')]
     pub db: Vec<String>,
-    /// Output dir (`stop` in it ends the run).
+    /// Output dir; a file `stop` in it ends the run.
+    #[arg(long)]
     pub out: PathBuf,
     /// API writers (each an organizer with one attendee).
+    #[arg(long, default_value_t = 3)]
     pub writers: u32,
     /// Register clients on agenda-db.
+    #[arg(long, default_value_t = 3)]
     pub kv_clients: u64,
     /// The topology's certificates: the register clients reach agenda-db
     /// over mutual TLS as the operator (`agendactl.pem`).
+    #[arg(long)]
     pub tls_dir: Option<PathBuf>,
 }
 
@@ -165,18 +171,21 @@ struct Account {
 }
 
 async fn account(http: &Http, username: &str) -> Result<Account> {
-    let body = json!({"username": username, "email": format!("{username}@example.org"), "password": crate::system::PASSWORD});
-    let (st, user) = http
-        .until(
+    // A POST retried through failovers for up to two minutes.
+    let post = |path: &'static str, body: Value| async move {
+        http.until(
             Duration::from_secs(120),
             reqwest::Method::POST,
-            "/v1/auth/register",
+            path,
             None,
             Some(&body),
             &[],
         )
         .await
-        .context("register: no answer")?;
+        .with_context(|| format!("{path}: no answer"))
+    };
+    let body = json!({"username": username, "email": format!("{username}@example.org"), "password": crate::system::PASSWORD});
+    let (st, user) = post("/v1/auth/register", body).await?;
     let user = if st == StatusCode::CREATED {
         user
     } else if st == StatusCode::CONFLICT {
@@ -185,17 +194,7 @@ async fn account(http: &Http, username: &str) -> Result<Account> {
         bail!("register {username}: {st} {user}");
     };
     let login = json!({"username": username, "password": crate::system::PASSWORD});
-    let (st, l) = http
-        .until(
-            Duration::from_secs(120),
-            reqwest::Method::POST,
-            "/v1/auth/login",
-            None,
-            Some(&login),
-            &[],
-        )
-        .await
-        .context("login: no answer")?;
+    let (st, l) = post("/v1/auth/login", login).await?;
     if st != StatusCode::OK {
         bail!("login {username}: {st} {l}");
     }

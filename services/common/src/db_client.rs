@@ -202,20 +202,7 @@ impl DbClient {
 
     /// Same nodes, another overall deadline per call.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
-        let mut inner = Inner::new(
-            self.inner.nodes.clone(),
-            self.inner.current.load(Ordering::Relaxed),
-            timeout,
-        );
-        inner.epoch = self.inner.epoch;
-        inner.suspect_until_ms = self.inner.suspect_until_ms.clone();
-        inner.hedge = self.inner.hedge;
-        inner
-            .leader
-            .store(self.inner.leader.load(Ordering::Relaxed), Ordering::Relaxed);
-        DbClient {
-            inner: Arc::new(inner),
-        }
+        self.derive(timeout, self.inner.hedge)
     }
 
     /// The same client with every read, write and lease call hedged like
@@ -224,11 +211,26 @@ impl DbClient {
     /// runs while a dead machine's nodes still look alive), at the price
     /// of copies to every node for calls slower than `HEDGE_AFTER`.
     pub fn hedged(&self) -> Self {
-        let mut copy = self.with_timeout(self.inner.timeout);
-        if let Some(inner) = Arc::get_mut(&mut copy.inner) {
-            inner.hedge = true;
+        self.derive(self.inner.timeout, true)
+    }
+
+    /// A copy over the same channels that shares what was learnt about
+    /// the nodes (suspects, the leader, the sticky node).
+    fn derive(&self, timeout: Duration, hedge: bool) -> Self {
+        let mut inner = Inner::new(
+            self.inner.nodes.clone(),
+            self.inner.current.load(Ordering::Relaxed),
+            timeout,
+        );
+        inner.epoch = self.inner.epoch;
+        inner.suspect_until_ms = self.inner.suspect_until_ms.clone();
+        inner.hedge = hedge;
+        inner
+            .leader
+            .store(self.inner.leader.load(Ordering::Relaxed), Ordering::Relaxed);
+        DbClient {
+            inner: Arc::new(inner),
         }
-        copy
     }
 
     /// A read, write or lease call: hedged when the client is.

@@ -345,10 +345,9 @@ mod tests {
     async fn grpc_over_mutual_tls_knows_its_caller_and_refuses_strangers() {
         use agenda_proto::calendar::users_client::UsersClient;
         use agenda_proto::calendar::users_server::UsersServer;
-        let dir = tempfile::tempdir().unwrap();
-        let files = crate::tls::tests::issue(dir.path(), &["server", "client"]);
-        let server = crate::tls::Identity::load(&files[0]).unwrap();
-        let client = crate::tls::Identity::load(&files[1]).unwrap();
+        let ca = crate::tls::tests::Ca::new();
+        let server = crate::tls::Identity::load(&ca.leaf("server")).unwrap();
+        let client = crate::tls::Identity::load(&ca.leaf("client")).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let incoming = tls_incoming(listener, server.server_config(true).unwrap());
@@ -376,7 +375,7 @@ mod tests {
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(crate::tls::tests::roots(dir.path()))
+        .with_root_certificates(crate::tls::tests::roots(ca.dir.path()))
         .with_no_client_auth();
         let channel = tls_channel(&addr, Arc::new(anonymous)).unwrap();
         assert!(call(channel).await.is_err());

@@ -229,18 +229,23 @@ pub fn require_role(
     allowed: &[&str],
     what: &str,
 ) -> std::result::Result<(), String> {
-    let Some(certs) = certs else {
+    let Some(role) = caller_role(certs) else {
         return Ok(());
     };
-    let role = certs.first().and_then(role_of);
-    match role {
-        Some(r) if allowed.contains(&r.as_str()) => Ok(()),
-        Some(r) => Err(format!(
+    match role.as_str() {
+        r if allowed.contains(&r) => Ok(()),
+        "" => Err(format!("a certificate naming no role may not {what}")),
+        r => Err(format!(
             "the {r} role may not {what} (allowed: {})",
             allowed.join(", ")
         )),
-        None => Err(format!("a certificate naming no role may not {what}")),
     }
+}
+
+/// The role of a caller with certificates `certs` (its own first): `None`
+/// over plaintext (nothing to check), `""` when its certificate names none.
+pub fn caller_role(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    certs.map(|c| c.first().and_then(role_of).unwrap_or_default())
 }
 
 /// Hands rustls whatever pair the identity holds at handshake time.
@@ -282,14 +287,15 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// A CA in `dir` and a way to issue leaves into it.
-    struct Ca {
-        dir: tempfile::TempDir,
+    /// A CA in `dir` and a way to issue leaves into it (other modules'
+    /// tests use it too).
+    pub(crate) struct Ca {
+        pub(crate) dir: tempfile::TempDir,
         issuer: Issuer<'static, KeyPair>,
     }
 
     impl Ca {
-        fn new() -> Ca {
+        pub(crate) fn new() -> Ca {
             let dir = tempfile::tempdir().unwrap();
             let key = KeyPair::generate().unwrap();
             let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -303,7 +309,7 @@ pub(crate) mod tests {
             }
         }
 
-        fn leaf(&self, name: &str) -> TlsFiles {
+        pub(crate) fn leaf(&self, name: &str) -> TlsFiles {
             let key = KeyPair::generate().unwrap();
             let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
             p.distinguished_name.push(DnType::CommonName, name);
@@ -319,22 +325,6 @@ pub(crate) mod tests {
             std::fs::write(&files.cert, cert.pem()).unwrap();
             files
         }
-    }
-
-    /// A CA and one leaf per name in `dir` (for other modules' tests).
-    pub(crate) fn issue(dir: &Path, names: &[&str]) -> Vec<TlsFiles> {
-        let ca = Ca::new();
-        std::fs::copy(ca.dir.path().join("ca.pem"), dir.join("ca.pem")).unwrap();
-        names
-            .iter()
-            .map(|n| {
-                let f = ca.leaf(n);
-                let out = TlsFiles::in_dir(dir, n);
-                std::fs::copy(&f.cert, &out.cert).unwrap();
-                std::fs::copy(&f.key, &out.key).unwrap();
-                out
-            })
-            .collect()
     }
 
     /// The CA of `dir` as a root store.

@@ -3,7 +3,6 @@
 //! `agenda_tests::chaos`). Also the workload process it starts inside the
 //! client namespace (`chaos workload`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agenda_tests::chaos;
@@ -37,26 +36,7 @@ enum Cmd {
         keep: bool,
     },
     /// The workload (run inside the client namespace by `run`).
-    Workload {
-        /// The VIP URL.
-        #[arg(long)]
-        url: String,
-        /// agenda-db gRPC endpoints, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        db: Vec<String>,
-        /// Output dir; a file `stop` in it ends the run.
-        #[arg(long)]
-        out: PathBuf,
-        /// API writers.
-        #[arg(long, default_value_t = 3)]
-        writers: u32,
-        /// Register clients on agenda-db.
-        #[arg(long, default_value_t = 3)]
-        kv_clients: u64,
-        /// The topology's certificates (agenda-db over mutual TLS).
-        #[arg(long)]
-        tls_dir: Option<PathBuf>,
-    },
+    Workload(chaos::WorkloadArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,24 +79,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            Cmd::Workload {
-                url,
-                db,
-                out,
-                writers,
-                kv_clients,
-                tls_dir,
-            } => {
-                chaos::workload(chaos::WorkloadArgs {
-                    url,
-                    db,
-                    out,
-                    writers,
-                    kv_clients,
-                    tls_dir,
-                })
-                .await
-            }
+            Cmd::Workload(args) => chaos::workload(args).await,
         }
     });
     match result {

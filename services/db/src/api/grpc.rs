@@ -124,13 +124,10 @@ fn allowed<T>(
     r: &Request<T>,
     request: impl for<'a> FnOnce(&'a T) -> access::Request<'a>,
 ) -> Result<(), Status> {
-    let Some(certs) = r.peer_certs() else {
+    let certs = r.peer_certs();
+    let Some(role) = agenda_common::tls::caller_role(certs.as_ref().map(|c| c.as_slice())) else {
         return Ok(());
     };
-    let role = certs
-        .first()
-        .and_then(agenda_common::tls::role_of)
-        .unwrap_or_default();
     access::check(&role, request(r.get_ref())).map_err(Status::permission_denied)
 }
 
