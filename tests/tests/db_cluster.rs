@@ -1086,6 +1086,9 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
             leaf("peer", Role::Peer),
             leaf("client", Role::Gateway),
             leaf("operator", Role::Operator),
+            leaf("vip", Role::Vip),
+            leaf("users", Role::Users),
+            leaf("supervisor", Role::Supervisor),
         ],
         1,
         false,
@@ -1172,6 +1175,84 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     ensure!(
         matches!(&refused, Err(s) if s.code() == tonic::Code::PermissionDenied),
         "a gateway sent raft traffic: {refused:?}"
+    );
+
+    // Leases: only a role that may write every key of a lease renews or
+    // revokes it (else a gateway, or any service, could drop the VIP).
+    let as_role = |name: &str| -> Result<DbClient> {
+        Ok(DbClient::with_tls(
+            &grpc,
+            Some(identity(certs.path(), name)?.client_config()?),
+        )?)
+    };
+    let (vip, users, supervisor) = (as_role("vip")?, as_role("users")?, as_role("supervisor")?);
+    let lease = vip.lease_grant(Duration::from_secs(30)).await?.id;
+    vip.put(agenda_proto::db::PutRequest {
+        lease,
+        ..put("/registry/vip/holder", "gw-a")
+    })
+    .await?;
+    for (who, db) in [
+        ("gateway", &client),
+        ("users", &users),
+        ("supervisor", &supervisor),
+    ] {
+        ensure!(
+            matches!(
+                db.lease_keep_alive(lease).await,
+                Err(ClientError::PermissionDenied(_))
+            ),
+            "{who} renewed the VIP lease"
+        );
+        ensure!(
+            matches!(
+                db.lease_revoke(lease).await,
+                Err(ClientError::PermissionDenied(_))
+            ),
+            "{who} revoked the VIP lease"
+        );
+    }
+    vip.lease_keep_alive(lease).await?;
+    ensure!(admin.get("/registry/vip/holder").await?.is_some());
+    // The exactly-once cache is per role: supervisor's put with the id of
+    // vip's put is its own write, not vip's cached answer.
+    let shared_id = "the-same-request-id".to_string();
+    vip.put(agenda_proto::db::PutRequest {
+        request_id: shared_id.clone(),
+        ..put("/registry/vip/other", "v")
+    })
+    .await?;
+    supervisor
+        .put(agenda_proto::db::PutRequest {
+            request_id: shared_id,
+            ..put("/registry/config/redis-primary", "10.0.0.1:6379")
+        })
+        .await?;
+    ensure!(
+        admin.get("/registry/config/redis-primary").await?.is_some(),
+        "the supervisor's put was answered from vip's cache and never applied"
+    );
+    // Role by role, what each may not do (the full table is unit-tested
+    // in agenda_db::access).
+    for (who, db, key) in [
+        ("users", &users, "/registry/vip/holder"),
+        ("supervisor", &supervisor, "/agenda/users/u1"),
+        ("vip", &vip, "/registry/config/redis-primary"),
+    ] {
+        ensure!(
+            matches!(
+                db.put(put(key, "x")).await,
+                Err(ClientError::PermissionDenied(_))
+            ),
+            "{who} wrote {key}"
+        );
+    }
+    ensure!(
+        matches!(
+            supervisor.get("/agenda/users/u1").await,
+            Err(ClientError::PermissionDenied(_))
+        ),
+        "the supervisor read calendar data"
     );
 
     let stranger = tempfile::tempdir()?;

@@ -9,9 +9,11 @@
 //! write; a transaction is checked compare by compare and operation by
 //! operation, in both branches.
 //!
-//! Not yet checked here (issue 12): lease keep-alive and revoke against
-//! the keys attached to the lease, and the exactly-once cache keyed by
-//! caller.
+//! Lease keep-alives and revokes are checked where the lease's keys are
+//! known for certain: in the state machine, at apply, with the role the
+//! command carries. The exactly-once cache is keyed by caller
+//! (`service::Db::for_caller`), so one role cannot replay another's id
+//! and read its answer.
 
 use agenda_proto::db::{
     request_op, DeleteRequest, PutRequest, RangeRequest, TxnRequest, WatchRequest,
@@ -211,13 +213,18 @@ pub fn check(role: &str, request: Request<'_>) -> Result<(), String> {
             }
             Ok(())
         }
-        Request::LeaseGrant => {
-            if grants(role).iter().any(|g| g.write) {
-                Ok(())
-            } else {
-                Err(format!("the {role} role may not hold leases"))
-            }
-        }
+        Request::LeaseGrant => may_hold_leases(role),
+    }
+}
+
+/// Any role that may write something may hold leases (to attach them to
+/// what it writes). Renewing or revoking one is checked against its keys
+/// when the state machine applies it (`StateMachine::lease_access`).
+pub fn may_hold_leases(role: &str) -> Result<(), String> {
+    if grants(role).iter().any(|g| g.write) {
+        Ok(())
+    } else {
+        Err(format!("the {role} role may not hold leases"))
     }
 }
 

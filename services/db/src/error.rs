@@ -32,6 +32,9 @@ pub enum Error {
     /// The request is well formed but the state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller's role may not do this (see `access`).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A watch asked for history that compaction already removed.
     #[error("revision {requested} is compacted; the oldest available revision is {oldest}")]
     Compacted {
@@ -96,6 +99,7 @@ impl Error {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::NotFound(_) => "not_found",
             Error::FailedPrecondition(_) => "failed_precondition",
+            Error::PermissionDenied(_) => "permission_denied",
             Error::Compacted { .. } => "compacted",
             Error::NoLeader | Error::Timeout(_) | Error::Stopped => "unavailable",
             Error::Config(_) => "config",
@@ -112,6 +116,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(m) => Status::invalid_argument(m.clone()),
             Error::NotFound(m) => Status::not_found(m.clone()),
             Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+            Error::PermissionDenied(m) => Status::permission_denied(m.clone()),
             Error::Compacted { .. } => Status::out_of_range(e.to_string()),
             Error::NoLeader | Error::Timeout(_) | Error::Stopped => {
                 Status::unavailable(e.to_string())

@@ -578,6 +578,8 @@ impl Node {
                         id,
                         request_id: String::new(),
                     })),
+                    // The cluster itself: nothing to check.
+                    caller_role: String::new(),
                 };
                 if let Err(e) = self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
                     tracing::warn!(lease = id, error = %e, "could not propose lease revoke");

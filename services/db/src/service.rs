@@ -54,6 +54,9 @@ pub struct Db {
     shutdown: CancellationToken,
     /// ReadIndex rounds asked again for lack of an answer.
     read_retries: IntCounter,
+    /// The role in the caller's certificate (`None` over plaintext): its
+    /// commands carry it, and their request ids are scoped by it.
+    caller: Option<Arc<str>>,
 }
 
 impl Db {
@@ -73,6 +76,19 @@ impl Db {
             timeout,
             shutdown,
             read_retries,
+            caller: None,
+        }
+    }
+
+    /// This handle, acting for a caller with `role` (from its
+    /// certificate). Its request ids live in that role's own space of the
+    /// exactly-once cache, so another role replaying an id gets its own
+    /// fresh answer, never this caller's; and its lease keep-alives and
+    /// revokes are checked against the lease's keys.
+    pub fn for_caller(&self, role: Option<String>) -> Db {
+        Db {
+            caller: role.map(Arc::from),
+            ..self.clone()
         }
     }
 
@@ -275,10 +291,15 @@ impl Db {
     }
 
     async fn propose(&self, request_id: String, op: command::Op) -> Result<command_result::Result> {
+        let (request_id, caller_role) = match &self.caller {
+            Some(role) => (format!("{role}/{request_id}"), role.to_string()),
+            None => (request_id, String::new()),
+        };
         let cmd = Command {
             request_id,
             proposed_at_ms: now_ms(),
             op: Some(op),
+            caller_role,
         };
         let deadline = Instant::now() + self.timeout;
         loop {

@@ -380,6 +380,7 @@ mod tests {
             let cmd = Command {
                 request_id: format!("r{i}"),
                 proposed_at_ms: 1,
+                caller_role: String::new(),
                 op: Some(command::Op::Put(PutRequest {
                     key: format!("k{i}").into(),
                     value: b"v".to_vec(),
@@ -659,6 +660,7 @@ mod determinism {
                     out.push(Entry::Cmd(Command {
                         request_id: String::new(),
                         proposed_at_ms: at_ms,
+                        caller_role: String::new(),
                         op: Some(command::Op::LeaseRevoke(LeaseRevokeRequest {
                             id: lease,
                             ..Default::default()
@@ -695,6 +697,7 @@ mod determinism {
             let cmd = Command {
                 request_id: id,
                 proposed_at_ms: at_ms,
+                caller_role: String::new(),
                 op: Some(op),
             };
             sent.push(cmd.clone());
@@ -798,6 +801,7 @@ mod determinism {
         let put = Command {
             request_id: "r1".into(),
             proposed_at_ms: at,
+            caller_role: String::new(),
             op: Some(command::Op::Put(PutRequest {
                 key: b"x".to_vec(),
                 value: b"1".to_vec(),
@@ -812,6 +816,7 @@ mod determinism {
                 Entry::Cmd(Command {
                     request_id: format!("f{i}"),
                     proposed_at_ms: at,
+                    caller_role: String::new(),
                     op: Some(command::Op::Put(PutRequest {
                         key: b"f".to_vec(),
                         ..Default::default()

@@ -33,6 +33,7 @@ use imbl::{HashMap, OrdMap, OrdSet};
 use prost::Message as _;
 use raft::prelude::{ConfState, Snapshot};
 
+use crate::access;
 use crate::error::{Error, Result};
 
 /// How long a request id is remembered for exactly-once retries. Clients
@@ -296,24 +297,30 @@ impl StateMachine {
                     })
                 })
             }
-            Some(command::Op::LeaseKeepAlive(req)) => self.lease_ttl(req.id).map(|ttl_ms| {
-                effects.lease = Some(LeaseEffect::Renewed(req.id));
-                command_result::Result::LeaseKeepAlive(LeaseKeepAliveResponse {
-                    header: Some(self.header(member_id, term)),
-                    id: req.id,
-                    ttl: ttl_secs(ttl_ms),
-                    ttl_ms,
-                })
-            }),
-            Some(command::Op::LeaseRevoke(req)) => self.lease_ttl(req.id).map(|_| {
-                let mut w = Writer::new(self.revision + 1);
-                w.revoke(&mut self.t, req.id);
-                self.finish(w, &mut effects);
-                effects.lease = Some(LeaseEffect::Revoked(req.id));
-                command_result::Result::LeaseRevoke(LeaseRevokeResponse {
-                    header: Some(self.header(member_id, term)),
-                })
-            }),
+            Some(command::Op::LeaseKeepAlive(req)) => self
+                .lease_ttl(req.id)
+                .and_then(|ttl| self.lease_access(&cmd.caller_role, req.id).map(|()| ttl))
+                .map(|ttl_ms| {
+                    effects.lease = Some(LeaseEffect::Renewed(req.id));
+                    command_result::Result::LeaseKeepAlive(LeaseKeepAliveResponse {
+                        header: Some(self.header(member_id, term)),
+                        id: req.id,
+                        ttl: ttl_secs(ttl_ms),
+                        ttl_ms,
+                    })
+                }),
+            Some(command::Op::LeaseRevoke(req)) => self
+                .lease_ttl(req.id)
+                .and_then(|_| self.lease_access(&cmd.caller_role, req.id))
+                .map(|()| {
+                    let mut w = Writer::new(self.revision + 1);
+                    w.revoke(&mut self.t, req.id);
+                    self.finish(w, &mut effects);
+                    effects.lease = Some(LeaseEffect::Revoked(req.id));
+                    command_result::Result::LeaseRevoke(LeaseRevokeResponse {
+                        header: Some(self.header(member_id, term)),
+                    })
+                }),
             None => Err(Error::InvalidArgument("empty command".into())),
         };
         let result = match outcome {
@@ -479,6 +486,31 @@ impl StateMachine {
             .get(&id)
             .copied()
             .ok_or_else(|| Error::NotFound(format!("lease {id} not found")))
+    }
+
+    /// Whether a caller with `role` may renew or revoke `lease`: it must
+    /// be allowed to write every key attached to it (or a gateway could
+    /// revoke the VIP lease and drop the VIP). Empty `role`: a plaintext
+    /// deployment, nothing to check.
+    fn lease_access(&self, role: &str, lease: i64) -> Result<()> {
+        if role.is_empty() {
+            return Ok(());
+        }
+        access::may_hold_leases(role).map_err(Error::PermissionDenied)?;
+        let none: Key = Arc::from(&[][..]);
+        for (_, key) in self
+            .t
+            .lease_keys
+            .range((lease, none.clone())..(lease.saturating_add(1), none))
+        {
+            if !access::allows(role, &access::Span::key(key), access::Access::Write) {
+                return Err(Error::PermissionDenied(format!(
+                    "the {role} role may not renew or revoke lease {lease}: it holds key {:?}",
+                    String::from_utf8_lossy(key)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Every lease with its TTL in milliseconds, to rebuild the expiry clock.
@@ -763,6 +795,7 @@ fn refusal(e: Error) -> Result<CommandError> {
         Error::InvalidArgument(_) => command_error::Code::InvalidArgument,
         Error::NotFound(_) => command_error::Code::NotFound,
         Error::FailedPrecondition(_) => command_error::Code::FailedPrecondition,
+        Error::PermissionDenied(_) => command_error::Code::PermissionDenied,
         _ => return Err(e),
     };
     Ok(CommandError {
@@ -790,6 +823,7 @@ pub fn refusal_to_error(e: &CommandError) -> Error {
     match command_error::Code::try_from(e.code) {
         Ok(command_error::Code::NotFound) => Error::NotFound(e.message.clone()),
         Ok(command_error::Code::FailedPrecondition) => Error::FailedPrecondition(e.message.clone()),
+        Ok(command_error::Code::PermissionDenied) => Error::PermissionDenied(e.message.clone()),
         _ => Error::InvalidArgument(e.message.clone()),
     }
 }
@@ -1055,10 +1089,21 @@ mod tests {
         }
 
         fn apply_at(&mut self, id: &str, op: command::Op, at_ms: u64) -> (CommandResult, Effects) {
+            self.apply_as("", id, op, at_ms)
+        }
+
+        fn apply_as(
+            &mut self,
+            role: &str,
+            id: &str,
+            op: command::Op,
+            at_ms: u64,
+        ) -> (CommandResult, Effects) {
             self.index += 1;
             let cmd = Command {
                 request_id: id.into(),
                 proposed_at_ms: at_ms,
+                caller_role: role.into(),
                 op: Some(op),
             };
             self.sm.apply(self.index, 1, 1, &cmd).unwrap()
@@ -1279,6 +1324,54 @@ mod tests {
             (kv.value.as_slice(), kv.lease, kv.version),
             (&b"kept"[..], 0, 2)
         );
+    }
+
+    /// A gateway (read-only) or any role that may not write a lease's
+    /// keys must not renew or revoke it: revoking the VIP lease would drop
+    /// the VIP. Checked at apply, against the keys attached then.
+    #[test]
+    fn only_a_role_that_may_write_a_leases_keys_renews_or_revokes_it() {
+        let mut f = Fixture::new();
+        f.apply("g", grant(7, 5));
+        f.apply(
+            "p",
+            command::Op::Put(PutRequest {
+                key: b"/registry/vip/holder".to_vec(),
+                value: b"gw-a".to_vec(),
+                lease: 7,
+                ..Default::default()
+            }),
+        );
+        let keep_alive = || {
+            command::Op::LeaseKeepAlive(agenda_proto::db::LeaseKeepAliveRequest {
+                id: 7,
+                ..Default::default()
+            })
+        };
+        for role in ["gateway", "users", "groups", "supervisor", "peer", "redis"] {
+            let (r, eff) = f.apply_as(role, &format!("k-{role}"), keep_alive(), 1);
+            assert_eq!(
+                error_code(&r),
+                Some(command_error::Code::PermissionDenied),
+                "{role}"
+            );
+            assert_eq!(eff.lease, None, "{role} renewed the lease");
+            let (r, _) = f.apply_as(role, &format!("r-{role}"), revoke(7), 1);
+            assert_eq!(
+                error_code(&r),
+                Some(command_error::Code::PermissionDenied),
+                "{role}"
+            );
+            assert!(f.get("/registry/vip/holder").is_some(), "{role} revoked it");
+        }
+        for role in ["vip", "operator", ""] {
+            let (r, eff) = f.apply_as(role, &format!("k-{role}"), keep_alive(), 1);
+            assert_eq!(error_code(&r), None, "{role}");
+            assert_eq!(eff.lease, Some(LeaseEffect::Renewed(7)), "{role}");
+        }
+        let (r, _) = f.apply_as("vip", "r-vip", revoke(7), 1);
+        assert_eq!(error_code(&r), None);
+        assert!(f.get("/registry/vip/holder").is_none());
     }
 
     #[test]

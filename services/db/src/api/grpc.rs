@@ -23,54 +23,55 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl DbApi for GrpcApi {
     async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        allowed(&r, |req| access::Request::Range(req))?;
-        Ok(Response::new(self.db.range(r.into_inner()).await?))
+        let db = self.caller(&r, |req| access::Request::Range(req))?;
+        Ok(Response::new(db.range(r.into_inner()).await?))
     }
 
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        allowed(&r, |req| access::Request::Put(req))?;
-        Ok(Response::new(self.db.put(r.into_inner()).await?))
+        let db = self.caller(&r, |req| access::Request::Put(req))?;
+        Ok(Response::new(db.put(r.into_inner()).await?))
     }
 
     async fn delete(&self, r: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        allowed(&r, |req| access::Request::Delete(req))?;
-        Ok(Response::new(self.db.delete(r.into_inner()).await?))
+        let db = self.caller(&r, |req| access::Request::Delete(req))?;
+        Ok(Response::new(db.delete(r.into_inner()).await?))
     }
 
     async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        allowed(&r, |req| access::Request::Txn(req))?;
-        Ok(Response::new(self.db.txn(r.into_inner()).await?))
+        let db = self.caller(&r, |req| access::Request::Txn(req))?;
+        Ok(Response::new(db.txn(r.into_inner()).await?))
     }
 
     async fn lease_grant(
         &self,
         r: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        allowed(&r, |_| access::Request::LeaseGrant)?;
-        Ok(Response::new(self.db.lease_grant(r.into_inner()).await?))
+        let db = self.caller(&r, |_| access::Request::LeaseGrant)?;
+        Ok(Response::new(db.lease_grant(r.into_inner()).await?))
     }
 
     async fn lease_keep_alive(
         &self,
         r: Request<LeaseKeepAliveRequest>,
     ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
-        Ok(Response::new(
-            self.db.lease_keep_alive(r.into_inner()).await?,
-        ))
+        // Checked against the lease's keys at apply (`StateMachine::lease_access`).
+        let db = self.caller(&r, |_| access::Request::LeaseGrant)?;
+        Ok(Response::new(db.lease_keep_alive(r.into_inner()).await?))
     }
 
     async fn lease_revoke(
         &self,
         r: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        Ok(Response::new(self.db.lease_revoke(r.into_inner()).await?))
+        let db = self.caller(&r, |_| access::Request::LeaseGrant)?;
+        Ok(Response::new(db.lease_revoke(r.into_inner()).await?))
     }
 
     type WatchStream = WatchStream;
 
     async fn watch(&self, r: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        allowed(&r, |req| access::Request::Watch(req))?;
-        let rx = self.db.watch(r.into_inner()).await?;
+        let db = self.caller(&r, |req| access::Request::Watch(req))?;
+        let rx = db.watch(r.into_inner()).await?;
         let stream = ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -118,17 +119,23 @@ impl DbApi for GrpcApi {
     }
 }
 
-/// PERMISSION_DENIED unless the caller's role may do what `request` says
-/// ([`access`]); a plaintext caller has no role and is not checked.
-fn allowed<T>(
-    r: &Request<T>,
-    request: impl for<'a> FnOnce(&'a T) -> access::Request<'a>,
-) -> Result<(), Status> {
-    let certs = r.peer_certs();
-    let Some(role) = agenda_common::tls::caller_role(certs.as_ref().map(|c| c.as_slice())) else {
-        return Ok(());
-    };
-    access::check(&role, request(r.get_ref())).map_err(Status::permission_denied)
+impl GrpcApi {
+    /// The request layer acting for this caller (see [`Db::for_caller`]),
+    /// or PERMISSION_DENIED unless the caller's role may do what `request`
+    /// says ([`access`]). A plaintext caller has no role and is not
+    /// checked.
+    fn caller<T>(
+        &self,
+        r: &Request<T>,
+        request: impl for<'a> FnOnce(&'a T) -> access::Request<'a>,
+    ) -> Result<Db, Status> {
+        let certs = r.peer_certs();
+        let role = agenda_common::tls::caller_role(certs.as_ref().map(|c| c.as_slice()));
+        if let Some(role) = &role {
+            access::check(role, request(r.get_ref())).map_err(Status::permission_denied)?;
+        }
+        Ok(self.db.for_caller(role))
+    }
 }
 
 /// PERMISSION_DENIED unless the caller's certificate names one of

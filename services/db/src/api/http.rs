@@ -90,6 +90,7 @@ impl From<Error> for ApiError {
             Error::InvalidArgument(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::FailedPrecondition(_) => StatusCode::CONFLICT,
+            Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::Compacted { .. } => StatusCode::GONE,
             Error::NoLeader | Error::Timeout(_) | Error::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config(_)
