@@ -50,6 +50,19 @@ enum Cmd {
         #[arg(long)]
         new_ca: bool,
     },
+    /// Add a fresh access-token signing key (Ed25519) and make it current.
+    /// Tokens signed with the previous keys stay valid until they expire;
+    /// the set keeps the three newest keys, so rotate no more often than
+    /// the token lifetime. Every agenda-users replica publishes the new
+    /// public key before signing with it. In the namespace topology run it
+    /// inside a machine: `ip netns exec witness agendactl rotate-token-key
+    /// --db 10.77.0.13:7005 --tls-dir .agenda/certs`.
+    RotateTokenKey {
+        #[command(flatten)]
+        db: agenda_common::args::DbArgs,
+        #[command(flatten)]
+        tls: agenda_common::args::TlsArgs,
+    },
     /// Relay a port of this host to an address reached from inside a
     /// network namespace (`make run` uses it for the VIP).
     Relay {
@@ -76,6 +89,18 @@ fn main() -> ExitCode {
                 Ok::<(), anyhow::Error>(())
             }
             Cmd::Relay { listen, netns, to } => agendactl::relay::run(&listen, &netns, to).await,
+            Cmd::RotateTokenKey { db, mut tls } => {
+                if tls.tls_name.is_empty() {
+                    tls.tls_name = "agendactl".into();
+                }
+                let stop = tokio_util::sync::CancellationToken::new();
+                let links = agenda_common::net::Links::from_args(&tls, &stop)?;
+                let client = links.db_client(&db.db)?;
+                let kid = agenda_common::auth::rotate(&client).await?;
+                stop.cancel();
+                println!("new token signing key {kid} is current; older tokens stay valid until they expire");
+                Ok(())
+            }
             Cmd::Certs {
                 dir,
                 subnet,

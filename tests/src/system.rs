@@ -310,6 +310,12 @@ impl System {
     }
 
     /// A client of the public API.
+    /// The certificates of a TLS system (`NAME.pem` for users, groups,
+    /// gateway, peer and `test`, an operator).
+    pub fn certs_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("certs")
+    }
+
     pub fn api(&self) -> Api {
         Api::new(&self.url())
     }

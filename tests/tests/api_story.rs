@@ -157,6 +157,87 @@ async fn the_story_holds_with_mutual_tls_inside() {
     .await;
 }
 
+/// Tokens are Ed25519: agenda-users alone reads the private keys; a
+/// gateway certificate cannot (it checks tokens with the public keys).
+/// A rotation (`agendactl rotate-token-key`) takes effect without a
+/// restart, and tokens signed with the old key stay valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_keys_rotate_and_only_users_holds_the_private_ones() {
+    use agenda_common::auth;
+    let sys = System::start(SystemOptions {
+        tls: true,
+        users: 2,
+        groups: 1,
+        ..SystemOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let api = sys.api();
+    let (_, old) = api.register("rosa").await;
+    // The key id from a token's header (base64url JSON before the first dot).
+    let kid = |t: &str| -> String {
+        use base64::Engine;
+        let head = t.split('.').next().unwrap();
+        let head = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head)
+            .unwrap();
+        let head: Value = serde_json::from_slice(&head).unwrap();
+        assert_eq!(head["alg"], "EdDSA");
+        head["kid"].as_str().unwrap().to_string()
+    };
+    let (st, _) = api.get("/v1/me", &old).await;
+    assert_eq!(st, StatusCode::OK);
+
+    let grpc: Vec<String> = sys.db.nodes.values().map(|n| n.grpc.clone()).collect();
+    let as_cert = |name: &str| {
+        let id = agenda_common::tls::Identity::load(&agenda_common::tls::TlsFiles::in_dir(
+            &sys.certs_dir(),
+            name,
+        ))
+        .unwrap();
+        agenda_common::DbClient::with_tls(&grpc, Some(id.client_config().unwrap())).unwrap()
+    };
+    let gateway = as_cert("gateway");
+    assert!(
+        matches!(
+            gateway.get(auth::SIGNING_KEYS).await,
+            Err(agenda_common::Error::PermissionDenied(_))
+        ),
+        "a gateway certificate read the private token keys"
+    );
+    let public = gateway
+        .get(format!("/registry/config/{}", auth::PUBLIC_KEYS_CONFIG))
+        .await
+        .unwrap()
+        .expect("public keys published");
+    let public: auth::VerifyingKeys = serde_json::from_slice(&public.value).unwrap();
+    assert!(public.verify(&old).is_ok());
+
+    let new_kid = auth::rotate(&as_cert("test")).await.unwrap();
+    assert_ne!(new_kid, kid(&old));
+    // Every users replica follows; logins (any replica) sign with the new key.
+    let mut fresh = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fresh.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logins still signed with the old key"
+        );
+        let (st, login) = api.login("rosa", PASSWORD).await;
+        assert_eq!(st, StatusCode::OK, "{login}");
+        let t = login["access_token"].as_str().unwrap().to_string();
+        if kid(&t) == new_kid {
+            fresh.push(t);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for t in fresh.iter().chain([&old]) {
+        let (st, body) = api.get("/v1/me", t).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+    }
+}
+
 async fn story(opts: SystemOptions) {
     let sys = System::start(opts)
         .await

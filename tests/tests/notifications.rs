@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agenda_common::auth::KeySet;
+use agenda_common::auth::SigningKeys;
 use agenda_tests::system::{System, SystemOptions};
 use agenda_tests::ws::{self, Frame};
 
@@ -42,11 +42,11 @@ async fn the_stream_refuses_missing_bad_and_expired_tokens_with_a_reason() {
     let raw = sys
         .db
         .client()
-        .get("/registry/config/jwt-keys")
+        .get(agenda_common::auth::SIGNING_KEYS)
         .await
         .expect("read the key set")
         .expect("key set present");
-    let keys: KeySet = serde_json::from_slice(&raw.value).expect("key set JSON");
+    let keys: SigningKeys = serde_json::from_slice(&raw.value).expect("key set JSON");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -92,14 +92,15 @@ const fn write(prefix: &'static str) -> Grant {
 }
 
 const OPERATOR: &[Grant] = &[write("")];
-// Routes, checks tokens, follows the Redis primary and the VIP lease:
-// reads the registry only. (It still reads the token signing keys there;
-// asymmetric tokens will take that away.)
+// Routes, checks tokens (with the public keys in the registry), follows
+// the Redis primary and the VIP lease: reads the registry only.
 const GATEWAY: &[Grant] = &[read("/registry/")];
+// The only role that reads the private token keys (`/secrets/`).
 const USERS: &[Grant] = &[
     write("/agenda/"),
+    write("/secrets/jwt-keys"),
+    write("/registry/config/jwt-public-keys"),
     write("/registry/services/users/"),
-    write("/registry/config/jwt-keys"),
     write("/registry/election/notification-relay"),
     read("/registry/"),
 ];
@@ -264,11 +265,19 @@ mod tests {
     #[test]
     fn the_issues_reproduction_is_refused_role_by_role() {
         // Reading the signing keys, the password hashes and every event.
-        let jwt = range("/registry/config/jwt-keys", true, "");
+        let jwt = range("/secrets/jwt-keys", true, "");
         let users = range("/agenda/users/", true, "");
+        for role in ["gateway", "groups", "supervisor", "vip", "peer", "redis"] {
+            assert!(
+                check(role, Request::Range(&jwt)).is_err(),
+                "{role} read the private token keys"
+            );
+        }
+        assert!(check("users", Request::Range(&jwt)).is_ok());
+        let public = range("/registry/config/jwt-public-keys", false, "");
         assert!(
-            check("vip", Request::Range(&jwt)).is_ok(),
-            "the registry is readable"
+            check("gateway", Request::Range(&public)).is_ok(),
+            "the gateway checks tokens with the public keys"
         );
         assert!(check("gateway", Request::Range(&users)).is_err());
         assert!(check("supervisor", Request::Range(&users)).is_err());
@@ -277,11 +286,15 @@ mod tests {
         assert!(check("redis", Request::Range(&jwt)).is_err());
         assert!(check("users", Request::Range(&users)).is_ok());
         assert!(check("operator", Request::Range(&users)).is_ok());
-        // Replacing the signing keys or a password hash.
-        let key = put("/registry/config/jwt-keys");
-        assert!(check("gateway", Request::Put(&key)).is_err());
-        assert!(check("groups", Request::Put(&key)).is_err());
-        assert!(check("users", Request::Put(&key)).is_ok());
+        // Replacing the signing keys (or the public ones the gateways
+        // trust) or a password hash.
+        for key in ["/secrets/jwt-keys", "/registry/config/jwt-public-keys"] {
+            let key = put(key);
+            assert!(check("gateway", Request::Put(&key)).is_err());
+            assert!(check("groups", Request::Put(&key)).is_err());
+            assert!(check("vip", Request::Put(&key)).is_err());
+            assert!(check("users", Request::Put(&key)).is_ok());
+        }
         assert!(check("gateway", Request::Put(&put("/agenda/users/alice"))).is_err());
         // Everything: only the operator.
         let all = range("", true, "");

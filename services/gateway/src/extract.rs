@@ -116,15 +116,16 @@ pub fn strip_bearer(value: &str) -> Option<&str> {
 
 /// The user a token was issued to, if the token is valid now.
 pub fn verify(state: &AppState, token: &str) -> Result<Uuid, ApiError> {
-    let keys = state.keys.borrow().clone();
-    let Some(keys) = keys else {
-        return Err(ApiError::unavailable(
-            "token keys not loaded yet; retry shortly",
-        ));
-    };
-    let claims = keys
-        .verify(token)
-        .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+    // Checked under the borrow: no copy of the key set per request.
+    let claims = match state.keys.borrow().as_ref() {
+        Some(keys) => keys.verify(token),
+        None => {
+            return Err(ApiError::unavailable(
+                "token keys not loaded yet; retry shortly",
+            ))
+        }
+    }
+    .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
     Uuid::parse_str(&claims.sub)
         .map_err(|_| ApiError::unauthenticated("the access token is not valid"))
 }

@@ -28,7 +28,7 @@ pub mod vip;
 use std::sync::Arc;
 
 use agenda_calendar::ApiError;
-use agenda_common::auth::KeySet;
+use agenda_common::auth::VerifyingKeys;
 use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
 use anyhow::Context;
@@ -46,7 +46,7 @@ use crate::error::HttpError;
 pub struct AppState {
     pub db: DbClient,
     pub upstream: upstream::Upstream,
-    pub keys: watch::Receiver<Option<KeySet>>,
+    pub keys: watch::Receiver<Option<VerifyingKeys>>,
     pub metrics: Arc<metrics::Metrics>,
     pub hub: Arc<live::Hub>,
     pub ws_heartbeat: std::time::Duration,
@@ -92,7 +92,7 @@ pub async fn run(
     tokio::spawn(live::consume(bus, hub.clone(), stop.clone()));
     let state = Arc::new(AppState {
         upstream: upstream::Upstream::new(&db, links, cfg.request_timeout(), stop.clone()),
-        keys: agenda_common::auth::watch_keys(db.clone(), stop.clone()),
+        keys: agenda_common::auth::watch_public_keys(db.clone(), stop.clone()),
         metrics: Arc::new(metrics::Metrics::new().context("metrics")?),
         hub,
         ws_heartbeat: std::time::Duration::from_millis(cfg.ws_heartbeat_ms),

@@ -9,14 +9,15 @@ use agenda_calendar::store::events::{view, with_conflicts};
 use agenda_calendar::store::users::NewUser;
 use agenda_calendar::store::Store;
 use agenda_calendar::{validate, ApiError, ApiResult};
-use agenda_common::auth::KeySet;
+use agenda_common::auth::SigningKeys;
 
 use crate::password;
 
 /// The users service.
 pub struct Users {
     pub store: Store,
-    pub keys: KeySet,
+    /// Follows the signing keys (rotation without a restart).
+    pub keys: tokio::sync::watch::Receiver<SigningKeys>,
     pub token_ttl_secs: u64,
 }
 
@@ -54,6 +55,7 @@ impl Handler for Users {
                     .as_secs();
                 let token = self
                     .keys
+                    .borrow()
                     .issue(
                         &user.id.to_string(),
                         &user.username,

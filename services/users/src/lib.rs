@@ -80,7 +80,7 @@ pub async fn run(
     let sweeper = tokio::spawn(sweep_deletions(store.clone(), shutdown.clone()));
     let handler = handler::Users {
         store,
-        keys,
+        keys: agenda_common::auth::follow_signing_keys(db.clone(), keys, shutdown.clone()),
         token_ttl_secs: cfg.token_ttl_secs,
     };
     agenda_calendar::rpc::serve(Service::Users, handler, serving, db, shutdown).await?;
