@@ -72,6 +72,17 @@ ns() { echo "${prefix}$1"; }
 scheme() { if [ "$tls_on" = 1 ]; then echo https; else echo http; fi; }
 # tls_args NAME: sets TLS to the flags giving process NAME its certificate.
 tls_args() { TLS=(); [ "$tls_on" = 1 ] && TLS=(--tls-dir "$certs" --tls-name "$1"); return 0; }
+# web_curl MACHINE ARGS...: curl on a machine as a client of the gateways
+# (https:// trusting the CA when TLS is on; no certificate of its own).
+web_curl() {
+  local m=$1
+  shift
+  if [ "$tls_on" = 1 ]; then
+    on "$m" curl --cacert "$certs/ca.pem" "$@"
+  else
+    on "$m" curl "$@"
+  fi
+}
 # db_curl MACHINE ARGS...: curl on a machine, as the operator when TLS is on.
 db_curl() {
   local m=$1
@@ -213,7 +224,7 @@ redis_is_primary() {
   return 1
 }
 
-vip_answers() { on client curl -fsS -m 2 "http://$vip:8080/healthz"; }
+vip_answers() { web_curl client -fsS -m 2 "$(scheme)://$vip:8080/healthz"; }
 
 up() {
   need_root
@@ -227,7 +238,7 @@ up() {
     die "namespace $lan exists: another topology is up (\`deploy/netns.sh down\` removes it)"
   fi
   mkdir -p "$state" "$run_dir" "$logs" "$data"
-  rm -f "$run_dir"/* "$state/url" "$state/local_url" "$state/endpoints.json"
+  rm -f "$run_dir"/* "$state/url" "$state/local_url" "$state/endpoints.json" "$state/ca.pem"
   [ "${AGENDA_FRESH:-0}" = 1 ] && rm -rf "${data:?}"/*
   [ -s "$state/redis-password" ] || head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$state/redis-password"
   [ -s "$state/vip-key" ] || { head -c 32 /dev/urandom | base64 >"$state/vip-key"; chmod 600 "$state/vip-key"; }
@@ -247,7 +258,8 @@ ENV
 
   if [ "$tls_on" = 1 ]; then
     "$bin/agendactl" certs --dir "$certs" --subnet "$subnet" >/dev/null
-    say "certificates in $certs (mutual TLS on every internal link)"
+    cp "$certs/ca.pem" "$state/ca.pem"
+    say "certificates in $certs (mutual TLS on every internal link; HTTPS at the gateways, CA in $state/ca.pem)"
   fi
   local db peers="" i
   db=$(db_endpoints)
@@ -292,19 +304,19 @@ ENV
     start "agenda-vip-$x" "$m" "$bin/agenda-vip" --id "$m" --vip "$vip/24" --interface eth0 \
       --bind "$a:5405" --peers "$other:5405" --priority "$prio" --no-preempt \
       --auth-key-file "$state/vip-key" --db "$db" --http "$a:7601" \
-      --health-url http://127.0.0.1:8080/healthz "${TLS[@]}"
+      --health-url "$(scheme)://127.0.0.1:8080/healthz" "${TLS[@]}"
   done
   say "waiting for the VIP to answer from the client namespace..."
   wait_until "the VIP" 90 vip_answers
-  wait_until "the gateway to be ready" 60 on client curl -fsS -m 2 "http://$vip:8080/readyz"
+  wait_until "the gateway to be ready" 60 web_curl client -fsS -m 2 "$(scheme)://$vip:8080/readyz"
 
   if [ "${AGENDA_RELAY:-1}" = 1 ]; then
     start agenda-relay host "$bin/agendactl" relay --listen "$relay_listen" --netns "$(ns client)" --to "$vip:8080"
-    wait_until "the host relay" 10 curl -fsS -m 2 "http://$relay_listen/healthz"
-    echo "http://$relay_listen" >"$state/local_url"
+    wait_until "the host relay" 10 curl --cacert "$certs/ca.pem" -fsS -m 2 "$(scheme)://$relay_listen/healthz"
+    echo "$(scheme)://$relay_listen" >"$state/local_url"
   fi
   write_endpoints
-  echo "http://$vip:8080" >"$state/url"
+  echo "$(scheme)://$vip:8080" >"$state/url"
   trap - ERR
 }
 
@@ -326,8 +338,10 @@ start_keepalived() {
   mkdir -p "$kdir"
   tls_args "agenda-gateway-$x"
   start "agenda-gateway-$x" "$m" "$bin/agenda-gateway" --listen 0.0.0.0:8080 --db "$db" "${TLS[@]}"
-  start "keepalived-health-$x" "$m" bash "$root/deploy/keepalived-health.sh" "$kdir/$x.health" \
-    http://127.0.0.1:8080/healthz 0.1 3 2
+  # curl reads the CA to trust from CURL_CA_BUNDLE (part of the command,
+  # so `restart` keeps it).
+  start "keepalived-health-$x" "$m" env CURL_CA_BUNDLE="$certs/ca.pem" bash "$root/deploy/keepalived-health.sh" \
+    "$kdir/$x.health" "$(scheme)://127.0.0.1:8080/healthz" 0.1 3 2
   cat >"$kdir/notify-$x.sh" <<SH
 #!/bin/sh
 # keepalived notify: TYPE NAME STATE PRIORITY
@@ -384,7 +398,7 @@ write_endpoints() {
     echo "  \"client_netns\": \"$(ns client)\","
     echo "  \"netns_prefix\": \"$prefix\","
     [ "$tls_on" = 1 ] && echo "  \"tls_dir\": \"$certs\","
-    echo "  \"url\": \"http://$vip:8080\","
+    echo "  \"url\": \"$(scheme)://$vip:8080\","
     [ -s "$state/local_url" ] && echo "  \"local_url\": \"$(cat "$state/local_url")\","
     echo "  \"processes\": ["
     while read -r name; do
@@ -398,7 +412,7 @@ write_endpoints() {
         agenda-supervisor-*) extra=", \"http\": \"http://$a:7501\", \"redis\": \"$a:7401\""; dir="\"$data/redis-${name##*-}\"" ;;
         agenda-users-*) extra=", \"grpc\": \"$a:7201\"" ;;
         agenda-groups-*) extra=", \"grpc\": \"$a:7301\"" ;;
-        agenda-gateway-*) extra=", \"http\": \"http://$a:8080\"" ;;
+        agenda-gateway-*) extra=", \"http\": \"$(scheme)://$a:8080\"" ;;
         agenda-vip-*) extra=", \"http\": \"http://$a:7601\", \"adverts\": \"$a:5405\"" ;;
         agenda-relay) kind=agenda-relay; extra=", \"http\": \"$(cat "$state/local_url" 2>/dev/null)\"" ;;
       esac
@@ -518,6 +532,8 @@ run_fg() {
   up
   echo $$ >"$run_dir/runner.pid"
   trap 'echo; say "stopping..."; down; say "stopped."; exit 0' INT TERM
+  local web="curl -s"
+  [ "$tls_on" = 1 ] && web="curl --cacert $state/ca.pem -s"
   cat <<TXT
 
 Agenda is up on two machines (network namespaces) behind the virtual IP $vip:
@@ -525,9 +541,9 @@ Agenda is up on two machines (network namespaces) behind the virtual IP $vip:
   machine-b: agenda-db 3-4, Redis + supervisor, users, groups, gateway (passive), agenda-vip
   witness:   agenda-db 5
 Clients in the client namespace use the VIP URL:   $(cat "$state/url")   (.agenda/url)
-  sudo ip netns exec $(ns client) curl -s $(cat "$state/url")/readyz
+  sudo ip netns exec $(ns client) $web $(cat "$state/url")/readyz
 A browser or curl on this host uses the relay:       $(cat "$state/local_url" 2>/dev/null)   (.agenda/local_url)
-  curl -s $(cat "$state/local_url" 2>/dev/null)/v1/auth/register -H 'content-type: application/json' \\
+  $web $(cat "$state/local_url" 2>/dev/null)/v1/auth/register -H 'content-type: application/json' \\
     -d '{"username":"alice","email":"alice@example.org","password":"correct-horse-1"}'
 The whole system at a glance:  target/release/agendactl status
 Break things:  deploy/netns.sh kill agenda-gateway-a | kill-machine machine-a | partition machine-a machine-b

@@ -6,14 +6,16 @@
 # agenda-supervisor (one per "machine"), two agenda-users, two
 # agenda-groups and one agenda-gateway. Writes, once everything is ready:
 #   .agenda/url             the public base URL (the gateway)
+#   .agenda/ca.pem          the CA a client of that URL trusts (TLS only)
 #   .agenda/endpoints.json  every process: name, kind, machine, pid, addresses, data dir, log
 # Data lives under .agenda/data (kept across runs; AGENDA_FRESH=1 wipes it).
 #
 # TLS (AGENDA_TLS=1, the default): `agendactl certs` writes a development CA
 # (kept across runs) and a fresh certificate per process to .agenda/certs;
 # agenda-db (gRPC and REST) and the users/groups replicas accept only mutual
-# TLS with them, and every internal link uses it. The gateway's public side
-# and Redis are still plaintext (issue 12). AGENDA_TLS=0: all plaintext.
+# TLS with them, and every internal link uses it; the gateway serves HTTPS
+# and WSS with its certificate (.agenda/ca.pem is the CA clients need).
+# Redis is still plaintext (issue 12). AGENDA_TLS=0: all plaintext.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,7 +41,7 @@ export AGENDA_REDIS_PASSWORD
 
 mkdir -p "$state/logs" "$state/data"
 [ "${AGENDA_FRESH:-0}" = 1 ] && rm -rf "$state/data"/*
-rm -f "$state/url" "$state/endpoints.json"
+rm -f "$state/url" "$state/endpoints.json" "$state/ca.pem"
 
 certs="$state/certs"
 if [ "${AGENDA_TLS:-1}" = 1 ]; then
@@ -51,11 +53,15 @@ if [ "${AGENDA_TLS:-1}" = 1 ]; then
   tls() { echo --tls-name "$1"; }
   # The operator's curl (agenda-db's REST wants a cluster certificate).
   dbcurl() { curl --cacert "$certs/ca.pem" --cert "$certs/agendactl.pem" --key "$certs/agendactl-key.pem" "$@"; }
+  # Clients of the gateway trust the CA and show no certificate.
+  cp "$certs/ca.pem" "$state/ca.pem"
+  webcurl() { curl --cacert "$state/ca.pem" "$@"; }
 else
   scheme=http
   unset AGENDA_TLS_DIR
   tls() { :; }
   dbcurl() { curl "$@"; }
+  webcurl() { curl "$@"; }
 fi
 # The letter of replica number N (1, 2): certificates are per machine.
 letter() { [ "$1" = 1 ] && echo a || echo b; }
@@ -183,11 +189,11 @@ start agenda-gateway agenda-gateway "$gateway" "" \
 
 echo "waiting for the gateway to be ready..."
 deadline=$((SECONDS + 30))
-until curl -fsS "http://$gateway/readyz" >/dev/null 2>&1; do
+until webcurl -fsS "$scheme://$gateway/readyz" >/dev/null 2>&1; do
   check_alive
   if [ $SECONDS -ge $deadline ]; then
     echo "gateway not ready after 30 s:" >&2
-    curl -sS "http://$gateway/readyz" >&2 || true
+    webcurl -sS "$scheme://$gateway/readyz" >&2 || true
     echo "see $state/logs/" >&2
     exit 1
   fi
@@ -203,7 +209,7 @@ done
     extra=""
     case "${kinds[$idx]}" in
       agenda-db) n=${names[$idx]##*-}; extra=", \"grpc\": \"${addrs[$idx]}\", \"http\": \"$scheme://127.0.0.1:$((http_base + n - 1))\"" ;;
-      agenda-gateway) extra=", \"http\": \"http://${addrs[$idx]}\"" ;;
+      agenda-gateway) extra=", \"http\": \"$scheme://${addrs[$idx]}\"" ;;
       agenda-supervisor) m=${names[$idx]##*-}; k=$([ "$m" = a ] && echo 0 || echo 1)
         extra=", \"http\": \"http://${addrs[$idx]}\", \"redis\": \"127.0.0.1:$((redis_base + k))\"" ;;
       *) extra=", \"grpc\": \"${addrs[$idx]}\"" ;;
@@ -225,11 +231,13 @@ done
   done
   echo ']}'
 } >"$state/endpoints.json"
-echo "http://$gateway" >"$state/url"
+echo "$scheme://$gateway" >"$state/url"
 
 kv_curl="curl -s $scheme://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary"
 tls_note="."
+web="curl -s"
 if [ "$scheme" = https ]; then
+  web="curl --cacert $state/ca.pem -s"
   kv_curl="curl --cacert '$certs/ca.pem' --cert '$certs/agendactl.pem' --key '$certs/agendactl-key.pem' \\
     -s https://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary"
   tls_note="; like agenda-db's gRPC
@@ -239,15 +247,15 @@ cat <<TXT
 
 Agenda is up: 5 agenda-db nodes, 2 Redis (each with its agenda-supervisor), $replicas agenda-users,
 $replicas agenda-groups, 1 gateway.
-Public API: http://$gateway   (OpenAPI: http://$gateway/openapi.json)
+Public API: $scheme://$gateway   (OpenAPI: $scheme://$gateway/openapi.json)
 Logs: $state/logs/   Processes: $state/endpoints.json
 Try:
-  curl -s -X POST http://$gateway/v1/auth/register -H 'content-type: application/json' \\
+  $web -X POST $scheme://$gateway/v1/auth/register -H 'content-type: application/json' \\
     -d '{"username":"alice","email":"alice@example.org","password":"correct-horse-1"}'
-  curl -s -X POST http://$gateway/v1/auth/login -H 'content-type: application/json' \\
+  $web -X POST $scheme://$gateway/v1/auth/login -H 'content-type: application/json' \\
     -d '{"username":"alice","password":"correct-horse-1"}'
-  curl -s http://$gateway/v1/me -H "authorization: Bearer <access_token from login>"
-Live notifications: a WebSocket on ws://$gateway/v1/stream?access_token=<token>
+  $web $scheme://$gateway/v1/me -H "authorization: Bearer <access_token from login>"
+Live notifications: a WebSocket on ${scheme/http/ws}://$gateway/v1/stream?access_token=<token>
 Redis primary (published by the acting supervisor):
   $kv_curl
 Operators: agenda-db REST on $scheme://127.0.0.1:$http_base..$((http_base + nodes - 1)) (/v1/cluster, /metrics)$tls_note

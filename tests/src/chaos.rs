@@ -86,7 +86,8 @@ pub struct WorkloadArgs {
     #[arg(long, default_value_t = 3)]
     pub kv_clients: u64,
     /// The topology's certificates: the register clients reach agenda-db
-    /// over mutual TLS as the operator (`agendactl.pem`).
+    /// over mutual TLS as the operator (`agendactl.pem`), and the API
+    /// clients trust the gateways' HTTPS by its `ca.pem`.
     #[arg(long)]
     pub tls_dir: Option<PathBuf>,
 }
@@ -214,11 +215,18 @@ async fn account(http: &Http, username: &str) -> Result<Account> {
 
 /// Keeps a WebSocket open for `acc` (reconnecting with `last_id` after
 /// any drop) and logs every notification.
-async fn listen(url: String, acc: Account, notes: Log, stop: Arc<std::sync::atomic::AtomicBool>) {
+async fn listen(
+    url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    acc: Account,
+    notes: Log,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut last_id: Option<String> = None;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let token = acc.token.lock().map(|t| t.clone()).unwrap_or_default();
-        let Ok(mut s) = ws::connect(&url, Some(&token), last_id.as_deref()).await else {
+        let connected = ws::connect_to(&url, tls.as_ref(), Some(&token), last_id.as_deref()).await;
+        let Ok(mut s) = connected else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -256,15 +264,24 @@ pub async fn workload(args: WorkloadArgs) -> Result<()> {
     let ops = Log::open(&args.out.join("ops.jsonl"))?;
     let notes = Log::open(&args.out.join("notifications.jsonl"))?;
     let kv = Log::open(&args.out.join("register.jsonl"))?;
+    let public_tls = match &args.tls_dir {
+        Some(dir) => Some(agenda_common::tls::public_client_config(
+            &dir.join("ca.pem"),
+        )?),
+        None => None,
+    };
+    // A new connection per request: a pooled one to a dead machine would
+    // hang until its timeout after every move of the VIP.
+    let mut client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        // A SYN sent to the old holder's MAC just before the VIP moved is
+        // lost and would be retried only after 1 s: try anew.
+        .connect_timeout(Duration::from_millis(250));
+    if let Some(tls) = &public_tls {
+        client = client.use_preconfigured_tls(rustls::ClientConfig::clone(tls));
+    }
     let http = Arc::new(Http {
-        // A new connection per request: a pooled one to a dead machine
-        // would hang until its timeout after every move of the VIP.
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            // A SYN sent to the old holder's MAC just before the VIP moved
-            // is lost and would be retried only after 1 s: try anew.
-            .connect_timeout(Duration::from_millis(250))
-            .build()?,
+        client: client.build()?,
         url: args.url.clone(),
         attempts,
     });
@@ -308,6 +325,7 @@ pub async fn workload(args: WorkloadArgs) -> Result<()> {
         for acc in [&org, &att] {
             tasks.push(tokio::spawn(listen(
                 args.url.clone(),
+                public_tls.clone(),
                 acc.clone(),
                 notes.clone(),
                 stop.clone(),
@@ -636,7 +654,7 @@ pub async fn run(plan: Vec<Step>, headroom: u32, keep: bool) -> Result<Report> {
         .args([
             "workload",
             "--url",
-            &format!("http://{}:8080", t.vip),
+            &t.vip_url(),
             "--db",
             &db.join(","),
             "--out",
@@ -919,9 +937,7 @@ async fn wait_healthy(t: &Topology, timeout: Duration) -> Result<()> {
         });
         let leader =
             db_json(t, "/v1/cluster").is_some_and(|c| c["leader_id"].as_u64().unwrap_or(0) != 0);
-        let vip = t
-            .curl("client", &format!("http://{}:8080/readyz", t.vip))
-            .is_ok();
+        let vip = t.curl("client", &format!("{}/readyz", t.vip_url())).is_ok();
         let primary = key_value(t, "/registry/config/redis-primary").is_some();
         if all_up && leader && vip && primary {
             return Ok(());
@@ -1022,7 +1038,7 @@ async fn check(
     let ops = read_lines(&out.join("ops.jsonl"));
     let attempts = read_lines(&out.join("attempts.jsonl"));
     let notes = read_lines(&out.join("notifications.jsonl"));
-    let api = crate::system::Api::new(&t.url);
+    let api = crate::system::Api::with_tls(&t.url, t.public_tls());
 
     // 1. Events: every acknowledged one exactly once, nothing unknown.
     let mut attempted: BTreeSet<String> = BTreeSet::new();

@@ -119,6 +119,9 @@ pub struct System {
     pub db: Cluster,
     /// The Redis layer, when started.
     pub redis: Option<crate::redis::RedisLayer>,
+    /// A TLS system's public client configuration (the gateway serves
+    /// https:// and wss://); `None`: plaintext.
+    pub public_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     dir: tempfile::TempDir,
 }
 
@@ -166,11 +169,19 @@ impl System {
         } else {
             None
         };
+        let public_tls = if opts.tls {
+            Some(agenda_common::tls::public_client_config(
+                &dir.path().join("certs").join("ca.pem"),
+            )?)
+        } else {
+            None
+        };
         let mut sys = System {
             procs: Vec::new(),
             gateway: String::new(),
             db,
             redis,
+            public_tls,
             dir,
         };
         let with_tls = |name: &str, extra: &[String]| -> Vec<String> {
@@ -241,9 +252,11 @@ impl System {
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(2));
+        if let Some(tls) = &self.public_tls {
+            http = http.use_preconfigured_tls(rustls::ClientConfig::clone(tls));
+        }
+        let http = http.build()?;
         let readyz = format!("{}/readyz", self.url());
         let mut last: String;
         loop {
@@ -306,18 +319,23 @@ impl System {
 
     /// Public base URL, e.g. `http://127.0.0.1:1234`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.gateway)
+        let scheme = if self.public_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.gateway)
     }
 
-    /// A client of the public API.
     /// The certificates of a TLS system (`NAME.pem` for users, groups,
     /// gateway, peer and `test`, an operator).
     pub fn certs_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("certs")
     }
 
+    /// A client of the public API.
     pub fn api(&self) -> Api {
-        Api::new(&self.url())
+        Api::with_tls(&self.url(), self.public_tls.clone())
     }
 
     fn kill(&mut self, name: &str) {
@@ -426,13 +444,21 @@ pub struct Api {
 impl Api {
     /// Client of the gateway at `base` (generous timeout: loaded machine).
     pub fn new(base: &str) -> Api {
+        Api::with_tls(base, None)
+    }
+
+    /// Client of the gateway at `base`, an `https://` one with `tls` (see
+    /// `agenda_common::tls::public_client_config`).
+    pub fn with_tls(base: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Api {
+        let mut http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            http = http.use_preconfigured_tls(rustls::ClientConfig::clone(&tls));
+        }
         Api {
             base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .expect("http client"),
+            http: http.build().expect("http client"),
             server_errors: Arc::default(),
         }
     }

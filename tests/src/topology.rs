@@ -124,6 +124,9 @@ impl Topology {
             .as_str()
             .context("endpoints.json: vip")?
             .to_string();
+        if t.certs().is_some() {
+            t.url = t.url.replacen("http://", "https://", 1);
+        }
         Ok(t)
     }
 
@@ -182,7 +185,20 @@ impl Topology {
         dir.join("ca.pem").exists().then_some(dir)
     }
 
-    /// `scheme://` of agenda-db's REST.
+    /// The gateways' base URL on the VIP (from the client namespace):
+    /// `https://` when the topology has certificates.
+    pub fn vip_url(&self) -> String {
+        format!("{}://{}:8080", self.db_scheme(), self.vip)
+    }
+
+    /// How a client of the gateways trusts them (the topology's CA), when
+    /// they serve HTTPS.
+    pub fn public_tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        let ca = self.certs()?.join("ca.pem");
+        Some(agenda_common::tls::public_client_config(&ca).expect("the topology's CA"))
+    }
+
+    /// `scheme://` of agenda-db's REST (and of the gateways).
     pub fn db_scheme(&self) -> &'static str {
         if self.certs().is_some() {
             "https"

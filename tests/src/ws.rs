@@ -33,7 +33,22 @@ pub struct Ws {
 /// Opens `GET /v1/stream` on the gateway at `base` (`http://host:port`),
 /// with the token as `?access_token=` when given, and `?last_id=`.
 pub async fn connect(base: &str, token: Option<&str>, last_id: Option<&str>) -> Result<Ws> {
-    let mut url = format!("{}/v1/stream", base.replacen("http://", "ws://", 1));
+    connect_to(base, None, token, last_id).await
+}
+
+/// Like [`connect`], to an `https://` gateway (WSS) with `tls` (see
+/// `agenda_common::tls::public_client_config`) when given.
+pub async fn connect_to(
+    base: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    token: Option<&str>,
+    last_id: Option<&str>,
+) -> Result<Ws> {
+    let mut url = format!(
+        "{}/v1/stream",
+        base.replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1)
+    );
     let mut sep = '?';
     if let Some(t) = token {
         url.push_str(&format!("{sep}access_token={t}"));
@@ -42,7 +57,8 @@ pub async fn connect(base: &str, token: Option<&str>, last_id: Option<&str>) -> 
     if let Some(l) = last_id {
         url.push_str(&format!("{sep}last_id={l}"));
     }
-    let (inner, _) = tokio_tungstenite::connect_async(&url)
+    let connector = tls.map(|c| tokio_tungstenite::Connector::Rustls(c.clone()));
+    let (inner, _) = tokio_tungstenite::connect_async_tls_with_config(&url, None, true, connector)
         .await
         .with_context(|| format!("WebSocket connect {url}"))?;
     Ok(Ws {

@@ -157,12 +157,13 @@ async fn the_story_holds_with_mutual_tls_inside() {
     .await;
 }
 
-/// Tokens are Ed25519: agenda-users alone reads the private keys; a
+/// With TLS the gateway serves HTTPS only. Tokens are Ed25519:
+/// agenda-users alone reads the private keys; a
 /// gateway certificate cannot (it checks tokens with the public keys).
 /// A rotation (`agendactl rotate-token-key`) takes effect without a
 /// restart, and tokens signed with the old key stay valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn token_keys_rotate_and_only_users_holds_the_private_ones() {
+async fn https_only_and_token_keys_rotate_with_only_users_holding_the_private_ones() {
     use agenda_common::auth;
     let sys = System::start(SystemOptions {
         tls: true,
@@ -173,6 +174,15 @@ async fn token_keys_rotate_and_only_users_holds_the_private_ones() {
     .await
     .unwrap_or_else(|e| panic!("start the system: {e:#}"));
     let api = sys.api();
+    // The public side is HTTPS; plain HTTP on its port gets a 400 that
+    // says so, and nothing of the service.
+    assert!(sys.url().starts_with("https://"), "{}", sys.url());
+    let plain = reqwest::get(sys.url().replacen("https://", "http://", 1) + "/readyz")
+        .await
+        .expect("a plaintext reply");
+    assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
+    let text = plain.text().await.unwrap();
+    assert!(text.contains("HTTPS only"), "{text}");
     let (_, old) = api.register("rosa").await;
     // The key id from a token's header (base64url JSON before the first dot).
     let kid = |t: &str| -> String {

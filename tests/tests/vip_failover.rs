@@ -41,7 +41,7 @@ async fn the_vip_moves_on_every_death_and_never_has_two_holders() -> Result<()> 
         return Ok(());
     }
     let t = tokio::task::spawn_blocking(|| Topology::up("tv")).await??;
-    let api = Api::new(&t.url);
+    let api = Api::with_tls(&t.url, t.public_tls());
     // Whoever won the start-up race holds it alone, and agenda-db agrees.
     let holder = if t.has_vip("machine-a") {
         "machine-a"

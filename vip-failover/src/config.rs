@@ -63,7 +63,9 @@ pub struct Config {
     pub tls: agenda_common::args::TlsArgs,
     /// The local gateway's liveness URL (a local check: not /readyz,
     /// which needs the raft leader and would drop the VIP on both
-    /// machines during every election).
+    /// machines during every election). With --tls-dir the gateway
+    /// serves https://, and its certificate is checked against the CA
+    /// there.
     #[arg(
         long,
         env = "AGENDA_VIP_HEALTH_URL",

@@ -79,16 +79,22 @@ impl Debouncer {
 }
 
 /// Checks `url` every `interval` (each check must answer 2xx within it)
-/// and publishes the debounced verdict.
+/// and publishes the debounced verdict. `tls`: how to reach an https://
+/// gateway (trusting the deployment's CA).
 pub fn spawn(
     url: String,
     interval: Duration,
+    tls: Option<rustls::ClientConfig>,
     mut debouncer: Debouncer,
     stop: CancellationToken,
 ) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(debouncer.healthy());
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder().timeout(interval).build() {
+        let mut builder = reqwest::Client::builder().timeout(interval);
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let client = match builder.build() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the health-check client; the gateway stays unhealthy");

@@ -112,9 +112,11 @@ pub async fn run(
         .context("registering metrics")?,
     );
     let http = tokio::spawn(metrics::serve(http_listener, metrics.clone(), stop.clone()));
+    let links = agenda_common::net::Links::from_args(&cfg.tls, &stop).context("TLS")?;
     let mut health = health::spawn(
         cfg.health_url.clone(),
         cfg.health_interval,
+        links.public_client_config().context("TLS")?,
         health::Debouncer::new(cfg.health_fall, cfg.health_rise),
         stop.clone(),
     );
@@ -137,8 +139,7 @@ pub async fn run(
         "agenda-vip starting"
     );
     let mut d = Daemon {
-        db: agenda_common::net::Links::from_args(&cfg.tls, &stop)
-            .context("TLS")?
+        db: links
             .db_client(&cfg.db.db)
             .context("--db")?
             .with_timeout(cfg.lease_ttl)

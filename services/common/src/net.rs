@@ -53,6 +53,24 @@ pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    accept_tls(listener, config, Accept::default())
+}
+
+/// How [`accept_tls`] treats each connection before its handshake.
+#[derive(Debug, Clone, Copy, Default)]
+struct Accept {
+    /// The socket's send buffer, in bytes (`None`: the system's).
+    send_buffer: Option<usize>,
+    /// Answer a plaintext HTTP request with a 400 that says to use
+    /// https:// (no data served), instead of a silent close.
+    explain_plaintext: bool,
+}
+
+fn accept_tls(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    how: Accept,
+) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
@@ -78,12 +96,24 @@ pub fn tls_incoming(
                 },
             };
             let _ = tcp.set_nodelay(true);
+            if let Some(bytes) = how.send_buffer {
+                if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes) {
+                    tracing::debug!(error = %e, "cannot set the send buffer");
+                }
+            }
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
+                let handshake = async {
+                    if how.explain_plaintext && refuse_plaintext(&tcp).await? {
+                        return Ok(None);
+                    }
+                    acceptor.accept(tcp).await.map(Some)
+                };
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(Some(tls))) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
+                    Ok(Ok(None)) => tracing::debug!(%peer, "plaintext HTTP refused"),
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
@@ -92,6 +122,31 @@ pub fn tls_incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// If the client spoke plaintext HTTP to a TLS port (its first byte is a
+/// letter, where a TLS handshake starts with 0x16), tells it to use
+/// https:// and closes: true. Nothing of the service is served.
+async fn refuse_plaintext(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 0 || !first[0].is_ascii_alphabetic() {
+        return Ok(false);
+    }
+    let body = "This port speaks HTTPS only: use https://\n";
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut written = 0;
+    while written < reply.len() {
+        tcp.writable().await?;
+        match tcp.try_write(&reply.as_bytes()[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// An HTTP listener (for axum) whose connections are TLS: the same
@@ -116,6 +171,26 @@ impl TlsListener {
             local: listener.local_addr()?,
             roles: Vec::new(),
             incoming: Box::pin(tls_incoming(listener, config)),
+        })
+    }
+
+    /// A public HTTPS listener (the gateway's): `config` from
+    /// [`Links::public_server_config`], each socket's send buffer set to
+    /// `send_buffer` bytes, and a plaintext HTTP request answered with a
+    /// 400 that says to use https://.
+    pub fn public(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        send_buffer: usize,
+    ) -> std::io::Result<Self> {
+        let how = Accept {
+            send_buffer: Some(send_buffer),
+            explain_plaintext: true,
+        };
+        Ok(TlsListener {
+            local: listener.local_addr()?,
+            roles: Vec::new(),
+            incoming: Box::pin(accept_tls(listener, config, how)),
         })
     }
 
@@ -290,6 +365,30 @@ impl Links {
             Some(id) => tls_channel(addr, id.client_config()?),
             None => Ok(endpoint(addr)?.connect_lazy()),
         }
+    }
+
+    /// The server side of the public HTTPS port (the gateway's): this
+    /// identity, no client certificate asked, HTTP/1.1 only (WebSockets
+    /// upgrade over it); `None` for plaintext.
+    pub fn public_server_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>> {
+        let Some(id) = &self.identity else {
+            return Ok(None);
+        };
+        let mut config = rustls::ServerConfig::clone(&*id.server_config(false)?);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(Arc::new(config)))
+    }
+
+    /// A client of a public HTTPS port of this deployment (agenda-vip's
+    /// health check of its gateway): trusts the cluster CA; `None` for
+    /// plaintext.
+    pub fn public_client_config(&self) -> Result<Option<rustls::ClientConfig>> {
+        let Some(id) = &self.identity else {
+            return Ok(None);
+        };
+        let mut config = rustls::ClientConfig::clone(&*id.client_config()?);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(config))
     }
 
     /// The server side of internal links (clients must present a

@@ -206,6 +206,19 @@ impl Identity {
     }
 }
 
+/// A client of the public HTTPS side (people's tools, tests, benchmarks):
+/// trusts only the CA in `ca_pem` (a deployment's `.agenda/ca.pem`),
+/// presents no certificate, speaks HTTP/1.1.
+pub fn public_client_config(ca_pem: &Path) -> Result<Arc<ClientConfig>> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?
+        .with_root_certificates(load_roots(ca_pem)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The role a certificate's holder has: its subject's organizational unit
 /// (`agendactl certs` writes `peer`, `gateway`, `users`, `groups`,
 /// `supervisor`, `vip`, `redis` or `operator` there).

@@ -82,6 +82,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let links = agenda_common::net::Links::from_args(&cfg.tls, &shutdown).context("TLS")?;
     let db = links.db_client(&cfg.db.db).context("--db")?;
+    // With a certificate the public side is HTTPS (and WSS).
+    let public_tls = links.public_server_config().context("TLS")?;
     let stop = shutdown.child_token();
     let hub = live::Hub::new(cfg.ws_queue as usize);
     let bus = Arc::new(agenda_common::bus::Bus::new(
@@ -99,20 +101,38 @@ pub async fn run(
         shutdown: shutdown.clone(),
         db,
     });
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    let listener = listener::Tuned::new(listener, cfg.send_buffer_bytes as usize);
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        scheme = if public_tls.is_some() { "https" } else { "http" },
+        "gateway listening"
+    );
     let mut router = app(state.clone(), cfg.max_body_bytes);
     if let (Some(vip), Some(me)) = (cfg.vip_addr, &cfg.vip_holder_id) {
         tracing::info!(%vip, holder_id = %me, "serving VIP traffic only while this machine holds the VIP lease");
         let fence = vip::Fence::new(&state.db, vip, me, stop.clone());
         router = router.layer(axum::middleware::from_fn_with_state(fence, vip::fence));
     }
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<listener::LocalAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let done = async move { shutdown.cancelled().await };
+    let send_buffer = cfg.send_buffer_bytes as usize;
+    match public_tls {
+        Some(config) => {
+            let listener = agenda_common::net::TlsListener::public(listener, config, send_buffer)?;
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<listener::LocalAddr>(),
+            )
+            .with_graceful_shutdown(done)
+            .await
+        }
+        None => {
+            axum::serve(
+                listener::Tuned::new(listener, send_buffer),
+                router.into_make_service_with_connect_info::<listener::LocalAddr>(),
+            )
+            .with_graceful_shutdown(done)
+            .await
+        }
+    }
     .context("HTTP server")?;
     stop.cancel();
     tracing::info!("gateway stopped");

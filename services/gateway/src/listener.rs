@@ -1,6 +1,6 @@
-//! The gateway's listener: every accepted connection gets its socket
-//! options, and handlers can learn the local address it arrived on (the
-//! VIP fence needs it).
+//! The gateway's plaintext listener: every accepted connection gets its
+//! socket options, and handlers can learn the local address it arrived on
+//! (the VIP fence needs it), also over TLS (`net::TlsListener::public`).
 
 use std::net::SocketAddr;
 
@@ -51,6 +51,18 @@ impl Connected<IncomingStream<'_, Tuned>> for LocalAddr {
     fn connect_info(stream: IncomingStream<'_, Tuned>) -> Self {
         let addr = stream
             .io()
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        LocalAddr(addr)
+    }
+}
+
+impl Connected<IncomingStream<'_, agenda_common::net::TlsListener>> for LocalAddr {
+    fn connect_info(stream: IncomingStream<'_, agenda_common::net::TlsListener>) -> Self {
+        let addr = stream
+            .io()
+            .get_ref()
+            .0
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         LocalAddr(addr)

@@ -363,9 +363,15 @@ impl Drop for HolderSampler {
 
 // ------------------------------------------------------------ requests
 
-/// One HTTP/1.1 request on a fresh connection, `Connection: close`, the
-/// whole exchange within `budget`; the status code.
-fn request(addr: SocketAddr, req: &[u8], budget: Duration) -> Result<u16> {
+/// One HTTP/1.1 request on a fresh connection (TLS with `tls`: a fresh
+/// handshake too, as a new client makes), `Connection: close`, the whole
+/// exchange within `budget`; the status code.
+fn request(
+    addr: SocketAddr,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    req: &[u8],
+    budget: Duration,
+) -> Result<u16> {
     let deadline = Instant::now() + budget;
     let left = || {
         let d = deadline.saturating_duration_since(Instant::now());
@@ -374,14 +380,29 @@ fn request(addr: SocketAddr, req: &[u8], budget: Duration) -> Result<u16> {
         }
         Ok(d)
     };
-    let mut s = TcpStream::connect_timeout(&addr, budget)?;
-    s.set_nodelay(true)?;
-    s.set_write_timeout(Some(left()?))?;
+    let tcp = TcpStream::connect_timeout(&addr, budget)?;
+    tcp.set_nodelay(true)?;
+    // Every read and write gets what is left of the budget.
+    let timed = |tcp: &TcpStream| -> Result<()> {
+        let d = left()?;
+        tcp.set_write_timeout(Some(d))?;
+        tcp.set_read_timeout(Some(d))?;
+        Ok(())
+    };
+    timed(&tcp)?;
+    let mut s: Box<dyn ReadWrite> = match tls {
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let conn = rustls::ClientConnection::new(config.clone(), name)?;
+            Box::new(rustls::StreamOwned::new(conn, tcp.try_clone()?))
+        }
+        None => Box::new(tcp.try_clone()?),
+    };
     s.write_all(req)?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        s.set_read_timeout(Some(left()?))?;
+        timed(&tcp)?;
         let n = s.read(&mut chunk)?;
         if n == 0 {
             break;
@@ -403,19 +424,26 @@ fn request(addr: SocketAddr, req: &[u8], budget: Duration) -> Result<u16> {
     Ok(status)
 }
 
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// How the client namespace polls the VIP.
 #[derive(Clone)]
 struct Probe {
     addr: SocketAddr,
+    /// The gateways serve HTTPS (the topology's CA).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     req: Vec<u8>,
     budget: Duration,
     poll: Duration,
 }
 
 impl Probe {
-    fn new(vip: &str, token: &str, args: &Args) -> Result<Probe> {
+    fn new(t: &Topology, token: &str, args: &Args) -> Result<Probe> {
+        let vip = &t.vip;
         Ok(Probe {
             addr: format!("{vip}:{VIP_PORT}").parse()?,
+            tls: t.public_tls(),
             req: format!(
                 "GET /v1/me HTTP/1.1\r\nHost: {vip}:{VIP_PORT}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
             )
@@ -426,7 +454,10 @@ impl Probe {
     }
 
     fn once(&self) -> bool {
-        matches!(request(self.addr, &self.req, self.budget), Ok(200))
+        matches!(
+            request(self.addr, self.tls.as_ref(), &self.req, self.budget),
+            Ok(200)
+        )
     }
 
     /// Polls from `since` until a request is answered 200 (its answer's
@@ -472,27 +503,32 @@ impl Probe {
 /// Registers the bench's user and logs in, through the VIP from the client
 /// namespace; the access token.
 fn token(t: &Topology, timeout: Duration) -> Result<String> {
-    let base = format!("http://{}:{VIP_PORT}", t.vip);
+    let base = format!("{}://{}:{VIP_PORT}", t.db_scheme(), t.vip);
+    // The gateways' CA, when they serve HTTPS.
+    let ca: Vec<String> = t
+        .certs()
+        .map(|d| vec!["--cacert".into(), d.join("ca.pem").display().to_string()])
+        .unwrap_or_default();
     let post = |path: &str, body: serde_json::Value| -> Result<(u16, String)> {
         let body = body.to_string();
-        let out = t.on(
-            "client",
-            &[
-                "curl",
-                "-sS",
-                "-m",
-                "5",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &body,
-                &format!("{base}{path}"),
-            ],
-        )?;
+        let url = format!("{base}{path}");
+        let mut args: Vec<&str> = vec!["curl"];
+        args.extend(ca.iter().map(String::as_str));
+        args.extend([
+            "-sS",
+            "-m",
+            "5",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body,
+            &url,
+        ]);
+        let out = t.on("client", &args)?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         Ok((code.trim().parse().unwrap_or(0), body.to_string()))
@@ -575,8 +611,11 @@ fn settled_once(
         for p in std::iter::once(format!("agenda-gateway-{x}")).chain(d.processes(x)) {
             ensure!(t.alive(&p), "{p} is down");
         }
-        t.curl(m, &format!("http://127.0.0.1:{VIP_PORT}/healthz"))
-            .with_context(|| format!("gateway on {m}"))?;
+        t.curl(
+            m,
+            &format!("{}://127.0.0.1:{VIP_PORT}/healthz", t.db_scheme()),
+        )
+        .with_context(|| format!("gateway on {m}"))?;
     }
     let holders: Vec<&'static str> = MACHINES.into_iter().filter(|m| t.has_vip(m)).collect();
     ensure!(holders.len() == 1, "VIP holders: {holders:?}");
@@ -762,7 +801,7 @@ fn run_daemon_in(d: Daemon, args: &Args, s: &mut Summary) -> Result<()> {
     );
     let result = (|| -> Result<()> {
         let client = NetnsWorker::new(&t.ns("client"))?;
-        let mut probe = Probe::new(&t.vip, &token(&t, timeout)?, args)?;
+        let mut probe = Probe::new(&t, &token(&t, timeout)?, args)?;
         let mut token_at = Instant::now();
         let sampler = HolderSampler::start(&t)?;
         for i in 1..=args.kills {
@@ -770,7 +809,7 @@ fn run_daemon_in(d: Daemon, args: &Args, s: &mut Summary) -> Result<()> {
             // Tokens live an hour (agenda-users' default): a long run
             // logs in again well before.
             if token_at.elapsed() > Duration::from_secs(1800) {
-                probe = Probe::new(&t.vip, &token(&t, timeout)?, args)?;
+                probe = Probe::new(&t, &token(&t, timeout)?, args)?;
                 token_at = Instant::now();
             }
             match kill_round(&t, d, &client, &probe, timeout) {
