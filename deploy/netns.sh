@@ -261,14 +261,24 @@ ENV
     cp "$certs/ca.pem" "$state/ca.pem"
     say "certificates in $certs (mutual TLS on every internal link; HTTPS at the gateways, CA in $state/ca.pem)"
   fi
-  local db peers="" i
+  local db peers="" i peer_port=770
+  # Raft traffic on ports of its own (77xx), apart from the client ports.
+  # Data made before that knows its members by their client ports: it
+  # keeps raft there (AGENDA_FRESH=1 starts over with the new layout).
+  if [ -d "$data/db1" ] && [ ! -e "$data/peer-ports" ]; then
+    say "the data in $data predates separate raft ports; raft stays on the client ports (AGENDA_FRESH=1 to start over)"
+    peer_port=700
+  else
+    mkdir -p "$data" && touch "$data/peer-ports"
+  fi
   db=$(db_endpoints)
-  for i in 1 2 3 4 5; do peers="${peers:+$peers,}$i=${ip_of[${db_machine[$i]}]}:700$i"; done
+  for i in 1 2 3 4 5; do peers="${peers:+$peers,}$i=${ip_of[${db_machine[$i]}]}:$peer_port$i"; done
   for i in 1 2 3 4 5; do
-    local m=${db_machine[$i]} a=${ip_of[${db_machine[$i]}]}
+    local m=${db_machine[$i]} a=${ip_of[${db_machine[$i]}]} peer_flag=()
+    [ "$peer_port" = 770 ] && peer_flag=(--peer-listen "$a:770$i")
     tls_args "agenda-db-$i"
     start "agenda-db-$i" "$m" "$bin/agenda-db" --id "$i" --listen "$a:700$i" --http "$a:710$i" \
-      --peers "$peers" --data-dir "$data/db$i" "${TLS[@]}"
+      --peers "$peers" "${peer_flag[@]}" --data-dir "$data/db$i" "${TLS[@]}"
   done
   say "waiting for agenda-db to elect a leader..."
   wait_until "an agenda-db leader" 60 db_curl witness -fsS "$(scheme)://${ip_of[witness]}:7105/healthz"

@@ -66,9 +66,20 @@ fi
 # The letter of replica number N (1, 2): certificates are per machine.
 letter() { [ "$1" = 1 ] && echo a || echo b; }
 
+# Raft traffic on ports of its own (--peer-listen), apart from the client
+# ports. Data made before that knows its members by their client ports:
+# it keeps raft there (AGENDA_FRESH=1 starts over with the new layout).
+peer_base=${AGENDA_DB_PEER_BASE:-7701}
+if [ -d "$state/data/db1" ] && [ ! -e "$state/data/peer-ports" ]; then
+  echo "note: the data in $state/data predates separate raft ports; raft stays on the client ports (AGENDA_FRESH=1 to start over)"
+  peer_base=""
+else
+  touch "$state/data/peer-ports"
+fi
+peer_flag() { [ -n "$peer_base" ] && echo --peer-listen "127.0.0.1:$((peer_base + $1 - 1))"; }
 peers=""
 for i in $(seq 1 $nodes); do
-  peers="${peers:+$peers,}$i=127.0.0.1:$((grpc_base + i - 1))"
+  peers="${peers:+$peers,}$i=127.0.0.1:$((${peer_base:-$grpc_base} + i - 1))"
 done
 
 pids=()
@@ -94,7 +105,8 @@ trap stop EXIT
 # Fail early if something is already on our ports.
 for port in $(seq $grpc_base $((grpc_base + nodes - 1))) $(seq $http_base $((http_base + nodes - 1))) \
   $(seq $users_base $((users_base + replicas - 1))) $(seq $groups_base $((groups_base + replicas - 1))) \
-  $(seq $redis_base $((redis_base + 1))) $(seq $supervisor_base $((supervisor_base + 1))) "${gateway##*:}"; do
+  $(seq $redis_base $((redis_base + 1))) $(seq $supervisor_base $((supervisor_base + 1))) "${gateway##*:}" \
+  $([ -n "$peer_base" ] && seq $peer_base $((peer_base + nodes - 1))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use (another make run?); stop that first" >&2
     exit 1
@@ -134,7 +146,7 @@ for i in $(seq 1 $nodes); do
     "$bin/agenda-db" --id "$i" \
     --listen "127.0.0.1:$((grpc_base + i - 1))" \
     --http "127.0.0.1:$((http_base + i - 1))" \
-    --peers "$peers" \
+    --peers "$peers" $(peer_flag "$i") \
     --data-dir "$state/data/db$i" $(tls "agenda-db-$i")
 done
 

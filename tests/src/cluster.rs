@@ -155,6 +155,8 @@ pub struct Node {
     pub grpc: String,
     /// REST address (host:port).
     pub http: String,
+    /// Raft address when apart from `grpc` (`--peer-listen`).
+    pub peer: Option<String>,
     /// Data dir.
     pub data_dir: PathBuf,
     /// Log file.
@@ -164,6 +166,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// Where peers send it raft traffic (its address in `--peers`).
+    pub fn raft_addr(&self) -> &str {
+        self.peer.as_deref().unwrap_or(&self.grpc)
+    }
+
     /// Operator base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.http)
@@ -189,6 +196,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// How the harness's own clients connect when the nodes run with TLS.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Raft traffic on a port of its own per node (`--peer-listen`).
+    pub peer_ports: bool,
 }
 
 impl Default for Options {
@@ -197,6 +206,7 @@ impl Default for Options {
             size: 5,
             args: Vec::new(),
             tls: None,
+            peer_ports: false,
         }
     }
 }
@@ -220,11 +230,11 @@ impl Cluster {
         let bin = bin("agenda-db")?;
         let mut nodes = BTreeMap::new();
         for id in 1..=opts.size {
-            nodes.insert(id, Self::new_node(dir.path(), id, false));
+            nodes.insert(id, Self::new_node(dir.path(), id, false, opts.peer_ports));
         }
         let peers = nodes
             .values()
-            .map(|n| format!("{}={}", n.id, n.grpc))
+            .map(|n| format!("{}={}", n.id, n.raft_addr()))
             .collect::<Vec<_>>()
             .join(",");
         let mut c = Cluster {
@@ -249,11 +259,12 @@ impl Cluster {
         Ok(c)
     }
 
-    fn new_node(dir: &Path, id: u64, join: bool) -> Node {
+    fn new_node(dir: &Path, id: u64, join: bool, peer_port: bool) -> Node {
         Node {
             id,
             grpc: format!("127.0.0.1:{}", free_port()),
             http: format!("127.0.0.1:{}", free_port()),
+            peer: peer_port.then(|| format!("127.0.0.1:{}", free_port())),
             data_dir: dir.join(format!("node{id}")),
             log: dir.join(format!("node{id}.log")),
             child: None,
@@ -285,6 +296,9 @@ impl Cluster {
             .stderr(log);
         if node.join {
             cmd.arg("--join");
+        }
+        if let Some(peer) = &node.peer {
+            cmd.arg(format!("--peer-listen={peer}"));
         }
         node.child = Some(cmd.spawn().context("spawn agenda-db")?);
         Ok(())
@@ -368,8 +382,8 @@ impl Cluster {
     /// Starts a new empty node that joins through a conf change (the
     /// caller adds it with `member_add`).
     pub fn spawn_joining(&mut self, id: u64) -> Result<&Node> {
-        let node = Self::new_node(self.dir.path(), id, true);
-        self.peers = format!("{},{}={}", self.peers, id, node.grpc);
+        let node = Self::new_node(self.dir.path(), id, true, self.opts.peer_ports);
+        self.peers = format!("{},{}={}", self.peers, id, node.raft_addr());
         self.nodes.insert(id, node);
         self.spawn(id)?;
         Ok(&self.nodes[&id])

@@ -377,7 +377,9 @@ async fn two_nodes_down_still_serve_three_down_answer_503_then_recover() -> Resu
 async fn a_node_down_for_100k_writes_catches_up_by_snapshot() -> Result<()> {
     // 100,000 keys written as 10,000 transactions of 10 puts: ten times the
     // compaction threshold in raft entries, so the log the lagging node
-    // needs is gone and only a snapshot can bring it back.
+    // needs is gone and only a snapshot can bring it back. With 192-byte
+    // values the snapshot (over 19 MiB) is larger than a raft stream
+    // message may be (16 MiB), so it must travel in pieces.
     const KEYS: u64 = 100_000;
     const PER_TXN: u64 = 10;
     let mut c = Cluster::start(opts(&[
@@ -400,7 +402,7 @@ async fn a_node_down_for_100k_writes_catches_up_by_snapshot() -> Result<()> {
                     .map(|i| RequestOp {
                         request: Some(request_op::Request::Put(put(
                             format!("s/{:07}", t * PER_TXN + i),
-                            "x",
+                            "x".repeat(192),
                         ))),
                     })
                     .collect();
@@ -512,7 +514,13 @@ async fn lease_expiry_deletes_keys_and_wakes_watchers() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_is_replaced_while_serving() -> Result<()> {
-    let mut c = Cluster::start(Options::default()).await?;
+    // Raft on ports of its own, as deployed: members are added by their
+    // raft address, and clients still find the leader by its client one.
+    let mut c = Cluster::start(Options {
+        peer_ports: true,
+        ..Options::default()
+    })
+    .await?;
     let client = c.client();
     let writers = Writers::start(client.clone(), 4, 100_000);
     wait_for(
@@ -535,7 +543,7 @@ async fn a_member_is_replaced_while_serving() -> Result<()> {
         },
     )
     .await?;
-    let addr = c.spawn_joining(6)?.grpc.clone();
+    let addr = c.spawn_joining(6)?.raft_addr().to_string();
     client.member_add(6, &addr).await?;
     let newcomer = c.node_client(6);
     let before = writers.acked();
@@ -1100,6 +1108,7 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     let tls = identity(certs.path(), "client")?.client_config()?;
     let c = Cluster::start(Options {
         tls: Some(tls.clone()),
+        peer_ports: true,
         ..opts(&["--tls-dir", &dir, "--tls-name", "peer"])
     })
     .await?;
@@ -1155,7 +1164,7 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
         https_get(&http, path, tls.clone()).await.is_err(),
         "REST answered a gateway certificate"
     );
-    let reply = https_get(&http, path, operator).await?;
+    let reply = https_get(&http, path, operator.clone()).await?;
     ensure!(
         reply.starts_with("HTTP/1.1 200") && reply.ends_with('1'),
         "REST over TLS: {reply}"
@@ -1166,15 +1175,32 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
         Err(ClientError::PermissionDenied(m)) => ensure!(m.contains("gateway"), "{m}"),
         other => anyhow::bail!("a gateway removed a member: {other:?}"),
     }
-    let mut raft = agenda_proto::raft::raft_client::RaftClient::new(
-        agenda_common::net::tls_channel(&grpc[0], tls.clone())?,
-    );
-    let refused = raft
-        .send(futures::stream::empty::<agenda_proto::raft::RaftEnvelope>())
-        .await;
+    // Raft has its own port (--peer-listen), which serves peers only and
+    // nothing else; the client port serves no raft at all.
+    let raft_to = |addr: &str, config| -> Result<_> {
+        Ok(agenda_proto::raft::raft_client::RaftClient::new(
+            agenda_common::net::tls_channel(addr, config)?,
+        ))
+    };
+    let peer_port = c.nodes[&1].raft_addr().to_string();
+    ensure!(peer_port != grpc[0]);
+    for (addr, code) in [
+        (&peer_port, tonic::Code::PermissionDenied),
+        (&grpc[0], tonic::Code::Unimplemented),
+    ] {
+        let refused = raft_to(addr, tls.clone())?
+            .send(futures::stream::empty::<agenda_proto::raft::RaftEnvelope>())
+            .await;
+        ensure!(
+            matches!(&refused, Err(s) if s.code() == code),
+            "a gateway sent raft traffic to {addr}: {refused:?}"
+        );
+    }
+    let on_peer_port = DbClient::with_tls(&[&peer_port], Some(operator.clone()))?
+        .with_timeout(Duration::from_secs(2));
     ensure!(
-        matches!(&refused, Err(s) if s.code() == tonic::Code::PermissionDenied),
-        "a gateway sent raft traffic: {refused:?}"
+        on_peer_port.get("tls/a").await.is_err(),
+        "the peer port served the client API"
     );
 
     // Leases: only a role that may write every key of a lease renews or

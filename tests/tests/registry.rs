@@ -129,7 +129,23 @@ async fn the_client_rotates_past_dead_nodes_from_any_start() -> Result<()> {
 /// would only pass them on and answer two raft round trips later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_client_sends_writes_to_the_leader() -> Result<()> {
-    let c = Cluster::start(Options::default()).await?;
+    writes_go_to_the_leader(Options::default()).await
+}
+
+/// The same when raft has ports of its own: the members' addresses are
+/// then not the client endpoints, and the client maps the leader by the
+/// member ids its status calls learn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_finds_the_leader_when_raft_has_its_own_ports() -> Result<()> {
+    writes_go_to_the_leader(Options {
+        peer_ports: true,
+        ..Options::default()
+    })
+    .await
+}
+
+async fn writes_go_to_the_leader(opts: Options) -> Result<()> {
+    let c = Cluster::start(opts).await?;
     let client = c.client();
     let leader = c.leader().await?;
     // The client learns the leader in the background, after its first call.

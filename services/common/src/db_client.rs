@@ -82,6 +82,11 @@ struct Inner {
     suspect_until_ms: Arc<Vec<AtomicU64>>,
     /// Every data call hedged (see [`DbClient::hedged`]).
     hedge: bool,
+    /// Per node: its member id once learnt (0: not yet), from the header
+    /// of its status answers. Maps the leader's id to the endpoint to
+    /// call: member addresses are raft addresses, which differ from the
+    /// client endpoints when nodes take raft traffic on a port of its own.
+    ids: Arc<Vec<AtomicU64>>,
     epoch: Instant,
 }
 
@@ -94,6 +99,7 @@ impl Inner {
     fn new(nodes: Vec<(String, Grpc<Channel>)>, current: usize, timeout: Duration) -> Self {
         Inner {
             suspect_until_ms: Arc::new(nodes.iter().map(|_| AtomicU64::new(0)).collect()),
+            ids: Arc::new(nodes.iter().map(|_| AtomicU64::new(0)).collect()),
             hedge: false,
             nodes,
             current: AtomicUsize::new(current),
@@ -107,6 +113,46 @@ impl Inner {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Node `i`'s view of the cluster (within a second), learning its
+    /// member id on the way.
+    async fn status_of(&self, i: usize) -> Option<ClusterStatusResponse> {
+        let mut grpc = self.nodes[i].1.clone();
+        let status = tokio::time::timeout(
+            Duration::from_secs(1),
+            grpc.cluster_status(ClusterStatusRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()?
+        .into_inner();
+        if let Some(h) = &status.header {
+            self.ids[i].store(h.member_id, Ordering::Relaxed);
+        }
+        Some(status)
+    }
+
+    /// The endpoint of the leader `status` names: by learnt member id, or
+    /// by address when members are listed at their client endpoints.
+    fn index_of_member(&self, status: &ClusterStatusResponse) -> Option<usize> {
+        let id = status.leader_id;
+        if id == 0 {
+            return None;
+        }
+        if let Some(i) = self
+            .ids
+            .iter()
+            .position(|x| x.load(Ordering::Relaxed) == id)
+        {
+            return Some(i);
+        }
+        let addr = status
+            .members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| host_port(&m.addr).to_string())?;
+        self.nodes.iter().position(|(e, _)| host_port(e) == addr)
     }
 
     /// Node `i` failed an attempt: other calls skip it for a while.
@@ -224,6 +270,7 @@ impl DbClient {
         );
         inner.epoch = self.inner.epoch;
         inner.suspect_until_ms = self.inner.suspect_until_ms.clone();
+        inner.ids = self.inner.ids.clone();
         inner.hedge = hedge;
         inner
             .leader
@@ -263,22 +310,18 @@ impl DbClient {
             tokio::spawn(async move {
                 let cur = inner.current.load(Ordering::Relaxed);
                 let i = inner.skip_suspects(cur) % inner.nodes.len();
-                let mut grpc = inner.nodes[i].1.clone();
-                let status = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    grpc.cluster_status(ClusterStatusRequest {}),
-                )
-                .await;
-                if let Ok(Ok(status)) = status {
-                    let status = status.into_inner();
-                    let addr = status
-                        .members
-                        .iter()
-                        .find(|m| m.id == status.leader_id)
-                        .map(|m| host_port(&m.addr).to_string());
-                    if let Some(idx) =
-                        addr.and_then(|a| inner.nodes.iter().position(|(e, _)| host_port(e) == a))
-                    {
+                if let Some(status) = inner.status_of(i).await {
+                    let mut found = inner.index_of_member(&status);
+                    if found.is_none() && status.leader_id != 0 {
+                        // Learn the ids of the nodes not asked yet.
+                        let unknown: Vec<usize> = (0..inner.nodes.len())
+                            .filter(|j| inner.ids[*j].load(Ordering::Relaxed) == 0)
+                            .collect();
+                        futures::future::join_all(unknown.into_iter().map(|j| inner.status_of(j)))
+                            .await;
+                        found = inner.index_of_member(&status);
+                    }
+                    if let Some(idx) = found {
                         inner.leader.store(idx, Ordering::Relaxed);
                     }
                 }

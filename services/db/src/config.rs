@@ -19,13 +19,22 @@ pub struct Config {
     #[arg(long, env = "AGENDA_DB_ID")]
     pub id: u64,
 
-    /// Address for gRPC (client API and raft traffic from peers), host:port.
+    /// Address for gRPC (the client API, and raft traffic from peers
+    /// unless --peer-listen), host:port.
     #[arg(long, env = "AGENDA_DB_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: String,
 
     /// Address for the operator REST API, /healthz and /metrics, host:port.
     #[arg(long, env = "AGENDA_DB_HTTP", default_value = "127.0.0.1:7101")]
     pub http: String,
+
+    /// Address for raft traffic from peers (host:port), apart from the
+    /// client port so the two can be firewalled apart: it serves only the
+    /// raft stream (only to `peer` certificates with --tls-dir), and the
+    /// client port then serves none. --peers and member adds name these
+    /// addresses. Unset: raft traffic shares --listen.
+    #[arg(long, env = "AGENDA_DB_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
 
     /// Initial members as ID=HOST:PORT pairs separated by commas, e.g.
     /// "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003". Used to

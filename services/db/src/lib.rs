@@ -115,15 +115,51 @@ fn check_identity(db: &Database, token: &str, id: u64) -> Result<bool> {
     }
 }
 
+/// The sockets a node serves on (bound by `main` from the flags).
+pub struct Listeners {
+    /// --listen: the gRPC client API (and raft traffic without `peer`).
+    pub grpc: TcpListener,
+    /// --http: the operator REST.
+    pub http: TcpListener,
+    /// --peer-listen: raft traffic from peers only.
+    pub peer: Option<TcpListener>,
+}
+
+type GrpcServing = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<(), tonic::transport::Error>> + Send>,
+>;
+
+/// Serves `router` on `listener` until `stop`: mutual TLS with
+/// `identity`, else plaintext.
+fn serve_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    identity: &Option<std::sync::Arc<agenda_common::tls::Identity>>,
+    stop: &CancellationToken,
+) -> Result<GrpcServing> {
+    Ok(match identity {
+        Some(id) => Box::pin(
+            router.serve_with_incoming_shutdown(
+                agenda_common::net::tls_incoming(
+                    listener,
+                    id.server_config(true)
+                        .map_err(|e| Error::Config(e.to_string()))?,
+                ),
+                stop.clone().cancelled_owned(),
+            ),
+        ),
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            agenda_common::net::incoming(listener),
+            stop.clone().cancelled_owned(),
+        )),
+    })
+}
+
 /// Runs a node until `shutdown` is cancelled, the node is removed from the
 /// cluster, or a fatal error. Listeners are bound by the caller so tests can
 /// use port 0.
-pub async fn run(
-    cfg: Config,
-    grpc: TcpListener,
-    http: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<()> {
+pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
+    let Listeners { grpc, http, peer } = listeners;
     let members = cfg.members().map_err(Error::Config)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         Error::Config(format!(
@@ -238,36 +274,37 @@ pub async fn run(
     );
 
     let grpc_addr = grpc.local_addr().ok();
-    let grpc_router = agenda_common::net::grpc_server()
-        .add_service(
-            DbServer::new(api::grpc::GrpcApi {
-                db: db_service.clone(),
-            })
-            .max_decoding_message_size(8 * 1024 * 1024),
-        )
-        .add_service(
-            RaftServer::new(transport::RaftService {
-                node: handle.clone(),
-                token: cfg.cluster_token.clone(),
-                shutdown: stop_servers.clone(),
-            })
-            .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES),
-        );
-    let grpc_server: std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = std::result::Result<(), tonic::transport::Error>>
-                + Send,
-        >,
-    > = match &identity {
-        Some(id) => Box::pin(grpc_router.serve_with_incoming_shutdown(
-            agenda_common::net::tls_incoming(grpc, id.server_config(true).map_err(tls_error)?),
-            stop_servers.clone().cancelled_owned(),
-        )),
-        None => Box::pin(grpc_router.serve_with_incoming_shutdown(
-            agenda_common::net::incoming(grpc),
-            stop_servers.clone().cancelled_owned(),
-        )),
+    let raft_service = || {
+        RaftServer::new(transport::RaftService {
+            node: handle.clone(),
+            token: cfg.cluster_token.clone(),
+            shutdown: stop_servers.clone(),
+        })
+        .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(transport::MAX_MESSAGE_BYTES)
+    };
+    let client_router = agenda_common::net::grpc_server().add_service(
+        DbServer::new(api::grpc::GrpcApi {
+            db: db_service.clone(),
+        })
+        .max_decoding_message_size(8 * 1024 * 1024),
+    );
+    // Raft traffic on its own port (--peer-listen), so client and peer
+    // traffic can be firewalled apart; else beside the client API.
+    let (grpc_router, peer_router) = match &peer {
+        Some(_) => (
+            client_router,
+            Some(agenda_common::net::grpc_server().add_service(raft_service())),
+        ),
+        None => (client_router.add_service(raft_service()), None),
+    };
+    let peer_addr = peer.as_ref().and_then(|l| l.local_addr().ok());
+    let grpc_server = serve_grpc(grpc_router, grpc, &identity, &stop_servers)?;
+    let peer_server = match (peer_router, peer) {
+        (Some(router), Some(listener)) => {
+            Some(serve_grpc(router, listener, &identity, &stop_servers)?)
+        }
+        _ => None,
     };
     let http_addr = http.local_addr().ok();
     let router = api::http::router(api::http::HttpState {
@@ -299,10 +336,11 @@ pub async fn run(
             Box::pin(async move { serve.await })
         }
     };
-    tracing::info!(id = cfg.id, grpc = ?grpc_addr, http = ?http_addr, "agenda-db node serving");
+    tracing::info!(id = cfg.id, grpc = ?grpc_addr, http = ?http_addr, peer = ?peer_addr, "agenda-db node serving");
 
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(http_server);
+    let peer_task = peer_server.map(tokio::spawn);
 
     let outcome = tokio::select! {
         () = shutdown.cancelled() => None,
@@ -313,6 +351,9 @@ pub async fn run(
     let drain = async {
         let _ = grpc_task.await;
         let _ = http_task.await;
+        if let Some(t) = peer_task {
+            let _ = t.await;
+        }
     };
     if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
         tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing anyway");

@@ -54,7 +54,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     cfg.members().map_err(anyhow::Error::msg)?;
     let grpc = agenda_common::net::bind(&cfg.listen, "--listen").await?;
     let http = agenda_common::net::bind(&cfg.http, "--http").await?;
+    let peer = match &cfg.peer_listen {
+        Some(addr) => Some(agenda_common::net::bind(addr, "--peer-listen").await?),
+        None => None,
+    };
     let token = shutdown::token_on_signal();
-    agenda_db::run(cfg, grpc, http, token).await?;
+    agenda_db::run(cfg, agenda_db::Listeners { grpc, http, peer }, token).await?;
     Ok(())
 }

@@ -6,6 +6,11 @@
 //! messages (and tells raft the peer is unreachable) instead of stalling
 //! the node. The receiving side ([`RaftService`]) checks the cluster token
 //! and feeds messages into the node's mailbox.
+//!
+//! No gRPC message on the stream exceeds [`MAX_MESSAGE_BYTES`]: small
+//! messages are packed into envelopes of a few MiB, and one larger than
+//! that (a snapshot holds the whole state) goes in pieces, put together
+//! again on the far side.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -29,8 +34,15 @@ const BATCH: usize = 256;
 pub const CLUSTER_HEADER: &str = "x-agenda-cluster";
 /// Metadata key carrying the sender's id.
 pub const FROM_HEADER: &str = "x-agenda-from";
-/// Largest raft message (a snapshot) accepted or sent.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Largest gRPC message on the raft stream, either way: an envelope is
+/// filled up to [`ENVELOPE_BYTES`], and a larger raft message (a
+/// snapshot) goes in pieces of that size.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// What the sender puts in one envelope.
+const ENVELOPE_BYTES: usize = 4 << 20;
+/// Largest raft message put together from pieces (the whole state, in a
+/// snapshot): beyond it the stream is refused rather than memory spent.
+pub const MAX_ASSEMBLED_BYTES: usize = 1 << 30;
 
 struct Peer {
     addr: String,
@@ -222,14 +234,13 @@ async fn peer_loop(inner: Arc<Inner>, to: u64, addr: String, mut rx: mpsc::Recei
                         .iter()
                         .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
                         .count();
-                    let mut messages = Vec::with_capacity(batch.len());
-                    for m in &batch {
-                        match m.write_to_bytes() {
-                            Ok(b) => messages.push(b),
-                            Err(e) => tracing::error!(error = %e, "cannot encode raft message"),
+                    let mut sent = true;
+                    for env in envelopes(&batch) {
+                        if stx.send(env).await.is_err() {
+                            sent = false;
+                            break;
                         }
                     }
-                    let sent = stx.send(RaftEnvelope { messages }).await.is_ok();
                     for _ in 0..snapshots {
                         inner.report(Request::SnapshotSent { to, ok: sent });
                     }
@@ -242,6 +253,76 @@ async fn peer_loop(inner: Arc<Inner>, to: u64, addr: String, mut rx: mpsc::Recei
         }
         call.abort();
         inner.report(Request::Unreachable(to));
+    }
+}
+
+/// Packs encoded messages into envelopes of at most [`ENVELOPE_BYTES`]
+/// (a message larger than that alone, in pieces), in order.
+fn envelopes(batch: &[Message]) -> Vec<RaftEnvelope> {
+    let mut out = Vec::new();
+    let mut cur = RaftEnvelope::default();
+    let mut size = 0;
+    for m in batch {
+        let bytes = match m.write_to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode raft message");
+                continue;
+            }
+        };
+        if size + bytes.len() > ENVELOPE_BYTES && !cur.messages.is_empty() {
+            out.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        if bytes.len() <= ENVELOPE_BYTES {
+            size += bytes.len();
+            cur.messages.push(bytes);
+            continue;
+        }
+        let pieces = bytes.len().div_ceil(ENVELOPE_BYTES);
+        for (i, piece) in bytes.chunks(ENVELOPE_BYTES).enumerate() {
+            out.push(RaftEnvelope {
+                messages: Vec::new(),
+                piece: piece.to_vec(),
+                last: i + 1 == pieces,
+            });
+        }
+    }
+    if !cur.messages.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Puts a message's pieces back together (receiving side of
+/// [`envelopes`]).
+#[derive(Default)]
+struct Assembly {
+    buf: Vec<u8>,
+}
+
+impl Assembly {
+    /// The encoded messages `env` completes, in order.
+    fn take(&mut self, env: RaftEnvelope) -> Result<Vec<Vec<u8>>, tonic::Status> {
+        if env.piece.is_empty() && !env.last {
+            if !self.buf.is_empty() {
+                return Err(tonic::Status::invalid_argument(
+                    "raft messages inside a message's pieces",
+                ));
+            }
+            return Ok(env.messages);
+        }
+        if self.buf.len() + env.piece.len() > MAX_ASSEMBLED_BYTES {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "a raft message over {MAX_ASSEMBLED_BYTES} bytes"
+            )));
+        }
+        self.buf.extend_from_slice(&env.piece);
+        if env.last {
+            Ok(vec![std::mem::take(&mut self.buf)])
+        } else {
+            Ok(Vec::new())
+        }
     }
 }
 
@@ -293,6 +374,7 @@ impl Raft for RaftService {
             )));
         }
         let mut stream = request.into_inner();
+        let mut assembly = Assembly::default();
         loop {
             let env = tokio::select! {
                 m = stream.message() => m?,
@@ -301,7 +383,7 @@ impl Raft for RaftService {
                 }
             };
             let Some(env) = env else { break };
-            for bytes in &env.messages {
+            for bytes in &assembly.take(env)? {
                 let m = Message::parse_from_bytes(bytes).map_err(|e| {
                     tonic::Status::invalid_argument(format!("bad raft message: {e}"))
                 })?;
@@ -311,5 +393,74 @@ impl Raft for RaftService {
             }
         }
         Ok(tonic::Response::new(RaftAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::prelude::Snapshot;
+
+    use super::*;
+
+    fn message(to: u64, data: usize) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.to = to;
+        m.set_snapshot(Snapshot {
+            data: vec![7u8; data].into(),
+            ..Default::default()
+        });
+        m
+    }
+
+    /// Every envelope fits the limit however large the state; the far
+    /// side gets the same messages back, in order.
+    #[test]
+    fn a_large_snapshot_goes_in_pieces_under_the_limit() {
+        let batch = vec![
+            message(1, 10),
+            message(2, 10 * ENVELOPE_BYTES + 3),
+            message(3, 10),
+            message(4, 20),
+        ];
+        let envs = envelopes(&batch);
+        assert!(envs.len() >= 12, "{} envelopes", envs.len());
+        for e in &envs {
+            let len = prost::Message::encoded_len(e);
+            assert!(len <= MAX_MESSAGE_BYTES, "{len}");
+        }
+        let mut asm = Assembly::default();
+        let mut got = Vec::new();
+        for e in envs {
+            for bytes in asm.take(e).unwrap() {
+                got.push(Message::parse_from_bytes(&bytes).unwrap());
+            }
+        }
+        assert_eq!(got, batch);
+    }
+
+    #[test]
+    fn a_message_between_pieces_or_over_the_bound_is_refused() {
+        let mut asm = Assembly::default();
+        asm.take(RaftEnvelope {
+            piece: vec![1; 10],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(asm
+            .take(RaftEnvelope {
+                messages: vec![vec![1]],
+                ..Default::default()
+            })
+            .is_err());
+        let mut asm = Assembly {
+            buf: vec![0; MAX_ASSEMBLED_BYTES - 1],
+        };
+        assert!(asm
+            .take(RaftEnvelope {
+                piece: vec![1; 2],
+                ..Default::default()
+            })
+            .is_err());
     }
 }
