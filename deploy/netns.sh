@@ -83,6 +83,18 @@ web_curl() {
     on "$m" curl "$@"
   fi
 }
+# rcli MACHINE ARGS...: redis-cli on a machine, as the operator when TLS is
+# on (Redis then speaks TLS only, to certificates of the CA).
+rcli() {
+  local m=$1
+  shift
+  if [ "$tls_on" = 1 ]; then
+    REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" on "$m" redis-cli --tls --cacert "$certs/ca.pem" \
+      --cert "$certs/agendactl.pem" --key "$certs/agendactl-key.pem" "$@"
+  else
+    REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" on "$m" redis-cli "$@"
+  fi
+}
 # db_curl MACHINE ARGS...: curl on a machine, as the operator when TLS is on.
 db_curl() {
   local m=$1
@@ -216,8 +228,7 @@ redis_is_primary() {
   local m
   for m in machine-a machine-b; do
     if [ "${addr%:*}" = "${ip_of[$m]}" ]; then
-      REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" on "$m" redis-cli -h "${addr%:*}" -p "${addr##*:}" info replication \
-        | grep -q '^role:master'
+      rcli "$m" -h "${addr%:*}" -p "${addr##*:}" info replication | grep -q '^role:master'
       return
     fi
   done
@@ -287,6 +298,8 @@ ENV
   for x in a b; do
     local m="machine-$x" a=${ip_of[machine-$x]}
     tls_args "agenda-supervisor-$x"
+    # With TLS its redis-server serves TLS only, with its own certificate.
+    [ "$tls_on" = 1 ] && TLS+=(--redis-tls-name "redis-$x")
     start "agenda-supervisor-$x" "$m" "$bin/agenda-supervisor" --id "supervisor-$x" --db "$db" \
       --http "$a:7501" --redis-nodes "$redis_nodes" --local-redis "$a:7401" --redis-dir "$data/redis-$x" \
       "${TLS[@]}"

@@ -13,9 +13,10 @@
 # TLS (AGENDA_TLS=1, the default): `agendactl certs` writes a development CA
 # (kept across runs) and a fresh certificate per process to .agenda/certs;
 # agenda-db (gRPC and REST) and the users/groups replicas accept only mutual
-# TLS with them, and every internal link uses it; the gateway serves HTTPS
-# and WSS with its certificate (.agenda/ca.pem is the CA clients need).
-# Redis is still plaintext (issue 12). AGENDA_TLS=0: all plaintext.
+# TLS with them, and every internal link uses it (Redis too: TLS only, and
+# replication over TLS); the gateway serves HTTPS and WSS with its
+# certificate (.agenda/ca.pem is the CA clients need). AGENDA_TLS=0: all
+# plaintext.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,6 +54,10 @@ if [ "${AGENDA_TLS:-1}" = 1 ]; then
   tls() { echo --tls-name "$1"; }
   # The operator's curl (agenda-db's REST wants a cluster certificate).
   dbcurl() { curl --cacert "$certs/ca.pem" --cert "$certs/agendactl.pem" --key "$certs/agendactl-key.pem" "$@"; }
+  # Redis speaks TLS only, to certificates of the CA (the operator's here);
+  # redis_tls M names the certificate of machine M's redis-server.
+  rcli() { REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli --tls --cacert "$certs/ca.pem" --cert "$certs/agendactl.pem" --key "$certs/agendactl-key.pem" "$@"; }
+  redis_tls() { echo --redis-tls-name "redis-$1"; }
   # Clients of the gateway trust the CA and show no certificate.
   cp "$certs/ca.pem" "$state/ca.pem"
   webcurl() { curl --cacert "$state/ca.pem" "$@"; }
@@ -61,6 +66,8 @@ else
   unset AGENDA_TLS_DIR
   tls() { :; }
   dbcurl() { curl "$@"; }
+  rcli() { REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli "$@"; }
+  redis_tls() { :; }
   webcurl() { curl "$@"; }
 fi
 # The letter of replica number N (1, 2): certificates are per machine.
@@ -169,7 +176,7 @@ for m in a b; do
     "$bin/agenda-supervisor" --id "supervisor-$m" --db "$db_endpoints" \
     --http "127.0.0.1:$((supervisor_base + k))" --redis-nodes "$redis_nodes" \
     --local-redis "127.0.0.1:$((redis_base + k))" --redis-dir "$state/data/redis-$m" \
-    $(tls "agenda-supervisor-$m")
+    $(tls "agenda-supervisor-$m") $(redis_tls "$m")
 done
 
 echo "waiting for a Redis primary to be published and answering..."
@@ -179,7 +186,7 @@ echo "waiting for a Redis primary to be published and answering..."
 deadline=$((SECONDS + 45))
 until primary=$(dbcurl -fsS "$scheme://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary" 2>/dev/null | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p') \
   && [ -n "$primary" ] \
-  && REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -h "${primary%:*}" -p "${primary##*:}" info replication 2>/dev/null | grep -q '^role:master'; do
+  && rcli -h "${primary%:*}" -p "${primary##*:}" info replication 2>/dev/null | grep -q '^role:master'; do
   check_alive
   if [ $SECONDS -ge $deadline ]; then
     echo "no answering Redis primary after 45 s; see $state/logs/agenda-supervisor-*.log" >&2
@@ -236,8 +243,8 @@ done
     k=$([ $m = a ] && echo 0 || echo 1)
     port=$((redis_base + k))
     # A node may be restarting (its supervisor brings it back): then null.
-    rpid=$(REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -p "$port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p' || true)
-    role=$(REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli -p "$port" info replication 2>/dev/null | tr -d '\r' | sed -n 's/^role://p' || true)
+    rpid=$(rcli -p "$port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p' || true)
+    role=$(rcli -p "$port" info replication 2>/dev/null | tr -d '\r' | sed -n 's/^role://p' || true)
     printf '  ,{"name": "redis-%s", "kind": "redis-server", "machine": "local", "pid": %s, "redis": "127.0.0.1:%s", "role": "%s", "managed_by": "agenda-supervisor-%s", "data_dir": "%s"}\n' \
       "$m" "${rpid:-null}" "$port" "${role:-unknown}" "$m" "$state/data/redis-$m"
   done

@@ -21,7 +21,8 @@ pub struct Config {
     /// agenda-db endpoints.
     #[command(flatten)]
     pub db: agenda_common::args::DbArgs,
-    /// TLS identity (--tls-dir, --tls-name): mutual TLS on its gRPC links.
+    /// TLS identity (--tls-dir, --tls-name): mutual TLS on its gRPC links
+    /// and to every Redis node (`rediss://`).
     #[command(flatten)]
     pub tls: agenda_common::args::TlsArgs,
     /// Address of the HTTP listener serving `/metrics` and `/healthz`.
@@ -51,6 +52,12 @@ pub struct Config {
     /// Redis password.
     #[command(flatten)]
     pub redis: agenda_common::args::RedisAuthArgs,
+    /// With --tls-dir: the certificate name in it of the local
+    /// redis-server (e.g. redis-a), which then serves only TLS on its
+    /// port, asks every client for a certificate of the cluster CA, and
+    /// replicates over TLS. Required with --tls-dir and --local-redis.
+    #[arg(long, env = "AGENDA_REDIS_TLS_NAME", default_value = "")]
+    pub redis_tls_name: String,
     /// Time between two health checks of every node, in milliseconds.
     #[arg(long, env = "AGENDA_SUPERVISOR_CHECK_INTERVAL_MS", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -102,6 +109,11 @@ impl Config {
             }
             if self.redis_dir.is_none() {
                 return Err("--redis-dir is required with --local-redis".into());
+            }
+            if self.tls.tls_dir.is_some() && self.redis_tls_name.trim().is_empty() {
+                return Err(
+                    "--tls-dir with --local-redis needs --redis-tls-name (the local redis-server's certificate in --tls-dir)".into(),
+                );
             }
         }
         if self.down_after_ms < self.check_interval_ms {

@@ -53,10 +53,9 @@ pub async fn run(
     let stop = shutdown.child_token();
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let http = tokio::spawn(metrics::serve(http_listener, metrics.clone(), stop.clone()));
-    let db = agenda_common::net::Links::from_args(&cfg.tls, &stop)
-        .context("TLS")?
-        .db_client(&cfg.db.db)
-        .context("--db")?;
+    let links = agenda_common::net::Links::from_args(&cfg.tls, &stop).context("TLS")?;
+    let db = links.db_client(&cfg.db.db).context("--db")?;
+    let redis_link = links.redis(&cfg.redis.redis_password);
     let loop_db = db.with_timeout(Duration::from_secs(2));
     tracing::info!(%id, nodes = ?cfg.redis_nodes, local = ?cfg.local_redis, "agenda-supervisor starting");
 
@@ -91,6 +90,10 @@ pub async fn run(
                 binary,
                 dir: dir.clone(),
                 password: cfg.redis.redis_password.clone(),
+                link: redis_link.clone(),
+                tls: cfg.tls.tls_dir.as_ref().map(|dir| {
+                    agenda_common::tls::TlsFiles::in_dir(dir, cfg.redis_tls_name.trim())
+                }),
                 timeout: cfg.check_timeout(),
                 primary_wait: (cfg.down_after() * 3 + cfg.lease_ttl()).max(Duration::from_secs(3)),
             };
@@ -108,7 +111,7 @@ pub async fn run(
     let mut nodes = Vec::new();
     for addr in &cfg.redis_nodes {
         nodes.push(
-            redis_node::RedisNode::new(addr, &cfg.redis.redis_password, cfg.check_timeout())
+            redis_node::RedisNode::new(addr, &redis_link, cfg.check_timeout())
                 .map_err(anyhow::Error::msg)
                 .context("--redis-nodes")?,
         );

@@ -58,6 +58,11 @@ pub struct Spec {
     pub dir: PathBuf,
     /// requirepass / masterauth (empty: none).
     pub password: String,
+    /// How this supervisor reaches the node (password, TLS).
+    pub link: agenda_common::net::RedisLink,
+    /// The node's own certificate: it then serves TLS only, asks clients
+    /// for certificates of the CA and replicates over TLS.
+    pub tls: Option<agenda_common::tls::TlsFiles>,
     /// Deadline of one command to the node.
     pub timeout: Duration,
     /// How long the registry may keep naming the dead local node as the
@@ -292,7 +297,7 @@ async fn replica_target(
 
 /// Adopts a redis-server already answering on the local address.
 async fn adopt(spec: &Spec) -> Option<Proc> {
-    let mut node = RedisNode::new(&spec.addr, &spec.password, spec.timeout).ok()?;
+    let mut node = RedisNode::new(&spec.addr, &spec.link, spec.timeout).ok()?;
     let obs = node.check().await.ok()?;
     let pid = obs.pid?;
     tracing::info!(node = %spec.addr, pid, role = ?obs.role, "adopting the redis-server already running");
@@ -333,9 +338,28 @@ fn server_args(
         .dir
         .canonicalize()
         .with_context(|| format!("--redis-dir {}", spec.dir.display()))?;
-    let mut args: Vec<String> = vec![
-        "--port".into(),
-        port.to_string(),
+    let mut args: Vec<String> = match &spec.tls {
+        // TLS only: the plain port closed, clients and the replica link
+        // authenticated by certificates of the cluster CA.
+        Some(files) => vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            files.cert.display().to_string(),
+            "--tls-key-file".into(),
+            files.key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            files.ca.display().to_string(),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+        ],
+        None => vec!["--port".into(), port.to_string()],
+    };
+    args.extend([
         "--bind".into(),
         host.into(),
         "--dir".into(),
@@ -357,7 +381,7 @@ fn server_args(
         // then the relay's WAIT for it blocks live notifications.
         "--repl-timeout".into(),
         "5".into(),
-    ];
+    ]);
     if !spec.password.is_empty() {
         args.extend([
             "--requirepass".into(),
@@ -394,6 +418,8 @@ mod tests {
             binary: "redis-server".into(),
             dir,
             password: "pw".into(),
+            link: agenda_common::net::RedisLink::default(),
+            tls: None,
             timeout: Duration::from_millis(100),
             primary_wait: Duration::from_secs(1),
         };

@@ -97,18 +97,14 @@ pub struct RedisNode {
 }
 
 impl RedisNode {
-    /// A node reached with `password` (empty: none); every call is bounded
+    /// A node reached over `link` (password, TLS); every call is bounded
     /// by `timeout`.
-    pub fn new(addr: &str, password: &str, timeout: Duration) -> Result<Self, String> {
-        let (host, port) = split_addr(addr)?;
-        let mut redis = redis::RedisConnectionInfo::default();
-        if !password.is_empty() {
-            redis = redis.set_password(password);
-        }
-        let info = redis::IntoConnectionInfo::into_connection_info((host, port))
-            .map_err(|e| format!("{addr}: {e}"))?
-            .set_redis_settings(redis);
-        let client = redis::Client::open(info).map_err(|e| format!("{addr}: {e}"))?;
+    pub fn new(
+        addr: &str,
+        link: &agenda_common::net::RedisLink,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let client = link.client(addr).map_err(|e| e.to_string())?;
         Ok(RedisNode {
             addr: addr.to_string(),
             client,

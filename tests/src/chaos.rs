@@ -220,6 +220,7 @@ async fn listen(
     tls: Option<Arc<rustls::ClientConfig>>,
     acc: Account,
     notes: Log,
+    ready: tokio::sync::watch::Sender<bool>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut last_id: Option<String> = None;
@@ -242,7 +243,10 @@ async fn listen(
                     }
                     notes.write(&json!({"user": acc.id, "at": now_ms(), "n": n}));
                 }
-                Ok(Frame::Ready | Frame::Heartbeat) => {}
+                Ok(Frame::Ready) => {
+                    ready.send_replace(true);
+                }
+                Ok(Frame::Heartbeat) => {}
                 Ok(Frame::Closed(..)) => break,
                 Err(_) => {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -323,13 +327,23 @@ pub async fn workload(args: WorkloadArgs) -> Result<()> {
         let org = account(&http, &format!("ch{run}o{w}")).await?;
         let att = account(&http, &format!("ch{run}a{w}")).await?;
         for acc in [&org, &att] {
+            let (ready, mut is_ready) = tokio::sync::watch::channel(false);
             tasks.push(tokio::spawn(listen(
                 args.url.clone(),
                 public_tls.clone(),
                 acc.clone(),
                 notes.clone(),
+                ready,
                 stop.clone(),
             )));
+            // Only a notification made after the socket is live must
+            // reach it (one made before comes only with ?last_id=): write
+            // once both are, or the check blames the first writes on a
+            // slow handshake.
+            let live = tokio::time::timeout(Duration::from_secs(20), is_ready.wait_for(|r| *r));
+            if !matches!(live.await, Ok(Ok(_))) {
+                anyhow::bail!("{}'s notification socket was not live within 20 s", acc.id);
+            }
         }
         ops.write(&json!({"kind": "writer", "organizer": org.id, "attendee": att.id, "organizer_token": *org.token.lock().unwrap()}));
         let (http, ops, stop, run) = (http.clone(), ops.clone(), stop.clone(), run.clone());
@@ -863,10 +877,14 @@ impl Victim {
                 // supervisor, not one of the topology's processes).
                 let (host, port) = addr.rsplit_once(':').context("redis address")?;
                 let password = std::fs::read_to_string(t.state().join("redis-password"))?;
-                let out = t.on(
-                    machine,
-                    &[
-                        "redis-cli",
+                let mut cli: Vec<String> = vec!["redis-cli".into()];
+                // Redis speaks TLS only when the topology has certificates.
+                if t.certs().is_some() {
+                    cli.push("--tls".into());
+                    cli.extend(t.operator_tls_flags());
+                }
+                cli.extend(
+                    [
                         "--no-auth-warning",
                         "-a",
                         password.trim(),
@@ -876,8 +894,11 @@ impl Victim {
                         port,
                         "info",
                         "server",
-                    ],
-                )?;
+                    ]
+                    .map(String::from),
+                );
+                let cli: Vec<&str> = cli.iter().map(String::as_str).collect();
+                let out = t.on(machine, &cli)?;
                 let pid: i32 = String::from_utf8_lossy(&out.stdout)
                     .lines()
                     .find_map(|l| {

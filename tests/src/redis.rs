@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::AsyncConnectionConfig;
+use agenda_common::net::RedisLink;
 use agenda_common::DbClient;
 use anyhow::{bail, Context, Result};
 
@@ -68,6 +69,11 @@ pub struct RedisLayer {
     db_endpoints: Vec<String>,
     db: DbClient,
     password: String,
+    /// Certificates (`agendactl certs` names: `supervisor`, `redis-a`,
+    /// `redis-b`, `test` for the harness): Redis then speaks TLS only.
+    tls_dir: Option<PathBuf>,
+    /// How the harness reaches the Redis nodes.
+    link: RedisLink,
     bin: PathBuf,
     sups: Vec<Supervisor>,
 }
@@ -78,6 +84,17 @@ impl RedisLayer {
     /// `dir`, and waits until a primary is published and the other node is
     /// its connected replica.
     pub async fn start(db_endpoints: &[String], dir: &Path, password: &str) -> Result<RedisLayer> {
+        RedisLayer::start_with(db_endpoints, dir, password, None).await
+    }
+
+    /// [`RedisLayer::start`] with every link TLS when `tls_dir` holds the
+    /// certificates (see [`RedisLayer`]'s `tls_dir`).
+    pub async fn start_with(
+        db_endpoints: &[String],
+        dir: &Path,
+        password: &str,
+        tls_dir: Option<&Path>,
+    ) -> Result<RedisLayer> {
         let bin = bin("agenda-supervisor")?;
         let mut sups = Vec::new();
         for name in ["a", "b"] {
@@ -90,10 +107,17 @@ impl RedisLayer {
                 child: None,
             });
         }
+        let harness = tls_dir.map(|d| agenda_common::tls::TlsFiles::in_dir(d, "test"));
+        let db_tls = match &harness {
+            Some(files) => Some(agenda_common::tls::Identity::load(files)?.client_config()?),
+            None => None,
+        };
         let mut layer = RedisLayer {
             db_endpoints: db_endpoints.to_vec(),
-            db: DbClient::new(db_endpoints)?.with_timeout(Duration::from_secs(2)),
+            db: DbClient::with_tls(db_endpoints, db_tls)?.with_timeout(Duration::from_secs(2)),
             password: password.to_string(),
+            tls_dir: tls_dir.map(Path::to_path_buf),
+            link: RedisLink::new(password, harness),
             bin,
             sups,
         };
@@ -119,7 +143,16 @@ impl RedisLayer {
             .create(true)
             .append(true)
             .open(&s.log)?;
+        let mut tls = Vec::new();
+        if let Some(d) = &self.tls_dir {
+            tls = vec![
+                format!("--tls-dir={}", d.display()),
+                "--tls-name=supervisor".to_string(),
+                format!("--redis-tls-name=redis-{}", &s.id["supervisor-".len()..]),
+            ];
+        }
         let child = Command::new(&self.bin)
+            .args(&tls)
             .arg(format!("--id={}", s.id))
             .arg(format!("--db={db}"))
             .arg(format!("--http={}", s.http))
@@ -224,12 +257,12 @@ impl RedisLayer {
 
     /// A connection to one node (password set, 500 ms deadlines).
     pub async fn connect(&self, addr: &str) -> Result<MultiplexedConnection> {
-        connect(addr, &self.password).await
+        connect_with(&self.link, addr).await
     }
 
     /// `INFO replication` + `process_id` of one node.
     pub async fn role(&self, addr: &str) -> Result<NodeRole> {
-        role(addr, &self.password).await
+        role_with(&self.link, addr).await
     }
 
     /// kill -9 the redis-server at `addr`; returns its pid.
@@ -325,16 +358,12 @@ impl Drop for RedisLayer {
 
 /// A connection to a Redis node with `password` (500 ms deadlines).
 pub async fn connect(addr: &str, password: &str) -> Result<MultiplexedConnection> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .with_context(|| format!("{addr} is not host:port"))?;
-    let mut settings = ::redis::RedisConnectionInfo::default();
-    if !password.is_empty() {
-        settings = settings.set_password(password);
-    }
-    let info = ::redis::IntoConnectionInfo::into_connection_info((host, port.parse::<u16>()?))?
-        .set_redis_settings(settings);
-    let client = ::redis::Client::open(info)?;
+    connect_with(&RedisLink::new(password, None), addr).await
+}
+
+/// A connection to a Redis node over `link` (500 ms deadlines).
+pub async fn connect_with(link: &RedisLink, addr: &str) -> Result<MultiplexedConnection> {
+    let client = link.client(addr)?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_millis(500)));
@@ -345,7 +374,12 @@ pub async fn connect(addr: &str, password: &str) -> Result<MultiplexedConnection
 
 /// `INFO replication` + `process_id` of one node.
 pub async fn role(addr: &str, password: &str) -> Result<NodeRole> {
-    let mut c = connect(addr, password).await?;
+    role_with(&RedisLink::new(password, None), addr).await
+}
+
+/// [`role`] over `link`.
+pub async fn role_with(link: &RedisLink, addr: &str) -> Result<NodeRole> {
+    let mut c = connect_with(link, addr).await?;
     let text: String = ::redis::cmd("INFO")
         .arg("replication")
         .query_async(&mut c)

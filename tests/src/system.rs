@@ -37,9 +37,9 @@ pub struct SystemOptions {
     pub redis: bool,
     /// Extra flags for the gateway.
     pub gateway_args: Vec<String>,
-    /// Mutual TLS on every gRPC link (agenda-db, its peers, users and
-    /// groups), with certificates from `agendactl certs`. Not with `redis`
-    /// yet.
+    /// TLS on every link (mutual inside: agenda-db, its peers, users,
+    /// groups, the supervisors and Redis; HTTPS at the gateway), with
+    /// certificates from `agendactl certs`.
     pub tls: bool,
 }
 
@@ -75,6 +75,9 @@ fn tls_setup(dir: &std::path::Path) -> Result<(Options, Vec<String>)> {
             leaf("users", Role::Users),
             leaf("groups", Role::Groups),
             leaf("gateway", Role::Gateway),
+            leaf("supervisor", Role::Supervisor),
+            leaf("redis-a", Role::Redis),
+            leaf("redis-b", Role::Redis),
             leaf("test", Role::Operator),
         ],
         1,
@@ -148,10 +151,6 @@ impl System {
         let dir = tempfile::Builder::new()
             .prefix("agenda-system-test")
             .tempdir()?;
-        anyhow::ensure!(
-            !(opts.tls && opts.redis),
-            "TLS with the Redis layer is not supported yet"
-        );
         let (db_opts, tls_args) = if opts.tls {
             tls_setup(dir.path())?
         } else {
@@ -165,7 +164,12 @@ impl System {
         let db_addrs = db_addrs(&db);
         let redis = if opts.redis {
             let endpoints: Vec<String> = db.nodes.values().map(|n| n.grpc.clone()).collect();
-            Some(crate::redis::RedisLayer::start(&endpoints, dir.path(), REDIS_PASSWORD).await?)
+            let certs = dir.path().join("certs");
+            let tls = opts.tls.then_some(certs.as_path());
+            Some(
+                crate::redis::RedisLayer::start_with(&endpoints, dir.path(), REDIS_PASSWORD, tls)
+                    .await?,
+            )
         } else {
             None
         };
@@ -331,6 +335,11 @@ impl System {
     /// gateway, peer and `test`, an operator).
     pub fn certs_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("certs")
+    }
+
+    /// A WebSocket on `GET /v1/stream` (WSS on a TLS system).
+    pub async fn ws(&self, token: Option<&str>, last_id: Option<&str>) -> Result<crate::ws::Ws> {
+        crate::ws::connect_to(&self.url(), self.public_tls.as_ref(), token, last_id).await
     }
 
     /// A client of the public API.

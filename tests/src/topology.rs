@@ -207,20 +207,29 @@ impl Topology {
         }
     }
 
+    /// `--cacert`, `--cert` and `--key` for the operator's certificate
+    /// (curl and redis-cli take the same), when the topology has them.
+    pub fn operator_tls_flags(&self) -> Vec<String> {
+        let Some(dir) = self.certs() else {
+            return Vec::new();
+        };
+        [
+            ("--cacert", "ca.pem"),
+            ("--cert", "agendactl.pem"),
+            ("--key", "agendactl-key.pem"),
+        ]
+        .into_iter()
+        .flat_map(|(flag, file)| [flag.to_string(), dir.join(file).display().to_string()])
+        .collect()
+    }
+
     /// GET `url` with curl from a machine; the body when it answers 2xx.
     /// An `https://` URL is fetched as the operator (agendactl's
     /// certificate).
     pub fn curl(&self, machine: &str, url: &str) -> Result<String> {
         let mut args: Vec<String> = ["curl", "-fsS", "-m", "2"].map(String::from).to_vec();
-        if let (true, Some(dir)) = (url.starts_with("https://"), self.certs()) {
-            for (flag, file) in [
-                ("--cacert", "ca.pem"),
-                ("--cert", "agendactl.pem"),
-                ("--key", "agendactl-key.pem"),
-            ] {
-                args.push(flag.into());
-                args.push(dir.join(file).display().to_string());
-            }
+        if url.starts_with("https://") {
+            args.extend(self.operator_tls_flags());
         }
         args.push(url.to_string());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

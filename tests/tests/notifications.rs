@@ -75,8 +75,13 @@ mod live {
     use serde_json::{json, Value};
 
     async fn start(gateway_args: &[&str]) -> System {
+        start_with(gateway_args, false).await
+    }
+
+    async fn start_with(gateway_args: &[&str], tls: bool) -> System {
         System::start(SystemOptions {
             redis: true,
+            tls,
             gateway_args: gateway_args.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         })
@@ -126,21 +131,15 @@ mod live {
         let api = sys.api();
         let (_, alice) = api.register("alice").await;
         let (_, bob) = api.register("bob").await;
-        let mut tab1 = ws::connect(&sys.url(), Some(&bob), None)
-            .await
-            .expect("tab 1");
-        let mut tab2 = ws::connect(&sys.url(), Some(&bob), None)
-            .await
-            .expect("tab 2");
+        let mut tab1 = sys.ws(Some(&bob), None).await.expect("tab 1");
+        let mut tab2 = sys.ws(Some(&bob), None).await.expect("tab 2");
         tab1.ready(Duration::from_secs(10))
             .await
             .expect("tab 1 ready");
         tab2.ready(Duration::from_secs(10))
             .await
             .expect("tab 2 ready");
-        let mut alice_tab = ws::connect(&sys.url(), Some(&alice), None)
-            .await
-            .expect("alice");
+        let mut alice_tab = sys.ws(Some(&alice), None).await.expect("alice");
         alice_tab
             .ready(Duration::from_secs(10))
             .await
@@ -183,7 +182,8 @@ mod live {
         for i in 10..15 {
             assert_eq!(invite(&api, &alice, i).await, StatusCode::CREATED);
         }
-        let mut back = ws::connect(&sys.url(), Some(&bob), Some(&oldest_first[3]))
+        let mut back = sys
+            .ws(Some(&bob), Some(&oldest_first[3]))
             .await
             .expect("reconnect");
         let backlog = back
@@ -206,17 +206,25 @@ mod live {
         assert!(!missed.contains(&ids(&live)[0]));
     }
 
+    /// With TLS on every link, as deployed: Redis serves TLS only,
+    /// replicates over TLS, and the socket is WSS.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_primary_killed_while_notifications_flow_loses_none_and_repeats_none() {
-        let sys = start(&[]).await;
+        let sys = start_with(&[], true).await;
+        let redis = sys.redis.as_ref().expect("redis layer");
+        for addr in redis.addrs() {
+            assert!(
+                agenda_tests::redis::connect(&addr, redis.password())
+                    .await
+                    .is_err(),
+                "Redis {addr} answered a plaintext client"
+            );
+        }
         let api = sys.api();
         let (_, alice) = api.register("alice").await;
         let (_, bob) = api.register("bob").await;
-        let mut tab = ws::connect(&sys.url(), Some(&bob), None)
-            .await
-            .expect("tab");
+        let mut tab = sys.ws(Some(&bob), None).await.expect("tab");
         tab.ready(Duration::from_secs(10)).await.expect("ready");
-        let redis = sys.redis.as_ref().expect("redis layer");
         let before = redis
             .primary()
             .await
@@ -296,9 +304,7 @@ mod live {
         let api = sys.api();
         let (_, alice) = api.register("alice").await;
         let (_, bob) = api.register("bob").await;
-        let mut tab = ws::connect(&sys.url(), Some(&bob), None)
-            .await
-            .expect("tab");
+        let mut tab = sys.ws(Some(&bob), None).await.expect("tab");
         tab.ready(Duration::from_secs(10)).await.expect("ready");
         for i in 0..5 {
             assert_eq!(invite(&api, &alice, i).await, StatusCode::CREATED);
@@ -360,9 +366,7 @@ mod live {
         let mut stalled = ws::connect_tiny_buffer(&sys.url(), &bob)
             .await
             .expect("stalled tab");
-        let mut reader = ws::connect(&sys.url(), Some(&bob), None)
-            .await
-            .expect("reading tab");
+        let mut reader = sys.ws(Some(&bob), None).await.expect("reading tab");
         reader.ready(Duration::from_secs(10)).await.expect("ready");
         // Bounded: at most 1,000 events and 120 s, stopping as soon as the
         // gateway has dropped the stalled connection.

@@ -36,7 +36,7 @@ pub struct Primary {
 /// Connections to the current Redis primary.
 pub struct Bus {
     primary: watch::Receiver<Option<Primary>>,
-    password: Option<String>,
+    link: crate::net::RedisLink,
     cached: Mutex<Option<(Primary, MultiplexedConnection)>>,
 }
 
@@ -46,8 +46,8 @@ pub fn redis_error(e: redis::RedisError) -> Error {
 }
 
 impl Bus {
-    /// Follows the published primary until `stop`.
-    pub fn new(db: &DbClient, password: Option<String>, stop: CancellationToken) -> Bus {
+    /// Follows the published primary until `stop`; connects over `link`.
+    pub fn new(db: &DbClient, link: crate::net::RedisLink, stop: CancellationToken) -> Bus {
         let raw = registry::watch_config(db, PRIMARY_CONFIG, stop.clone());
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
@@ -76,7 +76,7 @@ impl Bus {
         });
         Bus {
             primary: rx,
-            password: password.filter(|p| !p.is_empty()),
+            link,
             cached: Mutex::new(None),
         }
     }
@@ -142,11 +142,7 @@ impl Bus {
         primary: &Primary,
         response_timeout: Duration,
     ) -> Result<MultiplexedConnection> {
-        let url = match &self.password {
-            Some(pw) => format!("redis://:{}@{}/", urlencode(pw), primary.addr),
-            None => format!("redis://{}/", primary.addr),
-        };
-        let client = redis::Client::open(url).map_err(redis_error)?;
+        let client = self.link.client(&primary.addr)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(response_timeout));
@@ -155,15 +151,4 @@ impl Bus {
             .await
             .map_err(redis_error)
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -359,6 +359,15 @@ impl Links {
         crate::DbClient::with_tls(endpoints, config)
     }
 
+    /// How this process reaches Redis (TLS with its certificate when it
+    /// has one).
+    pub fn redis(&self, password: &str) -> RedisLink {
+        RedisLink::new(
+            password,
+            self.identity.as_ref().map(|id| id.files().clone()),
+        )
+    }
+
     /// A lazy gRPC channel to another process.
     pub fn channel(&self, addr: &str) -> Result<Channel> {
         match &self.identity {
@@ -398,6 +407,67 @@ impl Links {
             .as_ref()
             .map(|id| id.server_config(true))
             .transpose()
+    }
+}
+
+/// How a process reaches Redis: with its password and, when it has a
+/// certificate, over mutual TLS (`rediss://`, the cluster CA). The PEM
+/// files are read at each new connection, so rotated certificates are
+/// used from the next one on.
+#[derive(Debug, Clone, Default)]
+pub struct RedisLink {
+    password: Option<String>,
+    tls: Option<crate::tls::TlsFiles>,
+}
+
+impl RedisLink {
+    /// A link with `password` (empty: none) and TLS with `tls`.
+    pub fn new(password: &str, tls: Option<crate::tls::TlsFiles>) -> RedisLink {
+        RedisLink {
+            password: (!password.is_empty()).then(|| password.to_string()),
+            tls,
+        }
+    }
+
+    /// Whether it is TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A client of the Redis node at `addr` (`host:port`); it connects on
+    /// first use.
+    pub fn client(&self, addr: &str) -> Result<redis::Client> {
+        let bad = |e: &dyn std::fmt::Display| Error::Config(format!("Redis node {addr}: {e}"));
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad(&"not host:port"))?;
+        let port: u16 = port.parse().map_err(|_| bad(&"not host:port"))?;
+        let mut settings = redis::RedisConnectionInfo::default();
+        if let Some(pw) = &self.password {
+            settings = settings.set_password(pw.clone());
+        }
+        let Some(files) = &self.tls else {
+            let info = redis::IntoConnectionInfo::into_connection_info((host, port))
+                .map_err(|e| bad(&e))?
+                .set_redis_settings(settings);
+            return redis::Client::open(info).map_err(|e| bad(&e));
+        };
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| Error::Config(format!("TLS: {}: {e}", p.display())))
+        };
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(format!("rediss://{host}:{port}/"))
+                .map_err(|e| bad(&e))?
+                .set_redis_settings(settings);
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: read(&files.cert)?,
+                    client_key: read(&files.key)?,
+                }),
+                root_cert: Some(read(&files.ca)?),
+            },
+        )
+        .map_err(|e| bad(&e))
     }
 }
 

@@ -126,6 +126,12 @@ impl Identity {
     }
 
     /// The certificate and key in use.
+    /// Where it is read from (and read again when the files change).
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// The pair served now.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.current
             .read()

@@ -88,7 +88,7 @@ pub async fn run(
     let hub = live::Hub::new(cfg.ws_queue as usize);
     let bus = Arc::new(agenda_common::bus::Bus::new(
         &db,
-        Some(cfg.redis.redis_password.clone()),
+        links.redis(&cfg.redis.redis_password),
         stop.clone(),
     ));
     tokio::spawn(live::consume(bus, hub.clone(), stop.clone()));

@@ -50,7 +50,7 @@ pub async fn run(
     let relay = (!cfg.no_relay).then(|| {
         let bus = std::sync::Arc::new(agenda_common::bus::Bus::new(
             &db,
-            Some(cfg.redis.redis_password.clone()),
+            links.redis(&cfg.redis.redis_password),
             shutdown.clone(),
         ));
         // The address in the id tells operators (and tests) which replica acts.
