@@ -1140,7 +1140,7 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     );
 
     // The operator REST too: plaintext and certificate-less requests get
-    // nothing, nor does a cluster certificate of another role; an
+    // nothing, a cluster certificate of another role its health only; an
     // operator's reads the key.
     let http = c.nodes[&1].http.clone();
     let path = "/v1/kv/tls/a";
@@ -1160,10 +1160,15 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
             .is_err(),
         "REST answered a client without a certificate"
     );
+    // Another role's certificate gets /healthz and /metrics (health
+    // checks, scrapers), and a 403 for everything else.
+    let refused = https_get(&http, path, tls.clone()).await?;
     ensure!(
-        https_get(&http, path, tls.clone()).await.is_err(),
-        "REST answered a gateway certificate"
+        refused.starts_with("HTTP/1.1 403") && refused.contains("operator"),
+        "REST and a gateway certificate: {refused}"
     );
+    let health = https_get(&http, "/healthz", tls.clone()).await?;
+    ensure!(health.starts_with("HTTP/1.1 200"), "{health}");
     let reply = https_get(&http, path, operator.clone()).await?;
     ensure!(
         reply.starts_with("HTTP/1.1 200") && reply.ends_with('1'),

@@ -153,9 +153,6 @@ async fn refuse_plaintext(tcp: &TcpStream) -> std::io::Result<bool> {
 /// bounded, deadline-bound handshakes as [`tls_incoming`].
 pub struct TlsListener {
     local: std::net::SocketAddr,
-    /// Only callers of these roles are served (empty: any cluster
-    /// certificate); the others are dropped after the handshake.
-    roles: Vec<String>,
     incoming: std::pin::Pin<
         Box<
             dyn futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>>
@@ -169,7 +166,6 @@ impl TlsListener {
     pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
         Ok(TlsListener {
             local: listener.local_addr()?,
-            roles: Vec::new(),
             incoming: Box::pin(tls_incoming(listener, config)),
         })
     }
@@ -189,15 +185,8 @@ impl TlsListener {
         };
         Ok(TlsListener {
             local: listener.local_addr()?,
-            roles: Vec::new(),
             incoming: Box::pin(accept_tls(listener, config, how)),
         })
-    }
-
-    /// Serves only callers whose certificate names one of `roles`.
-    pub fn only_roles(mut self, roles: &[&str]) -> Self {
-        self.roles = roles.iter().map(|r| r.to_string()).collect();
-        self
     }
 }
 
@@ -210,17 +199,6 @@ impl axum::serve::Listener for TlsListener {
         loop {
             match self.incoming.next().await {
                 Some(Ok(tls)) => {
-                    if !self.roles.is_empty() {
-                        let allowed: Vec<&str> = self.roles.iter().map(String::as_str).collect();
-                        if let Err(why) = crate::tls::require_role(
-                            Some(tls.get_ref().1.peer_certificates().unwrap_or_default()),
-                            &allowed,
-                            "use this port",
-                        ) {
-                            tracing::info!(%why, "connection refused");
-                            continue;
-                        }
-                    }
                     let peer = tls
                         .get_ref()
                         .0
@@ -238,6 +216,22 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+/// The role in the certificate a connection to a [`TlsListener`] came
+/// with (axum connect info: `into_make_service_with_connect_info`), for
+/// handlers that serve some roles only.
+#[derive(Debug, Clone)]
+pub struct CallerRole(pub Option<String>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for CallerRole
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        CallerRole(crate::tls::caller_role(
+            stream.io().get_ref().1.peer_certificates(),
+        ))
     }
 }
 

@@ -312,7 +312,9 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
         metrics,
     });
     // With TLS, the operator REST serves operators only (their
-    // certificate's role): it reads and writes everything.
+    // certificate's role): it reads and writes everything. /healthz and
+    // /metrics answer any certificate of the cluster, so health checks
+    // and scrapers need no operator's power.
     let http_server: std::pin::Pin<
         Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
     > = match &identity {
@@ -321,10 +323,13 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
                 http,
                 id.server_config(true).map_err(tls_error)?,
             )
-            .map_err(|e| Error::Config(format!("--http: {e}")))?
-            .only_roles(&["operator"]);
-            let serve = axum::serve(tls, router)
-                .with_graceful_shutdown(stop_servers.clone().cancelled_owned());
+            .map_err(|e| Error::Config(format!("--http: {e}")))?;
+            let router = router.layer(axum::middleware::from_fn(api::http::operators_only));
+            let serve = axum::serve(
+                tls,
+                router.into_make_service_with_connect_info::<agenda_common::net::CallerRole>(),
+            )
+            .with_graceful_shutdown(stop_servers.clone().cancelled_owned());
             Box::pin(async move { serve.await })
         }
         None => {

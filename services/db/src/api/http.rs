@@ -63,6 +63,29 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// With TLS: everything but `/healthz` and `/metrics` for operators only
+/// (the REST reads and writes every key). A plaintext deployment has no
+/// roles (no connect info) and is not checked.
+pub async fn operators_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use agenda_common::net::CallerRole;
+    use axum::extract::ConnectInfo;
+    if let Some(ConnectInfo(CallerRole(role))) = req.extensions().get::<ConnectInfo<CallerRole>>() {
+        let open = matches!(req.uri().path(), "/healthz" | "/metrics");
+        if !open && role.as_deref() != Some("operator") {
+            let who = role.as_deref().unwrap_or("(no role)");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                format!(
+                    "the {who} role may use /healthz and /metrics only; the rest is the operator's"
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// An error in the shared JSON shape.
 pub struct ApiError {
     status: StatusCode,
