@@ -5,7 +5,14 @@
 #   - every manifest under deploy/k8s/ with `kubernetes-validate --strict`
 #     (PyPI), and the kustomization rendered with `kubectl kustomize` and
 #     validated the same way when kubectl is installed (otherwise its
-#     resource list is checked against the files).
+#     resource list is checked against the files);
+#   - the TLS wiring, which the validators cannot see: every process gets
+#     --tls-dir and --tls-name and the certificate directory (compose: a
+#     read-only bind mount; k8s: the agenda-tls Secret as a directory, never
+#     subPath, which the kubelet would not update on rotation), agenda-db
+#     its raft port (--peer-listen), the supervisors --redis-tls-name, and
+#     no health check or probe speaks plain HTTP to a TLS port (only the
+#     supervisors' and agenda-vip's metrics ports stay plain).
 # Installs what it lacks: as root, `apt-get install docker-compose`; the
 # validator in a venv under ${XDG_CACHE_HOME:-$HOME/.cache}/agenda/kv-venv.
 # Prints one line per check and ends with "N passed, M failed"; exits
@@ -78,6 +85,53 @@ for f in "$root"/deploy/docker/compose*.yml; do
   fi
 done
 
+# compose_tls FILE: the resolved file (docker-compose config) wires TLS.
+compose_tls() {
+  docker-compose -f "$1" config | "$venv/bin/python" -c '
+import sys, yaml
+doc = yaml.safe_load(sys.stdin)
+bad = []
+for name, svc in (doc.get("services") or {}).items():
+    cmd = [str(c) for c in svc.get("command") or []]
+    flags = {c.split("=", 1)[0] for c in cmd}
+    for f in ("--tls-dir", "--tls-name"):
+        if f not in flags:
+            bad.append(f"{name}: no {f}")
+    if cmd[:1] == ["agenda-db"] and "--peer-listen" not in flags:
+        bad.append(f"{name}: agenda-db without --peer-listen")
+    if cmd[:1] == ["agenda-supervisor"] and "--redis-tls-name" not in flags:
+        bad.append(f"{name}: agenda-supervisor without --redis-tls-name")
+    if cmd[:1] == ["agenda-vip"] and not any(c.startswith("--health-url=https://") for c in cmd):
+        bad.append(f"{name}: agenda-vip --health-url is not https")
+    mounts = []
+    for v in svc.get("volumes") or []:
+        if isinstance(v, dict):
+            mounts.append((v.get("target"), bool(v.get("read_only"))))
+        else:
+            parts = str(v).split(":")
+            mounts.append((parts[1] if len(parts) > 1 else parts[0], parts[-1] == "ro"))
+    if ("/etc/agenda/certs", True) not in mounts:
+        bad.append(f"{name}: no read-only mount at /etc/agenda/certs")
+    test = (svc.get("healthcheck") or {}).get("test") or []
+    for word in " ".join(str(t) for t in test).split():
+        if word.startswith("http://") and not word.rsplit(":", 1)[-1].startswith(("7501/", "7601/")):
+            bad.append(f"{name}: health check over plain HTTP: {word}")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+'
+}
+for f in "$root"/deploy/docker/compose*.yml; do
+  rel=${f#"$root"/}
+  if ! command -v docker-compose >/dev/null; then
+    echo "docker-compose is not installed" >"$out"
+    bad "$rel (TLS wiring)"
+  elif compose_tls "$f" >"$out" 2>&1; then
+    ok "$rel (TLS wiring)"
+  else
+    bad "$rel (TLS wiring)"
+  fi
+done
+
 # ---- Kubernetes manifests ----
 for f in "$root"/deploy/k8s/*.yaml; do
   rel=${f#"$root"/}
@@ -88,6 +142,55 @@ for f in "$root"/deploy/k8s/*.yaml; do
     bad "$rel (kubernetes-validate --strict)"
   fi
 done
+
+# Every pod template mounts the agenda-tls Secret as a directory in every
+# container, names its certificate, and probes no TLS port over plain HTTP.
+k8s_tls() {
+  "$venv/bin/python" - "$@" <<'PY'
+import os, sys, yaml
+scripts = {}
+docs = []
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if doc:
+            docs.append((os.path.basename(path), doc))
+            if doc.get("kind") == "ConfigMap":
+                scripts.update(doc.get("data") or {})
+bad = []
+for path, doc in docs:
+    spec = ((doc.get("spec") or {}).get("template") or {}).get("spec")
+    if not spec:
+        continue
+    where = f"{path} {doc['kind']}/{doc['metadata']['name']}"
+    tls = [v["name"] for v in spec.get("volumes") or []
+           if (v.get("secret") or {}).get("secretName") == "agenda-tls"]
+    if not tls:
+        bad.append(f"{where}: no agenda-tls Secret volume")
+    for c in spec.get("containers") or []:
+        mounts = [m for m in c.get("volumeMounts") or [] if m["name"] in tls]
+        if not any(m.get("mountPath") == "/etc/agenda/certs" for m in mounts):
+            bad.append(f"{where} {c['name']}: agenda-tls not mounted at /etc/agenda/certs")
+        if any("subPath" in m or "subPathExpr" in m for m in mounts):
+            bad.append(f"{where} {c['name']}: agenda-tls mounted with subPath (never updated)")
+        # The flags, in the container's command/args or in the start script
+        # (config.yaml) it runs.
+        text = " ".join(c.get("command") or []) + " " + " ".join(c.get("args") or [])
+        text += " " + " ".join(s for k, s in scripts.items() if k in text)
+        if "--tls-name" not in text or "--tls-dir" not in text:
+            bad.append(f"{where} {c['name']}: no --tls-dir/--tls-name")
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            get = (c.get(probe) or {}).get("httpGet")
+            if get and get.get("scheme", "HTTP") == "HTTP" and get.get("port") != "metrics":
+                bad.append(f"{where} {c['name']}: {probe} over plain HTTP")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+PY
+}
+if k8s_tls "$root"/deploy/k8s/*.yaml >"$out" 2>&1; then
+  ok "deploy/k8s/*.yaml (TLS wiring)"
+else
+  bad "deploy/k8s/*.yaml (TLS wiring)"
+fi
 
 k=$root/deploy/k8s/kustomization.yaml
 if [ -f "$k" ]; then

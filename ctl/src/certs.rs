@@ -12,6 +12,12 @@
 //! anew: that is the rotation, which running processes pick up from the
 //! files. Each file is written whole (temp file, rename), so a process
 //! that reloads never reads half a certificate.
+//!
+//! The CA itself rotates in three steps ([`ca_step`]), each picked up by
+//! running processes before the next: `add` makes the next CA and has
+//! `ca.pem` trust both; `switch` issues every leaf from the next CA;
+//! `finish` drops the old CA from `ca.pem`. Nothing restarts and no
+//! connection is refused on the way.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -22,8 +28,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-/// The CA's subject: rebuilt identically to sign with an existing CA key
-/// (rcgen needs no parsing of the CA certificate for that).
+/// The start of every CA's common name (a CA made by a rotation adds the
+/// time it was made, so two CAs trusted at once never share a subject).
 const CA_NAME: &str = "Agenda development CA";
 
 /// What a certificate's holder may do (the subject's OU).
@@ -126,27 +132,191 @@ pub fn issue(dir: &Path, leaves: &[Leaf], days: u32, new_ca: bool) -> Result<Iss
         bail!("--days must be at least 1");
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if dir.join(NEXT_CA).exists() && !new_ca {
+        bail!(
+            "a CA rotation is under way ({} exists): go on with --ca-step switch, then --ca-step finish",
+            dir.join(NEXT_CA).display()
+        );
+    }
     let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
     let made_ca = new_ca || !ca_cert.exists() || !ca_key.exists();
-    let key = if made_ca {
-        let key = KeyPair::generate().context("generating the CA key")?;
-        let cert = ca_params(days.max(3650))?
-            .self_signed(&key)
-            .context("signing the CA")?;
-        write_private(&ca_key, &key.serialize_pem())?;
-        write(&ca_cert, &cert.pem())?;
-        key
+    let issuer = if made_ca {
+        let _ = std::fs::remove_file(dir.join(NEXT_CA));
+        let _ = std::fs::remove_file(dir.join(NEXT_CA_KEY));
+        let (cert, issuer) = new_authority(CA_NAME, days)?;
+        write_private(&ca_key, &issuer.key().serialize_pem())?;
+        write(&ca_cert, &cert)?;
+        issuer
     } else {
-        let pem = std::fs::read_to_string(&ca_key)
-            .with_context(|| format!("reading {}", ca_key.display()))?;
-        KeyPair::from_pem(&pem).with_context(|| format!("{} is not a key", ca_key.display()))?
+        authority(&ca_cert, &ca_key, days)?
     };
-    let issuer = Issuer::new(ca_params(days.max(3650))?, key);
+    let written = issue_leaves(dir, leaves, days, &issuer)?;
+    Ok(Issued {
+        ca: ca_cert,
+        new_ca: made_ca,
+        leaves: written,
+    })
+}
+
+/// The next CA while one rotates (see [`ca_step`]).
+const NEXT_CA: &str = "ca-next.pem";
+const NEXT_CA_KEY: &str = "ca-next-key.pem";
+
+/// One step of a CA rotation; give running processes time to read the
+/// files (a few seconds) between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaStep {
+    /// Make the next CA (`ca-next.pem`) and trust both: `ca.pem` holds the
+    /// current and the next CA. Leaves stay as they are.
+    Add,
+    /// Issue every leaf from the next CA (both still trusted).
+    Switch,
+    /// Trust the next CA only: it becomes `ca.pem`/`ca-key.pem`.
+    Finish,
+}
+
+/// Runs one step of a CA rotation in `dir` (the leaves of `switch` are
+/// `leaves`, valid for `days`). Returns what it did, for the operator.
+pub fn ca_step(dir: &Path, step: CaStep, leaves: &[Leaf], days: u32) -> Result<String> {
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let (next_cert, next_key) = (dir.join(NEXT_CA), dir.join(NEXT_CA_KEY));
+    if !ca_key.exists() {
+        bail!(
+            "no CA in {} yet: run `agendactl certs` first",
+            dir.display()
+        );
+    }
+    let underway = next_cert.exists() && next_key.exists();
+    match step {
+        CaStep::Add => {
+            if underway {
+                bail!("a rotation is under way already: --ca-step switch, then finish");
+            }
+            let current = authority(&ca_cert, &ca_key, days)?;
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let (cert, next) = new_authority(&format!("{CA_NAME} {stamp}"), days)?;
+            write_private(&next_key, &next.key().serialize_pem())?;
+            write(&next_cert, &cert)?;
+            let both = format!("{}{}", pem_of(&ca_cert, current.key())?, cert);
+            write(&ca_cert, &both)?;
+            Ok(format!(
+                "next CA in {}; {} trusts both. Once every process has it, --ca-step switch",
+                next_cert.display(),
+                ca_cert.display()
+            ))
+        }
+        CaStep::Switch => {
+            if !underway {
+                bail!("no rotation under way: --ca-step add first");
+            }
+            let next = authority(&next_cert, &next_key, days)?;
+            let n = issue_leaves(dir, leaves, days, &next)?.len();
+            Ok(format!(
+                "{n} certificates issued by the next CA. Once every process has them, --ca-step finish"
+            ))
+        }
+        CaStep::Finish => {
+            if !underway {
+                bail!("no rotation under way: --ca-step add first");
+            }
+            let next = std::fs::read_to_string(&next_cert)
+                .with_context(|| format!("reading {}", next_cert.display()))?;
+            let key = std::fs::read_to_string(&next_key)
+                .with_context(|| format!("reading {}", next_key.display()))?;
+            write_private(&ca_key, &key)?;
+            write(&ca_cert, &next)?;
+            std::fs::remove_file(&next_cert)?;
+            std::fs::remove_file(&next_key)?;
+            Ok(format!(
+                "{} trusts the new CA only; the rotation is done",
+                ca_cert.display()
+            ))
+        }
+    }
+}
+
+/// A fresh self-signed CA named `name`: its PEM and what signs with it.
+fn new_authority(name: &str, days: u32) -> Result<(String, Issuer<'static, KeyPair>)> {
+    let key = KeyPair::generate().context("generating the CA key")?;
+    let params = ca_params(name, days.max(3650))?;
+    let cert = params.self_signed(&key).context("signing the CA")?;
+    Ok((cert.pem(), Issuer::new(params, key)))
+}
+
+/// The CA in `cert` (the certificate of the key in `key`, among the
+/// certificates there) as something to sign with.
+fn authority(cert: &Path, key: &Path, days: u32) -> Result<Issuer<'static, KeyPair>> {
+    let pem = std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    let key = KeyPair::from_pem(&pem).with_context(|| format!("{} is not a key", key.display()))?;
+    let name = subject_of(cert, &key)?;
+    Ok(Issuer::new(ca_params(&name, days.max(3650))?, key))
+}
+
+/// The common name of the certificate in `path` that holds `key`'s public
+/// half (a leaf's issuer name must match its CA's subject exactly).
+fn subject_of(path: &Path, key: &KeyPair) -> Result<String> {
+    Ok(ca_cert_of(path, key)?.1)
+}
+
+/// The PEM of the certificate in `path` that holds `key`'s public half.
+fn pem_of(path: &Path, key: &KeyPair) -> Result<String> {
+    Ok(ca_cert_of(path, key)?.0)
+}
+
+fn ca_cert_of(path: &Path, key: &KeyPair) -> Result<(String, String)> {
+    use rcgen::PublicKeyData as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let public = key.der_bytes();
+    for der in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        let der = der.with_context(|| format!("reading {}", path.display()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if cert.public_key().subject_public_key.data.as_ref() != public {
+            continue;
+        }
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .unwrap_or(CA_NAME)
+            .to_string();
+        return Ok((base64_pem(der.as_ref()), cn));
+    }
+    bail!("{} holds no certificate of its CA key", path.display())
+}
+
+/// DER as a PEM certificate block.
+fn base64_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Issues every leaf of `leaves` with `issuer`; the certificate paths.
+fn issue_leaves(
+    dir: &Path,
+    leaves: &[Leaf],
+    days: u32,
+    issuer: &Issuer<'static, KeyPair>,
+) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for leaf in leaves {
         let key = KeyPair::generate().context("generating a key")?;
         let cert = leaf_params(leaf, days)?
-            .signed_by(&key, &issuer)
+            .signed_by(&key, issuer)
             .with_context(|| format!("signing {}", leaf.name))?;
         // Key first: a process reloading between the two writes finds a
         // key that does not match its certificate and keeps the old pair.
@@ -158,11 +328,7 @@ pub fn issue(dir: &Path, leaves: &[Leaf], days: u32, new_ca: bool) -> Result<Iss
         write(&path, &cert.pem())?;
         written.push(path);
     }
-    Ok(Issued {
-        ca: ca_cert,
-        new_ca: made_ca,
-        leaves: written,
-    })
+    Ok(written)
 }
 
 fn validity(params: &mut CertificateParams, days: u32) {
@@ -175,11 +341,11 @@ fn validity(params: &mut CertificateParams, days: u32) {
     params.not_after = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
 }
 
-fn ca_params(days: u32) -> Result<CertificateParams> {
+fn ca_params(name: &str, days: u32) -> Result<CertificateParams> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Agenda");
-    dn.push(DnType::CommonName, CA_NAME);
+    dn.push(DnType::CommonName, name);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![

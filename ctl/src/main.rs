@@ -45,10 +45,18 @@ enum Cmd {
         /// Validity of each leaf, in days (the CA: at least ten years).
         #[arg(long, default_value_t = 397)]
         days: u32,
-        /// Make a new CA even if one exists (every process must then get
-        /// the new `ca.pem` before it trusts the new leaves).
+        /// Make a new CA even if one exists, at once: processes that do
+        /// not have the new `ca.pem` yet refuse the new leaves. Prefer
+        /// --ca-step, which rotates the CA with nothing refused.
         #[arg(long)]
         new_ca: bool,
+        /// One step of a CA rotation without a refused connection: `add`
+        /// (a next CA, trusted beside the current one), `switch` (every
+        /// leaf from the next CA), `finish` (the next CA alone). Let every
+        /// process read the files (a few seconds; on other machines, copy
+        /// them first) between steps.
+        #[arg(long, value_enum, conflicts_with = "new_ca")]
+        ca_step: Option<agendactl::certs::CaStep>,
     },
     /// Add a fresh access-token signing key (Ed25519) and make it current.
     /// Tokens signed with the previous keys stay valid until they expire;
@@ -106,6 +114,7 @@ fn main() -> ExitCode {
                 subnet,
                 days,
                 new_ca,
+                ca_step,
             } => {
                 let net: std::net::Ipv4Addr = format!("{}.0", subnet.trim_end_matches('.'))
                     .parse()
@@ -113,6 +122,10 @@ fn main() -> ExitCode {
                         anyhow::anyhow!("--subnet {subnet:?}: want three octets, e.g. 10.77.0")
                     })?;
                 let plan = agendactl::certs::plan(net);
+                if let Some(step) = ca_step {
+                    println!("{}", agendactl::certs::ca_step(&dir, step, &plan, days)?);
+                    return Ok(());
+                }
                 let issued = agendactl::certs::issue(&dir, &plan, days, new_ca)?;
                 println!(
                     "{} CA {}; {} certificates (valid {days} days) in {}",

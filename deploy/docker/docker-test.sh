@@ -19,15 +19,21 @@
 #      release binaries built on the host by the host toolchain
 #      (target/release, or AGENDA_BIN_DIR), since a dockerd here reaches no
 #      crate registry and Debian's rustc is too old for the workspace.
-#   5. compose-witness.yml and compose-a.yml up (A, with the witness a db
-#      majority, takes the VIP: the active machine), then compose-b.yml;
-#      every container healthy (the compose health checks).
-#   6. the agenda story through the VIP from the client namespace (register,
-#      log in, create an event, read it back), then `docker kill` of every
-#      container on machine A (the active one), then the story again (a new
-#      person, and the first event read back) through the same VIP; also
-#      the failover time, who holds the VIP over time, and whether clients
-#      with a fresh ARP cache reach machine B.
+#   5. certificates from the release `agendactl certs` (a CA and a leaf per
+#      process of the 10.77.0.x topology) in the run's temp dir; each machine
+#      gets a directory of its own with ca.pem and its processes' leaves only
+#      (AGENDA_CERTS_DIR, mounted into every container); the client trusts
+#      ca.pem. Every link is TLS: mutual TLS inside, HTTPS at the gateways.
+#      Then compose-witness.yml and compose-a.yml up (A, with the witness a
+#      db majority, takes the VIP: the active machine), then compose-b.yml;
+#      every container healthy (the compose health checks); plain HTTP to
+#      the VIP refused, agenda-db's REST /v1 only for the operator's leaf.
+#   6. the agenda story over HTTPS through the VIP from the client namespace
+#      (register, log in, create an event, read it back), then `docker
+#      kill` of every container on machine A (the active one), then the
+#      story again (a new person, and the first event read back) through the
+#      same VIP; also the failover time, who holds the VIP over time, and
+#      whether clients with a fresh ARP cache reach machine B.
 # Prints PASS or FAIL (exit 0 / 1) and removes everything it made (trap on
 # exit): compose projects, daemons (by pid), namespaces, mounts, temp dirs.
 # The logs of the last run are kept in .agenda/docker-test/.
@@ -305,7 +311,28 @@ rm -rf "$ctx"
 for m in b w; do dk a save "$image" | dk "$m" load >/dev/null; done
 log "image $image built on machine A, loaded on B and the witness"
 
-# ---- 5. compose up ----
+# ---- 5. certificates, compose up ----
+certs="$work/certs"
+"$bin_dir/agendactl" certs --dir "$certs" --subnet "$net" >"$work/certs.log" 2>&1 ||
+  die "agendactl certs failed: $(tail -5 "$work/certs.log")"
+ca="$certs/ca.pem"
+# What each machine runs (the names compose-*.yml give --tls-name).
+declare -A leaves=(
+  [a]="agenda-db-1 agenda-db-2 agenda-supervisor-a redis-a agenda-users-a agenda-groups-a agenda-gateway-a agenda-vip-a"
+  [b]="agenda-db-3 agenda-db-4 agenda-supervisor-b redis-b agenda-users-b agenda-groups-b agenda-gateway-b agenda-vip-b"
+  [w]="agenda-db-5"
+)
+for m in "${machines[@]}"; do
+  d="$work/$m/certs"
+  mkdir -p "$d"
+  cp "$ca" "$d/"
+  for n in ${leaves[$m]}; do cp "$certs/$n.pem" "$certs/$n-key.pem" "$d/"; done
+  # The processes run as the image's user agenda (uid 10001); keys stay 0600.
+  chown -R 10001:10001 "$d"
+  chmod 0755 "$d"
+done
+log "certificates from agendactl certs in $certs; machine directories with ca.pem and their own leaves"
+
 redis_pw=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 vip_key=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 compose() {
@@ -325,18 +352,19 @@ AGENDA_VIP_PREFIX=24
 AGENDA_VIP_INTERFACE=eth0
 AGENDA_REDIS_PASSWORD=$redis_pw
 AGENDA_VIP_AUTH_KEY=$vip_key
+AGENDA_CERTS_DIR=$work/$m/certs
 EOF
 done
 compose_up() {
   compose "$1" up -d >"$work/$1/compose-up.log" 2>&1 || die "compose up on machine $1: $(tail -10 "$work/$1/compose-up.log")"
 }
 
-base="http://$vip:8080"
+base="https://$vip:8080"
 story_log="$work/story.log"
 # req METHOD PATH [BODY] [TOKEN]: prints "STATUS BODY"; curl runs in the client namespace.
 req() {
   local method=$1 path=$2 body=${3:-} token=${4:-} args=()
-  args=(-sS -m 5 -o "$work/resp" -w '%{http_code}' -X "$method" -H 'content-type: application/json')
+  args=(-sS -m 5 --cacert "$ca" -o "$work/resp" -w '%{http_code}' -X "$method" -H 'content-type: application/json')
   [ -n "$token" ] && args+=(-H "authorization: Bearer $token")
   [ -n "$body" ] && args+=(--data "$body")
   local code
@@ -348,11 +376,12 @@ req() {
 json_field() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p" | head -1; }
 first_id() { grep -o '"id":"[^"]*"' | head -1 | cut -d'"' -f4; }
 
-# wait_ok SECONDS URL: until URL answers 200 from the client namespace.
+# wait_ok SECONDS URL: until URL answers 200 from the client namespace
+# (HTTPS, trusting the CA; the gateways ask for no client certificate).
 wait_ok() {
   local limit=$1 url=$2 start=$SECONDS code
   while [ $((SECONDS - start)) -lt "$limit" ]; do
-    code=$(in_ns c curl -s -m 2 -o /dev/null -w '%{http_code}' "$url" 2>/dev/null) || code=000
+    code=$(in_ns c curl -s -m 2 --cacert "$ca" -o /dev/null -w '%{http_code}' "$url" 2>/dev/null) || code=000
     [ "$code" = 200 ] && return 0
     sleep 0.5
   done
@@ -395,8 +424,20 @@ log "the VIP answers; held by machine '$(vip_holders)'"
 compose_up b
 log "compose up: $P-b (db 3-4, redis + supervisor, users, groups, gateway, agenda-vip)"
 wait_healthy "$limit" w a b || die "containers not healthy after $limit s"
-wait_ok 60 "http://${addr[b]}:8080/readyz" || die "machine B's gateway is not ready"
+wait_ok 60 "https://${addr[b]}:8080/readyz" || die "machine B's gateway is not ready"
 log "every container on the three machines is healthy"
+# TLS is really on: plain HTTP to the VIP is refused (400), and agenda-db's
+# REST API serves /v1/... to the operator's certificate only.
+code=$(in_ns c curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$vip:8080/healthz" 2>/dev/null) || code=000
+[ "$code" = 400 ] || die "plain HTTP to the VIP answered $code, not 400"
+db_rest="https://${addr[w]}:7105/v1/cluster"
+code=$(in_ns c curl -s -m 5 --cacert "$ca" --cert "$certs/agendactl.pem" --key "$certs/agendactl-key.pem" \
+  -o "$work/db-status" -w '%{http_code}' "$db_rest" 2>/dev/null) || code=000
+[ "$code" = 200 ] || die "agenda-db REST $db_rest with the operator certificate: $code $(head -c 300 "$work/db-status" 2>/dev/null)"
+code=$(in_ns c curl -s -m 5 --cacert "$ca" --cert "$certs/agenda-gateway-b.pem" --key "$certs/agenda-gateway-b-key.pem" \
+  -o /dev/null -w '%{http_code}' "$db_rest" 2>/dev/null) || code=000
+[ "$code" = 403 ] || die "agenda-db REST $db_rest with a gateway certificate answered $code, not 403"
+log "TLS: plain HTTP to the VIP gets 400; agenda-db REST /v1 answers the operator certificate (200), not a gateway's (403)"
 
 # A sampler of who has the VIP on its interface, every 50 ms.
 (
@@ -477,7 +518,7 @@ fresh_ok=0
 resolved=""
 for _ in $(seq 1 10); do
   ip -n "$P-c" neigh flush dev eth0 >/dev/null 2>&1 || true
-  code=$(in_ns c curl -s -m 2 -o /dev/null -w '%{http_code}' "$base/readyz" 2>/dev/null) || code=000
+  code=$(in_ns c curl -s -m 2 --cacert "$ca" -o /dev/null -w '%{http_code}' "$base/readyz" 2>/dev/null) || code=000
   [ "$code" = 200 ] && fresh_ok=$((fresh_ok + 1))
   mac=$(ip -n "$P-c" neigh show "$vip" 2>/dev/null | sed -n 's/.* lladdr \([0-9a-f:]*\).*/\1/p')
   case "$mac" in "$mac_a") resolved="${resolved}A" ;; "$mac_b") resolved="${resolved}B" ;; *) resolved="${resolved}?" ;; esac

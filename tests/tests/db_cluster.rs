@@ -1350,6 +1350,26 @@ async fn presented(
         .clone())
 }
 
+/// Writes `prefix/N` every 10 ms until `stop`: how many succeeded, and
+/// the errors of those that failed.
+fn keep_writing(
+    client: DbClient,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match client.put(put(format!("{prefix}/{ok}"), "v")).await {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (ok, failed)
+    })
+}
+
 /// Rotating the leaf certificates of a running TLS cluster (what running
 /// `agendactl certs` again does) drops nothing: a writer keeps writing
 /// through it without one failure, new connections get the new
@@ -1388,20 +1408,7 @@ async fn rotating_leaf_certificates_drops_nothing() -> Result<()> {
     let before = presented(&node1, tls.clone()).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (client, stop) = (c.client(), stop.clone());
-        tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match client.put(put(format!("rot/{ok}"), "v")).await {
-                    Ok(_) => ok += 1,
-                    Err(e) => failed.push(e.to_string()),
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            (ok, failed)
-        })
-    };
+    let writer = keep_writing(c.client(), "rot", stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     issue(certs.path(), &leaves, 1, false)?;
     let rotated = wait_for(
@@ -1432,5 +1439,88 @@ async fn rotating_leaf_certificates_drops_nothing() -> Result<()> {
         Some(identity("client")?.client_config()?),
     )?;
     fresh.put(put("rot/after", "v")).await?;
+    Ok(())
+}
+
+/// Rotating the CA itself (`agendactl certs --ca-step add`, `switch`,
+/// `finish`) on a running TLS cluster refuses nothing: a writer keeps
+/// writing through all three steps, the nodes present leaves of the new
+/// CA after `switch`, and after `finish` a client with a leaf of the old
+/// CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotating_the_ca_in_three_steps_refuses_nothing() -> Result<()> {
+    use agenda_common::tls::{Identity, TlsFiles};
+    use agendactl::certs::{ca_step, issue, CaStep, Leaf, Role};
+    let certs = tempfile::tempdir()?;
+    let leaf = |name: &str, role| Leaf {
+        name: name.into(),
+        role,
+        ips: Vec::new(),
+    };
+    let leaves = [leaf("peer", Role::Peer), leaf("client", Role::Operator)];
+    issue(certs.path(), &leaves, 1, false)?;
+    // A client of the first CA, kept aside: refused once it is gone.
+    let old = tempfile::tempdir()?;
+    for f in ["ca.pem", "client.pem", "client-key.pem"] {
+        std::fs::copy(certs.path().join(f), old.path().join(f))?;
+    }
+    // The harness's own client follows the files like every process.
+    let client = Identity::load(&TlsFiles::in_dir(certs.path(), "client"))?;
+    let tls = client.client_config()?;
+    let dir = certs.path().display().to_string();
+    let c = Cluster::start(Options {
+        size: 3,
+        tls: Some(tls.clone()),
+        ..opts(&["--tls-dir", &dir, "--tls-name", "peer"])
+    })
+    .await?;
+    let node1 = c.nodes[&1].grpc.clone();
+    let first = presented(&node1, tls.clone()).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = keep_writing(c.client(), "ca", stop.clone());
+    let reloads = |id: u64| {
+        std::fs::read_to_string(&c.nodes[&id].log)
+            .map(|log| log.matches("TLS files reloaded").count())
+            .unwrap_or(0)
+    };
+    for (i, step) in [CaStep::Add, CaStep::Switch, CaStep::Finish]
+        .into_iter()
+        .enumerate()
+    {
+        ca_step(certs.path(), step, &leaves, 1)?;
+        ensure!(client.reload(), "the client did not see step {step:?}");
+        wait_for(
+            &format!("every node to read step {step:?}"),
+            Duration::from_secs(15),
+            || async { c.nodes.keys().all(|id| reloads(*id) > i).then_some(()) },
+        )
+        .await?;
+        if step == CaStep::Switch {
+            ensure!(
+                presented(&node1, tls.clone()).await? != first,
+                "node 1 still presents its first leaf"
+            );
+        }
+    }
+    // Raft traffic between the nodes goes on over the new leaves too.
+    let before = c.client().get("ca/0").await?.map(|kv| kv.mod_revision);
+    c.client().put(put("ca/after", "v")).await?;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = writer.await?;
+    ensure!(
+        failed.is_empty(),
+        "writes failed during the rotation: {failed:?}"
+    );
+    ensure!(ok > 20 && before.is_some(), "only {ok} writes");
+    let outsider = DbClient::with_tls(
+        &[&node1],
+        Some(Identity::load(&TlsFiles::in_dir(old.path(), "client"))?.client_config()?),
+    )?
+    .with_timeout(Duration::from_secs(2));
+    ensure!(
+        outsider.get("ca/0").await.is_err(),
+        "a leaf of the retired CA was accepted"
+    );
     Ok(())
 }

@@ -38,6 +38,9 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// TLS sessions a public listener remembers for resumption.
+const PUBLIC_SESSIONS: usize = 16_384;
+
 /// Most TLS handshakes in progress at once on one listener.
 const MAX_HANDSHAKES: usize = 256;
 /// A client that has not finished its handshake by then is dropped.
@@ -379,6 +382,9 @@ impl Links {
         };
         let mut config = rustls::ServerConfig::clone(&*id.server_config(false)?);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Room for every client of a busy gateway to resume its session
+        // (an abbreviated handshake) instead of the default 256.
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(PUBLIC_SESSIONS);
         Ok(Some(Arc::new(config)))
     }
 

@@ -3,7 +3,10 @@
 //! mutual on internal links. Certificates come from files
 //! (`agendactl certs` makes a development set) and are read again when
 //! they change, so leaves rotate without a restart: connections made
-//! after the change present the new certificate, open ones go on.
+//! after the change present the new certificate, open ones go on. The CA
+//! file is read again too, and every handshake checks against the CAs it
+//! holds then: `ca.pem` may hold two (old and new) while a CA rotates
+//! (`agendactl certs --ca-step`).
 //!
 //! Only the ring provider is used (no aws-lc: its C build is not wanted).
 
@@ -11,13 +14,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -90,21 +100,41 @@ fn load_roots(ca: &Path) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
-/// What the pair's files hold now. Compared by content, not by mtime: two
-/// writes within one filesystem clock tick (a few ms) share an mtime. The
-/// files are small and read once a second.
+/// What the files hold now. Compared by content, not by mtime: two writes
+/// within one filesystem clock tick (a few ms) share an mtime. The files
+/// are small and read once a second.
 fn contents(files: &TlsFiles) -> Vec<Option<Vec<u8>>> {
-    [&files.cert, &files.key]
+    [&files.cert, &files.key, &files.ca]
         .iter()
         .map(|p| std::fs::read(p).ok())
         .collect()
 }
 
-/// A process's certificate and key, swapped in when the files change.
+/// The CAs trusted now, as the verifiers every handshake asks.
+#[derive(Debug)]
+struct Trust {
+    clients: Arc<dyn ClientCertVerifier>,
+    servers: Arc<WebPkiServerVerifier>,
+}
+
+impl Trust {
+    fn new(roots: Arc<RootCertStore>) -> Result<Trust> {
+        let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| Error::Config(format!("TLS client verifier: {e}")))?;
+        let servers = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| Error::Config(format!("TLS server verifier: {e}")))?;
+        Ok(Trust { clients, servers })
+    }
+}
+
+/// A process's certificate and key, and the CAs it trusts, swapped in
+/// when the files change.
 #[derive(Debug)]
 pub struct Identity {
     files: TlsFiles,
-    roots: Arc<RootCertStore>,
+    trust: RwLock<Arc<Trust>>,
     current: RwLock<Arc<CertifiedKey>>,
     seen: RwLock<Vec<Option<Vec<u8>>>>,
     /// Contents that last failed to load.
@@ -117,7 +147,7 @@ impl Identity {
         let seen = contents(files);
         let pair = load_pair(files)?;
         Ok(Arc::new(Identity {
-            roots: load_roots(&files.ca)?,
+            trust: RwLock::new(Arc::new(Trust::new(load_roots(&files.ca)?)?)),
             files: files.clone(),
             current: RwLock::new(pair),
             seen: RwLock::new(seen),
@@ -125,7 +155,6 @@ impl Identity {
         }))
     }
 
-    /// The certificate and key in use.
     /// Where it is read from (and read again when the files change).
     pub fn files(&self) -> &TlsFiles {
         &self.files
@@ -139,19 +168,26 @@ impl Identity {
             .clone()
     }
 
-    /// Reads the files again if they changed; true when a new pair is in
-    /// use. A pair that does not load (half rotated, a bad file) is
-    /// logged and the old one kept.
+    fn trust(&self) -> Arc<Trust> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the files again if they changed; true when a new pair (or
+    /// CA set) is in use. Files that do not load (half rotated, a bad
+    /// file) are logged and the old pair and CAs kept.
     pub fn reload(&self) -> bool {
         let now = contents(&self.files);
         if *self.seen.read().unwrap_or_else(|p| p.into_inner()) == now {
             return false;
         }
-        match load_pair(&self.files) {
-            Ok(pair) => {
+        let loaded = load_pair(&self.files)
+            .and_then(|pair| Ok((pair, Trust::new(load_roots(&self.files.ca)?)?)));
+        match loaded {
+            Ok((pair, trust)) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = pair;
+                *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(trust);
                 *self.seen.write().unwrap_or_else(|p| p.into_inner()) = now;
-                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                tracing::info!(cert = %self.files.cert.display(), ca = %self.files.ca.display(), "TLS files reloaded");
                 true
             }
             Err(e) => {
@@ -187,11 +223,7 @@ impl Identity {
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS: {e}")))?;
         let builder = if client_auth {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-                    .build()
-                    .map_err(|e| Error::Config(format!("TLS client verifier: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(LiveTrust(self.clone())))
         } else {
             builder.with_no_client_auth()
         };
@@ -200,16 +232,98 @@ impl Identity {
         Ok(Arc::new(config))
     }
 
-    /// A client configuration trusting only the CA and presenting this
-    /// identity when the server asks.
+    /// A client configuration trusting only the CA (as the files say at
+    /// each handshake) and presenting this identity when the server asks.
     pub fn client_config(self: &Arc<Self>) -> Result<Arc<ClientConfig>> {
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS: {e}")))?
-            .with_root_certificates(self.roots.clone())
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(LiveTrust(self.clone())))
             .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
         Ok(Arc::new(config))
     }
+}
+
+/// The handshake-signature checks of a verifier trait, handed to the
+/// current [`Trust`]'s verifier `$which` (the same for both traits).
+macro_rules! signatures_by {
+    ($which:ident) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            self.0
+                .trust()
+                .$which
+                .verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            self.0
+                .trust()
+                .$which
+                .verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.trust().$which.supported_verify_schemes()
+        }
+    };
+}
+
+/// Checks peers against the CAs the identity trusts at that moment (the
+/// standard WebPKI checks, rebuilt when `ca.pem` changes).
+#[derive(Debug)]
+struct LiveTrust(Arc<Identity>);
+
+impl ClientCertVerifier for LiveTrust {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Optional hints; our clients present their one certificate anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .trust()
+            .clients
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    signatures_by!(clients);
+}
+
+impl ServerCertVerifier for LiveTrust {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.0.trust().servers.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    signatures_by!(servers);
 }
 
 /// A client of the public HTTPS side (people's tools, tests, benchmarks):
@@ -401,7 +515,7 @@ pub(crate) mod tests {
         let anonymous = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(client.roots.clone())
+            .with_root_certificates(load_roots(&client.files().ca).unwrap())
             .with_no_client_auth();
         assert!(hello(Arc::new(anonymous), addr).await.is_err());
 

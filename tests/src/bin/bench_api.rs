@@ -3,9 +3,15 @@
 //! invitation traffic) at many concurrent clients for a bounded time, and
 //! prints requests/s and p50/p95/p99 per route. It never asserts speed.
 //!
-//! By default it starts its own system (release binaries: five agenda-db
-//! nodes, two users, two groups, one gateway); `--url` drives a running
-//! one instead (e.g. `make run`).
+//! By default it starts its own systems (release binaries: five agenda-db
+//! nodes, two users, two groups, one gateway each), one with TLS on every
+//! link (HTTPS at the gateway) and one plaintext, and drives them in
+//! alternating rounds, so both see the same machine; it then prints what
+//! TLS costs. Each client opens a fresh connection every
+//! `--requests-per-connection` requests, so handshakes (resumed ones
+//! mostly: the clients share one session cache) are part of the
+//! measurement. `--url` drives a running system instead (e.g. `make run`,
+//! with `--ca .agenda/ca.pem` for https).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +51,39 @@ struct Args {
     /// Drive a running gateway instead of starting a system.
     #[arg(long)]
     url: Option<String>,
+    /// With --url https://...: the CA its certificate comes from.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// Which systems to start: plaintext, TLS on every link, or both
+    /// (alternating rounds, and the cost of TLS).
+    #[arg(long, value_enum, default_value_t = Mode::Both)]
+    tls: Mode,
+    /// Rounds per system (with both, they alternate); --seconds is split
+    /// over them.
+    #[arg(long, default_value_t = 4)]
+    rounds: u32,
+    /// Requests a client sends on one connection before it opens a new
+    /// one (the new one makes a TLS handshake, resumed when it can).
+    #[arg(long, default_value_t = 50)]
+    requests_per_connection: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Off,
+    On,
+    Both,
+}
+
+/// One system under load and what it measured.
+struct Target {
+    label: &'static str,
+    base: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    people: Arc<Vec<Arc<Person>>>,
+    stats: Stats,
+    secs: f64,
+    _system: Option<System>,
 }
 
 struct Person {
@@ -190,6 +229,17 @@ async fn setup(http: &reqwest::Client, base: &str, args: &Args) -> Result<Vec<Ar
         .collect())
 }
 
+/// A client with its own connection pool (one connection to the gateway).
+fn http_client(tls: Option<&Arc<rustls::ClientConfig>>, idle: usize) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .timeout(Duration::from_secs(30));
+    if let Some(tls) = tls {
+        b = b.use_preconfigured_tls(rustls::ClientConfig::clone(tls));
+    }
+    b.build().context("http client")
+}
+
 fn uuid_like() -> String {
     format!("{:x}", rand::rng().random::<u32>())
 }
@@ -197,61 +247,137 @@ fn uuid_like() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let system = match &args.url {
-        Some(_) => None,
-        None => {
-            eprintln!("starting the system (5 agenda-db, 2 users, 2 groups, 1 gateway)...");
-            Some(
-                System::start(SystemOptions {
-                    db_nodes: 5,
-                    users: 2,
-                    groups: 2,
-                    ..Default::default()
-                })
-                .await?,
+    let mut targets = Vec::new();
+    if let Some(url) = &args.url {
+        let tls = match &args.ca {
+            Some(ca) => Some(agenda_common::tls::public_client_config(ca)?),
+            None => None,
+        };
+        targets.push(
+            target(
+                "given",
+                url.trim_end_matches('/').to_string(),
+                tls,
+                None,
+                &args,
             )
+            .await?,
+        );
+    } else {
+        let modes: &[(bool, &'static str)] = match args.tls {
+            Mode::Off => &[(false, "plaintext")],
+            Mode::On => &[(true, "TLS")],
+            Mode::Both => &[(false, "plaintext"), (true, "TLS")],
+        };
+        for &(tls, label) in modes {
+            eprintln!("starting the {label} system (5 agenda-db, 2 users, 2 groups, 1 gateway)...");
+            let sys = System::start(SystemOptions {
+                db_nodes: 5,
+                users: 2,
+                groups: 2,
+                tls,
+                ..Default::default()
+            })
+            .await?;
+            let (base, public) = (sys.url(), sys.public_tls.clone());
+            targets.push(target(label, base, public, Some(sys), &args).await?);
         }
-    };
-    let base = match (&args.url, &system) {
-        (Some(u), _) => u.trim_end_matches('/').to_string(),
-        (None, Some(s)) => s.url(),
-        _ => unreachable!(),
-    };
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients + 16)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("http client")?;
-    let people = Arc::new(setup(&http, &base, &args).await?);
-    eprintln!(
-        "load: {} clients for {} s (60% agenda reads, 25% event creation, 15% RSVP/invitations)...",
-        args.clients, args.seconds
+    }
+    let per_round = Duration::from_secs_f64(args.seconds as f64 / f64::from(args.rounds.max(1)));
+    for round in 0..args.rounds.max(1) {
+        // Alternate who goes first, so neither always follows the other.
+        let n = targets.len();
+        for k in 0..n {
+            let t = &mut targets[(k + round as usize) % n];
+            eprintln!(
+                "round {}/{}: {} clients on the {} system for {:.1} s...",
+                round + 1,
+                args.rounds.max(1),
+                args.clients,
+                t.label,
+                per_round.as_secs_f64()
+            );
+            load(t, &args, per_round).await?;
+        }
+    }
+    println!();
+    println!(
+        "make bench: {} clients, think time {} ms (mean), a new connection every {} requests, {} rounds",
+        args.clients,
+        args.think_ms,
+        args.requests_per_connection,
+        args.rounds.max(1)
     );
+    let mut summary = Vec::new();
+    for t in &targets {
+        summary.push((t.label, report(t)));
+    }
+    if let [(_, (plain_rps, plain_p95)), (_, (tls_rps, tls_p95))] = summary[..] {
+        println!();
+        println!(
+            "TLS against plaintext: {tls_rps:.1} vs {plain_rps:.1} requests/s ({:+.1}%), p95 {tls_p95:.1} vs {plain_p95:.1} ms (target: under 15% fewer requests/s)",
+            (tls_rps / plain_rps - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// A system to drive, its accounts set up.
+async fn target(
+    label: &'static str,
+    base: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    system: Option<System>,
+    args: &Args,
+) -> Result<Target> {
+    let http = http_client(tls.as_ref(), 64)?;
+    let people = Arc::new(setup(&http, &base, args).await?);
+    Ok(Target {
+        label,
+        base,
+        tls,
+        people,
+        stats: Stats::default(),
+        secs: 0.0,
+        _system: system,
+    })
+}
+
+/// One round of load on `t` for `span`; adds to its stats.
+async fn load(t: &mut Target, args: &Args, span: Duration) -> Result<()> {
     let stats = Arc::new(Mutex::new(Stats::default()));
     let ops = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let until = started + Duration::from_secs(args.seconds);
+    let until = started + span;
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let (http, base, people, stats, ops) = (
-            http.clone(),
-            base.clone(),
-            people.clone(),
+        let (base, people, stats, ops, tls) = (
+            t.base.clone(),
+            t.people.clone(),
             stats.clone(),
             ops.clone(),
+            t.tls.clone(),
         );
         let max_ops = args.max_ops;
-        let args_think_ms = args.think_ms;
+        let think_ms = args.think_ms;
+        let per_connection = args.requests_per_connection.max(1);
         tasks.push(tokio::spawn(async move {
             let me = people[c % people.len()].clone();
             let mut local: Stats = Stats::default();
-            let think_ms = args_think_ms;
+            let mut http = None;
+            let mut sent_on_it = 0u32;
             // Start spread over one think time, not all at once.
             if think_ms > 0 {
                 let offset = rand::rng().random_range(0..think_ms);
-                tokio::time::sleep(Duration::from_millis(offset)).await;
+                tokio::time::sleep(Duration::from_millis(offset).min(span)).await;
             }
             while Instant::now() < until && ops.fetch_add(1, Ordering::Relaxed) < max_ops {
+                if http.is_none() || sent_on_it >= per_connection {
+                    http = Some(http_client(tls.as_ref(), 1).expect("http client"));
+                    sent_on_it = 0;
+                }
+                sent_on_it += 1;
+                let http = http.as_ref().expect("made above");
                 let (route, method, path, body): (&'static str, Method, String, Option<Value>);
                 let roll = rand::rng().random_range(0..100);
                 let (from, to) = {
@@ -296,7 +422,7 @@ async fn main() -> Result<()> {
                     }
                 }
                 let t0 = Instant::now();
-                let result = send(&http, &base, method, &path, Some(&me.token), body).await;
+                let result = send(http, &base, method, &path, Some(&me.token), body).await;
                 let us = t0.elapsed().as_micros() as u64;
                 match result {
                     Ok((st, v)) if st.is_success() => {
@@ -346,15 +472,33 @@ async fn main() -> Result<()> {
         t.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let s = stats.lock().expect("lock");
+    let s = Arc::try_unwrap(stats)
+        .map_err(|_| anyhow::anyhow!("a client task outlived its round"))?
+        .into_inner()
+        .expect("lock");
+    for (k, v) in s.ok {
+        t.stats.ok.entry(k).or_default().extend(v);
+    }
+    for (k, v) in s.errors {
+        *t.stats.errors.entry(k).or_default() += v;
+    }
+    if t.stats.samples.len() < 10 {
+        t.stats.samples.extend(s.samples);
+    }
+    t.secs += elapsed;
+    Ok(())
+}
+
+/// Prints `t`'s table; its requests/s and p95 (ms) over every route.
+fn report(t: &Target) -> (f64, f64) {
+    let s = &t.stats;
     println!();
     println!(
-        "make bench: {} clients, think time {} ms (mean), {} accounts, {:.1} s, gateway {}",
-        args.clients,
-        args.think_ms,
-        people.len(),
-        elapsed,
-        base
+        "{} system: {} accounts, {:.1} s under load, gateway {}",
+        t.label,
+        t.people.len(),
+        t.secs,
+        t.base
     );
     println!(
         "{:<30} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
@@ -369,18 +513,18 @@ async fn main() -> Result<()> {
         let errors = s.errors.get(r).copied().unwrap_or(0);
         total_errors += errors;
         all.extend(&v);
-        row(r, &mut v, errors, elapsed);
+        row(r, &mut v, errors, t.secs);
     }
-    row("all", &mut all, total_errors, elapsed);
+    let summary = row("all", &mut all, total_errors, t.secs);
     println!("target: p95 < 50 ms and zero errors at 1000 clients");
     for sample in &s.samples {
         println!("error sample: {sample}");
     }
-    drop(system);
-    Ok(())
+    summary
 }
 
-fn row(name: &str, v: &mut [u64], errors: usize, secs: f64) {
+/// One table row; the row's requests/s and p95 (ms).
+fn row(name: &str, v: &mut [u64], errors: usize, secs: f64) -> (f64, f64) {
     v.sort_unstable();
     let pct = |p: f64| -> f64 {
         if v.is_empty() {
@@ -399,4 +543,5 @@ fn row(name: &str, v: &mut [u64], errors: usize, secs: f64) {
         pct(0.95),
         pct(0.99)
     );
+    (v.len() as f64 / secs, pct(0.95))
 }
