@@ -116,6 +116,20 @@ pub fn expect_refusal(out: &std::process::Output, what: &str, want: &str) -> Res
 }
 
 /// One lazily connected gRPC channel per address (host:port).
+/// Like [`channels`], over mutual TLS with `tls` when given.
+pub fn channels_with(
+    addrs: &[String],
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Vec<tonic::transport::Channel>> {
+    match tls {
+        None => channels(addrs),
+        Some(config) => addrs
+            .iter()
+            .map(|a| Ok(agenda_common::net::tls_channel(a, config.clone())?))
+            .collect(),
+    }
+}
+
 pub fn channels(addrs: &[String]) -> Result<Vec<tonic::transport::Channel>> {
     addrs
         .iter()

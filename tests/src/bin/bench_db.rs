@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use agenda_proto::db::db_client::DbClient as AgendaKv;
 use agenda_proto::db::{PutRequest, RangeRequest};
-use agenda_tests::cluster::{channels, Cluster, Options};
+use agenda_tests::cluster::{channels_with, Cluster, Options};
 use agenda_tests::etcd::{pb, EtcdCluster};
 use anyhow::Result;
 use clap::Parser;
@@ -34,6 +34,10 @@ struct Args {
     /// Leader kills for the failover measurement (0 to skip).
     #[arg(long, default_value_t = 5)]
     failovers: usize,
+    /// Plaintext on both sides (default: mutual TLS on every link of both
+    /// agenda-db and etcd, clients and peers, as deployed).
+    #[arg(long)]
+    no_tls: bool,
     /// Drive an already running agenda-db (comma-separated gRPC addresses)
     /// instead of starting one, e.g. the cluster of `make run`.
     #[arg(long, value_delimiter = ',')]
@@ -252,17 +256,72 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // One CA for both: agenda-db's nodes (`peer`), etcd's members
+    // (`etcd`), and the bench's clients (`bench`, an operator).
+    let certs = tempfile::tempdir()?;
+    let tls = if args.no_tls || !args.agenda_endpoints.is_empty() {
+        None
+    } else {
+        use agendactl::certs::{issue, Leaf, Role};
+        let leaf = |name: &str, role| Leaf {
+            name: name.into(),
+            role,
+            ips: Vec::new(),
+        };
+        issue(
+            certs.path(),
+            &[
+                leaf("peer", Role::Peer),
+                leaf("etcd", Role::Peer),
+                leaf("bench", Role::Operator),
+            ],
+            1,
+            false,
+        )?;
+        let files = |name: &str| agenda_common::tls::TlsFiles::in_dir(certs.path(), name);
+        Some((
+            agenda_common::tls::Identity::load(&files("bench"))?.client_config()?,
+            files("etcd"),
+        ))
+    };
     let (agenda, addrs) = if args.agenda_endpoints.is_empty() {
-        eprintln!("starting a 5-node agenda-db cluster (fsync on)...");
-        let c = Cluster::start(Options::default()).await?;
+        eprintln!(
+            "starting a 5-node agenda-db cluster (fsync on, {})...",
+            if tls.is_some() {
+                "mutual TLS"
+            } else {
+                "plaintext"
+            }
+        );
+        let dir = certs.path().display().to_string();
+        let c = Cluster::start(match &tls {
+            Some((client, _)) => Options {
+                args: ["--tls-dir", &dir, "--tls-name", "peer"]
+                    .map(String::from)
+                    .to_vec(),
+                tls: Some(client.clone()),
+                ..Options::default()
+            },
+            None => Options::default(),
+        })
+        .await?;
         let addrs: Vec<String> = c.nodes.values().map(|n| n.grpc.clone()).collect();
         (Some(c), addrs)
     } else {
         (None, args.agenda_endpoints.clone())
     };
-    let target = Target::Agenda(channels(&addrs)?.into_iter().map(AgendaKv::new).collect());
+    let client_tls = tls.as_ref().map(|(c, _)| c.clone());
+    let target = Target::Agenda(
+        channels_with(&addrs, client_tls.as_ref())?
+            .into_iter()
+            .map(AgendaKv::new)
+            .collect(),
+    );
     let ours = suite(&target, &args).await?;
-    let via_client = Target::AgendaClient(agenda_common::DbClient::new(&addrs)?);
+    let via_client = Target::AgendaClient(agenda_common::DbClient::with_tls(
+        &addrs,
+        client_tls.clone(),
+    )?);
     let mut client_rows = Vec::new();
     for &c in &args.clients {
         client_rows.push((
@@ -279,7 +338,11 @@ async fn main() -> Result<()> {
         None
     } else {
         eprintln!("starting a 5-member etcd cluster (fsync on)...");
-        let etcd = EtcdCluster::start(5).await?;
+        let etcd = EtcdCluster::start_with(
+            5,
+            tls.map(|(client, member)| agenda_tests::etcd::EtcdTls { member, client }),
+        )
+        .await?;
         let target = Target::Etcd(
             etcd.channels()?
                 .into_iter()
@@ -293,7 +356,12 @@ async fn main() -> Result<()> {
 
     println!();
     println!(
-        "5 nodes on loopback, fsync on, {} s per row, clients spread over all nodes",
+        "5 nodes on loopback, fsync on, {}, {} s per row, clients spread over all nodes",
+        if client_tls.is_some() {
+            "mutual TLS on every link of both"
+        } else {
+            "plaintext"
+        },
         args.seconds
     );
     println!(
