@@ -378,7 +378,35 @@ pub fn require_role(
 /// The role of a caller with certificates `certs` (its own first): `None`
 /// over plaintext (nothing to check), `""` when its certificate names none.
 pub fn caller_role(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
-    certs.map(|c| c.first().and_then(role_of).unwrap_or_default())
+    certs.map(|c| c.first().map(cached_role_of).unwrap_or_default())
+}
+
+/// Most certificates whose role is remembered (a deployment has a few
+/// dozen; rotations add more, so the memory is dropped when full).
+const ROLES_KEPT: usize = 1024;
+
+/// [`role_of`], remembered by the certificate's bytes: every request of a
+/// TLS caller asks, and parsing X.509 each time was a measurable part of
+/// agenda-db's cost per call.
+fn cached_role_of(cert: &CertificateDer<'_>) -> String {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static ROLES: OnceLock<Mutex<HashMap<Vec<u8>, String>>> = OnceLock::new();
+    let roles = ROLES.get_or_init(Mutex::default);
+    if let Some(role) = roles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(cert.as_ref())
+    {
+        return role.clone();
+    }
+    let role = role_of(cert).unwrap_or_default();
+    let mut map = roles.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= ROLES_KEPT {
+        map.clear();
+    }
+    map.insert(cert.as_ref().to_vec(), role.clone());
+    role
 }
 
 /// Hands rustls whatever pair the identity holds at handshake time.

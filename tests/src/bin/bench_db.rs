@@ -340,7 +340,16 @@ async fn main() -> Result<()> {
         eprintln!("starting a 5-member etcd cluster (fsync on)...");
         let etcd = EtcdCluster::start_with(
             5,
-            tls.map(|(client, member)| agenda_tests::etcd::EtcdTls { member, client }),
+            tls.map(|(client, member)| {
+                // etcd's gRPC (Go) speaks HTTP/2 over TLS only when ALPN
+                // says h2; agenda-db's does not insist.
+                let mut client = rustls::ClientConfig::clone(&client);
+                client.alpn_protocols = vec![b"h2".to_vec()];
+                agenda_tests::etcd::EtcdTls {
+                    member,
+                    client: std::sync::Arc::new(client),
+                }
+            }),
         )
         .await?;
         let target = Target::Etcd(
