@@ -269,7 +269,9 @@ ENV
 
   if [ "$tls_on" = 1 ]; then
     "$bin/agendactl" certs --dir "$certs" --subnet "$subnet" >/dev/null
-    cp "$certs/ca.pem" "$state/ca.pem"
+    # A link, not a copy: during a CA rotation (agendactl certs --ca-step)
+    # clients trust what the processes trust.
+    ln -sfn certs/ca.pem "$state/ca.pem"
     say "certificates in $certs (mutual TLS on every internal link; HTTPS at the gateways, CA in $state/ca.pem)"
   fi
   local db peers="" i peer_port=770

@@ -59,7 +59,9 @@ if [ "${AGENDA_TLS:-1}" = 1 ]; then
   rcli() { REDISCLI_AUTH="$AGENDA_REDIS_PASSWORD" redis-cli --tls --cacert "$certs/ca.pem" --cert "$certs/agendactl.pem" --key "$certs/agendactl-key.pem" "$@"; }
   redis_tls() { echo --redis-tls-name "redis-$1"; }
   # Clients of the gateway trust the CA and show no certificate.
-  cp "$certs/ca.pem" "$state/ca.pem"
+  # A link, not a copy: during a CA rotation (agendactl certs --ca-step)
+  # clients trust what the processes trust.
+  ln -sfn certs/ca.pem "$state/ca.pem"
   webcurl() { curl --cacert "$state/ca.pem" "$@"; }
 else
   scheme=http

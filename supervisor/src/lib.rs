@@ -97,6 +97,7 @@ pub async fn run(
                 timeout: cfg.check_timeout(),
                 primary_wait: (cfg.down_after() * 3 + cfg.lease_ttl()).max(Duration::from_secs(3)),
             };
+            tokio::spawn(local::follow_tls(spec.clone(), stop.clone()));
             Some(tokio::spawn(local::run(
                 spec,
                 loop_db.clone(),

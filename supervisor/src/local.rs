@@ -162,6 +162,65 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// How often the local node's TLS files are checked for a change.
+const TLS_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the local redis-server on its TLS files as they change (a leaf
+/// or CA rotation): redis-server reads them only at start, so without
+/// this a CA rotation would leave it trusting the old CA only and every
+/// new connection refused. Runs until `stop`; nothing to do without TLS.
+pub async fn follow_tls(spec: Spec, stop: CancellationToken) {
+    let Some(files) = spec.tls.clone() else {
+        return;
+    };
+    let read = || [&files.cert, &files.key, &files.ca].map(|p| std::fs::read(p).ok());
+    // Applied once at start too: an adopted redis-server may have been
+    // started with older files.
+    let mut applied = None;
+    let mut node = None;
+    let mut last_error = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(TLS_CHECK_EVERY) => {}
+        }
+        let now = read();
+        if applied.as_ref() == Some(&now) {
+            continue;
+        }
+        // One connection kept across changes (each step of a rotation
+        // leaves it usable); after a failure, a new client with this
+        // process's files as they are now.
+        let n = match node.as_mut() {
+            Some(n) => n,
+            None => match RedisNode::new(&spec.addr, &spec.link, spec.timeout) {
+                Ok(n) => node.insert(n),
+                Err(e) => {
+                    tracing::warn!(node = %spec.addr, error = %e, "cannot reach the local redis-server to reload its TLS files");
+                    continue;
+                }
+            },
+        };
+        match n.reload_tls(&files).await {
+            Ok(()) => {
+                tracing::info!(node = %spec.addr, "redis-server read its TLS files");
+                applied = Some(now);
+            }
+            Err(e) => {
+                // Said once per new failure, not every second.
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!(node = %spec.addr, error = %e, "cannot have redis-server reload its TLS files yet; retrying");
+                    last_error = Some(e);
+                }
+                // A new client reads this process's own files again.
+                node = None;
+                continue;
+            }
+        }
+        last_error = None;
+    }
+}
+
 /// Manages the local process until `stop`, then stops it. `primary`
 /// follows the published primary (already read once at start).
 pub async fn run(

@@ -174,6 +174,28 @@ impl RedisNode {
         .await
     }
 
+    /// Has the node read its TLS files again (`CONFIG SET` of any of them
+    /// makes redis-server reload all three): its certificate, key and the
+    /// CAs it trusts.
+    pub async fn reload_tls(&mut self, files: &agenda_common::tls::TlsFiles) -> Result<(), String> {
+        let paths = [&files.cert, &files.key, &files.ca].map(|p| p.display().to_string());
+        self.with_conn("CONFIG SET tls-*", |mut c| async move {
+            let _: String = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("tls-cert-file")
+                .arg(&paths[0])
+                .arg("tls-key-file")
+                .arg(&paths[1])
+                .arg("tls-ca-cert-file")
+                .arg(&paths[2])
+                .query_async(&mut c)
+                .await
+                .map_err(|e| format!("CONFIG SET tls-*: {e}"))?;
+            Ok(())
+        })
+        .await
+    }
+
     /// `REPLICAOF NO ONE` (promotion).
     pub async fn make_master(&mut self) -> Result<(), String> {
         self.with_conn("REPLICAOF NO ONE", |mut c| async move {

@@ -507,3 +507,86 @@ fn bad_start_ups_fail_clearly() -> Result<()> {
     }
     Ok(())
 }
+
+/// Redis over TLS follows a CA rotation (`agendactl certs --ca-step add`,
+/// `switch`, `finish`): redis-server reads its files only at start, so
+/// its supervisor has it read them again. After every step a client
+/// with the files of that moment connects to both nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_over_tls_follows_a_ca_rotation() -> Result<()> {
+    use agendactl::certs::{ca_step, issue, CaStep, Leaf, Role};
+    let certs = tempfile::tempdir()?;
+    let leaf = |name: &str, role| Leaf {
+        name: name.into(),
+        role,
+        ips: Vec::new(),
+    };
+    let leaves = [
+        leaf("peer", Role::Peer),
+        leaf("supervisor", Role::Supervisor),
+        leaf("redis-a", Role::Redis),
+        leaf("redis-b", Role::Redis),
+        leaf("test", Role::Operator),
+    ];
+    issue(certs.path(), &leaves, 1, false)?;
+    let test = agenda_common::tls::Identity::load(&agenda_common::tls::TlsFiles::in_dir(
+        certs.path(),
+        "test",
+    ))?;
+    let dir = certs.path().display().to_string();
+    let cluster = Cluster::start(Options {
+        size: 3,
+        args: ["--tls-dir", &dir, "--tls-name", "peer"]
+            .map(String::from)
+            .to_vec(),
+        tls: Some(test.client_config()?),
+        ..Default::default()
+    })
+    .await?;
+    let eps: Vec<String> = cluster.nodes.values().map(|n| n.grpc.clone()).collect();
+    let layer = RedisLayer::start_with(&eps, cluster.dir(), PASSWORD, Some(certs.path())).await?;
+    // How often each supervisor has had its redis-server read its files.
+    let reads = || -> Vec<usize> {
+        ["a", "b"]
+            .iter()
+            .map(|m| {
+                std::fs::read_to_string(cluster.dir().join(format!("supervisor-{m}.log")))
+                    .map(|log| log.matches("redis-server read its TLS files").count())
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    for step in [CaStep::Add, CaStep::Switch, CaStep::Finish] {
+        let before = reads();
+        ca_step(certs.path(), step, &leaves, 1)?;
+        // As an operator does: the next step once every node has this one.
+        wait_for(
+            &format!("both redis-servers to read step {step:?}"),
+            Duration::from_secs(20),
+            || async {
+                reads()
+                    .iter()
+                    .zip(&before)
+                    .all(|(now, was)| now > was)
+                    .then_some(())
+            },
+        )
+        .await?;
+        wait_for(
+            &format!("both Redis nodes to take new connections after {step:?}"),
+            Duration::from_secs(20),
+            || async {
+                for addr in layer.addrs() {
+                    layer.role(&addr).await.ok()?;
+                }
+                Some(())
+            },
+        )
+        .await?;
+    }
+    layer
+        .wait_healthy(Duration::from_secs(20))
+        .await
+        .context("a primary and its replica after the rotation")?;
+    Ok(())
+}
