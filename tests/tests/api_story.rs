@@ -748,6 +748,19 @@ fn conflict_ids(list: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether `list` holds a conflict of `user` starting at `start` shown as
+/// a busy block (no event id, no title).
+fn busy_block(list: &Value, user: &str, start: &str) -> bool {
+    list.as_array().is_some_and(|l| {
+        l.iter().any(|c| {
+            s(&c["user_id"]) == user
+                && c["event_id"].is_null()
+                && c["title"].is_null()
+                && instant(&c["start"]) == instant(&json!(start))
+        })
+    })
+}
+
 /// 2030-09-04: overlaps are reported, or refused with `on_conflict=reject`.
 async fn conflicts(api: &Api, p: &People) {
     let People { alice, bob, .. } = p;
@@ -768,15 +781,36 @@ async fn conflicts(api: &Api, p: &People) {
     assert_eq!(instant(&c["end"]), instant(&json!(at(d, "11:00"))), "{c}");
     let gym = event_id(&gym);
 
-    // Alice invites bob over his dentist: the conflict is bob's.
+    // Alice invites bob over his dentist: the conflict is bob's, and alice
+    // learns that he is busy, not with what (she does not take part).
     let mut sync = ev("Sync", "09:30", "10:15");
     sync["attendees"] = json!(["bob"]);
     let sync = create_event(api, alice, sync).await;
     assert!(
-        conflict_ids(&sync["conflicts"]).contains(&(dentist.clone(), bob.id.clone())),
-        "an attendee's conflict is reported to the organizer: {sync}"
+        busy_block(&sync["conflicts"], &bob.id, &at(d, "10:00")),
+        "an attendee's conflict is reported to the organizer as a busy block: {sync}"
     );
     let sync = event_id(&sync);
+
+    // Nor does a refusal (on_conflict=reject, nothing created) show
+    // anything more, a private event least of all.
+    let mut secret = ev("SECRET doctor", "14:00", "15:00");
+    secret["visibility"] = json!("private");
+    create_event(api, bob, secret).await;
+    let mut probe = ev("Probe", "13:00", "16:00");
+    probe["attendees"] = json!(["bob"]);
+    let refused = expect_error(
+        api.post("/v1/events?on_conflict=reject", &alice.token, probe)
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "probing bob's agenda",
+    );
+    assert!(
+        busy_block(&refused["conflicts"], &bob.id, &at(d, "14:00"))
+            && !refused.to_string().contains("SECRET"),
+        "a refusal lists bob's private event as a busy block only: {refused}"
+    );
 
     let details = expect_error(
         api.post(
@@ -815,7 +849,10 @@ async fn conflicts(api: &Api, p: &People) {
         .map(|e| s(&e["title"]).to_string())
         .collect();
     titles.sort();
-    assert_eq!(titles, ["Call", "Dentist", "Gym", "Lunch", "Sync"]);
+    assert_eq!(
+        titles,
+        ["Call", "Dentist", "Gym", "Lunch", "SECRET doctor", "Sync"]
+    );
 }
 
 /// Whether event `id` is in `who`'s agenda for `query`.
@@ -885,8 +922,8 @@ async fn moving_events(api: &Api, p: &People) {
         "make it long",
     );
     assert!(
-        conflict_ids(&long["conflicts"]).contains(&(event_id(&here), bob.id.clone())),
-        "{long}"
+        busy_block(&long["conflicts"], &bob.id, &at(d2, "09:30")),
+        "bob's own event, as alice (its mover) may see it: {long}"
     );
     assert!(lists(api, bob, &day("2030-12-11"), &id).await);
     assert!(!lists(api, bob, &day("2030-12-13"), &id).await);

@@ -252,11 +252,14 @@ pub struct Event {
     pub recurring_event_id: Option<Uuid>,
 }
 
-/// An overlapping event reported when creating, moving or accepting.
+/// An overlapping event reported when creating, moving or accepting. The
+/// caller sees its id and title only for events they take part in (their
+/// own agenda, or an event they organize or attend); anyone else's is a
+/// busy block: `event_id` and `title` null, the time and whose it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Conflict {
-    pub event_id: Uuid,
-    pub title: String,
+    pub event_id: Option<Uuid>,
+    pub title: Option<String>,
     #[schema(value_type = String, format = DateTime)]
     pub start: DateTime<Utc>,
     #[schema(value_type = String, format = DateTime)]

@@ -105,8 +105,16 @@ pub fn is_busy_for(ev: &EventRecord, user: Uuid) -> bool {
 
 /// Conflicts between a new or moved event and what `user` already has:
 /// every occurrence of theirs (not declined, not the event itself) that
-/// overlaps an occurrence of `new`.
-pub fn conflicts(new: &EventRecord, user: Uuid, agenda: &[EventRecord]) -> Vec<Conflict> {
+/// overlaps an occurrence of `new`, as `viewer` (who asked) may see them:
+/// details only of events the viewer takes part in ([`takes_part`]),
+/// busy blocks otherwise. Reporting titles of everyone's events to whoever
+/// names them as attendees leaked private agendas.
+pub fn conflicts(
+    new: &EventRecord,
+    user: Uuid,
+    agenda: &[EventRecord],
+    viewer: Uuid,
+) -> Vec<Conflict> {
     let mine = recurrence::upcoming(new);
     let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
         return Vec::new();
@@ -119,9 +127,10 @@ pub fn conflicts(new: &EventRecord, user: Uuid, agenda: &[EventRecord]) -> Vec<C
     {
         for occ in recurrence::occurrences(other, from, to) {
             if mine.iter().any(|m| m.start < occ.end && occ.start < m.end) {
+                let details = takes_part(other, viewer);
                 out.push(Conflict {
-                    event_id: other.id,
-                    title: other.title.clone(),
+                    event_id: details.then_some(other.id),
+                    title: details.then(|| other.title.clone()),
                     start: occ.start,
                     end: occ.end,
                     user_id: user,
@@ -130,6 +139,12 @@ pub fn conflicts(new: &EventRecord, user: Uuid, agenda: &[EventRecord]) -> Vec<C
         }
     }
     out
+}
+
+/// Whether `user` organizes or attends `ev` (then its details are theirs
+/// to see, private or not).
+pub fn takes_part(ev: &EventRecord, user: Uuid) -> bool {
+    ev.organizer_id == user || ev.status_of(user).is_some()
 }
 
 /// Busy intervals of `user` in `[from, to)`, merged and sorted.
@@ -173,7 +188,7 @@ pub struct Viewer {
 /// hierarchical group the items of members ranked below them. A private
 /// event shows only to its organizer and attendees, superiors included.
 pub fn sees_details(viewer: &Viewer, owner: &Member, ev: &EventRecord) -> bool {
-    let participant = ev.status_of(viewer.user_id).is_some() || ev.organizer_id == viewer.user_id;
+    let participant = takes_part(ev, viewer.user_id);
     if ev.visibility == Visibility::Private {
         return participant;
     }
@@ -295,9 +310,40 @@ mod tests {
             status: AttendeeStatus::Declined,
         });
         let agenda = vec![new.clone(), overlapping.clone(), touching, declined];
-        let c = conflicts(&new, me, &agenda);
+        let c = conflicts(&new, me, &agenda, me);
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].event_id, overlapping.id);
+        assert_eq!(c[0].event_id, Some(overlapping.id));
+    }
+
+    /// Someone naming `dave` as an attendee learns when dave is busy, not
+    /// what: no id and no title of events they do not take part in,
+    /// private ones above all; details of those they do.
+    #[test]
+    fn others_conflicts_are_busy_blocks_unless_the_viewer_takes_part() {
+        let (dave, stranger) = (Uuid::new_v4(), Uuid::new_v4());
+        let new = event(stranger, 10, 2);
+        let mut secret = event(dave, 10, 1);
+        secret.title = "SECRET doctor".into();
+        secret.visibility = Visibility::Private;
+        let mut shared = event(dave, 11, 1);
+        shared.attendees.push(Attendee {
+            user_id: stranger,
+            username: "s".into(),
+            status: AttendeeStatus::NeedsAction,
+        });
+        let agenda = vec![secret.clone(), shared.clone()];
+        let seen = conflicts(&new, dave, &agenda, stranger);
+        assert_eq!(seen.len(), 2);
+        let blocked = seen.iter().find(|c| c.start == secret.start).unwrap();
+        assert_eq!((blocked.event_id, blocked.title.as_deref()), (None, None));
+        assert_eq!((blocked.user_id, blocked.end), (dave, secret.end));
+        let open = seen.iter().find(|c| c.start == shared.start).unwrap();
+        assert_eq!(open.event_id, Some(shared.id), "the viewer attends it");
+        // Dave himself sees his own, private or not.
+        let own = conflicts(&new, dave, &agenda, dave);
+        assert!(own
+            .iter()
+            .all(|c| c.event_id.is_some() && c.title.is_some()));
     }
 
     #[test]
@@ -306,11 +352,11 @@ mod tests {
         let mut weekly = event(me, 10, 1);
         weekly.rrule = Some("FREQ=WEEKLY".into());
         let later = event(me, 10 + 24 * 21, 1);
-        let c = conflicts(&later, me, &[weekly.clone()]);
+        let c = conflicts(&later, me, &[weekly.clone()], me);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].start, later.start);
         // And the other way round.
-        assert_eq!(conflicts(&weekly, me, &[later]).len(), 1);
+        assert_eq!(conflicts(&weekly, me, &[later], me).len(), 1);
     }
 
     #[test]

@@ -319,7 +319,7 @@ fn conflicts_in(w: &Write<'_>, agendas: &[Vec<EventRecord>]) -> Vec<Conflict> {
     let mut out = Vec::new();
     for (user, agenda) in w.check.iter().zip(agendas) {
         if rules::is_busy_for(w.ev, *user) {
-            out.extend(rules::conflicts(w.ev, *user, agenda));
+            out.extend(rules::conflicts(w.ev, *user, agenda, w.viewer));
         }
     }
     out
@@ -330,6 +330,8 @@ fn conflicts_in(w: &Write<'_>, agendas: &[Vec<EventRecord>]) -> Vec<Conflict> {
 /// `guards` (key, mod_revision).
 pub(crate) struct Write<'a> {
     pub ev: &'a EventRecord,
+    /// Who asked: the conflicts are reported as they may see them.
+    pub viewer: Uuid,
     pub check: Vec<Uuid>,
     pub reject: bool,
     pub guards: Vec<(String, i64)>,
@@ -511,6 +513,7 @@ impl Store {
                     .collect();
                 let w = Write {
                     ev: &ev,
+                    viewer: caller,
                     check: everyone,
                     reject,
                     guards,
@@ -564,15 +567,22 @@ impl Store {
             ));
         }
         let check: Vec<Uuid> = cur.value.participants().collect();
-        let conflicts = self.conflicts_now(&cur.value, check).await?;
+        let conflicts = self.conflicts_now(&cur.value, check, caller).await?;
         Ok(Some((cur.value, conflicts)))
     }
 
-    /// The conflicts `ev` has now for each person of `check`.
-    async fn conflicts_now(&self, ev: &EventRecord, check: Vec<Uuid>) -> ApiResult<Vec<Conflict>> {
+    /// The conflicts `ev` has now for each person of `check`, as `viewer`
+    /// may see them.
+    async fn conflicts_now(
+        &self,
+        ev: &EventRecord,
+        check: Vec<Uuid>,
+        viewer: Uuid,
+    ) -> ApiResult<Vec<Conflict>> {
         let (_, agendas) = self.agendas_for(ev, &check, 0).await?;
         let w = Write {
             ev,
+            viewer,
             check,
             reject: false,
             guards: Vec::new(),
@@ -644,6 +654,7 @@ impl Store {
                 Ok(self
                     .write_event(Write {
                         ev: &ev,
+                        viewer: caller,
                         check,
                         reject,
                         guards: Vec::new(),
@@ -690,6 +701,7 @@ impl Store {
             Ok(self
                 .write_event(Write {
                     ev: &ev,
+                    viewer: user,
                     check: Vec::new(),
                     reject: false,
                     guards: Vec::new(),
@@ -721,7 +733,7 @@ impl Store {
                     return Ok(Attempt::Retry);
                 }
                 let check = if busy { vec![caller] } else { Vec::new() };
-                let conflicts = self.conflicts_now(&cur.value, check).await?;
+                let conflicts = self.conflicts_now(&cur.value, check, caller).await?;
                 return Ok(Attempt::Done((cur.value, conflicts)));
             }
             let mut ev = cur.value.clone();
@@ -736,6 +748,7 @@ impl Store {
             Ok(self
                 .write_event(Write {
                     ev: &ev,
+                    viewer: caller,
                     check: if busy { vec![caller] } else { Vec::new() },
                     reject,
                     guards: Vec::new(),

@@ -521,6 +521,7 @@ impl Store {
                     .collect();
                 let w = Write {
                     ev: &ev,
+                    viewer: caller,
                     check: everyone,
                     reject,
                     guards: vec![(keys::group_version(group_id), m.version)],
