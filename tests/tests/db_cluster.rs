@@ -1524,3 +1524,61 @@ async fn rotating_the_ca_in_three_steps_refuses_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+/// A watch opened while writes commit gets every revision from the one it
+/// asks for: opened at `r + 1` after a read at `r` of the only key being
+/// written, its first event is `r + 1`. (The node once published a
+/// batch's events before it recorded the batch's revision, and a watch
+/// opened in between lost one revision for good.) Many concurrent writers
+/// make batches, and the window, larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_opened_during_writes_misses_no_revision() -> Result<()> {
+    let c = Cluster::start(Options {
+        size: 1,
+        ..Options::default()
+    })
+    .await?;
+    let client = c.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..16)
+        .map(|_| keep_writing(client.clone(), "only", stop.clone()))
+        .collect();
+    // Every revision is a put under `only/`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut opened = 0;
+    while opened < 400 && Instant::now() < deadline {
+        let read = client
+            .range(agenda_proto::db::RangeRequest {
+                key: b"only/".to_vec(),
+                prefix: true,
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        let at = read.header.map_or(0, |h| h.revision);
+        let mut w = client
+            .watch(agenda_proto::db::WatchRequest {
+                key: b"only/".to_vec(),
+                prefix: true,
+                start_revision: at + 1,
+                prev_kv: false,
+            })
+            .await?;
+        let first = tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await??
+            .context("the watch ended")?;
+        let got = first.events[0].kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        ensure!(
+            got == at + 1,
+            "watch {opened} from revision {} began at {got}",
+            at + 1
+        );
+        opened += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await?;
+    }
+    ensure!(opened >= 100, "only {opened} watches opened in 60 s");
+    Ok(())
+}

@@ -70,11 +70,26 @@ async fn config_keys_are_read_and_followed() -> Result<()> {
     assert_eq!(registry::get_config(&client, "redis-primary").await?, None);
     let mut primary = registry::watch_config(&client, "redis-primary", stop.clone());
     registry::put_config(&client, "redis-primary", b"127.0.0.1:6379").await?;
-    tokio::time::timeout(
+    // Once failed here and in CI (the watcher never saw the first put):
+    // a panic keeps the nodes' logs and shows their tails.
+    if tokio::time::timeout(
         Duration::from_secs(15),
         primary.wait_for(|v| v.as_deref() == Some(&b"127.0.0.1:6379"[..])),
     )
-    .await??;
+    .await
+    .is_err()
+    {
+        let tails: Vec<String> = c
+            .nodes
+            .keys()
+            .map(|id| format!("--- node {id} ---\n{}", c.log_tail(*id, 40)))
+            .collect();
+        panic!(
+            "the watcher did not see the first put in 15 s (it holds {:?})\n{}",
+            primary.borrow().as_deref().map(String::from_utf8_lossy),
+            tails.join("\n")
+        );
+    }
     registry::put_config(&client, "redis-primary", b"127.0.0.1:6380").await?;
     tokio::time::timeout(
         Duration::from_secs(15),

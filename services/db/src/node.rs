@@ -877,6 +877,16 @@ impl Node {
     /// After commit: answer callers, publish watch events, move lease clocks.
     fn deliver(&mut self, outcomes: Vec<Outcome>) {
         let now = Instant::now();
+        // Before the events go out, never after: a watch subscribes to the
+        // hub, then replays history up to this revision, so every revision
+        // must be either published after its subscription or at most this
+        // when it reads it. Stored after publishing (as it was), a watch
+        // opened in between missed one revision for good: a registry
+        // watcher then never saw a put (registry tests, about one run in
+        // three of the whole suite).
+        self.shared
+            .delivered_revision
+            .store(self.sm.revision, Ordering::Release);
         for o in outcomes {
             if let Some((rev, events)) = o.effects.revision {
                 self.hub.publish(rev, events);
@@ -896,9 +906,6 @@ impl Node {
                 }
             }
         }
-        self.shared
-            .delivered_revision
-            .store(self.sm.revision, Ordering::Release);
         self.shared
             .term
             .store(self.raw.raft.term, Ordering::Release);
