@@ -503,6 +503,12 @@ async fn malformed_and_invalid_input() {
         ev_f("rrule", json!("FREQ=SOMETIMES"), &["rrule"]),
         ev_f("rrule", json!("FREQ=WEEKLY;BYDAY=XX"), &["rrule"]),
         ev_f("rrule", json!("not a rule"), &["rrule"]),
+        // Too dense for a calendar, or never occurring (issue 13).
+        ev_f("rrule", json!("FREQ=SECONDLY"), &["rrule"]),
+        ev_f("rrule", json!("FREQ=HOURLY;BYMINUTE=0,2,4,6,8,10,12,14,16,18,20,22,24,26,28,30,32,34,36,38,40,42,44,46,48,50,52,54,56,58"), &["rrule"]),
+        ev_f("rrule", json!("FREQ=DAILY;COUNT=1000000"), &["rrule"]),
+        ev_f("rrule", json!("FREQ=DAILY;COUNT=0"), &["rrule"]),
+        ev_f("rrule", json!("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30"), &["rrule"]),
         ev_f("exdates", json!(["garbage"]), &["exdates"]),
         // An enum value out of range: an invalid field, not a malformed body.
         ev_f("visibility", json!("secret"), &["visibility"]),
@@ -511,6 +517,7 @@ async fn malformed_and_invalid_input() {
         patch_f("end", json!("2030-09-02T09:00:00Z"), end),
         patch_f("time_zone", json!("Europe/Atlantis"), &["time_zone"]),
         patch_f("rrule", json!("FREQ=SOMETIMES"), &["rrule"]),
+        patch_f("rrule", json!("FREQ=MINUTELY"), &["rrule"]),
         grp_f("name", json!(""), &["name"]),
         grp_f("name", json!("n".repeat(101)), &["name"]),
         grp_f("description", json!("d".repeat(2001)), &["description"]),

@@ -14,6 +14,17 @@ pub const MAX_OCCURRENCES: u16 = 2000;
 /// How far ahead a recurring event is checked for conflicts.
 pub const CONFLICT_HORIZON: Duration = Duration::days(366);
 
+/// Most occurrences a rule may start in one day (hourly at most). Dense
+/// rules cost every expansion that walks past them (expansion starts at
+/// the first occurrence), so density is bounded by what a rule says, not
+/// by its FREQ name: `FREQ=HOURLY;BYMINUTE=0,1,...,29` is as dense as
+/// MINUTELY.
+pub const MAX_PER_DAY: usize = 24;
+
+/// Largest COUNT (a never-ending rule stays legal: its density is what
+/// bounds the work).
+pub const MAX_COUNT: u32 = 10_000;
+
 fn parse(rule: &str) -> ApiResult<RRule<Unvalidated>> {
     let rule = rule.trim();
     let rule = rule.strip_prefix("RRULE:").unwrap_or(rule);
@@ -31,14 +42,72 @@ fn in_zone(t: DateTime<Utc>, tz: chrono_tz::Tz) -> DateTime<Tz> {
     t.with_timezone(&Tz::Tz(tz))
 }
 
+/// Refuses rules too dense for a calendar, and ones that say nothing
+/// sensible (RFC 5545 forbids COUNT with UNTIL; COUNT=0 and INTERVAL=0
+/// never occur).
+fn bounds(r: &RRule<Unvalidated>) -> ApiResult<()> {
+    use rrule::Frequency;
+    let refuse = |m: String| Err(ApiError::invalid_field("rrule", m));
+    if matches!(r.get_freq(), Frequency::Secondly | Frequency::Minutely) {
+        return refuse(format!(
+            "FREQ={} repeats too often for a calendar; the densest rule allowed is hourly",
+            r.get_freq()
+        ));
+    }
+    if !r.get_by_second().is_empty() {
+        return refuse("BYSECOND is not supported: occurrences start on whole minutes".into());
+    }
+    if r.get_interval() == 0 {
+        return refuse("INTERVAL must be at least 1".into());
+    }
+    match r.get_count() {
+        Some(0) => return refuse("COUNT=0 never occurs".into()),
+        Some(c) if c > MAX_COUNT => {
+            return refuse(format!(
+                "COUNT may be at most {MAX_COUNT} (or leave it out: no end)"
+            ))
+        }
+        _ => {}
+    }
+    if r.get_count().is_some() && r.get_until().is_some() {
+        return refuse("COUNT and UNTIL cannot both be given".into());
+    }
+    let minutes = r.get_by_minute().len().max(1);
+    let hours = match r.get_freq() {
+        Frequency::Hourly => {
+            let every = 24usize.div_ceil(usize::from(r.get_interval()));
+            match r.get_by_hour().len() {
+                0 => every,
+                n => n.min(every),
+            }
+        }
+        _ => r.get_by_hour().len().max(1),
+    };
+    if hours * minutes > MAX_PER_DAY {
+        return refuse(format!(
+            "this rule starts up to {} occurrences a day; at most {MAX_PER_DAY}",
+            hours * minutes
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `rule` is a valid RRULE for an event starting at `start` in
-/// `tz`, and returns it normalised (no `RRULE:` prefix).
+/// `tz`, within the bounds above and with at least one occurrence, and
+/// returns it normalised (no `RRULE:` prefix).
 pub fn check(rule: &str, start: DateTime<Utc>, tz: chrono_tz::Tz) -> ApiResult<String> {
     let parsed = parse(rule)?;
+    bounds(&parsed)?;
     let normalised = parsed.to_string();
-    parsed
+    let set = parsed
         .build(in_zone(start, tz))
         .map_err(|e| ApiError::invalid_field("rrule", format!("invalid rrule: {e}")))?;
+    if set.all(1).dates.is_empty() {
+        return Err(ApiError::invalid_field(
+            "rrule",
+            "this rule never occurs (for example BYMONTHDAY=30 with BYMONTH=2)",
+        ));
+    }
     Ok(normalised
         .strip_prefix("RRULE:")
         .unwrap_or(&normalised)
@@ -108,6 +177,39 @@ pub fn upcoming(ev: &EventRecord) -> Vec<Interval> {
 mod tests {
     use super::*;
     use chrono::{Offset, TimeZone, Timelike};
+
+    /// Dense rules are refused by what they say, whatever their FREQ, and
+    /// rules that never occur are refused; a never-ending weekly meeting
+    /// and an hourly one stay legal.
+    #[test]
+    fn rules_are_bounded_by_density_and_must_occur() {
+        let start = utc("2030-09-02T09:00:00Z");
+        let refused = [
+            "FREQ=SECONDLY",
+            "FREQ=MINUTELY;INTERVAL=30",
+            "FREQ=DAILY;BYSECOND=0,30",
+            "FREQ=HOURLY;BYMINUTE=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29",
+            "FREQ=DAILY;BYHOUR=0,1,2,3,4,5,6,7,8,9,10,11,12;BYMINUTE=0,30",
+            "FREQ=WEEKLY;COUNT=0",
+            "FREQ=WEEKLY;INTERVAL=0",
+            "FREQ=WEEKLY;COUNT=1000000",
+            "FREQ=DAILY;COUNT=3;UNTIL=20301001T000000Z",
+            "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30",
+        ];
+        for rule in refused {
+            let e = check(rule, start, chrono_tz::UTC).expect_err(rule);
+            assert_eq!(e.status, 422, "{rule}: {}", e.message);
+        }
+        for rule in [
+            "FREQ=WEEKLY;BYDAY=MO",
+            "FREQ=HOURLY",
+            "FREQ=HOURLY;INTERVAL=2;BYMINUTE=0,30",
+            "FREQ=DAILY;BYHOUR=9,17",
+            "FREQ=MONTHLY;COUNT=10000",
+        ] {
+            check(rule, start, chrono_tz::UTC).unwrap_or_else(|e| panic!("{rule}: {}", e.message));
+        }
+    }
 
     fn event(start: &str, minutes: i64, zone: &str, rrule: Option<&str>) -> EventRecord {
         EventRecord::sample(start, minutes, zone, rrule)
