@@ -66,6 +66,10 @@ impl ApiError {
     pub fn payload_too_large(message: impl Into<String>) -> Self {
         Self::new(413, "payload_too_large", message)
     }
+    /// 415: a body in a format other than JSON.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(415, "unsupported_media_type", message)
+    }
     /// 422: a field has an invalid value.
     pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
         let mut e = Self::new(422, "invalid_field", message);

@@ -139,7 +139,9 @@ pub fn caller_for(state: Arc<AppState>, request_id: String, user: Uuid) -> Calle
     }
 }
 
-/// A JSON body: malformed JSON or unknown fields are 400, too large 413.
+/// A JSON body: another declared content type is 415; malformed JSON or
+/// unknown fields are 400; a field of the wrong type or missing is 422
+/// naming it; too large 413.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -150,6 +152,17 @@ where
     type Rejection = HttpError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // No content type is taken as JSON (curl -d sends a form type,
+        // which is refused: the README's examples say application/json).
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            if !is_json(ct.to_str().unwrap_or_default()) {
+                return Err(ApiError::unsupported_media_type(format!(
+                    "the body must be JSON (content-type: application/json), not {:?}",
+                    ct.to_str().unwrap_or("?")
+                ))
+                .into());
+            }
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::payload_too_large("the request body is too large")
@@ -160,10 +173,54 @@ where
         if bytes.is_empty() {
             return Err(ApiError::bad_request("a JSON body is required").into());
         }
-        serde_json::from_slice(&bytes)
+        // Every body of the API is an object (serde would also read a
+        // struct from an array, and blame its first element).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request("the body must be a JSON object").into());
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut de)
             .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")).into())
+            .map_err(|e| body_error(&e).into())
     }
+}
+
+/// `application/json`, or any `…/…+json`, parameters aside.
+fn is_json(content_type: &str) -> bool {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || mime.ends_with("+json")
+}
+
+/// What a body that does not deserialize is: a field of the wrong type or
+/// missing names the field (422); broken JSON and unknown fields are 400.
+fn body_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let inner = e.inner();
+    let message = inner.to_string();
+    if inner.classify() != serde_json::error::Category::Data || message.starts_with("unknown field")
+    {
+        return ApiError::bad_request(format!("invalid JSON body: {message}"));
+    }
+    // A missing field is reported at its parent; its name is in the text.
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    let path = e.path().to_string();
+    let field = match (missing, path.as_str()) {
+        (Some(name), "." | "") => name.to_string(),
+        (Some(name), parent) => format!("{parent}.{name}"),
+        (None, path) => path.to_string(),
+    };
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_string();
+    ApiError::invalid_field(&field, format!("{field}: {message}"))
 }
 
 /// A query string; unknown parameters are ignored, malformed ones are 400.
@@ -181,5 +238,73 @@ where
         serde_urlencoded::from_str(q)
             .map(Query)
             .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json(ct), "{ct}");
+        }
+        for ct in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            assert!(!is_json(ct), "{ct}");
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        title: String,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    fn error(json: &str) -> ApiError {
+        let mut de = serde_json::Deserializer::from_str(json);
+        body_error(&serde_path_to_error::deserialize::<_, Body>(&mut de).unwrap_err())
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_name_the_field() {
+        let e = error(r#"{"title": 5}"#);
+        assert_eq!(
+            (e.status, e.details["field"].as_str()),
+            (422, Some("title"))
+        );
+        let e = error(r#"{}"#);
+        assert_eq!(
+            (e.status, e.details["field"].as_str()),
+            (422, Some("title"))
+        );
+        let e = error(r#"{"title": "x", "inner": {"n": "many"}}"#);
+        assert_eq!(
+            (e.status, e.details["field"].as_str()),
+            (422, Some("inner.n"))
+        );
+        let e = error(r#"{"title": "x", "inner": {}}"#);
+        assert_eq!(
+            (e.status, e.details["field"].as_str()),
+            (422, Some("inner.n"))
+        );
+        assert_eq!(error(r#"{"title": "x", "extra": 1}"#).status, 400);
+        assert_eq!(error(r#"{"title": "#).status, 400);
     }
 }
