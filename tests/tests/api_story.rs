@@ -372,6 +372,42 @@ async fn accounts(api: &Api) -> People {
     assert_eq!(me["display_name"], "Alice Liddell");
     assert_eq!(me["time_zone"], "Europe/Madrid", "PATCH kept other fields");
 
+    // A new password needs the current one (a stolen token alone must
+    // not take the account over); then it is the one that logs in.
+    let new_pw = "a brand new passphrase";
+    expect_error(
+        api.patch("/v1/me", &alice.token, json!({"password": new_pw})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        "password change without the current one",
+    );
+    expect_error(
+        api.patch(
+            "/v1/me",
+            &alice.token,
+            json!({"password": new_pw, "current_password": "not the password"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "password change with a wrong current one",
+    );
+    assert_eq!(api.login("alice", PASSWORD).await.0, StatusCode::OK);
+    for (from, to) in [(PASSWORD, new_pw), (new_pw, PASSWORD)] {
+        expect(
+            api.patch(
+                "/v1/me",
+                &alice.token,
+                json!({"password": to, "current_password": from}),
+            )
+            .await,
+            StatusCode::OK,
+            "password change",
+        );
+        assert_eq!(api.login("alice", to).await.0, StatusCode::OK, "{to}");
+        assert_eq!(api.login("alice", from).await.0, StatusCode::UNAUTHORIZED);
+    }
+
     let found = expect(
         api.get("/v1/users?q=car", &bob.token).await,
         StatusCode::OK,

@@ -43,7 +43,11 @@ pub struct LoginReply {
 #[serde(deny_unknown_fields)]
 pub struct UpdateMeRequest {
     pub email: Option<String>,
+    /// A new password; needs `current_password`.
     pub password: Option<String>,
+    /// The password in use now: required to change it, so a stolen
+    /// token alone cannot take the account over.
+    pub current_password: Option<String>,
     pub display_name: Option<String>,
     pub time_zone: Option<String>,
 }

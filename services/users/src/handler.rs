@@ -73,7 +73,20 @@ impl Handler for Users {
             Op::GetMe => Reply::ok(s.me(caller.user()?).await?.view_own()),
             Op::UpdateMe(req) => {
                 let hash = match &req.password {
-                    Some(p) => Some(password::hash(validate::password(p)?).await?),
+                    Some(p) => {
+                        let new = validate::password(p)?;
+                        let Some(current) = req.current_password.clone() else {
+                            return Err(ApiError::invalid_field(
+                                "current_password",
+                                "give your current password to change it",
+                            ));
+                        };
+                        let me = s.me(caller.user()?).await?;
+                        if !password::verify(current, me.password_hash.clone()).await? {
+                            return Err(ApiError::forbidden("the current password is wrong"));
+                        }
+                        Some(password::hash(new).await?)
+                    }
                     None => None,
                 };
                 Reply::ok(s.update_user(caller.user()?, req, hash).await?.view_own())
