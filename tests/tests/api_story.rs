@@ -376,7 +376,8 @@ async fn accounts(api: &Api) -> People {
     // not take the account over); then it is the one that logs in.
     let new_pw = "a brand new passphrase";
     expect_error(
-        api.patch("/v1/me", &alice.token, json!({"password": new_pw})).await,
+        api.patch("/v1/me", &alice.token, json!({"password": new_pw}))
+            .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
         "password change without the current one",
