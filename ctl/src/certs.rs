@@ -80,6 +80,17 @@ pub struct Leaf {
     pub ips: Vec<IpAddr>,
 }
 
+impl Leaf {
+    /// A leaf for loopback only (tests, one-host setups).
+    pub fn new(name: &str, role: Role) -> Leaf {
+        Leaf {
+            name: name.into(),
+            role,
+            ips: Vec::new(),
+        }
+    }
+}
+
 /// Every process of DESIGN.md's two-machine topology (`deploy/netns.sh`:
 /// machine A `.11`, B `.12`, the witness `.13`, the VIP `.10` on
 /// `subnet`), plus the operator.

@@ -63,22 +63,17 @@ impl Default for SystemOptions {
 fn tls_setup(dir: &std::path::Path) -> Result<(Options, Vec<String>)> {
     use agendactl::certs::{issue, Leaf, Role};
     let certs = dir.join("certs");
-    let leaf = |name: &str, role| Leaf {
-        name: name.into(),
-        role,
-        ips: Vec::new(),
-    };
     issue(
         &certs,
         &[
-            leaf("peer", Role::Peer),
-            leaf("users", Role::Users),
-            leaf("groups", Role::Groups),
-            leaf("gateway", Role::Gateway),
-            leaf("supervisor", Role::Supervisor),
-            leaf("redis-a", Role::Redis),
-            leaf("redis-b", Role::Redis),
-            leaf("test", Role::Operator),
+            Leaf::new("peer", Role::Peer),
+            Leaf::new("users", Role::Users),
+            Leaf::new("groups", Role::Groups),
+            Leaf::new("gateway", Role::Gateway),
+            Leaf::new("supervisor", Role::Supervisor),
+            Leaf::new("redis-a", Role::Redis),
+            Leaf::new("redis-b", Role::Redis),
+            Leaf::new("test", Role::Operator),
         ],
         1,
         false,

@@ -1083,20 +1083,15 @@ async fn a_keep_alive_answers_quickly_while_a_node_is_frozen() -> Result<()> {
 async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     use agendactl::certs::{issue, Leaf, Role};
     let certs = tempfile::tempdir()?;
-    let leaf = |name: &str, role| Leaf {
-        name: name.into(),
-        role,
-        ips: Vec::new(),
-    };
     issue(
         certs.path(),
         &[
-            leaf("peer", Role::Peer),
-            leaf("client", Role::Gateway),
-            leaf("operator", Role::Operator),
-            leaf("vip", Role::Vip),
-            leaf("users", Role::Users),
-            leaf("supervisor", Role::Supervisor),
+            Leaf::new("peer", Role::Peer),
+            Leaf::new("client", Role::Gateway),
+            Leaf::new("operator", Role::Operator),
+            Leaf::new("vip", Role::Vip),
+            Leaf::new("users", Role::Users),
+            Leaf::new("supervisor", Role::Supervisor),
         ],
         1,
         false,
@@ -1287,7 +1282,12 @@ async fn with_tls_only_cluster_certificates_are_served() -> Result<()> {
     );
 
     let stranger = tempfile::tempdir()?;
-    issue(stranger.path(), &[leaf("client", Role::Gateway)], 1, false)?;
+    issue(
+        stranger.path(),
+        &[Leaf::new("client", Role::Gateway)],
+        1,
+        false,
+    )?;
     let outsider = DbClient::with_tls(
         &grpc,
         Some(identity(stranger.path(), "client")?.client_config()?),
@@ -1379,16 +1379,8 @@ async fn rotating_leaf_certificates_drops_nothing() -> Result<()> {
     use agendactl::certs::{issue, Leaf, Role};
     let certs = tempfile::tempdir()?;
     let leaves = [
-        Leaf {
-            name: "peer".into(),
-            role: Role::Peer,
-            ips: Vec::new(),
-        },
-        Leaf {
-            name: "client".into(),
-            role: Role::Operator,
-            ips: Vec::new(),
-        },
+        Leaf::new("peer", Role::Peer),
+        Leaf::new("client", Role::Operator),
     ];
     issue(certs.path(), &leaves, 1, false)?;
     let identity = |name: &str| {
@@ -1452,12 +1444,10 @@ async fn rotating_the_ca_in_three_steps_refuses_nothing() -> Result<()> {
     use agenda_common::tls::{Identity, TlsFiles};
     use agendactl::certs::{ca_step, issue, CaStep, Leaf, Role};
     let certs = tempfile::tempdir()?;
-    let leaf = |name: &str, role| Leaf {
-        name: name.into(),
-        role,
-        ips: Vec::new(),
-    };
-    let leaves = [leaf("peer", Role::Peer), leaf("client", Role::Operator)];
+    let leaves = [
+        Leaf::new("peer", Role::Peer),
+        Leaf::new("client", Role::Operator),
+    ];
     issue(certs.path(), &leaves, 1, false)?;
     // A client of the first CA, kept aside: refused once it is gone.
     let old = tempfile::tempdir()?;
@@ -1484,23 +1474,32 @@ async fn rotating_the_ca_in_three_steps_refuses_nothing() -> Result<()> {
             .map(|log| log.matches("TLS files reloaded").count())
             .unwrap_or(0)
     };
-    for (i, step) in [CaStep::Add, CaStep::Switch, CaStep::Finish]
-        .into_iter()
-        .enumerate()
-    {
+    for step in [CaStep::Add, CaStep::Switch, CaStep::Finish] {
+        let before: Vec<usize> = c.nodes.keys().map(|id| reloads(*id)).collect();
         ca_step(certs.path(), step, &leaves, 1)?;
         ensure!(client.reload(), "the client did not see step {step:?}");
         wait_for(
             &format!("every node to read step {step:?}"),
             Duration::from_secs(15),
-            || async { c.nodes.keys().all(|id| reloads(*id) > i).then_some(()) },
+            || async {
+                c.nodes
+                    .keys()
+                    .zip(&before)
+                    .all(|(id, was)| reloads(*id) > *was)
+                    .then_some(())
+            },
         )
         .await?;
         if step == CaStep::Switch {
-            ensure!(
-                presented(&node1, tls.clone()).await? != first,
-                "node 1 still presents its first leaf"
-            );
+            wait_for(
+                "node 1 to present a leaf of the next CA",
+                Duration::from_secs(15),
+                || {
+                    let (node1, tls, first) = (node1.clone(), tls.clone(), first.clone());
+                    async move { (presented(&node1, tls).await.ok()? != first).then_some(()) }
+                },
+            )
+            .await?;
         }
     }
     // Raft traffic between the nodes goes on over the new leaves too.

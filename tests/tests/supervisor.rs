@@ -516,17 +516,12 @@ fn bad_start_ups_fail_clearly() -> Result<()> {
 async fn redis_over_tls_follows_a_ca_rotation() -> Result<()> {
     use agendactl::certs::{ca_step, issue, CaStep, Leaf, Role};
     let certs = tempfile::tempdir()?;
-    let leaf = |name: &str, role| Leaf {
-        name: name.into(),
-        role,
-        ips: Vec::new(),
-    };
     let leaves = [
-        leaf("peer", Role::Peer),
-        leaf("supervisor", Role::Supervisor),
-        leaf("redis-a", Role::Redis),
-        leaf("redis-b", Role::Redis),
-        leaf("test", Role::Operator),
+        Leaf::new("peer", Role::Peer),
+        Leaf::new("supervisor", Role::Supervisor),
+        Leaf::new("redis-a", Role::Redis),
+        Leaf::new("redis-b", Role::Redis),
+        Leaf::new("test", Role::Operator),
     ];
     issue(certs.path(), &leaves, 1, false)?;
     let test = agenda_common::tls::Identity::load(&agenda_common::tls::TlsFiles::in_dir(

@@ -122,7 +122,7 @@ impl Trust {
         let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .map_err(|e| Error::Config(format!("TLS client verifier: {e}")))?;
-        let servers = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+        let servers = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(|e| Error::Config(format!("TLS server verifier: {e}")))?;
         Ok(Trust { clients, servers })

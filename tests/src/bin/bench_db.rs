@@ -263,17 +263,12 @@ async fn main() -> Result<()> {
         None
     } else {
         use agendactl::certs::{issue, Leaf, Role};
-        let leaf = |name: &str, role| Leaf {
-            name: name.into(),
-            role,
-            ips: Vec::new(),
-        };
         issue(
             certs.path(),
             &[
-                leaf("peer", Role::Peer),
-                leaf("etcd", Role::Peer),
-                leaf("bench", Role::Operator),
+                Leaf::new("peer", Role::Peer),
+                Leaf::new("etcd", Role::Peer),
+                Leaf::new("bench", Role::Operator),
             ],
             1,
             false,
