@@ -76,6 +76,13 @@ impl ApiError {
         e.details = json!({ "field": field });
         e
     }
+    /// 429: too much at once from this caller; retry after `secs`
+    /// (sent as `Retry-After`, and as `details.retry_after`).
+    pub fn too_many_requests(message: impl Into<String>, secs: u64) -> Self {
+        let mut e = Self::new(429, "too_many_requests", message);
+        e.details = json!({ "retry_after": secs });
+        e
+    }
     /// 503: try again later.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "unavailable", message)

@@ -6,12 +6,14 @@
 //! - [`api`]: request bodies and the [`api::Op`]erations the gateway sends.
 //! - [`error`]: [`ApiError`], the one error shape of the public API.
 //! - [`validate`], [`recurrence`], [`rules`]: pure domain rules.
+//! - [`cpu`]: where costly steps run, and how many at once.
 //! - [`keys`]: the agenda-db key layout.
 //! - [`store`]: transactions on agenda-db that apply the rules atomically.
 //! - [`rpc`]: the gRPC envelope between the gateway and the services.
 //! - [`relay`]: notifications from agenda-db to the Redis stream.
 
 pub mod api;
+pub mod cpu;
 pub mod error;
 pub mod keys;
 pub mod model;

@@ -126,7 +126,11 @@ pub fn conflicts(
         .filter(|o| o.id != new.id && is_busy_for(o, user))
     {
         for occ in recurrence::occurrences(other, from, to) {
-            if mine.iter().any(|m| m.start < occ.end && occ.start < m.end) {
+            // `mine` is sorted by start and every occurrence lasts the
+            // same, so by end too: the first one ending after `occ`
+            // starts is the only candidate (a scan was quadratic).
+            let next = mine.partition_point(|m| m.end <= occ.start);
+            if mine.get(next).is_some_and(|m| m.start < occ.end) {
                 let details = takes_part(other, viewer);
                 out.push(Conflict {
                     event_id: details.then_some(other.id),

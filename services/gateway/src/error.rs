@@ -1,5 +1,5 @@
 //! HTTP rendering of [`ApiError`]: the DESIGN.md error shape, and
-//! `Retry-After` on every 503.
+//! `Retry-After` on every 503 and 429.
 
 use agenda_calendar::ApiError;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -30,6 +30,13 @@ impl IntoResponse for HttpError {
 /// A JSON response with `status`; 204 and empty bodies carry no content.
 pub fn json_response(status: u16, body: Vec<u8>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // A 429 says how long to wait in `details.retry_after` (seconds).
+    let wait = (status == StatusCode::TOO_MANY_REQUESTS).then(|| {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|b| b["error"]["details"]["retry_after"].as_u64())
+            .unwrap_or(1)
+    });
     let mut resp = if body.is_empty() || status == StatusCode::NO_CONTENT {
         status.into_response()
     } else {
@@ -48,6 +55,9 @@ pub fn json_response(status: u16, body: Vec<u8>) -> Response {
             header::RETRY_AFTER,
             HeaderValue::from_static(RETRY_AFTER_SECS),
         );
+    } else if let Some(secs) = wait {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }

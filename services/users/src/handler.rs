@@ -166,7 +166,9 @@ impl Handler for Users {
                         "users must list 1 to 50 usernames, comma-separated",
                     ));
                 }
-                Reply::ok(serde_json::json!({ "users": s.free_busy(&names, from, to).await? }))
+                Reply::ok(
+                    serde_json::json!({ "users": s.free_busy(caller.user()?, &names, from, to).await? }),
+                )
             }
             Op::ListNotifications { unread } => {
                 Reply::items(s.notifications(caller.user()?, unread).await?)

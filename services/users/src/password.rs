@@ -1,28 +1,18 @@
 //! Password hashing (argon2id, PHC strings). Hashing is deliberately slow
-//! (and takes 19 MiB each), so it runs on the blocking pool, never on the
-//! async workers, and at most one per core at a time: a burst of logins
-//! queues here instead of starving every other request of CPU.
+//! (and takes 19 MiB each), so it runs within the process's CPU budget
+//! ([`agenda_calendar::cpu`]): a burst of logins queues there instead of
+//! starving every other request of CPU.
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 
 use agenda_calendar::{ApiError, ApiResult};
-use tokio::sync::Semaphore;
-
-fn slots() -> &'static Semaphore {
-    static SLOTS: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
-    SLOTS
-        .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
-}
 
 async fn limited<T: Send + 'static>(
     work: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    let _slot = slots().acquire().await.map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(ApiError::internal)?
+    agenda_calendar::cpu::run(work).await?
 }
 
 /// Hashes `password` with a random salt.

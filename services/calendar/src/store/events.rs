@@ -14,7 +14,7 @@ use crate::keys;
 use crate::model::{
     Attendee, AttendeeStatus, Conflict, Event, EventRecord, Interval, UserRecord, Visibility,
 };
-use crate::{recurrence, rules, validate};
+use crate::{cpu, recurrence, rules, validate};
 
 /// Most attendees of a personal event.
 pub const MAX_ATTENDEES: usize = 100;
@@ -307,22 +307,37 @@ pub(crate) fn window_events(snap: &Snapshot, i: usize) -> ApiResult<Vec<EventRec
     Ok(out.into_iter().map(|v| v.value).collect())
 }
 
-/// The span in which `ev` can conflict with anything (None: no occurrence).
-fn conflict_window(ev: &EventRecord) -> Option<Window> {
-    let mine = recurrence::upcoming(ev);
-    Some((mine.first()?.start, mine.last()?.end))
+/// The span in which `ev` can conflict with anything (None: no
+/// occurrence), worked out within `viewer`'s CPU budget.
+async fn conflict_window(ev: &EventRecord, viewer: Uuid) -> ApiResult<Option<Window>> {
+    let ev = ev.clone();
+    cpu::run_for(viewer, move || {
+        let mine = recurrence::upcoming(&ev);
+        Some((mine.first()?.start, mine.last()?.end))
+    })
+    .await
 }
 
-/// The conflicts of `w.ev` for each person of `w.check` (in `agendas`,
-/// same order) who keeps it as busy time.
-fn conflicts_in(w: &Write<'_>, agendas: &[Vec<EventRecord>]) -> Vec<Conflict> {
-    let mut out = Vec::new();
-    for (user, agenda) in w.check.iter().zip(agendas) {
-        if rules::is_busy_for(w.ev, *user) {
-            out.extend(rules::conflicts(w.ev, *user, agenda, w.viewer));
+/// The conflicts of `ev` for each person of `check` (in `agendas`, same
+/// order) who keeps it as busy time, as `viewer` may see them; worked out
+/// within `viewer`'s CPU budget.
+async fn conflicts_in(
+    ev: &EventRecord,
+    check: &[Uuid],
+    viewer: Uuid,
+    agendas: Vec<Vec<EventRecord>>,
+) -> ApiResult<Vec<Conflict>> {
+    let (ev, check) = (ev.clone(), check.to_vec());
+    cpu::run_for(viewer, move || {
+        let mut out = Vec::new();
+        for (user, agenda) in check.iter().zip(&agendas) {
+            if rules::is_busy_for(&ev, *user) {
+                out.extend(rules::conflicts(&ev, *user, agenda, viewer));
+            }
         }
-    }
-    out
+        out
+    })
+    .await
 }
 
 /// One attempt at writing `ev` (all copies), with the conflicts of
@@ -357,9 +372,10 @@ impl Store {
         &self,
         ev: &EventRecord,
         users: &[Uuid],
+        viewer: Uuid,
         revision: i64,
     ) -> ApiResult<(Vec<i64>, Vec<Vec<EventRecord>>)> {
-        let window = conflict_window(ev);
+        let window = conflict_window(ev, viewer).await?;
         let reads: Vec<Read> = users
             .iter()
             .flat_map(|u| {
@@ -399,8 +415,8 @@ impl Store {
         if w.reject {
             // Versions and agendas of one snapshot: a change committed
             // since moves a version, so the compare below fails.
-            let (versions, agendas) = self.agendas_for(w.ev, &w.check, 0).await?;
-            conflicts = conflicts_in(&w, &agendas);
+            let (versions, agendas) = self.agendas_for(w.ev, &w.check, w.viewer, 0).await?;
+            conflicts = conflicts_in(w.ev, &w.check, w.viewer, agendas).await?;
             if !conflicts.is_empty() {
                 return Err(conflict_error(conflicts));
             }
@@ -443,8 +459,8 @@ impl Store {
             return Ok(Attempt::Retry);
         };
         if !w.reject && !w.check.is_empty() {
-            let (_, agendas) = self.agendas_for(w.ev, &w.check, revision).await?;
-            conflicts = conflicts_in(&w, &agendas);
+            let (_, agendas) = self.agendas_for(w.ev, &w.check, w.viewer, revision).await?;
+            conflicts = conflicts_in(w.ev, &w.check, w.viewer, agendas).await?;
         }
         Ok(Attempt::Done(conflicts))
     }
@@ -579,17 +595,8 @@ impl Store {
         check: Vec<Uuid>,
         viewer: Uuid,
     ) -> ApiResult<Vec<Conflict>> {
-        let (_, agendas) = self.agendas_for(ev, &check, 0).await?;
-        let w = Write {
-            ev,
-            viewer,
-            check,
-            reject: false,
-            guards: Vec::new(),
-            notify: Vec::new(),
-            previous: None,
-        };
-        Ok(conflicts_in(&w, &agendas))
+        let (_, agendas) = self.agendas_for(ev, &check, viewer, 0).await?;
+        conflicts_in(ev, &check, viewer, agendas).await
     }
 
     /// An event the caller takes part in (404 for anyone else, so ids
@@ -768,23 +775,26 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> ApiResult<Vec<Event>> {
-        let mut out: Vec<Event> = self
-            .agenda_window(caller, (from, to))
-            .await?
-            .iter()
-            .flat_map(|ev| {
-                recurrence::occurrences(ev, from, to)
-                    .into_iter()
-                    .map(move |o| view(ev, caller, Some(o)))
-            })
-            .collect();
-        out.sort_by_key(|e| (e.start, e.id));
-        Ok(out)
+        let agenda = self.agenda_window(caller, (from, to)).await?;
+        cpu::run_for(caller, move || {
+            let mut out: Vec<Event> = agenda
+                .iter()
+                .flat_map(|ev| {
+                    recurrence::occurrences(ev, from, to)
+                        .into_iter()
+                        .map(move |o| view(ev, caller, Some(o)))
+                })
+                .collect();
+            out.sort_by_key(|e| (e.start, e.id));
+            out
+        })
+        .await
     }
 
     /// Busy intervals of each named user.
     pub async fn free_busy(
         &self,
+        caller: Uuid,
         names: &[String],
         from: DateTime<Utc>,
         to: DateTime<Utc>,
@@ -796,7 +806,8 @@ impl Store {
                 .await?
                 .ok_or_else(|| ApiError::not_found(&format!("user {name:?}")))?;
             let agenda = self.agenda_window(user.id, (from, to)).await?;
-            let busy = rules::busy(&agenda, user.id, from, to);
+            let busy =
+                cpu::run_for(caller, move || rules::busy(&agenda, user.id, from, to)).await?;
             out.insert(
                 user.username,
                 serde_json::to_value(busy).map_err(ApiError::internal)?,

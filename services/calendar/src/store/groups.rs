@@ -20,7 +20,7 @@ use crate::model::{
     InvitationStatus, Member,
 };
 use crate::rules::{self, Viewer, FLAT_RANK, OWNER_RANK};
-use crate::{recurrence, validate};
+use crate::{cpu, recurrence, validate};
 
 /// A group as one member sees it, read consistently enough to decide on.
 pub struct Membership {
@@ -567,31 +567,34 @@ impl Store {
             kind: m.group.kind,
             group_id: id,
         };
-        let out: Vec<serde_json::Value> = members
-            .iter()
-            .zip(&agendas)
-            .map(|(mem, agenda)| {
-                let mut items: Vec<(DateTime<Utc>, serde_json::Value)> = Vec::new();
-                for ev in agenda.iter().filter(|e| rules::is_busy_for(e, mem.user_id)) {
-                    let details = rules::sees_details(&viewer, mem, ev);
-                    for occ in recurrence::occurrences(ev, from, to) {
-                        let mut item = json!({"start": occ.start, "end": occ.end});
-                        if details {
-                            item["event"] = serde_json::to_value(view(ev, caller, Some(occ)))
-                                .unwrap_or_default();
+        let out = cpu::run_for(caller, move || {
+            members
+                .iter()
+                .zip(&agendas)
+                .map(|(mem, agenda)| {
+                    let mut items: Vec<(DateTime<Utc>, serde_json::Value)> = Vec::new();
+                    for ev in agenda.iter().filter(|e| rules::is_busy_for(e, mem.user_id)) {
+                        let details = rules::sees_details(&viewer, mem, ev);
+                        for occ in recurrence::occurrences(ev, from, to) {
+                            let mut item = json!({"start": occ.start, "end": occ.end});
+                            if details {
+                                item["event"] = serde_json::to_value(view(ev, caller, Some(occ)))
+                                    .unwrap_or_default();
+                            }
+                            items.push((occ.start, item));
                         }
-                        items.push((occ.start, item));
                     }
-                }
-                items.sort_by_key(|(s, _)| *s);
-                json!({
-                    "user_id": mem.user_id,
-                    "username": mem.username,
-                    "rank": mem.rank,
-                    "items": items.into_iter().map(|(_, i)| i).collect::<Vec<_>>(),
+                    items.sort_by_key(|(s, _)| *s);
+                    json!({
+                        "user_id": mem.user_id,
+                        "username": mem.username,
+                        "rank": mem.rank,
+                        "items": items.into_iter().map(|(_, i)| i).collect::<Vec<_>>(),
+                    })
                 })
-            })
-            .collect();
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .await?;
         Ok(json!({ "members": out }))
     }
 }
