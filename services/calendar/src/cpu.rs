@@ -3,11 +3,16 @@
 //! on the async workers, so one person's heavy request cannot stall the
 //! runtime that serves everyone else and renews the registry lease.
 //!
-//! Two caps: costly steps use all cores but one (a burst queues here, and
-//! one core always stays with the async workers), and at most
-//! [`PER_PERSON`] at a time for one person, with at most [`PER_PERSON_QUEUE`]
-//! more waiting; beyond that the person gets 429 and the others are not
-//! slowed by them.
+//! Those threads run at a lower CPU priority ([`COSTLY_NICE`]): the light
+//! work of every request (routing, agenda-db calls, the other processes
+//! of the machine) always goes first, and costly steps share what is
+//! left. A shared queue of cores would not do: a few long steps would
+//! hold every slot and a small agenda read would wait behind them.
+//!
+//! Caps: at most [`PER_PERSON`] costly steps at a time for one person,
+//! with at most [`PER_PERSON_QUEUE`] more waiting (then 429), and
+//! [`MAX_RUNNING`] in the process (then they wait), so neither the threads
+//! nor the memory they hold grow without bound.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,11 +28,18 @@ pub const PER_PERSON: usize = 1;
 /// Costly steps one person may have waiting for their turn.
 pub const PER_PERSON_QUEUE: usize = 16;
 
+/// Costly steps running at once in the process.
+pub const MAX_RUNNING: usize = 64;
+
+/// The nice value of the threads that run costly steps (0 is the default,
+/// 19 the lowest priority; at 10 a thread gets about a tenth of what a
+/// default one gets when both want the CPU).
+pub const COSTLY_NICE: i32 = 10;
+
 /// Costly steps running and waiting: the process's own, or a test's.
 struct Budget {
-    /// Leaves one core of the machine to the async workers (on two cores,
-    /// one costly step at a time).
-    cores: Semaphore,
+    /// Costly steps running (at most [`MAX_RUNNING`]).
+    running: Semaphore,
     /// Per person: their own turns, and how many of their steps hold or
     /// wait for one (the entry goes when that falls to zero, so the map
     /// holds only people with work in flight).
@@ -36,10 +48,7 @@ struct Budget {
 
 fn budget() -> &'static Budget {
     static BUDGET: OnceLock<Budget> = OnceLock::new();
-    BUDGET.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Budget::new(cores.saturating_sub(1).max(1))
-    })
+    BUDGET.get_or_init(|| Budget::new(MAX_RUNNING))
 }
 
 /// One of a person's steps in flight; dropping it gives their place back.
@@ -52,7 +61,7 @@ struct InFlight<'a> {
 impl Budget {
     fn new(slots: usize) -> Budget {
         Budget {
-            cores: Semaphore::new(slots),
+            running: Semaphore::new(slots),
             people: Mutex::default(),
         }
     }
@@ -83,10 +92,13 @@ impl Budget {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> ApiResult<T> {
-        let _core = self.cores.acquire().await.map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(ApiError::internal)
+        let _slot = self.running.acquire().await.map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(move || {
+            lower_priority();
+            work()
+        })
+        .await
+        .map_err(ApiError::internal)
     }
 
     async fn run_for<T: Send + 'static>(
@@ -118,7 +130,33 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Runs `work` on the blocking pool once a core is free.
+/// Lowers this thread's CPU priority to [`COSTLY_NICE`], once per thread
+/// (blocking-pool threads are reused, and an unprivileged process may
+/// lower a priority but not raise it back).
+fn lower_priority() {
+    thread_local!(static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    LOWERED.with(|done| {
+        if done.replace(true) {
+            return;
+        }
+        // On Linux the nice value is per thread: this names the calling one.
+        // SAFETY: plain system calls without pointers.
+        // A process started at a lower priority still keeps it.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, now.max(COSTLY_NICE))
+        };
+        if rc != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower the priority of a costly-work thread"
+            );
+        }
+    });
+}
+
+/// Runs `work` on the blocking pool at a lower priority.
 pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
     budget().run(work).await
 }
@@ -129,6 +167,38 @@ pub async fn run_for<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> ApiResult<T> {
     budget().run_for(person, work).await
+}
+
+/// Steps of at most this [`weight`] run in place: handing them to a
+/// low-priority thread would cost more than doing them, and would queue
+/// a small read behind other people's costly steps.
+pub const SMALL: usize = 64;
+
+/// A rough bound on the work of expanding `events` in a window: what an
+/// event can add at most (one occurrence, or a rule's worth).
+pub fn weight<'a>(events: impl IntoIterator<Item = &'a crate::model::EventRecord>) -> usize {
+    events
+        .into_iter()
+        .map(|e| {
+            if e.rrule.is_some() {
+                usize::from(crate::recurrence::MAX_OCCURRENCES)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// [`run_for`], or in place when `weight` is at most [`SMALL`].
+pub async fn run_sized<T: Send + 'static>(
+    person: Uuid,
+    weight: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    if weight <= SMALL {
+        return Ok(work());
+    }
+    run_for(person, work).await
 }
 
 #[cfg(test)]
@@ -173,5 +243,17 @@ mod tests {
         }
         assert_eq!(budget.in_flight(me), 0);
         budget.run_for(me, || ()).await.expect("places come back");
+    }
+
+    /// Costly steps run at the lower priority, the async workers do not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn costly_steps_run_at_a_lower_priority() {
+        let nice = || unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::getpriority(libc::PRIO_PROCESS, tid)
+        };
+        let before = nice();
+        assert_eq!(run(nice).await.unwrap(), COSTLY_NICE.max(before));
+        assert_eq!(nice(), before);
     }
 }

@@ -103,12 +103,17 @@ pub fn is_busy_for(ev: &EventRecord, user: Uuid) -> bool {
     !matches!(ev.status_of(user), Some(AttendeeStatus::Declined) | None)
 }
 
+/// Most conflicts reported for one change (a dense event against busy
+/// agendas could list hundreds of thousands); the first found are kept.
+pub const MAX_CONFLICTS: usize = 100;
+
 /// Conflicts between a new or moved event and what `user` already has:
 /// every occurrence of theirs (not declined, not the event itself) that
 /// overlaps an occurrence of `new`, as `viewer` (who asked) may see them:
 /// details only of events the viewer takes part in ([`takes_part`]),
 /// busy blocks otherwise. Reporting titles of everyone's events to whoever
 /// names them as attendees leaked private agendas.
+/// At most [`MAX_CONFLICTS`].
 pub fn conflicts(
     new: &EventRecord,
     user: Uuid,
@@ -139,6 +144,9 @@ pub fn conflicts(
                     end: occ.end,
                     user_id: user,
                 });
+                if out.len() == MAX_CONFLICTS {
+                    return out;
+                }
             }
         }
     }
@@ -361,6 +369,20 @@ mod tests {
         assert_eq!(c[0].start, later.start);
         // And the other way round.
         assert_eq!(conflicts(&weekly, me, &[later], me).len(), 1);
+    }
+
+    /// Two hourly events overlap thousands of times; the report stops at
+    /// MAX_CONFLICTS, the earliest ones.
+    #[test]
+    fn a_dense_clash_reports_at_most_max_conflicts() {
+        let me = Uuid::new_v4();
+        let mut a = event(me, 10, 1);
+        a.rrule = Some("FREQ=HOURLY".into());
+        let mut b = event(me, 10, 1);
+        b.rrule = Some("FREQ=HOURLY".into());
+        let c = conflicts(&b, me, &[a.clone()], me);
+        assert_eq!(c.len(), MAX_CONFLICTS);
+        assert_eq!(c[0].start, a.start);
     }
 
     #[test]

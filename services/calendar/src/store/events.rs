@@ -308,10 +308,10 @@ pub(crate) fn window_events(snap: &Snapshot, i: usize) -> ApiResult<Vec<EventRec
 }
 
 /// The span in which `ev` can conflict with anything (None: no
-/// occurrence), worked out within `viewer`'s CPU budget.
+/// occurrence), worked out within `viewer`'s CPU budget ([`cpu::run_sized`]).
 async fn conflict_window(ev: &EventRecord, viewer: Uuid) -> ApiResult<Option<Window>> {
     let ev = ev.clone();
-    cpu::run_for(viewer, move || {
+    cpu::run_sized(viewer, cpu::weight([&ev]), move || {
         let mine = recurrence::upcoming(&ev);
         Some((mine.first()?.start, mine.last()?.end))
     })
@@ -320,7 +320,7 @@ async fn conflict_window(ev: &EventRecord, viewer: Uuid) -> ApiResult<Option<Win
 
 /// The conflicts of `ev` for each person of `check` (in `agendas`, same
 /// order) who keeps it as busy time, as `viewer` may see them; worked out
-/// within `viewer`'s CPU budget.
+/// within `viewer`'s CPU budget ([`cpu::run_sized`]).
 async fn conflicts_in(
     ev: &EventRecord,
     check: &[Uuid],
@@ -328,11 +328,17 @@ async fn conflicts_in(
     agendas: Vec<Vec<EventRecord>>,
 ) -> ApiResult<Vec<Conflict>> {
     let (ev, check) = (ev.clone(), check.to_vec());
-    cpu::run_for(viewer, move || {
+    let weight = cpu::weight(agendas.iter().flatten()) * cpu::weight([&ev]);
+    cpu::run_sized(viewer, weight, move || {
         let mut out = Vec::new();
         for (user, agenda) in check.iter().zip(&agendas) {
             if rules::is_busy_for(&ev, *user) {
                 out.extend(rules::conflicts(&ev, *user, agenda, viewer));
+            }
+            // Enough to decide and to show; the rest would only cost.
+            if out.len() >= rules::MAX_CONFLICTS {
+                out.truncate(rules::MAX_CONFLICTS);
+                break;
             }
         }
         out
@@ -776,7 +782,7 @@ impl Store {
         to: DateTime<Utc>,
     ) -> ApiResult<Vec<Event>> {
         let agenda = self.agenda_window(caller, (from, to)).await?;
-        cpu::run_for(caller, move || {
+        cpu::run_sized(caller, cpu::weight(&agenda), move || {
             let mut out: Vec<Event> = agenda
                 .iter()
                 .flat_map(|ev| {
@@ -806,12 +812,12 @@ impl Store {
                 .await?
                 .ok_or_else(|| ApiError::not_found(&format!("user {name:?}")))?;
             let agenda = self.agenda_window(user.id, (from, to)).await?;
-            let busy =
-                cpu::run_for(caller, move || rules::busy(&agenda, user.id, from, to)).await?;
-            out.insert(
-                user.username,
-                serde_json::to_value(busy).map_err(ApiError::internal)?,
-            );
+            // Rendering thousands of intervals costs too: off the workers.
+            let busy = cpu::run_sized(caller, cpu::weight(&agenda), move || {
+                serde_json::to_value(rules::busy(&agenda, user.id, from, to))
+            })
+            .await?;
+            out.insert(user.username, busy.map_err(ApiError::internal)?);
         }
         Ok(out)
     }

@@ -567,7 +567,8 @@ impl Store {
             kind: m.group.kind,
             group_id: id,
         };
-        let out = cpu::run_for(caller, move || {
+        let weight = cpu::weight(agendas.iter().flatten());
+        let out = cpu::run_sized(caller, weight, move || {
             members
                 .iter()
                 .zip(&agendas)

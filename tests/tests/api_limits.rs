@@ -1,0 +1,166 @@
+//! Limits that keep one person from hurting the others, through the real
+//! gateway and services: the costliest requests still allowed, four at
+//! once, barely move another person's reads.
+//! Run: `cargo test -p agenda-tests --test api_limits -- --test-threads=1`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agenda_tests::system::{enc, expect, range, Api, System, SystemOptions};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// People whose agendas the costly requests read, and their dense events.
+const CROWD: usize = 5;
+const DENSE_EVENTS: usize = 20;
+
+/// Latency samples (milliseconds) of `n` sequential reads of `path`.
+async fn sample(api: &Api, path: &str, token: &str, n: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let (st, body) = api.get(path, token).await;
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(st, StatusCode::OK, "read {path}: {body}");
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// The costliest request still allowed: free/busy of people whose agendas
+/// hold dense (hourly, never-ending) events that began years before the
+/// window, over the longest window (366 days). Before windowed expansion
+/// this walked every occurrence since the first, on the async workers.
+/// Four people send it in a loop while a fifth reads their own agenda;
+/// that person's p50 may rise by under 10 ms and p95 by under 50 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_costliest_requests_barely_slow_other_people() {
+    let sys = System::start(SystemOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let api = sys.api();
+
+    let mut fills = tokio::task::JoinSet::new();
+    let mut crowd = Vec::new();
+    for i in 0..CROWD {
+        let name = format!("crowd{i}");
+        let (_, token) = api.register(&name).await;
+        crowd.push(name);
+        let api = api.clone();
+        fills.spawn(async move {
+            for j in 0..DENSE_EVENTS {
+                let ev = json!({
+                    "title": format!("dense {j}"),
+                    "start": format!("2026-01-05T00:{:02}:00Z", j),
+                    "end": format!("2026-01-05T00:{:02}:00Z", j + 29),
+                    "time_zone": "Europe/Madrid",
+                    "rrule": "FREQ=HOURLY",
+                });
+                expect(
+                    api.post("/v1/events", &token, ev).await,
+                    StatusCode::CREATED,
+                    "dense event",
+                );
+            }
+        });
+    }
+    while let Some(r) = fills.join_next().await {
+        r.expect("fill task");
+    }
+    let mut heavy = Vec::new();
+    for i in 0..4 {
+        heavy.push(api.register(&format!("heavy{i}")).await.1);
+    }
+    let (_, reader) = api.register("reader").await;
+    for d in 1..=5 {
+        let ev = json!({
+            "title": format!("own {d}"),
+            "start": format!("2031-03-0{d}T09:00:00Z"),
+            "end": format!("2031-03-0{d}T10:00:00Z"),
+            "time_zone": "UTC",
+        });
+        expect(
+            api.post("/v1/events", &reader, ev).await,
+            StatusCode::CREATED,
+            "reader's event",
+        );
+    }
+    let read = format!(
+        "/v1/events?{}",
+        range("2031-03-01T00:00:00Z", "2031-03-08T00:00:00Z")
+    );
+    let costly = format!(
+        "/v1/freebusy?users={}&{}",
+        enc(&crowd.join(",")),
+        range("2031-01-01T00:00:00Z", "2032-01-01T00:00:00Z")
+    );
+
+    // One costly request alone, to say what it costs.
+    let started = Instant::now();
+    let (st, body) = api.get(&costly, &heavy[0]).await;
+    let alone = started.elapsed();
+    assert_eq!(st, StatusCode::OK, "costly request: {body}");
+    let intervals = body["users"][&crowd[0]].as_array().map_or(0, Vec::len);
+    assert!(
+        intervals >= 1000,
+        "dense agendas expand: {intervals} intervals"
+    );
+
+    // Warm up, then the baseline.
+    sample(&api, &read, &reader, 20).await;
+    let before = sample(&api, &read, &reader, 200).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut attackers = tokio::task::JoinSet::new();
+    for token in heavy.clone() {
+        let (api, stop, done, costly) = (api.clone(), stop.clone(), done.clone(), costly.clone());
+        attackers.spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                // Not parsed: this process measures the reads too.
+                let resp = api
+                    .request(reqwest::Method::GET, &costly)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .expect("costly request");
+                assert_eq!(resp.status(), StatusCode::OK, "costly request under load");
+                resp.bytes().await.expect("costly reply");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Measure only once all four are running: the first answers show it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while done.load(Ordering::Relaxed) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the costly requests never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let under = sample(&api, &read, &reader, 200).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = attackers.join_next().await {
+        r.expect("attacker task");
+    }
+
+    let (p50, p95) = (percentile(&before, 0.5), percentile(&before, 0.95));
+    let (q50, q95) = (percentile(&under, 0.5), percentile(&under, 0.95));
+    println!(
+        "costly request alone: {alone:?} ({intervals} busy intervals per person); \
+         {} costly requests ran during the reads",
+        done.load(Ordering::Relaxed)
+    );
+    println!("another person's reads: p50 {p50:.1} -> {q50:.1} ms, p95 {p95:.1} -> {q95:.1} ms");
+    assert!(q50 - p50 < 10.0, "p50 rose by {:.1} ms", q50 - p50);
+    assert!(q95 - p95 < 50.0, "p95 rose by {:.1} ms", q95 - p95);
+    assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
+}
