@@ -164,3 +164,115 @@ async fn the_costliest_requests_barely_slow_other_people() {
     assert!(q95 - p95 < 50.0, "p95 rose by {:.1} ms", q95 - p95);
     assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
 }
+
+/// Wrong passwords for one account: the first ten are 401, then 429 with
+/// `Retry-After` (also for the right password, which was the point);
+/// other accounts from the same address still log in. An unknown name
+/// and a wrong password take the same time (the same argon2 work), so
+/// timing does not tell which accounts exist. Common passwords are
+/// refused at registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guessing_passwords_is_stopped_and_logins_do_not_tell_who_exists() {
+    let sys = System::start(SystemOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let api = sys.api();
+    api.register("target").await;
+    api.register("bystander").await;
+    api.register("timing").await;
+
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for _ in 0..300 {
+        if Instant::now() > deadline {
+            break;
+        }
+        let resp = api
+            .request(reqwest::Method::POST, "/v1/auth/login")
+            .json(&json!({"username": "target", "password": "not-the-password"}))
+            .send()
+            .await
+            .expect("login");
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = resp.headers().get("retry-after").cloned();
+        }
+        statuses.push(resp.status());
+    }
+    let unauthorized = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(unauthorized, 10, "{statuses:?}");
+    assert_eq!(unauthorized + limited, statuses.len(), "{statuses:?}");
+    assert!(limited >= 100, "only {limited} guesses were tried");
+    let wait: u64 = retry_after
+        .expect("Retry-After on 429")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    let (st, body) = api.login("target", agenda_tests::system::PASSWORD).await;
+    assert_eq!(
+        st,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the right password while limited: {body}"
+    );
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    let (st, body) = api.login("bystander", agenda_tests::system::PASSWORD).await;
+    assert_eq!(
+        st,
+        StatusCode::OK,
+        "another account from the same address: {body}"
+    );
+
+    // Eight of each, alternating: medians within a factor of two (an
+    // unknown name answered in 2 ms and a wrong password in 30 ms).
+    let mut unknown = Vec::new();
+    let mut wrong = Vec::new();
+    for i in 0..8 {
+        for (name, into) in [
+            (format!("ghost{i}"), &mut unknown),
+            ("timing".to_string(), &mut wrong),
+        ] {
+            let started = Instant::now();
+            let (st, body) = api.login(&name, "not-the-password").await;
+            into.push(started.elapsed().as_secs_f64());
+            assert_eq!(st, StatusCode::UNAUTHORIZED, "{name}: {body}");
+            assert_eq!(body["error"]["message"], "unknown user or wrong password");
+        }
+    }
+    unknown.sort_by(f64::total_cmp);
+    wrong.sort_by(f64::total_cmp);
+    let (u, w) = (unknown[4], wrong[4]);
+    println!(
+        "login medians: unknown name {:.1} ms, wrong password {:.1} ms",
+        u * 1e3,
+        w * 1e3
+    );
+    assert!(
+        u / w > 0.5 && u / w < 2.0,
+        "unknown {u:.4} s vs wrong {w:.4} s"
+    );
+
+    for common in ["password1", "Qwertyuiop", "iloveyou1"] {
+        let (st, body) = api
+            .call(
+                reqwest::Method::POST,
+                "/v1/auth/register",
+                None,
+                Some(
+                    &json!({"username": "newcomer", "email": "n@example.com", "password": common}),
+                ),
+            )
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{common}: {body}");
+        assert_eq!(body["error"]["details"]["field"], "password");
+    }
+    assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
+}

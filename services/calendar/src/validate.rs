@@ -70,7 +70,8 @@ pub fn email(value: &str) -> ApiResult<String> {
     Ok(v)
 }
 
-/// 8..=128 characters; not trimmed.
+/// 8..=128 characters, not one of the common passwords every attacker
+/// tries first (`common-passwords.txt`); not trimmed.
 pub fn password(value: &str) -> ApiResult<String> {
     let n = value.chars().count();
     if !(8..=128).contains(&n) {
@@ -79,7 +80,26 @@ pub fn password(value: &str) -> ApiResult<String> {
             "password must be 8 to 128 characters",
         ));
     }
+    if is_common_password(value) {
+        return Err(ApiError::invalid_field(
+            "password",
+            "this password is one of the most common ones, tried first by anyone guessing; choose another",
+        ));
+    }
     Ok(value.to_string())
+}
+
+fn is_common_password(value: &str) -> bool {
+    static COMMON: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    COMMON
+        .get_or_init(|| {
+            include_str!("common-passwords.txt")
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .collect()
+        })
+        .contains(value.to_lowercase().as_str())
 }
 
 /// An IANA time zone name.
@@ -207,6 +227,21 @@ mod tests {
     fn field(e: ApiError) -> String {
         assert_eq!(e.status, 422, "{e:?}");
         e.details["field"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn common_passwords_are_refused_whatever_their_case() {
+        for p in [
+            "password1",
+            "Password1",
+            "QWERTYUIOP",
+            "iloveyou1",
+            "12345678",
+        ] {
+            assert_eq!(field(password(p).unwrap_err()), "password", "{p}");
+        }
+        assert!(password("correct-horse-1").is_ok());
+        assert_eq!(field(password("short").unwrap_err()), "password");
     }
 
     #[test]

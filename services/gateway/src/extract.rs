@@ -1,12 +1,13 @@
 //! Extractors shared by every route: the caller (token checked), JSON
 //! bodies and query strings whose rejections use the API's error shape.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use agenda_calendar::api::Op;
 use agenda_calendar::ApiError;
 use axum::body::Bytes;
-use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -14,6 +15,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::error::{json_response, HttpError};
+use crate::listener::Addrs;
 use crate::metrics::RequestId;
 use crate::AppState;
 
@@ -23,6 +25,9 @@ pub struct Caller {
     state: Arc<AppState>,
     request_id: String,
     user: Option<Uuid>,
+    /// The client's address (unspecified when the connection info is
+    /// missing, as in tests that call the router directly).
+    source: IpAddr,
 }
 
 /// A route that needs a valid bearer token.
@@ -32,6 +37,16 @@ pub struct Authed(pub Caller);
 pub struct Public(pub Caller);
 
 impl Caller {
+    /// The gateway's state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The client's address.
+    pub fn source(&self) -> IpAddr {
+        self.source
+    }
+
     /// Sends `op` to its service and relays the answer.
     pub async fn call(&self, op: Op) -> Result<Response, HttpError> {
         let relayed = self.relay(&op).await?;
@@ -51,6 +66,13 @@ impl Caller {
             .call(self.user, &self.request_id, op)
             .await
     }
+}
+
+fn source(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<Addrs>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.peer.ip())
 }
 
 fn request_id(parts: &Parts) -> String {
@@ -73,6 +95,7 @@ where
             state: Arc::<AppState>::from_ref(state),
             request_id: request_id(parts),
             user: None,
+            source: source(parts),
         }))
     }
 }
@@ -99,6 +122,7 @@ where
         let user = verify(&state, token)?;
         Ok(Authed(Caller {
             state,
+            source: source(parts),
             request_id: request_id(parts),
             user: Some(user),
         }))
@@ -136,6 +160,8 @@ pub fn caller_for(state: Arc<AppState>, request_id: String, user: Uuid) -> Calle
         state,
         request_id,
         user: Some(user),
+        // Calls of a session are never rate limited by address.
+        source: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     }
 }
 

@@ -6,7 +6,8 @@
 //!   operations for the services.
 //! - [`extract`]: the caller (JWT checked), JSON bodies, query strings.
 //! - [`upstream`]: discovery and balancing of users/groups replicas.
-//! - [`listener`]: accepted connections (socket options, local address).
+//! - [`limits`]: what one client may make the system do (failed logins).
+//! - [`listener`]: accepted connections (socket options, addresses).
 //! - [`live`]: the Redis stream to open WebSockets (`routes::stream`).
 //! - [`error`]: the error shape on the wire.
 //! - [`metrics`]: request ids, per-route latency and status counts.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod listener;
 pub mod live;
 pub mod metrics;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub ws_heartbeat: std::time::Duration,
     /// Cancelled at shutdown (ends WebSocket sessions).
     pub shutdown: CancellationToken,
+    /// Failed-login limits.
+    pub logins: limits::LoginGuard,
 }
 
 /// The whole HTTP application.
@@ -99,6 +103,7 @@ pub async fn run(
         hub,
         ws_heartbeat: std::time::Duration::from_millis(cfg.ws_heartbeat_ms),
         shutdown: shutdown.clone(),
+        logins: limits::LoginGuard::default(),
         db,
     });
     tracing::info!(
@@ -119,7 +124,7 @@ pub async fn run(
             let listener = agenda_common::net::TlsListener::public(listener, config, send_buffer)?;
             axum::serve(
                 listener,
-                router.into_make_service_with_connect_info::<listener::LocalAddr>(),
+                router.into_make_service_with_connect_info::<listener::Addrs>(),
             )
             .with_graceful_shutdown(done)
             .await
@@ -127,7 +132,7 @@ pub async fn run(
         None => {
             axum::serve(
                 listener::Tuned::new(listener, send_buffer),
-                router.into_make_service_with_connect_info::<listener::LocalAddr>(),
+                router.into_make_service_with_connect_info::<listener::Addrs>(),
             )
             .with_graceful_shutdown(done)
             .await

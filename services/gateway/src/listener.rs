@@ -43,28 +43,31 @@ impl Listener for Tuned {
     }
 }
 
-/// The local address a connection arrived on.
+/// The addresses of a connection: the local one it arrived on (the VIP
+/// or the machine's own) and the client's.
 #[derive(Debug, Clone, Copy)]
-pub struct LocalAddr(pub SocketAddr);
+pub struct Addrs {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
 
-impl Connected<IncomingStream<'_, Tuned>> for LocalAddr {
+const UNKNOWN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+impl Connected<IncomingStream<'_, Tuned>> for Addrs {
     fn connect_info(stream: IncomingStream<'_, Tuned>) -> Self {
-        let addr = stream
-            .io()
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        LocalAddr(addr)
+        Addrs {
+            local: stream.io().local_addr().unwrap_or(UNKNOWN),
+            peer: *stream.remote_addr(),
+        }
     }
 }
 
-impl Connected<IncomingStream<'_, agenda_common::net::TlsListener>> for LocalAddr {
+impl Connected<IncomingStream<'_, agenda_common::net::TlsListener>> for Addrs {
     fn connect_info(stream: IncomingStream<'_, agenda_common::net::TlsListener>) -> Self {
-        let addr = stream
-            .io()
-            .get_ref()
-            .0
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        LocalAddr(addr)
+        Addrs {
+            local: stream.io().get_ref().0.local_addr().unwrap_or(UNKNOWN),
+            peer: *stream.remote_addr(),
+        }
     }
 }

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 
 use crate::error::HttpError;
-use crate::listener::LocalAddr;
+use crate::listener::Addrs;
 
 /// The key agenda-vip holds (see vip-failover's `lease.rs`).
 pub const HOLDER_KEY: &str = "/registry/vip/holder";
@@ -50,7 +50,7 @@ impl Fence {
 /// holds the VIP lease.
 pub async fn fence(
     State(fence): State<Arc<Fence>>,
-    ConnectInfo(LocalAddr(local)): ConnectInfo<LocalAddr>,
+    ConnectInfo(Addrs { local, .. }): ConnectInfo<Addrs>,
     req: Request,
     next: Next,
 ) -> Response {

@@ -43,12 +43,14 @@ impl Handler for Users {
                         ))
                     }
                 };
-                let Some(user) = s.find_login(&login).await? else {
+                // An unknown name costs the same argon2 work as a wrong
+                // password: timing must not tell which accounts exist.
+                let user = s.find_login(&login).await?;
+                let hash = user.as_ref().map(|u| u.password_hash.clone());
+                let matched = password::verify_or_pretend(req.password, hash).await?;
+                let Some(user) = user.filter(|_| matched) else {
                     return Err(ApiError::unauthenticated(BAD_LOGIN));
                 };
-                if !password::verify(req.password, user.password_hash.clone()).await? {
-                    return Err(ApiError::unauthenticated(BAD_LOGIN));
-                }
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_err(ApiError::internal)?

@@ -37,6 +37,25 @@ pub async fn verify(password: String, hash: String) -> ApiResult<bool> {
     .await
 }
 
+/// Whether `password` matches `hash`; without a hash (no such account)
+/// the same work is done against a hash of a random password and the
+/// answer is no, so the time of a login does not tell whether a username
+/// exists.
+pub async fn verify_or_pretend(password: String, hash: Option<String>) -> ApiResult<bool> {
+    static DECOY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    match hash {
+        Some(hash) => verify(password, hash).await,
+        None => {
+            let decoy = DECOY.get_or_try_init(hash_of_random).await?.clone();
+            verify(password, decoy).await.map(|_| false)
+        }
+    }
+}
+
+async fn hash_of_random() -> ApiResult<String> {
+    hash(uuid::Uuid::new_v4().to_string()).await
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]
@@ -47,5 +66,17 @@ mod tests {
             .await
             .unwrap());
         assert!(!super::verify("wrong horse".into(), h).await.unwrap());
+    }
+
+    /// No account: no match, after the same argon2 work as a real check.
+    #[tokio::test]
+    async fn a_missing_account_does_the_same_work_and_never_matches() {
+        for p in ["", "correct horse"] {
+            assert!(!super::verify_or_pretend(p.into(), None).await.unwrap());
+        }
+        let h = super::hash("correct horse".into()).await.unwrap();
+        assert!(super::verify_or_pretend("correct horse".into(), Some(h))
+            .await
+            .unwrap());
     }
 }
