@@ -124,6 +124,16 @@ pub struct System {
 }
 
 impl System {
+    /// The default system and a client of its gateway; panics if it does
+    /// not come up.
+    pub async fn start_with_api() -> (System, Api) {
+        let sys = System::start(SystemOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+        let api = sys.api();
+        (sys, api)
+    }
+
     /// One replica of each service, for tests that stop and start
     /// `agenda-users` themselves; panics if the system does not come up.
     pub async fn start_single() -> System {

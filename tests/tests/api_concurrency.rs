@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use agenda_tests::cluster::wait_for;
 use agenda_tests::system::{
     error_shape_problem, expect, expect_ok, fmt_time, instant, items, range, Api, Reply, System,
-    SystemOptions, PASSWORD,
+    PASSWORD,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -18,11 +18,7 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 async fn start() -> (System, Api) {
-    let sys = System::start(SystemOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("start the system: {e:#}"));
-    let api = sys.api();
-    (sys, api)
+    System::start_with_api().await
 }
 
 /// Runs `n` requests at once (each on its own client, released together

@@ -179,11 +179,7 @@ fn report(failures: Vec<String>, api: &Api) {
 }
 
 async fn start() -> (System, Api) {
-    let sys = System::start(SystemOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("start the system: {e:#}"));
-    let api = sys.api();
-    (sys, api)
+    System::start_with_api().await
 }
 
 /// A valid event body.

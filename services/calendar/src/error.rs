@@ -79,7 +79,7 @@ impl ApiError {
     /// 429: too much at once from this caller; retry after `secs`
     /// (sent as `Retry-After`, and as `details.retry_after`).
     pub fn too_many_requests(message: impl Into<String>, secs: u64) -> Self {
-        let mut e = Self::new(429, "too_many_requests", message);
+        let mut e = Self::new(429, "rate_limited", message);
         e.details = json!({ "retry_after": secs });
         e
     }
