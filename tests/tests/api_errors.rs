@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use agenda_tests::cluster::wait_for;
 use agenda_tests::system::{
-    error_shape_problem, expect, expect_ok, items, range, Api, Reply, System, SystemOptions,
-    PASSWORD,
+    error_shape_problem, expect, expect_ok, items, range, Api, Reply, System, PASSWORD,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
