@@ -234,6 +234,14 @@ pub enum Op {
         body: InviteRequest,
     },
     ListInvitations,
+    /// The pending invitations of a group the caller may manage.
+    GroupInvitations {
+        id: String,
+    },
+    RevokeInvitation {
+        id: String,
+        invitation_id: String,
+    },
     AnswerInvitation {
         id: String,
         accept: bool,
@@ -283,6 +291,8 @@ impl Op {
             | RemoveMember { .. }
             | Invite { .. }
             | ListInvitations
+            | GroupInvitations { .. }
+            | RevokeInvitation { .. }
             | AnswerInvitation { .. }
             | CreateGroupEvent { .. }
             | GroupAgenda { .. } => Service::Groups,
@@ -307,6 +317,7 @@ impl Op {
                 | GetGroup { .. }
                 | ListMembers { .. }
                 | ListInvitations
+                | GroupInvitations { .. }
                 | GroupAgenda { .. }
         )
     }

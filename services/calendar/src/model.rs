@@ -115,6 +115,9 @@ pub enum InvitationStatus {
     Pending,
     Accepted,
     Declined,
+    /// Withdrawn by a member who may manage it, or found no longer valid
+    /// when answered (its sender left or was demoted).
+    Revoked,
 }
 
 /// An invitation to join a group (stored and public shape).

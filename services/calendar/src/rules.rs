@@ -62,6 +62,37 @@ pub fn invitation_rank(kind: GroupKind, inviter_rank: u32, asked: Option<u32>) -
     }
 }
 
+/// Whether an invitation giving `rank` may still be accepted, decided on
+/// the group as it stands: the member who sent it must still be in the
+/// group and, in a hierarchical group, still rank above the rank it gives
+/// (a member demoted or removed since cannot bring someone in above them).
+pub fn invitation_still_valid(
+    kind: GroupKind,
+    inviter: Option<&Member>,
+    rank: u32,
+) -> ApiResult<()> {
+    let Some(inviter) = inviter else {
+        return Err(ApiError::conflict(
+            "this invitation is no longer valid: the member who sent it has left the group",
+        ));
+    };
+    if kind == GroupKind::Hierarchical && inviter.rank >= rank {
+        return Err(ApiError::conflict(format!(
+            "this invitation is no longer valid: the member who sent it now holds rank {}, \
+             not above the rank {rank} it offered",
+            inviter.rank
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `actor` may see and revoke a pending invitation: the member who
+/// sent it, or anyone ranked above the rank it gives (who could have sent
+/// it themselves).
+pub fn may_manage_invitation(actor: &Member, invited_by: Uuid, rank: u32) -> bool {
+    actor.user_id == invited_by || actor.rank < rank
+}
+
 /// Whether `actor` may change or remove `target` (a superior acting on a
 /// member ranked below them).
 pub fn may_manage(actor: &Member, target: &Member) -> bool {
@@ -383,6 +414,43 @@ mod tests {
         let c = conflicts(&b, me, &[a.clone()], me);
         assert_eq!(c.len(), MAX_CONFLICTS);
         assert_eq!(c[0].start, a.start);
+    }
+
+    #[test]
+    fn invitations_are_decided_on_the_group_as_it_stands() {
+        let member = |rank| Member {
+            user_id: Uuid::new_v4(),
+            username: "m".into(),
+            rank,
+        };
+        let h = GroupKind::Hierarchical;
+        assert!(invitation_still_valid(h, Some(&member(1)), 2).is_ok());
+        // Demoted to 5 after inviting at 2; removed; equal rank.
+        assert_eq!(
+            invitation_still_valid(h, Some(&member(5)), 2)
+                .unwrap_err()
+                .status,
+            409
+        );
+        assert_eq!(invitation_still_valid(h, None, 2).unwrap_err().status, 409);
+        assert_eq!(
+            invitation_still_valid(h, Some(&member(2)), 2)
+                .unwrap_err()
+                .status,
+            409
+        );
+        // Flat groups: only membership matters.
+        assert!(
+            invitation_still_valid(GroupKind::Flat, Some(&member(FLAT_RANK)), FLAT_RANK).is_ok()
+        );
+        assert!(invitation_still_valid(GroupKind::Flat, None, FLAT_RANK).is_err());
+
+        let inviter = member(3);
+        assert!(may_manage_invitation(&inviter, inviter.user_id, 4));
+        assert!(may_manage_invitation(&member(0), inviter.user_id, 4));
+        assert!(may_manage_invitation(&member(3), inviter.user_id, 4));
+        assert!(!may_manage_invitation(&member(4), inviter.user_id, 4));
+        assert!(!may_manage_invitation(&member(7), inviter.user_id, 4));
     }
 
     #[test]

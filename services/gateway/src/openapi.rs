@@ -15,6 +15,7 @@ use crate::routes::{auth, events, groups, notifications, ops, stream, users};
         users::get_me, users::update_me, users::delete_me, users::search,
         groups::create, groups::list, groups::get, groups::update, groups::delete,
         groups::members, groups::update_member, groups::remove_member, groups::invite,
+        groups::group_invitations, groups::revoke_invitation,
         groups::agenda, groups::invitations, groups::accept, groups::decline,
         events::create, events::list, events::get, events::update, events::delete,
         events::rsvp, events::free_busy,

@@ -49,6 +49,13 @@ impl Handler for Groups {
             }
             Op::Invite { id, body } => Reply::created(s.invite(me, group(&id)?, body).await?),
             Op::ListInvitations => Reply::items(s.invitations(me).await?),
+            Op::GroupInvitations { id } => {
+                Reply::items(s.group_invitations(me, group(&id)?).await?)
+            }
+            Op::RevokeInvitation { id, invitation_id } => Reply::ok(
+                s.revoke_invitation(me, group(&id)?, validate::id("invitation", &invitation_id)?)
+                    .await?,
+            ),
             Op::AnswerInvitation { id, accept } => Reply::ok(
                 s.answer_invitation(me, validate::id("invitation", &id)?, accept)
                     .await?,

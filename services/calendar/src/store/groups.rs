@@ -390,6 +390,76 @@ impl Store {
         Err(ApiError::not_found("group"))
     }
 
+    /// The pending invitations of a group that the caller may manage
+    /// ([`rules::may_manage_invitation`]), newest first.
+    pub async fn group_invitations(&self, caller: Uuid, id: Uuid) -> ApiResult<Vec<Invitation>> {
+        let m = self.membership(caller, id).await?;
+        let ids: Vec<Uuid> = self
+            .list::<Uuid>(&keys::pending_invitations(id))
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        let found = try_join_all(
+            ids.into_iter()
+                .map(|i| async move { self.get::<Invitation>(&keys::invitation(i)).await }),
+        )
+        .await?;
+        let mut out: Vec<Invitation> = found
+            .into_iter()
+            .flatten()
+            .map(|v| v.value)
+            .filter(|i| {
+                i.status == InvitationStatus::Pending
+                    && rules::may_manage_invitation(&m.me, i.invited_by, i.rank)
+            })
+            .collect();
+        out.sort_by_key(|i| std::cmp::Reverse(i.created_at));
+        Ok(out)
+    }
+
+    /// Revokes a pending invitation of a group (its sender, or a member
+    /// ranked above the rank it gives); the invitee is told.
+    pub async fn revoke_invitation(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        invitation: Uuid,
+    ) -> ApiResult<Invitation> {
+        self.optimistic("this invitation", || async {
+            let m = self.membership(caller, id).await?;
+            let cur = self
+                .get::<Invitation>(&keys::invitation(invitation))
+                .await?
+                .filter(|i| i.value.group_id == id)
+                .ok_or_else(|| ApiError::not_found("invitation"))?;
+            let mut inv = cur.value;
+            if !rules::may_manage_invitation(&m.me, inv.invited_by, inv.rank) {
+                return Err(ApiError::forbidden(
+                    "only its sender or members ranked above the rank it offers may revoke an invitation",
+                ));
+            }
+            if inv.status != InvitationStatus::Pending {
+                return Err(ApiError::conflict("this invitation was already answered or revoked"));
+            }
+            inv.status = InvitationStatus::Revoked;
+            let mut batch = Batch::default();
+            batch
+                .unchanged(&keys::invitation(invitation), cur.mod_revision)
+                .unchanged(&keys::group_version(id), m.version)
+                .put(&keys::invitation(invitation), &inv)?
+                .delete(&keys::pending_invitation(id, inv.invitee_id));
+            notifications::add(
+                &mut batch,
+                inv.invitee_id,
+                "invitation_revoked",
+                json!({"invitation_id": invitation, "group_id": id, "group_name": inv.group_name, "by": caller}),
+            )?;
+            self.commit_or_retry(batch, inv.clone()).await
+        })
+        .await
+    }
+
     /// The caller's invitations, newest first.
     pub async fn invitations(&self, caller: Uuid) -> ApiResult<Vec<Invitation>> {
         let ids: Vec<Uuid> = self
@@ -425,13 +495,48 @@ impl Store {
             if inv.status != InvitationStatus::Pending {
                 return Err(ApiError::conflict(format!(
                     "this invitation was already {}",
-                    if inv.status == InvitationStatus::Accepted { "accepted" } else { "declined" }
+                    match inv.status {
+                        InvitationStatus::Accepted => "accepted",
+                        InvitationStatus::Revoked => "revoked",
+                        _ => "declined",
+                    }
                 )));
             }
             let g = inv.group_id;
-            let version = self.revision(&keys::group_version(g)).await?;
-            if version == 0 {
+            // The group's version, kind and the sender's membership, as of
+            // one revision: any change of ranks or members moves the
+            // version, so the compare below holds the decision to it.
+            let reads = [
+                Read::key(&keys::group_version(g)),
+                Read::key(&keys::group(g)),
+                Read::key(&keys::member(g, inv.invited_by)),
+            ];
+            let Some(snap) = self.snapshot(&[], reads).await? else {
+                return Ok(Attempt::Retry);
+            };
+            let version = snap.mod_revision(0);
+            let Some(group) = snap.value::<GroupRecord>(1)?.map(|v| v.value) else {
                 return Err(ApiError::conflict("the group no longer exists"));
+            };
+            let inviter = snap.value::<Member>(2)?.map(|v| v.value);
+            if accept {
+                if let Err(refused) =
+                    rules::invitation_still_valid(group.kind, inviter.as_ref(), inv.rank)
+                {
+                    // Withdrawn for good (and no longer blocking a new
+                    // invitation of this person), then refused.
+                    inv.status = InvitationStatus::Revoked;
+                    let mut batch = Batch::default();
+                    batch
+                        .unchanged(&keys::invitation(id), cur.mod_revision)
+                        .unchanged(&keys::group_version(g), version)
+                        .put(&keys::invitation(id), &inv)?
+                        .delete(&keys::pending_invitation(g, caller));
+                    return match self.commit_or_retry(batch, ()).await? {
+                        Attempt::Done(()) => Err(refused),
+                        Attempt::Retry => Ok(Attempt::Retry),
+                    };
+                }
             }
             let me = self.me(caller).await?;
             inv.status = if accept { InvitationStatus::Accepted } else { InvitationStatus::Declined };

@@ -96,6 +96,35 @@ pub async fn invite(
     c.call(Op::Invite { id, body }).await
 }
 
+/// The group's pending invitations you may manage: those you sent, and
+/// those offering a rank below yours.
+#[utoipa::path(get, path = "/v1/groups/{id}/invitations", tag = "groups", operation_id = "group_invitations", security(("bearer" = [])),
+    params(("id" = String, Path, description = "A group id (anything else is 404)")),
+    responses((status = 200, description = "pending invitations, newest first", body = Vec<Invitation>),
+              (status = 404, description = "no such group among yours")))]
+pub async fn group_invitations(
+    Authed(c): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    c.call(Op::GroupInvitations { id }).await
+}
+
+/// Revokes a pending invitation (its sender, or a member ranked above the
+/// rank it offers); the invitee is notified.
+#[utoipa::path(delete, path = "/v1/groups/{id}/invitations/{invitation_id}", tag = "groups", operation_id = "revoke_invitation", security(("bearer" = [])),
+    params(("id" = String, Path, description = "A group id (anything else is 404)"),
+           ("invitation_id" = String, Path, description = "An invitation of that group (anything else is 404)")),
+    responses((status = 200, description = "the invitation, now revoked", body = Invitation),
+              (status = 403, description = "you neither sent it nor rank above the rank it offers"),
+              (status = 404, description = "no such group among yours, or no such invitation in it"),
+              (status = 409, description = "already answered or revoked")))]
+pub async fn revoke_invitation(
+    Authed(c): Authed,
+    Path((id, invitation_id)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    c.call(Op::RevokeInvitation { id, invitation_id }).await
+}
+
 /// Every member's agenda; details only where you may see them.
 #[utoipa::path(get, path = "/v1/groups/{id}/agenda", tag = "groups", security(("bearer" = [])),
     params(("id" = String, Path), Window),

@@ -43,7 +43,14 @@ pub fn api() -> Router<Arc<AppState>> {
             "/v1/groups/{id}/members/{user_id}",
             patch(groups::update_member).delete(groups::remove_member),
         )
-        .route("/v1/groups/{id}/invitations", post(groups::invite))
+        .route(
+            "/v1/groups/{id}/invitations",
+            post(groups::invite).get(groups::group_invitations),
+        )
+        .route(
+            "/v1/groups/{id}/invitations/{invitation_id}",
+            axum::routing::delete(groups::revoke_invitation),
+        )
         .route("/v1/groups/{id}/agenda", get(groups::agenda))
         .route("/v1/invitations", get(groups::invitations))
         .route("/v1/invitations/{id}/accept", post(groups::accept))

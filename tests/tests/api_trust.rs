@@ -1,0 +1,154 @@
+//! Rules that must hold as the group changes, through the real gateway and
+//! services: invitations decided when answered, not when sent; pending
+//! invitations listed and revoked by those who may manage them.
+//! Run: `cargo test -p agenda-tests --test api_trust -- --test-threads=1`.
+
+use agenda_tests::system::{expect, expect_error, expect_ok, items, Api, System};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+async fn invite(api: &Api, token: &str, group: &str, name: &str, rank: u32) -> String {
+    let body = json!({"username": name, "rank": rank});
+    id(&expect(
+        api.post(&format!("/v1/groups/{group}/invitations"), token, body)
+            .await,
+        StatusCode::CREATED,
+        &format!("invite {name}"),
+    ))
+}
+
+async fn answer(api: &Api, token: &str, invitation: &str) -> (StatusCode, Value) {
+    api.post(
+        &format!("/v1/invitations/{invitation}/accept"),
+        token,
+        json!({}),
+    )
+    .await
+}
+
+/// An invitation sent by a member who was demoted or removed since cannot
+/// bring anyone in above them: accepting it is 409 and it is revoked (so
+/// a new invitation can be sent). A group's pending invitations are listed
+/// and revoked by their sender or anyone ranked above the rank they offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invitations_follow_the_group_as_it_stands() {
+    let (_sys, api) = System::start_with_api().await;
+    let (_, alice) = api.register("alice").await;
+    let (bob_id, bob) = api.register("bob").await;
+    let (_, carol) = api.register("carol").await;
+    let (_, dave) = api.register("dave").await;
+    let (_, erin) = api.register("erin").await;
+    let (_, frank) = api.register("frank").await;
+    let g = id(&expect(
+        api.post(
+            "/v1/groups",
+            &alice,
+            json!({"name": "Lab", "kind": "hierarchical"}),
+        )
+        .await,
+        StatusCode::CREATED,
+        "group",
+    ));
+
+    // bob (rank 1) invites carol at rank 2, then alice demotes bob to 5.
+    let inv = invite(&api, &alice, &g, "bob", 1).await;
+    expect_ok(answer(&api, &bob, &inv).await, "bob joins");
+    let to_carol = invite(&api, &bob, &g, "carol", 2).await;
+    let member = format!("/v1/groups/{g}/members/{bob_id}");
+    expect_ok(
+        api.patch(&member, &alice, json!({"rank": 5})).await,
+        "demote bob",
+    );
+    let (st, refused) = answer(&api, &carol, &to_carol).await;
+    assert_eq!(
+        st,
+        StatusCode::CONFLICT,
+        "carol accepts a stale invitation: {refused}"
+    );
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("rank 5"), "{refused}");
+    let mine = expect_ok(
+        api.get("/v1/invitations", &carol).await,
+        "carol's invitations",
+    );
+    assert_eq!(items(&mine)[0]["status"], "revoked", "{mine}");
+    let members = expect_ok(
+        api.get(&format!("/v1/groups/{g}/members"), &alice).await,
+        "members",
+    );
+    assert_eq!(items(&members).len(), 2, "carol did not join: {members}");
+    // Nothing blocks a fresh invitation.
+    let again = invite(&api, &alice, &g, "carol", 2).await;
+    expect_ok(
+        answer(&api, &carol, &again).await,
+        "carol joins on a valid invitation",
+    );
+
+    // bob (now 5) invites dave at 6, then is removed.
+    let to_dave = invite(&api, &bob, &g, "dave", 6).await;
+    expect(
+        api.delete(&member, &alice).await,
+        StatusCode::NO_CONTENT,
+        "remove bob",
+    );
+    expect_error(
+        answer(&api, &dave, &to_dave).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "dave accepts the invitation of a removed member",
+    );
+
+    // Listing and revoking: alice invites erin at 3; frank (4) neither sees
+    // it nor may revoke it; alice may.
+    let to_frank = invite(&api, &alice, &g, "frank", 4).await;
+    expect_ok(answer(&api, &frank, &to_frank).await, "frank joins");
+    let to_erin = invite(&api, &alice, &g, "erin", 3).await;
+    let pending = format!("/v1/groups/{g}/invitations");
+    let seen = expect_ok(api.get(&pending, &alice).await, "alice lists");
+    let ids: Vec<String> = items(&seen).iter().map(id).collect();
+    assert_eq!(ids, vec![to_erin.clone()], "{seen}");
+    let seen = expect_ok(api.get(&pending, &frank).await, "frank lists");
+    assert!(items(&seen).is_empty(), "{seen}");
+    let revoke = format!("{pending}/{to_erin}");
+    expect_error(
+        api.delete(&revoke, &frank).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "frank revokes",
+    );
+    expect_error(
+        api.delete(&revoke, &erin).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "an outsider revokes",
+    );
+    let revoked = expect_ok(api.delete(&revoke, &alice).await, "alice revokes");
+    assert_eq!(revoked["status"], "revoked");
+    expect_error(
+        api.delete(&revoke, &alice).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "revoked twice",
+    );
+    expect_error(
+        answer(&api, &erin, &to_erin).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "erin accepts a revoked invitation",
+    );
+    let told = expect_ok(
+        api.get("/v1/notifications", &erin).await,
+        "erin's notifications",
+    );
+    assert!(
+        items(&told)
+            .iter()
+            .any(|n| n["kind"] == "invitation_revoked"),
+        "{told}"
+    );
+    assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
+}
