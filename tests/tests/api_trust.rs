@@ -152,3 +152,73 @@ async fn invitations_follow_the_group_as_it_stands() {
     );
     assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
 }
+
+/// Only a group's owner attaches subgroups to it; its members see them
+/// listed; deleting the parent leaves its subgroups detached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subgroups_are_attached_by_the_parents_owner() {
+    let (_sys, api) = System::start_with_api().await;
+    let (_, alice) = api.register("alice").await;
+    let (_, bob) = api.register("bob").await;
+    let (_, carol) = api.register("carol").await;
+    let group = |name: &str, parent: Option<&str>| {
+        let mut body = json!({"name": name, "kind": "hierarchical"});
+        if let Some(p) = parent {
+            body["parent_id"] = json!(p);
+        }
+        body
+    };
+    let lab = id(&expect(
+        api.post("/v1/groups", &alice, group("Lab", None)).await,
+        StatusCode::CREATED,
+        "lab",
+    ));
+    let inv = invite(&api, &alice, &lab, "bob", 1).await;
+    expect_ok(answer(&api, &bob, &inv).await, "bob joins");
+
+    expect_error(
+        api.post("/v1/groups", &bob, group("Bob's team", Some(&lab)))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "a member attaches a subgroup",
+    );
+    let field = expect_error(
+        api.post("/v1/groups", &carol, group("Carol's", Some(&lab)))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        "an outsider attaches a subgroup",
+    );
+    assert_eq!(field["field"], "parent_id");
+    let team = expect(
+        api.post("/v1/groups", &alice, group("Team", Some(&lab)))
+            .await,
+        StatusCode::CREATED,
+        "the owner attaches a subgroup",
+    );
+    assert_eq!(team["parent_id"], json!(lab));
+    let team = id(&team);
+    let seen = expect_ok(
+        api.get(&format!("/v1/groups/{lab}"), &bob).await,
+        "bob reads lab",
+    );
+    assert_eq!(
+        seen["subgroups"],
+        json!([{"id": team, "name": "Team"}]),
+        "{seen}"
+    );
+
+    expect(
+        api.delete(&format!("/v1/groups/{lab}"), &alice).await,
+        StatusCode::NO_CONTENT,
+        "delete lab",
+    );
+    let after = expect_ok(
+        api.get(&format!("/v1/groups/{team}"), &alice).await,
+        "team after",
+    );
+    assert_eq!(after["parent_id"], Value::Null, "{after}");
+    assert_eq!(after["subgroups"], json!([]), "{after}");
+    assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
+}

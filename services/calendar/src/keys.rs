@@ -93,7 +93,15 @@ pub fn deleting(user: Uuid) -> String {
 pub fn group(id: Uuid) -> String {
     format!("/agenda/groups/{id}")
 }
-/// Bumped by every membership change of a group.
+/// A subgroup of `parent` (value: empty).
+pub fn subgroup(parent: Uuid, child: Uuid) -> String {
+    format!("/agenda/subgroups/{parent}/{child}")
+}
+pub fn subgroups(parent: Uuid) -> String {
+    format!("/agenda/subgroups/{parent}/")
+}
+/// Bumped by every membership change of a group (and by attaching a
+/// subgroup to it).
 pub fn group_version(id: Uuid) -> String {
     format!("/agenda/group-version/{id}")
 }

@@ -83,6 +83,16 @@ pub struct Group {
     pub parent_id: Option<Uuid>,
     pub owner_id: Uuid,
     pub my_rank: u32,
+    /// Its subgroups (in `GET /v1/groups/{id}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subgroups: Option<Vec<GroupRef>>,
+}
+
+/// A group named by id and name.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupRef {
+    pub id: Uuid,
+    pub name: String,
 }
 
 impl GroupRecord {
@@ -96,6 +106,7 @@ impl GroupRecord {
             parent_id: self.parent_id,
             owner_id: self.owner_id,
             my_rank,
+            subgroups: None,
         }
     }
 }

@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::model::{
-    Attendee, AttendeeStatus, Conflict, EventRecord, GroupKind, Interval, Member, Visibility,
+    Attendee, AttendeeStatus, Conflict, EventRecord, GroupKind, GroupRecord, Interval, Member,
+    Visibility,
 };
 use crate::recurrence;
 
@@ -60,6 +61,12 @@ pub fn invitation_rank(kind: GroupKind, inviter_rank: u32, asked: Option<u32>) -
             Ok(rank)
         }
     }
+}
+
+/// Whether `caller` may attach a new subgroup to `parent`: only its owner
+/// shapes a group's structure (any member could before, to any group).
+pub fn may_attach_subgroup(parent: &GroupRecord, caller: Uuid) -> bool {
+    parent.owner_id == caller
 }
 
 /// Whether an invitation giving `rank` may still be accepted, decided on

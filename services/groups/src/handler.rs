@@ -19,10 +19,7 @@ impl Handler for Groups {
         match op {
             Op::CreateGroup(req) => Reply::created(s.create_group(me, req).await?),
             Op::ListGroups => Reply::items(s.list_groups(me).await?),
-            Op::GetGroup { id } => {
-                let m = s.membership(me, group(&id)?).await?;
-                Reply::ok(m.group.view(m.me.rank))
-            }
+            Op::GetGroup { id } => Reply::ok(s.group_view(me, group(&id)?).await?),
             Op::UpdateGroup { id, body } => Reply::ok(s.update_group(me, group(&id)?, body).await?),
             Op::DeleteGroup { id } => {
                 s.delete_group(me, group(&id)?).await?;

@@ -16,7 +16,7 @@ use crate::api::{CreateEventRequest, CreateGroupRequest, InviteRequest, UpdateGr
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{
-    AttendeeStatus, Conflict, EventRecord, Group, GroupKind, GroupRecord, Invitation,
+    AttendeeStatus, Conflict, EventRecord, Group, GroupKind, GroupRecord, GroupRef, Invitation,
     InvitationStatus, Member,
 };
 use crate::rules::{self, Viewer, FLAT_RANK, OWNER_RANK};
@@ -109,16 +109,27 @@ impl Store {
         )?;
         let kind = validate::group_kind(&req.kind)?;
         let mut batch = Batch::default();
+        let id = Uuid::new_v4();
         if let Some(parent) = req.parent_id {
-            // Only members of the parent may attach to it.
+            // The parent's owner decides its structure. Attaching moves
+            // the parent's version, so a deletion of the parent decided
+            // meanwhile fails its compare and sees the new subgroup.
             let p = self
                 .membership(caller, parent)
                 .await
                 .map_err(|_| ApiError::invalid_field("parent_id", "no such group among yours"))?;
-            batch.unchanged(&keys::group_version(parent), p.version);
+            if !rules::may_attach_subgroup(&p.group, caller) {
+                return Err(ApiError::forbidden(
+                    "only the owner of the parent group may attach a subgroup to it",
+                ));
+            }
+            batch
+                .unchanged(&keys::group_version(parent), p.version)
+                .bump(&keys::group_version(parent))
+                .put_raw(&keys::subgroup(parent, id), Vec::new());
         }
         let group = GroupRecord {
-            id: Uuid::new_v4(),
+            id,
             name,
             description,
             kind,
@@ -142,6 +153,40 @@ impl Store {
             ));
         }
         Ok(group.view(OWNER_RANK))
+    }
+
+    /// A group as a member sees it, with its subgroups.
+    pub async fn group_view(&self, caller: Uuid, id: Uuid) -> ApiResult<Group> {
+        let m = self.membership(caller, id).await?;
+        let mut view = m.group.view(m.me.rank);
+        let subgroups = self.subgroups_of(id).await?;
+        view.subgroups = Some(
+            subgroups
+                .into_iter()
+                .map(|g| GroupRef {
+                    id: g.value.id,
+                    name: g.value.name,
+                })
+                .collect(),
+        );
+        Ok(view)
+    }
+
+    async fn subgroups_of(&self, parent: Uuid) -> ApiResult<Vec<Versioned<GroupRecord>>> {
+        let ids: Vec<Uuid> = self
+            .keys(&keys::subgroups(parent), 0)
+            .await?
+            .iter()
+            .filter_map(|kv| keys::last_id(&kv.key))
+            .collect();
+        let found = try_join_all(
+            ids.into_iter()
+                .map(|i| async move { self.get::<GroupRecord>(&keys::group(i)).await }),
+        )
+        .await?;
+        let mut out: Vec<Versioned<GroupRecord>> = found.into_iter().flatten().collect();
+        out.sort_by(|a, b| a.value.name.cmp(&b.value.name));
+        Ok(out)
     }
 
     /// The caller's groups.
@@ -221,7 +266,20 @@ impl Store {
                 .delete(&keys::group(id))
                 .delete_prefix(&keys::members(id))
                 .delete(&keys::group_version(id))
-                .delete_prefix(&keys::pending_invitations(id));
+                .delete_prefix(&keys::pending_invitations(id))
+                .delete_prefix(&keys::subgroups(id));
+            // Its subgroups stay, detached (a parent that no longer exists
+            // names nothing); it leaves its own parent's list.
+            for child in self.subgroups_of(id).await? {
+                let mut g = child.value;
+                g.parent_id = None;
+                batch
+                    .unchanged(&keys::group(g.id), child.mod_revision)
+                    .put(&keys::group(g.id), &g)?;
+            }
+            if let Some(parent) = m.group.parent_id {
+                batch.delete(&keys::subgroup(parent, id));
+            }
             for mem in &members {
                 batch.delete(&keys::user_group(mem.user_id, id));
                 if mem.user_id != caller {
