@@ -555,13 +555,25 @@ impl Api {
     }
 
     /// Registers `username` (email `username@example.com`, password
-    /// [`PASSWORD`]) and logs in; returns `(user_id, access_token)`.
+    /// [`PASSWORD`], anyone may add them to events: most tests put
+    /// strangers in each other's agendas) and logs in; returns
+    /// `(user_id, access_token)`.
     pub async fn register(&self, username: &str) -> (String, String) {
-        let body = json!({
+        self.register_with(username, json!({"add_me": "anyone"}))
+            .await
+    }
+
+    /// [`Api::register`] with the account's defaults (`add_me`
+    /// `shared_group`) or the fields of `extra` instead.
+    pub async fn register_with(&self, username: &str, extra: Value) -> (String, String) {
+        let mut body = json!({
             "username": username,
             "email": format!("{username}@example.com"),
             "password": PASSWORD,
         });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
         let (st, user) = self
             .call(Method::POST, "/v1/auth/register", None, Some(&body))
             .await;

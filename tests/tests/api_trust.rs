@@ -222,3 +222,137 @@ async fn subgroups_are_attached_by_the_parents_owner() {
     assert_eq!(after["subgroups"], json!([]), "{after}");
     assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
 }
+
+/// Who may fill my agenda: by default people sharing a group with me;
+/// anyone else's event arrives as an invitation (`invited`: visible to me,
+/// not in my agenda, not busy) until I accept it. `add_me` changes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_those_i_allow_put_events_in_my_agenda() {
+    let (_sys, api) = System::start_with_api().await;
+    let (_, dave) = api.register_with("dave", json!({})).await;
+    let (_, stranger) = api.register("stranger").await;
+    let (_, mate) = api.register("mate").await;
+    let (_, erin) = api.register_with("erin", json!({"add_me": "anyone"})).await;
+    let me = expect_ok(api.get("/v1/me", &dave).await, "dave's profile");
+    assert_eq!(me["add_me"], "shared_group", "{me}");
+
+    let day = agenda_tests::system::range("2031-05-05T00:00:00Z", "2031-05-06T00:00:00Z");
+    let event = |title: &str, hour: u32, who: &str| {
+        json!({"title": title, "start": format!("2031-05-05T{hour:02}:00:00Z"),
+               "end": format!("2031-05-05T{hour:02}:30:00Z"), "time_zone": "UTC",
+               "attendees": [who]})
+    };
+    let status_of = |ev: &Value, name: &str| -> Value {
+        ev["attendees"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["username"] == name))
+            .map_or(Value::Null, |x| x["status"].clone())
+    };
+    let in_agenda = |agenda: &Value, id: &str| items(agenda).iter().any(|e| e["id"] == id);
+
+    // A stranger: an invitation.
+    let created = expect(
+        api.post("/v1/events", &stranger, event("Pitch", 9, "dave"))
+            .await,
+        StatusCode::CREATED,
+        "a stranger invites dave",
+    );
+    let pitch = id(&created["event"]);
+    assert_eq!(status_of(&created["event"], "dave"), "invited", "{created}");
+    let agenda = expect_ok(api.get(&format!("/v1/events?{day}"), &dave).await, "agenda");
+    assert!(!in_agenda(&agenda, &pitch), "{agenda}");
+    let busy = expect_ok(
+        api.get(&format!("/v1/freebusy?users=dave&{day}"), &stranger)
+            .await,
+        "free/busy",
+    );
+    assert_eq!(busy["users"]["dave"], json!([]), "{busy}");
+    let told = expect_ok(api.get("/v1/notifications", &dave).await, "notifications");
+    assert!(
+        items(&told)
+            .iter()
+            .any(|n| n["kind"] == "event_invited" && n["data"]["event_id"] == pitch.as_str()),
+        "{told}"
+    );
+    expect_ok(
+        api.get(&format!("/v1/events/{pitch}"), &dave).await,
+        "dave sees it",
+    );
+    let accepted = expect_ok(
+        api.post(
+            &format!("/v1/events/{pitch}/rsvp"),
+            &dave,
+            json!({"status": "accepted"}),
+        )
+        .await,
+        "dave accepts",
+    );
+    assert_eq!(status_of(&accepted["event"], "dave"), "accepted");
+    let agenda = expect_ok(api.get(&format!("/v1/events?{day}"), &dave).await, "agenda");
+    assert!(in_agenda(&agenda, &pitch), "accepted, it is in: {agenda}");
+
+    // Someone sharing a group: straight in.
+    let g = id(&expect(
+        api.post(
+            "/v1/groups",
+            &mate,
+            json!({"name": "Choir", "kind": "flat"}),
+        )
+        .await,
+        StatusCode::CREATED,
+        "group",
+    ));
+    let inv = invite(&api, &mate, &g, "dave", 1).await;
+    expect_ok(answer(&api, &dave, &inv).await, "dave joins");
+    let created = expect(
+        api.post("/v1/events", &mate, event("Rehearsal", 11, "dave"))
+            .await,
+        StatusCode::CREATED,
+        "a group mate adds dave",
+    );
+    assert_eq!(
+        status_of(&created["event"], "dave"),
+        "needs_action",
+        "{created}"
+    );
+    let agenda = expect_ok(api.get(&format!("/v1/events?{day}"), &dave).await, "agenda");
+    assert!(in_agenda(&agenda, &id(&created["event"])), "{agenda}");
+
+    // Nobody: even the mate's events are invitations now.
+    let refused = expect_error(
+        api.patch("/v1/me", &dave, json!({"add_me": "friends"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        "a bad add_me",
+    );
+    assert_eq!(refused["field"], "add_me");
+    expect_ok(
+        api.patch("/v1/me", &dave, json!({"add_me": "nobody"}))
+            .await,
+        "nobody",
+    );
+    let created = expect(
+        api.post("/v1/events", &mate, event("Concert", 13, "dave"))
+            .await,
+        StatusCode::CREATED,
+        "the mate invites dave",
+    );
+    assert_eq!(status_of(&created["event"], "dave"), "invited", "{created}");
+
+    // Anyone: a stranger's event lands in erin's agenda.
+    let created = expect(
+        api.post("/v1/events", &stranger, event("Open", 15, "erin"))
+            .await,
+        StatusCode::CREATED,
+        "a stranger adds erin",
+    );
+    assert_eq!(
+        status_of(&created["event"], "erin"),
+        "needs_action",
+        "{created}"
+    );
+    let agenda = expect_ok(api.get(&format!("/v1/events?{day}"), &erin).await, "agenda");
+    assert!(in_agenda(&agenda, &id(&created["event"])), "{agenda}");
+    assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
+}

@@ -18,6 +18,8 @@ pub struct RegisterRequest {
     pub password: String,
     pub display_name: Option<String>,
     pub time_zone: Option<String>,
+    /// As in `PATCH /v1/me` (default `shared_group`).
+    pub add_me: Option<String>,
 }
 
 /// `POST /v1/auth/login`: `username` (or an email in it) or `email`.
@@ -50,6 +52,10 @@ pub struct UpdateMeRequest {
     pub current_password: Option<String>,
     pub display_name: Option<String>,
     pub time_zone: Option<String>,
+    /// Who may add you to events directly: `anyone`, `shared_group`
+    /// (people in a group with you; the default) or `nobody` (the rest
+    /// arrive as invitations).
+    pub add_me: Option<String>,
 }
 
 /// `POST /v1/events`

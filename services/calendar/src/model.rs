@@ -18,9 +18,27 @@ pub struct UserRecord {
     pub time_zone: String,
     pub password_hash: String,
     pub created_at: DateTime<Utc>,
+    /// Who may put events straight into this person's agenda (records of
+    /// earlier versions have none: the default).
+    #[serde(default)]
+    pub add_me: AddMe,
 }
 
-/// Public user shape. `email` only appears on your own profile.
+/// Who may add a person to an event directly (it lands in their agenda at
+/// once); anyone else's event arrives as an invitation they accept or
+/// decline (attendee status `invited`, not in their agenda meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AddMe {
+    Anyone,
+    /// People who share a group with them.
+    #[default]
+    SharedGroup,
+    /// Nobody: every event arrives as an invitation.
+    Nobody,
+}
+
+/// Public user shape. `email` and `add_me` only appear on your own profile.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct User {
     pub id: Uuid,
@@ -29,6 +47,8 @@ pub struct User {
     pub email: Option<String>,
     pub display_name: String,
     pub time_zone: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub add_me: Option<AddMe>,
 }
 
 impl UserRecord {
@@ -36,6 +56,7 @@ impl UserRecord {
     pub fn view_own(&self) -> User {
         User {
             email: Some(self.email.clone()),
+            add_me: Some(self.add_me),
             ..self.view_public()
         }
     }
@@ -47,6 +68,7 @@ impl UserRecord {
             email: None,
             display_name: self.display_name.clone(),
             time_zone: self.time_zone.clone(),
+            add_me: None,
         }
     }
 }
@@ -152,6 +174,9 @@ pub enum AttendeeStatus {
     Accepted,
     Declined,
     Tentative,
+    /// Asked by someone they do not let add them directly ([`AddMe`]):
+    /// not in their agenda, not busy, until they answer.
+    Invited,
 }
 
 /// Who sees an event's details.
@@ -207,9 +232,19 @@ impl EventRecord {
             .map(|a| a.status)
     }
 
-    /// Every participant's id.
-    pub fn participants(&self) -> impl Iterator<Item = Uuid> + '_ {
+    /// Every attendee's id, those only invited included (the people told
+    /// about changes).
+    pub fn attendee_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
         self.attendees.iter().map(|a| a.user_id)
+    }
+
+    /// The people whose agendas hold the event: every attendee but those
+    /// only invited so far.
+    pub fn participants(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.attendees
+            .iter()
+            .filter(|a| a.status != AttendeeStatus::Invited)
+            .map(|a| a.user_id)
     }
 }
 

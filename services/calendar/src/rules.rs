@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::model::{
-    Attendee, AttendeeStatus, Conflict, EventRecord, GroupKind, GroupRecord, Interval, Member,
-    Visibility,
+    AddMe, Attendee, AttendeeStatus, Conflict, EventRecord, GroupKind, GroupRecord, Interval,
+    Member, Visibility,
 };
 use crate::recurrence;
 
@@ -138,7 +138,21 @@ pub fn check_rank_change(
 
 /// Whether an event counts as busy time for `user`.
 pub fn is_busy_for(ev: &EventRecord, user: Uuid) -> bool {
-    !matches!(ev.status_of(user), Some(AttendeeStatus::Declined) | None)
+    !matches!(
+        ev.status_of(user),
+        Some(AttendeeStatus::Declined | AttendeeStatus::Invited) | None
+    )
+}
+
+/// How someone named as an attendee of a personal event joins it: straight
+/// into their agenda (`needs_action`) if their [`AddMe`] setting lets the
+/// organizer add them, else as an invitation (`invited`). Adding anyone to
+/// anyone's agenda filled agendas at will.
+pub fn attendee_status(setting: AddMe, shares_a_group: bool) -> AttendeeStatus {
+    match (setting, shares_a_group) {
+        (AddMe::Anyone, _) | (AddMe::SharedGroup, true) => AttendeeStatus::NeedsAction,
+        _ => AttendeeStatus::Invited,
+    }
 }
 
 /// Most conflicts reported for one change (a dense event against busy
@@ -458,6 +472,24 @@ mod tests {
         assert!(may_manage_invitation(&member(3), inviter.user_id, 4));
         assert!(!may_manage_invitation(&member(4), inviter.user_id, 4));
         assert!(!may_manage_invitation(&member(7), inviter.user_id, 4));
+    }
+
+    #[test]
+    fn attendees_join_directly_only_as_they_allow() {
+        use AttendeeStatus::{Invited, NeedsAction};
+        assert_eq!(attendee_status(AddMe::Anyone, false), NeedsAction);
+        assert_eq!(attendee_status(AddMe::SharedGroup, true), NeedsAction);
+        assert_eq!(attendee_status(AddMe::SharedGroup, false), Invited);
+        assert_eq!(attendee_status(AddMe::Nobody, true), Invited);
+        let me = Uuid::new_v4();
+        let mut ev = event(Uuid::new_v4(), 10, 1);
+        ev.attendees.push(Attendee {
+            user_id: me,
+            username: "me".into(),
+            status: Invited,
+        });
+        assert!(!is_busy_for(&ev, me));
+        assert!(!ev.participants().any(|p| p == me));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
-use crate::model::{AttendeeStatus, GroupKind, Visibility};
+use crate::model::{AddMe, AttendeeStatus, GroupKind, Visibility};
 
 /// Longest event (a single occurrence).
 pub const MAX_EVENT_LENGTH: Duration = Duration::days(31);
@@ -153,6 +153,19 @@ pub fn window(from: Option<&str>, to: Option<&str>) -> ApiResult<(DateTime<Utc>,
         ));
     }
     Ok((from, to))
+}
+
+/// `anyone` | `shared_group` | `nobody`.
+pub fn add_me(value: &str) -> ApiResult<AddMe> {
+    match value {
+        "anyone" => Ok(AddMe::Anyone),
+        "shared_group" => Ok(AddMe::SharedGroup),
+        "nobody" => Ok(AddMe::Nobody),
+        _ => Err(ApiError::invalid_field(
+            "add_me",
+            "add_me must be \"anyone\", \"shared_group\" or \"nobody\"",
+        )),
+    }
 }
 
 /// `hierarchical` | `flat`.

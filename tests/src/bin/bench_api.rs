@@ -142,7 +142,8 @@ async fn setup(http: &reqwest::Client, base: &str, args: &Args) -> Result<Vec<Ar
         let (http, base) = (http.clone(), base.to_string());
         let name = format!("b{run}u{i}");
         tasks.push(tokio::spawn(async move {
-            let body = json!({"username": name, "email": format!("{name}@bench.example"), "password": PASSWORD});
+            // Open to anyone: the workload adds strangers as attendees.
+            let body = json!({"username": name, "email": format!("{name}@bench.example"), "password": PASSWORD, "add_me": "anyone"});
             let (st, user) = send(&http, &base, Method::POST, "/v1/auth/register", None, Some(body)).await?;
             if st != StatusCode::CREATED {
                 bail!("register {name}: {st} {user}");

@@ -269,7 +269,7 @@ fn summary(ev: &EventRecord) -> serde_json::Value {
 }
 
 /// The txn that removes `cur` (record and every copy) if it did not change
-/// meanwhile, telling every participant but `by` it is cancelled.
+/// meanwhile, telling every attendee but `by` it is cancelled.
 fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
     let ev = &cur.value;
     let mut batch = Batch::default();
@@ -280,9 +280,9 @@ fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
         batch
             .delete(&keys::agenda_event(p, ev))
             .bump(&keys::agenda_version(p));
-        if p != by {
-            notifications::add(&mut batch, p, "event_cancelled", summary(ev))?;
-        }
+    }
+    for p in ev.attendee_ids().filter(|p| *p != by) {
+        notifications::add(&mut batch, p, "event_cancelled", summary(ev))?;
     }
     Ok(batch)
 }
@@ -515,12 +515,14 @@ impl Store {
                         .iter()
                         .map(|p| (keys::user(p.value.id), p.mod_revision)),
                 );
+                let shared = self.shares_a_group(caller, &people).await?;
                 let attendees = people
                     .into_iter()
-                    .map(|p| Attendee {
+                    .zip(shared)
+                    .map(|(p, shared)| Attendee {
                         user_id: p.value.id,
                         username: p.value.username,
-                        status: AttendeeStatus::NeedsAction,
+                        status: rules::attendee_status(p.value.add_me, shared),
                     })
                     .collect();
                 let mut ev = new_event(req, &organizer.value, attendees, None)?;
@@ -528,10 +530,12 @@ impl Store {
                     i.stamp(&mut ev);
                 }
                 let everyone: Vec<Uuid> = ev.participants().collect();
-                let notify = everyone
+                // Invited or added, every attendee is asked to answer.
+                let notify = ev
+                    .attendees
                     .iter()
-                    .filter(|u| **u != caller)
-                    .map(|u| (*u, "event_invited"))
+                    .filter(|a| a.user_id != caller)
+                    .map(|a| (a.user_id, "event_invited"))
                     .collect();
                 let w = Write {
                     ev: &ev,
@@ -545,6 +549,35 @@ impl Store {
                 self.write_new(caller, idempotent, w).await
             }
         })
+        .await
+    }
+
+    /// For each of `people`: whether they share a group with `caller`
+    /// (read only for those whose setting depends on it).
+    async fn shares_a_group(
+        &self,
+        caller: Uuid,
+        people: &[Versioned<UserRecord>],
+    ) -> ApiResult<Vec<bool>> {
+        use crate::model::AddMe;
+        if !people.iter().any(|p| p.value.add_me == AddMe::SharedGroup) {
+            return Ok(vec![false; people.len()]);
+        }
+        let groups_of = |user: Uuid| async move {
+            let kvs = self.keys(&keys::user_groups(user), 0).await?;
+            Ok::<_, ApiError>(
+                kvs.iter()
+                    .filter_map(|kv| keys::last_id(&kv.key))
+                    .collect::<std::collections::HashSet<Uuid>>(),
+            )
+        };
+        let mine = groups_of(caller).await?;
+        futures::future::try_join_all(people.iter().map(|p| async {
+            if p.value.add_me != AddMe::SharedGroup || mine.is_empty() {
+                return Ok(false);
+            }
+            Ok(!groups_of(p.value.id).await?.is_disjoint(&mine))
+        }))
         .await
     }
 
@@ -660,7 +693,7 @@ impl Store {
                     Vec::new()
                 };
                 let notify = ev
-                    .participants()
+                    .attendee_ids()
                     .filter(|u| *u != caller)
                     .map(|u| (u, "event_updated"))
                     .collect();

@@ -10,7 +10,7 @@ use super::{Attempt, Batch, Store, Versioned};
 use crate::api::{RegisterRequest, UpdateMeRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
-use crate::model::{GroupRecord, UserRecord};
+use crate::model::{AddMe, GroupRecord, UserRecord};
 use crate::validate;
 
 /// An account and the accounts it names, each with its revision.
@@ -39,6 +39,7 @@ pub struct NewUser {
     pub password: String,
     pub display_name: String,
     pub time_zone: String,
+    pub add_me: AddMe,
 }
 
 impl NewUser {
@@ -53,7 +54,9 @@ impl NewUser {
             Some(tz) => validate::time_zone("time_zone", &tz)?.name().to_string(),
             None => "UTC".to_string(),
         };
+        let add_me = req.add_me.as_deref().map(validate::add_me).transpose()?;
         Ok(NewUser {
+            add_me: add_me.unwrap_or_default(),
             email: validate::email(&req.email)?,
             password: validate::password(&req.password)?,
             username,
@@ -75,6 +78,7 @@ impl Store {
             time_zone: new.time_zone,
             password_hash,
             created_at: Utc::now(),
+            add_me: new.add_me,
         };
         let (name_key, email_key) = (keys::username(&user.username), keys::email(&user.email));
         let mut batch = Batch::default();
@@ -214,6 +218,7 @@ impl Store {
             .map(|tz| validate::time_zone("time_zone", &tz).map(|t| t.name().to_string()))
             .transpose()?;
         let email = req.email.map(|e| validate::email(&e)).transpose()?;
+        let add_me = req.add_me.as_deref().map(validate::add_me).transpose()?;
         self.optimistic("profile", || async {
             let key = keys::user(id);
             let Some(cur) = self.get::<UserRecord>(&key).await? else {
@@ -240,6 +245,9 @@ impl Store {
             }
             if let Some(h) = &hash {
                 user.password_hash = h.clone();
+            }
+            if let Some(a) = add_me {
+                user.add_me = a;
             }
             batch.put(&key, &user)?;
             if self.commit(batch).await? {
