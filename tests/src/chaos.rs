@@ -171,7 +171,7 @@ struct Account {
     token: Arc<Mutex<String>>,
 }
 
-async fn account(http: &Http, username: &str) -> Result<Account> {
+async fn account(http: &Arc<Http>, username: &str) -> Result<Account> {
     // A POST retried through failovers for up to two minutes.
     let post = |path: &'static str, body: Value| async move {
         http.until(
@@ -206,13 +206,55 @@ async fn account(http: &Http, username: &str) -> Result<Account> {
         .or(user["id"].as_str())
         .context("user id")?
         .to_string();
+    let token = Arc::new(Mutex::new(
+        l["access_token"].as_str().context("token")?.to_string(),
+    ));
+    let refresh = l["refresh_token"]
+        .as_str()
+        .context("refresh token")?
+        .to_string();
+    tokio::spawn(keep_fresh(http.clone(), token.clone(), refresh));
     Ok(Account {
         id,
         username: username.to_string(),
-        token: Arc::new(Mutex::new(
-            l["access_token"].as_str().context("token")?.to_string(),
-        )),
+        token,
     })
+}
+
+/// Renews `token` with the login's refresh token every five minutes (access
+/// tokens live fifteen), as a real client does, for at most three hours.
+async fn keep_fresh(http: Arc<Http>, token: Arc<Mutex<String>>, mut refresh: String) {
+    let until = Instant::now() + Duration::from_secs(3 * 3600);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let body = json!({"refresh_token": refresh});
+        let answer = http
+            .until(
+                Duration::from_secs(120),
+                reqwest::Method::POST,
+                "/v1/auth/refresh",
+                None,
+                Some(&body),
+                &[],
+            )
+            .await;
+        match answer {
+            Some((StatusCode::OK, v)) => {
+                if let (Some(a), Some(r)) =
+                    (v["access_token"].as_str(), v["refresh_token"].as_str())
+                {
+                    if let Ok(mut t) = token.lock() {
+                        *t = a.to_string();
+                    }
+                    refresh = r.to_string();
+                }
+            }
+            other => {
+                eprintln!("chaos: a token refresh failed: {other:?}");
+                return;
+            }
+        }
+    }
 }
 
 /// Keeps a WebSocket open for `acc` (reconnecting with `last_id` after
@@ -248,7 +290,7 @@ async fn listen(
                 Ok(Frame::Ready) => {
                     ready.send_replace(true);
                 }
-                Ok(Frame::Heartbeat) => {}
+                Ok(Frame::Heartbeat | Frame::TokenAccepted) => {}
                 Ok(Frame::Closed(..)) => break,
                 Err(_) => {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -336,6 +336,19 @@ impl System {
         format!("{scheme}://{}", self.gateway)
     }
 
+    /// The deployment's token signing keys, read from agenda-db (to sign
+    /// tokens a test needs: expired, short-lived).
+    pub async fn signing_keys(&self) -> agenda_common::auth::SigningKeys {
+        let raw = self
+            .db
+            .client()
+            .get(agenda_common::auth::SIGNING_KEYS)
+            .await
+            .expect("read the key set")
+            .expect("key set present");
+        serde_json::from_slice(&raw.value).expect("key set JSON")
+    }
+
     /// The certificates of a TLS system (`NAME.pem` for users, groups,
     /// gateway, peer and `test`, an operator).
     pub fn certs_dir(&self) -> std::path::PathBuf {

@@ -19,6 +19,8 @@ pub enum Frame {
     Heartbeat,
     /// A notification (the `notification` object).
     Notification(Value),
+    /// `{"type":"token_accepted"}`: a fresh token sent in the stream was taken.
+    TokenAccepted,
     /// The server closed: code and reason.
     Closed(u16, String),
 }
@@ -104,6 +106,14 @@ impl Ws {
             .context("sending a ping")
     }
 
+    /// Sends a JSON text message (a fresh token, for one).
+    pub async fn send_json(&mut self, v: &Value) -> Result<()> {
+        self.inner
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .context("sending a message")
+    }
+
     /// The next frame of interest (pings are answered by the library).
     pub async fn next(&mut self, timeout: Duration) -> Result<Frame> {
         let deadline = Instant::now() + timeout;
@@ -123,6 +133,7 @@ impl Ws {
                         Some("ready") => Frame::Ready,
                         Some("heartbeat") => Frame::Heartbeat,
                         Some("notification") => Frame::Notification(v["notification"].clone()),
+                        Some("token_accepted") => Frame::TokenAccepted,
                         other => bail!("unknown frame type {other:?}: {v}"),
                     });
                 }
@@ -145,7 +156,7 @@ impl Ws {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next(left).await {
                 Ok(Frame::Notification(v)) => out.push(v),
-                Ok(Frame::Ready | Frame::Heartbeat) => {}
+                Ok(Frame::Ready | Frame::Heartbeat | Frame::TokenAccepted) => {}
                 Ok(Frame::Closed(code, reason)) => {
                     bail!(
                         "closed ({code} {reason}) after {} of {n} notifications",
@@ -166,7 +177,7 @@ impl Ws {
             match self.next(timeout).await? {
                 Frame::Ready => return Ok(backlog),
                 Frame::Notification(v) => backlog.push(v),
-                Frame::Heartbeat => {}
+                Frame::Heartbeat | Frame::TokenAccepted => {}
                 Frame::Closed(code, reason) => bail!("closed before ready: {code} {reason}"),
             }
         }

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agenda_common::auth::SigningKeys;
 use agenda_tests::system::{System, SystemOptions};
 use agenda_tests::ws::{self, Frame};
 
@@ -39,14 +38,7 @@ async fn the_stream_refuses_missing_bad_and_expired_tokens_with_a_reason() {
     assert!(reason.contains("not valid"), "{reason}");
 
     // A token signed with the deployment's own key, expired a minute ago.
-    let raw = sys
-        .db
-        .client()
-        .get(agenda_common::auth::SIGNING_KEYS)
-        .await
-        .expect("read the key set")
-        .expect("key set present");
-    let keys: SigningKeys = serde_json::from_slice(&raw.value).expect("key set JSON");
+    let keys = sys.signing_keys().await;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -36,8 +36,31 @@ pub struct LoginRequest {
 pub struct LoginReply {
     pub access_token: String,
     pub token_type: String,
+    /// Seconds the access token is valid for.
     pub expires_in: u64,
+    /// Exchanged once for a new access token and a new refresh token
+    /// (`POST /v1/auth/refresh`); a spent one presented again ends the
+    /// session.
+    pub refresh_token: String,
+    /// Seconds the refresh token stays usable unused.
+    pub refresh_expires_in: u64,
     pub user: crate::model::User,
+}
+
+/// `POST /v1/auth/refresh`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// `POST /v1/auth/logout`: ends the session of `refresh_token`, or with
+/// `everywhere` every session of the caller (every access token at once).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutRequest {
+    pub refresh_token: Option<String>,
+    pub everywhere: Option<bool>,
 }
 
 /// `PATCH /v1/me`
@@ -163,6 +186,8 @@ pub struct ConflictPolicy {
 pub enum Op {
     Register(RegisterRequest),
     Login(LoginRequest),
+    Refresh(RefreshRequest),
+    Logout(LogoutRequest),
     GetMe,
     UpdateMe(UpdateMeRequest),
     DeleteMe,
@@ -349,7 +374,7 @@ impl Op {
 
     /// Whether the caller must be authenticated.
     pub fn needs_caller(&self) -> bool {
-        !matches!(self, Op::Register(_) | Op::Login(_))
+        !matches!(self, Op::Register(_) | Op::Login(_) | Op::Refresh(_))
     }
 }
 

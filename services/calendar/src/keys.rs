@@ -86,6 +86,22 @@ pub fn notifications(user: Uuid) -> String {
     format!("/agenda/notifications/{user}/")
 }
 /// Accounts whose deletion is under way (see `Store::delete_user`).
+/// A person's session generation: the key's version (every put moves it
+/// by one, in the same transaction as a password change, "log out
+/// everywhere" or the account's deletion, whose put says `deleted`).
+/// Access tokens carry the version they were issued at; the gateways
+/// follow this prefix and refuse older ones. Never deleted, so a version
+/// never starts over.
+pub const SESSIONS: &str = "/agenda/sessions/";
+pub fn session(user: Uuid) -> String {
+    format!("/agenda/sessions/{user}")
+}
+/// The value the deletion of an account puts in its session key.
+pub const SESSION_DELETED: &[u8] = b"deleted";
+/// One login's chain of refresh tokens (value: [`crate::model::RefreshFamily`]).
+pub fn refresh_family(family: Uuid) -> String {
+    format!("/agenda/refresh/{family}")
+}
 pub const DELETING: &str = "/agenda/deleting/";
 pub fn deleting(user: Uuid) -> String {
     format!("/agenda/deleting/{user}")

@@ -336,3 +336,17 @@ pub struct Notification {
     pub read: bool,
     pub data: serde_json::Value,
 }
+
+/// One login's chain of refresh tokens. A refresh token is
+/// `{family}.{secret}`; only the SHA-256 of the current secret is kept,
+/// and each use replaces it (compare-and-swap on this record), so a spent
+/// token no longer matches: presenting one ends the whole chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshFamily {
+    pub user_id: Uuid,
+    /// Hex SHA-256 of the current secret.
+    pub hash: String,
+    /// The session generation it belongs to: a later one ends it.
+    pub generation: u64,
+    pub expires_at: DateTime<Utc>,
+}

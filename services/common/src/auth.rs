@@ -58,6 +58,11 @@ pub struct Claims {
     pub iat: u64,
     /// Expiry (unix seconds).
     pub exp: u64,
+    /// The person's session generation when issued: a token older than
+    /// the current one (a password change, "log out everywhere", the
+    /// account deleted) is refused at once. Tokens without it are 0.
+    #[serde(default)]
+    pub gen: u64,
 }
 
 /// Why a token was refused (safe to show to its holder).
@@ -145,6 +150,18 @@ impl SigningKeys {
 
     /// Signs a token for `user` valid `ttl_secs` from `now`.
     pub fn issue(&self, user: &str, username: &str, now: u64, ttl_secs: u64) -> Result<String> {
+        self.issue_at_generation(user, username, 0, now, ttl_secs)
+    }
+
+    /// [`SigningKeys::issue`] for session generation `gen`.
+    pub fn issue_at_generation(
+        &self,
+        user: &str,
+        username: &str,
+        gen: u64,
+        now: u64,
+        ttl_secs: u64,
+    ) -> Result<String> {
         let der = self.der(&self.current)?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.current.clone());
@@ -153,6 +170,7 @@ impl SigningKeys {
             username: username.to_string(),
             iat: now,
             exp: now + ttl_secs,
+            gen,
         };
         jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der))
             .map_err(|e| Error::Internal(format!("signing a token: {e}")))
@@ -407,6 +425,7 @@ mod tests {
             username: "mallory".into(),
             iat: now(),
             exp: now() + 60,
+            gen: 0,
         };
         let x = public.keys[&keys.current].clone();
         let forged =

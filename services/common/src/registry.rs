@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use agenda_proto::db::{event, PutRequest, RangeRequest, WatchRequest};
+use agenda_proto::db::{event, KeyValue, PutRequest, RangeRequest, WatchRequest};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -235,11 +235,23 @@ pub fn watch_prefix(
     prefix: String,
     stop: CancellationToken,
 ) -> watch::Receiver<BTreeMap<Vec<u8>, Vec<u8>>> {
+    watch_prefix_with(client, prefix, stop, |kv| kv.value)
+}
+
+/// [`watch_prefix`] keeping `project(kv)` of each key (its value, or its
+/// version too). The map is replaced (and receivers told) once listed,
+/// then after every batch of changes.
+pub fn watch_prefix_with<V: Clone + Send + Sync + 'static>(
+    client: &DbClient,
+    prefix: String,
+    stop: CancellationToken,
+    project: fn(KeyValue) -> V,
+) -> watch::Receiver<BTreeMap<Vec<u8>, V>> {
     let (tx, rx) = watch::channel(BTreeMap::new());
     let client = client.clone();
     tokio::spawn(async move {
         while !stop.is_cancelled() {
-            if let Err(e) = mirror(&client, &prefix, &tx, &stop).await {
+            if let Err(e) = mirror(&client, &prefix, &tx, &stop, project).await {
                 tracing::debug!(%prefix, error = %e, "registry watch interrupted; listing again");
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -251,11 +263,12 @@ pub fn watch_prefix(
     rx
 }
 
-async fn mirror(
+async fn mirror<V: Clone>(
     client: &DbClient,
     prefix: &str,
-    tx: &watch::Sender<BTreeMap<Vec<u8>, Vec<u8>>>,
+    tx: &watch::Sender<BTreeMap<Vec<u8>, V>>,
     stop: &CancellationToken,
+    project: fn(KeyValue) -> V,
 ) -> Result<()> {
     let resp = client
         .range(RangeRequest {
@@ -265,8 +278,11 @@ async fn mirror(
         })
         .await?;
     let revision = resp.header.map_or(0, |h| h.revision);
-    let mut map: BTreeMap<Vec<u8>, Vec<u8>> =
-        resp.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    let mut map: BTreeMap<Vec<u8>, V> = resp
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key.clone(), project(kv)))
+        .collect();
     tx.send_replace(map.clone());
     let mut stream = client
         .watch(WatchRequest {
@@ -289,7 +305,7 @@ async fn mirror(
             if ev.r#type == event::EventType::Delete as i32 {
                 map.remove(&kv.key);
             } else {
-                map.insert(kv.key, kv.value);
+                map.insert(kv.key.clone(), project(kv));
             }
         }
         tx.send_replace(map.clone());

@@ -53,6 +53,18 @@ impl Caller {
         Ok(json_response(relayed.status, relayed.body))
     }
 
+    /// [`Caller::call`] for an operation that may end the caller's
+    /// sessions (a password change, logging out everywhere, deleting the
+    /// account): a success waits until this gateway knows, so the very
+    /// next request with an old token is refused.
+    pub async fn call_ending_sessions(&self, op: Op) -> Result<Response, HttpError> {
+        let resp = self.call(op).await?;
+        if let (true, Some(user)) = (resp.status().is_success(), self.user) {
+            self.state.sessions.reload(&self.state.db, user).await?;
+        }
+        Ok(resp)
+    }
+
     /// Like [`Caller::call`], returning the relayed status and JSON.
     pub async fn call_json(&self, op: Op) -> Result<(u16, serde_json::Value), ApiError> {
         let relayed = self.relay(&op).await?;
@@ -119,7 +131,7 @@ where
         let token = strip_bearer(header).ok_or_else(|| {
             ApiError::unauthenticated("the Authorization header must be \"Bearer <token>\"")
         })?;
-        let user = verify(&state, token)?;
+        let user = verify(&state, token)?.user;
         Ok(Authed(Caller {
             state,
             source: source(parts),
@@ -138,8 +150,9 @@ pub fn strip_bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The user a token was issued to, if the token is valid now.
-pub fn verify(state: &AppState, token: &str) -> Result<Uuid, ApiError> {
+/// What a token says, if it is valid now (signature, expiry, and not
+/// ended since it was issued: [`crate::sessions`]).
+pub fn verify(state: &AppState, token: &str) -> Result<Session, ApiError> {
     // Checked under the borrow: no copy of the key set per request.
     let claims = match state.keys.borrow().as_ref() {
         Some(keys) => keys.verify(token),
@@ -150,8 +163,24 @@ pub fn verify(state: &AppState, token: &str) -> Result<Uuid, ApiError> {
         }
     }
     .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
-    Uuid::parse_str(&claims.sub)
-        .map_err(|_| ApiError::unauthenticated("the access token is not valid"))
+    let user = Uuid::parse_str(&claims.sub)
+        .map_err(|_| ApiError::unauthenticated("the access token is not valid"))?;
+    state.sessions.check(user, claims.gen)?;
+    Ok(Session {
+        user,
+        generation: claims.gen,
+        expires_at: claims.exp,
+    })
+}
+
+/// What a valid access token says.
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    pub user: Uuid,
+    /// The session generation it was issued at.
+    pub generation: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
 }
 
 /// The caller of a WebSocket session, once its token is checked.

@@ -12,6 +12,7 @@
 //! - [`error`]: the error shape on the wire.
 //! - [`metrics`]: request ids, per-route latency and status counts.
 //! - [`openapi`]: the generated OpenAPI document.
+//! - [`sessions`]: session generations followed from agenda-db.
 //! - [`vip`]: the VIP fence (serve VIP traffic only while this machine
 //!   holds the VIP lease).
 
@@ -24,6 +25,7 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod sessions;
 pub mod upstream;
 pub mod vip;
 
@@ -56,6 +58,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Failed-login limits.
     pub logins: limits::LoginGuard,
+    /// Session generations (ended sessions refused at once).
+    pub sessions: Arc<sessions::Sessions>,
 }
 
 /// The whole HTTP application.
@@ -104,6 +108,7 @@ pub async fn run(
         ws_heartbeat: std::time::Duration::from_millis(cfg.ws_heartbeat_ms),
         shutdown: shutdown.clone(),
         logins: limits::LoginGuard::default(),
+        sessions: sessions::follow(&db, stop.clone()),
         db,
     });
     tracing::info!(

@@ -11,7 +11,7 @@ use crate::routes::{auth, events, groups, notifications, ops, stream, users};
 #[openapi(
     info(title = "Agenda", description = "Distributed shared calendar: personal agendas, groups, invitations, conflicts, free/busy, notifications. Errors are {\"error\":{\"code\",\"message\",\"details\"}}."),
     paths(
-        auth::register, auth::login,
+        auth::register, auth::login, auth::refresh, auth::logout,
         users::get_me, users::update_me, users::delete_me, users::search,
         groups::create, groups::list, groups::get, groups::update, groups::delete,
         groups::members, groups::update_member, groups::remove_member, groups::invite,

@@ -20,8 +20,9 @@ pub struct Config {
     /// TLS identity (--tls-dir, --tls-name): mutual TLS on its gRPC links.
     #[command(flatten)]
     pub tls: agenda_common::args::TlsArgs,
-    /// Lifetime of issued access tokens, in seconds.
-    #[arg(long, env = "AGENDA_TOKEN_TTL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=604_800))]
+    /// Lifetime of issued access tokens, in seconds (short: a client
+    /// keeps its session with the refresh token of its login).
+    #[arg(long, env = "AGENDA_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..=604_800))]
     pub token_ttl_secs: u64,
     #[command(flatten)]
     pub redis: agenda_common::args::RedisAuthArgs,

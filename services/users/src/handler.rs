@@ -4,8 +4,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agenda_calendar::api::{LoginReply, Op};
+use agenda_calendar::model::UserRecord;
 use agenda_calendar::rpc::{Caller, Handler, Reply};
 use agenda_calendar::store::events::{view, with_conflicts};
+use agenda_calendar::store::sessions::{RefreshToken, REFRESH_TTL};
 use agenda_calendar::store::users::NewUser;
 use agenda_calendar::store::Store;
 use agenda_calendar::{validate, ApiError, ApiResult};
@@ -22,6 +24,41 @@ pub struct Users {
 }
 
 const BAD_LOGIN: &str = "unknown user or wrong password";
+
+impl Users {
+    /// The answer of a login or a refresh: a short-lived access token at
+    /// the person's session `generation`, and the next refresh token.
+    fn session_reply(
+        &self,
+        user: &UserRecord,
+        generation: u64,
+        refresh: RefreshToken,
+    ) -> ApiResult<LoginReply> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(ApiError::internal)?
+            .as_secs();
+        let access_token = self
+            .keys
+            .borrow()
+            .issue_at_generation(
+                &user.id.to_string(),
+                &user.username,
+                generation,
+                now,
+                self.token_ttl_secs,
+            )
+            .map_err(ApiError::internal)?;
+        Ok(LoginReply {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: self.token_ttl_secs,
+            refresh_token: refresh.to_string(),
+            refresh_expires_in: REFRESH_TTL.as_secs(),
+            user: user.view_own(),
+        })
+    }
+}
 
 impl Handler for Users {
     async fn handle(&self, caller: Caller, op: Op) -> ApiResult<Reply> {
@@ -51,26 +88,27 @@ impl Handler for Users {
                 let Some(user) = user.filter(|_| matched) else {
                     return Err(ApiError::unauthenticated(BAD_LOGIN));
                 };
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_err(ApiError::internal)?
-                    .as_secs();
-                let token = self
-                    .keys
-                    .borrow()
-                    .issue(
-                        &user.id.to_string(),
-                        &user.username,
-                        now,
-                        self.token_ttl_secs,
-                    )
-                    .map_err(ApiError::internal)?;
-                Reply::ok(LoginReply {
-                    access_token: token,
-                    token_type: "Bearer".into(),
-                    expires_in: self.token_ttl_secs,
-                    user: user.view_own(),
-                })
+                let (generation, _) = s.session_generation(user.id).await?;
+                let refresh = s.start_refresh_chain(user.id, generation).await?;
+                Reply::ok(self.session_reply(&user, generation, refresh)?)
+            }
+            Op::Refresh(req) => {
+                let r = s.refresh(&req.refresh_token).await?;
+                Reply::ok(self.session_reply(&r.user, r.generation, r.refresh_token)?)
+            }
+            Op::Logout(req) => {
+                let me = caller.user()?;
+                match (req.everywhere.unwrap_or(false), &req.refresh_token) {
+                    (true, _) => s.end_sessions(me).await?,
+                    (false, Some(token)) => s.end_refresh_chain(me, token).await?,
+                    (false, None) => {
+                        return Err(ApiError::invalid_field(
+                            "refresh_token",
+                            "give the refresh_token of the session to end, or everywhere: true",
+                        ))
+                    }
+                }
+                Reply::no_content()
             }
             Op::GetMe => Reply::ok(s.me(caller.user()?).await?.view_own()),
             Op::UpdateMe(req) => {

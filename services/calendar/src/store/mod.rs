@@ -8,11 +8,13 @@
 //! as if one central server had run them one after the other.
 //!
 //! Submodules: [`users`], [`events`], [`groups`], [`notifications`],
-//! [`upgrade`] (data of earlier versions).
+//! [`sessions`] (token generations and refresh chains), [`upgrade`] (data
+//! of earlier versions).
 
 pub mod events;
 pub mod groups;
 pub mod notifications;
+pub mod sessions;
 pub mod upgrade;
 pub mod users;
 
@@ -126,6 +128,19 @@ impl Batch {
             target: compare::Target::ModRevision as i32,
             result: compare::Result::Equal as i32,
             number: mod_revision,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Requires `key`'s version (puts since it was created; 0: absent) to
+    /// be `version`.
+    pub fn at_version(&mut self, key: &str, version: i64) -> &mut Self {
+        self.compares.push(Compare {
+            key: key.as_bytes().to_vec(),
+            target: compare::Target::Version as i32,
+            result: compare::Result::Equal as i32,
+            number: version,
             ..Default::default()
         });
         self

@@ -245,6 +245,8 @@ impl Store {
             }
             if let Some(h) = &hash {
                 user.password_hash = h.clone();
+                // A new password ends every session, this one included.
+                super::sessions::end_all_sessions(&mut batch, id, false);
             }
             if let Some(a) = add_me {
                 user.add_me = a;
@@ -351,14 +353,15 @@ impl Store {
                 .delete(&keys::username(&user.value.username))
                 .delete(&keys::email(&user.value.email))
                 .delete_prefix(&keys::user_groups(id))
-                .delete_prefix(&keys::notifications(id))
-                .put(
-                    &keys::deleting(id),
-                    &PendingDeletion {
-                        user_id: id,
-                        since: Utc::now(),
-                    },
-                )?;
+                .delete_prefix(&keys::notifications(id));
+            super::sessions::end_all_sessions(&mut batch, id, true);
+            batch.put(
+                &keys::deleting(id),
+                &PendingDeletion {
+                    user_id: id,
+                    since: Utc::now(),
+                },
+            )?;
             self.commit_or_retry(batch, ()).await
         })
         .await

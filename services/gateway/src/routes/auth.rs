@@ -1,11 +1,13 @@
-//! `POST /v1/auth/register`, `POST /v1/auth/login`.
+//! `POST /v1/auth/register`, `login`, `refresh` and `logout`.
 
-use agenda_calendar::api::{LoginReply, LoginRequest, Op, RegisterRequest};
+use agenda_calendar::api::{
+    LoginReply, LoginRequest, LogoutRequest, Op, RefreshRequest, RegisterRequest,
+};
 use agenda_calendar::model::User;
 use axum::response::Response;
 
 use crate::error::HttpError;
-use crate::extract::{JsonBody, Public};
+use crate::extract::{Authed, JsonBody, Public};
 
 /// Creates an account.
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", operation_id = "register",
@@ -43,4 +45,31 @@ pub async fn login(
         _ => {}
     }
     Ok(resp)
+}
+
+/// Exchanges a refresh token for a new access token and a new refresh
+/// token (the one presented is spent: presenting it again ends the
+/// session).
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", operation_id = "refresh",
+    request_body = RefreshRequest,
+    responses((status = 200, description = "a new access token and the next refresh token", body = LoginReply),
+              (status = 401, description = "not a valid refresh token: unknown, expired, spent (which ends its session), or its session ended")))]
+pub async fn refresh(
+    Public(c): Public,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> Result<Response, HttpError> {
+    c.call(Op::Refresh(body)).await
+}
+
+/// Ends a session (its refresh token), or with `everywhere` every session
+/// of yours: every access token is refused at once and open streams close.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", operation_id = "logout", security(("bearer" = [])),
+    request_body = LogoutRequest,
+    responses((status = 204, description = "ended"),
+              (status = 422, description = "neither a refresh_token of yours nor everywhere: true")))]
+pub async fn logout(
+    Authed(c): Authed,
+    JsonBody(body): JsonBody<LogoutRequest>,
+) -> Result<Response, HttpError> {
+    c.call_ending_sessions(Op::Logout(body)).await
 }

@@ -24,6 +24,8 @@ pub fn api() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/auth/register", post(auth::register))
         .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/refresh", post(auth::refresh))
+        .route("/v1/auth/logout", post(auth::logout))
         .route(
             "/v1/me",
             get(users::get_me)

@@ -8,6 +8,12 @@
 //!
 //! Messages (text, JSON): `{"type":"ready"}`, `{"type":"notification",
 //! "notification":{...}}`, `{"type":"heartbeat"}` (with a ping frame).
+//!
+//! A stream lives as long as its token: it closes (4401) when the token
+//! expires, unless the client sends a fresh one first
+//! (`{"type":"token","token":"..."}`, answered `{"type":"token_accepted"}`),
+//! and at once when the person's sessions end (password changed, logged
+//! out everywhere, account deleted).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +25,11 @@ use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::broadcast;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::extract::{caller_for, strip_bearer, verify, Query};
+use crate::extract::{caller_for, strip_bearer, verify, Query, Session};
 use crate::live::{Pushed, Sent};
 use crate::metrics::RequestId;
 use crate::AppState;
@@ -48,8 +55,9 @@ pub struct StreamQuery {
 }
 
 /// Live notifications (WebSocket).
-#[utoipa::path(get, path = "/v1/stream", tag = "notifications", params(StreamQuery),
-    responses((status = 101, description = "WebSocket: ready, notification and heartbeat messages; close 4401 for a refused token, 4408 for a client too slow")))]
+#[utoipa::path(get, path = "/v1/stream", tag = "notifications", operation_id = "stream", params(StreamQuery),
+    responses((status = 101, description = "WebSocket: ready, notification and heartbeat messages; close 4401 for a refused token, 4408 for a client too slow"),
+              (status = 400, description = "not a WebSocket handshake")))]
 pub async fn stream(
     ws: WebSocketUpgrade,
     State(state): State<Arc<AppState>>,
@@ -96,18 +104,26 @@ fn notification_message(n: &Pushed) -> String {
 async fn session(
     mut socket: WebSocket,
     state: Arc<AppState>,
-    auth: Result<Uuid, String>,
+    auth: Result<Session, String>,
     last_id: Option<String>,
     request_id: String,
 ) {
-    let user = match auth {
-        Ok(u) => u,
+    let mut token = match auth {
+        Ok(t) => t,
         Err(reason) => {
             tracing::debug!(%request_id, %reason, "WebSocket refused");
             close(&mut socket, CLOSE_UNAUTHENTICATED, &reason).await;
             return;
         }
     };
+    let user = token.user;
+    // Told of ended sessions from here on; then checked once, for an end
+    // between the handshake and now.
+    let mut ended = state.sessions.subscribe();
+    if let Err(e) = state.sessions.check(user, token.generation) {
+        close(&mut socket, CLOSE_UNAUTHENTICATED, &e.message).await;
+        return;
+    }
     let metrics = state.metrics.clone();
     metrics.ws_open.inc();
     let _open = scopeguard(move || metrics.ws_open.dec());
@@ -196,11 +212,71 @@ async fn session(
                     return;
                 }
             }
+            () = tokio::time::sleep_until(until(token.expires_at)) => {
+                close(&mut socket, CLOSE_UNAUTHENTICATED, "the access token expired: send a fresh one before it does, or reconnect with last_id").await;
+                return;
+            }
+            who = ended.recv() => {
+                let mine = match who {
+                    Ok(u) => u == user,
+                    // Missed some: check this one.
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if mine {
+                    if let Err(e) = state.sessions.check(user, token.generation) {
+                        close(&mut socket, CLOSE_UNAUTHENTICATED, &e.message).await;
+                        return;
+                    }
+                }
+            }
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(Message::Text(text))) => {
+                    match fresh_token(&state, user, &text) {
+                        Ok(Some(t)) => {
+                            token = t;
+                            let ack = json!({"type": "token_accepted", "expires_at": t.expires_at});
+                            if !send_text(&mut socket, ack.to_string()).await {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(reason) => {
+                            close(&mut socket, CLOSE_UNAUTHENTICATED, &reason).await;
+                            return;
+                        }
+                    }
+                }
                 Some(Ok(_)) => {}
             },
         }
+    }
+}
+
+/// When a token that expires at `exp` (unix seconds) runs out.
+fn until(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(exp).saturating_sub(now);
+    tokio::time::Instant::now() + left
+}
+
+/// A client message offering a fresh token for the same person: the token
+/// (None for any other message), or why it is refused.
+fn fresh_token(state: &AppState, user: Uuid, text: &str) -> Result<Option<Session>, String> {
+    let Ok(msg) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Ok(None);
+    };
+    if msg["type"] != "token" {
+        return Ok(None);
+    }
+    let t = msg["token"].as_str().unwrap_or_default();
+    match verify(state, t) {
+        Ok(s) if s.user == user => Ok(Some(s)),
+        Ok(_) => Err("the fresh token is another person's".into()),
+        Err(e) => Err(format!("{}: {}", e.code, e.message)),
     }
 }
 

@@ -23,14 +23,14 @@ pub async fn update_me(
     Authed(c): Authed,
     JsonBody(body): JsonBody<UpdateMeRequest>,
 ) -> Result<Response, HttpError> {
-    c.call(Op::UpdateMe(body)).await
+    c.call_ending_sessions(Op::UpdateMe(body)).await
 }
 
 /// Deletes your account (hand your groups over first).
 #[utoipa::path(delete, path = "/v1/me", tag = "users", security(("bearer" = [])),
     responses((status = 204), (status = 409, description = "you still own a group")))]
 pub async fn delete_me(Authed(c): Authed) -> Result<Response, HttpError> {
-    c.call(Op::DeleteMe).await
+    c.call_ending_sessions(Op::DeleteMe).await
 }
 
 /// `?q=`

@@ -1,0 +1,247 @@
+//! Sessions: the per-person generation every access token carries, and
+//! the refresh tokens of each login (see [`crate::keys::session`] and
+//! [`RefreshFamily`]).
+//!
+//! What ends sessions, and how fast:
+//! - a password change, "log out everywhere" and the account's deletion
+//!   move the person's generation in the same transaction as the change;
+//!   the gateways follow it, so every access token issued before is
+//!   refused at once, and every refresh token with it;
+//! - a logout ends its own refresh chain (its access token lives out its
+//!   short lifetime);
+//! - a spent refresh token presented again ends its whole chain (someone
+//!   kept a copy).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{Attempt, Batch, Store};
+use crate::error::{ApiError, ApiResult};
+use crate::keys;
+use crate::model::{RefreshFamily, UserRecord};
+
+/// How long a refresh token stays usable without being used.
+pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+const REFUSED: &str = "this refresh token is not valid (log in again)";
+
+/// A refresh token as handed out: the family it belongs to and its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    pub family: Uuid,
+    secret: String,
+}
+
+impl RefreshToken {
+    fn fresh(family: Uuid) -> RefreshToken {
+        let bytes: [u8; 32] = rand::rng().random();
+        RefreshToken {
+            family,
+            secret: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+
+    /// Reads `{family}.{secret}`; anything else is None.
+    pub fn parse(s: &str) -> Option<RefreshToken> {
+        let (family, secret) = s.split_once('.')?;
+        let family = Uuid::parse_str(family).ok()?;
+        let ok = secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit());
+        ok.then(|| RefreshToken {
+            family,
+            secret: secret.to_string(),
+        })
+    }
+
+    /// What is stored: only the secret's hash.
+    fn hash(&self) -> String {
+        Sha256::digest(self.secret.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.family, self.secret)
+    }
+}
+
+/// What a successful refresh gives: the person, their generation and the
+/// next refresh token of the chain.
+pub struct Refreshed {
+    pub user: UserRecord,
+    pub generation: u64,
+    pub refresh_token: RefreshToken,
+}
+
+/// Adds to `batch` the move of `user`'s generation (and with `deleted`,
+/// the mark that the account is gone).
+pub fn end_all_sessions(batch: &mut Batch, user: Uuid, deleted: bool) {
+    let value = if deleted {
+        keys::SESSION_DELETED.to_vec()
+    } else {
+        Vec::new()
+    };
+    batch.put_raw(&keys::session(user), value);
+}
+
+impl Store {
+    /// `user`'s session generation now, and whether the account is gone.
+    pub async fn session_generation(&self, user: Uuid) -> ApiResult<(u64, bool)> {
+        Ok(
+            match self.db().get(keys::session(user).into_bytes()).await? {
+                Some(kv) => (
+                    u64::try_from(kv.version).unwrap_or(0),
+                    kv.value == keys::SESSION_DELETED,
+                ),
+                None => (0, false),
+            },
+        )
+    }
+
+    /// Starts the refresh chain of a login at `generation`.
+    pub async fn start_refresh_chain(
+        &self,
+        user: Uuid,
+        generation: u64,
+    ) -> ApiResult<RefreshToken> {
+        let token = RefreshToken::fresh(Uuid::new_v4());
+        let family = RefreshFamily {
+            user_id: user,
+            hash: token.hash(),
+            generation,
+            expires_at: Utc::now() + REFRESH_TTL,
+        };
+        let key = keys::refresh_family(token.family);
+        let mut batch = Batch::default();
+        batch.unchanged(&key, 0).put(&key, &family)?;
+        if !self.commit(batch).await? {
+            return Err(ApiError::internal("a fresh refresh family id was taken"));
+        }
+        Ok(token)
+    }
+
+    /// Uses a refresh token: the chain moves to a new one (of two
+    /// concurrent uses one wins, the other is refused). A spent token,
+    /// a chain of an older generation or an expired one is 401; a spent
+    /// one ends its chain for good.
+    pub async fn refresh(&self, presented: &str) -> ApiResult<Refreshed> {
+        let token = RefreshToken::parse(presented.trim())
+            .ok_or_else(|| ApiError::unauthenticated(REFUSED))?;
+        let key = keys::refresh_family(token.family);
+        let cur = self
+            .get::<RefreshFamily>(&key)
+            .await?
+            .ok_or_else(|| ApiError::unauthenticated(REFUSED))?;
+        let family = cur.value;
+        if family.hash != token.hash() {
+            // Spent (or made up by someone who knows the family id, which
+            // only a token of it shows): the chain is compromised.
+            let mut batch = Batch::default();
+            batch.unchanged(&key, cur.mod_revision).delete(&key);
+            self.commit(batch).await?;
+            tracing::warn!(user = %family.user_id, family = %token.family, "a spent refresh token was presented: its chain is ended");
+            return Err(ApiError::unauthenticated(
+                "this refresh token was already used; its session is ended (log in again)",
+            ));
+        }
+        let (generation, deleted) = self.session_generation(family.user_id).await?;
+        if deleted || generation != family.generation || family.expires_at <= Utc::now() {
+            return Err(ApiError::unauthenticated(REFUSED));
+        }
+        let user = self
+            .get::<UserRecord>(&keys::user(family.user_id))
+            .await?
+            .ok_or_else(|| ApiError::unauthenticated(REFUSED))?;
+        let next = RefreshToken::fresh(token.family);
+        let moved = RefreshFamily {
+            hash: next.hash(),
+            expires_at: Utc::now() + REFRESH_TTL,
+            ..family
+        };
+        // Both as read: the chain not moved by a concurrent use, the
+        // generation not moved by a password change meanwhile.
+        let mut batch = Batch::default();
+        batch
+            .unchanged(&key, cur.mod_revision)
+            .at_version(&keys::session(user.value.id), generation as i64)
+            .put(&key, &moved)?;
+        if !self.commit(batch).await? {
+            return Err(ApiError::unauthenticated(
+                "this refresh token was used at the same moment by another request",
+            ));
+        }
+        Ok(Refreshed {
+            user: user.value,
+            generation,
+            refresh_token: next,
+        })
+    }
+
+    /// Ends the refresh chain of `presented` if it is `user`'s (a logout).
+    pub async fn end_refresh_chain(&self, user: Uuid, presented: &str) -> ApiResult<()> {
+        let Some(token) = RefreshToken::parse(presented.trim()) else {
+            return Err(ApiError::invalid_field(
+                "refresh_token",
+                "not a refresh token of this service",
+            ));
+        };
+        let key = keys::refresh_family(token.family);
+        self.optimistic("this session", || async {
+            let Some(cur) = self.get::<RefreshFamily>(&key).await? else {
+                return Ok(Attempt::Done(()));
+            };
+            if cur.value.user_id != user {
+                return Err(ApiError::invalid_field(
+                    "refresh_token",
+                    "not a refresh token of yours",
+                ));
+            }
+            let mut batch = Batch::default();
+            batch.unchanged(&key, cur.mod_revision).delete(&key);
+            self.commit_or_retry(batch, ()).await
+        })
+        .await
+    }
+
+    /// "Log out everywhere": every access and refresh token of `user` ends.
+    pub async fn end_sessions(&self, user: Uuid) -> ApiResult<()> {
+        let mut batch = Batch::default();
+        batch.exists(&keys::user(user));
+        end_all_sessions(&mut batch, user, false);
+        if !self.commit(batch).await? {
+            return Err(ApiError::unauthenticated("this account no longer exists"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_read_back_and_store_only_a_hash() {
+        let t = RefreshToken::fresh(Uuid::new_v4());
+        let shown = t.to_string();
+        assert_eq!(RefreshToken::parse(&shown), Some(t.clone()));
+        assert!(!t.hash().contains(&t.secret));
+        assert_eq!(t.hash().len(), 64);
+        assert_ne!(RefreshToken::fresh(t.family).hash(), t.hash());
+        for bad in [
+            "",
+            "x.y",
+            &format!("{}.short", t.family),
+            &format!("not-a-uuid.{}", t.secret),
+            &format!("{}.{}", t.family, "z".repeat(64)),
+            &t.secret,
+        ] {
+            assert_eq!(RefreshToken::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Sessions end when they should, through the real gateway and services:
+//! refresh tokens rotate (one winner of two at once, a spent one ends its
+//! chain), a password change, "log out everywhere" and an account deletion
+//! refuse every earlier token at once on every route and close open
+//! streams, and a stream closes when its token expires unless the client
+//! sends a fresh one.
+//! Run: `cargo test -p agenda-tests --test api_sessions -- --test-threads=1`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agenda_tests::system::{expect, expect_error, expect_ok, Api, System, PASSWORD};
+use agenda_tests::ws::Frame;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// Logs `name` in; returns the whole answer.
+async fn login(api: &Api, name: &str, password: &str) -> Value {
+    expect_ok(api.login(name, password).await, &format!("login {name}"))
+}
+
+async fn refresh(api: &Api, token: &str) -> (StatusCode, Value) {
+    api.call(
+        Method::POST,
+        "/v1/auth/refresh",
+        None,
+        Some(&json!({"refresh_token": token})),
+    )
+    .await
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> &'a str {
+    v[name].as_str().unwrap_or_else(|| panic!("no {name}: {v}"))
+}
+
+/// Every route a signed-in person reads refuses `token` (401).
+async fn refused_everywhere(api: &Api, token: &str, what: &str) {
+    for path in [
+        "/v1/me",
+        "/v1/freebusy?users=someone&from=2031-01-01T00:00:00Z&to=2031-01-02T00:00:00Z",
+        "/v1/users?q=a",
+        "/v1/groups",
+        "/v1/invitations",
+        "/v1/notifications",
+        "/v1/events?from=2031-01-01T00:00:00Z&to=2031-01-02T00:00:00Z",
+    ] {
+        let (st, body) = api.get(path, token).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{what}: GET {path}: {body}");
+    }
+}
+
+/// The next frame that is not a heartbeat (or a close), within `secs`.
+async fn next_frame(ws: &mut agenda_tests::ws::Ws, secs: u64) -> Frame {
+    loop {
+        match ws.next(Duration::from_secs(secs)).await.expect("a frame") {
+            Frame::Heartbeat => continue,
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_tokens_rotate_and_a_spent_one_ends_its_chain() {
+    let (_sys, api) = System::start_with_api().await;
+    api.register("rita").await;
+    let first = login(&api, "rita", PASSWORD).await;
+    assert_eq!(
+        first["expires_in"], 900,
+        "access tokens live 15 minutes: {first}"
+    );
+    let r0 = field(&first, "refresh_token").to_string();
+
+    let second = expect_ok(refresh(&api, &r0).await, "refresh");
+    let r1 = field(&second, "refresh_token").to_string();
+    assert_ne!(r1, r0);
+    expect_ok(
+        api.get("/v1/me", field(&second, "access_token")).await,
+        "new token works",
+    );
+
+    // r0 is spent: presenting it again ends the chain, r1 included.
+    let (st, body) = refresh(&api, &r0).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "a spent token: {body}");
+    let (st, body) = refresh(&api, &r1).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "the chain is ended: {body}");
+
+    // Two uses at once: exactly one wins.
+    let fresh = login(&api, "rita", PASSWORD).await;
+    let r = field(&fresh, "refresh_token").to_string();
+    let (a, b) = tokio::join!(refresh(&api, &r), refresh(&api, &r));
+    let wins = [&a, &b].iter().filter(|x| x.0 == StatusCode::OK).count();
+    assert_eq!(wins, 1, "one winner: {a:?} {b:?}");
+
+    // Garbage and forged ones are 401, in the error shape.
+    for bad in [
+        "",
+        "nonsense",
+        &format!("{}.{}", uuid::Uuid::new_v4(), "a".repeat(64)),
+    ] {
+        expect_error(
+            refresh(&api, bad).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            bad,
+        );
+    }
+
+    // Logout ends that session's refresh chain only.
+    let one = login(&api, "rita", PASSWORD).await;
+    let two = login(&api, "rita", PASSWORD).await;
+    let body = json!({"refresh_token": field(&one, "refresh_token")});
+    expect(
+        api.post("/v1/auth/logout", field(&one, "access_token"), body)
+            .await,
+        StatusCode::NO_CONTENT,
+        "logout",
+    );
+    let (st, _) = refresh(&api, field(&one, "refresh_token")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "a logged-out session");
+    expect_ok(
+        refresh(&api, field(&two, "refresh_token")).await,
+        "the other session",
+    );
+    assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
+}
+
+/// A password change, "log out everywhere" and an account deletion end
+/// every earlier access token at once (the very next request), every
+/// refresh token, and every open stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ending_sessions_reaches_every_token_and_stream_at_once() {
+    let (sys, api) = System::start_with_api().await;
+    api.register("sam").await;
+    let before = login(&api, "sam", PASSWORD).await;
+    let token = field(&before, "access_token").to_string();
+    let mut stream = sys.ws(Some(&token), None).await.expect("stream");
+    stream.ready(Duration::from_secs(10)).await.expect("ready");
+
+    let change = json!({"password": "a-new-secret-7", "current_password": PASSWORD});
+    expect_ok(
+        api.patch("/v1/me", &token, change).await,
+        "change the password",
+    );
+    refused_everywhere(&api, &token, "after a password change").await;
+    match next_frame(&mut stream, 10).await {
+        Frame::Closed(4401, why) => assert!(why.contains("ended"), "{why}"),
+        other => panic!("the stream stays open: {other:?}"),
+    }
+    let (st, _) = refresh(&api, field(&before, "refresh_token")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "a refresh token of before");
+    let refused = sys.ws(Some(&token), None).await.expect("handshake");
+    let mut refused = refused;
+    assert!(matches!(
+        next_frame(&mut refused, 10).await,
+        Frame::Closed(4401, _)
+    ));
+
+    // Log out everywhere: both sessions end.
+    let a = login(&api, "sam", "a-new-secret-7").await;
+    let b = login(&api, "sam", "a-new-secret-7").await;
+    let mut stream = sys
+        .ws(Some(field(&b, "access_token")), None)
+        .await
+        .expect("stream");
+    stream.ready(Duration::from_secs(10)).await.expect("ready");
+    expect(
+        api.post(
+            "/v1/auth/logout",
+            field(&a, "access_token"),
+            json!({"everywhere": true}),
+        )
+        .await,
+        StatusCode::NO_CONTENT,
+        "log out everywhere",
+    );
+    for s in [&a, &b] {
+        refused_everywhere(
+            &api,
+            field(s, "access_token"),
+            "after logging out everywhere",
+        )
+        .await;
+        let (st, _) = refresh(&api, field(s, "refresh_token")).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+    }
+    assert!(matches!(
+        next_frame(&mut stream, 10).await,
+        Frame::Closed(4401, _)
+    ));
+
+    // Deleting the account.
+    let c = login(&api, "sam", "a-new-secret-7").await;
+    let token = field(&c, "access_token").to_string();
+    let mut stream = sys.ws(Some(&token), None).await.expect("stream");
+    stream.ready(Duration::from_secs(10)).await.expect("ready");
+    expect(
+        api.delete("/v1/me", &token).await,
+        StatusCode::NO_CONTENT,
+        "delete",
+    );
+    refused_everywhere(&api, &token, "after deleting the account").await;
+    assert!(matches!(
+        next_frame(&mut stream, 10).await,
+        Frame::Closed(4401, _)
+    ));
+    let (st, _) = refresh(&api, field(&c, "refresh_token")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
+}
+
+/// A stream closes when its token expires, unless the client sent a
+/// fresh one in time; another person's token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_lives_as_long_as_its_token() {
+    let (sys, api) = System::start_with_api().await;
+    let (user_id, _) = api.register("tess").await;
+    let (_, other) = api.register("ugo").await;
+    let keys = sys.signing_keys().await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let short = |secs| keys.issue(&user_id, "tess", now, secs).expect("sign");
+
+    let mut s = sys.ws(Some(&short(3)), None).await.expect("stream");
+    s.ready(Duration::from_secs(10)).await.expect("ready");
+    match next_frame(&mut s, 15).await {
+        Frame::Closed(4401, why) => assert!(why.contains("expired"), "{why}"),
+        other => panic!("an expired token's stream stays open: {other:?}"),
+    }
+
+    let mut s = sys.ws(Some(&short(3)), None).await.expect("stream");
+    s.ready(Duration::from_secs(10)).await.expect("ready");
+    s.send_json(&json!({"type": "token", "token": short(600)}))
+        .await
+        .expect("send");
+    assert!(matches!(next_frame(&mut s, 10).await, Frame::TokenAccepted));
+    // Until two seconds past the first token's expiry, nothing closes it.
+    let past = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < past {
+        match s.next(Duration::from_secs(1)).await {
+            Err(_) | Ok(Frame::Heartbeat) => {}
+            Ok(other) => panic!("after the renewal: {other:?}"),
+        }
+    }
+    s.ping().await.expect("still open");
+    s.send_json(&json!({"type": "token", "token": other}))
+        .await
+        .expect("send");
+    match next_frame(&mut s, 10).await {
+        Frame::Closed(4401, why) => assert!(why.contains("another person"), "{why}"),
+        other => panic!("another person's token was taken: {other:?}"),
+    }
+}
