@@ -356,3 +356,63 @@ async fn only_those_i_allow_put_events_in_my_agenda() {
     assert!(in_agenda(&agenda, &id(&created["event"])), "{agenda}");
     assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
 }
+
+/// Ids are UUIDs whatever their case: an uppercase id names the same
+/// event, group, member and invitation (it was 404 for events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ids_name_the_same_thing_in_either_case() {
+    let (_sys, api) = System::start_with_api().await;
+    let (_, pat) = api.register("pat").await;
+    let (quinn_id, quinn) = api.register("quinn").await;
+    let ev = expect(
+        api.post(
+            "/v1/events",
+            &pat,
+            json!({"title": "x", "start": "2031-01-01T09:00:00Z",
+                   "end": "2031-01-01T10:00:00Z", "time_zone": "UTC", "attendees": ["quinn"]}),
+        )
+        .await,
+        StatusCode::CREATED,
+        "event",
+    );
+    let up = id(&ev["event"]).to_uppercase();
+    expect_ok(api.get(&format!("/v1/events/{up}"), &pat).await, "GET");
+    expect_ok(
+        api.patch(&format!("/v1/events/{up}"), &pat, json!({"title": "y"}))
+            .await,
+        "PATCH",
+    );
+    expect_ok(
+        api.post(
+            &format!("/v1/events/{up}/rsvp"),
+            &quinn,
+            json!({"status": "declined"}),
+        )
+        .await,
+        "RSVP",
+    );
+    let g = id(&expect(
+        api.post(
+            "/v1/groups",
+            &pat,
+            json!({"name": "G", "kind": "hierarchical"}),
+        )
+        .await,
+        StatusCode::CREATED,
+        "group",
+    ))
+    .to_uppercase();
+    expect_ok(api.get(&format!("/v1/groups/{g}"), &pat).await, "GET group");
+    let inv = invite(&api, &pat, &g, "quinn", 1).await.to_uppercase();
+    expect_ok(answer(&api, &quinn, &inv).await, "accept");
+    let member = format!("/v1/groups/{g}/members/{}", quinn_id.to_uppercase());
+    expect_ok(
+        api.patch(&member, &pat, json!({"rank": 2})).await,
+        "PATCH member",
+    );
+    expect(
+        api.delete(&format!("/v1/events/{up}"), &pat).await,
+        StatusCode::NO_CONTENT,
+        "DELETE",
+    );
+}
