@@ -251,3 +251,113 @@ async fn a_stream_lives_as_long_as_its_token() {
         other => panic!("another person's token was taken: {other:?}"),
     }
 }
+
+/// Every forged or wrong token is 401, on a route and on the stream: alg
+/// none, HS256 signed with the published public key, another key, expired,
+/// another audience or issuer, tampered, and a revoked refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_tokens_are_refused() {
+    use agenda_common::auth::{Claims, SigningKeys, AUDIENCE, ISSUER};
+    use base64::Engine;
+    let (sys, api) = System::start_with_api().await;
+    let (user_id, good) = api.register("vic").await;
+    let keys = sys.signing_keys().await;
+    let public = keys.public().expect("public keys");
+    let kid = public.keys.keys().last().expect("a key id").clone();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |iss: &str, aud: &str, iat: u64, exp: u64| Claims {
+        sub: user_id.clone(),
+        username: "vic".into(),
+        iat,
+        exp,
+        gen: 0,
+        iss: iss.into(),
+        aud: aud.into(),
+    };
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let payload = serde_json::to_value(claims(ISSUER, AUDIENCE, now, now + 600)).unwrap();
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT", "kid": kid})),
+        b64(&payload)
+    );
+    let hs256 = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        let secret = public.keys[&kid].clone();
+        jsonwebtoken::encode(
+            &header,
+            &payload,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let other_key = SigningKeys::generate()
+        .unwrap()
+        .sign(&claims(ISSUER, AUDIENCE, now, now + 600))
+        .unwrap();
+    let expired = keys
+        .sign(&claims(ISSUER, AUDIENCE, now - 700, now - 100))
+        .unwrap();
+    let audience = keys
+        .sign(&claims(ISSUER, "another-api", now, now + 600))
+        .unwrap();
+    let issuer = keys
+        .sign(&claims("someone-else", AUDIENCE, now, now + 600))
+        .unwrap();
+    let tampered = {
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut body: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[1])
+                .unwrap(),
+        )
+        .unwrap();
+        body["sub"] = json!(uuid::Uuid::new_v4().to_string());
+        format!("{}.{}.{}", parts[0], b64(&body), parts[2])
+    };
+    for (what, token) in [
+        ("alg none", &none),
+        ("HS256 with the public key", &hs256),
+        ("another key", &other_key),
+        ("expired", &expired),
+        ("another audience", &audience),
+        ("another issuer", &issuer),
+        ("tampered", &tampered),
+    ] {
+        expect_error(
+            api.get("/v1/me", token).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            what,
+        );
+        let mut s = sys.ws(Some(token), None).await.expect("handshake");
+        assert!(
+            matches!(next_frame(&mut s, 10).await, Frame::Closed(4401, _)),
+            "{what}: the stream"
+        );
+    }
+    expect_ok(api.get("/v1/me", &good).await, "the genuine token");
+
+    let l = login(&api, "vic", PASSWORD).await;
+    let r = field(&l, "refresh_token").to_string();
+    expect(
+        api.post(
+            "/v1/auth/logout",
+            field(&l, "access_token"),
+            json!({"refresh_token": r}),
+        )
+        .await,
+        StatusCode::NO_CONTENT,
+        "logout",
+    );
+    expect_error(
+        refresh(&api, &r).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "a revoked refresh token",
+    );
+}

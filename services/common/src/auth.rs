@@ -63,7 +63,19 @@ pub struct Claims {
     /// account deleted) is refused at once. Tokens without it are 0.
     #[serde(default)]
     pub gen: u64,
+    /// Who issued it: always [`ISSUER`].
+    #[serde(default)]
+    pub iss: String,
+    /// Who it is for: always [`AUDIENCE`] (a token minted for something
+    /// else with the same keys is not one of ours).
+    #[serde(default)]
+    pub aud: String,
 }
+
+/// The `iss` of every access token.
+pub const ISSUER: &str = "agenda-users";
+/// The `aud` of every access token.
+pub const AUDIENCE: &str = "agenda-api";
 
 /// Why a token was refused (safe to show to its holder).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,17 +174,24 @@ impl SigningKeys {
         now: u64,
         ttl_secs: u64,
     ) -> Result<String> {
-        let der = self.der(&self.current)?;
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.current.clone());
-        let claims = Claims {
+        self.sign(&Claims {
             sub: user.to_string(),
             username: username.to_string(),
             iat: now,
             exp: now + ttl_secs,
             gen,
-        };
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der))
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+        })
+    }
+
+    /// Signs `claims` as they are with the current key (tests use it to
+    /// make tokens that are well signed but wrong otherwise).
+    pub fn sign(&self, claims: &Claims) -> Result<String> {
+        let der = self.der(&self.current)?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.current.clone());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&der))
             .map_err(|e| Error::Internal(format!("signing a token: {e}")))
     }
 }
@@ -196,6 +215,9 @@ impl VerifyingKeys {
         }
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = 0;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_ed_der(&raw), &validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
@@ -426,6 +448,8 @@ mod tests {
             iat: now(),
             exp: now() + 60,
             gen: 0,
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
         };
         let x = public.keys[&keys.current].clone();
         let forged =
