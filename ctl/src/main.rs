@@ -71,6 +71,13 @@ enum Cmd {
         #[command(flatten)]
         tls: agenda_common::args::TlsArgs,
     },
+    /// Accounts: `grant-admin NAME` lets an account read the audit log
+    /// (`GET /v1/admin/audit`), `revoke-admin NAME` takes that back. Both
+    /// are recorded in the audit log.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
     /// Relay a port of this host to an address reached from inside a
     /// network namespace (`make run` uses it for the VIP).
     Relay {
@@ -87,6 +94,41 @@ enum Cmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// Make the account NAME an administrator.
+    GrantAdmin {
+        /// The account's username.
+        name: String,
+        #[command(flatten)]
+        db: agenda_common::args::DbArgs,
+        #[command(flatten)]
+        tls: agenda_common::args::TlsArgs,
+    },
+    /// Make the account NAME an ordinary account again.
+    RevokeAdmin {
+        /// The account's username.
+        name: String,
+        #[command(flatten)]
+        db: agenda_common::args::DbArgs,
+        #[command(flatten)]
+        tls: agenda_common::args::TlsArgs,
+    },
+}
+
+/// A client of agenda-db as `agendactl` (the operator's certificate).
+fn db_client(
+    db: &agenda_common::args::DbArgs,
+    mut tls: agenda_common::args::TlsArgs,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<agenda_common::DbClient> {
+    if tls.tls_name.is_empty() {
+        tls.tls_name = "agendactl".into();
+    }
+    let links = agenda_common::net::Links::from_args(&tls, stop)?;
+    Ok(links.db_client(&db.db)?)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     agenda_common::process::run_main("agendactl", &cli.log, async move {
@@ -97,13 +139,32 @@ fn main() -> ExitCode {
                 Ok::<(), anyhow::Error>(())
             }
             Cmd::Relay { listen, netns, to } => agendactl::relay::run(&listen, &netns, to).await,
-            Cmd::RotateTokenKey { db, mut tls } => {
-                if tls.tls_name.is_empty() {
-                    tls.tls_name = "agendactl".into();
-                }
+            Cmd::User { cmd } => {
+                let (name, admin, db, tls) = match cmd {
+                    UserCmd::GrantAdmin { name, db, tls } => (name, true, db, tls),
+                    UserCmd::RevokeAdmin { name, db, tls } => (name, false, db, tls),
+                };
                 let stop = tokio_util::sync::CancellationToken::new();
-                let links = agenda_common::net::Links::from_args(&tls, &stop)?;
-                let client = links.db_client(&db.db)?;
+                let store = agenda_calendar::store::Store::new(db_client(&db, tls, &stop)?);
+                let user = store
+                    .set_admin(&name, admin, "agendactl")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+                stop.cancel();
+                println!(
+                    "{} is {}",
+                    user.username,
+                    if admin {
+                        "an administrator"
+                    } else {
+                        "no longer an administrator"
+                    }
+                );
+                Ok(())
+            }
+            Cmd::RotateTokenKey { db, tls } => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let client = db_client(&db, tls, &stop)?;
                 let kid = agenda_common::auth::rotate(&client).await?;
                 stop.cancel();
                 println!("new token signing key {kid} is current; older tokens stay valid until they expire");

@@ -336,6 +336,24 @@ impl System {
         format!("{scheme}://{}", self.gateway)
     }
 
+    /// Runs `agendactl ARGS --db ... [--tls-dir ... --tls-name test]`
+    /// against this system's agenda-db (as the operator); its output, or
+    /// why it failed.
+    pub fn agendactl(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = std::process::Command::new(crate::cluster::bin("agendactl")?);
+        cmd.args(args).arg("--db").arg(db_addrs(&self.db));
+        if self.public_tls.is_some() {
+            cmd.arg("--tls-dir")
+                .arg(self.certs_dir())
+                .args(["--tls-name", "test"]);
+        }
+        let out = cmd.output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(out.status.success(), "agendactl {args:?}: {text}");
+        Ok(text)
+    }
+
     /// The deployment's token signing keys, read from agenda-db (to sign
     /// tokens a test needs: expired, short-lived).
     pub async fn signing_keys(&self) -> agenda_common::auth::SigningKeys {
@@ -599,6 +617,35 @@ impl Api {
             .expect("access_token")
             .to_string();
         (id, token)
+    }
+
+    /// Creates a group (`kind` hierarchical or flat); returns its id.
+    pub async fn create_group(&self, token: &str, name: &str, kind: &str) -> String {
+        let body = json!({"name": name, "kind": kind});
+        let g = expect(
+            self.post("/v1/groups", token, body).await,
+            StatusCode::CREATED,
+            &format!("create group {name}"),
+        );
+        g["id"].as_str().expect("group id").to_string()
+    }
+
+    /// Invites `name` to `group` at `rank`; returns the invitation's id.
+    pub async fn invite(&self, token: &str, group: &str, name: &str, rank: u32) -> String {
+        let body = json!({"username": name, "rank": rank});
+        let path = format!("/v1/groups/{group}/invitations");
+        let inv = expect(
+            self.post(&path, token, body).await,
+            StatusCode::CREATED,
+            &format!("invite {name}"),
+        );
+        inv["id"].as_str().expect("invitation id").to_string()
+    }
+
+    /// Accepts an invitation.
+    pub async fn accept(&self, token: &str, invitation: &str) -> Reply {
+        let path = format!("/v1/invitations/{invitation}/accept");
+        self.post(&path, token, json!({})).await
     }
 
     /// Every 5xx reply seen so far (by this client and its clones).

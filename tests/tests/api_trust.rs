@@ -3,31 +3,12 @@
 //! invitations listed and revoked by those who may manage them.
 //! Run: `cargo test -p agenda-tests --test api_trust -- --test-threads=1`.
 
-use agenda_tests::system::{expect, expect_error, expect_ok, items, Api, System};
+use agenda_tests::system::{expect, expect_error, expect_ok, items, System};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 fn id(v: &Value) -> String {
     v["id"].as_str().expect("id").to_string()
-}
-
-async fn invite(api: &Api, token: &str, group: &str, name: &str, rank: u32) -> String {
-    let body = json!({"username": name, "rank": rank});
-    id(&expect(
-        api.post(&format!("/v1/groups/{group}/invitations"), token, body)
-            .await,
-        StatusCode::CREATED,
-        &format!("invite {name}"),
-    ))
-}
-
-async fn answer(api: &Api, token: &str, invitation: &str) -> (StatusCode, Value) {
-    api.post(
-        &format!("/v1/invitations/{invitation}/accept"),
-        token,
-        json!({}),
-    )
-    .await
 }
 
 /// An invitation sent by a member who was demoted or removed since cannot
@@ -55,15 +36,15 @@ async fn invitations_follow_the_group_as_it_stands() {
     ));
 
     // bob (rank 1) invites carol at rank 2, then alice demotes bob to 5.
-    let inv = invite(&api, &alice, &g, "bob", 1).await;
-    expect_ok(answer(&api, &bob, &inv).await, "bob joins");
-    let to_carol = invite(&api, &bob, &g, "carol", 2).await;
+    let inv = api.invite(&alice, &g, "bob", 1).await;
+    expect_ok(api.accept(&bob, &inv).await, "bob joins");
+    let to_carol = api.invite(&bob, &g, "carol", 2).await;
     let member = format!("/v1/groups/{g}/members/{bob_id}");
     expect_ok(
         api.patch(&member, &alice, json!({"rank": 5})).await,
         "demote bob",
     );
-    let (st, refused) = answer(&api, &carol, &to_carol).await;
+    let (st, refused) = api.accept(&carol, &to_carol).await;
     assert_eq!(
         st,
         StatusCode::CONFLICT,
@@ -82,21 +63,21 @@ async fn invitations_follow_the_group_as_it_stands() {
     );
     assert_eq!(items(&members).len(), 2, "carol did not join: {members}");
     // Nothing blocks a fresh invitation.
-    let again = invite(&api, &alice, &g, "carol", 2).await;
+    let again = api.invite(&alice, &g, "carol", 2).await;
     expect_ok(
-        answer(&api, &carol, &again).await,
+        api.accept(&carol, &again).await,
         "carol joins on a valid invitation",
     );
 
     // bob (now 5) invites dave at 6, then is removed.
-    let to_dave = invite(&api, &bob, &g, "dave", 6).await;
+    let to_dave = api.invite(&bob, &g, "dave", 6).await;
     expect(
         api.delete(&member, &alice).await,
         StatusCode::NO_CONTENT,
         "remove bob",
     );
     expect_error(
-        answer(&api, &dave, &to_dave).await,
+        api.accept(&dave, &to_dave).await,
         StatusCode::CONFLICT,
         "conflict",
         "dave accepts the invitation of a removed member",
@@ -104,9 +85,9 @@ async fn invitations_follow_the_group_as_it_stands() {
 
     // Listing and revoking: alice invites erin at 3; frank (4) neither sees
     // it nor may revoke it; alice may.
-    let to_frank = invite(&api, &alice, &g, "frank", 4).await;
-    expect_ok(answer(&api, &frank, &to_frank).await, "frank joins");
-    let to_erin = invite(&api, &alice, &g, "erin", 3).await;
+    let to_frank = api.invite(&alice, &g, "frank", 4).await;
+    expect_ok(api.accept(&frank, &to_frank).await, "frank joins");
+    let to_erin = api.invite(&alice, &g, "erin", 3).await;
     let pending = format!("/v1/groups/{g}/invitations");
     let seen = expect_ok(api.get(&pending, &alice).await, "alice lists");
     let ids: Vec<String> = items(&seen).iter().map(id).collect();
@@ -135,7 +116,7 @@ async fn invitations_follow_the_group_as_it_stands() {
         "revoked twice",
     );
     expect_error(
-        answer(&api, &erin, &to_erin).await,
+        api.accept(&erin, &to_erin).await,
         StatusCode::CONFLICT,
         "conflict",
         "erin accepts a revoked invitation",
@@ -173,8 +154,8 @@ async fn subgroups_are_attached_by_the_parents_owner() {
         StatusCode::CREATED,
         "lab",
     ));
-    let inv = invite(&api, &alice, &lab, "bob", 1).await;
-    expect_ok(answer(&api, &bob, &inv).await, "bob joins");
+    let inv = api.invite(&alice, &lab, "bob", 1).await;
+    expect_ok(api.accept(&bob, &inv).await, "bob joins");
 
     expect_error(
         api.post("/v1/groups", &bob, group("Bob's team", Some(&lab)))
@@ -302,8 +283,8 @@ async fn only_those_i_allow_put_events_in_my_agenda() {
         StatusCode::CREATED,
         "group",
     ));
-    let inv = invite(&api, &mate, &g, "dave", 1).await;
-    expect_ok(answer(&api, &dave, &inv).await, "dave joins");
+    let inv = api.invite(&mate, &g, "dave", 1).await;
+    expect_ok(api.accept(&dave, &inv).await, "dave joins");
     let created = expect(
         api.post("/v1/events", &mate, event("Rehearsal", 11, "dave"))
             .await,
@@ -403,8 +384,8 @@ async fn ids_name_the_same_thing_in_either_case() {
     ))
     .to_uppercase();
     expect_ok(api.get(&format!("/v1/groups/{g}"), &pat).await, "GET group");
-    let inv = invite(&api, &pat, &g, "quinn", 1).await.to_uppercase();
-    expect_ok(answer(&api, &quinn, &inv).await, "accept");
+    let inv = api.invite(&pat, &g, "quinn", 1).await.to_uppercase();
+    expect_ok(api.accept(&quinn, &inv).await, "accept");
     let member = format!("/v1/groups/{g}/members/{}", quinn_id.to_uppercase());
     expect_ok(
         api.patch(&member, &pat, json!({"rank": 2})).await,

@@ -288,6 +288,24 @@ pub enum Op {
         id: String,
         window: Window,
     },
+    /// The audit log, for administrators.
+    Audit(AuditQuery),
+}
+
+/// `GET /v1/admin/audit?from=&to=&actor=&after=&limit=`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// RFC 3339; default 30 days ago.
+    pub from: Option<String>,
+    /// RFC 3339, exclusive; default now.
+    pub to: Option<String>,
+    /// Only entries of this actor (a username or an account id).
+    pub actor: Option<String>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    /// Entries per page, 1 to 500 (default 100).
+    pub limit: Option<u32>,
 }
 
 /// The two stateless services.
@@ -350,6 +368,7 @@ impl Op {
                 | ListInvitations
                 | GroupInvitations { .. }
                 | GroupAgenda { .. }
+                | Audit(_)
         )
     }
 

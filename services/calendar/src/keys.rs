@@ -102,6 +102,11 @@ pub const SESSION_DELETED: &[u8] = b"deleted";
 pub fn refresh_family(family: Uuid) -> String {
     format!("/agenda/refresh/{family}")
 }
+/// The audit log (value: [`crate::audit::AuditEntry`]), in time order.
+pub const AUDIT: &str = "/agenda/audit/";
+pub fn audit(id: Uuid) -> String {
+    format!("/agenda/audit/{id}")
+}
 pub const DELETING: &str = "/agenda/deleting/";
 pub fn deleting(user: Uuid) -> String {
     format!("/agenda/deleting/{user}")

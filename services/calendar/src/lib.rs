@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`model`]: stored records and the public resource shapes.
 //! - [`api`]: request bodies and the [`api::Op`]erations the gateway sends.
+//! - [`audit`]: the audit log's entries.
 //! - [`error`]: [`ApiError`], the one error shape of the public API.
 //! - [`validate`], [`recurrence`], [`rules`]: pure domain rules.
 //! - [`cpu`]: where costly steps run, and how many at once.
@@ -13,6 +14,7 @@
 //! - [`relay`]: notifications from agenda-db to the Redis stream.
 
 pub mod api;
+pub mod audit;
 pub mod cpu;
 pub mod error;
 pub mod keys;

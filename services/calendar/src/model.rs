@@ -22,6 +22,9 @@ pub struct UserRecord {
     /// earlier versions have none: the default).
     #[serde(default)]
     pub add_me: AddMe,
+    /// May read the audit log (`agendactl user grant-admin`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// Who may add a person to an event directly (it lands in their agenda at

@@ -90,7 +90,9 @@ impl<H: Handler> Endpoint<H> {
         let result = match self.decode(&req) {
             Ok((caller, op)) => {
                 let started = std::time::Instant::now();
-                let r = self.handler.handle(caller, op).await;
+                let r = crate::audit::SOURCE
+                    .scope(req.source.clone(), self.handler.handle(caller, op))
+                    .await;
                 let status = match &r {
                     Ok(reply) => reply.status,
                     Err(e) => e.status,

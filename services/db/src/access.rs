@@ -69,6 +69,17 @@ impl Span {
     fn is_empty(&self) -> bool {
         self.end.as_ref().is_some_and(|e| *e <= self.start)
     }
+
+    /// Whether the two share a key.
+    fn meets(&self, other: &Span) -> bool {
+        let before = |end: &Option<Vec<u8>>, start: &[u8]| {
+            end.as_ref().is_some_and(|e| e.as_slice() <= start)
+        };
+        !self.is_empty()
+            && !other.is_empty()
+            && !before(&self.end, &other.start)
+            && !before(&other.end, &self.start)
+    }
 }
 
 /// One permission: every key under `prefix`, to read or also to write.
@@ -93,8 +104,13 @@ const fn write(prefix: &'static str) -> Grant {
 
 const OPERATOR: &[Grant] = &[write("")];
 // Routes, checks tokens (with the public keys in the registry), follows
-// the Redis primary and the VIP lease: reads the registry only.
-const GATEWAY: &[Grant] = &[read("/registry/")];
+// the Redis primary, the VIP lease and the session generations; appends
+// failed logins to the audit log.
+const GATEWAY: &[Grant] = &[read("/registry/"), read("/agenda/sessions/"), write(AUDIT)];
+
+/// The audit log: appended to, never deleted by anyone (agenda-db keeps
+/// the newest entries itself).
+pub const AUDIT: &str = "/agenda/audit/";
 // The only role that reads the private token keys (`/secrets/`).
 const USERS: &[Grant] = &[
     write("/agenda/"),
@@ -198,7 +214,16 @@ pub fn check(role: &str, request: Request<'_>) -> Result<(), String> {
             Access::Read,
         ),
         Request::Put(p) => need(Span::key(&p.key), Access::Write),
-        Request::Delete(d) => need(Span::selection(&d.key, d.prefix, b""), Access::Write),
+        Request::Delete(d) => {
+            let span = Span::selection(&d.key, d.prefix, b"");
+            if span.meets(&Span::selection(AUDIT.as_bytes(), true, b"")) {
+                return Err(format!(
+                    "no role may delete audit entries ({} meets {AUDIT:?})",
+                    describe(&span)
+                ));
+            }
+            need(span, Access::Write)
+        }
         Request::Watch(w) => need(Span::selection(&w.key, w.prefix, b""), Access::Read),
         Request::Txn(t) => {
             for c in &t.compare {
@@ -260,6 +285,50 @@ mod tests {
             key: key.into(),
             ..Default::default()
         }
+    }
+
+    /// No role deletes audit entries, not by key, prefix, a wider prefix
+    /// or inside a transaction; the gateway appends them and reads the
+    /// session generations, nothing else of /agenda/.
+    #[test]
+    fn audit_entries_are_never_deleted() {
+        let del = |key: &str, prefix: bool| DeleteRequest {
+            key: key.into(),
+            prefix,
+            ..Default::default()
+        };
+        for role in ["operator", "users", "groups", "gateway"] {
+            for d in [
+                del("/agenda/audit/0190", false),
+                del("/agenda/audit/", true),
+                del("/agenda/", true),
+                del("", true),
+            ] {
+                let e = check(role, Request::Delete(&d)).expect_err(role);
+                assert!(e.contains("audit"), "{e}");
+                let txn = TxnRequest {
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::Delete(d.clone())),
+                    }],
+                    ..Default::default()
+                };
+                assert!(check(role, Request::Txn(&txn)).is_err(), "{role}");
+            }
+        }
+        check("users", Request::Delete(&del("/agenda/events/x", false))).unwrap();
+        check("operator", Request::Delete(&del("/agenda/auditx", false))).unwrap();
+        check("gateway", Request::Put(&put("/agenda/audit/0190"))).unwrap();
+        check(
+            "gateway",
+            Request::Range(&range("/agenda/sessions/", true, "")),
+        )
+        .unwrap();
+        assert!(check("gateway", Request::Put(&put("/agenda/users/x"))).is_err());
+        assert!(check(
+            "gateway",
+            Request::Range(&range("/agenda/users/", true, ""))
+        )
+        .is_err());
     }
 
     #[test]
@@ -385,7 +454,7 @@ mod tests {
         assert!(check("gateway", Request::Watch(&w("/registry/services/", true))).is_ok());
         assert!(check("gateway", Request::Watch(&w("/agenda/", true))).is_err());
         assert!(
-            check("gateway", Request::LeaseGrant).is_err(),
+            check("redis", Request::LeaseGrant).is_err(),
             "it writes nothing"
         );
         assert!(check("vip", Request::LeaseGrant).is_ok());

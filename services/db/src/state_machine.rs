@@ -96,7 +96,18 @@ struct Tables {
     dedup: HashMap<Arc<str>, Arc<Applied>>,
     /// Dedup records by age, so expiry is a range scan.
     dedup_age: OrdSet<(u64, Arc<str>)>,
+    /// Keys under [`AUDIT_PREFIX`] (counted, not scanned, for the cap).
+    audit_keys: usize,
 }
+
+/// The audit log's prefix: append-only for every role (`access`), and
+/// capped here at [`AUDIT_KEEP`] keys: a put of a new entry beyond the cap
+/// removes the oldest one (keys are time-ordered) in the same revision.
+/// Decided from the log alone, so every replica keeps the same entries.
+pub const AUDIT_PREFIX: &[u8] = crate::access::AUDIT.as_bytes();
+
+/// Audit entries kept (they live in memory like everything else).
+pub const AUDIT_KEEP: usize = if cfg!(test) { 5 } else { 200_000 };
 
 /// The replicated state as of `applied`. Cloning is O(1).
 #[derive(Clone)]
@@ -578,6 +589,9 @@ impl StateMachine {
             if kv.lease != 0 {
                 t.lease_keys.insert((kv.lease, key.clone()));
             }
+            if key.starts_with(AUDIT_PREFIX) {
+                t.audit_keys += 1;
+            }
             t.kv.insert(key, Arc::new(kv));
         }
         for l in data.leases {
@@ -720,11 +734,25 @@ impl Writer {
         let prev = prev.map(|p| KeyValue::clone(&p));
         // The caller gets the previous value only if the request asked.
         let asked = if req.prev_kv { prev.clone() } else { None };
+        let new_audit_entry = prev.is_none() && req.key.starts_with(AUDIT_PREFIX);
         self.events.push(Event {
             r#type: event::EventType::Put as i32,
             kv: Some(KeyValue::clone(&stored)),
             prev_kv: prev,
         });
+        if new_audit_entry {
+            t.audit_keys += 1;
+            if t.audit_keys > AUDIT_KEEP {
+                let oldest =
+                    t.kv.range(Arc::from(AUDIT_PREFIX)..)
+                        .next()
+                        .filter(|(k, _)| k.starts_with(AUDIT_PREFIX))
+                        .map(|(_, kv)| KeyValue::clone(kv));
+                if let Some(oldest) = oldest {
+                    self.remove(t, &oldest);
+                }
+            }
+        }
         asked
     }
 
@@ -767,7 +795,9 @@ impl Writer {
     }
 
     fn remove(&mut self, t: &mut Tables, kv: &KeyValue) {
-        t.kv.remove(kv.key.as_slice());
+        if t.kv.remove(kv.key.as_slice()).is_some() && kv.key.starts_with(AUDIT_PREFIX) {
+            t.audit_keys -= 1;
+        }
         if kv.lease != 0 {
             t.lease_keys
                 .remove(&(kv.lease, Arc::from(kv.key.as_slice())));
@@ -1142,6 +1172,45 @@ mod tests {
             Some(command_result::Result::Error(e)) => command_error::Code::try_from(e.code).ok(),
             _ => None,
         }
+    }
+
+    /// Past the cap, each new audit entry takes the oldest one's place in
+    /// the same revision; overwrites do not count; a replica loaded from
+    /// the state counts the same and goes on alike.
+    #[test]
+    fn the_audit_log_keeps_the_newest_entries() {
+        let audit = |i: usize| format!("/agenda/audit/{i:04}");
+        let mut f = Fixture::new();
+        for i in 0..AUDIT_KEEP + 3 {
+            let (_, effects) = f.apply(&format!("a{i}"), put(&audit(i), "e"));
+            let events = effects.revision.map(|(_, e)| e.len()).unwrap_or(0);
+            assert_eq!(events, if i < AUDIT_KEEP { 1 } else { 2 }, "entry {i}");
+        }
+        f.apply("over", put(&audit(AUDIT_KEEP + 2), "again"));
+        let kept = |sm: &StateMachine| -> Vec<String> {
+            sm.snapshot_data()
+                .kvs
+                .iter()
+                .filter(|kv| kv.key.starts_with(AUDIT_PREFIX))
+                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                .collect()
+        };
+        let want: Vec<String> = (3..AUDIT_KEEP + 3).map(audit).collect();
+        assert_eq!(kept(&f.sm), want);
+        let mut copy = StateMachine::new(1000);
+        copy.load(f.sm.applied, Default::default(), f.sm.snapshot_data());
+        for sm in [&mut f.sm, &mut copy] {
+            let cmd = Command {
+                request_id: "next".into(),
+                proposed_at_ms: 1_000_000,
+                caller_role: String::new(),
+                op: Some(put(&audit(AUDIT_KEEP + 3), "e")),
+            };
+            sm.apply(100, 1, 1, &cmd).unwrap();
+        }
+        assert_eq!(kept(&f.sm), kept(&copy));
+        assert_eq!(kept(&copy).len(), AUDIT_KEEP);
+        assert_eq!(kept(&copy)[0], audit(4));
     }
 
     #[test]

@@ -47,6 +47,15 @@ impl Caller {
         self.source
     }
 
+    /// The client's address as the audit log shows it ("" when unknown).
+    fn source_text(&self) -> String {
+        if self.source.is_unspecified() {
+            String::new()
+        } else {
+            self.source.to_string()
+        }
+    }
+
     /// Sends `op` to its service and relays the answer.
     pub async fn call(&self, op: Op) -> Result<Response, HttpError> {
         let relayed = self.relay(&op).await?;
@@ -75,7 +84,7 @@ impl Caller {
     async fn relay(&self, op: &Op) -> Result<crate::upstream::Relayed, ApiError> {
         self.state
             .upstream
-            .call(self.user, &self.request_id, op)
+            .call(self.user, &self.source_text(), &self.request_id, op)
             .await
     }
 }

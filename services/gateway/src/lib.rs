@@ -111,6 +111,11 @@ pub async fn run(
         sessions: sessions::follow(&db, stop.clone()),
         db,
     });
+    tokio::spawn(limits::write_failed_logins(
+        state.clone(),
+        agenda_calendar::store::Store::new(state.db.clone()),
+        stop.clone(),
+    ));
     tracing::info!(
         addr = %listener.local_addr()?,
         scheme = if public_tls.is_some() { "https" } else { "http" },

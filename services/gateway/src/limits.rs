@@ -6,12 +6,17 @@
 //! guesser time and the system nothing. Only failures fill the buckets:
 //! a thousand people behind one office address logging in normally never
 //! meet the limit; a thousand failing at once do.
+//!
+//! Failed and refused logins reach the audit log aggregated per account
+//! and source ([`write_failed_logins`]: one entry each per period), so an
+//! attack does not become one replicated write per attempt.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use agenda_calendar::audit::AuditEntry;
 use agenda_calendar::ApiError;
 
 /// A leaky bucket: each failure adds one; the level drains at `per_sec`.
@@ -54,7 +59,22 @@ pub struct LoginGuard {
     /// shares it, hence the size).
     pub source: Rate,
     buckets: Mutex<HashMap<Key, Bucket>>,
+    /// Failures and refusals not yet in the audit log.
+    unlogged: Mutex<HashMap<(String, IpAddr), Unlogged>>,
 }
+
+/// Failed (401) and refused (429) logins of one account from one source
+/// since the last audit entry.
+#[derive(Debug, Clone, Copy)]
+struct Unlogged {
+    failed: u64,
+    refused: u64,
+    first: chrono::DateTime<chrono::Utc>,
+}
+
+/// Accounts and sources with failures waiting for the audit log, at most;
+/// beyond that they are counted under one entry for "others".
+const MAX_UNLOGGED: usize = 10_000;
 
 /// Buckets kept at most; drained ones are dropped first when full.
 const MAX_BUCKETS: usize = 100_000;
@@ -85,7 +105,52 @@ impl LoginGuard {
             account,
             source,
             buckets: Mutex::default(),
+            unlogged: Mutex::default(),
         }
+    }
+
+    fn note(&self, account: &str, source: IpAddr, refused: bool) {
+        let mut unlogged = self.unlogged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut key = (account.trim().to_lowercase(), source);
+        if unlogged.len() >= MAX_UNLOGGED && !unlogged.contains_key(&key) {
+            key = (
+                "(others)".into(),
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            );
+        }
+        let u = unlogged.entry(key).or_insert(Unlogged {
+            failed: 0,
+            refused: 0,
+            first: chrono::Utc::now(),
+        });
+        if refused {
+            u.refused += 1;
+        } else {
+            u.failed += 1;
+        }
+    }
+
+    /// The audit entries of the failures noted since the last call.
+    pub fn take_audit_entries(&self) -> Vec<AuditEntry> {
+        let drained: Vec<_> = {
+            let mut unlogged = self.unlogged.lock().unwrap_or_else(|e| e.into_inner());
+            unlogged.drain().collect()
+        };
+        drained
+            .into_iter()
+            .map(|((account, source), u)| {
+                let mut e = AuditEntry::new(
+                    None,
+                    &account,
+                    "login_failed",
+                    serde_json::json!({"failed": u.failed, "refused": u.refused, "since": u.first}),
+                );
+                if !source.is_unspecified() {
+                    e.source = source.to_string();
+                }
+                e
+            })
+            .collect()
     }
 
     fn keys(&self, account: &str, source: IpAddr) -> [(Key, Rate); 3] {
@@ -100,7 +165,11 @@ impl LoginGuard {
     /// Whether a login for `account` from `source` may be tried now; if
     /// not, the 429 says when.
     pub fn check(&self, account: &str, source: IpAddr) -> Result<(), ApiError> {
-        self.check_at(account, source, Instant::now())
+        let checked = self.check_at(account, source, Instant::now());
+        if checked.is_err() {
+            self.note(account, source, true);
+        }
+        checked
     }
 
     fn check_at(&self, account: &str, source: IpAddr, now: Instant) -> Result<(), ApiError> {
@@ -126,6 +195,9 @@ impl LoginGuard {
 
     /// Records the outcome of a login that was tried.
     pub fn record(&self, account: &str, source: IpAddr, failed: bool) {
+        if failed {
+            self.note(account, source, false);
+        }
         self.record_at(account, source, failed, Instant::now());
     }
 
@@ -161,6 +233,42 @@ impl LoginGuard {
             });
             b.level = b.level(rate, now) + 1.0;
             b.at = now;
+        }
+    }
+}
+
+/// How often failed logins are written to the audit log.
+pub const AUDIT_EVERY: Duration = Duration::from_secs(10);
+
+/// Writes the failed logins `guard` noted to the audit log every
+/// [`AUDIT_EVERY`] (and once more at shutdown), one entry per account and
+/// source, all in one transaction.
+pub async fn write_failed_logins(
+    guard: std::sync::Arc<crate::AppState>,
+    store: agenda_calendar::store::Store,
+    stop: agenda_common::shutdown::CancellationToken,
+) {
+    loop {
+        let stopping = tokio::select! {
+            () = stop.cancelled() => true,
+            () = tokio::time::sleep(AUDIT_EVERY) => false,
+        };
+        let entries = guard.logins.take_audit_entries();
+        if !entries.is_empty() {
+            let mut batch = agenda_calendar::store::Batch::default();
+            let written = entries
+                .iter()
+                .try_for_each(|e| agenda_calendar::audit::record(&mut batch, e));
+            let committed = match written {
+                Ok(()) => store.commit(batch).await.map_err(|e| e.message),
+                Err(e) => Err(e.message),
+            };
+            if let Err(e) = committed {
+                tracing::warn!(error = %e, entries = entries.len(), "failed logins not written to the audit log");
+            }
+        }
+        if stopping {
+            return;
         }
     }
 }
@@ -219,6 +327,36 @@ mod tests {
         }
         g.record_at("carol", B, false, t);
         g.check_at("carol", B, t).unwrap();
+    }
+
+    #[test]
+    fn failures_are_aggregated_for_the_audit_log() {
+        let g = guard();
+        for _ in 0..5 {
+            if g.check("Alice", A).is_ok() {
+                g.record("alice", A, true);
+            }
+        }
+        g.record("bob", B, true);
+        g.record("carol", B, false);
+        let mut entries = g.take_audit_entries();
+        entries.sort_by(|a, b| a.actor.cmp(&b.actor));
+        let counts: Vec<(String, String, u64, u64)> = entries
+            .iter()
+            .map(|e| {
+                let n = |k: &str| e.details[k].as_u64().unwrap();
+                (e.actor.clone(), e.source.clone(), n("failed"), n("refused"))
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                ("alice".into(), "10.0.0.1".into(), 3, 2),
+                ("bob".into(), "10.0.0.2".into(), 1, 0),
+            ]
+        );
+        assert!(entries.iter().all(|e| e.action == "login_failed"));
+        assert!(g.take_audit_entries().is_empty(), "drained");
     }
 
     #[test]

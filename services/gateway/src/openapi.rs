@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, events, groups, notifications, ops, stream, users};
+use crate::routes::{admin, auth, events, groups, notifications, ops, stream, users};
 
 /// The API document served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -20,6 +20,7 @@ use crate::routes::{auth, events, groups, notifications, ops, stream, users};
         events::create, events::list, events::get, events::update, events::delete,
         events::rsvp, events::free_busy,
         notifications::list, notifications::read, stream::stream,
+        admin::audit,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&Bearer)

@@ -113,11 +113,12 @@ impl Upstream {
             .insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
     }
 
-    /// Sends `op` for `caller`; retries as the module doc says until the
-    /// request deadline.
+    /// Sends `op` for `caller` (who connected from `source`, for the audit
+    /// log); retries as the module doc says until the request deadline.
     pub async fn call(
         &self,
         caller: Option<Uuid>,
+        source: &str,
         request_id: &str,
         op: &Op,
     ) -> Result<Relayed, ApiError> {
@@ -144,6 +145,7 @@ impl Upstream {
                 caller_id: caller.map(|c| c.to_string()).unwrap_or_default(),
                 request_id: request_id.to_string(),
                 op: payload.clone(),
+                source: source.to_string(),
             };
             let left = deadline.saturating_duration_since(Instant::now());
             // Only a call that may be repeated is cut short: any other one

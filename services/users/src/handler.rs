@@ -89,7 +89,7 @@ impl Handler for Users {
                     return Err(ApiError::unauthenticated(BAD_LOGIN));
                 };
                 let (generation, _) = s.session_generation(user.id).await?;
-                let refresh = s.start_refresh_chain(user.id, generation).await?;
+                let refresh = s.start_refresh_chain(&user, generation).await?;
                 Reply::ok(self.session_reply(&user, generation, refresh)?)
             }
             Op::Refresh(req) => {
@@ -111,6 +111,7 @@ impl Handler for Users {
                 Reply::no_content()
             }
             Op::GetMe => Reply::ok(s.me(caller.user()?).await?.view_own()),
+            Op::Audit(q) => Reply::ok(s.audit_page(caller.user()?, q).await?),
             Op::UpdateMe(req) => {
                 let hash = match &req.password {
                     Some(p) => {

@@ -13,6 +13,7 @@ use super::events::{new_event, view, window_events, window_reads, Idempotent, Wr
 use super::notifications;
 use super::{Attempt, Batch, Read, Store, Versioned};
 use crate::api::{CreateEventRequest, CreateGroupRequest, InviteRequest, UpdateGroupRequest};
+use crate::audit::{self, AuditEntry};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{
@@ -280,6 +281,13 @@ impl Store {
             if let Some(parent) = m.group.parent_id {
                 batch.delete(&keys::subgroup(parent, id));
             }
+            let entry = AuditEntry::new(
+                Some(caller),
+                &m.me.username,
+                "group_deleted",
+                json!({"group_id": id, "name": m.group.name, "members": members.len()}),
+            );
+            audit::record(&mut batch, &entry)?;
             for mem in &members {
                 batch.delete(&keys::user_group(mem.user_id, id));
                 if mem.user_id != caller {
@@ -341,6 +349,18 @@ impl Store {
                 Member { rank, ..t }
             };
             batch.put(&keys::member(id, target), &updated)?;
+            let action = if updated.rank == OWNER_RANK {
+                "group_handed_over"
+            } else {
+                "member_rank_changed"
+            };
+            let entry = AuditEntry::new(
+                Some(caller),
+                &m.me.username,
+                action,
+                json!({"group_id": id, "member_id": target, "member": updated.username, "rank": updated.rank}),
+            );
+            audit::record(&mut batch, &entry)?;
             notifications::add(
                 &mut batch,
                 target,
@@ -378,6 +398,13 @@ impl Store {
                 .bump(&keys::group_version(id))
                 .delete(&keys::member(id, target))
                 .delete(&keys::user_group(target, id));
+            let entry = AuditEntry::new(
+                Some(caller),
+                &m.me.username,
+                if target == caller { "member_left" } else { "member_removed" },
+                json!({"group_id": id, "member_id": target, "member": t.username}),
+            );
+            audit::record(&mut batch, &entry)?;
             if target != caller {
                 notifications::add(
                     &mut batch,
@@ -507,6 +534,13 @@ impl Store {
                 .unchanged(&keys::group_version(id), m.version)
                 .put(&keys::invitation(invitation), &inv)?
                 .delete(&keys::pending_invitation(id, inv.invitee_id));
+            let entry = AuditEntry::new(
+                Some(caller),
+                &m.me.username,
+                "invitation_revoked",
+                json!({"group_id": id, "invitation_id": invitation, "invitee_id": inv.invitee_id}),
+            );
+            audit::record(&mut batch, &entry)?;
             notifications::add(
                 &mut batch,
                 inv.invitee_id,

@@ -8,9 +8,11 @@
 //! as if one central server had run them one after the other.
 //!
 //! Submodules: [`users`], [`events`], [`groups`], [`notifications`],
+//! [`audit`] (reading the audit log),
 //! [`sessions`] (token generations and refresh chains), [`upgrade`] (data
 //! of earlier versions).
 
+pub mod audit;
 pub mod events;
 pub mod groups;
 pub mod notifications;
@@ -76,6 +78,12 @@ impl Read {
             range_end: end.as_bytes().to_vec(),
             ..Default::default()
         })
+    }
+
+    /// At most `n` keys (the first ones).
+    pub fn limit(mut self, n: i64) -> Read {
+        self.0.limit = n;
+        self
     }
 
     /// As of a past `revision` (0: the snapshot's own).

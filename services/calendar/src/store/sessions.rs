@@ -19,7 +19,10 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use serde_json::json;
+
 use super::{Attempt, Batch, Store};
+use crate::audit::{self, AuditEntry};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{RefreshFamily, UserRecord};
@@ -104,15 +107,16 @@ impl Store {
         )
     }
 
-    /// Starts the refresh chain of a login at `generation`.
+    /// Starts the refresh chain of a login at `generation` (and records
+    /// the login).
     pub async fn start_refresh_chain(
         &self,
-        user: Uuid,
+        user: &UserRecord,
         generation: u64,
     ) -> ApiResult<RefreshToken> {
         let token = RefreshToken::fresh(Uuid::new_v4());
         let family = RefreshFamily {
-            user_id: user,
+            user_id: user.id,
             hash: token.hash(),
             generation,
             expires_at: Utc::now() + REFRESH_TTL,
@@ -120,6 +124,13 @@ impl Store {
         let key = keys::refresh_family(token.family);
         let mut batch = Batch::default();
         batch.unchanged(&key, 0).put(&key, &family)?;
+        let entry = AuditEntry::new(
+            Some(user.id),
+            &user.username,
+            "login",
+            json!({"session": token.family}),
+        );
+        audit::record(&mut batch, &entry)?;
         if !self.commit(batch).await? {
             return Err(ApiError::internal("a fresh refresh family id was taken"));
         }
@@ -144,6 +155,13 @@ impl Store {
             // only a token of it shows): the chain is compromised.
             let mut batch = Batch::default();
             batch.unchanged(&key, cur.mod_revision).delete(&key);
+            let entry = AuditEntry::new(
+                Some(family.user_id),
+                "",
+                "refresh_token_reused",
+                json!({"session": token.family, "ended": true}),
+            );
+            audit::record(&mut batch, &entry)?;
             self.commit(batch).await?;
             tracing::warn!(user = %family.user_id, family = %token.family, "a spent refresh token was presented: its chain is ended");
             return Err(ApiError::unauthenticated(
@@ -171,6 +189,13 @@ impl Store {
             .unchanged(&key, cur.mod_revision)
             .at_version(&keys::session(user.value.id), generation as i64)
             .put(&key, &moved)?;
+        let entry = AuditEntry::new(
+            Some(user.value.id),
+            &user.value.username,
+            "token_refreshed",
+            json!({"session": token.family}),
+        );
+        audit::record(&mut batch, &entry)?;
         if !self.commit(batch).await? {
             return Err(ApiError::unauthenticated(
                 "this refresh token was used at the same moment by another request",
@@ -204,6 +229,8 @@ impl Store {
             }
             let mut batch = Batch::default();
             batch.unchanged(&key, cur.mod_revision).delete(&key);
+            let entry = AuditEntry::new(Some(user), "", "logout", json!({"session": token.family}));
+            audit::record(&mut batch, &entry)?;
             self.commit_or_retry(batch, ()).await
         })
         .await
@@ -214,6 +241,8 @@ impl Store {
         let mut batch = Batch::default();
         batch.exists(&keys::user(user));
         end_all_sessions(&mut batch, user, false);
+        let entry = AuditEntry::new(Some(user), "", "logout_everywhere", json!({}));
+        audit::record(&mut batch, &entry)?;
         if !self.commit(batch).await? {
             return Err(ApiError::unauthenticated("this account no longer exists"));
         }

@@ -8,10 +8,12 @@ use uuid::Uuid;
 
 use super::{Attempt, Batch, Store, Versioned};
 use crate::api::{RegisterRequest, UpdateMeRequest};
+use crate::audit::{self, AuditEntry};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{AddMe, GroupRecord, UserRecord};
 use crate::validate;
+use serde_json::json;
 
 /// An account and the accounts it names, each with its revision.
 type People = (Versioned<UserRecord>, Vec<Versioned<UserRecord>>);
@@ -79,6 +81,7 @@ impl Store {
             password_hash,
             created_at: Utc::now(),
             add_me: new.add_me,
+            admin: false,
         };
         let (name_key, email_key) = (keys::username(&user.username), keys::email(&user.email));
         let mut batch = Batch::default();
@@ -247,6 +250,9 @@ impl Store {
                 user.password_hash = h.clone();
                 // A new password ends every session, this one included.
                 super::sessions::end_all_sessions(&mut batch, id, false);
+                let entry =
+                    AuditEntry::new(Some(id), &user.username, "password_changed", json!({}));
+                audit::record(&mut batch, &entry)?;
             }
             if let Some(a) = add_me {
                 user.add_me = a;
@@ -355,6 +361,13 @@ impl Store {
                 .delete_prefix(&keys::user_groups(id))
                 .delete_prefix(&keys::notifications(id));
             super::sessions::end_all_sessions(&mut batch, id, true);
+            let entry = AuditEntry::new(
+                Some(id),
+                &user.value.username,
+                "account_deleted",
+                json!({"email": user.value.email}),
+            );
+            audit::record(&mut batch, &entry)?;
             batch.put(
                 &keys::deleting(id),
                 &PendingDeletion {
@@ -363,6 +376,39 @@ impl Store {
                 },
             )?;
             self.commit_or_retry(batch, ()).await
+        })
+        .await
+    }
+
+    /// Grants (or revokes) the administrator role to the account `name`,
+    /// as `by` (who the audit log names: the operator's tool).
+    pub async fn set_admin(&self, name: &str, admin: bool, by: &str) -> ApiResult<UserRecord> {
+        let found = self
+            .user_by_name(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(&format!("user {name:?}")))?;
+        self.optimistic("account", || async {
+            let key = keys::user(found.id);
+            let Some(cur) = self.get::<UserRecord>(&key).await? else {
+                return Err(ApiError::not_found(&format!("user {name:?}")));
+            };
+            let mut user = cur.value;
+            user.admin = admin;
+            let mut batch = Batch::default();
+            batch.unchanged(&key, cur.mod_revision).put(&key, &user)?;
+            let action = if admin {
+                "admin_granted"
+            } else {
+                "admin_revoked"
+            };
+            let entry = AuditEntry::new(
+                None,
+                by,
+                action,
+                json!({"user_id": user.id, "username": user.username}),
+            );
+            audit::record(&mut batch, &entry)?;
+            self.commit_or_retry(batch, user.clone()).await
         })
         .await
     }

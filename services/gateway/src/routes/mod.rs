@@ -4,6 +4,7 @@
 //!
 //! [`Op`]: agenda_calendar::api::Op
 
+pub mod admin;
 pub mod auth;
 pub mod events;
 pub mod groups;
@@ -66,6 +67,7 @@ pub fn api() -> Router<Arc<AppState>> {
         )
         .route("/v1/events/{id}/rsvp", post(events::rsvp))
         .route("/v1/freebusy", get(events::free_busy))
+        .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/notifications", get(notifications::list))
         .route("/v1/notifications/{id}/read", post(notifications::read))
         .route("/v1/stream", get(stream::stream))
