@@ -45,7 +45,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// that person's p50 may rise by under 10 ms and p95 by under 50 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_costliest_requests_barely_slow_other_people() {
-    let (_sys, api) = start().await;
+    // The reader reads as fast as it can: no per-person rate in the way.
+    let sys = System::start(agenda_tests::system::SystemOptions {
+        gateway_args: vec!["--person-rate".into(), "100000".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let api = sys.api();
 
     let mut fills = tokio::task::JoinSet::new();
     let mut crowd = Vec::new();
@@ -272,5 +279,117 @@ async fn guessing_passwords_is_stopped_and_logins_do_not_tell_who_exists() {
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{common}: {body}");
         assert_eq!(body["error"]["details"]["field"], "password");
     }
+    assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
+}
+
+/// Each limit answers in the error shape: a long request line 414, large
+/// headers 431, one person's flood 429 with Retry-After (another person is
+/// not slowed), a stream flooded with messages or sent a huge one closes,
+/// and an address sending invalid tokens is slowed down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_limit_answers_in_the_error_shape() {
+    let sys = System::start(agenda_tests::system::SystemOptions {
+        gateway_args: ["--person-rate", "2", "--person-burst", "20"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let api = sys.api();
+    let (_, alice) = api.register("alice").await;
+    let (_, bob) = api.register("bob").await;
+
+    let long = format!("/v1/me?pad={}", "a".repeat(9000));
+    agenda_tests::system::expect_error(
+        api.get(&long, &alice).await,
+        StatusCode::URI_TOO_LONG,
+        "uri_too_long",
+        "a 9 KB request line",
+    );
+    let big = api
+        .try_send(
+            api.request(reqwest::Method::GET, "/v1/me")
+                .bearer_auth(&alice)
+                .header("x-padding", "b".repeat(20_000)),
+        )
+        .await
+        .expect("send");
+    agenda_tests::system::expect_error(
+        big,
+        StatusCode::from_u16(431).unwrap(),
+        "headers_too_large",
+        "20 KB of headers",
+    );
+
+    // alice floods: beyond her burst, 429 with Retry-After; bob is fine.
+    let mut limited = 0;
+    let mut retry_after = None;
+    for _ in 0..60 {
+        let resp = api
+            .request(reqwest::Method::GET, "/v1/me")
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .expect("send");
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            retry_after = resp.headers().get("retry-after").cloned();
+            let body: serde_json::Value = resp.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+        }
+    }
+    assert!(limited >= 20, "only {limited} of 60 limited");
+    assert!(retry_after.is_some(), "Retry-After on 429");
+    expect(
+        api.get("/v1/me", &bob).await,
+        StatusCode::OK,
+        "bob meanwhile",
+    );
+
+    // A stream: a flood of messages closes it (policy), so does a huge one.
+    let mut s = sys.ws(Some(&bob), None).await.expect("stream");
+    s.ready(Duration::from_secs(10)).await.expect("ready");
+    let mut closed = None;
+    for _ in 0..40 {
+        if s.send_json(&json!({"type": "hello"})).await.is_err() {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while closed.is_none() && Instant::now() < deadline {
+        if let Ok(agenda_tests::ws::Frame::Closed(code, why)) = s.next(Duration::from_secs(1)).await
+        {
+            closed = Some((code, why));
+        }
+    }
+    let (code, why) = closed.expect("a flooded stream closes");
+    assert_eq!(code, 1008, "{why}");
+    let mut s = sys.ws(Some(&bob), None).await.expect("stream");
+    s.ready(Duration::from_secs(10)).await.expect("ready");
+    let _ = s
+        .send_json(&json!({"type": "token", "token": "x".repeat(100_000)}))
+        .await;
+    let ended = loop {
+        match s.next(Duration::from_secs(10)).await {
+            Ok(agenda_tests::ws::Frame::Closed(code, _)) => break Some(code),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    assert!(ended.is_some(), "a 100 KB message ends the stream");
+
+    // Invalid tokens from one address: after a burst, 429 for everyone
+    // there (the address is the flood's).
+    let mut statuses = Vec::new();
+    for _ in 0..300 {
+        statuses.push(api.get("/v1/me", "not-a-token").await.0);
+    }
+    let slowed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(slowed >= 50, "only {slowed} of 300 slowed: {statuses:?}");
     assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
 }

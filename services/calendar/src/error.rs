@@ -66,6 +66,14 @@ impl ApiError {
     pub fn payload_too_large(message: impl Into<String>) -> Self {
         Self::new(413, "payload_too_large", message)
     }
+    /// 414: a request line too long.
+    pub fn uri_too_long(message: impl Into<String>) -> Self {
+        Self::new(414, "uri_too_long", message)
+    }
+    /// 431: request headers too large.
+    pub fn headers_too_large(message: impl Into<String>) -> Self {
+        Self::new(431, "headers_too_large", message)
+    }
     /// 415: a body in a format other than JSON.
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, "unsupported_media_type", message)

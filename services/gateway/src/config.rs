@@ -23,6 +23,14 @@ pub struct Config {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "AGENDA_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
+    /// Requests one signed-in person may send per second, after a burst
+    /// of --person-burst (then 429 with Retry-After).
+    #[arg(long, env = "AGENDA_PERSON_RATE", default_value_t = 100.0)]
+    pub person_rate: f64,
+    /// Requests one signed-in person may send at once before
+    /// --person-rate applies.
+    #[arg(long, env = "AGENDA_PERSON_BURST", default_value_t = 400.0)]
+    pub person_burst: f64,
     #[command(flatten)]
     pub redis: agenda_common::args::RedisAuthArgs,
     /// Interval of WebSocket heartbeats (ping frame + heartbeat message), ms.

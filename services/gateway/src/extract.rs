@@ -130,6 +130,15 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = Arc::<AppState>::from_ref(state);
+        // Verified already by the limits layer (which keys its rate on it).
+        if let Some(session) = parts.extensions.get::<Session>() {
+            return Ok(Authed(Caller {
+                user: Some(session.user),
+                source: source(parts),
+                request_id: request_id(parts),
+                state,
+            }));
+        }
         let header = parts
             .headers
             .get(header::AUTHORIZATION)

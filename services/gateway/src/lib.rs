@@ -6,7 +6,8 @@
 //!   operations for the services.
 //! - [`extract`]: the caller (JWT checked), JSON bodies, query strings.
 //! - [`upstream`]: discovery and balancing of users/groups replicas.
-//! - [`limits`]: what one client may make the system do (failed logins).
+//! - [`limits`]: what one client may make the system do (sizes, rates,
+//!   failed logins): one layer in front of every route.
 //! - [`listener`]: accepted connections (socket options, addresses).
 //! - [`live`]: the Redis stream to open WebSockets (`routes::stream`).
 //! - [`error`]: the error shape on the wire.
@@ -58,6 +59,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Failed-login limits.
     pub logins: limits::LoginGuard,
+    /// Per-request limits (sizes, rates).
+    pub requests: limits::RequestLimits,
     /// Session generations (ended sessions refused at once).
     pub sessions: Arc<sessions::Sessions>,
 }
@@ -78,6 +81,10 @@ pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .fallback(|| async { HttpError(ApiError::not_found("route")) })
         .method_not_allowed_fallback(|| async { HttpError(ApiError::method_not_allowed()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::guard,
+        ))
         .layer(axum::middleware::from_fn(metrics::request_id))
         .with_state(state)
 }
@@ -108,6 +115,10 @@ pub async fn run(
         ws_heartbeat: std::time::Duration::from_millis(cfg.ws_heartbeat_ms),
         shutdown: shutdown.clone(),
         logins: limits::LoginGuard::default(),
+        requests: limits::RequestLimits::new(limits::Rate {
+            burst: cfg.person_burst.max(1.0),
+            per_sec: cfg.person_rate.max(0.1),
+        }),
         sessions: sessions::follow(&db, stop.clone()),
         db,
     });

@@ -10,6 +10,15 @@
 //! Failed and refused logins reach the audit log aggregated per account
 //! and source ([`write_failed_logins`]: one entry each per period), so an
 //! attack does not become one replicated write per attempt.
+//!
+//! Every request ([`guard`], one layer in front of every route): a request
+//! line over [`MAX_URI_BYTES`] is 414 and headers over
+//! [`MAX_HEADER_BYTES`] 431, in the error shape; a signed-in person may
+//! send so many requests a second, after a burst (`--person-rate`), and an address
+//! that keeps sending invalid tokens is slowed down ([`BAD_TOKENS`]). Both
+//! aim at floods: a thousand people behind one address, each at a human
+//! pace, never meet them. The token is checked here once and handed to
+//! the routes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -35,6 +44,37 @@ pub struct Rate {
     pub per_sec: f64,
 }
 
+/// One client's own allowance (no map: a WebSocket session's messages).
+pub struct Allowance {
+    bucket: Bucket,
+    rate: Rate,
+}
+
+impl Allowance {
+    pub fn new(rate: Rate) -> Self {
+        Allowance {
+            bucket: Bucket {
+                level: 0.0,
+                at: Instant::now(),
+            },
+            rate,
+        }
+    }
+
+    /// Takes one; false when the burst is spent.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let level = self.bucket.level(self.rate, now);
+        if level + 1.0 > self.rate.burst {
+            return false;
+        }
+        self.bucket = Bucket {
+            level: level + 1.0,
+            at: now,
+        };
+        true
+    }
+}
+
 impl Bucket {
     fn level(&self, rate: Rate, now: Instant) -> f64 {
         let drained = now.saturating_duration_since(self.at).as_secs_f64() * rate.per_sec;
@@ -42,23 +82,75 @@ impl Bucket {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Key {
-    Account(String),
-    Source(IpAddr),
-    Both(String, IpAddr),
+/// Leaky buckets of one [`Rate`] by key: each [`Buckets::add`] adds one,
+/// the level drains with time, and one more fits while the level stays
+/// within the burst. At most [`MAX_BUCKETS`] keys are kept (drained ones
+/// go first), so a flood of keys cannot grow the memory.
+pub struct Buckets<K> {
+    rate: Rate,
+    map: Mutex<HashMap<K, Bucket>>,
+}
+
+impl<K: std::hash::Hash + Eq> Buckets<K> {
+    pub fn new(rate: Rate) -> Self {
+        Buckets {
+            rate,
+            map: Mutex::default(),
+        }
+    }
+
+    /// How long until one more fits under `key` (None: it fits now).
+    pub fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let over = map.get(key)?.level(self.rate, now) + 1.0 - self.rate.burst;
+        (over > 0.0).then(|| Duration::from_secs_f64(over / self.rate.per_sec))
+    }
+
+    /// Adds one under `key`.
+    pub fn add(&self, key: K, now: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_BUCKETS && !map.contains_key(&key) {
+            let rate = self.rate;
+            map.retain(|_, b| b.level(rate, now) > 0.0);
+            if map.len() >= MAX_BUCKETS {
+                // Still full of live buckets (a flood of keys): the oldest
+                // knowledge goes rather than the memory growing.
+                map.clear();
+            }
+        }
+        let rate = self.rate;
+        let b = map.entry(key).or_insert(Bucket {
+            level: 0.0,
+            at: now,
+        });
+        b.level = b.level(rate, now) + 1.0;
+        b.at = now;
+    }
+
+    /// Empties `key`'s bucket.
+    pub fn forget(&self, key: &K) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// A 429 for a wait of `wait`, in whole seconds (at least one).
+fn too_many(wait: Duration, what: &str) -> ApiError {
+    let secs = wait.as_secs().max(1) + u64::from(wait.subsec_nanos() > 0 && wait.as_secs() > 0);
+    ApiError::too_many_requests(format!("{what}; try again in {secs} s"), secs)
 }
 
 /// Failed-login limits.
 pub struct LoginGuard {
     /// One account from one source: a person mistyping, or one guesser.
-    pub both: Rate,
+    both: Buckets<(String, IpAddr)>,
     /// One account from anywhere: guessing spread over many addresses.
-    pub account: Rate,
+    account: Buckets<String>,
     /// One source for any account: trying many accounts (an office NAT
     /// shares it, hence the size).
-    pub source: Rate,
-    buckets: Mutex<HashMap<Key, Bucket>>,
+    source: Buckets<IpAddr>,
     /// Failures and refusals not yet in the audit log.
     unlogged: Mutex<HashMap<(String, IpAddr), Unlogged>>,
 }
@@ -101,10 +193,9 @@ impl Default for LoginGuard {
 impl LoginGuard {
     pub fn new(both: Rate, account: Rate, source: Rate) -> Self {
         LoginGuard {
-            both,
-            account,
-            source,
-            buckets: Mutex::default(),
+            both: Buckets::new(both),
+            account: Buckets::new(account),
+            source: Buckets::new(source),
             unlogged: Mutex::default(),
         }
     }
@@ -153,15 +244,6 @@ impl LoginGuard {
             .collect()
     }
 
-    fn keys(&self, account: &str, source: IpAddr) -> [(Key, Rate); 3] {
-        let account = account.trim().to_lowercase();
-        [
-            (Key::Both(account.clone(), source), self.both),
-            (Key::Account(account), self.account),
-            (Key::Source(source), self.source),
-        ]
-    }
-
     /// Whether a login for `account` from `source` may be tried now; if
     /// not, the 429 says when.
     pub fn check(&self, account: &str, source: IpAddr) -> Result<(), ApiError> {
@@ -173,24 +255,19 @@ impl LoginGuard {
     }
 
     fn check_at(&self, account: &str, source: IpAddr, now: Instant) -> Result<(), ApiError> {
-        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let mut wait = Duration::ZERO;
-        for (key, rate) in self.keys(account, source) {
-            if let Some(b) = buckets.get(&key) {
-                let over = b.level(rate, now) + 1.0 - rate.burst;
-                if over > 0.0 {
-                    wait = wait.max(Duration::from_secs_f64(over / rate.per_sec));
-                }
-            }
+        let account = account.trim().to_lowercase();
+        let wait = [
+            self.both.wait(&(account.clone(), source), now),
+            self.account.wait(&account, now),
+            self.source.wait(&source, now),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        match wait {
+            None => Ok(()),
+            Some(w) => Err(too_many(w, "too many failed logins")),
         }
-        if wait.is_zero() {
-            return Ok(());
-        }
-        let secs = wait.as_secs().max(1) + u64::from(wait.subsec_nanos() > 0);
-        Err(ApiError::too_many_requests(
-            format!("too many failed logins; try again in {secs} s"),
-            secs,
-        ))
     }
 
     /// Records the outcome of a login that was tried.
@@ -202,39 +279,113 @@ impl LoginGuard {
     }
 
     fn record_at(&self, account: &str, source: IpAddr, failed: bool, now: Instant) {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let keys = self.keys(account, source);
+        let account = account.trim().to_lowercase();
         if !failed {
             // The person got it right: their own mistypes are forgiven
             // (not the account's or the source's, which others share).
-            buckets.remove(&keys[0].0);
+            self.both.forget(&(account, source));
             return;
         }
-        if buckets.len() >= MAX_BUCKETS {
-            let (both, account, source) = (self.both, self.account, self.source);
-            buckets.retain(|k, b| {
-                let rate = match k {
-                    Key::Both(..) => both,
-                    Key::Account(_) => account,
-                    Key::Source(_) => source,
-                };
-                b.level(rate, now) > 0.0
-            });
-            if buckets.len() >= MAX_BUCKETS {
-                // Still full of live buckets (a flood of sources): the
-                // oldest knowledge goes rather than the memory growing.
-                buckets.clear();
-            }
-        }
-        for (key, rate) in keys {
-            let b = buckets.entry(key).or_insert(Bucket {
-                level: 0.0,
-                at: now,
-            });
-            b.level = b.level(rate, now) + 1.0;
-            b.at = now;
+        self.both.add((account.clone(), source), now);
+        self.account.add(account, now);
+        self.source.add(source, now);
+    }
+}
+
+/// Longest request line (path and query) served.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Most bytes of request headers served (names and values).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Answers 401 one address may cause: a burst, then this many a second.
+pub const BAD_TOKENS: Rate = Rate {
+    burst: 200.0,
+    per_sec: 20.0,
+};
+
+/// Largest WebSocket message (and frame) a client may send.
+pub const WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Messages a client may send on a stream (it only ever needs to send a
+/// fresh token now and then).
+pub const WS_MESSAGES: Rate = Rate {
+    burst: 20.0,
+    per_sec: 2.0,
+};
+
+/// The request limits' state.
+pub struct RequestLimits {
+    per_person: Buckets<uuid::Uuid>,
+    bad_tokens: Buckets<IpAddr>,
+}
+
+impl RequestLimits {
+    /// Limits with `per_person` for each signed-in person
+    /// (`--person-rate`, `--person-burst`).
+    pub fn new(per_person: Rate) -> Self {
+        RequestLimits {
+            per_person: Buckets::new(per_person),
+            bad_tokens: Buckets::new(BAD_TOKENS),
         }
     }
+}
+
+/// The layer: sizes, then the address's invalid tokens, then the person's
+/// rate (the token is verified here and handed on in the request's
+/// extensions); 401s are counted against the address afterwards.
+pub async fn guard(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::AppState>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let refuse = |e: ApiError| crate::error::HttpError(e).into_response();
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return refuse(ApiError::uri_too_long(format!(
+            "the request line is {uri} bytes; at most {MAX_URI_BYTES}"
+        )));
+    }
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return refuse(ApiError::headers_too_large(format!(
+            "the request headers are {headers} bytes; at most {MAX_HEADER_BYTES}"
+        )));
+    }
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::listener::Addrs>>()
+        .map(|c| c.0.peer.ip());
+    let now = Instant::now();
+    let limits = &state.requests;
+    if let Some(wait) = source.and_then(|s| limits.bad_tokens.wait(&s, now)) {
+        return refuse(too_many(
+            wait,
+            "too many requests with invalid credentials from this address",
+        ));
+    }
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(crate::extract::strip_bearer);
+    if let Some(Ok(session)) = token.map(|t| crate::extract::verify(&state, t)) {
+        if let Some(wait) = limits.per_person.wait(&session.user, now) {
+            return refuse(too_many(wait, "too many requests"));
+        }
+        limits.per_person.add(session.user, now);
+        req.extensions_mut().insert(session);
+    }
+    let resp = next.run(req).await;
+    if let (Some(s), axum::http::StatusCode::UNAUTHORIZED) = (source, resp.status()) {
+        limits.bad_tokens.add(s, Instant::now());
+    }
+    resp
 }
 
 /// How often failed logins are written to the audit log.
@@ -357,6 +508,41 @@ mod tests {
         );
         assert!(entries.iter().all(|e| e.action == "login_failed"));
         assert!(g.take_audit_entries().is_empty(), "drained");
+    }
+
+    #[test]
+    fn an_allowance_refills_with_time() {
+        let mut a = Allowance::new(Rate {
+            burst: 2.0,
+            per_sec: 1.0,
+        });
+        let t = Instant::now();
+        assert!(a.take(t) && a.take(t));
+        assert!(!a.take(t));
+        assert!(a.take(t + Duration::from_secs(1)));
+        assert!(!a.take(t + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn request_buckets_hold_a_burst_then_a_rate() {
+        let b: Buckets<u32> = Buckets::new(Rate {
+            burst: 3.0,
+            per_sec: 10.0,
+        });
+        let t = Instant::now();
+        for _ in 0..3 {
+            assert!(b.wait(&7, t).is_none());
+            b.add(7, t);
+        }
+        let w = b.wait(&7, t).expect("full");
+        assert!(w <= Duration::from_millis(100), "{w:?}");
+        assert!(b.wait(&8, t).is_none(), "another key");
+        assert!(b.wait(&7, t + Duration::from_millis(100)).is_none());
+        let e = too_many(w, "slow down");
+        assert_eq!(
+            (e.status, e.details["retry_after"].as_u64()),
+            (429, Some(1))
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::extract::{caller_for, strip_bearer, verify, Query, Session};
+use crate::limits;
 use crate::live::{Pushed, Sent};
 use crate::metrics::RequestId;
 use crate::AppState;
@@ -38,6 +39,8 @@ use crate::AppState;
 pub const CLOSE_UNAUTHENTICATED: u16 = 4401;
 /// Close code for a client that did not read fast enough.
 pub const CLOSE_TOO_SLOW: u16 = 4408;
+/// Close code for a client breaking the rules (too many messages).
+pub const CLOSE_POLICY: u16 = 1008;
 /// Close code when the gateway shuts down (going away).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
@@ -79,7 +82,9 @@ pub async fn stream(
         Some(t) => verify(&state, t).map_err(|e| format!("{}: {}", e.code, e.message)),
     };
     let request_id = request_id.map(|r| r.0 .0.clone()).unwrap_or_default();
-    ws.on_upgrade(move |socket| session(socket, state, auth, q.last_id, request_id))
+    ws.max_message_size(limits::WS_MAX_MESSAGE_BYTES)
+        .max_frame_size(limits::WS_MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| session(socket, state, auth, q.last_id, request_id))
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
@@ -182,6 +187,7 @@ async fn session(
     if !send_text(&mut socket, json!({"type": "ready"}).to_string()).await {
         return;
     }
+    let mut allowance = limits::Allowance::new(limits::WS_MESSAGES);
     let mut heartbeat = tokio::time::interval(state.ws_heartbeat);
     heartbeat.tick().await;
     loop {
@@ -232,6 +238,10 @@ async fn session(
             }
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(Message::Text(_) | Message::Binary(_))) if !allowance.take(std::time::Instant::now()) => {
+                    close(&mut socket, CLOSE_POLICY, "too many messages: a client only sends a fresh token now and then").await;
+                    return;
+                }
                 Some(Ok(Message::Text(text))) => {
                     match fresh_token(&state, user, &text) {
                         Ok(Some(t)) => {
