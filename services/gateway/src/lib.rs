@@ -14,6 +14,7 @@
 //! - [`metrics`]: request ids, per-route latency and status counts.
 //! - [`openapi`]: the generated OpenAPI document.
 //! - [`sessions`]: session generations followed from agenda-db.
+//! - [`shaped`]: the error shape for the answers hyper writes itself.
 //! - [`vip`]: the VIP fence (serve VIP traffic only while this machine
 //!   holds the VIP lease).
 
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod sessions;
+pub mod shaped;
 pub mod upstream;
 pub mod vip;
 
@@ -144,7 +146,7 @@ pub async fn run(
         Some(config) => {
             let listener = agenda_common::net::TlsListener::public(listener, config, send_buffer)?;
             axum::serve(
-                listener,
+                shaped::Shaped(listener),
                 router.into_make_service_with_connect_info::<listener::Addrs>(),
             )
             .with_graceful_shutdown(done)
@@ -152,7 +154,7 @@ pub async fn run(
         }
         None => {
             axum::serve(
-                listener::Tuned::new(listener, send_buffer),
+                shaped::Shaped(listener::Tuned::new(listener, send_buffer)),
                 router.into_make_service_with_connect_info::<listener::Addrs>(),
             )
             .with_graceful_shutdown(done)

@@ -8,6 +8,8 @@ use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::shaped::Shaped;
+
 /// A TCP listener that tunes each accepted connection.
 pub struct Tuned {
     inner: TcpListener,
@@ -54,19 +56,25 @@ pub struct Addrs {
 const UNKNOWN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
-impl Connected<IncomingStream<'_, Tuned>> for Addrs {
-    fn connect_info(stream: IncomingStream<'_, Tuned>) -> Self {
+impl Connected<IncomingStream<'_, Shaped<Tuned>>> for Addrs {
+    fn connect_info(stream: IncomingStream<'_, Shaped<Tuned>>) -> Self {
         Addrs {
-            local: stream.io().local_addr().unwrap_or(UNKNOWN),
+            local: stream.io().get_ref().local_addr().unwrap_or(UNKNOWN),
             peer: *stream.remote_addr(),
         }
     }
 }
 
-impl Connected<IncomingStream<'_, agenda_common::net::TlsListener>> for Addrs {
-    fn connect_info(stream: IncomingStream<'_, agenda_common::net::TlsListener>) -> Self {
+impl Connected<IncomingStream<'_, Shaped<agenda_common::net::TlsListener>>> for Addrs {
+    fn connect_info(stream: IncomingStream<'_, Shaped<agenda_common::net::TlsListener>>) -> Self {
         Addrs {
-            local: stream.io().get_ref().0.local_addr().unwrap_or(UNKNOWN),
+            local: stream
+                .io()
+                .get_ref()
+                .get_ref()
+                .0
+                .local_addr()
+                .unwrap_or(UNKNOWN),
             peer: *stream.remote_addr(),
         }
     }
