@@ -65,7 +65,7 @@ impl World {
     fn id(&self, who: Who) -> &str {
         &self.ids.iter().find(|(w, _)| *w == who).expect("id").1
     }
-    fn of<'a>(list: &'a [(Who, String)], who: Who) -> &'a str {
+    fn of(list: &[(Who, String)], who: Who) -> &str {
         list.iter()
             .find(|(w, _)| *w == who)
             .map_or("7b0e6c4e-3f6a-4c1e-9d55-2d2f6a0c9e41", |(_, v)| v.as_str())
