@@ -15,6 +15,7 @@
 //! - [`service`]: the request layer (retries, ReadIndex, watches).
 //! - [`api`]: gRPC and REST faces over the request layer.
 //! - [`access`]: who may touch which keys (per-role permissions).
+//! - [`refusals`]: refused certificates, aggregated for the audit log.
 //! - [`lease`], [`watch`], [`metrics`], [`error`].
 #![deny(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod node;
+pub mod refusals;
 pub mod schema;
 pub mod service;
 pub mod state_file;
@@ -274,6 +276,12 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
     );
 
     let grpc_addr = grpc.local_addr().ok();
+    let refusals = Arc::new(refusals::Refusals::default());
+    tokio::spawn(refusals::write(
+        refusals.clone(),
+        db_service.clone(),
+        stop_servers.clone(),
+    ));
     let raft_service = || {
         RaftServer::new(transport::RaftService {
             node: handle.clone(),
@@ -286,6 +294,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
     let client_router = agenda_common::net::grpc_server().add_service(
         DbServer::new(api::grpc::GrpcApi {
             db: db_service.clone(),
+            refusals: refusals.clone(),
         })
         .max_decoding_message_size(8 * 1024 * 1024),
     );

@@ -786,12 +786,14 @@ impl Node {
                     let cc = ConfChange::parse_from_bytes(&e.data)?;
                     let change = MemberChange::decode(cc.context.as_ref())?;
                     let result = self.apply_conf_change(&cc, &change, term);
-                    self.sm
-                        .record_member_change(e.index, e.term, &change, &result);
+                    let added = cc.get_change_type() != ConfChangeType::RemoveNode;
+                    let effects = self
+                        .sm
+                        .record_member_change(e.index, e.term, &change, added, &result);
                     outcomes.push(Outcome {
                         request_id: change.request_id,
                         result: Some(result),
-                        effects: Effects::default(),
+                        effects,
                     });
                 }
                 EntryType::EntryConfChangeV2 => {

@@ -730,7 +730,7 @@ mod determinism {
                             members: sm.member_list(),
                         })),
                     };
-                    sm.record_member_change(index, 1, change, &result);
+                    sm.record_member_change(index, 1, change, *add, &result);
                 }
             }
         }

@@ -106,6 +106,29 @@ struct Tables {
 /// Decided from the log alone, so every replica keeps the same entries.
 pub const AUDIT_PREFIX: &[u8] = crate::access::AUDIT.as_bytes();
 
+/// The audit entry (key, JSON) of a membership change that took effect,
+/// in the shape of the services' entries (`agenda_calendar::audit`).
+fn member_change_audit(change: &MemberChange, added: bool, index: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut rand = [0u8; 10];
+    rand[2..].copy_from_slice(&index.to_be_bytes());
+    let id = uuid::Builder::from_unix_timestamp_millis(change.proposed_at_ms, &rand).into_uuid();
+    let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(
+        i64::try_from(change.proposed_at_ms).unwrap_or(0),
+    )
+    .unwrap_or_default();
+    let entry = serde_json::json!({
+        "id": id,
+        "at": at,
+        "actor_id": null,
+        "actor": "operator",
+        "action": if added { "db_member_added" } else { "db_member_removed" },
+        "source": "",
+        "details": {"member_id": change.id, "address": change.addr, "log_index": index},
+    });
+    let key = [AUDIT_PREFIX, id.to_string().as_bytes()].concat();
+    (key, entry.to_string().into_bytes())
+}
+
 /// Audit entries kept (they live in memory like everything else).
 pub const AUDIT_KEEP: usize = if cfg!(test) { 5 } else { 200_000 };
 
@@ -221,15 +244,36 @@ impl StateMachine {
     /// to raft's configuration and the member list): its dedup record is
     /// timed by its proposer, like a command's, so every replica expires
     /// the same records at the same index.
+    ///
+    /// A change that took effect is also written to the audit log (see
+    /// [`AUDIT_PREFIX`]): an entry whose id and time come from the log
+    /// (the proposer's clock, the entry's index), so every replica writes
+    /// the same one.
     pub fn record_member_change(
         &mut self,
         index: u64,
         term: u64,
         change: &MemberChange,
+        added: bool,
         result: &CommandResult,
-    ) {
+    ) -> Effects {
         self.applied = (index, term);
+        let mut effects = Effects::default();
+        if !matches!(result.result, Some(command_result::Result::Error(_)) | None) {
+            let mut w = Writer::new(self.revision + 1);
+            let (key, value) = member_change_audit(change, added, index);
+            w.put(
+                &mut self.t,
+                &PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                },
+            );
+            self.finish(w, &mut effects);
+        }
         self.dedup_record(&change.request_id, change.proposed_at_ms, result);
+        effects
     }
 
     /// Remembers a request id's result and expires old ones. `at_ms` comes
@@ -1172,6 +1216,48 @@ mod tests {
             Some(command_result::Result::Error(e)) => command_error::Code::try_from(e.code).ok(),
             _ => None,
         }
+    }
+
+    /// A membership change that took effect is in the audit log, with its
+    /// time from the log; a refused one is not.
+    #[test]
+    fn membership_changes_are_audited() {
+        let mut sm = StateMachine::new(1000);
+        let change = MemberChange {
+            request_id: "m1".into(),
+            id: 6,
+            addr: "10.0.0.6:7006".into(),
+            proposed_at_ms: 1_700_000_000_000,
+        };
+        let ok = CommandResult {
+            result: Some(command_result::Result::MemberChange(Default::default())),
+        };
+        let effects = sm.record_member_change(7, 1, &change, true, &ok);
+        assert!(effects.revision.is_some(), "watchers see it");
+        let refused = CommandResult {
+            result: Some(command_result::Result::Error(Default::default())),
+        };
+        sm.record_member_change(
+            8,
+            1,
+            &MemberChange {
+                request_id: "m2".into(),
+                ..change.clone()
+            },
+            false,
+            &refused,
+        );
+        let entries: Vec<serde_json::Value> = sm
+            .snapshot_data()
+            .kvs
+            .iter()
+            .filter(|kv| kv.key.starts_with(AUDIT_PREFIX))
+            .map(|kv| serde_json::from_slice(&kv.value).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0]["action"], "db_member_added");
+        assert_eq!(entries[0]["details"]["member_id"], 6);
+        assert_eq!(entries[0]["at"], "2023-11-14T22:13:20Z");
     }
 
     /// Past the cap, each new audit entry takes the oldest one's place in

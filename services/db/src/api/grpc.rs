@@ -16,6 +16,8 @@ use crate::service::Db;
 pub struct GrpcApi {
     /// Request layer.
     pub db: Db,
+    /// Refused certificates, counted for the audit log.
+    pub refusals: std::sync::Arc<crate::refusals::Refusals>,
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
@@ -132,7 +134,14 @@ impl GrpcApi {
         let certs = r.peer_certs();
         let role = agenda_common::tls::caller_role(certs.as_ref().map(|c| c.as_slice()));
         if let Some(role) = &role {
-            access::check(role, request(r.get_ref())).map_err(Status::permission_denied)?;
+            if let Err(why) = access::check(role, request(r.get_ref())) {
+                let source = r
+                    .remote_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                self.refusals.note(role, &source, &why);
+                return Err(Status::permission_denied(why));
+            }
         }
         Ok(self.db.for_caller(role))
     }
