@@ -3,7 +3,7 @@
 use agenda_calendar::api::{
     ConflictPolicy, CreateEventRequest, Op, RsvpRequest, UpdateEventRequest, Window,
 };
-use agenda_calendar::model::{Event, Interval};
+use agenda_calendar::model::Event;
 use agenda_calendar::validate;
 use axum::extract::Path;
 use axum::http::HeaderMap;
@@ -33,15 +33,16 @@ fn reject(p: &ConflictPolicy) -> Result<bool, HttpError> {
 /// same key creates the event once and answers with it (409 if the key was
 /// used for a different request). Without one the gateway still makes its
 /// own retries safe with a key of its own.
-#[utoipa::path(post, path = "/v1/events", tag = "events", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/events", tag = "events", operation_id = "create_event", security(("bearer" = [])),
     params(ConflictPolicy,
         ("Idempotency-Key" = Option<String>, Header,
          description = "1-255 visible ASCII characters; repeats of a request with it create the event once")),
     request_body = CreateEventRequest,
-    responses((status = 201, body = EventWithConflicts),
-              (status = 400, description = "malformed Idempotency-Key"),
+    responses((status = 201, description = "the event and the conflicts it makes", body = EventWithConflicts),
+              (status = 400, description = "malformed Idempotency-Key, or a malformed body or query string"),
+              (status = 404, description = "group event: no such group among yours"),
               (status = 409, description = "conflicts, with on_conflict=reject (details.conflicts); or the Idempotency-Key was used for a different request"),
-              (status = 422, description = "invalid field")))]
+              (status = 422, description = "a field is invalid (details.field names it): also an unknown attendee, an rrule refused, end not after start or more than 31 days later")))]
 pub async fn create(
     Authed(c): Authed,
     Query(p): Query<ConflictPolicy>,
@@ -73,23 +74,32 @@ pub async fn create(
 
 /// Your agenda in a window: own events, events you attend, group events;
 /// recurring ones expanded.
-#[utoipa::path(get, path = "/v1/events", tag = "events", security(("bearer" = [])),
-    params(Window), responses((status = 200, description = "{items: [event]}")))]
+#[utoipa::path(get, path = "/v1/events", tag = "events", operation_id = "list_events", security(("bearer" = [])),
+    params(Window),
+    responses((status = 200, description = "your agenda in the window, occurrences expanded", body = crate::openapi::EventList),
+              (status = 422, description = "from or to missing or not RFC 3339, to not after from, or more than 366 days apart")))]
 pub async fn list(Authed(c): Authed, Query(window): Query<Window>) -> Result<Response, HttpError> {
     c.call(Op::ListEvents { window }).await
 }
 
 /// One event you take part in.
-#[utoipa::path(get, path = "/v1/events/{id}", tag = "events", security(("bearer" = [])),
-    params(("id" = String, Path)), responses((status = 200, body = Event), (status = 404)))]
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events", operation_id = "get_event", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "An event id (anything else is 404)")),
+    responses((status = 200, description = "the event", body = Event),
+              (status = 404, description = "no such event of yours")))]
 pub async fn get(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
     c.call(Op::GetEvent { id }).await
 }
 
 /// Changes an event you organize; moving it reports conflicts.
-#[utoipa::path(patch, path = "/v1/events/{id}", tag = "events", security(("bearer" = [])),
-    params(("id" = String, Path), ConflictPolicy), request_body = UpdateEventRequest,
-    responses((status = 200, body = EventWithConflicts), (status = 403), (status = 404), (status = 409)))]
+#[utoipa::path(patch, path = "/v1/events/{id}", tag = "events", operation_id = "update_event", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "An event id (anything else is 404)"), ConflictPolicy),
+    request_body = UpdateEventRequest,
+    responses((status = 200, description = "the event as changed and the conflicts it makes", body = EventWithConflicts),
+              (status = 403, description = "only the organizer may change the event"),
+              (status = 404, description = "no such event of yours"),
+              (status = 409, description = "conflicts, with on_conflict=reject (details.conflicts)"),
+              (status = 422, description = "a field is invalid (details.field names it): also an rrule refused, end not after start or more than 31 days later")))]
 pub async fn update(
     Authed(c): Authed,
     Path(id): Path<String>,
@@ -101,16 +111,22 @@ pub async fn update(
 }
 
 /// Deletes an event you organize, from every attendee's agenda.
-#[utoipa::path(delete, path = "/v1/events/{id}", tag = "events", security(("bearer" = [])),
-    params(("id" = String, Path)), responses((status = 204), (status = 403), (status = 404)))]
+#[utoipa::path(delete, path = "/v1/events/{id}", tag = "events", operation_id = "delete_event", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "An event id (anything else is 404)")),
+    responses((status = 204, description = "cancelled for everyone"),
+              (status = 403, description = "only the organizer may delete the event (decline it instead)"),
+              (status = 404, description = "no such event of yours")))]
 pub async fn delete(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
     c.call(Op::DeleteEvent { id }).await
 }
 
 /// Answers an invitation to an event; accepting reports conflicts.
-#[utoipa::path(post, path = "/v1/events/{id}/rsvp", tag = "events", security(("bearer" = [])),
-    params(("id" = String, Path), ConflictPolicy), request_body = RsvpRequest,
-    responses((status = 200, body = EventWithConflicts), (status = 404), (status = 409)))]
+#[utoipa::path(post, path = "/v1/events/{id}/rsvp", tag = "events", operation_id = "rsvp", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "An event id (anything else is 404)"), ConflictPolicy),
+    request_body = RsvpRequest,
+    responses((status = 200, description = "the event with your answer and your conflicts", body = EventWithConflicts),
+              (status = 404, description = "no such event of yours"),
+              (status = 409, description = "conflicts, with on_conflict=reject (details.conflicts)")))]
 pub async fn rsvp(
     Authed(c): Authed,
     Path(id): Path<String>,
@@ -134,8 +150,11 @@ pub struct FreeBusyQuery {
 }
 
 /// Busy intervals of people, without any detail.
-#[utoipa::path(get, path = "/v1/freebusy", tag = "events", security(("bearer" = [])),
-    params(FreeBusyQuery), responses((status = 200, description = "{users: {username: [interval]}}", body = Interval)))]
+#[utoipa::path(get, path = "/v1/freebusy", tag = "events", operation_id = "free_busy", security(("bearer" = [])),
+    params(FreeBusyQuery),
+    responses((status = 200, description = "busy intervals by username", body = crate::openapi::FreeBusy),
+              (status = 404, description = "no user by one of these names"),
+              (status = 422, description = "users empty or more than 50; from or to missing or not RFC 3339, to not after from, or more than 366 days apart")))]
 pub async fn free_busy(
     Authed(c): Authed,
     Query(q): Query<FreeBusyQuery>,

@@ -10,20 +10,22 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use utoipa::OpenApi;
 
 use crate::error::HttpError;
 use crate::AppState;
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200)))]
+#[utoipa::path(get, path = "/healthz", tag = "ops", operation_id = "healthz",
+    responses((status = 200, description = "up", body = crate::openapi::Health)))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready to serve: agenda-db answers with a leader, and at least one users
 /// and one groups replica are registered.
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/readyz", tag = "ops", operation_id = "readyz",
+    responses((status = 200, description = "ready", body = crate::openapi::Ready),
+              (status = 503, description = "not ready (details: the checks)")))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let db = state.db.with_timeout(Duration::from_secs(2));
     let db_ok = matches!(db.cluster_status().await, Ok(s) if s.leader_id != 0);
@@ -39,7 +41,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -49,7 +52,8 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// This API's OpenAPI document, generated from the code.
-#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200)))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::openapi::ApiDoc::openapi())
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", operation_id = "openapi",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
 }
