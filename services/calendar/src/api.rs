@@ -151,6 +151,8 @@ pub struct UpdateGroupRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMemberRequest {
+    #[serde(deserialize_with = "whole_number::required")]
+    #[schema(value_type = u32)]
     pub rank: u32,
 }
 
@@ -159,6 +161,8 @@ pub struct UpdateMemberRequest {
 #[serde(deny_unknown_fields)]
 pub struct InviteRequest {
     pub username: String,
+    #[serde(default, deserialize_with = "whole_number::optional")]
+    #[schema(value_type = Option<u32>)]
     pub rank: Option<u32>,
 }
 
@@ -397,9 +401,59 @@ impl Op {
     }
 }
 
+/// Counts that JSON may write as `3` or `3.0` (both are the integer 3
+/// in JSON Schema, and clients that keep every number as a float send the
+/// latter); anything with a fraction, negative or too large is refused.
+mod whole_number {
+    use serde::{Deserialize, Deserializer};
+
+    fn to_u32<E: serde::de::Error>(v: f64) -> Result<u32, E> {
+        if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+            Ok(v as u32)
+        } else {
+            Err(E::custom(format!(
+                "{v} is not a whole number from 0 to {}",
+                u32::MAX
+            )))
+        }
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        to_u32(f64::deserialize(d)?)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Option::<f64>::deserialize(d)?.map(to_u32).transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_may_be_whole_floats_and_nothing_else() {
+        let rank = |v: serde_json::Value| {
+            serde_json::from_value::<UpdateMemberRequest>(serde_json::json!({ "rank": v }))
+                .map(|r| r.rank)
+        };
+        assert_eq!(rank(serde_json::json!(3)).unwrap(), 3);
+        assert_eq!(rank(serde_json::json!(207.0)).unwrap(), 207);
+        for bad in [
+            serde_json::json!(2.5),
+            serde_json::json!(-1),
+            serde_json::json!("3"),
+            serde_json::json!(1e12),
+        ] {
+            assert!(rank(bad.clone()).is_err(), "{bad}");
+        }
+        let inv: InviteRequest =
+            serde_json::from_value(serde_json::json!({"username": "x"})).unwrap();
+        assert_eq!(inv.rank, None);
+        let inv: InviteRequest =
+            serde_json::from_value(serde_json::json!({"username": "x", "rank": 4.0})).unwrap();
+        assert_eq!(inv.rank, Some(4));
+    }
 
     #[test]
     fn only_reads_and_keyed_creations_are_safe_to_retry() {

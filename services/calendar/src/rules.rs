@@ -46,6 +46,9 @@ pub fn group_event_attendees(
 /// The rank an invitation gives: in a hierarchical group strictly below
 /// the inviter (default one below), in a flat group always [`FLAT_RANK`].
 pub fn invitation_rank(kind: GroupKind, inviter_rank: u32, asked: Option<u32>) -> ApiResult<u32> {
+    if asked.is_some_and(|r| r > 1000) {
+        return Err(ApiError::invalid_field("rank", "rank must be at most 1000"));
+    }
     match kind {
         GroupKind::Flat => Ok(FLAT_RANK),
         GroupKind::Hierarchical => {

@@ -63,6 +63,8 @@ pub struct AppState {
     pub logins: limits::LoginGuard,
     /// Per-request limits (sizes, rates).
     pub requests: limits::RequestLimits,
+    /// Largest request body (`--max-body-bytes`).
+    pub max_body_bytes: usize,
     /// Session generations (ended sessions refused at once).
     pub sessions: Arc<sessions::Sessions>,
 }
@@ -117,6 +119,7 @@ pub async fn run(
         ws_heartbeat: std::time::Duration::from_millis(cfg.ws_heartbeat_ms),
         shutdown: shutdown.clone(),
         logins: limits::LoginGuard::default(),
+        max_body_bytes: cfg.max_body_bytes,
         requests: limits::RequestLimits::new(limits::Rate {
             burst: cfg.person_burst.max(1.0),
             per_sec: cfg.person_rate.max(0.1),

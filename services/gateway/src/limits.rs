@@ -336,7 +336,7 @@ impl RequestLimits {
 /// extensions); 401s are counted against the address afterwards.
 pub async fn guard(
     axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::AppState>>,
-    mut req: axum::extract::Request,
+    req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -357,6 +357,20 @@ pub async fn guard(
             "the request headers are {headers} bytes; at most {MAX_HEADER_BYTES}"
         )));
     }
+    // The body is read whole before anything answers: a refusal sent
+    // while the client is still sending makes the connection close with
+    // unread bytes, and the client then gets a reset, not the answer.
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return refuse(ApiError::payload_too_large(format!(
+                "the body is over {} bytes",
+                state.max_body_bytes
+            )))
+        }
+    };
+    let mut req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
     let source = req
         .extensions()
         .get::<axum::extract::ConnectInfo<crate::listener::Addrs>>()

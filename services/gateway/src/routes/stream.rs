@@ -19,16 +19,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agenda_calendar::api::Op;
+use agenda_calendar::ApiError;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use crate::error::HttpError;
 use crate::extract::{caller_for, strip_bearer, verify, Query, Session};
 use crate::limits;
 use crate::live::{Pushed, Sent};
@@ -62,12 +65,23 @@ pub struct StreamQuery {
     responses((status = 101, description = "WebSocket: ready, notification and heartbeat messages; close 4401 for a refused token, 4408 for a client too slow"),
               (status = 400, description = "not a WebSocket handshake")))]
 pub async fn stream(
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     request_id: Option<axum::Extension<RequestId>>,
     Query(q): Query<StreamQuery>,
 ) -> Response {
+    // Not a (valid) handshake: the error shape, not axum's plain text.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return HttpError(ApiError::bad_request(format!(
+                "not a WebSocket handshake: {}",
+                e.body_text()
+            )))
+            .into_response()
+        }
+    };
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
