@@ -23,6 +23,10 @@ pub struct Config {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "AGENDA_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
+    /// Connections one client address may hold open at once; one more is
+    /// closed at once.
+    #[arg(long, env = "AGENDA_MAX_CONNECTIONS_PER_SOURCE", default_value_t = crate::limits::MAX_CONNECTIONS_PER_SOURCE)]
+    pub max_connections_per_source: usize,
     /// Requests one signed-in person may send per second, after a burst
     /// of --person-burst (then 429 with Retry-After).
     #[arg(long, env = "AGENDA_PERSON_RATE", default_value_t = 100.0)]

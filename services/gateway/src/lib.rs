@@ -145,11 +145,12 @@ pub async fn run(
     }
     let done = async move { shutdown.cancelled().await };
     let send_buffer = cfg.send_buffer_bytes as usize;
+    let per_source = cfg.max_connections_per_source;
     match public_tls {
         Some(config) => {
             let listener = agenda_common::net::TlsListener::public(listener, config, send_buffer)?;
             axum::serve(
-                shaped::Shaped(listener),
+                shaped::Shaped(limits::PerSource::new(listener, per_source)),
                 router.into_make_service_with_connect_info::<listener::Addrs>(),
             )
             .with_graceful_shutdown(done)
@@ -157,7 +158,10 @@ pub async fn run(
         }
         None => {
             axum::serve(
-                shaped::Shaped(listener::Tuned::new(listener, send_buffer)),
+                shaped::Shaped(limits::PerSource::new(
+                    listener::Tuned::new(listener, send_buffer),
+                    per_source,
+                )),
                 router.into_make_service_with_connect_info::<listener::Addrs>(),
             )
             .with_graceful_shutdown(done)

@@ -298,7 +298,8 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Most bytes of request headers served (names and values).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Answers 401 one address may cause: a burst, then this many a second.
+/// Answers 401 (and 409 for a taken name or email) one address may
+/// cause: a burst, then this many a second.
 pub const BAD_TOKENS: Rate = Rate {
     burst: 200.0,
     per_sec: 20.0,
@@ -395,11 +396,146 @@ pub async fn guard(
         limits.per_person.add(session.user, now);
         req.extensions_mut().insert(session);
     }
+    // Probing which names and emails are taken (409 at registration or
+    // an email change) counts like invalid credentials.
+    let probing = matches!(
+        (req.method().as_str(), req.uri().path()),
+        ("POST", "/v1/auth/register") | ("PATCH", "/v1/me")
+    );
     let resp = next.run(req).await;
-    if let (Some(s), axum::http::StatusCode::UNAUTHORIZED) = (source, resp.status()) {
+    let failed = resp.status() == axum::http::StatusCode::UNAUTHORIZED
+        || (probing && resp.status() == axum::http::StatusCode::CONFLICT);
+    if let (Some(s), true) = (source, failed) {
         limits.bad_tokens.add(s, Instant::now());
     }
     resp
+}
+
+/// Connections one address may hold open at once (`--max-connections-per-source`).
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 4096;
+
+/// A listener that holds at most `max` open connections per client
+/// address: one more is closed at once (a flood of idle connections from
+/// one place would otherwise hold every file descriptor).
+pub struct PerSource<L> {
+    inner: L,
+    max: usize,
+    open: std::sync::Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl<L> PerSource<L> {
+    pub fn new(inner: L, max: usize) -> Self {
+        PerSource {
+            inner,
+            max,
+            open: std::sync::Arc::default(),
+        }
+    }
+}
+
+/// A connection counted against its address until dropped.
+pub struct Counted<IO> {
+    io: IO,
+    _place: Place,
+}
+
+struct Place {
+    ip: IpAddr,
+    open: std::sync::Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl<IO> Counted<IO> {
+    /// The connection.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
+impl<L> axum::serve::Listener for PerSource<L>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    type Io = Counted<L::Io>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (io, addr) = self.inner.accept().await;
+            let ip = addr.ip();
+            let admitted = {
+                let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+                let n = open.entry(ip).or_insert(0);
+                (*n < self.max).then(|| *n += 1).is_some()
+            };
+            if admitted {
+                let place = Place {
+                    ip,
+                    open: self.open.clone(),
+                };
+                return (Counted { io, _place: place }, addr);
+            }
+            tracing::debug!(%ip, max = self.max, "connection refused: too many open from this address");
+            drop(io);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// How often failed logins are written to the audit log.
@@ -557,6 +693,49 @@ mod tests {
             (e.status, e.details["retry_after"].as_u64()),
             (429, Some(1))
         );
+    }
+
+    /// Past `max` open connections from one address the next is closed at
+    /// once; closing one makes room again.
+    #[tokio::test]
+    async fn connections_are_capped_per_address() {
+        use axum::serve::Listener;
+        use tokio::io::AsyncReadExt;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = PerSource::new(tcp, 2);
+        let (room, made) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let first = listener.accept().await.0;
+            let _second = listener.accept().await.0;
+            // Accepting on: the third is refused in there; then the server
+            // lets one go and the next is admitted.
+            let next = listener.accept();
+            tokio::pin!(next);
+            tokio::select! {
+                _ = &mut next => panic!("admitted past the cap"),
+                _ = made => {}
+            }
+            drop(first);
+            next.await.1
+        });
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), clients[2].read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the third connection was closed");
+        room.send(()).unwrap();
+        let fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let admitted = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("admitted once there is room")
+            .unwrap();
+        assert_eq!(admitted, fourth.local_addr().unwrap());
     }
 
     #[test]

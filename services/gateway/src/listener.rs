@@ -8,6 +8,7 @@ use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::limits::PerSource;
 use crate::shaped::Shaped;
 
 /// A TCP listener that tunes each accepted connection.
@@ -56,20 +57,30 @@ pub struct Addrs {
 const UNKNOWN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
-impl Connected<IncomingStream<'_, Shaped<Tuned>>> for Addrs {
-    fn connect_info(stream: IncomingStream<'_, Shaped<Tuned>>) -> Self {
+/// What the gateway serves on: connections counted per address, their
+/// hyper-made errors in the error shape.
+pub type Public<L> = Shaped<PerSource<L>>;
+
+impl Connected<IncomingStream<'_, Public<Tuned>>> for Addrs {
+    fn connect_info(stream: IncomingStream<'_, Public<Tuned>>) -> Self {
         Addrs {
-            local: stream.io().get_ref().local_addr().unwrap_or(UNKNOWN),
+            local: stream
+                .io()
+                .get_ref()
+                .get_ref()
+                .local_addr()
+                .unwrap_or(UNKNOWN),
             peer: *stream.remote_addr(),
         }
     }
 }
 
-impl Connected<IncomingStream<'_, Shaped<agenda_common::net::TlsListener>>> for Addrs {
-    fn connect_info(stream: IncomingStream<'_, Shaped<agenda_common::net::TlsListener>>) -> Self {
+impl Connected<IncomingStream<'_, Public<agenda_common::net::TlsListener>>> for Addrs {
+    fn connect_info(stream: IncomingStream<'_, Public<agenda_common::net::TlsListener>>) -> Self {
         Addrs {
             local: stream
                 .io()
+                .get_ref()
                 .get_ref()
                 .get_ref()
                 .0
