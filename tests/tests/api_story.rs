@@ -373,11 +373,13 @@ async fn accounts(api: &Api) -> People {
     assert_eq!(me["time_zone"], "Europe/Madrid", "PATCH kept other fields");
 
     // A new password needs the current one (a stolen token alone must
-    // not take the account over); then it is the one that logs in.
+    // not take the account over); then it is the one that logs in, and
+    // every token of before is refused (on a person of its own: the
+    // story goes on with alice's token).
+    let (_, pat) = api.register("pat").await;
     let new_pw = "a brand new passphrase";
     expect_error(
-        api.patch("/v1/me", &alice.token, json!({"password": new_pw}))
-            .await,
+        api.patch("/v1/me", &pat, json!({"password": new_pw})).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
         "password change without the current one",
@@ -385,7 +387,7 @@ async fn accounts(api: &Api) -> People {
     expect_error(
         api.patch(
             "/v1/me",
-            &alice.token,
+            &pat,
             json!({"password": new_pw, "current_password": "not the password"}),
         )
         .await,
@@ -393,20 +395,28 @@ async fn accounts(api: &Api) -> People {
         "forbidden",
         "password change with a wrong current one",
     );
-    assert_eq!(api.login("alice", PASSWORD).await.0, StatusCode::OK);
+    let mut token = pat;
     for (from, to) in [(PASSWORD, new_pw), (new_pw, PASSWORD)] {
         expect(
             api.patch(
                 "/v1/me",
-                &alice.token,
+                &token,
                 json!({"password": to, "current_password": from}),
             )
             .await,
             StatusCode::OK,
             "password change",
         );
-        assert_eq!(api.login("alice", to).await.0, StatusCode::OK, "{to}");
-        assert_eq!(api.login("alice", from).await.0, StatusCode::UNAUTHORIZED);
+        let (st, _) = api.get("/v1/me", &token).await;
+        assert_eq!(
+            st,
+            StatusCode::UNAUTHORIZED,
+            "the token of before the change"
+        );
+        let (st, fresh) = api.login("pat", to).await;
+        assert_eq!(st, StatusCode::OK, "{to}");
+        assert_eq!(api.login("pat", from).await.0, StatusCode::UNAUTHORIZED);
+        token = fresh["access_token"].as_str().expect("token").to_string();
     }
 
     let found = expect(
