@@ -35,6 +35,15 @@ test: deps-test lint manifests build
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p agenda-tests --tests -- --test-threads=1
 
+## make fuzz: the parsers we own under AFL++ (cargo-afl on the stable toolchain,
+## installed from crates.io when missing): recurrence rules and time fields,
+## request bodies, agenda-db REST bodies, raft envelopes, VIP adverts;
+## FUZZ_SECS seconds per target (default 60), FUZZ_TARGETS to choose. make test
+## runs the same targets bounded, as ordinary tests (docs/FUZZING.md).
+.PHONY: fuzz
+fuzz:
+	CARGO="$(CARGO)" fuzz/run.sh
+
 ## make manifests: docker-compose files and Kubernetes manifests validated offline.
 manifests:
 	deploy/check-manifests.sh

@@ -213,7 +213,12 @@ async fn account(http: &Arc<Http>, username: &str) -> Result<Account> {
         .as_str()
         .context("refresh token")?
         .to_string();
-    tokio::spawn(keep_fresh(http.clone(), token.clone(), refresh));
+    tokio::spawn(keep_fresh(
+        http.clone(),
+        username.to_string(),
+        token.clone(),
+        refresh,
+    ));
     Ok(Account {
         id,
         username: username.to_string(),
@@ -223,12 +228,20 @@ async fn account(http: &Arc<Http>, username: &str) -> Result<Account> {
 
 /// Renews `token` with the login's refresh token every five minutes (access
 /// tokens live fifteen), as a real client does, for at most three hours.
-async fn keep_fresh(http: Arc<Http>, token: Arc<Mutex<String>>, mut refresh: String) {
+/// A refresh whose answer a fault swallowed spends the token without the
+/// client learning the next one, and presenting it again ends the session
+/// (that is the rule): then, as a real client does, it logs in again.
+async fn keep_fresh(
+    http: Arc<Http>,
+    username: String,
+    token: Arc<Mutex<String>>,
+    mut refresh: String,
+) {
     let until = Instant::now() + Duration::from_secs(3 * 3600);
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(300)).await;
         let body = json!({"refresh_token": refresh});
-        let answer = http
+        let mut answer = http
             .until(
                 Duration::from_secs(120),
                 reqwest::Method::POST,
@@ -238,6 +251,20 @@ async fn keep_fresh(http: Arc<Http>, token: Arc<Mutex<String>>, mut refresh: Str
                 &[],
             )
             .await;
+        if !matches!(answer, Some((StatusCode::OK, _))) {
+            eprintln!("chaos: a token refresh failed ({answer:?}); logging in again");
+            let login = json!({"username": username, "password": crate::system::PASSWORD});
+            answer = http
+                .until(
+                    Duration::from_secs(120),
+                    reqwest::Method::POST,
+                    "/v1/auth/login",
+                    None,
+                    Some(&login),
+                    &[],
+                )
+                .await;
+        }
         match answer {
             Some((StatusCode::OK, v)) => {
                 if let (Some(a), Some(r)) =
@@ -250,7 +277,7 @@ async fn keep_fresh(http: Arc<Http>, token: Arc<Mutex<String>>, mut refresh: Str
                 }
             }
             other => {
-                eprintln!("chaos: a token refresh failed: {other:?}");
+                eprintln!("chaos: neither a refresh nor a login worked: {other:?}");
                 return;
             }
         }

@@ -195,3 +195,148 @@ mod tests {
         assert_eq!(c.open(&long_id), Err(Rejected::Malformed));
     }
 }
+
+/// Fuzzing of advert decoding and authentication (target `advert`,
+/// docs/FUZZING.md), and the crate's AFL entry point (`make fuzz`).
+///
+/// The input's first byte gives the length of the shared key that follows;
+/// the rest is a packet. Properties: nothing panics; a packet that opens
+/// seals back to itself byte for byte and does not open twice (replay);
+/// the packet signed with the right key opens (to the fields it carries)
+/// or is malformed, never a forgery; an advert made of the input's bytes
+/// seals and opens to itself, opens with no other key, opens with no
+/// byte changed, and not again at or below its counter.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    #[allow(dead_code, unexpected_cfgs)]
+    mod harness {
+        include!("../../fuzz/harness.rs");
+    }
+    use harness::{Rng, Target};
+
+    const TARGET: Target = Target {
+        name: "advert",
+        run,
+        generate,
+    };
+
+    const HEAD: usize = 4 + 1 + 2 + 8 + 1;
+
+    fn run(data: &[u8]) {
+        let Some((&key_len, rest)) = data.split_first() else {
+            return;
+        };
+        let key_len = usize::from(key_len % 65).min(rest.len());
+        let (key, packet) = rest.split_at(key_len);
+
+        // The packet as it arrives.
+        let mut c = Codec::new(key);
+        if let Ok(a) = c.open(packet) {
+            assert_eq!(c.seal(&a), packet, "an opened advert seals back to itself");
+            assert_eq!(c.open(packet), Err(Rejected::Replay));
+        }
+
+        // The packet's body signed with the key: authentic, so it opens or
+        // is malformed.
+        let body = &packet[..packet.len().saturating_sub(MAC_LEN)];
+        let mut signed = body.to_vec();
+        let mut mac = c.mac();
+        mac.update(body);
+        signed.extend_from_slice(&mac.finalize().into_bytes());
+        match Codec::new(key).open(&signed) {
+            Ok(a) => {
+                assert_eq!(a.id.as_bytes(), &body[HEAD..]);
+                assert_eq!(a.priority, body[4]);
+                assert_eq!(Codec::new(key).seal(&a), signed);
+            }
+            Err(e) => assert_eq!(e, Rejected::Malformed, "{signed:?}"),
+        }
+
+        // An advert made of the input: id from the packet (whole characters,
+        // at most MAX_ID_LEN bytes), numbers from its bytes.
+        let text = String::from_utf8_lossy(packet);
+        let mut id = String::new();
+        for ch in text.chars() {
+            if id.len() + ch.len_utf8() > MAX_ID_LEN {
+                break;
+            }
+            id.push(ch);
+        }
+        let byte = |i: usize| packet.get(i).copied().unwrap_or(0);
+        let a = Advert {
+            id,
+            priority: byte(0),
+            interval_ms: u16::from_be_bytes([byte(1), byte(2)]),
+            counter: u64::from_be_bytes(std::array::from_fn(|i| byte(3 + i))),
+        };
+        let sender = Codec::new(key);
+        let sealed = sender.seal(&a);
+        let mut receiver = Codec::new(key);
+        assert_eq!(receiver.open(&sealed), Ok(a.clone()));
+        // (HMAC pads a short key with zeros: a key and the same key with
+        // a zero byte more are one key.)
+        let mut other_key = key.to_vec();
+        other_key.push(byte(11) | 1);
+        assert_eq!(Codec::new(&other_key).open(&sealed), Err(Rejected::Auth));
+        let i = usize::from(byte(12)) % sealed.len();
+        let mut changed = sealed.clone();
+        changed[i] ^= 1 << (byte(13) % 8);
+        assert!(Codec::new(key).open(&changed).is_err(), "byte {i} changed");
+        let older = Advert {
+            counter: a.counter.saturating_sub(u64::from(byte(14) % 2)),
+            ..a.clone()
+        };
+        assert_eq!(receiver.open(&sender.seal(&older)), Err(Rejected::Replay));
+        if a.counter < u64::MAX {
+            let newer = Advert {
+                counter: a.counter + 1,
+                ..a
+            };
+            assert_eq!(receiver.open(&sender.seal(&newer)), Ok(newer));
+        }
+    }
+
+    fn generate(rng: &mut Rng) -> Vec<u8> {
+        let key = rng.bytes(40);
+        let ids = ["machine-a", "machine-b", "", "é", "\u{1f600}"];
+        let mut id = rng.pick(&ids).to_string();
+        if rng.one_in(4) {
+            id = id.repeat(rng.below(20));
+        }
+        let a = Advert {
+            id,
+            priority: rng.next_u64() as u8,
+            interval_ms: rng.next_u64() as u16,
+            counter: rng.next_u64(),
+        };
+        let mut packet = Codec::new(&key).seal(&a);
+        match rng.below(5) {
+            0 => packet.truncate(rng.below(packet.len() + 1)),
+            1 => {
+                let i = rng.below(packet.len());
+                packet[i] = rng.next_u64() as u8;
+            }
+            2 => packet[HEAD - 1] = rng.next_u64() as u8,
+            _ => {}
+        }
+        let mut out = vec![key.len() as u8];
+        out.extend_from_slice(&key);
+        out.extend_from_slice(&packet);
+        out
+    }
+
+    /// The bounded run (`make test`).
+    #[test]
+    fn advert_bounded() {
+        harness::bounded(&TARGET, 20_000);
+    }
+
+    /// The AFL entry point of this crate's target (`make fuzz`).
+    #[test]
+    #[ignore = "run by make fuzz under AFL++, or with AGENDA_FUZZ_INPUT to replay inputs"]
+    fn afl() {
+        harness::afl(&[TARGET]);
+    }
+}

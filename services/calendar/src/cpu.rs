@@ -189,6 +189,17 @@ pub fn weight<'a>(events: impl IntoIterator<Item = &'a crate::model::EventRecord
         .sum()
 }
 
+/// The weight of checking a request's recurrence rule: walking a rule
+/// that never occurs costs the crate up to 100 000 periods, so any rule
+/// counts as costly.
+pub fn rule_weight(rrule: &Option<String>) -> usize {
+    if rrule.is_some() {
+        usize::from(crate::recurrence::MAX_OCCURRENCES)
+    } else {
+        1
+    }
+}
+
 /// [`run_for`], or in place when `weight` is at most [`SMALL`].
 pub async fn run_sized<T: Send + 'static>(
     person: Uuid,

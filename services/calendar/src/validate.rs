@@ -114,9 +114,14 @@ pub fn time_zone(field: &str, value: &str) -> ApiResult<chrono_tz::Tz> {
 
 /// An RFC 3339 instant.
 pub fn instant(field: &str, value: &str) -> ApiResult<DateTime<Utc>> {
+    use chrono::Datelike;
     DateTime::parse_from_rfc3339(value.trim())
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
+        .ok()
+        // In UTC it must still be a year RFC 3339 can write (0000-9999),
+        // or the API could not read back what it answers.
+        .filter(|t| (0..=9999).contains(&t.year()))
+        .ok_or_else(|| {
             ApiError::invalid_field(
                 field,
                 format!("{field} must be an RFC 3339 time such as 2026-03-01T09:00:00+01:00"),

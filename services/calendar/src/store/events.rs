@@ -525,7 +525,11 @@ impl Store {
                         status: rules::attendee_status(p.value.add_me, shared),
                     })
                     .collect();
-                let mut ev = new_event(req, &organizer.value, attendees, None)?;
+                let organizer = organizer.value;
+                let mut ev = cpu::run_sized(caller, cpu::rule_weight(&req.rrule), move || {
+                    new_event(req, &organizer, attendees, None)
+                })
+                .await??;
                 if let Some(i) = idempotent {
                     i.stamp(&mut ev);
                 }
@@ -686,7 +690,11 @@ impl Store {
                         "only the organizer may change this event",
                     ));
                 }
-                let (ev, moved) = apply_update(&cur.value, req)?;
+                let record = cur.value.clone();
+                let (ev, moved) = cpu::run_sized(caller, cpu::rule_weight(&req.rrule), move || {
+                    apply_update(&record, req)
+                })
+                .await??;
                 let check = if moved {
                     ev.participants().collect()
                 } else {

@@ -696,7 +696,11 @@ impl Store {
                 }
                 let (m, members) = self.membership_and_members(caller, group_id).await?;
                 let attendees = rules::group_event_attendees(m.group.kind, &m.me, &members);
-                let mut ev = new_event(req, &organizer, attendees, Some(group_id))?;
+                let organizer = organizer.clone();
+                let mut ev = cpu::run_sized(caller, cpu::rule_weight(&req.rrule), move || {
+                    new_event(req, &organizer, attendees, Some(group_id))
+                })
+                .await??;
                 ev.id = id;
                 if let Some(i) = idempotent {
                     i.stamp(&mut ev);

@@ -700,3 +700,194 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         s.metrics.render(),
     )
 }
+
+/// Fuzzing of the operator REST's bodies and query strings (target
+/// `db_rest`, docs/FUZZING.md): the input is read as every body
+/// (transaction, lease, member) and every query string, as a lease id,
+/// and as a key and value to render. Properties: nothing panics; a body
+/// or query that does not read is a 400 in the error shape; a transaction
+/// that reads becomes requests whose compares name a known target and
+/// result, or a 400; a rendered value gives its bytes back (as text or
+/// base64).
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use base64::Engine as _;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::transport::fuzz::harness::{Rng, Target};
+
+    pub(crate) const TARGET: Target = Target {
+        name: "db_rest",
+        run,
+        generate,
+    };
+
+    fn bad_request(e: ApiError, input: &[u8]) {
+        assert_eq!(
+            e.status,
+            StatusCode::BAD_REQUEST,
+            "{input:?}: {}",
+            e.message
+        );
+        assert_eq!(e.code, "bad_request");
+        assert_eq!(e.into_response().status(), StatusCode::BAD_REQUEST);
+    }
+
+    fn run(data: &[u8]) {
+        let body = Bytes::copy_from_slice(data);
+        match parse_json::<TxnBody>(&body) {
+            Err(e) => bad_request(e, data),
+            Ok(b) => {
+                for c in b.compare {
+                    let key = c.key.clone();
+                    match c.into_proto() {
+                        Ok(p) => {
+                            assert_eq!(p.key, key.into_bytes());
+                            assert!(compare::Target::try_from(p.target).is_ok());
+                            assert!(compare::Result::try_from(p.result).is_ok());
+                        }
+                        Err(e) => bad_request(e, data),
+                    }
+                }
+                for op in b.success.into_iter().chain(b.failure) {
+                    assert!(op.into_proto().request.is_some());
+                }
+            }
+        }
+        if let Err(e) = parse_json::<LeaseBody>(&body) {
+            bad_request(e, data);
+        }
+        if let Err(e) = parse_json::<MemberBody>(&body) {
+            bad_request(e, data);
+        }
+        let text = String::from_utf8_lossy(data);
+        let _ = serde_urlencoded::from_str::<ListQuery>(&text);
+        let _ = serde_urlencoded::from_str::<GetQuery>(&text);
+        let _ = serde_urlencoded::from_str::<PutQuery>(&text);
+        let _ = serde_urlencoded::from_str::<DeleteQuery>(&text);
+        let _ = serde_urlencoded::from_str::<WatchQuery>(&text);
+        match lease_id(&text) {
+            Ok(id) => assert_eq!(lease_id(&id.to_string()).ok(), Some(id)),
+            Err(e) => bad_request(e, data),
+        }
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_bytes(data) {
+            headers.insert("x-request-id", v);
+        }
+        let _ = request_id(&headers);
+        let kv = KeyValue {
+            key: data.to_vec(),
+            value: data.to_vec(),
+            ..Default::default()
+        };
+        let rendered = kv_json(&kv);
+        let back = match (&rendered["value"], &rendered["value_base64"]) {
+            (Value::String(s), Value::Null) => s.clone().into_bytes(),
+            (Value::Null, Value::String(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .expect("base64 of the value"),
+            other => panic!("a value renders as text or base64, not {other:?}"),
+        };
+        assert_eq!(back, data);
+    }
+
+    fn text(rng: &mut Rng) -> Value {
+        const PIECES: &[&str] = &[
+            "/",
+            "registry",
+            "a",
+            "%2F",
+            "é",
+            "\u{0}",
+            "\"",
+            " ",
+            "\u{1f600}",
+        ];
+        let n = rng.below(6);
+        json!((0..n).map(|_| *rng.pick(PIECES)).collect::<String>())
+    }
+
+    fn number(rng: &mut Rng) -> Value {
+        match rng.below(6) {
+            0 => json!(i64::MAX),
+            1 => json!(i64::MIN),
+            2 => json!(u64::MAX),
+            3 => json!(1.5),
+            4 => json!("7"),
+            _ => json!(rng.range(-2, 100)),
+        }
+    }
+
+    fn op(rng: &mut Rng) -> Value {
+        let kind = *rng.pick(&["put", "delete", "range", "get", "txn"]);
+        let mut args = serde_json::Map::new();
+        args.insert("key".into(), text(rng));
+        if rng.one_in(2) {
+            args.insert("value".into(), text(rng));
+        }
+        if rng.one_in(3) {
+            args.insert("prefix".into(), json!(rng.one_in(2)));
+        }
+        for f in ["lease", "limit"] {
+            if rng.one_in(3) {
+                args.insert(f.into(), number(rng));
+            }
+        }
+        json!({ kind: args })
+    }
+
+    fn generate(rng: &mut Rng) -> Vec<u8> {
+        let v = match rng.below(5) {
+            0 | 1 => {
+                let compares: Vec<Value> = (0..rng.below(4))
+                    .map(|_| {
+                        json!({
+                            "key": text(rng),
+                            "target": rng.pick(&["value", "version", "mod_revision",
+                                                 "create_revision", "lease", "size"]),
+                            "result": rng.pick(&["equal", "not_equal", "less", "greater", "="]),
+                            "value": text(rng),
+                            "number": number(rng),
+                        })
+                    })
+                    .collect();
+                let success: Vec<Value> = (0..rng.below(4)).map(|_| op(rng)).collect();
+                let failure: Vec<Value> = (0..rng.below(3)).map(|_| op(rng)).collect();
+                json!({"compare": compares, "success": success, "failure": failure,
+                       "request_id": text(rng)})
+            }
+            2 => json!({"ttl": number(rng), "ttl_ms": number(rng), "id": number(rng)}),
+            3 => json!({"id": number(rng), "addr": text(rng)}),
+            _ => {
+                let keys = [
+                    "prefix",
+                    "limit",
+                    "stale",
+                    "revision",
+                    "lease",
+                    "key",
+                    "from_revision",
+                    "prev_kv",
+                    "other",
+                ];
+                let pairs: Vec<String> = (0..rng.below(5))
+                    .map(|_| {
+                        let k = rng.pick(&keys);
+                        let v =
+                            rng.pick(&["1", "-1", "true", "false", "%2Fa%2F", "%zz", "", "1e3"]);
+                        format!("{k}={v}")
+                    })
+                    .collect();
+                return pairs.join("&").into_bytes();
+            }
+        };
+        v.to_string().into_bytes()
+    }
+
+    /// The bounded run (`make test`).
+    #[test]
+    fn db_rest_bounded() {
+        crate::transport::fuzz::harness::bounded(&TARGET, 20_000);
+    }
+}
