@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use agenda_common::registry;
 use anyhow::Result;
 use serde_json::Value;
 
@@ -96,7 +97,7 @@ pub async fn render(ep: &Endpoints) -> String {
 
     // The VIP.
     if let Some(vip) = &ep.vip {
-        let holder = match key(&reach, &up_dbs, "/registry/vip/holder").await {
+        let holder = match key(&reach, &up_dbs, registry::VIP_HOLDER).await {
             Ok(Some(v)) => format!("held by {v}"),
             Ok(None) => "held by nobody".into(),
             Err(e) => format!("unknown ({e})"),
@@ -117,7 +118,7 @@ pub async fn render(ep: &Endpoints) -> String {
     }
 
     // Redis.
-    let primary = match key(&reach, &up_dbs, "/registry/config/redis-primary").await {
+    let primary = match key(&reach, &up_dbs, registry::REDIS_PRIMARY).await {
         Ok(Some(v)) => match serde_json::from_str::<Value>(&v) {
             Ok(r) => format!("{} epoch {}", r["addr"].as_str().unwrap_or("?"), r["epoch"]),
             Err(_) => v,
@@ -125,12 +126,12 @@ pub async fn render(ep: &Endpoints) -> String {
         Ok(None) => "none published".into(),
         Err(e) => format!("unknown ({e})"),
     };
-    let acting = match key(&reach, &up_dbs, "/registry/election/redis-supervisor").await {
+    let acting = match key(&reach, &up_dbs, registry::REDIS_SUPERVISOR_ELECTION).await {
         Ok(Some(v)) => v,
         Ok(None) => "none".into(),
         Err(_) => "?".into(),
     };
-    let relay = match key(&reach, &up_dbs, "/registry/election/notification-relay").await {
+    let relay = match key(&reach, &up_dbs, registry::NOTIFICATION_RELAY_ELECTION).await {
         Ok(Some(v)) => v,
         Ok(None) => "none".into(),
         Err(_) => "?".into(),

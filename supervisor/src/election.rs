@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 
 /// The election key.
-pub const KEY: &str = "/registry/election/redis-supervisor";
+pub const KEY: &str = agenda_common::registry::REDIS_SUPERVISOR_ELECTION;
 
 /// A txn compare that holds only while `id` holds the election key.
 pub fn guard(id: &str) -> Compare {

@@ -10,7 +10,7 @@ use crate::election;
 use crate::failover::Primary;
 
 /// The registry key.
-pub const KEY: &str = "/registry/config/redis-primary";
+pub const KEY: &str = agenda_common::registry::REDIS_PRIMARY;
 
 /// The record as read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agenda_common::registry;
 use anyhow::{bail, Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -863,7 +864,7 @@ fn victim(t: &Topology, f: Fault) -> Result<Victim> {
         }
         Fault::RedisPrimary => {
             let rec: Value = serde_json::from_str(
-                &key_value(t, "/registry/config/redis-primary").context("no Redis primary")?,
+                &key_value(t, registry::REDIS_PRIMARY).context("no Redis primary")?,
             )?;
             let addr = rec["addr"].as_str().context("primary addr")?.to_string();
             let machine = if addr.starts_with("10.77.0.11") {
@@ -874,7 +875,7 @@ fn victim(t: &Topology, f: Fault) -> Result<Victim> {
             Victim::Redis(machine.to_string(), addr)
         }
         Fault::ActingSupervisor => {
-            let id = key_value(t, "/registry/election/redis-supervisor")
+            let id = key_value(t, registry::REDIS_SUPERVISOR_ELECTION)
                 .context("no acting supervisor")?;
             Victim::Process(format!("agenda-{id}"))
         }
@@ -896,7 +897,7 @@ fn victim(t: &Topology, f: Fault) -> Result<Victim> {
         )),
         Fault::ActingRelay => {
             let id =
-                key_value(t, "/registry/election/notification-relay").context("no acting relay")?;
+                key_value(t, registry::NOTIFICATION_RELAY_ELECTION).context("no acting relay")?;
             // The value is the instance's address: map it to a process.
             let ep = t.endpoints()?;
             let name = ep["processes"]
@@ -1030,7 +1031,7 @@ async fn wait_healthy(t: &Topology, timeout: Duration) -> Result<()> {
         let leader =
             db_json(t, "/v1/cluster").is_some_and(|c| c["leader_id"].as_u64().unwrap_or(0) != 0);
         let vip = t.curl("client", &format!("{}/readyz", t.vip_url())).is_ok();
-        let primary = key_value(t, "/registry/config/redis-primary").is_some();
+        let primary = key_value(t, registry::REDIS_PRIMARY).is_some();
         if all_up && leader && vip && primary {
             return Ok(());
         }

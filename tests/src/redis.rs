@@ -29,9 +29,9 @@ use anyhow::{bail, Context, Result};
 use crate::cluster::{bin, free_port, wait_for};
 
 /// Registry key of the published primary.
-pub const PRIMARY_KEY: &str = "/registry/config/redis-primary";
+pub const PRIMARY_KEY: &str = agenda_common::registry::REDIS_PRIMARY;
 /// Registry key holding the acting supervisor's id.
-pub const ELECTION_KEY: &str = "/registry/election/redis-supervisor";
+pub const ELECTION_KEY: &str = agenda_common::registry::REDIS_SUPERVISOR_ELECTION;
 
 /// The published primary.
 #[derive(Debug, Clone, PartialEq, Eq)]

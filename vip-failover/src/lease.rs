@@ -22,7 +22,7 @@ use agenda_proto::db::{compare, request_op, Compare, PutRequest, RequestOp, TxnR
 use crate::error::{Error, Result};
 
 /// The key whose value names the machine that may hold the VIP.
-pub const KEY: &str = "/registry/vip/holder";
+pub const KEY: &str = agenda_common::registry::VIP_HOLDER;
 
 /// A held VIP lease. Its `lost` token fires when it could not be renewed
 /// in time; the caller must then remove the address at once.

@@ -102,6 +102,10 @@ pub const SESSION_DELETED: &[u8] = b"deleted";
 pub fn refresh_family(family: Uuid) -> String {
     format!("/agenda/refresh/{family}")
 }
+/// The layout version of the data (`store::upgrade` moves older data).
+pub const LAYOUT: &str = "/agenda/layout";
+/// How far the notification relay has read (`relay`).
+pub const RELAY_CURSOR: &str = "/agenda/relay/cursor";
 /// The audit log (value: [`crate::audit::AuditEntry`]), in time order.
 pub const AUDIT: &str = "/agenda/audit/";
 pub fn audit(id: Uuid) -> String {

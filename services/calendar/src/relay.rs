@@ -24,9 +24,9 @@ use futures::{FutureExt, StreamExt};
 use crate::keys;
 
 /// Election key of the relay.
-pub const ELECTION_KEY: &str = "/registry/election/notification-relay";
+pub const ELECTION_KEY: &str = agenda_common::registry::NOTIFICATION_RELAY_ELECTION;
 /// The last revision relayed and replicated.
-pub const CURSOR_KEY: &str = "/agenda/relay/cursor";
+pub const CURSOR_KEY: &str = crate::keys::RELAY_CURSOR;
 /// Approximate length the stream is trimmed to.
 pub const STREAM_MAXLEN: usize = 100_000;
 

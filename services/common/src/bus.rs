@@ -152,3 +152,15 @@ impl Bus {
             .map_err(redis_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The primary's config name and its full key name the same key.
+    #[test]
+    fn the_primary_is_one_key() {
+        assert_eq!(
+            crate::registry::REDIS_PRIMARY,
+            format!("{}{}", crate::registry::CONFIG, super::PRIMARY_CONFIG)
+        );
+    }
+}

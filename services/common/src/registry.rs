@@ -23,6 +23,14 @@ use crate::error::{Error, Result};
 pub const SERVICES: &str = "/registry/services/";
 /// Prefix of config keys.
 pub const CONFIG: &str = "/registry/config/";
+/// The current Redis primary, published by the acting supervisor.
+pub const REDIS_PRIMARY: &str = "/registry/config/redis-primary";
+/// The election of the acting Redis supervisor.
+pub const REDIS_SUPERVISOR_ELECTION: &str = "/registry/election/redis-supervisor";
+/// The election of the notification relay (one users replica).
+pub const NOTIFICATION_RELAY_ELECTION: &str = "/registry/election/notification-relay";
+/// The VIP lease: the machine whose gateway serves the VIP.
+pub const VIP_HOLDER: &str = "/registry/vip/holder";
 
 /// One registered instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -19,6 +19,8 @@ use agenda_proto::db::{
     request_op, DeleteRequest, PutRequest, RangeRequest, TxnRequest, WatchRequest,
 };
 
+use agenda_common::registry;
+
 use crate::state_machine::prefix_end;
 
 /// What a request does to its keys.
@@ -117,7 +119,7 @@ const USERS: &[Grant] = &[
     write("/secrets/jwt-keys"),
     write("/registry/config/jwt-public-keys"),
     write("/registry/services/users/"),
-    write("/registry/election/notification-relay"),
+    write(registry::NOTIFICATION_RELAY_ELECTION),
     read("/registry/"),
 ];
 const GROUPS: &[Grant] = &[
@@ -126,8 +128,8 @@ const GROUPS: &[Grant] = &[
     read("/registry/"),
 ];
 const SUPERVISOR: &[Grant] = &[
-    write("/registry/election/redis-supervisor"),
-    write("/registry/config/redis-primary"),
+    write(registry::REDIS_SUPERVISOR_ELECTION),
+    write(registry::REDIS_PRIMARY),
     read("/registry/"),
 ];
 const VIP: &[Grant] = &[write("/registry/vip/"), read("/registry/")];

@@ -20,7 +20,7 @@ use crate::error::HttpError;
 use crate::listener::Addrs;
 
 /// The key agenda-vip holds (see vip-failover's `lease.rs`).
-pub const HOLDER_KEY: &str = "/registry/vip/holder";
+pub const HOLDER_KEY: &str = agenda_common::registry::VIP_HOLDER;
 
 /// Whether VIP traffic may be served here.
 #[derive(Clone)]

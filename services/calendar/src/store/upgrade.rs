@@ -15,7 +15,7 @@ use crate::keys;
 use crate::model::EventRecord;
 
 /// Holds the layout version the data is in (absent: 1, or empty).
-pub const LAYOUT_KEY: &str = "/agenda/layout";
+pub const LAYOUT_KEY: &str = crate::keys::LAYOUT;
 /// The layout this code reads and writes.
 pub const LAYOUT: u32 = 2;
 /// Copies moved per transaction (each is a delete and two puts).
