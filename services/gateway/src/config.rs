@@ -27,6 +27,15 @@ pub struct Config {
     /// closed at once.
     #[arg(long, env = "AGENDA_MAX_CONNECTIONS_PER_SOURCE", default_value_t = crate::limits::MAX_CONNECTIONS_PER_SOURCE)]
     pub max_connections_per_source: usize,
+    /// Answers 401 (and 409 for a taken name or email) one client address
+    /// may cause per second, after a burst of --address-failure-burst
+    /// (then 429 with Retry-After for everything from there).
+    #[arg(long, env = "AGENDA_ADDRESS_FAILURE_RATE", default_value_t = 20.0)]
+    pub address_failure_rate: f64,
+    /// Such answers one address may cause at once before
+    /// --address-failure-rate applies.
+    #[arg(long, env = "AGENDA_ADDRESS_FAILURE_BURST", default_value_t = 200.0)]
+    pub address_failure_burst: f64,
     /// Requests one signed-in person may send per second, after a burst
     /// of --person-burst (then 429 with Retry-After).
     #[arg(long, env = "AGENDA_PERSON_RATE", default_value_t = 100.0)]

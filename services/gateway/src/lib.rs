@@ -120,10 +120,16 @@ pub async fn run(
         shutdown: shutdown.clone(),
         logins: limits::LoginGuard::default(),
         max_body_bytes: cfg.max_body_bytes,
-        requests: limits::RequestLimits::new(limits::Rate {
-            burst: cfg.person_burst.max(1.0),
-            per_sec: cfg.person_rate.max(0.1),
-        }),
+        requests: limits::RequestLimits::new(
+            limits::Rate {
+                burst: cfg.person_burst.max(1.0),
+                per_sec: cfg.person_rate.max(0.1),
+            },
+            limits::Rate {
+                burst: cfg.address_failure_burst.max(1.0),
+                per_sec: cfg.address_failure_rate.max(0.1),
+            },
+        ),
         sessions: sessions::follow(&db, stop.clone()),
         db,
     });

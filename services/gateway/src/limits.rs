@@ -15,7 +15,8 @@
 //! line over [`MAX_URI_BYTES`] is 414 and headers over
 //! [`MAX_HEADER_BYTES`] 431, in the error shape; a signed-in person may
 //! send so many requests a second, after a burst (`--person-rate`), and an address
-//! that keeps sending invalid tokens is slowed down ([`BAD_TOKENS`]). Both
+//! that keeps sending invalid tokens is slowed down
+//! (`--address-failure-rate`). Both
 //! aim at floods: a thousand people behind one address, each at a human
 //! pace, never meet them. The token is checked here once and handed to
 //! the routes.
@@ -298,13 +299,6 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Most bytes of request headers served (names and values).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Answers 401 (and 409 for a taken name or email) one address may
-/// cause: a burst, then this many a second.
-pub const BAD_TOKENS: Rate = Rate {
-    burst: 200.0,
-    per_sec: 20.0,
-};
-
 /// Largest WebSocket message (and frame) a client may send.
 pub const WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -323,11 +317,13 @@ pub struct RequestLimits {
 
 impl RequestLimits {
     /// Limits with `per_person` for each signed-in person
-    /// (`--person-rate`, `--person-burst`).
-    pub fn new(per_person: Rate) -> Self {
+    /// (`--person-rate`, `--person-burst`) and `per_address` for the
+    /// answers 401 (and 409 for a taken name or email) one address causes
+    /// (`--address-failure-rate`, `--address-failure-burst`).
+    pub fn new(per_person: Rate, per_address: Rate) -> Self {
         RequestLimits {
             per_person: Buckets::new(per_person),
-            bad_tokens: Buckets::new(BAD_TOKENS),
+            bad_tokens: Buckets::new(per_address),
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - statuses every route of a kind answers, once each here because each
 //!   comes from one place in the code: 401 (the token extractor), 400, 413,
 //!   415 and 422 (the JSON body extractor), 400 (the query extractor),
-//!   429 and 503 (the relay to a service); every 4xx/5xx has the shared
+//!   414, 429 and 431 (the limits layer, in front of every route), 503
+//!   (the relay to a service); every 4xx/5xx has the shared
 //!   [`ErrorBody`] schema, every response the `x-request-id` header and
 //!   every 429 and 503 `Retry-After`;
 //! - the field rules of `agenda_calendar::validate` on the request bodies
@@ -617,7 +618,9 @@ fn default_description(status: &str) -> &'static str {
         "413" => "body over the size limit",
         "415" => "body declared as something other than JSON",
         "422" => "a field is invalid (details.field names it)",
-        "429" => "rate limited (too many costly requests of yours at once, or failed logins); retry after Retry-After seconds",
+        "414" => "the request line is over 8 KiB",
+        "429" => "rate limited (your requests, failed logins, invalid credentials or taken names from this address, or too many costly requests of yours at once); retry after Retry-After seconds",
+        "431" => "the request headers are over 16 KiB",
         "503" => "temporarily unavailable (no service replica, or the data store has no quorum); retry after Retry-After seconds",
         _ => "",
     }
@@ -641,7 +644,8 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
         .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
     // Everything under /v1 but the WebSocket is relayed to a service.
     let relayed = path.starts_with("/v1/") && path != "/v1/stream";
-    let mut added: Vec<&str> = Vec::new();
+    // The limits layer stands in front of every route.
+    let mut added: Vec<&str> = vec!["414", "429", "431"];
     if secured {
         added.push("401");
     }
@@ -652,7 +656,7 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
         added.push("400");
     }
     if relayed {
-        added.extend(["429", "503"]);
+        added.push("503");
     }
     if path == "/v1/stream" && method == "get" {
         websocket_handshake(op);
