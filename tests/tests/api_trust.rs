@@ -24,16 +24,7 @@ async fn invitations_follow_the_group_as_it_stands() {
     let (_, dave) = api.register("dave").await;
     let (_, erin) = api.register("erin").await;
     let (_, frank) = api.register("frank").await;
-    let g = id(&expect(
-        api.post(
-            "/v1/groups",
-            &alice,
-            json!({"name": "Lab", "kind": "hierarchical"}),
-        )
-        .await,
-        StatusCode::CREATED,
-        "group",
-    ));
+    let g = api.create_group(&alice, "Lab", "hierarchical").await;
 
     // bob (rank 1) invites carol at rank 2, then alice demotes bob to 5.
     let inv = api.invite(&alice, &g, "bob", 1).await;
@@ -273,16 +264,7 @@ async fn only_those_i_allow_put_events_in_my_agenda() {
     assert!(in_agenda(&agenda, &pitch), "accepted, it is in: {agenda}");
 
     // Someone sharing a group: straight in.
-    let g = id(&expect(
-        api.post(
-            "/v1/groups",
-            &mate,
-            json!({"name": "Choir", "kind": "flat"}),
-        )
-        .await,
-        StatusCode::CREATED,
-        "group",
-    ));
+    let g = api.create_group(&mate, "Choir", "flat").await;
     let inv = api.invite(&mate, &g, "dave", 1).await;
     expect_ok(api.accept(&dave, &inv).await, "dave joins");
     let created = expect(
@@ -372,17 +354,10 @@ async fn ids_name_the_same_thing_in_either_case() {
         .await,
         "RSVP",
     );
-    let g = id(&expect(
-        api.post(
-            "/v1/groups",
-            &pat,
-            json!({"name": "G", "kind": "hierarchical"}),
-        )
-        .await,
-        StatusCode::CREATED,
-        "group",
-    ))
-    .to_uppercase();
+    let g = api
+        .create_group(&pat, "G", "hierarchical")
+        .await
+        .to_uppercase();
     expect_ok(api.get(&format!("/v1/groups/{g}"), &pat).await, "GET group");
     let inv = api.invite(&pat, &g, "quinn", 1).await.to_uppercase();
     expect_ok(api.accept(&quinn, &inv).await, "accept");

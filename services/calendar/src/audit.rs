@@ -58,7 +58,19 @@ impl AuditEntry {
     }
 }
 
-/// Adds an entry to `batch` (the change's own transaction).
+/// Adds to `batch` (the change's own transaction) an entry for now, from
+/// the address of the call being served.
+pub fn add(
+    batch: &mut Batch,
+    actor_id: Option<Uuid>,
+    actor: &str,
+    action: &str,
+    details: Value,
+) -> ApiResult<()> {
+    record(batch, &AuditEntry::new(actor_id, actor, action, details))
+}
+
+/// Adds `entry` to `batch` (the change's own transaction).
 pub fn record(batch: &mut Batch, entry: &AuditEntry) -> ApiResult<()> {
     let key = keys::audit(entry.id);
     batch.unchanged(&key, 0).put(&key, entry)?;

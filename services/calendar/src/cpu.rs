@@ -177,21 +177,12 @@ pub const SMALL: usize = 64;
 /// A rough bound on the work of expanding `events` in a window: what an
 /// event can add at most (one occurrence, or a rule's worth).
 pub fn weight<'a>(events: impl IntoIterator<Item = &'a crate::model::EventRecord>) -> usize {
-    events
-        .into_iter()
-        .map(|e| {
-            if e.rrule.is_some() {
-                usize::from(crate::recurrence::MAX_OCCURRENCES)
-            } else {
-                1
-            }
-        })
-        .sum()
+    events.into_iter().map(|e| rule_weight(&e.rrule)).sum()
 }
 
-/// The weight of checking a request's recurrence rule: walking a rule
-/// that never occurs costs the crate up to 100 000 periods, so any rule
-/// counts as costly.
+/// The weight of one event's rule: a rule's worth of occurrences, or one.
+/// (Checking a request's rule counts as costly too: walking a rule that
+/// never occurs costs the crate up to 100 000 periods.)
 pub fn rule_weight(rrule: &Option<String>) -> usize {
     if rrule.is_some() {
         usize::from(crate::recurrence::MAX_OCCURRENCES)

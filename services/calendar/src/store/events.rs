@@ -568,12 +568,8 @@ impl Store {
             return Ok(vec![false; people.len()]);
         }
         let groups_of = |user: Uuid| async move {
-            let kvs = self.keys(&keys::user_groups(user), 0).await?;
-            Ok::<_, ApiError>(
-                kvs.iter()
-                    .filter_map(|kv| keys::last_id(&kv.key))
-                    .collect::<std::collections::HashSet<Uuid>>(),
-            )
+            let ids = self.indexed_ids(&keys::user_groups(user)).await?;
+            Ok::<_, ApiError>(ids.into_iter().collect::<std::collections::HashSet<Uuid>>())
         };
         let mine = groups_of(caller).await?;
         futures::future::try_join_all(people.iter().map(|p| async {

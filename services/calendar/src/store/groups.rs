@@ -13,7 +13,7 @@ use super::events::{new_event, view, window_events, window_reads, Idempotent, Wr
 use super::notifications;
 use super::{Attempt, Batch, Read, Store, Versioned};
 use crate::api::{CreateEventRequest, CreateGroupRequest, InviteRequest, UpdateGroupRequest};
-use crate::audit::{self, AuditEntry};
+use crate::audit;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{
@@ -174,30 +174,15 @@ impl Store {
     }
 
     async fn subgroups_of(&self, parent: Uuid) -> ApiResult<Vec<Versioned<GroupRecord>>> {
-        let ids: Vec<Uuid> = self
-            .keys(&keys::subgroups(parent), 0)
-            .await?
-            .iter()
-            .filter_map(|kv| keys::last_id(&kv.key))
-            .collect();
-        let found = try_join_all(
-            ids.into_iter()
-                .map(|i| async move { self.get::<GroupRecord>(&keys::group(i)).await }),
-        )
-        .await?;
-        let mut out: Vec<Versioned<GroupRecord>> = found.into_iter().flatten().collect();
+        let ids = self.indexed_ids(&keys::subgroups(parent)).await?;
+        let mut out: Vec<Versioned<GroupRecord>> = self.records(ids, keys::group).await?;
         out.sort_by(|a, b| a.value.name.cmp(&b.value.name));
         Ok(out)
     }
 
     /// The caller's groups.
     pub async fn list_groups(&self, caller: Uuid) -> ApiResult<Vec<Group>> {
-        let ids: Vec<Uuid> = self
-            .keys(&keys::user_groups(caller), 0)
-            .await?
-            .iter()
-            .filter_map(|kv| keys::last_id(&kv.key))
-            .collect();
+        let ids = self.indexed_ids(&keys::user_groups(caller)).await?;
         let found = try_join_all(ids.into_iter().map(|g| async move {
             match self.membership(caller, g).await {
                 Ok(m) => Ok(Some(m.group.view(m.me.rank))),
@@ -281,13 +266,13 @@ impl Store {
             if let Some(parent) = m.group.parent_id {
                 batch.delete(&keys::subgroup(parent, id));
             }
-            let entry = AuditEntry::new(
+            audit::add(
+                &mut batch,
                 Some(caller),
                 &m.me.username,
                 "group_deleted",
                 json!({"group_id": id, "name": m.group.name, "members": members.len()}),
-            );
-            audit::record(&mut batch, &entry)?;
+            )?;
             for mem in &members {
                 batch.delete(&keys::user_group(mem.user_id, id));
                 if mem.user_id != caller {
@@ -354,13 +339,10 @@ impl Store {
             } else {
                 "member_rank_changed"
             };
-            let entry = AuditEntry::new(
-                Some(caller),
+            audit::add(&mut batch, Some(caller),
                 &m.me.username,
                 action,
-                json!({"group_id": id, "member_id": target, "member": updated.username, "rank": updated.rank}),
-            );
-            audit::record(&mut batch, &entry)?;
+                json!({"group_id": id, "member_id": target, "member": updated.username, "rank": updated.rank}))?;
             notifications::add(
                 &mut batch,
                 target,
@@ -398,13 +380,10 @@ impl Store {
                 .bump(&keys::group_version(id))
                 .delete(&keys::member(id, target))
                 .delete(&keys::user_group(target, id));
-            let entry = AuditEntry::new(
-                Some(caller),
+            audit::add(&mut batch, Some(caller),
                 &m.me.username,
                 if target == caller { "member_left" } else { "member_removed" },
-                json!({"group_id": id, "member_id": target, "member": t.username}),
-            );
-            audit::record(&mut batch, &entry)?;
+                json!({"group_id": id, "member_id": target, "member": t.username}))?;
             if target != caller {
                 notifications::add(
                     &mut batch,
@@ -479,20 +458,12 @@ impl Store {
     /// ([`rules::may_manage_invitation`]), newest first.
     pub async fn group_invitations(&self, caller: Uuid, id: Uuid) -> ApiResult<Vec<Invitation>> {
         let m = self.membership(caller, id).await?;
-        let ids: Vec<Uuid> = self
-            .list::<Uuid>(&keys::pending_invitations(id))
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
-        let found = try_join_all(
-            ids.into_iter()
-                .map(|i| async move { self.get::<Invitation>(&keys::invitation(i)).await }),
-        )
-        .await?;
+        let pending = self.list::<Uuid>(&keys::pending_invitations(id)).await?;
+        let found = self
+            .records::<Invitation>(pending.into_iter().map(|v| v.value), keys::invitation)
+            .await?;
         let mut out: Vec<Invitation> = found
             .into_iter()
-            .flatten()
             .map(|v| v.value)
             .filter(|i| {
                 i.status == InvitationStatus::Pending
@@ -534,13 +505,10 @@ impl Store {
                 .unchanged(&keys::group_version(id), m.version)
                 .put(&keys::invitation(invitation), &inv)?
                 .delete(&keys::pending_invitation(id, inv.invitee_id));
-            let entry = AuditEntry::new(
-                Some(caller),
+            audit::add(&mut batch, Some(caller),
                 &m.me.username,
                 "invitation_revoked",
-                json!({"group_id": id, "invitation_id": invitation, "invitee_id": inv.invitee_id}),
-            );
-            audit::record(&mut batch, &entry)?;
+                json!({"group_id": id, "invitation_id": invitation, "invitee_id": inv.invitee_id}))?;
             notifications::add(
                 &mut batch,
                 inv.invitee_id,
@@ -554,18 +522,9 @@ impl Store {
 
     /// The caller's invitations, newest first.
     pub async fn invitations(&self, caller: Uuid) -> ApiResult<Vec<Invitation>> {
-        let ids: Vec<Uuid> = self
-            .keys(&keys::user_invitations(caller), 0)
-            .await?
-            .iter()
-            .filter_map(|kv| keys::last_id(&kv.key))
-            .collect();
-        let found = try_join_all(
-            ids.into_iter()
-                .map(|i| async move { self.get::<Invitation>(&keys::invitation(i)).await }),
-        )
-        .await?;
-        let mut out: Vec<Invitation> = found.into_iter().flatten().map(|v| v.value).collect();
+        let ids = self.indexed_ids(&keys::user_invitations(caller)).await?;
+        let found = self.records::<Invitation>(ids, keys::invitation).await?;
+        let mut out: Vec<Invitation> = found.into_iter().map(|v| v.value).collect();
         out.sort_by_key(|i| std::cmp::Reverse(i.created_at));
         Ok(out)
     }

@@ -330,6 +330,35 @@ impl Store {
         self.keys(prefix, 0).await?.iter().map(decode).collect()
     }
 
+    /// The ids an index lists: the last segment of each key under
+    /// `prefix` (indexes such as a person's groups hold empty values).
+    pub async fn indexed_ids(&self, prefix: &str) -> ApiResult<Vec<uuid::Uuid>> {
+        Ok(self
+            .keys(prefix, 0)
+            .await?
+            .iter()
+            .filter_map(|kv| crate::keys::last_id(&kv.key))
+            .collect())
+    }
+
+    /// The records at `key(id)` for each of `ids`, read at once; those
+    /// gone meanwhile are left out.
+    pub async fn records<T: DeserializeOwned>(
+        &self,
+        ids: impl IntoIterator<Item = uuid::Uuid>,
+        key: impl Fn(uuid::Uuid) -> String,
+    ) -> ApiResult<Vec<Versioned<T>>> {
+        let reads = ids.into_iter().map(|id| {
+            let k = key(id);
+            async move { self.get::<T>(&k).await }
+        });
+        Ok(futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
     /// Raw entries under `prefix` (`limit` 0: all).
     pub async fn keys(&self, prefix: &str, limit: i64) -> ApiResult<Vec<KeyValue>> {
         let resp = self

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use serde_json::json;
 
 use super::{Attempt, Batch, Store};
-use crate::audit::{self, AuditEntry};
+use crate::audit;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{RefreshFamily, UserRecord};
@@ -124,13 +124,13 @@ impl Store {
         let key = keys::refresh_family(token.family);
         let mut batch = Batch::default();
         batch.unchanged(&key, 0).put(&key, &family)?;
-        let entry = AuditEntry::new(
+        audit::add(
+            &mut batch,
             Some(user.id),
             &user.username,
             "login",
             json!({"session": token.family}),
-        );
-        audit::record(&mut batch, &entry)?;
+        )?;
         if !self.commit(batch).await? {
             return Err(ApiError::internal("a fresh refresh family id was taken"));
         }
@@ -155,13 +155,13 @@ impl Store {
             // only a token of it shows): the chain is compromised.
             let mut batch = Batch::default();
             batch.unchanged(&key, cur.mod_revision).delete(&key);
-            let entry = AuditEntry::new(
+            audit::add(
+                &mut batch,
                 Some(family.user_id),
                 "",
                 "refresh_token_reused",
                 json!({"session": token.family, "ended": true}),
-            );
-            audit::record(&mut batch, &entry)?;
+            )?;
             self.commit(batch).await?;
             tracing::warn!(user = %family.user_id, family = %token.family, "a spent refresh token was presented: its chain is ended");
             return Err(ApiError::unauthenticated(
@@ -189,13 +189,13 @@ impl Store {
             .unchanged(&key, cur.mod_revision)
             .at_version(&keys::session(user.value.id), generation as i64)
             .put(&key, &moved)?;
-        let entry = AuditEntry::new(
+        audit::add(
+            &mut batch,
             Some(user.value.id),
             &user.value.username,
             "token_refreshed",
             json!({"session": token.family}),
-        );
-        audit::record(&mut batch, &entry)?;
+        )?;
         if !self.commit(batch).await? {
             return Err(ApiError::unauthenticated(
                 "this refresh token was used at the same moment by another request",
@@ -229,8 +229,13 @@ impl Store {
             }
             let mut batch = Batch::default();
             batch.unchanged(&key, cur.mod_revision).delete(&key);
-            let entry = AuditEntry::new(Some(user), "", "logout", json!({"session": token.family}));
-            audit::record(&mut batch, &entry)?;
+            audit::add(
+                &mut batch,
+                Some(user),
+                "",
+                "logout",
+                json!({"session": token.family}),
+            )?;
             self.commit_or_retry(batch, ()).await
         })
         .await
@@ -241,8 +246,7 @@ impl Store {
         let mut batch = Batch::default();
         batch.exists(&keys::user(user));
         end_all_sessions(&mut batch, user, false);
-        let entry = AuditEntry::new(Some(user), "", "logout_everywhere", json!({}));
-        audit::record(&mut batch, &entry)?;
+        audit::add(&mut batch, Some(user), "", "logout_everywhere", json!({}))?;
         if !self.commit(batch).await? {
             return Err(ApiError::unauthenticated("this account no longer exists"));
         }

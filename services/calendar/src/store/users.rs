@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{Attempt, Batch, Store, Versioned};
 use crate::api::{RegisterRequest, UpdateMeRequest};
-use crate::audit::{self, AuditEntry};
+use crate::audit;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{AddMe, GroupRecord, UserRecord};
@@ -250,9 +250,13 @@ impl Store {
                 user.password_hash = h.clone();
                 // A new password ends every session, this one included.
                 super::sessions::end_all_sessions(&mut batch, id, false);
-                let entry =
-                    AuditEntry::new(Some(id), &user.username, "password_changed", json!({}));
-                audit::record(&mut batch, &entry)?;
+                audit::add(
+                    &mut batch,
+                    Some(id),
+                    &user.username,
+                    "password_changed",
+                    json!({}),
+                )?;
             }
             if let Some(a) = add_me {
                 user.add_me = a;
@@ -361,13 +365,13 @@ impl Store {
                 .delete_prefix(&keys::user_groups(id))
                 .delete_prefix(&keys::notifications(id));
             super::sessions::end_all_sessions(&mut batch, id, true);
-            let entry = AuditEntry::new(
+            audit::add(
+                &mut batch,
                 Some(id),
                 &user.value.username,
                 "account_deleted",
                 json!({"email": user.value.email}),
-            );
-            audit::record(&mut batch, &entry)?;
+            )?;
             batch.put(
                 &keys::deleting(id),
                 &PendingDeletion {
@@ -401,13 +405,13 @@ impl Store {
             } else {
                 "admin_revoked"
             };
-            let entry = AuditEntry::new(
+            audit::add(
+                &mut batch,
                 None,
                 by,
                 action,
                 json!({"user_id": user.id, "username": user.username}),
-            );
-            audit::record(&mut batch, &entry)?;
+            )?;
             self.commit_or_retry(batch, user.clone()).await
         })
         .await
