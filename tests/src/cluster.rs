@@ -324,6 +324,17 @@ impl Cluster {
         DbClient::with_tls(&eps, self.opts.tls.clone()).expect("valid endpoints")
     }
 
+    /// Client over every running node with the certificate `name` of
+    /// `certs` (a TLS cluster: acting as that process's role).
+    pub fn client_as(&self, certs: &std::path::Path, name: &str) -> DbClient {
+        let id =
+            agenda_common::tls::Identity::load(&agenda_common::tls::TlsFiles::in_dir(certs, name))
+                .expect("the certificate");
+        let eps: Vec<String> = self.nodes.values().map(|n| n.grpc.clone()).collect();
+        DbClient::with_tls(&eps, Some(id.client_config().expect("TLS config")))
+            .expect("valid endpoints")
+    }
+
     /// Client bound to one node only.
     pub fn node_client(&self, id: u64) -> DbClient {
         DbClient::with_tls(&[self.nodes[&id].grpc.clone()], self.opts.tls.clone())

@@ -191,6 +191,31 @@ async fn security_actions_are_audited_in_their_own_transaction() {
         "{bobs:?}"
     );
 
+    // A certificate refused what its role may not do: counted, then one
+    // entry (cert_refused) per role and source.
+    let as_gateway = sys.db.client_as(&sys.certs_dir(), "gateway");
+    for _ in 0..3 {
+        let refused = as_gateway.get("/agenda/users/").await;
+        assert!(refused.is_err(), "the gateway read the users");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let entries = all_entries(&api, &alice, "&actor=gateway", 100).await;
+        let counted: u64 = entries
+            .iter()
+            .filter(|e| e["action"] == "cert_refused")
+            .map(|e| e["details"]["count"].as_u64().unwrap_or(0))
+            .sum();
+        if counted >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refused certificates never audited: {entries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // No role deletes entries, not even the operator.
     let refused = db
         .delete(agenda_proto::db::DeleteRequest {

@@ -333,7 +333,10 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
                 id.server_config(true).map_err(tls_error)?,
             )
             .map_err(|e| Error::Config(format!("--http: {e}")))?;
-            let router = router.layer(axum::middleware::from_fn(api::http::operators_only));
+            let router = router.layer(axum::middleware::from_fn_with_state(
+                refusals.clone(),
+                api::http::operators_only,
+            ));
             let serve = axum::serve(
                 tls,
                 router.into_make_service_with_connect_info::<agenda_common::net::CallerRole>(),

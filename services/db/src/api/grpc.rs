@@ -108,7 +108,7 @@ impl DbApi for GrpcApi {
         &self,
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberChangeResponse>, Status> {
-        require(&r, &["operator"], "change the cluster's members")?;
+        self.operator_only(&r)?;
         Ok(Response::new(self.db.member_add(r.into_inner()).await?))
     }
 
@@ -116,12 +116,27 @@ impl DbApi for GrpcApi {
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberChangeResponse>, Status> {
-        require(&r, &["operator"], "change the cluster's members")?;
+        self.operator_only(&r)?;
         Ok(Response::new(self.db.member_remove(r.into_inner()).await?))
     }
 }
 
 impl GrpcApi {
+    /// PERMISSION_DENIED (and counted for the audit log) unless the caller
+    /// is the operator: membership changes.
+    fn operator_only<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        require(r, &["operator"], "change the cluster's members").inspect_err(|s| {
+            let certs = r.peer_certs();
+            let role = agenda_common::tls::caller_role(certs.as_ref().map(|c| c.as_slice()));
+            let source = r
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let role = role.as_deref().unwrap_or("(no role)");
+            self.refusals.note(role, &source, s.message());
+        })
+    }
+
     /// The request layer acting for this caller (see [`Db::for_caller`]),
     /// or PERMISSION_DENIED unless the caller's role may do what `request`
     /// says ([`access`]). A plaintext caller has no role and is not

@@ -66,21 +66,23 @@ pub fn router(state: HttpState) -> Router {
 /// With TLS: everything but `/healthz` and `/metrics` for operators only
 /// (the REST reads and writes every key). A plaintext deployment has no
 /// roles (no connect info) and is not checked.
-pub async fn operators_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Refusals are counted for the audit log (`refusals`).
+pub async fn operators_only(
+    State(refusals): State<std::sync::Arc<crate::refusals::Refusals>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     use agenda_common::net::CallerRole;
     use axum::extract::ConnectInfo;
     if let Some(ConnectInfo(CallerRole(role))) = req.extensions().get::<ConnectInfo<CallerRole>>() {
         let open = matches!(req.uri().path(), "/healthz" | "/metrics");
         if !open && role.as_deref() != Some("operator") {
             let who = role.as_deref().unwrap_or("(no role)");
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_denied",
-                format!(
-                    "the {who} role may use /healthz and /metrics only; the rest is the operator's"
-                ),
-            )
-            .into_response();
+            let why = format!(
+                "the {who} role may use /healthz and /metrics only; the rest is the operator's"
+            );
+            refusals.note(who, "", &why);
+            return ApiError::new(StatusCode::FORBIDDEN, "permission_denied", why).into_response();
         }
     }
     next.run(req).await
