@@ -35,6 +35,17 @@ test: deps-test lint manifests build
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p agenda-tests --tests -- --test-threads=1
 
+## make sim: agenda-db's raft loop simulated in one thread, by seed: SEEDS=N
+## runs seeds 1..N (default 1000) and prints seeds per second; SEED=S replays
+## one and ends with its trace digest; SIM_ARGS adds flags (--trace,
+## --bug ack-before-fsync, --secs, see target/release/sim --help).
+SEEDS ?= 1000
+.PHONY: sim
+sim:
+	$(CARGO) build --release -p agenda-tests --bin sim
+	@if [ -n "$(SEED)" ]; then target/release/sim --seed "$(SEED)" $(SIM_ARGS); \
+	else target/release/sim --seeds "$(SEEDS)" $(SIM_ARGS); fi
+
 ## make fuzz: the parsers we own under AFL++ (cargo-afl on the stable toolchain,
 ## installed from crates.io when missing): recurrence rules and time fields,
 ## request bodies, agenda-db REST bodies, raft envelopes, VIP adverts;

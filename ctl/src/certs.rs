@@ -22,11 +22,17 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+
+use crate::error::{Error, Result};
+
+/// Refuses the command with `message`.
+fn refuse<T>(message: impl Into<String>) -> Result<T> {
+    Err(Error::Refused(message.into()))
+}
 
 /// The start of every CA's common name (a CA made by a rotation adds the
 /// time it was made, so two CAs trusted at once never share a subject).
@@ -140,14 +146,14 @@ pub struct Issued {
 /// `NAME.pem`/`NAME-key.pem` for every leaf of `plan`, valid for `days`.
 pub fn issue(dir: &Path, leaves: &[Leaf], days: u32, new_ca: bool) -> Result<Issued> {
     if days == 0 {
-        bail!("--days must be at least 1");
+        return refuse("--days must be at least 1");
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     if dir.join(NEXT_CA).exists() && !new_ca {
-        bail!(
+        return refuse(format!(
             "a CA rotation is under way ({} exists): go on with --ca-step switch, then --ca-step finish",
             dir.join(NEXT_CA).display()
-        );
+        ));
     }
     let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
     let made_ca = new_ca || !ca_cert.exists() || !ca_key.exists();
@@ -192,16 +198,16 @@ pub fn ca_step(dir: &Path, step: CaStep, leaves: &[Leaf], days: u32) -> Result<S
     let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
     let (next_cert, next_key) = (dir.join(NEXT_CA), dir.join(NEXT_CA_KEY));
     if !ca_key.exists() {
-        bail!(
+        return refuse(format!(
             "no CA in {} yet: run `agendactl certs` first",
             dir.display()
-        );
+        ));
     }
     let underway = next_cert.exists() && next_key.exists();
     match step {
         CaStep::Add => {
             if underway {
-                bail!("a rotation is under way already: --ca-step switch, then finish");
+                return refuse("a rotation is under way already: --ca-step switch, then finish");
             }
             let current = authority(&ca_cert, &ca_key, days)?;
             let stamp = std::time::SystemTime::now()
@@ -221,7 +227,7 @@ pub fn ca_step(dir: &Path, step: CaStep, leaves: &[Leaf], days: u32) -> Result<S
         }
         CaStep::Switch => {
             if !underway {
-                bail!("no rotation under way: --ca-step add first");
+                return refuse("no rotation under way: --ca-step add first");
             }
             let next = authority(&next_cert, &next_key, days)?;
             let n = issue_leaves(dir, leaves, days, &next)?.len();
@@ -231,16 +237,18 @@ pub fn ca_step(dir: &Path, step: CaStep, leaves: &[Leaf], days: u32) -> Result<S
         }
         CaStep::Finish => {
             if !underway {
-                bail!("no rotation under way: --ca-step add first");
+                return refuse("no rotation under way: --ca-step add first");
             }
             let next = std::fs::read_to_string(&next_cert)
-                .with_context(|| format!("reading {}", next_cert.display()))?;
+                .map_err(Error::io(format!("reading {}", next_cert.display())))?;
             let key = std::fs::read_to_string(&next_key)
-                .with_context(|| format!("reading {}", next_key.display()))?;
+                .map_err(Error::io(format!("reading {}", next_key.display())))?;
             write_private(&ca_key, &key)?;
             write(&ca_cert, &next)?;
-            std::fs::remove_file(&next_cert)?;
-            std::fs::remove_file(&next_key)?;
+            for done in [&next_cert, &next_key] {
+                std::fs::remove_file(done)
+                    .map_err(Error::io(format!("removing {}", done.display())))?;
+            }
             Ok(format!(
                 "{} trusts the new CA only; the rotation is done",
                 ca_cert.display()
@@ -251,17 +259,21 @@ pub fn ca_step(dir: &Path, step: CaStep, leaves: &[Leaf], days: u32) -> Result<S
 
 /// A fresh self-signed CA named `name`: its PEM and what signs with it.
 fn new_authority(name: &str, days: u32) -> Result<(String, Issuer<'static, KeyPair>)> {
-    let key = KeyPair::generate().context("generating the CA key")?;
+    let key = KeyPair::generate().map_err(Error::cert("generating the CA key"))?;
     let params = ca_params(name, days.max(3650))?;
-    let cert = params.self_signed(&key).context("signing the CA")?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(Error::cert("signing the CA"))?;
     Ok((cert.pem(), Issuer::new(params, key)))
 }
 
 /// The CA in `cert` (the certificate of the key in `key`, among the
 /// certificates there) as something to sign with.
 fn authority(cert: &Path, key: &Path, days: u32) -> Result<Issuer<'static, KeyPair>> {
-    let pem = std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
-    let key = KeyPair::from_pem(&pem).with_context(|| format!("{} is not a key", key.display()))?;
+    let pem =
+        std::fs::read_to_string(key).map_err(Error::io(format!("reading {}", key.display())))?;
+    let key =
+        KeyPair::from_pem(&pem).map_err(Error::cert(format!("{} is not a key", key.display())))?;
     let name = subject_of(cert, &key)?;
     Ok(Issuer::new(ca_params(&name, days.max(3650))?, key))
 }
@@ -282,12 +294,12 @@ fn ca_cert_of(path: &Path, key: &KeyPair) -> Result<(String, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let public = key.der_bytes();
-    for der in CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("reading {}", path.display()))?
-    {
-        let der = der.with_context(|| format!("reading {}", path.display()))?;
+    let unreadable =
+        |e: &dyn std::fmt::Display| Error::Malformed(format!("reading {}: {e}", path.display()));
+    for der in CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))? {
+        let der = der.map_err(|e| unreadable(&e))?;
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            .map_err(|e| Error::Malformed(format!("{}: {e}", path.display())))?;
         if cert.public_key().subject_public_key.data.as_ref() != public {
             continue;
         }
@@ -300,7 +312,10 @@ fn ca_cert_of(path: &Path, key: &KeyPair) -> Result<(String, String)> {
             .to_string();
         return Ok((base64_pem(der.as_ref()), cn));
     }
-    bail!("{} holds no certificate of its CA key", path.display())
+    Err(Error::Malformed(format!(
+        "{} holds no certificate of its CA key",
+        path.display()
+    )))
 }
 
 /// DER as a PEM certificate block.
@@ -325,10 +340,10 @@ fn issue_leaves(
 ) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for leaf in leaves {
-        let key = KeyPair::generate().context("generating a key")?;
+        let key = KeyPair::generate().map_err(Error::cert("generating a key"))?;
         let cert = leaf_params(leaf, days)?
             .signed_by(&key, issuer)
-            .with_context(|| format!("signing {}", leaf.name))?;
+            .map_err(Error::cert(format!("signing {}", leaf.name)))?;
         // Key first: a process reloading between the two writes finds a
         // key that does not match its certificate and keeps the old pair.
         write_private(
@@ -353,7 +368,8 @@ fn validity(params: &mut CertificateParams, days: u32) {
 }
 
 fn ca_params(name: &str, days: u32) -> Result<CertificateParams> {
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    let mut p = CertificateParams::new(Vec::<String>::new())
+        .map_err(Error::cert(format!("the CA {name:?}")))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Agenda");
     dn.push(DnType::CommonName, name);
@@ -369,7 +385,8 @@ fn ca_params(name: &str, days: u32) -> Result<CertificateParams> {
 }
 
 fn leaf_params(leaf: &Leaf, days: u32) -> Result<CertificateParams> {
-    let mut p = CertificateParams::new(vec![leaf.name.clone(), "localhost".to_string()])?;
+    let mut p = CertificateParams::new(vec![leaf.name.clone(), "localhost".to_string()])
+        .map_err(Error::cert(format!("the names of {}", leaf.name)))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Agenda");
     dn.push(DnType::OrganizationalUnitName, leaf.role.name());
@@ -413,10 +430,11 @@ fn write_mode(path: &Path, text: &str, mode: u32) -> Result<()> {
         .truncate(true)
         .mode(mode)
         .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        .map_err(Error::io(format!("writing {}", tmp.display())))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(Error::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(Error::io(format!("renaming to {}", path.display())))?;
     Ok(())
 }
 

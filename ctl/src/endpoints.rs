@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 use serde::Deserialize;
 
 /// The whole file.
@@ -65,13 +65,12 @@ impl Process {
 impl Endpoints {
     /// Reads the file.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "{}: not found; is the system up (`make run`)?",
-                path.display()
-            )
-        })?;
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid", path.display()))
+        let text = std::fs::read_to_string(path).map_err(Error::io(format!(
+            "{}: not found; is the system up (`make run`)?",
+            path.display()
+        )))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Malformed(format!("{}: not valid: {e}", path.display())))
     }
 
     /// Processes of one kind.

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::error::{Error, Result};
 use crate::netns::Dialer;
 
 /// Status code and body of `GET url` (`http://host:port/path`, or
@@ -20,7 +20,10 @@ pub async fn get(
 ) -> Result<(u16, String)> {
     tokio::time::timeout(timeout, get_inner(dialer, url, tls))
         .await
-        .with_context(|| format!("GET {url}: no answer within {timeout:?}"))?
+        .map_err(|_| Error::Timeout {
+            what: format!("GET {url}"),
+            after: timeout,
+        })?
 }
 
 async fn get_inner(
@@ -31,7 +34,11 @@ async fn get_inner(
     let (rest, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
         (Some(r), _) => (r, false),
         (_, Some(r)) => (r, true),
-        _ => bail!("{url}: only http:// and https:// URLs"),
+        _ => {
+            return Err(Error::Refused(format!(
+                "{url}: only http:// and https:// URLs"
+            )))
+        }
     };
     let (host, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -39,60 +46,65 @@ async fn get_inner(
     };
     let addr: SocketAddr = host
         .parse()
-        .with_context(|| format!("{url}: host must be ip:port"))?;
+        .map_err(|_| Error::Refused(format!("{url}: host must be ip:port")))?;
     let tcp = dialer
         .connect(addr)
         .await
-        .with_context(|| format!("GET {url}: connect"))?;
+        .map_err(Error::io(format!("GET {url}: connect")))?;
+    let exchange = || Error::io(format!("GET {url}"));
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let mut buf = Vec::new();
     if secure {
-        let config = tls.with_context(|| {
-            format!("GET {url}: TLS, but no certificate (endpoints.json names no tls_dir)")
+        let config = tls.ok_or_else(|| {
+            Error::Refused(format!(
+                "GET {url}: TLS, but no certificate (endpoints.json names no tls_dir)"
+            ))
         })?;
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
         let mut s = tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, tcp)
             .await
-            .with_context(|| format!("GET {url}: TLS handshake"))?;
-        s.write_all(request.as_bytes()).await?;
-        s.read_to_end(&mut buf).await?;
+            .map_err(Error::io(format!("GET {url}: TLS handshake")))?;
+        s.write_all(request.as_bytes()).await.map_err(exchange())?;
+        s.read_to_end(&mut buf).await.map_err(exchange())?;
     } else {
         let mut s = tcp;
-        s.write_all(request.as_bytes()).await?;
-        s.read_to_end(&mut buf).await?;
+        s.write_all(request.as_bytes()).await.map_err(exchange())?;
+        s.read_to_end(&mut buf).await.map_err(exchange())?;
     }
+    let malformed = |why: &str| Error::Malformed(format!("GET {url}: {why}"));
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {url}: malformed answer"))?;
+        .ok_or_else(|| malformed("malformed answer"))?;
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .with_context(|| format!("GET {url}: no status"))?;
+        .ok_or_else(|| malformed("no status"))?;
     let chunked = head.lines().any(|l| {
         l.to_ascii_lowercase()
             .starts_with("transfer-encoding: chunked")
     });
     let body = if chunked {
-        dechunk(body)?
+        dechunk(body).map_err(malformed)?
     } else {
         body.to_string()
     };
     Ok((status, body))
 }
 
-fn dechunk(mut s: &str) -> Result<String> {
+/// A chunked body joined, or what is wrong with it.
+fn dechunk(mut s: &str) -> Result<String, &'static str> {
     let mut out = String::new();
     loop {
-        let (size, rest) = s.split_once("\r\n").context("bad chunk")?;
-        let n = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        let (size, rest) = s.split_once("\r\n").ok_or("bad chunk")?;
+        let n = usize::from_str_radix(size.trim(), 16).map_err(|_| "bad chunk size")?;
         if n == 0 {
             return Ok(out);
         }
         if rest.len() < n {
-            bail!("truncated chunk");
+            return Err("truncated chunk");
         }
         out.push_str(&rest[..n]);
         s = rest[n..].trim_start_matches("\r\n");

@@ -10,10 +10,12 @@
 //! - [`status`]: `agendactl status`, one table of the whole system.
 //! - [`relay`]: `agendactl relay`, the host's loopback port relayed to
 //!   the VIP from inside the client namespace.
+//! - [`error`]: the crate's error type.
 #![deny(missing_docs)]
 
 pub mod certs;
 pub mod endpoints;
+pub mod error;
 pub mod http;
 pub mod netns;
 pub mod relay;

@@ -138,7 +138,9 @@ fn main() -> ExitCode {
                 print!("{}", agendactl::status::render(&ep).await);
                 Ok::<(), anyhow::Error>(())
             }
-            Cmd::Relay { listen, netns, to } => agendactl::relay::run(&listen, &netns, to).await,
+            Cmd::Relay { listen, netns, to } => {
+                Ok(agendactl::relay::run(&listen, &netns, to).await?)
+            }
             Cmd::User { cmd } => {
                 let (name, admin, db, tls) = match cmd {
                     UserCmd::GrantAdmin { name, db, tls } => (name, true, db, tls),

@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
+use crate::error::{Error, Result};
 use crate::netns::Dialer;
 
 /// Relays until SIGINT/SIGTERM.
@@ -16,11 +16,11 @@ pub async fn run(listen: &str, netns: &str, to: SocketAddr) -> Result<()> {
     let dialer = Arc::new(if netns.is_empty() {
         Dialer::here()
     } else {
-        Dialer::in_namespace(netns)?
+        Dialer::in_namespace(netns).map_err(Error::io("--netns"))?
     });
     let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("--listen {listen}"))?;
+        .map_err(Error::io(format!("--listen {listen}")))?;
     tracing::info!(%listen, %netns, %to, "relaying");
     let stop = agenda_common::shutdown::token_on_signal();
     loop {

@@ -7,8 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use agenda_common::registry;
-use anyhow::Result;
+use agenda_common::registry::{self, RedisPrimary};
 use serde_json::Value;
 
 use crate::endpoints::{Endpoints, Process};
@@ -39,7 +38,7 @@ async fn body(reach: &Reach, p: &Process, path: &str) -> Result<String, String> 
         Ok((200, body)) => Ok(body),
         Ok((404, _)) => Err("not found".into()),
         Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
-        Err(e) => Err(format!("{e:#}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -119,8 +118,8 @@ pub async fn render(ep: &Endpoints) -> String {
 
     // Redis.
     let primary = match key(&reach, &up_dbs, registry::REDIS_PRIMARY).await {
-        Ok(Some(v)) => match serde_json::from_str::<Value>(&v) {
-            Ok(r) => format!("{} epoch {}", r["addr"].as_str().unwrap_or("?"), r["epoch"]),
+        Ok(Some(v)) => match RedisPrimary::decode(v.as_bytes()) {
+            Ok(p) => format!("{} epoch {}", p.addr, p.epoch),
             Err(_) => v,
         },
         Ok(None) => "none published".into(),

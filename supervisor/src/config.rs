@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::error::{Error, Result};
+
 /// agenda-supervisor: one per machine. Starts and restarts the local
 /// redis-server (always as a replica of the current primary once one is
 /// published), and, while it holds the supervisor lease in agenda-db,
@@ -86,38 +88,39 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot: node addresses, the local node in the list,
     /// a data dir for the local node.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |m: String| Err(Error::Config(m));
         if self.redis_nodes.is_empty() {
-            return Err("--redis-nodes: give at least one host:port".into());
+            return invalid("--redis-nodes: give at least one host:port".into());
         }
         for n in &self.redis_nodes {
-            split_addr(n).map_err(|e| format!("--redis-nodes: {e}"))?;
+            split_addr(n).map_err(|e| Error::Config(format!("--redis-nodes: {e}")))?;
         }
         let mut sorted = self.redis_nodes.clone();
         sorted.sort();
         sorted.dedup();
         if sorted.len() != self.redis_nodes.len() {
-            return Err("--redis-nodes: a node is listed twice".into());
+            return invalid("--redis-nodes: a node is listed twice".into());
         }
         if let Some(local) = &self.local_redis {
-            split_addr(local).map_err(|e| format!("--local-redis: {e}"))?;
+            split_addr(local).map_err(|e| Error::Config(format!("--local-redis: {e}")))?;
             if !self.redis_nodes.contains(local) {
-                return Err(format!(
+                return invalid(format!(
                     "--local-redis {local} is not one of --redis-nodes {}",
                     self.redis_nodes.join(",")
                 ));
             }
             if self.redis_dir.is_none() {
-                return Err("--redis-dir is required with --local-redis".into());
+                return invalid("--redis-dir is required with --local-redis".into());
             }
             if self.tls.tls_dir.is_some() && self.redis_tls_name.trim().is_empty() {
-                return Err(
+                return invalid(
                     "--tls-dir with --local-redis needs --redis-tls-name (the local redis-server's certificate in --tls-dir)".into(),
                 );
             }
         }
         if self.down_after_ms < self.check_interval_ms {
-            return Err(format!(
+            return invalid(format!(
                 "--down-after-ms {} must be at least --check-interval-ms {}",
                 self.down_after_ms, self.check_interval_ms
             ));
@@ -156,18 +159,17 @@ impl Config {
 }
 
 /// Splits `host:port`.
-pub fn split_addr(addr: &str) -> Result<(String, u16), String> {
+pub fn split_addr(addr: &str) -> Result<(String, u16)> {
+    let bad = |why: &str| Error::Address(format!("{addr:?} {why}"));
     let (host, port) = addr
         .rsplit_once(':')
-        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
+        .ok_or_else(|| bad("is not host:port"))?;
     if host.is_empty() {
-        return Err(format!("{addr:?} has no host"));
+        return Err(bad("has no host"));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{addr:?} has a bad port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("has a bad port"))?;
     if port == 0 {
-        return Err(format!("{addr:?}: port 0"));
+        return Err(bad("has port 0"));
     }
     Ok((host.to_string(), port))
 }
@@ -195,12 +197,13 @@ mod tests {
             "--local-redis=127.0.0.1:2",
             "--redis-dir=/tmp/x",
         ]);
-        assert!(not_listed.validate().unwrap_err().contains("not one of"));
+        let refusal = |c: Config| c.validate().unwrap_err().to_string();
+        assert!(refusal(not_listed).contains("not one of"));
         let no_dir = cfg(&["--redis-nodes=127.0.0.1:1", "--local-redis=127.0.0.1:1"]);
-        assert!(no_dir.validate().unwrap_err().contains("--redis-dir"));
+        assert!(refusal(no_dir).contains("--redis-dir"));
         let bad = cfg(&["--redis-nodes=localhost"]);
-        assert!(bad.validate().unwrap_err().contains("host:port"));
+        assert!(refusal(bad).contains("host:port"));
         let dup = cfg(&["--redis-nodes=a:1,a:1"]);
-        assert!(dup.validate().unwrap_err().contains("twice"));
+        assert!(refusal(dup).contains("twice"));
     }
 }

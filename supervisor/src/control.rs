@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agenda_common::registry::RedisPrimary;
 use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
 use tokio::sync::watch;
 
-use crate::failover::{self, Action, Primary, Tracker};
+use crate::failover::{Action, Tracker};
 use crate::metrics::Metrics;
 use crate::published::{self, Published};
 use crate::redis_node::RedisNode;
@@ -31,7 +32,7 @@ pub struct Control {
     /// Whether this supervisor leads now (from `election`).
     pub leader: watch::Receiver<bool>,
     /// The published primary, for `local` (updated on every read).
-    pub primary_tx: watch::Sender<Option<Primary>>,
+    pub primary_tx: watch::Sender<Option<RedisPrimary>>,
     /// Time between rounds.
     pub interval: Duration,
     /// The last read of the record.
@@ -54,7 +55,7 @@ impl Control {
         down_after: Duration,
         metrics: Arc<Metrics>,
         leader: watch::Receiver<bool>,
-        primary_tx: watch::Sender<Option<Primary>>,
+        primary_tx: watch::Sender<Option<RedisPrimary>>,
         interval: Duration,
     ) -> Self {
         let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
@@ -225,7 +226,7 @@ impl Control {
             }
         }
         let read_revision = self.published.as_ref().map_or(0, |p| p.mod_revision);
-        let primary = failover::Primary {
+        let primary = RedisPrimary {
             addr: addr.to_string(),
             epoch,
         };

@@ -22,18 +22,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use agenda_common::registry::RedisPrimary;
 
+use crate::error::Error;
 use crate::redis_node::{Observation, Role};
-
-/// The published primary (`/registry/config/redis-primary`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Primary {
-    /// `host:port`.
-    pub addr: String,
-    /// Bumped by every promotion.
-    pub epoch: u64,
-}
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +99,7 @@ impl Tracker {
     }
 
     /// Records one check of `addr`.
-    pub fn record(&mut self, addr: &str, now: Instant, result: Result<Observation, String>) {
+    pub fn record(&mut self, addr: &str, now: Instant, result: Result<Observation, Error>) {
         let Some((_, h)) = self.nodes.iter_mut().find(|(a, _)| a == addr) else {
             return;
         };
@@ -145,7 +137,12 @@ impl Tracker {
     }
 
     /// What to do now.
-    pub fn decide(&self, now: Instant, leader: bool, published: Option<&Primary>) -> Vec<Action> {
+    pub fn decide(
+        &self,
+        now: Instant,
+        leader: bool,
+        published: Option<&RedisPrimary>,
+    ) -> Vec<Action> {
         if !leader {
             return Vec::new();
         }
@@ -299,14 +296,14 @@ mod tests {
     const C: &str = "127.0.0.1:7403";
     const MS: Duration = Duration::from_millis(1);
 
-    fn master(offset: u64) -> Result<Observation, String> {
+    fn master(offset: u64) -> Result<Observation, Error> {
         Ok(Observation {
             role: Role::Master,
             offset,
             pid: None,
         })
     }
-    fn replica_of(m: &str, offset: u64) -> Result<Observation, String> {
+    fn replica_of(m: &str, offset: u64) -> Result<Observation, Error> {
         Ok(Observation {
             role: Role::Replica {
                 master: m.into(),
@@ -316,11 +313,11 @@ mod tests {
             pid: None,
         })
     }
-    fn down() -> Result<Observation, String> {
-        Err("connection refused".into())
+    fn down() -> Result<Observation, Error> {
+        Err(Error::Unexpected("connection refused".into()))
     }
-    fn primary(addr: &str, epoch: u64) -> Primary {
-        Primary {
+    fn primary(addr: &str, epoch: u64) -> RedisPrimary {
+        RedisPrimary {
             addr: addr.into(),
             epoch,
         }

@@ -16,11 +16,13 @@
 //! - [`published`]: the primary record in the registry (read, publish).
 //! - [`local`]: the local redis-server process.
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz`.
+//! - [`error`]: the crate's error type.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod control;
 pub mod election;
+pub mod error;
 pub mod failover;
 pub mod local;
 pub mod metrics;
@@ -31,46 +33,46 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agenda_common::shutdown::CancellationToken;
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::Config;
+pub use error::{Error, Result};
 
 /// Supervises until `shutdown`, serving metrics on `http_listener`.
 pub async fn run(
     cfg: Config,
     http_listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    cfg.validate().map_err(anyhow::Error::msg)?;
+) -> Result<()> {
+    cfg.validate()?;
     let binary = match &cfg.local_redis {
-        Some(_) => Some(local::resolve_binary(&cfg.redis_server).map_err(anyhow::Error::msg)?),
+        Some(_) => Some(local::resolve_binary(&cfg.redis_server)?),
         None => None,
     };
     let id = cfg.id();
     // Cancelled on shutdown, or when a part fails and the rest must stop.
     let stop = shutdown.child_token();
-    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let metrics = Arc::new(Metrics::new().map_err(Error::Metrics)?);
     let http = tokio::spawn(metrics::serve(http_listener, metrics.clone(), stop.clone()));
-    let links = agenda_common::net::Links::from_args(&cfg.tls, &stop).context("TLS")?;
-    let db = links.db_client(&cfg.db.db).context("--db")?;
+    let links =
+        agenda_common::net::Links::from_args(&cfg.tls, &stop).map_err(Error::setup("TLS"))?;
+    let db = links.db_client(&cfg.db.db).map_err(Error::setup("--db"))?;
     let redis_link = links.redis(&cfg.redis.redis_password);
     let loop_db = db.with_timeout(Duration::from_secs(2));
     tracing::info!(%id, nodes = ?cfg.redis_nodes, local = ?cfg.local_redis, "agenda-supervisor starting");
 
     // The processes of a deployment start in any order: wait for agenda-db.
-    let first = loop {
-        match published::read(&loop_db).await {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::warn!(error = %e, "agenda-db not reachable yet; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        }
+    let first = agenda_common::shutdown::retry(
+        &stop,
+        "agenda-db not reachable yet",
+        |_| true,
+        || published::read(&loop_db),
+    )
+    .await;
+    // Every error is retried: only a stop ends the wait.
+    let Some(Ok(first)) = first else {
+        return Ok(());
     };
     let (primary_tx, primary_rx) = watch::channel(first.primary.clone());
 
@@ -111,11 +113,11 @@ pub async fn run(
 
     let mut nodes = Vec::new();
     for addr in &cfg.redis_nodes {
-        nodes.push(
-            redis_node::RedisNode::new(addr, &redis_link, cfg.check_timeout())
-                .map_err(anyhow::Error::msg)
-                .context("--redis-nodes")?,
-        );
+        nodes.push(redis_node::RedisNode::new(
+            addr,
+            &redis_link,
+            cfg.check_timeout(),
+        )?);
     }
     let control = control::Control::new(
         id,
@@ -146,9 +148,13 @@ pub async fn run(
 
     // Shutdown: give the lease up, stop the local Redis, stop serving.
     let _ = election.await;
+    let local_task = |cause| Error::Task {
+        what: "local redis task",
+        cause,
+    };
     let local_result = match (early, local) {
-        (Some(r), _) => r.context("local redis task")?,
-        (None, Some(task)) => task.await.context("local redis task")?,
+        (Some(r), _) => r.map_err(local_task)?,
+        (None, Some(task)) => task.await.map_err(local_task)?,
         (None, None) => Ok(()),
     };
     match http.await {

@@ -18,13 +18,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agenda_common::registry::RedisPrimary;
 use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
-use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::split_addr;
-use crate::failover::Primary;
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::published;
 use crate::redis_node::RedisNode;
@@ -71,16 +71,16 @@ pub struct Spec {
 }
 
 /// Finds the redis-server binary, with a message that says what to do.
-pub fn resolve_binary(path: &Path) -> Result<PathBuf, String> {
+pub fn resolve_binary(path: &Path) -> Result<PathBuf> {
     let is_file = |p: &Path| p.is_file();
     if path.components().count() > 1 || path.is_absolute() {
         return if is_file(path) {
             Ok(path.to_path_buf())
         } else {
-            Err(format!(
+            Err(Error::Config(format!(
                 "--redis-server {}: no such file (install Redis: apt-get install redis-server)",
                 path.display()
-            ))
+            )))
         };
     }
     let dirs = std::env::var_os("PATH").unwrap_or_default();
@@ -88,11 +88,11 @@ pub fn resolve_binary(path: &Path) -> Result<PathBuf, String> {
         .map(|d| d.join(path))
         .find(|p| is_file(p))
         .ok_or_else(|| {
-            format!(
+            Error::Config(format!(
                 "--redis-server {}: not found in PATH (install Redis: apt-get install redis-server, \
                  or pass the binary's path)",
                 path.display()
-            )
+            ))
         })
 }
 
@@ -208,6 +208,7 @@ pub async fn follow_tls(spec: Spec, stop: CancellationToken) {
             }
             Err(e) => {
                 // Said once per new failure, not every second.
+                let e = e.to_string();
                 if last_error.as_ref() != Some(&e) {
                     tracing::warn!(node = %spec.addr, error = %e, "cannot have redis-server reload its TLS files yet; retrying");
                     last_error = Some(e);
@@ -226,12 +227,14 @@ pub async fn follow_tls(spec: Spec, stop: CancellationToken) {
 pub async fn run(
     spec: Spec,
     db: DbClient,
-    primary: watch::Receiver<Option<Primary>>,
+    primary: watch::Receiver<Option<RedisPrimary>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&spec.dir)
-        .with_context(|| format!("creating --redis-dir {}", spec.dir.display()))?;
+) -> Result<()> {
+    std::fs::create_dir_all(&spec.dir).map_err(Error::io(format!(
+        "creating --redis-dir {}",
+        spec.dir.display()
+    )))?;
     let mut primary = primary;
     let mut proc = match adopt(&spec).await {
         Some(p) => Some(p),
@@ -290,7 +293,7 @@ pub async fn run(
             Ok(p) => Some(p),
             Err(e) => {
                 // E.g. the binary vanished: keep trying, loudly.
-                tracing::error!(error = %format!("{e:#}"), "cannot restart redis-server; retrying");
+                tracing::error!(error = %e, "cannot restart redis-server; retrying");
                 metrics.decision("restart-local-failed");
                 None
             }
@@ -309,7 +312,7 @@ pub async fn run(
 async fn replica_target(
     spec: &Spec,
     db: &DbClient,
-    primary: &mut watch::Receiver<Option<Primary>>,
+    primary: &mut watch::Receiver<Option<RedisPrimary>>,
     stop: &CancellationToken,
 ) -> Option<Option<String>> {
     let deadline = tokio::time::Instant::now() + spec.primary_wait;
@@ -364,39 +367,38 @@ async fn adopt(spec: &Spec) -> Option<Proc> {
 }
 
 /// Starts redis-server (replicating `master` if given).
-fn spawn(spec: &Spec, master: Option<&str>) -> anyhow::Result<Proc> {
-    let (host, port) = split_addr(&spec.addr).map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&spec.dir)
-        .with_context(|| format!("creating --redis-dir {}", spec.dir.display()))?;
+fn spawn(spec: &Spec, master: Option<&str>) -> Result<Proc> {
+    let (host, port) = split_addr(&spec.addr)?;
+    std::fs::create_dir_all(&spec.dir).map_err(Error::io(format!(
+        "creating --redis-dir {}",
+        spec.dir.display()
+    )))?;
+    let log_path = spec.dir.join(LOG_FILE);
+    let opening = || format!("opening {}", log_path.display());
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(spec.dir.join(LOG_FILE))
-        .with_context(|| format!("opening {}", spec.dir.join(LOG_FILE).display()))?;
+        .open(&log_path)
+        .map_err(Error::io(opening()))?;
     let mut cmd = tokio::process::Command::new(&spec.binary);
     cmd.args(server_args(spec, &host, port, master)?)
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
+        .stdout(log.try_clone().map_err(Error::io(opening()))?)
         .stderr(log);
     let child = cmd
         .spawn()
-        .with_context(|| format!("starting {}", spec.binary.display()))?;
+        .map_err(Error::io(format!("starting {}", spec.binary.display())))?;
     tracing::info!(node = %spec.addr, pid = ?child.id(), master = ?master, "started redis-server");
     let pid = child.id();
     Ok(Proc::Child(child, pid))
 }
 
 /// The redis-server command line (docs/MESSAGING.md).
-fn server_args(
-    spec: &Spec,
-    host: &str,
-    port: u16,
-    master: Option<&str>,
-) -> anyhow::Result<Vec<String>> {
+fn server_args(spec: &Spec, host: &str, port: u16, master: Option<&str>) -> Result<Vec<String>> {
     let dir = spec
         .dir
         .canonicalize()
-        .with_context(|| format!("--redis-dir {}", spec.dir.display()))?;
+        .map_err(Error::io(format!("--redis-dir {}", spec.dir.display())))?;
     let mut args: Vec<String> = match &spec.tls {
         // TLS only: the plain port closed, clients and the replica link
         // authenticated by certificates of the cluster CA.
@@ -450,7 +452,7 @@ fn server_args(
         ]);
     }
     if let Some(m) = master {
-        let (mh, mp) = split_addr(m).map_err(anyhow::Error::msg)?;
+        let (mh, mp) = split_addr(m)?;
         args.extend(["--replicaof".into(), mh, mp.to_string()]);
     }
     Ok(args)
@@ -463,9 +465,9 @@ mod tests {
     #[test]
     fn missing_binary_is_a_clear_error() {
         let e = resolve_binary(Path::new("/nonexistent/redis-server")).unwrap_err();
-        assert!(e.contains("no such file"), "{e}");
+        assert!(e.to_string().contains("no such file"), "{e}");
         let e = resolve_binary(Path::new("no-such-redis-server-binary")).unwrap_err();
-        assert!(e.contains("not found in PATH"), "{e}");
+        assert!(e.to_string().contains("not found in PATH"), "{e}");
     }
 
     #[test]

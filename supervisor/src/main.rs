@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let log = cfg.log.log.clone();
     agenda_common::process::run_main("agenda-supervisor", &log, async move {
         let listener = agenda_common::net::bind(&cfg.http, "--http").await?;
-        agenda_supervisor::run(cfg, listener, agenda_common::shutdown::token_on_signal()).await
+        agenda_supervisor::run(cfg, listener, agenda_common::shutdown::token_on_signal()).await?;
+        Ok::<(), anyhow::Error>(())
     })
 }

@@ -3,11 +3,12 @@
 //! reading it with its mod_revision, and replacing it in a txn that
 //! compares that mod_revision and that the election key is still ours.
 
+use agenda_common::registry::RedisPrimary;
 use agenda_common::DbClient;
 use agenda_proto::db::{compare, request_op, Compare, PutRequest, RequestOp, TxnRequest};
 
 use crate::election;
-use crate::failover::Primary;
+use crate::error::{Error, Result};
 
 /// The registry key.
 pub const KEY: &str = agenda_common::registry::REDIS_PRIMARY;
@@ -16,20 +17,20 @@ pub const KEY: &str = agenda_common::registry::REDIS_PRIMARY;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     /// The parsed record (`None`: absent or malformed).
-    pub primary: Option<Primary>,
+    pub primary: Option<RedisPrimary>,
     /// The key's mod_revision (0: absent).
     pub mod_revision: i64,
 }
 
 /// Reads the record (linearizable).
-pub async fn read(db: &DbClient) -> agenda_common::Result<Published> {
+pub async fn read(db: &DbClient) -> Result<Published> {
     let Some(kv) = db.get(KEY).await? else {
         return Ok(Published {
             primary: None,
             mod_revision: 0,
         });
     };
-    let primary = match serde_json::from_slice::<Primary>(&kv.value) {
+    let primary = match RedisPrimary::decode(&kv.value) {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::error!(error = %e, "malformed {KEY} record; it will be replaced");
@@ -42,33 +43,16 @@ pub async fn read(db: &DbClient) -> agenda_common::Result<Published> {
     })
 }
 
-/// Why a publication did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// The key changed since it was read, or this supervisor no longer
-    /// holds the election key.
-    #[error(
-        "not published: the record changed since it was read or this supervisor no longer leads"
-    )]
-    Conflict,
-    /// agenda-db did not answer.
-    #[error(transparent)]
-    Db(#[from] agenda_common::Error),
-}
-
 /// Publishes `primary` if the record is still at `read_revision` and `id`
-/// still holds the election key. Returns the new mod_revision.
+/// still holds the election key ([`Error::Conflict`] otherwise). Returns
+/// the new mod_revision.
 pub async fn publish(
     db: &DbClient,
     id: &str,
     read_revision: i64,
-    primary: &Primary,
-) -> Result<i64, PublishError> {
-    let value = serde_json::to_vec(primary).map_err(|e| {
-        PublishError::Db(agenda_common::Error::InvalidArgument(format!(
-            "encoding the primary record: {e}"
-        )))
-    })?;
+    primary: &RedisPrimary,
+) -> Result<i64> {
+    let value = primary.encode();
     let resp = db
         .txn(TxnRequest {
             compare: vec![
@@ -92,7 +76,7 @@ pub async fn publish(
         })
         .await?;
     if !resp.succeeded {
-        return Err(PublishError::Conflict);
+        return Err(Error::Conflict);
     }
     Ok(resp.header.map_or(0, |h| h.revision))
 }

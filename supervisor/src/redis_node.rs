@@ -11,6 +11,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
 use crate::config::split_addr;
+use crate::error::{Error, Result};
 
 /// What a node reported in one successful check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +48,7 @@ impl Observation {
 
 /// Parses the text of `INFO replication` (and optionally `INFO server`,
 /// concatenated) into an [`Observation`].
-pub fn parse_info(text: &str) -> Result<Observation, String> {
+pub fn parse_info(text: &str) -> Result<Observation> {
     let mut role = None;
     let (mut host, mut port, mut link) = (None, None, None);
     let (mut master_off, mut slave_off, mut pid) = (None, None, None);
@@ -66,18 +67,19 @@ pub fn parse_info(text: &str) -> Result<Observation, String> {
             _ => {}
         }
     }
+    let unexpected = |what: &str| Error::Unexpected(what.to_string());
     let role = match role.as_deref() {
         Some("master") => Role::Master,
         Some("slave") => Role::Replica {
             master: format!(
                 "{}:{}",
-                host.ok_or("replica without master_host")?,
-                port.ok_or("replica without master_port")?
+                host.ok_or_else(|| unexpected("replica without master_host"))?,
+                port.ok_or_else(|| unexpected("replica without master_port"))?
             ),
             link_up: link.unwrap_or(false),
         },
-        Some(other) => return Err(format!("unknown role {other:?}")),
-        None => return Err("INFO replication without a role".into()),
+        Some(other) => return Err(unexpected(&format!("unknown role {other:?}"))),
+        None => return Err(unexpected("INFO replication without a role")),
     };
     let offset = match role {
         Role::Master => master_off,
@@ -103,8 +105,8 @@ impl RedisNode {
         addr: &str,
         link: &agenda_common::net::RedisLink,
         timeout: Duration,
-    ) -> Result<Self, String> {
-        let client = link.client(addr).map_err(|e| e.to_string())?;
+    ) -> Result<Self> {
+        let client = link.client(addr).map_err(Error::setup("--redis-nodes"))?;
         Ok(RedisNode {
             addr: addr.to_string(),
             client,
@@ -113,7 +115,7 @@ impl RedisNode {
         })
     }
 
-    async fn conn(&mut self) -> Result<MultiplexedConnection, String> {
+    async fn conn(&mut self) -> Result<MultiplexedConnection> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
@@ -124,17 +126,17 @@ impl RedisNode {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(Error::redis("connect"))?;
         self.conn = Some(c.clone());
         Ok(c)
     }
 
     /// Runs `f` on the connection within the deadline; any failure drops
     /// the connection.
-    async fn with_conn<T, F, Fut>(&mut self, what: &str, f: F) -> Result<T, String>
+    async fn with_conn<T, F, Fut>(&mut self, what: &str, f: F) -> Result<T>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = Result<T, String>>,
+        Fut: std::future::Future<Output = Result<T>>,
     {
         let timeout = self.timeout;
         let res = tokio::time::timeout(timeout, async {
@@ -142,7 +144,12 @@ impl RedisNode {
             f(c).await
         })
         .await
-        .unwrap_or_else(|_| Err(format!("{what}: no answer within {timeout:?}")));
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                what: what.to_string(),
+                after: timeout,
+            })
+        });
         if res.is_err() {
             self.conn = None;
         }
@@ -150,25 +157,25 @@ impl RedisNode {
     }
 
     /// The health check: PING, then INFO replication + server.
-    pub async fn check(&mut self) -> Result<Observation, String> {
+    pub async fn check(&mut self) -> Result<Observation> {
         self.with_conn("check", |mut c| async move {
             let pong: String = redis::cmd("PING")
                 .query_async(&mut c)
                 .await
-                .map_err(|e| format!("PING: {e}"))?;
+                .map_err(Error::redis("PING"))?;
             if pong != "PONG" {
-                return Err(format!("PING answered {pong:?}"));
+                return Err(Error::Unexpected(format!("PING answered {pong:?}")));
             }
             let repl: String = redis::cmd("INFO")
                 .arg("replication")
                 .query_async(&mut c)
                 .await
-                .map_err(|e| format!("INFO replication: {e}"))?;
+                .map_err(Error::redis("INFO replication"))?;
             let server: String = redis::cmd("INFO")
                 .arg("server")
                 .query_async(&mut c)
                 .await
-                .map_err(|e| format!("INFO server: {e}"))?;
+                .map_err(Error::redis("INFO server"))?;
             parse_info(&format!("{repl}\n{server}"))
         })
         .await
@@ -177,7 +184,7 @@ impl RedisNode {
     /// Has the node read its TLS files again (`CONFIG SET` of any of them
     /// makes redis-server reload all three): its certificate, key and the
     /// CAs it trusts.
-    pub async fn reload_tls(&mut self, files: &agenda_common::tls::TlsFiles) -> Result<(), String> {
+    pub async fn reload_tls(&mut self, files: &agenda_common::tls::TlsFiles) -> Result<()> {
         let paths = [&files.cert, &files.key, &files.ca].map(|p| p.display().to_string());
         self.with_conn("CONFIG SET tls-*", |mut c| async move {
             let _: String = redis::cmd("CONFIG")
@@ -190,28 +197,28 @@ impl RedisNode {
                 .arg(&paths[2])
                 .query_async(&mut c)
                 .await
-                .map_err(|e| format!("CONFIG SET tls-*: {e}"))?;
+                .map_err(Error::redis("CONFIG SET tls-*"))?;
             Ok(())
         })
         .await
     }
 
     /// `REPLICAOF NO ONE` (promotion).
-    pub async fn make_master(&mut self) -> Result<(), String> {
+    pub async fn make_master(&mut self) -> Result<()> {
         self.with_conn("REPLICAOF NO ONE", |mut c| async move {
             let _: String = redis::cmd("REPLICAOF")
                 .arg("NO")
                 .arg("ONE")
                 .query_async(&mut c)
                 .await
-                .map_err(|e| format!("REPLICAOF NO ONE: {e}"))?;
+                .map_err(Error::redis("REPLICAOF NO ONE"))?;
             Ok(())
         })
         .await
     }
 
     /// `REPLICAOF host port` (fencing / demotion).
-    pub async fn replicate(&mut self, primary: &str) -> Result<(), String> {
+    pub async fn replicate(&mut self, primary: &str) -> Result<()> {
         let (host, port) = split_addr(primary)?;
         self.with_conn("REPLICAOF", |mut c| async move {
             let _: String = redis::cmd("REPLICAOF")
@@ -219,7 +226,7 @@ impl RedisNode {
                 .arg(port)
                 .query_async(&mut c)
                 .await
-                .map_err(|e| format!("REPLICAOF {host} {port}: {e}"))?;
+                .map_err(Error::redis(format!("REPLICAOF {host} {port}")))?;
             Ok(())
         })
         .await

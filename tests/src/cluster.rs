@@ -212,6 +212,10 @@ pub struct Options {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Raft traffic on a port of its own per node (`--peer-listen`).
     pub peer_ports: bool,
+    /// `(id, bytes)`: node `id`'s data dir is a tmpfs of this size, so a
+    /// test can fill its disk (root only; unmounted when the cluster is
+    /// dropped).
+    pub small_disk: Option<(u64, u64)>,
 }
 
 impl Default for Options {
@@ -221,8 +225,25 @@ impl Default for Options {
             args: Vec::new(),
             tls: None,
             peer_ports: false,
+            small_disk: None,
         }
     }
+}
+
+/// Mounts (or, with `remount`, resizes) a tmpfs of `bytes` at `dir`.
+fn mount_tmpfs(dir: &Path, bytes: u64, remount: bool) -> Result<()> {
+    let opts = if remount {
+        format!("remount,size={bytes}")
+    } else {
+        format!("size={bytes}")
+    };
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+        .arg(dir)
+        .status()
+        .context("run mount")?;
+    anyhow::ensure!(status.success(), "mount -o {opts} {} failed", dir.display());
+    Ok(())
 }
 
 /// A set of agenda-db processes sharing one temp dir.
@@ -258,6 +279,11 @@ impl Cluster {
             peers,
             nodes,
         };
+        if let Some((id, bytes)) = c.opts.small_disk {
+            let dir = c.nodes.get(&id).context("no such node")?.data_dir.clone();
+            std::fs::create_dir_all(&dir)?;
+            mount_tmpfs(&dir, bytes, false)?;
+        }
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
         for id in ids {
             c.spawn(id)?;
@@ -284,6 +310,12 @@ impl Cluster {
             child: None,
             join,
         }
+    }
+
+    /// Resizes the tmpfs of [`Options::small_disk`] (space returns).
+    pub fn resize_small_disk(&self, bytes: u64) -> Result<()> {
+        let (id, _) = self.opts.small_disk.context("no small disk")?;
+        mount_tmpfs(&self.nodes[&id].data_dir, bytes, true)
     }
 
     /// The cluster's temp dir.
@@ -442,6 +474,11 @@ impl Drop for Cluster {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
+            }
+        }
+        if let Some((id, _)) = self.opts.small_disk {
+            if let Some(n) = self.nodes.get(&id) {
+                let _ = Command::new("umount").arg(&n.data_dir).status();
             }
         }
         if std::thread::panicking() || std::env::var_os("AGENDA_KEEP_LOGS").is_some() {

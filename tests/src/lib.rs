@@ -7,6 +7,8 @@
 //!   compare-and-set, fed by histories recorded in the tests.
 //! - [`register`]: a register client of one agenda-db key whose
 //!   histories the checker reads.
+//! - [`sim`]: agenda-db's raft loop simulated in one thread, by seed
+//!   (`make sim`).
 //! - [`etcd`]: a real etcd cluster, the yardstick of the benchmark.
 //! - [`system`]: the whole system (db, users, groups, gateway) and a small
 //!   client of the public HTTP API.
@@ -24,6 +26,7 @@ pub mod etcd;
 pub mod linearizability;
 pub mod redis;
 pub mod register;
+pub mod sim;
 pub mod system;
 pub mod topology;
 pub mod ws;

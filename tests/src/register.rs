@@ -29,6 +29,40 @@ fn put(key: &str, value: Vec<u8>) -> PutRequest {
     }
 }
 
+/// The compare-and-set of a register: `key` becomes `new` if it holds
+/// `expect` (`None`: absent). Shared with the simulator's clients, so the
+/// real-process tests and the simulation judge the same operation.
+pub fn cas_txn(key: &[u8], expect: &Option<Vec<u8>>, new: Vec<u8>) -> TxnRequest {
+    let cmp = match expect {
+        Some(v) => Compare {
+            key: key.to_vec(),
+            target: compare::Target::Value as i32,
+            result: compare::Result::Equal as i32,
+            value: v.clone(),
+            number: 0,
+        },
+        // A missing key has version 0 (a value compare never matches it).
+        None => Compare {
+            key: key.to_vec(),
+            target: compare::Target::Version as i32,
+            result: compare::Result::Equal as i32,
+            value: Vec::new(),
+            number: 0,
+        },
+    };
+    TxnRequest {
+        compare: vec![cmp],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::Put(PutRequest {
+                key: key.to_vec(),
+                value: new,
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    }
+}
+
 impl RegisterClient {
     /// Client `id` (also seeds its random choices).
     pub fn new(db: DbClient, id: u64) -> Self {
@@ -77,31 +111,9 @@ impl RegisterClient {
             _ => {
                 let new = format!("{cl}-{n}-cas").into_bytes();
                 let expect = self.last_seen.clone();
-                let cmp = match &expect {
-                    Some(v) => Compare {
-                        key: key.as_bytes().to_vec(),
-                        target: compare::Target::Value as i32,
-                        result: compare::Result::Equal as i32,
-                        value: v.clone(),
-                        number: 0,
-                    },
-                    None => Compare {
-                        key: key.as_bytes().to_vec(),
-                        target: compare::Target::Version as i32,
-                        result: compare::Result::Equal as i32,
-                        value: Vec::new(),
-                        number: 0,
-                    },
-                };
                 let r = self
                     .db
-                    .txn(TxnRequest {
-                        compare: vec![cmp],
-                        success: vec![RequestOp {
-                            request: Some(request_op::Request::Put(put(key, new.clone()))),
-                        }],
-                        ..Default::default()
-                    })
+                    .txn(cas_txn(key.as_bytes(), &expect, new.clone()))
                     .await;
                 let outcome = match r {
                     Ok(t) => Outcome::Cas(t.succeeded),

@@ -411,6 +411,22 @@ impl System {
             .map(|p| p.addr.as_str())
     }
 
+    /// Every running process of the system by name (`gateway`, `users-0`,
+    /// `groups-1`, `db-2`...) with its pid, e.g. to read its memory from
+    /// `/proc/PID/status`.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let services = self
+            .procs
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id())));
+        let nodes = self
+            .db
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| Some((format!("db-{id}"), n.pid()?)));
+        services.chain(nodes).collect()
+    }
+
     /// SIGKILL agenda-users replica `i`.
     pub fn kill_users(&mut self, i: usize) {
         self.kill(&format!("users-{i}"));

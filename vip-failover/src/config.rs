@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::error::{Error, Result};
+
 /// agenda-vip: one beside each gateway. Elects, among the daemons of
 /// --peers, the one machine that holds the virtual IP (VRRP-like adverts
 /// over UDP, HMAC-authenticated), and holds it only while it also holds
@@ -128,48 +130,52 @@ impl Config {
     }
 
     /// The advert key, from the file or the environment.
-    pub fn auth_key(&self) -> Result<Vec<u8>, String> {
+    pub fn auth_key(&self) -> Result<Vec<u8>> {
         let key = match (&self.auth_key_file, &self.auth_key) {
             (Some(path), _) => std::fs::read(path)
-                .map_err(|e| format!("--auth-key-file {}: {e}", path.display()))?,
+                .map_err(|e| Error::Config(format!("--auth-key-file {}: {e}", path.display())))?,
             (None, Some(k)) => k.as_bytes().to_vec(),
             (None, None) => {
-                return Err(
+                return Err(Error::Config(
                     "an advert key is required: --auth-key-file PATH or AGENDA_VIP_AUTH_KEY".into(),
-                )
+                ))
             }
         };
         let key = key.trim_ascii().to_vec();
         if key.len() < 16 {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "the advert key is {} bytes; use at least 16 (e.g. `head -c 32 /dev/urandom | base64`)",
                 key.len()
-            ));
+            )));
         }
         Ok(key)
     }
 
     /// Checks what clap cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         if self.id.is_empty() || self.id.len() > crate::advert::MAX_ID_LEN {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "--id must be 1 to {} bytes",
                 crate::advert::MAX_ID_LEN
-            ));
+            )));
         }
         if self.advert_interval < Duration::from_millis(10)
             || self.advert_interval > Duration::from_secs(10)
         {
-            return Err("--advert-interval must be between 10ms and 10s".into());
+            return Err(Error::Config(
+                "--advert-interval must be between 10ms and 10s".into(),
+            ));
         }
         if self.health_interval < Duration::from_millis(10) {
-            return Err("--health-interval must be at least 10ms".into());
+            return Err(Error::Config(
+                "--health-interval must be at least 10ms".into(),
+            ));
         }
         if self.lease_ttl < Duration::from_millis(300) {
-            return Err("--lease-ttl must be at least 300ms".into());
+            return Err(Error::Config("--lease-ttl must be at least 300ms".into()));
         }
         if self.interface.is_empty() {
-            return Err("--interface must not be empty".into());
+            return Err(Error::Config("--interface must not be empty".into()));
         }
         self.auth_key().map(|_| ())
     }
@@ -266,6 +272,10 @@ mod tests {
             "short",
         ])
         .unwrap();
-        assert!(weak.validate().unwrap_err().contains("at least 16"));
+        assert!(weak
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 16"));
     }
 }

@@ -31,11 +31,11 @@ use std::time::Instant;
 
 use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
-use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UdpSocket};
 
 pub use config::Config;
+pub use error::{Error, Result};
 
 use crate::address::Address;
 use crate::advert::{Advert, Codec};
@@ -63,9 +63,9 @@ pub async fn run(
     cfg: Config,
     http_listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    cfg.validate().map_err(anyhow::Error::msg)?;
-    let key = cfg.auth_key().map_err(anyhow::Error::msg)?;
+) -> Result<()> {
+    cfg.validate()?;
+    let key = cfg.auth_key()?;
     let addr = Address::new(
         cfg.vip,
         &cfg.interface,
@@ -75,23 +75,39 @@ pub async fn run(
     );
     // An address left by an earlier life of this daemon goes first: it is
     // not ours until the lease says so.
-    if addr.present().await.context("checking the interface")? {
+    let step = |what| {
+        move |e| Error::Interface {
+            what,
+            cause: Box::new(e),
+        }
+    };
+    if addr
+        .present()
+        .await
+        .map_err(step("checking the interface"))?
+    {
         tracing::warn!(vip = %cidr(&cfg), "removing a stale VIP left on the interface");
-        addr.remove().await.context("removing a stale VIP")?;
+        addr.remove().await.map_err(step("removing a stale VIP"))?;
     }
     // The guard's stdin is held here for the daemon's whole life (tokio's
     // `Child::wait` would close it, which is the guard's signal to act).
     let (mut guard, mut guard_pipe) = addr.spawn_guard()?;
     let socket = UdpSocket::bind(&cfg.bind)
         .await
-        .with_context(|| format!("--bind {}", cfg.bind))?;
+        .map_err(|cause| Error::Io {
+            what: format!("--bind {}", cfg.bind),
+            cause,
+        })?;
     let mut peers = Vec::new();
     for p in &cfg.peers {
         let resolved = tokio::net::lookup_host(p)
             .await
-            .with_context(|| format!("--peers {p}"))?
+            .map_err(|cause| Error::Io {
+                what: format!("--peers {p}"),
+                cause,
+            })?
             .next()
-            .with_context(|| format!("--peers {p}: no address"))?;
+            .ok_or_else(|| Error::Config(format!("--peers {p}: no address")))?;
         peers.push(resolved);
     }
     let stop = shutdown.child_token();
@@ -109,14 +125,15 @@ pub async fn run(
             reason: "starting".into(),
             since_ms: metrics::now_ms(),
         })
-        .context("registering metrics")?,
+        .map_err(Error::Metrics)?,
     );
     let http = tokio::spawn(metrics::serve(http_listener, metrics.clone(), stop.clone()));
-    let links = agenda_common::net::Links::from_args(&cfg.tls, &stop).context("TLS")?;
+    let setup = |what| move |cause| Error::Setup { what, cause };
+    let links = agenda_common::net::Links::from_args(&cfg.tls, &stop).map_err(setup("TLS"))?;
     let mut health = health::spawn(
         cfg.health_url.clone(),
         cfg.health_interval,
-        links.public_client_config().context("TLS")?,
+        links.public_client_config().map_err(setup("TLS"))?,
         health::Debouncer::new(cfg.health_fall, cfg.health_rise),
         stop.clone(),
     );
@@ -141,7 +158,7 @@ pub async fn run(
     let mut d = Daemon {
         db: links
             .db_client(&cfg.db.db)
-            .context("--db")?
+            .map_err(setup("--db"))?
             .with_timeout(cfg.lease_ttl)
             .hedged(),
         addr,

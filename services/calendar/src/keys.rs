@@ -85,6 +85,13 @@ pub const NOTIFICATIONS: &str = "/agenda/notifications/";
 pub fn notifications(user: Uuid) -> String {
     format!("/agenda/notifications/{user}/")
 }
+/// The user and id parts of a [`notification`] key, as written (the relay
+/// publishes them as they are), None for any other key.
+pub fn notification_parts(key: &[u8]) -> Option<(&str, &str)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let mut parts = key.strip_prefix(NOTIFICATIONS)?.split('/');
+    Some((parts.next()?, parts.next()?))
+}
 /// Accounts whose deletion is under way (see `Store::delete_user`).
 /// A person's session generation: the key's version (every put moves it
 /// by one, in the same transaction as a password change, "log out
@@ -104,12 +111,17 @@ pub fn refresh_family(family: Uuid) -> String {
 }
 /// The layout version of the data (`store::upgrade` moves older data).
 pub const LAYOUT: &str = "/agenda/layout";
-/// How far the notification relay has read (`relay`).
+/// How far the notification relay (in `agenda-users`) has read.
 pub const RELAY_CURSOR: &str = "/agenda/relay/cursor";
 /// The audit log (value: [`crate::audit::AuditEntry`]), in time order.
 pub const AUDIT: &str = "/agenda/audit/";
 pub fn audit(id: Uuid) -> String {
     format!("/agenda/audit/{id}")
+}
+/// The first key after the entry `id` in byte order (where the page after
+/// it starts).
+pub fn audit_after(id: Uuid) -> String {
+    format!("{}\u{0}", audit(id))
 }
 pub const DELETING: &str = "/agenda/deleting/";
 pub fn deleting(user: Uuid) -> String {
@@ -161,6 +173,15 @@ pub fn pending_invitations(group: Uuid) -> String {
     format!("/agenda/pending-invitations/{group}/")
 }
 
+/// The user and event of an agenda copy in layout 1, which kept it at
+/// `/agenda/agenda/{user}/{event}` (see `store::upgrade`); None for any
+/// other key, a copy filed by time or under `r/` included.
+pub fn layout1_agenda_event(key: &[u8]) -> Option<(Uuid, Uuid)> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(AGENDAS)?;
+    let (user, event) = rest.split_once('/')?;
+    Some((Uuid::parse_str(user).ok()?, Uuid::parse_str(event).ok()?))
+}
+
 /// The id after the last `/` of a key.
 pub fn last_id(key: &[u8]) -> Option<Uuid> {
     let s = std::str::from_utf8(key).ok()?;
@@ -177,6 +198,45 @@ mod tests {
 
     fn in_span(key: &str, span: &(String, String)) -> bool {
         span.0.as_str() <= key && key < span.1.as_str()
+    }
+
+    #[test]
+    fn only_layout1_keys_are_recognised() {
+        let (u, e) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(
+            layout1_agenda_event(format!("/agenda/agenda/{u}/{e}").as_bytes()),
+            Some((u, e))
+        );
+        let ev = EventRecord::sample("2027-03-10T09:00:00Z", 60, "UTC", None);
+        let recurring = EventRecord::sample("2027-03-10T09:00:00Z", 60, "UTC", Some("FREQ=DAILY"));
+        for key in [
+            agenda_event(u, &ev),
+            agenda_event(u, &recurring),
+            super::event(e),
+        ] {
+            assert_eq!(layout1_agenda_event(key.as_bytes()), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn notification_keys_read_back() {
+        let (u, n) = (Uuid::new_v4(), Uuid::new_v4());
+        let (user, id) = (u.to_string(), n.to_string());
+        assert_eq!(
+            notification_parts(notification(u, n).as_bytes()),
+            Some((user.as_str(), id.as_str()))
+        );
+        let only_user = format!("{NOTIFICATIONS}{u}");
+        assert_eq!(notification_parts(only_user.as_bytes()), None);
+        assert_eq!(notification_parts(super::event(n).as_bytes()), None);
+    }
+
+    #[test]
+    fn the_page_after_an_audit_entry_starts_past_it() {
+        let a = Uuid::now_v7();
+        assert!(audit(a) < audit_after(a));
+        let later = Uuid::from_u128(a.as_u128() + 1);
+        assert!(audit_after(a) < audit(later));
     }
 
     #[test]

@@ -5,25 +5,28 @@
 //! - [`model`]: stored records and the public resource shapes.
 //! - [`api`]: request bodies and the [`api::Op`]erations the gateway sends.
 //! - [`audit`]: the audit log's entries.
-//! - [`error`]: [`ApiError`], the one error shape of the public API.
-//! - [`validate`], [`recurrence`], [`rules`]: pure domain rules.
+//! - [`error`]: [`ApiError`] and its [`ErrorKind`], the one error shape of
+//!   the public API.
+//! - [`validate`], [`recurrence`], [`rules`] (hierarchy, invitations,
+//!   conflicts, privacy and who may do what), [`events`] (an event built,
+//!   changed, answered, announced and shown): pure domain rules.
 //! - [`cpu`]: where costly steps run, and how many at once.
 //! - [`keys`]: the agenda-db key layout.
 //! - [`store`]: transactions on agenda-db that apply the rules atomically.
-//! - [`rpc`]: the gRPC envelope between the gateway and the services.
-//! - [`relay`]: notifications from agenda-db to the Redis stream.
+//!
+//! Serving the operations is `agenda-serving`'s; relaying notifications to
+//! Redis is `agenda-users`'.
 
 pub mod api;
 pub mod audit;
 pub mod cpu;
 pub mod error;
+pub mod events;
 pub mod keys;
 pub mod model;
 pub mod recurrence;
-pub mod relay;
-pub mod rpc;
 pub mod rules;
 pub mod store;
 pub mod validate;
 
-pub use error::{ApiError, ApiResult};
+pub use error::{ApiError, ApiResult, ErrorKind};

@@ -947,7 +947,7 @@ pub(crate) mod fuzz {
 /// [`crate::api::Op`]) the way the gateway reads it, from JSON. Properties:
 /// nothing panics; a body that reads writes back to JSON that reads to the
 /// same JSON; a create-event body goes through
-/// [`crate::store::events::new_event`], whose refusals are 4xx and whose
+/// [`crate::events::new_event`], whose refusals are 4xx and whose
 /// events have a sane span, a rule that checks as itself, and bounded
 /// occurrences; the other bodies' fields go through their field rules.
 #[cfg(test)]
@@ -1338,7 +1338,7 @@ mod fuzz_fields {
         if let Some(req) =
             read::<api::CreateEventRequest>(data).filter(|r| !weekday_panic(&r.rrule))
         {
-            let ev = crate::store::events::new_event(req, &organizer, Vec::new(), None);
+            let ev = crate::events::new_event(req, &organizer, Vec::new(), None);
             four_xx(&ev);
             if let Ok(ev) = ev {
                 assert!(ev.start < ev.end && ev.end - ev.start <= validate::MAX_EVENT_LENGTH);
@@ -1348,7 +1348,7 @@ mod fuzz_fields {
                 }
                 let upcoming = super::upcoming(&ev);
                 assert!(upcoming.len() <= usize::from(super::MAX_OCCURRENCES));
-                let view = crate::store::events::view(&ev, organizer.id, upcoming.first().cloned());
+                let view = crate::events::view(&ev, organizer.id, upcoming.first().cloned());
                 serde_json::to_vec(&view).expect("an event view writes to JSON");
             }
         }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::model::{
     AddMe, Attendee, AttendeeStatus, Conflict, EventRecord, GroupKind, GroupRecord, Interval,
-    Member, Visibility,
+    Invitation, InvitationStatus, Member, UserRecord, Visibility,
 };
 use crate::recurrence;
 
@@ -66,10 +66,52 @@ pub fn invitation_rank(kind: GroupKind, inviter_rank: u32, asked: Option<u32>) -
     }
 }
 
-/// Whether `caller` may attach a new subgroup to `parent`: only its owner
-/// shapes a group's structure (any member could before, to any group).
-pub fn may_attach_subgroup(parent: &GroupRecord, caller: Uuid) -> bool {
-    parent.owner_id == caller
+/// Checks that `caller` may attach a new subgroup to `parent`: only its
+/// owner shapes a group's structure (any member could before, to any
+/// group).
+pub fn check_attach_subgroup(parent: &GroupRecord, caller: Uuid) -> ApiResult<()> {
+    if parent.owner_id != caller {
+        return Err(ApiError::forbidden(
+            "only the owner of the parent group may attach a subgroup to it",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `caller` owns `group`, the only one who may `to` (change
+/// it, delete it, hand it over).
+pub fn check_owner(group: &GroupRecord, caller: Uuid, to: &str) -> ApiResult<()> {
+    if group.owner_id != caller {
+        return Err(ApiError::forbidden(format!("only the owner may {to}")));
+    }
+    Ok(())
+}
+
+/// The rank an owner takes on handing the group over: the first below
+/// the top.
+pub fn rank_after_handover(kind: GroupKind) -> u32 {
+    match kind {
+        GroupKind::Flat => FLAT_RANK,
+        GroupKind::Hierarchical => 1,
+    }
+}
+
+/// Checks that `actor` may take `target` out of `group`: themselves
+/// (leaving) unless they own it, who must hand it over or delete it; anyone
+/// else only if ranked below them.
+pub fn check_removal(group: &GroupRecord, actor: &Member, target: &Member) -> ApiResult<()> {
+    if actor.user_id == target.user_id {
+        if group.owner_id == actor.user_id {
+            return Err(ApiError::conflict(
+                "the owner cannot leave; hand the group over (PATCH a member to rank 0) or delete it",
+            ));
+        }
+    } else if !may_manage(actor, target) {
+        return Err(ApiError::forbidden(
+            "only members ranked above this member may remove them",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether an invitation giving `rank` may still be accepted, decided on
@@ -101,6 +143,43 @@ pub fn invitation_still_valid(
 /// it themselves).
 pub fn may_manage_invitation(actor: &Member, invited_by: Uuid, rank: u32) -> bool {
     actor.user_id == invited_by || actor.rank < rank
+}
+
+/// Checks that `actor` may revoke `inv`: one they may manage
+/// ([`may_manage_invitation`]), still pending.
+pub fn check_revocable(actor: &Member, inv: &Invitation) -> ApiResult<()> {
+    if !may_manage_invitation(actor, inv.invited_by, inv.rank) {
+        return Err(ApiError::forbidden(
+            "only its sender or members ranked above the rank it offers may revoke an invitation",
+        ));
+    }
+    if inv.status != InvitationStatus::Pending {
+        return Err(ApiError::conflict(
+            "this invitation was already answered or revoked",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `user` may see and answer `inv`: its invitee only (anyone else
+/// gets a 404, so ids cannot be probed).
+pub fn may_answer_invitation(inv: &Invitation, user: Uuid) -> bool {
+    inv.invitee_id == user
+}
+
+/// Checks that `inv` is still waiting for its answer: it is answered once.
+pub fn check_answerable(inv: &Invitation) -> ApiResult<()> {
+    if inv.status != InvitationStatus::Pending {
+        return Err(ApiError::conflict(format!(
+            "this invitation was already {}",
+            match inv.status {
+                InvitationStatus::Accepted => "accepted",
+                InvitationStatus::Revoked => "revoked",
+                _ => "declined",
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `actor` may change or remove `target` (a superior acting on a
@@ -135,6 +214,60 @@ pub fn check_rank_change(
     }
     if rank > 1000 {
         return Err(ApiError::invalid_field("rank", "rank must be at most 1000"));
+    }
+    Ok(())
+}
+
+/// Whether `user` may see `ev` at all: its attendees, the organizer first
+/// among them and those only invited too. Anyone else gets a 404, so ids
+/// cannot be probed.
+pub fn may_see_event(ev: &EventRecord, user: Uuid) -> bool {
+    ev.status_of(user).is_some()
+}
+
+/// Checks that `caller` may change `ev`: its organizer only.
+pub fn check_may_change_event(ev: &EventRecord, caller: Uuid) -> ApiResult<()> {
+    if ev.organizer_id != caller {
+        return Err(ApiError::forbidden(
+            "only the organizer may change this event",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `caller` may delete `ev` for everyone: its organizer only
+/// (an attendee declines it).
+pub fn check_may_delete_event(ev: &EventRecord, caller: Uuid) -> ApiResult<()> {
+    if ev.organizer_id != caller {
+        return Err(ApiError::forbidden(
+            "only the organizer may delete this event; decline it instead",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an answer keeps the event as busy time for whoever gave it
+/// (then its conflicts are theirs to see).
+pub fn answer_is_busy(status: AttendeeStatus) -> bool {
+    matches!(status, AttendeeStatus::Accepted | AttendeeStatus::Tentative)
+}
+
+/// Checks that `user` may read the audit log: administrators only.
+pub fn check_reads_audit(user: &UserRecord) -> ApiResult<()> {
+    if !user.admin {
+        return Err(ApiError::forbidden("the audit log is for administrators"));
+    }
+    Ok(())
+}
+
+/// Checks that `user`'s account may go while they are in `group`: not
+/// while they own it (a group is never left without an owner).
+pub fn check_account_may_leave(group: &GroupRecord, user: Uuid) -> ApiResult<()> {
+    if group.owner_id == user {
+        return Err(ApiError::conflict(format!(
+            "you own the group {:?}; hand it over or delete it first",
+            group.name
+        )));
     }
     Ok(())
 }
@@ -268,6 +401,7 @@ pub fn sees_details(viewer: &Viewer, owner: &Member, ev: &EventRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use chrono::Duration;
 
     fn member(rank: u32) -> Member {
@@ -362,6 +496,157 @@ mod tests {
                 .status,
             422
         );
+    }
+
+    fn group(kind: GroupKind, owner: &Member) -> GroupRecord {
+        GroupRecord {
+            id: Uuid::new_v4(),
+            name: "g".into(),
+            description: String::new(),
+            kind,
+            parent_id: None,
+            owner_id: owner.user_id,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    fn invitation(by: &Member, rank: u32, status: InvitationStatus) -> Invitation {
+        Invitation {
+            id: Uuid::new_v4(),
+            group_id: Uuid::new_v4(),
+            group_name: "g".into(),
+            invited_by: by.user_id,
+            invitee_id: Uuid::new_v4(),
+            rank,
+            status,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn only_the_owner_shapes_and_hands_over_a_group() {
+        let (owner, other) = (member(0), member(1));
+        let g = group(GroupKind::Hierarchical, &owner);
+        assert!(check_owner(&g, owner.user_id, "delete the group").is_ok());
+        let e = check_owner(&g, other.user_id, "delete the group").unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::Forbidden, "only the owner may delete the group")
+        );
+        assert!(check_attach_subgroup(&g, owner.user_id).is_ok());
+        assert_eq!(
+            check_attach_subgroup(&g, other.user_id).unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+        assert_eq!(rank_after_handover(GroupKind::Hierarchical), 1);
+        assert_eq!(rank_after_handover(GroupKind::Flat), FLAT_RANK);
+    }
+
+    #[test]
+    fn members_leave_and_superiors_remove() {
+        let (owner, mid, low) = (member(0), member(1), member(2));
+        let g = group(GroupKind::Hierarchical, &owner);
+        assert!(
+            check_removal(&g, &low, &low).is_ok(),
+            "anyone but the owner leaves"
+        );
+        assert!(check_removal(&g, &mid, &low).is_ok());
+        assert_eq!(
+            check_removal(&g, &owner, &owner).unwrap_err().kind,
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            check_removal(&g, &low, &mid).unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+        assert_eq!(
+            check_removal(&g, &mid, &member(1)).unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+    }
+
+    #[test]
+    fn invitations_are_revoked_by_who_manages_them_and_answered_once() {
+        let (sender, above, peer) = (member(3), member(1), member(4));
+        let pending = invitation(&sender, 4, InvitationStatus::Pending);
+        assert!(check_revocable(&sender, &pending).is_ok());
+        assert!(check_revocable(&above, &pending).is_ok());
+        assert_eq!(
+            check_revocable(&peer, &pending).unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+        assert!(check_answerable(&pending).is_ok());
+        assert!(may_answer_invitation(&pending, pending.invitee_id));
+        assert!(!may_answer_invitation(&pending, sender.user_id));
+        for (status, word) in [
+            (InvitationStatus::Accepted, "accepted"),
+            (InvitationStatus::Declined, "declined"),
+            (InvitationStatus::Revoked, "revoked"),
+        ] {
+            let done = invitation(&sender, 4, status);
+            let e = check_answerable(&done).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Conflict);
+            assert_eq!(e.message, format!("this invitation was already {word}"));
+            assert_eq!(
+                check_revocable(&sender, &done).unwrap_err().kind,
+                ErrorKind::Conflict
+            );
+        }
+    }
+
+    #[test]
+    fn events_are_seen_by_attendees_and_changed_by_their_organizer() {
+        let (organizer, invited, stranger) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut ev = event(organizer, 1, 1);
+        ev.attendees.push(Attendee {
+            user_id: invited,
+            username: "i".into(),
+            status: AttendeeStatus::Invited,
+        });
+        assert!(may_see_event(&ev, organizer) && may_see_event(&ev, invited));
+        assert!(!may_see_event(&ev, stranger));
+        assert!(check_may_change_event(&ev, organizer).is_ok());
+        assert!(check_may_delete_event(&ev, organizer).is_ok());
+        assert_eq!(
+            check_may_change_event(&ev, invited).unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+        assert_eq!(
+            check_may_delete_event(&ev, invited).unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+        assert!(
+            answer_is_busy(AttendeeStatus::Accepted) && answer_is_busy(AttendeeStatus::Tentative)
+        );
+        assert!(!answer_is_busy(AttendeeStatus::Declined));
+    }
+
+    #[test]
+    fn administrators_read_the_audit_log_and_owners_cannot_just_go() {
+        let mut user = UserRecord {
+            id: Uuid::new_v4(),
+            username: "u".into(),
+            email: "u@example.org".into(),
+            display_name: "u".into(),
+            time_zone: "UTC".into(),
+            password_hash: String::new(),
+            created_at: chrono::Utc::now(),
+            add_me: AddMe::default(),
+            admin: false,
+        };
+        assert_eq!(
+            check_reads_audit(&user).unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+        user.admin = true;
+        assert!(check_reads_audit(&user).is_ok());
+        let owner = member(0);
+        let g = group(GroupKind::Flat, &owner);
+        assert_eq!(
+            check_account_may_leave(&g, owner.user_id).unwrap_err().kind,
+            ErrorKind::Conflict
+        );
+        assert!(check_account_may_leave(&g, user.id).is_ok());
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -18,20 +17,11 @@ use crate::db_client::DbClient;
 use crate::error::{Error, Result};
 use crate::registry;
 
-/// Registry config name of the current primary.
-pub const PRIMARY_CONFIG: &str = "redis-primary";
-
 /// Stream of notifications (fields `id`, `user`, `data`).
 pub const NOTIFICATIONS_STREAM: &str = "agenda:notifications";
 
-/// How the primary is published.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Primary {
-    /// `host:port`.
-    pub addr: String,
-    /// Bumped by every promotion.
-    pub epoch: u64,
-}
+/// How the primary is published (the registry's record).
+pub use crate::registry::RedisPrimary as Primary;
 
 /// Connections to the current Redis primary.
 pub struct Bus {
@@ -48,13 +38,13 @@ pub fn redis_error(e: redis::RedisError) -> Error {
 impl Bus {
     /// Follows the published primary until `stop`; connects over `link`.
     pub fn new(db: &DbClient, link: crate::net::RedisLink, stop: CancellationToken) -> Bus {
-        let raw = registry::watch_config(db, PRIMARY_CONFIG, stop.clone());
+        let raw = registry::watch_key(db, registry::REDIS_PRIMARY.to_string(), stop.clone());
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let mut raw = raw;
             loop {
                 let parsed = raw.borrow_and_update().as_ref().and_then(|b| {
-                    serde_json::from_slice::<Primary>(b)
+                    Primary::decode(b)
                         .map_err(|e| tracing::error!(error = %e, "ignoring a malformed redis-primary record"))
                         .ok()
                 });
@@ -150,17 +140,5 @@ impl Bus {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(redis_error)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The primary's config name and its full key name the same key.
-    #[test]
-    fn the_primary_is_one_key() {
-        assert_eq!(
-            crate::registry::REDIS_PRIMARY,
-            format!("{}{}", crate::registry::CONFIG, super::PRIMARY_CONFIG)
-        );
     }
 }

@@ -1,6 +1,8 @@
 //! Code shared by every Agenda process.
 //!
 //! Layout:
+//! - [`admission`]: caps on the requests and connections every server
+//!   takes at once; what is over them is refused at once, not queued.
 //! - [`args`]: flags every process shares (agenda-db endpoints, log, Redis password).
 //! - [`auth`]: access tokens (JWT) and their signing keys in the registry.
 //! - [`election`]: one leader at a time through a leased key.
@@ -12,13 +14,15 @@
 //! - [`net`]: every listener and client link is built here (one place to
 //!   switch TLS on for all links).
 //! - [`process`]: the shared `main` (logging, runtime, exit code).
-//! - [`shutdown`]: SIGINT/SIGTERM fanned out through a cancellation token.
+//! - [`shutdown`]: SIGINT/SIGTERM fanned out through a cancellation token,
+//!   and the waits that give way to it (retrying until agenda-db answers).
 //! - [`telemetry`]: logging set-up.
 //! - [`tls`]: a process's certificate (reloaded when its files change) and
 //!   the rustls configurations, mutual on internal links.
 //! - [`error`]: the crate's error type.
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod args;
 pub mod auth;
 pub mod bus;

@@ -8,6 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
+use crate::admission::{Admission, AdmittedServer, Connections};
 use crate::error::{Error, Result};
 
 /// How long a client waits for a TCP connection.
@@ -31,11 +32,18 @@ pub fn endpoint(addr: &str) -> Result<Endpoint> {
 }
 
 /// The connections a gRPC server accepts on `listener`, with small writes
-/// sent at once. (`Server::tcp_nodelay` only reaches sockets tonic binds
-/// itself; without this every reply of ours that took two writes waited
-/// for the peer's delayed ACK: 40 ms.)
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// sent at once, at most [`crate::admission::DEFAULT_MAX_CONNECTIONS`] open
+/// (see [`incoming_admitted`]). (`Server::tcp_nodelay` only reaches
+/// sockets tonic binds itself; without this every reply of ours that took
+/// two writes waited for the peer's delayed ACK: 40 ms.)
+pub fn incoming(listener: TcpListener) -> Connections<TcpIncoming> {
+    incoming_admitted(listener, &Admission::default())
+}
+
+/// [`incoming`] with `admission`'s connection cap: one connection over it
+/// is closed as soon as it is accepted.
+pub fn incoming_admitted(listener: TcpListener, admission: &Admission) -> Connections<TcpIncoming> {
+    admission.connections(TcpIncoming::from(listener).with_nodelay(Some(true)))
 }
 
 /// TLS sessions a public listener remembers for resumption.
@@ -48,16 +56,30 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TLS connections a gRPC server accepts on `listener` (small writes
 /// sent at once), with `config` (see [`crate::tls::Identity`]; mutual on
-/// internal links). Handshakes run concurrently, bounded, each within a
-/// deadline, so a slow or silent client holds up nobody; a failed one is
-/// logged and dropped. tonic hands each request the peer's certificate
-/// (`Request::peer_certs`).
+/// internal links), at most [`crate::admission::DEFAULT_MAX_CONNECTIONS`] open
+/// (see [`tls_incoming_admitted`]). Handshakes run concurrently, bounded,
+/// each within a deadline, so a slow or silent client holds up nobody; a
+/// failed one is logged and dropped. tonic hands each request the peer's
+/// certificate (`Request::peer_certs`).
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
-    accept_tls(listener, config, Accept::default())
+) -> Connections<impl futures::Stream<Item = std::io::Result<TlsStream>>> {
+    tls_incoming_admitted(listener, config, &Admission::default())
 }
+
+/// [`tls_incoming`] with `admission`'s connection cap: one connection
+/// over it is closed as soon as its handshake is done.
+pub fn tls_incoming_admitted(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    admission: &Admission,
+) -> Connections<impl futures::Stream<Item = std::io::Result<TlsStream>>> {
+    admission.connections(accept_tls(listener, config, Accept::default()))
+}
+
+/// A server side TLS connection.
+pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// How [`accept_tls`] treats each connection before its handshake.
 #[derive(Debug, Clone, Copy, Default)]
@@ -169,7 +191,7 @@ impl TlsListener {
     pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
         Ok(TlsListener {
             local: listener.local_addr()?,
-            incoming: Box::pin(tls_incoming(listener, config)),
+            incoming: Box::pin(accept_tls(listener, config, Accept::default())),
         })
     }
 
@@ -471,8 +493,16 @@ impl RedisLink {
     }
 }
 
-/// A gRPC server builder with the shared link settings.
-pub fn grpc_server() -> Server {
+/// A gRPC server builder with the shared link settings, its requests
+/// capped at [`crate::admission::DEFAULT_MAX_CONCURRENT_REQUESTS`] at once (one
+/// more is answered UNAVAILABLE at once); [`Admission::grpc_server`] for
+/// other caps.
+pub fn grpc_server() -> AdmittedServer {
+    Admission::default().grpc_server()
+}
+
+/// The shared link settings of every gRPC server, without a cap.
+pub(crate) fn grpc_builder() -> Server {
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -557,6 +587,6 @@ mod tests {
         let mut accepted = incoming(listener);
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let conn = accepted.next().await.unwrap().unwrap();
-        assert!(conn.nodelay().unwrap(), "TCP_NODELAY must be set");
+        assert!(conn.get_ref().nodelay().unwrap(), "TCP_NODELAY must be set");
     }
 }

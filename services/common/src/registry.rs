@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agenda_proto::db::{event, KeyValue, PutRequest, RangeRequest, WatchRequest};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,32 @@ pub const REDIS_SUPERVISOR_ELECTION: &str = "/registry/election/redis-supervisor
 pub const NOTIFICATION_RELAY_ELECTION: &str = "/registry/election/notification-relay";
 /// The VIP lease: the machine whose gateway serves the VIP.
 pub const VIP_HOLDER: &str = "/registry/vip/holder";
+
+/// The record under [`REDIS_PRIMARY`]: `{"addr": "host:port", "epoch": N}`.
+/// The acting supervisor writes it; every Redis client (the bus, the
+/// relay, the gateway's stream reader), the supervisors and agendactl read
+/// it, so its shape lives here once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisPrimary {
+    /// `host:port`.
+    pub addr: String,
+    /// Bumped by every promotion, so a reader can tell a newer primary
+    /// from an older record that names the same address.
+    pub epoch: u64,
+}
+
+impl RedisPrimary {
+    /// Parses the record's value.
+    pub fn decode(value: &[u8]) -> serde_json::Result<RedisPrimary> {
+        serde_json::from_slice(value)
+    }
+
+    /// The record's value.
+    pub fn encode(&self) -> Vec<u8> {
+        // Two plain fields: serializing them cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
 
 /// One registered instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -317,5 +344,26 @@ async fn mirror<V: Clone>(
             }
         }
         tx.send_replace(map.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records written by earlier releases (and read by the tests'
+    /// own client) keep this exact shape.
+    #[test]
+    fn the_primary_record_keeps_its_wire_shape() {
+        let p = RedisPrimary::decode(br#"{"addr":"10.77.0.11:7401","epoch":3}"#).unwrap();
+        assert_eq!(
+            p,
+            RedisPrimary {
+                addr: "10.77.0.11:7401".into(),
+                epoch: 3
+            }
+        );
+        assert_eq!(RedisPrimary::decode(&p.encode()).unwrap(), p);
+        assert!(RedisPrimary::decode(b"10.77.0.11:7401").is_err());
     }
 }

@@ -102,10 +102,30 @@ pub struct Config {
     #[arg(long, env = "AGENDA_DB_HISTORY_BYTES", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
     pub history_bytes: u64,
 
+    /// Client requests (proposals, linearizable reads) the raft thread
+    /// queues at most; beyond that they are refused at once with
+    /// UNAVAILABLE ("overloaded") rather than queued without bound. Peer
+    /// traffic has a queue of its own and is never refused for them.
+    #[arg(long, env = "AGENDA_DB_MAX_QUEUED_REQUESTS", default_value_t = crate::node::mailbox::CLIENT_QUEUE, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=10_000_000), |v| v as usize))]
+    pub max_queued_requests: usize,
+
     /// Longest a request waits (e.g. for a leader) before failing with
     /// UNAVAILABLE, in milliseconds.
     #[arg(long, env = "AGENDA_DB_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
     pub request_timeout_ms: u64,
+
+    /// Client requests the gRPC port serves at once; one more is answered
+    /// UNAVAILABLE at once with a retry hint (`grpc-retry-pushback-ms`)
+    /// instead of waiting. Far above what the services and gateways send
+    /// (each gateway caps its own requests); raft traffic is never refused.
+    #[arg(long, env = "AGENDA_DB_MAX_CONCURRENT_REQUESTS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrent_requests: u64,
+
+    /// Connections the gRPC port holds open at once (--peer-listen the
+    /// same, counted apart); one more is closed as soon as it is
+    /// accepted. Keep it under the process's file descriptor limit.
+    #[arg(long, env = "AGENDA_DB_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
 
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "agenda_db=debug".
     #[arg(long, env = "AGENDA_LOG", default_value = "info")]
@@ -159,6 +179,16 @@ impl Config {
     /// Request deadline.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The caps of the gRPC port (--max-concurrent-requests,
+    /// --max-connections).
+    pub fn admission(&self) -> agenda_common::admission::Admission {
+        let cap = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        agenda_common::admission::Admission::new(
+            cap(self.max_concurrent_requests),
+            cap(self.max_connections),
+        )
     }
 }
 

@@ -46,6 +46,14 @@ pub enum Error {
     /// The node is shutting down or was removed from the cluster.
     #[error("this node is stopping")]
     Stopped,
+    /// This node's disk is full: it refuses work until space returns and
+    /// it has started over from its files (other nodes keep serving).
+    #[error("this agenda-db node's disk is full ({0}); it serves again once space returns")]
+    DiskFull(String),
+    /// The node's queue of client work is full: refused at once rather
+    /// than queued without bound. Not retried here; the caller backs off.
+    #[error("this agenda-db node is overloaded ({0} requests queued); retry shortly")]
+    Overloaded(usize),
     /// Start-up configuration is unusable (wrong flags, foreign data dir).
     #[error("{0}")]
     Config(String),
@@ -88,6 +96,16 @@ impl From<protobuf::ProtobufError> for Error {
 }
 
 impl Error {
+    /// Whether this is the disk running out of space (the node then
+    /// starts over once there is room, instead of exiting).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::DiskFull(_) => true,
+            Error::Storage(redb::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+
     /// True when retrying the same request later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::NoLeader | Error::Timeout(_) | Error::Stopped)
@@ -101,7 +119,11 @@ impl Error {
             Error::FailedPrecondition(_) => "failed_precondition",
             Error::PermissionDenied(_) => "permission_denied",
             Error::Compacted { .. } => "compacted",
-            Error::NoLeader | Error::Timeout(_) | Error::Stopped => "unavailable",
+            Error::NoLeader
+            | Error::Timeout(_)
+            | Error::Stopped
+            | Error::Overloaded(_)
+            | Error::DiskFull(_) => "unavailable",
             Error::Config(_) => "config",
             Error::Fatal(_) => "internal",
             Error::Storage(_) | Error::Io(_) | Error::Corrupt(_) | Error::Raft(_) => "internal",
@@ -118,9 +140,11 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             Error::PermissionDenied(m) => Status::permission_denied(m.clone()),
             Error::Compacted { .. } => Status::out_of_range(e.to_string()),
-            Error::NoLeader | Error::Timeout(_) | Error::Stopped => {
-                Status::unavailable(e.to_string())
-            }
+            Error::NoLeader
+            | Error::Timeout(_)
+            | Error::Stopped
+            | Error::Overloaded(_)
+            | Error::DiskFull(_) => Status::unavailable(e.to_string()),
             Error::Config(_)
             | Error::Fatal(_)
             | Error::Storage(_)

@@ -16,7 +16,7 @@
 //! any keep-alive acknowledged by the old leader that it had received but
 //! not yet seen committed (see `Node::lease_gate`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// How long the leader waits before proposing the same revoke again
@@ -33,7 +33,9 @@ struct Timer {
 /// In-memory deadlines of every live lease.
 #[derive(Debug, Default)]
 pub struct LeaseClock {
-    timers: HashMap<i64, Timer>,
+    /// Ordered, so a leader proposes the revokes of one tick in the same
+    /// order every run (the simulator replays a run from its seed).
+    timers: BTreeMap<i64, Timer>,
 }
 
 impl LeaseClock {

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::node::{self, now_ms, NodeHandle, Request, Status};
-use crate::state_machine::{self, refusal_to_error, Published, ReadView};
+use crate::published::Published;
+use crate::state_machine::{self, refusal_to_error, ReadView};
 use crate::watch::WatchHub;
 
 /// A proposal with no answer after this long is proposed again.
@@ -152,34 +153,22 @@ impl Db {
     }
 
     /// Writes one key.
-    pub async fn put(&self, mut req: PutRequest) -> Result<PutResponse> {
-        let id = take_id(&mut req.request_id);
-        match self.propose(id, command::Op::Put(req)).await? {
-            command_result::Result::Put(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        self.write(req).await
     }
 
     /// Deletes a key or a prefix.
-    pub async fn delete(&self, mut req: DeleteRequest) -> Result<DeleteResponse> {
-        let id = take_id(&mut req.request_id);
-        match self.propose(id, command::Op::Delete(req)).await? {
-            command_result::Result::Delete(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        self.write(req).await
     }
 
     /// Runs a transaction. One that only reads is served like a read
     /// (ReadIndex, then the local replica) without a log entry.
-    pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
         if req.is_read_only() {
             return self.read_txn(req).await;
         }
-        let id = take_id(&mut req.request_id);
-        match self.propose(id, command::Op::Txn(req)).await? {
-            command_result::Result::Txn(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.write(req).await
     }
 
     /// Grants a lease (choosing its id when the caller gave 0).
@@ -187,32 +176,37 @@ impl Db {
         if req.id == 0 {
             req.id = rand::random_range(1..i64::MAX);
         }
-        let id = take_id(&mut req.request_id);
-        match self.propose(id, command::Op::LeaseGrant(req)).await? {
-            command_result::Result::LeaseGrant(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.write(req).await
     }
 
     /// Renews a lease for another TTL.
     pub async fn lease_keep_alive(
         &self,
-        mut req: LeaseKeepAliveRequest,
+        req: LeaseKeepAliveRequest,
     ) -> Result<LeaseKeepAliveResponse> {
-        let id = take_id(&mut req.request_id);
-        match self.propose(id, command::Op::LeaseKeepAlive(req)).await? {
-            command_result::Result::LeaseKeepAlive(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.write(req).await
     }
 
     /// Revokes a lease and deletes its keys.
-    pub async fn lease_revoke(&self, mut req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
-        let id = take_id(&mut req.request_id);
-        match self.propose(id, command::Op::LeaseRevoke(req)).await? {
-            command_result::Result::LeaseRevoke(r) => Ok(r),
-            other => Err(unexpected(other)),
+    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        self.write(req).await
+    }
+
+    /// Why the node dropped a caller: its disk filled, or it is stopping.
+    fn gone(&self) -> Error {
+        if self.node.shared.disk_full.load(Ordering::Acquire) {
+            Error::DiskFull("log writes failed".into())
+        } else {
+            Error::Stopped
         }
+    }
+
+    /// Proposes a write under its request id (made here if the caller gave
+    /// none, and written into the request too) and returns its answer.
+    async fn write<W: WriteRequest>(&self, mut req: W) -> Result<W::Response> {
+        let id = take_id(req.request_id());
+        let result = self.propose(id, req.into_op()).await?;
+        W::answer(result).map_err(unexpected)
     }
 
     /// This node's view of the cluster.
@@ -332,7 +326,7 @@ impl Db {
                 Ok(None)
             }
             Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) if !self.node.shared.running.load(Ordering::Acquire) => Err(Error::Stopped),
+            Ok(Err(_)) if !self.node.shared.running.load(Ordering::Acquire) => Err(self.gone()),
             Ok(Err(_)) => Ok(None),
             Err(_) => Ok(None),
         }
@@ -363,7 +357,7 @@ impl Db {
                 Ok(Ok(Err(Error::NoLeader))) => tokio::time::sleep(NO_LEADER_BACKOFF).await,
                 Ok(Ok(Err(e))) => return Err(e),
                 Ok(Err(_)) if !self.node.shared.running.load(Ordering::Acquire) => {
-                    return Err(Error::Stopped)
+                    return Err(self.gone());
                 }
                 // Dropped by a leader change: ask again.
                 Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -435,6 +429,21 @@ impl Db {
                         }
                     }
                     item = live.recv() => match item {
+                        Ok(batch) if batch.revision > last + 1 => {
+                            // Revisions were skipped: this node installed a
+                            // snapshot from the leader, which carries no
+                            // history, so the ones between never reach its
+                            // watchers (found by the simulator: the watch
+                            // went on past the gap as though nothing was
+                            // missed). The watcher resumes where it was,
+                            // on a node that has them, or learns they are
+                            // compacted.
+                            let _ = tx.send(Err(Error::FailedPrecondition(format!(
+                                "this node skipped revisions {}..{} (it caught up by snapshot); resume from revision {}",
+                                last + 1, batch.revision - 1, last + 1
+                            )))).await;
+                            return;
+                        }
                         Ok(batch) if batch.revision > last => {
                             last = batch.revision;
                             let mut events = filter(&req, batch.events.iter().cloned());
@@ -514,6 +523,55 @@ fn filter(
             e
         })
         .collect()
+}
+
+/// A request that is proposed as one command and answered by one kind of
+/// result.
+trait WriteRequest {
+    /// What answers it.
+    type Response;
+    /// Its request id field.
+    fn request_id(&mut self) -> &mut String;
+    /// The command that carries it.
+    fn into_op(self) -> command::Op;
+    /// Its answer, or (an id reused for another kind of request) the
+    /// result that came instead.
+    fn answer(
+        result: command_result::Result,
+    ) -> std::result::Result<Self::Response, command_result::Result>;
+}
+
+/// Implements [`WriteRequest`] for requests whose command and result
+/// variants share a name.
+macro_rules! write_requests {
+    ($($variant:ident: $req:ty => $resp:ty),* $(,)?) => {$(
+        impl WriteRequest for $req {
+            type Response = $resp;
+            fn request_id(&mut self) -> &mut String {
+                &mut self.request_id
+            }
+            fn into_op(self) -> command::Op {
+                command::Op::$variant(self)
+            }
+            fn answer(
+                result: command_result::Result,
+            ) -> std::result::Result<$resp, command_result::Result> {
+                match result {
+                    command_result::Result::$variant(r) => Ok(r),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+
+write_requests! {
+    Put: PutRequest => PutResponse,
+    Delete: DeleteRequest => DeleteResponse,
+    Txn: TxnRequest => TxnResponse,
+    LeaseGrant: LeaseGrantRequest => LeaseGrantResponse,
+    LeaseKeepAlive: LeaseKeepAliveRequest => LeaseKeepAliveResponse,
+    LeaseRevoke: LeaseRevokeRequest => LeaseRevokeResponse,
 }
 
 /// Uses the caller's request id, or makes one so internal retries are

@@ -1,7 +1,7 @@
 //! The state file, `state.snap`: the whole state machine as of an applied
 //! index, written whole and off the raft thread.
 //!
-//! The state machine lives in memory (`state_machine.rs`); the raft log
+//! The state machine lives in memory (`state_machine/`); the raft log
 //! (`raft-log.redb`) is what makes an acknowledged write durable. This file
 //! only bounds how much of the log a restart replays and how much log must
 //! be kept: the node never compacts the log past the applied index of the
@@ -303,14 +303,21 @@ impl StateFiles {
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::Io(format!("cannot {what} {}: {e}", path.display()))
+    let msg = format!("cannot {what} {}: {e}", path.display());
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        Error::DiskFull(msg)
+    } else {
+        Error::Io(msg)
+    }
 }
 
 /// Writes state files on their own thread, so the raft thread only pays
-/// for an O(1) clone of the state.
+/// for an O(1) clone of the state; or inline, in the simulator, where no
+/// thread may decide when a file lands.
 pub struct Background {
     tx: Option<SyncSender<StateMachine>>,
     thread: Option<JoinHandle<()>>,
+    inline: Option<Arc<StateFiles>>,
 }
 
 impl Background {
@@ -334,11 +341,28 @@ impl Background {
         Ok(Background {
             tx: Some(tx),
             thread: Some(thread),
+            inline: None,
         })
+    }
+
+    /// Writes each offered state at once, on the caller's thread.
+    pub fn inline(files: Arc<StateFiles>) -> Self {
+        Background {
+            tx: None,
+            thread: None,
+            inline: Some(files),
+        }
     }
 
     /// Hands a state to the writer; false if it is busy with another.
     pub fn offer(&self, sm: &StateMachine) -> bool {
+        if let Some(files) = &self.inline {
+            if let Err(e) = files.write(sm) {
+                tracing::error!(error = %e, "writing the state file failed");
+                return false;
+            }
+            return true;
+        }
         match &self.tx {
             Some(tx) => match tx.try_send(sm.clone()) {
                 Ok(()) => true,
@@ -346,6 +370,14 @@ impl Background {
             },
             None => false,
         }
+    }
+
+    /// Stops the thread without waiting for a write in progress (a crash
+    /// in the simulator, where writes are inline anyway).
+    pub fn abandon(&mut self) {
+        self.tx.take();
+        self.thread.take();
+        self.inline.take();
     }
 
     /// Waits for the write in progress, if any, and stops the thread.

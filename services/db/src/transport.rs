@@ -150,6 +150,16 @@ impl Transport {
     }
 }
 
+impl crate::node::Peers for Transport {
+    fn send(&self, msgs: Vec<Message>) {
+        Transport::send(self, msgs);
+    }
+
+    fn set_members(&self, members: &BTreeMap<u64, String>) {
+        Transport::set_members(self, members);
+    }
+}
+
 impl Inner {
     fn report(&self, req: Request) {
         if let Some(node) = self.node.get() {

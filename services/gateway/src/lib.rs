@@ -5,7 +5,8 @@
 //! - [`routes`]: one module per resource; handlers turn requests into
 //!   operations for the services.
 //! - [`extract`]: the caller (JWT checked), JSON bodies, query strings.
-//! - [`upstream`]: discovery and balancing of users/groups replicas.
+//! - [`upstream`]: discovery, balancing and retries over the users/groups
+//!   replicas (behind [`upstream::Replicas`], which tests fake).
 //! - [`limits`]: what one client may make the system do (sizes, rates,
 //!   failed logins): one layer in front of every route.
 //! - [`listener`]: accepted connections (socket options, addresses).
@@ -14,6 +15,8 @@
 //! - [`metrics`]: request ids, per-route latency and status counts.
 //! - [`openapi`]: the generated OpenAPI document.
 //! - [`sessions`]: session generations followed from agenda-db.
+//! - [`server`]: why serving fails, and the deadline on draining at
+//!   shutdown (`--shutdown-grace-ms`).
 //! - [`shaped`]: the error shape for the answers hyper writes itself.
 //! - [`vip`]: the VIP fence (serve VIP traffic only while this machine
 //!   holds the VIP lease).
@@ -27,10 +30,14 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod sessions;
 pub mod shaped;
 pub mod upstream;
 pub mod vip;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -38,7 +45,6 @@ use agenda_calendar::ApiError;
 use agenda_common::auth::VerifyingKeys;
 use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
-use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
@@ -46,6 +52,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::Config;
+pub use server::Error;
 
 use crate::error::HttpError;
 
@@ -93,16 +100,18 @@ pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown`, then finishes in-flight requests.
+/// Serves on `listener` until `shutdown`, then finishes in-flight requests
+/// for at most `--shutdown-grace-ms`.
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let links = agenda_common::net::Links::from_args(&cfg.tls, &shutdown).context("TLS")?;
-    let db = links.db_client(&cfg.db.db).context("--db")?;
+) -> Result<(), Error> {
+    let setup = |what| move |cause| Error::Setup { what, cause };
+    let links = agenda_common::net::Links::from_args(&cfg.tls, &shutdown).map_err(setup("TLS"))?;
+    let db = links.db_client(&cfg.db.db).map_err(setup("--db"))?;
     // With a certificate the public side is HTTPS (and WSS).
-    let public_tls = links.public_server_config().context("TLS")?;
+    let public_tls = links.public_server_config().map_err(setup("TLS"))?;
     let stop = shutdown.child_token();
     let hub = live::Hub::new(cfg.ws_queue as usize);
     let bus = Arc::new(agenda_common::bus::Bus::new(
@@ -111,10 +120,13 @@ pub async fn run(
         stop.clone(),
     ));
     tokio::spawn(live::consume(bus, hub.clone(), stop.clone()));
+    // Requests and connections at once (--max-concurrent-requests,
+    // --max-connections): over them, 503 or a closed connection at once.
+    let admission = cfg.admission();
     let state = Arc::new(AppState {
         upstream: upstream::Upstream::new(&db, links, cfg.request_timeout(), stop.clone()),
         keys: agenda_common::auth::watch_public_keys(db.clone(), stop.clone()),
-        metrics: Arc::new(metrics::Metrics::new().context("metrics")?),
+        metrics: Arc::new(metrics::Metrics::new().map_err(Error::Metrics)?),
         hub,
         ws_heartbeat: std::time::Duration::from_millis(cfg.ws_heartbeat_ms),
         shutdown: shutdown.clone(),
@@ -129,7 +141,8 @@ pub async fn run(
                 burst: cfg.address_failure_burst.max(1.0),
                 per_sec: cfg.address_failure_rate.max(0.1),
             },
-        ),
+        )
+        .with_admission(admission.clone()),
         sessions: sessions::follow(&db, stop.clone()),
         db,
     });
@@ -139,7 +152,7 @@ pub async fn run(
         stop.clone(),
     ));
     tracing::info!(
-        addr = %listener.local_addr()?,
+        addr = %listener.local_addr().map_err(Error::Serve)?,
         scheme = if public_tls.is_some() { "https" } else { "http" },
         "gateway listening"
     );
@@ -149,32 +162,35 @@ pub async fn run(
         let fence = vip::Fence::new(&state.db, vip, me, stop.clone());
         router = router.layer(axum::middleware::from_fn_with_state(fence, vip::fence));
     }
-    let done = async move { shutdown.cancelled().await };
+    let done = shutdown.clone().cancelled_owned();
+    let grace = cfg.shutdown_grace();
     let send_buffer = cfg.send_buffer_bytes as usize;
     let per_source = cfg.max_connections_per_source;
     match public_tls {
         Some(config) => {
-            let listener = agenda_common::net::TlsListener::public(listener, config, send_buffer)?;
-            axum::serve(
-                shaped::Shaped(limits::PerSource::new(listener, per_source)),
+            let listener = agenda_common::net::TlsListener::public(listener, config, send_buffer)
+                .map_err(Error::Serve)?;
+            let serving = axum::serve(
+                shaped::Shaped(
+                    limits::PerSource::new(listener, per_source).with_admission(admission),
+                ),
                 router.into_make_service_with_connect_info::<listener::Addrs>(),
             )
-            .with_graceful_shutdown(done)
-            .await
+            .with_graceful_shutdown(done);
+            server::drain(serving, shutdown, grace).await
         }
         None => {
-            axum::serve(
-                shaped::Shaped(limits::PerSource::new(
-                    listener::Tuned::new(listener, send_buffer),
-                    per_source,
-                )),
+            let serving = axum::serve(
+                shaped::Shaped(
+                    limits::PerSource::new(listener::Tuned::new(listener, send_buffer), per_source)
+                        .with_admission(admission),
+                ),
                 router.into_make_service_with_connect_info::<listener::Addrs>(),
             )
-            .with_graceful_shutdown(done)
-            .await
+            .with_graceful_shutdown(done);
+            server::drain(serving, shutdown, grace).await
         }
-    }
-    .context("HTTP server")?;
+    }?;
     stop.cancel();
     tracing::info!("gateway stopped");
     Ok(())

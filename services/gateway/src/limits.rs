@@ -20,6 +20,17 @@
 //! aim at floods: a thousand people behind one address, each at a human
 //! pace, never meet them. The token is checked here once and handed to
 //! the routes.
+//!
+//! Overload ([`agenda_common::admission`]): the gateway works on at most
+//! so many requests at once and holds at most `--max-connections`
+//! connections. The request cap follows the latency of what is admitted
+//! (at most `--max-concurrent-requests`; `--latency-tolerance` times the
+//! no-load latency at most, see [`agenda_common::admission::Adaptive`]).
+//! One request more is answered 503 with `Retry-After` at once, before
+//! its token is even checked, so a flood costs little and the requests
+//! admitted keep their latency; one connection more is closed at once. Health, readiness and metrics are
+//! never refused (an overloaded gateway is alive, and agenda-vip must not
+//! move the VIP for it).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -309,10 +320,25 @@ pub const WS_MESSAGES: Rate = Rate {
     per_sec: 2.0,
 };
 
+/// Most requests the gateway works on at once by default
+/// (`--max-concurrent-requests`); the cap under it follows the latency
+/// of what is admitted (`--latency-tolerance`).
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+
+/// The fewest requests at once an adaptive cap comes down to.
+pub const MIN_CONCURRENT_REQUESTS: usize = 4;
+
+/// Connections the gateway holds open at once by default
+/// (`--max-connections`).
+pub const MAX_CONNECTIONS: usize = 10_000;
+
 /// The request limits' state.
 pub struct RequestLimits {
     per_person: Buckets<uuid::Uuid>,
     bad_tokens: Buckets<IpAddr>,
+    /// Requests worked on at once (connections are counted by
+    /// [`PerSource`] with the same admission).
+    admission: agenda_common::admission::Admission,
 }
 
 impl RequestLimits {
@@ -324,13 +350,36 @@ impl RequestLimits {
         RequestLimits {
             per_person: Buckets::new(per_person),
             bad_tokens: Buckets::new(per_address),
+            admission: agenda_common::admission::Admission::new(
+                MAX_CONCURRENT_REQUESTS,
+                MAX_CONNECTIONS,
+            ),
         }
+    }
+
+    /// The same limits with `admission`'s caps on requests at once.
+    pub fn with_admission(self, admission: agenda_common::admission::Admission) -> Self {
+        RequestLimits { admission, ..self }
     }
 }
 
-/// The layer: sizes, then the address's invalid tokens, then the person's
-/// rate (the token is verified here and handed on in the request's
-/// extensions); 401s are counted against the address afterwards.
+/// Paths never refused for overload: cheap, and what health checks,
+/// readiness probes and scrapers need most when the gateway is busy.
+fn never_refused(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// The 503 of a request over `--max-concurrent-requests`.
+fn overloaded() -> ApiError {
+    let secs = agenda_common::admission::RETRY_AFTER.as_secs().max(1);
+    ApiError::unavailable(format!("the service is at capacity; retry in {secs} s"))
+        .with_details(serde_json::json!({ "reason": "overloaded", "retry_after": secs }))
+}
+
+/// The layer: sizes, then the address's invalid tokens, then the
+/// gateway's capacity (503 over it), then the person's rate (the token is
+/// verified here and handed on in the request's extensions); 401s are
+/// counted against the address afterwards.
 pub async fn guard(
     axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::AppState>>,
     req: axum::extract::Request,
@@ -380,6 +429,16 @@ pub async fn guard(
             "too many requests with invalid credentials from this address",
         ));
     }
+    // Admitted requests hold their place until answered; past the cap
+    // the answer is immediate (and cheap: no token checked).
+    let _place = if never_refused(req.uri().path()) {
+        None
+    } else {
+        match limits.admission.try_request() {
+            Some(permit) => Some(permit),
+            None => return refuse(overloaded()),
+        }
+    };
     let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -399,8 +458,9 @@ pub async fn guard(
         ("POST", "/v1/auth/register") | ("PATCH", "/v1/me")
     );
     let resp = next.run(req).await;
-    let failed = resp.status() == axum::http::StatusCode::UNAUTHORIZED
-        || (probing && resp.status() == axum::http::StatusCode::CONFLICT);
+    let kind = agenda_calendar::ErrorKind::from_status(resp.status().as_u16());
+    let failed = kind == Some(agenda_calendar::ErrorKind::Unauthenticated)
+        || (probing && kind == Some(agenda_calendar::ErrorKind::Conflict));
     if let (Some(s), true) = (source, failed) {
         limits.bad_tokens.add(s, Instant::now());
     }
@@ -411,12 +471,14 @@ pub async fn guard(
 pub const MAX_CONNECTIONS_PER_SOURCE: usize = 4096;
 
 /// A listener that holds at most `max` open connections per client
-/// address: one more is closed at once (a flood of idle connections from
-/// one place would otherwise hold every file descriptor).
+/// address and at most its admission's `--max-connections` in all: one
+/// more is closed at once (a flood of idle connections from one place, or
+/// from everywhere, would otherwise hold every file descriptor).
 pub struct PerSource<L> {
     inner: L,
     max: usize,
     open: std::sync::Arc<Mutex<HashMap<IpAddr, usize>>>,
+    total: agenda_common::admission::Admission,
 }
 
 impl<L> PerSource<L> {
@@ -425,14 +487,25 @@ impl<L> PerSource<L> {
             inner,
             max,
             open: std::sync::Arc::default(),
+            total: agenda_common::admission::Admission::new(
+                MAX_CONCURRENT_REQUESTS,
+                MAX_CONNECTIONS,
+            ),
         }
+    }
+
+    /// The same listener with `admission`'s cap on connections in all.
+    pub fn with_admission(self, total: agenda_common::admission::Admission) -> Self {
+        PerSource { total, ..self }
     }
 }
 
-/// A connection counted against its address until dropped.
+/// A connection counted against its address (and the total) until
+/// dropped.
 pub struct Counted<IO> {
     io: IO,
     _place: Place,
+    _total: agenda_common::admission::Permit,
 }
 
 struct Place {
@@ -470,6 +543,10 @@ where
         loop {
             let (io, addr) = self.inner.accept().await;
             let ip = addr.ip();
+            let Some(total) = self.total.try_connection() else {
+                drop(io);
+                continue;
+            };
             let admitted = {
                 let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
                 let n = open.entry(ip).or_insert(0);
@@ -480,7 +557,14 @@ where
                     ip,
                     open: self.open.clone(),
                 };
-                return (Counted { io, _place: place }, addr);
+                return (
+                    Counted {
+                        io,
+                        _place: place,
+                        _total: total,
+                    },
+                    addr,
+                );
             }
             tracing::debug!(%ip, max = self.max, "connection refused: too many open from this address");
             drop(io);
@@ -732,6 +816,70 @@ mod tests {
             .expect("admitted once there is room")
             .unwrap();
         assert_eq!(admitted, fourth.local_addr().unwrap());
+    }
+
+    /// Over the total cap a connection is closed at once, whatever its
+    /// address.
+    #[tokio::test]
+    async fn connections_are_capped_in_all() {
+        use axum::serve::Listener;
+        use tokio::io::AsyncReadExt;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let admission = agenda_common::admission::Admission::new(10, 1);
+        let mut listener = PerSource::new(tcp, 100).with_admission(admission.clone());
+        let (seen, closed) = tokio::sync::oneshot::channel::<()>();
+        let (room, made) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let first = listener.accept().await.0;
+            // The second is closed in here while the first is open.
+            let next = listener.accept();
+            tokio::pin!(next);
+            tokio::select! {
+                _ = &mut next => panic!("admitted past the cap"),
+                _ = closed => {}
+            }
+            drop(first);
+            let _ = room.send(());
+            next.await.1
+        });
+        let _first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the second connection was closed");
+        seen.send(()).unwrap();
+        made.await.unwrap();
+        let third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let admitted = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("admitted once there is room")
+            .unwrap();
+        assert_eq!(admitted, third.local_addr().unwrap());
+        assert_eq!(admission.refused().1, 1);
+    }
+
+    /// A request over the cap gets 503 in the error shape, saying why and
+    /// when to come back (as `Retry-After` too); health, readiness and
+    /// metrics are never refused.
+    #[test]
+    fn an_overload_refusal_says_when_to_come_back() {
+        let e = overloaded();
+        assert_eq!((e.status, e.code.as_str()), (503, "unavailable"));
+        assert_eq!(e.details["reason"], "overloaded");
+        assert_eq!(e.details["retry_after"], 1);
+        let resp = axum::response::IntoResponse::into_response(crate::error::HttpError(e));
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()[axum::http::header::RETRY_AFTER], "1");
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert!(never_refused(path), "{path}");
+        }
+        for path in ["/v1/events", "/v1/stream", "/openapi.json", "/healthz/x"] {
+            assert!(!never_refused(path), "{path}");
+        }
     }
 
     #[test]

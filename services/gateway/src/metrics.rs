@@ -133,7 +133,7 @@ pub async fn track(
         .responses
         .with_label_values(&[&method, &route, &status.to_string()])
         .inc();
-    if status >= 500 {
+    if resp.status().is_server_error() {
         tracing::warn!(request_id = %id, %method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request failed");
     } else {
         tracing::debug!(request_id = %id, %method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");

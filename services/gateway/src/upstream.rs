@@ -12,19 +12,28 @@
 //! attempt (`ATTEMPT_TIMEOUTS`), and a replica that failed or timed out is
 //! stepped over by every call for `SUSPECT_FOR` (unless all are suspect),
 //! until the registry drops it with its lease.
+//!
+//! The policy lives in [`Upstream`]; where the replicas are and how one
+//! call reaches one of them is a [`Replicas`] ([`GrpcReplicas`]: the
+//! registry and gRPC), so tests drive the policy over an in-process fake.
+//! Time is tokio's, so such tests can pause it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agenda_calendar::api::{Op, Service};
 use agenda_calendar::ApiError;
 use agenda_common::registry::{self, Instance};
 use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
-use agenda_proto::calendar::{groups_client::GroupsClient, users_client::UsersClient, CallRequest};
+use agenda_proto::calendar::{
+    groups_client::GroupsClient, users_client::UsersClient, CallReply, CallRequest,
+};
+use futures::future::BoxFuture;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -37,13 +46,86 @@ const ATTEMPT_TIMEOUTS: [Duration; 3] = [
 /// How long a replica that failed a call is stepped over.
 const SUSPECT_FOR: Duration = Duration::from_secs(2);
 
-/// The replicas of both services.
-pub struct Upstream {
+/// Where the replicas of both services are, and one call to one of them.
+pub trait Replicas: Send + Sync {
+    /// Registered instances of `service`.
+    fn instances(&self, service: Service) -> Vec<Instance>;
+
+    /// Starts one call to the replica at `addr`. An `Err` here means the
+    /// replica cannot even be addressed (a malformed registered address):
+    /// the call is not tried anywhere else.
+    fn send(
+        &self,
+        service: Service,
+        addr: &str,
+        request: tonic::Request<CallRequest>,
+    ) -> Result<Sending, ApiError>;
+}
+
+/// A call on its way: the replica's answer, or the gRPC status it failed
+/// with (connection refused, deadline, the replica's own refusal).
+pub type Sending = BoxFuture<'static, Result<CallReply, tonic::Status>>;
+
+/// The replicas of both services as the registry lists them, reached
+/// over gRPC (one lazily connected channel per address).
+pub struct GrpcReplicas {
     users: watch::Receiver<Vec<Instance>>,
     groups: watch::Receiver<Vec<Instance>>,
     channels: Mutex<HashMap<String, Channel>>,
     /// How channels to replicas are made (TLS or not).
     links: agenda_common::net::Links,
+}
+
+impl GrpcReplicas {
+    /// Follows both services in the registry until `stop`.
+    pub fn new(db: &DbClient, links: agenda_common::net::Links, stop: CancellationToken) -> Self {
+        GrpcReplicas {
+            users: registry::watch_instances(db, Service::Users.name(), stop.clone()),
+            groups: registry::watch_instances(db, Service::Groups.name(), stop),
+            channels: Mutex::new(HashMap::new()),
+            links,
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = self.links.channel(addr).map_err(ApiError::internal)?;
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+impl Replicas for GrpcReplicas {
+    fn instances(&self, service: Service) -> Vec<Instance> {
+        match service {
+            Service::Users => self.users.borrow().clone(),
+            Service::Groups => self.groups.borrow().clone(),
+        }
+    }
+
+    fn send(
+        &self,
+        service: Service,
+        addr: &str,
+        request: tonic::Request<CallRequest>,
+    ) -> Result<Sending, ApiError> {
+        let channel = self.channel(addr)?;
+        Ok(Box::pin(async move {
+            let reply = match service {
+                Service::Users => UsersClient::new(channel).call(request).await,
+                Service::Groups => GroupsClient::new(channel).call(request).await,
+            };
+            reply.map(tonic::Response::into_inner)
+        }))
+    }
+}
+
+/// The replicas of both services, and the policy of calls to them.
+pub struct Upstream {
+    replicas: Box<dyn Replicas>,
     /// Replicas to step over until then, by address.
     suspects: Mutex<HashMap<String, Instant>>,
     next: AtomicUsize,
@@ -57,18 +139,21 @@ pub struct Relayed {
 }
 
 impl Upstream {
-    /// Follows both services in the registry until `stop`.
+    /// Follows both services in the registry until `stop`; each request
+    /// gets `timeout`, retries included.
     pub fn new(
         db: &DbClient,
         links: agenda_common::net::Links,
         timeout: Duration,
         stop: CancellationToken,
     ) -> Self {
+        Self::with_replicas(GrpcReplicas::new(db, links, stop), timeout)
+    }
+
+    /// Calls `replicas`; each request gets `timeout`, retries included.
+    pub fn with_replicas(replicas: impl Replicas + 'static, timeout: Duration) -> Self {
         Upstream {
-            users: registry::watch_instances(db, Service::Users.name(), stop.clone()),
-            groups: registry::watch_instances(db, Service::Groups.name(), stop),
-            channels: Mutex::new(HashMap::new()),
-            links,
+            replicas: Box::new(replicas),
             suspects: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             timeout,
@@ -77,20 +162,7 @@ impl Upstream {
 
     /// Registered instances of `service`.
     pub fn instances(&self, service: Service) -> Vec<Instance> {
-        match service {
-            Service::Users => self.users.borrow().clone(),
-            Service::Groups => self.groups.borrow().clone(),
-        }
-    }
-
-    fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(addr) {
-            return Ok(c.clone());
-        }
-        let c = self.links.channel(addr).map_err(ApiError::internal)?;
-        map.insert(addr.to_string(), c.clone());
-        Ok(c)
+        self.replicas.instances(service)
     }
 
     /// The next replica in round-robin order that is not suspect (or the
@@ -140,7 +212,6 @@ impl Upstream {
                 continue;
             }
             let addr = &self.pick(&instances).addr;
-            let channel = self.channel(addr)?;
             let req = CallRequest {
                 caller_id: caller.map(|c| c.to_string()).unwrap_or_default(),
                 request_id: request_id.to_string(),
@@ -157,12 +228,7 @@ impl Upstream {
             };
             let mut request = tonic::Request::new(req);
             request.set_timeout(budget);
-            let call = async {
-                match service {
-                    Service::Users => UsersClient::new(channel).call(request).await,
-                    Service::Groups => GroupsClient::new(channel).call(request).await,
-                }
-            };
+            let call = self.replicas.send(service, addr, request)?;
             // The grpc-timeout header only bounds a replica that answers;
             // one that lost power is bounded here.
             let result = tokio::time::timeout(budget, call)
@@ -170,7 +236,6 @@ impl Upstream {
                 .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
             let status = match result {
                 Ok(reply) => {
-                    let reply = reply.into_inner();
                     return Ok(Relayed {
                         status: reply.status as u16,
                         body: reply.body,
@@ -178,6 +243,15 @@ impl Upstream {
                 }
                 Err(status) => status,
             };
+            // A replica at capacity says so at once; asking the next one
+            // would only multiply the load that made it refuse.
+            if agenda_common::admission::is_overloaded(&status) {
+                return Err(
+                    ApiError::unavailable("the service is at capacity; retry in 1 s").with_details(
+                        serde_json::json!({"reason": "overloaded", "retry_after": 1}),
+                    ),
+                );
+            }
             attempt += 1;
             let never_sent = is_connect_error(&status);
             let timed_out = status.code() == tonic::Code::DeadlineExceeded;

@@ -1,10 +1,10 @@
 //! The groups service's operations, each a call into the shared store.
 
 use agenda_calendar::api::Op;
-use agenda_calendar::rpc::{Caller, Handler, Reply};
-use agenda_calendar::store::events::with_conflicts;
+use agenda_calendar::events::with_conflicts;
 use agenda_calendar::store::Store;
 use agenda_calendar::{validate, ApiError, ApiResult};
+use agenda_serving::{Caller, Handler, Reply};
 
 /// The groups service.
 pub struct Groups {

@@ -4,15 +4,16 @@
 //!
 //! Layout:
 //! - [`config`]: flags and environment.
-//! - [`handler`]: the operations, on top of `agenda_calendar::store`.
+//! - [`handler`]: the operations, on top of `agenda_calendar::store`,
+//!   served by `agenda_serving`.
 
 pub mod config;
 pub mod handler;
 
 use agenda_calendar::api::Service;
-use agenda_calendar::rpc::Serving;
 use agenda_calendar::store::Store;
 use agenda_common::shutdown::CancellationToken;
+use agenda_serving::Serving;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
@@ -30,6 +31,6 @@ pub async fn run(
     let handler = handler::Groups {
         store: Store::new(db.clone()),
     };
-    agenda_calendar::rpc::serve(Service::Groups, handler, serving, db, shutdown).await?;
+    agenda_serving::serve(Service::Groups, handler, serving, db, shutdown).await?;
     Ok(())
 }

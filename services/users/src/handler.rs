@@ -4,14 +4,14 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agenda_calendar::api::{LoginReply, Op};
+use agenda_calendar::events::{view, with_conflicts};
 use agenda_calendar::model::UserRecord;
-use agenda_calendar::rpc::{Caller, Handler, Reply};
-use agenda_calendar::store::events::{view, with_conflicts};
 use agenda_calendar::store::sessions::{RefreshToken, REFRESH_TTL};
 use agenda_calendar::store::users::NewUser;
 use agenda_calendar::store::Store;
 use agenda_calendar::{validate, ApiError, ApiResult};
 use agenda_common::auth::SigningKeys;
+use agenda_serving::{Caller, Handler, Reply};
 
 use crate::password;
 

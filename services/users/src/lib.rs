@@ -5,17 +5,21 @@
 //!
 //! Layout:
 //! - [`config`]: flags and environment.
-//! - [`handler`]: the operations, on top of `agenda_calendar::store`.
+//! - [`handler`]: the operations, on top of `agenda_calendar::store`,
+//!   served by `agenda_serving`.
 //! - [`password`]: argon2id hashing off the async workers.
+//! - [`relay`]: notifications from agenda-db to the Redis stream.
 
 pub mod config;
 pub mod handler;
 pub mod password;
+pub mod relay;
 
 use agenda_calendar::api::Service;
-use agenda_calendar::rpc::Serving;
 use agenda_calendar::store::Store;
+use agenda_calendar::ErrorKind;
 use agenda_common::shutdown::CancellationToken;
+use agenda_serving::Serving;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
@@ -33,19 +37,17 @@ pub async fn run(
     let advertise = serving.advertise.clone();
     // The signing keys come from agenda-db; wait for it rather than fail,
     // so the processes of a deployment can start in any order.
-    let keys = loop {
-        match agenda_common::auth::load_or_create(&db).await {
-            Ok(k) => break k,
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "agenda-db not reachable yet; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                }
-            }
-            Err(e) => return Err(e).context("loading the JWT signing keys"),
-        }
+    let keys = agenda_common::shutdown::retry(
+        &shutdown,
+        "agenda-db not reachable yet",
+        agenda_common::Error::is_retryable,
+        || agenda_common::auth::load_or_create(&db),
+    )
+    .await;
+    let Some(keys) = keys else {
+        return Ok(());
     };
+    let keys = keys.context("loading the JWT signing keys")?;
     // Every users replica is a relay candidate; one acts at a time.
     let relay = (!cfg.no_relay).then(|| {
         let bus = std::sync::Arc::new(agenda_common::bus::Bus::new(
@@ -55,27 +57,21 @@ pub async fn run(
         ));
         // The address in the id tells operators (and tests) which replica acts.
         let instance = format!("relay-{advertise}-{}", uuid::Uuid::new_v4().simple());
-        tokio::spawn(agenda_calendar::relay::run(
-            db.clone(),
-            bus,
-            instance,
-            shutdown.clone(),
-        ))
+        tokio::spawn(relay::run(db.clone(), bus, instance, shutdown.clone()))
     });
     // Before serving: data from an earlier version moves to today's layout.
     let store = Store::new(db.clone());
-    loop {
-        match store.upgrade_layout().await {
-            Ok(_) => break,
-            Err(e) if e.status == 503 => {
-                tracing::warn!(error = %e.message, "cannot upgrade the data layout yet; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                }
-            }
-            Err(e) => anyhow::bail!("upgrading the data layout: {}", e.message),
-        }
+    let upgraded = agenda_common::shutdown::retry(
+        &shutdown,
+        "cannot upgrade the data layout yet",
+        |e: &agenda_calendar::ApiError| e.kind == ErrorKind::Unavailable,
+        || store.upgrade_layout(),
+    )
+    .await;
+    match upgraded {
+        None => return Ok(()),
+        Some(Ok(_)) => {}
+        Some(Err(e)) => anyhow::bail!("upgrading the data layout: {}", e.message),
     }
     let sweeper = tokio::spawn(sweep_deletions(store.clone(), shutdown.clone()));
     let handler = handler::Users {
@@ -83,7 +79,7 @@ pub async fn run(
         keys: agenda_common::auth::follow_signing_keys(db.clone(), keys, shutdown.clone()),
         token_ttl_secs: cfg.token_ttl_secs,
     };
-    agenda_calendar::rpc::serve(Service::Users, handler, serving, db, shutdown).await?;
+    agenda_serving::serve(Service::Users, handler, serving, db, shutdown).await?;
     // The shutdown token stops it between rounds.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sweeper).await;
     if let Some(relay) = relay {
@@ -111,9 +107,8 @@ async fn sweep_deletions(store: Store, shutdown: CancellationToken) {
                 tracing::warn!(error = %e.message, "could not finish interrupted account deletions; will retry")
             }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(SWEEP_EVERY) => {}
+        if !agenda_common::shutdown::pause(&shutdown, SWEEP_EVERY).await {
+            return;
         }
     }
 }

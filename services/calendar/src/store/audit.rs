@@ -8,7 +8,7 @@ use super::{Read, Store};
 use crate::api::AuditQuery;
 use crate::audit::{bound, AuditEntry};
 use crate::error::{ApiError, ApiResult};
-use crate::{keys, validate};
+use crate::{keys, rules, validate};
 
 /// Entries read from agenda-db per round while filtering by actor.
 const ROUND: i64 = 500;
@@ -25,10 +25,7 @@ impl Store {
     /// The page of the audit log `q` asks for, if `caller` is an
     /// administrator (403 otherwise).
     pub async fn audit_page(&self, caller: Uuid, q: AuditQuery) -> ApiResult<AuditPage> {
-        let me = self.me(caller).await?;
-        if !me.admin {
-            return Err(ApiError::forbidden("the audit log is for administrators"));
-        }
+        rules::check_reads_audit(&self.me(caller).await?)?;
         let to = match q.to.as_deref() {
             Some(t) => validate::instant("to", t)?,
             None => Utc::now() + Duration::seconds(1),
@@ -49,7 +46,7 @@ impl Store {
             let after = Uuid::parse_str(after)
                 .map_err(|_| ApiError::invalid_field("after", "after must be a `next` value"))?;
             // Just past it: the next key in byte order.
-            start = start.max(format!("{}\u{0}", keys::audit(after)));
+            start = start.max(keys::audit_after(after));
         }
         let end = keys::audit(bound(to));
         let actor = q.actor.map(|a| a.trim().to_lowercase());
@@ -62,7 +59,7 @@ impl Store {
             let batch = snap.values::<AuditEntry>(0)?;
             let full = batch.len() as i64 == ROUND;
             for e in batch {
-                start = format!("{}\u{0}", keys::audit(e.value.id));
+                start = keys::audit_after(e.value.id);
                 let mine = actor.as_deref().is_none_or(|a| {
                     e.value.actor.to_lowercase() == a
                         || e.value.actor_id.is_some_and(|id| id.to_string() == a)

@@ -1,272 +1,19 @@
 //! Events: one record and a copy in every participant's agenda (filed by
 //! time, see [`crate::keys`]); conflicts checked against each affected
-//! person's agenda under a compare on its version key.
+//! person's agenda under a compare on its version key. What a change
+//! makes of an event is decided by [`crate::events`] and [`crate::rules`].
 
-use chrono::{DateTime, FixedOffset, Utc};
-use serde_json::json;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::notifications;
 use super::{Attempt, Batch, Read, Snapshot, Store, Versioned};
 use crate::api::{CreateEventRequest, UpdateEventRequest};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::events::{self, apply_update, new_event, notices, summary, view, Change, Idempotent};
 use crate::keys;
-use crate::model::{
-    Attendee, AttendeeStatus, Conflict, Event, EventRecord, Interval, UserRecord, Visibility,
-};
-use crate::{cpu, recurrence, rules, validate};
-
-/// Most attendees of a personal event.
-pub const MAX_ATTENDEES: usize = 100;
-
-/// The event fields a request sets, checked.
-struct Fields {
-    title: String,
-    description: String,
-    location: String,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    time_zone: String,
-    rrule: Option<String>,
-    exdates: Vec<DateTime<Utc>>,
-    visibility: Visibility,
-}
-
-impl Fields {
-    fn check(self) -> ApiResult<Fields> {
-        validate::span(self.start, self.end)?;
-        let tz = validate::time_zone("time_zone", &self.time_zone)?;
-        let rrule = match self.rrule.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(r) => Some(recurrence::check(r, self.start, tz)?),
-        };
-        Ok(Fields {
-            time_zone: tz.name().to_string(),
-            rrule,
-            ..self
-        })
-    }
-}
-
-fn exdates(list: Option<Vec<String>>) -> ApiResult<Vec<DateTime<Utc>>> {
-    let list = list.unwrap_or_default();
-    if list.len() > 500 {
-        return Err(ApiError::invalid_field("exdates", "at most 500 exdates"));
-    }
-    list.iter()
-        .map(|s| validate::instant("exdates", s))
-        .collect()
-}
-
-/// Turns a create request into a new event organized by `organizer`
-/// with `attendees` (the organizer is added first, accepted).
-pub fn new_event(
-    req: CreateEventRequest,
-    organizer: &UserRecord,
-    attendees: Vec<Attendee>,
-    group_id: Option<Uuid>,
-) -> ApiResult<EventRecord> {
-    let f = Fields {
-        title: validate::text("title", &req.title, 1, 200)?,
-        description: validate::text(
-            "description",
-            req.description.as_deref().unwrap_or(""),
-            0,
-            2000,
-        )?,
-        location: validate::text("location", req.location.as_deref().unwrap_or(""), 0, 2000)?,
-        start: validate::instant("start", &req.start)?,
-        end: validate::instant("end", &req.end)?,
-        time_zone: req.time_zone,
-        rrule: req.rrule,
-        exdates: exdates(req.exdates)?,
-        visibility: req
-            .visibility
-            .as_deref()
-            .map(validate::visibility)
-            .transpose()?
-            .unwrap_or_default(),
-    }
-    .check()?;
-    let mut all = vec![Attendee {
-        user_id: organizer.id,
-        username: organizer.username.clone(),
-        status: AttendeeStatus::Accepted,
-    }];
-    for a in attendees {
-        if !all.iter().any(|x| x.user_id == a.user_id) {
-            all.push(a);
-        }
-    }
-    Ok(EventRecord {
-        id: Uuid::new_v4(),
-        title: f.title,
-        description: f.description,
-        location: f.location,
-        start: f.start,
-        end: f.end,
-        time_zone: f.time_zone,
-        rrule: f.rrule,
-        exdates: f.exdates,
-        organizer_id: organizer.id,
-        group_id,
-        visibility: f.visibility,
-        attendees: all,
-        created_at: Utc::now(),
-        request_digest: None,
-    })
-}
-
-/// Namespace of the ids derived for creations under an idempotency key.
-const IDEMPOTENT_CREATES: Uuid = Uuid::from_u128(0x6a1d_9e0c_4b7f_4f4e_9a53_0e2d_8c71_b5a4);
-
-/// A creation made safe to repeat by an idempotency key: the event id is
-/// derived from the caller and the key, so every retry names the same
-/// event, and the digest of the request tells a retry from a different
-/// request that reuses the key.
-pub(crate) struct Idempotent {
-    pub id: Uuid,
-    pub digest: Uuid,
-}
-
-impl Idempotent {
-    /// None without a key.
-    pub fn new(
-        caller: Uuid,
-        key: Option<&str>,
-        req: &CreateEventRequest,
-    ) -> ApiResult<Option<Idempotent>> {
-        let Some(key) = key else {
-            return Ok(None);
-        };
-        let body = serde_json::to_vec(req).map_err(ApiError::internal)?;
-        Ok(Some(Idempotent {
-            id: Uuid::new_v5(&IDEMPOTENT_CREATES, format!("{caller}/{key}").as_bytes()),
-            digest: Uuid::new_v5(&IDEMPOTENT_CREATES, &body),
-        }))
-    }
-
-    /// Gives `ev` the derived id and the request digest.
-    pub fn stamp(&self, ev: &mut EventRecord) {
-        ev.id = self.id;
-        ev.request_digest = Some(self.digest);
-    }
-}
-
-fn apply_update(ev: &EventRecord, req: UpdateEventRequest) -> ApiResult<(EventRecord, bool)> {
-    let start = req
-        .start
-        .as_deref()
-        .map(|s| validate::instant("start", s))
-        .transpose()?
-        .unwrap_or(ev.start);
-    let end = req
-        .end
-        .as_deref()
-        .map(|s| validate::instant("end", s))
-        .transpose()?
-        .unwrap_or(ev.end);
-    let f = Fields {
-        title: match &req.title {
-            Some(t) => validate::text("title", t, 1, 200)?,
-            None => ev.title.clone(),
-        },
-        description: match &req.description {
-            Some(t) => validate::text("description", t, 0, 2000)?,
-            None => ev.description.clone(),
-        },
-        location: match &req.location {
-            Some(t) => validate::text("location", t, 0, 2000)?,
-            None => ev.location.clone(),
-        },
-        start,
-        end,
-        time_zone: req
-            .time_zone
-            .clone()
-            .unwrap_or_else(|| ev.time_zone.clone()),
-        rrule: match &req.rrule {
-            Some(r) => Some(r.clone()),
-            None => ev.rrule.clone(),
-        },
-        exdates: match req.exdates {
-            Some(list) => exdates(Some(list))?,
-            None => ev.exdates.clone(),
-        },
-        visibility: match &req.visibility {
-            Some(v) => validate::visibility(v)?,
-            None => ev.visibility,
-        },
-    }
-    .check()?;
-    let mut out = ev.clone();
-    out.title = f.title;
-    out.description = f.description;
-    out.location = f.location;
-    out.start = f.start;
-    out.end = f.end;
-    out.time_zone = f.time_zone;
-    out.rrule = f.rrule;
-    out.exdates = f.exdates;
-    out.visibility = f.visibility;
-    let moved = out.start != ev.start
-        || out.end != ev.end
-        || out.rrule != ev.rrule
-        || out.exdates != ev.exdates
-        || out.time_zone != ev.time_zone;
-    Ok((out, moved))
-}
-
-/// The public shape of `ev` for `viewer`; `occurrence` for one expanded
-/// instance of a recurring event.
-pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Event {
-    let tz: Option<chrono_tz::Tz> = ev.time_zone.parse().ok();
-    let local = |t: DateTime<Utc>| -> DateTime<FixedOffset> {
-        match tz {
-            Some(tz) => t.with_timezone(&tz).fixed_offset(),
-            None => t.fixed_offset(),
-        }
-    };
-    let (start, end) = occurrence.map_or((ev.start, ev.end), |o| (o.start, o.end));
-    Event {
-        id: ev.id,
-        title: ev.title.clone(),
-        description: ev.description.clone(),
-        location: ev.location.clone(),
-        start: local(start),
-        end: local(end),
-        time_zone: ev.time_zone.clone(),
-        rrule: ev.rrule.clone(),
-        exdates: ev.exdates.iter().map(|t| local(*t)).collect(),
-        organizer_id: ev.organizer_id,
-        group_id: ev.group_id,
-        visibility: ev.visibility,
-        attendees: ev.attendees.clone(),
-        my_status: ev.status_of(viewer),
-        recurring_event_id: occurrence.filter(|_| ev.rrule.is_some()).map(|_| ev.id),
-    }
-}
-
-/// `{event, conflicts}` reply.
-pub fn with_conflicts(
-    ev: &EventRecord,
-    viewer: Uuid,
-    conflicts: Vec<Conflict>,
-) -> serde_json::Value {
-    json!({ "event": view(ev, viewer, None), "conflicts": conflicts })
-}
-
-fn conflict_error(conflicts: Vec<Conflict>) -> ApiError {
-    ApiError::conflict(format!(
-        "the event overlaps {} existing event occurrence(s)",
-        conflicts.len()
-    ))
-    .with_details(json!({ "conflicts": conflicts }))
-}
-
-fn summary(ev: &EventRecord) -> serde_json::Value {
-    json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
-}
+use crate::model::{Attendee, AttendeeStatus, Conflict, Event, EventRecord, UserRecord};
+use crate::{cpu, recurrence, rules};
 
 /// The txn that removes `cur` (record and every copy) if it did not change
 /// meanwhile, telling every attendee but `by` it is cancelled.
@@ -281,8 +28,8 @@ fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
             .delete(&keys::agenda_event(p, ev))
             .bump(&keys::agenda_version(p));
     }
-    for p in ev.attendee_ids().filter(|p| *p != by) {
-        notifications::add(&mut batch, p, "event_cancelled", summary(ev))?;
+    for (p, kind) in notices(ev, by, Change::Cancelled) {
+        notifications::add(&mut batch, p, kind, summary(ev))?;
     }
     Ok(batch)
 }
@@ -424,7 +171,7 @@ impl Store {
             let (versions, agendas) = self.agendas_for(w.ev, &w.check, w.viewer, 0).await?;
             conflicts = conflicts_in(w.ev, &w.check, w.viewer, agendas).await?;
             if !conflicts.is_empty() {
-                return Err(conflict_error(conflicts));
+                return Err(events::conflict_error(conflicts));
             }
             for (user, rev) in w.check.iter().zip(&versions) {
                 batch.unchanged(&keys::agenda_version(*user), *rev);
@@ -480,18 +227,8 @@ impl Store {
         reject: bool,
         key: Option<&str>,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
-        if req.group_id.is_some() {
-            return Err(ApiError::bad_request(
-                "group events are created by the groups service",
-            ));
-        }
+        events::check_personal(&req)?;
         let names = req.attendees.clone().unwrap_or_default();
-        if names.len() > MAX_ATTENDEES {
-            return Err(ApiError::invalid_field(
-                "attendees",
-                "at most 100 attendees",
-            ));
-        }
         let idempotent = Idempotent::new(caller, key, &req)?;
         // No read for an earlier request under the key up front (the
         // common case has none): the write refuses to overwrite the event
@@ -534,13 +271,7 @@ impl Store {
                     i.stamp(&mut ev);
                 }
                 let everyone: Vec<Uuid> = ev.participants().collect();
-                // Invited or added, every attendee is asked to answer.
-                let notify = ev
-                    .attendees
-                    .iter()
-                    .filter(|a| a.user_id != caller)
-                    .map(|a| (a.user_id, "event_invited"))
-                    .collect();
+                let notify = notices(&ev, caller, Change::Created);
                 let w = Write {
                     ev: &ev,
                     viewer: caller,
@@ -592,7 +323,7 @@ impl Store {
     ) -> ApiResult<Attempt<(EventRecord, Vec<Conflict>)>> {
         let ev = w.ev;
         match self.write_event(w).await {
-            Err(e) if e.status == 409 && idempotent.is_some() => {
+            Err(e) if e.kind == ErrorKind::Conflict && idempotent.is_some() => {
                 match self.replay(caller, idempotent).await? {
                     Some(done) => Ok(Attempt::Done(done)),
                     None => Err(e),
@@ -616,11 +347,7 @@ impl Store {
         let Some(cur) = self.get::<EventRecord>(&keys::event(i.id)).await? else {
             return Ok(None);
         };
-        if cur.value.organizer_id != caller || cur.value.request_digest != Some(i.digest) {
-            return Err(ApiError::conflict(
-                "this Idempotency-Key was already used for a different request",
-            ));
-        }
+        i.check_repeat(&cur.value, caller)?;
         let check: Vec<Uuid> = cur.value.participants().collect();
         let conflicts = self.conflicts_now(&cur.value, check, caller).await?;
         Ok(Some((cur.value, conflicts)))
@@ -643,7 +370,7 @@ impl Store {
     pub async fn event(&self, caller: Uuid, id: Uuid) -> ApiResult<Versioned<EventRecord>> {
         self.get::<EventRecord>(&keys::event(id))
             .await?
-            .filter(|ev| ev.value.status_of(caller).is_some())
+            .filter(|ev| rules::may_see_event(&ev.value, caller))
             .ok_or_else(|| ApiError::not_found("event"))
     }
 
@@ -661,7 +388,7 @@ impl Store {
             let cur = self
                 .get_unconfirmed::<EventRecord>(&keys::event(id))
                 .await?
-                .filter(|ev| ev.value.status_of(caller).is_some());
+                .filter(|ev| rules::may_see_event(&ev.value, caller));
             if let Some(cur) = cur {
                 return Ok(cur);
             }
@@ -681,11 +408,7 @@ impl Store {
             let req = req.clone();
             async move {
                 let cur = self.event_to_change(caller, id, confirmed).await?;
-                if cur.value.organizer_id != caller {
-                    return Err(ApiError::forbidden(
-                        "only the organizer may change this event",
-                    ));
-                }
+                rules::check_may_change_event(&cur.value, caller)?;
                 let record = cur.value.clone();
                 let (ev, moved) = cpu::run_sized(caller, cpu::rule_weight(&req.rrule), move || {
                     apply_update(&record, req)
@@ -696,11 +419,7 @@ impl Store {
                 } else {
                     Vec::new()
                 };
-                let notify = ev
-                    .attendee_ids()
-                    .filter(|u| *u != caller)
-                    .map(|u| (u, "event_updated"))
-                    .collect();
+                let notify = notices(&ev, caller, Change::Updated);
                 Ok(self
                     .write_event(Write {
                         ev: &ev,
@@ -722,11 +441,7 @@ impl Store {
     pub async fn delete_event(&self, caller: Uuid, id: Uuid) -> ApiResult<()> {
         self.optimistic_unconfirmed_first("this event", |confirmed| async move {
             let cur = self.event_to_change(caller, id, confirmed).await?;
-            if cur.value.organizer_id != caller {
-                return Err(ApiError::forbidden(
-                    "only the organizer may delete this event; decline it instead",
-                ));
-            }
+            rules::check_may_delete_event(&cur.value, caller)?;
             self.commit_or_retry(cancellation(&cur, caller)?, ()).await
         })
         .await
@@ -740,14 +455,13 @@ impl Store {
             let cur = match self.event(user, id).await {
                 Ok(cur) => cur,
                 // Gone meanwhile (cancelled by its organizer): nothing to do.
-                Err(e) if e.status == 404 => return Ok(Attempt::Done(())),
+                Err(e) if e.kind == ErrorKind::NotFound => return Ok(Attempt::Done(())),
                 Err(e) => return Err(e),
             };
             if cur.value.organizer_id == user {
                 return self.commit_or_retry(cancellation(&cur, user)?, ()).await;
             }
-            let mut ev = cur.value.clone();
-            ev.attendees.retain(|a| a.user_id != user);
+            let ev = events::without(&cur.value, user);
             Ok(self
                 .write_event(Write {
                     ev: &ev,
@@ -755,7 +469,7 @@ impl Store {
                     check: Vec::new(),
                     reject: false,
                     guards: Vec::new(),
-                    notify: vec![(ev.organizer_id, "attendee_left")],
+                    notify: notices(&ev, user, Change::Left),
                     previous: Some(&cur),
                 })
                 .await?
@@ -775,7 +489,7 @@ impl Store {
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
         self.optimistic_unconfirmed_first("this event", |confirmed| async move {
             let cur = self.event_to_change(caller, id, confirmed).await?;
-            let busy = matches!(status, AttendeeStatus::Accepted | AttendeeStatus::Tentative);
+            let busy = rules::answer_is_busy(status);
             if cur.value.status_of(caller) == Some(status) {
                 // The same answer again (a retry, a second tab): nothing to
                 // write and nobody to tell. Decided on confirmed reads only.
@@ -786,15 +500,8 @@ impl Store {
                 let conflicts = self.conflicts_now(&cur.value, check, caller).await?;
                 return Ok(Attempt::Done((cur.value, conflicts)));
             }
-            let mut ev = cur.value.clone();
-            for a in ev.attendees.iter_mut().filter(|a| a.user_id == caller) {
-                a.status = status;
-            }
-            let notify = if ev.organizer_id != caller {
-                vec![(ev.organizer_id, "rsvp")]
-            } else {
-                Vec::new()
-            };
+            let ev = events::answered(&cur.value, caller, status);
+            let notify = notices(&ev, caller, Change::Answered);
             Ok(self
                 .write_event(Write {
                     ev: &ev,
@@ -857,41 +564,5 @@ impl Store {
             out.insert(user.username, busy.map_err(ApiError::internal)?);
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(title: &str) -> CreateEventRequest {
-        serde_json::from_value(serde_json::json!({
-            "title": title, "start": "2031-01-01T09:00:00Z",
-            "end": "2031-01-01T10:00:00Z", "time_zone": "UTC"
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn an_idempotency_key_names_one_event_per_caller() {
-        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-        let req = request("Standup");
-        assert!(Idempotent::new(alice, None, &req).unwrap().is_none());
-        let first = Idempotent::new(alice, Some("k1"), &req).unwrap().unwrap();
-        let again = Idempotent::new(alice, Some("k1"), &req).unwrap().unwrap();
-        assert_eq!((first.id, first.digest), (again.id, again.digest));
-        let other_key = Idempotent::new(alice, Some("k2"), &req).unwrap().unwrap();
-        assert_ne!(first.id, other_key.id);
-        let other_caller = Idempotent::new(bob, Some("k1"), &req).unwrap().unwrap();
-        assert_ne!(first.id, other_caller.id);
-        let other_body = Idempotent::new(alice, Some("k1"), &request("Retro"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(first.id, other_body.id);
-        assert_ne!(first.digest, other_body.digest);
-
-        let mut ev = EventRecord::sample("2031-01-01T09:00:00Z", 60, "UTC", None);
-        first.stamp(&mut ev);
-        assert_eq!((ev.id, ev.request_digest), (first.id, Some(first.digest)));
     }
 }

@@ -9,18 +9,18 @@ use futures::future::try_join_all;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::events::{new_event, view, window_events, window_reads, Idempotent, Write};
+use super::events::{window_events, window_reads, Write};
 use super::notifications;
 use super::{Attempt, Batch, Read, Store, Versioned};
 use crate::api::{CreateEventRequest, CreateGroupRequest, InviteRequest, UpdateGroupRequest};
 use crate::audit;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::events::{self, new_event, notices, view, Change, Idempotent};
 use crate::keys;
 use crate::model::{
-    AttendeeStatus, Conflict, EventRecord, Group, GroupKind, GroupRecord, GroupRef, Invitation,
-    InvitationStatus, Member,
+    Conflict, EventRecord, Group, GroupRecord, GroupRef, Invitation, InvitationStatus, Member,
 };
-use crate::rules::{self, Viewer, FLAT_RANK, OWNER_RANK};
+use crate::rules::{self, Viewer, OWNER_RANK};
 use crate::{cpu, recurrence, validate};
 
 /// A group as one member sees it, read consistently enough to decide on.
@@ -119,11 +119,7 @@ impl Store {
                 .membership(caller, parent)
                 .await
                 .map_err(|_| ApiError::invalid_field("parent_id", "no such group among yours"))?;
-            if !rules::may_attach_subgroup(&p.group, caller) {
-                return Err(ApiError::forbidden(
-                    "only the owner of the parent group may attach a subgroup to it",
-                ));
-            }
+            rules::check_attach_subgroup(&p.group, caller)?;
             batch
                 .unchanged(&keys::group_version(parent), p.version)
                 .bump(&keys::group_version(parent))
@@ -186,7 +182,7 @@ impl Store {
         let found = try_join_all(ids.into_iter().map(|g| async move {
             match self.membership(caller, g).await {
                 Ok(m) => Ok(Some(m.group.view(m.me.rank))),
-                Err(e) if e.status == 404 => Ok(None),
+                Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e),
             }
         }))
@@ -215,9 +211,7 @@ impl Store {
             .transpose()?;
         self.optimistic("this group", || async {
             let m = self.membership(caller, id).await?;
-            if m.group.owner_id != caller {
-                return Err(ApiError::forbidden("only the owner may change the group"));
-            }
+            rules::check_owner(&m.group, caller, "change the group")?;
             let cur: Versioned<GroupRecord> = self
                 .get(&keys::group(id))
                 .await?
@@ -242,9 +236,7 @@ impl Store {
     pub async fn delete_group(&self, caller: Uuid, id: Uuid) -> ApiResult<()> {
         self.optimistic("this group", || async {
             let m = self.membership(caller, id).await?;
-            if m.group.owner_id != caller {
-                return Err(ApiError::forbidden("only the owner may delete the group"));
-            }
+            rules::check_owner(&m.group, caller, "delete the group")?;
             let members = self.members(id).await?;
             let mut batch = Batch::default();
             batch
@@ -310,19 +302,14 @@ impl Store {
                 .unchanged(&keys::group_version(id), m.version)
                 .bump(&keys::group_version(id));
             let updated = if rank == OWNER_RANK {
-                if m.group.owner_id != caller {
-                    return Err(ApiError::forbidden("only the owner may hand the group over"));
-                }
+                rules::check_owner(&m.group, caller, "hand the group over")?;
                 if target == caller {
                     return Ok(Attempt::Done(m.me));
                 }
                 let mut g = m.group.clone();
                 g.owner_id = target;
                 let old_owner = Member {
-                    rank: match g.kind {
-                        GroupKind::Flat => FLAT_RANK,
-                        GroupKind::Hierarchical => 1,
-                    },
+                    rank: rules::rank_after_handover(g.kind),
                     ..m.me.clone()
                 };
                 batch
@@ -363,27 +350,24 @@ impl Store {
                 .await?
                 .ok_or_else(|| ApiError::not_found("member"))?
                 .value;
-            if target == caller {
-                if m.group.owner_id == caller {
-                    return Err(ApiError::conflict(
-                        "the owner cannot leave; hand the group over (PATCH a member to rank 0) or delete it",
-                    ));
-                }
-            } else if !rules::may_manage(&m.me, &t) {
-                return Err(ApiError::forbidden(
-                    "only members ranked above this member may remove them",
-                ));
-            }
+            rules::check_removal(&m.group, &m.me, &t)?;
             let mut batch = Batch::default();
             batch
                 .unchanged(&keys::group_version(id), m.version)
                 .bump(&keys::group_version(id))
                 .delete(&keys::member(id, target))
                 .delete(&keys::user_group(target, id));
-            audit::add(&mut batch, Some(caller),
+            audit::add(
+                &mut batch,
+                Some(caller),
                 &m.me.username,
-                if target == caller { "member_left" } else { "member_removed" },
-                json!({"group_id": id, "member_id": target, "member": t.username}))?;
+                if target == caller {
+                    "member_left"
+                } else {
+                    "member_removed"
+                },
+                json!({"group_id": id, "member_id": target, "member": t.username}),
+            )?;
             if target != caller {
                 notifications::add(
                     &mut batch,
@@ -490,14 +474,7 @@ impl Store {
                 .filter(|i| i.value.group_id == id)
                 .ok_or_else(|| ApiError::not_found("invitation"))?;
             let mut inv = cur.value;
-            if !rules::may_manage_invitation(&m.me, inv.invited_by, inv.rank) {
-                return Err(ApiError::forbidden(
-                    "only its sender or members ranked above the rank it offers may revoke an invitation",
-                ));
-            }
-            if inv.status != InvitationStatus::Pending {
-                return Err(ApiError::conflict("this invitation was already answered or revoked"));
-            }
+            rules::check_revocable(&m.me, &inv)?;
             inv.status = InvitationStatus::Revoked;
             let mut batch = Batch::default();
             batch
@@ -540,19 +517,10 @@ impl Store {
             let cur = self
                 .get::<Invitation>(&keys::invitation(id))
                 .await?
-                .filter(|i| i.value.invitee_id == caller)
+                .filter(|i| rules::may_answer_invitation(&i.value, caller))
                 .ok_or_else(|| ApiError::not_found("invitation"))?;
             let mut inv = cur.value;
-            if inv.status != InvitationStatus::Pending {
-                return Err(ApiError::conflict(format!(
-                    "this invitation was already {}",
-                    match inv.status {
-                        InvitationStatus::Accepted => "accepted",
-                        InvitationStatus::Revoked => "revoked",
-                        _ => "declined",
-                    }
-                )));
-            }
+            rules::check_answerable(&inv)?;
             let g = inv.group_id;
             // The group's version, kind and the sender's membership, as of
             // one revision: any change of ranks or members moves the
@@ -627,15 +595,7 @@ impl Store {
         reject: bool,
         key: Option<&str>,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
-        let Some(group_id) = req.group_id else {
-            return Err(ApiError::invalid_field("group_id", "group_id is required"));
-        };
-        if req.attendees.as_ref().is_some_and(|a| !a.is_empty()) {
-            return Err(ApiError::invalid_field(
-                "attendees",
-                "a group event is attended by the group's members; leave attendees out",
-            ));
-        }
+        let group_id = events::group_of(&req)?;
         let organizer = self.me(caller).await?;
         let idempotent = Idempotent::new(caller, key, &req)?;
         let id = Uuid::new_v4();
@@ -665,20 +625,7 @@ impl Store {
                     i.stamp(&mut ev);
                 }
                 let everyone: Vec<Uuid> = ev.participants().collect();
-                // Members the hierarchy accepted for have nothing to answer.
-                let notify = ev
-                    .attendees
-                    .iter()
-                    .filter(|a| a.user_id != caller)
-                    .map(|a| {
-                        let kind = if a.status == AttendeeStatus::Accepted {
-                            "event_added"
-                        } else {
-                            "event_invited"
-                        };
-                        (a.user_id, kind)
-                    })
-                    .collect();
+                let notify = notices(&ev, caller, Change::Created);
                 let w = Write {
                     ev: &ev,
                     viewer: caller,

@@ -455,7 +455,7 @@ impl Store {
 /// A refusal decided on unconfirmed reads becomes another round.
 fn confirm_refusal<T>(confirmed: bool, decided: ApiResult<Attempt<T>>) -> ApiResult<Attempt<T>> {
     match decided {
-        Err(e) if !confirmed && e.status < 500 => Ok(Attempt::Retry),
+        Err(e) if !confirmed && e.kind.is_refusal() => Ok(Attempt::Retry),
         other => other,
     }
 }
@@ -485,8 +485,8 @@ mod tests {
             Ok(Attempt::Retry)
         ));
         assert_eq!(
-            confirm_refusal(true, refused()).err().map(|e| e.status),
-            Some(404)
+            confirm_refusal(true, refused()).err().map(|e| e.kind),
+            Some(crate::error::ErrorKind::NotFound)
         );
         let broken = || -> ApiResult<Attempt<()>> { Err(ApiError::internal("disk")) };
         assert!(

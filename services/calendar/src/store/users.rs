@@ -12,7 +12,7 @@ use crate::audit;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::{AddMe, GroupRecord, UserRecord};
-use crate::validate;
+use crate::{rules, validate};
 use serde_json::json;
 
 /// An account and the accounts it names, each with its revision.
@@ -347,12 +347,7 @@ impl Store {
                     continue;
                 };
                 if let Some(g) = self.get::<GroupRecord>(&keys::group(gid)).await? {
-                    if g.value.owner_id == id {
-                        return Err(ApiError::conflict(format!(
-                            "you own the group {:?}; hand it over or delete it first",
-                            g.value.name
-                        )));
-                    }
+                    rules::check_account_may_leave(&g.value, id)?;
                 }
                 batch
                     .delete(&keys::member(gid, id))

@@ -117,7 +117,11 @@ impl From<Error> for ApiError {
             Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::Compacted { .. } => StatusCode::GONE,
-            Error::NoLeader | Error::Timeout(_) | Error::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NoLeader
+            | Error::Timeout(_)
+            | Error::Stopped
+            | Error::Overloaded(_)
+            | Error::DiskFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config(_)
             | Error::Fatal(_)
             | Error::Storage(_)
@@ -390,7 +394,7 @@ impl CompareBody {
             other => {
                 return Err(ApiError::bad_request(format!(
                     "compare target {other:?} is not one of value, version, mod_revision, create_revision, lease"
-                )))
+                )));
             }
         };
         let result = match self.result.as_str() {
@@ -401,7 +405,7 @@ impl CompareBody {
             other => {
                 return Err(ApiError::bad_request(format!(
                     "compare result {other:?} is not one of equal, not_equal, less, greater"
-                )))
+                )));
             }
         };
         Ok(Compare {

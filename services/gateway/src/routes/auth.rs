@@ -4,6 +4,7 @@ use agenda_calendar::api::{
     LoginReply, LoginRequest, LogoutRequest, Op, RefreshRequest, RegisterRequest,
 };
 use agenda_calendar::model::User;
+use agenda_calendar::ErrorKind;
 use axum::response::Response;
 
 use crate::error::HttpError;
@@ -39,9 +40,9 @@ pub async fn login(
     let guard = &c.state().logins;
     guard.check(&account, c.source())?;
     let resp = c.call(Op::Login(body)).await?;
-    match resp.status().as_u16() {
-        401 => guard.record(&account, c.source(), true),
-        200 => guard.record(&account, c.source(), false),
+    match ErrorKind::from_status(resp.status().as_u16()) {
+        Some(ErrorKind::Unauthenticated) => guard.record(&account, c.source(), true),
+        None if resp.status().is_success() => guard.record(&account, c.source(), false),
         _ => {}
     }
     Ok(resp)

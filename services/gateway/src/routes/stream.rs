@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agenda_calendar::api::Op;
-use agenda_calendar::ApiError;
+use agenda_calendar::{ApiError, ErrorKind};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -162,7 +162,7 @@ async fn session(
             .call_json(Op::NotificationsAfter { after: Some(after) })
             .await
         {
-            Ok((200, body)) => {
+            Ok((status, body)) if ErrorKind::from_status(status).is_none() => {
                 for n in body["items"].as_array().into_iter().flatten() {
                     let id = n["id"].as_str().unwrap_or_default().to_string();
                     if sent.first(&id) {
@@ -179,7 +179,7 @@ async fn session(
                     .as_str()
                     .unwrap_or("cannot replay")
                     .to_string();
-                let code = if status == 401 {
+                let code = if ErrorKind::from_status(status) == Some(ErrorKind::Unauthenticated) {
                     CLOSE_UNAUTHENTICATED
                 } else {
                     4000 + status.min(999)

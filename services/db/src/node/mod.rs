@@ -1,23 +1,45 @@
 //! The raft node: one thread owns the `RawNode`, the state machine and the
 //! write side of the log file.
 //!
-//! Each turn of the loop drains the mailbox into raft (`step`, `propose`,
-//! `read_index`), ticks, then handles one `Ready` in the order raft-rs
-//! documents: send the leader's messages, install a snapshot, append new
-//! entries and save the hard state in ONE log-file transaction (one fsync
-//! however many proposals arrived meanwhile: group commit), apply committed
-//! entries to the in-memory state and publish it to readers, send the
-//! messages that must wait for persistence, advance, and apply what the
-//! advance committed. Once enough log was applied to pay for it, a copy of
+//! Each turn of the loop ([`Node::turn`]) drains the mailbox into raft
+//! (`step`, `propose`, `read_index`; cluster traffic first, see
+//! [`mailbox`]), ticks when a tick is due, then handles one `Ready`:
+//! - the leader's messages leave at once; so do a follower's messages that
+//!   promise nothing about its disk (forwarded proposals, read requests,
+//!   heartbeat answers);
+//! - a snapshot from the leader is installed;
+//! - committed entries are applied to the in-memory state and their
+//!   callers answered, before this Ready's own log write: they are already
+//!   durable in a majority's logs (raft-rs's documented order);
+//! - new entries and a changed term or vote go to the log file in ONE
+//!   transaction (one fsync however many proposals arrived meanwhile:
+//!   group commit), and only then the messages that vouch for this node's
+//!   log or vote (append and vote answers);
+//! - advance, and apply what the advance committed.
+//!
+//! Readers see the state through a published view replaced lazily (see
+//! [`PUBLISH_EVERY`]). Once enough log was applied to pay for it, a copy of
 //! the state goes to the state-file thread (`state_file.rs`); the log is
 //! compacted only up to what a state file covers.
 //!
+//! Everything the loop takes from outside comes through [`NodeIo`]: the
+//! clock, the peers, where state files are written, and the randomness of
+//! election timeouts and read contexts. The server passes the real ones;
+//! the simulator (`agenda-tests`' `sim`) passes virtual ones and calls
+//! [`Node::turn`] itself instead of [`Node::run`].
+//!
 //! A storage error ends the loop with an error: the node stops rather than
 //! continue with a state it could not persist.
+//!
+//! Layout: [`handle`] (requests, the handle, shared values), [`mailbox`]
+//! (the bounded queues), [`read_queue`] (ReadIndex bookkeeping).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+pub mod handle;
+pub mod mailbox;
+pub mod read_queue;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,16 +50,20 @@ use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole, INVALID_ID};
 use redb::{Database, Durability};
-
-use crate::state_file::{Background, StateFiles};
 use tokio::sync::oneshot;
+
+pub use handle::{Exit, NodeHandle, Request, Shared, Status};
+use mailbox::Mailbox;
+use read_queue::ReadQueue;
+
+use crate::clock::{Clock, SystemClock};
+use crate::state_file::{Background, StateFiles};
 
 use crate::error::{Error, Result};
 use crate::lease::LeaseClock;
 use crate::metrics::Metrics;
 use crate::state_machine::{Effects, LeaseEffect, Published, ReadView, StateMachine};
 use crate::storage::RaftStorage;
-use crate::transport::Transport;
 use crate::watch::WatchHub;
 
 /// Largest command accepted into the log.
@@ -86,134 +112,72 @@ pub struct NodeConfig {
     pub state_sync_bytes: u64,
 }
 
-/// Something for the node loop to do.
-pub enum Request {
-    /// Replicate and apply a client command.
-    Propose {
-        /// The command (with a non-empty request id).
-        cmd: Command,
-        /// Gets the first result of this request id.
-        reply: oneshot::Sender<Result<CommandResult>>,
-    },
-    /// Add (`add`) or remove a member.
-    MemberChange {
-        /// Who, and the request id.
-        change: MemberChange,
-        /// Add or remove.
-        add: bool,
-        /// Gets the resulting member list.
-        reply: oneshot::Sender<Result<CommandResult>>,
-    },
-    /// Answers once this node has applied everything committed when the
-    /// request arrived (raft ReadIndex): a linearizable read may follow.
-    ReadIndex {
-        /// Fires when reading locally is safe.
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// A message from a peer.
-    Raft(Box<Message>),
-    /// Status snapshot for the Cluster API.
-    Status {
-        /// Receives the status.
-        reply: oneshot::Sender<Status>,
-    },
-    /// The transport finished (or failed) sending a snapshot.
-    SnapshotSent {
-        /// Peer id.
-        to: u64,
-        /// Whether it went out.
-        ok: bool,
-    },
-    /// The transport could not reach a peer.
-    Unreachable(u64),
-    /// Replace readers' view by the current state now.
-    Publish {
-        /// Fires once the view is current.
-        reply: oneshot::Sender<()>,
-    },
-    /// Nothing to do: wakes the loop so it notices a stop request.
-    Wake,
+/// Where a node's messages go: the gRPC transport in a server, the
+/// simulated network in the simulator.
+pub trait Peers: Send {
+    /// Sends messages to their `to` peers (best effort: raft resends).
+    fn send(&self, msgs: Vec<Message>);
+    /// The members and their raft addresses changed.
+    fn set_members(&self, members: &BTreeMap<u64, String>);
 }
 
-/// Status of the node, as the Cluster API reports it.
-#[derive(Debug, Clone)]
-pub struct Status {
-    /// Node id.
-    pub id: u64,
-    /// Known leader, 0 if none.
-    pub leader: u64,
-    /// Current term.
-    pub term: u64,
-    /// Commit index.
-    pub commit: u64,
-    /// Applied index.
-    pub applied: u64,
-    /// Raft role.
-    pub role: &'static str,
-    /// Members and their addresses.
-    pub members: BTreeMap<u64, String>,
-    /// Current revision.
-    pub revision: i64,
-    /// Oldest revision still in history.
-    pub compact_revision: i64,
-    /// Voters of raft's own configuration.
-    pub voters: Vec<u64>,
+/// Draws an election timeout in ticks from `[election, 2 * election)`.
+pub type ElectionJitter = Box<dyn FnMut(usize) -> usize + Send>;
+
+/// What the loop takes from outside (see the module doc).
+pub struct NodeIo {
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Outgoing raft messages.
+    pub peers: Box<dyn Peers>,
+    /// Write state files on a thread of their own (a server) or inline,
+    /// in the loop's turn (the simulator: no thread decides timing).
+    pub state_files_inline: bool,
+    /// First ReadIndex context (random in a server, see [`ReadQueue::new`]).
+    pub first_read_ctx: u64,
+    /// Replaces raft-rs's own election-timeout draw (its thread-local
+    /// RNG) when set: the simulator draws from its seed.
+    pub election_jitter: Option<ElectionJitter>,
+    /// Client requests the mailbox queues before refusing.
+    pub max_queued_requests: usize,
+    /// Old defects put back for the simulator to find: never set outside
+    /// it.
+    pub reintroduced: Reintroduced,
+    /// Go on behind this handle (a node started over in the same process
+    /// after its disk filled: the serving side and the transport keep the
+    /// handle they hold).
+    pub handle: Option<NodeHandle>,
 }
 
-/// Values the serving side reads without a round trip to the loop.
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// Current leader id (0: none).
-    pub leader: AtomicU64,
-    /// Current term.
-    pub term: AtomicU64,
-    /// Newest revision sent to watchers (can be ahead of the revision of
-    /// readers' view).
-    pub delivered_revision: AtomicI64,
-    /// False once the loop has ended (stopped, removed or failed).
-    pub running: AtomicBool,
-    /// Set to ask the loop to stop.
-    pub stop: AtomicBool,
-}
-
-/// How the loop ended when it did not fail.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// Asked to stop.
-    Stopped,
-    /// This node was removed from the cluster.
-    Removed,
-}
-
-/// Handle to talk to the node loop from async code.
-#[derive(Clone)]
-pub struct NodeHandle {
-    /// This node's id.
-    pub id: u64,
-    tx: Sender<Request>,
-    /// Values readable without a round trip.
-    pub shared: Arc<Shared>,
-}
-
-impl NodeHandle {
-    /// Queues a request for the loop.
-    pub fn send(&self, req: Request) -> Result<()> {
-        if !self.shared.running.load(Ordering::Acquire) {
-            return Err(Error::Stopped);
+impl NodeIo {
+    /// A server's: the system clock, these peers, a state-file thread.
+    pub fn server(peers: Box<dyn Peers>, max_queued_requests: usize) -> Self {
+        NodeIo {
+            clock: Arc::new(SystemClock),
+            peers,
+            state_files_inline: false,
+            first_read_ctx: rand::random(),
+            election_jitter: None,
+            max_queued_requests,
+            reintroduced: Reintroduced::default(),
+            handle: None,
         }
-        self.tx.send(req).map_err(|_| Error::Stopped)
     }
+}
 
-    /// Asks the loop to stop after its current turn.
-    pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-        let _ = self.tx.send(Request::Wake);
-    }
-
-    /// Current leader id, 0 when unknown.
-    pub fn leader(&self) -> u64 {
-        self.shared.leader.load(Ordering::Acquire)
-    }
+/// Defects this project had (or could have had), re-created on demand so
+/// the simulator can show it would catch them. All off in every server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reintroduced {
+    /// Log writes are not synced, yet append and vote answers still go out
+    /// as though they were: an acknowledgement before the fsync.
+    pub ack_before_fsync: bool,
+    /// A membership change's dedup record is timed by the applying node's
+    /// own clock instead of the proposer's (the HA issue's defect).
+    pub local_clock_in_apply: bool,
+    /// ReadIndex contexts without the node id (they collided across
+    /// followers at the leader).
+    pub shared_read_ctx: bool,
 }
 
 /// Outcome of one applied entry, delivered after the transaction commits.
@@ -231,9 +195,6 @@ type Waiter = (
     Option<Command>,
 );
 
-/// Callers waiting for one ReadIndex round.
-type ReadBatch = Vec<oneshot::Sender<Result<()>>>;
-
 /// Owns the raft node; runs on its own thread (see [`Node::run`]).
 pub struct Node {
     cfg: NodeConfig,
@@ -241,6 +202,10 @@ pub struct Node {
     log_db: Arc<Database>,
     state_files: Arc<StateFiles>,
     background: Background,
+    clock: Arc<dyn Clock>,
+    mailbox: Arc<Mailbox>,
+    jitter: Option<ElectionJitter>,
+    reintroduced: Reintroduced,
     /// When the last state was handed to the state-file thread.
     last_state_sync: Instant,
     /// Bytes of log applied since then.
@@ -251,6 +216,7 @@ pub struct Node {
     /// Whether `sm` moved since the last publish.
     view_stale: bool,
     last_publish: Instant,
+    last_tick: Instant,
     /// What raft snapshots are built from (see `RaftStorage`).
     snapshot_source: Published<StateMachine>,
     leases: LeaseClock,
@@ -258,18 +224,13 @@ pub struct Node {
     /// first entry of this leadership): see `lease.rs`.
     lease_gate: u64,
     hub: WatchHub,
-    transport: Transport,
+    peers: Box<dyn Peers>,
     metrics: Metrics,
     shared: Arc<Shared>,
-    /// Callers waiting for a request id to be applied on this node.
-    pending: HashMap<String, Vec<Waiter>>,
-    /// ReadIndex requests gathered during this turn (one raft round each turn).
-    read_batch: Vec<oneshot::Sender<Result<()>>>,
-    /// Batches sent to raft, by context, waiting for their read index.
-    reads_in_flight: HashMap<u64, (ReadBatch, Instant)>,
-    /// Batches whose read index is known, waiting for apply to reach it.
-    reads_ready: Vec<(u64, ReadBatch)>,
-    next_read_ctx: u64,
+    /// Callers waiting for a request id to be applied on this node
+    /// (ordered: proposed again after a leader change in this order).
+    pending: BTreeMap<String, Vec<Waiter>>,
+    reads: ReadQueue<oneshot::Sender<Result<()>>>,
     role: StateRole,
     removed: bool,
     /// Where the log is being compacted to, a step per log-file
@@ -293,9 +254,9 @@ impl Node {
         view: Published<ReadView>,
         snapshot_source: Published<StateMachine>,
         hub: WatchHub,
-        transport: Transport,
+        io: NodeIo,
         metrics: Metrics,
-    ) -> Result<(Node, NodeHandle, Receiver<Request>)> {
+    ) -> Result<(Node, NodeHandle)> {
         let raft_cfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
@@ -311,57 +272,82 @@ impl Node {
         raft_cfg.validate()?;
         let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => cfg.id));
         let raw = RawNode::new(&raft_cfg, storage, &logger)?;
+        let now = io.clock.now();
         let mut leases = LeaseClock::default();
-        leases.reset(sm.leases(), Instant::now());
-        let shared = Arc::new(Shared::default());
-        shared.running.store(true, Ordering::Release);
+        leases.reset(sm.leases(), now);
+        let (mailbox, shared) = match &io.handle {
+            Some(h) => (h.mailbox.clone(), h.shared.clone()),
+            None => (
+                Arc::new(Mailbox::new(io.max_queued_requests, mailbox::CLUSTER_QUEUE)),
+                Arc::new(Shared::default()),
+            ),
+        };
+        shared.stop.store(false, Ordering::Release);
+        shared.disk_full.store(false, Ordering::Release);
         shared
             .delivered_revision
             .store(sm.revision, Ordering::Release);
-        let (tx, rx) = std::sync::mpsc::channel();
+        shared.running.store(true, Ordering::Release);
         let handle = NodeHandle {
             id: cfg.id,
-            tx,
+            mailbox: mailbox.clone(),
             shared: shared.clone(),
         };
-        let background = Background::start(cfg.id, state_files.clone())?;
-        let node = Node {
+        let background = if io.state_files_inline {
+            Background::inline(state_files.clone())
+        } else {
+            Background::start(cfg.id, state_files.clone())?
+        };
+        let mut node = Node {
+            // The defect had every node count its rounds from 1.
+            reads: ReadQueue::new(
+                cfg.id,
+                if io.reintroduced.shared_read_ctx {
+                    1
+                } else {
+                    io.first_read_ctx
+                },
+            ),
             cfg,
             raw,
             log_db,
             state_files,
             background,
-            last_state_sync: Instant::now(),
+            clock: io.clock,
+            mailbox,
+            jitter: io.election_jitter,
+            reintroduced: io.reintroduced,
+            last_state_sync: now,
             applied_bytes: 0,
             sm,
             view,
             view_stale: false,
-            last_publish: Instant::now(),
+            last_publish: now,
+            last_tick: now,
             snapshot_source,
             leases,
             lease_gate: 0,
             hub,
-            transport,
+            peers: io.peers,
             metrics,
             shared,
-            pending: HashMap::new(),
-            read_batch: Vec::new(),
-            reads_in_flight: HashMap::new(),
-            reads_ready: Vec::new(),
-            // Not 1: a restarted node must not reuse the contexts of
-            // its previous run that a leader may still hold.
-            next_read_ctx: rand::random(),
+            pending: BTreeMap::new(),
             role: StateRole::Follower,
             removed: false,
             compact_to: 0,
             repropose: false,
         };
-        Ok((node, handle, rx))
+        node.draw_election_timeout();
+        Ok((node, handle))
     }
 
     /// Runs the loop until asked to stop, removed, or a fatal error.
-    pub fn run(mut self, rx: Receiver<Request>) -> Result<Exit> {
-        let mut result = self.run_inner(&rx);
+    pub fn run(mut self) -> Result<Exit> {
+        let mut result = self.run_inner();
+        // Before callers are dropped, so they learn why (see `keeper`).
+        if result.as_ref().is_err_and(Error::is_disk_full) {
+            self.shared.disk_full.store(true, Ordering::Release);
+        }
         self.shared.running.store(false, Ordering::Release);
         if result.is_ok() {
             if let Err(e) = self.sync_state() {
@@ -373,57 +359,96 @@ impl Node {
         result
     }
 
-    fn run_inner(&mut self, rx: &Receiver<Request>) -> Result<Exit> {
-        let mut last_tick = Instant::now();
+    fn run_inner(&mut self) -> Result<Exit> {
         loop {
-            let mut wait = self.cfg.tick.saturating_sub(last_tick.elapsed());
+            let now = self.clock.now();
+            let mut wait = self
+                .cfg
+                .tick
+                .saturating_sub(now.duration_since(self.last_tick));
             if self.view_stale {
-                wait = wait.min(PUBLISH_EVERY.saturating_sub(self.last_publish.elapsed()));
+                wait =
+                    wait.min(PUBLISH_EVERY.saturating_sub(now.duration_since(self.last_publish)));
             }
-            match rx.recv_timeout(wait) {
-                Ok(req) => self.handle(req)?,
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(Exit::Stopped),
+            self.mailbox.wait(wait);
+            let turn_started = self.clock.now();
+            let tick = turn_started.duration_since(self.last_tick) >= self.cfg.tick;
+            if let Some(exit) = self.turn(tick)? {
+                return Ok(exit);
             }
-            let turn_started = Instant::now();
-            for _ in 0..DRAIN_BATCH {
-                match rx.try_recv() {
-                    Ok(req) => self.handle(req)?,
-                    Err(_) => break,
-                }
-            }
-            if self.shared.stop.load(Ordering::Acquire) {
-                return Ok(Exit::Stopped);
-            }
-            self.flush_reads();
-            if self.repropose {
-                self.repropose = false;
-                self.propose_pending_again();
-            }
-            if last_tick.elapsed() >= self.cfg.tick {
-                last_tick = Instant::now();
-                self.raw.tick();
-                self.on_tick();
-                self.maybe_write_state();
-            }
-            self.on_ready()?;
-            if self.raw.store().take_snapshot_request() {
-                self.snapshot_source.store(self.sm.clone());
-            }
-            if self.view_stale && self.last_publish.elapsed() >= PUBLISH_EVERY {
-                self.publish_view();
-            }
-            let took = turn_started.elapsed();
+            let took = self.clock.now().duration_since(turn_started);
             if took > SLOW_TURN {
                 tracing::warn!(
                     took_ms = took.as_millis() as u64,
                     "a raft loop turn was slow; heartbeats and answers waited"
                 );
             }
-            if self.removed {
-                return Ok(Exit::Removed);
-            }
         }
+    }
+
+    /// One turn of the loop: what is queued, a tick if `tick`, one Ready.
+    /// Returns how the loop ends, if it does.
+    pub fn turn(&mut self, tick: bool) -> Result<Option<Exit>> {
+        let mut batch = Vec::new();
+        self.mailbox.drain(DRAIN_BATCH, &mut batch);
+        for req in batch {
+            self.handle(req)?;
+        }
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Ok(Some(Exit::Stopped));
+        }
+        self.flush_reads();
+        if self.repropose {
+            self.repropose = false;
+            self.propose_pending_again();
+        }
+        if tick {
+            self.last_tick = self.clock.now();
+            self.raw.tick();
+            self.on_tick();
+            self.maybe_write_state();
+        }
+        self.on_ready()?;
+        self.draw_election_timeout();
+        if self.raw.store().take_snapshot_request() {
+            self.snapshot_source.store(self.sm.clone());
+        }
+        if self.view_stale && self.clock.now().duration_since(self.last_publish) >= PUBLISH_EVERY {
+            self.publish_view();
+        }
+        Ok(self.removed.then_some(Exit::Removed))
+    }
+
+    /// With an [`ElectionJitter`], replaces the timeout raft-rs drew from
+    /// its own RNG whenever it may have drawn one (its election clock was
+    /// just reset), before any tick reads it.
+    fn draw_election_timeout(&mut self) {
+        let Some(jitter) = self.jitter.as_mut() else {
+            return;
+        };
+        if self.raw.raft.election_elapsed == 0 {
+            let e = self.cfg.election_ticks;
+            let t = jitter(e).clamp(e, 2 * e - 1);
+            self.raw.raft.set_randomized_election_timeout(t);
+        }
+    }
+
+    /// The state machine as applied here (the simulator compares replicas).
+    pub fn state(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    /// The raft node (the simulator reads roles and terms).
+    pub fn raft(&self) -> &RawNode<RaftStorage> {
+        &self.raw
+    }
+
+    /// Gives the loop up without the orderly shutdown of [`Node::run`]:
+    /// what was not persisted is lost, as in a crash (the simulator).
+    pub fn crash(mut self) {
+        self.shared.running.store(false, Ordering::Release);
+        self.background.abandon();
+        self.pending.clear();
     }
 
     fn handle(&mut self, req: Request) -> Result<()> {
@@ -447,7 +472,7 @@ impl Node {
                         self.pending
                             .entry(cmd.request_id.clone())
                             .or_default()
-                            .push((reply, Instant::now(), Some(cmd)));
+                            .push((reply, self.clock.now(), Some(cmd)));
                     }
                     Err(_) => {
                         self.metrics.proposals_failed.inc();
@@ -473,7 +498,7 @@ impl Node {
                 match self.raw.propose_conf_change(Vec::new(), cc) {
                     Ok(()) => self.pending.entry(change.request_id).or_default().push((
                         reply,
-                        Instant::now(),
+                        self.clock.now(),
                         None,
                     )),
                     Err(e) => {
@@ -488,7 +513,7 @@ impl Node {
                 if self.raw.raft.leader_id == INVALID_ID {
                     let _ = reply.send(Err(Error::NoLeader));
                 } else {
-                    self.read_batch.push(reply);
+                    self.reads.push(reply);
                 }
             }
             Request::Raft(m) => {
@@ -538,14 +563,13 @@ impl Node {
     }
 
     fn flush_reads(&mut self) {
-        if self.read_batch.is_empty() {
-            return;
+        let now = self.clock.now();
+        if let Some(ctx) = self
+            .reads
+            .start_round(now, self.reintroduced.shared_read_ctx)
+        {
+            self.raw.read_index(ctx);
         }
-        let ctx = self.next_read_ctx;
-        self.next_read_ctx = self.next_read_ctx.wrapping_add(1);
-        self.raw.read_index(read_ctx(self.cfg.id, ctx));
-        let batch = std::mem::take(&mut self.read_batch);
-        self.reads_in_flight.insert(ctx, (batch, Instant::now()));
     }
 
     fn propose_pending_again(&mut self) {
@@ -567,13 +591,13 @@ impl Node {
     }
 
     fn on_tick(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         if self.role == StateRole::Leader && self.sm.applied.0 >= self.lease_gate {
             for id in self.leases.take_expired(now) {
                 tracing::info!(lease = id, "lease expired; revoking it");
                 let cmd = Command {
                     request_id: String::new(),
-                    proposed_at_ms: now_ms(),
+                    proposed_at_ms: self.clock.wall_ms(),
                     op: Some(command::Op::LeaseRevoke(LeaseRevokeRequest {
                         id,
                         request_id: String::new(),
@@ -586,8 +610,7 @@ impl Node {
                 }
             }
         }
-        self.reads_in_flight
-            .retain(|_, (_, at)| now.duration_since(*at) < READ_INDEX_GIVE_UP);
+        self.reads.give_up_older_than(now, READ_INDEX_GIVE_UP);
     }
 
     fn on_soft_state(&mut self, leader: u64, role: StateRole) {
@@ -597,7 +620,7 @@ impl Node {
             tracing::info!(leader, role = role_name(role), "raft leader changed");
             // ReadIndex requests in flight died with the old leadership;
             // dropping them lets their callers retry at once.
-            self.reads_in_flight.clear();
+            self.reads.leader_changed();
             self.repropose = leader != INVALID_ID;
         }
         if role == StateRole::Leader && self.role != StateRole::Leader {
@@ -619,15 +642,10 @@ impl Node {
             let (leader, role) = (ss.leader_id, ss.raft_state);
             self.on_soft_state(leader, role);
         }
-        self.transport.send(coalesce_proposals(rd.take_messages()));
+        self.peers.send(coalesce_proposals(rd.take_messages()));
         for rs in rd.take_read_states() {
-            let ctx = match parse_read_ctx(&rs.request_ctx) {
-                Some((id, ctx)) if id == self.cfg.id => ctx,
-                _ => continue,
-            };
-            if let Some((batch, _)) = self.reads_in_flight.remove(&ctx) {
-                self.reads_ready.push((rs.index, batch));
-            }
+            self.reads
+                .confirmed(&rs.request_ctx, rs.index, self.reintroduced.shared_read_ctx);
         }
 
         // A follower's messages all wait for this Ready's fsync, but only
@@ -638,7 +656,7 @@ impl Node {
             .take_persisted_messages()
             .into_iter()
             .partition(|m| needs_persistence(m.get_msg_type()));
-        self.transport.send(coalesce_proposals(now));
+        self.peers.send(coalesce_proposals(now));
 
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot())?;
@@ -661,7 +679,7 @@ impl Node {
         if must_sync || !rd.entries().is_empty() || hs.is_some() {
             let started = Instant::now();
             let mut txn = self.log_db.begin_write()?;
-            if !must_sync {
+            if !must_sync || self.reintroduced.ack_before_fsync {
                 txn.set_durability(Durability::None)?;
             }
             self.raw.mut_store().append(&txn, rd.entries())?;
@@ -676,10 +694,10 @@ impl Node {
                     .observe(started.elapsed().as_secs_f64());
             }
         }
-        self.transport.send(after_sync);
+        self.peers.send(after_sync);
 
         let mut light = self.raw.advance(rd);
-        self.transport.send(light.take_messages());
+        self.peers.send(light.take_messages());
         let committed = light.take_committed_entries();
         self.apply_and_deliver(committed)?;
         self.raw.advance_apply();
@@ -717,10 +735,10 @@ impl Node {
         let due =
             self.cfg.state_sync_bytes.max(self.state_files.size()) / 8 * (8 + self.cfg.id % 8);
         if self.applied_bytes >= due
-            && self.last_state_sync.elapsed() >= self.cfg.state_sync
+            && self.clock.now().duration_since(self.last_state_sync) >= self.cfg.state_sync
             && self.background.offer(&self.sm)
         {
-            self.last_state_sync = Instant::now();
+            self.last_state_sync = self.clock.now();
             self.applied_bytes = 0;
             // Raft snapshots follow the state files: never older than the
             // log start, and the dedup tree is copied once per file, not
@@ -755,9 +773,9 @@ impl Node {
         self.snapshot_source.store(self.sm.clone());
         self.view_stale = true;
         self.publish_view();
-        self.transport.set_members(&self.sm.members);
+        self.peers.set_members(&self.sm.members);
         // Deadlines restart from now; see lease.rs.
-        self.leases.reset(self.sm.leases(), Instant::now());
+        self.leases.reset(self.sm.leases(), self.clock.now());
         Ok(())
     }
 
@@ -784,7 +802,10 @@ impl Node {
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)?;
-                    let change = MemberChange::decode(cc.context.as_ref())?;
+                    let mut change = MemberChange::decode(cc.context.as_ref())?;
+                    if self.reintroduced.local_clock_in_apply {
+                        change.proposed_at_ms = self.clock.wall_ms();
+                    }
                     let result = self.apply_conf_change(&cc, &change, term);
                     let added = cc.get_change_type() != ConfChangeType::RemoveNode;
                     let effects = self
@@ -846,7 +867,7 @@ impl Node {
         self.sm.set_members(members);
         self.sm.conf_state = cs.clone();
         self.raw.mut_store().conf_state_applied(cs);
-        self.transport.set_members(&self.sm.members);
+        self.peers.set_members(&self.sm.members);
         CommandResult {
             result: Some(command_result::Result::MemberChange(MemberChangeResponse {
                 header: Some(self.sm.header(self.cfg.id, term)),
@@ -878,7 +899,7 @@ impl Node {
 
     /// After commit: answer callers, publish watch events, move lease clocks.
     fn deliver(&mut self, outcomes: Vec<Outcome>) {
-        let now = Instant::now();
+        let now = self.clock.now();
         // Before the events go out, never after: a watch subscribes to the
         // hub, then replays history up to this revision, so every revision
         // must be either published after its subscription or at most this
@@ -927,48 +948,19 @@ impl Node {
         }
         self.view.store(self.sm.view());
         self.view_stale = false;
-        self.last_publish = Instant::now();
+        self.last_publish = self.clock.now();
     }
 
     fn release_reads(&mut self) {
         let applied = self.sm.applied.0;
-        if self.reads_ready.iter().any(|(index, _)| *index <= applied) {
+        if self.reads.any_released_at(applied) {
             // The readers about to go read the view need it this new.
             self.publish_view();
         }
-        let mut i = 0;
-        while i < self.reads_ready.len() {
-            if self.reads_ready[i].0 <= applied {
-                let (_, batch) = self.reads_ready.swap_remove(i);
-                for tx in batch {
-                    let _ = tx.send(Ok(()));
-                }
-            } else {
-                i += 1;
-            }
+        for tx in self.reads.release(applied) {
+            let _ = tx.send(Ok(()));
         }
     }
-}
-
-/// The context of a ReadIndex round: the node id, then its own counter.
-/// The leader keeps one pending round per context and drops a second
-/// request with the same context, so contexts must differ across nodes
-/// (with a bare counter, followers collided and their reads waited for
-/// the 1 s retry).
-fn read_ctx(id: u64, n: u64) -> Vec<u8> {
-    let mut ctx = Vec::with_capacity(16);
-    ctx.extend_from_slice(&id.to_le_bytes());
-    ctx.extend_from_slice(&n.to_le_bytes());
-    ctx
-}
-
-/// Inverse of [`read_ctx`].
-fn parse_read_ctx(ctx: &[u8]) -> Option<(u64, u64)> {
-    let (id, n) = ctx.split_at_checked(8)?;
-    Some((
-        u64::from_le_bytes(id.try_into().ok()?),
-        u64::from_le_bytes(n.try_into().ok()?),
-    ))
 }
 
 /// Where the next log-file transaction compacts the log to, if anywhere:
@@ -1020,9 +1012,7 @@ fn role_name(role: StateRole) -> &'static str {
 
 /// Wall clock in ms, stamped on proposals (see `Command.proposed_at_ms`).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemClock.wall_ms()
 }
 
 /// Sends raft-rs's slog records to `tracing`.
@@ -1065,13 +1055,5 @@ mod tests {
             (first, steps),
             (400_001, 400_000usize.div_ceil(COMPACT_STEP as usize))
         );
-    }
-
-    #[test]
-    fn read_contexts_of_different_nodes_never_collide() {
-        assert_ne!(read_ctx(1, 7), read_ctx(2, 7));
-        assert_eq!(parse_read_ctx(&read_ctx(3, u64::MAX)), Some((3, u64::MAX)));
-        assert_eq!(parse_read_ctx(&7u64.to_le_bytes()), None);
-        assert_eq!(parse_read_ctx(&[]), None);
     }
 }

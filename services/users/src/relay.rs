@@ -12,21 +12,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agenda_calendar::keys;
 use agenda_common::bus::{Bus, NOTIFICATIONS_STREAM};
 use agenda_common::election;
-use agenda_common::shutdown::CancellationToken;
+use agenda_common::shutdown::{self, CancellationToken};
 use agenda_common::{DbClient, Error};
 use agenda_proto::db::{
     event::EventType, request_op, PutRequest, RequestOp, TxnRequest, WatchRequest,
 };
 use futures::{FutureExt, StreamExt};
 
-use crate::keys;
-
 /// Election key of the relay.
 pub const ELECTION_KEY: &str = agenda_common::registry::NOTIFICATION_RELAY_ELECTION;
 /// The last revision relayed and replicated.
-pub const CURSOR_KEY: &str = crate::keys::RELAY_CURSOR;
+pub const CURSOR_KEY: &str = keys::RELAY_CURSOR;
 /// Approximate length the stream is trimmed to.
 pub const STREAM_MAXLEN: usize = 100_000;
 
@@ -61,8 +60,8 @@ pub async fn run(db: DbClient, bus: Arc<Bus>, instance: String, stop: Cancellati
             tracing::warn!(error = %e, "relay interrupted; resuming from the cursor");
         }
         lead.resign().await;
-        if !stop.is_cancelled() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if !shutdown::pause(&stop, Duration::from_millis(200)).await {
+            return;
         }
     }
 }
@@ -181,9 +180,7 @@ async fn catch_up(
 }
 
 fn entry(key: &[u8], data: Vec<u8>) -> Option<Entry> {
-    let key = std::str::from_utf8(key).ok()?;
-    let mut parts = key.strip_prefix(keys::NOTIFICATIONS)?.split('/');
-    let (user, id) = (parts.next()?, parts.next()?);
+    let (user, id) = keys::notification_parts(key)?;
     Some(Entry {
         id: id.to_string(),
         user: user.to_string(),

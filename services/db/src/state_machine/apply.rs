@@ -1,110 +1,27 @@
-//! The replicated key-value state: what applying a committed command does.
-//!
-//! The whole state lives in memory, in persistent (copy-on-write) maps, the
-//! way etcd keeps its index in memory. Why: applying a command to a disk
-//! B-tree cost about half of a node's CPU at load, while a clone of these
-//! maps is O(1), so the node can publish a consistent copy to readers after
-//! every apply batch and hand one to the state-file writer
-//! (`state_file.rs`) without ever stopping the raft thread. Durability comes
-//! from the raft log, which is kept until a state file covers it.
-//!
-//! Pure with respect to its inputs: a command and the current state give
-//! the same result on every replica. Time comes only from the command
-//! (`proposed_at_ms`), never from the local clock, and a command is fully
-//! validated before anything is written, so a refused command leaves no
-//! trace but its (deduplicated) error result.
+//! Applying committed entries to the state: writes, txns, leases,
+//! membership changes' audit entries, exactly-once results, and the
+//! trimming of history and dedup records that goes with them.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use agenda_proto::db::{
-    compare, event, request_op, response_op, Compare, DeleteRequest, DeleteResponse, Event,
-    KeyValue, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, Member, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    event, request_op, response_op, DeleteRequest, DeleteResponse, Event, KeyValue,
+    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 use agenda_proto::raft::{
     command, command_error, command_result, Applied, Command, CommandError, CommandResult,
-    DedupRecord, Lease, MemberChange, Members, RevisionRecord, SnapshotData,
+    MemberChange,
 };
-use imbl::{HashMap, OrdMap, OrdSet};
-use prost::Message as _;
-use raft::prelude::{ConfState, Snapshot};
 
+use super::limits::{
+    validate_key, AUDIT_KEEP, AUDIT_PREFIX, DEDUP_RETENTION_MS, GC_BATCH, GC_EVERY,
+    MAX_VALUE_BYTES, MIN_LEASE_TTL_MS,
+};
+use super::read::{compare_holds, range, validate_range};
+use super::{events_size, Effects, Key, LeaseEffect, StateMachine, Tables};
 use crate::access;
 use crate::error::{Error, Result};
-
-/// How long a request id is remembered for exactly-once retries. Clients
-/// retry within their request deadline (the shared client's is 10 s); the
-/// records cost memory and state-file size (about 200 bytes per write in
-/// the window), so the margin is six deadlines, not more.
-pub const DEDUP_RETENTION_MS: u64 = 60 * 1000;
-/// Old dedup records and history are expired in rounds, every `GC_EVERY`
-/// entries (or revisions), at most `GC_BATCH` at a time: never a scan per
-/// write, never a long pause. The triggers depend only on replicated state,
-/// so every replica expires the same records at the same index.
-const GC_EVERY: u64 = 64;
-/// Most records expired in one round.
-const GC_BATCH: usize = 4 * GC_EVERY as usize;
-/// Shortest lease: a keep-alive must have time to come back inside it.
-pub const MIN_LEASE_TTL_MS: i64 = 100;
-/// Upper bound on key size, as etcd's default request limits suggest.
-pub const MAX_KEY_BYTES: usize = 4096;
-/// Upper bound on value size.
-pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
-
-/// What one applied command changed, for the node to publish after commit.
-#[derive(Debug, Default)]
-pub struct Effects {
-    /// Events of the new revision, if the command wrote anything.
-    pub revision: Option<(i64, Arc<Vec<Event>>)>,
-    /// Lease bookkeeping for the leader's expiry clock.
-    pub lease: Option<LeaseEffect>,
-}
-
-/// Lease changes the in-memory expiry clock must follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseEffect {
-    /// A lease was granted with this TTL (milliseconds).
-    Granted(i64, i64),
-    /// A lease was kept alive.
-    Renewed(i64),
-    /// A lease is gone.
-    Revoked(i64),
-}
-
-/// A key of the map: shared, so the copy-on-write of a tree node after a
-/// publish copies pointers, not data (one atomic increment per key; `Bytes`
-/// cost an allocation on the first clone and twice the size).
-type Key = Arc<[u8]>;
-
-/// The maps of the state. Values sit behind `Arc` and keys are [`Key`]s.
-#[derive(Clone, Default)]
-struct Tables {
-    /// Live keys.
-    kv: OrdMap<Key, Arc<KeyValue>>,
-    /// Lease id -> TTL in seconds.
-    /// Lease id -> TTL in milliseconds.
-    leases: OrdMap<i64, i64>,
-    /// Keys attached to each lease, so a revoke finds them without a scan.
-    lease_keys: OrdSet<(i64, Key)>,
-    /// Per-revision events, for Watch replay and past reads.
-    history: OrdMap<i64, Arc<Vec<Event>>>,
-    /// Exactly-once: request id -> its first result.
-    dedup: HashMap<Arc<str>, Arc<Applied>>,
-    /// Dedup records by age, so expiry is a range scan.
-    dedup_age: OrdSet<(u64, Arc<str>)>,
-    /// Keys under [`AUDIT_PREFIX`] (counted, not scanned, for the cap).
-    audit_keys: usize,
-}
-
-/// The audit log's prefix: append-only for every role (`access`), and
-/// capped here at [`AUDIT_KEEP`] keys: a put of a new entry beyond the cap
-/// removes the oldest one (keys are time-ordered) in the same revision.
-/// Decided from the log alone, so every replica keeps the same entries.
-pub const AUDIT_PREFIX: &[u8] = crate::access::AUDIT.as_bytes();
 
 /// The audit entry (key, JSON) of a membership change that took effect,
 /// in the shape of the services' entries (`agenda_calendar::audit`).
@@ -129,109 +46,7 @@ fn member_change_audit(change: &MemberChange, added: bool, index: u64) -> (Vec<u
     (key, entry.to_string().into_bytes())
 }
 
-/// Audit entries kept (they live in memory like everything else).
-pub const AUDIT_KEEP: usize = if cfg!(test) { 5 } else { 200_000 };
-
-/// The replicated state as of `applied`. Cloning is O(1).
-#[derive(Clone)]
-pub struct StateMachine {
-    /// (index, term) of the last applied entry.
-    pub applied: (u64, u64),
-    /// Current store revision.
-    pub revision: i64,
-    /// Oldest revision whose history is gone (watch/range below it fail).
-    pub compact_revision: i64,
-    /// Member id -> gRPC address, as of `applied`.
-    pub members: Arc<BTreeMap<u64, String>>,
-    /// The raft configuration as of `applied`.
-    pub conf_state: ConfState,
-    t: Tables,
-    /// Number of revisions of history kept.
-    history_keep: i64,
-    /// Most bytes of history kept (encoded size of its events).
-    history_max_bytes: u64,
-    /// Encoded size of the history kept now.
-    history_bytes: u64,
-}
-
-impl std::fmt::Debug for StateMachine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateMachine")
-            .field("applied", &self.applied)
-            .field("revision", &self.revision)
-            .field("compact_revision", &self.compact_revision)
-            .field("keys", &self.t.kv.len())
-            .finish_non_exhaustive()
-    }
-}
-
 impl StateMachine {
-    /// An empty state (a new node, before bootstrap or a snapshot).
-    pub fn new(history_keep: i64) -> Self {
-        StateMachine {
-            applied: (0, 0),
-            revision: 0,
-            compact_revision: 0,
-            members: Arc::default(),
-            conf_state: ConfState::default(),
-            t: Tables::default(),
-            history_keep: history_keep.max(1),
-            history_max_bytes: u64::MAX,
-            history_bytes: 0,
-        }
-    }
-
-    /// Records the member list (bootstrap and conf changes).
-    pub fn set_members(&mut self, members: BTreeMap<u64, String>) {
-        self.members = Arc::new(members);
-    }
-
-    /// The members as protobuf records.
-    pub fn member_list(&self) -> Vec<Member> {
-        self.members
-            .iter()
-            .map(|(id, addr)| Member {
-                id: *id,
-                addr: addr.clone(),
-            })
-            .collect()
-    }
-
-    /// Header for answers produced at the current state.
-    pub fn header(&self, member_id: u64, term: u64) -> ResponseHeader {
-        ResponseHeader {
-            member_id,
-            revision: self.revision,
-            raft_term: term,
-        }
-    }
-
-    /// The current value of one key.
-    pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
-        self.t.kv.get(key).map(|kv| kv.as_ref())
-    }
-
-    /// What readers get to see of the current state (O(1)).
-    pub fn view(&self) -> ReadView {
-        ReadView {
-            revision: self.revision,
-            compact_revision: self.compact_revision,
-            taken: Instant::now(),
-            kv: self.t.kv.clone(),
-            history: self.t.history.clone(),
-        }
-    }
-
-    /// Number of live keys.
-    pub fn len(&self) -> usize {
-        self.t.kv.len()
-    }
-
-    /// Whether no key is live.
-    pub fn is_empty(&self) -> bool {
-        self.t.kv.is_empty()
-    }
-
     /// Looks up a request id's first result, if it is still remembered.
     pub fn dedup_lookup(&self, request_id: &str) -> Option<CommandResult> {
         if request_id.is_empty() {
@@ -427,11 +242,6 @@ impl StateMachine {
         }
     }
 
-    /// Caps the bytes of history kept (besides the revision count).
-    pub fn set_history_bytes(&mut self, bytes: u64) {
-        self.history_max_bytes = bytes;
-    }
-
     fn validate_put(&self, req: &PutRequest) -> Result<()> {
         validate_key(&req.key, false)?;
         if req.value.len() > MAX_VALUE_BYTES {
@@ -463,7 +273,7 @@ impl StateMachine {
                 Some(request_op::Request::Range(r)) if r.revision != 0 => {
                     return Err(Error::InvalidArgument(
                         "a txn that writes reads the latest state: range revision must be 0".into(),
-                    ))
+                    ));
                 }
                 Some(request_op::Request::Range(r)) => validate_range(r)?,
                 None => return Err(Error::InvalidArgument("empty txn operation".into())),
@@ -566,169 +376,6 @@ impl StateMachine {
             }
         }
         Ok(())
-    }
-
-    /// Every lease with its TTL in milliseconds, to rebuild the expiry clock.
-    pub fn leases(&self) -> Vec<(i64, i64)> {
-        self.t.leases.iter().map(|(id, ttl)| (*id, *ttl)).collect()
-    }
-
-    /// The state a lagging or new member needs (history stays behind: a
-    /// restored node's history starts at the snapshot).
-    pub fn snapshot_data(&self) -> SnapshotData {
-        SnapshotData {
-            kvs: self.t.kv.values().map(|kv| KeyValue::clone(kv)).collect(),
-            leases: self
-                .t
-                .leases
-                .iter()
-                .map(|(id, ttl_ms)| Lease {
-                    id: *id,
-                    ttl: ttl_secs(*ttl_ms),
-                    ttl_ms: *ttl_ms,
-                })
-                .collect(),
-            dedup: self
-                .t
-                .dedup
-                .iter()
-                .map(|(id, applied)| DedupRecord {
-                    request_id: id.to_string(),
-                    applied: Some(Applied::clone(applied)),
-                })
-                .collect(),
-            revision: self.revision,
-            members: Some(Members {
-                members: self.member_list(),
-            }),
-        }
-    }
-
-    /// The applied state as a raft snapshot (built by the leader for a
-    /// member that is too far behind).
-    pub fn to_snapshot(&self) -> Result<Snapshot> {
-        let mut snap = Snapshot::default();
-        snap.set_data(self.snapshot_data().encode_to_vec().into());
-        let m = snap.mut_metadata();
-        m.index = self.applied.0;
-        m.term = self.applied.1;
-        m.set_conf_state(self.conf_state.clone());
-        Ok(snap)
-    }
-
-    /// Replaces the whole state, configuration included, by a snapshot's.
-    pub fn restore(&mut self, snap: &Snapshot) -> Result<()> {
-        let data = SnapshotData::decode(snap.get_data())?;
-        let meta = snap.get_metadata();
-        self.load((meta.index, meta.term), meta.get_conf_state().clone(), data);
-        self.compact_revision = self.revision;
-        Ok(())
-    }
-
-    /// Replaces the state by `data` as of `applied`, with empty history.
-    pub fn load(&mut self, applied: (u64, u64), conf_state: ConfState, data: SnapshotData) {
-        let mut t = Tables::default();
-        for kv in data.kvs {
-            let key: Key = Arc::from(kv.key.as_slice());
-            if kv.lease != 0 {
-                t.lease_keys.insert((kv.lease, key.clone()));
-            }
-            if key.starts_with(AUDIT_PREFIX) {
-                t.audit_keys += 1;
-            }
-            t.kv.insert(key, Arc::new(kv));
-        }
-        for l in data.leases {
-            let ttl_ms = if l.ttl_ms > 0 { l.ttl_ms } else { l.ttl * 1000 };
-            t.leases.insert(l.id, ttl_ms);
-        }
-        for d in data.dedup {
-            if let Some(applied) = d.applied {
-                let id: Arc<str> = Arc::from(d.request_id);
-                t.dedup_age.insert((applied.at_ms, id.clone()));
-                t.dedup.insert(id, Arc::new(applied));
-            }
-        }
-        self.t = t;
-        self.history_bytes = 0;
-        self.applied = applied;
-        self.revision = data.revision;
-        self.compact_revision = data.revision;
-        self.conf_state = conf_state;
-        self.set_members(members_map(data.members.unwrap_or_default()));
-    }
-
-    /// History as records, oldest first (for the state file).
-    pub fn history_records(&self) -> Vec<RevisionRecord> {
-        self.t
-            .history
-            .iter()
-            .map(|(rev, events)| RevisionRecord {
-                revision: *rev,
-                events: Vec::clone(events),
-            })
-            .collect()
-    }
-
-    /// Puts back history read from the state file; `compact_revision` is
-    /// the oldest revision that is gone.
-    pub fn restore_history(&mut self, compact_revision: i64, records: Vec<RevisionRecord>) {
-        self.t.history = records
-            .into_iter()
-            .filter(|r| r.revision > compact_revision && r.revision <= self.revision)
-            .map(|r| (r.revision, Arc::new(r.events)))
-            .collect();
-        self.history_bytes = self.t.history.values().map(|e| events_size(e)).sum();
-        self.compact_revision = compact_revision;
-    }
-}
-
-/// What readers see of the state: the keys, history and revisions. The raft
-/// thread publishes one after every apply batch; it shares all unchanged
-/// tree nodes with the live state, and a reader holds it as long as it
-/// likes without holding anything up, like a read transaction. Dedup
-/// records and leases stay out: copying their trees on every publish would
-/// cost the raft thread for nothing.
-#[derive(Clone)]
-pub struct ReadView {
-    /// Store revision of this view.
-    pub revision: i64,
-    /// Oldest revision whose history is gone.
-    pub compact_revision: i64,
-    /// When the view was taken from the state (how stale it may be).
-    pub taken: Instant,
-    kv: OrdMap<Key, Arc<KeyValue>>,
-    history: OrdMap<i64, Arc<Vec<Event>>>,
-}
-
-/// A value one thread replaces and others read: the last stored `Arc`.
-pub struct Published<T>(Arc<RwLock<Arc<T>>>);
-
-impl<T> Clone for Published<T> {
-    fn clone(&self) -> Self {
-        Published(self.0.clone())
-    }
-}
-
-impl<T> Published<T> {
-    /// Publishes `value` as the first one.
-    pub fn new(value: T) -> Self {
-        Published(Arc::new(RwLock::new(Arc::new(value))))
-    }
-
-    /// The last value stored.
-    pub fn load(&self) -> Arc<T> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Replaces the published value.
-    pub fn store(&self, value: T) {
-        let old = {
-            let mut cur = self.0.write().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut *cur, Arc::new(value))
-        };
-        // Freed outside the lock: readers never wait for a drop.
-        drop(old);
     }
 }
 
@@ -858,11 +505,6 @@ impl Writer {
     }
 }
 
-/// What one revision's events count against the history's byte limit.
-fn events_size(events: &[Event]) -> u64 {
-    events.iter().map(|e| e.encoded_len() as u64).sum()
-}
-
 /// Turns a deterministic refusal into a result; anything else is fatal.
 fn refusal(e: Error) -> Result<CommandError> {
     let code = match &e {
@@ -888,7 +530,7 @@ fn lease_ttl_ms(req: &agenda_proto::db::LeaseGrantRequest) -> i64 {
 }
 
 /// Milliseconds as whole seconds, rounded up (the `ttl` fields).
-fn ttl_secs(ttl_ms: i64) -> i64 {
+pub(super) fn ttl_secs(ttl_ms: i64) -> i64 {
     (ttl_ms.max(0) + 999) / 1000
 }
 
@@ -902,321 +544,12 @@ pub fn refusal_to_error(e: &CommandError) -> Error {
     }
 }
 
-/// Member records as a map.
-pub fn members_map(m: Members) -> BTreeMap<u64, String> {
-    m.members.into_iter().map(|m| (m.id, m.addr)).collect()
-}
-
-fn validate_key(key: &[u8], prefix: bool) -> Result<()> {
-    if key.is_empty() && !prefix {
-        return Err(Error::InvalidArgument("key must not be empty".into()));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
-            key.len()
-        )));
-    }
-    Ok(())
-}
-
-/// Checks a range request's fields.
-pub fn validate_range(r: &RangeRequest) -> Result<()> {
-    validate_key(&r.key, r.prefix)?;
-    if r.prefix && !r.range_end.is_empty() {
-        return Err(Error::InvalidArgument(
-            "give either prefix or range_end, not both".into(),
-        ));
-    }
-    if r.limit < 0 {
-        return Err(Error::InvalidArgument("limit must not be negative".into()));
-    }
-    if r.revision < 0 {
-        return Err(Error::InvalidArgument(
-            "revision must not be negative".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// The first key after every key that starts with `prefix`, or `None` when
-/// no such key exists (an empty or all-0xff prefix).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
-/// Whether `key` falls in what `(key, prefix)` selects.
-pub fn selects(sel_key: &[u8], prefix: bool, key: &[u8]) -> bool {
-    if prefix {
-        key.starts_with(sel_key)
-    } else {
-        key == sel_key
-    }
-}
-
-/// Whether `key` falls in what a range request selects: one key, a
-/// prefix, or `[key, range_end)`.
-fn range_selects(req: &RangeRequest, key: &[u8]) -> bool {
-    if req.range_end.is_empty() {
-        selects(&req.key, req.prefix, key)
-    } else {
-        req.key.as_slice() <= key && key < req.range_end.as_slice()
-    }
-}
-
-/// Range over the current keys (used by reads and by txn range ops).
-fn range(kv: &OrdMap<Key, Arc<KeyValue>>, req: &RangeRequest) -> RangeResponse {
-    let mut resp = RangeResponse::default();
-    if !req.prefix && req.range_end.is_empty() {
-        if let Some(v) = kv.get(req.key.as_slice()) {
-            resp.count = 1;
-            if !req.count_only {
-                resp.kvs.push(KeyValue::clone(v));
-            }
-        }
-        return resp;
-    }
-    if !req.range_end.is_empty() && req.range_end <= req.key {
-        return resp;
-    }
-    let end = if req.range_end.is_empty() {
-        prefix_end(&req.key)
-    } else {
-        Some(req.range_end.clone())
-    };
-    let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (
-        Bound::Included(req.key.as_slice()),
-        match &end {
-            Some(e) => Bound::Excluded(e.as_slice()),
-            None => Bound::Unbounded,
-        },
-    );
-    for (_, v) in kv.range::<_, [u8]>(bounds) {
-        resp.count += 1;
-        if req.count_only {
-            continue;
-        }
-        if req.limit > 0 && resp.kvs.len() as i64 >= req.limit {
-            resp.more = true;
-            continue;
-        }
-        resp.kvs.push(KeyValue::clone(v));
-    }
-    resp
-}
-
-/// Range as of `req.revision` (0 = now), undoing newer history.
-pub fn range_at(sm: &ReadView, req: &RangeRequest) -> Result<RangeResponse> {
-    let header = Some(ResponseHeader {
-        revision: sm.revision,
-        ..Default::default()
-    });
-    if req.revision == 0 || req.revision >= sm.revision {
-        let mut resp = range(&sm.kv, req);
-        resp.header = header;
-        return Ok(resp);
-    }
-    if req.revision < sm.compact_revision {
-        return Err(Error::Compacted {
-            requested: req.revision,
-            oldest: sm.compact_revision,
-        });
-    }
-    let all = range(
-        &sm.kv,
-        &RangeRequest {
-            key: req.key.clone(),
-            prefix: req.prefix,
-            range_end: req.range_end.clone(),
-            ..Default::default()
-        },
-    );
-    let mut state: BTreeMap<Vec<u8>, KeyValue> =
-        all.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-    for (_, events) in sm.history.range(req.revision + 1..).rev() {
-        for ev in events.iter().rev() {
-            let Some(kv) = &ev.kv else { continue };
-            if !range_selects(req, &kv.key) {
-                continue;
-            }
-            match &ev.prev_kv {
-                Some(prev) => state.insert(kv.key.clone(), prev.clone()),
-                None => state.remove(&kv.key),
-            };
-        }
-    }
-    let mut resp = RangeResponse {
-        header,
-        count: state.len() as i64,
-        ..Default::default()
-    };
-    if !req.count_only {
-        for kv in state.into_values() {
-            if req.limit > 0 && resp.kvs.len() as i64 >= req.limit {
-                resp.more = true;
-                break;
-            }
-            resp.kvs.push(kv);
-        }
-    }
-    Ok(resp)
-}
-
-/// Runs a read-only txn on one state: the compares against the current
-/// keys pick the branch, whose ranges each read as of their own revision
-/// (0: the state's).
-pub fn read_txn(sm: &ReadView, req: &TxnRequest) -> Result<TxnResponse> {
-    for c in &req.compare {
-        validate_key(&c.key, false)?;
-    }
-    let ranges = |ops: &[RequestOp]| -> Result<Vec<RangeRequest>> {
-        ops.iter()
-            .map(|op| match &op.request {
-                Some(request_op::Request::Range(r)) => validate_range(r).map(|()| r.clone()),
-                _ => Err(Error::InvalidArgument("not a read-only txn".into())),
-            })
-            .collect()
-    };
-    let (success, failure) = (ranges(&req.success)?, ranges(&req.failure)?);
-    let succeeded = req
-        .compare
-        .iter()
-        .all(|c| compare_holds(c, sm.kv.get(c.key.as_slice()).map(|kv| kv.as_ref())));
-    let mut responses = Vec::new();
-    for r in if succeeded { success } else { failure } {
-        responses.push(ResponseOp {
-            response: Some(response_op::Response::Range(range_at(sm, &r)?)),
-        });
-    }
-    Ok(TxnResponse {
-        header: Some(ResponseHeader {
-            revision: sm.revision,
-            ..Default::default()
-        }),
-        succeeded,
-        responses,
-    })
-}
-
-/// Revisions after `from` (inclusive) still in history, oldest first.
-pub fn history_since(sm: &ReadView, from: i64) -> Vec<(i64, Arc<Vec<Event>>)> {
-    sm.history
-        .range(from..)
-        .map(|(rev, events)| (*rev, events.clone()))
-        .collect()
-}
-
-/// Evaluates one txn compare against a key's current state.
-pub fn compare_holds(c: &Compare, kv: Option<&KeyValue>) -> bool {
-    use std::cmp::Ordering;
-    let target = compare::Target::try_from(c.target).unwrap_or(compare::Target::Value);
-    let ord = match target {
-        compare::Target::Value => match kv {
-            Some(kv) => kv.value.as_slice().cmp(c.value.as_slice()),
-            None => return false,
-        },
-        other => {
-            let have = kv.map_or(0, |kv| match other {
-                compare::Target::Version => kv.version,
-                compare::Target::ModRevision => kv.mod_revision,
-                compare::Target::CreateRevision => kv.create_revision,
-                _ => kv.lease,
-            });
-            have.cmp(&c.number)
-        }
-    };
-    match compare::Result::try_from(c.result).unwrap_or(compare::Result::Equal) {
-        compare::Result::Equal => ord == Ordering::Equal,
-        compare::Result::NotEqual => ord != Ordering::Equal,
-        compare::Result::Less => ord == Ordering::Less,
-        compare::Result::Greater => ord == Ordering::Greater,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agenda_proto::db::{LeaseGrantRequest, LeaseRevokeRequest};
-
-    struct Fixture {
-        sm: StateMachine,
-        index: u64,
-    }
-
-    impl Fixture {
-        fn new() -> Self {
-            Fixture {
-                sm: StateMachine::new(1000),
-                index: 0,
-            }
-        }
-
-        fn apply(&mut self, id: &str, op: command::Op) -> (CommandResult, Effects) {
-            self.apply_at(id, op, 1_000_000)
-        }
-
-        fn apply_at(&mut self, id: &str, op: command::Op, at_ms: u64) -> (CommandResult, Effects) {
-            self.apply_as("", id, op, at_ms)
-        }
-
-        fn apply_as(
-            &mut self,
-            role: &str,
-            id: &str,
-            op: command::Op,
-            at_ms: u64,
-        ) -> (CommandResult, Effects) {
-            self.index += 1;
-            let cmd = Command {
-                request_id: id.into(),
-                proposed_at_ms: at_ms,
-                caller_role: role.into(),
-                op: Some(op),
-            };
-            self.sm.apply(self.index, 1, 1, &cmd).unwrap()
-        }
-
-        fn get(&self, key: &str) -> Option<KeyValue> {
-            self.sm.get(key.as_bytes()).cloned()
-        }
-    }
-
-    fn put(key: &str, value: &str) -> command::Op {
-        command::Op::Put(PutRequest {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        })
-    }
-
-    fn grant(id: i64, ttl: i64) -> command::Op {
-        command::Op::LeaseGrant(LeaseGrantRequest {
-            id,
-            ttl,
-            ..Default::default()
-        })
-    }
-
-    fn revoke(id: i64) -> command::Op {
-        command::Op::LeaseRevoke(LeaseRevokeRequest {
-            id,
-            ..Default::default()
-        })
-    }
-
-    fn error_code(r: &CommandResult) -> Option<command_error::Code> {
-        match &r.result {
-            Some(command_result::Result::Error(e)) => command_error::Code::try_from(e.code).ok(),
-            _ => None,
-        }
-    }
+    use crate::state_machine::fixture::*;
+    use crate::state_machine::history_since;
+    use agenda_proto::db::{compare, Compare, LeaseGrantRequest};
 
     /// A membership change that took effect is in the audit log, with its
     /// time from the log; a refused one is not.
@@ -1388,36 +721,6 @@ mod tests {
     }
 
     #[test]
-    fn compare_semantics_for_missing_keys_and_orders() {
-        let kv = KeyValue {
-            key: b"k".to_vec(),
-            value: b"b".to_vec(),
-            version: 3,
-            mod_revision: 9,
-            ..Default::default()
-        };
-        let c =
-            |target: compare::Target, result: compare::Result, value: &str, number: i64| Compare {
-                key: b"k".to_vec(),
-                target: target as i32,
-                result: result as i32,
-                value: value.into(),
-                number,
-            };
-        use compare::{Result as R, Target as T};
-        assert!(compare_holds(&c(T::Value, R::Equal, "b", 0), Some(&kv)));
-        assert!(compare_holds(&c(T::Value, R::Greater, "a", 0), Some(&kv)));
-        assert!(compare_holds(&c(T::Value, R::Less, "c", 0), Some(&kv)));
-        assert!(!compare_holds(&c(T::Value, R::NotEqual, "x", 0), None));
-        assert!(compare_holds(&c(T::Version, R::Equal, "", 0), None));
-        assert!(compare_holds(
-            &c(T::ModRevision, R::Greater, "", 8),
-            Some(&kv)
-        ));
-        assert!(compare_holds(&c(T::Version, R::NotEqual, "", 2), Some(&kv)));
-    }
-
-    #[test]
     fn an_invalid_txn_writes_nothing() {
         let mut f = Fixture::new();
         let op = command::Op::Txn(TxnRequest {
@@ -1583,175 +886,6 @@ mod tests {
     }
 
     #[test]
-    fn a_read_only_txn_reads_one_snapshot_under_its_compares() {
-        let mut f = Fixture::new();
-        f.apply("1", put("v", "1"));
-        f.apply("2", put("a/1", "x"));
-        f.apply("3", put("a/1", "y"));
-        let range = |key: &str, revision: i64| RequestOp {
-            request: Some(request_op::Request::Range(RangeRequest {
-                key: key.into(),
-                prefix: true,
-                revision,
-                ..Default::default()
-            })),
-        };
-        let read = |version_rev: i64| TxnRequest {
-            compare: vec![Compare {
-                key: b"v".to_vec(),
-                target: compare::Target::ModRevision as i32,
-                result: compare::Result::Equal as i32,
-                number: version_rev,
-                ..Default::default()
-            }],
-            success: vec![range("a/", 0), range("a/", 2)],
-            failure: vec![range("v", 0)],
-            request_id: String::new(),
-        };
-        assert!(read(1).is_read_only());
-        let values = |resp: &TxnResponse| -> Vec<Vec<u8>> {
-            resp.responses
-                .iter()
-                .map(|r| match &r.response {
-                    Some(response_op::Response::Range(r)) => r.kvs[0].value.clone(),
-                    other => panic!("range expected, got {other:?}"),
-                })
-                .collect()
-        };
-        let held = read_txn(&f.sm.view(), &read(1)).unwrap();
-        assert!(held.succeeded);
-        assert_eq!(held.header.unwrap().revision, 3);
-        assert_eq!(values(&held), vec![b"y".to_vec(), b"x".to_vec()]);
-        let failed = read_txn(&f.sm.view(), &read(2)).unwrap();
-        assert!(!failed.succeeded);
-        assert_eq!(values(&failed), vec![b"1".to_vec()]);
-        // A txn that writes reads the latest state only.
-        let mut write = read(1);
-        write.success.push(RequestOp {
-            request: Some(request_op::Request::Put(PutRequest {
-                key: b"w".to_vec(),
-                ..Default::default()
-            })),
-        });
-        assert!(!write.is_read_only());
-        let (r, _) = f.apply("4", command::Op::Txn(write));
-        assert_eq!(error_code(&r), Some(command_error::Code::InvalidArgument));
-    }
-
-    #[test]
-    fn range_end_selects_a_half_open_span_now_and_in_the_past() {
-        let mut f = Fixture::new();
-        for k in ["a/1", "a/2", "a/3", "b/1"] {
-            f.apply(k, put(k, "x"));
-        }
-        f.apply("late", put("a/2", "y"));
-        f.apply("late2", put("a/25", "z"));
-        let sm = f.sm.view();
-        let span = |rev: i64, from: &str, to: &str| -> Vec<(String, String)> {
-            range_at(
-                &sm,
-                &RangeRequest {
-                    key: from.into(),
-                    range_end: to.into(),
-                    revision: rev,
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-            .kvs
-            .into_iter()
-            .map(|kv| {
-                (
-                    String::from_utf8(kv.key).unwrap(),
-                    String::from_utf8(kv.value).unwrap(),
-                )
-            })
-            .collect()
-        };
-        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
-        assert_eq!(span(0, "a/2", "a/3"), vec![kv("a/2", "y"), kv("a/25", "z")]);
-        // As of revision 4: before the overwrite and the new key.
-        assert_eq!(span(4, "a/2", "a/3"), vec![kv("a/2", "x")]);
-        assert_eq!(span(0, "a/3", "b/2").len(), 2);
-        assert!(
-            span(0, "b", "a").is_empty(),
-            "an empty span selects nothing"
-        );
-        let both = RangeRequest {
-            key: b"a".to_vec(),
-            prefix: true,
-            range_end: b"b".to_vec(),
-            ..Default::default()
-        };
-        assert!(validate_range(&both).is_err());
-    }
-
-    #[test]
-    fn past_revisions_are_readable_until_compacted() {
-        let mut f = Fixture::new();
-        f.sm.history_keep = 3;
-        for i in 1..=5 {
-            f.apply(&format!("p{i}"), put("k", &i.to_string()));
-        }
-        f.apply(
-            "d",
-            command::Op::Delete(DeleteRequest {
-                key: b"k".to_vec(),
-                ..Default::default()
-            }),
-        );
-        let view = f.sm.view();
-        let at = |rev: i64| {
-            range_at(
-                &view,
-                &RangeRequest {
-                    key: b"k".to_vec(),
-                    revision: rev,
-                    ..Default::default()
-                },
-            )
-        };
-        assert_eq!(at(5).unwrap().kvs[0].value, b"5");
-        assert_eq!(at(4).unwrap().kvs[0].value, b"4");
-        assert!(at(6).unwrap().kvs.is_empty());
-        assert!(matches!(at(1), Err(Error::Compacted { .. })));
-        let hist = history_since(&view, f.sm.compact_revision + 1);
-        assert_eq!(hist.len(), 3);
-    }
-
-    #[test]
-    fn snapshot_round_trip_restores_everything() {
-        let mut f = Fixture::new();
-        f.apply("g", grant(9, 5));
-        f.apply(
-            "a",
-            command::Op::Put(PutRequest {
-                key: b"a".to_vec(),
-                value: b"1".to_vec(),
-                lease: 9,
-                ..Default::default()
-            }),
-        );
-        let snap = f.sm.to_snapshot().unwrap();
-        assert_eq!(snap.get_metadata().index, 2);
-
-        let mut g = Fixture::new();
-        g.apply("x", put("stale", "gone after restore"));
-        g.sm.restore(&snap).unwrap();
-        assert!(g.get("stale").is_none());
-        assert_eq!(g.get("a").unwrap().lease, 9);
-        assert_eq!(g.sm.leases(), vec![(9, 5000)]);
-        assert_eq!(g.sm.revision, 1);
-        // The dedup table travelled too: a retry of "a" is still recognized.
-        let (r, eff) = g.apply("a", put("a", "other"));
-        assert!(eff.revision.is_none());
-        assert!(matches!(r.result, Some(command_result::Result::Put(_))));
-        // And revoking the restored lease still finds its keys.
-        g.apply("r", revoke(9));
-        assert!(g.get("a").is_none());
-    }
-
-    #[test]
     fn history_is_capped_in_bytes_as_well_as_revisions() {
         let mut f = Fixture::new();
         // An overwrite's events carry the value twice (kv and prev_kv).
@@ -1777,36 +911,5 @@ mod tests {
         );
         assert_eq!(view.compact_revision, kept[0].0 - 1);
         assert_eq!(kept.last().unwrap().0, f.sm.revision, "the newest stays");
-    }
-
-    #[test]
-    fn a_published_view_does_not_see_later_writes() {
-        let mut f = Fixture::new();
-        f.apply("1", put("k", "old"));
-        let view = f.sm.view();
-        f.apply("2", put("k", "new"));
-        f.apply("3", put("other", "x"));
-        let read = |v: &ReadView, key: &str| {
-            range_at(
-                v,
-                &RangeRequest {
-                    key: key.into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-        };
-        assert_eq!(read(&view, "k").kvs[0].value, b"old");
-        assert!(read(&view, "other").kvs.is_empty());
-        assert_eq!(read(&view, "k").header.unwrap().revision, 1);
-        assert_eq!(read(&f.sm.view(), "k").kvs[0].value, b"new");
-    }
-
-    #[test]
-    fn prefix_end_handles_edge_bytes() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
-        assert_eq!(prefix_end(b""), None);
     }
 }

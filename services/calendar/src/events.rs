@@ -1,0 +1,614 @@
+//! Events as the domain sees them, pure: a request turned into a record
+//! (fields checked), a change applied, an answer recorded, who is told
+//! what, and the public shape each person sees. `store::events` reads and
+//! writes them.
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::api::{CreateEventRequest, UpdateEventRequest};
+use crate::error::{ApiError, ApiResult};
+use crate::model::{
+    Attendee, AttendeeStatus, Conflict, Event, EventRecord, Interval, UserRecord, Visibility,
+};
+use crate::{recurrence, validate};
+
+/// Most attendees of a personal event.
+pub const MAX_ATTENDEES: usize = 100;
+
+/// Most exdates of an event.
+const MAX_EXDATES: usize = 500;
+
+/// The event fields a request sets, checked.
+struct Fields {
+    title: String,
+    description: String,
+    location: String,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    time_zone: String,
+    rrule: Option<String>,
+    exdates: Vec<DateTime<Utc>>,
+    visibility: Visibility,
+}
+
+impl Fields {
+    fn check(self) -> ApiResult<Fields> {
+        validate::span(self.start, self.end)?;
+        let tz = validate::time_zone("time_zone", &self.time_zone)?;
+        let rrule = match self.rrule.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(r) => Some(recurrence::check(r, self.start, tz)?),
+        };
+        Ok(Fields {
+            time_zone: tz.name().to_string(),
+            rrule,
+            ..self
+        })
+    }
+}
+
+fn exdates(list: Option<Vec<String>>) -> ApiResult<Vec<DateTime<Utc>>> {
+    let list = list.unwrap_or_default();
+    if list.len() > MAX_EXDATES {
+        return Err(ApiError::invalid_field("exdates", "at most 500 exdates"));
+    }
+    list.iter()
+        .map(|s| validate::instant("exdates", s))
+        .collect()
+}
+
+/// Checks what only a personal event may ask: no group (the groups
+/// service creates those) and at most [`MAX_ATTENDEES`] attendees.
+pub fn check_personal(req: &CreateEventRequest) -> ApiResult<()> {
+    if req.group_id.is_some() {
+        return Err(ApiError::bad_request(
+            "group events are created by the groups service",
+        ));
+    }
+    if req
+        .attendees
+        .as_ref()
+        .is_some_and(|a| a.len() > MAX_ATTENDEES)
+    {
+        return Err(ApiError::invalid_field(
+            "attendees",
+            "at most 100 attendees",
+        ));
+    }
+    Ok(())
+}
+
+/// The group a group event is for: it must name one, and no attendees
+/// (the group's members attend).
+pub fn group_of(req: &CreateEventRequest) -> ApiResult<Uuid> {
+    let Some(group_id) = req.group_id else {
+        return Err(ApiError::invalid_field("group_id", "group_id is required"));
+    };
+    if req.attendees.as_ref().is_some_and(|a| !a.is_empty()) {
+        return Err(ApiError::invalid_field(
+            "attendees",
+            "a group event is attended by the group's members; leave attendees out",
+        ));
+    }
+    Ok(group_id)
+}
+
+/// Turns a create request into a new event organized by `organizer`
+/// with `attendees` (the organizer is added first, accepted).
+pub fn new_event(
+    req: CreateEventRequest,
+    organizer: &UserRecord,
+    attendees: Vec<Attendee>,
+    group_id: Option<Uuid>,
+) -> ApiResult<EventRecord> {
+    let f = Fields {
+        title: validate::text("title", &req.title, 1, 200)?,
+        description: validate::text(
+            "description",
+            req.description.as_deref().unwrap_or(""),
+            0,
+            2000,
+        )?,
+        location: validate::text("location", req.location.as_deref().unwrap_or(""), 0, 2000)?,
+        start: validate::instant("start", &req.start)?,
+        end: validate::instant("end", &req.end)?,
+        time_zone: req.time_zone,
+        rrule: req.rrule,
+        exdates: exdates(req.exdates)?,
+        visibility: req
+            .visibility
+            .as_deref()
+            .map(validate::visibility)
+            .transpose()?
+            .unwrap_or_default(),
+    }
+    .check()?;
+    let mut all = vec![Attendee {
+        user_id: organizer.id,
+        username: organizer.username.clone(),
+        status: AttendeeStatus::Accepted,
+    }];
+    for a in attendees {
+        if !all.iter().any(|x| x.user_id == a.user_id) {
+            all.push(a);
+        }
+    }
+    Ok(EventRecord {
+        id: Uuid::new_v4(),
+        title: f.title,
+        description: f.description,
+        location: f.location,
+        start: f.start,
+        end: f.end,
+        time_zone: f.time_zone,
+        rrule: f.rrule,
+        exdates: f.exdates,
+        organizer_id: organizer.id,
+        group_id,
+        visibility: f.visibility,
+        attendees: all,
+        created_at: Utc::now(),
+        request_digest: None,
+    })
+}
+
+/// Namespace of the ids derived for creations under an idempotency key.
+const IDEMPOTENT_CREATES: Uuid = Uuid::from_u128(0x6a1d_9e0c_4b7f_4f4e_9a53_0e2d_8c71_b5a4);
+
+/// A creation made safe to repeat by an idempotency key: the event id is
+/// derived from the caller and the key, so every retry names the same
+/// event, and the digest of the request tells a retry from a different
+/// request that reuses the key.
+pub struct Idempotent {
+    /// The id every repeat of the creation gives the event.
+    pub id: Uuid,
+    /// Digest of the request, kept in the event to recognise a repeat.
+    pub digest: Uuid,
+}
+
+impl Idempotent {
+    /// None without a key.
+    pub fn new(
+        caller: Uuid,
+        key: Option<&str>,
+        req: &CreateEventRequest,
+    ) -> ApiResult<Option<Idempotent>> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let body = serde_json::to_vec(req).map_err(ApiError::internal)?;
+        Ok(Some(Idempotent {
+            id: Uuid::new_v5(&IDEMPOTENT_CREATES, format!("{caller}/{key}").as_bytes()),
+            digest: Uuid::new_v5(&IDEMPOTENT_CREATES, &body),
+        }))
+    }
+
+    /// Gives `ev` the derived id and the request digest.
+    pub fn stamp(&self, ev: &mut EventRecord) {
+        ev.id = self.id;
+        ev.request_digest = Some(self.digest);
+    }
+
+    /// Whether `ev`, found under the derived id, was created by this very
+    /// request of `caller` (a 409 when the key was used for another one).
+    pub fn check_repeat(&self, ev: &EventRecord, caller: Uuid) -> ApiResult<()> {
+        if ev.organizer_id != caller || ev.request_digest != Some(self.digest) {
+            return Err(ApiError::conflict(
+                "this Idempotency-Key was already used for a different request",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `ev` changed as `req` asks (its fields checked), and whether it moved
+/// in time (its conflicts are then looked at again).
+pub fn apply_update(ev: &EventRecord, req: UpdateEventRequest) -> ApiResult<(EventRecord, bool)> {
+    let start = req
+        .start
+        .as_deref()
+        .map(|s| validate::instant("start", s))
+        .transpose()?
+        .unwrap_or(ev.start);
+    let end = req
+        .end
+        .as_deref()
+        .map(|s| validate::instant("end", s))
+        .transpose()?
+        .unwrap_or(ev.end);
+    let f = Fields {
+        title: match &req.title {
+            Some(t) => validate::text("title", t, 1, 200)?,
+            None => ev.title.clone(),
+        },
+        description: match &req.description {
+            Some(t) => validate::text("description", t, 0, 2000)?,
+            None => ev.description.clone(),
+        },
+        location: match &req.location {
+            Some(t) => validate::text("location", t, 0, 2000)?,
+            None => ev.location.clone(),
+        },
+        start,
+        end,
+        time_zone: req
+            .time_zone
+            .clone()
+            .unwrap_or_else(|| ev.time_zone.clone()),
+        rrule: match &req.rrule {
+            Some(r) => Some(r.clone()),
+            None => ev.rrule.clone(),
+        },
+        exdates: match req.exdates {
+            Some(list) => exdates(Some(list))?,
+            None => ev.exdates.clone(),
+        },
+        visibility: match &req.visibility {
+            Some(v) => validate::visibility(v)?,
+            None => ev.visibility,
+        },
+    }
+    .check()?;
+    let mut out = ev.clone();
+    out.title = f.title;
+    out.description = f.description;
+    out.location = f.location;
+    out.start = f.start;
+    out.end = f.end;
+    out.time_zone = f.time_zone;
+    out.rrule = f.rrule;
+    out.exdates = f.exdates;
+    out.visibility = f.visibility;
+    let moved = out.start != ev.start
+        || out.end != ev.end
+        || out.rrule != ev.rrule
+        || out.exdates != ev.exdates
+        || out.time_zone != ev.time_zone;
+    Ok((out, moved))
+}
+
+/// `ev` with `user`'s answer set to `status`.
+pub fn answered(ev: &EventRecord, user: Uuid, status: AttendeeStatus) -> EventRecord {
+    let mut ev = ev.clone();
+    for a in ev.attendees.iter_mut().filter(|a| a.user_id == user) {
+        a.status = status;
+    }
+    ev
+}
+
+/// `ev` without `user` among its attendees.
+pub fn without(ev: &EventRecord, user: Uuid) -> EventRecord {
+    let mut ev = ev.clone();
+    ev.attendees.retain(|a| a.user_id != user);
+    ev
+}
+
+/// What happened to an event, for [`notices`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Created, with its attendees.
+    Created,
+    /// Changed by its organizer.
+    Updated,
+    /// Deleted for everyone.
+    Cancelled,
+    /// An attendee answered.
+    Answered,
+    /// An attendee's account went away; `ev` is without them.
+    Left,
+}
+
+/// Who is told of `change` to `ev` made by `by`, and the kind of
+/// notification each gets.
+pub fn notices(ev: &EventRecord, by: Uuid, change: Change) -> Vec<(Uuid, &'static str)> {
+    let others = ev.attendee_ids().filter(|p| *p != by);
+    match change {
+        // Those accepted for at once (members ranked below a group event's
+        // creator) have nothing to answer; everyone else is asked to.
+        Change::Created => ev
+            .attendees
+            .iter()
+            .filter(|a| a.user_id != by)
+            .map(|a| {
+                let kind = if a.status == AttendeeStatus::Accepted {
+                    "event_added"
+                } else {
+                    "event_invited"
+                };
+                (a.user_id, kind)
+            })
+            .collect(),
+        Change::Updated => others.map(|p| (p, "event_updated")).collect(),
+        Change::Cancelled => others.map(|p| (p, "event_cancelled")).collect(),
+        Change::Answered if ev.organizer_id != by => vec![(ev.organizer_id, "rsvp")],
+        Change::Answered => Vec::new(),
+        Change::Left => vec![(ev.organizer_id, "attendee_left")],
+    }
+}
+
+/// What a notification about `ev` says of it.
+pub fn summary(ev: &EventRecord) -> serde_json::Value {
+    json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
+}
+
+/// The public shape of `ev` for `viewer`; `occurrence` for one expanded
+/// instance of a recurring event.
+pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Event {
+    let tz: Option<chrono_tz::Tz> = ev.time_zone.parse().ok();
+    let local = |t: DateTime<Utc>| -> DateTime<FixedOffset> {
+        match tz {
+            Some(tz) => t.with_timezone(&tz).fixed_offset(),
+            None => t.fixed_offset(),
+        }
+    };
+    let (start, end) = occurrence.map_or((ev.start, ev.end), |o| (o.start, o.end));
+    Event {
+        id: ev.id,
+        title: ev.title.clone(),
+        description: ev.description.clone(),
+        location: ev.location.clone(),
+        start: local(start),
+        end: local(end),
+        time_zone: ev.time_zone.clone(),
+        rrule: ev.rrule.clone(),
+        exdates: ev.exdates.iter().map(|t| local(*t)).collect(),
+        organizer_id: ev.organizer_id,
+        group_id: ev.group_id,
+        visibility: ev.visibility,
+        attendees: ev.attendees.clone(),
+        my_status: ev.status_of(viewer),
+        recurring_event_id: occurrence.filter(|_| ev.rrule.is_some()).map(|_| ev.id),
+    }
+}
+
+/// `{event, conflicts}` reply.
+pub fn with_conflicts(
+    ev: &EventRecord,
+    viewer: Uuid,
+    conflicts: Vec<Conflict>,
+) -> serde_json::Value {
+    json!({ "event": view(ev, viewer, None), "conflicts": conflicts })
+}
+
+/// The refusal of a change that would make `conflicts` (`on_conflict=reject`).
+pub fn conflict_error(conflicts: Vec<Conflict>) -> ApiError {
+    ApiError::conflict(format!(
+        "the event overlaps {} existing event occurrence(s)",
+        conflicts.len()
+    ))
+    .with_details(json!({ "conflicts": conflicts }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn request(title: &str) -> CreateEventRequest {
+        serde_json::from_value(serde_json::json!({
+            "title": title, "start": "2031-01-01T09:00:00Z",
+            "end": "2031-01-01T10:00:00Z", "time_zone": "UTC"
+        }))
+        .unwrap()
+    }
+
+    fn person(name: &str) -> UserRecord {
+        UserRecord {
+            id: Uuid::new_v4(),
+            username: name.into(),
+            email: format!("{name}@example.org"),
+            display_name: name.into(),
+            time_zone: "UTC".into(),
+            password_hash: String::new(),
+            created_at: Utc::now(),
+            add_me: Default::default(),
+            admin: false,
+        }
+    }
+
+    fn attendee(user: &UserRecord, status: AttendeeStatus) -> Attendee {
+        Attendee {
+            user_id: user.id,
+            username: user.username.clone(),
+            status,
+        }
+    }
+
+    #[test]
+    fn an_idempotency_key_names_one_event_per_caller() {
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let req = request("Standup");
+        assert!(Idempotent::new(alice, None, &req).unwrap().is_none());
+        let first = Idempotent::new(alice, Some("k1"), &req).unwrap().unwrap();
+        let again = Idempotent::new(alice, Some("k1"), &req).unwrap().unwrap();
+        assert_eq!((first.id, first.digest), (again.id, again.digest));
+        let other_key = Idempotent::new(alice, Some("k2"), &req).unwrap().unwrap();
+        assert_ne!(first.id, other_key.id);
+        let other_caller = Idempotent::new(bob, Some("k1"), &req).unwrap().unwrap();
+        assert_ne!(first.id, other_caller.id);
+        let other_body = Idempotent::new(alice, Some("k1"), &request("Retro"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.id, other_body.id);
+        assert_ne!(first.digest, other_body.digest);
+
+        let mut ev = EventRecord::sample("2031-01-01T09:00:00Z", 60, "UTC", None);
+        first.stamp(&mut ev);
+        assert_eq!((ev.id, ev.request_digest), (first.id, Some(first.digest)));
+    }
+
+    #[test]
+    fn a_key_reused_for_another_request_is_a_conflict() {
+        let alice = Uuid::new_v4();
+        let first = Idempotent::new(alice, Some("k1"), &request("Standup"))
+            .unwrap()
+            .unwrap();
+        let mut ev = EventRecord::sample("2031-01-01T09:00:00Z", 60, "UTC", None);
+        ev.organizer_id = alice;
+        first.stamp(&mut ev);
+        assert!(first.check_repeat(&ev, alice).is_ok());
+        let other = Idempotent::new(alice, Some("k1"), &request("Retro"))
+            .unwrap()
+            .unwrap();
+        let refused = other.check_repeat(&ev, alice).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::Conflict);
+        assert_eq!(
+            first.check_repeat(&ev, Uuid::new_v4()).unwrap_err().kind,
+            ErrorKind::Conflict
+        );
+    }
+
+    #[test]
+    fn the_organizer_comes_first_accepted_and_nobody_twice() {
+        let (alice, bob) = (person("alice"), person("bob"));
+        let named = vec![
+            attendee(&bob, AttendeeStatus::NeedsAction),
+            attendee(&alice, AttendeeStatus::Invited),
+            attendee(&bob, AttendeeStatus::Invited),
+        ];
+        let ev = new_event(request("Standup"), &alice, named, None).unwrap();
+        assert_eq!(ev.organizer_id, alice.id);
+        let statuses: Vec<_> = ev.attendees.iter().map(|a| (a.user_id, a.status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                (alice.id, AttendeeStatus::Accepted),
+                (bob.id, AttendeeStatus::NeedsAction)
+            ]
+        );
+        assert_eq!((ev.time_zone.as_str(), ev.rrule.as_deref()), ("UTC", None));
+    }
+
+    #[test]
+    fn a_request_is_checked_field_by_field() {
+        let alice = person("alice");
+        let mut req = request("");
+        let e = new_event(req.clone(), &alice, Vec::new(), None).unwrap_err();
+        assert_eq!(
+            (e.kind, e.details["field"].as_str()),
+            (ErrorKind::InvalidField, Some("title"))
+        );
+        req.title = "ok".into();
+        req.exdates = Some(vec!["2031-01-01T09:00:00Z".into(); 501]);
+        let e = new_event(req, &alice, Vec::new(), None).unwrap_err();
+        assert_eq!(e.details["field"].as_str(), Some("exdates"));
+    }
+
+    #[test]
+    fn personal_and_group_requests_ask_different_things() {
+        let mut req = request("Standup");
+        assert!(check_personal(&req).is_ok());
+        assert_eq!(group_of(&req).unwrap_err().kind, ErrorKind::InvalidField);
+        req.attendees = Some(vec!["bob".into(); MAX_ATTENDEES + 1]);
+        assert_eq!(
+            check_personal(&req).unwrap_err().kind,
+            ErrorKind::InvalidField
+        );
+        let group = Uuid::new_v4();
+        req.group_id = Some(group);
+        assert_eq!(
+            check_personal(&req).unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+        assert_eq!(group_of(&req).unwrap_err().kind, ErrorKind::InvalidField);
+        req.attendees = Some(Vec::new());
+        assert_eq!(group_of(&req).unwrap(), group);
+    }
+
+    #[test]
+    fn an_update_moves_an_event_only_when_its_times_change() {
+        let ev = EventRecord::sample("2031-01-01T09:00:00Z", 60, "UTC", None);
+        let retitled = UpdateEventRequest {
+            title: Some("Retro".into()),
+            ..Default::default()
+        };
+        let (out, moved) = apply_update(&ev, retitled).unwrap();
+        assert_eq!((out.title.as_str(), moved), ("Retro", false));
+        assert_eq!((out.id, out.start), (ev.id, ev.start));
+        let later = UpdateEventRequest {
+            start: Some("2031-01-01T10:00:00Z".into()),
+            end: Some("2031-01-01T11:00:00Z".into()),
+            ..Default::default()
+        };
+        assert!(apply_update(&ev, later).unwrap().1);
+        let weekly = UpdateEventRequest {
+            rrule: Some("FREQ=WEEKLY;COUNT=3".into()),
+            ..Default::default()
+        };
+        assert!(apply_update(&ev, weekly).unwrap().1);
+        let backwards = UpdateEventRequest {
+            end: Some("2031-01-01T08:00:00Z".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            apply_update(&ev, backwards).unwrap_err().kind,
+            ErrorKind::InvalidField
+        );
+    }
+
+    #[test]
+    fn answers_and_departures_touch_one_attendee() {
+        let (alice, bob, carol) = (person("alice"), person("bob"), person("carol"));
+        let named = vec![
+            attendee(&bob, AttendeeStatus::NeedsAction),
+            attendee(&carol, AttendeeStatus::Invited),
+        ];
+        let ev = new_event(request("Standup"), &alice, named, None).unwrap();
+        let ev2 = answered(&ev, bob.id, AttendeeStatus::Declined);
+        assert_eq!(ev2.status_of(bob.id), Some(AttendeeStatus::Declined));
+        assert_eq!(ev2.status_of(carol.id), Some(AttendeeStatus::Invited));
+        let gone = without(&ev2, carol.id);
+        assert_eq!(gone.status_of(carol.id), None);
+        assert_eq!(gone.attendees.len(), 2);
+    }
+
+    #[test]
+    fn each_change_tells_the_people_it_concerns() {
+        let (alice, bob, carol) = (person("alice"), person("bob"), person("carol"));
+        let named = vec![
+            attendee(&bob, AttendeeStatus::Accepted),
+            attendee(&carol, AttendeeStatus::Invited),
+        ];
+        let ev = new_event(request("Standup"), &alice, named, None).unwrap();
+        assert_eq!(
+            notices(&ev, alice.id, Change::Created),
+            [(bob.id, "event_added"), (carol.id, "event_invited")]
+        );
+        assert_eq!(
+            notices(&ev, alice.id, Change::Updated),
+            [(bob.id, "event_updated"), (carol.id, "event_updated")]
+        );
+        assert_eq!(
+            notices(&ev, bob.id, Change::Cancelled),
+            [(alice.id, "event_cancelled"), (carol.id, "event_cancelled")]
+        );
+        assert_eq!(notices(&ev, bob.id, Change::Answered), [(alice.id, "rsvp")]);
+        assert!(notices(&ev, alice.id, Change::Answered).is_empty());
+        assert_eq!(
+            notices(&without(&ev, bob.id), bob.id, Change::Left),
+            [(alice.id, "attendee_left")]
+        );
+    }
+
+    #[test]
+    fn views_are_in_the_events_time_zone_and_name_the_series() {
+        let viewer = Uuid::new_v4();
+        let mut ev = EventRecord::sample("2031-07-01T09:00:00Z", 60, "Europe/Madrid", None);
+        let shown = view(&ev, viewer, None);
+        assert_eq!(shown.start.to_rfc3339(), "2031-07-01T11:00:00+02:00");
+        assert_eq!((shown.my_status, shown.recurring_event_id), (None, None));
+        ev.rrule = Some("FREQ=DAILY".into());
+        let next = Interval {
+            start: ev.start + chrono::Duration::days(1),
+            end: ev.end + chrono::Duration::days(1),
+        };
+        let occurrence = view(&ev, viewer, Some(next));
+        assert_eq!(occurrence.start.to_rfc3339(), "2031-07-02T11:00:00+02:00");
+        assert_eq!(occurrence.recurring_event_id, Some(ev.id));
+        let body = with_conflicts(&ev, viewer, Vec::new());
+        assert_eq!(body["event"]["id"], json!(ev.id));
+        assert_eq!(body["conflicts"], json!([]));
+    }
+}

@@ -1,0 +1,20 @@
+//! How `agenda-users` and `agenda-groups` serve the gateway: both accept a
+//! `CallRequest` carrying an [`Op`](agenda_calendar::api::Op) as JSON and
+//! answer with an HTTP status and JSON body, which the gateway relays.
+//! Kept out of the calendar domain, which does no serving.
+//!
+//! Layout:
+//! - [`handler`]: what a service implements ([`Handler`]), for whom
+//!   ([`Caller`]) and what it answers ([`Reply`]).
+//! - [`endpoint`]: the gRPC envelope around a handler: the call decoded,
+//!   its answer (or error) encoded, the call logged.
+//! - [`server`]: the serving loop: listen, register in the registry once
+//!   agenda-db answers, deregister and drain on shutdown.
+#![deny(missing_docs)]
+
+pub mod endpoint;
+pub mod handler;
+pub mod server;
+
+pub use handler::{Caller, Handler, Reply};
+pub use server::{serve, Serving, DRAIN_GRACE, REGISTRY_TTL};

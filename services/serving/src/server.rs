@@ -1,0 +1,136 @@
+//! The serving loop both services share: listen, register the instance in
+//! the registry once agenda-db answers, and on shutdown deregister first,
+//! keep serving while gateways notice, then drain in-flight calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agenda_calendar::api::Service;
+use agenda_common::registry::{self, Instance};
+use agenda_common::shutdown::CancellationToken;
+use agenda_common::DbClient;
+use agenda_proto::calendar::{groups_server::GroupsServer, users_server::UsersServer};
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::endpoint::Endpoint;
+use crate::handler::Handler;
+
+/// How long a registry entry outlives a crashed instance.
+pub const REGISTRY_TTL: Duration = Duration::from_secs(3);
+
+/// How long a stopping instance keeps serving after deregistering: time
+/// for gateways to see it leave, so no call is sent to a closed port.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(1000);
+
+/// Where a replica serves: its listener, the address it registers, and
+/// TLS (mutual) when the process has an identity.
+pub struct Serving {
+    listener: TcpListener,
+    /// The address registered for gateways to call.
+    pub advertise: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Serving {
+    /// `listener`, registered as `advertise` (default: its local address),
+    /// with `links`' TLS.
+    pub fn new(
+        listener: TcpListener,
+        advertise: Option<String>,
+        links: &agenda_common::net::Links,
+    ) -> agenda_common::Result<Serving> {
+        let advertise = match advertise {
+            Some(a) => a,
+            None => listener
+                .local_addr()
+                .map_err(|e| agenda_common::Error::Config(format!("listener: {e}")))?
+                .to_string(),
+        };
+        Ok(Serving {
+            listener,
+            advertise,
+            tls: links.server_config()?,
+        })
+    }
+}
+
+/// Serves `handler` as `service` until `shutdown`: registers the instance
+/// (`serving.advertise`) in the registry once listening; on shutdown
+/// deregisters first, keeps serving for [`DRAIN_GRACE`] while gateways
+/// notice, then stops accepting and drains in-flight calls.
+pub async fn serve<H: Handler>(
+    service: Service,
+    handler: H,
+    serving: Serving,
+    db: DbClient,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let Serving {
+        listener,
+        advertise,
+        tls,
+    } = serving;
+    let endpoint = Endpoint::new(service, handler);
+    let mut router = agenda_common::net::grpc_server();
+    let router = match service {
+        Service::Users => router.add_service(UsersServer::new(endpoint)),
+        Service::Groups => router.add_service(GroupsServer::new(endpoint)),
+    };
+    let stop_serving = CancellationToken::new();
+    let stopped = stop_serving.clone();
+    let server = tokio::spawn(async move {
+        match tls {
+            Some(config) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        agenda_common::net::tls_incoming(listener, config),
+                        stopped.cancelled_owned(),
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        agenda_common::net::incoming(listener),
+                        stopped.cancelled_owned(),
+                    )
+                    .await
+            }
+        }
+    });
+    let instance = Instance {
+        id: format!("{}-{}", service.name(), Uuid::new_v4().simple()),
+        addr: advertise,
+    };
+    let registered = agenda_common::shutdown::retry(
+        &shutdown,
+        "cannot register in agenda-db yet",
+        |_| true,
+        || registry::register(&db, service.name(), instance.clone(), REGISTRY_TTL),
+    )
+    .await;
+    // Every error is retried: only a shutdown ends the wait.
+    let Some(Ok(registration)) = registered else {
+        stop_serving.cancel();
+        let _ = server.await;
+        return Ok(());
+    };
+    tracing::info!(service = service.name(), addr = %instance.addr, "serving");
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: deregistering, then draining in-flight calls");
+    registration.deregister().await;
+    tokio::time::sleep(DRAIN_GRACE).await;
+    stop_serving.cancel();
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "gRPC server task failed");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("calls still running after 10 s; exiting anyway");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The simulated agenda-db cluster in `make test`: a bounded sweep of
+//! seeds (debug build, about a minute; `make sim` runs a thousand on a
+//! release build), and proof that it finds the defects this project had,
+//! put back behind `Reintroduced`.
+
+use std::time::Duration;
+
+use agenda_db::node::Reintroduced;
+use agenda_tests::sim::{self, SimConfig};
+
+fn cfg(reintroduced: Reintroduced) -> SimConfig {
+    SimConfig {
+        duration: Duration::from_secs(10),
+        reintroduced,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn a_sweep_of_seeds_finds_nothing() {
+    for seed in 1..=12 {
+        let r = sim::run(seed, &cfg(Reintroduced::default()));
+        assert!(
+            r.violation.is_none(),
+            "seed {seed}: {} (replay: make sim SEED={seed})",
+            r.violation.unwrap()
+        );
+        assert!(r.ops_checked > 100, "seed {seed} checked too little: {r:?}");
+    }
+}
+
+/// The first seed, within `limit`, that catches `bug`.
+fn caught(bug: Reintroduced, limit: u64) -> Option<(u64, String)> {
+    (1..=limit).find_map(|seed| sim::run(seed, &cfg(bug)).violation.map(|v| (seed, v)))
+}
+
+#[test]
+fn acknowledging_before_the_fsync_is_caught() {
+    let bug = Reintroduced {
+        ack_before_fsync: true,
+        ..Default::default()
+    };
+    let found = caught(bug, 40);
+    assert!(
+        found.is_some(),
+        "40 seeds missed acknowledgements before the fsync"
+    );
+    println!("ack before fsync caught: {found:?}");
+}
+
+#[test]
+fn the_local_clock_in_apply_is_caught() {
+    let bug = Reintroduced {
+        local_clock_in_apply: true,
+        ..Default::default()
+    };
+    let found = caught(bug, 20);
+    assert!(found.is_some(), "20 seeds missed the local clock in apply");
+    println!("local clock in apply caught: {found:?}");
+}
