@@ -9,6 +9,8 @@
 //!   histories the checker reads.
 //! - [`sim`]: agenda-db's raft loop simulated in one thread, by seed
 //!   (`make sim`).
+//! - [`scenario`]: fault scenarios written once, run by the simulator
+//!   and by the real-process cluster test.
 //! - [`etcd`]: a real etcd cluster, the yardstick of the benchmark.
 //! - [`system`]: the whole system (db, users, groups, gateway) and a small
 //!   client of the public HTTP API.
@@ -26,6 +28,7 @@ pub mod etcd;
 pub mod linearizability;
 pub mod redis;
 pub mod register;
+pub mod scenario;
 pub mod sim;
 pub mod system;
 pub mod topology;

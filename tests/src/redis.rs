@@ -33,14 +33,8 @@ pub const PRIMARY_KEY: &str = agenda_common::registry::REDIS_PRIMARY;
 /// Registry key holding the acting supervisor's id.
 pub const ELECTION_KEY: &str = agenda_common::registry::REDIS_SUPERVISOR_ELECTION;
 
-/// The published primary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrimaryRecord {
-    /// `host:port`.
-    pub addr: String,
-    /// Bumped by every promotion.
-    pub epoch: u64,
-}
+/// The published primary (the registry's record, defined once).
+pub use agenda_common::registry::RedisPrimary as PrimaryRecord;
 
 /// What `INFO replication` says about a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,11 +197,9 @@ impl RedisLayer {
         let Some(kv) = self.db.get(PRIMARY_KEY).await? else {
             return Ok(None);
         };
-        let v: serde_json::Value = serde_json::from_slice(&kv.value)?;
-        Ok(Some(PrimaryRecord {
-            addr: v["addr"].as_str().context("addr")?.to_string(),
-            epoch: v["epoch"].as_u64().context("epoch")?,
-        }))
+        Ok(Some(
+            PrimaryRecord::decode(&kv.value).context("the published primary record")?,
+        ))
     }
 
     /// Index of the supervisor holding the election key, if any.

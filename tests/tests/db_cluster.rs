@@ -13,6 +13,7 @@ use agenda_proto::db::{
 use agenda_tests::cluster::{wait_for, Cluster, Options};
 use agenda_tests::linearizability::{self, Operation};
 use agenda_tests::register::RegisterClient;
+use agenda_tests::scenario::{self, Scenario, Step, Target};
 use anyhow::{ensure, Context, Result};
 
 fn opts(args: &[&str]) -> Options {
@@ -898,9 +899,21 @@ async fn rest_api_errors_use_the_shared_shape() -> Result<()> {
     Ok(())
 }
 
-/// Records a register history per key while leaders are killed.
+/// The shared scenarios (`agenda_tests::scenario`, which the simulator
+/// runs too) on real processes: kill -9, SIGSTOP and SIGCONT under a
+/// register workload whose history per key must be linearizable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
+async fn the_shared_scenarios_keep_histories_linearizable() -> Result<()> {
+    for scenario in scenario::SCENARIOS {
+        eprintln!("scenario: {}", scenario.name);
+        run_scenario(scenario)
+            .await
+            .with_context(|| format!("scenario {:?}", scenario.name))?;
+    }
+    Ok(())
+}
+
+async fn run_scenario(scenario: &Scenario) -> Result<()> {
     let mut c = Cluster::start(Options::default()).await?;
     let client = c.client().with_timeout(Duration::from_secs(4));
     let keys = 3u64;
@@ -913,7 +926,7 @@ async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
         let (client, history, stop) = (client.clone(), history.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut reg = RegisterClient::new(client, cl);
-            for _ in 0..2_000u64 {
+            for _ in 0..5_000u64 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -925,32 +938,57 @@ async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
         }));
     }
     let count = || history.lock().unwrap().len();
-    for round in 0..2 {
-        let target = count() + 300;
-        wait_for(
-            "operations between kills",
-            Duration::from_secs(30),
-            || async { (count() >= target).then_some(()) },
-        )
-        .await?;
-        let leader = c.leader().await?;
-        eprintln!("round {round}: killing leader {leader}");
-        c.kill(leader);
-        let target = count() + 300;
-        wait_for(
-            "operations after the kill",
-            Duration::from_secs(30),
-            || async { (count() >= target).then_some(()) },
-        )
-        .await?;
-        c.restart(leader)?;
+    let mut frozen = Vec::new();
+    for step in scenario.steps {
+        eprintln!("  step {step:?}");
+        match *step {
+            Step::Ops(n) => {
+                let target = count() + n;
+                wait_for(
+                    "the operations of a step",
+                    Duration::from_secs(60),
+                    || async { (count() >= target).then_some(()) },
+                )
+                .await?;
+            }
+            Step::Kill(t) => {
+                let id = target(&c, t, &frozen).await?;
+                eprintln!("  killing node {id}");
+                c.kill(id);
+            }
+            Step::Freeze(t) => {
+                let id = target(&c, t, &frozen).await?;
+                eprintln!("  freezing node {id}");
+                signal(&c, id, libc::SIGSTOP)?;
+                frozen.push(id);
+            }
+            Step::Thaw => {
+                for id in frozen.drain(..) {
+                    signal(&c, id, libc::SIGCONT)?;
+                }
+            }
+            Step::RestartAll => {
+                let down: Vec<u64> = c
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.pid().is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in down {
+                    c.restart(id)?;
+                }
+            }
+        }
+    }
+    for id in frozen.drain(..) {
+        signal(&c, id, libc::SIGCONT)?;
     }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await?;
     }
     let history = std::mem::take(&mut *history.lock().unwrap());
-    eprintln!("checking {} operations", history.len());
+    eprintln!("  checking {} operations", history.len());
     for k in 0..keys {
         let ops: Vec<Operation> = history
             .iter()
@@ -960,6 +998,29 @@ async fn histories_under_leader_kills_are_linearizable() -> Result<()> {
         linearizability::check(None, &ops).map_err(|v| anyhow::anyhow!("key lin/{k}: {v}"))?;
     }
     Ok(())
+}
+
+/// The node a scenario step acts on: the leader (as the running, unfrozen
+/// nodes see it), or the lowest-id running node that is neither.
+async fn target(c: &Cluster, t: Target, frozen: &[u64]) -> Result<u64> {
+    let leader = wait_for(
+        "a leader that is not frozen",
+        Duration::from_secs(20),
+        || async {
+            let id = c.leader().await.ok()?;
+            (!frozen.contains(&id)).then_some(id)
+        },
+    )
+    .await?;
+    match t {
+        Target::Leader => Ok(leader),
+        Target::Follower => c
+            .nodes
+            .iter()
+            .find(|(id, n)| **id != leader && !frozen.contains(id) && n.pid().is_some())
+            .map(|(id, _)| *id)
+            .context("no running follower"),
+    }
 }
 
 fn signal(c: &Cluster, id: u64, sig: i32) -> Result<()> {

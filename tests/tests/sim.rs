@@ -1,7 +1,7 @@
 //! The simulated agenda-db cluster in `make test`: a bounded sweep of
 //! seeds (debug build, about a minute; `make sim` runs a thousand on a
 //! release build), and proof that it finds the defects this project had,
-//! put back behind `Reintroduced`.
+//! put back behind `Reintroduced` (and one in the election's rules).
 
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ fn a_sweep_of_seeds_finds_nothing() {
             r.violation.unwrap()
         );
         assert!(r.ops_checked > 100, "seed {seed} checked too little: {r:?}");
+        assert!(r.elections > 0, "seed {seed} elected no one: {r:?}");
     }
 }
 
@@ -57,4 +58,42 @@ fn the_local_clock_in_apply_is_caught() {
     let found = caught(bug, 20);
     assert!(found.is_some(), "20 seeds missed the local clock in apply");
     println!("local clock in apply caught: {found:?}");
+}
+
+#[test]
+fn an_election_leader_acting_past_its_deadline_is_caught() {
+    let found = (1..=60).find_map(|seed| {
+        let cfg = SimConfig {
+            election_ignores_deadline: true,
+            ..cfg(Reintroduced::default())
+        };
+        sim::run(seed, &cfg).violation.map(|v| (seed, v))
+    });
+    assert!(
+        found
+            .as_ref()
+            .is_some_and(|(_, v)| v.contains("two holders")),
+        "60 seeds missed a leader acting past its lease: {found:?}"
+    );
+    println!("election ignoring its deadline caught: {found:?}");
+}
+
+/// The scenarios the real-process cluster test runs
+/// (`db_cluster::the_shared_scenarios_keep_histories_linearizable`), here
+/// over virtual time, a few seeds each.
+#[test]
+fn the_shared_scenarios_pass_in_the_simulation() {
+    for scenario in agenda_tests::scenario::SCENARIOS {
+        for seed in 1..=3 {
+            let r = sim::run_scenario(seed, &cfg(Reintroduced::default()), scenario);
+            assert!(
+                r.violation.is_none(),
+                "{} (seed {seed}): {} (replay: make sim SEED={seed} SIM_ARGS='--scenario \"{}\"')",
+                scenario.name,
+                r.violation.unwrap(),
+                scenario.name
+            );
+            assert!(r.ops_checked > 1000, "{}: {r:?}", scenario.name);
+        }
+    }
 }

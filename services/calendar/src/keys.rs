@@ -92,7 +92,6 @@ pub fn notification_parts(key: &[u8]) -> Option<(&str, &str)> {
     let mut parts = key.strip_prefix(NOTIFICATIONS)?.split('/');
     Some((parts.next()?, parts.next()?))
 }
-/// Accounts whose deletion is under way (see `Store::delete_user`).
 /// A person's session generation: the key's version (every put moves it
 /// by one, in the same transaction as a password change, "log out
 /// everywhere" or the account's deletion, whose put says `deleted`).
@@ -102,6 +101,11 @@ pub fn notification_parts(key: &[u8]) -> Option<(&str, &str)> {
 pub const SESSIONS: &str = "/agenda/sessions/";
 pub fn session(user: Uuid) -> String {
     format!("/agenda/sessions/{user}")
+}
+/// The person a [`session`] key belongs to.
+pub fn session_user(key: &[u8]) -> Option<Uuid> {
+    let key = std::str::from_utf8(key).ok()?;
+    Uuid::parse_str(key.strip_prefix(SESSIONS)?).ok()
 }
 /// The value the deletion of an account puts in its session key.
 pub const SESSION_DELETED: &[u8] = b"deleted";
@@ -123,6 +127,7 @@ pub fn audit(id: Uuid) -> String {
 pub fn audit_after(id: Uuid) -> String {
     format!("{}\u{0}", audit(id))
 }
+/// Accounts whose deletion is under way (see `Store::delete_user`).
 pub const DELETING: &str = "/agenda/deleting/";
 pub fn deleting(user: Uuid) -> String {
     format!("/agenda/deleting/{user}")
@@ -198,6 +203,15 @@ mod tests {
 
     fn in_span(key: &str, span: &(String, String)) -> bool {
         span.0.as_str() <= key && key < span.1.as_str()
+    }
+
+    #[test]
+    fn a_session_key_names_its_person() {
+        let u = Uuid::new_v4();
+        assert_eq!(session_user(session(u).as_bytes()), Some(u));
+        assert_eq!(session_user(b"/agenda/sessions/not-a-uuid"), None);
+        assert_eq!(session_user(refresh_family(u).as_bytes()), None);
+        assert_eq!(session_user(&[0xff, 0xfe]), None);
     }
 
     #[test]

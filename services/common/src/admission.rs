@@ -497,9 +497,12 @@ impl Limiter {
 /// The status of a gRPC request refused over the cap: UNAVAILABLE, with
 /// [`RETRY_PUSHBACK`] saying when to try again.
 pub fn overloaded_status() -> tonic::Status {
-    let mut status = tonic::Status::unavailable(
-        "overloaded: too many requests at once; retry after the pushback",
-    );
+    overloaded_because("overloaded: too many requests at once; retry after the pushback")
+}
+
+/// [`overloaded_status`] with its own message (what was full).
+pub fn overloaded_because(message: impl Into<String>) -> tonic::Status {
+    let mut status = tonic::Status::unavailable(message);
     if let Ok(v) = RETRY_AFTER.as_millis().to_string().parse() {
         status.metadata_mut().insert(RETRY_PUSHBACK, v);
     }

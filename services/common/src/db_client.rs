@@ -201,6 +201,15 @@ impl Inner {
     }
 }
 
+/// A node refused the call over its bound ([`crate::admission`]). Every
+/// node forwards to the same leader, so trying the next one at once would
+/// only add to the load: the refusal goes back to the caller, which
+/// passes it on (the gateway answers 503 with `Retry-After`). The node is
+/// alive, so it is not marked suspect.
+fn overloaded(status: tonic::Status) -> Error {
+    Error::Unavailable(format!("agenda-db is overloaded: {}", status.message()))
+}
+
 fn attempt_timeout(attempt: usize, left: Duration) -> Duration {
     ATTEMPT_TIMEOUTS[attempt.min(ATTEMPT_TIMEOUTS.len() - 1)].min(left)
 }
@@ -355,6 +364,9 @@ impl DbClient {
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => {
+                    if crate::admission::is_overloaded(&status) {
+                        return Err(overloaded(status));
+                    }
                     let err = Error::from(status);
                     if !err.is_retryable() {
                         return Err(err);
@@ -419,6 +431,9 @@ impl DbClient {
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => {
+                    if crate::admission::is_overloaded(&status) {
+                        return Err(overloaded(status));
+                    }
                     let err = Error::from(status);
                     if !err.is_retryable() {
                         return Err(err);

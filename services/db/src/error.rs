@@ -140,11 +140,12 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             Error::PermissionDenied(m) => Status::permission_denied(m.clone()),
             Error::Compacted { .. } => Status::out_of_range(e.to_string()),
-            Error::NoLeader
-            | Error::Timeout(_)
-            | Error::Stopped
-            | Error::Overloaded(_)
-            | Error::DiskFull(_) => Status::unavailable(e.to_string()),
+            // Over the queue's bound: with the retry hint every server
+            // gives when it refuses work (callers wait, not hop nodes).
+            Error::Overloaded(_) => agenda_common::admission::overloaded_because(e.to_string()),
+            Error::NoLeader | Error::Timeout(_) | Error::Stopped | Error::DiskFull(_) => {
+                Status::unavailable(e.to_string())
+            }
             Error::Config(_)
             | Error::Fatal(_)
             | Error::Storage(_)
@@ -155,5 +156,20 @@ impl From<Error> for tonic::Status {
                 Status::internal("internal error; see the node's log")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_is_refused_with_the_retry_hint_and_other_unavailability_without() {
+        let full = tonic::Status::from(Error::Overloaded(8));
+        assert!(agenda_common::admission::is_overloaded(&full), "{full:?}");
+        assert!(full.message().contains('8'), "{}", full.message());
+        let no_leader = tonic::Status::from(Error::NoLeader);
+        assert_eq!(no_leader.code(), tonic::Code::Unavailable);
+        assert!(!agenda_common::admission::is_overloaded(&no_leader));
     }
 }

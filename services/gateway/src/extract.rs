@@ -1,5 +1,6 @@
 //! Extractors shared by every route: the caller (token checked), JSON
-//! bodies and query strings whose rejections use the API's error shape.
+//! bodies, query strings and path parameters whose rejections use the
+//! API's error shape.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -311,6 +312,33 @@ where
         serde_urlencoded::from_str(q)
             .map(Query)
             .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")).into())
+    }
+}
+
+/// Path parameters, like axum's `Path`, but refused in the API's error
+/// shape: a parameter that is not even UTF-8 names nothing (404, as any
+/// id that names nothing does); anything else is a 400.
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e))
+                if matches!(e.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+            {
+                Err(ApiError::not_found("resource").into())
+            }
+            Err(e) => Err(ApiError::bad_request(e.body_text()).into()),
+        }
     }
 }
 

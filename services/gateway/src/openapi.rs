@@ -9,8 +9,9 @@
 //! - statuses every route of a kind answers, once each here because each
 //!   comes from one place in the code: 401 (the token extractor), 400, 413,
 //!   415 and 422 (the JSON body extractor), 400 (the query extractor),
-//!   414, 429 and 431 (the limits layer, in front of every route), 503
-//!   (the relay to a service); every 4xx/5xx has the shared
+//!   414, 429, 431 and 503 (the limits layer, in front of every route:
+//!   503 when the gateway is at its cap of requests at once), 503 also
+//!   from the relay to a service; every 4xx/5xx has the shared
 //!   [`ErrorBody`] schema, every response the `x-request-id` header and
 //!   every 429 and 503 `Retry-After`;
 //! - the field rules of `agenda_calendar::validate` on the request bodies
@@ -621,7 +622,7 @@ fn default_description(status: &str) -> &'static str {
         "414" => "the request line is over 8 KiB",
         "429" => "rate limited (your requests, failed logins, invalid credentials or taken names from this address, or too many costly requests of yours at once); retry after Retry-After seconds",
         "431" => "the request headers are over 16 KiB",
-        "503" => "temporarily unavailable (no service replica, or the data store has no quorum); retry after Retry-After seconds",
+        "503" => "temporarily unavailable (overloaded: the gateway or a service is at its cap of requests at once; no service replica; or the data store has no quorum); retry after Retry-After seconds",
         _ => "",
     }
 }
@@ -642,10 +643,10 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     let has_query = op["parameters"]
         .as_array()
         .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
-    // Everything under /v1 but the WebSocket is relayed to a service.
-    let relayed = path.starts_with("/v1/") && path != "/v1/stream";
-    // The limits layer stands in front of every route.
-    let mut added: Vec<&str> = vec!["414", "429", "431"];
+    // The limits layer stands in front of every route, with the
+    // admission cap (503 when the gateway works on as many requests as
+    // it takes at once).
+    let mut added: Vec<&str> = vec!["414", "429", "431", "503"];
     if secured {
         added.push("401");
     }
@@ -654,9 +655,6 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     }
     if has_query {
         added.push("400");
-    }
-    if relayed {
-        added.push("503");
     }
     if path == "/v1/stream" && method == "get" {
         websocket_handshake(op);

@@ -121,11 +121,7 @@ pub fn follow(db: &DbClient, stop: CancellationToken) -> Arc<Sessions> {
             }
             let map = rx.borrow_and_update().clone();
             for (key, generation) in map {
-                let user = std::str::from_utf8(&key)
-                    .ok()
-                    .and_then(|k| k.strip_prefix(keys::SESSIONS))
-                    .and_then(|id| Uuid::parse_str(id).ok());
-                if let Some(user) = user {
+                if let Some(user) = keys::session_user(&key) {
                     s.learn(user, generation);
                 }
             }

@@ -17,6 +17,9 @@ pub struct Config {
     pub advertise: Option<String>,
     #[command(flatten)]
     pub db: agenda_common::args::DbArgs,
+    /// Caps on requests and connections at once (over them: refused at once).
+    #[command(flatten)]
+    pub admission: agenda_common::admission::Args,
     /// TLS identity (--tls-dir, --tls-name): mutual TLS on its gRPC links.
     #[command(flatten)]
     pub tls: agenda_common::args::TlsArgs,

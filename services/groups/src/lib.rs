@@ -13,8 +13,7 @@ pub mod handler;
 use agenda_calendar::api::Service;
 use agenda_calendar::store::Store;
 use agenda_common::shutdown::CancellationToken;
-use agenda_serving::Serving;
-use anyhow::Context;
+use agenda_serving::Error;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -24,10 +23,20 @@ pub async fn run(
     cfg: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let links = agenda_common::net::Links::from_args(&cfg.tls, &shutdown).context("TLS")?;
-    let db = links.db_client(&cfg.db.db).context("--db")?;
-    let serving = Serving::new(listener, cfg.advertise.clone(), &links).context("TLS")?;
+) -> Result<(), Error> {
+    // The links stay alive while serving (they hold the certificate reloads).
+    let agenda_serving::Started {
+        links: _links,
+        db,
+        serving,
+    } = agenda_serving::start(
+        &cfg.tls,
+        &cfg.db,
+        &cfg.admission,
+        listener,
+        cfg.advertise.clone(),
+        &shutdown,
+    )?;
     let handler = handler::Groups {
         store: Store::new(db.clone()),
     };

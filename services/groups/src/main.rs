@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let log = cfg.log.log.clone();
     agenda_common::process::run_main("agenda-groups", &log, async move {
         let listener = agenda_common::net::bind(&cfg.listen, "--listen").await?;
-        agenda_groups::run(cfg, listener, agenda_common::shutdown::token_on_signal()).await
+        agenda_groups::run(cfg, listener, agenda_common::shutdown::token_on_signal()).await?;
+        Ok::<(), anyhow::Error>(())
     })
 }

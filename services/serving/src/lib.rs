@@ -8,13 +8,17 @@
 //!   ([`Caller`]) and what it answers ([`Reply`]).
 //! - [`endpoint`]: the gRPC envelope around a handler: the call decoded,
 //!   its answer (or error) encoded, the call logged.
-//! - [`server`]: the serving loop: listen, register in the registry once
-//!   agenda-db answers, deregister and drain on shutdown.
+//! - [`server`]: the serving loop: listen (with the admission caps of
+//!   `--max-concurrent-requests` and `--max-connections`), register in the
+//!   registry once agenda-db answers, deregister and drain on shutdown.
+//! - [`error`]: why a replica could not serve.
 #![deny(missing_docs)]
 
 pub mod endpoint;
+pub mod error;
 pub mod handler;
 pub mod server;
 
+pub use error::Error;
 pub use handler::{Caller, Handler, Reply};
-pub use server::{serve, Serving, DRAIN_GRACE, REGISTRY_TTL};
+pub use server::{serve, start, Serving, Started, DRAIN_GRACE, REGISTRY_TTL};

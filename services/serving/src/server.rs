@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agenda_calendar::api::Service;
+use agenda_common::admission::Admission;
 use agenda_common::registry::{self, Instance};
 use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
@@ -23,22 +24,25 @@ pub const REGISTRY_TTL: Duration = Duration::from_secs(3);
 /// for gateways to see it leave, so no call is sent to a closed port.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(1000);
 
-/// Where a replica serves: its listener, the address it registers, and
-/// TLS (mutual) when the process has an identity.
+/// Where a replica serves: its listener, the address it registers, TLS
+/// (mutual) when the process has an identity, and its caps on requests
+/// and connections at once.
 pub struct Serving {
     listener: TcpListener,
     /// The address registered for gateways to call.
     pub advertise: String,
     tls: Option<Arc<rustls::ServerConfig>>,
+    admission: Admission,
 }
 
 impl Serving {
     /// `listener`, registered as `advertise` (default: its local address),
-    /// with `links`' TLS.
+    /// with `links`' TLS and the caps of `admission`.
     pub fn new(
         listener: TcpListener,
         advertise: Option<String>,
         links: &agenda_common::net::Links,
+        admission: &agenda_common::admission::Args,
     ) -> agenda_common::Result<Serving> {
         let advertise = match advertise {
             Some(a) => a,
@@ -51,8 +55,39 @@ impl Serving {
             listener,
             advertise,
             tls: links.server_config()?,
+            admission: admission.admission(),
         })
     }
+}
+
+/// What a replica sets up before it serves: its links (plaintext or
+/// mutual TLS), the agenda-db client, and where it serves.
+pub struct Started {
+    /// Every link of the process.
+    pub links: agenda_common::net::Links,
+    /// The agenda-db client.
+    pub db: DbClient,
+    /// The listener, its address for the registry, TLS and caps.
+    pub serving: Serving,
+}
+
+/// The set-up users and groups share: links from `tls`, the client of
+/// `db`, and `listener` served as `advertise` with the caps of
+/// `admission`.
+pub fn start(
+    tls: &agenda_common::args::TlsArgs,
+    db: &agenda_common::args::DbArgs,
+    admission: &agenda_common::admission::Args,
+    listener: TcpListener,
+    advertise: Option<String>,
+    shutdown: &CancellationToken,
+) -> Result<Started, crate::Error> {
+    use crate::Error;
+    let links = agenda_common::net::Links::from_args(tls, shutdown).map_err(Error::setup("TLS"))?;
+    let db = links.db_client(&db.db).map_err(Error::setup("--db"))?;
+    let serving =
+        Serving::new(listener, advertise, &links, admission).map_err(Error::setup("TLS"))?;
+    Ok(Started { links, db, serving })
 }
 
 /// Serves `handler` as `service` until `shutdown`: registers the instance
@@ -70,9 +105,10 @@ pub async fn serve<H: Handler>(
         listener,
         advertise,
         tls,
+        admission,
     } = serving;
     let endpoint = Endpoint::new(service, handler);
-    let mut router = agenda_common::net::grpc_server();
+    let mut router = admission.grpc_server();
     let router = match service {
         Service::Users => router.add_service(UsersServer::new(endpoint)),
         Service::Groups => router.add_service(GroupsServer::new(endpoint)),
@@ -84,7 +120,7 @@ pub async fn serve<H: Handler>(
             Some(config) => {
                 router
                     .serve_with_incoming_shutdown(
-                        agenda_common::net::tls_incoming(listener, config),
+                        agenda_common::net::tls_incoming_admitted(listener, config, &admission),
                         stopped.cancelled_owned(),
                     )
                     .await
@@ -92,7 +128,7 @@ pub async fn serve<H: Handler>(
             None => {
                 router
                     .serve_with_incoming_shutdown(
-                        agenda_common::net::incoming(listener),
+                        agenda_common::net::incoming_admitted(listener, &admission),
                         stopped.cancelled_owned(),
                     )
                     .await

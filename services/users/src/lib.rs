@@ -19,8 +19,7 @@ use agenda_calendar::api::Service;
 use agenda_calendar::store::Store;
 use agenda_calendar::ErrorKind;
 use agenda_common::shutdown::CancellationToken;
-use agenda_serving::Serving;
-use anyhow::Context;
+use agenda_serving::Error;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -30,10 +29,15 @@ pub async fn run(
     cfg: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let links = agenda_common::net::Links::from_args(&cfg.tls, &shutdown).context("TLS")?;
-    let db = links.db_client(&cfg.db.db).context("--db")?;
-    let serving = Serving::new(listener, cfg.advertise.clone(), &links).context("TLS")?;
+) -> Result<(), Error> {
+    let agenda_serving::Started { links, db, serving } = agenda_serving::start(
+        &cfg.tls,
+        &cfg.db,
+        &cfg.admission,
+        listener,
+        cfg.advertise.clone(),
+        &shutdown,
+    )?;
     let advertise = serving.advertise.clone();
     // The signing keys come from agenda-db; wait for it rather than fail,
     // so the processes of a deployment can start in any order.
@@ -47,7 +51,10 @@ pub async fn run(
     let Some(keys) = keys else {
         return Ok(());
     };
-    let keys = keys.context("loading the JWT signing keys")?;
+    let keys = keys.map_err(|e| Error::Start {
+        what: "loading the JWT signing keys",
+        cause: e.to_string(),
+    })?;
     // Every users replica is a relay candidate; one acts at a time.
     let relay = (!cfg.no_relay).then(|| {
         let bus = std::sync::Arc::new(agenda_common::bus::Bus::new(
@@ -71,7 +78,12 @@ pub async fn run(
     match upgraded {
         None => return Ok(()),
         Some(Ok(_)) => {}
-        Some(Err(e)) => anyhow::bail!("upgrading the data layout: {}", e.message),
+        Some(Err(e)) => {
+            return Err(Error::Start {
+                what: "upgrading the data layout",
+                cause: e.message,
+            })
+        }
     }
     let sweeper = tokio::spawn(sweep_deletions(store.clone(), shutdown.clone()));
     let handler = handler::Users {

@@ -35,10 +35,16 @@ struct Args {
     /// No faults at all (a sanity run).
     #[arg(long)]
     no_faults: bool,
-    /// Put back an old defect: ack-before-fsync, local-clock-in-apply or
-    /// shared-read-ctx. With --seeds, stops at the first seed that catches it.
+    /// Put back a defect: ack-before-fsync, local-clock-in-apply,
+    /// shared-read-ctx (agenda-db) or election-ignores-deadline (a leader
+    /// acting until told its lease is gone). With --seeds, stops at the
+    /// first seed that catches it.
     #[arg(long)]
     bug: Option<String>,
+    /// Run this scenario of `agenda_tests::scenario` (by name) instead of
+    /// random faults.
+    #[arg(long)]
+    scenario: Option<String>,
     /// Keep going after a failing seed (default: stop at the first).
     #[arg(long)]
     keep_going: bool,
@@ -53,31 +59,52 @@ fn main() -> ExitCode {
     // hook would print a backtrace per node thread of thought.
     std::panic::set_hook(Box::new(|_| {}));
     let mut reintroduced = Reintroduced::default();
+    let mut election_ignores_deadline = false;
     match args.bug.as_deref() {
         None => {}
         Some("ack-before-fsync") => reintroduced.ack_before_fsync = true,
         Some("local-clock-in-apply") => reintroduced.local_clock_in_apply = true,
         Some("shared-read-ctx") => reintroduced.shared_read_ctx = true,
+        Some("election-ignores-deadline") => election_ignores_deadline = true,
         Some(other) => {
             eprintln!(
-                "sim: unknown --bug {other:?}; one of ack-before-fsync, local-clock-in-apply, shared-read-ctx"
+                "sim: unknown --bug {other:?}; one of ack-before-fsync, local-clock-in-apply, shared-read-ctx, election-ignores-deadline"
             );
             return ExitCode::from(2);
         }
     }
+    let scenario = match args.scenario.as_deref() {
+        None => None,
+        Some(name) => match agenda_tests::scenario::named(name) {
+            Some(s) => Some(s),
+            None => {
+                let names: Vec<&str> = agenda_tests::scenario::SCENARIOS
+                    .iter()
+                    .map(|s| s.name)
+                    .collect();
+                eprintln!("sim: unknown --scenario {name:?}; one of {names:?}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let run = |seed: u64, cfg: &SimConfig| match scenario {
+        Some(s) => sim::run_scenario(seed, cfg, s),
+        None => sim::run(seed, cfg),
+    };
     let cfg = SimConfig {
         clients: args.clients,
         duration: Duration::from_secs(args.secs),
         faults: !args.no_faults,
         reintroduced,
         print_trace: args.trace && args.seed.is_some(),
+        election_ignores_deadline,
         ..SimConfig::default()
     };
     if let Some(seed) = args.seed {
-        let r = sim::run(seed, &cfg);
+        let r = run(seed, &cfg);
         println!(
-            "seed {seed}: {} ops checked ({} writes acknowledged), {} crashes, {} partitions, {} leader changes, {} events",
-            r.ops_checked, r.acked_writes, r.crashes, r.partitions, r.leader_changes, r.events
+            "seed {seed}: {} ops checked ({} writes acknowledged), {} crashes, {} partitions, {} leader changes, {} elections, {} events",
+            r.ops_checked, r.acked_writes, r.crashes, r.partitions, r.leader_changes, r.elections, r.events
         );
         if let Some(v) = &r.violation {
             println!("seed {seed}: FAILED: {v}");
@@ -93,14 +120,15 @@ fn main() -> ExitCode {
     let mut failed = Vec::new();
     let mut ran = 0;
     for seed in args.first..args.first + args.seeds {
-        let r = sim::run(seed, &cfg);
+        let r = run(seed, &cfg);
         ran += 1;
         println!(
-            "seed {seed}: {} ops checked, {} crashes, {} partitions, {} leader changes{}",
+            "seed {seed}: {} ops checked, {} crashes, {} partitions, {} leader changes, {} elections{}",
             r.ops_checked,
             r.crashes,
             r.partitions,
             r.leader_changes,
+            r.elections,
             r.violation
                 .as_ref()
                 .map(|v| format!(" FAILED: {v}"))
@@ -139,8 +167,16 @@ fn main() -> ExitCode {
 }
 
 fn bug_flag(args: &Args) -> String {
-    args.bug
-        .as_ref()
-        .map(|b| format!(" SIM_ARGS='--bug {b}'"))
-        .unwrap_or_default()
+    let mut flags = Vec::new();
+    if let Some(b) = &args.bug {
+        flags.push(format!("--bug {b}"));
+    }
+    if let Some(s) = &args.scenario {
+        flags.push(format!("--scenario \"{s}\""));
+    }
+    if flags.is_empty() {
+        String::new()
+    } else {
+        format!(" SIM_ARGS='{}'", flags.join(" "))
+    }
 }

@@ -24,10 +24,15 @@
 //! revision once and in order, the same events at each; leases left to
 //! expire are gone; no node failed except through an injected full disk.
 //!
+//! Beside the register clients, three candidates run the leader election
+//! of `agenda_common::election` ([`elector`]); no two may act at once.
+//!
 //! Layout: [`rng`] (the seeded generator), [`disk`] (the redb backend),
-//! this file (the world, its nodes, network, clients and checks).
+//! [`elector`] (the election's candidates), this file (the world, its
+//! nodes, network, clients and checks).
 
 pub mod disk;
+pub mod elector;
 pub mod rng;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,9 +59,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, oneshot};
 
 pub use disk::SimDisk;
+use elector::{Elector, ELECTORS};
 pub use rng::Rng;
 
 use crate::linearizability::{self, Op, Operation, Outcome};
+use crate::scenario::{Scenario, Step, Target};
 
 const MS: u64 = 1_000_000;
 const SEC: u64 = 1_000 * MS;
@@ -96,6 +103,12 @@ pub struct SimConfig {
     pub reintroduced: Reintroduced,
     /// Print the trace (virtual ns, then the event) to stderr as it goes.
     pub print_trace: bool,
+    /// Client 1 adds and removes a member that never starts (a scenario
+    /// that kills two of five would lose its quorum to it).
+    pub member_changes: bool,
+    /// Test-only defect in the election: a leader acts until a call says
+    /// its lease is gone, not until its deadline.
+    pub election_ignores_deadline: bool,
 }
 
 impl Default for SimConfig {
@@ -107,6 +120,8 @@ impl Default for SimConfig {
             faults: true,
             reintroduced: Reintroduced::default(),
             print_trace: false,
+            member_changes: true,
+            election_ignores_deadline: false,
         }
     }
 }
@@ -129,6 +144,8 @@ pub struct Report {
     /// Watches told to resume elsewhere because their node caught up by
     /// snapshot.
     pub watch_resumes: u64,
+    /// Times a candidate of the election was elected.
+    pub elections: u64,
     /// Events processed.
     pub events: u64,
     /// SHA-256 of the whole trace (hex): the same seed always gives the
@@ -202,6 +219,7 @@ enum Event {
     SnapshotReport { to: u64, peer: u64, ok: bool },
     Tick(u64),
     Client(usize),
+    Elector(usize),
     Fault,
     Restart(u64),
     Heal,
@@ -254,7 +272,10 @@ pub struct World {
     outbox: Outbox,
     /// Pairs of nodes that cannot talk.
     cut: BTreeSet<(u64, u64)>,
+    /// Nodes a scenario froze (cut off, not ticking).
+    frozen: BTreeSet<u64>,
     clients: Vec<Client>,
+    electors: Vec<Elector>,
     history: Vec<Vec<Operation>>,
     leases: Leases,
     /// Events at each revision, by digest, as the first watch saw them.
@@ -320,6 +341,9 @@ impl World {
                 busy: None,
             })
             .collect();
+        let electors = (0..ELECTORS)
+            .map(|e| Elector::new(e as u64 + 1, rng.fork()))
+            .collect();
         World {
             rng,
             now: Arc::new(AtomicU64::new(0)),
@@ -329,7 +353,9 @@ impl World {
             nodes,
             outbox: Arc::default(),
             cut: BTreeSet::new(),
+            frozen: BTreeSet::new(),
             clients,
+            electors,
             history: vec![Vec::new(); KEYS],
             leases: Leases::default(),
             revisions: BTreeMap::new(),
@@ -346,6 +372,7 @@ impl World {
                 partitions: 0,
                 leader_changes: 0,
                 watch_resumes: 0,
+                elections: 0,
                 events: 0,
                 digest: String::new(),
                 violation: None,
@@ -378,17 +405,10 @@ impl World {
         }
     }
 
-    /// Runs the whole scenario and judges it.
+    /// Runs the whole run, random faults and all, and judges it.
     pub fn run(mut self) -> Report {
-        for i in 0..self.nodes.len() {
-            if let Err(e) = self.start(i) {
-                self.fail(format!("node {} could not start: {e}", i + 1));
-                return self.finish();
-            }
-        }
-        for c in 0..self.clients.len() {
-            let t = self.rng.between(MS, 20 * MS);
-            self.at(t, Event::Client(c));
+        if !self.begin_run() {
+            return self.finish();
         }
         if self.cfg.faults {
             let t = self.rng.between(SEC, 3 * SEC);
@@ -396,6 +416,130 @@ impl World {
         }
         let faulty_until = self.cfg.duration.as_nanos() as u64;
         self.run_until(faulty_until);
+        self.end_run()
+    }
+
+    /// Runs `scenario`'s steps (no random faults), then heals and judges
+    /// like [`World::run`].
+    pub fn run_scenario(mut self, scenario: &Scenario) -> Report {
+        if !self.begin_run() {
+            return self.finish();
+        }
+        self.trace(format_args!("scenario {}", scenario.name));
+        for step in scenario.steps {
+            if self.violation.is_some() {
+                break;
+            }
+            self.trace(format_args!("step {step:?}"));
+            self.step(*step);
+        }
+        self.end_run()
+    }
+
+    /// Starts the nodes, the clients and the candidates; false if a node
+    /// could not start.
+    fn begin_run(&mut self) -> bool {
+        for i in 0..self.nodes.len() {
+            if let Err(e) = self.start(i) {
+                self.fail(format!("node {} could not start: {e}", i + 1));
+                return false;
+            }
+        }
+        for c in 0..self.clients.len() {
+            let t = self.rng.between(MS, 20 * MS);
+            self.at(t, Event::Client(c));
+        }
+        self.start_electors();
+        true
+    }
+
+    /// One scripted step (see [`Step`]).
+    fn step(&mut self, step: Step) {
+        match step {
+            Step::Ops(n) => {
+                let done = |w: &World| w.history.iter().map(Vec::len).sum::<usize>();
+                let target = done(self) + n;
+                let until = self.now() + 120 * SEC;
+                while done(self) < target && self.violation.is_none() {
+                    if self.now() >= until {
+                        self.fail(format!("the cluster stopped serving: {n} operations did not complete in 120 virtual seconds"));
+                        return;
+                    }
+                    let t = self.now() + 10 * MS;
+                    self.run_until(t);
+                }
+            }
+            Step::Kill(target) => {
+                if let Some(id) = self.target(target) {
+                    self.trace(format_args!("kill {id}"));
+                    self.crash(id as usize - 1, true);
+                }
+            }
+            Step::Freeze(target) => {
+                if let Some(id) = self.target(target) {
+                    self.trace(format_args!("freeze {id}"));
+                    self.frozen.insert(id);
+                    for other in 1..=self.cfg.nodes {
+                        if other != id {
+                            self.cut.insert((id, other));
+                            self.cut.insert((other, id));
+                        }
+                    }
+                }
+            }
+            Step::Thaw => {
+                let frozen = std::mem::take(&mut self.frozen);
+                self.cut
+                    .retain(|(a, b)| !frozen.contains(a) && !frozen.contains(b));
+            }
+            Step::RestartAll => {
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].up.is_none() {
+                        let id = self.nodes[i].id;
+                        let t = self.now() + MS;
+                        self.at(t, Event::Restart(id));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The node a step acts on; waits (virtual time) for a leader when
+    /// there is none yet.
+    fn target(&mut self, target: Target) -> Option<u64> {
+        let until = self.now() + 20 * SEC;
+        loop {
+            let leader = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.up.as_ref().map(|u| (n.id, u.node.raft())))
+                .filter(|(id, r)| {
+                    r.raft.state == raft::StateRole::Leader && !self.frozen.contains(id)
+                })
+                .max_by_key(|(_, r)| r.raft.term)
+                .map(|(id, _)| id);
+            match (target, leader) {
+                (Target::Leader, Some(id)) => return Some(id),
+                (Target::Follower, Some(leader)) => {
+                    return self
+                        .up_ids()
+                        .into_iter()
+                        .find(|id| *id != leader && !self.frozen.contains(id))
+                }
+                (_, None) if self.now() < until => {
+                    let t = self.now() + 10 * MS;
+                    self.run_until(t);
+                }
+                (_, None) => {
+                    self.fail("no leader for 20 virtual seconds".into());
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Heals everything, serves a calm while, stops and judges.
+    fn end_run(mut self) -> Report {
         // Heal everything and keep the workload going for a calm while
         // (reads there must be quick), then let in-flight work finish and
         // read every key.
@@ -404,6 +548,7 @@ impl World {
         let calm_until = self.now() + CALM;
         self.run_until(calm_until);
         self.stopping = true;
+        self.stop_electors();
         self.settle();
         if self.violation.is_none() {
             self.final_reads();
@@ -488,12 +633,19 @@ impl World {
                 if self.nodes[i].up.is_none() {
                     return;
                 }
+                if self.frozen.contains(&id) {
+                    // A stopped process does not tick; it resumes later.
+                    let next = self.now() + self.nodes[i].tick_ns;
+                    self.at(next, Event::Tick(id));
+                    return;
+                }
                 self.trace(format_args!("tick {id}"));
                 self.poke(id, None, true);
                 let next = self.now() + self.nodes[i].tick_ns;
                 self.at(next, Event::Tick(id));
             }
             Event::Client(c) => self.client_step(c),
+            Event::Elector(e) => self.elector_step(e),
             Event::Fault => self.fault(),
             Event::Restart(id) => {
                 let i = id as usize - 1;
@@ -847,12 +999,16 @@ impl World {
                     .store(jump, Ordering::Relaxed);
             }
         }
+        if self.rng.below(3) == 0 {
+            self.elector_fault();
+        }
         let t = self.now() + self.rng.between(500 * MS, 2 * SEC);
         self.at(t, Event::Fault);
     }
 
     fn heal_all(&mut self) {
         self.cut.clear();
+        self.frozen.clear();
         for i in 0..self.nodes.len() {
             self.nodes[i].full_until = 0;
             self.nodes[i].slow_until = 0;
@@ -939,7 +1095,7 @@ impl World {
             self.lease_step(c);
             return;
         }
-        if cid == 1 && roll < 10 {
+        if cid == 1 && roll < 10 && self.cfg.member_changes {
             let add = self.clients[c].rng.below(2) == 0;
             let change = MemberChange {
                 id: GHOST,
@@ -1299,6 +1455,16 @@ fn hex(bytes: &[u8]) -> String {
 /// Runs `seed` with `cfg`.
 pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     World::new(seed, cfg.clone()).run()
+}
+
+/// Runs `scenario` (its steps instead of random faults) with `seed`.
+pub fn run_scenario(seed: u64, cfg: &SimConfig, scenario: &Scenario) -> Report {
+    let cfg = SimConfig {
+        faults: false,
+        member_changes: false,
+        ..cfg.clone()
+    };
+    World::new(seed, cfg).run_scenario(scenario)
 }
 
 #[cfg(test)]

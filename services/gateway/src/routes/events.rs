@@ -5,14 +5,13 @@ use agenda_calendar::api::{
 };
 use agenda_calendar::model::Event;
 use agenda_calendar::validate;
-use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::HttpError;
-use crate::extract::{Authed, JsonBody, Query};
+use crate::extract::{Authed, JsonBody, Path, Query};
 
 /// Reply of create, update and RSVP: the event and the overlapping
 /// occurrences of each affected person.

@@ -4,11 +4,10 @@ use agenda_calendar::api::{
     CreateGroupRequest, InviteRequest, Op, UpdateGroupRequest, UpdateMemberRequest, Window,
 };
 use agenda_calendar::model::{Group, Invitation, Member};
-use axum::extract::Path;
 use axum::response::Response;
 
 use crate::error::HttpError;
-use crate::extract::{Authed, JsonBody, Query};
+use crate::extract::{Authed, JsonBody, Path, Query};
 
 /// Creates a group; you become its owner (rank 0).
 #[utoipa::path(post, path = "/v1/groups", tag = "groups", operation_id = "create_group", security(("bearer" = [])),

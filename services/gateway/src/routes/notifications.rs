@@ -2,13 +2,12 @@
 
 use agenda_calendar::api::Op;
 use agenda_calendar::model::Notification;
-use axum::extract::Path;
 use axum::response::Response;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::error::HttpError;
-use crate::extract::{Authed, Query};
+use crate::extract::{Authed, Path, Query};
 
 /// `?unread=true`
 #[derive(Debug, Deserialize, IntoParams)]

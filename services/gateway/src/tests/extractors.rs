@@ -157,8 +157,6 @@ async fn query_strings_headers_and_ids_are_checked() {
 /// An id that is not even UTF-8 names nothing: 404 like any other id that
 /// names nothing (`validate::id`), in the error shape.
 #[tokio::test]
-#[ignore = "axum's own Path rejection answers text/plain 400 \"Invalid URL: Invalid UTF-8 in `id`\"; \
-            the routes need a Path extractor whose rejection is an ApiError, as Query has"]
 async fn a_path_that_is_not_utf8_is_refused_in_the_error_shape() {
     let gw = Gateway::new(Fake::two_each());
     let m = gw
