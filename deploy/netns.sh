@@ -46,6 +46,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 state=${AGENDA_STATE:-$root/.agenda}
 bin=${AGENDA_BIN_DIR:-$root/target/release}
+# The web app (web/, built by `make web`), served by the gateway at /.
+if [ -z "${AGENDA_WEB_DIR:-}" ] && [ -f "$root/web/dist/index.html" ]; then
+  export AGENDA_WEB_DIR="$root/web/dist"
+fi
 prefix=${AGENDA_NETNS_PREFIX:-}
 subnet=${AGENDA_SUBNET:-10.77.0}
 relay_listen=${AGENDA_RELAY_LISTEN:-127.0.0.1:8080}

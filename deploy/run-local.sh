@@ -22,6 +22,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 state="$root/.agenda"
 bin="${AGENDA_BIN_DIR:-$root/target/release}"
+# The web app (web/, built by `make web`), served by the gateway at /.
+if [ -z "${AGENDA_WEB_DIR:-}" ] && [ -f "$root/web/dist/index.html" ]; then
+  export AGENDA_WEB_DIR="$root/web/dist"
+fi
 nodes=5
 grpc_base=${AGENDA_DB_GRPC_BASE:-7001}
 http_base=${AGENDA_DB_HTTP_BASE:-7101}

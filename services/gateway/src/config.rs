@@ -95,6 +95,11 @@ pub struct Config {
     /// The `--id` of the agenda-vip daemon on this machine.
     #[arg(long, env = "AGENDA_GATEWAY_VIP_HOLDER", requires = "vip_addr")]
     pub vip_holder_id: Option<String>,
+    /// The web app's built files (`web/dist`, made by `npm run build` in
+    /// `web/`), served at `/` on the same origin as the API. Unset: `/`
+    /// answers 404 and only the API is served.
+    #[arg(long, env = "AGENDA_WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub log: agenda_common::args::LogArgs,
 }

@@ -18,6 +18,7 @@
 //! - [`server`]: why serving fails, and the deadline on draining at
 //!   shutdown (`--shutdown-grace-ms`).
 //! - [`shaped`]: the error shape for the answers hyper writes itself.
+//! - [`web`]: the web app's files at `/` (`--web-dir`).
 //! - [`vip`]: the VIP fence (serve VIP traffic only while this machine
 //!   holds the VIP lease).
 
@@ -35,6 +36,7 @@ pub mod sessions;
 pub mod shaped;
 pub mod upstream;
 pub mod vip;
+pub mod web;
 
 #[cfg(test)]
 mod tests;
@@ -74,6 +76,16 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Session generations (ended sessions refused at once).
     pub sessions: Arc<sessions::Sessions>,
+    /// The web app's built files (`--web-dir`), served at `/`.
+    pub web_dir: Option<std::path::PathBuf>,
+}
+
+/// A request no route took: the web app's files, or the JSON 404.
+async fn web_fallback(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    web::fallback(state.web_dir.as_deref(), req).await
 }
 
 /// The whole HTTP application.
@@ -89,7 +101,7 @@ pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             metrics,
             metrics::track,
         ))
-        .fallback(|| async { HttpError(ApiError::not_found("route")) })
+        .fallback(web_fallback)
         .method_not_allowed_fallback(|| async { HttpError(ApiError::method_not_allowed()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -144,6 +156,7 @@ pub async fn run(
         )
         .with_admission(admission.clone()),
         sessions: sessions::follow(&db, stop.clone()),
+        web_dir: cfg.web_dir.clone(),
         db,
     });
     tokio::spawn(limits::write_failed_logins(

@@ -19,6 +19,7 @@ mod extractors;
 mod fake;
 mod retries;
 mod shutdown;
+mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,15 @@ impl Gateway {
 
     /// [`Gateway::new`] with another request deadline.
     fn with_timeout(fake: Fake, timeout: Duration) -> Gateway {
+        Self::build(fake, timeout, None)
+    }
+
+    /// [`Gateway::new`] serving the web app's files from `dir`.
+    fn with_web_dir(fake: Fake, dir: &std::path::Path) -> Gateway {
+        Self::build(fake, REQUEST_TIMEOUT, Some(dir.to_path_buf()))
+    }
+
+    fn build(fake: Fake, timeout: Duration, web_dir: Option<std::path::PathBuf>) -> Gateway {
         let fake = Arc::new(fake);
         let signing = SigningKeys::generate().expect("token keys");
         let verifying: VerifyingKeys = signing.public().expect("public keys");
@@ -89,12 +99,28 @@ impl Gateway {
             // session generation, which answers 503. Signed-in requests
             // carry the session the limits layer would have verified.
             sessions: Arc::new(sessions::Sessions::default()),
+            web_dir,
         });
         Gateway {
             router: crate::app(state, MAX_BODY),
             fake,
             signing,
         }
+    }
+
+    /// Sends `req` through the whole router; the answer's body as bytes.
+    async fn send_raw(&self, req: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("the router is infallible");
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, headers, bytes.to_vec())
     }
 
     /// Sends `req` through the whole router.
