@@ -33,6 +33,12 @@ pub enum Error {
     /// A file or an answer is not what it should be.
     #[error("{0}")]
     Malformed(String),
+    /// agenda-db refused or could not be reached.
+    #[error("agenda-db: {0}")]
+    Db(#[from] agenda_common::Error),
+    /// A snapshot file or data dir could not be read or written.
+    #[error("{0}")]
+    Backup(#[from] agenda_db::Error),
     /// No answer within the deadline.
     #[error("{what}: no answer within {after:?}")]
     Timeout {

@@ -1,6 +1,7 @@
 //! `agendactl`: the operator's tool, like `etcdctl`.
 //!
 //! Layout:
+//! - [`backup`]: `agendactl snapshot save|restore`, backups of agenda-db.
 //! - [`certs`]: `agendactl certs`, the development CA and a certificate
 //!   per process.
 //! - [`endpoints`]: `.agenda/endpoints.json`, what `make run` started.
@@ -13,6 +14,7 @@
 //! - [`error`]: the crate's error type.
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod certs;
 pub mod endpoints;
 pub mod error;

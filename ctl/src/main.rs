@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -78,6 +79,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// Backups of agenda-db: `save FILE` streams a consistent snapshot
+    /// from any node into FILE (owner-only; it holds password hashes and
+    /// the token signing keys); `restore FILE` seeds a member's data dir
+    /// of a new cluster from one.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
+    /// agenda-db's members: `list`, `add ID ADDR`, `remove ID`.
+    Member {
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
     /// Relay a port of this host to an address reached from inside a
     /// network namespace (`make run` uses it for the VIP).
     Relay {
@@ -91,6 +105,79 @@ enum Cmd {
         /// Where to connect (`ip:port`).
         #[arg(long)]
         to: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCmd {
+    /// Save a snapshot of the whole store into FILE: every write
+    /// acknowledged before the save began is in it; nothing is stopped.
+    /// Prints its revision and SHA-256.
+    Save {
+        /// Where to write it (replaced atomically; mode 0600).
+        file: PathBuf,
+        #[command(flatten)]
+        db: agenda_common::args::DbArgs,
+        #[command(flatten)]
+        tls: agenda_common::args::TlsArgs,
+    },
+    /// Seed the data dir of one member of a new cluster from FILE. Run it
+    /// for every member with the same --members and --cluster-token, then
+    /// start each agenda-db with that --data-dir, --id, --peers (= the
+    /// members) and --cluster-token. Leased keys (VIP holder, elections,
+    /// service instances) and the Redis primary record of the old
+    /// deployment are left out.
+    Restore {
+        /// The snapshot file (checked against its checksum first).
+        file: PathBuf,
+        /// The new member's data dir (must not hold a node's files).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new member's id.
+        #[arg(long)]
+        id: u64,
+        /// Every member of the new cluster, as ID=HOST:PORT pairs
+        /// separated by commas (agenda-db's --peers).
+        #[arg(long)]
+        members: String,
+        /// The new cluster's token: use a new one, so no node or data dir
+        /// of the old cluster can talk to the new one.
+        #[arg(long)]
+        cluster_token: String,
+        /// Revisions of history the node keeps (agenda-db's --history).
+        #[arg(long, default_value_t = 100_000)]
+        history: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCmd {
+    /// Every member, its address, and which one leads.
+    List {
+        #[command(flatten)]
+        db: agenda_common::args::DbArgs,
+        #[command(flatten)]
+        tls: agenda_common::args::TlsArgs,
+    },
+    /// Add member ID at ADDR (its raft address); then start it with --join.
+    Add {
+        /// The new member's id.
+        id: u64,
+        /// Its raft address (HOST:PORT).
+        addr: String,
+        #[command(flatten)]
+        db: agenda_common::args::DbArgs,
+        #[command(flatten)]
+        tls: agenda_common::args::TlsArgs,
+    },
+    /// Remove member ID (it stops by itself once it learns it).
+    Remove {
+        /// The member's id.
+        id: u64,
+        #[command(flatten)]
+        db: agenda_common::args::DbArgs,
+        #[command(flatten)]
+        tls: agenda_common::args::TlsArgs,
     },
 }
 
@@ -129,6 +216,10 @@ fn db_client(
     Ok(links.db_client(&db.db)?)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     agenda_common::process::run_main("agendactl", &cli.log, async move {
@@ -162,6 +253,81 @@ fn main() -> ExitCode {
                         "no longer an administrator"
                     }
                 );
+                Ok(())
+            }
+            Cmd::Snapshot {
+                cmd: SnapshotCmd::Save { file, db, tls },
+            } => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let client = db_client(&db, tls, &stop)?.with_timeout(Duration::from_secs(60));
+                let saved = agendactl::backup::save(&client, &file).await?;
+                stop.cancel();
+                let h = &saved.header;
+                println!(
+                    "saved revision {} (raft index {}, from member {}) to {}: {} bytes, sha256 {}",
+                    h.revision,
+                    h.applied_index,
+                    h.member_id,
+                    file.display(),
+                    h.size,
+                    hex(&h.sha256)
+                );
+                Ok(())
+            }
+            Cmd::Snapshot {
+                cmd:
+                    SnapshotCmd::Restore {
+                        file,
+                        data_dir,
+                        id,
+                        members,
+                        cluster_token,
+                        history,
+                    },
+            } => {
+                let r = agendactl::backup::restore(
+                    &file,
+                    &data_dir,
+                    id,
+                    &members,
+                    &cluster_token,
+                    history,
+                )?;
+                println!(
+                    "restored revision {} into {} as member {id} of cluster {cluster_token:?}: {} keys; left out {} leased keys, {} leases, {} stale records",
+                    r.header.revision,
+                    data_dir.display(),
+                    r.keys,
+                    r.dropped.leased_keys,
+                    r.dropped.leases,
+                    r.dropped.named_keys
+                );
+                Ok(())
+            }
+            Cmd::Member { cmd } => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let members = match cmd {
+                    MemberCmd::List { db, tls } => {
+                        let s = db_client(&db, tls, &stop)?.cluster_status().await?;
+                        for m in &s.members {
+                            let lead = if m.id == s.leader_id { "  leader" } else { "" };
+                            println!("{:>4}  {}{lead}", m.id, m.addr);
+                        }
+                        return Ok(());
+                    }
+                    MemberCmd::Add { id, addr, db, tls } => {
+                        db_client(&db, tls, &stop)?
+                            .member_add(id, &addr)
+                            .await?
+                            .members
+                    }
+                    MemberCmd::Remove { id, db, tls } => {
+                        db_client(&db, tls, &stop)?.member_remove(id).await?.members
+                    }
+                };
+                stop.cancel();
+                let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+                println!("members now: {}", ids.join(", "));
                 Ok(())
             }
             Cmd::RotateTokenKey { db, tls } => {

@@ -259,6 +259,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `opts.size` nodes and waits until they agree on a leader.
     pub async fn start(opts: Options) -> Result<Cluster> {
+        Self::start_prepared(opts, |_, _, _| Ok(())).await
+    }
+
+    /// [`Cluster::start`], but each node's data dir is first handed to
+    /// `prepare(id, data_dir, peers)` (`peers`: the `--peers` list), e.g.
+    /// to restore a backup into it.
+    pub async fn start_prepared(
+        opts: Options,
+        mut prepare: impl FnMut(u64, &Path, &str) -> Result<()>,
+    ) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("agenda-db-test")
             .tempdir()?;
@@ -285,6 +295,10 @@ impl Cluster {
             mount_tmpfs(&dir, bytes, false)?;
         }
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        for id in &ids {
+            let node = &c.nodes[id];
+            prepare(*id, &node.data_dir, &c.peers)?;
+        }
         for id in ids {
             c.spawn(id)?;
         }

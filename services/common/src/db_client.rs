@@ -648,6 +648,31 @@ impl DbClient {
         })
     }
 
+    /// A backup of the whole state from whichever node answers (operators
+    /// only): its header and body, as the node sent them. `progress` is
+    /// told the bytes received so far and the total.
+    pub async fn snapshot(
+        &self,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(SnapshotHeader, Vec<u8>)> {
+        let mut stream = self
+            .call(|mut c| async move { c.snapshot(SnapshotRequest {}).await })
+            .await?;
+        let mut header = None;
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(Error::from)? {
+            if let Some(h) = chunk.header {
+                body.reserve(h.size as usize);
+                header = Some(h);
+            }
+            body.extend_from_slice(&chunk.data);
+            progress(body.len() as u64, header.as_ref().map_or(0, |h| h.size));
+        }
+        let header =
+            header.ok_or_else(|| Error::Unavailable("the snapshot stream had no header".into()))?;
+        Ok((header, body))
+    }
+
     /// Status of the cluster as one node sees it.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse> {
         self.call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })

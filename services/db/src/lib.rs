@@ -6,6 +6,8 @@
 //!
 //! Layout:
 //! - [`config`]: flags and environment.
+//! - [`backup`]: snapshot files (`agendactl snapshot save`) and seeding
+//!   a new cluster's data dirs from one.
 //! - [`recovery`]: start-up: the data dir checked and its files brought
 //!   back to one consistent state (or made for a new member).
 //! - [`node`]: the raft loop (one thread owns the `RawNode`), its
@@ -34,6 +36,7 @@
 
 pub mod access;
 pub mod api;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod error;

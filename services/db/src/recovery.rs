@@ -276,6 +276,40 @@ fn bootstrap(
     Ok(())
 }
 
+/// Seeds a new member's data dir from a backup (see `backup::restore`):
+/// the state of `data` at the bootstrap index, `members` as the cluster.
+/// A dir that already holds a node's files is refused.
+pub fn seed(
+    dir: &Path,
+    id: u64,
+    cluster_token: &str,
+    members: &BTreeMap<u64, String>,
+    data: agenda_proto::raft::SnapshotData,
+    history: i64,
+) -> Result<()> {
+    if dir.join(LOG_FILE).exists() || dir.join(STATE_FILE).exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a node's files; restore into an empty data dir",
+            dir.display()
+        )));
+    }
+    if !members.contains_key(&id) {
+        return Err(Error::Config(format!(
+            "member {id} is not among the new cluster's members {:?}",
+            members.keys().collect::<Vec<_>>()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+    let log_db = open_database(&dir.join(LOG_FILE))?;
+    check_identity(&log_db, cluster_token, id)?;
+    let state_files = StateFiles::new(dir, cluster_token, id);
+    let mut sm = StateMachine::new(history);
+    sm.load((BOOTSTRAP_INDEX, BOOTSTRAP_TERM), Default::default(), data);
+    let mut storage = RaftStorage::load(&log_db, Published::new(sm.clone()))?;
+    bootstrap(&log_db, &state_files, &mut storage, &mut sm, members)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

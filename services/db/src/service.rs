@@ -219,6 +219,20 @@ impl Db {
             .map_err(|_| Error::Stopped)
     }
 
+    /// The whole state, including every write acknowledged before the
+    /// call (a ReadIndex round first), with its revision and applied
+    /// index: a backup.
+    pub async fn snapshot(&self) -> Result<crate::state_machine::StateMachine> {
+        self.read_barrier().await?;
+        let (tx, rx) = oneshot::channel();
+        self.node.send(Request::Snapshot { reply: tx })?;
+        let sm = tokio::time::timeout(self.timeout, rx)
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))?
+            .map_err(|_| Error::Stopped)?;
+        Ok(*sm)
+    }
+
     /// Adds a voting member.
     pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberChangeResponse> {
         if req.id == 0 {

@@ -21,6 +21,7 @@ pub struct GrpcApi {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl DbApi for GrpcApi {
@@ -108,7 +109,7 @@ impl DbApi for GrpcApi {
         &self,
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberChangeResponse>, Status> {
-        self.operator_only(&r)?;
+        self.operator_only(&r, "change the cluster's members")?;
         Ok(Response::new(self.db.member_add(r.into_inner()).await?))
     }
 
@@ -116,16 +117,43 @@ impl DbApi for GrpcApi {
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberChangeResponse>, Status> {
-        self.operator_only(&r)?;
+        self.operator_only(&r, "change the cluster's members")?;
         Ok(Response::new(self.db.member_remove(r.into_inner()).await?))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    /// Operators only: the state holds signing keys and password hashes.
+    async fn snapshot(
+        &self,
+        r: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        self.operator_only(&r, "take a backup")?;
+        let sm = self.db.snapshot().await?;
+        let (header, body) = tokio::task::spawn_blocking(move || crate::backup::encode(&sm))
+            .await
+            .map_err(|e| Status::internal(format!("encoding the snapshot: {e}")))?;
+        let header = SnapshotHeader {
+            member_id: self.db.status().await?.id,
+            ..header
+        };
+        tracing::info!(
+            revision = header.revision,
+            bytes = header.size,
+            "sending a snapshot (backup)"
+        );
+        let chunks = crate::backup::chunks(header, body);
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
     }
 }
 
 impl GrpcApi {
     /// PERMISSION_DENIED (and counted for the audit log) unless the caller
-    /// is the operator: membership changes.
-    fn operator_only<T>(&self, r: &Request<T>) -> Result<(), Status> {
-        require(r, &["operator"], "change the cluster's members").inspect_err(|s| {
+    /// is the operator: membership changes and backups (`what`).
+    fn operator_only<T>(&self, r: &Request<T>, what: &str) -> Result<(), Status> {
+        require(r, &["operator"], what).inspect_err(|s| {
             let certs = r.peer_certs();
             let role = agenda_common::tls::caller_role(certs.as_ref().map(|c| c.as_slice()));
             let source = r

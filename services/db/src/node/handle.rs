@@ -58,6 +58,12 @@ pub enum Request {
         /// Fires once the view is current.
         reply: oneshot::Sender<()>,
     },
+    /// The whole state as of now (a backup; see `backup.rs`).
+    Snapshot {
+        /// Receives a copy of the state machine (cheap: its tables are
+        /// shared until the loop changes them).
+        reply: oneshot::Sender<Box<crate::state_machine::StateMachine>>,
+    },
     /// Nothing to do: wakes the loop so it notices a stop request.
     Wake,
 }

@@ -537,6 +537,9 @@ impl Node {
                 self.publish_view();
                 let _ = reply.send(());
             }
+            Request::Snapshot { reply } => {
+                let _ = reply.send(Box::new(self.sm.clone()));
+            }
             Request::Wake => {}
         }
         Ok(())
