@@ -5,12 +5,12 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
+.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
 
 ## make run: start the whole system in the foreground (Ctrl-C or `make stop` stops it).
 ## As root: two machines (network namespaces) behind a virtual IP (deploy/netns.sh).
 ## Otherwise: says so and runs the loopback mode (make run-local).
-run: release deps-run
+run: release web deps-run
 	@if [ "$$(id -u)" = 0 ]; then \
 	  AGENDA_BIN_DIR=$(CURDIR)/target/release deploy/netns.sh run; \
 	else \
@@ -25,13 +25,13 @@ stop:
 	@if [ -s .agenda/run-local.pid ]; then kill -TERM "$$(cat .agenda/run-local.pid)" 2>/dev/null || true; fi
 
 ## make run-local: the same system on loopback only, no root needed.
-run-local: release deps-run
+run-local: release web deps-run
 	AGENDA_BIN_DIR=$(CURDIR)/target/release deploy/run-local.sh
 
 ## make test: format and lint checks, the deployment files, unit tests, system
 ## tests (real processes; as root also the two-machine topology in namespaces:
 ## VIP failover and a bounded chaos plan).
-test: deps-test lint manifests build
+test: deps-test lint manifests build web
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p agenda-tests --tests -- --test-threads=1
 
@@ -112,7 +112,21 @@ deps-run:
 	@if [ "$$(id -u)" = 0 ]; then { command -v ip && command -v arping; } >/dev/null || { \
 	  $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq iproute2 iputils-arping; }; fi
 
+## make web: the web app (web/: npm ci, then esbuild into web/dist), which
+## the gateway serves at /. Needs node and npm (Debian's).
+web: deps-web
+	cd web && { [ node_modules/.package-lock.json -nt package-lock.json ] || \
+	  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error; } && npm run build
+
+deps-web:
+	@{ command -v node && command -v npm; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq nodejs npm; \
+	  else echo "make web needs node and npm: sudo apt-get install -y nodejs npm"; exit 1; fi; }
+
 deps-test:
+	@[ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq chromium; \
+	  else echo "make test needs Debian's chromium (the web app's browser test): sudo apt-get install -y chromium"; exit 1; fi; }
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq redis-server; \
 	  else echo "make test needs redis-server: sudo apt-get install -y redis-server"; exit 1; fi; }

@@ -1,0 +1,220 @@
+// The month / week / day / list views (FullCalendar), fed by the person's
+// agenda for the visible range (GET /v1/events, recurring events arrive
+// expanded), in the person's time zone; drag and resize move events with
+// PATCH; keyboard shortcuts for the views.
+
+import { Calendar } from '@fullcalendar/core';
+import dayGridPlugin from '@fullcalendar/daygrid';
+import timeGridPlugin from '@fullcalendar/timegrid';
+import interactionPlugin from '@fullcalendar/interaction';
+import listPlugin from '@fullcalendar/list';
+import luxonPlugin from '@fullcalendar/luxon3';
+import { get, patch } from './api.js';
+import { currentUser } from './session.js';
+import { DateTime, isoUtc, formatRange } from './time.js';
+import { toast, isTyping } from './ui.js';
+
+const VIEW_KEY = 'agenda.view';
+const VIEWS = { m: 'dayGridMonth', w: 'timeGridWeek', d: 'timeGridDay', l: 'listWeek' };
+
+/** FullCalendar's event object for one API event (or occurrence). */
+function toCalendarEvent(e, me) {
+  const classNames = [`status-${e.my_status || 'none'}`];
+  if (e.group_id) classNames.push('group-event');
+  if (e.visibility === 'private') classNames.push('private-event');
+  return {
+    // Occurrences of a recurring event share its id: tell them apart by start.
+    id: `${e.id}@${e.start}`,
+    title: e.title,
+    start: e.start,
+    end: e.end,
+    allDay: false,
+    // Only the organizer may move an event (others answer with RSVP).
+    editable: e.organizer_id === me?.id,
+    classNames,
+    extendedProps: { event: e },
+  };
+}
+
+/**
+ * Mounts the calendar in `el`. `hooks.create({start, end})` opens the
+ * dialog for a new event, `hooks.open(apiEvent)` for an existing one.
+ */
+export function mountCalendar(el, hooks) {
+  const me = currentUser();
+  const calendar = new Calendar(el, {
+    plugins: [dayGridPlugin, timeGridPlugin, interactionPlugin, listPlugin, luxonPlugin],
+    timeZone: me.time_zone || 'UTC',
+    initialView: localStorage.getItem(VIEW_KEY) || 'timeGridWeek',
+    headerToolbar: { left: 'prev,next today newEvent', center: 'title', right: 'dayGridMonth,timeGridWeek,timeGridDay,listWeek' },
+    // FullCalendar's icon font is a data: URL the gateway's content security
+    // policy refuses (fonts from this origin only): text arrows instead.
+    buttonIcons: false,
+    buttonText: { prev: '‹', next: '›', today: 'Today', month: 'Month', week: 'Week', day: 'Day', list: 'List' },
+    buttonHints: { prev: 'Previous $0 (p)', next: 'Next $0 (n)', today: 'Go to today (t)' },
+    customButtons: {
+      newEvent: { text: '+ New event', hint: 'New event (c)', click: () => hooks.create(defaultSlot()) },
+    },
+    // The page scrolls, not a pane inside the grid: FullCalendar's own
+    // scroller cannot take focus without breaking its grid's ARIA roles,
+    // and a scroll pane keyboard users cannot reach fails WCAG 2.1.1.
+    height: 'auto',
+    stickyHeaderDates: true,
+    firstDay: 1,
+    nowIndicator: true,
+    allDaySlot: false, // the API has no all-day events
+    slotDuration: '00:30:00',
+    eventTimeFormat: { hour: '2-digit', minute: '2-digit', hour12: false },
+    slotLabelFormat: { hour: '2-digit', minute: '2-digit', hour12: false },
+    dayMaxEvents: true,
+    // Events are focusable and open with Enter, like links.
+    eventInteractive: true,
+    selectable: true,
+    selectMirror: true,
+    editable: true,
+    eventDurationEditable: true,
+    events: (info, ok, fail) => {
+      get('/v1/events', { from: isoUtc(info.start), to: isoUtc(info.end) })
+        .then((r) => ok(r.items.map((e) => toCalendarEvent(e, currentUser()))))
+        .catch((e) => { toast(`Could not load your agenda: ${e.message}`, { kind: 'error' }); fail(e); });
+    },
+    loading: (busy) => el.setAttribute('aria-busy', busy ? 'true' : 'false'),
+    select: (info) => {
+      calendar.unselect();
+      hooks.create(info.allDay ? dayDefault(info.start) : { start: info.start, end: info.end });
+    },
+    eventClick: (info) => {
+      info.jsEvent.preventDefault();
+      hooks.open(info.event.extendedProps.event);
+    },
+    eventDrop: (info) => move(info, 'drop'),
+    eventResize: (info) => move(info, 'resize'),
+    viewDidMount: (arg) => {
+      localStorage.setItem(VIEW_KEY, arg.view.type);
+      if (arg.view.type.startsWith('timeGrid')) scrollToMorning(el);
+    },
+    // A month cell is named by its day number's label ("November 26,
+    // 2026") alone, which hides the events shown in it (WCAG 2.5.3):
+    // named by its content instead, which starts with that same label.
+    dayCellDidMount: (arg) => arg.el.removeAttribute('aria-labelledby'),
+    eventDidMount: (arg) => {
+      // Screen readers hear the time and the answer, not only the title.
+      const e = arg.event.extendedProps.event;
+      const label = `${e.title}, ${formatRange(e.start, e.end, calendar.getOption('timeZone'))}${statusWord(e.my_status)}`;
+      arg.el.setAttribute('aria-label', label);
+    },
+  });
+
+  /** A new event on `date`'s day (month view), 09:00–10:00 local. */
+  function dayDefault(date) {
+    const tz = calendar.getOption('timeZone');
+    const d = DateTime.fromJSDate(date).setZone(tz).set({ hour: 9, minute: 0 });
+    return { start: d.toJSDate(), end: d.plus({ hours: 1 }).toJSDate() };
+  }
+
+  /** The next whole hour on the day in view (today when it is in view). */
+  function defaultSlot() {
+    const tz = calendar.getOption('timeZone');
+    const now = DateTime.now().setZone(tz);
+    const view = calendar.view;
+    const inView = now.toJSDate() >= view.activeStart && now.toJSDate() < view.activeEnd;
+    let start = now.startOf('hour').plus({ hours: 1 });
+    if (!inView) start = DateTime.fromJSDate(calendar.getDate()).setZone(tz).set({ hour: 9, minute: 0, second: 0, millisecond: 0 });
+    return { start: start.toJSDate(), end: start.plus({ hours: 1 }).toJSDate() };
+  }
+
+  /**
+   * A drag or resize: the change is applied to the event itself, so for a
+   * recurring event to the whole series (its first start shifts by the
+   * same amount, in its own time zone, so 09:00 stays 09:00 across DST).
+   */
+  async function move(info, how) {
+    const e = info.event.extendedProps.event;
+    try {
+      const base = e.recurring_event_id ? await get(`/v1/events/${e.recurring_event_id}`) : e;
+      const shift = (iso, delta) => DateTime.fromISO(iso, { zone: base.time_zone })
+        .plus({ years: delta.years, months: delta.months, days: delta.days, milliseconds: delta.milliseconds })
+        .toUTC().toISO({ suppressMilliseconds: true });
+      const body = how === 'drop'
+        ? { start: shift(base.start, info.delta), end: shift(base.end, info.delta) }
+        : { start: shift(base.start, info.startDelta), end: shift(base.end, info.endDelta) };
+      const reply = await patch(`/v1/events/${base.id}`, body);
+      const conflicts = reply.conflicts || [];
+      if (conflicts.length) {
+        toast(`Moved “${e.title}”. It now overlaps ${conflicts.length} other event${conflicts.length > 1 ? 's' : ''}: ${conflicts.slice(0, 3).map((c) => c.title || 'busy time').join(', ')}.`, {
+          kind: 'warning', actions: [{ label: 'Open', run: () => hooks.open(reply.event) }],
+        });
+      } else {
+        toast(`Moved “${e.title}”.`);
+      }
+      calendar.refetchEvents();
+    } catch (err) {
+      info.revert();
+      toast(`Could not move “${e.title}”: ${err.message}`, { kind: 'error' });
+    }
+  }
+
+  // Keyboard shortcuts (as in common calendar apps). Ignored while typing,
+  // with a modifier held, or while a dialog is open.
+  function onKey(ev) {
+    if (ev.defaultPrevented || ev.ctrlKey || ev.metaKey || ev.altKey || isTyping(ev)) return;
+    if (document.querySelector('dialog[open]') || el.closest('[hidden]')) return;
+    const k = ev.key;
+    if (k === 't') calendar.today();
+    else if (k === 'n' || k === 'j') calendar.next();
+    else if (k === 'p' || k === 'k') calendar.prev();
+    else if (VIEWS[k]) calendar.changeView(VIEWS[k]);
+    else if (k === 'c') hooks.create(defaultSlot());
+    else if (k === 'r') calendar.refetchEvents();
+    else return;
+    ev.preventDefault();
+  }
+  document.addEventListener('keydown', onKey);
+
+  calendar.render();
+  trackToolbar(el);
+  return {
+    calendar,
+    refetch: () => calendar.refetchEvents(),
+    setTimeZone: (tz) => calendar.setOption('timeZone', tz),
+    updateSize: () => calendar.updateSize(),
+    destroy: () => { document.removeEventListener('keydown', onKey); calendar.destroy(); },
+  };
+}
+
+/** Scrolls the page so a time grid starts at 07:00 (the night is above). */
+export function scrollToMorning(root) {
+  requestAnimationFrame(() => {
+    const slot = root.querySelector('.fc-timegrid-slot[data-time="07:00:00"]');
+    const pane = root.closest('#main');
+    const bar = root.querySelector('.fc-header-toolbar');
+    const head = root.querySelector('.fc-col-header');
+    if (!slot || !pane) return;
+    const offset = slot.getBoundingClientRect().top - pane.getBoundingClientRect().top + pane.scrollTop;
+    pane.scrollTop = offset - (bar?.offsetHeight || 0) - (head?.offsetHeight || 0) - 8;
+  });
+}
+
+/** The toolbar's height, for the sticky day headers below it. */
+export function trackToolbar(root) {
+  const bar = root.querySelector('.fc-header-toolbar');
+  if (!bar || typeof ResizeObserver === 'undefined') return;
+  new ResizeObserver(() => root.style.setProperty('--fc-toolbar-h', `${bar.offsetHeight}px`)).observe(bar);
+}
+
+function statusWord(s) {
+  return ({ needs_action: ', awaiting your answer', tentative: ', you answered maybe', declined: ', you declined', invited: ', you are invited' })[s] || '';
+}
+
+export const SHORTCUTS = [
+  ['c', 'New event'],
+  ['t', 'Today'],
+  ['n / j', 'Next period'],
+  ['p / k', 'Previous period'],
+  ['m', 'Month view'],
+  ['w', 'Week view'],
+  ['d', 'Day view'],
+  ['l', 'List view'],
+  ['r', 'Reload the agenda'],
+  ['?', 'Show these shortcuts'],
+];

@@ -1,0 +1,450 @@
+// The event dialog: create, edit and delete an event (organizer), answer
+// an invitation (attendee), see every attendee's answer, and see the
+// conflicts the API reports for a change before moving on.
+//
+// One <dialog> for all of it, built once. Its mode:
+//   create  a new event: every field, attendees picked by username
+//   edit    the organizer's event: every field but attendees (the API
+//           takes attendees only at creation)
+//   view    someone else's event: read-only fields, RSVP buttons
+
+import { get, post, patch, del, ApiError } from './api.js';
+import { currentUser } from './session.js';
+import { zones, toLocalInput, fromLocalInput, formatRange, DateTime } from './time.js';
+import { h, replace, field, showError, clearErrors, toast } from './ui.js';
+
+const PRESETS = { none: '', daily: 'FREQ=DAILY', weekly: 'FREQ=WEEKLY', monthly: 'FREQ=MONTHLY' };
+const STATUS_TEXT = {
+  accepted: 'Accepted', tentative: 'Maybe', declined: 'Declined',
+  needs_action: 'Not answered yet', invited: 'Invited, not answered yet',
+};
+
+let ui = null; // the dialog's parts, built on first use
+let state = null; // { mode, event, occurrence, key, returnFocus }
+let onChanged = () => {};
+
+/** Called after any change the dialog saves (the calendar refetches). */
+export function setOnChanged(fn) { onChanged = fn; }
+
+function build() {
+  const c = {};
+  const input = (name, attrs = {}) => h('input', { name, ...attrs });
+  c.title = input('title', { type: 'text', required: true, maxlength: 200, autocomplete: 'off' });
+  c.start = input('start', { type: 'datetime-local', required: true });
+  c.end = input('end', { type: 'datetime-local', required: true });
+  c.tz = h('select', { name: 'time_zone' }, zones().map((z) => h('option', { value: z, text: z })));
+  c.location = input('location', { type: 'text', maxlength: 2000 });
+  c.description = h('textarea', { name: 'description', rows: 2, maxlength: 2000 });
+  c.preset = h('select', { name: 'repeat' },
+    h('option', { value: 'none', text: 'Does not repeat' }),
+    h('option', { value: 'daily', text: 'Every day' }),
+    h('option', { value: 'weekly', text: 'Every week' }),
+    h('option', { value: 'monthly', text: 'Every month' }),
+    h('option', { value: 'custom', text: 'Custom rule' }));
+  c.rrule = input('rrule', { type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: 'FREQ=WEEKLY;BYDAY=MO,WE;COUNT=10' });
+  c.visibility = h('select', { name: 'visibility' },
+    h('option', { value: 'default', text: 'Default (group rules)' }),
+    h('option', { value: 'private', text: 'Private (busy only to others)' }));
+  c.group = h('select', { name: 'group_id' }, h('option', { value: '', text: 'Personal' }));
+  c.attendeeInput = input('attendee', { type: 'text', autocomplete: 'off', list: 'attendee-suggestions', spellcheck: 'false' });
+  c.attendeeInput.dataset.field = 'attendees';
+  c.suggestions = h('datalist', { id: 'attendee-suggestions' });
+  c.addAttendee = h('button', { type: 'button', class: 'btn' }, 'Add');
+  c.chips = h('ul', { class: 'chips', 'aria-label': 'Attendees to invite' });
+  c.statuses = h('ul', { class: 'attendee-statuses' });
+  c.formError = h('p', { class: 'form-error', role: 'alert', tabindex: '-1', hidden: true });
+  c.heading = h('h2', { id: 'event-dialog-title' });
+  c.occurrence = h('p', { class: 'occurrence-note', hidden: true });
+  c.conflicts = h('section', { class: 'conflicts', hidden: true, tabindex: '-1', 'aria-labelledby': 'conflicts-title' });
+  c.rsvp = h('section', { class: 'rsvp', hidden: true, 'aria-labelledby': 'rsvp-title' },
+    h('h3', { id: 'rsvp-title', text: 'Your answer' }),
+    h('p', { class: 'rsvp-current' }),
+    h('div', { class: 'rsvp-buttons', role: 'group', 'aria-labelledby': 'rsvp-title' },
+      ['accepted', 'tentative', 'declined'].map((s) => h('button', {
+        type: 'button', class: 'btn', dataset: { status: s }, 'aria-pressed': 'false', onclick: () => answer(s),
+      }, { accepted: 'Accept', tentative: 'Maybe', declined: 'Decline' }[s]))));
+  c.save = h('button', { type: 'submit', class: 'btn btn-primary' }, 'Save');
+  c.cancel = h('button', { type: 'button', class: 'btn', onclick: () => close() }, 'Close');
+  c.delete = h('button', { type: 'button', class: 'btn btn-danger', onclick: () => confirmDelete(true) }, 'Delete…');
+  c.confirm = h('div', { class: 'confirm', hidden: true, role: 'group', 'aria-label': 'Confirm deletion' },
+    h('p', { class: 'confirm-text' }),
+    h('button', { type: 'button', class: 'btn btn-danger', dataset: { what: 'all' }, onclick: () => remove('all') }, 'Delete for everyone'),
+    h('button', { type: 'button', class: 'btn', dataset: { what: 'one' }, onclick: () => remove('one') }, 'Only this occurrence'),
+    h('button', { type: 'button', class: 'btn', onclick: () => confirmDelete(false) }, 'Keep it'));
+
+  c.editable = h('fieldset', { class: 'editable' },
+    h('legend', { class: 'visually-hidden', text: 'Event details' }),
+    field('Title', c.title, { field: 'title' }),
+    h('div', { class: 'row' },
+      field('Starts', c.start, { field: 'start' }),
+      field('Ends', c.end, { field: 'end' })),
+    h('div', { class: 'row' },
+      field('Time zone', c.tz, { field: 'time_zone', hint: 'Start and end are read in this zone.' }),
+      field('Location', c.location, { field: 'location' })),
+    field('Description', c.description, { field: 'description' }),
+    h('div', { class: 'row' },
+      field('Repeats', c.preset),
+      field('Recurrence rule (RRULE)', c.rrule, { field: 'rrule', hint: 'RFC 5545; blank: once.' })),
+    h('div', { class: 'row' },
+      field('Visibility', c.visibility, { field: 'visibility' }),
+      c.groupField = field('Calendar', c.group, { field: 'group_id', hint: 'A group event invites every member.' })));
+
+  c.attendeeField = h('div', { class: 'attendee-picker' },
+    field('Invite people (username)', c.attendeeInput, { hint: 'Pick a suggestion; Enter or Add for each person.' }),
+    c.addAttendee, c.suggestions, c.chips);
+  c.attendeeSection = h('section', { class: 'attendees', 'aria-labelledby': 'attendees-title' },
+    h('h3', { id: 'attendees-title', text: 'Attendees' }),
+    c.attendeeField,
+    c.statuses);
+
+  c.form = h('form', { novalidate: true, onsubmit: (ev) => { ev.preventDefault(); save(); } },
+    c.heading, c.occurrence, c.formError, c.conflicts, c.rsvp, c.editable, c.attendeeSection,
+    h('div', { class: 'dialog-actions' }, c.delete, h('span', { class: 'spacer' }), c.cancel, c.save),
+    c.confirm);
+  c.dialog = h('dialog', { id: 'event-dialog', class: 'dialog', 'aria-labelledby': 'event-dialog-title' }, c.form);
+  c.dialog.addEventListener('close', () => {
+    state?.returnFocus?.focus?.();
+    state = null;
+  });
+
+  // Presets fill the raw rule; typing a rule of one's own selects "Custom".
+  c.preset.addEventListener('change', () => {
+    if (c.preset.value !== 'custom') c.rrule.value = PRESETS[c.preset.value];
+  });
+  c.rrule.addEventListener('input', () => { c.preset.value = presetOf(c.rrule.value); });
+
+  // Attendee picking: suggestions from GET /v1/users?q= as one types.
+  let searchTimer = null;
+  c.attendeeInput.addEventListener('input', () => {
+    clearTimeout(searchTimer);
+    const q = c.attendeeInput.value.trim();
+    if (!q) return;
+    searchTimer = setTimeout(async () => {
+      try {
+        const r = await get('/v1/users', { q });
+        const me = currentUser();
+        replace(c.suggestions, r.items.filter((u) => u.id !== me?.id)
+          .map((u) => h('option', { value: u.username, text: u.display_name !== u.username ? u.display_name : '' })));
+      } catch { /* suggestions are a convenience */ }
+    }, 200);
+  });
+  c.attendeeInput.addEventListener('keydown', (ev) => {
+    // Enter adds the name instead of submitting; read the value a tick
+    // later, after a suggestion picked with Enter has filled it in.
+    if (ev.key === 'Enter' && c.attendeeInput.value.trim()) { ev.preventDefault(); setTimeout(addChip, 0); }
+  });
+  c.addAttendee.addEventListener('click', addChip);
+  document.body.append(c.dialog);
+  return c;
+}
+
+function presetOf(rule) {
+  const r = rule.trim().toUpperCase().replace(/^RRULE:/, '');
+  for (const [k, v] of Object.entries(PRESETS)) if (r === v) return k;
+  return 'custom';
+}
+
+function chipNames() {
+  return [...ui.chips.querySelectorAll('li')].map((li) => li.dataset.username);
+}
+
+function addChip() {
+  // Several names may be typed at once, separated by commas or spaces.
+  const names = ui.attendeeInput.value.split(/[\s,]+/).map((s) => s.trim().replace(/^@/, '')).filter(Boolean);
+  const have = new Set(chipNames().map((n) => n.toLowerCase()));
+  for (const name of names) {
+    if (have.has(name.toLowerCase())) continue;
+    have.add(name.toLowerCase());
+    const li = h('li', { class: 'chip', dataset: { username: name } },
+      h('span', { text: name }),
+      h('button', { type: 'button', class: 'chip-remove', 'aria-label': `Remove ${name}`, onclick: () => { li.remove(); ui.attendeeInput.focus(); } }, '×'));
+    ui.chips.append(li);
+  }
+  ui.attendeeInput.value = '';
+  ui.attendeeInput.focus();
+}
+
+function tzOption(tz) {
+  if (![...ui.tz.options].some((o) => o.value === tz)) ui.tz.append(h('option', { value: tz, text: tz }));
+  ui.tz.value = tz;
+}
+
+async function loadGroups() {
+  try {
+    const r = await get('/v1/groups');
+    replace(ui.group, h('option', { value: '', text: 'Personal' }), r.items.map((g) => h('option', { value: g.id, text: `Group: ${g.name}` })));
+  } catch { /* personal events still work */ }
+}
+
+/** Opens the dialog for a new event from `start` to `end` (Dates). */
+export function openNewEvent({ start, end }) {
+  ui ||= build();
+  const me = currentUser();
+  const tz = me?.time_zone || 'UTC';
+  state = { mode: 'create', event: null, key: crypto.randomUUID(), returnFocus: document.activeElement };
+  reset();
+  ui.heading.textContent = 'New event';
+  ui.start.value = toLocalInput(DateTime.fromJSDate(start), tz);
+  ui.end.value = toLocalInput(DateTime.fromJSDate(end), tz);
+  tzOption(tz);
+  ui.groupField.hidden = false;
+  loadGroups();
+  render();
+  ui.dialog.showModal();
+  ui.title.focus();
+}
+
+/**
+ * Opens an existing event (an agenda item, a notification's event id, or
+ * an occurrence of a recurring event: the form then shows the series).
+ */
+export async function openEvent(eventOrId) {
+  ui ||= build();
+  const returnFocus = document.activeElement;
+  const id = typeof eventOrId === 'string' ? eventOrId : (eventOrId.recurring_event_id || eventOrId.id);
+  const occurrence = typeof eventOrId === 'object' && eventOrId.recurring_event_id ? eventOrId : null;
+  let ev;
+  try {
+    ev = await get(`/v1/events/${id}`);
+  } catch (e) {
+    toast(e.status === 404 ? 'That event no longer exists (or you may no longer see it).' : `Could not open the event: ${e.message}`, { kind: 'error' });
+    return;
+  }
+  const mode = ev.organizer_id === currentUser()?.id ? 'edit' : 'view';
+  state = { mode, event: ev, occurrence, returnFocus };
+  reset();
+  fill(ev);
+  render();
+  if (!ui.dialog.open) ui.dialog.showModal();
+  (mode === 'edit' ? ui.title : (ui.rsvp.querySelector('button') || ui.cancel)).focus();
+}
+
+/** The event `id` changed elsewhere (a notification): refresh what is shown. */
+export async function eventChanged(id) {
+  if (!state?.event || state.event.id !== id || !ui.dialog.open) return;
+  try {
+    const ev = await get(`/v1/events/${id}`);
+    if (!state || state.event?.id !== id) return;
+    state.event = ev;
+    // Fields the person may be editing stay as they are; answers update.
+    renderStatuses();
+    renderRsvp();
+  } catch (e) {
+    if (e.status === 404) { toast('This event was cancelled.', { kind: 'warning' }); close(); }
+  }
+}
+
+function reset() {
+  clearErrors(ui.form);
+  ui.form.reset();
+  ui.conflicts.hidden = true;
+  ui.confirm.hidden = true;
+  ui.occurrence.hidden = true;
+  replace(ui.chips);
+  replace(ui.suggestions);
+  ui.preset.value = 'none';
+}
+
+function fill(ev) {
+  ui.heading.textContent = state.mode === 'edit' ? 'Edit event' : ev.title;
+  ui.title.value = ev.title;
+  tzOption(ev.time_zone);
+  ui.start.value = toLocalInput(ev.start, ev.time_zone);
+  ui.end.value = toLocalInput(ev.end, ev.time_zone);
+  ui.location.value = ev.location || '';
+  ui.description.value = ev.description || '';
+  ui.rrule.value = ev.rrule || '';
+  ui.preset.value = presetOf(ev.rrule || '');
+  ui.visibility.value = ev.visibility || 'default';
+  ui.groupField.hidden = true;
+  if (state.occurrence) {
+    ui.occurrence.hidden = false;
+    ui.occurrence.textContent = `This occurrence: ${formatRange(state.occurrence.start, state.occurrence.end, currentUser()?.time_zone || 'UTC')}. The fields below are the whole series; changes apply to every occurrence.`;
+  }
+}
+
+/** Shows and hides the parts of the dialog that depend on the mode. */
+function render() {
+  const { mode } = state;
+  ui.editable.disabled = mode === 'view';
+  ui.attendeeField.hidden = mode !== 'create';
+  ui.save.hidden = mode === 'view';
+  ui.save.textContent = mode === 'create' ? 'Create event' : 'Save changes';
+  ui.delete.hidden = mode !== 'edit';
+  ui.cancel.textContent = mode === 'view' ? 'Close' : 'Cancel';
+  renderStatuses();
+  renderRsvp();
+}
+
+function renderStatuses() {
+  const ev = state.event;
+  ui.statuses.hidden = !ev;
+  if (!ev) return;
+  replace(ui.statuses, ev.attendees.map((a, i) => h('li', { class: `attendee status-${a.status}`, dataset: { username: a.username } },
+    h('span', { class: 'attendee-name', text: a.username + (i === 0 && a.user_id === ev.organizer_id ? ' (organizer)' : '') }),
+    h('span', { class: 'badge', text: STATUS_TEXT[a.status] || a.status }))));
+}
+
+function renderRsvp() {
+  const ev = state.event;
+  const me = currentUser();
+  const mine = ev && me && ev.organizer_id !== me.id && ev.attendees.find((a) => a.user_id === me.id);
+  ui.rsvp.hidden = !mine;
+  if (!mine) return;
+  ui.rsvp.querySelector('.rsvp-current').textContent = `You: ${STATUS_TEXT[mine.status] || mine.status}.`;
+  for (const b of ui.rsvp.querySelectorAll('button')) b.setAttribute('aria-pressed', String(b.dataset.status === mine.status));
+}
+
+/** The request body from the form (for PATCH: only what changed). */
+function body() {
+  const tz = ui.tz.value;
+  const b = {
+    title: ui.title.value.trim(),
+    start: fromLocalInput(ui.start.value, tz),
+    end: fromLocalInput(ui.end.value, tz),
+    time_zone: tz,
+    location: ui.location.value,
+    description: ui.description.value,
+    rrule: ui.rrule.value.trim(),
+    visibility: ui.visibility.value,
+  };
+  if (state.mode === 'create') {
+    if (!b.rrule) delete b.rrule;
+    const pending = ui.attendeeInput.value.trim();
+    if (pending) addChip(); // a name typed but not added yet still counts
+    const names = chipNames();
+    if (names.length) b.attendees = names;
+    if (ui.group.value) b.group_id = ui.group.value;
+    return b;
+  }
+  const ev = state.event;
+  const same = (a, b2) => a === b2 || (a && b2 && Date.parse(a) === Date.parse(b2));
+  for (const k of Object.keys(b)) {
+    if (k === 'rrule' ? (b.rrule || '') === (ev.rrule || '') : same(b[k], ev[k] ?? '')) delete b[k];
+  }
+  return b;
+}
+
+/** Client-side checks the browser can do at once; the API checks the rest. */
+function precheck(b) {
+  if (state.mode === 'create' || 'title' in b) {
+    if (!b.title) return new ApiError(422, { error: { message: 'Give the event a title.', details: { field: 'title' } } });
+  }
+  if ((state.mode === 'create' || 'start' in b) && !b.start) return new ApiError(422, { error: { message: 'Choose when it starts.', details: { field: 'start' } } });
+  if ((state.mode === 'create' || 'end' in b) && !b.end) return new ApiError(422, { error: { message: 'Choose when it ends.', details: { field: 'end' } } });
+  return null;
+}
+
+async function save() {
+  if (!state || state.mode === 'view') return;
+  clearErrors(ui.form);
+  const b = body();
+  const bad = precheck(b);
+  if (bad) { showError(ui.form, bad); return; }
+  ui.save.disabled = true;
+  try {
+    let reply;
+    if (state.mode === 'create') {
+      // The same key on a retry: the event is created once.
+      reply = await post('/v1/events', b, { headers: { 'Idempotency-Key': state.key } });
+    } else if (Object.keys(b).length) {
+      reply = await patch(`/v1/events/${state.event.id}`, b);
+    } else {
+      close();
+      return;
+    }
+    const created = state.mode === 'create';
+    onChanged();
+    const conflicts = reply.conflicts || [];
+    if (conflicts.length) {
+      // Stay open: the person sees what overlaps, and may change the time
+      // and save again (now as an edit of the saved event).
+      state = { ...state, mode: 'edit', event: reply.event, occurrence: null };
+      fill(reply.event);
+      render();
+      showConflicts(conflicts, created ? 'Event created' : 'Changes saved');
+    } else {
+      toast(created ? `Created “${reply.event.title}”.` : `Saved “${reply.event.title}”.`);
+      close();
+    }
+  } catch (e) {
+    showError(ui.form, e);
+  } finally {
+    ui.save.disabled = false;
+  }
+}
+
+function describeConflict(c) {
+  const me = currentUser();
+  const tz = me?.time_zone || 'UTC';
+  const who = c.user_id === me?.id ? 'you' : (state?.event?.attendees.find((a) => a.user_id === c.user_id)?.username || 'an attendee');
+  const what = c.title ? `“${c.title}”` : 'busy time';
+  return `${what} (${who}), ${formatRange(c.start, c.end, tz)}`;
+}
+
+function showConflicts(conflicts, what) {
+  const more = conflicts.length >= 100 ? ' (the first 100)' : '';
+  replace(ui.conflicts,
+    h('h3', { id: 'conflicts-title', text: `${what}, but it overlaps ${conflicts.length} other event${conflicts.length > 1 ? 's' : ''}${more}` }),
+    h('ul', {}, conflicts.map((c) => h('li', { text: describeConflict(c) }))),
+    h('p', { class: 'hint', text: 'Change the time and save again, or close to keep it as it is.' }));
+  ui.conflicts.hidden = false;
+  ui.conflicts.focus();
+}
+
+async function answer(status) {
+  const ev = state?.event;
+  if (!ev) return;
+  clearErrors(ui.form);
+  try {
+    const reply = await post(`/v1/events/${ev.id}/rsvp`, { status });
+    state.event = reply.event;
+    renderStatuses();
+    renderRsvp();
+    onChanged();
+    const conflicts = reply.conflicts || [];
+    if (conflicts.length && status !== 'declined') showConflicts(conflicts, `Answered ${STATUS_TEXT[status].toLowerCase()}`);
+    else { ui.conflicts.hidden = true; toast(`${STATUS_TEXT[status]}: “${ev.title}”.`); }
+  } catch (e) {
+    showError(ui.form, e);
+  }
+}
+
+function confirmDelete(show) {
+  ui.confirm.hidden = !show;
+  if (!show) { ui.delete.focus(); return; }
+  const recurring = Boolean(state.event?.rrule);
+  ui.confirm.querySelector('.confirm-text').textContent = recurring
+    ? 'Delete every occurrence for everyone, or only the one you opened?'
+    : 'Delete this event for everyone invited?';
+  ui.confirm.querySelector('[data-what="one"]').hidden = !(recurring && state.occurrence);
+  ui.confirm.querySelector('[data-what="all"]').focus();
+}
+
+async function remove(what) {
+  const ev = state?.event;
+  if (!ev) return;
+  try {
+    if (what === 'one' && state.occurrence) {
+      // One occurrence: the series goes on without it (exdates).
+      await patch(`/v1/events/${ev.id}`, { exdates: [...(ev.exdates || []), state.occurrence.start] });
+      toast(`Removed one occurrence of “${ev.title}”.`);
+    } else {
+      await del(`/v1/events/${ev.id}`);
+      toast(`Deleted “${ev.title}”.`);
+    }
+    onChanged();
+    close();
+  } catch (e) {
+    ui.confirm.hidden = true;
+    showError(ui.form, e);
+  }
+}
+
+export function close() {
+  if (ui?.dialog.open) ui.dialog.close();
+}
+
+export const isOpen = () => Boolean(ui?.dialog.open);
+// For tests and for notifications: which event the dialog shows.
+export const shownEventId = () => state?.event?.id ?? null;

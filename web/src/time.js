@@ -1,0 +1,55 @@
+// Time zones and the conversions between the API's instants (RFC 3339)
+// and the wall-clock values of <input type="datetime-local"> in a given
+// IANA zone. Luxon does the zone arithmetic (also for FullCalendar).
+
+import { DateTime } from 'luxon';
+
+let zoneList = null;
+/** Every IANA zone name the browser knows, UTC first. */
+export function zones() {
+  if (!zoneList) {
+    let list = [];
+    try { list = Intl.supportedValuesOf('timeZone'); } catch { list = []; }
+    zoneList = ['UTC', ...list.filter((z) => z !== 'UTC')];
+  }
+  return zoneList;
+}
+
+/** The browser's own zone (a sensible default at registration). */
+export function browserZone() {
+  try { return Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC'; } catch { return 'UTC'; }
+}
+
+/** An instant as the value of a datetime-local input in `zone`. */
+export function toLocalInput(iso, zone) {
+  const d = (iso instanceof DateTime ? iso : DateTime.fromISO(iso, { setZone: true })).setZone(zone);
+  return d.toFormat("yyyy-LL-dd'T'HH:mm");
+}
+
+/** A datetime-local value read in `zone`, as RFC 3339 UTC (or null). */
+export function fromLocalInput(value, zone) {
+  if (!value) return null;
+  const d = DateTime.fromISO(value, { zone });
+  return d.isValid ? d.toUTC().toISO({ suppressMilliseconds: true }) : null;
+}
+
+/** An RFC 3339 string for an instant (UTC). */
+export const isoUtc = (d) => DateTime.fromJSDate(d).toUTC().toISO({ suppressMilliseconds: true });
+
+/** "Mon 7 Jan, 10:00–11:00" in `zone` (dates repeated when they differ). */
+export function formatRange(startIso, endIso, zone) {
+  const s = DateTime.fromISO(startIso, { setZone: true }).setZone(zone);
+  const e = DateTime.fromISO(endIso, { setZone: true }).setZone(zone);
+  const day = { weekday: 'short', day: 'numeric', month: 'short' };
+  const time = { hour: '2-digit', minute: '2-digit' };
+  if (s.hasSame(e, 'day')) return `${s.toLocaleString(day)}, ${s.toLocaleString(time)}–${e.toLocaleString(time)}`;
+  return `${s.toLocaleString(day)} ${s.toLocaleString(time)} – ${e.toLocaleString(day)} ${e.toLocaleString(time)}`;
+}
+
+/** "3 min ago" style, for notification lists. */
+export function ago(iso) {
+  const d = DateTime.fromISO(iso);
+  return d.isValid ? d.toRelative() : '';
+}
+
+export { DateTime };

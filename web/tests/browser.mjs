@@ -1,0 +1,540 @@
+// The web app end to end in a real browser (Chromium through
+// playwright-core), against a running Agenda system:
+//   AGENDA_URL=http://127.0.0.1:8080 node web/tests/browser.mjs
+// Two people in two browser contexts, fresh usernames each run. Every wait
+// is on a condition with a timeout (no fixed sleeps). On failure it prints
+// the step and the screenshot path and exits non-zero.
+// Env: AGENDA_URL (default http://127.0.0.1:8080; for https, also
+// NODE_EXTRA_CA_CERTS=.agenda/ca.pem), ARTIFACTS (screenshots,
+// default web/test-artifacts/), CHROMIUM (default /usr/bin/chromium),
+// HEADED=1 to watch.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const BASE = (process.env.AGENDA_URL || 'http://127.0.0.1:8080').replace(/\/$/, '');
+const ARTIFACTS = resolve(process.env.ARTIFACTS || join(here, '..', 'test-artifacts'));
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const T = 15_000; // default wait for one condition
+const PASSWORD = 'correct-horse-battery-1';
+const run = Date.now().toString(36).slice(-6) + Math.random().toString(36).slice(2, 5);
+const A = { name: `alice_${run}`, zone: 'Europe/Madrid' };
+const B = { name: `bob_${run}`, zone: 'America/New_York' };
+const title = `Team sync ${run}`;
+const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+
+mkdirSync(ARTIFACTS, { recursive: true });
+const results = [];
+const notes = [];
+let browser;
+let pages = [];
+
+async function shot(page, name) {
+  const path = join(ARTIFACTS, `${name}.png`);
+  await page.screenshot({ path, fullPage: false });
+  return path;
+}
+
+/** Runs one step; on failure screenshots every page and exits 1. */
+async function step(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    results.push([name, Date.now() - t0]);
+    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+  } catch (e) {
+    console.log(`FAIL ${name}: ${e.message.split('\n').slice(0, 6).join('\n     ')}`);
+    for (const [i, p] of pages.entries()) {
+      try {
+        const path = await shot(p, `failure-${i === 0 ? 'A' : 'B'}`);
+        console.log(`     screenshot: ${path}`);
+      } catch { /* the page may be gone */ }
+    }
+    console.log(`${results.length} passed, 1 failed`);
+    await browser?.close().catch(() => {});
+    process.exit(1);
+  }
+}
+
+/** Waits for `loc` to be visible (and, if given, to contain `text`). */
+async function visible(loc, text, timeout = T) {
+  const l = text ? loc.filter({ hasText: text }) : loc;
+  await l.first().waitFor({ state: 'visible', timeout });
+  return l.first();
+}
+
+async function waitFor(page, fn, arg, what, timeout = T) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout, polling: 100 });
+  } catch (e) {
+    throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+  }
+}
+
+/** axe-core on the page as it is; fails on serious or critical findings. */
+async function axe(page, label) {
+  // evaluate() runs outside the page's content security policy, so the
+  // app is scanned under the same CSP it is served with.
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.evaluate(axeSource);
+  const res = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] },
+  }));
+  const bad = res.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  const minor = res.violations.filter((v) => !bad.includes(v));
+  if (minor.length) notes.push(`axe ${label}: ${minor.map((v) => `${v.id} (${v.impact}, ${v.nodes.length})`).join(', ')}`);
+  if (bad.length) {
+    const detail = bad.map((v) => `${v.id} [${v.impact}] ${v.help}: ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(' | ')}`).join('\n');
+    throw new Error(`axe found ${bad.length} serious/critical violation(s) on ${label}:\n${detail}`);
+  }
+}
+
+function dayAt(zone, hour, minute = 0) {
+  // Today's date in `zone`, as yyyy-mm-ddTHH:MM (a datetime-local value).
+  const parts = new Intl.DateTimeFormat('en-CA', { timeZone: zone, year: 'numeric', month: '2-digit', day: '2-digit' }).format(new Date());
+  return `${parts}T${String(hour).padStart(2, '0')}:${String(minute).padStart(2, '0')}`;
+}
+
+async function register(page, who) {
+  const form = page.locator('form[aria-labelledby="register-title"]');
+  await form.getByRole('textbox', { name: 'Username', exact: true }).fill(who.name);
+  await form.getByRole('textbox', { name: 'Email', exact: true }).fill(`${who.name}@example.com`);
+  await form.getByLabel('Password', { exact: true }).fill(PASSWORD);
+  await form.getByLabel('Time zone').selectOption(who.zone);
+  await form.getByRole('button', { name: 'Create account' }).click();
+  await visible(page.locator('.fc-view-harness'), null, 20_000);
+  await waitFor(page, () => document.body.dataset.stream === 'live', null, 'the notification stream to be live');
+}
+
+const dialog = (page) => page.locator('#event-dialog');
+
+async function closeDialog(page) {
+  await page.keyboard.press('Escape');
+  await dialog(page).waitFor({ state: 'hidden', timeout: T });
+}
+
+/** An event in the calendar grid by its title. */
+const calEvent = (page, text) => page.locator('.fc-event').filter({ hasText: text }).first();
+
+browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: !process.env.HEADED,
+  args: ['--no-sandbox', '--disable-dev-shm-usage'],
+});
+// Over TLS the local system's certificate comes from its own development
+// CA (.agenda/ca.pem): the browser accepts it; Node's fetch needs
+// NODE_EXTRA_CA_CERTS=.agenda/ca.pem.
+const tls = BASE.startsWith('https:');
+const ctxA = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'en-US', timezoneId: 'Europe/Madrid', ignoreHTTPSErrors: tls });
+const ctxB = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'en-US', timezoneId: 'America/New_York', ignoreHTTPSErrors: tls });
+const pa = await ctxA.newPage();
+const pb = await ctxB.newPage();
+pages = [pa, pb];
+const consoleErrors = [];
+for (const [who, p] of [['A', pa], ['B', pb]]) {
+  p.on('pageerror', (e) => consoleErrors.push(`${who} page error: ${e.message}`));
+  // The browser logs every 4xx answer as a failed resource; the test
+  // provokes some on purpose (an unknown attendee, a 401, a 503).
+  // Anything else counts.
+  p.on('console', (m) => {
+    if (m.type() === 'error' && !/^Failed to load resource: the server responded with a status of (4\d\d|503)/.test(m.text())) {
+      consoleErrors.push(`${who} console: ${m.text().slice(0, 200)}`);
+    }
+  });
+}
+let loadMs = null;
+
+// B's live stream goes through a pass-through route, so the test can drop
+// the connection and hold the next one back (a network gap) on purpose.
+const streamUrls = [];
+let currentStream = null;
+let holdNext = null; // a promise: the next connection is refused when it settles
+await ctxB.routeWebSocket(/\/v1\/stream/, (ws) => {
+  streamUrls.push(ws.url());
+  if (holdNext) {
+    // Not connected to the server (Playwright mocks it): closed later with
+    // "try again later", like a gateway that is not there yet.
+    const held = holdNext;
+    holdNext = null;
+    held.then(() => ws.close({ code: 1013, reason: 'test: still unreachable' }));
+    return;
+  }
+  ws.connectToServer();
+  currentStream = ws;
+});
+// What A's stream receives (the token renewal answer).
+const framesA = [];
+pa.on('websocket', (ws) => ws.on('framereceived', (f) => framesA.push(String(f.payload))));
+
+/** A person made through the API directly (for events B did not see coming). */
+async function apiPerson(name) {
+  const call = async (method, path, body, token) => {
+    const r = await fetch(`${BASE}${path}`, {
+      method,
+      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const text = await r.text();
+    if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
+    return text ? JSON.parse(text) : null;
+  };
+  await call('POST', '/v1/auth/register', { username: name, email: `${name}@example.com`, password: PASSWORD });
+  const login = await call('POST', '/v1/auth/login', { username: name, password: PASSWORD });
+  return { call: (m, p, b) => call(m, p, b, login.access_token) };
+}
+
+await step('the app loads at / (first load timed)', async () => {
+  await pa.goto(`${BASE}/`, { waitUntil: 'load' });
+  const nav = await pa.evaluate(() => {
+    const n = performance.getEntriesByType('navigation')[0];
+    const bytes = performance.getEntriesByType('resource').reduce((sum, r) => sum + r.transferSize, n.transferSize);
+    return { load: n.loadEventEnd - n.startTime, dcl: n.domContentLoadedEventEnd - n.startTime, bytes };
+  });
+  loadMs = nav;
+  await visible(pa.getByRole('heading', { name: 'Sign in' }));
+});
+
+await step('axe: the sign-in screen', () => axe(pa, 'sign-in screen'));
+
+await step('A registers (time zone Europe/Madrid)', () => register(pa, A));
+
+await step('A stays signed in across a reload', async () => {
+  await pa.reload({ waitUntil: 'load' });
+  await visible(pa.locator('.fc-view-harness'));
+  await visible(pa.getByRole('button', { name: 'Log out' }));
+  const tz = await pa.locator('#my-time-zone').inputValue();
+  if (tz !== A.zone) throw new Error(`time zone after reload is ${tz}, wanted ${A.zone}`);
+  await waitFor(pa, () => document.body.dataset.stream === 'live', null, 'the stream after the reload');
+});
+
+await step('A changes the time zone (PATCH /v1/me) and back', async () => {
+  await pa.locator('#my-time-zone').selectOption('Asia/Tokyo');
+  await visible(pa.locator('.toast'), 'Asia/Tokyo');
+  await pa.locator('#my-time-zone').selectOption(A.zone);
+  await visible(pa.locator('.toast'), A.zone);
+});
+
+await step('B registers in a second browser (time zone America/New_York)', async () => {
+  await pb.goto(`${BASE}/`, { waitUntil: 'load' });
+  await register(pb, B);
+});
+
+await step('an unknown attendee is refused next to the attendee field', async () => {
+  await pa.getByRole('button', { name: /New event/ }).click();
+  const d = dialog(pa);
+  await visible(d);
+  await d.getByLabel('Title').fill(`Nobody ${run}`);
+  await d.getByLabel('Invite people (username)').fill(`nobody_${run}`);
+  await d.getByRole('button', { name: 'Create event' }).click();
+  const err = await visible(d.locator('.field-error'), 'no user named');
+  const forId = await err.getAttribute('id');
+  const input = d.getByLabel('Invite people (username)');
+  if ((await input.getAttribute('aria-errormessage')) !== forId) throw new Error('the error is not tied to the attendee field');
+  if ((await input.getAttribute('aria-invalid')) !== 'true') throw new Error('the attendee field is not marked invalid');
+  await closeDialog(pa);
+});
+
+await step('A creates a weekly event inviting B', async () => {
+  await pa.getByRole('button', { name: /New event/ }).click();
+  const d = dialog(pa);
+  await visible(d);
+  await d.getByLabel('Title').fill(title);
+  await d.getByLabel('Starts').fill(dayAt(A.zone, 10));
+  await d.getByLabel('Ends').fill(dayAt(A.zone, 11));
+  await d.getByLabel('Location').fill('Room 4');
+  await d.getByLabel('Repeats').selectOption('weekly');
+  const rule = await d.getByLabel('Recurrence rule (RRULE)').inputValue();
+  if (rule !== 'FREQ=WEEKLY') throw new Error(`the weekly preset wrote ${rule}`);
+  const who = d.getByLabel('Invite people (username)');
+  await who.fill(B.name);
+  await who.press('Enter');
+  await visible(d.locator('.chip'), B.name);
+  await d.getByRole('button', { name: 'Create event' }).click();
+  await d.waitFor({ state: 'hidden', timeout: T });
+  await visible(calEvent(pa, title));
+});
+
+await step('A opens the event and sees B invited', async () => {
+  await calEvent(pa, title).click();
+  const d = dialog(pa);
+  await visible(d.locator('.attendee', { hasText: B.name }), 'Invited');
+});
+
+await step('B sees the invitation arrive live (toast and unread count, no reload)', async () => {
+  const navs = await pb.evaluate(() => performance.getEntriesByType('navigation').length);
+  await visible(pb.locator('.toast'), title);
+  await waitFor(pb, () => Number(document.querySelector('.bell')?.dataset.unread) >= 1, null, 'an unread count');
+  await visible(pb.getByRole('button', { name: 'Notifications 1 unread' }));
+  if ((await pb.evaluate(() => performance.getEntriesByType('navigation').length)) !== navs) throw new Error('the page reloaded');
+});
+
+await step('axe: B\'s week view with a toast', () => axe(pb, 'week view with a notification toast'));
+
+await step('B opens the invitation from the toast and accepts', async () => {
+  await pb.locator('.toast').filter({ hasText: title }).getByRole('button', { name: 'Open and answer' }).click();
+  const d = dialog(pb);
+  await visible(d.getByRole('heading', { name: title }));
+  await visible(d.locator('.attendee', { hasText: A.name }), 'Accepted');
+  await shot(pb, 'invitation-dialog');
+  await axe(pb, 'event dialog (attendee view)');
+  await d.getByRole('button', { name: 'Accept' }).click();
+  await visible(d.locator('.rsvp-current'), 'Accepted');
+  await visible(d.locator('.attendee', { hasText: B.name }), 'Accepted');
+  if ((await d.getByRole('button', { name: 'Accept' }).getAttribute('aria-pressed')) !== 'true') throw new Error('Accept is not shown as pressed');
+  await closeDialog(pb);
+  // Accepted: the event is in B's agenda now.
+  await visible(calEvent(pb, title));
+});
+
+await step('A sees B\'s status change to accepted in the open dialog', async () => {
+  await visible(dialog(pa).locator('.attendee', { hasText: B.name }), 'Accepted');
+});
+
+await step('screenshot: week view with the event dialog open', async () => {
+  const path = await shot(pa, 'week-event-dialog');
+  notes.push(`screenshot ${path}`);
+  await axe(pa, 'event dialog (organizer)');
+  await closeDialog(pa);
+});
+
+await step('A creates an overlapping event and sees the conflict in the dialog', async () => {
+  await pa.getByRole('button', { name: /New event/ }).click();
+  const d = dialog(pa);
+  await visible(d);
+  await d.getByLabel('Title').fill(`Overlap ${run}`);
+  await d.getByLabel('Starts').fill(dayAt(A.zone, 10, 30));
+  await d.getByLabel('Ends').fill(dayAt(A.zone, 11, 30));
+  await d.getByRole('button', { name: 'Create event' }).click();
+  const box = await visible(d.locator('.conflicts'), 'overlaps');
+  await visible(box.locator('li'), title);
+  await shot(pa, 'conflict-shown');
+  await axe(pa, 'event dialog with conflicts');
+  await closeDialog(pa);
+  await visible(calEvent(pa, `Overlap ${run}`));
+});
+
+await step('A creates an event with the keyboard alone', async () => {
+  // Focus somewhere neutral without the mouse: the skip link is first in
+  // the tab order; then the shortcut "c" opens a new event.
+  await pa.keyboard.press('Escape');
+  await pa.evaluate(() => document.activeElement?.blur());
+  await pa.keyboard.press('c');
+  const d = dialog(pa);
+  await visible(d);
+  await waitFor(pa, () => document.activeElement?.name === 'title', null, 'focus in the title field');
+  await pa.keyboard.type(`Keyboard ${run}`);
+  // Tab on to Location (date-time fields take one Tab per part).
+  for (let i = 0; i < 30 && (await pa.evaluate(() => document.activeElement?.name)) !== 'location'; i += 1) {
+    await pa.keyboard.press('Tab');
+  }
+  await waitFor(pa, () => document.activeElement?.name === 'location', null, 'Tab to reach Location');
+  await pa.keyboard.type('Desk');
+  await pa.keyboard.press('Enter');
+  // Saved: either the dialog closes (a toast says so) or it shows what it
+  // overlaps (the default slot is the next hour, which may be busy).
+  await waitFor(pa, () => !document.querySelector('#event-dialog')?.open || !document.querySelector('#event-dialog .conflicts')?.hidden, null, 'the keyboard event to be saved');
+  if (await d.isVisible()) await pa.keyboard.press('Escape');
+  await d.waitFor({ state: 'hidden', timeout: T });
+  // Find it through the list view, by keyboard too ("l"; "n" for the next week).
+  await pa.keyboard.press('l');
+  await visible(pa.locator('.fc-listWeek-view'));
+  if (!(await pa.locator('.fc-list-event', { hasText: `Keyboard ${run}` }).count())) await pa.keyboard.press('n');
+  await visible(pa.locator('.fc-list-event'), `Keyboard ${run}`);
+  await axe(pa, 'list view');
+  await pa.keyboard.press('t');
+});
+
+await step('keyboard: month view ("m"), screenshot and axe', async () => {
+  await pa.keyboard.press('m');
+  await visible(pa.locator('.fc-dayGridMonth-view'));
+  await visible(calEvent(pa, title));
+  notes.push(`screenshot ${await shot(pa, 'month-view')}`);
+  await axe(pa, 'month view');
+  await pa.keyboard.press('w');
+  await visible(pa.locator('.fc-timeGridWeek-view'));
+  await axe(pa, 'week view');
+});
+
+await step('events are focusable and open with Enter', async () => {
+  const ev = calEvent(pa, title);
+  await ev.focus();
+  await pa.keyboard.press('Enter');
+  await visible(dialog(pa).getByRole('heading', { name: 'Edit event' }));
+  await closeDialog(pa);
+});
+
+await step('drag moves an event (PATCH), resize stretches it', async () => {
+  const ev = pa.locator('.fc-timegrid-event', { hasText: `Overlap ${run}` }).first();
+  await ev.scrollIntoViewIfNeeded();
+  const slot = await pa.locator('.fc-timegrid-slot-lane').first().boundingBox();
+  const box = await ev.boundingBox();
+  const x = box.x + box.width / 2;
+  const y = box.y + 8;
+  await pa.mouse.move(x, y);
+  await pa.mouse.down();
+  await pa.mouse.move(x, y + 10, { steps: 4 });
+  await pa.mouse.move(x, y + slot.height * 2, { steps: 10 }); // one hour: 10:30 -> 11:30
+  await pa.mouse.up();
+  await visible(pa.locator('.toast'), `Moved “Overlap ${run}”`);
+  await visible(pa.locator('.fc-timegrid-event', { hasText: `Overlap ${run}` }), '11:30');
+  // Resize: the end handle appears on hover; half an hour longer.
+  const moved = pa.locator('.fc-timegrid-event', { hasText: `Overlap ${run}` }).first();
+  await moved.hover();
+  const handle = moved.locator('.fc-event-resizer-end');
+  const hb = await handle.boundingBox();
+  await pa.mouse.move(hb.x + hb.width / 2, hb.y + hb.height / 2);
+  await pa.mouse.down();
+  await pa.mouse.move(hb.x + hb.width / 2, hb.y + hb.height / 2 + slot.height, { steps: 8 });
+  // The resize is saved (PATCH), then the agenda is read again.
+  let patched = false;
+  const saved = pa.waitForResponse((r) => r.request().method() === 'PATCH' && r.url().includes('/v1/events/'), { timeout: T });
+  saved.then(() => { patched = true; }, () => {});
+  const reread = pa.waitForResponse((r) => patched && r.request().method() === 'GET' && r.url().includes('/v1/events?'), { timeout: T });
+  await pa.mouse.up();
+  await visible(pa.locator('.fc-timegrid-event', { hasText: `Overlap ${run}` }), '13:00');
+  if ((await saved).status() !== 200) throw new Error('the resize was not saved');
+  await reread;
+  await waitFor(pa, () => document.querySelector('.calendar')?.getAttribute('aria-busy') === 'false', null, 'the agenda to reload');
+});
+
+await step('a 503 is retried quietly after Retry-After', async () => {
+  const seen = []; // [url, time]
+  await pa.route(/\/v1\/events\?/, async (route) => {
+    seen.push([route.request().url(), Date.now()]);
+    if (seen.length === 1) {
+      await route.fulfill({ status: 503, headers: { 'retry-after': '1', 'content-type': 'application/json' }, body: JSON.stringify({ error: { code: 'unavailable', message: 'overloaded', details: { reason: 'overloaded', retry_after: 1 } } }) });
+    } else {
+      await route.continue();
+    }
+  });
+  const errorsBefore = await pa.locator('.toast-error').count();
+  await pa.keyboard.press('r');
+  await waitFor(pa, () => document.querySelector('.calendar')?.getAttribute('aria-busy') === 'false', null, 'the agenda to load');
+  await pa.unroute(/\/v1\/events\?/);
+  const retry = seen.slice(1).find(([url]) => url === seen[0][0]);
+  if (!retry) throw new Error(`the refused request was not repeated (${seen.length} request(s))`);
+  if (retry[1] - seen[0][1] < 900) throw new Error(`retried after ${retry[1] - seen[0][1]} ms, before Retry-After`);
+  if ((await pa.locator('.toast-error').count()) !== errorsBefore) throw new Error('an error was shown');
+  await visible(calEvent(pa, title));
+});
+
+await step('a 401 renews the access token once and the stream gets the new token', async () => {
+  let refused = false;
+  await pa.route(/\/v1\/events\?/, async (route) => {
+    if (!refused) {
+      refused = true;
+      await route.fulfill({ status: 401, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ error: { code: 'unauthenticated', message: 'token expired', details: {} } }) });
+    } else {
+      await route.continue();
+    }
+  });
+  const accepted = framesA.filter((f) => f.includes('token_accepted')).length;
+  const renewed = pa.waitForResponse((r) => r.url().endsWith('/v1/auth/refresh') && r.status() === 200, { timeout: T });
+  await pa.keyboard.press('r');
+  await renewed;
+  await waitFor(pa, () => document.querySelector('.calendar')?.getAttribute('aria-busy') === 'false', null, 'the agenda to load');
+  await pa.unroute(/\/v1\/events\?/);
+  await visible(calEvent(pa, title));
+  const deadline = Date.now() + T;
+  while (framesA.filter((f) => f.includes('token_accepted')).length === accepted) {
+    if (Date.now() > deadline) throw new Error('the stream never acknowledged the renewed token');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+});
+
+await step('B\'s stream drops, reconnects with last_id and catches up', async () => {
+  const before = streamUrls.length;
+  let release;
+  holdNext = new Promise((r) => { release = r; });
+  currentStream.close({ code: 4000, reason: 'test: dropped' });
+  // The next try is held back (offline); meanwhile someone invites B.
+  const deadline = Date.now() + T;
+  while (streamUrls.length <= before) {
+    if (Date.now() > deadline) throw new Error('B did not try to reconnect');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const carol = await apiPerson(`carol_${run}`);
+  const start = new Date(Date.now() + 2 * 86400e3);
+  start.setUTCHours(15, 0, 0, 0);
+  await carol.call('POST', '/v1/events', {
+    title: `Missed ${run}`, start: start.toISOString(), end: new Date(start.getTime() + 3600e3).toISOString(),
+    time_zone: 'UTC', attendees: [B.name],
+  });
+  release();
+  await visible(pb.locator('.toast'), `Missed ${run}`, 20_000);
+  const url = streamUrls[streamUrls.length - 1];
+  if (!/[?&]last_id=/.test(url)) throw new Error(`reconnected without last_id: ${url}`);
+  await waitFor(pb, () => document.body.dataset.stream === 'live', null, 'the stream to be live again');
+});
+
+await step('notifications panel: A has B\'s answer', async () => {
+  await pa.getByRole('button', { name: /Notifications/ }).click();
+  const panel = pa.locator('#notifications-panel');
+  await visible(panel.locator('.notification'), title);
+  await shot(pa, 'notifications-panel');
+  await axe(pa, 'notifications panel');
+  await panel.getByRole('button', { name: 'Mark all read' }).click();
+  await waitFor(pa, () => document.querySelector('.bell')?.dataset.unread === '0', null, 'no unread notifications');
+  await pa.keyboard.press('Escape');
+});
+
+await step('groups: A creates a hierarchical group and invites B', async () => {
+  await pa.getByRole('link', { name: 'Groups' }).click();
+  const form = pa.locator('form[aria-labelledby="new-group-title"]');
+  await form.getByLabel('Name').fill(`Team ${run}`);
+  await form.getByLabel('Kind').selectOption('hierarchical');
+  await form.getByRole('button', { name: 'Create group' }).click();
+  await visible(pa.getByRole('heading', { name: `Team ${run}` }));
+  const invite = pa.locator('form.invite-form');
+  await invite.getByLabel('Username').fill(B.name);
+  await invite.getByRole('button', { name: 'Send invitation' }).click();
+  await visible(pa.locator('.toast'), `Invited ${B.name}`);
+});
+
+await step('groups: B joins from the live notification', async () => {
+  await visible(pb.locator('.toast'), `Team ${run}`);
+  await pb.locator('.toast').filter({ hasText: `Team ${run}` }).getByRole('button', { name: 'Join group' }).click();
+  await visible(pb.locator('.toast'), 'You joined');
+  // A is told too, and the group page shows B at rank 1.
+  await visible(pa.locator('.toast'), `${B.name} joined`);
+  await visible(pa.locator('table.members tr', { hasText: B.name }), '1');
+});
+
+await step('groups: the group agenda shows both members (screenshot, axe)', async () => {
+  const agenda = pa.locator('.group-agenda-calendar');
+  await visible(agenda.locator('.fc-event'), `${B.name}: ${title}`);
+  await visible(agenda.locator('.fc-event'), `${A.name}: ${title}`);
+  await pa.locator('.group-agenda').scrollIntoViewIfNeeded();
+  notes.push(`screenshot ${await shot(pa, 'group-agenda')}`);
+  await axe(pa, 'groups page with the group agenda');
+});
+
+await step('B logs out and stays logged out across a reload', async () => {
+  await pb.getByRole('button', { name: 'Log out' }).click();
+  await visible(pb.getByRole('heading', { name: 'Sign in' }));
+  await pb.reload({ waitUntil: 'load' });
+  await visible(pb.getByRole('heading', { name: 'Sign in' }));
+  const stored = await pb.evaluate(() => localStorage.getItem('agenda.refresh_token'));
+  if (stored) throw new Error('a refresh token is still stored');
+});
+
+await step('B signs in again', async () => {
+  const form = pb.locator('form[aria-labelledby="login-title"]');
+  await form.getByLabel('Username or email').fill(B.name);
+  await form.getByLabel('Password').fill(PASSWORD);
+  await form.getByRole('button', { name: 'Sign in' }).click();
+  await visible(pb.locator('.fc-view-harness'));
+  await visible(calEvent(pb, title));
+});
+
+await step('no script errors in either page', async () => {
+  if (consoleErrors.length) throw new Error(consoleErrors.join('\n'));
+});
+
+await browser.close();
+for (const n of notes) console.log(`note ${n}`);
+console.log(`first load: load event ${Math.round(loadMs.load)} ms after navigation start (DOMContentLoaded ${Math.round(loadMs.dcl)} ms, ${loadMs.bytes} bytes transferred)`);
+console.log(`${results.length} passed, 0 failed`);
