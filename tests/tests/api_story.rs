@@ -248,6 +248,68 @@ async fn https_only_and_token_keys_rotate_with_only_users_holding_the_private_on
     }
 }
 
+/// `GET /v1/events/search`: text in the titles, locations and
+/// descriptions of your agenda (any case, every occurrence of a series in
+/// the window), nothing of other people's agendas; blank or overlong text
+/// and a missing window are refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn search_finds_text_in_your_agenda_only() {
+    let (_sys, api) = System::start_with_api().await;
+    let People { alice, bob, .. } = accounts(&api).await;
+    let mut dentist = utc_event("Dentist", "2030-03-04", "09:00", "10:00");
+    dentist["location"] = json!("Clinica Norte");
+    create_event(&api, &alice, dentist).await;
+    let mut standup = utc_event("Standup", "2030-03-05", "08:00", "08:15");
+    standup["description"] = json!("Daily STANDUP notes");
+    standup["rrule"] = json!("FREQ=DAILY;COUNT=3");
+    create_event(&api, &alice, standup).await;
+    create_event(
+        &api,
+        &bob,
+        utc_event("Dentist of Bob", "2030-03-04", "11:00", "12:00"),
+    )
+    .await;
+    let window = range("2030-03-01T00:00:00Z", "2030-03-31T00:00:00Z");
+    let search = |q: &str| {
+        let path = format!("/v1/events/search?q={q}&{window}");
+        let api = &api;
+        let token = alice.token.clone();
+        async move { api.get(&path, &token).await }
+    };
+    let titles = |body: &Value| -> Vec<String> {
+        items(body)
+            .iter()
+            .map(|e| s(&e["title"]).to_string())
+            .collect()
+    };
+    let found = expect_ok(search("dENTist").await, "search by title");
+    assert_eq!(titles(&found), ["Dentist"], "{found}");
+    let found = expect_ok(search("norte").await, "search by location");
+    assert_eq!(titles(&found), ["Dentist"], "{found}");
+    let found = expect_ok(search("standup%20notes").await, "search by description");
+    assert_eq!(titles(&found), ["Standup", "Standup", "Standup"], "{found}");
+    let found = expect_ok(search("nothing-like-this").await, "no match");
+    assert!(items(&found).is_empty(), "{found}");
+    expect_error(
+        search("%20%20").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        "blank q",
+    );
+    expect_error(
+        search(&"x".repeat(201)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        "201 characters",
+    );
+    expect_error(
+        api.get("/v1/events/search?q=dentist", &alice.token).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        "no window",
+    );
+}
+
 async fn story(opts: SystemOptions) {
     let sys = System::start(opts)
         .await

@@ -42,11 +42,21 @@ async fn the_web_app_works_in_a_real_browser() {
     .await
     .unwrap_or_else(|e| panic!("start the system: {e:#}"));
     let artifacts = repo().join("target/web-artifacts");
+    // The browser test kills one of these during a save (a failover of
+    // the users replica must not lose the event).
+    let users_pids: Vec<String> = sys
+        .pids()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("users"))
+        .map(|(_, pid)| pid.to_string())
+        .collect();
+    assert_eq!(users_pids.len(), 2, "{:?}", sys.pids());
     let child = tokio::process::Command::new("node")
         .arg(web.join("tests/browser.mjs"))
         .env("AGENDA_URL", sys.url())
         .env("NODE_EXTRA_CA_CERTS", sys.certs_dir().join("ca.pem"))
         .env("ARTIFACTS", &artifacts)
+        .env("AGENDA_USERS_PIDS", users_pids.join(","))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

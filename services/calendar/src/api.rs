@@ -209,6 +209,10 @@ pub enum Op {
     ListEvents {
         window: Window,
     },
+    SearchEvents {
+        q: String,
+        window: Window,
+    },
     GetEvent {
         id: String,
     },
@@ -362,6 +366,7 @@ impl Op {
             GetMe
                 | SearchUsers { .. }
                 | ListEvents { .. }
+                | SearchEvents { .. }
                 | GetEvent { .. }
                 | FreeBusy { .. }
                 | ListNotifications { .. }

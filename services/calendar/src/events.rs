@@ -363,6 +363,33 @@ pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Eve
     }
 }
 
+/// Longest text `GET /v1/events/search` looks for, in characters.
+pub const SEARCH_MAX_CHARS: usize = 200;
+
+/// The text an event search looks for, trimmed and lower-cased; refused
+/// when blank or too long.
+pub fn search_text(q: &str) -> ApiResult<String> {
+    let q = q.trim();
+    if q.is_empty() {
+        return Err(ApiError::invalid_field("q", "q must not be blank"));
+    }
+    if q.chars().count() > SEARCH_MAX_CHARS {
+        return Err(ApiError::invalid_field(
+            "q",
+            format!("q is at most {SEARCH_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(q.to_lowercase())
+}
+
+/// Whether the event as shown to its viewer (what they may see of it)
+/// holds `q` (from [`search_text`]) in its title, location or description.
+pub fn matches(ev: &Event, q: &str) -> bool {
+    [&ev.title, &ev.location, &ev.description]
+        .iter()
+        .any(|field| field.to_lowercase().contains(q))
+}
+
 /// `{event, conflicts}` reply.
 pub fn with_conflicts(
     ev: &EventRecord,
@@ -385,6 +412,26 @@ pub fn conflict_error(conflicts: Vec<Conflict>) -> ApiError {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn a_search_looks_at_title_location_and_description_in_any_case() {
+        let mut ev = view(
+            &EventRecord::sample("2030-03-04T09:00:00Z", 60, "UTC", None),
+            Uuid::new_v4(),
+            None,
+        );
+        ev.title = "Dentist".into();
+        ev.location = "Clínica Norte".into();
+        ev.description = "Bring the X-RAYS".into();
+        for q in ["dentist", "clínica", "x-rays", "nor"] {
+            assert!(matches(&ev, &search_text(q).unwrap()), "{q}");
+        }
+        assert!(!matches(&ev, &search_text("standup").unwrap()));
+        assert_eq!(search_text("  DeNtist ").unwrap(), "dentist");
+        assert!(search_text(" \t ").is_err());
+        assert!(search_text(&"x".repeat(201)).is_err());
+        assert!(search_text(&format!("  {}  ", "x".repeat(200))).is_ok());
+    }
 
     fn request(title: &str) -> CreateEventRequest {
         serde_json::from_value(serde_json::json!({

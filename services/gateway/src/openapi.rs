@@ -48,7 +48,7 @@ use crate::routes::{admin, auth, events, groups, notifications, ops, stream, use
         groups::members, groups::update_member, groups::remove_member, groups::invite,
         groups::group_invitations, groups::revoke_invitation,
         groups::agenda, groups::invitations, groups::accept, groups::decline,
-        events::create, events::list, events::get, events::update, events::delete,
+        events::create, events::list, events::search, events::get, events::update, events::delete,
         events::rsvp, events::free_busy,
         notifications::list, notifications::read, stream::stream,
         admin::audit,
@@ -586,6 +586,12 @@ fn param_rules(op: &str, name: &str) -> Option<Value> {
         (_, "from" | "to") => {
             json!({ "required": true, "schema": { "type": "string", "format": "date-time" },
             "description": "RFC 3339; `to` after `from`, at most 366 days later." })
+        }
+        ("search_events", "q") => {
+            // Counted after trimming, as `events::search_text` does.
+            let pattern = format!(r"^[{WS}]*[^{WS}](?:[\s\S]{{0,198}}[^{WS}])?[{WS}]*$");
+            json!({ "required": true, "schema": { "type": "string", "pattern": pattern },
+            "description": "Text to find in titles, locations and descriptions, any case (not blank, at most 200 characters)." })
         }
         (_, "q") => {
             json!({ "required": true, "schema": { "type": "string", "pattern": format!("[^{WS}]") },

@@ -168,6 +168,11 @@ impl Handler for Users {
                 let (from, to) = validate::window(window.from.as_deref(), window.to.as_deref())?;
                 Reply::items(s.list_events(me, from, to).await?)
             }
+            Op::SearchEvents { q, window } => {
+                let me = caller.user()?;
+                let (from, to) = validate::window(window.from.as_deref(), window.to.as_deref())?;
+                Reply::items(s.search_events(me, &q, from, to).await?)
+            }
             Op::GetEvent { id } => {
                 let me = caller.user()?;
                 let ev = s.event(me, validate::id("event", &id)?).await?;

@@ -541,6 +541,21 @@ impl Store {
         .await
     }
 
+    /// The occurrences in the caller's agenda in `[from, to)` whose title,
+    /// location or description (as the caller may see them) hold `q`.
+    pub async fn search_events(
+        &self,
+        caller: Uuid,
+        q: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> ApiResult<Vec<Event>> {
+        let q = crate::events::search_text(q)?;
+        let mut found = self.list_events(caller, from, to).await?;
+        found.retain(|ev| crate::events::matches(ev, &q));
+        Ok(found)
+    }
+
     /// Busy intervals of each named user.
     pub async fn free_busy(
         &self,

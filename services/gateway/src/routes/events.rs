@@ -81,6 +81,38 @@ pub async fn list(Authed(c): Authed, Query(window): Query<Window>) -> Result<Res
     c.call(Op::ListEvents { window }).await
 }
 
+/// `?q=&from=&to=`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventSearch {
+    /// Text to find.
+    pub q: Option<String>,
+    /// Window start (RFC 3339).
+    pub from: Option<String>,
+    /// Window end, exclusive (RFC 3339).
+    pub to: Option<String>,
+}
+
+/// Finds text in your agenda: the occurrences in a window whose title,
+/// location or description (as you may see them) hold it, any case.
+#[utoipa::path(get, path = "/v1/events/search", tag = "events", operation_id = "search_events", security(("bearer" = [])),
+    params(EventSearch),
+    responses((status = 200, description = "matching occurrences in the window, by start", body = crate::openapi::EventList),
+              (status = 422, description = "q blank or over 200 characters; from or to missing or not RFC 3339, to not after from, or more than 366 days apart")))]
+pub async fn search(
+    Authed(c): Authed,
+    Query(s): Query<EventSearch>,
+) -> Result<Response, HttpError> {
+    c.call(Op::SearchEvents {
+        q: s.q.unwrap_or_default(),
+        window: Window {
+            from: s.from,
+            to: s.to,
+        },
+    })
+    .await
+}
+
 /// One event you take part in.
 #[utoipa::path(get, path = "/v1/events/{id}", tag = "events", operation_id = "get_event", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "An event id (anything else is 404)")),

@@ -59,6 +59,7 @@ pub fn api() -> Router<Arc<AppState>> {
         .route("/v1/invitations/{id}/accept", post(groups::accept))
         .route("/v1/invitations/{id}/decline", post(groups::decline))
         .route("/v1/events", post(events::create).get(events::list))
+        .route("/v1/events/search", get(events::search))
         .route(
             "/v1/events/{id}",
             get(events::get)
