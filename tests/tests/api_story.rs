@@ -310,6 +310,77 @@ async fn search_finds_text_in_your_agenda_only() {
     );
 }
 
+/// Moving a personal event asks its attendees again (their answers go
+/// back to needs_action and they are told); other edits keep answers; a
+/// PATCH that changes nothing writes nothing and tells nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_asks_again_and_a_patch_that_changes_nothing_tells_nobody() {
+    let (_sys, api) = System::start_with_api().await;
+    let People { alice, bob, .. } = accounts(&api).await;
+    let d = "2030-05-06";
+    let mut body = utc_event("Review", d, "09:00", "10:00");
+    body["attendees"] = json!(["bob"]);
+    let id = event_id(&create_event(&api, &alice, body).await);
+    let path = format!("/v1/events/{id}");
+    expect_ok(
+        api.post(
+            &format!("{path}/rsvp"),
+            &bob.token,
+            json!({"status": "accepted"}),
+        )
+        .await,
+        "bob accepts",
+    );
+    let told = || async {
+        let (st, body) = api.get("/v1/notifications", &bob.token).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        items(&body)
+            .iter()
+            .filter(|n| n["kind"] == "event_updated")
+            .count()
+    };
+    let renamed = json!({"title": "Design review"});
+    expect_ok(
+        api.patch(&path, &alice.token, renamed.clone()).await,
+        "rename",
+    );
+    assert_eq!(
+        my_status(&api, &bob, d, &id).await,
+        "accepted",
+        "a rename keeps answers"
+    );
+    assert_eq!(told().await, 1);
+    expect_ok(
+        api.patch(&path, &alice.token, renamed).await,
+        "the same again",
+    );
+    expect_ok(
+        api.patch(&path, &alice.token, json!({})).await,
+        "an empty PATCH",
+    );
+    assert_eq!(told().await, 1, "a PATCH that changes nothing tells nobody");
+    expect_ok(
+        api.patch(
+            &path,
+            &alice.token,
+            json!({"start": at(d, "11:00"), "end": at(d, "12:00")}),
+        )
+        .await,
+        "move",
+    );
+    assert_eq!(
+        my_status(&api, &bob, d, &id).await,
+        "needs_action",
+        "asked again"
+    );
+    assert_eq!(
+        my_status(&api, &alice, d, &id).await,
+        "accepted",
+        "the organizer's stays"
+    );
+    assert_eq!(told().await, 2);
+}
+
 async fn story(opts: SystemOptions) {
     let sys = System::start(opts)
         .await

@@ -261,12 +261,32 @@ pub fn apply_update(ev: &EventRecord, req: UpdateEventRequest) -> ApiResult<(Eve
     out.rrule = f.rrule;
     out.exdates = f.exdates;
     out.visibility = f.visibility;
-    let moved = out.start != ev.start
+    let rescheduled = out.start != ev.start
         || out.end != ev.end
         || out.rrule != ev.rrule
-        || out.exdates != ev.exdates
         || out.time_zone != ev.time_zone;
+    if rescheduled && out.group_id.is_none() {
+        ask_again(&mut out);
+    }
+    // Conflicts are looked at again for any change of when it occurs.
+    let moved = rescheduled || out.exdates != ev.exdates;
     Ok((out, moved))
+}
+
+/// A personal event moved in time: every attendee's answer was to the old
+/// time, so each is asked again (the organizer's stays). A group event
+/// keeps the answers its hierarchy gave (members ranked below its creator
+/// are accepted for without being asked).
+fn ask_again(ev: &mut EventRecord) {
+    let organizer = ev.organizer_id;
+    for a in ev.attendees.iter_mut().filter(|a| a.user_id != organizer) {
+        if matches!(
+            a.status,
+            AttendeeStatus::Accepted | AttendeeStatus::Tentative | AttendeeStatus::Declined
+        ) {
+            a.status = AttendeeStatus::NeedsAction;
+        }
+    }
 }
 
 /// `ev` with `user`'s answer set to `status`.
@@ -412,6 +432,65 @@ pub fn conflict_error(conflicts: Vec<Conflict>) -> ApiError {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    fn update(body: serde_json::Value) -> UpdateEventRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// A personal event of an organizer with one attendee who accepted.
+    fn accepted_event() -> (EventRecord, Uuid) {
+        let mut ev = EventRecord::sample("2030-03-04T09:00:00Z", 60, "UTC", None);
+        let guest = Uuid::new_v4();
+        ev.attendees = vec![
+            Attendee {
+                user_id: ev.organizer_id,
+                username: "org".into(),
+                status: AttendeeStatus::Accepted,
+            },
+            Attendee {
+                user_id: guest,
+                username: "guest".into(),
+                status: AttendeeStatus::Accepted,
+            },
+        ];
+        (ev, guest)
+    }
+
+    #[test]
+    fn a_patch_that_changes_nothing_gives_the_same_record() {
+        let (ev, _) = accepted_event();
+        let same = update(serde_json::json!({"title": ev.title.clone(), "time_zone": "UTC"}));
+        let (out, moved) = apply_update(&ev, same).unwrap();
+        assert_eq!(out, ev);
+        assert!(!moved);
+    }
+
+    #[test]
+    fn moving_a_personal_event_asks_its_attendees_again_and_other_edits_keep_answers() {
+        let (ev, guest) = accepted_event();
+        let (out, moved) =
+            apply_update(&ev, update(serde_json::json!({"title": "Renamed"}))).unwrap();
+        assert!(!moved);
+        assert_eq!(out.status_of(guest), Some(AttendeeStatus::Accepted));
+        let later = update(
+            serde_json::json!({"start": "2030-03-04T10:00:00Z", "end": "2030-03-04T11:00:00Z"}),
+        );
+        let (out, moved) = apply_update(&ev, later).unwrap();
+        assert!(moved);
+        assert_eq!(out.status_of(guest), Some(AttendeeStatus::NeedsAction));
+        assert_eq!(
+            out.status_of(ev.organizer_id),
+            Some(AttendeeStatus::Accepted)
+        );
+        // A group event keeps what its hierarchy gave.
+        let mut group = ev.clone();
+        group.group_id = Some(Uuid::new_v4());
+        let later = update(
+            serde_json::json!({"start": "2030-03-04T10:00:00Z", "end": "2030-03-04T11:00:00Z"}),
+        );
+        let (out, _) = apply_update(&group, later).unwrap();
+        assert_eq!(out.status_of(guest), Some(AttendeeStatus::Accepted));
+    }
 
     #[test]
     fn a_search_looks_at_title_location_and_description_in_any_case() {

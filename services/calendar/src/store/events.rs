@@ -414,6 +414,10 @@ impl Store {
                     apply_update(&record, req)
                 })
                 .await??;
+                if ev == cur.value {
+                    // Nothing changed: nothing is written, nobody is told.
+                    return Ok(Attempt::Done((ev, Vec::new())));
+                }
                 let check = if moved {
                     ev.participants().collect()
                 } else {
