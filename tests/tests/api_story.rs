@@ -381,6 +381,86 @@ async fn a_move_asks_again_and_a_patch_that_changes_nothing_tells_nobody() {
     assert_eq!(told().await, 2);
 }
 
+/// Notifications say what happened (an answer names who answered and
+/// what), come in pages with a cursor, and can all be marked read at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notifications_page_name_who_answered_and_are_all_marked_read() {
+    let (_sys, api) = System::start_with_api().await;
+    let People { alice, bob, .. } = accounts(&api).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut body = utc_event(&format!("Meeting {i}"), "2030-06-03", "09:00", "10:00");
+        body["attendees"] = json!(["bob"]);
+        ids.push(event_id(&create_event(&api, &alice, body).await));
+    }
+    // Pages of two, newest first, to the end, nothing twice.
+    let mut seen = Vec::new();
+    let mut next = String::new();
+    for _ in 0..10 {
+        let q = if next.is_empty() {
+            "limit=2".to_string()
+        } else {
+            format!("limit=2&before={next}")
+        };
+        let page = expect_ok(
+            api.get(&format!("/v1/notifications?{q}"), &bob.token).await,
+            "a page",
+        );
+        assert!(items(&page).len() <= 2, "{page}");
+        seen.extend(items(&page).iter().map(|n| s(&n["id"]).to_string()));
+        match page["next"].as_str() {
+            Some(n) => next = n.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.reverse();
+    assert_eq!(seen, sorted, "newest first");
+    for bad in ["limit=0", "limit=201", "before=nope"] {
+        expect_error(
+            api.get(&format!("/v1/notifications?{bad}"), &bob.token)
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            bad,
+        );
+    }
+    // An answer names who answered and what.
+    expect_ok(
+        api.post(
+            &format!("/v1/events/{}/rsvp", ids[0]),
+            &bob.token,
+            json!({"status": "tentative"}),
+        )
+        .await,
+        "bob answers",
+    );
+    let n = notification(&api, &alice, "rsvp").await;
+    assert_eq!(n["data"]["by_username"], "bob", "{n}");
+    assert_eq!(n["data"]["status"], "tentative", "{n}");
+    assert_eq!(n["data"]["by"], bob.id.as_str(), "{n}");
+    // All read at once.
+    let marked = expect_ok(
+        api.post("/v1/notifications/read-all", &bob.token, json!({}))
+            .await,
+        "read all",
+    );
+    assert_eq!(marked["marked"], 5, "{marked}");
+    let unread = expect_ok(
+        api.get("/v1/notifications?unread=true", &bob.token).await,
+        "unread",
+    );
+    assert!(items(&unread).is_empty(), "{unread}");
+    let again = expect_ok(
+        api.post("/v1/notifications/read-all", &bob.token, json!({}))
+            .await,
+        "read all again",
+    );
+    assert_eq!(again["marked"], 0, "{again}");
+}
+
 async fn story(opts: SystemOptions) {
     let sys = System::start(opts)
         .await

@@ -235,7 +235,14 @@ pub enum Op {
     },
     ListNotifications {
         unread: bool,
+        /// Items per page (default and most: `store::notifications::LIST_LIMIT`).
+        #[serde(default)]
+        limit: Option<u32>,
+        /// The `next` of the previous page: items older than it.
+        #[serde(default)]
+        before: Option<String>,
     },
+    ReadAllNotifications,
     ReadNotification {
         id: String,
     },
@@ -389,6 +396,7 @@ impl Op {
             || matches!(
                 self,
                 Op::Rsvp { .. }
+                    | Op::ReadAllNotifications
                     | Op::CreateEvent {
                         idempotency_key: Some(_),
                         ..

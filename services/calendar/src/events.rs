@@ -353,6 +353,21 @@ pub fn summary(ev: &EventRecord) -> serde_json::Value {
     json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
 }
 
+/// What a notification of `kind` about `ev`, caused by `by`, says: the
+/// event, who did it (`by`, and `by_username` while they take part) and,
+/// for an answer (`rsvp`), what they answered (`status`).
+pub fn notice(ev: &EventRecord, kind: &str, by: Uuid) -> serde_json::Value {
+    let mut v = summary(ev);
+    v["by"] = json!(by);
+    if let Some(a) = ev.attendees.iter().find(|a| a.user_id == by) {
+        v["by_username"] = json!(a.username);
+        if kind == "rsvp" {
+            v["status"] = json!(a.status);
+        }
+    }
+    v
+}
+
 /// The public shape of `ev` for `viewer`; `occurrence` for one expanded
 /// instance of a recurring event.
 pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Event {
@@ -490,6 +505,19 @@ mod tests {
         );
         let (out, _) = apply_update(&group, later).unwrap();
         assert_eq!(out.status_of(guest), Some(AttendeeStatus::Accepted));
+    }
+
+    #[test]
+    fn an_answer_notice_names_who_answered_and_what() {
+        let (ev, guest) = accepted_event();
+        let n = notice(&ev, "rsvp", guest);
+        assert_eq!(n["by"], guest.to_string());
+        assert_eq!(n["by_username"], "guest");
+        assert_eq!(n["status"], "accepted");
+        assert_eq!(n["event_id"], ev.id.to_string());
+        let n = notice(&ev, "event_updated", ev.organizer_id);
+        assert_eq!(n["by_username"], "org");
+        assert!(n.get("status").is_none(), "{n}");
     }
 
     #[test]

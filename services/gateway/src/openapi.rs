@@ -50,7 +50,7 @@ use crate::routes::{admin, auth, events, groups, notifications, ops, stream, use
         groups::agenda, groups::invitations, groups::accept, groups::decline,
         events::create, events::list, events::search, events::get, events::update, events::delete,
         events::rsvp, events::free_busy,
-        notifications::list, notifications::read, stream::stream,
+        notifications::list, notifications::read, notifications::read_all, stream::stream,
         admin::audit,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
@@ -134,11 +134,20 @@ pub struct EventList {
     items: Vec<Event>,
 }
 
-/// `{"items": [notification]}`, newest first.
+/// `{"items": [notification], "next": id}`, newest first.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct NotificationList {
     items: Vec<Notification>,
+    /// Older notifications exist: ask with `before` = this.
+    next: Option<uuid::Uuid>,
+}
+
+/// How many notifications were marked read.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Marked {
+    marked: u64,
 }
 
 /// Busy intervals by username, merged and sorted.
@@ -582,6 +591,12 @@ fn param_rules(op: &str, name: &str) -> Option<Value> {
         ("audit", "after") => json!({ "schema": { "pattern": format!("^{}$", any_uuid()) },
             "description": "The `next` of the previous page." }),
         ("audit", "actor") | ("list_notifications", "unread") => json!({}),
+        ("list_notifications", "limit") => json!({ "schema": { "minimum": 1, "maximum": 200 },
+            "description": "Items per page, 1 to 200 (default 200)." }),
+        ("list_notifications", "before") => {
+            json!({ "schema": { "pattern": format!("^{}$", any_uuid()) },
+            "description": "The `next` of the previous page." })
+        }
         ("stream", "access_token" | "last_id") => json!({}),
         (_, "from" | "to") => {
             json!({ "required": true, "schema": { "type": "string", "format": "date-time" },

@@ -170,7 +170,11 @@ mod tests {
         );
         let (status, body) = answer(call(
             Some(me),
-            &op(&Op::ListNotifications { unread: false }),
+            &op(&Op::ListNotifications {
+                unread: false,
+                limit: None,
+                before: None,
+            }),
         ))
         .await;
         assert_eq!(status, 403);

@@ -216,8 +216,33 @@ impl Handler for Users {
                     serde_json::json!({ "users": s.free_busy(caller.user()?, &names, from, to).await? }),
                 )
             }
-            Op::ListNotifications { unread } => {
-                Reply::items(s.notifications(caller.user()?, unread).await?)
+            Op::ListNotifications {
+                unread,
+                limit,
+                before,
+            } => {
+                let before = before
+                    .as_deref()
+                    .map(|b| {
+                        uuid::Uuid::parse_str(b).map_err(|_| {
+                            ApiError::invalid_field("before", "before must be the next of a page")
+                        })
+                    })
+                    .transpose()?;
+                let limit = match limit {
+                    None => agenda_calendar::store::notifications::LIST_LIMIT,
+                    Some(l @ 1..=200) => l as usize,
+                    Some(_) => {
+                        return Err(ApiError::invalid_field("limit", "limit is 1 to 200"));
+                    }
+                };
+                let (items, next) = s
+                    .notifications(caller.user()?, unread, limit, before)
+                    .await?;
+                Reply::ok(serde_json::json!({ "items": items, "next": next }))
+            }
+            Op::ReadAllNotifications => {
+                Reply::ok(serde_json::json!({ "marked": s.mark_all_read(caller.user()?).await? }))
             }
             Op::NotificationsAfter { after } => {
                 let after = match after.as_deref() {

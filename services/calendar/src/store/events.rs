@@ -10,7 +10,7 @@ use super::notifications;
 use super::{Attempt, Batch, Read, Snapshot, Store, Versioned};
 use crate::api::{CreateEventRequest, UpdateEventRequest};
 use crate::error::{ApiError, ApiResult, ErrorKind};
-use crate::events::{self, apply_update, new_event, notices, summary, view, Change, Idempotent};
+use crate::events::{self, apply_update, new_event, notices, view, Change, Idempotent};
 use crate::keys;
 use crate::model::{Attendee, AttendeeStatus, Conflict, Event, EventRecord, UserRecord};
 use crate::{cpu, recurrence, rules};
@@ -29,7 +29,7 @@ fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
             .bump(&keys::agenda_version(p));
     }
     for (p, kind) in notices(ev, by, Change::Cancelled) {
-        notifications::add(&mut batch, p, kind, summary(ev))?;
+        notifications::add(&mut batch, p, kind, events::notice(ev, kind, by))?;
     }
     Ok(batch)
 }
@@ -206,7 +206,12 @@ impl Store {
             batch.put(key, w.ev)?.bump(&keys::agenda_version(p));
         }
         for (user, kind) in &w.notify {
-            notifications::add(&mut batch, *user, kind, summary(w.ev))?;
+            notifications::add(
+                &mut batch,
+                *user,
+                kind,
+                events::notice(w.ev, kind, w.viewer),
+            )?;
         }
         let Some(revision) = self.commit_at(batch).await? else {
             return Ok(Attempt::Retry);
@@ -416,6 +421,11 @@ impl Store {
                 .await??;
                 if ev == cur.value {
                     // Nothing changed: nothing is written, nobody is told.
+                    // Decided on confirmed reads only (a stale copy could
+                    // equal the request while the event has moved on).
+                    if !confirmed {
+                        return Ok(Attempt::Retry);
+                    }
                     return Ok(Attempt::Done((ev, Vec::new())));
                 }
                 let check = if moved {

@@ -14,6 +14,30 @@ use crate::model::Notification;
 /// Most notifications one listing returns.
 pub const LIST_LIMIT: usize = 200;
 
+/// A page of `all` (oldest first, as stored): newest first, unread only
+/// if asked, at most `limit` (1..=[`LIST_LIMIT`]) older than `before`, and
+/// the id to ask for the next page with when there are more.
+pub fn page(
+    all: Vec<Notification>,
+    unread_only: bool,
+    limit: usize,
+    before: Option<Uuid>,
+) -> (Vec<Notification>, Option<Uuid>) {
+    let limit = limit.clamp(1, LIST_LIMIT);
+    let mut out: Vec<Notification> = all
+        .into_iter()
+        .rev()
+        .filter(|n| !unread_only || !n.read)
+        .filter(|n| before.is_none_or(|b| n.id < b))
+        .take(limit + 1)
+        .collect();
+    let next = (out.len() > limit).then(|| {
+        out.truncate(limit);
+        out[limit - 1].id
+    });
+    (out, next)
+}
+
 /// Adds a notification for `user` to `batch`.
 pub fn add(batch: &mut Batch, user: Uuid, kind: &str, data: Value) -> ApiResult<()> {
     let n = Notification {
@@ -28,22 +52,57 @@ pub fn add(batch: &mut Batch, user: Uuid, kind: &str, data: Value) -> ApiResult<
 }
 
 impl Store {
-    /// `user`'s notifications, newest first.
+    /// A page of `user`'s notifications, newest first: at most `limit`
+    /// (1..=[`LIST_LIMIT`]) older than `before` (the `next` of the page
+    /// before), and the `next` of this page when there are more.
     pub async fn notifications(
         &self,
         user: Uuid,
         unread_only: bool,
-    ) -> ApiResult<Vec<Notification>> {
-        let mut all: Vec<Notification> = self
+        limit: usize,
+        before: Option<Uuid>,
+    ) -> ApiResult<(Vec<Notification>, Option<Uuid>)> {
+        let all: Vec<Notification> = self
             .list::<Notification>(&keys::notifications(user))
             .await?
             .into_iter()
             .map(|v| v.value)
-            .filter(|n| !unread_only || !n.read)
             .collect();
-        all.reverse();
-        all.truncate(LIST_LIMIT);
-        Ok(all)
+        Ok(page(all, unread_only, limit, before))
+    }
+
+    /// Marks every unread notification of `user` read; how many were.
+    /// Written in transactions of at most [`LIST_LIMIT`] each, so a long
+    /// backlog never makes one oversized transaction.
+    pub async fn mark_all_read(&self, user: Uuid) -> ApiResult<usize> {
+        let mut marked = 0;
+        loop {
+            let unread: Vec<_> = self
+                .list::<Notification>(&keys::notifications(user))
+                .await?
+                .into_iter()
+                .filter(|n| !n.value.read)
+                .take(LIST_LIMIT)
+                .collect();
+            if unread.is_empty() {
+                return Ok(marked);
+            }
+            let count = unread.len();
+            let mut batch = Batch::default();
+            for n in unread {
+                let key = keys::notification(user, n.value.id);
+                let read = Notification {
+                    read: true,
+                    ..n.value
+                };
+                batch.unchanged(&key, n.mod_revision).put(&key, &read)?;
+            }
+            // A conflict (one read meanwhile) only means reading the
+            // list again.
+            if self.commit_at(batch).await?.is_some() {
+                marked += count;
+            }
+        }
     }
 
     /// `user`'s notifications created after `after` (ids are time-ordered),
@@ -80,5 +139,43 @@ impl Store {
             self.commit_or_retry(batch, n.value).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notes(n: usize) -> Vec<Notification> {
+        (0..n)
+            .map(|i| Notification {
+                id: Uuid::now_v7(),
+                kind: "k".into(),
+                created_at: Utc::now(),
+                read: i % 2 == 0,
+                data: Value::Null,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_walk_newest_first_to_the_end_without_repeats() {
+        let all = notes(7);
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let (items, next) = page(all.clone(), false, 3, before);
+            seen.extend(items.iter().map(|n| n.id));
+            match next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        let want: Vec<Uuid> = all.iter().rev().map(|n| n.id).collect();
+        assert_eq!(seen, want);
+        let (unread, next) = page(all.clone(), true, 200, None);
+        assert_eq!(unread.len(), 3);
+        assert!(next.is_none());
+        assert_eq!(page(all, false, 0, None).0.len(), 1, "limit at least 1");
     }
 }

@@ -71,5 +71,6 @@ pub fn api() -> Router<Arc<AppState>> {
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/notifications", get(notifications::list))
         .route("/v1/notifications/{id}/read", post(notifications::read))
+        .route("/v1/notifications/read-all", post(notifications::read_all))
         .route("/v1/stream", get(stream::stream))
 }
