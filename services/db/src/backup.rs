@@ -11,6 +11,9 @@
 //! hashes), to a temporary name, fsynced and renamed: a crash leaves no
 //! half a backup under the real name.
 //!
+//! [`scheduled`] writes such files on a schedule (`--backup-dir`), on
+//! the leader only, keeping the newest few.
+//!
 //! [`restore`] seeds a new member's data dir from one (etcd's `snapshot
 //! restore`): what belonged to the old cluster's running processes goes
 //! (every leased key and its lease), membership is the new cluster's, and
@@ -183,6 +186,96 @@ pub fn restore(
     crate::recovery::seed(dir, id, cluster_token, members, data, history)
 }
 
+/// The schedule of `--backup-dir`, `--backup-every`, `--backup-keep`.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Where the files go.
+    pub dir: std::path::PathBuf,
+    /// How often.
+    pub every: std::time::Duration,
+    /// How many are kept.
+    pub keep: usize,
+}
+
+/// Writes a backup every `s.every` while this node leads (one file per
+/// period for the cluster, not one per node), named by revision and time
+/// (`agenda-REVISION-UNIXSECS.snap`), and removes all but the newest
+/// `s.keep`. Failures are logged and tried again next period.
+pub async fn scheduled(
+    db: crate::service::Db,
+    s: Schedule,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if let Err(e) = std::fs::create_dir_all(&s.dir) {
+        tracing::error!(dir = %s.dir.display(), error = %e, "cannot create the backup dir; no scheduled backups");
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(s.every) => {}
+        }
+        match db.status().await {
+            Ok(st) if st.role == "leader" => {}
+            _ => continue,
+        }
+        let started = std::time::Instant::now();
+        let result = async {
+            let sm = db.snapshot().await?;
+            let (header, body) = tokio::task::spawn_blocking(move || encode(&sm))
+                .await
+                .map_err(|e| Error::Io(format!("encoding a backup: {e}")))?;
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let name = format!("agenda-{:012}-{secs}.snap", header.revision);
+            let path = s.dir.join(&name);
+            let dir = s.dir.clone();
+            let keep = s.keep;
+            tokio::task::spawn_blocking(move || {
+                write_file(&path, &header, &body)?;
+                prune(&dir, keep)?;
+                Ok::<_, Error>((name, header.revision, header.size))
+            })
+            .await
+            .map_err(|e| Error::Io(format!("writing a backup: {e}")))?
+        }
+        .await;
+        match result {
+            Ok((name, revision, bytes)) => tracing::info!(
+                file = %name, revision, bytes, took_ms = started.elapsed().as_millis() as u64,
+                "scheduled backup written"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduled backup failed; trying again next period")
+            }
+        }
+    }
+}
+
+/// Removes all but the newest `keep` backup files of `dir` (by name:
+/// revision first, so the newest state wins).
+pub fn prune(dir: &Path, keep: usize) -> Result<Vec<std::path::PathBuf>> {
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", dir.display()));
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("agenda-") && n.ends_with(".snap"))
+        })
+        .collect();
+    files.sort();
+    let extra = files.len().saturating_sub(keep);
+    let gone: Vec<_> = files.drain(..extra).collect();
+    for f in &gone {
+        std::fs::remove_file(f).map_err(io)?;
+    }
+    Ok(gone)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +339,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not an agenda-db snapshot"));
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_backups_and_nothing_else_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "agenda-000000000010-1.snap",
+            "agenda-000000000020-2.snap",
+            "agenda-000000000030-3.snap",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let gone = prune(dir.path(), 2).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].ends_with("agenda-000000000010-1.snap"));
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "agenda-000000000020-2.snap",
+                "agenda-000000000030-3.snap",
+                "notes.txt"
+            ]
+        );
     }
 
     #[test]

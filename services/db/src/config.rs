@@ -109,6 +109,18 @@ pub struct Config {
     #[arg(long, env = "AGENDA_DB_MAX_QUEUED_REQUESTS", default_value_t = crate::node::mailbox::CLIENT_QUEUE, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=10_000_000), |v| v as usize))]
     pub max_queued_requests: usize,
 
+    /// Scheduled backups: the leader writes a snapshot file (as
+    /// `agendactl snapshot save` does) into this directory every
+    /// --backup-every, keeping the newest --backup-keep. Unset: none.
+    #[arg(long, env = "AGENDA_DB_BACKUP_DIR")]
+    pub backup_dir: Option<std::path::PathBuf>,
+    /// How often the leader writes a backup, e.g. 1h, 30m, 10s, 500ms.
+    #[arg(long, env = "AGENDA_DB_BACKUP_EVERY", default_value = "1h", value_parser = parse_duration)]
+    pub backup_every: Duration,
+    /// How many backup files are kept (the oldest go first).
+    #[arg(long, env = "AGENDA_DB_BACKUP_KEEP", default_value_t = 24, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=100_000), |v| v as usize))]
+    pub backup_keep: usize,
+
     /// Longest a request waits (e.g. for a leader) before failing with
     /// UNAVAILABLE, in milliseconds.
     #[arg(long, env = "AGENDA_DB_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
@@ -208,9 +220,42 @@ pub fn check_addr(addr: &str) -> Result<(), String> {
     }
 }
 
+/// A duration as `NUMBER` and a unit: `ms`, `s`, `m` or `h` (`1h`,
+/// `30m`, `500ms`); at least 100 ms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: want a number and a unit, e.g. 1h, 30m, 10s, 500ms"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: the unit is one of ms, s, m, h")),
+    };
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?}: at least 100ms"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_with_their_unit() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "h", "10", "10d", "50ms", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn cfg(id: u64, peers: &str, join: bool) -> Config {
         let mut args = vec![

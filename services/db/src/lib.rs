@@ -203,6 +203,19 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
         metrics.read_index_retries.clone(),
     );
 
+    if let Some(dir) = cfg.backup_dir.clone() {
+        let schedule = backup::Schedule {
+            dir,
+            every: cfg.backup_every,
+            keep: cfg.backup_keep,
+        };
+        tracing::info!(dir = %schedule.dir.display(), every = ?schedule.every, keep = schedule.keep, "scheduled backups on (written by the leader)");
+        tokio::spawn(backup::scheduled(
+            db_service.clone(),
+            schedule,
+            stop_servers.clone(),
+        ));
+    }
     let grpc_addr = grpc.local_addr().ok();
     let refusals = Arc::new(refusals::Refusals::default());
     tokio::spawn(refusals::write(
