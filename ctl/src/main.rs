@@ -87,6 +87,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SnapshotCmd,
     },
+    /// agenda-db's leader: `transfer ID` hands leadership to member ID and
+    /// waits until it leads (before maintenance on the current leader's
+    /// machine).
+    Leader {
+        #[command(subcommand)]
+        cmd: LeaderCmd,
+    },
     /// agenda-db's members: `list`, `add ID ADDR`, `remove ID`.
     Member {
         #[command(subcommand)]
@@ -147,6 +154,19 @@ enum SnapshotCmd {
         /// Revisions of history the node keeps (agenda-db's --history).
         #[arg(long, default_value_t = 100_000)]
         history: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaderCmd {
+    /// Hand leadership to member ID.
+    Transfer {
+        /// The member to lead.
+        id: u64,
+        #[command(flatten)]
+        db: agenda_common::args::DbArgs,
+        #[command(flatten)]
+        tls: agenda_common::args::TlsArgs,
     },
 }
 
@@ -302,6 +322,17 @@ fn main() -> ExitCode {
                     r.dropped.leases,
                     r.dropped.named_keys
                 );
+                Ok(())
+            }
+            Cmd::Leader {
+                cmd: LeaderCmd::Transfer { id, db, tls },
+            } => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let client = db_client(&db, tls, &stop)?;
+                let before = client.cluster_status().await?.leader_id;
+                let now = client.move_leader(id).await?.leader_id;
+                stop.cancel();
+                println!("leader: member {before} -> member {now}");
                 Ok(())
             }
             Cmd::Member { cmd } => {

@@ -1642,3 +1642,43 @@ async fn a_watch_opened_during_writes_misses_no_revision() -> Result<()> {
     ensure!(opened >= 100, "only {opened} watches opened in 60 s");
     Ok(())
 }
+
+/// `agendactl leader transfer ID` hands leadership to that member and
+/// answers once it leads; a member that is not a voter is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agendactl_transfers_leadership_to_the_member_asked() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let leader = c.leader().await?;
+    let target = *c
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .context("a follower")?;
+    let endpoints: Vec<String> = c.nodes.values().map(|n| n.grpc.clone()).collect();
+    let out = std::process::Command::new(agenda_tests::cluster::bin("agendactl")?)
+        .args([
+            "leader",
+            "transfer",
+            &target.to_string(),
+            "--db",
+            &endpoints.join(","),
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "agendactl leader transfer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("-> member {target}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ensure!(c.leader().await? == target, "member {target} does not lead");
+    let refused = c.client().move_leader(42).await;
+    ensure!(
+        matches!(refused, Err(ClientError::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    Ok(())
+}

@@ -673,6 +673,15 @@ impl DbClient {
         Ok((header, body))
     }
 
+    /// Hands leadership to member `target` (operators only); answers once
+    /// it leads.
+    pub async fn move_leader(&self, target: u64) -> Result<MoveLeaderResponse> {
+        self.call(
+            |mut c| async move { c.move_leader(MoveLeaderRequest { target_id: target }).await },
+        )
+        .await
+    }
+
     /// Status of the cluster as one node sees it.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse> {
         self.call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })

@@ -233,6 +233,31 @@ impl Db {
         Ok(*sm)
     }
 
+    /// Hands leadership to member `target` and waits (within the request
+    /// deadline) until it leads.
+    pub async fn move_leader(&self, target: u64) -> Result<u64> {
+        let status = self.status().await?;
+        if !status.voters.contains(&target) {
+            return Err(Error::InvalidArgument(format!(
+                "member {target} is not a voting member of the cluster"
+            )));
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let status = self.status().await?;
+            if status.leader == target {
+                return Ok(target);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(self.timeout));
+            }
+            // Asked again each round: a transfer in progress is not
+            // restarted, and one lost with a leader change is.
+            self.node.send(Request::TransferLeader(target))?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Adds a voting member.
     pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberChangeResponse> {
         if req.id == 0 {

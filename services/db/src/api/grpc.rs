@@ -121,6 +121,15 @@ impl DbApi for GrpcApi {
         Ok(Response::new(self.db.member_remove(r.into_inner()).await?))
     }
 
+    async fn move_leader(
+        &self,
+        r: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.operator_only(&r, "move the leader")?;
+        let leader_id = self.db.move_leader(r.into_inner().target_id).await?;
+        Ok(Response::new(MoveLeaderResponse { leader_id }))
+    }
+
     type SnapshotStream = SnapshotStream;
 
     /// Operators only: the state holds signing keys and password hashes.

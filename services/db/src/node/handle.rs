@@ -64,6 +64,9 @@ pub enum Request {
         /// shared until the loop changes them).
         reply: oneshot::Sender<Box<crate::state_machine::StateMachine>>,
     },
+    /// Hand leadership to this member (raft's leader transfer; a
+    /// follower passes it on to the leader).
+    TransferLeader(u64),
     /// Nothing to do: wakes the loop so it notices a stop request.
     Wake,
 }

@@ -540,6 +540,10 @@ impl Node {
             Request::Snapshot { reply } => {
                 let _ = reply.send(Box::new(self.sm.clone()));
             }
+            Request::TransferLeader(to) => {
+                tracing::info!(to, "transferring leadership (operator's request)");
+                self.raw.transfer_leader(to);
+            }
             Request::Wake => {}
         }
         Ok(())
