@@ -10,7 +10,7 @@ import { openNewEvent, openEvent, eventChanged, setOnChanged, close as closeEven
 import { startNotifications } from './notifications.js';
 import { mountGroups } from './groups.js';
 import { zones, browserZone } from './time.js';
-import { h, replace, field, showError, clearErrors, toast, isTyping } from './ui.js';
+import { h, replace, field, showError, clearErrors, toast, clearToasts, isTyping } from './ui.js';
 
 const root = document.getElementById('app');
 let teardown = null;
@@ -94,7 +94,7 @@ function showApp() {
     h('table', { class: 'shortcuts' },
       h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Key' }), h('th', { scope: 'col', text: 'Action' }))),
       h('tbody', {}, SHORTCUTS.map(([k, what]) => h('tr', {}, h('td', {}, h('kbd', { text: k })), h('td', { text: what }))))),
-    h('p', { class: 'hint', text: 'Tab moves between buttons and events; Enter opens an event; Escape closes a dialog.' }),
+    h('p', { class: 'hint', text: 'Tab moves between buttons and events; Enter opens an event; Escape closes a dialog, or dismisses the message focus is on (notifications stay in the Notifications panel).' }),
     h('form', { method: 'dialog' }, h('button', { class: 'btn btn-primary', type: 'submit' }, 'Close')));
 
   let groups = null;
@@ -174,7 +174,7 @@ function showApp() {
     closeEventDialog();
     cal.destroy();
     groups?.destroy();
-    replace(document.getElementById('toasts'));
+    clearToasts();
   };
 }
 

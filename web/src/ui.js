@@ -43,26 +43,102 @@ export function uid(prefix = 'id') {
   return `${prefix}-${idCounter}`;
 }
 
+// Toasts: at most MAX_TOASTS at once (a new one pushes the oldest out),
+// each gone after a while unless the pointer or focus is on it. They are
+// a glance, not the record: the notifications panel keeps everything.
+const MAX_TOASTS = 3;
+const MIN_RESUME_MS = 3000; // left to read after the pointer or focus leaves
+const shown = new WeakMap(); // toast element -> { close, held }
+let focusBefore = null; // where focus was before it went into a toast
+
+function toastBox() {
+  const box = document.getElementById('toasts');
+  if (!box.dataset.wired) {
+    box.dataset.wired = '1';
+    // Remember where keyboard focus came from, to give it back when the
+    // toast it went to is dismissed.
+    box.addEventListener('focusin', (ev) => {
+      if (ev.relatedTarget instanceof HTMLElement && !box.contains(ev.relatedTarget)) focusBefore = ev.relatedTarget;
+    });
+  }
+  return box;
+}
+
 /**
  * Shows a toast in the polite live region. `actions`: [{label, run}].
- * Toasts with actions stay longer; every toast can be dismissed.
+ * It goes after `timeout` ms (6 s; 12 s with actions or for an error),
+ * paused while hovered or focused; its × button or Escape (focus inside)
+ * dismisses it.
  */
 export function toast(message, { kind = 'info', actions = [], timeout } = {}) {
-  const box = document.getElementById('toasts');
-  const close = () => el.remove();
+  const box = toastBox();
+  const ms = timeout ?? (actions.length || kind === 'error' ? 12000 : 6000);
+  let left = ms;
+  let startedAt = 0;
+  let timer = null;
+  let hovered = false;
+  const focused = () => el.contains(document.activeElement);
+  const held = () => hovered || focused();
+
+  // `why` (timeout, evicted, dismissed, action, cleared) is left on the
+  // element as data-gone, for tests and debugging. `byKeyboard`: focus
+  // goes back to where it was before the toast (a mouse click leaves it).
+  function close(why, byKeyboard = true) {
+    if (!el.isConnected) return;
+    clearTimeout(timer);
+    timer = null;
+    el.dataset.gone = why;
+    const hadFocus = focused();
+    el.remove();
+    if (hadFocus && byKeyboard && focusBefore?.isConnected) focusBefore.focus();
+  }
+  function pause() {
+    if (!timer) return;
+    clearTimeout(timer);
+    timer = null;
+    left -= Date.now() - startedAt;
+  }
+  function resume() {
+    if (timer || !el.isConnected || held()) return;
+    left = Math.max(left, MIN_RESUME_MS);
+    startedAt = Date.now();
+    timer = setTimeout(close, left, 'timeout');
+  }
+
   const el = h('div', { class: `toast toast-${kind}` },
     h('p', { class: 'toast-text', text: message }),
     h('div', { class: 'toast-actions' },
-      actions.map((a) => h('button', { type: 'button', class: 'btn btn-small', onclick: () => { close(); a.run(); } }, a.label)),
-      h('button', { type: 'button', class: 'btn btn-small btn-quiet', 'aria-label': 'Dismiss', onclick: close }, '×')));
+      actions.map((a) => h('button', { type: 'button', class: 'btn btn-small', onclick: (ev) => { close('action', ev.detail === 0); a.run(); } }, a.label)),
+      h('button', { type: 'button', class: 'btn btn-small btn-quiet', 'aria-label': 'Dismiss', onclick: (ev) => close('dismissed', ev.detail === 0) }, '×')));
+  el.addEventListener('pointerenter', () => { hovered = true; pause(); });
+  el.addEventListener('pointerleave', () => { hovered = false; resume(); });
+  el.addEventListener('focusin', pause);
+  el.addEventListener('focusout', (ev) => { if (!el.contains(ev.relatedTarget)) setTimeout(resume); });
+  el.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape') { ev.preventDefault(); ev.stopPropagation(); close('dismissed'); }
+  });
+  shown.set(el, { close, held });
   box.append(el);
-  const ms = timeout ?? (actions.length ? 12000 : 6000);
-  // Keep a toast the pointer or focus is on, so nobody loses an action mid-click.
-  let timer = setTimeout(close, ms);
-  el.addEventListener('mouseenter', () => clearTimeout(timer));
-  el.addEventListener('focusin', () => clearTimeout(timer));
-  el.addEventListener('mouseleave', () => { timer = setTimeout(close, ms); });
+
+  // Too many: the oldest goes first, but never one being read or used (at
+  // most two are: one under the pointer, one with focus).
+  const all = [...box.querySelectorAll('.toast')];
+  for (let extra = all.length - MAX_TOASTS; extra > 0; extra -= 1) {
+    const victim = all.find((t) => t !== el && t.isConnected && !shown.get(t)?.held());
+    if (!victim) break;
+    shown.get(victim).close('evicted');
+  }
+  startedAt = Date.now();
+  timer = setTimeout(close, left, 'timeout');
   return el;
+}
+
+/** Dismisses every toast (e.g. when the screen changes). */
+export function clearToasts() {
+  for (const t of document.querySelectorAll('#toasts .toast')) {
+    const s = shown.get(t);
+    if (s) s.close('cleared'); else t.remove();
+  }
 }
 
 /** Clears the error messages `showError` put in `form`. */

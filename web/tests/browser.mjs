@@ -7,10 +7,12 @@
 // Env: AGENDA_URL (default http://127.0.0.1:8080; for https, also
 // NODE_EXTRA_CA_CERTS=.agenda/ca.pem), ARTIFACTS (screenshots,
 // default web/test-artifacts/), CHROMIUM (default /usr/bin/chromium),
-// HEADED=1 to watch.
+// HEADED=1 to watch, AGENDA_USERS_PIDS (comma-separated pids of the two
+// agenda-users replicas; the failover step kills the first, and is skipped
+// without it).
 
 import { chromium } from 'playwright-core';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -111,6 +113,27 @@ async function register(page, who) {
 
 const dialog = (page) => page.locator('#event-dialog');
 
+/**
+ * Dismisses every toast through the UI (its × button), then moves the
+ * pointer away (a toast under the pointer stays), so a screenshot shows
+ * the view itself. Not while a modal dialog is open (the page behind it
+ * is inert).
+ */
+async function dismissToasts(page) {
+  const toasts = page.locator('#toasts .toast');
+  const deadline = Date.now() + T;
+  while ((await toasts.count()) > 0) {
+    if (Date.now() > deadline) throw new Error(`toasts still shown: ${await toasts.allTextContents()}`);
+    // One may go by itself meanwhile: then the next is clicked.
+    await toasts.first().getByRole('button', { name: 'Dismiss' }).click({ timeout: 2000 }).catch(() => {});
+  }
+  await page.mouse.move(2, 890);
+  await waitFor(page, () => !document.querySelector('#toasts .toast'), null, 'no toast shown');
+}
+
+/** What the page's toast watch recorded (see toastWatch). */
+const toastLog = (page) => page.evaluate(() => ({ log: window.__toasts.log.map(({ el, ...x }) => x), most: window.__toasts.most() }));
+
 async function closeDialog(page) {
   await page.keyboard.press('Escape');
   await dialog(page).waitFor({ state: 'hidden', timeout: T });
@@ -165,6 +188,32 @@ await ctxB.routeWebSocket(/\/v1\/stream/, (ws) => {
   ws.connectToServer();
   currentStream = ws;
 });
+// Every toast each page shows: when it came, when and why it went
+// (the app marks data-gone: timeout, evicted, dismissed), and the most
+// shown at once.
+function toastWatch() {
+  const log = [];
+  let most = 0;
+  window.__toasts = { log, most: () => most };
+  document.addEventListener('DOMContentLoaded', () => {
+    const box = document.getElementById('toasts');
+    new MutationObserver((records) => {
+      for (const r of records) {
+        for (const n of r.addedNodes) {
+          if (!(n instanceof HTMLElement) || !n.classList.contains('toast')) continue;
+          log.push({ el: n, text: n.querySelector('.toast-text')?.textContent || '', kind: n.className, actions: n.querySelectorAll('.toast-actions .btn:not(.btn-quiet)').length, added: Date.now(), removed: null, gone: null });
+        }
+        for (const n of r.removedNodes) {
+          const e = log.find((x) => x.el === n);
+          if (e && e.removed === null) { e.removed = Date.now(); e.gone = n.dataset.gone || null; }
+        }
+      }
+      most = Math.max(most, box.querySelectorAll('.toast').length);
+    }).observe(box, { childList: true });
+  });
+}
+await ctxA.addInitScript(toastWatch);
+await ctxB.addInitScript(toastWatch);
 // What A's stream receives (the token renewal answer).
 const framesA = [];
 pa.on('websocket', (ws) => ws.on('framereceived', (f) => framesA.push(String(f.payload))));
@@ -217,6 +266,39 @@ await step('A changes the time zone (PATCH /v1/me) and back', async () => {
   await visible(pa.locator('.toast'), A.zone);
 });
 
+await step('toasts: at most three at once (the oldest goes first), Escape dismisses the focused one, the rest go after 6 s', async () => {
+  // Two "Times are now shown" toasts so far (Tokyo, Madrid); three more.
+  const tz = pa.locator('#my-time-zone');
+  for (const z of ['UTC', 'America/New_York', A.zone]) {
+    const count = (text) => window.__toasts.log.filter((t) => t.text.includes(text)).length;
+    const before = await pa.evaluate(count, `shown in ${z}.`);
+    await tz.selectOption(z);
+    await waitFor(pa, ([text, n]) => window.__toasts.log.filter((t) => t.text.includes(text)).length > n, [`shown in ${z}.`, before], `the toast for ${z}`);
+  }
+  const texts = await pa.locator('#toasts .toast .toast-text').allTextContents();
+  const want = ['UTC', 'America/New_York', A.zone].map((z) => `Times are now shown in ${z}.`);
+  if (JSON.stringify(texts) !== JSON.stringify(want)) throw new Error(`toasts shown: ${JSON.stringify(texts)}, wanted the newest three: ${JSON.stringify(want)}`);
+  // Keyboard: from the time zone field into the newest toast; Escape
+  // dismisses it and gives focus back.
+  await tz.focus();
+  const newest = pa.locator('#toasts .toast').last();
+  await newest.getByRole('button', { name: 'Dismiss' }).focus();
+  await pa.keyboard.press('Escape');
+  await waitFor(pa, () => document.querySelectorAll('#toasts .toast').length === 2, null, 'the focused toast to go');
+  await waitFor(pa, () => document.activeElement?.id === 'my-time-zone', null, 'focus back on the time zone field');
+  // The other two go by themselves, 6 s after they came (the pointer is
+  // elsewhere: a toast under it would stay).
+  await pa.mouse.move(400, 25);
+  await waitFor(pa, () => !document.querySelector('#toasts .toast'), null, 'the toasts to go by themselves');
+  const { log } = await toastLog(pa);
+  const zones = log.filter((t) => t.text.startsWith('Times are now shown in'));
+  const went = zones.map((t) => t.gone).join(',');
+  if (went !== 'evicted,evicted,timeout,timeout,dismissed') throw new Error(`the time zone toasts (Tokyo, Madrid, UTC, New York, Madrid) went as: ${went}`);
+  const rest = log.filter((t) => t.text.includes('shown in UTC') || t.text.includes('shown in America/New_York'));
+  const wrong = rest.filter((t) => t.gone !== 'timeout' || t.removed - t.added < 5_900 || t.removed - t.added > 10_000);
+  if (rest.length !== 2 || wrong.length) throw new Error(`toasts did not go by themselves after 6 s: ${JSON.stringify(rest)}`);
+});
+
 await step('B registers in a second browser (time zone America/New_York)', async () => {
   await pb.goto(`${BASE}/`, { waitUntil: 'load' });
   await register(pb, B);
@@ -265,7 +347,9 @@ await step('A opens the event and sees B invited', async () => {
 
 await step('B sees the invitation arrive live (toast and unread count, no reload)', async () => {
   const navs = await pb.evaluate(() => performance.getEntriesByType('navigation').length);
-  await visible(pb.locator('.toast'), title);
+  // B points at it as it arrives, as people do: it stays while pointed at
+  // (it would go after 12 s), so B can open it in the next steps.
+  await (await visible(pb.locator('.toast'), title)).hover();
   await waitFor(pb, () => Number(document.querySelector('.bell')?.dataset.unread) >= 1, null, 'an unread count');
   await visible(pb.getByRole('button', { name: 'Notifications 1 unread' }));
   if ((await pb.evaluate(() => performance.getEntriesByType('navigation').length)) !== navs) throw new Error('the page reloaded');
@@ -294,6 +378,12 @@ await step('A sees B\'s status change to accepted in the open dialog', async () 
 });
 
 await step('screenshot: week view with the event dialog open', async () => {
+  // The toasts sit under the modal dialog, out of reach (inert): close it,
+  // dismiss them, open the event again.
+  await closeDialog(pa);
+  await dismissToasts(pa);
+  await calEvent(pa, title).click();
+  await visible(dialog(pa).locator('.attendee', { hasText: B.name }), 'Accepted');
   const path = await shot(pa, 'week-event-dialog');
   notes.push(`screenshot ${path}`);
   await axe(pa, 'event dialog (organizer)');
@@ -351,6 +441,7 @@ await step('keyboard: month view ("m"), screenshot and axe', async () => {
   await pa.keyboard.press('m');
   await visible(pa.locator('.fc-dayGridMonth-view'));
   await visible(calEvent(pa, title));
+  await dismissToasts(pa);
   notes.push(`screenshot ${await shot(pa, 'month-view')}`);
   await axe(pa, 'month view');
   await pa.keyboard.press('w');
@@ -507,9 +598,21 @@ await step('groups: the group agenda shows both members (screenshot, axe)', asyn
   const agenda = pa.locator('.group-agenda-calendar');
   await visible(agenda.locator('.fc-event'), `${B.name}: ${title}`);
   await visible(agenda.locator('.fc-event'), `${A.name}: ${title}`);
+  await dismissToasts(pa);
   await pa.locator('.group-agenda').scrollIntoViewIfNeeded();
   notes.push(`screenshot ${await shot(pa, 'group-agenda')}`);
   await axe(pa, 'groups page with the group agenda');
+});
+
+await step('toasts: never more than three at once, none gone before its time', async () => {
+  for (const [who, p] of [['A', pa], ['B', pb]]) {
+    const { log, most } = await toastLog(p);
+    if (most > 3) throw new Error(`${who} saw ${most} toasts at once`);
+    const timedOut = log.filter((t) => t.gone === 'timeout');
+    // 6 s, 12 s with an action or for an error; hover and focus only add.
+    const early = timedOut.filter((t) => t.removed - t.added < (t.actions || t.kind.includes('toast-error') ? 11_900 : 5_900));
+    if (early.length) throw new Error(`${who}: toasts gone too early: ${JSON.stringify(early)}`);
+  }
 });
 
 await step('B logs out and stays logged out across a reload', async () => {
@@ -528,6 +631,85 @@ await step('B signs in again', async () => {
   await form.getByRole('button', { name: 'Sign in' }).click();
   await visible(pb.locator('.fc-view-harness'));
   await visible(calEvent(pb, title));
+});
+
+/** Whether process `pid` has ended (gone, or a zombie not yet reaped). */
+function ended(pid) {
+  if (!existsSync(`/proc/${pid}`)) return true;
+  try {
+    return /^\d+ \(.*\) [ZX] /s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+// Last: the killed replica stays down; the other one serves from here on.
+await step('a users replica killed during a save: the event is saved once, no error shown', async () => {
+  const pids = (process.env.AGENDA_USERS_PIDS || '').split(',').map((x) => Number(x.trim())).filter((x) => x > 0);
+  if (!pids.length) {
+    notes.push('the failover step was skipped: AGENDA_USERS_PIDS is not set');
+    return;
+  }
+  const victim = pids[0];
+  if (ended(victim)) throw new Error(`users replica pid ${victim} is not running`);
+  await pa.getByRole('link', { name: 'Calendar' }).click();
+  await visible(pa.locator('.fc-view-harness'));
+  const name = `Failover ${run}`;
+  const { log: before } = await toastLog(pa);
+  await pa.getByRole('button', { name: /New event/ }).click();
+  const d = dialog(pa);
+  await visible(d);
+  await d.getByLabel('Title').fill(name);
+  await d.getByLabel('Starts').fill(dayAt(A.zone, 23));
+  await d.getByLabel('Ends').fill(dayAt(A.zone, 23, 30));
+  // The save is held until the replica is dead, then let through: the
+  // gateway meets a dead replica and must carry the request to the other.
+  const posts = [];
+  await pa.route(/\/v1\/events(\?.*)?$/, async (route) => {
+    if (route.request().method() !== 'POST') return route.fallback();
+    posts.push(route.request().headers()['idempotency-key']);
+    if (posts.length === 1) {
+      process.kill(victim, 'SIGKILL');
+      const deadline = Date.now() + T;
+      while (!ended(victim)) {
+        if (Date.now() > deadline) throw new Error(`pid ${victim} still alive after SIGKILL`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    await route.continue();
+  });
+  const created = pa.waitForResponse((r) => r.request().method() === 'POST' && /\/v1\/events(\?|$)/.test(r.url()) && r.status() === 201, { timeout: 20_000 });
+  await d.getByRole('button', { name: 'Create event' }).click();
+  try {
+    await created;
+    // Saved: the dialog closes, or stays to show what the event overlaps
+    // (23:00 may be the keyboard event's slot).
+    await waitFor(pa, () => !document.querySelector('#event-dialog')?.open || !document.querySelector('#event-dialog .conflicts')?.hidden, null, 'the event to be saved');
+  } finally {
+    await pa.unroute(/\/v1\/events(\?.*)?$/);
+  }
+  if (!ended(victim)) throw new Error('the replica was not killed');
+  const formError = await d.locator('.form-error:not([hidden]), .field-error:not([hidden])').allTextContents();
+  if (formError.some((t) => t.trim())) throw new Error(`the dialog shows an error: ${formError.join(' | ')}`);
+  if (await d.isVisible()) await closeDialog(pa);
+  const { log: after } = await toastLog(pa);
+  const errors = after.slice(before.length).filter((t) => t.kind.includes('toast-error'));
+  if (errors.length) throw new Error(`an error was shown: ${errors.map((t) => t.text).join(' | ')}`);
+  if (new Set(posts).size !== 1) throw new Error(`the retries changed the Idempotency-Key: ${JSON.stringify(posts)}`);
+  // Exactly once: in the calendar after a reload, and in GET /v1/events.
+  await pa.reload({ waitUntil: 'load' });
+  await visible(calEvent(pa, name), null, 20_000);
+  await waitFor(pa, () => document.querySelector('.calendar')?.getAttribute('aria-busy') === 'false', null, 'the agenda to load');
+  const shownTimes = await pa.locator('.fc-event', { hasText: name }).count();
+  if (shownTimes !== 1) throw new Error(`the calendar shows the event ${shownTimes} times`);
+  const login = await (await fetch(`${BASE}/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: A.name, password: PASSWORD }) })).json();
+  const day = new Date(Date.now() - 2 * 86400e3).toISOString();
+  const until = new Date(Date.now() + 3 * 86400e3).toISOString();
+  const r = await fetch(`${BASE}/v1/events?${new URLSearchParams({ from: day, to: until })}`, { headers: { authorization: `Bearer ${login.access_token}` } });
+  if (!r.ok) throw new Error(`GET /v1/events: ${r.status} ${await r.text()}`);
+  const found = (await r.json()).items.filter((e) => e.title === name);
+  if (found.length !== 1) throw new Error(`GET /v1/events lists the event ${found.length} times`);
+  notes.push(`failover: users replica pid ${victim} killed during the save; ${posts.length} POST(s) from the browser, the event saved once`);
 });
 
 await step('no script errors in either page', async () => {
