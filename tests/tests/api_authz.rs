@@ -243,6 +243,12 @@ fn row(w: &World, method: &Method, route: &str, who: Who) -> Option<Cell> {
             None,
             open(OK),
         ),
+        // Searches the caller's own agenda only: open to anyone signed in.
+        ("GET", "/v1/events/search") => cell(
+            "/v1/events/search?q=shared&from=2031-01-01T00:00:00Z&to=2031-01-08T00:00:00Z".into(),
+            None,
+            open(OK),
+        ),
         ("GET", "/v1/events/{id}") => cell(format!("/v1/events/{e}"), None, in_event(who, OK, OK)),
         ("PATCH", "/v1/events/{id}") => cell(
             format!("/v1/events/{e}"),
@@ -265,6 +271,8 @@ fn row(w: &World, method: &Method, route: &str, who: Who) -> Option<Cell> {
             open(OK),
         ),
         ("GET", "/v1/notifications") => cell(route.into(), None, open(OK)),
+        // Marks the caller's own notifications only.
+        ("POST", "/v1/notifications/read-all") => cell(route.into(), Some(json!({})), open(OK)),
         // The member's notification: theirs alone.
         ("POST", "/v1/notifications/{id}/read") => cell(
             format!(
