@@ -293,7 +293,12 @@ def before_call(context, case, kwargs):
         _fix_event(case.body, patch=False)
     elif (method, path) == ("PATCH", "/v1/events/{id}"):
         _fix_event(case.body, patch=True)
-    elif method == "GET" and path in ("/v1/events", "/v1/freebusy", "/v1/groups/{id}/agenda"):
+    elif method == "GET" and path in (
+        "/v1/events",
+        "/v1/events/search",
+        "/v1/freebusy",
+        "/v1/groups/{id}/agenda",
+    ):
         _fix_window(case)
     elif (method, path) == ("GET", "/v1/admin/audit"):
         _fix_window(case, defaults=True)
