@@ -178,6 +178,14 @@ export function mountCalendar(el, hooks) {
     refetch: () => calendar.refetchEvents(),
     setTimeZone: (tz) => calendar.setOption('timeZone', tz),
     updateSize: () => calendar.updateSize(),
+    /** My answer to event `id` as last loaded (an occurrence in view), or null. */
+    statusOf: (id) => {
+      const hit = calendar.getEvents().find((x) => {
+        const e = x.extendedProps.event;
+        return e && (e.id === id || e.recurring_event_id === id);
+      });
+      return hit?.extendedProps.event.my_status ?? null;
+    },
     destroy: () => { document.removeEventListener('keydown', onKey); calendar.destroy(); },
   };
 }
@@ -216,5 +224,6 @@ export const SHORTCUTS = [
   ['d', 'Day view'],
   ['l', 'List view'],
   ['r', 'Reload the agenda'],
+  ['/', 'Search events'],
   ['?', 'Show these shortcuts'],
 ];

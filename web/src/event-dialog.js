@@ -22,6 +22,15 @@ const STATUS_TEXT = {
 let ui = null; // the dialog's parts, built on first use
 let state = null; // { mode, event, occurrence, key, returnFocus }
 let onChanged = () => {};
+// My answer to each event the dialog has shown or answered ("me:event"
+// -> status), so a notification can tell an answer that was reset.
+const known = new Map();
+function remember(ev) {
+  const mine = myAttendance(ev);
+  if (mine) known.set(`${mine.user_id}:${ev.id}`, mine.status);
+}
+/** My last answer to event `id` seen here, or null. */
+export const knownStatus = (id) => known.get(`${currentUser()?.id}:${id}`) ?? null;
 
 /** Called after any change the dialog saves (the calendar refetches). */
 export function setOnChanged(fn) { onChanged = fn; }
@@ -210,6 +219,7 @@ export async function openEvent(eventOrId) {
     toast(e.status === 404 ? 'That event no longer exists (or you may no longer see it).' : `Could not open the event: ${e.message}`, { kind: 'error' });
     return;
   }
+  remember(ev);
   const mode = ev.organizer_id === currentUser()?.id ? 'edit' : 'view';
   state = { mode, event: ev, occurrence, returnFocus };
   reset();
@@ -225,7 +235,11 @@ export async function eventChanged(id) {
   try {
     const ev = await get(`/v1/events/${id}`);
     if (!state || state.event?.id !== id) return;
+    // A move sets my answer back to needs_action: say so.
+    const before = myAttendance(state.event)?.status;
+    if (['accepted', 'tentative', 'declined'].includes(before) && myAttendance(ev)?.status === 'needs_action') state.reasked = true;
     state.event = ev;
+    remember(ev);
     // Fields the person may be editing stay as they are; answers update.
     renderStatuses();
     renderRsvp();
@@ -285,13 +299,18 @@ function renderStatuses() {
     h('span', { class: 'badge', text: STATUS_TEXT[a.status] || a.status }))));
 }
 
-function renderRsvp() {
-  const ev = state.event;
+/** My attendee entry of `ev` (not as its organizer), or null. */
+function myAttendance(ev) {
   const me = currentUser();
-  const mine = ev && me && ev.organizer_id !== me.id && ev.attendees.find((a) => a.user_id === me.id);
+  return (ev && me && ev.organizer_id !== me.id && ev.attendees.find((a) => a.user_id === me.id)) || null;
+}
+
+function renderRsvp() {
+  const mine = myAttendance(state.event);
   ui.rsvp.hidden = !mine;
   if (!mine) return;
-  ui.rsvp.querySelector('.rsvp-current').textContent = `You: ${STATUS_TEXT[mine.status] || mine.status}.`;
+  const again = state.reasked && mine.status === 'needs_action' ? ' The event was moved: please answer again.' : '';
+  ui.rsvp.querySelector('.rsvp-current').textContent = `You: ${STATUS_TEXT[mine.status] || mine.status}.${again}`;
   for (const b of ui.rsvp.querySelectorAll('button')) b.setAttribute('aria-pressed', String(b.dataset.status === mine.status));
 }
 
@@ -399,6 +418,7 @@ async function answer(status) {
   try {
     const reply = await post(`/v1/events/${ev.id}/rsvp`, { status });
     state.event = reply.event;
+    remember(reply.event);
     renderStatuses();
     renderRsvp();
     onChanged();

@@ -6,9 +6,10 @@
 import { api } from './api.js';
 import * as session from './session.js';
 import { mountCalendar, SHORTCUTS } from './calendar.js';
-import { openNewEvent, openEvent, eventChanged, setOnChanged, close as closeEventDialog } from './event-dialog.js';
+import { openNewEvent, openEvent, eventChanged, setOnChanged, knownStatus, close as closeEventDialog } from './event-dialog.js';
 import { startNotifications } from './notifications.js';
 import { mountGroups } from './groups.js';
+import { mountSearch } from './search.js';
 import { zones, browserZone } from './time.js';
 import { h, replace, field, showError, clearErrors, toast, clearToasts, isTyping } from './ui.js';
 
@@ -85,7 +86,13 @@ function showApp() {
   const tz = zoneSelect('time_zone', me.time_zone || 'UTC');
   tz.id = 'my-time-zone';
   const calendarEl = h('div', { class: 'calendar', id: 'calendar' });
-  const calendarView = h('section', { id: 'calendar-view', class: 'view', 'aria-label': 'Calendar' }, calendarEl);
+  // The calendar's header: event search ("/" focuses it).
+  const search = mountSearch({
+    anchor: () => cal.calendar.view.activeStart,
+    open: (occurrence) => openEvent(occurrence),
+    active: () => !calendarView.hidden,
+  });
+  const calendarView = h('section', { id: 'calendar-view', class: 'view', 'aria-label': 'Calendar' }, search.el, calendarEl);
   const groupsView = h('section', { id: 'groups-view', class: 'view', 'aria-label': 'Groups', hidden: true });
   const navCal = h('a', { href: '#/calendar', class: 'nav-link' }, 'Calendar');
   const navGroups = h('a', { href: '#/groups', class: 'nav-link' }, 'Groups');
@@ -101,6 +108,9 @@ function showApp() {
   let pendingGroup = null; // a group to show once the groups page is up
   const notifications = startNotifications({
     openEvent: (id) => openEvent(id),
+    // My answer to an event as the calendar has it now (before a refetch),
+    // else as the event dialog last saw it.
+    statusOf: (id) => cal.statusOf(id) ?? knownStatus(id),
     openGroups: (id) => {
       if (location.hash.startsWith('#/groups') && groups) groups.show(id);
       else { pendingGroup = id; location.hash = '#/groups'; }
@@ -173,6 +183,7 @@ function showApp() {
     notifications.stop();
     closeEventDialog();
     cal.destroy();
+    search.destroy();
     groups?.destroy();
     clearToasts();
   };

@@ -1,6 +1,8 @@
-// Live notifications: the stored list (GET /v1/notifications), the
-// WebSocket stream /v1/stream for what happens next, a toast for each new
-// one, the unread count on the bell button and the panel that lists them.
+// Live notifications: the stored list (GET /v1/notifications, newest
+// first, in pages of 50: "Load older" follows `next`), the WebSocket stream
+// /v1/stream for what happens next, a toast for each new one, the unread
+// count on the bell button and the panel that lists them ("Mark all read"
+// is one POST /v1/notifications/read-all).
 //
 // The stream (API.md, gateway routes/stream.rs): the browser cannot set
 // headers on a WebSocket, so the token goes in `?access_token=`; a
@@ -15,16 +17,30 @@ import { formatRange, ago } from './time.js';
 import { h, replace, toast } from './ui.js';
 
 const MAX_BACKOFF_MS = 30_000;
+const PAGE_SIZE = 50;
+// For tests and debugging: a smaller page (1..200), e.g.
+// localStorage.setItem('agenda.notifications.page_size', '2'), read when
+// the app starts.
+const PAGE_SIZE_KEY = 'agenda.notifications.page_size';
+
+function pageSize() {
+  const n = Number(localStorage.getItem(PAGE_SIZE_KEY));
+  return Number.isInteger(n) && n >= 1 && n <= 200 ? n : PAGE_SIZE;
+}
 
 /**
  * Starts the notifications of the signed-in person.
  * `hooks.openEvent(id)`, `hooks.changed(notification)` (a live change the
- * calendar, dialog and groups may want to show), `hooks.openGroups()`.
+ * calendar, dialog and groups may want to show), `hooks.openGroups()`,
+ * `hooks.statusOf(eventId)` (my answer as the calendar has it, or null).
  * Returns { button, panel, stop }.
  */
 export function startNotifications(hooks) {
   const items = new Map(); // id -> notification
+  const limit = pageSize();
   let lastId = null;
+  let older = null; // the `next` of the oldest page read: "Load older" reads from there
+  let firstPageRead = false;
   let ws = null;
   let attempt = 0;
   let retryTimer = null;
@@ -37,11 +53,12 @@ export function startNotifications(hooks) {
   const connection = h('p', { class: 'connection', 'data-state': 'connecting', text: 'Connecting…' });
   const list = h('ul', { class: 'notification-list' });
   const heading = h('h2', { id: 'notifications-title', text: 'Notifications' });
+  const loadOlder = h('button', { type: 'button', class: 'btn btn-small load-older', hidden: true, onclick: readOlder }, 'Load older');
   const panel = h('section', { id: 'notifications-panel', class: 'panel notifications', hidden: true, 'aria-labelledby': 'notifications-title', tabindex: '-1' },
     h('div', { class: 'panel-head' }, heading,
       h('button', { type: 'button', class: 'btn btn-small', onclick: markAllRead }, 'Mark all read'),
       h('button', { type: 'button', class: 'btn btn-small btn-quiet', 'aria-label': 'Close notifications', onclick: () => toggle(false) }, '×')),
-    connection, list);
+    connection, list, loadOlder);
 
   button.addEventListener('click', () => toggle(panel.hidden));
   panel.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') { toggle(false); button.focus(); } });
@@ -61,10 +78,11 @@ export function startNotifications(hooks) {
     button.dataset.unread = String(n);
     const sorted = [...items.values()].sort((a, b) => (a.id < b.id ? 1 : -1));
     replace(list, sorted.length ? sorted.map(row) : h('li', { class: 'empty', text: 'Nothing yet.' }));
+    loadOlder.hidden = !older;
   }
 
   function row(n) {
-    return h('li', { class: `notification ${n.read ? 'read' : 'unread'}`, dataset: { id: n.id, kind: n.kind } },
+    return h('li', { class: `notification ${n.read ? 'read' : 'unread'}`, tabindex: '-1', dataset: { id: n.id, kind: n.kind } },
       h('p', { class: 'notification-text', text: describe(n) }),
       h('p', { class: 'notification-time', text: `${n.read ? '' : 'New · '}${ago(n.created_at)}` }),
       h('div', { class: 'notification-actions' }, actions(n).map((a) => h('button', { type: 'button', class: 'btn btn-small', onclick: a.run }, a.label))));
@@ -75,7 +93,8 @@ export function startNotifications(hooks) {
     const out = [];
     const d = n.data || {};
     if (d.event_id && n.kind !== 'event_cancelled') {
-      out.push({ label: n.kind === 'event_invited' ? 'Open and answer' : 'Open event', run: () => { markRead(n); hooks.openEvent(d.event_id); } });
+      const answer = n.kind === 'event_invited' || n.answer === 'again' || n.answer === 'awaited';
+      out.push({ label: answer ? 'Open and answer' : 'Open event', run: () => { markRead(n); hooks.openEvent(d.event_id); } });
     }
     if (n.kind === 'group_invitation' && d.invitation_id) {
       out.push({ label: 'Join group', run: () => answerInvitation(n, 'accept') });
@@ -106,11 +125,18 @@ export function startNotifications(hooks) {
     try { await post(`/v1/notifications/${n.id}/read`); } catch { /* shown as read here anyway */ }
   }
 
+  /** Every one read, in one request (older pages not read yet included). */
   async function markAllRead() {
     const open = [...items.values()].filter((n) => !n.read);
     for (const n of open) n.read = true;
     render();
-    await Promise.allSettled(open.map((n) => post(`/v1/notifications/${n.id}/read`)));
+    try {
+      await post('/v1/notifications/read-all');
+    } catch (e) {
+      for (const n of open) n.read = false;
+      render();
+      toast(`Could not mark the notifications read: ${e.message}`, { kind: 'error' });
+    }
   }
 
   /** Adds `n` (once); `live`: it just happened, so tell the person. */
@@ -119,19 +145,60 @@ export function startNotifications(hooks) {
     items.set(n.id, n);
     if (!lastId || n.id > lastId) lastId = n.id; // UUIDv7: ordered by time
     render();
-    if (live) {
-      const acts = actions(n).filter((a) => a.label !== 'Mark read');
-      toast(describe(n), { kind: 'notice', actions: acts });
+    if (!live) return;
+    if (n.kind === 'event_updated' && n.data?.event_id) {
+      // Moving an event sets the attendees' answers back to needs_action:
+      // read it again to tell "answer again" from a plain change.
+      const before = hooks.statusOf?.(n.data.event_id) ?? null;
       hooks.changed(n);
+      get(`/v1/events/${n.data.event_id}`).then((ev) => {
+        const me = currentUser();
+        if (ev.organizer_id !== me?.id && (ev.my_status === 'needs_action' || ev.my_status === 'invited')) {
+          n.answer = ANSWERED.includes(before) && ev.my_status === 'needs_action' ? 'again' : 'awaited';
+          render();
+        }
+      }, () => { /* the toast says it changed; the panel keeps it */ }).finally(() => tell(n));
+      return;
+    }
+    tell(n);
+    hooks.changed(n);
+  }
+
+  function tell(n) {
+    if (stopped) return;
+    const acts = actions(n).filter((a) => a.label !== 'Mark read');
+    toast(describe(n), { kind: 'notice', actions: acts });
+  }
+
+  /** The newest page (at start, and once more when the stream first connects). */
+  async function loadStored() {
+    try {
+      const r = await get('/v1/notifications', { limit });
+      for (const n of r.items) receive(n, false);
+      // Older pages go on from where the first read ended (a later read of
+      // the newest page would only overlap it).
+      if (!firstPageRead) { firstPageRead = true; older = r.next || null; render(); }
+    } catch (e) {
+      toast(`Could not load notifications: ${e.message}`, { kind: 'error' });
     }
   }
 
-  async function loadStored() {
+  /** "Load older": the next page; focus goes to the first row it added. */
+  async function readOlder() {
+    if (!older) return;
+    loadOlder.disabled = true;
     try {
-      const r = await get('/v1/notifications');
+      const r = await get('/v1/notifications', { limit, before: older });
+      const added = r.items.filter((n) => !items.has(n.id));
       for (const n of r.items) receive(n, false);
+      older = r.next || null;
+      render();
+      const first = added.length && list.querySelector(`[data-id="${CSS.escape(added[0].id)}"]`);
+      if (older) loadOlder.focus(); else if (first) first.focus(); else panel.focus();
     } catch (e) {
-      toast(`Could not load notifications: ${e.message}`, { kind: 'error' });
+      toast(`Could not load older notifications: ${e.message}`, { kind: 'error' });
+    } finally {
+      loadOlder.disabled = false;
     }
   }
 
@@ -204,19 +271,32 @@ export function startNotifications(hooks) {
   return { button, panel, stop, toggle };
 }
 
-/** One sentence for a notification. */
+const ANSWERED = ['accepted', 'tentative', 'declined'];
+const ANSWER_VERB = { accepted: 'accepted', tentative: 'answered maybe to', declined: 'declined', needs_action: 'has not answered yet for' };
+
+/**
+ * One sentence for a notification. Event notifications name who caused
+ * them (`by_username`, while they take part); an `rsvp` what they
+ * answered (`status`); an `event_updated` the app read again live may
+ * carry `answer` ('again': my answer was reset; 'awaited': I have not
+ * answered).
+ */
 export function describe(n) {
   const d = n.data || {};
   const tz = currentUser()?.time_zone || 'UTC';
   const title = d.title ? `“${d.title}”` : 'an event';
   const when = d.start && d.end ? ` (${formatRange(d.start, d.end, tz)})` : '';
   const group = d.group_name || d.name ? `“${d.group_name || d.name}”` : 'a group';
+  const by = d.by_username || null;
   switch (n.kind) {
-    case 'event_invited': return `You are invited to ${title}${when}.`;
-    case 'event_added': return `${title} was added to your agenda${when}.`;
-    case 'event_updated': return `${title} was changed${when}.`;
-    case 'event_cancelled': return `${title} was cancelled${when}.`;
-    case 'rsvp': return `An attendee answered your invitation to ${title}.`;
+    case 'event_invited': return by ? `${by} invited you to ${title}${when}.` : `You are invited to ${title}${when}.`;
+    case 'event_added': return `${title} was added to your agenda${by ? ` by ${by}` : ''}${when}.`;
+    case 'event_updated':
+      if (n.answer === 'again') return `${by || 'The organizer'} moved ${title}${when}. Please answer again.`;
+      if (n.answer === 'awaited') return `${by ? `${by} changed` : 'Changed:'} ${title}${when}. It awaits your answer.`;
+      return by ? `${by} changed ${title}${when}.` : `${title} was changed${when}.`;
+    case 'event_cancelled': return by ? `${by} cancelled ${title}${when}.` : `${title} was cancelled${when}.`;
+    case 'rsvp': return `${by || 'An attendee'} ${ANSWER_VERB[d.status] || 'answered your invitation to'} ${title}.`;
     case 'attendee_left': return `An attendee of ${title} deleted their account.`;
     case 'group_invitation': return `You are invited to join the group ${group}.`;
     case 'invitation_answered': return `${d.username || 'Someone'} ${d.status === 'accepted' ? 'joined' : 'declined to join'} ${group}.`;

@@ -36,14 +36,23 @@ export function fromLocalInput(value, zone) {
 /** An RFC 3339 string for an instant (UTC). */
 export const isoUtc = (d) => DateTime.fromJSDate(d).toUTC().toISO({ suppressMilliseconds: true });
 
-/** "Mon 7 Jan, 10:00–11:00" in `zone` (dates repeated when they differ). */
-export function formatRange(startIso, endIso, zone) {
+/**
+ * "Mon 7 Jan, 10:00–11:00" in `zone` (dates repeated when they differ);
+ * `withYear`: "Mon 7 Jan 2026, …" (lists that span years, like search).
+ */
+export function formatRange(startIso, endIso, zone, withYear = false) {
   const s = DateTime.fromISO(startIso, { setZone: true }).setZone(zone);
   const e = DateTime.fromISO(endIso, { setZone: true }).setZone(zone);
-  const day = { weekday: 'short', day: 'numeric', month: 'short' };
+  const day = { weekday: 'short', day: 'numeric', month: 'short', ...(withYear ? { year: 'numeric' } : {}) };
   const time = { hour: '2-digit', minute: '2-digit' };
   if (s.hasSame(e, 'day')) return `${s.toLocaleString(day)}, ${s.toLocaleString(time)}–${e.toLocaleString(time)}`;
   return `${s.toLocaleString(day)} ${s.toLocaleString(time)} – ${e.toLocaleString(day)} ${e.toLocaleString(time)}`;
+}
+
+/** "Nov 26, 2026" in `zone` (a JS Date or an ISO string). */
+export function formatDay(d, zone) {
+  const t = d instanceof Date ? DateTime.fromJSDate(d) : DateTime.fromISO(d, { setZone: true });
+  return t.setZone(zone).toLocaleString({ day: 'numeric', month: 'short', year: 'numeric' });
 }
 
 /** "3 min ago" style, for notification lists. */

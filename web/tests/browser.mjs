@@ -373,8 +373,11 @@ await step('B opens the invitation from the toast and accepts', async () => {
   await visible(calEvent(pb, title));
 });
 
-await step('A sees B\'s status change to accepted in the open dialog', async () => {
+await step('A sees B\'s status change to accepted in the open dialog, and a toast naming B and "accepted"', async () => {
   await visible(dialog(pa).locator('.attendee', { hasText: B.name }), 'Accepted');
+  // The toast sits behind the modal dialog: read it from the toast log.
+  const want = `${B.name} accepted “${title}”`;
+  await waitFor(pa, (text) => window.__toasts.log.some((t) => t.text.includes(text)), want, `a toast "${want}"`);
 });
 
 await step('screenshot: week view with the event dialog open', async () => {
@@ -388,6 +391,49 @@ await step('screenshot: week view with the event dialog open', async () => {
   notes.push(`screenshot ${path}`);
   await axe(pa, 'event dialog (organizer)');
   await closeDialog(pa);
+});
+
+await step('search: "/" focuses the box, A finds the weekly event (date, time, place in A\'s zone) and opens it from the results', async () => {
+  await pa.evaluate(() => document.activeElement?.blur());
+  await pa.keyboard.press('/');
+  await waitFor(pa, () => document.activeElement?.id === 'event-search', null, 'focus in the search box');
+  await pa.keyboard.type(title.toUpperCase()); // any case
+  const searched = pa.waitForResponse((r) => r.url().includes('/v1/events/search?'), { timeout: T });
+  await pa.keyboard.press('Enter');
+  if ((await searched).status() !== 200) throw new Error(`the search answered ${(await searched).status()}`);
+  await visible(pa.locator('.search-status'), 'match');
+  const results = pa.locator('.search-results');
+  // The first occurrence is today at 10:00 in Madrid, in Room 4.
+  const today = new Intl.DateTimeFormat('en-US', { timeZone: A.zone, weekday: 'short', day: 'numeric', month: 'short', year: 'numeric' }).format(new Date());
+  const first = await visible(results.locator('.search-result'), title);
+  const text = await first.textContent();
+  if (!text.includes(today) || !text.includes('10:00') || !text.includes('Room 4')) throw new Error(`the first result reads "${text}", wanted ${today}, 10:00 and Room 4`);
+  await dismissToasts(pa);
+  await shot(pa, 'search-results');
+  await axe(pa, 'search results');
+  await first.click();
+  const d = dialog(pa);
+  await visible(d.getByRole('heading', { name: 'Edit event' }));
+  if ((await d.getByLabel('Title').inputValue()) !== title) throw new Error('the result opened another event');
+  await closeDialog(pa);
+  await waitFor(pa, () => document.activeElement?.classList.contains('search-result'), null, 'focus back on the result');
+});
+
+await step('search: a blank search shows the API\'s error next to the box, a search that finds nothing says so, Escape clears', async () => {
+  const box = pa.getByRole('searchbox', { name: 'Search events' });
+  await box.fill('   ');
+  await box.press('Enter');
+  const err = await visible(pa.locator('.search-form .field-error'));
+  if (!(await err.textContent()).trim()) throw new Error('the error is empty');
+  if ((await box.getAttribute('aria-errormessage')) !== (await err.getAttribute('id'))) throw new Error('the error is not tied to the search box');
+  if ((await box.getAttribute('aria-invalid')) !== 'true') throw new Error('the search box is not marked invalid');
+  if (await pa.locator('.search-results').isVisible()) throw new Error('results are still shown');
+  await box.fill(`nothing-${run}`);
+  await box.press('Enter');
+  await visible(pa.locator('.search-status'), `No events match “nothing-${run}”`);
+  if (await err.isVisible()) throw new Error('the blank search\'s error is still shown');
+  await box.press('Escape');
+  await waitFor(pa, () => !document.querySelector('.search-status')?.textContent && document.querySelector('#event-search')?.value === '', null, 'the search cleared');
 });
 
 await step('A creates an overlapping event and sees the conflict in the dialog', async () => {
@@ -561,15 +607,62 @@ await step('B\'s stream drops, reconnects with last_id and catches up', async ()
   await waitFor(pb, () => document.body.dataset.stream === 'live', null, 'the stream to be live again');
 });
 
+await step('A moves the weekly event: B is told to answer again, sees it in the dialog, and accepts again', async () => {
+  await pa.keyboard.press('w');
+  await dismissToasts(pa);
+  await calEvent(pa, title).click();
+  const d = dialog(pa);
+  await visible(d.getByRole('heading', { name: 'Edit event' }));
+  await d.getByLabel('Starts').fill(dayAt(A.zone, 9));
+  await d.getByLabel('Ends').fill(dayAt(A.zone, 10));
+  await d.getByRole('button', { name: 'Save changes' }).click();
+  // Saved: the dialog closes, or stays to show what the new time overlaps.
+  await waitFor(pa, () => !document.querySelector('#event-dialog')?.open || !document.querySelector('#event-dialog .conflicts')?.hidden, null, 'the move to be saved');
+  if (await d.isVisible()) await closeDialog(pa);
+  const toastB = await visible(pb.locator('.toast'), `${A.name} moved “${title}”`);
+  if (!(await toastB.textContent()).includes('Please answer again')) throw new Error(`B's toast: ${await toastB.textContent()}`);
+  await toastB.getByRole('button', { name: 'Open and answer' }).click();
+  const db = dialog(pb);
+  await visible(db.locator('.rsvp-current'), 'Not answered yet');
+  await db.getByRole('button', { name: 'Accept' }).click();
+  await visible(db.locator('.rsvp-current'), 'Accepted');
+  await closeDialog(pb);
+  const want = `${B.name} accepted “${title}”`;
+  await waitFor(pa, (text) => window.__toasts.log.filter((t) => t.text.includes(text)).length >= 2, want, `a second toast "${want}"`);
+});
+
 await step('notifications panel: A has B\'s answer', async () => {
   await pa.getByRole('button', { name: /Notifications/ }).click();
   const panel = pa.locator('#notifications-panel');
-  await visible(panel.locator('.notification'), title);
+  await visible(panel.locator('.notification'), `${B.name} accepted “${title}”`);
+  if (await panel.getByRole('button', { name: 'Load older' }).isVisible()) throw new Error('"Load older" is shown with everything on one page');
   await shot(pa, 'notifications-panel');
   await axe(pa, 'notifications panel');
   await panel.getByRole('button', { name: 'Mark all read' }).click();
   await waitFor(pa, () => document.querySelector('.bell')?.dataset.unread === '0', null, 'no unread notifications');
   await pa.keyboard.press('Escape');
+});
+
+await step('B\'s panel: "Mark all read" is one request (read-all) and the unread count goes to 0', async () => {
+  await waitFor(pb, () => Number(document.querySelector('.bell')?.dataset.unread) >= 1, null, 'B to have unread notifications');
+  const posts = [];
+  const onRequest = (r) => { if (r.method() === 'POST' && r.url().includes('/v1/notifications')) posts.push(r.url()); };
+  pb.on('request', onRequest);
+  await pb.getByRole('button', { name: /Notifications/ }).click();
+  const panel = pb.locator('#notifications-panel');
+  await visible(panel.locator('.notification.unread'));
+  // Everything stored fit in the first page: no "Load older".
+  if (await panel.getByRole('button', { name: 'Load older' }).isVisible()) throw new Error('"Load older" is shown with everything on one page');
+  const answered = pb.waitForResponse((r) => r.url().endsWith('/v1/notifications/read-all'), { timeout: T });
+  await panel.getByRole('button', { name: 'Mark all read' }).click();
+  const res = await answered;
+  const marked = res.status() === 200 ? (await res.json()).marked : null;
+  if (!(marked >= 1)) throw new Error(`read-all answered ${res.status()} ${JSON.stringify(marked)}`);
+  await waitFor(pb, () => document.querySelector('.bell')?.dataset.unread === '0' && !document.querySelector('#notifications-panel .notification.unread'), null, 'no unread notifications');
+  pb.off('request', onRequest);
+  if (posts.length !== 1 || !posts[0].endsWith('/v1/notifications/read-all')) throw new Error(`"Mark all read" sent ${JSON.stringify(posts)}`);
+  await pb.keyboard.press('Escape');
+  await panel.waitFor({ state: 'hidden', timeout: T });
 });
 
 await step('groups: A creates a hierarchical group and invites B', async () => {
@@ -625,12 +718,44 @@ await step('B logs out and stays logged out across a reload', async () => {
 });
 
 await step('B signs in again', async () => {
+  // The test switch for a smaller page of notifications (README): the
+  // next step pages through them with "Load older".
+  await pb.evaluate(() => localStorage.setItem('agenda.notifications.page_size', '2'));
   const form = pb.locator('form[aria-labelledby="login-title"]');
   await form.getByLabel('Username or email').fill(B.name);
   await form.getByLabel('Password').fill(PASSWORD);
   await form.getByRole('button', { name: 'Sign in' }).click();
   await visible(pb.locator('.fc-view-harness'));
   await visible(calEvent(pb, title));
+});
+
+await step('B\'s panel: "Load older" (pages of 2 by the test switch) reads every older page, then goes', async () => {
+  const login = await (await fetch(`${BASE}/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: B.name, password: PASSWORD }) })).json();
+  const r = await fetch(`${BASE}/v1/notifications?limit=200`, { headers: { authorization: `Bearer ${login.access_token}` } });
+  if (!r.ok) throw new Error(`GET /v1/notifications: ${r.status} ${await r.text()}`);
+  const stored = (await r.json()).items.length;
+  if (stored <= 2) throw new Error(`B has only ${stored} notifications`);
+  await pb.getByRole('button', { name: /Notifications/ }).click();
+  const panel = pb.locator('#notifications-panel');
+  const more = panel.getByRole('button', { name: 'Load older' });
+  await visible(more);
+  const rows = panel.locator('.notification');
+  if ((await rows.count()) !== 2) throw new Error(`the first page shows ${await rows.count()} rows`);
+  for (let pages = 1; await more.isVisible(); pages += 1) {
+    if (pages > stored) throw new Error('"Load older" never goes');
+    const before = await rows.count();
+    const read = pb.waitForResponse((x) => x.url().includes('/v1/notifications?') && x.url().includes('before='), { timeout: T });
+    await more.click();
+    await read;
+    await waitFor(pb, (n) => document.querySelectorAll('#notifications-panel .notification').length > n || document.querySelector('.load-older')?.hidden, before, 'the older page');
+  }
+  if ((await rows.count()) !== stored) throw new Error(`the panel shows ${await rows.count()} of ${stored} notifications`);
+  // Newest first throughout; focus went to the first row the last page added.
+  const ids = await rows.evaluateAll((els) => els.map((e) => e.dataset.id));
+  if (JSON.stringify(ids) !== JSON.stringify([...ids].sort().reverse())) throw new Error('the rows are not newest first');
+  await waitFor(pb, () => document.activeElement?.classList.contains('notification') || document.activeElement?.id === 'notifications-panel', null, 'focus on the rows');
+  await pb.keyboard.press('Escape');
+  await panel.waitFor({ state: 'hidden', timeout: T });
 });
 
 /** Whether process `pid` has ended (gone, or a zombie not yet reaped). */

@@ -53,12 +53,34 @@ impl From<tonic::Status> for Error {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
                 Error::Unavailable(msg)
             }
-            // Transport-level failures (connection refused/reset) surface as
-            // Unknown with a transport message.
-            Code::Unknown if msg.contains("transport") || msg.contains("connect") => {
-                Error::Unavailable(msg)
-            }
+            // Our servers never answer Unknown: tonic gives it to failures
+            // of the link itself (connection refused or reset, a TLS
+            // session or HTTP/2 stream cut, as a partition does), whose
+            // messages vary. A call that met one may succeed elsewhere.
+            Code::Unknown => Error::Unavailable(msg),
             _ => Error::Internal(format!("{:?}: {msg}", s.code())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_failures_are_unavailable_and_server_faults_are_not() {
+        for msg in [
+            "transport error",
+            "h2 protocol error: stream reset",
+            "tls: eof",
+        ] {
+            let e = Error::from(tonic::Status::unknown(msg));
+            assert!(e.is_retryable(), "{msg}: {e:?}");
+        }
+        assert!(!Error::from(tonic::Status::internal("see the node's log")).is_retryable());
+        assert!(matches!(
+            Error::from(tonic::Status::not_found("lease")),
+            Error::NotFound(_)
+        ));
     }
 }
