@@ -42,6 +42,8 @@ async fn the_vip_moves_on_every_death_and_never_has_two_holders() -> Result<()> 
     }
     let t = tokio::task::spawn_blocking(|| Topology::up("tv")).await??;
     let api = Api::with_tls(&t.url, t.public_tls());
+    // A failing step keeps the topology's logs (they say why) and says where.
+    let outcome: Result<()> = async {
     // Whoever won the start-up race holds it alone, and agenda-db agrees.
     let holder = if t.has_vip("machine-a") {
         "machine-a"
@@ -191,4 +193,10 @@ async fn the_vip_moves_on_every_death_and_never_has_two_holders() -> Result<()> 
         api.server_errors()
     );
     Ok(())
+    }
+    .await;
+    if outcome.is_err() {
+        t.keep_state();
+    }
+    outcome
 }
