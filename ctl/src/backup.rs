@@ -70,25 +70,9 @@ pub fn restore(
     })
 }
 
-/// `ID=HOST:PORT,...` as a member map.
+/// `ID=HOST:PORT,...` as a member map (read as agenda-db reads `--peers`).
 fn parse_members(s: &str) -> Result<BTreeMap<u64, String>> {
-    let mut out = BTreeMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| Error::Refused(format!("--members: {part:?} is not ID=HOST:PORT")))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .ok()
-            .filter(|id| *id > 0)
-            .ok_or_else(|| Error::Refused(format!("--members: {id:?} is not a positive id")))?;
-        if out.insert(id, addr.trim().to_string()).is_some() {
-            return Err(Error::Refused(format!(
-                "--members: member {id} is listed twice"
-            )));
-        }
-    }
+    let out = agenda_db::config::parse_members(s, "--members").map_err(Error::Refused)?;
     if out.is_empty() {
         return Err(Error::Refused("--members lists no member".into()));
     }

@@ -68,9 +68,7 @@ enum Cmd {
     /// --db 10.77.0.13:7005 --tls-dir .agenda/certs`.
     RotateTokenKey {
         #[command(flatten)]
-        db: agenda_common::args::DbArgs,
-        #[command(flatten)]
-        tls: agenda_common::args::TlsArgs,
+        conn: DbConn,
     },
     /// Accounts: `grant-admin NAME` lets an account read the audit log
     /// (`GET /v1/admin/audit`), `revoke-admin NAME` takes that back. Both
@@ -124,9 +122,7 @@ enum SnapshotCmd {
         /// Where to write it (replaced atomically; mode 0600).
         file: PathBuf,
         #[command(flatten)]
-        db: agenda_common::args::DbArgs,
-        #[command(flatten)]
-        tls: agenda_common::args::TlsArgs,
+        conn: DbConn,
     },
     /// Seed the data dir of one member of a new cluster from FILE. Run it
     /// for every member with the same --members and --cluster-token, then
@@ -164,9 +160,7 @@ enum LeaderCmd {
         /// The member to lead.
         id: u64,
         #[command(flatten)]
-        db: agenda_common::args::DbArgs,
-        #[command(flatten)]
-        tls: agenda_common::args::TlsArgs,
+        conn: DbConn,
     },
 }
 
@@ -175,9 +169,7 @@ enum MemberCmd {
     /// Every member, its address, and which one leads.
     List {
         #[command(flatten)]
-        db: agenda_common::args::DbArgs,
-        #[command(flatten)]
-        tls: agenda_common::args::TlsArgs,
+        conn: DbConn,
     },
     /// Add member ID at ADDR (its raft address); then start it with --join.
     Add {
@@ -186,18 +178,14 @@ enum MemberCmd {
         /// Its raft address (HOST:PORT).
         addr: String,
         #[command(flatten)]
-        db: agenda_common::args::DbArgs,
-        #[command(flatten)]
-        tls: agenda_common::args::TlsArgs,
+        conn: DbConn,
     },
     /// Remove member ID (it stops by itself once it learns it).
     Remove {
         /// The member's id.
         id: u64,
         #[command(flatten)]
-        db: agenda_common::args::DbArgs,
-        #[command(flatten)]
-        tls: agenda_common::args::TlsArgs,
+        conn: DbConn,
     },
 }
 
@@ -208,32 +196,39 @@ enum UserCmd {
         /// The account's username.
         name: String,
         #[command(flatten)]
-        db: agenda_common::args::DbArgs,
-        #[command(flatten)]
-        tls: agenda_common::args::TlsArgs,
+        conn: DbConn,
     },
     /// Make the account NAME an ordinary account again.
     RevokeAdmin {
         /// The account's username.
         name: String,
         #[command(flatten)]
-        db: agenda_common::args::DbArgs,
-        #[command(flatten)]
-        tls: agenda_common::args::TlsArgs,
+        conn: DbConn,
     },
 }
 
-/// A client of agenda-db as `agendactl` (the operator's certificate).
-fn db_client(
-    db: &agenda_common::args::DbArgs,
-    mut tls: agenda_common::args::TlsArgs,
-    stop: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<agenda_common::DbClient> {
-    if tls.tls_name.is_empty() {
-        tls.tls_name = "agendactl".into();
+/// How agendactl reaches agenda-db: its endpoints (--db) and a
+/// certificate (--tls-dir; the operator's, `agendactl`, by default).
+#[derive(Debug, clap::Args)]
+struct DbConn {
+    #[command(flatten)]
+    db: agenda_common::args::DbArgs,
+    #[command(flatten)]
+    tls: agenda_common::args::TlsArgs,
+}
+
+impl DbConn {
+    /// A client of agenda-db as `agendactl`.
+    fn client(
+        mut self,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<agenda_common::DbClient> {
+        if self.tls.tls_name.is_empty() {
+            self.tls.tls_name = "agendactl".into();
+        }
+        let links = agenda_common::net::Links::from_args(&self.tls, stop)?;
+        Ok(links.db_client(&self.db.db)?)
     }
-    let links = agenda_common::net::Links::from_args(&tls, stop)?;
-    Ok(links.db_client(&db.db)?)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -253,12 +248,12 @@ fn main() -> ExitCode {
                 Ok(agendactl::relay::run(&listen, &netns, to).await?)
             }
             Cmd::User { cmd } => {
-                let (name, admin, db, tls) = match cmd {
-                    UserCmd::GrantAdmin { name, db, tls } => (name, true, db, tls),
-                    UserCmd::RevokeAdmin { name, db, tls } => (name, false, db, tls),
+                let (name, admin, conn) = match cmd {
+                    UserCmd::GrantAdmin { name, conn } => (name, true, conn),
+                    UserCmd::RevokeAdmin { name, conn } => (name, false, conn),
                 };
                 let stop = tokio_util::sync::CancellationToken::new();
-                let store = agenda_calendar::store::Store::new(db_client(&db, tls, &stop)?);
+                let store = agenda_calendar::store::Store::new(conn.client(&stop)?);
                 let user = store
                     .set_admin(&name, admin, "agendactl")
                     .await
@@ -276,10 +271,10 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Cmd::Snapshot {
-                cmd: SnapshotCmd::Save { file, db, tls },
+                cmd: SnapshotCmd::Save { file, conn },
             } => {
                 let stop = tokio_util::sync::CancellationToken::new();
-                let client = db_client(&db, tls, &stop)?.with_timeout(Duration::from_secs(60));
+                let client = conn.client(&stop)?.with_timeout(Duration::from_secs(60));
                 let saved = agendactl::backup::save(&client, &file).await?;
                 stop.cancel();
                 let h = &saved.header;
@@ -325,10 +320,10 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Cmd::Leader {
-                cmd: LeaderCmd::Transfer { id, db, tls },
+                cmd: LeaderCmd::Transfer { id, conn },
             } => {
                 let stop = tokio_util::sync::CancellationToken::new();
-                let client = db_client(&db, tls, &stop)?;
+                let client = conn.client(&stop)?;
                 let before = client.cluster_status().await?.leader_id;
                 let now = client.move_leader(id).await?.leader_id;
                 stop.cancel();
@@ -338,22 +333,19 @@ fn main() -> ExitCode {
             Cmd::Member { cmd } => {
                 let stop = tokio_util::sync::CancellationToken::new();
                 let members = match cmd {
-                    MemberCmd::List { db, tls } => {
-                        let s = db_client(&db, tls, &stop)?.cluster_status().await?;
+                    MemberCmd::List { conn } => {
+                        let s = conn.client(&stop)?.cluster_status().await?;
                         for m in &s.members {
                             let lead = if m.id == s.leader_id { "  leader" } else { "" };
                             println!("{:>4}  {}{lead}", m.id, m.addr);
                         }
                         return Ok(());
                     }
-                    MemberCmd::Add { id, addr, db, tls } => {
-                        db_client(&db, tls, &stop)?
-                            .member_add(id, &addr)
-                            .await?
-                            .members
+                    MemberCmd::Add { id, addr, conn } => {
+                        conn.client(&stop)?.member_add(id, &addr).await?.members
                     }
-                    MemberCmd::Remove { id, db, tls } => {
-                        db_client(&db, tls, &stop)?.member_remove(id).await?.members
+                    MemberCmd::Remove { id, conn } => {
+                        conn.client(&stop)?.member_remove(id).await?.members
                     }
                 };
                 stop.cancel();
@@ -361,9 +353,9 @@ fn main() -> ExitCode {
                 println!("members now: {}", ids.join(", "));
                 Ok(())
             }
-            Cmd::RotateTokenKey { db, tls } => {
+            Cmd::RotateTokenKey { conn } => {
                 let stop = tokio_util::sync::CancellationToken::new();
-                let client = db_client(&db, tls, &stop)?;
+                let client = conn.client(&stop)?;
                 let kid = agenda_common::auth::rotate(&client).await?;
                 stop.cancel();
                 println!("new token signing key {kid} is current; older tokens stay valid until they expire");

@@ -150,28 +150,7 @@ impl Config {
         if self.id == 0 {
             return Err("--id must be a positive integer".into());
         }
-        let mut out = BTreeMap::new();
-        for part in self
-            .peers
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let (id, addr) = part
-                .split_once('=')
-                .ok_or_else(|| format!("--peers: {part:?} is not ID=HOST:PORT"))?;
-            let id: u64 = id
-                .trim()
-                .parse()
-                .map_err(|_| format!("--peers: {id:?} is not a positive integer id"))?;
-            if id == 0 {
-                return Err("--peers: ids must be positive".into());
-            }
-            check_addr(addr.trim()).map_err(|e| format!("--peers: member {id}: {e}"))?;
-            if out.insert(id, addr.trim().to_string()).is_some() {
-                return Err(format!("--peers: member {id} is listed twice"));
-            }
-        }
+        let mut out = parse_members(&self.peers, "--peers")?;
         if self.join {
             out.entry(self.id).or_insert_with(|| self.listen.clone());
         } else if !out.contains_key(&self.id) {
@@ -218,6 +197,29 @@ pub fn check_addr(addr: &str) -> Result<(), String> {
             "address {addr:?} is not a reachable HOST:PORT ({e})"
         )),
     }
+}
+
+/// Members as ID=HOST:PORT pairs separated by commas (`--peers`, and
+/// `agendactl snapshot restore --members`); errors name `flag`.
+pub fn parse_members(list: &str, flag: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{flag}: {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{flag}: {id:?} is not a positive integer id"))?;
+        if id == 0 {
+            return Err(format!("{flag}: ids must be positive"));
+        }
+        check_addr(addr.trim()).map_err(|e| format!("{flag}: member {id}: {e}"))?;
+        if out.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("{flag}: member {id} is listed twice"));
+        }
+    }
+    Ok(out)
 }
 
 /// A duration as `NUMBER` and a unit: `ms`, `s`, `m` or `h` (`1h`,
