@@ -77,6 +77,22 @@ async fn create_event(api: &Api, p: &P, body: Value) -> Value {
     )
 }
 
+/// Creates `alice`'s event `body` with bob invited, bob accepts; its id.
+async fn accepted_by_bob(api: &Api, alice: &P, bob: &P, mut body: Value) -> String {
+    body["attendees"] = json!(["bob"]);
+    let id = event_id(&create_event(api, alice, body).await);
+    expect_ok(
+        api.post(
+            &format!("/v1/events/{id}/rsvp"),
+            &bob.token,
+            json!({"status": "accepted"}),
+        )
+        .await,
+        "bob accepts",
+    );
+    id
+}
+
 fn event_id(created: &Value) -> String {
     s(&created["event"]["id"]).to_string()
 }
@@ -318,19 +334,8 @@ async fn a_move_asks_again_and_a_patch_that_changes_nothing_tells_nobody() {
     let (_sys, api) = System::start_with_api().await;
     let People { alice, bob, .. } = accounts(&api).await;
     let d = "2030-05-06";
-    let mut body = utc_event("Review", d, "09:00", "10:00");
-    body["attendees"] = json!(["bob"]);
-    let id = event_id(&create_event(&api, &alice, body).await);
+    let id = accepted_by_bob(&api, &alice, &bob, utc_event("Review", d, "09:00", "10:00")).await;
     let path = format!("/v1/events/{id}");
-    expect_ok(
-        api.post(
-            &format!("{path}/rsvp"),
-            &bob.token,
-            json!({"status": "accepted"}),
-        )
-        .await,
-        "bob accepts",
-    );
     let told = || async {
         let (st, body) = api.get("/v1/notifications", &bob.token).await;
         assert_eq!(st, StatusCode::OK, "{body}");
@@ -379,6 +384,93 @@ async fn a_move_asks_again_and_a_patch_that_changes_nothing_tells_nobody() {
         "the organizer's stays"
     );
     assert_eq!(told().await, 2);
+}
+
+/// Attendees change after creation: a PATCH with the whole new list keeps
+/// the answers of those who stay, asks newcomers (their conflicts
+/// reported) and takes the event out of the agendas of those removed,
+/// telling each what happened to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attendees_are_added_and_removed_after_creation() {
+    let (_sys, api) = System::start_with_api().await;
+    let People { alice, bob, carol } = accounts(&api).await;
+    let d = "2030-05-07";
+    create_event(&api, &carol, utc_event("Carol's own", d, "09:30", "10:30")).await;
+    let id = accepted_by_bob(
+        &api,
+        &alice,
+        &bob,
+        utc_event("Planning", d, "09:00", "10:00"),
+    )
+    .await;
+    let path = format!("/v1/events/{id}");
+    let both = expect_ok(
+        api.patch(&path, &alice.token, json!({"attendees": ["bob", "carol"]}))
+            .await,
+        "carol added",
+    );
+    let names: Vec<&str> = both["event"]["attendees"]
+        .as_array()
+        .expect("attendees")
+        .iter()
+        .map(|a| s(&a["username"]))
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol"], "{both}");
+    assert_eq!(
+        my_status(&api, &bob, d, &id).await,
+        "accepted",
+        "bob stays as he answered"
+    );
+    assert_eq!(my_status(&api, &carol, d, &id).await, "needs_action");
+    assert!(
+        busy_block(&both["conflicts"], &carol.id, &at(d, "09:30")),
+        "the newcomer's conflict is reported (a busy block to alice): {both}"
+    );
+    let invited = notification(&api, &carol, "event_invited").await;
+    assert_eq!(invited["data"]["event_id"], id.as_str(), "{invited}");
+
+    let only_carol = expect_ok(
+        api.patch(&path, &alice.token, json!({"attendees": ["carol"]}))
+            .await,
+        "bob removed",
+    );
+    assert_eq!(
+        only_carol["event"]["attendees"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert!(
+        !lists(&api, &bob, &day(d), &id).await,
+        "gone from bob's agenda"
+    );
+    expect(
+        api.get(&path, &bob.token).await,
+        StatusCode::NOT_FOUND,
+        "bob opens it",
+    );
+    let cancelled = notification(&api, &bob, "event_cancelled").await;
+    assert_eq!(cancelled["data"]["event_id"], id.as_str(), "{cancelled}");
+    assert_eq!(my_status(&api, &carol, d, &id).await, "needs_action");
+
+    for (body, what) in [
+        (json!({"attendees": ["nobody-here"]}), "an unknown name"),
+        (json!({"attendees": vec!["bob"; 101]}), "too many"),
+    ] {
+        let err = expect(
+            api.patch(&path, &alice.token, body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            what,
+        );
+        assert_eq!(
+            err["error"]["details"]["field"], "attendees",
+            "{what}: {err}"
+        );
+    }
+    expect(
+        api.patch(&path, &carol.token, json!({"attendees": []}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "an attendee sets the list",
+    );
 }
 
 /// Notifications say what happened (an answer names who answered and
@@ -1418,14 +1510,21 @@ async fn group_agenda(api: &Api, p: &People, g: &str) {
                 "{} viewing {}'s {from}-{to}: {item}",
                 viewer.name, owner.name
             );
+            // One rule: what the agenda details, the event itself opens.
+            let opened = api
+                .get(&format!("/v1/events/{}", ids[i]), &viewer.token)
+                .await;
             if see.contains(&viewer.name) {
                 assert_eq!(
                     item["event"]["id"],
                     ids[i].as_str(),
                     "details expected: {ctx}"
                 );
+                let opened = expect(opened, StatusCode::OK, &format!("opening {ctx}"));
+                assert_eq!(opened["id"], ids[i].as_str(), "{ctx}");
             } else {
                 assert!(item["event"].is_null(), "busy block expected: {ctx}");
+                expect(opened, StatusCode::NOT_FOUND, &format!("opening {ctx}"));
             }
         }
         let text = body.to_string();

@@ -118,6 +118,11 @@ pub struct UpdateEventRequest {
     pub rrule: Option<String>,
     pub exdates: Option<Vec<String>>,
     pub visibility: Option<String>,
+    /// Usernames: the whole new list of attendees of a personal event (the
+    /// organizer always stays). Those kept keep their answers, those added
+    /// are asked (or invited, as their settings say), those left out are
+    /// told the event is cancelled for them.
+    pub attendees: Option<Vec<String>>,
 }
 
 /// `POST /v1/events/{id}/rsvp`

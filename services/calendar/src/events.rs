@@ -59,6 +59,45 @@ fn exdates(list: Option<Vec<String>>) -> ApiResult<Vec<DateTime<Utc>>> {
         .collect()
 }
 
+/// Checks a new list of attendees for an existing event: personal events
+/// only (a group's members attend its events), at most [`MAX_ATTENDEES`].
+pub fn check_new_attendees(ev: &EventRecord, names: &[String]) -> ApiResult<()> {
+    if ev.group_id.is_some() {
+        return Err(ApiError::invalid_field(
+            "attendees",
+            "a group event is attended by the group's members; its attendees cannot be set",
+        ));
+    }
+    if names.len() > MAX_ATTENDEES {
+        return Err(ApiError::invalid_field(
+            "attendees",
+            "at most 100 attendees",
+        ));
+    }
+    Ok(())
+}
+
+/// `ev` attended by its organizer and `named` (in that order, nobody
+/// twice): those already there keep their answers, newcomers come with the
+/// status given, and anyone left out goes.
+pub fn with_attendees(ev: &EventRecord, named: Vec<Attendee>) -> EventRecord {
+    let mut out = ev.clone();
+    out.attendees = ev
+        .attendees
+        .iter()
+        .filter(|a| a.user_id == ev.organizer_id)
+        .cloned()
+        .collect();
+    for a in named {
+        if out.attendees.iter().any(|x| x.user_id == a.user_id) {
+            continue;
+        }
+        let kept = ev.attendees.iter().find(|x| x.user_id == a.user_id);
+        out.attendees.push(kept.cloned().unwrap_or(a));
+    }
+    out
+}
+
 /// Checks what only a personal event may ask: no group (the groups
 /// service creates those) and at most [`MAX_ATTENDEES`] attendees.
 pub fn check_personal(req: &CreateEventRequest) -> ApiResult<()> {
@@ -348,6 +387,30 @@ pub fn notices(ev: &EventRecord, by: Uuid, change: Change) -> Vec<(Uuid, &'stati
     }
 }
 
+/// Who is told of a change by `by` that made `before` into `after`:
+/// newcomers as if it were created for them, those removed that it is
+/// cancelled (for them), everyone else that it changed.
+pub fn update_notices(
+    before: &EventRecord,
+    after: &EventRecord,
+    by: Uuid,
+) -> Vec<(Uuid, &'static str)> {
+    let mut out: Vec<(Uuid, &'static str)> = notices(after, by, Change::Created)
+        .into_iter()
+        .map(|(p, kind)| match before.status_of(p) {
+            Some(_) => (p, "event_updated"),
+            None => (p, kind),
+        })
+        .collect();
+    out.extend(
+        before
+            .attendee_ids()
+            .filter(|p| *p != by && after.status_of(*p).is_none())
+            .map(|p| (p, "event_cancelled")),
+    );
+    out
+}
+
 /// What a notification about `ev` says of it.
 pub fn summary(ev: &EventRecord) -> serde_json::Value {
     json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
@@ -505,6 +568,72 @@ mod tests {
         );
         let (out, _) = apply_update(&group, later).unwrap();
         assert_eq!(out.status_of(guest), Some(AttendeeStatus::Accepted));
+    }
+
+    #[test]
+    fn new_attendees_are_asked_kept_ones_keep_answers_and_removed_ones_are_told() {
+        let (ev, bob) = accepted_event();
+        let carol = person("carol");
+        let dave = person("dave");
+        let mut with_dave = with_attendees(
+            &ev,
+            vec![
+                attendee(&carol, AttendeeStatus::NeedsAction),
+                attendee(&dave, AttendeeStatus::Invited),
+            ],
+        );
+        // Named again by the request, bob would be kept as he answered.
+        assert_eq!(with_dave.status_of(bob), None, "bob left out goes");
+        assert_eq!(with_dave.attendees[0].user_id, ev.organizer_id);
+        assert_eq!(
+            with_dave.status_of(carol.id),
+            Some(AttendeeStatus::NeedsAction)
+        );
+        assert_eq!(with_dave.status_of(dave.id), Some(AttendeeStatus::Invited));
+        let mut told = update_notices(&ev, &with_dave, ev.organizer_id);
+        told.sort();
+        let mut want = vec![
+            (bob, "event_cancelled"),
+            (carol.id, "event_invited"),
+            (dave.id, "event_invited"),
+        ];
+        want.sort();
+        assert_eq!(told, want);
+
+        // Bob named again after answering keeps his answer, and the
+        // organizer named in the list is not added twice.
+        with_dave = with_attendees(
+            &ev,
+            vec![
+                attendee(&person("bob2"), AttendeeStatus::NeedsAction),
+                Attendee {
+                    user_id: bob,
+                    username: "bob".into(),
+                    status: AttendeeStatus::NeedsAction,
+                },
+                Attendee {
+                    user_id: ev.organizer_id,
+                    username: "alice".into(),
+                    status: AttendeeStatus::NeedsAction,
+                },
+            ],
+        );
+        assert_eq!(with_dave.status_of(bob), Some(AttendeeStatus::Accepted));
+        assert_eq!(
+            with_dave.status_of(ev.organizer_id),
+            Some(AttendeeStatus::Accepted)
+        );
+        assert_eq!(with_dave.attendees.len(), 3);
+        assert!(update_notices(&ev, &ev, ev.organizer_id)
+            .iter()
+            .all(|(_, k)| *k == "event_updated"));
+        let group = EventRecord {
+            group_id: Some(Uuid::new_v4()),
+            ..ev.clone()
+        };
+        assert!(check_new_attendees(&group, &[]).is_err());
+        assert!(check_new_attendees(&ev, &vec!["x".to_string(); 101]).is_err());
+        assert!(check_new_attendees(&ev, &["x".to_string()]).is_ok());
     }
 
     #[test]

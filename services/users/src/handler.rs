@@ -175,7 +175,7 @@ impl Handler for Users {
             }
             Op::GetEvent { id } => {
                 let me = caller.user()?;
-                let ev = s.event(me, validate::id("event", &id)?).await?;
+                let ev = s.event_to_view(me, validate::id("event", &id)?).await?;
                 Reply::ok(view(&ev.value, me, None))
             }
             Op::UpdateEvent { id, body, reject } => {

@@ -249,25 +249,8 @@ impl Store {
                         return Ok(Attempt::Done(done));
                     }
                 }
-                let (organizer, people) =
-                    self.people(caller, names, "attendees", confirmed).await?;
-                let mut guards = vec![(keys::user(caller), organizer.mod_revision)];
-                guards.extend(
-                    people
-                        .iter()
-                        .map(|p| (keys::user(p.value.id), p.mod_revision)),
-                );
-                let shared = self.shares_a_group(caller, &people).await?;
-                let attendees = people
-                    .into_iter()
-                    .zip(shared)
-                    .map(|(p, shared)| Attendee {
-                        user_id: p.value.id,
-                        username: p.value.username,
-                        status: rules::attendee_status(p.value.add_me, shared),
-                    })
-                    .collect();
-                let organizer = organizer.value;
+                let (organizer, attendees, guards) =
+                    self.attendees_named(caller, names, confirmed).await?;
                 let mut ev = cpu::run_sized(caller, cpu::rule_weight(&req.rrule), move || {
                     new_event(req, &organizer, attendees, None)
                 })
@@ -290,6 +273,36 @@ impl Store {
             }
         })
         .await
+    }
+
+    /// The organizer `caller` and the people `names` lists as attendees of
+    /// their event, each with the status they join with
+    /// ([`rules::attendee_status`]), and the guards that keep the write to
+    /// those accounts as they were read.
+    async fn attendees_named(
+        &self,
+        caller: Uuid,
+        names: &[String],
+        confirmed: bool,
+    ) -> ApiResult<(UserRecord, Vec<Attendee>, Vec<(String, i64)>)> {
+        let (organizer, people) = self.people(caller, names, "attendees", confirmed).await?;
+        let mut guards = vec![(keys::user(caller), organizer.mod_revision)];
+        guards.extend(
+            people
+                .iter()
+                .map(|p| (keys::user(p.value.id), p.mod_revision)),
+        );
+        let shared = self.shares_a_group(caller, &people).await?;
+        let attendees = people
+            .into_iter()
+            .zip(shared)
+            .map(|(p, shared)| Attendee {
+                user_id: p.value.id,
+                username: p.value.username,
+                status: rules::attendee_status(p.value.add_me, shared),
+            })
+            .collect();
+        Ok((organizer.value, attendees, guards))
     }
 
     /// For each of `people`: whether they share a group with `caller`
@@ -414,11 +427,20 @@ impl Store {
             async move {
                 let cur = self.event_to_change(caller, id, confirmed).await?;
                 rules::check_may_change_event(&cur.value, caller)?;
+                let names = req.attendees.clone();
                 let record = cur.value.clone();
-                let (ev, moved) = cpu::run_sized(caller, cpu::rule_weight(&req.rrule), move || {
-                    apply_update(&record, req)
-                })
-                .await??;
+                let (mut ev, moved) =
+                    cpu::run_sized(caller, cpu::rule_weight(&req.rrule), move || {
+                        apply_update(&record, req)
+                    })
+                    .await??;
+                let mut guards = Vec::new();
+                if let Some(names) = names {
+                    events::check_new_attendees(&ev, &names)?;
+                    let named;
+                    (_, named, guards) = self.attendees_named(caller, &names, confirmed).await?;
+                    ev = events::with_attendees(&ev, named);
+                }
                 if ev == cur.value {
                     // Nothing changed: nothing is written, nobody is told.
                     // Decided on confirmed reads only (a stale copy could
@@ -428,19 +450,19 @@ impl Store {
                     }
                     return Ok(Attempt::Done((ev, Vec::new())));
                 }
-                let check = if moved {
-                    ev.participants().collect()
-                } else {
-                    Vec::new()
-                };
-                let notify = notices(&ev, caller, Change::Updated);
+                // A move is checked for everyone, newcomers always.
+                let check = ev
+                    .participants()
+                    .filter(|p| moved || cur.value.status_of(*p).is_none())
+                    .collect();
+                let notify = events::update_notices(&cur.value, &ev, caller);
                 Ok(self
                     .write_event(Write {
                         ev: &ev,
                         viewer: caller,
                         check,
                         reject,
-                        guards: Vec::new(),
+                        guards,
                         notify,
                         previous: Some(&cur),
                     })

@@ -641,6 +641,69 @@ impl Store {
         .await
     }
 
+    /// An event `caller` may open: one they take part in, or one whose
+    /// details they see in the agenda of a group they share with an
+    /// attendee ([`rules::sees_details`], the group agenda's own rule, so
+    /// what a superior sees there opens too). 404 for anyone else.
+    pub async fn event_to_view(&self, caller: Uuid, id: Uuid) -> ApiResult<Versioned<EventRecord>> {
+        let not_found = || ApiError::not_found("event");
+        let ev = self
+            .get::<EventRecord>(&keys::event(id))
+            .await?
+            .ok_or_else(not_found)?;
+        if rules::may_see_event(&ev.value, caller) {
+            return Ok(ev);
+        }
+        // Those in whose agenda the event shows (as in the group agenda).
+        let owners: Vec<Uuid> = ev
+            .value
+            .attendee_ids()
+            .filter(|a| rules::is_busy_for(&ev.value, *a))
+            .collect();
+        if ev.value.visibility == crate::model::Visibility::Private || owners.is_empty() {
+            return Err(not_found());
+        }
+        let groups = self.indexed_ids(&keys::user_groups(caller)).await?;
+        let seen = try_join_all(groups.into_iter().map(|g| {
+            let (ev, owners) = (&ev.value, &owners);
+            async move {
+                let mut reads = vec![
+                    Read::key(&keys::member(g, caller)),
+                    Read::key(&keys::group(g)),
+                ];
+                reads.extend(owners.iter().map(|o| Read::key(&keys::member(g, *o))));
+                let Some(snap) = self.snapshot(&[], reads).await? else {
+                    return Ok(false);
+                };
+                let (Some(me), Some(group)) =
+                    (snap.value::<Member>(0)?, snap.value::<GroupRecord>(1)?)
+                else {
+                    return Ok(false);
+                };
+                let viewer = Viewer {
+                    user_id: caller,
+                    rank: me.value.rank,
+                    kind: group.value.kind,
+                    group_id: g,
+                };
+                for i in 0..owners.len() {
+                    if let Some(owner) = snap.value::<Member>(i + 2)? {
+                        if rules::sees_details(&viewer, &owner.value, ev) {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok::<_, ApiError>(false)
+            }
+        }))
+        .await?;
+        if seen.into_iter().any(|s| s) {
+            Ok(ev)
+        } else {
+            Err(not_found())
+        }
+    }
+
     /// Every member's agenda in `[from, to)`, with details only where the
     /// caller may see them.
     pub async fn group_agenda(
