@@ -1408,6 +1408,50 @@ async fn free_busy(api: &Api, p: &People) {
     ] {
         create_event(api, who, utc_event(title, d, from, to)).await;
     }
+    // An all-day event: dates in and out, in the agenda, and free time
+    // (no conflict with bob's 16:00, nothing in his free/busy below).
+    let holiday = create_event(
+        api,
+        bob,
+        json!({"title": "fb-holiday", "start": d, "end": "2030-09-06",
+               "time_zone": "UTC", "all_day": true}),
+    )
+    .await;
+    let ev = &holiday["event"];
+    assert_eq!(
+        (&ev["all_day"], &ev["start_date"], &ev["end_date"]),
+        (&json!(true), &json!(d), &json!("2030-09-06")),
+        "{holiday}"
+    );
+    assert_eq!(
+        instant(&ev["start"]),
+        instant(&json!(at(d, "00:00"))),
+        "{holiday}"
+    );
+    assert_eq!(
+        holiday["conflicts"],
+        json!([]),
+        "all-day is free time: {holiday}"
+    );
+    let listed = agenda(api, bob, &day(d)).await;
+    assert!(
+        listed
+            .iter()
+            .any(|e| e["id"] == ev["id"] && e["all_day"] == true),
+        "in bob's agenda as all-day: {listed:?}"
+    );
+    expect_error(
+        api.post(
+            "/v1/events",
+            &bob.token,
+            json!({"title": "x", "start": at(d, "00:00"), "end": "2030-09-06",
+                   "time_zone": "UTC", "all_day": true}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        "an all-day event with a time",
+    );
     // Anyone logged in may ask, here carol about alice and bob.
     let body = expect(
         api.get(

@@ -86,10 +86,13 @@ pub struct UpdateMeRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateEventRequest {
     pub title: String,
-    /// RFC 3339.
+    /// RFC 3339; a date (`2030-01-31`) for an all-day event.
     pub start: String,
-    /// RFC 3339, after `start`.
+    /// RFC 3339, after `start`; for an all-day event the day after its
+    /// last (exclusive, as iCalendar's DTEND).
     pub end: String,
+    /// An all-day event: `start` and `end` are dates.
+    pub all_day: Option<bool>,
     /// IANA time zone name.
     pub time_zone: String,
     pub description: Option<String>,
@@ -118,6 +121,10 @@ pub struct UpdateEventRequest {
     pub rrule: Option<String>,
     pub exdates: Option<Vec<String>>,
     pub visibility: Option<String>,
+    /// Make it an all-day event (`start` and `end` then dates; when left
+    /// out they become the days the event was on) or a timed one again
+    /// (`start` and `end` then required).
+    pub all_day: Option<bool>,
     /// Usernames: the whole new list of attendees of a personal event (the
     /// organizer always stays). Those kept keep their answers, those added
     /// are asked (or invited, as their settings say), those left out are

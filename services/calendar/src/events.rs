@@ -3,7 +3,7 @@
 //! what, and the public shape each person sees. `store::events` reads and
 //! writes them.
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, Duration, FixedOffset, NaiveDate, TimeZone, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -31,6 +31,7 @@ struct Fields {
     rrule: Option<String>,
     exdates: Vec<DateTime<Utc>>,
     visibility: Visibility,
+    all_day: bool,
 }
 
 impl Fields {
@@ -47,6 +48,62 @@ impl Fields {
             ..self
         })
     }
+}
+
+/// The first instant of `day` in `tz`: its midnight, or where a DST gap
+/// swallows midnight, the first hour that exists.
+fn day_start(tz: chrono_tz::Tz, day: NaiveDate) -> DateTime<Utc> {
+    (0..4)
+        .find_map(|h| {
+            let t = day.and_hms_opt(h, 0, 0)?;
+            tz.from_local_datetime(&t).earliest()
+        })
+        .map_or_else(
+            || day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
+            |t| t.with_timezone(&Utc),
+        )
+}
+
+/// How many days an all-day event spans (its length may be an hour off a
+/// whole number of days across a DST change).
+fn day_count(ev: &EventRecord) -> i64 {
+    ((ev.end - ev.start).num_hours() + 12).div_euclid(24).max(1)
+}
+
+/// The days of an event in its zone, `[first, after_last)`: as given for
+/// an all-day event, the days it touches for a timed one.
+fn days_of(ev: &EventRecord) -> (NaiveDate, NaiveDate) {
+    let tz: chrono_tz::Tz = ev.time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let first = ev.start.with_timezone(&tz).date_naive();
+    let after = if ev.all_day {
+        first + Duration::days(day_count(ev))
+    } else {
+        (ev.end - Duration::seconds(1))
+            .with_timezone(&tz)
+            .date_naive()
+            + Duration::days(1)
+    };
+    (first, after.max(first + Duration::days(1)))
+}
+
+/// A request's `start` and `end`: RFC 3339 times, or for an all-day event
+/// dates (the end exclusive), made the first instants of those days in
+/// `zone` (an unknown zone is refused by the caller's checks).
+fn when(
+    all_day: bool,
+    start: &str,
+    end: &str,
+    zone: &str,
+) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
+    if !all_day {
+        return Ok((
+            validate::instant("start", start)?,
+            validate::instant("end", end)?,
+        ));
+    }
+    let tz = validate::time_zone("time_zone", zone)?;
+    let (first, after) = (validate::date("start", start)?, validate::date("end", end)?);
+    Ok((day_start(tz, first), day_start(tz, after)))
 }
 
 fn exdates(list: Option<Vec<String>>) -> ApiResult<Vec<DateTime<Utc>>> {
@@ -142,6 +199,8 @@ pub fn new_event(
     attendees: Vec<Attendee>,
     group_id: Option<Uuid>,
 ) -> ApiResult<EventRecord> {
+    let all_day = req.all_day.unwrap_or(false);
+    let (start, end) = when(all_day, &req.start, &req.end, &req.time_zone)?;
     let f = Fields {
         title: validate::text("title", &req.title, 1, 200)?,
         description: validate::text(
@@ -151,8 +210,8 @@ pub fn new_event(
             2000,
         )?,
         location: validate::text("location", req.location.as_deref().unwrap_or(""), 0, 2000)?,
-        start: validate::instant("start", &req.start)?,
-        end: validate::instant("end", &req.end)?,
+        start,
+        end,
         time_zone: req.time_zone,
         rrule: req.rrule,
         exdates: exdates(req.exdates)?,
@@ -162,6 +221,7 @@ pub fn new_event(
             .map(validate::visibility)
             .transpose()?
             .unwrap_or_default(),
+        all_day,
     }
     .check()?;
     let mut all = vec![Attendee {
@@ -189,6 +249,7 @@ pub fn new_event(
         visibility: f.visibility,
         attendees: all,
         created_at: Utc::now(),
+        all_day: f.all_day,
         request_digest: None,
     })
 }
@@ -245,18 +306,35 @@ impl Idempotent {
 /// `ev` changed as `req` asks (its fields checked), and whether it moved
 /// in time (its conflicts are then looked at again).
 pub fn apply_update(ev: &EventRecord, req: UpdateEventRequest) -> ApiResult<(EventRecord, bool)> {
-    let start = req
-        .start
-        .as_deref()
-        .map(|s| validate::instant("start", s))
-        .transpose()?
-        .unwrap_or(ev.start);
-    let end = req
-        .end
-        .as_deref()
-        .map(|s| validate::instant("end", s))
-        .transpose()?
-        .unwrap_or(ev.end);
+    let all_day = req.all_day.unwrap_or(ev.all_day);
+    let zone = req.time_zone.as_deref().unwrap_or(&ev.time_zone);
+    let (start, end) = if all_day {
+        // Days left out stay the days the event is on now.
+        let (first, after) = days_of(ev);
+        let first = req.start.clone().unwrap_or_else(|| first.to_string());
+        let after = req.end.clone().unwrap_or_else(|| after.to_string());
+        when(true, &first, &after, zone)?
+    } else if ev.all_day {
+        let (Some(start), Some(end)) = (&req.start, &req.end) else {
+            return Err(ApiError::invalid_field(
+                "start",
+                "an all-day event made a timed one needs start and end",
+            ));
+        };
+        when(false, start, end, zone)?
+    } else {
+        let instant = |field, given: &Option<String>, kept| {
+            given
+                .as_deref()
+                .map(|s| validate::instant(field, s))
+                .transpose()
+                .map(|t| t.unwrap_or(kept))
+        };
+        (
+            instant("start", &req.start, ev.start)?,
+            instant("end", &req.end, ev.end)?,
+        )
+    };
     let f = Fields {
         title: match &req.title {
             Some(t) => validate::text("title", t, 1, 200)?,
@@ -288,6 +366,7 @@ pub fn apply_update(ev: &EventRecord, req: UpdateEventRequest) -> ApiResult<(Eve
             Some(v) => validate::visibility(v)?,
             None => ev.visibility,
         },
+        all_day,
     }
     .check()?;
     let mut out = ev.clone();
@@ -300,6 +379,7 @@ pub fn apply_update(ev: &EventRecord, req: UpdateEventRequest) -> ApiResult<(Eve
     out.rrule = f.rrule;
     out.exdates = f.exdates;
     out.visibility = f.visibility;
+    out.all_day = f.all_day;
     let rescheduled = out.start != ev.start
         || out.end != ev.end
         || out.rrule != ev.rrule
@@ -442,6 +522,7 @@ pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Eve
         }
     };
     let (start, end) = occurrence.map_or((ev.start, ev.end), |o| (o.start, o.end));
+    let first_day = ev.all_day.then(|| local(start).date_naive());
     Event {
         id: ev.id,
         title: ev.title.clone(),
@@ -457,6 +538,9 @@ pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Eve
         visibility: ev.visibility,
         attendees: ev.attendees.clone(),
         my_status: ev.status_of(viewer),
+        all_day: ev.all_day,
+        start_date: first_day,
+        end_date: first_day.map(|d| d + Duration::days(day_count(ev))),
         recurring_event_id: occurrence.filter(|_| ev.rrule.is_some()).map(|_| ev.id),
     }
 }
@@ -893,5 +977,103 @@ mod tests {
         let body = with_conflicts(&ev, viewer, Vec::new());
         assert_eq!(body["event"]["id"], json!(ev.id));
         assert_eq!(body["conflicts"], json!([]));
+    }
+
+    /// All-day events: dates in, the midnights of their zone stored, dates
+    /// out (occurrences across a DST change included); moved by dates,
+    /// made timed only with both times; free time for conflicts.
+    #[test]
+    fn all_day_events_are_dates_midnight_to_midnight_in_their_zone() {
+        let organizer = person("org");
+        let req: CreateEventRequest = serde_json::from_value(json!({
+            "title": "Holiday", "start": "2031-03-29", "end": "2031-04-01",
+            "time_zone": "Europe/Madrid", "all_day": true, "rrule": "FREQ=WEEKLY;COUNT=3"
+        }))
+        .unwrap();
+        let ev = new_event(req, &organizer, Vec::new(), None).unwrap();
+        assert!(ev.all_day);
+        assert_eq!(ev.start.to_rfc3339(), "2031-03-28T23:00:00+00:00");
+        // The clocks go forward on the 30th: three days of 71 hours.
+        assert_eq!(ev.end.to_rfc3339(), "2031-03-31T22:00:00+00:00");
+        let shown = view(&ev, organizer.id, None);
+        assert!(shown.all_day);
+        assert_eq!(shown.start_date.unwrap().to_string(), "2031-03-29");
+        assert_eq!(shown.end_date.unwrap().to_string(), "2031-04-01");
+        let occurrences = recurrence::occurrences(&ev, ev.start, ev.start + Duration::days(15));
+        let days: Vec<String> = occurrences
+            .iter()
+            .map(|o| {
+                let v = view(&ev, organizer.id, Some(*o));
+                format!("{}..{}", v.start_date.unwrap(), v.end_date.unwrap())
+            })
+            .collect();
+        assert_eq!(
+            days,
+            [
+                "2031-03-29..2031-04-01",
+                "2031-04-05..2031-04-08",
+                "2031-04-12..2031-04-15"
+            ]
+        );
+
+        // Moved by its first day: the last stays.
+        let (moved, rescheduled) =
+            apply_update(&ev, update(json!({"start": "2031-03-30"}))).unwrap();
+        assert!(rescheduled && moved.all_day);
+        assert_eq!(
+            view(&moved, organizer.id, None)
+                .start_date
+                .unwrap()
+                .to_string(),
+            "2031-03-30"
+        );
+        assert_eq!(
+            view(&moved, organizer.id, None)
+                .end_date
+                .unwrap()
+                .to_string(),
+            "2031-04-01"
+        );
+        // Made timed: both times needed.
+        let err = apply_update(&ev, update(json!({"all_day": false}))).unwrap_err();
+        assert_eq!(err.details["field"], "start");
+        let (timed, _) = apply_update(
+            &ev,
+            update(json!({"all_day": false, "start": "2031-03-29T09:00:00+01:00", "end": "2031-03-29T10:00:00+01:00"})),
+        )
+        .unwrap();
+        assert!(!timed.all_day && view(&timed, organizer.id, None).start_date.is_none());
+        // A timed event made all-day covers the days it touched.
+        let (again, _) = apply_update(&timed, update(json!({"all_day": true}))).unwrap();
+        assert_eq!(
+            view(&again, organizer.id, None)
+                .end_date
+                .unwrap()
+                .to_string(),
+            "2031-03-30"
+        );
+        // Bad dates name their field; an all-day event never conflicts.
+        let bad: CreateEventRequest = serde_json::from_value(json!({
+            "title": "x", "start": "2031-03-29T00:00:00Z", "end": "2031-03-30",
+            "time_zone": "UTC", "all_day": true
+        }))
+        .unwrap();
+        let err = new_event(bad, &organizer, Vec::new(), None).unwrap_err();
+        assert_eq!(err.details["field"], "start");
+        let meeting = EventRecord::sample("2031-03-30T09:00:00Z", 60, "UTC", None);
+        assert!(crate::rules::conflicts(
+            &meeting,
+            organizer.id,
+            std::slice::from_ref(&ev),
+            organizer.id
+        )
+        .is_empty());
+        assert!(crate::rules::conflicts(
+            &ev,
+            organizer.id,
+            std::slice::from_ref(&meeting),
+            organizer.id
+        )
+        .is_empty());
     }
 }

@@ -219,6 +219,10 @@ pub struct EventRecord {
     pub visibility: Visibility,
     pub attendees: Vec<Attendee>,
     pub created_at: DateTime<Utc>,
+    /// An all-day event: it runs from midnight to midnight in its time
+    /// zone, shown as dates, and is free time (no conflicts, not busy).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_day: bool,
     /// For an event created under an idempotency key: a digest of the
     /// creating request, to tell a retry from another request reusing the
     /// key.
@@ -274,6 +278,7 @@ impl EventRecord {
             visibility: Visibility::Default,
             attendees: Vec::new(),
             created_at: Utc::now(),
+            all_day: false,
             request_digest: None,
         }
     }
@@ -299,6 +304,17 @@ pub struct Event {
     pub visibility: Visibility,
     pub attendees: Vec<Attendee>,
     pub my_status: Option<AttendeeStatus>,
+    /// An all-day event: `start_date` and `end_date` are what it means
+    /// (`start` and `end` are the midnights of its time zone).
+    pub all_day: bool,
+    /// Its first day (all-day events only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Date)]
+    pub start_date: Option<chrono::NaiveDate>,
+    /// The day after its last (exclusive, all-day events only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Date)]
+    pub end_date: Option<chrono::NaiveDate>,
     /// Set on an expanded occurrence: the recurring event it belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recurring_event_id: Option<Uuid>,

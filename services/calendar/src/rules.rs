@@ -308,6 +308,9 @@ pub fn conflicts(
     agenda: &[EventRecord],
     viewer: Uuid,
 ) -> Vec<Conflict> {
+    if new.all_day {
+        return Vec::new();
+    }
     let mine = recurrence::upcoming(new);
     let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
         return Vec::new();
@@ -316,7 +319,7 @@ pub fn conflicts(
     let mut out = Vec::new();
     for other in agenda
         .iter()
-        .filter(|o| o.id != new.id && is_busy_for(o, user))
+        .filter(|o| o.id != new.id && !o.all_day && is_busy_for(o, user))
     {
         for occ in recurrence::occurrences(other, from, to) {
             // `mine` is sorted by start and every occurrence lasts the
@@ -356,7 +359,7 @@ pub fn busy(
 ) -> Vec<Interval> {
     let mut all: Vec<Interval> = agenda
         .iter()
-        .filter(|e| is_busy_for(e, user))
+        .filter(|e| !e.all_day && is_busy_for(e, user))
         .flat_map(|e| recurrence::occurrences(e, from, to))
         .collect();
     merge(&mut all)

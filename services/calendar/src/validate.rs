@@ -112,6 +112,19 @@ pub fn time_zone(field: &str, value: &str) -> ApiResult<chrono_tz::Tz> {
     })
 }
 
+/// A calendar date, `YYYY-MM-DD`.
+pub fn date(field: &str, value: &str) -> ApiResult<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d")
+        .ok()
+        .filter(|d| (1..=9998).contains(&chrono::Datelike::year(d)))
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                field,
+                format!("{field} must be a date such as 2026-03-01 (an all-day event)"),
+            )
+        })
+}
+
 /// An RFC 3339 instant.
 pub fn instant(field: &str, value: &str) -> ApiResult<DateTime<Utc>> {
     use chrono::Datelike;

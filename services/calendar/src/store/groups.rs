@@ -748,6 +748,9 @@ impl Store {
                         let details = rules::sees_details(&viewer, mem, ev);
                         for occ in recurrence::occurrences(ev, from, to) {
                             let mut item = json!({"start": occ.start, "end": occ.end});
+                            if ev.all_day {
+                                item["all_day"] = json!(true);
+                            }
                             if details {
                                 item["event"] = serde_json::to_value(view(ev, caller, Some(occ)))
                                     .unwrap_or_default();
