@@ -236,6 +236,13 @@ impl System {
         self.spawn(&bin("agenda-users")?, name.to_string(), &db, &[])
     }
 
+    /// Starts one more agenda-groups replica named `name`; returns its
+    /// address.
+    pub fn start_groups(&mut self, name: &str) -> Result<String> {
+        let db = db_addrs(&self.db);
+        self.spawn(&bin("agenda-groups")?, name.to_string(), &db, &[])
+    }
+
     fn spawn(&mut self, bin: &PathBuf, name: String, db: &str, extra: &[String]) -> Result<String> {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = self.dir.path().join(format!("{name}.log"));

@@ -473,6 +473,160 @@ async fn attendees_are_added_and_removed_after_creation() {
     );
 }
 
+/// `by` invites `who` to `group` at `rank`, and `who` accepts.
+async fn join(api: &Api, by: &P, who: &P, group: &str, rank: i64) {
+    let inv = invite(api, by, group, json!({"username": who.name, "rank": rank})).await;
+    expect_ok(
+        api.post(
+            &format!("/v1/invitations/{}/accept", s(&inv["id"])),
+            &who.token,
+            json!({}),
+        )
+        .await,
+        &format!("{} accepts", who.name),
+    );
+}
+
+/// A group's events reach members who join later (status by the
+/// hierarchy) and leave with members who go; the past stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_events_follow_membership() {
+    let (_sys, api) = System::start_with_api().await;
+    let People { alice, bob, carol } = accounts(&api).await;
+    let g = expect(
+        api.post(
+            "/v1/groups",
+            &alice.token,
+            json!({"name": "Lab", "kind": "hierarchical"}),
+        )
+        .await,
+        StatusCode::CREATED,
+        "create group",
+    );
+    let g = s(&g["id"]).to_string();
+    join(&api, &alice, &bob, &g, 1).await;
+    let group_event = |title: &str, start: &str, end: &str, rrule: Option<&str>| {
+        let mut body = json!({"title": title, "start": start, "end": end,
+                              "time_zone": "UTC", "group_id": g});
+        if let Some(r) = rrule {
+            body["rrule"] = json!(r);
+        }
+        body
+    };
+    let past = event_id(
+        &create_event(
+            &api,
+            &alice,
+            group_event(
+                "Old kickoff",
+                "2020-01-06T09:00:00Z",
+                "2020-01-06T10:00:00Z",
+                None,
+            ),
+        )
+        .await,
+    );
+    let weekly = event_id(
+        &create_event(
+            &api,
+            &alice,
+            group_event(
+                "Lab meeting",
+                "2020-01-07T09:00:00Z",
+                "2020-01-07T10:00:00Z",
+                Some("FREQ=WEEKLY"),
+            ),
+        )
+        .await,
+    );
+    let ahead = event_id(
+        &create_event(
+            &api,
+            &alice,
+            group_event(
+                "Retreat",
+                "2031-05-05T09:00:00Z",
+                "2031-05-05T17:00:00Z",
+                None,
+            ),
+        )
+        .await,
+    );
+    let by_bob = event_id(
+        &create_event(
+            &api,
+            &bob,
+            group_event(
+                "Reading club",
+                "2031-05-06T09:00:00Z",
+                "2031-05-06T10:00:00Z",
+                None,
+            ),
+        )
+        .await,
+    );
+    let opened = |who: &P, id: &str| {
+        let (api, path, token) = (&api, format!("/v1/events/{id}"), who.token.clone());
+        async move {
+            let (st, body) = api.get(&path, &token).await;
+            (st == StatusCode::OK).then(|| s(&body["my_status"]).to_string())
+        }
+    };
+
+    // Carol joins below bob: she attends what is ahead, accepted below
+    // the creator (alice, bob), never the past.
+    join(&api, &bob, &carol, &g, 2).await;
+    assert_eq!(opened(&carol, &weekly).await.as_deref(), Some("accepted"));
+    assert_eq!(opened(&carol, &ahead).await.as_deref(), Some("accepted"));
+    assert_eq!(opened(&carol, &by_bob).await.as_deref(), Some("accepted"));
+    // The past is not hers: not in her agenda, though as a member she may
+    // open the group's event (as its agenda shows it), not attending.
+    assert!(!lists(&api, &carol, &day("2020-01-06"), &past).await);
+    assert_eq!(
+        opened(&carol, &past).await.as_deref(),
+        Some(""),
+        "no status of hers"
+    );
+    assert!(lists(&api, &carol, &day("2031-05-05"), &ahead).await);
+    let week = range("2031-05-05T00:00:00Z", "2031-05-12T00:00:00Z");
+    assert!(lists(&api, &carol, &week, &weekly).await, "the series");
+
+    // Bob leaves: what is ahead goes from his agenda (his own event stays
+    // his), the past stays.
+    expect(
+        api.delete(&format!("/v1/groups/{g}/members/{}", bob.id), &bob.token)
+            .await,
+        StatusCode::NO_CONTENT,
+        "bob leaves",
+    );
+    assert_eq!(opened(&bob, &ahead).await, None, "gone with bob");
+    assert_eq!(opened(&bob, &weekly).await, None, "the series too");
+    assert!(!lists(&api, &bob, &day("2031-05-05"), &ahead).await);
+    assert_eq!(
+        opened(&bob, &past).await.as_deref(),
+        Some("accepted"),
+        "the past stays"
+    );
+    assert_eq!(
+        opened(&bob, &by_bob).await.as_deref(),
+        Some("accepted"),
+        "his own"
+    );
+    // The others' events no longer list him.
+    let ev = expect(
+        api.get(&format!("/v1/events/{ahead}"), &alice.token).await,
+        StatusCode::OK,
+        "alice opens the retreat",
+    );
+    let names: Vec<&str> = ev["attendees"]
+        .as_array()
+        .expect("attendees")
+        .iter()
+        .map(|a| s(&a["username"]))
+        .collect();
+    assert_eq!(names, ["alice", "carol"], "{ev}");
+}
+
 /// Notifications say what happened (an answer names who answered and
 /// what), come in pages with a cursor, and can all be marked read at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -41,6 +41,18 @@ async fn events_of_the_old_layout_survive_an_upgrade() {
         .await
         .expect("write an old-layout copy");
     }
+    // A group event of layout 2: a record, not yet in its group's index.
+    let (group, group_event) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let mut record = event.clone();
+    record["id"] = json!(group_event);
+    record["group_id"] = json!(group);
+    db.put(PutRequest {
+        key: format!("/agenda/events/{group_event}").into_bytes(),
+        value: serde_json::to_vec(&record).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .expect("write a group event record");
     db.delete(DeleteRequest {
         key: b"/agenda/layout".to_vec(),
         ..Default::default()
@@ -81,6 +93,11 @@ async fn events_of_the_old_layout_survive_an_upgrade() {
         StatusCode::OK,
         "the attendee answers the old event",
     );
+    let indexed = db
+        .get(format!("/agenda/group-events/{group}/{group_event}").into_bytes())
+        .await
+        .expect("read");
+    assert!(indexed.is_some(), "the group event is in its group's index");
     // No copy is left under the old keys.
     for user in [&alice, &bob] {
         let old = db

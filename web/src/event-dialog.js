@@ -4,14 +4,18 @@
 //
 // One <dialog> for all of it, built once. Its mode:
 //   create  a new event: every field, attendees picked by username
-//   edit    the organizer's event: every field but attendees (the API
-//           takes attendees only at creation)
+//   edit    the organizer's event: every field, and the attendees of a
+//           personal event (the whole list goes in the PATCH when it
+//           changed; a group event's attendees are its members)
 //   view    someone else's event: read-only fields, RSVP buttons
+// "Find a time" (find-time.js) proposes free slots for the organizer and
+// the people chosen, in create and edit.
 
 import { get, post, patch, del, ApiError } from './api.js';
 import { currentUser } from './session.js';
 import { zones, toLocalInput, fromLocalInput, formatRange, DateTime } from './time.js';
 import { h, replace, field, showError, clearErrors, toast } from './ui.js';
+import { openFindTime } from './find-time.js';
 
 const PRESETS = { none: '', daily: 'FREQ=DAILY', weekly: 'FREQ=WEEKLY', monthly: 'FREQ=MONTHLY' };
 const STATUS_TEXT = {
@@ -60,6 +64,8 @@ function build() {
   c.suggestions = h('datalist', { id: 'attendee-suggestions' });
   c.addAttendee = h('button', { type: 'button', class: 'btn' }, 'Add');
   c.chips = h('ul', { class: 'chips', 'aria-label': 'Attendees to invite' });
+  c.findTime = h('button', { type: 'button', class: 'btn', 'aria-describedby': 'find-time-note', onclick: () => findTime() }, 'Find a time');
+  c.findNote = h('p', { class: 'hint', id: 'find-time-note', role: 'status', text: 'Free slots for you and the people above.' });
   c.statuses = h('ul', { class: 'attendee-statuses' });
   c.formError = h('p', { class: 'form-error', role: 'alert', tabindex: '-1', hidden: true });
   c.heading = h('h2', { id: 'event-dialog-title' });
@@ -99,11 +105,13 @@ function build() {
       c.groupField = field('Calendar', c.group, { field: 'group_id', hint: 'A group event invites every member.' })));
 
   c.attendeeField = h('div', { class: 'attendee-picker' },
-    field('Invite people (username)', c.attendeeInput, { hint: 'Pick a suggestion; Enter or Add for each person.' }),
+    field('Invite people (username)', c.attendeeInput, { hint: 'Pick a suggestion; Enter or Add for each person; × takes one off the list.' }),
     c.addAttendee, c.suggestions, c.chips);
+  c.findTimeRow = h('div', { class: 'find-time-row' }, c.findTime, c.findNote);
   c.attendeeSection = h('section', { class: 'attendees', 'aria-labelledby': 'attendees-title' },
     h('h3', { id: 'attendees-title', text: 'Attendees' }),
     c.attendeeField,
+    c.findTimeRow,
     c.statuses);
 
   c.form = h('form', { novalidate: true, onsubmit: (ev) => { ev.preventDefault(); save(); } },
@@ -157,6 +165,13 @@ function chipNames() {
   return [...ui.chips.querySelectorAll('li')].map((li) => li.dataset.username);
 }
 
+function chip(name) {
+  const li = h('li', { class: 'chip', dataset: { username: name } },
+    h('span', { text: name }),
+    h('button', { type: 'button', class: 'chip-remove', 'aria-label': `Remove ${name}`, onclick: () => { li.remove(); ui.attendeeInput.focus(); } }, '×'));
+  return li;
+}
+
 function addChip() {
   // Several names may be typed at once, separated by commas or spaces.
   const names = ui.attendeeInput.value.split(/[\s,]+/).map((s) => s.trim().replace(/^@/, '')).filter(Boolean);
@@ -164,14 +179,17 @@ function addChip() {
   for (const name of names) {
     if (have.has(name.toLowerCase())) continue;
     have.add(name.toLowerCase());
-    const li = h('li', { class: 'chip', dataset: { username: name } },
-      h('span', { text: name }),
-      h('button', { type: 'button', class: 'chip-remove', 'aria-label': `Remove ${name}`, onclick: () => { li.remove(); ui.attendeeInput.focus(); } }, '×'));
-    ui.chips.append(li);
+    ui.chips.append(chip(name));
   }
   ui.attendeeInput.value = '';
   ui.attendeeInput.focus();
 }
+
+/** Whether the attendees of the event shown may be edited here (the organizer's personal event). */
+const attendeesEditable = () => state.mode === 'create' || (state.mode === 'edit' && !state.event?.group_id);
+
+/** The attendees a saved event has now, but its organizer (usernames). */
+const savedAttendees = (ev) => ev.attendees.filter((a) => a.user_id !== ev.organizer_id).map((a) => a.username);
 
 function tzOption(tz) {
   if (![...ui.tz.options].some((o) => o.value === tz)) ui.tz.append(h('option', { value: tz, text: tz }));
@@ -271,6 +289,9 @@ function fill(ev) {
   ui.preset.value = presetOf(ev.rrule || '');
   ui.visibility.value = ev.visibility || 'default';
   ui.groupField.hidden = true;
+  // The organizer edits the list of a personal event as chips; the rows
+  // below keep showing the answers as saved.
+  replace(ui.chips, attendeesEditable() ? savedAttendees(ev).map(chip) : []);
   if (state.occurrence) {
     ui.occurrence.hidden = false;
     ui.occurrence.textContent = `This occurrence: ${formatRange(state.occurrence.start, state.occurrence.end, currentUser()?.time_zone || 'UTC')}. The fields below are the whole series; changes apply to every occurrence.`;
@@ -281,7 +302,10 @@ function fill(ev) {
 function render() {
   const { mode } = state;
   ui.editable.disabled = mode === 'view';
-  ui.attendeeField.hidden = mode !== 'create';
+  ui.attendeeField.hidden = !attendeesEditable();
+  ui.chips.setAttribute('aria-label', mode === 'create' ? 'Attendees to invite' : 'Attendees (saved with the changes)');
+  ui.findTimeRow.hidden = mode === 'view';
+  ui.findNote.textContent = 'Free slots for you and the people above.';
   ui.save.hidden = mode === 'view';
   ui.save.textContent = mode === 'create' ? 'Create event' : 'Save changes';
   ui.delete.hidden = mode !== 'edit';
@@ -341,7 +365,42 @@ function body() {
   for (const k of Object.keys(b)) {
     if (k === 'rrule' ? (b.rrule || '') === (ev.rrule || '') : same(b[k], ev[k] ?? '')) delete b[k];
   }
+  // Attendees: the whole list, and only when it changed (the organizer
+  // always stays, so never listed).
+  if (attendeesEditable()) {
+    if (ui.attendeeInput.value.trim()) addChip();
+    const me = currentUser()?.username.toLowerCase();
+    const names = chipNames().filter((n) => n.toLowerCase() !== me);
+    const key = (list) => list.map((n) => n.toLowerCase()).sort().join(',');
+    if (key(names) !== key(savedAttendees(ev))) b.attendees = names;
+  }
   return b;
+}
+
+/** Opens "Find a time" for the organizer and the people chosen; a slot picked fills start and end. */
+function findTime() {
+  const me = currentUser();
+  if (ui.attendeeInput.value.trim()) addChip();
+  const ev = state.event;
+  const others = attendeesEditable() ? chipNames() : (ev ? savedAttendees(ev) : []);
+  const names = [me.username];
+  for (const n of others) if (!names.some((x) => x.toLowerCase() === n.toLowerCase())) names.push(n);
+  const zone = ui.tz.value;
+  const start = DateTime.fromISO(ui.start.value, { zone });
+  const end = DateTime.fromISO(ui.end.value, { zone });
+  const minutes = start.isValid && end.isValid && end > start ? Math.round(end.diff(start, 'minutes').minutes) : 60;
+  // The event's own saved time is not busy time for finding it a new one.
+  const ignore = ev ? [ev, state.occurrence].filter(Boolean).map((x) => ({ start: DateTime.fromISO(x.start), end: DateTime.fromISO(x.end) })) : [];
+  openFindTime({
+    names, zone, minutes, ignore,
+    day: start.isValid ? start : DateTime.now().setZone(zone),
+    returnFocus: ui.findTime,
+    onPick: (s, e) => {
+      ui.start.value = toLocalInput(s, zone);
+      ui.end.value = toLocalInput(e, zone);
+      ui.findNote.textContent = `Start and end set to ${formatRange(s.toISO(), e.toISO(), zone)} (${zone}). Save to keep it.`;
+    },
+  });
 }
 
 /** Client-side checks the browser can do at once; the API checks the rest. */

@@ -35,7 +35,7 @@ function build() {
   c.dialog = h('dialog', { id: 'find-time-dialog', class: 'dialog', 'aria-labelledby': 'find-time-title', 'aria-describedby': 'find-time-summary' },
     h('h2', { id: 'find-time-title', text: 'Find a time' }),
     c.summary,
-    h('div', { class: 'day-nav', role: 'group', 'aria-label': 'Day' },
+    h('div', { class: 'day-nav', role: 'group', 'aria-label': 'Choose the day' },
       c.prev,
       h('label', { for: 'find-time-day', text: 'Day' }), c.date,
       c.next),
@@ -141,7 +141,10 @@ async function load() {
     ? `${day}: ${slots.length === MAX_SLOTS ? `the first ${MAX_SLOTS}` : slots.length} free slot${slots.length > 1 ? 's' : ''}.`
     : `${day}: no free slot of that length within everyone’s working hours${from < DateTime.now() ? ' (from now on)' : ''}. Try another day.`;
   replace(ui.slots, slots.map((x) => h('li', {},
-    h('button', { type: 'button', class: 'btn slot', onclick: () => pick(x) }, formatRange(x.start.toISO(), x.end.toISO(), s.zone)))));
+    h('button', {
+      type: 'button', class: 'btn slot', onclick: () => pick(x),
+      dataset: { start: x.start.toUTC().toISO({ suppressMilliseconds: true }), end: x.end.toUTC().toISO({ suppressMilliseconds: true }) },
+    }, formatRange(x.start.toISO(), x.end.toISO(), s.zone)))));
   ui.slots.removeAttribute('aria-busy');
   replace(ui.rows, people.map((p) => row(p, from, to)));
 }

@@ -16,6 +16,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DateTime } from 'luxon';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BASE = (process.env.AGENDA_URL || 'http://127.0.0.1:8080').replace(/\/$/, '');
@@ -34,6 +35,7 @@ const results = [];
 const notes = [];
 let browser;
 let pages = [];
+let carol = null; // a third person, made through the API (B's stream step)
 
 async function shot(page, name) {
   const path = join(ARTIFACTS, `${name}.png`);
@@ -232,7 +234,7 @@ async function apiPerson(name) {
   };
   await call('POST', '/v1/auth/register', { username: name, email: `${name}@example.com`, password: PASSWORD });
   const login = await call('POST', '/v1/auth/login', { username: name, password: PASSWORD });
-  return { call: (m, p, b) => call(m, p, b, login.access_token) };
+  return { name, id: login.user.id, call: (m, p, b) => call(m, p, b, login.access_token) };
 }
 
 await step('the app loads at / (first load timed)', async () => {
@@ -593,7 +595,7 @@ await step('B\'s stream drops, reconnects with last_id and catches up', async ()
     if (Date.now() > deadline) throw new Error('B did not try to reconnect');
     await new Promise((r) => setTimeout(r, 50));
   }
-  const carol = await apiPerson(`carol_${run}`);
+  carol = await apiPerson(`carol_${run}`);
   const start = new Date(Date.now() + 2 * 86400e3);
   start.setUTCHours(15, 0, 0, 0);
   await carol.call('POST', '/v1/events', {
@@ -756,6 +758,165 @@ await step('B\'s panel: "Load older" (pages of 2 by the test switch) reads every
   await waitFor(pb, () => document.activeElement?.classList.contains('notification') || document.activeElement?.id === 'notifications-panel', null, 'focus on the rows');
   await pb.keyboard.press('Escape');
   await panel.waitFor({ state: 'hidden', timeout: T });
+});
+
+await step('attendees: A adds carol to an event with B and takes B off; B loses it and is told, carol is invited; the PATCH names attendees only when they change', async () => {
+  if (!carol) throw new Error('carol was not made (B\'s stream step)');
+  const name = `Review ${run}`;
+  await pa.getByRole('link', { name: 'Calendar' }).click();
+  await visible(pa.locator('.fc-view-harness'));
+  // Today 13:00 in B's zone (B's week in view always holds it), in an
+  // event zone of its own: B is in A's group now, so added at once.
+  await pa.getByRole('button', { name: /New event/ }).click();
+  const d = dialog(pa);
+  await visible(d);
+  await d.getByLabel('Title').fill(name);
+  await d.getByLabel('Time zone').selectOption(B.zone);
+  await d.getByLabel('Starts').fill(dayAt(B.zone, 13));
+  await d.getByLabel('Ends').fill(dayAt(B.zone, 14));
+  const who = d.getByLabel('Invite people (username)');
+  await who.fill(B.name);
+  await who.press('Enter');
+  await visible(d.locator('.chip'), B.name);
+  const created = pa.waitForResponse((r) => r.request().method() === 'POST' && /\/v1\/events(\?|$)/.test(r.url()), { timeout: T });
+  await d.getByRole('button', { name: 'Create event' }).click();
+  const res = await created;
+  if (res.status() !== 201) throw new Error(`the creation answered ${res.status()}`);
+  const id = (await res.json()).event.id;
+  await waitFor(pa, () => !document.querySelector('#event-dialog')?.open || !document.querySelector('#event-dialog .conflicts')?.hidden, null, 'the event to be saved');
+  if (await d.isVisible()) await closeDialog(pa);
+  await visible(calEvent(pb, name));
+  // A's week: the event's day in Madrid is in last week when Monday has
+  // begun in Madrid but not yet in New York.
+  const startsAt = DateTime.fromISO(dayAt(B.zone, 13), { zone: B.zone }).setZone(A.zone);
+  const lastWeek = startsAt.startOf('week') < DateTime.now().setZone(A.zone).startOf('week');
+  if (lastWeek) await pa.keyboard.press('p');
+  await calEvent(pa, name).click();
+  await visible(d.getByRole('heading', { name: 'Edit event' }));
+  // The saved attendees are chips to edit; the rows keep the answers.
+  await visible(d.locator('.chip'), B.name);
+  await visible(d.locator('.attendee', { hasText: B.name }), 'Not answered yet');
+  await who.fill(carol.name);
+  await who.press('Enter');
+  await visible(d.locator('.chip'), carol.name);
+  await d.getByRole('button', { name: `Remove ${B.name}` }).click();
+  await waitFor(pa, () => document.activeElement?.name === 'attendee', null, 'focus back in the attendee field');
+  await axe(pa, 'event dialog (organizer editing attendees)');
+  let patched = pa.waitForRequest((r) => r.method() === 'PATCH' && r.url().endsWith(`/v1/events/${id}`), { timeout: T });
+  await d.getByRole('button', { name: 'Save changes' }).click();
+  let sent = JSON.parse((await patched).postData());
+  if (JSON.stringify(sent) !== JSON.stringify({ attendees: [carol.name] })) throw new Error(`the PATCH sent ${JSON.stringify(sent)}, wanted only the new attendees [carol]`);
+  // B is told, and the event leaves B's calendar and agenda.
+  await visible(pb.locator('.toast'), `${A.name} cancelled “${name}”`);
+  await waitFor(pb, (text) => ![...document.querySelectorAll('.fc-event')].some((e) => e.textContent.includes(text)), name, 'the event to leave B\'s calendar');
+  const loginB = await (await fetch(`${BASE}/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: B.name, password: PASSWORD }) })).json();
+  const q = new URLSearchParams({ from: DateTime.now().minus({ days: 2 }).toUTC().toISO(), to: DateTime.now().plus({ days: 2 }).toUTC().toISO() });
+  const agendaB = await (await fetch(`${BASE}/v1/events?${q}`, { headers: { authorization: `Bearer ${loginB.access_token}` } })).json();
+  if (agendaB.items.some((e) => e.id === id)) throw new Error('the event is still in B\'s agenda');
+  // Carol shares no group with A: invited (told, not yet in her agenda).
+  const told = (await carol.call('GET', '/v1/notifications?limit=50')).items;
+  if (!told.some((n) => n.kind === 'event_invited' && n.data?.event_id === id)) throw new Error(`carol was not invited: ${JSON.stringify(told.map((n) => n.kind))}`);
+  // The rows after the save (the dialog shows them at once when it stays
+  // open for conflicts; opened again otherwise): B's row is gone.
+  await waitFor(pa, () => !document.querySelector('#event-dialog')?.open || !document.querySelector('#event-dialog .conflicts')?.hidden, null, 'the change to be saved');
+  if (!(await d.isVisible())) await calEvent(pa, name).click();
+  await visible(d.locator('.attendee', { hasText: carol.name }), 'Invited, not answered yet');
+  if (await d.locator('.attendee', { hasText: B.name }).count()) throw new Error('B\'s row is still shown');
+  const chips = await d.locator('.chip').allTextContents();
+  if (chips.length !== 1 || !chips[0].includes(carol.name)) throw new Error(`the chips read ${JSON.stringify(chips)}`);
+  await shot(pa, 'attendees-edited');
+  // Another change leaves the attendees out of the PATCH.
+  await d.getByLabel('Location').fill('Room 7');
+  patched = pa.waitForRequest((r) => r.method() === 'PATCH' && r.url().endsWith(`/v1/events/${id}`), { timeout: T });
+  await d.getByRole('button', { name: 'Save changes' }).click();
+  sent = JSON.parse((await patched).postData());
+  if (JSON.stringify(sent) !== JSON.stringify({ location: 'Room 7' })) throw new Error(`the PATCH sent ${JSON.stringify(sent)}, wanted only the location`);
+  await waitFor(pa, () => !document.querySelector('#event-dialog')?.open || !document.querySelector('#event-dialog .conflicts')?.hidden, null, 'the location to be saved');
+  if (await d.isVisible()) await closeDialog(pa);
+  if (lastWeek) await pa.keyboard.press('t');
+});
+
+await step('find a time: for A and carol on a day carol is busy until 14:00 (Madrid), the first slot avoids it, stepping days by keyboard, picking fills start and end, and the event is saved without conflicts', async () => {
+  // Three days on (never today's weekday: the weekly event stays out).
+  const day = DateTime.now().setZone(A.zone).plus({ days: 3 }).startOf('day');
+  const busy = { start: day.set({ hour: 9 }), end: day.set({ hour: 14 }) };
+  await carol.call('POST', '/v1/events', {
+    title: `Busy ${run}`, time_zone: 'UTC',
+    start: busy.start.toUTC().toISO({ suppressMilliseconds: true }), end: busy.end.toUTC().toISO({ suppressMilliseconds: true }),
+  });
+  const name = `Planning ${run}`;
+  await pa.getByRole('button', { name: /New event/ }).click();
+  const d = dialog(pa);
+  await visible(d);
+  await d.getByLabel('Title').fill(name);
+  await d.getByLabel('Starts').fill(`${day.toISODate()}T10:00`);
+  await d.getByLabel('Ends').fill(`${day.toISODate()}T11:00`);
+  const who = d.getByLabel('Invite people (username)');
+  await who.fill(carol.name);
+  await who.press('Enter');
+  await visible(d.locator('.chip'), carol.name);
+  const finder = pa.locator('#find-time-dialog');
+  const open = async () => {
+    const asked = pa.waitForResponse((r) => r.url().includes('/v1/freebusy?'), { timeout: T });
+    await d.getByRole('button', { name: 'Find a time' }).click();
+    await visible(finder.getByRole('heading', { name: 'Find a time' }));
+    return asked;
+  };
+  const res = await open();
+  if (res.status() !== 200) throw new Error(`free/busy answered ${res.status()}`);
+  const url = new URL(res.url());
+  if (url.searchParams.get('users') !== `${A.name},${carol.name}`) throw new Error(`free/busy asked for ${url.searchParams.get('users')}`);
+  if (Date.parse(url.searchParams.get('from')) !== day.toMillis()) throw new Error(`free/busy from ${url.searchParams.get('from')}, wanted ${day.toISO()}`);
+  // Each person's time line, in their own zone: carol's block in UTC.
+  const hhmm = (t) => t.setZone('UTC').toFormat('HH:mm');
+  await visible(finder.locator('.timeline-row', { hasText: carol.name }).locator('.timeline-text'), `Busy ${hhmm(busy.start)}–${hhmm(busy.end)} (UTC).`);
+  await visible(finder.locator('.timeline-row', { hasText: A.name }).locator('.timeline-text'), `Free all day (${A.zone}).`);
+  // The slots: none overlaps carol's block; the first is 14:00 (Madrid):
+  // carol's working day (from 08:00 UTC) begins inside her block.
+  const first = day.set({ hour: 14 }).toUTC().toISO({ suppressMilliseconds: true });
+  await visible(finder.locator(`button.slot[data-start="${first}"]`));
+  const slots = await finder.locator('button.slot').evaluateAll((els) => els.map((e) => [e.dataset.start, e.dataset.end]));
+  if (slots[0][0] !== first) throw new Error(`the first slot starts ${slots[0][0]}, wanted ${first}`);
+  const clash = slots.filter(([s, e]) => Date.parse(s) < busy.end.toMillis() && busy.start.toMillis() < Date.parse(e));
+  if (clash.length) throw new Error(`slots overlap carol's busy time: ${JSON.stringify(clash)}`);
+  if (slots.some(([s, e]) => Date.parse(e) - Date.parse(s) !== 3600e3)) throw new Error(`slots are not one hour long: ${JSON.stringify(slots)}`);
+  await shot(pa, 'find-a-time');
+  await axe(pa, 'find a time');
+  // Day by day with the keyboard, and back.
+  const dayField = finder.getByLabel('Day', { exact: true });
+  await finder.getByRole('button', { name: 'Next day ›' }).focus();
+  let asked = pa.waitForResponse((r) => r.url().includes('/v1/freebusy?'), { timeout: T });
+  await pa.keyboard.press('Enter');
+  if (Date.parse(new URL((await asked).url()).searchParams.get('from')) !== day.plus({ days: 1 }).toMillis()) throw new Error('"Next day" did not ask for the next day');
+  if ((await dayField.inputValue()) !== day.plus({ days: 1 }).toISODate()) throw new Error(`the day field reads ${await dayField.inputValue()}`);
+  await visible(finder.locator('.timeline-row', { hasText: carol.name }).locator('.timeline-text'), 'Free all day (UTC).');
+  await finder.getByRole('button', { name: '‹ Previous day' }).focus();
+  asked = pa.waitForResponse((r) => r.url().includes('/v1/freebusy?'), { timeout: T });
+  await pa.keyboard.press('Enter');
+  await asked;
+  await visible(finder.locator(`button.slot[data-start="${first}"]`));
+  // Escape closes it (the event dialog stays), focus back on the button.
+  await pa.keyboard.press('Escape');
+  await finder.waitFor({ state: 'hidden', timeout: T });
+  if (!(await d.isVisible())) throw new Error('Escape closed the event dialog too');
+  await waitFor(pa, () => document.activeElement?.textContent === 'Find a time', null, 'focus back on "Find a time"');
+  await open();
+  const slot = finder.locator(`button.slot[data-start="${first}"]`);
+  await visible(slot);
+  await slot.focus();
+  await pa.keyboard.press('Enter');
+  await finder.waitFor({ state: 'hidden', timeout: T });
+  await waitFor(pa, () => document.activeElement?.textContent === 'Find a time', null, 'focus back on "Find a time"');
+  const got = [await d.getByLabel('Starts').inputValue(), await d.getByLabel('Ends').inputValue()];
+  if (got.join(' ') !== `${day.toISODate()}T14:00 ${day.toISODate()}T15:00`) throw new Error(`start and end read ${got.join(' ')}`);
+  await visible(d.locator('#find-time-note'), 'Start and end set to');
+  const created = pa.waitForResponse((r) => r.request().method() === 'POST' && /\/v1\/events(\?|$)/.test(r.url()), { timeout: T });
+  await d.getByRole('button', { name: 'Create event' }).click();
+  const reply = await (await created).json();
+  if (!reply.event || reply.conflicts.length) throw new Error(`the creation answered ${JSON.stringify(reply).slice(0, 300)}`);
+  if (Date.parse(reply.event.start) !== day.set({ hour: 14 }).toMillis()) throw new Error(`the event starts ${reply.event.start}`);
+  await d.waitFor({ state: 'hidden', timeout: T });
+  await visible(pa.locator('.toast'), `Created “${name}”`);
 });
 
 /** Whether process `pid` has ended (gone, or a zombie not yet reaped). */

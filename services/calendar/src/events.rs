@@ -408,6 +408,32 @@ fn ask_again(ev: &mut EventRecord) {
     }
 }
 
+/// Whether `ev` has anything left at or after `now`: a member who joins a
+/// group gets its events that are, one who leaves loses them; the past
+/// stays as it was.
+pub fn still_ahead(ev: &EventRecord, now: DateTime<Utc>) -> bool {
+    ev.end > now
+        || (ev.rrule.is_some()
+            && !recurrence::occurrences(ev, now, now + recurrence::CONFLICT_HORIZON).is_empty())
+}
+
+/// A group's event `ev` brought in line with `user`'s membership: `joins`
+/// is how they attend as a member now (None: no longer one). A newcomer
+/// is added, someone gone is taken out (its organizer stays); None when
+/// nothing is to change.
+pub fn synced(ev: &EventRecord, user: Uuid, joins: Option<Attendee>) -> Option<EventRecord> {
+    let attends = ev.status_of(user).is_some();
+    match joins {
+        Some(a) if !attends => {
+            let mut ev = ev.clone();
+            ev.attendees.push(a);
+            Some(ev)
+        }
+        None if attends && ev.organizer_id != user => Some(without(ev, user)),
+        _ => None,
+    }
+}
+
 /// `ev` with `user`'s answer set to `status`.
 pub fn answered(ev: &EventRecord, user: Uuid, status: AttendeeStatus) -> EventRecord {
     let mut ev = ev.clone();
@@ -1075,5 +1101,41 @@ mod tests {
             organizer.id
         )
         .is_empty());
+    }
+
+    /// A group's event for a member who joins or leaves: added once,
+    /// removed once (never its organizer), and only while it is ahead.
+    #[test]
+    fn group_events_follow_membership_while_ahead() {
+        let (ev, guest) = accepted_event();
+        let carol = person("carol");
+        let joins = attendee(&carol, AttendeeStatus::Accepted);
+        let added = synced(&ev, carol.id, Some(joins.clone())).expect("a newcomer is added");
+        assert_eq!(added.status_of(carol.id), Some(AttendeeStatus::Accepted));
+        assert_eq!(synced(&added, carol.id, Some(joins)), None, "already in");
+        let gone = synced(&ev, guest, None).expect("someone gone is taken out");
+        assert_eq!(gone.status_of(guest), None);
+        assert_eq!(synced(&gone, guest, None), None, "already out");
+        assert_eq!(
+            synced(&ev, ev.organizer_id, None),
+            None,
+            "the organizer stays"
+        );
+
+        let now = ev.start;
+        assert!(still_ahead(&ev, now), "under way");
+        assert!(!still_ahead(&ev, ev.end), "over");
+        let mut series = ev.clone();
+        series.rrule = Some("FREQ=WEEKLY".into());
+        assert!(
+            still_ahead(&series, ev.end + Duration::days(400)),
+            "a series without end"
+        );
+        series.rrule = Some("FREQ=WEEKLY;COUNT=2".into());
+        assert!(still_ahead(&series, ev.end + Duration::days(3)));
+        assert!(
+            !still_ahead(&series, ev.end + Duration::days(8)),
+            "its last is over"
+        );
     }
 }

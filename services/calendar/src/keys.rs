@@ -42,6 +42,22 @@ pub fn agenda_version(user: Uuid) -> String {
 pub fn event(id: Uuid) -> String {
     format!("/agenda/events/{id}")
 }
+/// Every event record.
+pub const EVENTS: &str = "/agenda/events/";
+/// An event of a group (value: empty): what members who join or leave
+/// later are added to or taken out of.
+pub fn group_event(group: Uuid, event: Uuid) -> String {
+    format!("/agenda/group-events/{group}/{event}")
+}
+pub fn group_events(group: Uuid) -> String {
+    format!("/agenda/group-events/{group}/")
+}
+/// Members whose part in their group's events is being brought in line
+/// with a join or a departure (see `Store::sync_group_member`).
+pub const GROUP_SYNCS: &str = "/agenda/group-sync/";
+pub fn group_sync(group: Uuid, user: Uuid) -> String {
+    format!("/agenda/group-sync/{group}/{user}")
+}
 /// A person's copy of an event, filed by time.
 pub fn agenda_event(user: Uuid, ev: &EventRecord) -> String {
     let long = ev.rrule.is_some() || ev.end - ev.start > SHORT_EVENT;

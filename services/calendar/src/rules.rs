@@ -30,17 +30,23 @@ pub fn group_event_attendees(
         status: AttendeeStatus::Accepted,
     }];
     for m in members.iter().filter(|m| m.user_id != creator.user_id) {
-        let status = match kind {
-            GroupKind::Hierarchical if m.rank > creator.rank => AttendeeStatus::Accepted,
-            _ => AttendeeStatus::NeedsAction,
-        };
         out.push(Attendee {
             user_id: m.user_id,
             username: m.username.clone(),
-            status,
+            status: group_event_status(kind, Some(creator.rank), m.rank),
         });
     }
     out
+}
+
+/// How a member ranked `rank` attends a group event whose creator ranks
+/// `creator_rank` (None: no longer a member): accepted at once below the
+/// creator in a hierarchical group, asked otherwise.
+pub fn group_event_status(kind: GroupKind, creator_rank: Option<u32>, rank: u32) -> AttendeeStatus {
+    match (kind, creator_rank) {
+        (GroupKind::Hierarchical, Some(c)) if rank > c => AttendeeStatus::Accepted,
+        _ => AttendeeStatus::NeedsAction,
+    }
 }
 
 /// The rank an invitation gives: in a hierarchical group strictly below
@@ -427,6 +433,21 @@ mod tests {
             status: AttendeeStatus::Accepted,
         }];
         ev
+    }
+
+    #[test]
+    fn members_who_join_later_attend_by_the_creators_rank() {
+        use AttendeeStatus::{Accepted, NeedsAction};
+        let h = GroupKind::Hierarchical;
+        assert_eq!(group_event_status(h, Some(1), 2), Accepted);
+        assert_eq!(group_event_status(h, Some(2), 2), NeedsAction);
+        assert_eq!(group_event_status(h, Some(2), 1), NeedsAction);
+        assert_eq!(
+            group_event_status(h, None, 5),
+            NeedsAction,
+            "the creator left"
+        );
+        assert_eq!(group_event_status(GroupKind::Flat, Some(0), 1), NeedsAction);
     }
 
     #[test]

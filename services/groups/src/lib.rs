@@ -37,9 +37,27 @@ pub async fn run(
         cfg.advertise.clone(),
         &shutdown,
     )?;
-    let handler = handler::Groups {
-        store: Store::new(db.clone()),
+    let store = Store::new(db.clone());
+    // Group events of members who joined or left while a process died
+    // (see `Store::sync_group_member`).
+    let sweeper = {
+        let store = store.clone();
+        tokio::spawn(agenda_serving::sweep::sweep(
+            "syncs of group events",
+            shutdown.clone(),
+            move || {
+                let store = store.clone();
+                async move {
+                    store
+                        .finish_pending_group_syncs(agenda_calendar::store::groups::SYNC_GRACE)
+                        .await
+                }
+            },
+        ))
     };
+    let handler = handler::Groups { store };
     agenda_serving::serve(Service::Groups, handler, serving, db, shutdown).await?;
+    // The shutdown token stops it between rounds.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sweeper).await;
     Ok(())
 }

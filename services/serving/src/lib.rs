@@ -11,6 +11,8 @@
 //! - [`server`]: the serving loop: listen (with the admission caps of
 //!   `--max-concurrent-requests` and `--max-connections`), register in the
 //!   registry once agenda-db answers, deregister and drain on shutdown.
+//! - [`sweep`]: finishing, in the background, work a stopped process left
+//!   halfway behind a marker.
 //! - [`error`]: why a replica could not serve.
 #![deny(missing_docs)]
 
@@ -18,6 +20,7 @@ pub mod endpoint;
 pub mod error;
 pub mod handler;
 pub mod server;
+pub mod sweep;
 
 pub use error::Error;
 pub use handler::{Caller, Handler, Reply};

@@ -85,7 +85,23 @@ pub async fn run(
             })
         }
     }
-    let sweeper = tokio::spawn(sweep_deletions(store.clone(), shutdown.clone()));
+    // Account deletions a stopped process left halfway (see
+    // `Store::delete_user`).
+    let sweeper = {
+        let store = store.clone();
+        tokio::spawn(agenda_serving::sweep::sweep(
+            "account deletions",
+            shutdown.clone(),
+            move || {
+                let store = store.clone();
+                async move {
+                    store
+                        .finish_pending_deletions(agenda_calendar::store::users::DELETION_GRACE)
+                        .await
+                }
+            },
+        ))
+    };
     let handler = handler::Users {
         store,
         keys: agenda_common::auth::follow_signing_keys(db.clone(), keys, shutdown.clone()),
@@ -99,28 +115,4 @@ pub async fn run(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), relay).await;
     }
     Ok(())
-}
-
-/// How often a replica looks for interrupted account deletions.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Finishes account deletions that a stopped process left halfway (see
-/// `Store::delete_user`), at start and then every [`SWEEP_EVERY`]. Every
-/// replica does it; finishing one twice at once is harmless.
-async fn sweep_deletions(store: Store, shutdown: CancellationToken) {
-    loop {
-        match store
-            .finish_pending_deletions(agenda_calendar::store::users::DELETION_GRACE)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(accounts = n, "finished interrupted account deletions"),
-            Err(e) => {
-                tracing::warn!(error = %e.message, "could not finish interrupted account deletions; will retry")
-            }
-        }
-        if !agenda_common::shutdown::pause(&shutdown, SWEEP_EVERY).await {
-            return;
-        }
-    }
 }

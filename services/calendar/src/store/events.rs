@@ -28,6 +28,9 @@ fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
             .delete(&keys::agenda_event(p, ev))
             .bump(&keys::agenda_version(p));
     }
+    if let Some(g) = ev.group_id {
+        batch.delete(&keys::group_event(g, ev.id));
+    }
     for (p, kind) in notices(ev, by, Change::Cancelled) {
         notifications::add(&mut batch, p, kind, events::notice(ev, kind, by))?;
     }
@@ -186,6 +189,9 @@ impl Store {
                 w.previous.map_or(0, |p| p.mod_revision),
             )
             .put(&keys::event(w.ev.id), w.ev)?;
+        if let Some(g) = w.ev.group_id {
+            batch.put_raw(&keys::group_event(g, w.ev.id), Vec::new());
+        }
         let copies: Vec<String> =
             w.ev.participants()
                 .map(|p| keys::agenda_event(p, w.ev))

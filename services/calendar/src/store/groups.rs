@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::future::try_join_all;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -18,7 +19,8 @@ use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::events::{self, new_event, notices, view, Change, Idempotent};
 use crate::keys;
 use crate::model::{
-    Conflict, EventRecord, Group, GroupRecord, GroupRef, Invitation, InvitationStatus, Member,
+    Attendee, Conflict, EventRecord, Group, GroupRecord, GroupRef, Invitation, InvitationStatus,
+    Member,
 };
 use crate::rules::{self, Viewer, OWNER_RANK};
 use crate::{cpu, recurrence, validate};
@@ -30,6 +32,34 @@ pub struct Membership {
     /// Revision of the group's version key when read.
     pub version: i64,
 }
+
+/// The marker of a member whose part in the group's events is being
+/// brought in line with a join or a departure: written with the change of
+/// membership, removed once every event ahead is settled.
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingSync {
+    group_id: Uuid,
+    user_id: Uuid,
+    since: DateTime<Utc>,
+}
+
+impl PendingSync {
+    fn new(group_id: Uuid, user_id: Uuid) -> Self {
+        PendingSync {
+            group_id,
+            user_id,
+            since: Utc::now(),
+        }
+    }
+}
+
+/// How long a change of membership waits for its events before it
+/// answers (the rest goes on in the background).
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How old a sync marker is before a replica's sweep finishes it (the
+/// request that wrote it is done with it by then, or died).
+pub const SYNC_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn sort_members(m: &mut [Member]) {
     m.sort_by(|a, b| a.rank.cmp(&b.rank).then(a.username.cmp(&b.username)));
@@ -356,7 +386,8 @@ impl Store {
                 .unchanged(&keys::group_version(id), m.version)
                 .bump(&keys::group_version(id))
                 .delete(&keys::member(id, target))
-                .delete(&keys::user_group(target, id));
+                .delete(&keys::user_group(target, id))
+                .put(&keys::group_sync(id, target), &PendingSync::new(id, target))?;
             audit::add(
                 &mut batch,
                 Some(caller),
@@ -378,7 +409,9 @@ impl Store {
             }
             self.commit_or_retry(batch, ()).await
         })
-        .await
+        .await?;
+        self.sync_group_member_soon(id, target).await;
+        Ok(())
     }
 
     /// Invites a user by name.
@@ -513,7 +546,7 @@ impl Store {
         id: Uuid,
         accept: bool,
     ) -> ApiResult<Invitation> {
-        self.optimistic("this invitation", || async {
+        let inv = self.optimistic("this invitation", || async {
             let cur = self
                 .get::<Invitation>(&keys::invitation(id))
                 .await?
@@ -572,7 +605,8 @@ impl Store {
                         &Member { user_id: caller, username: me.username.clone(), rank: inv.rank },
                     )?
                     .put_raw(&keys::user_group(caller, g), Vec::new())
-                    .bump(&keys::group_version(g));
+                    .bump(&keys::group_version(g))
+                    .put(&keys::group_sync(g, caller), &PendingSync::new(g, caller))?;
             }
             notifications::add(
                 &mut batch,
@@ -582,7 +616,11 @@ impl Store {
             )?;
             self.commit_or_retry(batch, inv.clone()).await
         })
-        .await
+        .await?;
+        if inv.status == InvitationStatus::Accepted {
+            self.sync_group_member_soon(inv.group_id, caller).await;
+        }
+        Ok(inv)
     }
 
     /// Creates a group event: every member attends, with the status the
@@ -702,6 +740,135 @@ impl Store {
         } else {
             Err(not_found())
         }
+    }
+
+    /// Brings `user`'s part in `group`'s events in line with their
+    /// membership after the change that wrote the marker, waiting at most
+    /// [`SYNC_WAIT`]; the rest goes on detached, and if this process dies,
+    /// a sweep ([`Store::finish_pending_group_syncs`]) finishes it.
+    async fn sync_group_member_soon(&self, group: Uuid, user: Uuid) {
+        let store = self.clone();
+        let job = tokio::spawn(async move { store.sync_group_member(group, user).await });
+        match tokio::time::timeout(SYNC_WAIT, job).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(%group, %user, error = %e.message, "group events not yet brought in line with a membership change; a sweep will")
+            }
+            Ok(Err(e)) => tracing::warn!(%group, %user, error = %e, "group event sync failed"),
+            Err(_) => {
+                tracing::info!(%group, %user, "many group events: the sync goes on in the background")
+            }
+        }
+    }
+
+    /// Brings `user`'s part in the events ahead of `group` in line with
+    /// their membership now: a member is added to those they are not in
+    /// (status by the hierarchy, [`rules::group_event_status`]), someone
+    /// gone is taken out of them (and their agenda). One small transaction
+    /// per event, each compared on the event and on the membership as read
+    /// here, so the cost of a join is bounded per write and a later join or
+    /// departure (which writes a new marker and runs again) wins. The
+    /// marker goes at the end if no newer one replaced it. Safe to run
+    /// twice at once. Returns how many events changed.
+    pub async fn sync_group_member(&self, group: Uuid, user: Uuid) -> ApiResult<usize> {
+        let member_key = keys::member(group, user);
+        let reads = [
+            Read::key(&keys::group_sync(group, user)),
+            Read::key(&member_key),
+            Read::key(&keys::group(group)),
+        ];
+        let Some(snap) = self.snapshot(&[], reads).await? else {
+            return Ok(0);
+        };
+        let marker = snap.mod_revision(0);
+        let member_rev = snap.mod_revision(1);
+        let member = snap.value::<Member>(1)?.map(|v| v.value);
+        let kind = snap.value::<GroupRecord>(2)?.map(|v| v.value.kind);
+        let now = Utc::now();
+        let mut changed = 0;
+        for id in self.indexed_ids(&keys::group_events(group)).await? {
+            let mut retried = false;
+            let outcome = self
+                .optimistic("this group's event", || {
+                    let again = std::mem::replace(&mut retried, true);
+                    let (member, member_key) = (&member, &member_key);
+                    async move {
+                        // A lost race may be a newer change of membership:
+                        // then its own run decides.
+                        if again && self.revision(member_key).await? != member_rev {
+                            return Ok(Attempt::Done(None));
+                        }
+                        let Some(cur) = self.get::<EventRecord>(&keys::event(id)).await? else {
+                            return Ok(Attempt::Done(Some(false)));
+                        };
+                        let joins = match (member, kind) {
+                            (Some(m), Some(kind)) => {
+                                let organizer = keys::member(group, cur.value.organizer_id);
+                                let creator = self.get::<Member>(&organizer).await?;
+                                Some(Attendee {
+                                    user_id: user,
+                                    username: m.username.clone(),
+                                    status: rules::group_event_status(
+                                        kind,
+                                        creator.map(|c| c.value.rank),
+                                        m.rank,
+                                    ),
+                                })
+                            }
+                            _ => None,
+                        };
+                        let next = events::synced(&cur.value, user, joins)
+                            .filter(|_| events::still_ahead(&cur.value, now));
+                        let Some(ev) = next else {
+                            return Ok(Attempt::Done(Some(false)));
+                        };
+                        let w = Write {
+                            ev: &ev,
+                            viewer: user,
+                            check: Vec::new(),
+                            reject: false,
+                            guards: vec![(member_key.clone(), member_rev)],
+                            notify: Vec::new(),
+                            previous: Some(&cur),
+                        };
+                        Ok(self.write_event(w).await?.map(|_| Some(true)))
+                    }
+                })
+                .await?;
+            match outcome {
+                None => return Ok(changed),
+                Some(true) => changed += 1,
+                Some(false) => {}
+            }
+        }
+        let mut done = Batch::default();
+        done.unchanged(&keys::group_sync(group, user), marker)
+            .delete(&keys::group_sync(group, user));
+        self.commit(done).await?;
+        if changed > 0 {
+            tracing::info!(%group, %user, changed, member = member.is_some(), "group events brought in line with a membership change");
+        }
+        Ok(changed)
+    }
+
+    /// Finishes the syncs of group events that were interrupted: those
+    /// whose marker is older than `older_than`. Returns how many.
+    pub async fn finish_pending_group_syncs(
+        &self,
+        older_than: std::time::Duration,
+    ) -> ApiResult<usize> {
+        let cutoff = Utc::now() - older_than;
+        let mut finished = 0;
+        for pending in self.list::<PendingSync>(keys::GROUP_SYNCS).await? {
+            let p = pending.value;
+            if p.since > cutoff {
+                continue;
+            }
+            tracing::info!(group = %p.group_id, user = %p.user_id, since = %p.since, "finishing an interrupted sync of group events");
+            self.sync_group_member(p.group_id, p.user_id).await?;
+            finished += 1;
+        }
+        Ok(finished)
     }
 
     /// Every member's agenda in `[from, to)`, with details only where the

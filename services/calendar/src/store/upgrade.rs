@@ -2,7 +2,9 @@
 //!
 //! Layout 1 kept each agenda copy under the person's agenda by event id
 //! ([`keys::layout1_agenda_event`]) and no event record; layout 2 (see
-//! [`crate::keys`]) files copies by time and keeps one record per event.
+//! [`crate::keys`]) files copies by time and keeps one record per event;
+//! layout 3 indexes each group's events ([`keys::group_event`]), so
+//! members who join or leave later are added to them or taken out.
 //! `agenda-users` runs [`Store::upgrade_layout`] before it serves, so an
 //! existing deployment keeps every event.
 
@@ -15,7 +17,7 @@ use crate::model::EventRecord;
 
 /// The layout this code reads and writes (recorded at [`keys::LAYOUT`];
 /// absent: 1, or empty).
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
 /// Copies moved per transaction (each is a delete and two puts).
 const CHUNK: usize = 64;
 
@@ -25,13 +27,27 @@ impl Store {
     /// once (each move compares the old copy's revision) and again after
     /// a crash half way (it picks up what is left).
     pub async fn upgrade_layout(&self) -> ApiResult<usize> {
-        if self
-            .get::<u32>(keys::LAYOUT)
-            .await?
-            .is_some_and(|v| v.value >= LAYOUT)
-        {
+        let at = self.get::<u32>(keys::LAYOUT).await?.map_or(1, |v| v.value);
+        if at >= LAYOUT {
             return Ok(0);
         }
+        let moved = if at < 2 {
+            self.file_copies_by_time().await?
+        } else {
+            0
+        };
+        let indexed = self.index_group_events().await?;
+        let mut done = Batch::default();
+        done.put(keys::LAYOUT, &LAYOUT)?;
+        self.commit(done).await?;
+        if moved > 0 || indexed > 0 {
+            tracing::info!(moved, indexed, "data brought to layout {LAYOUT}");
+        }
+        Ok(moved)
+    }
+
+    /// Layout 2: agenda copies filed by time, one record per event.
+    async fn file_copies_by_time(&self) -> ApiResult<usize> {
         let old: Vec<_> = self
             .keys(keys::AGENDAS, 0)
             .await?
@@ -64,12 +80,25 @@ impl Store {
                 moved += chunk.len();
             }
         }
-        let mut done = Batch::default();
-        done.put(keys::LAYOUT, &LAYOUT)?;
-        self.commit(done).await?;
-        if moved > 0 {
-            tracing::info!(moved, "agenda copies moved to the time-filed layout");
-        }
         Ok(moved)
+    }
+
+    /// Layout 3: every group event in its group's index (a put of an
+    /// empty value: harmless to repeat).
+    async fn index_group_events(&self) -> ApiResult<usize> {
+        let group_events: Vec<(uuid::Uuid, uuid::Uuid)> = self
+            .list::<EventRecord>(keys::EVENTS)
+            .await?
+            .into_iter()
+            .filter_map(|ev| ev.value.group_id.map(|g| (g, ev.value.id)))
+            .collect();
+        for chunk in group_events.chunks(CHUNK) {
+            let mut batch = Batch::default();
+            for (g, id) in chunk {
+                batch.put_raw(&keys::group_event(*g, *id), Vec::new());
+            }
+            self.commit(batch).await?;
+        }
+        Ok(group_events.len())
     }
 }
