@@ -1,7 +1,9 @@
 // The month / week / day / list views (FullCalendar), fed by the person's
 // agenda for the visible range (GET /v1/events, recurring events arrive
 // expanded), in the person's time zone; drag and resize move events with
-// PATCH; keyboard shortcuts for the views.
+// PATCH; keyboard shortcuts for the views. All-day events (`all_day`,
+// `start_date`/`end_date`, the end exclusive as FullCalendar's) sit in the
+// all-day row of the week and day views.
 
 import { Calendar } from '@fullcalendar/core';
 import dayGridPlugin from '@fullcalendar/daygrid';
@@ -11,7 +13,7 @@ import listPlugin from '@fullcalendar/list';
 import luxonPlugin from '@fullcalendar/luxon3';
 import { get, patch } from './api.js';
 import { currentUser } from './session.js';
-import { DateTime, isoUtc, formatRange } from './time.js';
+import { DateTime, isoUtc, formatWhen, plusDays } from './time.js';
 import { toast, isTyping } from './ui.js';
 
 const VIEW_KEY = 'agenda.view';
@@ -26,9 +28,11 @@ function toCalendarEvent(e, me) {
     // Occurrences of a recurring event share its id: tell them apart by start.
     id: `${e.id}@${e.start}`,
     title: e.title,
-    start: e.start,
-    end: e.end,
-    allDay: false,
+    // An all-day event by its dates (in its own zone): the same days
+    // whatever the person's zone, as calendar apps show them.
+    start: e.all_day ? e.start_date : e.start,
+    end: e.all_day ? e.end_date : e.end,
+    allDay: Boolean(e.all_day),
     // Only the organizer may move an event (others answer with RSVP).
     editable: e.organizer_id === me?.id,
     classNames,
@@ -38,7 +42,8 @@ function toCalendarEvent(e, me) {
 
 /**
  * Mounts the calendar in `el`. `hooks.create({start, end})` opens the
- * dialog for a new event, `hooks.open(apiEvent)` for an existing one.
+ * dialog for a new event (Dates; or `{allDay: true, start, end}` with
+ * dates, the end exclusive), `hooks.open(apiEvent)` for an existing one.
  */
 export function mountCalendar(el, hooks) {
   const me = currentUser();
@@ -62,7 +67,8 @@ export function mountCalendar(el, hooks) {
     stickyHeaderDates: true,
     firstDay: 1,
     nowIndicator: true,
-    allDaySlot: false, // the API has no all-day events
+    allDaySlot: true,
+    allDayText: 'All day',
     slotDuration: '00:30:00',
     eventTimeFormat: { hour: '2-digit', minute: '2-digit', hour12: false },
     slotLabelFormat: { hour: '2-digit', minute: '2-digit', hour12: false },
@@ -81,7 +87,9 @@ export function mountCalendar(el, hooks) {
     loading: (busy) => el.setAttribute('aria-busy', busy ? 'true' : 'false'),
     select: (info) => {
       calendar.unselect();
-      hooks.create(info.allDay ? dayDefault(info.start) : { start: info.start, end: info.end });
+      // The all-day row (week, day) or day cells (month): an all-day event
+      // on those days (FullCalendar's end is exclusive, as the API's).
+      hooks.create(info.allDay ? { allDay: true, start: info.startStr, end: info.endStr } : { start: info.start, end: info.end });
     },
     eventClick: (info) => {
       info.jsEvent.preventDefault();
@@ -100,17 +108,10 @@ export function mountCalendar(el, hooks) {
     eventDidMount: (arg) => {
       // Screen readers hear the time and the answer, not only the title.
       const e = arg.event.extendedProps.event;
-      const label = `${e.title}, ${formatRange(e.start, e.end, calendar.getOption('timeZone'))}${statusWord(e.my_status)}`;
+      const label = `${e.title}, ${formatWhen(e, calendar.getOption('timeZone'))}${statusWord(e.my_status)}`;
       arg.el.setAttribute('aria-label', label);
     },
   });
-
-  /** A new event on `date`'s day (month view), 09:00–10:00 local. */
-  function dayDefault(date) {
-    const tz = calendar.getOption('timeZone');
-    const d = DateTime.fromJSDate(date).setZone(tz).set({ hour: 9, minute: 0 });
-    return { start: d.toJSDate(), end: d.plus({ hours: 1 }).toJSDate() };
-  }
 
   /** The next whole hour on the day in view (today when it is in view). */
   function defaultSlot() {
@@ -126,18 +127,40 @@ export function mountCalendar(el, hooks) {
   /**
    * A drag or resize: the change is applied to the event itself, so for a
    * recurring event to the whole series (its first start shifts by the
-   * same amount, in its own time zone, so 09:00 stays 09:00 across DST).
+   * same amount, in its own time zone, so 09:00 stays 09:00 across DST;
+   * an all-day event moves by days). Dragged between the all-day row and
+   * the hours, a single event becomes all-day on the day it lands on (its
+   * days kept) or timed at the time it lands on (one hour); a series is
+   * not changed that way (the dialog's "All day" changes it as a whole).
    */
   async function move(info, how) {
     const e = info.event.extendedProps.event;
+    const becomes = info.event.allDay !== Boolean(e.all_day);
+    if (becomes && e.recurring_event_id) {
+      info.revert();
+      toast(`“${e.title}” repeats: to make the whole series ${e.all_day ? 'timed' : 'all-day'}, open it and use “All day”.`, {
+        kind: 'warning', actions: [{ label: 'Open', run: () => hooks.open(e) }],
+      });
+      return;
+    }
     try {
       const base = e.recurring_event_id ? await get(`/v1/events/${e.recurring_event_id}`) : e;
       const shift = (iso, delta) => DateTime.fromISO(iso, { zone: base.time_zone })
         .plus({ years: delta.years, months: delta.months, days: delta.days, milliseconds: delta.milliseconds })
         .toUTC().toISO({ suppressMilliseconds: true });
-      const body = how === 'drop'
-        ? { start: shift(base.start, info.delta), end: shift(base.end, info.delta) }
-        : { start: shift(base.start, info.startDelta), end: shift(base.end, info.endDelta) };
+      const shiftDate = (date, delta) => DateTime.fromISO(date)
+        .plus({ years: delta.years, months: delta.months, days: delta.days }).toISODate();
+      let body;
+      if (becomes) body = convertBody(info.event, e);
+      else if (e.all_day) {
+        body = how === 'drop'
+          ? { all_day: true, start: shiftDate(base.start_date, info.delta), end: shiftDate(base.end_date, info.delta) }
+          : { all_day: true, start: shiftDate(base.start_date, info.startDelta), end: shiftDate(base.end_date, info.endDelta) };
+      } else {
+        body = how === 'drop'
+          ? { start: shift(base.start, info.delta), end: shift(base.end, info.delta) }
+          : { start: shift(base.start, info.startDelta), end: shift(base.end, info.endDelta) };
+      }
       const reply = await patch(`/v1/events/${base.id}`, body);
       const conflicts = reply.conflicts || [];
       if (conflicts.length) {
@@ -145,13 +168,32 @@ export function mountCalendar(el, hooks) {
           kind: 'warning', actions: [{ label: 'Open', run: () => hooks.open(reply.event) }],
         });
       } else {
-        toast(`Moved “${e.title}”.`);
+        toast(becomes ? `“${e.title}” is now ${body.all_day ? 'an all-day event' : 'timed'}.` : `Moved “${e.title}”.`);
       }
       calendar.refetchEvents();
     } catch (err) {
       info.revert();
       toast(`Could not move “${e.title}”: ${err.message}`, { kind: 'error' });
     }
+  }
+
+  /**
+   * The PATCH for a single event dropped across the all-day line: all-day
+   * on the days it covers where it landed (at least one; the dates are
+   * read in the event's own zone), or timed from where it landed, one hour.
+   */
+  function convertBody(fcEvent, e) {
+    if (fcEvent.allDay) {
+      const start = fcEvent.startStr.slice(0, 10);
+      const days = Math.max(1, Math.round(DateTime.fromISO(e.end).diff(DateTime.fromISO(e.start), 'days').days));
+      return { all_day: true, start, end: plusDays(start, days) };
+    }
+    const start = DateTime.fromISO(fcEvent.startStr, { setZone: true });
+    return {
+      all_day: false,
+      start: start.toUTC().toISO({ suppressMilliseconds: true }),
+      end: start.plus({ hours: 1 }).toUTC().toISO({ suppressMilliseconds: true }),
+    };
   }
 
   // Keyboard shortcuts (as in common calendar apps). Ignored while typing,

@@ -10,11 +10,15 @@
 //   view    someone else's event: read-only fields, RSVP buttons
 // "Find a time" (find-time.js) proposes free slots for the organizer and
 // the people chosen, in create and edit.
+// "All day" turns start and end into date fields: the first and the LAST
+// day (inclusive, as people count days); the API's `end` is the day after
+// the last, so the dialog adds that day when it sends and takes it off
+// when it shows.
 
 import { get, post, patch, del, ApiError } from './api.js';
 import { currentUser } from './session.js';
-import { zones, toLocalInput, fromLocalInput, formatRange, DateTime } from './time.js';
-import { h, replace, field, showError, clearErrors, toast } from './ui.js';
+import { zones, toLocalInput, fromLocalInput, formatRange, formatWhen, plusDays, DateTime } from './time.js';
+import { h, replace, field, showError, clearErrors, toast, uid } from './ui.js';
 import { openFindTime } from './find-time.js';
 
 const PRESETS = { none: '', daily: 'FREQ=DAILY', weekly: 'FREQ=WEEKLY', monthly: 'FREQ=MONTHLY' };
@@ -43,6 +47,8 @@ function build() {
   const c = {};
   const input = (name, attrs = {}) => h('input', { name, ...attrs });
   c.title = input('title', { type: 'text', required: true, maxlength: 200, autocomplete: 'off' });
+  c.allDay = input('all_day', { type: 'checkbox', class: 'checkbox' });
+  c.allDay.dataset.field = 'all_day';
   c.start = input('start', { type: 'datetime-local', required: true });
   c.end = input('end', { type: 'datetime-local', required: true });
   c.tz = h('select', { name: 'time_zone' }, zones().map((z) => h('option', { value: z, text: z })));
@@ -90,9 +96,10 @@ function build() {
   c.editable = h('fieldset', { class: 'editable' },
     h('legend', { class: 'visually-hidden', text: 'Event details' }),
     field('Title', c.title, { field: 'title' }),
+    checkField('All day', c.allDay, 'Whole days in the time zone below; free time (no conflicts, not in free/busy).'),
     h('div', { class: 'row' },
-      field('Starts', c.start, { field: 'start' }),
-      field('Ends', c.end, { field: 'end' })),
+      c.startField = field('Starts', c.start, { field: 'start' }),
+      c.endField = field('Ends', c.end, { field: 'end' })),
     h('div', { class: 'row' },
       field('Time zone', c.tz, { field: 'time_zone', hint: 'Start and end are read in this zone.' }),
       field('Location', c.location, { field: 'location' })),
@@ -123,6 +130,8 @@ function build() {
     state?.returnFocus?.focus?.();
     state = null;
   });
+
+  c.allDay.addEventListener('change', () => switchAllDay(c.allDay.checked));
 
   // Presets fill the raw rule; typing a rule of one's own selects "Custom".
   c.preset.addEventListener('change', () => {
@@ -159,6 +168,59 @@ function presetOf(rule) {
   const r = rule.trim().toUpperCase().replace(/^RRULE:/, '');
   for (const [k, v] of Object.entries(PRESETS)) if (r === v) return k;
   return 'custom';
+}
+
+/** A checkbox with its label after it, a hint and an error slot (as `field`). */
+function checkField(label, control, hint) {
+  const id = uid('f');
+  control.id = id;
+  control.setAttribute('aria-errormessage', `${id}-error`);
+  control.setAttribute('aria-describedby', `${id}-error ${id}-hint`);
+  return h('div', { class: 'field check-field' },
+    h('div', { class: 'check' }, control, h('label', { for: id, text: label })),
+    h('p', { class: 'hint', id: `${id}-hint`, text: hint }),
+    h('p', { class: 'field-error', id: `${id}-error`, hidden: true }));
+}
+
+/**
+ * Shows start and end as dates (all day: the first and the last day) or
+ * as date and time; `values` ([start, end] in the new form) or nothing.
+ */
+function setAllDay(on, values) {
+  ui.allDay.checked = on;
+  for (const [input, f, label] of [[ui.start, ui.startField, on ? 'First day' : 'Starts'], [ui.end, ui.endField, on ? 'Last day' : 'Ends']]) {
+    input.type = on ? 'date' : 'datetime-local';
+    f.querySelector('label').textContent = label;
+  }
+  const hint = document.getElementById(`${ui.tz.id}-hint`);
+  if (hint) hint.textContent = on ? 'The days run from midnight to midnight in this zone.' : 'Start and end are read in this zone.';
+  if (values) [ui.start.value, ui.end.value] = values;
+}
+
+/**
+ * The person ticked or cleared "All day": the same days as dates (an end
+ * at midnight is the day before's end), or back to times on the first day
+ * (the times shown before, or 09:00–10:00).
+ */
+function switchAllDay(on) {
+  const [s, e] = [ui.start.value, ui.end.value];
+  if (on) {
+    ui.allDay.dataset.times = JSON.stringify([s, e]);
+    const first = s.slice(0, 10);
+    let last = e.slice(0, 10);
+    if (e.slice(11) === '00:00' && last > first) last = plusDays(last, -1);
+    setAllDay(true, [first, last && last >= first ? last : first]);
+    return;
+  }
+  let times = [];
+  try { times = JSON.parse(ui.allDay.dataset.times || '[]'); } catch { times = []; }
+  const day = s || DateTime.now().toISODate();
+  const at = (v) => DateTime.fromISO(v, { zone: 'UTC' }); // wall clock only
+  let start = at(`${day}T${(times[0] || '').slice(11) || '09:00'}`);
+  const was = times.length === 2 ? at(times[1]).diff(at(times[0]), 'minutes').minutes : NaN;
+  if (!start.isValid) start = at(`${day}T09:00`);
+  const end = start.plus({ minutes: was > 0 ? was : 60 });
+  setAllDay(false, [start.toFormat("yyyy-LL-dd'T'HH:mm"), end.toFormat("yyyy-LL-dd'T'HH:mm")]);
 }
 
 function chipNames() {
@@ -203,16 +265,19 @@ async function loadGroups() {
   } catch { /* personal events still work */ }
 }
 
-/** Opens the dialog for a new event from `start` to `end` (Dates). */
-export function openNewEvent({ start, end }) {
+/**
+ * Opens the dialog for a new event from `start` to `end` (Dates), or an
+ * all-day one (`allDay`: `start` and `end` dates, the end exclusive).
+ */
+export function openNewEvent({ start, end, allDay = false }) {
   ui ||= build();
   const me = currentUser();
   const tz = me?.time_zone || 'UTC';
   state = { mode: 'create', event: null, key: crypto.randomUUID(), returnFocus: document.activeElement };
   reset();
   ui.heading.textContent = 'New event';
-  ui.start.value = toLocalInput(DateTime.fromJSDate(start), tz);
-  ui.end.value = toLocalInput(DateTime.fromJSDate(end), tz);
+  if (allDay) setAllDay(true, [start, plusDays(end, -1)]);
+  else setAllDay(false, [toLocalInput(DateTime.fromJSDate(start), tz), toLocalInput(DateTime.fromJSDate(end), tz)]);
   tzOption(tz);
   ui.groupField.hidden = false;
   loadGroups();
@@ -269,6 +334,8 @@ export async function eventChanged(id) {
 function reset() {
   clearErrors(ui.form);
   ui.form.reset();
+  setAllDay(false);
+  delete ui.allDay.dataset.times;
   ui.conflicts.hidden = true;
   ui.confirm.hidden = true;
   ui.occurrence.hidden = true;
@@ -281,8 +348,8 @@ function fill(ev) {
   ui.heading.textContent = state.mode === 'edit' ? 'Edit event' : ev.title;
   ui.title.value = ev.title;
   tzOption(ev.time_zone);
-  ui.start.value = toLocalInput(ev.start, ev.time_zone);
-  ui.end.value = toLocalInput(ev.end, ev.time_zone);
+  if (ev.all_day) setAllDay(true, [ev.start_date, plusDays(ev.end_date, -1)]);
+  else setAllDay(false, [toLocalInput(ev.start, ev.time_zone), toLocalInput(ev.end, ev.time_zone)]);
   ui.location.value = ev.location || '';
   ui.description.value = ev.description || '';
   ui.rrule.value = ev.rrule || '';
@@ -294,7 +361,7 @@ function fill(ev) {
   replace(ui.chips, attendeesEditable() ? savedAttendees(ev).map(chip) : []);
   if (state.occurrence) {
     ui.occurrence.hidden = false;
-    ui.occurrence.textContent = `This occurrence: ${formatRange(state.occurrence.start, state.occurrence.end, currentUser()?.time_zone || 'UTC')}. The fields below are the whole series; changes apply to every occurrence.`;
+    ui.occurrence.textContent = `This occurrence: ${formatWhen(state.occurrence, currentUser()?.time_zone || 'UTC')}. The fields below are the whole series; changes apply to every occurrence.`;
   }
 }
 
@@ -338,13 +405,17 @@ function renderRsvp() {
   for (const b of ui.rsvp.querySelectorAll('button')) b.setAttribute('aria-pressed', String(b.dataset.status === mine.status));
 }
 
-/** The request body from the form (for PATCH: only what changed). */
+/**
+ * The request body from the form (for PATCH: only what changed). All day:
+ * `all_day` and dates, the end the day after the last day shown.
+ */
 function body() {
   const tz = ui.tz.value;
+  const allDay = ui.allDay.checked;
   const b = {
     title: ui.title.value.trim(),
-    start: fromLocalInput(ui.start.value, tz),
-    end: fromLocalInput(ui.end.value, tz),
+    start: allDay ? (ui.start.value || null) : fromLocalInput(ui.start.value, tz),
+    end: allDay ? (ui.end.value ? plusDays(ui.end.value, 1) : null) : fromLocalInput(ui.end.value, tz),
     time_zone: tz,
     location: ui.location.value,
     description: ui.description.value,
@@ -352,6 +423,7 @@ function body() {
     visibility: ui.visibility.value,
   };
   if (state.mode === 'create') {
+    if (allDay) b.all_day = true;
     if (!b.rrule) delete b.rrule;
     const pending = ui.attendeeInput.value.trim();
     if (pending) addChip(); // a name typed but not added yet still counts
@@ -362,8 +434,22 @@ function body() {
   }
   const ev = state.event;
   const same = (a, b2) => a === b2 || (a && b2 && Date.parse(a) === Date.parse(b2));
+  // Switched on or off: `all_day` with both ends (the API needs both to
+  // make it timed). Still all-day: the dates that changed, with `all_day`.
+  const when = { start: b.start, end: b.end };
+  delete b.start;
+  delete b.end;
   for (const k of Object.keys(b)) {
     if (k === 'rrule' ? (b.rrule || '') === (ev.rrule || '') : same(b[k], ev[k] ?? '')) delete b[k];
+  }
+  if (allDay !== Boolean(ev.all_day)) Object.assign(b, { all_day: allDay }, when);
+  else if (allDay) {
+    if (when.start !== ev.start_date) b.start = when.start;
+    if (when.end !== ev.end_date) b.end = when.end;
+    if ('start' in b || 'end' in b) b.all_day = true;
+  } else {
+    if (!same(when.start, ev.start)) b.start = when.start;
+    if (!same(when.end, ev.end)) b.end = when.end;
   }
   // Attendees: the whole list, and only when it changed (the organizer
   // always stays, so never listed).
@@ -388,7 +474,8 @@ function findTime() {
   const zone = ui.tz.value;
   const start = DateTime.fromISO(ui.start.value, { zone });
   const end = DateTime.fromISO(ui.end.value, { zone });
-  const minutes = start.isValid && end.isValid && end > start ? Math.round(end.diff(start, 'minutes').minutes) : 60;
+  // All day: an hour on the first day (a slot picked makes it timed).
+  const minutes = !ui.allDay.checked && start.isValid && end.isValid && end > start ? Math.round(end.diff(start, 'minutes').minutes) : 60;
   // The event's own saved time is not busy time for finding it a new one.
   const ignore = ev ? [ev, state.occurrence].filter(Boolean).map((x) => ({ start: DateTime.fromISO(x.start), end: DateTime.fromISO(x.end) })) : [];
   openFindTime({
@@ -396,8 +483,7 @@ function findTime() {
     day: start.isValid ? start : DateTime.now().setZone(zone),
     returnFocus: ui.findTime,
     onPick: (s, e) => {
-      ui.start.value = toLocalInput(s, zone);
-      ui.end.value = toLocalInput(e, zone);
+      setAllDay(false, [toLocalInput(s, zone), toLocalInput(e, zone)]);
       ui.findNote.textContent = `Start and end set to ${formatRange(s.toISO(), e.toISO(), zone)} (${zone}). Save to keep it.`;
     },
   });
@@ -410,6 +496,9 @@ function precheck(b) {
   }
   if ((state.mode === 'create' || 'start' in b) && !b.start) return new ApiError(422, { error: { message: 'Choose when it starts.', details: { field: 'start' } } });
   if ((state.mode === 'create' || 'end' in b) && !b.end) return new ApiError(422, { error: { message: 'Choose when it ends.', details: { field: 'end' } } });
+  if (ui.allDay.checked && ui.start.value && ui.end.value && ui.end.value < ui.start.value) {
+    return new ApiError(422, { error: { message: 'The last day cannot be before the first day.', details: { field: 'end' } } });
+  }
   return null;
 }
 

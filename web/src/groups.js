@@ -9,7 +9,7 @@ import listPlugin from '@fullcalendar/list';
 import luxonPlugin from '@fullcalendar/luxon3';
 import { get, post, patch, del } from './api.js';
 import { currentUser } from './session.js';
-import { isoUtc, formatRange } from './time.js';
+import { isoUtc, formatRange, formatDays, DateTime } from './time.js';
 import { trackToolbar } from './calendar.js';
 import { h, replace, field, showError, clearErrors, toast } from './ui.js';
 
@@ -220,7 +220,7 @@ export function mountGroups(root, hooks) {
         isOwner ? h('button', { type: 'button', class: 'btn btn-danger', onclick: (ev) => removeGroup(full, ev.currentTarget) }, 'Delete group') : null),
       h('section', { class: 'card group-agenda', 'aria-labelledby': 'group-agenda-title' },
         h('h2', { id: 'group-agenda-title', text: 'Group agenda' }),
-        h('p', { class: 'muted', text: 'Details where you may see them (yourself, the group’s own events, members ranked below you); busy blocks otherwise.' }),
+        h('p', { class: 'muted', text: 'Details where you may see them (yourself, the group’s own events, members ranked below you); busy blocks otherwise. All-day events sit in the all-day row: they are free time.' }),
         h('ul', { class: 'legend', 'aria-label': 'Members' }, members.map((m) => h('li', {}, h('span', { class: 'swatch', style: `background:${color.get(m.user_id)}`, 'aria-hidden': 'true' }), ` ${m.username}`))),
         agendaEl));
 
@@ -232,7 +232,10 @@ export function mountGroups(root, hooks) {
       buttonIcons: false,
       buttonText: { prev: '‹', next: '›', today: 'Today', week: 'Week', list: 'List' },
       firstDay: 1,
-      allDaySlot: false,
+      // All-day items are markers in the all-day row (free time), not
+      // 24-hour busy blocks.
+      allDaySlot: true,
+      allDayText: 'All day',
       // No inner scroll pane (see calendar.js); hour rows keep it short.
       height: 'auto',
       slotDuration: '01:00:00',
@@ -241,16 +244,22 @@ export function mountGroups(root, hooks) {
       eventInteractive: true,
       events: (info, ok, fail) => {
         get(`/v1/groups/${g.id}/agenda`, { from: isoUtc(info.start), to: isoUtc(info.end) })
-          .then((r) => ok(r.members.flatMap((m) => m.items.map((it, i) => ({
-            id: `${m.user_id}-${i}-${it.start}`,
-            title: `${m.username}: ${it.event ? it.event.title : 'busy'}`,
-            start: it.start,
-            end: it.end,
-            backgroundColor: color.get(m.user_id) || COLORS[0],
-            borderColor: color.get(m.user_id) || COLORS[0],
-            classNames: it.event ? ['agenda-detail'] : ['agenda-busy'],
-            extendedProps: { event: it.event || null },
-          })))))
+          .then((r) => ok(r.members.flatMap((m) => m.items.map((it, i) => {
+            const days = it.all_day ? agendaDays(it) : null;
+            return {
+              id: `${m.user_id}-${i}-${it.start}`,
+              title: `${m.username}: ${it.event ? it.event.title : (days ? 'all-day event' : 'busy')}`,
+              start: days ? days[0] : it.start,
+              end: days ? days[1] : it.end,
+              allDay: Boolean(days),
+              // A marker, light (free time): the member's colour as text and edge.
+              backgroundColor: days ? '#fff' : (color.get(m.user_id) || COLORS[0]),
+              textColor: days ? (color.get(m.user_id) || COLORS[0]) : undefined,
+              borderColor: color.get(m.user_id) || COLORS[0],
+              classNames: [it.event ? 'agenda-detail' : 'agenda-busy', ...(days ? ['agenda-all-day'] : [])],
+              extendedProps: { event: it.event || null, days },
+            };
+          }))))
           .catch((e) => { toast(`Could not load the group agenda: ${e.message}`, { kind: 'error' }); fail(e); });
       },
       loading: (busy) => agendaEl.setAttribute('aria-busy', busy ? 'true' : 'false'),
@@ -259,11 +268,33 @@ export function mountGroups(root, hooks) {
         info.jsEvent.preventDefault();
         const ev = info.event.extendedProps.event;
         if (ev) hooks.openEvent(ev.recurring_event_id || ev.id);
-        else toast(`${info.event.title}, ${formatRange(info.event.startStr, info.event.endStr, me.time_zone || 'UTC')}: no details for you.`);
+        else {
+          const { days } = info.event.extendedProps;
+          const when = days ? formatDays(days[0], days[1]) : formatRange(info.event.startStr, info.event.endStr, me.time_zone || 'UTC');
+          toast(`${info.event.title}, ${when}: no details for you.`);
+        }
       },
     });
     agendaCal.render();
     trackToolbar(agendaEl);
+  }
+
+  /**
+   * The days ([first, day after the last]) of an all-day agenda item: the
+   * event's dates when it is detailed; otherwise from its start and end,
+   * the midnights of a zone the item does not name: a midnight falls
+   * between 10:00 UTC the day before (UTC+14) and 12:00 UTC the same day
+   * (UTC−12), so from 12:00 UTC on it is the next day's (wrong only for
+   * zones at UTC+13, +14 and −12).
+   */
+  function agendaDays(it) {
+    if (it.event?.start_date && it.event?.end_date) return [it.event.start_date, it.event.end_date];
+    const day = (iso) => {
+      const t = DateTime.fromISO(iso, { zone: 'UTC' });
+      return (t.hour >= 12 ? t.plus({ days: 1 }) : t).toISODate();
+    };
+    const [start, end] = [day(it.start), day(it.end)];
+    return [start, end > start ? end : DateTime.fromISO(start).plus({ days: 1 }).toISODate()];
   }
 
   async function setRank(m, rank) {

@@ -6,7 +6,7 @@
 
 import { get } from './api.js';
 import { currentUser } from './session.js';
-import { DateTime, isoUtc, formatRange, formatDay } from './time.js';
+import { DateTime, isoUtc, formatWhen, formatDay } from './time.js';
 import { h, replace, field, showError, clearErrors, isTyping } from './ui.js';
 
 const DAYS = 365; // per request; the API allows 366
@@ -113,7 +113,7 @@ export function mountSearch(hooks) {
     return h('li', {},
       h('button', { type: 'button', class: 'search-result', dataset: { eventId: e.recurring_event_id || e.id }, onclick: () => hooks.open(e) },
         h('span', { class: 'search-title', text: e.title }),
-        h('span', { class: 'search-when', text: formatRange(e.start, e.end, tz, true) }),
+        h('span', { class: 'search-when', text: formatWhen(e, tz, true) }),
         e.location ? h('span', { class: 'search-where', text: e.location }) : null));
   }
 

@@ -49,6 +49,29 @@ export function formatRange(startIso, endIso, zone, withYear = false) {
   return `${s.toLocaleString(day)} ${s.toLocaleString(time)} – ${e.toLocaleString(day)} ${e.toLocaleString(time)}`;
 }
 
+/**
+ * An all-day span by its dates (`end` exclusive, as the API and
+ * FullCalendar give it): "Sat 5 Sep, all day", or "Sat 5 Sep – Sun 6 Sep,
+ * all day" for the first and last days.
+ */
+export function formatDays(startDate, endDate, withYear = false) {
+  const s = DateTime.fromISO(startDate);
+  const last = DateTime.fromISO(endDate).minus({ days: 1 });
+  const day = { weekday: 'short', day: 'numeric', month: 'short', ...(withYear ? { year: 'numeric' } : {}) };
+  if (!(last > s)) return `${s.toLocaleString(day)}, all day`;
+  return `${s.toLocaleString(day)} – ${last.toLocaleString(day)}, all day`;
+}
+
+/** When an API event (or occurrence) happens, in `zone`: its days when it is all-day. */
+export function formatWhen(e, zone, withYear = false) {
+  return e.all_day && e.start_date && e.end_date
+    ? formatDays(e.start_date, e.end_date, withYear)
+    : formatRange(e.start, e.end, zone, withYear);
+}
+
+/** A date (yyyy-mm-dd) `n` days on (or back). */
+export const plusDays = (date, n) => DateTime.fromISO(date).plus({ days: n }).toISODate();
+
 /** "Nov 26, 2026" in `zone` (a JS Date or an ISO string). */
 export function formatDay(d, zone) {
   const t = d instanceof Date ? DateTime.fromJSDate(d) : DateTime.fromISO(d, { setZone: true });

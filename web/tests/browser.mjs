@@ -539,6 +539,121 @@ await step('drag moves an event (PATCH), resize stretches it', async () => {
   await waitFor(pa, () => document.querySelector('.calendar')?.getAttribute('aria-busy') === 'false', null, 'the agenda to reload');
 });
 
+let allDayId = null; // A's all-day event (the group agenda step looks for it)
+await step('all-day: A selects two days in the week\'s all-day row, the dialog proposes them as an all-day event, it spans them, reopens as all day, moves a day by drag, and turns timed and back', async () => {
+  const name = `Offsite ${run}`;
+  // Tuesday and Wednesday of this week in Madrid (the week in view),
+  // then dragged to Wednesday and Thursday.
+  const monday = DateTime.now().setZone(A.zone).startOf('week');
+  const [tue, wed, thu, fri] = [1, 2, 3, 4].map((n) => monday.plus({ days: n }).toISODate());
+  const main = pa.locator('#main');
+  const week = pa.locator('.fc-timeGridWeek-view');
+  await visible(week);
+  if (!(await pa.locator(`.fc-col-header-cell[data-date="${tue}"]`).count())) await pa.keyboard.press('t');
+  await visible(pa.locator(`.fc-col-header-cell[data-date="${tue}"]`));
+  await main.evaluate((el) => { el.scrollTop = 0; });
+  const row = week.locator('.fc-daygrid-body');
+  const cell = (date) => row.locator(`.fc-daygrid-day[data-date="${date}"]`);
+  // The mouse: press in Tuesday's all-day cell, let go in Wednesday's.
+  const [c1, c2] = [await cell(tue).boundingBox(), await cell(wed).boundingBox()];
+  await pa.mouse.move(c1.x + c1.width / 2, c1.y + c1.height - 4);
+  await pa.mouse.down();
+  await pa.mouse.move(c1.x + c1.width / 2 + 10, c1.y + c1.height - 4, { steps: 3 });
+  await pa.mouse.move(c2.x + c2.width / 2, c2.y + c2.height - 4, { steps: 8 });
+  await pa.mouse.up();
+  const d = dialog(pa);
+  await visible(d.getByRole('heading', { name: 'New event' }));
+  const box = d.getByRole('checkbox', { name: 'All day' });
+  if (!(await box.isChecked())) throw new Error('"All day" is not ticked for a selection in the all-day row');
+  const days = async () => [await d.getByLabel('First day').inputValue(), await d.getByLabel('Last day').inputValue()];
+  let got = await days();
+  if (got.join(' ') !== `${tue} ${wed}`) throw new Error(`the dialog proposes ${got.join(' to ')}, wanted ${tue} to ${wed} (the last day shown, inclusive)`);
+  await axe(pa, 'event dialog (all-day event)');
+  await d.getByLabel('Title').fill(name);
+  const posted = pa.waitForRequest((r) => r.method() === 'POST' && /\/v1\/events(\?|$)/.test(r.url()), { timeout: T });
+  const created = pa.waitForResponse((r) => r.request().method() === 'POST' && /\/v1\/events(\?|$)/.test(r.url()), { timeout: T });
+  await d.getByRole('button', { name: 'Create event' }).click();
+  const sent = JSON.parse((await posted).postData());
+  if (sent.all_day !== true || sent.start !== tue || sent.end !== thu) throw new Error(`the POST sent all_day ${sent.all_day}, ${sent.start} to ${sent.end}; wanted true, ${tue} to ${thu} (the day after the last)`);
+  const res = await created;
+  const reply = await res.json();
+  if (res.status() !== 201 || reply.conflicts.length) throw new Error(`the creation answered ${res.status()} ${JSON.stringify(reply).slice(0, 300)}`);
+  allDayId = reply.event.id;
+  await d.waitFor({ state: 'hidden', timeout: T });
+  // In the all-day row, from Tuesday's column to Wednesday's.
+  const ev = row.locator('.fc-event', { hasText: name });
+  await visible(ev);
+  await main.evaluate((el) => { el.scrollTop = 0; });
+  const spans = async (first, last) => {
+    const [e, h1, h2] = [await ev.boundingBox(), await pa.locator(`.fc-col-header-cell[data-date="${first}"]`).boundingBox(), await pa.locator(`.fc-col-header-cell[data-date="${last}"]`).boundingBox()];
+    return Math.abs(e.x - h1.x) < 8 && Math.abs(e.x + e.width - (h2.x + h2.width)) < 8;
+  };
+  if (!(await spans(tue, wed))) throw new Error('the event does not span Tuesday and Wednesday in the all-day row');
+  if (await week.locator('.fc-timegrid-event', { hasText: name }).count()) throw new Error('the event is in the hours too');
+  // Opened again: all day, the same first and last days.
+  await ev.click();
+  await visible(d.getByRole('heading', { name: 'Edit event' }));
+  if (!(await box.isChecked())) throw new Error('"All day" is not ticked when the event is opened again');
+  got = await days();
+  if (got.join(' ') !== `${tue} ${wed}`) throw new Error(`the dialog shows ${got.join(' to ')}, wanted ${tue} to ${wed}`);
+  await shot(pa, 'all-day-dialog');
+  await closeDialog(pa);
+  // Dragged one column on: a PATCH by days.
+  await dismissToasts(pa);
+  await main.evaluate((el) => { el.scrollTop = 0; });
+  const e0 = await ev.boundingBox();
+  const x = e0.x + 20;
+  const y = e0.y + e0.height / 2;
+  const patched = pa.waitForRequest((r) => r.method() === 'PATCH' && r.url().endsWith(`/v1/events/${allDayId}`), { timeout: T });
+  const saved = pa.waitForResponse((r) => r.request().method() === 'PATCH' && r.url().endsWith(`/v1/events/${allDayId}`), { timeout: T });
+  await pa.mouse.move(x, y);
+  await pa.mouse.down();
+  await pa.mouse.move(x + 10, y, { steps: 3 });
+  await pa.mouse.move(x + c1.width, y, { steps: 10 });
+  await pa.mouse.up();
+  const moved = JSON.parse((await patched).postData());
+  if (JSON.stringify(moved) !== JSON.stringify({ all_day: true, start: wed, end: fri })) throw new Error(`the drag sent ${JSON.stringify(moved)}`);
+  if ((await saved).status() !== 200) throw new Error(`the move answered ${(await saved).status()}`);
+  await visible(pa.locator('.toast'), `Moved “${name}”`);
+  const login = await (await fetch(`${BASE}/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: A.name, password: PASSWORD }) })).json();
+  const read = async () => {
+    const r = await fetch(`${BASE}/v1/events/${allDayId}`, { headers: { authorization: `Bearer ${login.access_token}` } });
+    if (!r.ok) throw new Error(`GET /v1/events/${allDayId}: ${r.status} ${await r.text()}`);
+    return r.json();
+  };
+  const after = await read();
+  if (!after.all_day || after.start_date !== wed || after.end_date !== fri) throw new Error(`after the drag the event reads all_day ${after.all_day}, ${after.start_date} to ${after.end_date}; wanted ${wed} to ${fri}`);
+  await waitFor(pa, () => document.querySelector('.calendar')?.getAttribute('aria-busy') === 'false', null, 'the agenda to reload');
+  await main.evaluate((el) => { el.scrollTop = 0; });
+  if (!(await spans(wed, thu))) throw new Error('the moved event does not span Wednesday and Thursday');
+  await dismissToasts(pa);
+  await main.evaluate((el) => { el.scrollTop = 0; });
+  notes.push(`screenshot ${await shot(pa, 'all-day-event')}`);
+  await axe(pa, 'week view with an all-day event');
+  // "All day" off: times on the first day (09:00–10:00), sent with both
+  // times; on again: the dates, sent with all_day.
+  const toggle = async (on, want) => {
+    await ev.or(week.locator('.fc-timegrid-event', { hasText: name })).first().click();
+    await visible(d.getByRole('heading', { name: 'Edit event' }));
+    if (on) await box.check(); else await box.uncheck();
+    const req = pa.waitForRequest((r) => r.method() === 'PATCH' && r.url().endsWith(`/v1/events/${allDayId}`), { timeout: T });
+    await d.getByRole('button', { name: 'Save changes' }).click();
+    const body = JSON.parse((await req).postData());
+    if (JSON.stringify(body) !== JSON.stringify(want)) throw new Error(`"All day" ${on ? 'on' : 'off'} sent ${JSON.stringify(body)}, wanted ${JSON.stringify(want)}`);
+    await waitFor(pa, () => !document.querySelector('#event-dialog')?.open || !document.querySelector('#event-dialog .conflicts')?.hidden, null, 'the change to be saved');
+    if (await d.isVisible()) await closeDialog(pa);
+  };
+  const at = (hour) => DateTime.fromISO(`${wed}T${hour}:00`, { zone: A.zone }).toUTC().toISO({ suppressMilliseconds: true });
+  await toggle(false, { all_day: false, start: at('09'), end: at('10') });
+  const timed = await read();
+  if (timed.all_day || Date.parse(timed.start) !== Date.parse(at('09')) || Date.parse(timed.end) !== Date.parse(at('10'))) throw new Error(`made timed, it reads ${JSON.stringify(timed).slice(0, 300)}`);
+  await visible(week.locator('.fc-timegrid-event', { hasText: name }));
+  await toggle(true, { all_day: true, start: wed, end: thu });
+  const again = await read();
+  if (!again.all_day || again.start_date !== wed || again.end_date !== thu) throw new Error(`made all-day again, it reads all_day ${again.all_day}, ${again.start_date} to ${again.end_date}`);
+  await visible(row.locator('.fc-event', { hasText: name }));
+});
+
 await step('a 503 is retried quietly after Retry-After', async () => {
   const seen = []; // [url, time]
   await pa.route(/\/v1\/events\?/, async (route) => {
@@ -689,10 +804,13 @@ await step('groups: B joins from the live notification', async () => {
   await visible(pa.locator('table.members tr', { hasText: B.name }), '1');
 });
 
-await step('groups: the group agenda shows both members (screenshot, axe)', async () => {
+await step('groups: the group agenda shows both members, A\'s all-day event in the all-day row (screenshot, axe)', async () => {
   const agenda = pa.locator('.group-agenda-calendar');
   await visible(agenda.locator('.fc-event'), `${B.name}: ${title}`);
   await visible(agenda.locator('.fc-event'), `${A.name}: ${title}`);
+  // A day-long marker in the all-day row, not a 24-hour block.
+  await visible(agenda.locator('.fc-daygrid-body .fc-event'), `${A.name}: Offsite ${run}`);
+  if (await agenda.locator('.fc-timegrid-event', { hasText: `Offsite ${run}` }).count()) throw new Error('the all-day event is a block in the hours');
   await dismissToasts(pa);
   await pa.locator('.group-agenda').scrollIntoViewIfNeeded();
   notes.push(`screenshot ${await shot(pa, 'group-agenda')}`);
