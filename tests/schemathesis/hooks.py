@@ -10,7 +10,9 @@ The rules JSON Schema cannot express (the document says them in words)
 are applied here to the schema-valid ("positive") cases only, so that
 every one of those is a request the API must accept; schema-invalid cases
 go out as generated:
-- an event's `end` after its `start` and at most 31 days later, a
+- an event's `start` and `end` dates exactly when it is all-day (and said
+  outright in a PATCH that gives either), its `end` after its `start` and
+  at most 31 days later, a
   window's `to` after `from` and at most 366 days later (the audit log's
   `to` after its `from`);
 - an rrule is one of a few rules that occur and are not too dense (which
@@ -224,10 +226,62 @@ def _rrule(body: dict) -> None:
         body["rrule"] = _pick(RRULES, r)
 
 
+def _date(value):
+    """A `YYYY-MM-DD` value as a date (None: not one)."""
+    if not isinstance(value, str) or len(value.strip()) != 10:
+        return None
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        return None
+
+
+def _day_span(obj: dict) -> None:
+    """An all-day event's `end` (exclusive) after its `start`, at most 31
+    days later; with one of them only (a PATCH), the other next to it."""
+    a, b = _date(obj.get("start")), _date(obj.get("end"))
+    try:
+        if a is not None and (b is None or not (a < b <= a + MAX_EVENT)):
+            obj["end"] = (a + dt.timedelta(days=1)).isoformat()
+        elif a is None and b is not None:
+            obj["start"] = (b - dt.timedelta(days=1)).isoformat()
+    except OverflowError:
+        obj["start"], obj["end"] = "2030-01-01", "2030-01-02"
+
+
+def _all_day(body: dict, patch: bool) -> bool:
+    """Dates exactly when `all_day` (the kind of the first of `start` and
+    `end` given decides, the other is made the same); in a PATCH that gives
+    either, `all_day` is said outright (the stored event may be of the
+    other kind), and a bare `all_day: false` goes (a timed event needs
+    both times). Whether the event is all-day."""
+    given = [body[k] for k in ("start", "end") if isinstance(body.get(k), str)]
+    if not given:
+        if patch and body.get("all_day") is False:
+            body["all_day"] = None
+        return False
+    days = _date(given[0]) is not None
+    for k in ("start", "end"):
+        v = body.get(k)
+        if not isinstance(v, str):
+            continue
+        if days and _date(v) is None:
+            t = _parse(v)
+            body[k] = t.date().isoformat() if t is not None else given[0]
+        elif not days and _date(v) is not None:
+            body[k] = f"{_date(v).isoformat()}T00:00:00+00:00"
+    if days or patch or body.get("all_day") is not None:
+        body["all_day"] = days
+    return days
+
+
 def _fix_event(body, *, patch: bool) -> None:
     if not isinstance(body, dict):
         return
-    _span(body, "start", "end", MAX_EVENT, both=not patch)
+    if _all_day(body, patch):
+        _day_span(body)
+    else:
+        _span(body, "start", "end", MAX_EVENT, both=not patch)
     _rrule(body)
     people = body.get("attendees")
     if isinstance(people, list) and people:

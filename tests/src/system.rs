@@ -596,6 +596,11 @@ impl Api {
             .await
     }
 
+    /// PUT JSON with a token.
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, Some(token), Some(&body)).await
+    }
+
     /// DELETE with a token.
     pub async fn delete(&self, path: &str, token: &str) -> Reply {
         self.call(Method::DELETE, path, Some(token), None).await

@@ -265,6 +265,12 @@ fn row(w: &World, method: &Method, route: &str, who: Who) -> Option<Cell> {
             Some(json!({"status": "tentative"})),
             in_event(who, OK, OK),
         ),
+        // Each participant sets their own reminders.
+        ("PUT", "/v1/events/{id}/reminders") => cell(
+            format!("/v1/events/{e}/reminders"),
+            Some(json!({"minutes_before": [15]})),
+            in_event(who, OK, OK),
+        ),
         ("GET", "/v1/freebusy") => cell(
             "/v1/freebusy?users=owner&from=2031-01-01T00:00:00Z&to=2031-01-08T00:00:00Z".into(),
             None,

@@ -627,6 +627,117 @@ async fn group_events_follow_membership() {
     assert_eq!(names, ["alice", "carol"], "{ev}");
 }
 
+/// Reminders: each person sets their own (on creation, or later with
+/// `PUT .../reminders`), sees only their own, and gets one `reminder`
+/// notification when it is due, while a users replica is killed at that
+/// moment (the other fires it; the transaction that fires it makes it
+/// once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reminders_fire_once_each() {
+    let (mut sys, api) = System::start_with_api().await;
+    let People { alice, bob, carol } = accounts(&api).await;
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(12);
+    let created = create_event(
+        &api,
+        &alice,
+        json!({"title": "Standup", "start": soon.to_rfc3339(),
+               "end": (soon + chrono::Duration::minutes(15)).to_rfc3339(),
+               "time_zone": "UTC", "attendees": ["bob"], "reminders": [0, 10080]}),
+    )
+    .await;
+    let id = event_id(&created);
+    assert_eq!(
+        created["event"]["reminders"],
+        json!([0, 10080]),
+        "{created}"
+    );
+    let path = format!("/v1/events/{id}/reminders");
+    let bobs = expect_ok(
+        api.put(&path, &bob.token, json!({"minutes_before": [0]}))
+            .await,
+        "bob sets his",
+    );
+    assert_eq!(bobs["reminders"], json!([0]), "his own only: {bobs}");
+    let alices = expect_ok(
+        api.get(&format!("/v1/events/{id}"), &alice.token).await,
+        "alice reads",
+    );
+    assert_eq!(alices["reminders"], json!([0, 10080]), "{alices}");
+    for (body, what) in [
+        (json!({"minutes_before": [1, 2, 3, 4, 5, 6]}), "six"),
+        (json!({"minutes_before": [40321]}), "too early"),
+    ] {
+        let err = expect(
+            api.put(&path, &bob.token, body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            what,
+        );
+        assert_eq!(
+            err["error"]["details"]["field"], "reminders",
+            "{what}: {err}"
+        );
+    }
+    expect(
+        api.put(&path, &carol.token, json!({"minutes_before": [0]}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "carol takes no part",
+    );
+
+    // A replica dies as the reminders come due; the other fires them.
+    let wait = (soon - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait.saturating_sub(Duration::from_millis(500))).await;
+    sys.kill_users(0);
+    let reminders = |who: &P| {
+        let (api, token) = (&api, who.token.clone());
+        async move {
+            let (st, body) = api.get("/v1/notifications", &token).await;
+            assert_eq!(st, StatusCode::OK, "{body}");
+            items(&body)
+                .iter()
+                .filter(|n| n["kind"] == "reminder")
+                .cloned()
+                .collect::<Vec<Value>>()
+        }
+    };
+    for who in [&alice, &bob] {
+        let got = wait_for(
+            &format!("{}'s reminder", who.name),
+            Duration::from_secs(30),
+            || async { Some(reminders(who).await).filter(|r| !r.is_empty()) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let n = &got[0]["data"];
+        assert_eq!(
+            (&n["event_id"], &n["minutes_before"]),
+            (&json!(id), &json!(0)),
+            "{n}"
+        );
+        assert_eq!(
+            instant(&n["start"]),
+            instant(&json!(soon.to_rfc3339())),
+            "{n}"
+        );
+    }
+    // Once each: with nothing filed any more for the event (the week-ahead
+    // one was already past when it was set), nothing more can fire.
+    let db = sys.db.client();
+    wait_for(
+        "the event's reminders to be settled",
+        Duration::from_secs(15),
+        || async {
+            let filed = db.get(format!("/agenda/event-reminders/{id}")).await.ok()?;
+            filed.is_none().then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for who in [&alice, &bob] {
+        assert_eq!(reminders(who).await.len(), 1, "{}'s reminders", who.name);
+    }
+}
+
 /// Notifications say what happened (an answer names who answered and
 /// what), come in pages with a cursor, and can all be marked read at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

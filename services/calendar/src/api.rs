@@ -93,6 +93,10 @@ pub struct CreateEventRequest {
     pub end: String,
     /// An all-day event: `start` and `end` are dates.
     pub all_day: Option<bool>,
+    /// The creator's own reminders: minutes before each occurrence (at
+    /// most 5, each at most 40320).
+    #[serde(default, deserialize_with = "whole_number::optional_list")]
+    pub reminders: Option<Vec<u32>>,
     /// IANA time zone name.
     pub time_zone: String,
     pub description: Option<String>,
@@ -130,6 +134,16 @@ pub struct UpdateEventRequest {
     /// are asked (or invited, as their settings say), those left out are
     /// told the event is cancelled for them.
     pub attendees: Option<Vec<String>>,
+}
+
+/// `PUT /v1/events/{id}/reminders`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemindersRequest {
+    /// Minutes before each occurrence (at most 5, each 0 to 40320); `[]`
+    /// removes them.
+    #[serde(deserialize_with = "whole_number::list")]
+    pub minutes_before: Vec<u32>,
 }
 
 /// `POST /v1/events/{id}/rsvp`
@@ -240,6 +254,10 @@ pub enum Op {
         id: String,
         body: RsvpRequest,
         reject: bool,
+    },
+    SetReminders {
+        id: String,
+        body: RemindersRequest,
     },
     FreeBusy {
         users: String,
@@ -408,6 +426,7 @@ impl Op {
             || matches!(
                 self,
                 Op::Rsvp { .. }
+                    | Op::SetReminders { .. }
                     | Op::ReadAllNotifications
                     | Op::CreateEvent {
                         idempotency_key: Some(_),
@@ -450,6 +469,19 @@ mod whole_number {
     pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         Option::<f64>::deserialize(d)?.map(to_u32).transpose()
     }
+
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        Vec::<f64>::deserialize(d)?
+            .into_iter()
+            .map(to_u32)
+            .collect()
+    }
+
+    pub fn optional_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u32>>, D::Error> {
+        Option::<Vec<f64>>::deserialize(d)?
+            .map(|l| l.into_iter().map(to_u32).collect())
+            .transpose()
+    }
 }
 
 #[cfg(test)]
@@ -478,6 +510,13 @@ mod tests {
         let inv: InviteRequest =
             serde_json::from_value(serde_json::json!({"username": "x", "rank": 4.0})).unwrap();
         assert_eq!(inv.rank, Some(4));
+        let r: RemindersRequest =
+            serde_json::from_value(serde_json::json!({"minutes_before": [15, 60.0]})).unwrap();
+        assert_eq!(r.minutes_before, [15, 60]);
+        assert!(serde_json::from_value::<RemindersRequest>(
+            serde_json::json!({"minutes_before": [1.5]})
+        )
+        .is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::model::{
     Attendee, AttendeeStatus, Conflict, Event, EventRecord, Interval, UserRecord, Visibility,
 };
-use crate::{recurrence, validate};
+use crate::{recurrence, reminders, validate};
 
 /// Most attendees of a personal event.
 pub const MAX_ATTENDEES: usize = 100;
@@ -152,7 +152,22 @@ pub fn with_attendees(ev: &EventRecord, named: Vec<Attendee>) -> EventRecord {
         let kept = ev.attendees.iter().find(|x| x.user_id == a.user_id);
         out.attendees.push(kept.cloned().unwrap_or(a));
     }
+    let kept: Vec<Uuid> = out.attendee_ids().collect();
+    out.reminders.retain(|u, _| kept.contains(u));
     out
+}
+
+/// `ev` with `user`'s own reminders set to `minutes` (checked; none
+/// removes them). Only someone taking part has reminders.
+pub fn with_reminders(ev: &EventRecord, user: Uuid, minutes: &[u32]) -> ApiResult<EventRecord> {
+    let minutes = reminders::check(minutes)?;
+    let mut out = ev.clone();
+    if minutes.is_empty() {
+        out.reminders.remove(&user);
+    } else {
+        out.reminders.insert(user, minutes);
+    }
+    Ok(out)
 }
 
 /// Checks what only a personal event may ask: no group (the groups
@@ -224,6 +239,10 @@ pub fn new_event(
         all_day,
     }
     .check()?;
+    let reminders = match &req.reminders {
+        Some(m) if !m.is_empty() => [(organizer.id, reminders::check(m)?)].into(),
+        _ => Default::default(),
+    };
     let mut all = vec![Attendee {
         user_id: organizer.id,
         username: organizer.username.clone(),
@@ -250,6 +269,7 @@ pub fn new_event(
         attendees: all,
         created_at: Utc::now(),
         all_day: f.all_day,
+        reminders,
         request_digest: None,
     })
 }
@@ -447,6 +467,7 @@ pub fn answered(ev: &EventRecord, user: Uuid, status: AttendeeStatus) -> EventRe
 pub fn without(ev: &EventRecord, user: Uuid) -> EventRecord {
     let mut ev = ev.clone();
     ev.attendees.retain(|a| a.user_id != user);
+    ev.reminders.remove(&user);
     ev
 }
 
@@ -519,7 +540,7 @@ pub fn update_notices(
 
 /// What a notification about `ev` says of it.
 pub fn summary(ev: &EventRecord) -> serde_json::Value {
-    json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "organizer_id": ev.organizer_id})
+    json!({"event_id": ev.id, "title": ev.title, "start": ev.start, "end": ev.end, "all_day": ev.all_day, "organizer_id": ev.organizer_id})
 }
 
 /// What a notification of `kind` about `ev`, caused by `by`, says: the
@@ -567,6 +588,7 @@ pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Eve
         all_day: ev.all_day,
         start_date: first_day,
         end_date: first_day.map(|d| d + Duration::days(day_count(ev))),
+        reminders: ev.reminders.get(&viewer).cloned().unwrap_or_default(),
         recurring_event_id: occurrence.filter(|_| ev.rrule.is_some()).map(|_| ev.id),
     }
 }

@@ -93,6 +93,28 @@ pub fn agenda_span(user: Uuid, from: DateTime<Utc>, to: DateTime<Utc>) -> (Strin
 fn at(t: DateTime<Utc>) -> String {
     format!("t{:016x}", (t.timestamp() as u64) ^ (1 << 63))
 }
+/// A reminder waiting to fire, filed by when it is due (value: the
+/// [`crate::reminders::Due`]).
+pub fn reminder(due: &crate::reminders::Due) -> String {
+    format!(
+        "/agenda/reminders/{}/{}/{}/{}",
+        at(due.at),
+        due.event_id,
+        due.user_id,
+        due.minutes
+    )
+}
+/// Every reminder waiting to fire.
+pub const REMINDERS: &str = "/agenda/reminders/";
+/// Where the reminders due at `t` or before end (exclusive).
+pub fn reminders_until(t: DateTime<Utc>) -> String {
+    format!("/agenda/reminders/{}", at(t + chrono::Duration::seconds(1)))
+}
+/// The keys of an event's reminders waiting to fire (value: a list of
+/// [`reminder`] keys), rewritten with every change of them.
+pub fn event_reminders(event: Uuid) -> String {
+    format!("/agenda/event-reminders/{event}")
+}
 pub fn notification(user: Uuid, id: Uuid) -> String {
     format!("/agenda/notifications/{user}/{id}")
 }

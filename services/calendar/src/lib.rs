@@ -9,7 +9,8 @@
 //!   the public API.
 //! - [`validate`], [`recurrence`], [`rules`] (hierarchy, invitations,
 //!   conflicts, privacy and who may do what), [`events`] (an event built,
-//!   changed, answered, announced and shown): pure domain rules.
+//!   changed, answered, announced and shown), [`reminders`] (when each
+//!   person's reminders are due): pure domain rules.
 //! - [`cpu`]: where costly steps run, and how many at once.
 //! - [`keys`]: the agenda-db key layout.
 //! - [`store`]: transactions on agenda-db that apply the rules atomically.
@@ -25,6 +26,7 @@ pub mod events;
 pub mod keys;
 pub mod model;
 pub mod recurrence;
+pub mod reminders;
 pub mod rules;
 pub mod store;
 pub mod validate;

@@ -223,6 +223,10 @@ pub struct EventRecord {
     /// zone, shown as dates, and is free time (no conflicts, not busy).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_day: bool,
+    /// Each person's reminders: minutes before every occurrence
+    /// (`reminders::check`). A person sees only their own.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reminders: std::collections::BTreeMap<Uuid, Vec<u32>>,
     /// For an event created under an idempotency key: a digest of the
     /// creating request, to tell a retry from another request reusing the
     /// key.
@@ -279,6 +283,7 @@ impl EventRecord {
             attendees: Vec::new(),
             created_at: Utc::now(),
             all_day: false,
+            reminders: Default::default(),
             request_digest: None,
         }
     }
@@ -315,6 +320,8 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Date)]
     pub end_date: Option<chrono::NaiveDate>,
+    /// The viewer's own reminders: minutes before each occurrence.
+    pub reminders: Vec<u32>,
     /// Set on an expanded occurrence: the recurring event it belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recurring_event_id: Option<Uuid>,

@@ -116,7 +116,7 @@ pub fn time_zone(field: &str, value: &str) -> ApiResult<chrono_tz::Tz> {
 pub fn date(field: &str, value: &str) -> ApiResult<chrono::NaiveDate> {
     chrono::NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d")
         .ok()
-        .filter(|d| (1..=9998).contains(&chrono::Datelike::year(d)))
+        .filter(|d| (1..=9999).contains(&chrono::Datelike::year(d)))
         .ok_or_else(|| {
             ApiError::invalid_field(
                 field,

@@ -49,7 +49,7 @@ use crate::routes::{admin, auth, events, groups, notifications, ops, stream, use
         groups::group_invitations, groups::revoke_invitation,
         groups::agenda, groups::invitations, groups::accept, groups::decline,
         events::create, events::list, events::search, events::get, events::update, events::delete,
-        events::rsvp, events::free_busy,
+        events::rsvp, events::set_reminders, events::free_busy,
         notifications::list, notifications::read, notifications::read_all, stream::stream,
         admin::audit,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
@@ -182,6 +182,9 @@ pub struct AgendaItem {
     start: String,
     #[schema(value_type = String, format = DateTime)]
     end: String,
+    /// Present (true) for an all-day event, shown as its days.
+    #[schema(required = false)]
+    all_day: Option<bool>,
     #[schema(required = false)]
     event: Option<Event>,
 }
@@ -299,8 +302,22 @@ fn refresh_token() -> Value {
 }
 
 /// `validate::instant`: RFC 3339.
-fn instant() -> Value {
-    json!({ "format": "date-time" })
+/// A person's reminders: minutes before each occurrence.
+fn reminders() -> Value {
+    json!({
+        "maxItems": 5,
+        "items": { "type": "integer", "minimum": 0, "maximum": 40320 },
+        "description": "Minutes before each occurrence: at most 5, each 0 to 40320 (four weeks).",
+    })
+}
+
+/// An event's `start` or `end`: an RFC 3339 time, or a date for an all-day
+/// event (`all_day: true`; a date without it, or a time with it, is 422).
+fn event_time() -> Value {
+    json!({
+        "anyOf": [{ "format": "date-time" }, { "format": "date" }],
+        "description": "RFC 3339; a date (YYYY-MM-DD) for an all-day event, the end then the day after its last",
+    })
 }
 
 /// An RRULE (`recurrence::check`). What a rule must be to be accepted
@@ -348,8 +365,8 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("UpdateMeRequest", "time_zone", time_zone()),
         ("UpdateMeRequest", "add_me", add_me),
         ("CreateEventRequest", "title", title.clone()),
-        ("CreateEventRequest", "start", instant()),
-        ("CreateEventRequest", "end", instant()),
+        ("CreateEventRequest", "start", event_time()),
+        ("CreateEventRequest", "end", event_time()),
         ("CreateEventRequest", "time_zone", time_zone()),
         ("CreateEventRequest", "description", long_text.clone()),
         ("CreateEventRequest", "location", long_text.clone()),
@@ -363,14 +380,16 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("CreateEventRequest", "group_id", any.clone()),
         ("CreateEventRequest", "visibility", visibility.clone()),
         ("UpdateEventRequest", "title", title),
-        ("UpdateEventRequest", "start", instant()),
-        ("UpdateEventRequest", "end", instant()),
+        ("UpdateEventRequest", "start", event_time()),
+        ("UpdateEventRequest", "end", event_time()),
         ("UpdateEventRequest", "time_zone", time_zone()),
         ("UpdateEventRequest", "description", long_text.clone()),
         ("UpdateEventRequest", "location", long_text.clone()),
         ("UpdateEventRequest", "rrule", rrule()),
         ("UpdateEventRequest", "exdates", exdates),
         ("UpdateEventRequest", "visibility", visibility),
+        ("CreateEventRequest", "reminders", reminders()),
+        ("RemindersRequest", "minutes_before", reminders()),
         (
             "RsvpRequest",
             "status",

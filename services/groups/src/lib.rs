@@ -42,8 +42,9 @@ pub async fn run(
     // (see `Store::sync_group_member`).
     let sweeper = {
         let store = store.clone();
-        tokio::spawn(agenda_serving::sweep::sweep(
-            "syncs of group events",
+        tokio::spawn(agenda_serving::sweep::every(
+            "interrupted syncs of group events finished",
+            agenda_serving::sweep::SWEEP_EVERY,
             shutdown.clone(),
             move || {
                 let store = store.clone();

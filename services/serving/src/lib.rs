@@ -11,8 +11,8 @@
 //! - [`server`]: the serving loop: listen (with the admission caps of
 //!   `--max-concurrent-requests` and `--max-connections`), register in the
 //!   registry once agenda-db answers, deregister and drain on shutdown.
-//! - [`sweep`]: finishing, in the background, work a stopped process left
-//!   halfway behind a marker.
+//! - [`sweep`]: background rounds that finish work a stopped process left
+//!   halfway and fire reminders.
 //! - [`error`]: why a replica could not serve.
 #![deny(missing_docs)]
 

@@ -1,6 +1,8 @@
-//! Background sweeps: work that a request leaves behind a durable marker
-//! (an account deletion, the group events of a member who joined or left)
-//! and that a replica finishes if the process that began it died.
+//! Background rounds: work that a request leaves behind in agenda-db (an
+//! account deletion or the group events of a member who joined or left,
+//! behind a marker; a reminder filed for later) and that any replica
+//! finishes or fires. Each piece is settled by a compared transaction, so
+//! every replica may run the same round at once.
 
 use std::future::Future;
 use std::time::Duration;
@@ -8,26 +10,28 @@ use std::time::Duration;
 use agenda_calendar::error::ApiResult;
 use agenda_common::shutdown::{pause, CancellationToken};
 
-/// How often a replica looks for interrupted work.
+/// How often a replica looks for work a stopped process left halfway.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// Runs `job` (it answers how many pieces of interrupted work it
-/// finished) at start and then every [`SWEEP_EVERY`] until `shutdown`.
-/// Every replica sweeps; finishing a piece twice at once is harmless.
-pub async fn sweep<F, Fut>(what: &'static str, shutdown: CancellationToken, mut job: F)
-where
+/// Runs `round` (it answers how many pieces it settled, logged as
+/// `settled` with `what`) at start and then every `every` until
+/// `shutdown`. A failed round is logged and tried again next time.
+pub async fn every<F, Fut>(
+    what: &'static str,
+    every: Duration,
+    shutdown: CancellationToken,
+    mut round: F,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = ApiResult<usize>>,
 {
     loop {
-        match job().await {
+        match round().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(finished = n, "finished interrupted {what}"),
-            Err(e) => {
-                tracing::warn!(error = %e.message, "could not finish interrupted {what}; will retry")
-            }
+            Ok(n) => tracing::info!(settled = n, "{what}"),
+            Err(e) => tracing::warn!(error = %e.message, "{what}: the round failed; will retry"),
         }
-        if !pause(&shutdown, SWEEP_EVERY).await {
+        if !pause(&shutdown, every).await {
             return;
         }
     }

@@ -190,6 +190,13 @@ impl Handler for Users {
                     .await?;
                 Reply::no_content()
             }
+            Op::SetReminders { id, body } => {
+                let me = caller.user()?;
+                let ev = s
+                    .set_reminders(me, validate::id("event", &id)?, &body.minutes_before)
+                    .await?;
+                Reply::ok(view(&ev, me, None))
+            }
             Op::Rsvp { id, body, reject } => {
                 let me = caller.user()?;
                 let status = validate::rsvp(&body.status)?;

@@ -89,8 +89,9 @@ pub async fn run(
     // `Store::delete_user`).
     let sweeper = {
         let store = store.clone();
-        tokio::spawn(agenda_serving::sweep::sweep(
-            "account deletions",
+        tokio::spawn(agenda_serving::sweep::every(
+            "interrupted account deletions finished",
+            agenda_serving::sweep::SWEEP_EVERY,
             shutdown.clone(),
             move || {
                 let store = store.clone();
@@ -102,17 +103,35 @@ pub async fn run(
             },
         ))
     };
+    // Reminders, fired within a second of being due (see
+    // `Store::fire_due_reminders`).
+    let reminders = {
+        let store = store.clone();
+        tokio::spawn(agenda_serving::sweep::every(
+            "reminders fired",
+            REMINDERS_EVERY,
+            shutdown.clone(),
+            move || {
+                let store = store.clone();
+                async move { store.fire_due_reminders(chrono::Utc::now()).await }
+            },
+        ))
+    };
     let handler = handler::Users {
         store,
         keys: agenda_common::auth::follow_signing_keys(db.clone(), keys, shutdown.clone()),
         token_ttl_secs: cfg.token_ttl_secs,
     };
     agenda_serving::serve(Service::Users, handler, serving, db, shutdown).await?;
-    // The shutdown token stops it between rounds.
+    // The shutdown token stops them between rounds.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sweeper).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), reminders).await;
     if let Some(relay) = relay {
         // The shutdown token stops it; it resigns its election on the way.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), relay).await;
     }
     Ok(())
 }
+
+/// How often a replica looks for reminders that are due.
+const REMINDERS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -183,6 +183,8 @@ impl Store {
         for (key, rev) in &w.guards {
             batch.unchanged(key, *rev);
         }
+        self.refile_reminders(&mut batch, w.previous.map(|p| &p.value), Some(w.ev))
+            .await?;
         batch
             .unchanged(
                 &keys::event(w.ev.id),
@@ -484,7 +486,10 @@ impl Store {
         self.optimistic_unconfirmed_first("this event", |confirmed| async move {
             let cur = self.event_to_change(caller, id, confirmed).await?;
             rules::check_may_delete_event(&cur.value, caller)?;
-            self.commit_or_retry(cancellation(&cur, caller)?, ()).await
+            let mut batch = cancellation(&cur, caller)?;
+            self.refile_reminders(&mut batch, Some(&cur.value), None)
+                .await?;
+            self.commit_or_retry(batch, ()).await
         })
         .await
     }
@@ -501,7 +506,10 @@ impl Store {
                 Err(e) => return Err(e),
             };
             if cur.value.organizer_id == user {
-                return self.commit_or_retry(cancellation(&cur, user)?, ()).await;
+                let mut batch = cancellation(&cur, user)?;
+                self.refile_reminders(&mut batch, Some(&cur.value), None)
+                    .await?;
+                return self.commit_or_retry(batch, ()).await;
             }
             let ev = events::without(&cur.value, user);
             Ok(self

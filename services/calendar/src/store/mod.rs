@@ -8,6 +8,7 @@
 //! as if one central server had run them one after the other.
 //!
 //! Submodules: [`users`], [`events`], [`groups`], [`notifications`],
+//! [`reminders`] (filed by when due, fired once),
 //! [`audit`] (reading the audit log),
 //! [`sessions`] (token generations and refresh chains), [`upgrade`] (data
 //! of earlier versions).
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod events;
 pub mod groups;
 pub mod notifications;
+pub mod reminders;
 pub mod sessions;
 pub mod upgrade;
 pub mod users;

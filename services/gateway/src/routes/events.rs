@@ -1,7 +1,8 @@
 //! `/v1/events`, `/v1/events/{id}`, RSVP and `/v1/freebusy`.
 
 use agenda_calendar::api::{
-    ConflictPolicy, CreateEventRequest, Op, RsvpRequest, UpdateEventRequest, Window,
+    ConflictPolicy, CreateEventRequest, Op, RemindersRequest, RsvpRequest, UpdateEventRequest,
+    Window,
 };
 use agenda_calendar::model::Event;
 use agenda_calendar::validate;
@@ -166,6 +167,22 @@ pub async fn rsvp(
 ) -> Result<Response, HttpError> {
     let reject = reject(&p)?;
     c.call(Op::Rsvp { id, body, reject }).await
+}
+
+/// Sets your own reminders on an event you take part in: a `reminder`
+/// notification that many minutes before each occurrence, once each.
+#[utoipa::path(put, path = "/v1/events/{id}/reminders", tag = "events", operation_id = "set_reminders", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "An event id (anything else is 404)")),
+    request_body = RemindersRequest,
+    responses((status = 200, description = "the event, `reminders` your own", body = Event),
+              (status = 404, description = "no such event of yours"),
+              (status = 422, description = "more than 5 reminders, or one more than 40320 minutes before (details.field = reminders)")))]
+pub async fn set_reminders(
+    Authed(c): Authed,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RemindersRequest>,
+) -> Result<Response, HttpError> {
+    c.call(Op::SetReminders { id, body }).await
 }
 
 /// `?users=a,b&from=&to=`

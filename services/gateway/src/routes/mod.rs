@@ -15,7 +15,7 @@ pub mod users;
 
 use std::sync::Arc;
 
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::Router;
 
 use crate::AppState;
@@ -67,6 +67,7 @@ pub fn api() -> Router<Arc<AppState>> {
                 .delete(events::delete),
         )
         .route("/v1/events/{id}/rsvp", post(events::rsvp))
+        .route("/v1/events/{id}/reminders", put(events::set_reminders))
         .route("/v1/freebusy", get(events::free_busy))
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/notifications", get(notifications::list))
