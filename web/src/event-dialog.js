@@ -8,6 +8,10 @@
 //           personal event (the whole list goes in the PATCH when it
 //           changed; a group event's attendees are its members)
 //   view    someone else's event: read-only fields, RSVP buttons
+// In every mode the person's own reminders (minutes before each
+// occurrence; only theirs, never anyone else's): sent with a new event,
+// otherwise saved with PUT /v1/events/{id}/reminders when they changed
+// (with "Save changes", "Save reminders", or an answer to the invitation).
 // "Find a time" (find-time.js) proposes free slots for the organizer and
 // the people chosen, in create and edit.
 // "All day" turns start and end into date fields: the first and the LAST
@@ -15,10 +19,11 @@
 // the last, so the dialog adds that day when it sends and takes it off
 // when it shows.
 
-import { get, post, patch, del, ApiError } from './api.js';
+import { get, post, patch, put, del, ApiError } from './api.js';
 import { currentUser } from './session.js';
 import { zones, toLocalInput, fromLocalInput, formatRange, formatWhen, plusDays, DateTime } from './time.js';
 import { h, replace, field, showError, clearErrors, toast, uid } from './ui.js';
+import { reminderLabel, REMINDER_PRESETS, MAX_REMINDERS } from './reminders.js';
 import { openFindTime } from './find-time.js';
 
 const PRESETS = { none: '', daily: 'FREQ=DAILY', weekly: 'FREQ=WEEKLY', monthly: 'FREQ=MONTHLY' };
@@ -73,6 +78,16 @@ function build() {
   c.findTime = h('button', { type: 'button', class: 'btn', 'aria-describedby': 'find-time-note', onclick: () => findTime() }, 'Find a time');
   c.findNote = h('p', { class: 'hint', id: 'find-time-note', role: 'status', text: 'Free slots for you and the people above.' });
   c.statuses = h('ul', { class: 'attendee-statuses' });
+  // My reminders: one row (a choice and "Remove") each, at most 5.
+  c.reminderList = h('ul', { class: 'reminder-list' });
+  c.reminderNone = h('p', { class: 'hint reminder-none', text: 'No reminders.' });
+  c.addReminder = h('button', { type: 'button', class: 'btn btn-small', 'aria-describedby': 'reminders-hint', onclick: () => addReminder() }, 'Add reminder');
+  c.reminderHint = h('p', { class: 'hint', id: 'reminders-hint' });
+  c.reminderError = h('p', { class: 'field-error', id: 'reminders-error', hidden: true });
+  c.reminders = h('section', { class: 'reminders', 'aria-labelledby': 'reminders-title' },
+    h('h3', { id: 'reminders-title', text: 'Your reminders' }),
+    c.reminderList, c.reminderNone, c.reminderError,
+    h('div', { class: 'reminder-add' }, c.addReminder, c.reminderHint));
   c.formError = h('p', { class: 'form-error', role: 'alert', tabindex: '-1', hidden: true });
   c.heading = h('h2', { id: 'event-dialog-title' });
   c.occurrence = h('p', { class: 'occurrence-note', hidden: true });
@@ -122,7 +137,7 @@ function build() {
     c.statuses);
 
   c.form = h('form', { novalidate: true, onsubmit: (ev) => { ev.preventDefault(); save(); } },
-    c.heading, c.occurrence, c.formError, c.conflicts, c.rsvp, c.editable, c.attendeeSection,
+    c.heading, c.occurrence, c.formError, c.conflicts, c.rsvp, c.editable, c.reminders, c.attendeeSection,
     h('div', { class: 'dialog-actions' }, c.delete, h('span', { class: 'spacer' }), c.cancel, c.save),
     c.confirm);
   c.dialog = h('dialog', { id: 'event-dialog', class: 'dialog', 'aria-labelledby': 'event-dialog-title' }, c.form);
@@ -131,7 +146,7 @@ function build() {
     state = null;
   });
 
-  c.allDay.addEventListener('change', () => switchAllDay(c.allDay.checked));
+  c.allDay.addEventListener('change', () => { switchAllDay(c.allDay.checked); renderReminders(); });
 
   // Presets fill the raw rule; typing a rule of one's own selects "Custom".
   c.preset.addEventListener('change', () => {
@@ -221,6 +236,82 @@ function switchAllDay(on) {
   if (!start.isValid) start = at(`${day}T09:00`);
   const end = start.plus({ minutes: was > 0 ? was : 60 });
   setAllDay(false, [start.toFormat("yyyy-LL-dd'T'HH:mm"), end.toFormat("yyyy-LL-dd'T'HH:mm")]);
+}
+
+/** The reminders chosen: minutes before, sorted, each once (as the API keeps them). */
+function chosenReminders() {
+  const set = new Set([...ui.reminderList.querySelectorAll('select')].map((s) => Number(s.value)));
+  return [...set].sort((a, b) => a - b);
+}
+
+const reminderKey = (list) => [...new Set(list || [])].sort((a, b) => a - b).join(',');
+/** Whether my reminders as chosen differ from those saved on the event shown. */
+const remindersChanged = () => reminderKey(chosenReminders()) !== reminderKey(state.event?.reminders);
+/** Whether I may set reminders on the event shown: mine, or one I am an attendee of. */
+const remindersShown = () => state.mode !== 'view' || Boolean(myAttendance(state.event));
+
+function reminderRow(minutes) {
+  const select = h('select', { name: 'reminder', class: 'reminder-select', 'aria-errormessage': 'reminders-error', 'aria-describedby': 'reminders-error reminders-hint' });
+  select.id = uid('reminder');
+  select.dataset.field = 'reminders';
+  select.dataset.minutes = String(minutes);
+  const label = h('label', { for: select.id, class: 'visually-hidden' });
+  const remove = h('button', { type: 'button', class: 'btn btn-small', onclick: () => removeReminder(li) }, 'Remove');
+  const li = h('li', { class: 'reminder' }, label, select, remove);
+  select.addEventListener('change', () => { select.dataset.minutes = select.value; renderReminders(); });
+  return li;
+}
+
+/** Shows `list` (minutes before) as rows. */
+function setReminders(list) {
+  replace(ui.reminderList, [...new Set(list || [])].sort((a, b) => a - b).map(reminderRow));
+  renderReminders();
+}
+
+/** Labels (all day or timed), numbers, "Add reminder" and the empty state. */
+function renderReminders() {
+  const allDay = ui.allDay.checked;
+  const rows = [...ui.reminderList.querySelectorAll('li')];
+  rows.forEach((li, i) => {
+    const select = li.querySelector('select');
+    const value = Number(select.dataset.minutes);
+    const values = [...new Set([...REMINDER_PRESETS, value])].sort((a, b) => a - b);
+    replace(select, values.map((m) => h('option', { value: String(m), text: reminderLabel(m, allDay) })));
+    select.value = String(value);
+    li.querySelector('label').textContent = `Reminder ${i + 1}`;
+    li.querySelector('button').setAttribute('aria-label', `Remove reminder ${i + 1} (${reminderLabel(value, allDay)})`);
+  });
+  ui.reminderNone.hidden = rows.length > 0;
+  const full = rows.length >= MAX_REMINDERS;
+  ui.addReminder.disabled = full;
+  ui.reminderHint.textContent = (full ? `At most ${MAX_REMINDERS}. ` : '')
+    + (allDay ? 'Only you get them, as a notification. An all-day event begins at midnight in its time zone.'
+      : 'Only you get them, as a notification (before each occurrence of a series).');
+}
+
+function addReminder() {
+  const have = new Set(chosenReminders());
+  if (have.size >= MAX_REMINDERS && ui.reminderList.children.length >= MAX_REMINDERS) return;
+  const minutes = [10, 30, 60, 1440, 5, 15, 0].find((m) => !have.has(m)) ?? 10;
+  const li = reminderRow(minutes);
+  ui.reminderList.append(li);
+  renderReminders();
+  li.querySelector('select').focus();
+}
+
+function removeReminder(li) {
+  const next = li.nextElementSibling || li.previousElementSibling;
+  li.remove();
+  renderReminders();
+  (next?.querySelector('select') || ui.addReminder).focus();
+}
+
+/** Saves my reminders on the event shown when they changed; the event as saved, or null. */
+async function saveReminders() {
+  if (!state?.event || !remindersShown() || !remindersChanged()) return null;
+  const ev = await put(`/v1/events/${state.event.id}/reminders`, { minutes_before: chosenReminders() });
+  if (state?.event?.id === ev.id) state.event = ev;
+  return ev;
 }
 
 function chipNames() {
@@ -342,6 +433,7 @@ function reset() {
   replace(ui.chips);
   replace(ui.suggestions);
   ui.preset.value = 'none';
+  setReminders([]);
 }
 
 function fill(ev) {
@@ -356,6 +448,7 @@ function fill(ev) {
   ui.preset.value = presetOf(ev.rrule || '');
   ui.visibility.value = ev.visibility || 'default';
   ui.groupField.hidden = true;
+  setReminders(ev.reminders || []);
   // The organizer edits the list of a personal event as chips; the rows
   // below keep showing the answers as saved.
   replace(ui.chips, attendeesEditable() ? savedAttendees(ev).map(chip) : []);
@@ -373,8 +466,9 @@ function render() {
   ui.chips.setAttribute('aria-label', mode === 'create' ? 'Attendees to invite' : 'Attendees (saved with the changes)');
   ui.findTimeRow.hidden = mode === 'view';
   ui.findNote.textContent = 'Free slots for you and the people above.';
-  ui.save.hidden = mode === 'view';
-  ui.save.textContent = mode === 'create' ? 'Create event' : 'Save changes';
+  ui.reminders.hidden = !remindersShown();
+  ui.save.hidden = mode === 'view' && ui.reminders.hidden;
+  ui.save.textContent = { create: 'Create event', edit: 'Save changes', view: 'Save reminders' }[mode];
   ui.delete.hidden = mode !== 'edit';
   ui.cancel.textContent = mode === 'view' ? 'Close' : 'Cancel';
   renderStatuses();
@@ -430,6 +524,8 @@ function body() {
     const names = chipNames();
     if (names.length) b.attendees = names;
     if (ui.group.value) b.group_id = ui.group.value;
+    const reminders = chosenReminders();
+    if (reminders.length) b.reminders = reminders;
     return b;
   }
   const ev = state.event;
@@ -448,8 +544,11 @@ function body() {
     if (when.end !== ev.end_date) b.end = when.end;
     if ('start' in b || 'end' in b) b.all_day = true;
   } else {
-    if (!same(when.start, ev.start)) b.start = when.start;
-    if (!same(when.end, ev.end)) b.end = when.end;
+    // A field still showing what it was filled with is unchanged (an
+    // event made through the API may start at seconds the field drops).
+    const kept = (input, iso) => tz === ev.time_zone && !ev.all_day && input.value === toLocalInput(iso, ev.time_zone);
+    if (!same(when.start, ev.start) && !kept(ui.start, ev.start)) b.start = when.start;
+    if (!same(when.end, ev.end) && !kept(ui.end, ev.end)) b.end = when.end;
   }
   // Attendees: the whole list, and only when it changed (the organizer
   // always stays, so never listed).
@@ -503,8 +602,9 @@ function precheck(b) {
 }
 
 async function save() {
-  if (!state || state.mode === 'view') return;
+  if (!state) return;
   clearErrors(ui.form);
+  if (state.mode === 'view') { await saveOnlyReminders(); return; }
   const b = body();
   const bad = precheck(b);
   if (bad) { showError(ui.form, bad); return; }
@@ -516,6 +616,12 @@ async function save() {
       reply = await post('/v1/events', b, { headers: { 'Idempotency-Key': state.key } });
     } else if (Object.keys(b).length) {
       reply = await patch(`/v1/events/${state.event.id}`, b);
+      // Saved: a failure of the reminders below must not send it again.
+      state.event = reply.event;
+      const ev = await saveReminders();
+      if (ev) reply = { ...reply, event: ev };
+    } else if (remindersChanged()) {
+      reply = { event: await saveReminders(), conflicts: [] };
     } else {
       close();
       return;
@@ -534,6 +640,21 @@ async function save() {
       toast(created ? `Created “${reply.event.title}”.` : `Saved “${reply.event.title}”.`);
       close();
     }
+  } catch (e) {
+    showError(ui.form, e);
+  } finally {
+    ui.save.disabled = false;
+  }
+}
+
+/** "Save reminders" on someone else's event: my reminders only. */
+async function saveOnlyReminders() {
+  if (!remindersChanged()) { close(); return; }
+  ui.save.disabled = true;
+  try {
+    const ev = await saveReminders();
+    toast(`Saved your reminders for “${ev.title}”.`);
+    close();
   } catch (e) {
     showError(ui.form, e);
   } finally {
@@ -570,6 +691,8 @@ async function answer(status) {
     renderStatuses();
     renderRsvp();
     onChanged();
+    // My reminders as chosen go with the answer (an error shows next to them).
+    try { await saveReminders(); } catch (e) { showError(ui.form, e); return; }
     const conflicts = reply.conflicts || [];
     if (conflicts.length && status !== 'declined') showConflicts(conflicts, `Answered ${STATUS_TEXT[status].toLowerCase()}`);
     else { ui.conflicts.hidden = true; toast(`${STATUS_TEXT[status]}: “${ev.title}”.`); }

@@ -9,7 +9,7 @@ import listPlugin from '@fullcalendar/list';
 import luxonPlugin from '@fullcalendar/luxon3';
 import { get, post, patch, del } from './api.js';
 import { currentUser } from './session.js';
-import { isoUtc, formatRange, formatDays, DateTime } from './time.js';
+import { isoUtc, formatRange, formatDays, midnightDays } from './time.js';
 import { trackToolbar } from './calendar.js';
 import { h, replace, field, showError, clearErrors, toast } from './ui.js';
 
@@ -282,19 +282,11 @@ export function mountGroups(root, hooks) {
   /**
    * The days ([first, day after the last]) of an all-day agenda item: the
    * event's dates when it is detailed; otherwise from its start and end,
-   * the midnights of a zone the item does not name: a midnight falls
-   * between 10:00 UTC the day before (UTC+14) and 12:00 UTC the same day
-   * (UTC−12), so from 12:00 UTC on it is the next day's (wrong only for
-   * zones at UTC+13, +14 and −12).
+   * the midnights of a zone the item does not name (`midnightDays`).
    */
   function agendaDays(it) {
     if (it.event?.start_date && it.event?.end_date) return [it.event.start_date, it.event.end_date];
-    const day = (iso) => {
-      const t = DateTime.fromISO(iso, { zone: 'UTC' });
-      return (t.hour >= 12 ? t.plus({ days: 1 }) : t).toISODate();
-    };
-    const [start, end] = [day(it.start), day(it.end)];
-    return [start, end > start ? end : DateTime.fromISO(start).plus({ days: 1 }).toISODate()];
+    return midnightDays(it.start, it.end);
   }
 
   async function setRank(m, rank) {

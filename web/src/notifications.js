@@ -13,7 +13,8 @@
 
 import { get, post } from './api.js';
 import { accessToken, onChange, refresh, currentUser } from './session.js';
-import { formatRange, ago } from './time.js';
+import { formatRange, formatDays, midnightDays, ago } from './time.js';
+import { reminderText } from './reminders.js';
 import { h, replace, toast } from './ui.js';
 
 const MAX_BACKOFF_MS = 30_000;
@@ -161,7 +162,7 @@ export function startNotifications(hooks) {
       return;
     }
     tell(n);
-    hooks.changed(n);
+    if (n.kind !== 'reminder') hooks.changed(n); // a reminder changes nothing
   }
 
   function tell(n) {
@@ -279,13 +280,16 @@ const ANSWER_VERB = { accepted: 'accepted', tentative: 'answered maybe to', decl
  * them (`by_username`, while they take part); an `rsvp` what they
  * answered (`status`); an `event_updated` the app read again live may
  * carry `answer` ('again': my answer was reset; 'awaited': I have not
- * answered).
+ * answered); a `reminder` when the occurrence is, from now
+ * ("starts at 10:00 (in 15 min)", all day: its days).
  */
 export function describe(n) {
   const d = n.data || {};
   const tz = currentUser()?.time_zone || 'UTC';
   const title = d.title ? `“${d.title}”` : 'an event';
-  const when = d.start && d.end ? ` (${formatRange(d.start, d.end, tz)})` : '';
+  // An all-day event's days (its midnights in the event's zone, which the
+  // data does not name: `midnightDays`), not midnights as times.
+  const when = d.start && d.end ? ` (${d.all_day ? formatDays(...midnightDays(d.start, d.end)) : formatRange(d.start, d.end, tz)})` : '';
   const group = d.group_name || d.name ? `“${d.group_name || d.name}”` : 'a group';
   const by = d.by_username || null;
   switch (n.kind) {
@@ -297,6 +301,7 @@ export function describe(n) {
       return by ? `${by} changed ${title}${when}.` : `${title} was changed${when}.`;
     case 'event_cancelled': return by ? `${by} cancelled ${title}${when}.` : `${title} was cancelled${when}.`;
     case 'rsvp': return `${by || 'An attendee'} ${ANSWER_VERB[d.status] || 'answered your invitation to'} ${title}.`;
+    case 'reminder': return reminderText(d, tz);
     case 'attendee_left': return `An attendee of ${title} deleted their account.`;
     case 'group_invitation': return `You are invited to join the group ${group}.`;
     case 'invitation_answered': return `${d.username || 'Someone'} ${d.status === 'accepted' ? 'joined' : 'declined to join'} ${group}.`;

@@ -55,11 +55,33 @@ export function formatRange(startIso, endIso, zone, withYear = false) {
  * all day" for the first and last days.
  */
 export function formatDays(startDate, endDate, withYear = false) {
+  return `${formatDayList(startDate, endDate, withYear)}, all day`;
+}
+
+/** The days from `startDate` to the day before `endDate`: "Sat 5 Sep", "Sat 5 Sep – Sun 6 Sep". */
+export function formatDayList(startDate, endDate, withYear = false) {
   const s = DateTime.fromISO(startDate);
   const last = DateTime.fromISO(endDate).minus({ days: 1 });
   const day = { weekday: 'short', day: 'numeric', month: 'short', ...(withYear ? { year: 'numeric' } : {}) };
-  if (!(last > s)) return `${s.toLocaleString(day)}, all day`;
-  return `${s.toLocaleString(day)} – ${last.toLocaleString(day)}, all day`;
+  if (!(last > s)) return s.toLocaleString(day);
+  return `${s.toLocaleString(day)} – ${last.toLocaleString(day)}`;
+}
+
+/**
+ * The days ([first, day after the last]) of an all-day span given by its
+ * midnights in a zone not named (a notification's or a busy item's
+ * `start` and `end`): a midnight falls between 10:00 UTC the day before
+ * (UTC+14) and 12:00 UTC the same day (UTC−12), so from 12:00 UTC on it is
+ * the next day's (wrong only for zones at UTC+13, +14 and −12).
+ */
+export function midnightDays(startIso, endIso) {
+  const day = (iso) => {
+    const t = DateTime.fromISO(iso, { zone: 'UTC' });
+    return (t.hour >= 12 ? t.plus({ days: 1 }) : t).toISODate();
+  };
+  const start = day(startIso);
+  const end = endIso ? day(endIso) : start;
+  return [start, end > start ? end : DateTime.fromISO(start).plus({ days: 1 }).toISODate()];
 }
 
 /** When an API event (or occurrence) happens, in `zone`: its days when it is all-day. */

@@ -141,6 +141,12 @@ async function closeDialog(page) {
   await dialog(page).waitFor({ state: 'hidden', timeout: T });
 }
 
+/** Opens the notifications panel (the bell toggles it). */
+async function openPanel(page) {
+  if (await page.locator('#notifications-panel').isHidden()) await page.getByRole('button', { name: /Notifications/ }).click();
+  await visible(page.locator('#notifications-panel'));
+}
+
 /** An event in the calendar grid by its title. */
 const calEvent = (page, text) => page.locator('.fc-event').filter({ hasText: text }).first();
 
@@ -203,7 +209,7 @@ function toastWatch() {
       for (const r of records) {
         for (const n of r.addedNodes) {
           if (!(n instanceof HTMLElement) || !n.classList.contains('toast')) continue;
-          log.push({ el: n, text: n.querySelector('.toast-text')?.textContent || '', kind: n.className, actions: n.querySelectorAll('.toast-actions .btn:not(.btn-quiet)').length, added: Date.now(), removed: null, gone: null });
+          log.push({ el: n, text: n.querySelector('.toast-text')?.textContent || '', kind: n.className, actions: n.querySelectorAll('.toast-actions .btn:not(.btn-quiet)').length, unread: Number(document.querySelector('.bell')?.dataset.unread), added: Date.now(), removed: null, gone: null });
         }
         for (const n of r.removedNodes) {
           const e = log.find((x) => x.el === n);
@@ -746,6 +752,163 @@ await step('A moves the weekly event: B is told to answer again, sees it in the 
   await closeDialog(pb);
   const want = `${B.name} accepted “${title}”`;
   await waitFor(pa, (text) => window.__toasts.log.filter((t) => t.text.includes(text)).length >= 2, want, `a second toast "${want}"`);
+});
+
+let reminderEvent = null; // { id, name, start } of A's event with a reminder
+await step('reminders: A sets "5 minutes before" in the dialog on an event starting in 5 min 25 s (at most 5, removed by keyboard), the PUT carries it and no PATCH, the dialog shows it again, and the reminder arrives live about 25 s on (toast, unread count, panel)', async () => {
+  const t0 = Date.now();
+  const unreadBefore = Number(await pa.evaluate(() => document.querySelector('.bell')?.dataset.unread));
+  // Made through the API, to the second (the dialog's fields hold
+  // minutes), inviting B: the reminder is due 25 s from now.
+  const name = `Reminder ${run}`;
+  const start = DateTime.now().plus({ minutes: 5, seconds: 25 }).startOf('second');
+  const login = await (await fetch(`${BASE}/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: A.name, password: PASSWORD }) })).json();
+  const made = await fetch(`${BASE}/v1/events`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${login.access_token}` },
+    body: JSON.stringify({ title: name, time_zone: A.zone, attendees: [B.name], start: start.toUTC().toISO({ suppressMilliseconds: true }), end: start.plus({ minutes: 30 }).toUTC().toISO({ suppressMilliseconds: true }) }),
+  });
+  if (made.status !== 201) throw new Error(`POST /v1/events: ${made.status} ${await made.text()}`);
+  const id = (await made.json()).event.id;
+  reminderEvent = { id, name, start };
+  // A's week (the next one when it starts after Sunday midnight in Madrid).
+  await pa.keyboard.press('w');
+  await pa.evaluate(() => document.activeElement?.blur());
+  await pa.keyboard.press('t');
+  if (start.setZone(A.zone).startOf('week') > DateTime.now().setZone(A.zone).startOf('week')) await pa.keyboard.press('n');
+  else await pa.keyboard.press('r');
+  await visible(calEvent(pa, name));
+  await calEvent(pa, name).click();
+  const d = dialog(pa);
+  await visible(d.getByRole('heading', { name: 'Edit event' }));
+  const section = d.locator('section.reminders');
+  await visible(section.getByRole('heading', { name: 'Your reminders' }));
+  await visible(section.locator('.reminder-none'), 'No reminders.');
+  // Five with the keyboard, then no more.
+  const add = section.getByRole('button', { name: 'Add reminder' });
+  for (let i = 1; i <= 5; i += 1) {
+    await add.focus();
+    await pa.keyboard.press('Enter');
+    await waitFor(pa, (n) => document.activeElement?.id && document.activeElement === document.querySelectorAll('#event-dialog .reminder select')[n - 1], i, `focus on reminder ${i}`);
+  }
+  if (!(await add.isDisabled())) throw new Error('"Add reminder" is still enabled with 5 reminders');
+  await visible(section.locator('#reminders-hint'), 'At most 5');
+  await axe(pa, 'event dialog with five reminders');
+  // Remove the last four with the keyboard: focus goes to a neighbour.
+  for (let i = 5; i >= 2; i -= 1) {
+    await section.getByRole('button', { name: new RegExp(`^Remove reminder ${i} `) }).focus();
+    await pa.keyboard.press('Enter');
+    await waitFor(pa, () => document.activeElement?.matches('#event-dialog .reminder select'), null, 'focus on a remaining reminder');
+  }
+  if ((await section.locator('select').count()) !== 1) throw new Error('four reminders were not removed');
+  if (await add.isDisabled()) throw new Error('"Add reminder" is still disabled');
+  await section.getByLabel('Reminder 1', { exact: true }).selectOption({ label: '5 minutes before' });
+  const patches = [];
+  const onRequest = (r) => { if (r.method() === 'PATCH') patches.push(r.url()); };
+  pa.on('request', onRequest);
+  const putReq = pa.waitForRequest((r) => r.method() === 'PUT' && r.url().endsWith(`/v1/events/${id}/reminders`), { timeout: T });
+  const putRes = pa.waitForResponse((r) => r.request().method() === 'PUT' && r.url().endsWith(`/v1/events/${id}/reminders`), { timeout: T });
+  await d.getByRole('button', { name: 'Save changes' }).click();
+  const sent = JSON.parse((await putReq).postData());
+  if (JSON.stringify(sent) !== JSON.stringify({ minutes_before: [5] })) throw new Error(`the PUT sent ${JSON.stringify(sent)}`);
+  const res = await putRes;
+  const saved = await res.json();
+  if (res.status() !== 200 || JSON.stringify(saved.reminders) !== '[5]') throw new Error(`the PUT answered ${res.status()} ${JSON.stringify(saved).slice(0, 300)}`);
+  await d.waitFor({ state: 'hidden', timeout: T });
+  pa.off('request', onRequest);
+  if (patches.length) throw new Error(`only the reminders changed, but a PATCH was sent: ${patches}`);
+  // Opened again: the reminder is there.
+  await calEvent(pa, name).click();
+  await visible(d.getByRole('heading', { name: 'Edit event' }));
+  const again = await section.locator('select').evaluateAll((els) => els.map((e) => [e.value, e.selectedOptions[0]?.textContent]));
+  if (JSON.stringify(again) !== JSON.stringify([['5', '5 minutes before']])) throw new Error(`reopened, the reminders read ${JSON.stringify(again)}`);
+  await section.scrollIntoViewIfNeeded();
+  await shot(pa, 'reminders-dialog');
+  await closeDialog(pa);
+  // Live, no reload: the toast (polled, with a deadline), the count, the panel.
+  const navs = await pa.evaluate(() => performance.getEntriesByType('navigation').length);
+  const clock = await pa.evaluate(([iso, zone]) => new Intl.DateTimeFormat(undefined, { timeZone: zone, hour: '2-digit', minute: '2-digit' }).format(new Date(iso)), [start.toISO(), A.zone]);
+  const want = `Reminder: “${name}” starts at ${clock} (in 5 min).`;
+  const due = start.minus({ minutes: 5 }).toMillis();
+  await waitFor(pa, (text) => window.__toasts.log.some((t) => t.text.startsWith(`Reminder: “${text}”`)), name, `the reminder toast (due ${Math.round((due - t0) / 1000)} s after the step began)`, Math.max(T, due - Date.now() + 60_000));
+  const arrived = Date.now();
+  const entry = (await toastLog(pa)).log.find((t) => t.text.startsWith(`Reminder: “${name}”`));
+  if (entry.text !== want) throw new Error(`the reminder toast reads "${entry.text}", wanted "${want}"`);
+  if (entry.added < due - 1000) throw new Error(`the reminder came ${due - entry.added} ms early`);
+  if (entry.unread !== unreadBefore + 1) throw new Error(`the unread count was ${entry.unread} when the reminder came, wanted ${unreadBefore + 1}`);
+  const toastA = await visible(pa.locator('.toast'), want);
+  if ((await pa.evaluate(() => performance.getEntriesByType('navigation').length)) !== navs) throw new Error('the page reloaded');
+  await pa.mouse.move(2, 890);
+  notes.push(`reminder: due ${Math.round((due - t0) / 1000)} s into the step, toast ${entry.added - due} ms after it was due; screenshot ${await shot(pa, 'reminder-toast')}`);
+  // In the panel, unread; "Open event" on the toast opens it (and reads it).
+  await openPanel(pa);
+  const row = await visible(pa.locator('#notifications-panel .notification[data-kind="reminder"]'), name);
+  if ((await row.locator('.notification-text').textContent()) !== want) throw new Error(`the panel reads "${await row.textContent()}"`);
+  if (!(await row.getAttribute('class')).includes('unread')) throw new Error('the reminder is not unread in the panel');
+  await pa.keyboard.press('Escape');
+  await toastA.getByRole('button', { name: 'Open event' }).click();
+  await visible(d.getByRole('heading', { name: 'Edit event' }));
+  if ((await d.getByLabel('Title').inputValue()) !== name) throw new Error('"Open event" opened another event');
+  await closeDialog(pa);
+  await waitFor(pa, (n) => Number(document.querySelector('.bell')?.dataset.unread) === n, unreadBefore, 'the reminder to be read');
+  if (arrived - t0 > 60_000) notes.push(`reminder step: the toast came ${Math.round((arrived - t0) / 1000)} s after the step began`);
+});
+
+await step('reminders: B opens A\'s invitation (A\'s reminder not shown), picks "1 hour before", accepts (the PUT goes with the answer; a 422 shows next to the field), saves, and sees only their own', async () => {
+  if (!reminderEvent) throw new Error('no event from the previous step');
+  const { id, name } = reminderEvent;
+  await openPanel(pb);
+  const row = await visible(pb.locator('#notifications-panel .notification[data-kind="event_invited"]'), name);
+  await row.getByRole('button', { name: 'Open and answer' }).click();
+  const d = dialog(pb);
+  await visible(d.getByRole('heading', { name }));
+  const section = d.locator('section.reminders');
+  // A's "5 minutes before" is A's own.
+  await visible(section.locator('.reminder-none'), 'No reminders.');
+  if (await section.locator('select').count()) throw new Error('B sees reminders B did not set');
+  await section.getByRole('button', { name: 'Add reminder' }).click();
+  await section.getByLabel('Reminder 1', { exact: true }).selectOption({ label: '1 hour before' });
+  // The answer carries the reminders; the API refusing them (faked once
+  // here: the dialog offers nothing it would refuse) shows next to them.
+  let faked = null;
+  await pb.route(`**/v1/events/${id}/reminders`, async (route) => {
+    faked = route.request().postData();
+    await route.fulfill({ status: 422, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ error: { code: 'invalid_field', message: 'at most 5 reminders per person and event', details: { field: 'reminders' } } }) });
+  });
+  const answered = pb.waitForResponse((r) => r.url().endsWith(`/v1/events/${id}/rsvp`), { timeout: T });
+  await d.getByRole('button', { name: 'Accept' }).click();
+  if ((await answered).status() !== 200) throw new Error(`the answer got ${(await answered).status()}`);
+  const err = await visible(section.locator('.field-error'), 'at most 5 reminders');
+  await pb.unroute(`**/v1/events/${id}/reminders`);
+  if (JSON.stringify(JSON.parse(faked)) !== JSON.stringify({ minutes_before: [60] })) throw new Error(`the PUT with the answer sent ${faked}`);
+  const select = section.getByLabel('Reminder 1', { exact: true });
+  if ((await select.getAttribute('aria-invalid')) !== 'true' || (await select.getAttribute('aria-errormessage')) !== (await err.getAttribute('id'))) throw new Error('the error is not tied to the reminder');
+  await visible(d.locator('.rsvp-current'), 'Accepted');
+  await axe(pb, 'event dialog (attendee) with a reminder error');
+  // "Save reminders": the real PUT.
+  const putRes = pb.waitForResponse((r) => r.request().method() === 'PUT' && r.url().endsWith(`/v1/events/${id}/reminders`), { timeout: T });
+  await d.getByRole('button', { name: 'Save reminders' }).click();
+  const res = await putRes;
+  if (JSON.stringify(JSON.parse(res.request().postData())) !== JSON.stringify({ minutes_before: [60] })) throw new Error(`the PUT sent ${res.request().postData()}`);
+  const saved = await res.json();
+  if (res.status() !== 200 || JSON.stringify(saved.reminders) !== '[60]') throw new Error(`the PUT answered ${res.status()} ${JSON.stringify(saved).slice(0, 300)}`);
+  await d.waitFor({ state: 'hidden', timeout: T });
+  await visible(pb.locator('.toast'), `Saved your reminders for “${name}”`);
+  // Opened again: B's own only; and A's are still A's.
+  await openPanel(pb);
+  await (await visible(pb.locator('#notifications-panel .notification[data-kind="event_invited"]'), name)).getByRole('button', { name: /^Open/ }).click();
+  await visible(d.getByRole('heading', { name }));
+  const shown = await section.locator('select').evaluateAll((els) => els.map((e) => e.value));
+  if (JSON.stringify(shown) !== '["60"]') throw new Error(`B's dialog shows reminders ${JSON.stringify(shown)}`);
+  await closeDialog(pb);
+  await pb.getByRole('button', { name: 'Close notifications' }).click();
+  await pb.locator('#notifications-panel').waitFor({ state: 'hidden', timeout: T });
+  const read = async (who) => {
+    const login = await (await fetch(`${BASE}/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: who.name, password: PASSWORD }) })).json();
+    return (await (await fetch(`${BASE}/v1/events/${id}`, { headers: { authorization: `Bearer ${login.access_token}` } })).json()).reminders;
+  };
+  const [ra, rb] = [await read(A), await read(B)];
+  if (JSON.stringify(ra) !== '[5]' || JSON.stringify(rb) !== '[60]') throw new Error(`the API reads A's reminders ${JSON.stringify(ra)} and B's ${JSON.stringify(rb)}`);
 });
 
 await step('notifications panel: A has B\'s answer', async () => {
