@@ -738,6 +738,156 @@ async fn reminders_fire_once_each() {
     }
 }
 
+/// One occurrence of a series is opened, moved, cancelled on its own by
+/// its occurrence id, and a series splits from an occurrence on
+/// (`scope=following`), for organizer and attendee alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn occurrences_change_on_their_own() {
+    let (_sys, api) = System::start_with_api().await;
+    let People { alice, bob, .. } = accounts(&api).await;
+    let mut body = utc_event("Weekly", "2030-10-07", "09:00", "10:00");
+    body["rrule"] = json!("FREQ=WEEKLY;COUNT=4");
+    let id = accepted_by_bob(&api, &alice, &bob, body).await;
+    let month = range("2030-10-01T00:00:00Z", "2030-11-01T00:00:00Z");
+    let listed = |who: &P| {
+        let (api, month, token) = (&api, month.clone(), who.token.clone());
+        async move {
+            let (st, body) = api.get(&format!("/v1/events?{month}"), &token).await;
+            assert_eq!(st, StatusCode::OK, "{body}");
+            items(&body)
+                .iter()
+                .map(|e| {
+                    (
+                        s(&e["occurrence_id"]).to_string(),
+                        fmt_time(instant(&e["start"])),
+                        s(&e["title"]).to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let occ = |date: &str| format!("{id}_{}T090000Z", date.replace('-', ""));
+    let first = listed(&bob).await;
+    assert_eq!(
+        first.iter().map(|(o, _, _)| o.clone()).collect::<Vec<_>>(),
+        ["2030-10-07", "2030-10-14", "2030-10-21", "2030-10-28"].map(occ),
+        "each occurrence has its id"
+    );
+    let second = expect_ok(
+        api.get(&format!("/v1/events/{}", occ("2030-10-14")), &bob.token)
+            .await,
+        "open one",
+    );
+    assert_eq!(
+        instant(&second["start"]),
+        instant(&json!(at("2030-10-14", "09:00")))
+    );
+    assert_eq!(second["recurring_event_id"], id.as_str());
+
+    // Moved on its own: the others stay, bob is told.
+    let moved = expect_ok(
+        api.patch(
+            &format!("/v1/events/{}", occ("2030-10-14")),
+            &alice.token,
+            json!({"start": at("2030-10-15", "15:00"), "end": at("2030-10-15", "16:00"), "title": "Moved once"}),
+        )
+        .await,
+        "move one",
+    );
+    assert_eq!(
+        moved["event"]["occurrence_id"],
+        occ("2030-10-14").as_str(),
+        "{moved}"
+    );
+    assert_eq!(
+        instant(&moved["event"]["start"]),
+        instant(&json!(at("2030-10-15", "15:00")))
+    );
+    notification(&api, &bob, "event_updated").await;
+    // Cancelled on its own.
+    expect(
+        api.delete(&format!("/v1/events/{}", occ("2030-10-21")), &alice.token)
+            .await,
+        StatusCode::NO_CONTENT,
+        "cancel one",
+    );
+    let now = listed(&bob).await;
+    let want = [
+        (occ("2030-10-07"), at("2030-10-07", "09:00"), "Weekly"),
+        (occ("2030-10-14"), at("2030-10-15", "15:00"), "Moved once"),
+        (occ("2030-10-28"), at("2030-10-28", "09:00"), "Weekly"),
+    ]
+    .map(|(o, t, title)| (o, fmt_time(instant(&json!(t))), title.to_string()));
+    assert_eq!(now, want);
+    expect(
+        api.get(&format!("/v1/events/{}", occ("2030-10-21")), &bob.token)
+            .await,
+        StatusCode::NOT_FOUND,
+        "a cancelled occurrence",
+    );
+
+    // This and following: the series splits at the last one.
+    let split = expect_ok(
+        api.patch(
+            &format!("/v1/events/{}?scope=following", occ("2030-10-28")),
+            &alice.token,
+            json!({"title": "New format"}),
+        )
+        .await,
+        "this and following",
+    );
+    let new_id = s(&split["event"]["id"]).to_string();
+    assert_ne!(new_id, id, "a new series: {split}");
+    let now = listed(&bob).await;
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert_eq!(now[2].2, "New format");
+    assert_eq!(now[2].0, format!("{new_id}_20301028T090000Z"));
+    assert_eq!(now[1].2, "Moved once", "the part before keeps its change");
+    // ... and the new one ends from its first on: the whole new series.
+    expect(
+        api.delete(
+            &format!("/v1/events/{new_id}_20301028T090000Z?scope=following"),
+            &alice.token,
+        )
+        .await,
+        StatusCode::NO_CONTENT,
+        "delete following",
+    );
+    expect(
+        api.get(&format!("/v1/events/{new_id}"), &alice.token).await,
+        StatusCode::NOT_FOUND,
+        "gone",
+    );
+    assert_eq!(listed(&bob).await.len(), 2);
+
+    expect(
+        api.patch(
+            &format!("/v1/events/{}", occ("2030-10-07")),
+            &bob.token,
+            json!({"title": "x"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "an attendee",
+    );
+    let err = expect(
+        api.delete(
+            &format!("/v1/events/{}?scope=all", occ("2030-10-07")),
+            &alice.token,
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a bad scope",
+    );
+    assert_eq!(err["error"]["details"]["field"], "scope", "{err}");
+    expect(
+        api.get(&format!("/v1/events/{id}_20301007T093000Z"), &alice.token)
+            .await,
+        StatusCode::NOT_FOUND,
+        "no occurrence starts then",
+    );
+}
+
 /// Notifications say what happened (an answer names who answered and
 /// what), come in pages with a cursor, and can all be marked read at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

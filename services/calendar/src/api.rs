@@ -207,6 +207,14 @@ pub struct ConflictPolicy {
     pub on_conflict: Option<String>,
 }
 
+/// `?scope=this|following`: for an occurrence id, that occurrence alone
+/// (the default) or it and every one after it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OccurrenceScope {
+    pub scope: Option<String>,
+}
+
 /// What the gateway asks a service to do, on behalf of `caller`.
 ///
 /// The variants are the public API's operations; [`Op::service`] says which
@@ -246,9 +254,15 @@ pub enum Op {
         id: String,
         body: UpdateEventRequest,
         reject: bool,
+        /// For an occurrence id: `this` (default) or `following`.
+        #[serde(default)]
+        scope: Option<String>,
     },
     DeleteEvent {
         id: String,
+        /// For an occurrence id: `this` (default) or `following`.
+        #[serde(default)]
+        scope: Option<String>,
     },
     Rsvp {
         id: String,

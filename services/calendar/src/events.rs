@@ -10,7 +10,8 @@ use uuid::Uuid;
 use crate::api::{CreateEventRequest, UpdateEventRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{
-    Attendee, AttendeeStatus, Conflict, Event, EventRecord, Interval, UserRecord, Visibility,
+    Attendee, AttendeeStatus, Conflict, Event, EventRecord, Occurrence, OccurrenceChange,
+    UserRecord, Visibility,
 };
 use crate::{recurrence, reminders, validate};
 
@@ -270,6 +271,7 @@ pub fn new_event(
         created_at: Utc::now(),
         all_day: f.all_day,
         reminders,
+        overrides: Default::default(),
         request_digest: None,
     })
 }
@@ -454,6 +456,160 @@ pub fn synced(ev: &EventRecord, user: Uuid, joins: Option<Attendee>) -> Option<E
     }
 }
 
+/// Most occurrences of one series changed on their own.
+pub const MAX_OVERRIDES: usize = 100;
+
+/// The series `ev` with its occurrence `occ` changed on its own as `req`
+/// asks: only its title, start, end (dates for an all-day series),
+/// location and description; what `req` leaves out stays as the
+/// occurrence is now. An occurrence changed back to the series' values is
+/// no longer an exception.
+pub fn change_occurrence(
+    ev: &EventRecord,
+    occ: Occurrence,
+    req: &UpdateEventRequest,
+) -> ApiResult<EventRecord> {
+    let series_only = [
+        ("time_zone", req.time_zone.is_some()),
+        ("rrule", req.rrule.is_some()),
+        ("exdates", req.exdates.is_some()),
+        ("visibility", req.visibility.is_some()),
+        ("all_day", req.all_day.is_some()),
+        ("attendees", req.attendees.is_some()),
+    ];
+    if let Some((field, _)) = series_only.iter().find(|(_, given)| *given) {
+        return Err(ApiError::invalid_field(
+            field,
+            "one occurrence changes only its title, start, end, location and description; change the series (its id) for the rest",
+        ));
+    }
+    let (start, end) = if ev.all_day {
+        let tz: chrono_tz::Tz = ev.time_zone.parse().unwrap_or(chrono_tz::UTC);
+        let first = occ.start.with_timezone(&tz).date_naive();
+        let after = first + Duration::days(day_count(ev));
+        let first = req.start.clone().unwrap_or_else(|| first.to_string());
+        let after = req.end.clone().unwrap_or_else(|| after.to_string());
+        when(true, &first, &after, &ev.time_zone)?
+    } else {
+        let instant = |field, given: &Option<String>, kept| {
+            given
+                .as_deref()
+                .map(|s| validate::instant(field, s))
+                .transpose()
+                .map(|t| t.unwrap_or(kept))
+        };
+        (
+            instant("start", &req.start, occ.start)?,
+            instant("end", &req.end, occ.end)?,
+        )
+    };
+    validate::span(start, end)?;
+    let now = ev.overrides.get(&occ.original);
+    // A text given equal to the series' is no exception; one left out
+    // stays as the occurrence has it.
+    let text = |given: &Option<String>, field, max, base: &String, kept: Option<&String>| {
+        Ok::<_, ApiError>(match given {
+            Some(t) => {
+                let t = validate::text(field, t, usize::from(field == "title"), max)?;
+                (t != *base).then_some(t)
+            }
+            None => kept.cloned(),
+        })
+    };
+    let change = OccurrenceChange {
+        start,
+        end,
+        title: text(
+            &req.title,
+            "title",
+            200,
+            &ev.title,
+            now.and_then(|c| c.title.as_ref()),
+        )?,
+        description: text(
+            &req.description,
+            "description",
+            2000,
+            &ev.description,
+            now.and_then(|c| c.description.as_ref()),
+        )?,
+        location: text(
+            &req.location,
+            "location",
+            2000,
+            &ev.location,
+            now.and_then(|c| c.location.as_ref()),
+        )?,
+    };
+    let mut out = ev.clone();
+    let plain = change.start == occ.original
+        && change.end == occ.original + (ev.end - ev.start)
+        && change.title.is_none()
+        && change.description.is_none()
+        && change.location.is_none();
+    if plain {
+        out.overrides.remove(&occ.original);
+    } else {
+        out.overrides.insert(occ.original, change);
+    }
+    if out.overrides.len() > MAX_OVERRIDES {
+        return Err(ApiError::invalid_field(
+            "start",
+            "at most 100 occurrences of a series can be changed on their own; change the series",
+        ));
+    }
+    Ok(out)
+}
+
+/// The series `ev` without its occurrence `occ` (an exdate).
+pub fn cancel_occurrence(ev: &EventRecord, occ: Occurrence) -> ApiResult<EventRecord> {
+    let mut out = ev.clone();
+    out.overrides.remove(&occ.original);
+    if !out.exdates.contains(&occ.original) {
+        out.exdates.push(occ.original);
+        out.exdates.sort();
+    }
+    if out.exdates.len() > MAX_EXDATES {
+        return Err(ApiError::invalid_field(
+            "exdates",
+            "at most 500 occurrences of a series can be cancelled on their own",
+        ));
+    }
+    Ok(out)
+}
+
+/// The series `ev` split at its occurrence `occ` (not its first): the part
+/// before it, ending there, and the part from it on (a new event with
+/// the same people and answers, an id derived from the series and the
+/// occurrence), changed as `req` asks (None: the part from it on goes).
+pub fn split_series(
+    ev: &EventRecord,
+    occ: Occurrence,
+    req: Option<UpdateEventRequest>,
+) -> ApiResult<(EventRecord, Option<EventRecord>)> {
+    let tz = validate::time_zone("time_zone", &ev.time_zone)?;
+    let (before_rule, after_rule) =
+        recurrence::split(ev, occ.original).ok_or_else(|| ApiError::not_found("occurrence"))?;
+    let mut before = ev.clone();
+    before.rrule = Some(recurrence::check(&before_rule, ev.start, tz)?);
+    before.exdates.retain(|t| *t < occ.original);
+    before.overrides.retain(|t, _| *t < occ.original);
+    let Some(req) = req else {
+        return Ok((before, None));
+    };
+    let mut after = ev.clone();
+    after.id = Uuid::new_v5(&ev.id, occ.original.to_rfc3339().as_bytes());
+    after.start = occ.original;
+    after.end = occ.original + (ev.end - ev.start);
+    after.rrule = Some(recurrence::check(&after_rule, after.start, tz)?);
+    after.exdates.retain(|t| *t >= occ.original);
+    after.overrides.retain(|t, _| *t >= occ.original);
+    after.created_at = Utc::now();
+    after.request_digest = None;
+    let (after, _) = apply_update(&after, req)?;
+    Ok((before, Some(after)))
+}
+
 /// `ev` with `user`'s answer set to `status`.
 pub fn answered(ev: &EventRecord, user: Uuid, status: AttendeeStatus) -> EventRecord {
     let mut ev = ev.clone();
@@ -558,9 +714,15 @@ pub fn notice(ev: &EventRecord, kind: &str, by: Uuid) -> serde_json::Value {
     v
 }
 
+/// The id of the occurrence of series `id` that its rule starts at
+/// `original`: `{id}_{YYYYMMDDTHHMMSSZ}` (`validate::event_ref` reads it).
+pub fn occurrence_id(id: Uuid, original: DateTime<Utc>) -> String {
+    format!("{id}_{}", original.format("%Y%m%dT%H%M%SZ"))
+}
+
 /// The public shape of `ev` for `viewer`; `occurrence` for one expanded
-/// instance of a recurring event.
-pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Event {
+/// instance of a recurring event (as changed on its own, if it was).
+pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Occurrence>) -> Event {
     let tz: Option<chrono_tz::Tz> = ev.time_zone.parse().ok();
     let local = |t: DateTime<Utc>| -> DateTime<FixedOffset> {
         match tz {
@@ -570,11 +732,14 @@ pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Eve
     };
     let (start, end) = occurrence.map_or((ev.start, ev.end), |o| (o.start, o.end));
     let first_day = ev.all_day.then(|| local(start).date_naive());
+    let series = occurrence.filter(|_| ev.rrule.is_some());
+    let change = series.and_then(|o| ev.overrides.get(&o.original));
+    let text = |own: Option<&String>, base: &String| own.unwrap_or(base).clone();
     Event {
         id: ev.id,
-        title: ev.title.clone(),
-        description: ev.description.clone(),
-        location: ev.location.clone(),
+        title: text(change.and_then(|c| c.title.as_ref()), &ev.title),
+        description: text(change.and_then(|c| c.description.as_ref()), &ev.description),
+        location: text(change.and_then(|c| c.location.as_ref()), &ev.location),
         start: local(start),
         end: local(end),
         time_zone: ev.time_zone.clone(),
@@ -589,7 +754,8 @@ pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Interval>) -> Eve
         start_date: first_day,
         end_date: first_day.map(|d| d + Duration::days(day_count(ev))),
         reminders: ev.reminders.get(&viewer).cloned().unwrap_or_default(),
-        recurring_event_id: occurrence.filter(|_| ev.rrule.is_some()).map(|_| ev.id),
+        occurrence_id: series.map(|o| occurrence_id(ev.id, o.original)),
+        recurring_event_id: series.map(|_| ev.id),
     }
 }
 
@@ -626,7 +792,17 @@ pub fn with_conflicts(
     viewer: Uuid,
     conflicts: Vec<Conflict>,
 ) -> serde_json::Value {
-    json!({ "event": view(ev, viewer, None), "conflicts": conflicts })
+    with_conflicts_at(ev, viewer, None, conflicts)
+}
+
+/// [`with_conflicts`] for one occurrence of a series (None: the event).
+pub fn with_conflicts_at(
+    ev: &EventRecord,
+    viewer: Uuid,
+    occurrence: Option<Occurrence>,
+    conflicts: Vec<Conflict>,
+) -> serde_json::Value {
+    json!({ "event": view(ev, viewer, occurrence), "conflicts": conflicts })
 }
 
 /// The refusal of a change that would make `conflicts` (`on_conflict=reject`).
@@ -1015,7 +1191,8 @@ mod tests {
         assert_eq!(shown.start.to_rfc3339(), "2031-07-01T11:00:00+02:00");
         assert_eq!((shown.my_status, shown.recurring_event_id), (None, None));
         ev.rrule = Some("FREQ=DAILY".into());
-        let next = Interval {
+        let next = Occurrence {
+            original: ev.start + chrono::Duration::days(1),
             start: ev.start + chrono::Duration::days(1),
             end: ev.end + chrono::Duration::days(1),
         };
@@ -1047,7 +1224,7 @@ mod tests {
         assert!(shown.all_day);
         assert_eq!(shown.start_date.unwrap().to_string(), "2031-03-29");
         assert_eq!(shown.end_date.unwrap().to_string(), "2031-04-01");
-        let occurrences = recurrence::occurrences(&ev, ev.start, ev.start + Duration::days(15));
+        let occurrences = recurrence::instances(&ev, ev.start, ev.start + Duration::days(15));
         let days: Vec<String> = occurrences
             .iter()
             .map(|o| {
@@ -1159,5 +1336,100 @@ mod tests {
             !still_ahead(&series, ev.end + Duration::days(8)),
             "its last is over"
         );
+    }
+
+    /// One occurrence of a series changed, cancelled, or split from: the
+    /// others stay, each occurrence keeps the id its rule start gives it.
+    #[test]
+    fn occurrences_change_on_their_own_and_series_split() {
+        let viewer = Uuid::new_v4();
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let ev = EventRecord::sample(
+            "2031-01-06T09:00:00Z",
+            60,
+            "Europe/Madrid",
+            Some("FREQ=WEEKLY;COUNT=4"),
+        );
+        let second = recurrence::instance_at(&ev, t("2031-01-13T09:00:00Z")).unwrap();
+        assert!(recurrence::instance_at(&ev, t("2031-01-13T09:30:00Z")).is_none());
+
+        // Moved and renamed on its own: listed where it is now, the rest
+        // as the rule says; its id stays.
+        let moved = change_occurrence(
+            &ev,
+            second,
+            &update(json!({"start": "2031-01-14T15:00:00Z", "end": "2031-01-14T17:00:00Z", "title": "Moved"})),
+        )
+        .unwrap();
+        let all =
+            recurrence::instances(&moved, t("2031-01-01T00:00:00Z"), t("2031-02-28T00:00:00Z"));
+        let starts: Vec<String> = all.iter().map(|o| o.start.to_rfc3339()).collect();
+        assert_eq!(
+            starts,
+            [
+                "2031-01-06T09:00:00+00:00",
+                "2031-01-14T15:00:00+00:00",
+                "2031-01-20T09:00:00+00:00",
+                "2031-01-27T09:00:00+00:00"
+            ]
+        );
+        let shown = view(&moved, viewer, Some(all[1]));
+        assert_eq!(shown.title, "Moved");
+        assert_eq!(
+            shown.occurrence_id.as_deref(),
+            Some(format!("{}_20310113T090000Z", ev.id).as_str())
+        );
+        assert_eq!(view(&moved, viewer, Some(all[2])).title, "t");
+        let err =
+            change_occurrence(&ev, second, &update(json!({"rrule": "FREQ=DAILY"}))).unwrap_err();
+        assert_eq!(err.details["field"], "rrule");
+        // Changed back: no exception left.
+        let back = change_occurrence(
+            &moved,
+            recurrence::instance_at(&moved, second.original).unwrap(),
+            &update(json!({"start": "2031-01-13T09:00:00Z", "end": "2031-01-13T10:00:00Z", "title": "t"})),
+        )
+        .unwrap();
+        assert!(back.overrides.is_empty());
+
+        // Cancelled on its own.
+        let cancelled = cancel_occurrence(&moved, second).unwrap();
+        assert!(recurrence::instance_at(&cancelled, second.original).is_none());
+        assert_eq!(
+            recurrence::instances(&cancelled, ev.start, t("2031-03-01T00:00:00Z")).len(),
+            3
+        );
+
+        // Split at the third: two before, and the rest (COUNT 4 - 2) from it.
+        let third = recurrence::instance_at(&moved, t("2031-01-20T09:00:00Z")).unwrap();
+        let (before, after) =
+            split_series(&moved, third, Some(update(json!({"title": "New era"})))).unwrap();
+        let after = after.unwrap();
+        let far = t("2032-01-01T00:00:00Z");
+        assert_eq!(recurrence::instances(&before, ev.start, far).len(), 2);
+        assert_eq!(
+            before.overrides.len(),
+            1,
+            "the moved one stays in the part before"
+        );
+        let rest = recurrence::instances(&after, ev.start, far);
+        assert_eq!(rest.len(), 2, "{:?}", after.rrule);
+        assert_eq!(rest[0].start, third.original);
+        assert_eq!(after.title, "New era");
+        assert_ne!(after.id, ev.id);
+        let (only_before, none) = split_series(&moved, third, None).unwrap();
+        assert!(none.is_none());
+        assert_eq!(only_before, before);
+
+        // Occurrence ids and scopes read back.
+        let (id, original) = validate::event_ref(shown.occurrence_id.as_deref().unwrap()).unwrap();
+        assert_eq!((id, original), (ev.id, Some(second.original)));
+        assert_eq!(
+            validate::event_ref(&ev.id.to_string()).unwrap(),
+            (ev.id, None)
+        );
+        assert!(validate::event_ref(&format!("{}_2031", ev.id)).is_err());
+        assert!(validate::scope(Some("following")).unwrap());
+        assert!(validate::scope(Some("all")).is_err());
     }
 }

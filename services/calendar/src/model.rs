@@ -201,6 +201,40 @@ pub struct Attendee {
     pub status: AttendeeStatus,
 }
 
+/// One occurrence of a series as changed on its own: when it happens now
+/// and what it says (None: as the series).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OccurrenceChange {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// One occurrence of an event: when it happens, and the start the rule
+/// gives it (`original`, what names it even when it was moved on its own;
+/// for a one-off event its start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occurrence {
+    pub original: DateTime<Utc>,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl Occurrence {
+    /// When it happens.
+    pub fn interval(&self) -> Interval {
+        Interval {
+            start: self.start,
+            end: self.end,
+        }
+    }
+}
+
 /// A stored event. A copy lives in every participant's agenda.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
@@ -227,6 +261,10 @@ pub struct EventRecord {
     /// (`reminders::check`). A person sees only their own.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub reminders: std::collections::BTreeMap<Uuid, Vec<u32>>,
+    /// Occurrences of a series changed on their own (iCalendar's
+    /// RECURRENCE-ID), by the start the rule gives them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub overrides: std::collections::BTreeMap<DateTime<Utc>, OccurrenceChange>,
     /// For an event created under an idempotency key: a digest of the
     /// creating request, to tell a retry from another request reusing the
     /// key.
@@ -284,6 +322,7 @@ impl EventRecord {
             created_at: Utc::now(),
             all_day: false,
             reminders: Default::default(),
+            overrides: Default::default(),
             request_digest: None,
         }
     }
@@ -322,6 +361,11 @@ pub struct Event {
     pub end_date: Option<chrono::NaiveDate>,
     /// The viewer's own reminders: minutes before each occurrence.
     pub reminders: Vec<u32>,
+    /// Set on an expanded occurrence of a series: its own id
+    /// (`{id}_{YYYYMMDDTHHMMSSZ}`, the start the rule gives it, in UTC),
+    /// for `GET`, `PATCH` and `DELETE /v1/events/{id}` of that occurrence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurrence_id: Option<String>,
     /// Set on an expanded occurrence: the recurring event it belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recurring_event_id: Option<Uuid>,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use rrule::{RRule, Tz, Unvalidated};
 
 use crate::error::{ApiError, ApiResult};
-use crate::model::{EventRecord, Interval};
+use crate::model::{EventRecord, Interval, Occurrence};
 
 /// Most occurrences one expansion returns (bounds work per request).
 pub const MAX_OCCURRENCES: u16 = 2000;
@@ -122,7 +122,107 @@ pub fn check(rule: &str, start: DateTime<Utc>, tz: chrono_tz::Tz) -> ApiResult<S
 /// later ([`fast_forward`]), so a window years after the first occurrence
 /// costs what a window next to it costs.
 pub fn occurrences(ev: &EventRecord, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Interval> {
-    expand(ev, from, to, true)
+    if ev.overrides.is_empty() {
+        return expand(ev, from, to, true);
+    }
+    instances(ev, from, to)
+        .iter()
+        .map(Occurrence::interval)
+        .collect()
+}
+
+/// [`occurrences`], each with the start the rule gives it: occurrences
+/// changed on their own (`ev.overrides`) where they are now, sorted by
+/// start.
+pub fn instances(ev: &EventRecord, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Occurrence> {
+    let plain = |i: Interval| Occurrence {
+        original: i.start,
+        start: i.start,
+        end: i.end,
+    };
+    let mut out: Vec<Occurrence> = expand(ev, from, to, true)
+        .into_iter()
+        .filter(|i| !ev.overrides.contains_key(&i.start))
+        .map(plain)
+        .collect();
+    if ev.rrule.is_some() {
+        out.extend(
+            ev.overrides
+                .iter()
+                .filter(|(original, c)| {
+                    c.start < to && c.end > from && !ev.exdates.contains(original)
+                })
+                .map(|(original, c)| Occurrence {
+                    original: *original,
+                    start: c.start,
+                    end: c.end,
+                }),
+        );
+        out.sort_by_key(|o| (o.start, o.original));
+    }
+    out
+}
+
+/// The occurrence of the series `ev` that the rule starts at `original`
+/// (None: there is none, or it was cancelled), where it is now.
+pub fn instance_at(ev: &EventRecord, original: DateTime<Utc>) -> Option<Occurrence> {
+    ev.rrule.as_ref()?;
+    if ev.exdates.contains(&original) {
+        return None;
+    }
+    if let Some(c) = ev.overrides.get(&original) {
+        return Some(Occurrence {
+            original,
+            start: c.start,
+            end: c.end,
+        });
+    }
+    expand(ev, original, original + Duration::seconds(1), true)
+        .into_iter()
+        .find(|i| i.start == original)
+        .map(|i| Occurrence {
+            original,
+            start: i.start,
+            end: i.end,
+        })
+}
+
+/// The rules of a series split at the occurrence the rule starts at
+/// `original` (after its first): the part before it ends just before
+/// (UNTIL), and the part from it on keeps the rule, with what is left of
+/// a COUNT. None for a one-off event.
+pub fn split(ev: &EventRecord, original: DateTime<Utc>) -> Option<(String, String)> {
+    let rule = ev.rrule.as_deref()?;
+    let parts: Vec<&str> = rule.split(';').filter(|p| !p.trim().is_empty()).collect();
+    let without = |names: &[&str]| -> Vec<String> {
+        parts
+            .iter()
+            .filter(|p| {
+                let key = p.split('=').next().unwrap_or_default().trim();
+                !names.iter().any(|n| key.eq_ignore_ascii_case(n))
+            })
+            .map(|p| p.to_string())
+            .collect()
+    };
+    let stamp = |t: DateTime<Utc>| t.format("%Y%m%dT%H%M%SZ").to_string();
+    let mut before = without(&["COUNT", "UNTIL"]);
+    before.push(format!("UNTIL={}", stamp(original - Duration::seconds(1))));
+    let counted = parts.iter().any(|p| {
+        p.split('=')
+            .next()
+            .is_some_and(|k| k.trim().eq_ignore_ascii_case("COUNT"))
+    });
+    let after = match counted.then(|| count_before(ev, rule, original)).flatten() {
+        // The occurrences before the split count against COUNT (RFC 5545
+        // applies it before EXDATE); the rest go on.
+        Some((count, before)) => {
+            let mut p = without(&["COUNT"]);
+            p.push(format!("COUNT={}", count.saturating_sub(before).max(1)));
+            p
+        }
+        None => parts.iter().map(|p| p.to_string()).collect(),
+    };
+    Some((before.join(";"), after.join(";")))
 }
 
 fn expand(ev: &EventRecord, from: DateTime<Utc>, to: DateTime<Utc>, skip: bool) -> Vec<Interval> {
@@ -187,6 +287,21 @@ fn expand(ev: &EventRecord, from: DateTime<Utc>, to: DateTime<Utc>, skip: bool) 
     out.sort_by_key(|i| i.start);
     out.dedup();
     out
+}
+
+/// A rule's COUNT and how many occurrences it gives before `original`
+/// (exdates included: COUNT counts them).
+fn count_before(ev: &EventRecord, rule: &str, original: DateTime<Utc>) -> Option<(u32, u32)> {
+    let tz: chrono_tz::Tz = ev.time_zone.parse().ok()?;
+    let parsed = parse(rule).ok()?;
+    let count = parsed.get_count()?;
+    let set = parsed.build(in_zone(ev.start, tz)).ok()?;
+    let before = set
+        .before(in_zone(original - Duration::seconds(1), tz))
+        .all(u16::MAX)
+        .dates
+        .len();
+    Some((count, u32::try_from(before).ok()?))
 }
 
 /// A start for expanding `rule` that gives the same occurrences at and
@@ -1346,7 +1461,7 @@ mod fuzz_fields {
                 if let Some(r) = &ev.rrule {
                     assert_eq!(super::check(r, ev.start, tz).as_deref(), Ok(r.as_str()));
                 }
-                let upcoming = super::upcoming(&ev);
+                let upcoming = super::instances(&ev, ev.start, ev.start + super::CONFLICT_HORIZON);
                 assert!(upcoming.len() <= usize::from(super::MAX_OCCURRENCES));
                 let view = crate::events::view(&ev, organizer.id, upcoming.first().cloned());
                 serde_json::to_vec(&view).expect("an event view writes to JSON");

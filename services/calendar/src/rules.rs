@@ -328,11 +328,17 @@ pub fn conflicts(
         .filter(|o| o.id != new.id && !o.all_day && is_busy_for(o, user))
     {
         for occ in recurrence::occurrences(other, from, to) {
-            // `mine` is sorted by start and every occurrence lasts the
-            // same, so by end too: the first one ending after `occ`
-            // starts is the only candidate (a scan was quadratic).
-            let next = mine.partition_point(|m| m.end <= occ.start);
-            if mine.get(next).is_some_and(|m| m.start < occ.end) {
+            // `mine` is sorted by start and, unless occurrences were
+            // changed on their own, every one lasts the same, so by end
+            // too: the first one ending after `occ` starts is the only
+            // candidate (a scan was quadratic).
+            let hit = if new.overrides.is_empty() {
+                let next = mine.partition_point(|m| m.end <= occ.start);
+                mine.get(next).is_some_and(|m| m.start < occ.end)
+            } else {
+                mine.iter().any(|m| m.start < occ.end && m.end > occ.start)
+            };
+            if hit {
                 let details = takes_part(other, viewer);
                 out.push(Conflict {
                     event_id: details.then_some(other.id),

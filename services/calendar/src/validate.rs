@@ -112,6 +112,34 @@ pub fn time_zone(field: &str, value: &str) -> ApiResult<chrono_tz::Tz> {
     })
 }
 
+/// An event's id in a path, or the id of one occurrence of a series
+/// (`{id}_{YYYYMMDDTHHMMSSZ}`, the start its rule gives it, in UTC):
+/// the event and the occurrence's start. Anything else is 404.
+pub fn event_ref(value: &str) -> ApiResult<(Uuid, Option<DateTime<Utc>>)> {
+    let (id, occurrence) = match value.split_once('_') {
+        Some((id, stamp)) => {
+            let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+                .map_err(|_| ApiError::not_found("event"))?;
+            (id, Some(t.and_utc()))
+        }
+        None => (value, None),
+    };
+    Ok((self::id("event", id)?, occurrence))
+}
+
+/// The `scope` of a change or deletion of one occurrence: false for
+/// `this` (the default), true for `following` (it and every one after).
+pub fn scope(value: Option<&str>) -> ApiResult<bool> {
+    match value.map(str::trim) {
+        None | Some("this") => Ok(false),
+        Some("following") => Ok(true),
+        Some(_) => Err(ApiError::invalid_field(
+            "scope",
+            "scope is this (the occurrence) or following (it and every one after)",
+        )),
+    }
+}
+
 /// A calendar date, `YYYY-MM-DD`.
 pub fn date(field: &str, value: &str) -> ApiResult<chrono::NaiveDate> {
     chrono::NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d")

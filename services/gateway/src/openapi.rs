@@ -640,6 +640,8 @@ fn param_rules(op: &str, name: &str) -> Option<Value> {
         }
         (_, "on_conflict") => json!({ "schema": { "type": "string", "enum": ["reject", "allow"] },
             "description": "`reject`: a conflict is 409 and nothing changes (default `allow`)." }),
+        (_, "scope") => json!({ "schema": { "type": "string", "enum": ["this", "following"] },
+            "description": "For an occurrence id: `this` occurrence alone (default) or it and every one `following` it." }),
         (_, "Idempotency-Key") => {
             json!({ "schema": { "type": "string", "pattern": "^[!-~]{1,255}$" } })
         }

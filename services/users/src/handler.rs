@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agenda_calendar::api::{LoginReply, Op};
-use agenda_calendar::events::{view, with_conflicts};
+use agenda_calendar::events::{view, with_conflicts, with_conflicts_at};
 use agenda_calendar::model::UserRecord;
 use agenda_calendar::store::sessions::{RefreshToken, REFRESH_TTL};
 use agenda_calendar::store::users::NewUser;
@@ -175,19 +175,44 @@ impl Handler for Users {
             }
             Op::GetEvent { id } => {
                 let me = caller.user()?;
-                let ev = s.event_to_view(me, validate::id("event", &id)?).await?;
-                Reply::ok(view(&ev.value, me, None))
+                match validate::event_ref(&id)? {
+                    (id, None) => Reply::ok(view(&s.event_to_view(me, id).await?.value, me, None)),
+                    (id, Some(original)) => {
+                        let (ev, occ) = s.occurrence_to_view(me, id, original).await?;
+                        Reply::ok(view(&ev, me, Some(occ)))
+                    }
+                }
             }
-            Op::UpdateEvent { id, body, reject } => {
+            Op::UpdateEvent {
+                id,
+                body,
+                reject,
+                scope,
+            } => {
                 let me = caller.user()?;
-                let (ev, conflicts) = s
-                    .update_event(me, validate::id("event", &id)?, body, reject)
-                    .await?;
-                Reply::ok(with_conflicts(&ev, me, conflicts))
+                let following = validate::scope(scope.as_deref())?;
+                match validate::event_ref(&id)? {
+                    (id, None) => {
+                        let (ev, conflicts) = s.update_event(me, id, body, reject).await?;
+                        Reply::ok(with_conflicts(&ev, me, conflicts))
+                    }
+                    (id, Some(original)) => {
+                        let (ev, occ, conflicts) = s
+                            .update_occurrence(me, id, original, following, body, reject)
+                            .await?;
+                        Reply::ok(with_conflicts_at(&ev, me, occ, conflicts))
+                    }
+                }
             }
-            Op::DeleteEvent { id } => {
-                s.delete_event(caller.user()?, validate::id("event", &id)?)
-                    .await?;
+            Op::DeleteEvent { id, scope } => {
+                let me = caller.user()?;
+                let following = validate::scope(scope.as_deref())?;
+                match validate::event_ref(&id)? {
+                    (id, None) => s.delete_event(me, id).await?,
+                    (id, Some(original)) => {
+                        s.delete_occurrence(me, id, original, following).await?
+                    }
+                }
                 Reply::no_content()
             }
             Op::SetReminders { id, body } => {

@@ -12,7 +12,9 @@ use crate::api::{CreateEventRequest, UpdateEventRequest};
 use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::events::{self, apply_update, new_event, notices, view, Change, Idempotent};
 use crate::keys;
-use crate::model::{Attendee, AttendeeStatus, Conflict, Event, EventRecord, UserRecord};
+use crate::model::{
+    Attendee, AttendeeStatus, Conflict, Event, EventRecord, Occurrence, UserRecord,
+};
 use crate::{cpu, recurrence, rules};
 
 /// The txn that removes `cur` (record and every copy) if it did not change
@@ -166,24 +168,46 @@ impl Store {
     ///   conflicts are read at exactly the commit's revision: everything
     ///   serialized before this write, nothing after.
     pub(crate) async fn write_event(&self, w: Write<'_>) -> ApiResult<Attempt<Vec<Conflict>>> {
+        self.write_events(&[w]).await
+    }
+
+    /// [`Store::write_event`] of several events in one transaction (a
+    /// series split in two), their conflicts together.
+    pub(crate) async fn write_events(&self, ws: &[Write<'_>]) -> ApiResult<Attempt<Vec<Conflict>>> {
         let mut batch = Batch::default();
         let mut conflicts = Vec::new();
-        if w.reject {
-            // Versions and agendas of one snapshot: a change committed
-            // since moves a version, so the compare below fails.
-            let (versions, agendas) = self.agendas_for(w.ev, &w.check, w.viewer, 0).await?;
-            conflicts = conflicts_in(w.ev, &w.check, w.viewer, agendas).await?;
-            if !conflicts.is_empty() {
-                return Err(events::conflict_error(conflicts));
+        for w in ws {
+            if w.reject {
+                // Versions and agendas of one snapshot: a change committed
+                // since moves a version, so the compare below fails.
+                let (versions, agendas) = self.agendas_for(w.ev, &w.check, w.viewer, 0).await?;
+                let found = conflicts_in(w.ev, &w.check, w.viewer, agendas).await?;
+                if !found.is_empty() {
+                    return Err(events::conflict_error(found));
+                }
+                for (user, rev) in w.check.iter().zip(&versions) {
+                    batch.unchanged(&keys::agenda_version(*user), *rev);
+                }
             }
-            for (user, rev) in w.check.iter().zip(&versions) {
-                batch.unchanged(&keys::agenda_version(*user), *rev);
-            }
+            self.add_write(&mut batch, w).await?;
         }
+        let Some(revision) = self.commit_at(batch).await? else {
+            return Ok(Attempt::Retry);
+        };
+        for w in ws.iter().filter(|w| !w.reject && !w.check.is_empty()) {
+            let (_, agendas) = self.agendas_for(w.ev, &w.check, w.viewer, revision).await?;
+            conflicts.extend(conflicts_in(w.ev, &w.check, w.viewer, agendas).await?);
+        }
+        Ok(Attempt::Done(conflicts))
+    }
+
+    /// Adds to `batch` the writes of `w`: its guards, the record (compared
+    /// on its revision as read), its copies, its reminders, its notices.
+    async fn add_write(&self, batch: &mut Batch, w: &Write<'_>) -> ApiResult<()> {
         for (key, rev) in &w.guards {
             batch.unchanged(key, *rev);
         }
-        self.refile_reminders(&mut batch, w.previous.map(|p| &p.value), Some(w.ev))
+        self.refile_reminders(batch, w.previous.map(|p| &p.value), Some(w.ev))
             .await?;
         batch
             .unchanged(
@@ -214,21 +238,9 @@ impl Store {
             batch.put(key, w.ev)?.bump(&keys::agenda_version(p));
         }
         for (user, kind) in &w.notify {
-            notifications::add(
-                &mut batch,
-                *user,
-                kind,
-                events::notice(w.ev, kind, w.viewer),
-            )?;
+            notifications::add(batch, *user, kind, events::notice(w.ev, kind, w.viewer))?;
         }
-        let Some(revision) = self.commit_at(batch).await? else {
-            return Ok(Attempt::Retry);
-        };
-        if !w.reject && !w.check.is_empty() {
-            let (_, agendas) = self.agendas_for(w.ev, &w.check, w.viewer, revision).await?;
-            conflicts = conflicts_in(w.ev, &w.check, w.viewer, agendas).await?;
-        }
-        Ok(Attempt::Done(conflicts))
+        Ok(())
     }
 
     /// Creates a personal event; attendees are usernames. With an
@@ -481,6 +493,157 @@ impl Store {
         .await
     }
 
+    /// Changes one occurrence of a series on its own, or with `following`
+    /// that occurrence and every one after it (the series splits in two:
+    /// the part before ends there, the part from it on is a new event,
+    /// changed as asked). Organizer only; `following` from the first
+    /// occurrence changes the whole series. Answers the occurrence as it
+    /// now is (or the new series) and the conflicts of the change.
+    pub async fn update_occurrence(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        original: DateTime<Utc>,
+        following: bool,
+        req: UpdateEventRequest,
+        reject: bool,
+    ) -> ApiResult<(EventRecord, Option<Occurrence>, Vec<Conflict>)> {
+        let done = self
+            .optimistic_unconfirmed_first("this event", |confirmed| {
+                let req = req.clone();
+                async move {
+                    let cur = self.event_to_change(caller, id, confirmed).await?;
+                    rules::check_may_change_event(&cur.value, caller)?;
+                    let occ = recurrence::instance_at(&cur.value, original)
+                        .ok_or_else(|| ApiError::not_found("occurrence"))?;
+                    if following && original <= cur.value.start {
+                        return Ok(Attempt::Done(None));
+                    }
+                    if following {
+                        let (before, after) = events::split_series(&cur.value, occ, Some(req))?;
+                        let after = after.ok_or_else(|| ApiError::not_found("occurrence"))?;
+                        let notify = events::update_notices(&cur.value, &before, caller);
+                        let writes = [
+                            Write {
+                                ev: &before,
+                                viewer: caller,
+                                check: Vec::new(),
+                                reject: false,
+                                guards: Vec::new(),
+                                notify,
+                                previous: Some(&cur),
+                            },
+                            Write {
+                                ev: &after,
+                                viewer: caller,
+                                check: after.participants().collect(),
+                                reject,
+                                guards: Vec::new(),
+                                notify: Vec::new(),
+                                previous: None,
+                            },
+                        ];
+                        let written = self.write_events(&writes).await?;
+                        return Ok(written.map(|c| Some((after.clone(), None, c))));
+                    }
+                    let ev = events::change_occurrence(&cur.value, occ, &req)?;
+                    let now = recurrence::instance_at(&ev, original);
+                    if ev == cur.value {
+                        if !confirmed {
+                            return Ok(Attempt::Retry);
+                        }
+                        return Ok(Attempt::Done(Some((ev, now, Vec::new()))));
+                    }
+                    let moved = now.is_some_and(|n| (n.start, n.end) != (occ.start, occ.end));
+                    let check = if moved {
+                        ev.participants().collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let notify = events::update_notices(&cur.value, &ev, caller);
+                    let written = self
+                        .write_event(Write {
+                            ev: &ev,
+                            viewer: caller,
+                            check,
+                            reject,
+                            guards: Vec::new(),
+                            notify,
+                            previous: Some(&cur),
+                        })
+                        .await?;
+                    Ok(written.map(|c| Some((ev.clone(), now, c))))
+                }
+            })
+            .await?;
+        match done {
+            Some(done) => Ok(done),
+            // From the first occurrence on: the whole series.
+            None => {
+                let (ev, conflicts) = self.update_event(caller, id, req, reject).await?;
+                Ok((ev, None, conflicts))
+            }
+        }
+    }
+
+    /// Cancels one occurrence of a series, or with `following` that one and
+    /// every one after it (the series ends before it; from the first, the
+    /// whole event goes). Organizer only.
+    pub async fn delete_occurrence(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        original: DateTime<Utc>,
+        following: bool,
+    ) -> ApiResult<()> {
+        self.optimistic_unconfirmed_first("this event", |confirmed| async move {
+            let cur = self.event_to_change(caller, id, confirmed).await?;
+            rules::check_may_delete_event(&cur.value, caller)?;
+            let occ = recurrence::instance_at(&cur.value, original)
+                .ok_or_else(|| ApiError::not_found("occurrence"))?;
+            if following && original <= cur.value.start {
+                let mut batch = cancellation(&cur, caller)?;
+                self.refile_reminders(&mut batch, Some(&cur.value), None)
+                    .await?;
+                return self.commit_or_retry(batch, ()).await;
+            }
+            let ev = if following {
+                events::split_series(&cur.value, occ, None)?.0
+            } else {
+                events::cancel_occurrence(&cur.value, occ)?
+            };
+            let notify = events::update_notices(&cur.value, &ev, caller);
+            Ok(self
+                .write_event(Write {
+                    ev: &ev,
+                    viewer: caller,
+                    check: Vec::new(),
+                    reject: false,
+                    guards: Vec::new(),
+                    notify,
+                    previous: Some(&cur),
+                })
+                .await?
+                .map(|_| ()))
+        })
+        .await
+    }
+
+    /// One occurrence of a series the caller may open (as
+    /// [`Store::event_to_view`]), where it is now; 404 when the series has
+    /// none starting (by its rule) at `original`.
+    pub async fn occurrence_to_view(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        original: DateTime<Utc>,
+    ) -> ApiResult<(EventRecord, Occurrence)> {
+        let ev = self.event_to_view(caller, id).await?.value;
+        let occ = recurrence::instance_at(&ev, original)
+            .ok_or_else(|| ApiError::not_found("occurrence"))?;
+        Ok((ev, occ))
+    }
+
     /// Deletes an event from every agenda (organizer only).
     pub async fn delete_event(&self, caller: Uuid, id: Uuid) -> ApiResult<()> {
         self.optimistic_unconfirmed_first("this event", |confirmed| async move {
@@ -580,7 +743,7 @@ impl Store {
             let mut out: Vec<Event> = agenda
                 .iter()
                 .flat_map(|ev| {
-                    recurrence::occurrences(ev, from, to)
+                    recurrence::instances(ev, from, to)
                         .into_iter()
                         .map(move |o| view(ev, caller, Some(o)))
                 })

@@ -913,7 +913,7 @@ impl Store {
                     let mut items: Vec<(DateTime<Utc>, serde_json::Value)> = Vec::new();
                     for ev in agenda.iter().filter(|e| rules::is_busy_for(e, mem.user_id)) {
                         let details = rules::sees_details(&viewer, mem, ev);
-                        for occ in recurrence::occurrences(ev, from, to) {
+                        for occ in recurrence::instances(ev, from, to) {
                             let mut item = json!({"start": occ.start, "end": occ.end});
                             if ev.all_day {
                                 item["all_day"] = json!(true);

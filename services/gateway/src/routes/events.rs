@@ -1,8 +1,8 @@
 //! `/v1/events`, `/v1/events/{id}`, RSVP and `/v1/freebusy`.
 
 use agenda_calendar::api::{
-    ConflictPolicy, CreateEventRequest, Op, RemindersRequest, RsvpRequest, UpdateEventRequest,
-    Window,
+    ConflictPolicy, CreateEventRequest, OccurrenceScope, Op, RemindersRequest, RsvpRequest,
+    UpdateEventRequest, Window,
 };
 use agenda_calendar::model::Event;
 use agenda_calendar::validate;
@@ -114,18 +114,22 @@ pub async fn search(
     .await
 }
 
-/// One event you take part in.
+/// One event you take part in (or see in a group agenda), or one
+/// occurrence of a series by its occurrence id.
 #[utoipa::path(get, path = "/v1/events/{id}", tag = "events", operation_id = "get_event", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "An event id (anything else is 404)")),
+    params(("id" = String, Path, description = "An event id, or an occurrence id (`{id}_{YYYYMMDDTHHMMSSZ}`); anything else is 404")),
     responses((status = 200, description = "the event", body = Event),
               (status = 404, description = "no such event of yours")))]
 pub async fn get(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
     c.call(Op::GetEvent { id }).await
 }
 
-/// Changes an event you organize; moving it reports conflicts.
+/// Changes an event you organize; moving it reports conflicts. With an
+/// occurrence id, that occurrence alone (only its title, start, end,
+/// location and description), or with `scope=following` it and every one
+/// after it (the series splits: the answer is the new series).
 #[utoipa::path(patch, path = "/v1/events/{id}", tag = "events", operation_id = "update_event", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "An event id (anything else is 404)"), ConflictPolicy),
+    params(("id" = String, Path, description = "An event id, or an occurrence id (`{id}_{YYYYMMDDTHHMMSSZ}`, an occurrence's `occurrence_id`); anything else is 404"), ConflictPolicy, OccurrenceScope),
     request_body = UpdateEventRequest,
     responses((status = 200, description = "the event as changed and the conflicts it makes", body = EventWithConflicts),
               (status = 403, description = "only the organizer may change the event"),
@@ -136,20 +140,38 @@ pub async fn update(
     Authed(c): Authed,
     Path(id): Path<String>,
     Query(p): Query<ConflictPolicy>,
+    Query(scope): Query<OccurrenceScope>,
     JsonBody(body): JsonBody<UpdateEventRequest>,
 ) -> Result<Response, HttpError> {
     let reject = reject(&p)?;
-    c.call(Op::UpdateEvent { id, body, reject }).await
+    c.call(Op::UpdateEvent {
+        id,
+        body,
+        reject,
+        scope: scope.scope,
+    })
+    .await
 }
 
-/// Deletes an event you organize, from every attendee's agenda.
+/// Deletes an event you organize, from every attendee's agenda. With an
+/// occurrence id, that occurrence alone, or with `scope=following` it and
+/// every one after it.
 #[utoipa::path(delete, path = "/v1/events/{id}", tag = "events", operation_id = "delete_event", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "An event id (anything else is 404)")),
+    params(("id" = String, Path, description = "An event id, or an occurrence id (`{id}_{YYYYMMDDTHHMMSSZ}`); anything else is 404"), OccurrenceScope),
     responses((status = 204, description = "cancelled for everyone"),
               (status = 403, description = "only the organizer may delete the event (decline it instead)"),
-              (status = 404, description = "no such event of yours")))]
-pub async fn delete(Authed(c): Authed, Path(id): Path<String>) -> Result<Response, HttpError> {
-    c.call(Op::DeleteEvent { id }).await
+              (status = 404, description = "no such event of yours"),
+              (status = 422, description = "scope is neither this nor following (details.field = scope)")))]
+pub async fn delete(
+    Authed(c): Authed,
+    Path(id): Path<String>,
+    Query(scope): Query<OccurrenceScope>,
+) -> Result<Response, HttpError> {
+    c.call(Op::DeleteEvent {
+        id,
+        scope: scope.scope,
+    })
+    .await
 }
 
 /// Answers an invitation to an event; accepting reports conflicts.
