@@ -107,6 +107,17 @@ fn when(
     Ok((day_start(tz, first), day_start(tz, after)))
 }
 
+/// The instant a PATCH gives for `field`, or `kept` when it gives none.
+fn instant_or(
+    field: &str,
+    given: &Option<String>,
+    kept: DateTime<Utc>,
+) -> ApiResult<DateTime<Utc>> {
+    given
+        .as_deref()
+        .map_or(Ok(kept), |s| validate::instant(field, s))
+}
+
 fn exdates(list: Option<Vec<String>>) -> ApiResult<Vec<DateTime<Utc>>> {
     let list = list.unwrap_or_default();
     if list.len() > MAX_EXDATES {
@@ -345,16 +356,9 @@ pub fn apply_update(ev: &EventRecord, req: UpdateEventRequest) -> ApiResult<(Eve
         };
         when(false, start, end, zone)?
     } else {
-        let instant = |field, given: &Option<String>, kept| {
-            given
-                .as_deref()
-                .map(|s| validate::instant(field, s))
-                .transpose()
-                .map(|t| t.unwrap_or(kept))
-        };
         (
-            instant("start", &req.start, ev.start)?,
-            instant("end", &req.end, ev.end)?,
+            instant_or("start", &req.start, ev.start)?,
+            instant_or("end", &req.end, ev.end)?,
         )
     };
     let f = Fields {
@@ -491,16 +495,9 @@ pub fn change_occurrence(
         let after = req.end.clone().unwrap_or_else(|| after.to_string());
         when(true, &first, &after, &ev.time_zone)?
     } else {
-        let instant = |field, given: &Option<String>, kept| {
-            given
-                .as_deref()
-                .map(|s| validate::instant(field, s))
-                .transpose()
-                .map(|t| t.unwrap_or(kept))
-        };
         (
-            instant("start", &req.start, occ.start)?,
-            instant("end", &req.end, occ.end)?,
+            instant_or("start", &req.start, occ.start)?,
+            instant_or("end", &req.end, occ.end)?,
         )
     };
     validate::span(start, end)?;

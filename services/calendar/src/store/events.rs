@@ -114,6 +114,27 @@ pub(crate) struct Write<'a> {
     pub previous: Option<&'a Versioned<EventRecord>>,
 }
 
+impl<'a> Write<'a> {
+    /// A change of `previous` into `ev` by `viewer` that cannot conflict
+    /// (nobody's time moves), telling `notify`.
+    pub fn settled(
+        ev: &'a EventRecord,
+        viewer: Uuid,
+        notify: Vec<(Uuid, &'static str)>,
+        previous: &'a Versioned<EventRecord>,
+    ) -> Self {
+        Write {
+            ev,
+            viewer,
+            check: Vec::new(),
+            reject: false,
+            guards: Vec::new(),
+            notify,
+            previous: Some(previous),
+        }
+    }
+}
+
 impl Store {
     /// The events of `user`'s agenda that may overlap `[from, to)` (a few
     /// more, never fewer: callers expand occurrences in the window).
@@ -524,15 +545,7 @@ impl Store {
                         let after = after.ok_or_else(|| ApiError::not_found("occurrence"))?;
                         let notify = events::update_notices(&cur.value, &before, caller);
                         let writes = [
-                            Write {
-                                ev: &before,
-                                viewer: caller,
-                                check: Vec::new(),
-                                reject: false,
-                                guards: Vec::new(),
-                                notify,
-                                previous: Some(&cur),
-                            },
+                            Write::settled(&before, caller, notify, &cur),
                             Write {
                                 ev: &after,
                                 viewer: caller,
@@ -614,15 +627,7 @@ impl Store {
             };
             let notify = events::update_notices(&cur.value, &ev, caller);
             Ok(self
-                .write_event(Write {
-                    ev: &ev,
-                    viewer: caller,
-                    check: Vec::new(),
-                    reject: false,
-                    guards: Vec::new(),
-                    notify,
-                    previous: Some(&cur),
-                })
+                .write_event(Write::settled(&ev, caller, notify, &cur))
                 .await?
                 .map(|_| ()))
         })
@@ -676,15 +681,12 @@ impl Store {
             }
             let ev = events::without(&cur.value, user);
             Ok(self
-                .write_event(Write {
-                    ev: &ev,
-                    viewer: user,
-                    check: Vec::new(),
-                    reject: false,
-                    guards: Vec::new(),
-                    notify: notices(&ev, user, Change::Left),
-                    previous: Some(&cur),
-                })
+                .write_event(Write::settled(
+                    &ev,
+                    user,
+                    notices(&ev, user, Change::Left),
+                    &cur,
+                ))
                 .await?
                 .map(|_| ()))
         })

@@ -73,15 +73,7 @@ impl Store {
                 return Ok(Attempt::Done(ev));
             }
             Ok(self
-                .write_event(Write {
-                    ev: &ev,
-                    viewer: caller,
-                    check: Vec::new(),
-                    reject: false,
-                    guards: Vec::new(),
-                    notify: Vec::new(),
-                    previous: Some(&cur),
-                })
+                .write_event(Write::settled(&ev, caller, Vec::new(), &cur))
                 .await?
                 .map(|_| ev))
         })
