@@ -1,7 +1,10 @@
-//! `agendactl`: the operator's tool, like `etcdctl`.
+//! `agendactl`: the operator's tool, like `etcdctl`, and a terminal
+//! calendar for people, like `gcalcli`.
 //!
 //! Layout:
 //! - [`backup`]: `agendactl snapshot save|restore`, backups of agenda-db.
+//! - [`calendar`]: the terminal calendar for people (`login`, `agenda`,
+//!   `event add`, `invitations`, `rsvp`, `logout`) over the public API.
 //! - [`certs`]: `agendactl certs`, the development CA and a certificate
 //!   per process.
 //! - [`endpoints`]: `.agenda/endpoints.json`, what `make run` started.
@@ -15,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod backup;
+pub mod calendar;
 pub mod certs;
 pub mod endpoints;
 pub mod error;

@@ -97,6 +97,64 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MemberCmd,
     },
+    /// Sign in as a person for the terminal calendar: asks for the password
+    /// (or reads one line from stdin with --password-stdin) and keeps the
+    /// session in --session, readable by you only.
+    Login {
+        /// Your username.
+        username: String,
+        /// The public URL (default: `.agenda/url` of `make run`, else
+        /// http://127.0.0.1:8080).
+        #[arg(long, env = "AGENDA_URL")]
+        url: Option<String>,
+        /// The CA of an https URL (default: `.agenda/ca.pem`).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Read the password from stdin instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Sign out: the session's refresh token is revoked and its file goes.
+    Logout {
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Your agenda in your time zone: this week (the default) or month, or
+    /// the one holding --from.
+    Agenda {
+        /// The week (Monday to Sunday).
+        #[arg(long, conflicts_with = "month")]
+        week: bool,
+        /// The month.
+        #[arg(long)]
+        month: bool,
+        /// A day in it: YYYY-MM-DD, today or tomorrow (default today).
+        #[arg(long)]
+        from: Option<String>,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Your events: `add "title" --at "tomorrow 10:00" --for 30m --with bob`.
+    Event {
+        #[command(subcommand)]
+        cmd: EventCmd,
+    },
+    /// Event and group invitations waiting for your answer.
+    Invitations {
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Answer an event: `rsvp ID accepted|tentative|declined`.
+    Rsvp {
+        /// The event's id (as `invitations` shows it).
+        id: String,
+        /// accepted, tentative or declined.
+        status: String,
+        #[command(flatten)]
+        session: SessionArg,
+    },
     /// Relay a port of this host to an address reached from inside a
     /// network namespace (`make run` uses it for the VIP).
     Relay {
@@ -190,6 +248,101 @@ enum MemberCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum EventCmd {
+    /// Create an event in your time zone, attendees by username.
+    Add {
+        /// Its title.
+        title: String,
+        /// When it starts: "YYYY-MM-DD HH:MM", "tomorrow HH:MM", "HH:MM"
+        /// (today) or RFC 3339.
+        #[arg(long)]
+        at: String,
+        /// How long: 30m, 1h, 1h30m or minutes.
+        #[arg(long = "for", default_value = "1h")]
+        length: String,
+        /// Attendees' usernames (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        with: Vec<String>,
+        /// Where.
+        #[arg(long)]
+        location: Option<String>,
+        /// An RRULE, e.g. FREQ=WEEKLY;COUNT=10.
+        #[arg(long)]
+        repeat: Option<String>,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+}
+
+/// Where the terminal calendar keeps a person's session.
+#[derive(Debug, clap::Args)]
+struct SessionArg {
+    /// The session file (default ~/.config/agenda/session.json).
+    #[arg(long = "session", env = "AGENDA_SESSION")]
+    path: Option<PathBuf>,
+}
+
+impl SessionArg {
+    fn path(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(agendactl::calendar::session::default_path)
+    }
+
+    fn open(&self) -> anyhow::Result<agendactl::calendar::Session> {
+        Ok(agendactl::calendar::Session::open(&self.path())?)
+    }
+}
+
+/// The password: one line of stdin (`--password-stdin`, or stdin is not a
+/// terminal), or asked for on the terminal without echo.
+fn read_password(username: &str, from_stdin: bool) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let tty = !from_stdin && stdin.is_terminal();
+    let mut saved = None;
+    if tty {
+        eprint!("Password for {username}: ");
+        std::io::stderr().flush().ok();
+        // Echo off while it is typed (restored below).
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios they fill.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) == 0 {
+                saved = Some(t);
+                t.c_lflag &= !libc::ECHO;
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        eprintln!();
+    }
+    read?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    anyhow::ensure!(!password.is_empty(), "no password given");
+    Ok(password)
+}
+
+/// The URL and CA `make run` wrote, when not given.
+fn default_url(url: Option<String>, ca: Option<PathBuf>) -> (String, Option<PathBuf>) {
+    let url = url
+        .or_else(|| std::fs::read_to_string(".agenda/url").ok())
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let ca = ca.or_else(|| {
+        let p = PathBuf::from(".agenda/ca.pem");
+        (url.starts_with("https://") && p.exists()).then_some(p)
+    });
+    (url, ca)
+}
+
+#[derive(Debug, Subcommand)]
 enum UserCmd {
     /// Make the account NAME an administrator.
     GrantAdmin {
@@ -243,6 +396,93 @@ fn main() -> ExitCode {
                 let ep = agendactl::endpoints::Endpoints::read(&endpoints)?;
                 print!("{}", agendactl::status::render(&ep).await);
                 Ok::<(), anyhow::Error>(())
+            }
+            Cmd::Login {
+                username,
+                url,
+                ca,
+                password_stdin,
+                session,
+            } => {
+                let (url, ca) = default_url(url, ca);
+                let password = read_password(&username, password_stdin)?;
+                let s = agendactl::calendar::Session::login(
+                    &session.path(),
+                    &url,
+                    ca,
+                    &username,
+                    &password,
+                )
+                .await?;
+                println!(
+                    "signed in as {} at {} ({}); session in {}",
+                    s.saved().username,
+                    s.saved().url,
+                    s.saved().time_zone,
+                    session.path().display()
+                );
+                Ok(())
+            }
+            Cmd::Logout { session } => {
+                session.open()?.logout().await?;
+                println!("signed out");
+                Ok(())
+            }
+            Cmd::Agenda {
+                week: _,
+                month,
+                from,
+                session,
+            } => {
+                let span = if month {
+                    agendactl::calendar::Span::Month
+                } else {
+                    agendactl::calendar::Span::Week
+                };
+                let mut s = session.open()?;
+                print!(
+                    "{}",
+                    agendactl::calendar::agenda(&mut s, span, from.as_deref()).await?
+                );
+                Ok(())
+            }
+            Cmd::Event {
+                cmd:
+                    EventCmd::Add {
+                        title,
+                        at,
+                        length,
+                        with,
+                        location,
+                        repeat,
+                        session,
+                    },
+            } => {
+                let mut s = session.open()?;
+                let ev = agendactl::calendar::NewEvent {
+                    title: &title,
+                    at: &at,
+                    length: &length,
+                    with: &with,
+                    location: location.as_deref(),
+                    repeat: repeat.as_deref(),
+                };
+                print!("{}", agendactl::calendar::add_event(&mut s, ev).await?);
+                Ok(())
+            }
+            Cmd::Invitations { session } => {
+                let mut s = session.open()?;
+                print!("{}", agendactl::calendar::invitations(&mut s).await?);
+                Ok(())
+            }
+            Cmd::Rsvp {
+                id,
+                status,
+                session,
+            } => {
+                let mut s = session.open()?;
+                print!("{}", agendactl::calendar::rsvp(&mut s, &id, &status).await?);
+                Ok(())
             }
             Cmd::Relay { listen, netns, to } => {
                 Ok(agendactl::relay::run(&listen, &netns, to).await?)

@@ -15,6 +15,7 @@ import { get, patch } from './api.js';
 import { currentUser } from './session.js';
 import { DateTime, isoUtc, formatWhen, plusDays } from './time.js';
 import { toast, isTyping } from './ui.js';
+import { askScope } from './scope-prompt.js';
 
 const VIEW_KEY = 'agenda.view';
 const VIEWS = { m: 'dayGridMonth', w: 'timeGridWeek', d: 'timeGridDay', l: 'listWeek' };
@@ -25,8 +26,9 @@ function toCalendarEvent(e, me) {
   if (e.group_id) classNames.push('group-event');
   if (e.visibility === 'private') classNames.push('private-event');
   return {
-    // Occurrences of a recurring event share its id: tell them apart by start.
-    id: `${e.id}@${e.start}`,
+    // Each occurrence of a recurring event by its own id (kept when it is
+    // moved on its own, so it shows once, where it is now).
+    id: e.occurrence_id || e.id,
     title: e.title,
     // An all-day event by its dates (in its own zone): the same days
     // whatever the person's zone, as calendar apps show them.
@@ -125,13 +127,16 @@ export function mountCalendar(el, hooks) {
   }
 
   /**
-   * A drag or resize: the change is applied to the event itself, so for a
-   * recurring event to the whole series (its first start shifts by the
-   * same amount, in its own time zone, so 09:00 stays 09:00 across DST;
-   * an all-day event moves by days). Dragged between the all-day row and
-   * the hours, a single event becomes all-day on the day it lands on (its
-   * days kept) or timed at the time it lands on (one hour); a series is
-   * not changed that way (the dialog's "All day" changes it as a whole).
+   * A drag or resize. One occurrence of a recurring event asks first which
+   * events it moves ("This event", "This and following events", "All
+   * events"; Cancel puts it back): this one (its own id) or it and the
+   * later ones (`?scope=following`) move to where it was dropped; all of
+   * them: the series' first start shifts by the same amount, in its own
+   * time zone, so 09:00 stays 09:00 across DST (an all-day event moves by
+   * days). Dragged between the all-day row and the hours, a single event
+   * becomes all-day on the day it lands on (its days kept) or timed at the
+   * time it lands on (one hour); a series is not changed that way (the
+   * dialog's "All day" changes it as a whole).
    */
   async function move(info, how) {
     const e = info.event.extendedProps.event;
@@ -143,8 +148,13 @@ export function mountCalendar(el, hooks) {
       });
       return;
     }
+    let scope = null;
+    if (e.recurring_event_id && e.occurrence_id) {
+      scope = await askScope({ verb: 'change', title: e.title });
+      if (!scope) { info.revert(); return; }
+    }
     try {
-      const base = e.recurring_event_id ? await get(`/v1/events/${e.recurring_event_id}`) : e;
+      const base = e.recurring_event_id && (scope === 'all' || !scope) ? await get(`/v1/events/${e.recurring_event_id}`) : e;
       const shift = (iso, delta) => DateTime.fromISO(iso, { zone: base.time_zone })
         .plus({ years: delta.years, months: delta.months, days: delta.days, milliseconds: delta.milliseconds })
         .toUTC().toISO({ suppressMilliseconds: true });
@@ -161,14 +171,18 @@ export function mountCalendar(el, hooks) {
           ? { start: shift(base.start, info.delta), end: shift(base.end, info.delta) }
           : { start: shift(base.start, info.startDelta), end: shift(base.end, info.endDelta) };
       }
-      const reply = await patch(`/v1/events/${base.id}`, body);
+      // One occurrence takes only its dates (the series stays all-day).
+      if (scope === 'this' || scope === 'following') delete body.all_day;
+      const path = scope === 'this' || scope === 'following' ? `/v1/events/${e.occurrence_id}` : `/v1/events/${base.id}`;
+      const reply = await patch(path, body, scope === 'following' ? { query: { scope: 'following' } } : undefined);
+      const what = { this: `this occurrence of “${e.title}”`, following: `“${e.title}” from this occurrence on`, all: `every occurrence of “${e.title}”` }[scope] || `“${e.title}”`;
       const conflicts = reply.conflicts || [];
       if (conflicts.length) {
-        toast(`Moved “${e.title}”. It now overlaps ${conflicts.length} other event${conflicts.length > 1 ? 's' : ''}: ${conflicts.slice(0, 3).map((c) => c.title || 'busy time').join(', ')}.`, {
+        toast(`Moved ${what}. It now overlaps ${conflicts.length} other event${conflicts.length > 1 ? 's' : ''}: ${conflicts.slice(0, 3).map((c) => c.title || 'busy time').join(', ')}.`, {
           kind: 'warning', actions: [{ label: 'Open', run: () => hooks.open(reply.event) }],
         });
       } else {
-        toast(becomes ? `“${e.title}” is now ${body.all_day ? 'an all-day event' : 'timed'}.` : `Moved “${e.title}”.`);
+        toast(becomes ? `“${e.title}” is now ${body.all_day ? 'an all-day event' : 'timed'}.` : `Moved ${what}.`);
       }
       calendar.refetchEvents();
     } catch (err) {

@@ -14,6 +14,13 @@
 // (with "Save changes", "Save reminders", or an answer to the invitation).
 // "Find a time" (find-time.js) proposes free slots for the organizer and
 // the people chosen, in create and edit.
+// Opened on one occurrence of a recurring event, the form shows that
+// occurrence (GET /v1/events/{occurrence_id}: its own title, times,
+// location); saving or deleting asks (scope-prompt.js) whether it is for
+// this event (its own id: title, start, end, location, description only),
+// this and the following events (`?scope=following`: the series splits)
+// or all events (the series' id; a time changed here moves the series by
+// as much as this occurrence moved).
 // "All day" turns start and end into date fields: the first and the LAST
 // day (inclusive, as people count days); the API's `end` is the day after
 // the last, so the dialog adds that day when it sends and takes it off
@@ -25,6 +32,7 @@ import { zones, toLocalInput, fromLocalInput, formatRange, formatWhen, plusDays,
 import { h, replace, field, showError, clearErrors, toast, uid } from './ui.js';
 import { reminderLabel, REMINDER_PRESETS, MAX_REMINDERS } from './reminders.js';
 import { openFindTime } from './find-time.js';
+import { askScope } from './scope-prompt.js';
 
 const PRESETS = { none: '', daily: 'FREQ=DAILY', weekly: 'FREQ=WEEKLY', monthly: 'FREQ=MONTHLY' };
 const STATUS_TEXT = {
@@ -33,6 +41,8 @@ const STATUS_TEXT = {
 };
 
 let ui = null; // the dialog's parts, built on first use
+// `event`: what the form shows (an occurrence of a series is one: its `id`
+// is the series'); `occurrence`: its occurrence_id, or null.
 let state = null; // { mode, event, occurrence, key, returnFocus }
 let onChanged = () => {};
 // My answer to each event the dialog has shown or answered ("me:event"
@@ -105,7 +115,6 @@ function build() {
   c.confirm = h('div', { class: 'confirm', hidden: true, role: 'group', 'aria-label': 'Confirm deletion' },
     h('p', { class: 'confirm-text' }),
     h('button', { type: 'button', class: 'btn btn-danger', dataset: { what: 'all' }, onclick: () => remove('all') }, 'Delete for everyone'),
-    h('button', { type: 'button', class: 'btn', dataset: { what: 'one' }, onclick: () => remove('one') }, 'Only this occurrence'),
     h('button', { type: 'button', class: 'btn', onclick: () => confirmDelete(false) }, 'Keep it'));
 
   c.editable = h('fieldset', { class: 'editable' },
@@ -310,7 +319,7 @@ function removeReminder(li) {
 async function saveReminders() {
   if (!state?.event || !remindersShown() || !remindersChanged()) return null;
   const ev = await put(`/v1/events/${state.event.id}/reminders`, { minutes_before: chosenReminders() });
-  if (state?.event?.id === ev.id) state.event = ev;
+  if (state?.event?.id === ev.id) state.event = { ...state.event, reminders: ev.reminders };
   return ev;
 }
 
@@ -377,15 +386,22 @@ export function openNewEvent({ start, end, allDay = false }) {
   ui.title.focus();
 }
 
+/** An occurrence's id: `{id}_{YYYYMMDDTHHMMSSZ}`. */
+const OCCURRENCE_ID = /_\d{8}T\d{6}Z$/;
+
 /**
  * Opens an existing event (an agenda item, a notification's event id, or
- * an occurrence of a recurring event: the form then shows the series).
+ * an occurrence of a recurring event, or its id: the form then shows that
+ * occurrence).
  */
 export async function openEvent(eventOrId) {
   ui ||= build();
   const returnFocus = document.activeElement;
-  const id = typeof eventOrId === 'string' ? eventOrId : (eventOrId.recurring_event_id || eventOrId.id);
-  const occurrence = typeof eventOrId === 'object' && eventOrId.recurring_event_id ? eventOrId : null;
+  // An occurrence (an agenda item, or its id) opens as itself.
+  const occurrence = typeof eventOrId === 'string'
+    ? (OCCURRENCE_ID.test(eventOrId) ? eventOrId : null)
+    : (eventOrId.occurrence_id || null);
+  const id = occurrence || (typeof eventOrId === 'string' ? eventOrId : (eventOrId.recurring_event_id || eventOrId.id));
   let ev;
   try {
     ev = await get(`/v1/events/${id}`);
@@ -395,7 +411,7 @@ export async function openEvent(eventOrId) {
   }
   remember(ev);
   const mode = ev.organizer_id === currentUser()?.id ? 'edit' : 'view';
-  state = { mode, event: ev, occurrence, returnFocus };
+  state = { mode, event: ev, occurrence: ev.occurrence_id || null, returnFocus };
   reset();
   fill(ev);
   render();
@@ -407,7 +423,7 @@ export async function openEvent(eventOrId) {
 export async function eventChanged(id) {
   if (!state?.event || state.event.id !== id || !ui.dialog.open) return;
   try {
-    const ev = await get(`/v1/events/${id}`);
+    const ev = await get(`/v1/events/${state.occurrence || id}`);
     if (!state || state.event?.id !== id) return;
     // A move sets my answer back to needs_action: say so.
     const before = myAttendance(state.event)?.status;
@@ -454,7 +470,10 @@ function fill(ev) {
   replace(ui.chips, attendeesEditable() ? savedAttendees(ev).map(chip) : []);
   if (state.occurrence) {
     ui.occurrence.hidden = false;
-    ui.occurrence.textContent = `This occurrence: ${formatWhen(state.occurrence, currentUser()?.time_zone || 'UTC')}. The fields below are the whole series; changes apply to every occurrence.`;
+    const when = formatWhen(ev, currentUser()?.time_zone || 'UTC');
+    ui.occurrence.textContent = state.mode === 'edit'
+      ? `One event of a repeating series: ${when}. Saving or deleting asks whether it is for this event, this and the following events, or all events.`
+      : `One event of a repeating series: ${when}.`;
   }
 }
 
@@ -576,7 +595,7 @@ function findTime() {
   // All day: an hour on the first day (a slot picked makes it timed).
   const minutes = !ui.allDay.checked && start.isValid && end.isValid && end > start ? Math.round(end.diff(start, 'minutes').minutes) : 60;
   // The event's own saved time is not busy time for finding it a new one.
-  const ignore = ev ? [ev, state.occurrence].filter(Boolean).map((x) => ({ start: DateTime.fromISO(x.start), end: DateTime.fromISO(x.end) })) : [];
+  const ignore = ev ? [ev].map((x) => ({ start: DateTime.fromISO(x.start), end: DateTime.fromISO(x.end) })) : [];
   openFindTime({
     names, zone, minutes, ignore,
     day: start.isValid ? start : DateTime.now().setZone(zone),
@@ -601,6 +620,55 @@ function precheck(b) {
   return null;
 }
 
+// What one occurrence may change on its own; the rest is the series'.
+const OCCURRENCE_FIELDS = ['title', 'start', 'end', 'location', 'description'];
+const FIELD_NAMES = { all_day: '“All day”', time_zone: 'the time zone', rrule: 'the repeat rule', visibility: 'the visibility', attendees: 'the attendees' };
+
+/**
+ * Where the changes `b` go: the event itself, or, opened on an occurrence,
+ * what the person picks ("This event" only when nothing but the fields of
+ * one occurrence changed). `{path, body, query}`, or null when cancelled.
+ */
+async function target(b) {
+  const ev = state.event;
+  if (!state.occurrence) return { path: `/v1/events/${ev.id}`, body: b };
+  const own = { ...b };
+  if (own.all_day === Boolean(ev.all_day)) delete own.all_day; // still all-day: the dates alone
+  const others = Object.keys(own).filter((k) => !OCCURRENCE_FIELDS.includes(k));
+  const names = others.map((k) => FIELD_NAMES[k] || k);
+  const list = names.length > 1 ? `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}` : names[0];
+  const notThis = others.length ? `Not for one event alone: ${list} can only change for the whole series, or for this and the following events.` : '';
+  const scope = await askScope({ verb: 'change', title: ev.title, notThis });
+  if (!scope) return null;
+  if (scope === 'this') return { path: `/v1/events/${state.occurrence}`, body: own };
+  if (scope === 'following') return { path: `/v1/events/${state.occurrence}`, body: own, query: { scope: 'following' } };
+  return { path: `/v1/events/${ev.id}`, body: await seriesBody(b) };
+}
+
+/**
+ * The changes `b`, made on one occurrence, for the whole series: a new
+ * start or end moves the series' own by as much as this occurrence moved
+ * (wall-clock time, so 09:00 stays 09:00 across DST; days for all-day).
+ */
+async function seriesBody(b) {
+  if (!('start' in b) && !('end' in b)) return b;
+  const ev = state.event;
+  const series = await get(`/v1/events/${ev.id}`);
+  // Wall-clock times as UTC DateTimes, only to count the difference.
+  const wall = (value) => DateTime.fromISO(value, { zone: 'UTC' });
+  const wallOf = (x) => wall(x.all_day ? x.start_date : toLocalInput(x.start, x.time_zone));
+  const offset = wallOf(series).diff(wallOf(ev)).toMillis();
+  const allDay = ui.allDay.checked;
+  const shown = { start: ui.start.value, end: allDay ? plusDays(ui.end.value, 1) : ui.end.value };
+  const out = { ...b };
+  for (const k of ['start', 'end']) {
+    if (!(k in b)) continue;
+    const moved = wall(shown[k]).plus({ milliseconds: offset });
+    out[k] = allDay ? moved.toISODate() : fromLocalInput(moved.toFormat("yyyy-LL-dd'T'HH:mm:ss"), ui.tz.value);
+  }
+  return out;
+}
+
 async function save() {
   if (!state) return;
   clearErrors(ui.form);
@@ -608,18 +676,26 @@ async function save() {
   const b = body();
   const bad = precheck(b);
   if (bad) { showError(ui.form, bad); return; }
+  // Where the changes go (opened on an occurrence: the person is asked).
+  let to = null;
+  if (state.mode !== 'create' && Object.keys(b).length) {
+    try { to = await target(b); } catch (e) { showError(ui.form, e); return; }
+    if (!to) return; // cancelled: the dialog stays as it is, focus where it was
+  }
   ui.save.disabled = true;
   try {
     let reply;
     if (state.mode === 'create') {
       // The same key on a retry: the event is created once.
       reply = await post('/v1/events', b, { headers: { 'Idempotency-Key': state.key } });
-    } else if (Object.keys(b).length) {
-      reply = await patch(`/v1/events/${state.event.id}`, b);
+    } else if (to) {
+      reply = await patch(to.path, to.body, to.query ? { query: to.query } : undefined);
       // Saved: a failure of the reminders below must not send it again.
       state.event = reply.event;
+      // A part split off (following) or the series (all): no longer one occurrence.
+      if (!reply.event.occurrence_id) state.occurrence = null;
       const ev = await saveReminders();
-      if (ev) reply = { ...reply, event: ev };
+      if (ev) reply = { ...reply, event: { ...reply.event, reminders: ev.reminders } };
     } else if (remindersChanged()) {
       reply = { event: await saveReminders(), conflicts: [] };
     } else {
@@ -632,7 +708,7 @@ async function save() {
     if (conflicts.length) {
       // Stay open: the person sees what overlaps, and may change the time
       // and save again (now as an edit of the saved event).
-      state = { ...state, mode: 'edit', event: reply.event, occurrence: null };
+      state = { ...state, mode: 'edit', event: reply.event, occurrence: reply.event.occurrence_id || null };
       fill(reply.event);
       render();
       showConflicts(conflicts, created ? 'Event created' : 'Changes saved');
@@ -701,25 +777,33 @@ async function answer(status) {
   }
 }
 
-function confirmDelete(show) {
+async function confirmDelete(show) {
+  // One occurrence of a series: which events go is the question.
+  if (show && state?.occurrence) {
+    const scope = await askScope({ verb: 'delete', title: state.event.title });
+    if (scope) await remove(scope);
+    return;
+  }
   ui.confirm.hidden = !show;
   if (!show) { ui.delete.focus(); return; }
-  const recurring = Boolean(state.event?.rrule);
-  ui.confirm.querySelector('.confirm-text').textContent = recurring
-    ? 'Delete every occurrence for everyone, or only the one you opened?'
+  ui.confirm.querySelector('.confirm-text').textContent = state.event?.rrule
+    ? 'Delete every occurrence for everyone?'
     : 'Delete this event for everyone invited?';
-  ui.confirm.querySelector('[data-what="one"]').hidden = !(recurring && state.occurrence);
   ui.confirm.querySelector('[data-what="all"]').focus();
 }
 
+/**
+ * Deletes `what`: 'all' (the event, or the whole series), or, opened on
+ * an occurrence, 'this' (that occurrence alone) or 'following' (it and
+ * every later one: the series ends before it).
+ */
 async function remove(what) {
   const ev = state?.event;
   if (!ev) return;
   try {
-    if (what === 'one' && state.occurrence) {
-      // One occurrence: the series goes on without it (exdates).
-      await patch(`/v1/events/${ev.id}`, { exdates: [...(ev.exdates || []), state.occurrence.start] });
-      toast(`Removed one occurrence of “${ev.title}”.`);
+    if (what !== 'all' && state.occurrence) {
+      await del(`/v1/events/${state.occurrence}`, what === 'following' ? { query: { scope: 'following' } } : {});
+      toast(what === 'following' ? `Deleted “${ev.title}” from this occurrence on.` : `Deleted this occurrence of “${ev.title}”.`);
     } else {
       await del(`/v1/events/${ev.id}`);
       toast(`Deleted “${ev.title}”.`);

@@ -660,6 +660,196 @@ await step('all-day: A selects two days in the week\'s all-day row, the dialog p
   await visible(row.locator('.fc-event', { hasText: name }));
 });
 
+await step('recurring: A makes a weekly event (COUNT 4) in the week view, drags one occurrence to Wednesday with "This event" (Cancel puts a drag back), renames from the third on with "This and following events" ("This event" refused for a series-only change), deletes one with "This event" (prompt by keyboard, axe, screenshot)', async () => {
+  const name = `Weekly ${run}`;
+  const renamed = `Weekly renamed ${run}`;
+  const monday = DateTime.now().setZone(A.zone).startOf('week');
+  const mon = (week) => monday.plus({ weeks: week }).toISODate();
+  const at = (date, hour) => DateTime.fromISO(`${date}T${String(hour).padStart(2, '0')}:00`, { zone: A.zone });
+  const utc = (t) => t.toUTC().toISO({ suppressMilliseconds: true });
+  const stamp = (week) => at(mon(week), 8).toUTC().toFormat("yyyyLLdd'T'HHmmss'Z'");
+  const wed = monday.plus({ days: 2 }).toISODate();
+  const tue = monday.plus({ days: 1 }).toISODate();
+  const d = dialog(pa);
+  const prompt = pa.locator('#scope-prompt');
+  const week = pa.locator('.fc-timeGridWeek-view');
+  const login = await (await fetch(`${BASE}/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: A.name, password: PASSWORD }) })).json();
+  /** A's occurrences of the two series over the four weeks: [occurrence_id, start, title]. */
+  const listed = async () => {
+    const q = new URLSearchParams({ from: utc(monday), to: utc(monday.plus({ weeks: 4 })) });
+    const r = await fetch(`${BASE}/v1/events?${q}`, { headers: { authorization: `Bearer ${login.access_token}` } });
+    if (!r.ok) throw new Error(`GET /v1/events: ${r.status} ${await r.text()}`);
+    return (await r.json()).items.filter((e) => e.title.startsWith('Weekly ') && e.title.endsWith(run))
+      .map((e) => [e.occurrence_id, Date.parse(e.start), e.title]).sort((x, y) => x[1] - y[1]);
+  };
+  const agendaLoaded = () => waitFor(pa, () => document.querySelector('.calendar')?.getAttribute('aria-busy') === 'false', null, 'the agenda to load');
+  /** The column (yyyy-mm-dd) the event titled `text` sits in, by its position. */
+  const columnOf = async (text) => {
+    const box = await week.locator('.fc-timegrid-event', { hasText: text }).first().boundingBox();
+    const cols = await week.locator('.fc-timegrid-col[data-date]').evaluateAll((els) => els.map((e) => [e.dataset.date, e.getBoundingClientRect().x, e.getBoundingClientRect().width]));
+    return cols.find(([, x, w]) => box.x + box.width / 2 >= x && box.x + box.width / 2 < x + w)?.[0];
+  };
+  const drag = async (text, date) => {
+    const ev = week.locator('.fc-timegrid-event', { hasText: text }).first();
+    await ev.scrollIntoViewIfNeeded();
+    const box = await ev.boundingBox();
+    const col = await week.locator(`.fc-timegrid-col[data-date="${date}"]`).boundingBox();
+    const [x, y] = [box.x + box.width / 2, box.y + 8];
+    await pa.mouse.move(x, y);
+    await pa.mouse.down();
+    await pa.mouse.move(x + 10, y, { steps: 3 });
+    await pa.mouse.move(col.x + col.width / 2, y, { steps: 10 });
+    await pa.mouse.up();
+  };
+
+  // Made in the week view: Monday 08:00–09:00 Madrid, four Mondays.
+  await pa.evaluate(() => document.activeElement?.blur());
+  await pa.keyboard.press('w');
+  await pa.keyboard.press('t');
+  await visible(week.locator(`.fc-col-header-cell[data-date="${mon(0)}"]`));
+  await pa.getByRole('button', { name: /New event/ }).click();
+  await visible(d.getByRole('heading', { name: 'New event' }));
+  await d.getByLabel('Title').fill(name);
+  await d.getByLabel('Starts').fill(`${mon(0)}T08:00`);
+  await d.getByLabel('Ends').fill(`${mon(0)}T09:00`);
+  await d.getByLabel('Recurrence rule (RRULE)').fill('FREQ=WEEKLY;COUNT=4');
+  const created = pa.waitForResponse((r) => r.request().method() === 'POST' && /\/v1\/events(\?|$)/.test(r.url()), { timeout: T });
+  await d.getByRole('button', { name: 'Create event' }).click();
+  const { event } = await (await created).json();
+  const id = event.id;
+  const occ = (week) => `${id}_${stamp(week)}`;
+  await waitFor(pa, () => !document.querySelector('#event-dialog')?.open || !document.querySelector('#event-dialog .conflicts')?.hidden, null, 'the event to be saved');
+  if (await d.isVisible()) await closeDialog(pa);
+  await agendaLoaded();
+  await visible(week.locator('.fc-timegrid-event', { hasText: name }));
+  let now = await listed();
+  const want0 = [0, 1, 2, 3].map((w) => [occ(w), at(mon(w), 8).toMillis(), name]);
+  if (JSON.stringify(now) !== JSON.stringify(want0)) throw new Error(`the series lists ${JSON.stringify(now)}, wanted ${JSON.stringify(want0)}`);
+  await dismissToasts(pa);
+
+  // A drag asks first; Cancel (Escape) puts it back and sends nothing.
+  const patches = [];
+  const onRequest = (r) => { if (r.method() === 'PATCH' || r.method() === 'DELETE') patches.push(`${r.method()} ${r.url()}`); };
+  pa.on('request', onRequest);
+  await drag(name, tue);
+  await visible(prompt);
+  await visible(prompt.getByRole('heading', { name: 'Change recurring event' }));
+  await pa.keyboard.press('Escape');
+  await prompt.waitFor({ state: 'hidden', timeout: T });
+  await waitFor(pa, (text) => [...document.querySelectorAll('.fc-timegrid-event')].some((e) => e.textContent.includes(text)), name, 'the event back');
+  if ((await columnOf(name)) !== mon(0)) throw new Error(`after Cancel the occurrence is in ${await columnOf(name)}'s column, not Monday's`);
+  if (patches.length) throw new Error(`Cancel still sent ${patches.join(', ')}`);
+
+  // Dragged to Wednesday, "This event" by keyboard: the occurrence alone.
+  await drag(name, wed);
+  await visible(prompt);
+  await waitFor(pa, () => document.activeElement?.id === 'scope-this' && document.activeElement.checked, null, 'focus on "This event", chosen');
+  const radio = (label) => prompt.getByRole('radio', { name: label, exact: true });
+  if (await radio('This event').isDisabled()) throw new Error('"This event" is disabled for a drag');
+  await pa.keyboard.press('ArrowDown');
+  if (!(await radio('This and following events').isChecked())) throw new Error('ArrowDown did not choose "This and following events"');
+  await pa.keyboard.press('ArrowUp');
+  if (!(await radio('This event').isChecked())) throw new Error('ArrowUp did not choose "This event" again');
+  await shot(pa, 'recurring-prompt');
+  await axe(pa, 'the "This event / This and following / All events" prompt');
+  const moveReq = pa.waitForRequest((r) => r.method() === 'PATCH', { timeout: T });
+  const moveRes = pa.waitForResponse((r) => r.request().method() === 'PATCH', { timeout: T });
+  await pa.keyboard.press('Enter');
+  await prompt.waitFor({ state: 'hidden', timeout: T });
+  const sent = await moveReq;
+  if (!sent.url().endsWith(`/v1/events/${occ(0)}`)) throw new Error(`the move went to ${sent.url()}, wanted /v1/events/${occ(0)}`);
+  const body = JSON.parse(sent.postData());
+  if (JSON.stringify(body) !== JSON.stringify({ start: utc(at(wed, 8)), end: utc(at(wed, 9)) })) throw new Error(`the move sent ${JSON.stringify(body)}`);
+  if ((await moveRes).status() !== 200) throw new Error(`the move answered ${(await moveRes).status()}`);
+  await visible(pa.locator('.toast'), `Moved this occurrence of “${name}”`);
+  now = await listed();
+  const want1 = [[occ(0), at(wed, 8).toMillis(), name], ...want0.slice(1)];
+  if (JSON.stringify(now) !== JSON.stringify(want1)) throw new Error(`after the move the series lists ${JSON.stringify(now)}, wanted ${JSON.stringify(want1)}`);
+  // Read again ("r"): once, on Wednesday at 08:00.
+  await pa.keyboard.press('r');
+  await agendaLoaded();
+  await visible(week.locator('.fc-timegrid-event', { hasText: name }), '08:00');
+  if ((await week.locator('.fc-timegrid-event', { hasText: name }).count()) !== 1) throw new Error('the moved occurrence shows more than once');
+  if ((await columnOf(name)) !== wed) throw new Error(`the moved occurrence is in ${await columnOf(name)}'s column, not Wednesday's`);
+  // The next one did not move.
+  await pa.keyboard.press('n');
+  await agendaLoaded();
+  await visible(week.locator('.fc-timegrid-event', { hasText: name }), '08:00');
+  if ((await columnOf(name)) !== mon(1)) throw new Error('the next week\'s occurrence moved');
+
+  // The third: the dialog shows it; a series-only change cannot be for it alone.
+  await pa.keyboard.press('n');
+  await agendaLoaded();
+  await week.locator('.fc-timegrid-event', { hasText: name }).first().click();
+  await visible(d.getByRole('heading', { name: 'Edit event' }));
+  const starts = await d.getByLabel('Starts').inputValue();
+  if (starts !== `${mon(2)}T08:00`) throw new Error(`the dialog shows the occurrence starting ${starts}, wanted ${mon(2)}T08:00`);
+  await visible(d.locator('.occurrence-note'), 'One event of a repeating series');
+  await d.getByLabel('Visibility').selectOption('private');
+  await d.getByRole('button', { name: 'Save changes' }).click();
+  await visible(prompt);
+  if (!(await radio('This event').isDisabled())) throw new Error('"This event" is offered for a change of visibility');
+  await visible(prompt.locator('#scope-this-why'), 'the visibility');
+  if (!(await radio('This and following events').isChecked())) throw new Error('"This and following events" is not chosen when "This event" cannot be');
+  await axe(pa, 'the prompt with "This event" disabled');
+  await prompt.getByRole('button', { name: 'Cancel' }).click();
+  await prompt.waitFor({ state: 'hidden', timeout: T });
+  if (!(await d.isVisible())) throw new Error('Cancel closed the event dialog');
+  if (patches.length !== 1) throw new Error(`Cancel still sent: ${patches.join(', ')}`);
+  await d.getByLabel('Visibility').selectOption('default');
+  // Renamed from here on: "This and following events".
+  await d.getByLabel('Title').fill(renamed);
+  await d.getByRole('button', { name: 'Save changes' }).click();
+  await visible(prompt);
+  await radio('This and following events').focus();
+  await pa.keyboard.press('Space');
+  const renameReq = pa.waitForRequest((r) => r.method() === 'PATCH', { timeout: T });
+  const renameRes = pa.waitForResponse((r) => r.request().method() === 'PATCH', { timeout: T });
+  await prompt.getByRole('button', { name: 'OK' }).click();
+  const renameSent = await renameReq;
+  if (!renameSent.url().endsWith(`/v1/events/${occ(2)}?scope=following`)) throw new Error(`the rename went to ${renameSent.url()}, wanted /v1/events/${occ(2)}?scope=following`);
+  if (renameSent.postData() !== JSON.stringify({ title: renamed })) throw new Error(`the rename sent ${renameSent.postData()}`);
+  const split = await (await renameRes).json();
+  if (!split.event?.id || split.event.id === id) throw new Error(`"This and following" answered ${JSON.stringify(split).slice(0, 300)}`);
+  await d.waitFor({ state: 'hidden', timeout: T });
+  await agendaLoaded();
+  await visible(week.locator('.fc-timegrid-event', { hasText: renamed }));
+  now = await listed();
+  const newOcc = (week) => `${split.event.id}_${stamp(week)}`;
+  const want2 = [want1[0], want1[1], [newOcc(2), at(mon(2), 8).toMillis(), renamed], [newOcc(3), at(mon(3), 8).toMillis(), renamed]];
+  if (JSON.stringify(now) !== JSON.stringify(want2)) throw new Error(`after the rename the occurrences list ${JSON.stringify(now)}, wanted ${JSON.stringify(want2)}`);
+  await pa.keyboard.press('n');
+  await agendaLoaded();
+  await visible(week.locator('.fc-timegrid-event', { hasText: renamed }));
+
+  // The second deleted alone: "This event".
+  await pa.keyboard.press('p');
+  await pa.keyboard.press('p');
+  await agendaLoaded();
+  await week.locator('.fc-timegrid-event', { hasText: name }).first().click();
+  await visible(d.getByRole('heading', { name: 'Edit event' }));
+  if ((await d.getByLabel('Starts').inputValue()) !== `${mon(1)}T08:00`) throw new Error('the dialog does not show the second occurrence');
+  await d.getByRole('button', { name: 'Delete…' }).click();
+  await visible(prompt.getByRole('heading', { name: 'Delete recurring event' }));
+  if (!(await radio('This event').isChecked())) throw new Error('"This event" is not chosen first for a deletion');
+  const delReq = pa.waitForRequest((r) => r.method() === 'DELETE', { timeout: T });
+  const delRes = pa.waitForResponse((r) => r.request().method() === 'DELETE', { timeout: T });
+  await prompt.getByRole('button', { name: 'OK' }).click();
+  if (!(await delReq).url().endsWith(`/v1/events/${occ(1)}`)) throw new Error(`the deletion went to ${(await delReq).url()}, wanted /v1/events/${occ(1)}`);
+  if ((await delRes).status() !== 204) throw new Error(`the deletion answered ${(await delRes).status()}`);
+  await d.waitFor({ state: 'hidden', timeout: T });
+  await visible(pa.locator('.toast'), `Deleted this occurrence of “${name}”`);
+  await agendaLoaded();
+  await waitFor(pa, (text) => ![...document.querySelectorAll('.fc-timegrid-event')].some((e) => e.textContent.includes(text)), name, 'the occurrence gone from the week');
+  now = await listed();
+  const want3 = [want2[0], want2[2], want2[3]];
+  if (JSON.stringify(now) !== JSON.stringify(want3)) throw new Error(`after the deletion the occurrences list ${JSON.stringify(now)}, wanted ${JSON.stringify(want3)}`);
+  pa.off('request', onRequest);
+  await pa.keyboard.press('t');
+  await agendaLoaded();
+  await visible(week.locator('.fc-timegrid-event', { hasText: name }));
+});
+
 await step('a 503 is retried quietly after Retry-After', async () => {
   const seen = []; // [url, time]
   await pa.route(/\/v1\/events\?/, async (route) => {
