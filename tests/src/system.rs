@@ -41,6 +41,10 @@ pub struct SystemOptions {
     /// groups, the supervisors and Redis; HTTPS at the gateway), with
     /// certificates from `agendactl certs`.
     pub tls: bool,
+    /// Start agenda-db as a new cluster restored from this snapshot file
+    /// (`agendactl snapshot restore` into every member's data dir, a new
+    /// cluster token), instead of an empty one.
+    pub restore_from: Option<std::path::PathBuf>,
 }
 
 impl Default for SystemOptions {
@@ -52,6 +56,7 @@ impl Default for SystemOptions {
             redis: false,
             gateway_args: Vec::new(),
             tls: false,
+            restore_from: None,
         }
     }
 }
@@ -161,11 +166,42 @@ impl System {
         } else {
             (Options::default(), Vec::new())
         };
-        let db = Cluster::start(Options {
-            size: opts.db_nodes,
-            ..db_opts
-        })
-        .await?;
+        let db = match &opts.restore_from {
+            None => {
+                Cluster::start(Options {
+                    size: opts.db_nodes,
+                    ..db_opts
+                })
+                .await?
+            }
+            Some(file) => {
+                let mut args = db_opts.args.clone();
+                args.push("--cluster-token=restored".into());
+                let db_opts = Options {
+                    size: opts.db_nodes,
+                    args,
+                    ..db_opts
+                };
+                Cluster::start_prepared(db_opts, |id, data_dir, members| {
+                    let out = std::process::Command::new(bin("agendactl")?)
+                        .arg("snapshot")
+                        .arg("restore")
+                        .arg(file)
+                        .arg("--data-dir")
+                        .arg(data_dir)
+                        .args(["--id", &id.to_string(), "--members", members])
+                        .args(["--cluster-token", "restored"])
+                        .output()?;
+                    anyhow::ensure!(
+                        out.status.success(),
+                        "restore member {id}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    Ok(())
+                })
+                .await?
+            }
+        };
         let db_addrs = db_addrs(&db);
         let redis = if opts.redis {
             let endpoints: Vec<String> = db.nodes.values().map(|n| n.grpc.clone()).collect();

@@ -972,7 +972,80 @@ async fn story(opts: SystemOptions) {
     let sys = System::start(opts)
         .await
         .unwrap_or_else(|e| panic!("start the system: {e:#}"));
-    let api = sys.api();
+    run_story(&sys.api()).await;
+}
+
+/// A backup restored into a new five-node cluster (every node of the old
+/// one gone) keeps what people had, their sessions included (the token
+/// keys come with it), and the whole story then holds on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_story_holds_on_a_system_restored_from_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("agenda.snap");
+    let five = SystemOptions {
+        db_nodes: 5,
+        ..SystemOptions::default()
+    };
+    let (dora_token, eve_token, id) = {
+        let old = System::start(five.clone())
+            .await
+            .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+        let api = old.api();
+        let (_, dora) = api.register("dora").await;
+        let (_, eve) = api.register("eve").await;
+        let mut body = utc_event("Before the backup", "2030-04-01", "09:00", "10:00");
+        body["attendees"] = json!(["eve"]);
+        let created = expect(
+            api.post("/v1/events", &dora, body).await,
+            StatusCode::CREATED,
+            "dora's event",
+        );
+        let id = event_id(&created);
+        expect_ok(
+            api.post(
+                &format!("/v1/events/{id}/rsvp"),
+                &eve,
+                json!({"status": "accepted"}),
+            )
+            .await,
+            "eve accepts",
+        );
+        let saved = old
+            .agendactl(&["snapshot", "save", file.to_str().expect("path")])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        eprintln!("{saved}");
+        (dora, eve, id)
+        // `old` goes here: every node and its data dir with it.
+    };
+    let new = System::start(SystemOptions {
+        restore_from: Some(file),
+        ..five
+    })
+    .await
+    .unwrap_or_else(|e| panic!("start the restored system: {e:#}"));
+    let api = new.api();
+    let ev = expect_ok(
+        api.get(&format!("/v1/events/{id}"), &eve_token).await,
+        "eve's session goes on",
+    );
+    assert_eq!(ev["title"], "Before the backup");
+    assert_eq!(ev["my_status"], "accepted", "{ev}");
+    let (st, _) = api.login("dora", PASSWORD).await;
+    assert_eq!(st, StatusCode::OK, "dora signs in with her password");
+    let (st, body) = api
+        .get(&format!("/v1/events?{}", day("2030-04-01")), &dora_token)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(
+        items(&body).iter().any(|e| e["id"] == id.as_str()),
+        "{body}"
+    );
+    run_story(&api).await;
+}
+
+/// The story of three people, on the system `api` reaches.
+async fn run_story(api: &Api) {
+    let api = api.clone();
     let p = accounts(&api).await;
     let g = hierarchical_group(&api, &p).await;
     let f = flat_group(&api, &p).await;

@@ -929,6 +929,15 @@ await step('A moves the weekly event: B is told to answer again, sees it in the 
   await d.getByLabel('Starts').fill(dayAt(A.zone, 9));
   await d.getByLabel('Ends').fill(dayAt(A.zone, 10));
   await d.getByRole('button', { name: 'Save changes' }).click();
+  // Opened on today's occurrence: "All events" moves the series (its id).
+  const prompt = await visible(pa.locator('#scope-prompt'));
+  await prompt.getByRole('radio', { name: 'All events' }).check();
+  const patched = pa.waitForRequest((r) => r.method() === 'PATCH', { timeout: T });
+  await prompt.getByRole('button', { name: 'OK' }).click();
+  const url = (await patched).url();
+  if (url.includes('_') || url.includes('scope=')) throw new Error(`"All events" went to ${url}, not the series' id`);
+  const moved = JSON.parse((await patched).postData());
+  if (Date.parse(moved.start) !== Date.parse(DateTime.fromISO(dayAt(A.zone, 9), { zone: A.zone }).toISO())) throw new Error(`"All events" sent ${JSON.stringify(moved)}`);
   // Saved: the dialog closes, or stays to show what the new time overlaps.
   await waitFor(pa, () => !document.querySelector('#event-dialog')?.open || !document.querySelector('#event-dialog .conflicts')?.hidden, null, 'the move to be saved');
   if (await d.isVisible()) await closeDialog(pa);
