@@ -92,6 +92,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LeaderCmd,
     },
+    /// Drop agenda-db's history (the past revisions that reads at a
+    /// revision and watches from one use) up to --revision (default: all
+    /// but the newest), to free its memory now rather than as it ages out.
+    /// Watches and reads from a dropped revision are refused afterwards.
+    Compact {
+        /// The newest revision to drop (0: all but the newest).
+        #[arg(long, default_value_t = 0)]
+        revision: i64,
+        #[command(flatten)]
+        conn: DbConn,
+    },
     /// agenda-db's members: `list`, `add ID ADDR`, `remove ID`.
     Member {
         #[command(subcommand)]
@@ -482,6 +493,17 @@ fn main() -> ExitCode {
             } => {
                 let mut s = session.open()?;
                 print!("{}", agendactl::calendar::rsvp(&mut s, &id, &status).await?);
+                Ok(())
+            }
+            Cmd::Compact { revision, conn } => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let done = conn.client(&stop)?.compact(revision).await?;
+                let at = done.header.map_or(0, |h| h.revision);
+                println!(
+                    "history dropped up to revision {} (the store is at {at}; reads and watches from {} on are served)",
+                    done.compact_revision,
+                    done.compact_revision + 1
+                );
                 Ok(())
             }
             Cmd::Relay { listen, netns, to } => {

@@ -472,8 +472,8 @@ function fill(ev) {
     ui.occurrence.hidden = false;
     const when = formatWhen(ev, currentUser()?.time_zone || 'UTC');
     ui.occurrence.textContent = state.mode === 'edit'
-      ? `One event of a repeating series: ${when}. Saving or deleting asks whether it is for this event, this and the following events, or all events.`
-      : `One event of a repeating series: ${when}.`;
+      ? `One event of a series (${when}). Saving or deleting asks which events it is for.`
+      : `One event of a series (${when}).`;
   }
 }
 

@@ -784,7 +784,7 @@ await step('recurring: A makes a weekly event (COUNT 4) in the week view, drags 
   await visible(d.getByRole('heading', { name: 'Edit event' }));
   const starts = await d.getByLabel('Starts').inputValue();
   if (starts !== `${mon(2)}T08:00`) throw new Error(`the dialog shows the occurrence starting ${starts}, wanted ${mon(2)}T08:00`);
-  await visible(d.locator('.occurrence-note'), 'One event of a repeating series');
+  await visible(d.locator('.occurrence-note'), 'One event of a series');
   await d.getByLabel('Visibility').selectOption('private');
   await d.getByRole('button', { name: 'Save changes' }).click();
   await visible(prompt);

@@ -673,6 +673,20 @@ impl DbClient {
         Ok((header, body))
     }
 
+    /// Drops the history up to `revision` (0: all but the newest;
+    /// operators only); answers the compact revision.
+    pub async fn compact(&self, revision: i64) -> Result<CompactionResponse> {
+        let req = CompactionRequest {
+            revision,
+            request_id: Self::request_id(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.compact(req).await }
+        })
+        .await
+    }
+
     /// Hands leadership to member `target` (operators only); answers once
     /// it leads.
     pub async fn move_leader(&self, target: u64) -> Result<MoveLeaderResponse> {

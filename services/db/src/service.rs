@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agenda_proto::db::{
-    request_op, DeleteRequest, DeleteResponse, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    MemberAddRequest, MemberChangeResponse, MemberRemoveRequest, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchRequest,
-    WatchResponse,
+    request_op, CompactionRequest, CompactionResponse, DeleteRequest, DeleteResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, MemberAddRequest, MemberChangeResponse,
+    MemberRemoveRequest, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    TxnRequest, TxnResponse, WatchRequest, WatchResponse,
 };
 use agenda_proto::raft::{command, command_result, Command, MemberChange};
 use prometheus::IntCounter;
@@ -168,6 +168,12 @@ impl Db {
         if req.is_read_only() {
             return self.read_txn(req).await;
         }
+        self.write(req).await
+    }
+
+    /// Drops the history up to a revision (a log entry, so every replica
+    /// drops the same).
+    pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
         self.write(req).await
     }
 
@@ -611,6 +617,7 @@ write_requests! {
     LeaseGrant: LeaseGrantRequest => LeaseGrantResponse,
     LeaseKeepAlive: LeaseKeepAliveRequest => LeaseKeepAliveResponse,
     LeaseRevoke: LeaseRevokeRequest => LeaseRevokeResponse,
+    Compact: CompactionRequest => CompactionResponse,
 }
 
 /// Uses the caller's request id, or makes one so internal retries are

@@ -595,8 +595,8 @@ mod determinism {
 
     use agenda_proto::db::MemberChangeResponse;
     use agenda_proto::db::{
-        compare, request_op, Compare, DeleteRequest, LeaseGrantRequest, LeaseRevokeRequest,
-        PutRequest, RequestOp, TxnRequest,
+        compare, request_op, CompactionRequest, Compare, DeleteRequest, LeaseGrantRequest,
+        LeaseRevokeRequest, PutRequest, RequestOp, TxnRequest,
     };
     use agenda_proto::raft::{command, command_result, Command, CommandResult, MemberChange};
     use prost::Message as _;
@@ -720,6 +720,12 @@ mod determinism {
                     out.push(Entry::Cmd(again));
                     continue;
                 }
+                95..=96 => command::Op::Compact(CompactionRequest {
+                    // Sometimes behind what is already compacted, or ahead
+                    // of the store (refused alike everywhere).
+                    revision: rng.random_range(0..n as i64 + 5),
+                    request_id: String::new(),
+                }),
                 _ => command::Op::Put(PutRequest {
                     key: b"hot".to_vec(),
                     value: format!("h{n}").into_bytes(),

@@ -130,6 +130,14 @@ impl DbApi for GrpcApi {
         Ok(Response::new(MoveLeaderResponse { leader_id }))
     }
 
+    async fn compact(
+        &self,
+        r: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        self.operator_only(&r, "compact the history")?;
+        Ok(Response::new(self.db.compact(r.into_inner()).await?))
+    }
+
     type SnapshotStream = SnapshotStream;
 
     /// Operators only: the state holds signing keys and password hashes.

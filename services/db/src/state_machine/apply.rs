@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use agenda_proto::db::{
-    event, request_op, response_op, DeleteRequest, DeleteResponse, Event, KeyValue,
-    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutRequest, PutResponse,
-    RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+    event, request_op, response_op, CompactionResponse, DeleteRequest, DeleteResponse, Event,
+    KeyValue, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutRequest,
+    PutResponse, RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 use agenda_proto::raft::{
     command, command_error, command_result, Applied, Command, CommandError, CommandResult,
@@ -191,6 +191,12 @@ impl StateMachine {
                         header: Some(self.header(member_id, term)),
                     })
                 }),
+            Some(command::Op::Compact(req)) => self.compact(req.revision).map(|compact_revision| {
+                command_result::Result::Compact(CompactionResponse {
+                    header: Some(self.header(member_id, term)),
+                    compact_revision,
+                })
+            }),
             None => Err(Error::InvalidArgument("empty command".into())),
         };
         let result = match outcome {
@@ -240,6 +246,30 @@ impl StateMachine {
         if by_count && removed == 0 {
             self.compact_revision = self.compact_revision.max(keep_from);
         }
+    }
+
+    /// Drops the history up to `upto` (0 or less: all of it but the newest
+    /// revision, which is never dropped, as in [`Self::finish`]); answers
+    /// the compact revision. Compacting again to where it is, or before,
+    /// changes nothing.
+    fn compact(&mut self, upto: i64) -> Result<i64> {
+        let target = if upto <= 0 { self.revision } else { upto };
+        if target > self.revision {
+            return Err(Error::InvalidArgument(format!(
+                "revision {upto} is in the future: the store is at {}",
+                self.revision
+            )));
+        }
+        let target = target.min(self.revision - 1);
+        while let Some((rev, events)) = self.t.history.get_min().map(|(r, e)| (*r, e.clone())) {
+            if rev > target {
+                break;
+            }
+            self.t.history.remove(&rev);
+            self.history_bytes = self.history_bytes.saturating_sub(events_size(&events));
+        }
+        self.compact_revision = self.compact_revision.max(target);
+        Ok(self.compact_revision)
     }
 
     fn validate_put(&self, req: &PutRequest) -> Result<()> {
@@ -549,7 +579,7 @@ mod tests {
     use super::*;
     use crate::state_machine::fixture::*;
     use crate::state_machine::history_since;
-    use agenda_proto::db::{compare, Compare, LeaseGrantRequest};
+    use agenda_proto::db::{compare, CompactionRequest, Compare, LeaseGrantRequest};
 
     /// A membership change that took effect is in the audit log, with its
     /// time from the log; a refused one is not.
@@ -883,6 +913,51 @@ mod tests {
         assert!(f.get("c").is_some());
         let (r, _) = f.apply("r2", revoke(7));
         assert_eq!(error_code(&r), Some(command_error::Code::NotFound));
+    }
+
+    #[test]
+    fn compaction_drops_history_up_to_a_revision_never_the_newest() {
+        let mut f = Fixture::new();
+        for i in 0..5 {
+            f.apply(&format!("p{i}"), put("k", &i.to_string()));
+        }
+        let compact = |f: &mut Fixture, id: &str, revision: i64| {
+            let (r, _) = f.apply(
+                id,
+                command::Op::Compact(CompactionRequest {
+                    revision,
+                    request_id: String::new(),
+                }),
+            );
+            r
+        };
+        let r = compact(&mut f, "c1", 2);
+        assert!(matches!(
+            r.result,
+            Some(command_result::Result::Compact(CompactionResponse {
+                compact_revision: 2,
+                ..
+            }))
+        ));
+        assert_eq!(
+            f.sm.t.history.keys().copied().collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        let bytes = f.sm.history_bytes;
+        // Again, or further back: nothing changes.
+        compact(&mut f, "c2", 1);
+        assert_eq!((f.sm.compact_revision, f.sm.history_bytes), (2, bytes));
+        let r = compact(&mut f, "c3", 9);
+        assert_eq!(
+            error_code(&r),
+            Some(command_error::Code::InvalidArgument),
+            "the future"
+        );
+        // Everything but the newest.
+        compact(&mut f, "c4", 0);
+        assert_eq!(f.sm.t.history.keys().copied().collect::<Vec<_>>(), [5]);
+        assert_eq!(f.sm.compact_revision, 4);
+        assert!(f.sm.history_bytes < bytes);
     }
 
     #[test]
