@@ -58,7 +58,10 @@ pub fn restore(
     history: i64,
 ) -> Result<Restored> {
     let members = parse_members(members)?;
-    let (header, data) = backup::read_file(file)?;
+    let mut bar = Progress::new("reading the snapshot");
+    let read = backup::read_file_with(file, |got, total| bar.show(got, total));
+    bar.done();
+    let (header, data) = read?;
     let (data, dropped) =
         backup::without_process_state(data, &[agenda_common::registry::REDIS_PRIMARY.as_bytes()]);
     let keys = data.kvs.len();

@@ -101,6 +101,15 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Reads and checks a snapshot file: its header and state.
 pub fn read_file(path: &Path) -> Result<(SnapshotHeader, SnapshotData)> {
+    read_file_with(path, |_, _| {})
+}
+
+/// [`read_file`], telling `progress` the body's bytes read so far and in
+/// all as it goes (a large backup takes a while).
+pub fn read_file_with(
+    path: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(SnapshotHeader, SnapshotData)> {
     let bad = |why: String| Error::Config(format!("{}: {why}", path.display()));
     let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
     let mut magic = [0u8; 8];
@@ -117,7 +126,15 @@ pub fn read_file(path: &Path) -> Result<(SnapshotHeader, SnapshotData)> {
         .map_err(|_| bad("truncated header".into()))?;
     let header = SnapshotHeader::decode(h.as_slice()).map_err(|e| bad(format!("header: {e}")))?;
     let mut body = Vec::with_capacity(header.size as usize);
-    f.read_to_end(&mut body).map_err(|e| bad(e.to_string()))?;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut chunk).map_err(|e| bad(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+        progress(body.len() as u64, header.size);
+    }
     if body.len() as u64 != header.size {
         return Err(bad(format!(
             "the body has {} bytes, the header says {}: the file is truncated or damaged",
