@@ -58,6 +58,14 @@ impl From<tonic::Status> for Error {
             // session or HTTP/2 stream cut, as a partition does), whose
             // messages vary. A call that met one may succeed elsewhere.
             Code::Unknown => Error::Unavailable(msg),
+            // tonic makes Internal of an HTTP/2 stream reset or GOAWAY
+            // (NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR...: what a link cut
+            // while a partition heals gives) and keeps the h2 error as the
+            // status's source; a status our servers send carries none.
+            Code::Internal if std::error::Error::source(&s).is_some() => Error::Unavailable(msg),
+            // A connection's cap of requests at once (tower's load shed):
+            // busy, not broken.
+            Code::ResourceExhausted => Error::Unavailable(msg),
             _ => Error::Internal(format!("{:?}: {msg}", s.code())),
         }
     }
@@ -78,6 +86,16 @@ mod tests {
             assert!(e.is_retryable(), "{msg}: {e:?}");
         }
         assert!(!Error::from(tonic::Status::internal("see the node's log")).is_retryable());
+        let mut reset = tonic::Status::internal("h2 protocol error: stream no longer needed");
+        reset.set_source(std::sync::Arc::new(std::io::Error::other("RST_STREAM")));
+        assert!(
+            Error::from(reset).is_retryable(),
+            "a reset stream is the link's"
+        );
+        assert!(Error::from(tonic::Status::resource_exhausted(
+            "too many active requests"
+        ))
+        .is_retryable());
         assert!(matches!(
             Error::from(tonic::Status::not_found("lease")),
             Error::NotFound(_)
