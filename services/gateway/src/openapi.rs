@@ -379,6 +379,14 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
         ),
         ("CreateEventRequest", "group_id", any.clone()),
         ("CreateEventRequest", "visibility", visibility.clone()),
+        // Whether start and end are dates: a rule between fields.
+        ("CreateEventRequest", "all_day", any.clone()),
+        ("UpdateEventRequest", "all_day", any.clone()),
+        (
+            "UpdateEventRequest",
+            "attendees",
+            json!({ "maxItems": 100, "description": "Usernames of existing users, the whole new list (an unknown one is 422)." }),
+        ),
         ("UpdateEventRequest", "title", title),
         ("UpdateEventRequest", "start", event_time()),
         ("UpdateEventRequest", "end", event_time()),
