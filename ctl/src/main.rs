@@ -114,7 +114,8 @@ enum Cmd {
     Login {
         /// Your username.
         username: String,
-        /// The public URL (default: `.agenda/url` of `make run`, else
+        /// The public URL (default: what `make run` wrote, the host's
+        /// relay `.agenda/local_url` or `.agenda/url`, else
         /// http://127.0.0.1:8080).
         #[arg(long, env = "AGENDA_URL")]
         url: Option<String>,
@@ -341,7 +342,10 @@ fn read_password(username: &str, from_stdin: bool) -> anyhow::Result<String> {
 
 /// The URL and CA `make run` wrote, when not given.
 fn default_url(url: Option<String>, ca: Option<PathBuf>) -> (String, Option<PathBuf>) {
+    // `make run` as root: `url` is the VIP, reached from the client
+    // namespace; this host reaches it through the relay at `local_url`.
     let url = url
+        .or_else(|| std::fs::read_to_string(".agenda/local_url").ok())
         .or_else(|| std::fs::read_to_string(".agenda/url").ok())
         .map(|u| u.trim().to_string())
         .filter(|u| !u.is_empty())
