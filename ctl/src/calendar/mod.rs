@@ -84,7 +84,11 @@ pub fn parse_at(text: &str, tz: Tz, now: DateTime<Utc>) -> Result<DateTime<Utc>>
             "{text:?} is not a time: give \"YYYY-MM-DD HH:MM\", \"tomorrow HH:MM\" or \"HH:MM\""
         ))
     };
-    let text = text.trim().replace('T', " ");
+    // `2030-01-31T10:00`: the T between the date and the time only.
+    let text = match text.trim() {
+        t if t.len() == 16 && t.as_bytes()[10] == b'T' => format!("{} {}", &t[..10], &t[11..]),
+        t => t.to_string(),
+    };
     let (day, time) = match text.rsplit_once(' ') {
         Some((day, time)) => (parse_day(day, today)?, time.to_string()),
         None => (today, text.clone()),
@@ -410,6 +414,7 @@ mod tests {
         assert_eq!(at("2026-12-01 09:30").unwrap(), "2026-12-01T08:30:00+00:00");
         assert_eq!(at("2026-12-01T09:30").unwrap(), "2026-12-01T08:30:00+00:00");
         assert_eq!(at("tomorrow 10:00").unwrap(), "2026-11-27T09:00:00+00:00");
+        assert_eq!(at("Today 10:00").unwrap(), "2026-11-26T09:00:00+00:00");
         assert_eq!(at("16:00").unwrap(), "2026-11-26T15:00:00+00:00");
         assert_eq!(
             at("2026-12-01T09:30:00Z").unwrap(),

@@ -68,7 +68,19 @@ fn day_start(tz: chrono_tz::Tz, day: NaiveDate) -> DateTime<Utc> {
 /// How many days an all-day event spans (its length may be an hour off a
 /// whole number of days across a DST change).
 fn day_count(ev: &EventRecord) -> i64 {
-    ((ev.end - ev.start).num_hours() + 12).div_euclid(24).max(1)
+    whole_days(ev.end - ev.start)
+}
+
+fn whole_days(length: Duration) -> i64 {
+    (length.num_hours() + 12).div_euclid(24).max(1)
+}
+
+/// How many days one occurrence of an all-day series spans: its own when
+/// it was changed on its own.
+fn occurrence_days(ev: &EventRecord, occ: Occurrence) -> i64 {
+    ev.overrides
+        .get(&occ.original)
+        .map_or_else(|| day_count(ev), |c| whole_days(c.end - c.start))
 }
 
 /// The days of an event in its zone, `[first, after_last)`: as given for
@@ -490,7 +502,7 @@ pub fn change_occurrence(
     let (start, end) = if ev.all_day {
         let tz: chrono_tz::Tz = ev.time_zone.parse().unwrap_or(chrono_tz::UTC);
         let first = occ.start.with_timezone(&tz).date_naive();
-        let after = first + Duration::days(day_count(ev));
+        let after = first + Duration::days(occurrence_days(ev, occ));
         let first = req.start.clone().unwrap_or_else(|| first.to_string());
         let after = req.end.clone().unwrap_or_else(|| after.to_string());
         when(true, &first, &after, &ev.time_zone)?
@@ -577,8 +589,8 @@ pub fn cancel_occurrence(ev: &EventRecord, occ: Occurrence) -> ApiResult<EventRe
 
 /// The series `ev` split at its occurrence `occ` (not its first): the part
 /// before it, ending there, and the part from it on (a new event with
-/// the same people and answers, an id derived from the series and the
-/// occurrence), changed as `req` asks (None: the part from it on goes).
+/// the same people and answers, an id of its own), changed as `req` asks (None: the part from it on goes;
+/// its attendees are the series', so `req` may not set them).
 pub fn split_series(
     ev: &EventRecord,
     occ: Occurrence,
@@ -594,8 +606,14 @@ pub fn split_series(
     let Some(req) = req else {
         return Ok((before, None));
     };
+    if req.attendees.is_some() {
+        return Err(ApiError::invalid_field(
+            "attendees",
+            "the attendees of a series are changed on the series (its id)",
+        ));
+    }
     let mut after = ev.clone();
-    after.id = Uuid::new_v5(&ev.id, occ.original.to_rfc3339().as_bytes());
+    after.id = Uuid::new_v4();
     after.start = occ.original;
     after.end = occ.original + (ev.end - ev.start);
     after.rrule = Some(recurrence::check(&after_rule, after.start, tz)?);
@@ -749,7 +767,9 @@ pub fn view(ev: &EventRecord, viewer: Uuid, occurrence: Option<Occurrence>) -> E
         my_status: ev.status_of(viewer),
         all_day: ev.all_day,
         start_date: first_day,
-        end_date: first_day.map(|d| d + Duration::days(day_count(ev))),
+        end_date: first_day.map(|d| {
+            d + Duration::days(series.map_or_else(|| day_count(ev), |o| occurrence_days(ev, o)))
+        }),
         reminders: ev.reminders.get(&viewer).cloned().unwrap_or_default(),
         occurrence_id: series.map(|o| occurrence_id(ev.id, o.original)),
         recurring_event_id: series.map(|_| ev.id),
@@ -1428,5 +1448,46 @@ mod tests {
         assert!(validate::event_ref(&format!("{}_2031", ev.id)).is_err());
         assert!(validate::scope(Some("following")).unwrap());
         assert!(validate::scope(Some("all")).is_err());
+    }
+
+    /// An all-day occurrence lengthened on its own keeps its length when
+    /// only its title changes, and shows its own last day.
+    #[test]
+    fn an_all_day_occurrence_keeps_its_own_length() {
+        let organizer = person("org");
+        let req: CreateEventRequest = serde_json::from_value(json!({
+            "title": "Trip", "start": "2031-03-03", "end": "2031-03-04",
+            "time_zone": "Europe/Madrid", "all_day": true, "rrule": "FREQ=WEEKLY;COUNT=3"
+        }))
+        .unwrap();
+        let ev = new_event(req, &organizer, Vec::new(), None).unwrap();
+        let second = recurrence::instances(&ev, ev.start, ev.start + Duration::days(30))[1];
+        let long = change_occurrence(&ev, second, &update(json!({"end": "2031-03-13"}))).unwrap();
+        let now = recurrence::instance_at(&long, second.original).unwrap();
+        let renamed =
+            change_occurrence(&long, now, &update(json!({"title": "Long trip"}))).unwrap();
+        let shown = view(
+            &renamed,
+            organizer.id,
+            recurrence::instance_at(&renamed, second.original),
+        );
+        assert_eq!(shown.title, "Long trip");
+        assert_eq!(
+            (
+                shown.start_date.unwrap().to_string(),
+                shown.end_date.unwrap().to_string()
+            ),
+            ("2031-03-10".to_string(), "2031-03-13".to_string())
+        );
+        let third = recurrence::instances(&renamed, ev.start, ev.start + Duration::days(30))[2];
+        assert_eq!(
+            view(&renamed, organizer.id, Some(third))
+                .end_date
+                .unwrap()
+                .to_string(),
+            "2031-03-18"
+        );
+        let err = split_series(&ev, second, Some(update(json!({"attendees": []})))).unwrap_err();
+        assert_eq!(err.details["field"], "attendees", "the series' own");
     }
 }

@@ -110,8 +110,8 @@ pub const REMINDERS: &str = "/agenda/reminders/";
 pub fn reminders_until(t: DateTime<Utc>) -> String {
     format!("/agenda/reminders/{}", at(t + chrono::Duration::seconds(1)))
 }
-/// The keys of an event's reminders waiting to fire (value: a list of
-/// [`reminder`] keys), rewritten with every change of them.
+/// An event's reminders waiting to fire (value: the list of their
+/// [`crate::reminders::Due`]), rewritten with every change of them.
 pub fn event_reminders(event: Uuid) -> String {
     format!("/agenda/event-reminders/{event}")
 }

@@ -70,10 +70,27 @@ pub fn next(ev: &EventRecord, user: Uuid, minutes: u32, after: DateTime<Utc>) ->
 /// minutes of each person who keeps the event as busy time (those who
 /// declined or were only invited get none).
 pub fn schedule(ev: &EventRecord, now: DateTime<Utc>) -> Vec<Due> {
+    refile(ev, now, &[])
+}
+
+/// [`schedule`] for an event whose reminders `filed` are waiting: one
+/// whose time has come but that no replica has fired yet (they were down,
+/// or it waits its turn) stays due when the event changes, rather than
+/// skipping to the next occurrence.
+pub fn refile(ev: &EventRecord, now: DateTime<Utc>, filed: &[Due]) -> Vec<Due> {
     ev.reminders
         .iter()
         .filter(|(user, _)| rules::is_busy_for(ev, **user))
-        .flat_map(|(user, list)| list.iter().filter_map(|m| next(ev, *user, *m, now)))
+        .flat_map(|(user, list)| {
+            list.iter().filter_map(move |m| {
+                let after = filed
+                    .iter()
+                    .filter(|d| d.user_id == *user && d.minutes == *m)
+                    .map(|d| d.at - Duration::seconds(1))
+                    .fold(now, DateTime::min);
+                next(ev, *user, *m, after)
+            })
+        })
         .collect()
 }
 
@@ -150,6 +167,22 @@ mod tests {
             t("2031-01-01T00:00:00Z")
         )
         .is_empty());
+    }
+
+    #[test]
+    fn a_reminder_due_but_not_fired_stays_due_when_the_event_changes() {
+        let p = Uuid::new_v4();
+        let ev = weekly_with(p, AttendeeStatus::Accepted, vec![15]);
+        let waiting = schedule(&ev, t("2031-01-06T08:00:00Z"));
+        assert_eq!(waiting[0].at, t("2031-01-06T08:45:00Z"));
+        // At 08:50 nobody has fired it yet; the event changes (an answer).
+        let again = refile(&ev, t("2031-01-06T08:50:00Z"), &waiting);
+        assert_eq!(again, waiting, "still due, not next week's");
+        assert_eq!(
+            schedule(&ev, t("2031-01-06T08:50:00Z"))[0].at,
+            t("2031-01-13T08:45:00Z"),
+            "without it filed: the next"
+        );
     }
 
     #[test]

@@ -543,16 +543,17 @@ impl Store {
                     if following {
                         let (before, after) = events::split_series(&cur.value, occ, Some(req))?;
                         let after = after.ok_or_else(|| ApiError::not_found("occurrence"))?;
-                        let notify = events::update_notices(&cur.value, &before, caller);
+                        // Everyone is told once, of the part that changed.
+                        let notify = events::update_notices(&cur.value, &after, caller);
                         let writes = [
-                            Write::settled(&before, caller, notify, &cur),
+                            Write::settled(&before, caller, Vec::new(), &cur),
                             Write {
                                 ev: &after,
                                 viewer: caller,
                                 check: after.participants().collect(),
                                 reject,
                                 guards: Vec::new(),
-                                notify: Vec::new(),
+                                notify,
                                 previous: None,
                             },
                         ];

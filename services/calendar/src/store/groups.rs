@@ -865,8 +865,13 @@ impl Store {
                 continue;
             }
             tracing::info!(group = %p.group_id, user = %p.user_id, since = %p.since, "finishing an interrupted sync of group events");
-            self.sync_group_member(p.group_id, p.user_id).await?;
-            finished += 1;
+            // One that fails waits for the next round; the others go on.
+            match self.sync_group_member(p.group_id, p.user_id).await {
+                Ok(_) => finished += 1,
+                Err(e) => {
+                    tracing::warn!(group = %p.group_id, user = %p.user_id, error = %e.message, "could not finish a sync of group events; will retry")
+                }
+            }
         }
         Ok(finished)
     }

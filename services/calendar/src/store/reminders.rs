@@ -39,23 +39,21 @@ impl Store {
             return Ok(());
         }
         let list_key = keys::event_reminders(id);
-        let filed = self.get::<Vec<String>>(&list_key).await?;
+        let filed = self.get::<Vec<Due>>(&list_key).await?;
         batch.unchanged(&list_key, filed.as_ref().map_or(0, |f| f.mod_revision));
-        for key in filed.iter().flat_map(|f| &f.value) {
-            batch.delete(key);
+        let filed = filed.map(|f| f.value).unwrap_or_default();
+        for d in &filed {
+            batch.delete(&keys::reminder(d));
         }
-        let due = after.map_or_else(Vec::new, |ev| reminders::schedule(ev, Utc::now()));
+        let due = after.map_or_else(Vec::new, |ev| reminders::refile(ev, Utc::now(), &filed));
         if due.is_empty() {
             batch.delete(&list_key);
             return Ok(());
         }
-        let mut keys = Vec::with_capacity(due.len());
         for d in &due {
-            let key = keys::reminder(d);
-            batch.put(&key, d)?;
-            keys.push(key);
+            batch.put(&keys::reminder(d), d)?;
         }
-        batch.put(&list_key, &keys)?;
+        batch.put(&list_key, &due)?;
         Ok(())
     }
 
@@ -109,8 +107,8 @@ impl Store {
                 continue;
             };
             let ev = snap.value::<EventRecord>(0)?.map(|v| v.value);
-            let mut filed: Vec<String> = snap
-                .value::<Vec<String>>(1)?
+            let mut filed: Vec<Due> = snap
+                .value::<Vec<Due>>(1)?
                 .map(|v| v.value)
                 .unwrap_or_default();
             let mut batch = Batch::default();
@@ -118,7 +116,7 @@ impl Store {
                 .unchanged(&key, d.mod_revision)
                 .unchanged(&list_key, snap.mod_revision(1))
                 .delete(&key);
-            filed.retain(|k| *k != key);
+            filed.retain(|f| *f != d.value);
             let mut sent = false;
             if let Some(ev) = &ev {
                 if d.value.occurrence + (ev.end - ev.start) > now {
@@ -136,9 +134,8 @@ impl Store {
                 let next = reminders::next(ev, d.value.user_id, d.value.minutes, d.value.at)
                     .filter(|_| still_set);
                 if let Some(next) = next {
-                    let next_key = keys::reminder(&next);
-                    batch.put(&next_key, &next)?;
-                    filed.push(next_key);
+                    batch.put(&keys::reminder(&next), &next)?;
+                    filed.push(next);
                 }
             }
             if filed.is_empty() {

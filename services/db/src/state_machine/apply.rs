@@ -250,8 +250,8 @@ impl StateMachine {
 
     /// Drops the history up to `upto` (0 or less: all of it but the newest
     /// revision, which is never dropped, as in [`Self::finish`]); answers
-    /// the compact revision. Compacting again to where it is, or before,
-    /// changes nothing.
+    /// the revision compacted to. Compacting again to where it is, or
+    /// before, changes nothing.
     fn compact(&mut self, upto: i64) -> Result<i64> {
         let target = if upto <= 0 { self.revision } else { upto };
         if target > self.revision {
@@ -269,7 +269,10 @@ impl StateMachine {
             self.history_bytes = self.history_bytes.saturating_sub(events_size(&events));
         }
         self.compact_revision = self.compact_revision.max(target);
-        Ok(self.compact_revision)
+        // The answer is kept for deduplication, so it comes from the log
+        // alone (`compact_revision` can differ where a replica installed
+        // a raft snapshot).
+        Ok(target)
     }
 
     fn validate_put(&self, req: &PutRequest) -> Result<()> {
