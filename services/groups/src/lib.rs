@@ -40,22 +40,17 @@ pub async fn run(
     let store = Store::new(db.clone());
     // Group events of members who joined or left while a process died
     // (see `Store::sync_group_member`).
-    let sweeper = {
-        let store = store.clone();
-        tokio::spawn(agenda_serving::sweep::every(
-            "interrupted syncs of group events finished",
-            agenda_serving::sweep::SWEEP_EVERY,
-            shutdown.clone(),
-            move || {
-                let store = store.clone();
-                async move {
-                    store
-                        .finish_pending_group_syncs(agenda_calendar::store::groups::SYNC_GRACE)
-                        .await
-                }
-            },
-        ))
-    };
+    let sweeper = agenda_serving::sweep::spawn(
+        "interrupted syncs of group events finished",
+        agenda_serving::sweep::SWEEP_EVERY,
+        shutdown.clone(),
+        &store,
+        |store| async move {
+            store
+                .finish_pending_group_syncs(agenda_calendar::store::groups::SYNC_GRACE)
+                .await
+        },
+    );
     let handler = handler::Groups { store };
     agenda_serving::serve(Service::Groups, handler, serving, db, shutdown).await?;
     // The shutdown token stops it between rounds.

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use agenda_calendar::error::ApiResult;
+use agenda_calendar::store::Store;
 use agenda_common::shutdown::{pause, CancellationToken};
 
 /// How often a replica looks for work a stopped process left halfway.
@@ -35,4 +36,21 @@ pub async fn every<F, Fut>(
             return;
         }
     }
+}
+
+/// [`every`] on a task of its own, each round given its own handle on
+/// `store`; await the handle after `shutdown` to let the round end.
+pub fn spawn<F, Fut>(
+    what: &'static str,
+    period: Duration,
+    shutdown: CancellationToken,
+    store: &Store,
+    round: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Store) -> Fut + Send + 'static,
+    Fut: Future<Output = ApiResult<usize>> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::spawn(every(what, period, shutdown, move || round(store.clone())))
 }

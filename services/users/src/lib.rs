@@ -87,36 +87,26 @@ pub async fn run(
     }
     // Account deletions a stopped process left halfway (see
     // `Store::delete_user`).
-    let sweeper = {
-        let store = store.clone();
-        tokio::spawn(agenda_serving::sweep::every(
-            "interrupted account deletions finished",
-            agenda_serving::sweep::SWEEP_EVERY,
-            shutdown.clone(),
-            move || {
-                let store = store.clone();
-                async move {
-                    store
-                        .finish_pending_deletions(agenda_calendar::store::users::DELETION_GRACE)
-                        .await
-                }
-            },
-        ))
-    };
+    let sweeper = agenda_serving::sweep::spawn(
+        "interrupted account deletions finished",
+        agenda_serving::sweep::SWEEP_EVERY,
+        shutdown.clone(),
+        &store,
+        |store| async move {
+            store
+                .finish_pending_deletions(agenda_calendar::store::users::DELETION_GRACE)
+                .await
+        },
+    );
     // Reminders, fired within a second of being due (see
     // `Store::fire_due_reminders`).
-    let reminders = {
-        let store = store.clone();
-        tokio::spawn(agenda_serving::sweep::every(
-            "reminders fired",
-            REMINDERS_EVERY,
-            shutdown.clone(),
-            move || {
-                let store = store.clone();
-                async move { store.fire_due_reminders(chrono::Utc::now()).await }
-            },
-        ))
-    };
+    let reminders = agenda_serving::sweep::spawn(
+        "reminders fired",
+        REMINDERS_EVERY,
+        shutdown.clone(),
+        &store,
+        |store| async move { store.fire_due_reminders(chrono::Utc::now()).await },
+    );
     let handler = handler::Users {
         store,
         keys: agenda_common::auth::follow_signing_keys(db.clone(), keys, shutdown.clone()),
