@@ -192,6 +192,63 @@ pub struct InviteRequest {
     pub rank: Option<u32>,
 }
 
+/// `POST /v1/me/app-passwords`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPasswordRequest {
+    /// What it is for (e.g. `Thunderbird on the laptop`), 1 to 100
+    /// characters.
+    pub name: String,
+}
+
+/// What a CalDAV client asks of a calendar (the gateway speaks WebDAV;
+/// these carry what it understood). `calendar` is `personal` or a
+/// group's id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "dav", rename_all = "snake_case")]
+pub enum DavOp {
+    /// The caller's calendars.
+    Calendars,
+    /// Every event of a calendar (`token`: None), or what changed since a
+    /// sync token (RFC 6578), with each event's text when `data`.
+    Sync {
+        calendar: String,
+        token: Option<String>,
+        data: bool,
+    },
+    /// The events with an occurrence in `[from, to)` (either end open).
+    Query {
+        calendar: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+    /// Events by resource name (`{name}.ics`).
+    Get {
+        calendar: String,
+        names: Vec<String>,
+    },
+    /// Writes a resource: creates the event, or replaces it (`if_match`:
+    /// only if its ETag is still that; `if_none_match`: only if absent).
+    Put {
+        calendar: String,
+        name: String,
+        ics: String,
+        if_match: Option<String>,
+        if_none_match: bool,
+    },
+    Delete {
+        calendar: String,
+        name: String,
+        if_match: Option<String>,
+    },
+}
+
+impl DavOp {
+    fn is_read_only(&self) -> bool {
+        !matches!(self, DavOp::Put { .. } | DavOp::Delete { .. })
+    }
+}
+
 /// A time window (`from`, `to`: RFC 3339).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -349,6 +406,31 @@ pub enum Op {
     },
     /// The audit log, for administrators.
     Audit(AuditQuery),
+    /// A new secret feed URL of the caller's agenda, or with `group_id`
+    /// of a group's (the old one stops working).
+    CreateFeed {
+        group_id: Option<String>,
+    },
+    /// A feed by its secret key (no caller: calendar apps send none).
+    Feed {
+        key: String,
+    },
+    /// An iCalendar file's events into the caller's agenda.
+    ImportEvents {
+        ics: String,
+    },
+    CreateAppPassword(AppPasswordRequest),
+    ListAppPasswords,
+    DeleteAppPassword {
+        id: String,
+    },
+    /// HTTP Basic of a CalDAV client (no caller yet): the account whose
+    /// app password it is.
+    CheckAppPassword {
+        username: String,
+        password: String,
+    },
+    Dav(DavOp),
 }
 
 /// `GET /v1/admin/audit?from=&to=&actor=&after=&limit=`
@@ -429,7 +511,10 @@ impl Op {
                 | GroupInvitations { .. }
                 | GroupAgenda { .. }
                 | Audit(_)
-        )
+                | Feed { .. }
+                | ListAppPasswords
+                | CheckAppPassword { .. }
+        ) || matches!(self, Dav(d) if d.is_read_only())
     }
 
     /// Whether sending it again after a failure cannot apply it twice:
@@ -455,7 +540,14 @@ impl Op {
 
     /// Whether the caller must be authenticated.
     pub fn needs_caller(&self) -> bool {
-        !matches!(self, Op::Register(_) | Op::Login(_) | Op::Refresh(_))
+        !matches!(
+            self,
+            Op::Register(_)
+                | Op::Login(_)
+                | Op::Refresh(_)
+                | Op::Feed { .. }
+                | Op::CheckAppPassword { .. }
+        )
     }
 }
 

@@ -26,6 +26,9 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// Conflicts with the current state (409).
     Conflict,
+    /// A condition the request set (an ETag in `If-Match`) no longer
+    /// holds (412).
+    PreconditionFailed,
     /// A body over the size limit (413).
     PayloadTooLarge,
     /// A request line too long (414).
@@ -46,13 +49,14 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::BadRequest,
         ErrorKind::Unauthenticated,
         ErrorKind::Forbidden,
         ErrorKind::NotFound,
         ErrorKind::MethodNotAllowed,
         ErrorKind::Conflict,
+        ErrorKind::PreconditionFailed,
         ErrorKind::PayloadTooLarge,
         ErrorKind::UriTooLong,
         ErrorKind::UnsupportedMediaType,
@@ -72,6 +76,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::Conflict => 409,
+            ErrorKind::PreconditionFailed => 412,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UriTooLong => 414,
             ErrorKind::UnsupportedMediaType => 415,
@@ -92,6 +97,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::Conflict => "conflict",
+            ErrorKind::PreconditionFailed => "precondition_failed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
@@ -173,6 +179,10 @@ impl ApiError {
     /// 409: conflicts with the current state.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Conflict, message)
+    }
+    /// 412: the version the request expected is not the current one.
+    pub fn precondition_failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PreconditionFailed, message)
     }
     /// 413: body too large.
     pub fn payload_too_large(message: impl Into<String>) -> Self {

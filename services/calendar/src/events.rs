@@ -296,7 +296,51 @@ pub fn new_event(
         reminders,
         overrides: Default::default(),
         request_digest: None,
+        ical: None,
+        external_attendees: Vec::new(),
     })
+}
+
+/// What an event brings from iCalendar (a file, a CalDAV client) beyond
+/// the API's fields.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub uid: String,
+    /// The CalDAV resource name it was put under.
+    pub dav_name: Option<String>,
+    /// Attendees without an account here.
+    pub external: Vec<crate::model::ExternalAttendee>,
+    /// Occurrences changed on their own: the start the rule gives each,
+    /// and the change (as `PATCH` of that occurrence would make it).
+    pub overrides: Vec<(DateTime<Utc>, UpdateEventRequest)>,
+    /// Occurrences cancelled on their own.
+    pub cancelled: Vec<DateTime<Utc>>,
+}
+
+/// `ev` as `origin` describes it: its UID and name, its external
+/// attendees, and its changed and cancelled occurrences (all of them:
+/// those it had before are replaced). An occurrence the rule does not
+/// give is left out, as a client's stale exception would be.
+pub fn with_origin(ev: &EventRecord, origin: &Origin) -> ApiResult<EventRecord> {
+    let mut out = ev.clone();
+    out.ical = Some(crate::model::IcalOrigin {
+        uid: origin.uid.clone(),
+        dav_name: origin.dav_name.clone(),
+    });
+    out.external_attendees = origin.external.clone();
+    out.external_attendees.truncate(MAX_ATTENDEES);
+    out.overrides.clear();
+    for original in &origin.cancelled {
+        if let Some(occ) = recurrence::instance_at(&out, *original) {
+            out = cancel_occurrence(&out, occ)?;
+        }
+    }
+    for (original, req) in &origin.overrides {
+        if let Some(occ) = recurrence::instance_at(&out, *original) {
+            out = change_occurrence(&out, occ, req)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Namespace of the ids derived for creations under an idempotency key.
@@ -325,9 +369,14 @@ impl Idempotent {
         };
         let body = serde_json::to_vec(req).map_err(ApiError::internal)?;
         Ok(Some(Idempotent {
-            id: Uuid::new_v5(&IDEMPOTENT_CREATES, format!("{caller}/{key}").as_bytes()),
+            id: Self::id_for(caller, key),
             digest: Uuid::new_v5(&IDEMPOTENT_CREATES, &body),
         }))
+    }
+
+    /// The id a creation of `caller` under `key` gives its event.
+    pub fn id_for(caller: Uuid, key: &str) -> Uuid {
+        Uuid::new_v5(&IDEMPOTENT_CREATES, format!("{caller}/{key}").as_bytes())
     }
 
     /// Gives `ev` the derived id and the request digest.
@@ -621,6 +670,7 @@ pub fn split_series(
     after.overrides.retain(|t, _| *t >= occ.original);
     after.created_at = Utc::now();
     after.request_digest = None;
+    after.ical = None;
     let (after, _) = apply_update(&after, req)?;
     Ok((before, Some(after)))
 }

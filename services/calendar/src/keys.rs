@@ -216,6 +216,48 @@ pub fn pending_invitations(group: Uuid) -> String {
     format!("/agenda/pending-invitations/{group}/")
 }
 
+/// The key of the keyed hashes of app passwords and feed keys (readable
+/// by agenda-users only, as the token keys).
+pub const CALENDAR_APPS_SECRET: &str = "/secrets/calendar-apps";
+/// An app password of a person (value: [`crate::model::AppPassword`]).
+pub fn app_password(user: Uuid, id: Uuid) -> String {
+    format!("/agenda/app-passwords/{user}/{id}")
+}
+pub fn app_passwords(user: Uuid) -> String {
+    format!("/agenda/app-passwords/{user}/")
+}
+/// The keyed hash of an app password -> its owner and id.
+pub fn app_password_hash(hash: &str) -> String {
+    format!("/agenda/app-password-hashes/{hash}")
+}
+/// The keyed hash of a feed key -> whose feed it is.
+pub fn feed(hash: &str) -> String {
+    format!("/agenda/feeds/{hash}")
+}
+/// The hash of a person's current feed (of their agenda, or of `group`).
+pub fn feed_of(user: Uuid, group: Option<Uuid>) -> String {
+    match group {
+        Some(g) => format!("/agenda/feed-of/{user}/{g}"),
+        None => format!("/agenda/feed-of/{user}/me"),
+    }
+}
+pub fn feeds_of(user: Uuid) -> String {
+    format!("/agenda/feed-of/{user}/")
+}
+/// An event gone from a CalDAV calendar (a person's, or a group's), kept
+/// so a client's next sync hears of it; its revision is when.
+pub fn dav_gone(calendar: Uuid, event: Uuid) -> String {
+    format!("/agenda/dav-gone/{calendar}/{event}")
+}
+pub fn dav_gones(calendar: Uuid) -> String {
+    format!("/agenda/dav-gone/{calendar}/")
+}
+/// Sync tokens of a calendar up to this key's value (a revision) are
+/// expired: the tombstones they would need were dropped.
+pub fn dav_floor(calendar: Uuid) -> String {
+    format!("/agenda/dav-floor/{calendar}")
+}
+
 /// The user and event of an agenda copy in layout 1, which kept it at
 /// `/agenda/agenda/{user}/{event}` (see `store::upgrade`); None for any
 /// other key, a copy filed by time or under `r/` included.

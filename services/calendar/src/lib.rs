@@ -11,6 +11,7 @@
 //!   conflicts, privacy and who may do what), [`events`] (an event built,
 //!   changed, answered, announced and shown), [`reminders`] (when each
 //!   person's reminders are due): pure domain rules.
+//! - [`ical`]: iCalendar in and out (feeds, imports, CalDAV resources).
 //! - [`cpu`]: where costly steps run, and how many at once.
 //! - [`keys`]: the agenda-db key layout.
 //! - [`store`]: transactions on agenda-db that apply the rules atomically.
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod cpu;
 pub mod error;
 pub mod events;
+pub mod ical;
 pub mod keys;
 pub mod model;
 pub mod recurrence;

@@ -270,6 +270,35 @@ pub struct EventRecord {
     /// key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_digest: Option<Uuid>,
+    /// Where the event came from outside (an iCalendar file or a CalDAV
+    /// client): its UID there and the resource name a client gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ical: Option<IcalOrigin>,
+    /// Attendees without an account here (`mailto:` addresses a calendar
+    /// app sent): kept and shown, never told anything by us.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_attendees: Vec<ExternalAttendee>,
+}
+
+/// See [`EventRecord::ical`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcalOrigin {
+    /// The iCalendar UID it was written with.
+    pub uid: String,
+    /// The CalDAV resource name (`{name}.ics` in its organizer's
+    /// calendar) a client put it under, when not `{id}.ics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dav_name: Option<String>,
+}
+
+/// See [`EventRecord::external_attendees`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExternalAttendee {
+    pub email: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// As the calendar app said (iCalendar PARTSTAT, lower case).
+    pub status: AttendeeStatus,
 }
 
 impl EventRecord {
@@ -324,6 +353,8 @@ impl EventRecord {
             reminders: Default::default(),
             overrides: Default::default(),
             request_digest: None,
+            ical: None,
+            external_attendees: Vec::new(),
         }
     }
 }

@@ -117,6 +117,7 @@ pub const AUDIT: &str = "/agenda/audit/";
 const USERS: &[Grant] = &[
     write("/agenda/"),
     write("/secrets/jwt-keys"),
+    write("/secrets/calendar-apps"),
     write("/registry/config/jwt-public-keys"),
     write("/registry/services/users/"),
     write(registry::NOTIFICATION_RELAY_ELECTION),

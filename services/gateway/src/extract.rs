@@ -48,6 +48,25 @@ impl Caller {
         self.source
     }
 
+    /// An unauthenticated caller for the request of `parts`.
+    pub fn public(state: Arc<AppState>, parts: &Parts) -> Caller {
+        Caller {
+            state,
+            request_id: request_id(parts),
+            user: None,
+            source: source(parts),
+        }
+    }
+
+    /// The same call context acting for `user` (once credentials other
+    /// than a token, such as an app password, were checked).
+    pub fn as_user(self, user: Uuid) -> Caller {
+        Caller {
+            user: Some(user),
+            ..self
+        }
+    }
+
     /// The client's address as the audit log shows it ("" when unknown).
     fn source_text(&self) -> String {
         if self.source.is_unspecified() {
@@ -113,12 +132,7 @@ where
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Public(Caller {
-            state: Arc::<AppState>::from_ref(state),
-            request_id: request_id(parts),
-            user: None,
-            source: source(parts),
-        }))
+        Ok(Public(Caller::public(Arc::<AppState>::from_ref(state), parts)))
     }
 }
 

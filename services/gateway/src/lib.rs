@@ -4,6 +4,7 @@
 //! - [`config`]: flags and environment.
 //! - [`routes`]: one module per resource; handlers turn requests into
 //!   operations for the services.
+//! - [`dav`]: the CalDAV server (WebDAV in, calls to the users service).
 //! - [`extract`]: the caller (JWT checked), JSON bodies, query strings.
 //! - [`upstream`]: discovery, balancing and retries over the users/groups
 //!   replicas (behind [`upstream::Replicas`], which tests fake).
@@ -23,6 +24,7 @@
 //!   holds the VIP lease).
 
 pub mod config;
+pub mod dav;
 pub mod error;
 pub mod extract;
 pub mod limits;
@@ -78,6 +80,9 @@ pub struct AppState {
     pub sessions: Arc<sessions::Sessions>,
     /// The web app's built files (`--web-dir`), served at `/`.
     pub web_dir: Option<std::path::PathBuf>,
+    /// Whether the public side is HTTPS (the scheme of the URLs it hands
+    /// out, such as feed URLs).
+    pub https: bool,
 }
 
 /// A request no route took: the web app's files, or the JSON 404.
@@ -93,6 +98,7 @@ pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .merge(routes::api())
+        .merge(dav::routes())
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
@@ -157,6 +163,7 @@ pub async fn run(
         .with_admission(admission.clone()),
         sessions: sessions::follow(&db, stop.clone()),
         web_dir: cfg.web_dir.clone(),
+        https: public_tls.is_some(),
         db,
     });
     tokio::spawn(limits::write_failed_logins(

@@ -369,6 +369,19 @@ fn never_refused(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
+/// Largest iCalendar file `POST /v1/events/import` takes (another app's
+/// export of years of events).
+pub const IMPORT_BODY_BYTES: usize = 4 << 20;
+
+/// The largest body a route takes: `--max-body-bytes`, more for imports.
+pub fn body_limit(path: &str, max_body_bytes: usize) -> usize {
+    if path == "/v1/events/import" {
+        max_body_bytes.max(IMPORT_BODY_BYTES)
+    } else {
+        max_body_bytes
+    }
+}
+
 /// The 503 of a request over `--max-concurrent-requests`.
 fn overloaded() -> ApiError {
     let secs = agenda_common::admission::RETRY_AFTER.as_secs().max(1);
@@ -407,12 +420,12 @@ pub async fn guard(
     // while the client is still sending makes the connection close with
     // unread bytes, and the client then gets a reset, not the answer.
     let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
+    let max = body_limit(parts.uri.path(), state.max_body_bytes);
+    let bytes = match axum::body::to_bytes(body, max).await {
         Ok(b) => b,
         Err(_) => {
             return refuse(ApiError::payload_too_large(format!(
-                "the body is over {} bytes",
-                state.max_body_bytes
+                "the body is over {max} bytes"
             )))
         }
     };
@@ -457,9 +470,13 @@ pub async fn guard(
         (req.method().as_str(), req.uri().path()),
         ("POST", "/v1/auth/register") | ("PATCH", "/v1/me")
     );
+    // A CalDAV client's first request carries no credentials and is
+    // answered 401 with the scheme to use: only wrong ones count.
+    let bare_dav = req.uri().path().starts_with("/dav")
+        && !req.headers().contains_key(axum::http::header::AUTHORIZATION);
     let resp = next.run(req).await;
     let kind = agenda_calendar::ErrorKind::from_status(resp.status().as_u16());
-    let failed = kind == Some(agenda_calendar::ErrorKind::Unauthenticated)
+    let failed = (kind == Some(agenda_calendar::ErrorKind::Unauthenticated) && !bare_dav)
         || (probing && kind == Some(agenda_calendar::ErrorKind::Conflict));
     if let (Some(s), true) = (source, failed) {
         limits.bad_tokens.add(s, Instant::now());

@@ -34,7 +34,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
-use crate::routes::{admin, auth, events, groups, notifications, ops, stream, users};
+use crate::routes::{
+    admin, auth, calendar_apps, events, groups, notifications, ops, stream, users,
+};
 
 /// The API document as the annotations and derives give it; what
 /// `/openapi.json` serves is [`document`].
@@ -52,6 +54,9 @@ use crate::routes::{admin, auth, events, groups, notifications, ops, stream, use
         events::rsvp, events::set_reminders, events::free_busy,
         notifications::list, notifications::read, notifications::read_all, stream::stream,
         admin::audit,
+        calendar_apps::my_feed, calendar_apps::group_feed, calendar_apps::feed,
+        calendar_apps::import, calendar_apps::create_app_password,
+        calendar_apps::list_app_passwords, calendar_apps::delete_app_password,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -104,6 +109,13 @@ pub struct ErrorDetail {
 #[allow(dead_code)]
 pub struct UserList {
     items: Vec<User>,
+}
+
+/// `{"items": [app password]}`
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AppPasswordList {
+    items: Vec<agenda_calendar::store::app_passwords::AppPassword>,
 }
 
 /// `{"items": [group]}`

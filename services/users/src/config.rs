@@ -27,6 +27,11 @@ pub struct Config {
     /// keeps its session with the refresh token of its login).
     #[arg(long, env = "AGENDA_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..=604_800))]
     pub token_ttl_secs: u64,
+    /// How long a CalDAV calendar remembers deletions, in seconds: a
+    /// client that has not synced for longer is told its sync token
+    /// expired and syncs afresh.
+    #[arg(long, env = "AGENDA_DAV_SYNC_HISTORY_SECS", default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
+    pub dav_sync_history_secs: u64,
     #[command(flatten)]
     pub redis: agenda_common::args::RedisAuthArgs,
     /// Do not run the notification relay in this replica.

@@ -21,6 +21,8 @@ pub struct Users {
     /// Follows the signing keys (rotation without a restart).
     pub keys: tokio::sync::watch::Receiver<SigningKeys>,
     pub token_ttl_secs: u64,
+    /// How long CalDAV calendars remember deletions.
+    pub dav_history: std::time::Duration,
 }
 
 const BAD_LOGIN: &str = "unknown user or wrong password";
@@ -289,6 +291,14 @@ impl Handler for Users {
                 s.mark_read(caller.user()?, validate::id("notification", &id)?)
                     .await?,
             ),
+            op @ (Op::CreateFeed { .. }
+            | Op::Feed { .. }
+            | Op::ImportEvents { .. }
+            | Op::CreateAppPassword(_)
+            | Op::ListAppPasswords
+            | Op::DeleteAppPassword { .. }
+            | Op::CheckAppPassword { .. }
+            | Op::Dav(_)) => self.calendar_apps(caller, op).await,
             other => Err(ApiError::bad_request(format!(
                 "operation {:?} is not served by agenda-users",
                 other.service()

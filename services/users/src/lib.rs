@@ -8,8 +8,10 @@
 //! - [`handler`]: the operations, on top of `agenda_calendar::store`,
 //!   served by `agenda_serving`.
 //! - [`password`]: argon2id hashing off the async workers.
+//! - `calendar_apps`: feeds, imports, app passwords and CalDAV calls.
 //! - [`relay`]: notifications from agenda-db to the Redis stream.
 
+mod calendar_apps;
 pub mod config;
 pub mod handler;
 pub mod password;
@@ -111,6 +113,7 @@ pub async fn run(
         store,
         keys: agenda_common::auth::follow_signing_keys(db.clone(), keys, shutdown.clone()),
         token_ttl_secs: cfg.token_ttl_secs,
+        dav_history: std::time::Duration::from_secs(cfg.dav_sync_history_secs),
     };
     agenda_serving::serve(Service::Users, handler, serving, db, shutdown).await?;
     // The shutdown token stops them between rounds.

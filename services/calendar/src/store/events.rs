@@ -30,6 +30,10 @@ fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
             .delete(&keys::agenda_event(p, ev))
             .bump(&keys::agenda_version(p));
     }
+    // CalDAV clients hear of it at their next sync.
+    for calendar in dav_calendars(ev) {
+        super::dav::bury(&mut batch, ev, calendar)?;
+    }
     if let Some(g) = ev.group_id {
         batch.delete(&keys::group_event(g, ev.id));
     }
@@ -37,6 +41,15 @@ fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
         notifications::add(&mut batch, p, kind, events::notice(ev, kind, by))?;
     }
     Ok(batch)
+}
+
+/// The CalDAV calendars `ev` lives in: its group's, else each
+/// participant's own (see `store::dav`).
+pub(crate) fn dav_calendars(ev: &EventRecord) -> Vec<Uuid> {
+    match ev.group_id {
+        Some(g) => vec![g],
+        None => ev.participants().collect(),
+    }
 }
 
 /// A time window `[from, to)`.
@@ -252,6 +265,9 @@ impl Store {
                 }
                 if w.ev.status_of(p).is_none() {
                     batch.bump(&keys::agenda_version(p));
+                    if w.ev.group_id.is_none() {
+                        super::dav::bury(batch, &prev.value, p)?;
+                    }
                 }
             }
         }
@@ -273,6 +289,19 @@ impl Store {
         reject: bool,
         key: Option<&str>,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
+        self.create_event_from(caller, req, reject, key, None)
+            .await
+    }
+
+    /// [`Store::create_event`] of an event that came from iCalendar.
+    pub async fn create_event_from(
+        &self,
+        caller: Uuid,
+        req: CreateEventRequest,
+        reject: bool,
+        key: Option<&str>,
+        origin: Option<&events::Origin>,
+    ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
         events::check_personal(&req)?;
         let names = req.attendees.clone().unwrap_or_default();
         let idempotent = Idempotent::new(caller, key, &req)?;
@@ -292,8 +321,13 @@ impl Store {
                 }
                 let (organizer, attendees, guards) =
                     self.attendees_named(caller, names, confirmed).await?;
+                let origin = origin.cloned();
                 let mut ev = cpu::run_sized(caller, cpu::rule_weight(&req.rrule), move || {
-                    new_event(req, &organizer, attendees, None)
+                    let ev = new_event(req, &organizer, attendees, None)?;
+                    match origin {
+                        Some(o) => events::with_origin(&ev, &o),
+                        None => Ok(ev),
+                    }
                 })
                 .await??;
                 if let Some(i) = idempotent {
@@ -463,10 +497,34 @@ impl Store {
         req: UpdateEventRequest,
         reject: bool,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
+        self.update_event_from(caller, id, req, reject, None, None)
+            .await
+    }
+
+    /// [`Store::update_event`] as iCalendar describes it (`origin`), only
+    /// while the record is still at revision `expect` (a CalDAV
+    /// `If-Match`; a 412 otherwise).
+    pub async fn update_event_from(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        req: UpdateEventRequest,
+        reject: bool,
+        expect: Option<i64>,
+        origin: Option<&events::Origin>,
+    ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
         self.optimistic_unconfirmed_first("this event", |confirmed| {
             let req = req.clone();
             async move {
                 let cur = self.event_to_change(caller, id, confirmed).await?;
+                if expect.is_some_and(|r| r != cur.mod_revision) {
+                    if !confirmed {
+                        return Ok(Attempt::Retry);
+                    }
+                    return Err(ApiError::precondition_failed(
+                        "the event changed since that version (ETag) was read",
+                    ));
+                }
                 rules::check_may_change_event(&cur.value, caller)?;
                 let names = req.attendees.clone();
                 let record = cur.value.clone();
@@ -481,6 +539,9 @@ impl Store {
                     let named;
                     (_, named, guards) = self.attendees_named(caller, &names, confirmed).await?;
                     ev = events::with_attendees(&ev, named);
+                }
+                if let Some(o) = origin {
+                    ev = events::with_origin(&ev, o)?;
                 }
                 if ev == cur.value {
                     // Nothing changed: nothing is written, nobody is told.

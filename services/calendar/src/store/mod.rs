@@ -8,13 +8,19 @@
 //! as if one central server had run them one after the other.
 //!
 //! Submodules: [`users`], [`events`], [`groups`], [`notifications`],
+//! [`feeds`] (iCalendar feeds), [`imports`] (iCalendar files in),
+//! [`app_passwords`], [`dav`] (CalDAV calendars and their sync),
 //! [`reminders`] (filed by when due, fired once),
 //! [`audit`] (reading the audit log),
 //! [`sessions`] (token generations and refresh chains), [`upgrade`] (data
 //! of earlier versions).
 
+pub mod app_passwords;
 pub mod audit;
+pub mod dav;
 pub mod events;
+pub mod feeds;
+pub mod imports;
 pub mod groups;
 pub mod notifications;
 pub mod reminders;
@@ -43,6 +49,8 @@ const MAX_ATTEMPTS: u32 = 64;
 #[derive(Clone)]
 pub struct Store {
     db: DbClient,
+    /// The key of the keyed hashes (`app_passwords`), once read.
+    secret: std::sync::Arc<std::sync::OnceLock<Vec<u8>>>,
 }
 
 /// A value read together with the revision it was last changed at (0 if
@@ -116,6 +124,14 @@ impl Snapshot {
     /// Read `i` as JSON values, in key order.
     pub fn values<T: DeserializeOwned>(&self, i: usize) -> ApiResult<Vec<Versioned<T>>> {
         self.raw(i).iter().map(decode).collect()
+    }
+
+    /// Read `i` as an index: the id each key ends in, with its revision.
+    pub fn ids(&self, i: usize) -> Vec<(uuid::Uuid, i64)> {
+        self.raw(i)
+            .iter()
+            .filter_map(|kv| Some((crate::keys::last_id(&kv.key)?, kv.mod_revision)))
+            .collect()
     }
 
     fn raw(&self, i: usize) -> &[KeyValue] {
@@ -236,7 +252,10 @@ impl<T> Attempt<T> {
 impl Store {
     /// A store over `db`.
     pub fn new(db: DbClient) -> Self {
-        Store { db }
+        Store {
+            db,
+            secret: Default::default(),
+        }
     }
 
     /// The underlying client.

@@ -359,6 +359,7 @@ impl Store {
                 .delete(&keys::email(&user.value.email))
                 .delete_prefix(&keys::user_groups(id))
                 .delete_prefix(&keys::notifications(id));
+            self.forget_calendar_apps(&mut batch, id).await?;
             super::sessions::end_all_sessions(&mut batch, id, true);
             audit::add(
                 &mut batch,

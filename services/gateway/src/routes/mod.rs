@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod calendar_apps;
 pub mod events;
 pub mod groups;
 pub mod notifications;
@@ -69,6 +70,26 @@ pub fn api() -> Router<Arc<AppState>> {
         .route("/v1/events/{id}/rsvp", post(events::rsvp))
         .route("/v1/events/{id}/reminders", put(events::set_reminders))
         .route("/v1/freebusy", get(events::free_busy))
+        .route("/v1/calendar.ics", get(calendar_apps::feed))
+        .route("/v1/me/calendar-feed", post(calendar_apps::my_feed))
+        .route(
+            "/v1/groups/{id}/calendar-feed",
+            post(calendar_apps::group_feed),
+        )
+        .route(
+            "/v1/events/import",
+            post(calendar_apps::import).layer(axum::extract::DefaultBodyLimit::max(
+                crate::limits::IMPORT_BODY_BYTES,
+            )),
+        )
+        .route(
+            "/v1/me/app-passwords",
+            post(calendar_apps::create_app_password).get(calendar_apps::list_app_passwords),
+        )
+        .route(
+            "/v1/me/app-passwords/{id}",
+            axum::routing::delete(calendar_apps::delete_app_password),
+        )
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/notifications", get(notifications::list))
         .route("/v1/notifications/{id}/read", post(notifications::read))

@@ -84,6 +84,7 @@ impl Gateway {
             ws_heartbeat: Duration::from_secs(15),
             shutdown: CancellationToken::new(),
             logins: limits::LoginGuard::default(),
+            https: false,
             requests: limits::RequestLimits::new(
                 limits::Rate {
                     burst: 1000.0,

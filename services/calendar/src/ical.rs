@@ -1,0 +1,994 @@
+//! iCalendar (RFC 5545) in and out, pure: events written as VEVENTs (with
+//! a VTIMEZONE for every zone they use) and VEVENTs read back as requests
+//! of the public API, so what arrives from a file or a CalDAV client goes
+//! through the same checks and rules as JSON.
+//!
+//! The format itself (escaping, folding, the parser) is the `icalendar`
+//! crate's; this module only maps fields.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono_tz::{OffsetComponents, OffsetName, Tz};
+use icalendar::parser;
+use icalendar::{
+    CalendarDateTime, Component, DatePerhapsTime, Event as VEvent, EventLike, Property,
+};
+use uuid::Uuid;
+
+use crate::api::{CreateEventRequest, UpdateEventRequest};
+use crate::error::{ApiError, ApiResult};
+use crate::model::{AttendeeStatus, EventRecord, ExternalAttendee, Visibility};
+use crate::recurrence;
+
+/// Most VEVENTs (series and their changed occurrences) one file may hold.
+pub const MAX_EVENTS: usize = 2000;
+/// Product id written in every calendar.
+const PRODID: &str = "-//Agenda//Agenda 1//EN";
+
+/// How an event appears in a calendar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown {
+    /// Everything it says.
+    Details,
+    /// Only when it happens: `Busy`, with a label (whose time it is).
+    Busy { label: String },
+}
+
+/// One event of a calendar being written.
+pub struct Entry<'a> {
+    pub ev: &'a EventRecord,
+    pub shown: Shown,
+}
+
+/// The people an export names, by account id: username and email.
+pub type People = HashMap<Uuid, (String, String)>;
+
+/// The UID an event is written with: the one it came with, else its id.
+pub fn uid(ev: &EventRecord) -> String {
+    ev.ical
+        .as_ref()
+        .map_or_else(|| ev.id.to_string(), |o| o.uid.clone())
+}
+
+/// A whole VCALENDAR named `name` holding `entries`.
+pub fn calendar(name: &str, entries: &[Entry], people: &People) -> String {
+    let mut cal = icalendar::Calendar::empty();
+    cal.append_property(Property::new("VERSION", "2.0"));
+    cal.append_property(Property::new("PRODID", PRODID));
+    cal.append_property(Property::new("CALSCALE", "GREGORIAN"));
+    if !name.is_empty() {
+        cal.name(name);
+    }
+    for e in entries {
+        for v in vevents(e, people) {
+            cal.push(v);
+        }
+    }
+    let text = cal.to_string();
+    // The crate writes no VTIMEZONE of its own (its components gain a UID
+    // and DTSTAMP, which a VTIMEZONE must not have): they go in before
+    // the first VEVENT.
+    let zones: String = zones(entries.iter().map(|e| e.ev))
+        .into_iter()
+        .map(|(tz, a, b)| vtimezone(tz, a, b))
+        .collect();
+    let at = text
+        .find("BEGIN:VEVENT")
+        .or_else(|| text.find("END:VCALENDAR"))
+        .unwrap_or(text.len());
+    format!("{}{zones}{}", &text[..at], &text[at..])
+}
+
+/// One event as a VCALENDAR of its own (a CalDAV resource).
+pub fn resource(entry: &Entry, people: &People) -> String {
+    calendar("", std::slice::from_ref(entry), people)
+}
+
+/// The zones `events` use (UTC needs none) and the years each must cover.
+fn zones<'a>(events: impl Iterator<Item = &'a EventRecord>) -> Vec<(Tz, i32, i32)> {
+    let mut years: BTreeMap<String, (i32, i32)> = BTreeMap::new();
+    for ev in events {
+        if ev.time_zone == "UTC" {
+            continue;
+        }
+        let first = ev.start.year() - 1;
+        // A series runs on: the zone's rules for a good while after its
+        // start (clients use their own zone data beyond, by the TZID).
+        let last = if ev.rrule.is_some() {
+            ev.start.year() + 10
+        } else {
+            ev.end.year()
+        };
+        let e = years.entry(ev.time_zone.clone()).or_insert((first, last));
+        e.0 = e.0.min(first);
+        e.1 = e.1.max(last);
+    }
+    years
+        .into_iter()
+        .filter_map(|(name, (a, b))| Some((name.parse().ok()?, a, b.min(2100))))
+        .collect()
+}
+
+/// A VTIMEZONE for `tz` listing every offset change from `first` to
+/// `last` (years), each as an observance of its own. Its values are
+/// numbers and an IANA name: nothing to escape or fold.
+fn vtimezone(tz: Tz, first: i32, last: i32) -> String {
+    let offset_at = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc());
+    let same = |a: &chrono_tz::TzOffset, b: &chrono_tz::TzOffset| {
+        a.fix() == b.fix() && a.abbreviation() == b.abbreviation()
+    };
+    let year = |y: i32| {
+        Utc.with_ymd_and_hms(y, 1, 1, 0, 0, 0)
+            .single()
+            .unwrap_or_default()
+    };
+    let (start, end) = (year(first), year(last + 1));
+    let mut out = format!("BEGIN:VTIMEZONE\r\nTZID:{}\r\n", tz.name());
+    let mut t = start;
+    let mut before = offset_at(t);
+    out.push_str(&observance(&before, &before, t));
+    while t < end {
+        let next = t + Duration::days(1);
+        let after = offset_at(next);
+        if !same(&after, &before) {
+            // The change lies in (t, next]: find its second.
+            let (mut lo, mut hi) = (t, next);
+            while hi - lo > Duration::seconds(1) {
+                let mid = lo + (hi - lo) / 2;
+                if same(&offset_at(mid), &before) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            out.push_str(&observance(&before, &after, hi));
+        }
+        before = after;
+        t = next;
+    }
+    out.push_str("END:VTIMEZONE\r\n");
+    out
+}
+
+/// One observance: from `at` on, `to` replaces `from`.
+fn observance(from: &chrono_tz::TzOffset, to: &chrono_tz::TzOffset, at: DateTime<Utc>) -> String {
+    let kind = if to.dst_offset().is_zero() {
+        "STANDARD"
+    } else {
+        "DAYLIGHT"
+    };
+    // DTSTART is the onset in the local time in force before it.
+    let local = at.naive_utc() + Duration::seconds(from.fix().local_minus_utc().into());
+    let name = to
+        .abbreviation()
+        .filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-'))
+        .map(|n| format!("TZNAME:{n}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "BEGIN:{kind}\r\nDTSTART:{}\r\nTZOFFSETFROM:{}\r\nTZOFFSETTO:{}\r\n{name}END:{kind}\r\n",
+        local.format("%Y%m%dT%H%M%S"),
+        utc_offset(from.fix().local_minus_utc()),
+        utc_offset(to.fix().local_minus_utc()),
+    )
+}
+
+fn utc_offset(seconds: i32) -> String {
+    let sign = if seconds < 0 { '-' } else { '+' };
+    let s = seconds.abs();
+    if s % 60 == 0 {
+        format!("{sign}{:02}{:02}", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{sign}{:02}{:02}{:02}", s / 3600, s % 3600 / 60, s % 60)
+    }
+}
+
+/// `t` as iCalendar writes it for an event in `zone`: UTC with `Z`, else
+/// local time with a TZID.
+fn when(t: DateTime<Utc>, zone: &str) -> CalendarDateTime {
+    match zone.parse::<Tz>() {
+        Ok(tz) if zone != "UTC" => CalendarDateTime::WithTimezone {
+            date_time: t.with_timezone(&tz).naive_local(),
+            tzid: zone.to_string(),
+        },
+        _ => CalendarDateTime::Utc(t),
+    }
+}
+
+/// `t` as a property value (and its TZID, if any).
+fn when_value(t: DateTime<Utc>, zone: &str, all_day: bool) -> (String, Option<String>) {
+    let tz: Tz = zone.parse().unwrap_or(chrono_tz::UTC);
+    if all_day {
+        return (
+            t.with_timezone(&tz).format("%Y%m%d").to_string(),
+            None,
+        );
+    }
+    if zone == "UTC" {
+        return (t.format("%Y%m%dT%H%M%SZ").to_string(), None);
+    }
+    (
+        t.with_timezone(&tz)
+            .naive_local()
+            .format("%Y%m%dT%H%M%S")
+            .to_string(),
+        Some(zone.to_string()),
+    )
+}
+
+/// A DATE-TIME (or DATE) property `name` at `t`.
+fn time_property(name: &str, t: DateTime<Utc>, zone: &str, all_day: bool) -> Property {
+    let (value, tzid) = when_value(t, zone, all_day);
+    let mut p = Property::new(name, value);
+    if all_day {
+        p.add_parameter("VALUE", "DATE");
+    }
+    if let Some(tzid) = tzid {
+        p.add_parameter("TZID", &tzid);
+    }
+    p
+}
+
+fn partstat(status: AttendeeStatus) -> &'static str {
+    match status {
+        AttendeeStatus::Accepted => "ACCEPTED",
+        AttendeeStatus::Declined => "DECLINED",
+        AttendeeStatus::Tentative => "TENTATIVE",
+        AttendeeStatus::NeedsAction | AttendeeStatus::Invited => "NEEDS-ACTION",
+    }
+}
+
+fn person(name: &str, cn: &str, email: &str) -> Property {
+    let mut p = Property::new(name, format!("mailto:{email}"));
+    if !cn.is_empty() {
+        p.add_parameter("CN", cn);
+    }
+    p
+}
+
+/// The VEVENTs of one entry: the series (or one-off event) and each
+/// occurrence changed on its own.
+fn vevents(entry: &Entry, people: &People) -> Vec<VEvent> {
+    let ev = entry.ev;
+    let uid = uid(ev);
+    let mut master = VEvent::new();
+    master.uid(&uid);
+    common(&mut master, ev, ev.start, ev.end);
+    if let Some(rule) = &ev.rrule {
+        master.add_property("RRULE", rule);
+    }
+    for x in &ev.exdates {
+        master.append_multi_property(time_property("EXDATE", *x, &ev.time_zone, ev.all_day));
+    }
+    let mut out = vec![];
+    match &entry.shown {
+        Shown::Busy { label } => {
+            master.summary(label);
+            master.class(icalendar::Class::Private);
+            out.push(master);
+            // Moved occurrences still show when they happen now.
+            for (original, change) in &ev.overrides {
+                let mut o = VEvent::new();
+                o.uid(&uid).summary(label).class(icalendar::Class::Private);
+                common(&mut o, ev, change.start, change.end);
+                o.append_property(time_property(
+                    "RECURRENCE-ID",
+                    *original,
+                    &ev.time_zone,
+                    ev.all_day,
+                ));
+                out.push(o);
+            }
+            return out;
+        }
+        Shown::Details => {}
+    }
+    details(&mut master, ev, &ev.title, &ev.description, &ev.location, people);
+    out.push(master);
+    for (original, change) in &ev.overrides {
+        let mut o = VEvent::new();
+        o.uid(&uid);
+        common(&mut o, ev, change.start, change.end);
+        o.append_property(time_property(
+            "RECURRENCE-ID",
+            *original,
+            &ev.time_zone,
+            ev.all_day,
+        ));
+        details(
+            &mut o,
+            ev,
+            change.title.as_deref().unwrap_or(&ev.title),
+            change.description.as_deref().unwrap_or(&ev.description),
+            change.location.as_deref().unwrap_or(&ev.location),
+            people,
+        );
+        out.push(o);
+    }
+    out
+}
+
+/// What every VEVENT of `ev` carries: times, stamps, transparency.
+fn common(v: &mut VEvent, ev: &EventRecord, start: DateTime<Utc>, end: DateTime<Utc>) {
+    if ev.all_day {
+        let tz: Tz = ev.time_zone.parse().unwrap_or(chrono_tz::UTC);
+        let day = |t: DateTime<Utc>| t.with_timezone(&tz).date_naive();
+        // Midnight to midnight may be 23 or 25 hours across DST.
+        let days = ((end - start).num_hours() + 12).div_euclid(24).max(1);
+        v.starts(day(start));
+        v.ends(day(start) + Duration::days(days));
+        // All-day events are free time here (no conflicts, not busy).
+        v.add_property("TRANSP", "TRANSPARENT");
+    } else {
+        v.starts(when(start, &ev.time_zone));
+        v.ends(when(end, &ev.time_zone));
+        v.add_property("TRANSP", "OPAQUE");
+    }
+    v.timestamp(Utc::now());
+    v.add_property("CREATED", ev.created_at.format("%Y%m%dT%H%M%SZ").to_string());
+}
+
+fn details(
+    v: &mut VEvent,
+    ev: &EventRecord,
+    title: &str,
+    description: &str,
+    location: &str,
+    people: &People,
+) {
+    v.summary(title);
+    if !description.is_empty() {
+        v.description(description);
+    }
+    if !location.is_empty() {
+        v.location(location);
+    }
+    v.class(match ev.visibility {
+        Visibility::Private => icalendar::Class::Private,
+        Visibility::Default => icalendar::Class::Public,
+    });
+    let named = |id: Uuid, fallback: &str| {
+        people
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| (fallback.to_string(), format!("{id}@agenda.invalid")))
+    };
+    let organizer = ev.attendees.iter().find(|a| a.user_id == ev.organizer_id);
+    if let Some(o) = organizer {
+        let (name, email) = named(o.user_id, &o.username);
+        v.append_property(person("ORGANIZER", &name, &email));
+    }
+    if ev.attendees.len() + ev.external_attendees.len() > 1 {
+        for a in &ev.attendees {
+            let (name, email) = named(a.user_id, &a.username);
+            let mut p = person("ATTENDEE", &name, &email);
+            p.add_parameter("PARTSTAT", partstat(a.status));
+            p.add_parameter("ROLE", "REQ-PARTICIPANT");
+            v.append_multi_property(p);
+        }
+        for a in &ev.external_attendees {
+            let mut p = person("ATTENDEE", &a.name, &a.email);
+            p.add_parameter("PARTSTAT", partstat(a.status));
+            p.add_parameter("ROLE", "REQ-PARTICIPANT");
+            v.append_multi_property(p);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------
+// Reading
+
+/// One event of a file, as requests of the public API.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub uid: String,
+    /// The series (or one-off event). `attendees` is left empty: see
+    /// [`Parsed::attendees`].
+    pub request: CreateEventRequest,
+    /// Every attendee but the organizer, by email.
+    pub attendees: Vec<ExternalAttendee>,
+    /// Occurrences changed on their own: the start the rule gives each,
+    /// and the change.
+    pub overrides: Vec<(DateTime<Utc>, UpdateEventRequest)>,
+    /// Occurrences a RECURRENCE-ID cancels (STATUS:CANCELLED).
+    pub cancelled: Vec<DateTime<Utc>>,
+}
+
+/// A VEVENT left out of an import, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Skipped {
+    pub uid: String,
+    pub reason: String,
+}
+
+/// The events of an iCalendar text: each parsed, or skipped with a
+/// reason. Floating times (no zone) are read in `default_zone`. A text
+/// that is not iCalendar at all is a 400.
+pub fn parse(text: &str, default_zone: &str) -> ApiResult<Vec<Result<Parsed, Skipped>>> {
+    let unfolded = parser::unfold(text);
+    let cal = parser::read_calendar(&unfolded)
+        .map_err(|e| ApiError::bad_request(format!("not an iCalendar file: {}", first_line(&e))))?;
+    let vcalendars: Vec<&parser::Component> = cal
+        .components
+        .iter()
+        .filter(|c| c.name.as_str().eq_ignore_ascii_case("VCALENDAR"))
+        .collect();
+    let components: Vec<&parser::Component> = if vcalendars.is_empty() {
+        cal.components.iter().collect()
+    } else {
+        vcalendars.iter().flat_map(|c| c.components.iter()).collect()
+    };
+    let vevents: Vec<&parser::Component> = components
+        .into_iter()
+        .filter(|c| c.name.as_str().eq_ignore_ascii_case("VEVENT"))
+        .collect();
+    if vevents.is_empty() {
+        return Err(ApiError::bad_request(
+            "the file holds no VEVENT (an iCalendar file: BEGIN:VCALENDAR ... BEGIN:VEVENT ...)",
+        ));
+    }
+    // Series first, then the occurrences changed on their own, by UID.
+    let mut masters: Vec<(String, VEvent)> = Vec::new();
+    let mut changed: HashMap<String, Vec<VEvent>> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, c) in vevents.into_iter().enumerate() {
+        if i >= MAX_EVENTS {
+            out.push(Err(Skipped {
+                uid: c
+                    .find_prop("UID")
+                    .map_or_else(String::new, |p| p.val.to_string()),
+                reason: format!("more than {MAX_EVENTS} events in one file"),
+            }));
+            continue;
+        }
+        let v: VEvent = match icalendar::CalendarComponent::from(c.clone()) {
+            icalendar::CalendarComponent::Event(v) => v,
+            _ => continue,
+        };
+        let Some(uid) = v.get_uid().map(str::to_string).filter(|u| !u.is_empty()) else {
+            out.push(Err(Skipped {
+                uid: String::new(),
+                reason: "no UID".into(),
+            }));
+            continue;
+        };
+        if v.property_value("RECURRENCE-ID").is_some() {
+            changed.entry(uid).or_default().push(v);
+        } else {
+            masters.push((uid, v));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (uid, master) in masters {
+        if !seen.insert(uid.clone()) {
+            out.push(Err(Skipped {
+                uid,
+                reason: "a second event with the same UID".into(),
+            }));
+            continue;
+        }
+        let overrides = changed.remove(&uid).unwrap_or_default();
+        out.push(
+            series(&uid, &master, &overrides, default_zone).map_err(|reason| Skipped {
+                uid: uid.clone(),
+                reason,
+            }),
+        );
+    }
+    for (uid, _) in changed {
+        out.push(Err(Skipped {
+            uid,
+            reason: "a changed occurrence (RECURRENCE-ID) without its series".into(),
+        }));
+    }
+    Ok(out)
+}
+
+fn first_line(e: &str) -> String {
+    e.lines().next().unwrap_or("").chars().take(200).collect()
+}
+
+/// An instant of a parsed DTSTART and the like, with the zone it names.
+enum Time {
+    Date(NaiveDate),
+    At(DateTime<Utc>, String),
+}
+
+/// A zone name as calendar apps write TZIDs: an IANA name, perhaps
+/// behind a vendor prefix (`/mozilla.org/20050126_1/Europe/Madrid`).
+fn zone_named(tzid: &str) -> Option<Tz> {
+    let tzid = tzid.trim_matches('"');
+    if let Ok(tz) = tzid.parse() {
+        return Some(tz);
+    }
+    let parts: Vec<&str> = tzid.split('/').filter(|p| !p.is_empty()).collect();
+    (1..parts.len()).find_map(|i| parts[i..].join("/").parse().ok())
+}
+
+fn resolve(t: DatePerhapsTime, default_zone: &str) -> Result<Time, String> {
+    match t {
+        DatePerhapsTime::Date(d) => Ok(Time::Date(d)),
+        DatePerhapsTime::DateTime(CalendarDateTime::Utc(t)) => Ok(Time::At(t, "UTC".into())),
+        DatePerhapsTime::DateTime(CalendarDateTime::Floating(n)) => {
+            local(n, default_zone).map(|t| Time::At(t, default_zone.into()))
+        }
+        DatePerhapsTime::DateTime(CalendarDateTime::WithTimezone { date_time, tzid }) => {
+            let tz = zone_named(&tzid).ok_or_else(|| format!("unknown time zone {tzid:?}"))?;
+            local(date_time, tz.name()).map(|t| Time::At(t, tz.name().into()))
+        }
+    }
+}
+
+/// `n` read in `zone` (in a DST gap: as if the clock had gone on).
+fn local(n: NaiveDateTime, zone: &str) -> Result<DateTime<Utc>, String> {
+    let tz: Tz = zone.parse().map_err(|_| format!("unknown time zone {zone:?}"))?;
+    tz.from_local_datetime(&n)
+        .earliest()
+        .or_else(|| tz.from_local_datetime(&(n + Duration::hours(1))).earliest())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| format!("{n} does not exist in {zone}"))
+}
+
+fn text(v: &VEvent, name: &str) -> Option<String> {
+    v.properties()
+        .get(name)
+        .map(|p| unescape(p.value()))
+        .filter(|s| !s.is_empty())
+}
+
+/// Undoes RFC 5545 TEXT escaping (the parser keeps values as written).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') | Some('N') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The times of `v` (DTSTART, and DTEND or DURATION, or the defaults of
+/// RFC 5545 3.6.1): start, end, zone and whether it is all-day.
+fn span_of(v: &VEvent, default_zone: &str) -> Result<(Time, Time), String> {
+    let start = v.get_start().ok_or("no DTSTART")?;
+    let start = resolve(start, default_zone)?;
+    let end = match v.get_end() {
+        Some(e) => resolve(e, default_zone)?,
+        None => {
+            let length = v
+                .properties()
+                .get("DURATION")
+                .map(|p| duration(p.value()))
+                .transpose()?;
+            match &start {
+                Time::Date(d) => Time::Date(
+                    *d + length
+                        .map(|l| Duration::days(l.num_days().max(1)))
+                        .unwrap_or(Duration::days(1)),
+                ),
+                Time::At(t, z) => Time::At(*t + length.unwrap_or(Duration::zero()), z.clone()),
+            }
+        }
+    };
+    Ok((start, end))
+}
+
+/// An RFC 5545 DURATION (`PT1H30M`, `P1D`, `P2W`).
+fn duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("DURATION {s:?} is not a duration");
+    let (sign, rest) = match s.strip_prefix('-') {
+        Some(r) => (-1, r),
+        None => (1, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let rest = rest.strip_prefix('P').ok_or_else(bad)?;
+    let mut total = Duration::zero();
+    let mut number = String::new();
+    for c in rest.chars() {
+        match c {
+            '0'..='9' => number.push(c),
+            'T' => {}
+            'W' | 'D' | 'H' | 'M' | 'S' => {
+                let n: i64 = number.parse().map_err(|_| bad())?;
+                number.clear();
+                total += match c {
+                    'W' => Duration::weeks(n),
+                    'D' => Duration::days(n),
+                    'H' => Duration::hours(n),
+                    'M' => Duration::minutes(n),
+                    _ => Duration::seconds(n),
+                };
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(total * sign)
+}
+
+/// A request field for `t`: a date for an all-day event, else RFC 3339.
+fn field(t: &Time) -> String {
+    match t {
+        Time::Date(d) => d.to_string(),
+        Time::At(t, _) => t.to_rfc3339(),
+    }
+}
+
+fn series(
+    uid: &str,
+    v: &VEvent,
+    changed: &[VEvent],
+    default_zone: &str,
+) -> Result<Parsed, String> {
+    if uid.len() > 255 {
+        return Err("a UID longer than 255 characters".into());
+    }
+    let (start, end) = span_of(v, default_zone)?;
+    let all_day = matches!(start, Time::Date(_));
+    let zone = match (&start, &end) {
+        (Time::At(_, z), _) => z.clone(),
+        (Time::Date(_), _) => default_zone.to_string(),
+    };
+    if all_day != matches!(end, Time::Date(_)) {
+        return Err("DTSTART and DTEND are not both dates or both times".into());
+    }
+    let rrule = v
+        .properties()
+        .get("RRULE")
+        .map(|p| p.value().trim().to_string());
+    let mut exdates = Vec::new();
+    for p in v.multi_properties().get("EXDATE").into_iter().flatten() {
+        let tzid = p.params().get("TZID").map(|x| x.value().to_string());
+        for value in p.value().split(',').filter(|x| !x.trim().is_empty()) {
+            let t = instant(value.trim(), tzid.as_deref(), &zone, default_zone)?;
+            exdates.push(t.to_rfc3339());
+        }
+    }
+    let visibility = match v.property_value("CLASS").map(str::to_ascii_uppercase) {
+        Some(c) if c == "PRIVATE" || c == "CONFIDENTIAL" => Some("private".to_string()),
+        _ => None,
+    };
+    let organizer = v
+        .properties()
+        .get("ORGANIZER")
+        .and_then(|p| email_of(p.value()));
+    let mut attendees = Vec::new();
+    for p in v.multi_properties().get("ATTENDEE").into_iter().flatten() {
+        let Some(email) = email_of(p.value()) else {
+            continue;
+        };
+        if Some(&email) == organizer.as_ref() || attendees.iter().any(|a: &ExternalAttendee| a.email == email) {
+            continue;
+        }
+        let status = match p
+            .params()
+            .get("PARTSTAT")
+            .map(|x| x.value().to_ascii_uppercase())
+            .as_deref()
+        {
+            Some("ACCEPTED") => AttendeeStatus::Accepted,
+            Some("DECLINED") => AttendeeStatus::Declined,
+            Some("TENTATIVE") => AttendeeStatus::Tentative,
+            _ => AttendeeStatus::NeedsAction,
+        };
+        let name = p
+            .params()
+            .get("CN")
+            .map(|x| x.value().trim_matches('"').to_string())
+            .unwrap_or_default();
+        attendees.push(ExternalAttendee {
+            email,
+            name,
+            status,
+        });
+    }
+    let request = CreateEventRequest {
+        title: text(v, "SUMMARY").unwrap_or_else(|| "(no title)".into()),
+        start: field(&start),
+        end: field(&end),
+        all_day: all_day.then_some(true),
+        reminders: None,
+        time_zone: zone.clone(),
+        description: text(v, "DESCRIPTION"),
+        location: text(v, "LOCATION"),
+        rrule,
+        exdates: (!exdates.is_empty()).then_some(exdates),
+        attendees: None,
+        group_id: None,
+        visibility,
+    };
+    let mut overrides = Vec::new();
+    let mut cancelled = Vec::new();
+    for o in changed {
+        let rid = o
+            .properties()
+            .get("RECURRENCE-ID")
+            .ok_or("a RECURRENCE-ID without a value")?;
+        let tzid = rid.params().get("TZID").map(|x| x.value().to_string());
+        let original = instant(rid.value(), tzid.as_deref(), &zone, default_zone)?;
+        if o
+            .property_value("STATUS")
+            .is_some_and(|s| s.eq_ignore_ascii_case("CANCELLED"))
+        {
+            cancelled.push(original);
+            continue;
+        }
+        let (s, e) = span_of(o, default_zone)?;
+        overrides.push((
+            original,
+            UpdateEventRequest {
+                title: text(o, "SUMMARY"),
+                start: Some(field(&s)),
+                end: Some(field(&e)),
+                description: text(o, "DESCRIPTION"),
+                location: text(o, "LOCATION"),
+                ..Default::default()
+            },
+        ));
+    }
+    Ok(Parsed {
+        uid: uid.to_string(),
+        request,
+        attendees,
+        overrides,
+        cancelled,
+    })
+}
+
+/// A DATE or DATE-TIME value (an EXDATE, a RECURRENCE-ID) as an instant:
+/// with `tzid` in it, with `Z` in UTC, a date at the start of that day
+/// (and a floating time) in the event's `zone`.
+fn instant(
+    value: &str,
+    tzid: Option<&str>,
+    zone: &str,
+    default_zone: &str,
+) -> Result<DateTime<Utc>, String> {
+    let bad = || format!("{value:?} is not an iCalendar date or time");
+    if let Some(utc) = value.strip_suffix('Z') {
+        let n = NaiveDateTime::parse_from_str(utc, "%Y%m%dT%H%M%S").map_err(|_| bad())?;
+        return Ok(n.and_utc());
+    }
+    let zone = match tzid {
+        Some(t) => zone_named(t)
+            .ok_or_else(|| format!("unknown time zone {t:?}"))?
+            .name()
+            .to_string(),
+        None if zone.is_empty() => default_zone.to_string(),
+        None => zone.to_string(),
+    };
+    if let Ok(n) = NaiveDateTime::parse_from_str(value, "%Y%m%dT%H%M%S") {
+        return local(n, &zone);
+    }
+    let d = NaiveDate::parse_from_str(value, "%Y%m%d").map_err(|_| bad())?;
+    local(d.and_hms_opt(0, 0, 0).ok_or_else(bad)?, &zone)
+}
+
+/// The address of a `mailto:` value.
+fn email_of(value: &str) -> Option<String> {
+    let v = value.trim();
+    let rest = v
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("mailto:"))
+        .map(|_| &v[7..])?;
+    let rest = rest.trim();
+    (rest.contains('@') && rest.len() <= 254).then(|| rest.to_lowercase())
+}
+
+/// A VFREEBUSY of `busy` in `[from, to)` (a CalDAV free-busy-query's
+/// answer).
+pub fn free_busy(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    busy: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> String {
+    let utc = |t: DateTime<Utc>| t.format("%Y%m%dT%H%M%SZ").to_string();
+    // Times only (no text to escape, lines short): written directly.
+    let mut out = format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:{PRODID}\r\nBEGIN:VFREEBUSY\r\nDTSTAMP:{}\r\nDTSTART:{}\r\nDTEND:{}\r\n",
+        utc(Utc::now()),
+        utc(from),
+        utc(to)
+    );
+    for (s, e) in busy {
+        out.push_str(&format!("FREEBUSY;FBTYPE=BUSY:{}/{}\r\n", utc(*s), utc(*e)));
+    }
+    out.push_str("END:VFREEBUSY\r\nEND:VCALENDAR\r\n");
+    out
+}
+
+/// The occurrences of `ev` a client's time-range asks for: whether any
+/// of them overlaps `[from, to)`.
+pub fn overlaps(ev: &EventRecord, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
+    !recurrence::occurrences(ev, from, to).is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Attendee, IcalOrigin, OccurrenceChange};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn weekly() -> EventRecord {
+        let mut ev = EventRecord::sample(
+            "2030-03-04T09:00:00Z",
+            60,
+            "Europe/Madrid",
+            Some("FREQ=WEEKLY;COUNT=6"),
+        );
+        ev.title = "Stand-up, daily; with \"quotes\"".into();
+        ev.description = "line one\nline two".into();
+        ev.exdates = vec![at("2030-03-11T09:00:00Z")];
+        ev.overrides.insert(
+            at("2030-03-18T09:00:00Z"),
+            OccurrenceChange {
+                start: at("2030-03-18T11:00:00Z"),
+                end: at("2030-03-18T12:30:00Z"),
+                title: Some("Moved".into()),
+                description: None,
+                location: None,
+            },
+        );
+        ev.attendees = vec![
+            Attendee {
+                user_id: ev.organizer_id,
+                username: "ana".into(),
+                status: AttendeeStatus::Accepted,
+            },
+            Attendee {
+                user_id: Uuid::new_v4(),
+                username: "bob".into(),
+                status: AttendeeStatus::Tentative,
+            },
+        ];
+        ev
+    }
+
+    #[test]
+    fn a_series_goes_out_and_comes_back_the_same() {
+        let ev = weekly();
+        let people: People = [(ev.organizer_id, ("ana".into(), "ana@example.com".into()))].into();
+        let text = calendar(
+            "Ana",
+            &[Entry {
+                ev: &ev,
+                shown: Shown::Details,
+            }],
+            &people,
+        );
+        assert!(text.contains("BEGIN:VTIMEZONE\r\nTZID:Europe/Madrid"), "{text}");
+        assert!(text.contains("TZOFFSETTO:+0200"), "{text}");
+        assert!(text.contains("RRULE:FREQ=WEEKLY;COUNT=6"), "{text}");
+        assert!(text.contains("EXDATE;TZID=Europe/Madrid:20300311T100000"), "{text}");
+        assert!(text.contains("PARTSTAT=TENTATIVE"), "{text}");
+        assert!(text.contains("ORGANIZER;CN=ana:mailto:ana@example.com"), "{text}");
+        let parsed = parse(&text, "UTC").unwrap();
+        assert_eq!(parsed.len(), 1);
+        let p = parsed[0].as_ref().unwrap();
+        assert_eq!(p.uid, ev.id.to_string());
+        assert_eq!(p.request.title, ev.title);
+        assert_eq!(p.request.description.as_deref(), Some("line one\nline two"));
+        assert_eq!(p.request.time_zone, "Europe/Madrid");
+        assert_eq!(at(&p.request.start), ev.start);
+        assert_eq!(at(&p.request.end), ev.end);
+        assert_eq!(p.request.rrule.as_deref(), Some("FREQ=WEEKLY;COUNT=6"));
+        let ex: Vec<_> = p.request.exdates.clone().unwrap().iter().map(|x| at(x)).collect();
+        assert_eq!(ex, ev.exdates);
+        assert_eq!(p.overrides.len(), 1);
+        let (original, change) = &p.overrides[0];
+        assert_eq!(*original, at("2030-03-18T09:00:00Z"));
+        assert_eq!(change.title.as_deref(), Some("Moved"));
+        assert_eq!(at(change.start.as_deref().unwrap()), at("2030-03-18T11:00:00Z"));
+        // bob has no email in `people`: an address that cannot deliver.
+        assert_eq!(p.attendees.len(), 1);
+        assert_eq!(p.attendees[0].status, AttendeeStatus::Tentative);
+    }
+
+    #[test]
+    fn busy_blocks_say_nothing_but_when() {
+        let mut ev = weekly();
+        ev.location = "Room 1".into();
+        let text = calendar(
+            "g",
+            &[Entry {
+                ev: &ev,
+                shown: Shown::Busy {
+                    label: "Busy (ana)".into(),
+                },
+            }],
+            &People::new(),
+        );
+        assert!(text.contains("SUMMARY:Busy (ana)"));
+        for secret in ["Stand-up", "line one", "Room 1", "ATTENDEE", "Moved"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("RECURRENCE-ID;TZID=Europe/Madrid:20300318T100000"));
+    }
+
+    #[test]
+    fn all_day_events_are_dates_both_ways() {
+        let mut ev = EventRecord::sample("2030-10-26T22:00:00Z", 48 * 60, "Europe/Madrid", None);
+        ev.all_day = true;
+        ev.ical = Some(IcalOrigin {
+            uid: "abc@elsewhere".into(),
+            dav_name: None,
+        });
+        let text = resource(
+            &Entry {
+                ev: &ev,
+                shown: Shown::Details,
+            },
+            &People::new(),
+        );
+        assert!(text.contains("DTSTART;VALUE=DATE:20301027"), "{text}");
+        assert!(text.contains("DTEND;VALUE=DATE:20301029"), "{text}");
+        assert!(text.contains("UID:abc@elsewhere"));
+        let p = parse(&text, "Europe/Madrid").unwrap().remove(0).unwrap();
+        assert_eq!((p.request.start.as_str(), p.request.end.as_str()), ("2030-10-27", "2030-10-29"));
+        assert_eq!(p.request.all_day, Some(true));
+    }
+
+    #[test]
+    fn files_from_other_apps_are_read() {
+        let text = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Other//EN\r\n\
+BEGIN:VEVENT\r\nUID:one@x\r\nDTSTART;TZID=/mozilla.org/20050126_1/America/New_York:20300105T090000\r\n\
+DURATION:PT1H30M\r\nSUMMARY:Long title that goes on and on and on and on and on and on and on\r\n  folded\r\n\
+RRULE:FREQ=DAILY;COUNT=3\r\nEXDATE;TZID=America/New_York:20300106T090000,20300107T090000\r\n\
+ATTENDEE;CN=Zoe;PARTSTAT=ACCEPTED:mailto:Zoe@Example.org\r\nEND:VEVENT\r\n\
+BEGIN:VEVENT\r\nUID:two@x\r\nDTSTART:20300105\r\nSUMMARY:floating day\r\nEND:VEVENT\r\n\
+BEGIN:VEVENT\r\nUID:three@x\r\nDTSTART;TZID=Mars/Olympus:20300105T090000\r\nSUMMARY:x\r\nEND:VEVENT\r\n\
+BEGIN:VEVENT\r\nUID:orphan@x\r\nRECURRENCE-ID:20300105T090000Z\r\nDTSTART:20300105T100000Z\r\nEND:VEVENT\r\n\
+BEGIN:VEVENT\r\nSUMMARY:no uid\r\nDTSTART:20300105T100000Z\r\nEND:VEVENT\r\n\
+END:VCALENDAR\r\n";
+        let out = parse(text, "Europe/Madrid").unwrap();
+        let ok: Vec<&Parsed> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let skipped: Vec<&Skipped> = out.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(ok.len(), 2, "{out:?}");
+        let one = ok.iter().find(|p| p.uid == "one@x").unwrap();
+        assert_eq!(one.request.time_zone, "America/New_York");
+        assert_eq!(at(&one.request.start), at("2030-01-05T14:00:00Z"));
+        assert_eq!(at(&one.request.end), at("2030-01-05T15:30:00Z"));
+        assert!(one.request.title.ends_with("and on folded"), "{}", one.request.title);
+        assert_eq!(one.request.exdates.as_ref().unwrap().len(), 2);
+        assert_eq!(one.attendees[0].email, "zoe@example.org");
+        let two = ok.iter().find(|p| p.uid == "two@x").unwrap();
+        assert_eq!((two.request.start.as_str(), two.request.end.as_str()), ("2030-01-05", "2030-01-06"));
+        let reasons: Vec<String> = skipped.iter().map(|s| format!("{}: {}", s.uid, s.reason)).collect();
+        assert_eq!(skipped.len(), 3, "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.starts_with("three@x: unknown time zone")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.starts_with("orphan@x: a changed occurrence")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r == ": no UID"), "{reasons:?}");
+        assert!(parse("hello", "UTC").is_err());
+        assert!(parse("BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", "UTC").is_err());
+    }
+
+    #[test]
+    fn durations_read_as_rfc5545_says() {
+        assert_eq!(duration("PT1H30M").unwrap(), Duration::minutes(90));
+        assert_eq!(duration("P1W").unwrap(), Duration::weeks(1));
+        assert_eq!(duration("P1DT2H").unwrap(), Duration::hours(26));
+        assert!(duration("1H").is_err());
+    }
+
+    #[test]
+    fn a_zone_without_changes_still_has_an_observance() {
+        let ev = EventRecord::sample("2030-03-04T09:00:00Z", 60, "Asia/Tokyo", None);
+        let text = resource(
+            &Entry {
+                ev: &ev,
+                shown: Shown::Details,
+            },
+            &People::new(),
+        );
+        assert!(text.contains("TZOFFSETTO:+0900"), "{text}");
+        assert!(text.contains("DTSTART;TZID=Asia/Tokyo:20300304T180000"), "{text}");
+    }
+}

@@ -1,0 +1,136 @@
+//! iCalendar files into a person's agenda (`POST /v1/events/import`):
+//! every event through the same creation as the JSON API, made safe to
+//! repeat by its UID (the event id is derived from it, as for an
+//! idempotency key), so importing a file twice changes nothing.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Store;
+use crate::api::CreateEventRequest;
+use crate::error::ApiResult;
+use crate::events::{Idempotent, Origin};
+use crate::ical::{self, Parsed, Skipped};
+use crate::model::{EventRecord, ExternalAttendee, UserRecord};
+use crate::keys;
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportReport {
+    /// How many events were created.
+    pub imported: usize,
+    /// The events created: their UID in the file and their id here.
+    pub events: Vec<ImportedEvent>,
+    /// The events left out, and why.
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportedEvent {
+    pub uid: String,
+    pub id: Uuid,
+}
+
+/// The idempotency key an import of `uid` creates under.
+fn import_key(uid: &str) -> String {
+    format!("ical:{uid}")
+}
+
+impl Store {
+    /// Imports every event of `text` into `caller`'s agenda.
+    pub async fn import_events(&self, caller: Uuid, text: &str) -> ApiResult<ImportReport> {
+        let me = self.me(caller).await?;
+        let parsed = ical::parse(text, &me.time_zone)?;
+        let mut report = ImportReport {
+            imported: 0,
+            events: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for p in parsed {
+            let p = match p {
+                Ok(p) => p,
+                Err(s) => {
+                    report.skipped.push(s);
+                    continue;
+                }
+            };
+            let uid = p.uid.clone();
+            let key = import_key(&uid);
+            let id = Idempotent::id_for(caller, &key);
+            if self.get::<EventRecord>(&keys::event(id)).await?.is_some() {
+                report.skipped.push(Skipped {
+                    uid,
+                    reason: format!("already imported (event {id})"),
+                });
+                continue;
+            }
+            let (req, origin) = self.request_of(caller, p, None).await?;
+            match self
+                .create_event_from(caller, req, false, Some(&key), Some(&origin))
+                .await
+            {
+                Ok((ev, _)) => {
+                    report.imported += 1;
+                    report.events.push(ImportedEvent { uid, id: ev.id });
+                }
+                Err(e) if e.kind.is_refusal() => report.skipped.push(Skipped {
+                    uid,
+                    reason: match e.details.get("field").and_then(|f| f.as_str()) {
+                        Some(f) => format!("{f}: {}", e.message),
+                        None => e.message,
+                    },
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+
+    /// The creation request and origin of a parsed event: attendees with
+    /// an account here (by email) become attendees, the rest stay
+    /// external; the caller is never their own attendee.
+    pub(crate) async fn request_of(
+        &self,
+        caller: Uuid,
+        p: Parsed,
+        dav_name: Option<String>,
+    ) -> ApiResult<(CreateEventRequest, Origin)> {
+        let (names, external) = self.attendees_by_email(caller, p.attendees).await?;
+        let mut req = p.request;
+        req.attendees = (!names.is_empty()).then_some(names);
+        let origin = Origin {
+            uid: p.uid,
+            dav_name,
+            external,
+            overrides: p.overrides,
+            cancelled: p.cancelled,
+        };
+        Ok((req, origin))
+    }
+
+    /// Splits attendees into usernames of accounts here and the rest.
+    async fn attendees_by_email(
+        &self,
+        caller: Uuid,
+        list: Vec<ExternalAttendee>,
+    ) -> ApiResult<(Vec<String>, Vec<ExternalAttendee>)> {
+        let found = futures::future::try_join_all(list.iter().map(|a| async move {
+            let Some(id) = self.get::<Uuid>(&keys::email(&a.email)).await? else {
+                return Ok(None);
+            };
+            self.get::<UserRecord>(&keys::user(id.value)).await
+        }))
+        .await?;
+        let mut names = Vec::new();
+        let mut external = Vec::new();
+        for (a, user) in list.into_iter().zip(found) {
+            match user {
+                Some(u) if u.value.id == caller => {}
+                Some(u) => names.push(u.value.username),
+                None => external.push(a),
+            }
+        }
+        Ok((names, external))
+    }
+}
