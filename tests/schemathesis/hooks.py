@@ -26,6 +26,11 @@ Changing nothing else keeps every other generated value as it was.
 
 `GET /v1/stream` is a WebSocket handshake: a 101 hands the connection to
 the WebSocket, so it is closed at once rather than reused for HTTP.
+
+`POST /v1/events/import` takes an iCalendar file (`text/calendar`): the
+generated text goes out as it is (a serializer for the type), and a
+positive case is given a small valid file with a fresh UID. The feed
+(`GET /v1/calendar.ics`) answers `text/calendar`, read as text.
 """
 
 import datetime as dt
@@ -320,6 +325,27 @@ def _fix_logout(case) -> None:
             body["refresh_token"] = REFRESH[token]
 
 
+@schemathesis.serializer("text/calendar")
+def _ics_out(ctx, value):
+    if isinstance(value, bytes):
+        return {"data": value}
+    return {"data": str(value).encode("utf-8")}
+
+
+@schemathesis.deserializer("text/calendar")
+def _ics_in(ctx, response):
+    return response.content.decode("utf-8", "replace")
+
+
+def _ics_file() -> str:
+    return (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//schemathesis//EN\r\n"
+        f"BEGIN:VEVENT\r\nUID:{uuid.uuid4()}@schemathesis\r\n"
+        "DTSTART:20310105T090000Z\r\nDTEND:20310105T100000Z\r\n"
+        "SUMMARY:Imported\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+
+
 def _positive(case) -> bool:
     meta = getattr(case, "meta", None)
     return meta is not None and meta.generation.mode.is_positive
@@ -364,3 +390,5 @@ def before_call(context, case, kwargs):
         _fix_password(case.body)
     elif (method, path) == ("POST", "/v1/auth/logout"):
         _fix_logout(case)
+    elif (method, path) == ("POST", "/v1/events/import"):
+        case.body = _ics_file()

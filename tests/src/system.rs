@@ -37,6 +37,8 @@ pub struct SystemOptions {
     pub redis: bool,
     /// Extra flags for the gateway.
     pub gateway_args: Vec<String>,
+    /// Extra flags for every agenda-users replica.
+    pub users_args: Vec<String>,
     /// TLS on every link (mutual inside: agenda-db, its peers, users,
     /// groups, the supervisors and Redis; HTTPS at the gateway), with
     /// certificates from `agendactl certs`.
@@ -55,6 +57,7 @@ impl Default for SystemOptions {
             groups: 2,
             redis: false,
             gateway_args: Vec::new(),
+            users_args: Vec::new(),
             tls: false,
             restore_from: None,
         }
@@ -242,7 +245,7 @@ impl System {
                 &users_bin,
                 format!("users-{i}"),
                 &db_addrs,
-                &with_tls("users", &[]),
+                &with_tls("users", &opts.users_args),
             )?;
         }
         for i in 0..opts.groups {

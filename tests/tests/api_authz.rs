@@ -296,6 +296,31 @@ fn row(w: &World, method: &Method, route: &str, who: Who) -> Option<Cell> {
         // one is tested in notifications and api_sessions.
         ("GET", "/v1/stream") => cell(route.into(), None, &[400, 426]),
         ("GET", "/v1/admin/audit") => cell(route.into(), None, open(FORBIDDEN)),
+        // Feeds: each person their own; a group's for its members.
+        ("POST", "/v1/me/calendar-feed") => cell(route.into(), None, open(CREATED)),
+        ("POST", "/v1/groups/{id}/calendar-feed") => cell(
+            format!("/v1/groups/{g}/calendar-feed"),
+            None,
+            in_group(who, CREATED, CREATED),
+        ),
+        // The key is the credential (calendar apps send no token): an
+        // unknown one is 404 whoever asks.
+        ("GET", "/v1/calendar.ics") => cell("/v1/calendar.ics?key=not-a-key".into(), None, HIDDEN),
+        // Into the caller's own agenda; the matrix sends JSON, which is
+        // not an iCalendar file.
+        ("POST", "/v1/events/import") => cell(route.into(), Some(json!({})), open(&[415])),
+        ("POST", "/v1/me/app-passwords") => cell(
+            route.into(),
+            Some(json!({"name": format!("client of {name}")})),
+            open(CREATED),
+        ),
+        ("GET", "/v1/me/app-passwords") => cell(route.into(), None, open(OK)),
+        // Someone else's (or nobody's) app password: hidden.
+        ("DELETE", "/v1/me/app-passwords/{id}") => cell(
+            "/v1/me/app-passwords/7b0e6c4e-3f6a-4c1e-9d55-2d2f6a0c9e41".into(),
+            None,
+            open(HIDDEN),
+        ),
         ("GET", "/healthz") | ("GET", "/openapi.json") | ("GET", "/metrics") => {
             cell(route.into(), None, OK)
         }

@@ -162,7 +162,10 @@ fn observance(from: &chrono_tz::TzOffset, to: &chrono_tz::TzOffset, at: DateTime
     let local = at.naive_utc() + Duration::seconds(from.fix().local_minus_utc().into());
     let name = to
         .abbreviation()
-        .filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-'))
+        .filter(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+        })
         .map(|n| format!("TZNAME:{n}\r\n"))
         .unwrap_or_default();
     format!(
@@ -199,10 +202,7 @@ fn when(t: DateTime<Utc>, zone: &str) -> CalendarDateTime {
 fn when_value(t: DateTime<Utc>, zone: &str, all_day: bool) -> (String, Option<String>) {
     let tz: Tz = zone.parse().unwrap_or(chrono_tz::UTC);
     if all_day {
-        return (
-            t.with_timezone(&tz).format("%Y%m%d").to_string(),
-            None,
-        );
+        return (t.with_timezone(&tz).format("%Y%m%d").to_string(), None);
     }
     if zone == "UTC" {
         return (t.format("%Y%m%dT%H%M%SZ").to_string(), None);
@@ -283,7 +283,14 @@ fn vevents(entry: &Entry, people: &People) -> Vec<VEvent> {
         }
         Shown::Details => {}
     }
-    details(&mut master, ev, &ev.title, &ev.description, &ev.location, people);
+    details(
+        &mut master,
+        ev,
+        &ev.title,
+        &ev.description,
+        &ev.location,
+        people,
+    );
     out.push(master);
     for (original, change) in &ev.overrides {
         let mut o = VEvent::new();
@@ -325,7 +332,10 @@ fn common(v: &mut VEvent, ev: &EventRecord, start: DateTime<Utc>, end: DateTime<
         v.add_property("TRANSP", "OPAQUE");
     }
     v.timestamp(Utc::now());
-    v.add_property("CREATED", ev.created_at.format("%Y%m%dT%H%M%SZ").to_string());
+    v.add_property(
+        "CREATED",
+        ev.created_at.format("%Y%m%dT%H%M%SZ").to_string(),
+    );
 }
 
 fn details(
@@ -416,7 +426,10 @@ pub fn parse(text: &str, default_zone: &str) -> ApiResult<Vec<Result<Parsed, Ski
     let components: Vec<&parser::Component> = if vcalendars.is_empty() {
         cal.components.iter().collect()
     } else {
-        vcalendars.iter().flat_map(|c| c.components.iter()).collect()
+        vcalendars
+            .iter()
+            .flat_map(|c| c.components.iter())
+            .collect()
     };
     let vevents: Vec<&parser::Component> = components
         .into_iter()
@@ -521,7 +534,9 @@ fn resolve(t: DatePerhapsTime, default_zone: &str) -> Result<Time, String> {
 
 /// `n` read in `zone` (in a DST gap: as if the clock had gone on).
 fn local(n: NaiveDateTime, zone: &str) -> Result<DateTime<Utc>, String> {
-    let tz: Tz = zone.parse().map_err(|_| format!("unknown time zone {zone:?}"))?;
+    let tz: Tz = zone
+        .parse()
+        .map_err(|_| format!("unknown time zone {zone:?}"))?;
     tz.from_local_datetime(&n)
         .earliest()
         .or_else(|| tz.from_local_datetime(&(n + Duration::hours(1))).earliest())
@@ -619,12 +634,7 @@ fn field(t: &Time) -> String {
     }
 }
 
-fn series(
-    uid: &str,
-    v: &VEvent,
-    changed: &[VEvent],
-    default_zone: &str,
-) -> Result<Parsed, String> {
+fn series(uid: &str, v: &VEvent, changed: &[VEvent], default_zone: &str) -> Result<Parsed, String> {
     if uid.len() > 255 {
         return Err("a UID longer than 255 characters".into());
     }
@@ -662,7 +672,11 @@ fn series(
         let Some(email) = email_of(p.value()) else {
             continue;
         };
-        if Some(&email) == organizer.as_ref() || attendees.iter().any(|a: &ExternalAttendee| a.email == email) {
+        if Some(&email) == organizer.as_ref()
+            || attendees
+                .iter()
+                .any(|a: &ExternalAttendee| a.email == email)
+        {
             continue;
         }
         let status = match p
@@ -711,8 +725,7 @@ fn series(
             .ok_or("a RECURRENCE-ID without a value")?;
         let tzid = rid.params().get("TZID").map(|x| x.value().to_string());
         let original = instant(rid.value(), tzid.as_deref(), &zone, default_zone)?;
-        if o
-            .property_value("STATUS")
+        if o.property_value("STATUS")
             .is_some_and(|s| s.eq_ignore_ascii_case("CANCELLED"))
         {
             cancelled.push(original);
@@ -864,12 +877,21 @@ mod tests {
             }],
             &people,
         );
-        assert!(text.contains("BEGIN:VTIMEZONE\r\nTZID:Europe/Madrid"), "{text}");
+        assert!(
+            text.contains("BEGIN:VTIMEZONE\r\nTZID:Europe/Madrid"),
+            "{text}"
+        );
         assert!(text.contains("TZOFFSETTO:+0200"), "{text}");
         assert!(text.contains("RRULE:FREQ=WEEKLY;COUNT=6"), "{text}");
-        assert!(text.contains("EXDATE;TZID=Europe/Madrid:20300311T100000"), "{text}");
+        assert!(
+            text.contains("EXDATE;TZID=Europe/Madrid:20300311T100000"),
+            "{text}"
+        );
         assert!(text.contains("PARTSTAT=TENTATIVE"), "{text}");
-        assert!(text.contains("ORGANIZER;CN=ana:mailto:ana@example.com"), "{text}");
+        assert!(
+            text.contains("ORGANIZER;CN=ana:mailto:ana@example.com"),
+            "{text}"
+        );
         let parsed = parse(&text, "UTC").unwrap();
         assert_eq!(parsed.len(), 1);
         let p = parsed[0].as_ref().unwrap();
@@ -880,13 +902,23 @@ mod tests {
         assert_eq!(at(&p.request.start), ev.start);
         assert_eq!(at(&p.request.end), ev.end);
         assert_eq!(p.request.rrule.as_deref(), Some("FREQ=WEEKLY;COUNT=6"));
-        let ex: Vec<_> = p.request.exdates.clone().unwrap().iter().map(|x| at(x)).collect();
+        let ex: Vec<_> = p
+            .request
+            .exdates
+            .clone()
+            .unwrap()
+            .iter()
+            .map(|x| at(x))
+            .collect();
         assert_eq!(ex, ev.exdates);
         assert_eq!(p.overrides.len(), 1);
         let (original, change) = &p.overrides[0];
         assert_eq!(*original, at("2030-03-18T09:00:00Z"));
         assert_eq!(change.title.as_deref(), Some("Moved"));
-        assert_eq!(at(change.start.as_deref().unwrap()), at("2030-03-18T11:00:00Z"));
+        assert_eq!(
+            at(change.start.as_deref().unwrap()),
+            at("2030-03-18T11:00:00Z")
+        );
         // bob has no email in `people`: an address that cannot deliver.
         assert_eq!(p.attendees.len(), 1);
         assert_eq!(p.attendees[0].status, AttendeeStatus::Tentative);
@@ -932,7 +964,10 @@ mod tests {
         assert!(text.contains("DTEND;VALUE=DATE:20301029"), "{text}");
         assert!(text.contains("UID:abc@elsewhere"));
         let p = parse(&text, "Europe/Madrid").unwrap().remove(0).unwrap();
-        assert_eq!((p.request.start.as_str(), p.request.end.as_str()), ("2030-10-27", "2030-10-29"));
+        assert_eq!(
+            (p.request.start.as_str(), p.request.end.as_str()),
+            ("2030-10-27", "2030-10-29")
+        );
         assert_eq!(p.request.all_day, Some(true));
     }
 
@@ -956,15 +991,35 @@ END:VCALENDAR\r\n";
         assert_eq!(one.request.time_zone, "America/New_York");
         assert_eq!(at(&one.request.start), at("2030-01-05T14:00:00Z"));
         assert_eq!(at(&one.request.end), at("2030-01-05T15:30:00Z"));
-        assert!(one.request.title.ends_with("and on folded"), "{}", one.request.title);
+        assert!(
+            one.request.title.ends_with("and on folded"),
+            "{}",
+            one.request.title
+        );
         assert_eq!(one.request.exdates.as_ref().unwrap().len(), 2);
         assert_eq!(one.attendees[0].email, "zoe@example.org");
         let two = ok.iter().find(|p| p.uid == "two@x").unwrap();
-        assert_eq!((two.request.start.as_str(), two.request.end.as_str()), ("2030-01-05", "2030-01-06"));
-        let reasons: Vec<String> = skipped.iter().map(|s| format!("{}: {}", s.uid, s.reason)).collect();
+        assert_eq!(
+            (two.request.start.as_str(), two.request.end.as_str()),
+            ("2030-01-05", "2030-01-06")
+        );
+        let reasons: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.uid, s.reason))
+            .collect();
         assert_eq!(skipped.len(), 3, "{reasons:?}");
-        assert!(reasons.iter().any(|r| r.starts_with("three@x: unknown time zone")), "{reasons:?}");
-        assert!(reasons.iter().any(|r| r.starts_with("orphan@x: a changed occurrence")), "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with("three@x: unknown time zone")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with("orphan@x: a changed occurrence")),
+            "{reasons:?}"
+        );
         assert!(reasons.iter().any(|r| r == ": no UID"), "{reasons:?}");
         assert!(parse("hello", "UTC").is_err());
         assert!(parse("BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", "UTC").is_err());
@@ -989,6 +1044,9 @@ END:VCALENDAR\r\n";
             &People::new(),
         );
         assert!(text.contains("TZOFFSETTO:+0900"), "{text}");
-        assert!(text.contains("DTSTART;TZID=Asia/Tokyo:20300304T180000"), "{text}");
+        assert!(
+            text.contains("DTSTART;TZID=Asia/Tokyo:20300304T180000"),
+            "{text}"
+        );
     }
 }

@@ -28,6 +28,11 @@ impl IntoResponse for HttpError {
 }
 
 /// A JSON response with `status`; 204 and empty bodies carry no content.
+/// [`json_response`] of a parsed JSON value (a service's answer, relayed).
+pub fn value_response(status: u16, body: &serde_json::Value) -> Response {
+    json_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
 pub fn json_response(status: u16, body: Vec<u8>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     // A 429 says how long to wait in `details.retry_after` (seconds).

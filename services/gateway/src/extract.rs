@@ -132,7 +132,10 @@ where
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Public(Caller::public(Arc::<AppState>::from_ref(state), parts)))
+        Ok(Public(Caller::public(
+            Arc::<AppState>::from_ref(state),
+            parts,
+        )))
     }
 }
 

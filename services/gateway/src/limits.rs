@@ -473,7 +473,9 @@ pub async fn guard(
     // A CalDAV client's first request carries no credentials and is
     // answered 401 with the scheme to use: only wrong ones count.
     let bare_dav = req.uri().path().starts_with("/dav")
-        && !req.headers().contains_key(axum::http::header::AUTHORIZATION);
+        && !req
+            .headers()
+            .contains_key(axum::http::header::AUTHORIZATION);
     let resp = next.run(req).await;
     let kind = agenda_calendar::ErrorKind::from_status(resp.status().as_u16());
     let failed = (kind == Some(agenda_calendar::ErrorKind::Unauthenticated) && !bare_dav)

@@ -356,6 +356,7 @@ fn body_rules() -> Vec<(&'static str, &'static str, Value)> {
     let visibility = one_of(&["default", "private"]);
     let add_me = one_of(&["anyone", "shared_group", "nobody"]);
     vec![
+        ("AppPasswordRequest", "name", text(1, 100)),
         ("RegisterRequest", "username", username()),
         ("RegisterRequest", "email", email()),
         ("RegisterRequest", "password", password()),
@@ -637,6 +638,8 @@ fn param_rules(op: &str, name: &str) -> Option<Value> {
             "description": "The `next` of the previous page." })
         }
         ("stream", "access_token" | "last_id") => json!({}),
+        // Looked up, never judged: an unknown key is 404.
+        ("calendar_feed", "key") => json!({}),
         (_, "from" | "to") => {
             json!({ "required": true, "schema": { "type": "string", "format": "date-time" },
             "description": "RFC 3339; `to` after `from`, at most 366 days later." })

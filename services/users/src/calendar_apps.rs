@@ -28,9 +28,7 @@ impl Users {
                 let feed = s.feed(&key).await?;
                 Reply::ok(json!({ "name": feed.name, "ics": feed.ics }))
             }
-            Op::ImportEvents { ics } => {
-                Reply::ok(s.import_events(caller.user()?, &ics).await?)
-            }
+            Op::ImportEvents { ics } => Reply::ok(s.import_events(caller.user()?, &ics).await?),
             Op::CreateAppPassword(req) => {
                 Reply::created(s.create_app_password(caller.user()?, &req.name).await?)
             }
@@ -61,8 +59,14 @@ impl Users {
                 token,
                 data,
             } => Reply::ok(
-                s.dav_sync(me, Calendar::parse(&calendar)?, token.as_deref(), data, history)
-                    .await?,
+                s.dav_sync(
+                    me,
+                    Calendar::parse(&calendar)?,
+                    token.as_deref(),
+                    data,
+                    history,
+                )
+                .await?,
             ),
             DavOp::Query { calendar, from, to } => Reply::items(
                 s.dav_query(

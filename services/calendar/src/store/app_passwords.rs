@@ -130,7 +130,10 @@ impl Store {
             }
             let mut batch = Batch::default();
             batch
-                .unchanged(&keys::user(caller), self.revision(&keys::user(caller)).await?)
+                .unchanged(
+                    &keys::user(caller),
+                    self.revision(&keys::user(caller)).await?,
+                )
                 .unchanged(&keys::app_password(caller, record.id), 0)
                 .put(&keys::app_password(caller, record.id), &record)?
                 .put(
@@ -215,21 +218,30 @@ impl Store {
         let user = self
             .user(entry.value.user_id)
             .await?
-            .filter(|u| u.username.eq_ignore_ascii_case(username) || u.email.eq_ignore_ascii_case(username))
+            .filter(|u| {
+                u.username.eq_ignore_ascii_case(username) || u.email.eq_ignore_ascii_case(username)
+            })
             .ok_or_else(refused)?;
         Ok(user)
     }
 
     /// Adds to an account's deletion the removal of its app passwords and
     /// feeds.
-    pub(crate) async fn forget_calendar_apps(&self, batch: &mut Batch, user: Uuid) -> ApiResult<()> {
+    pub(crate) async fn forget_calendar_apps(
+        &self,
+        batch: &mut Batch,
+        user: Uuid,
+    ) -> ApiResult<()> {
         for p in self
             .list::<AppPasswordRecord>(&keys::app_passwords(user))
             .await?
         {
             batch.delete(&keys::app_password_hash(&p.value.hash));
         }
-        for f in self.list::<super::feeds::FeedOf>(&keys::feeds_of(user)).await? {
+        for f in self
+            .list::<super::feeds::FeedOf>(&keys::feeds_of(user))
+            .await?
+        {
             batch.delete(&keys::feed(&f.value.hash));
         }
         batch

@@ -168,7 +168,13 @@ impl Store {
         let me = self.me(caller).await?;
         let mut out = Vec::new();
         let mine = self
-            .snapshot(&[], [Read::key(&keys::agenda_version(caller)), Read::key(&keys::dav_floor(caller))])
+            .snapshot(
+                &[],
+                [
+                    Read::key(&keys::agenda_version(caller)),
+                    Read::key(&keys::dav_floor(caller)),
+                ],
+            )
             .await?
             .ok_or_else(|| ApiError::internal("a read without guards was refused"))?;
         out.push(CalendarInfo {
@@ -183,7 +189,13 @@ impl Store {
         });
         for g in self.list_groups(caller).await? {
             let snap = self
-                .snapshot(&[], [Read::prefix(&keys::group_events(g.id)), Read::prefix(&keys::dav_gones(g.id))])
+                .snapshot(
+                    &[],
+                    [
+                        Read::prefix(&keys::group_events(g.id)),
+                        Read::prefix(&keys::dav_gones(g.id)),
+                    ],
+                )
                 .await?
                 .ok_or_else(|| ApiError::internal("a read without guards was refused"))?;
             let newest = snap
@@ -384,7 +396,9 @@ impl Store {
                 name: resource_name(&v.value, owner),
                 etag: etag(v.mod_revision),
                 ics: data.then(|| {
-                    let shown = if rules::may_see_event(&v.value, caller) || v.value.visibility != crate::model::Visibility::Private {
+                    let shown = if rules::may_see_event(&v.value, caller)
+                        || v.value.visibility != crate::model::Visibility::Private
+                    {
                         Shown::Details
                     } else {
                         Shown::Busy {
@@ -418,7 +432,10 @@ impl Store {
         if let Calendar::Group(g) = cal {
             self.membership(caller, g).await?;
         }
-        if let Some(id) = name.strip_suffix(".ics").and_then(|n| Uuid::parse_str(n).ok()) {
+        if let Some(id) = name
+            .strip_suffix(".ics")
+            .and_then(|n| Uuid::parse_str(n).ok())
+        {
             if let Some(v) = self.get::<EventRecord>(&keys::event(id)).await? {
                 if in_calendar(&v.value) {
                     return Ok(Some(v));
@@ -586,9 +603,14 @@ impl Store {
         if cur.value.organizer_id == caller {
             self.delete_event(caller, cur.value.id).await
         } else {
-            self.rsvp(caller, cur.value.id, crate::model::AttendeeStatus::Declined, false)
-                .await
-                .map(|_| ())
+            self.rsvp(
+                caller,
+                cur.value.id,
+                crate::model::AttendeeStatus::Declined,
+                false,
+            )
+            .await
+            .map(|_| ())
         }
     }
 }

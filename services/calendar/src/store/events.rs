@@ -289,8 +289,7 @@ impl Store {
         reject: bool,
         key: Option<&str>,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
-        self.create_event_from(caller, req, reject, key, None)
-            .await
+        self.create_event_from(caller, req, reject, key, None).await
     }
 
     /// [`Store::create_event`] of an event that came from iCalendar.

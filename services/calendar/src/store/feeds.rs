@@ -188,7 +188,14 @@ impl Store {
         name: String,
         events: Vec<(EventRecord, Shown)>,
     ) -> ApiResult<Feed> {
-        let people = self.people_named(events.iter().filter(|(_, s)| *s == Shown::Details).map(|(e, _)| e)).await?;
+        let people = self
+            .people_named(
+                events
+                    .iter()
+                    .filter(|(_, s)| *s == Shown::Details)
+                    .map(|(e, _)| e),
+            )
+            .await?;
         let weight = cpu::weight(events.iter().map(|(e, _)| e)).max(events.len());
         let ics = cpu::run_sized(viewer, weight, {
             let name = name.clone();

@@ -12,8 +12,8 @@ use crate::api::CreateEventRequest;
 use crate::error::ApiResult;
 use crate::events::{Idempotent, Origin};
 use crate::ical::{self, Parsed, Skipped};
-use crate::model::{EventRecord, ExternalAttendee, UserRecord};
 use crate::keys;
+use crate::model::{EventRecord, ExternalAttendee, UserRecord};
 
 /// What an import did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -67,11 +67,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 /// Discovery (RFC 6764): the tree starts at `/dav/`.
 async fn well_known() -> Response {
-    (
-        StatusCode::MOVED_PERMANENTLY,
-        [(header::LOCATION, "/dav/")],
-    )
-        .into_response()
+    (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, "/dav/")]).into_response()
 }
 
 /// The person a request is from.
@@ -134,10 +130,7 @@ const ALLOW: &str = "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, REPORT";
 fn options() -> Response {
     (
         StatusCode::OK,
-        [
-            ("DAV", "1, 3, calendar-access"),
-            ("Allow", ALLOW),
-        ],
+        [("DAV", "1, 3, calendar-access"), ("Allow", ALLOW)],
     )
         .into_response()
 }
@@ -152,7 +145,10 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// The person whose app password the request carries (HTTP Basic).
-async fn authenticate(state: &Arc<AppState>, parts: &axum::http::request::Parts) -> Result<Me, Response> {
+async fn authenticate(
+    state: &Arc<AppState>,
+    parts: &axum::http::request::Parts,
+) -> Result<Me, Response> {
     let Some(value) = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -200,10 +196,7 @@ async fn authenticate(state: &Arc<AppState>, parts: &axum::http::request::Parts)
 
 /// A service's error answer as sent (JSON error shape).
 fn relayed(status: u16, body: Value) -> Response {
-    crate::error::json_response(
-        status,
-        serde_json::to_vec(&body).unwrap_or_default().into(),
-    )
+    crate::error::value_response(status, &body)
 }
 
 /// Calls a CalDAV operation; a refusal becomes the answer.
@@ -259,9 +252,10 @@ async fn serve(State(state): State<Arc<AppState>>, req: Request) -> Response {
     };
     let owner = match &target {
         Target::Root => None,
-        Target::Principal(u) | Target::Home(u) | Target::Calendar(u, _) | Target::Object(u, _, _) => {
-            Some(u.clone())
-        }
+        Target::Principal(u)
+        | Target::Home(u)
+        | Target::Calendar(u, _)
+        | Target::Object(u, _, _) => Some(u.clone()),
     };
     if owner.is_some_and(|u| !u.eq_ignore_ascii_case(&me.username)) {
         // Other people's trees are not shared over CalDAV.
@@ -431,9 +425,15 @@ async fn propfind(me: &Me, t: Target, depth: u8, body: &Bytes) -> Result<Respons
     let mut ms = Multistatus::new();
     match t {
         Target::Root => ms.response("/dav/", tree_props(me, &Target::Root, &asked)),
-        Target::Principal(_) => ms.response(&principal_href(&u), tree_props(me, &Target::Principal(u.clone()), &asked)),
+        Target::Principal(_) => ms.response(
+            &principal_href(&u),
+            tree_props(me, &Target::Principal(u.clone()), &asked),
+        ),
         Target::Home(_) => {
-            ms.response(&home_href(&u), tree_props(me, &Target::Home(u.clone()), &asked));
+            ms.response(
+                &home_href(&u),
+                tree_props(me, &Target::Home(u.clone()), &asked),
+            );
             if depth > 0 {
                 for c in calendars(me).await? {
                     let id = c["id"].as_str().unwrap_or_default();
@@ -568,8 +568,14 @@ async fn report(me: &Me, cal: &str, body: &Bytes) -> Result<Response, Response> 
 /// RFC 4791 7.10: the caller's busy time as a VFREEBUSY.
 async fn free_busy(me: &Me, b: &xml::Body) -> Result<Response, Response> {
     let (from, to) = b.time_range.clone().unwrap_or((None, None));
-    let (Some(from), Some(to)) = (from.as_deref().and_then(caldav_time), to.as_deref().and_then(caldav_time)) else {
-        return Err(HttpError(ApiError::bad_request("free-busy-query needs a time-range with start and end")).into_response());
+    let (Some(from), Some(to)) = (
+        from.as_deref().and_then(caldav_time),
+        to.as_deref().and_then(caldav_time),
+    ) else {
+        return Err(HttpError(ApiError::bad_request(
+            "free-busy-query needs a time-range with start and end",
+        ))
+        .into_response());
     };
     let (status, body) = me
         .caller
@@ -585,7 +591,11 @@ async fn free_busy(me: &Me, b: &xml::Body) -> Result<Response, Response> {
     if status >= 300 {
         return Err(relayed(status, body));
     }
-    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.to_utc());
+    let parse = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.to_utc())
+    };
     let busy: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = body["users"]
         .as_object()
         .and_then(|m| m.values().next())
@@ -611,7 +621,10 @@ async fn get(me: &Me, cal: &str, name: &str) -> Result<Response, Response> {
     Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "text/calendar; charset=utf-8".to_string()),
+            (
+                header::CONTENT_TYPE,
+                "text/calendar; charset=utf-8".to_string(),
+            ),
             (header::ETAG, etag),
         ],
         r["ics"].as_str().unwrap_or_default().to_string(),
@@ -620,10 +633,18 @@ async fn get(me: &Me, cal: &str, name: &str) -> Result<Response, Response> {
 }
 
 fn header_text(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
-async fn put(me: &Me, cal: &str, name: &str, h: &HeaderMap, body: Bytes) -> Result<Response, Response> {
+async fn put(
+    me: &Me,
+    cal: &str,
+    name: &str,
+    h: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Response> {
     let ics = String::from_utf8(body.to_vec())
         .map_err(|_| HttpError(ApiError::bad_request("the body is not UTF-8")).into_response())?;
     let if_none_match = header_text(h, header::IF_NONE_MATCH).is_some_and(|v| v.trim() == "*");
@@ -645,7 +666,10 @@ async fn put(me: &Me, cal: &str, name: &str, h: &HeaderMap, body: Bytes) -> Resu
     };
     Ok((
         status,
-        [(header::ETAG, v["etag"].as_str().unwrap_or_default().to_string())],
+        [(
+            header::ETAG,
+            v["etag"].as_str().unwrap_or_default().to_string(),
+        )],
     )
         .into_response())
 }
@@ -671,12 +695,25 @@ mod tests {
     fn paths_name_their_resources() {
         assert!(matches!(target("/dav/"), Some(Target::Root)));
         assert!(matches!(target("/dav/principals/ana/"), Some(Target::Principal(u)) if u == "ana"));
-        assert!(matches!(target("/dav/calendars/ana/personal"), Some(Target::Calendar(_, c)) if c == "personal"));
-        assert!(matches!(target("/dav/calendars/ana/personal/a%40b.ics"), Some(Target::Object(_, _, n)) if n == "a@b.ics"));
+        assert!(
+            matches!(target("/dav/calendars/ana/personal"), Some(Target::Calendar(_, c)) if c == "personal")
+        );
+        assert!(
+            matches!(target("/dav/calendars/ana/personal/a%40b.ics"), Some(Target::Object(_, _, n)) if n == "a@b.ics")
+        );
         assert!(target("/dav/calendars/ana/x/y/z").is_none());
-        assert_eq!(href_name("https://h:8443/dav/calendars/ana/personal/x%20y.ics"), "x y.ics");
+        assert_eq!(
+            href_name("https://h:8443/dav/calendars/ana/personal/x%20y.ics"),
+            "x y.ics"
+        );
         assert_eq!(href_name("/dav/calendars/ana/personal/1.ics"), "1.ics");
-        assert_eq!(object_href("ana", "personal", "a b/c.ics"), "/dav/calendars/ana/personal/a%20b%2Fc.ics");
-        assert_eq!(caldav_time("20300101T090000Z").as_deref(), Some("2030-01-01T09:00:00+00:00"));
+        assert_eq!(
+            object_href("ana", "personal", "a b/c.ics"),
+            "/dav/calendars/ana/personal/a%20b%2Fc.ics"
+        );
+        assert_eq!(
+            caldav_time("20300101T090000Z").as_deref(),
+            Some("2030-01-01T09:00:00+00:00")
+        );
     }
 }

@@ -65,10 +65,7 @@ pub fn parse(body: &[u8]) -> Result<Body, String> {
                 element(&mut out, &stack, &ns, &e);
             }
             Event::Text(t) => {
-                let value = t
-                    .decode()
-                    .map(|v| v.trim().to_string())
-                    .unwrap_or_default();
+                let value = t.decode().map(|v| v.trim().to_string()).unwrap_or_default();
                 match stack.last().map(|(_, n)| n.as_str()) {
                     Some("href") => out.hrefs.push(value),
                     Some("sync-token") => out.sync_token = Some(value),
@@ -156,7 +153,8 @@ impl Multistatus {
 
     /// A resource and its properties.
     pub fn response(&mut self, href: &str, p: PropStat) {
-        self.out.push_str(&format!("<d:response><d:href>{}</d:href>", escape(href)));
+        self.out
+            .push_str(&format!("<d:response><d:href>{}</d:href>", escape(href)));
         if !p.found.is_empty() || p.missing.is_empty() {
             self.out.push_str("<d:propstat><d:prop>");
             for f in &p.found {
@@ -171,9 +169,8 @@ impl Multistatus {
                 self.out
                     .push_str(&format!("<x:{} xmlns:x=\"{}\"/>", m.name, escape(&m.ns)));
             }
-            self.out.push_str(
-                "</d:prop><d:status>HTTP/1.1 404 Not Found</d:status></d:propstat>",
-            );
+            self.out
+                .push_str("</d:prop><d:status>HTTP/1.1 404 Not Found</d:status></d:propstat>");
         }
         self.out.push_str("</d:response>");
     }
@@ -222,14 +219,20 @@ mod tests {
     fn reports_give_hrefs_tokens_and_ranges() {
         let b = parse(br#"<C:calendar-multiget xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"><D:prop><D:getetag/><C:calendar-data/></D:prop><D:href>/dav/calendars/ana/personal/a%40b.ics</D:href><D:href>/x/2.ics</D:href></C:calendar-multiget>"#).unwrap();
         assert_eq!(b.root, "calendar-multiget");
-        assert_eq!(b.hrefs, ["/dav/calendars/ana/personal/a%40b.ics", "/x/2.ics"]);
+        assert_eq!(
+            b.hrefs,
+            ["/dav/calendars/ana/personal/a%40b.ics", "/x/2.ics"]
+        );
         assert!(b.props[1].is(CALDAV, "calendar-data"));
         let b = parse(br#"<d:sync-collection xmlns:d="DAV:"><d:sync-token>urn:agenda:sync:12</d:sync-token><d:sync-level>1</d:sync-level><d:prop><d:getetag/></d:prop></d:sync-collection>"#).unwrap();
         assert_eq!(b.sync_token.as_deref(), Some("urn:agenda:sync:12"));
         let b = parse(br#"<c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/></d:prop><c:filter><c:comp-filter name="VCALENDAR"><c:comp-filter name="VEVENT"><c:time-range start="20300101T000000Z" end="20300201T000000Z"/></c:comp-filter></c:comp-filter></c:filter></c:calendar-query>"#).unwrap();
         assert_eq!(
             b.time_range,
-            Some((Some("20300101T000000Z".into()), Some("20300201T000000Z".into())))
+            Some((
+                Some("20300101T000000Z".into()),
+                Some("20300201T000000Z".into())
+            ))
         );
         assert_eq!(b.props.len(), 1);
         assert!(parse(b"<a><b></a>").is_err());

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{json_response, HttpError};
+use crate::error::{value_response, HttpError};
 use crate::extract::{Authed, Caller, JsonBody, Path, Public, Query};
 
 /// A feed's URL.
@@ -34,10 +34,14 @@ fn absolute(c: &Caller, headers: &HeaderMap, path: &str) -> String {
     format!("{scheme}://{host}{path}")
 }
 
-async fn feed_url(c: Caller, headers: HeaderMap, group_id: Option<String>) -> Result<Response, HttpError> {
+async fn feed_url(
+    c: Caller,
+    headers: HeaderMap,
+    group_id: Option<String>,
+) -> Result<Response, HttpError> {
     let (status, body) = c.call_json(Op::CreateFeed { group_id }).await?;
     if status != 201 {
-        return Ok(json_response(status, serde_json::to_vec(&body).unwrap_or_default()));
+        return Ok(value_response(status, &body));
     }
     let path = body["path"].as_str().unwrap_or_default();
     let url = absolute(&c, &headers, path);
@@ -86,7 +90,7 @@ pub async fn feed(Public(c): Public, Query(q): Query<FeedKey>) -> Result<Respons
     };
     let (status, body) = c.call_json(Op::Feed { key }).await?;
     if status != 200 {
-        return Ok(json_response(status, serde_json::to_vec(&body).unwrap_or_default()));
+        return Ok(value_response(status, &body));
     }
     Ok((
         StatusCode::OK,
@@ -109,13 +113,25 @@ pub async fn feed(Public(c): Public, Query(q): Query<FeedKey>) -> Result<Respons
     responses((status = 200, description = "what was imported and what was skipped, with why", body = ImportReport),
               (status = 400, description = "not an iCalendar file, or no VEVENT in it"),
               (status = 415, description = "a body that is not text/calendar")))]
-pub async fn import(Authed(c): Authed, headers: HeaderMap, body: Bytes) -> Result<Response, HttpError> {
+pub async fn import(
+    Authed(c): Authed,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let essence = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !matches!(essence.as_str(), "text/calendar" | "application/ics" | "text/plain") {
+    let essence = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !matches!(
+        essence.as_str(),
+        "text/calendar" | "application/ics" | "text/plain"
+    ) {
         return Err(ApiError::unsupported_media_type(
             "send the file as Content-Type: text/calendar",
         )
