@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
+.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-caldav bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
 
 ## make run: start the whole system in the foreground (Ctrl-C or `make stop` stops it).
 ## As root: two machines (network namespaces) behind a virtual IP (deploy/netns.sh).
@@ -87,6 +87,10 @@ bench-db: release deps-bench
 ## make bench-api: the public API through the gateway at 1,000 clients, a table per route.
 bench-api: release
 	target/release/bench_api
+
+## make bench-caldav: a CalDAV client's sync of a 10,000-event calendar after its first sync, percentiles.
+bench-caldav: release
+	target/release/bench_caldav
 
 ## make bench-failover: Redis primary kills, agenda-supervisor against Redis Sentinel, one run, a table.
 bench-failover: release deps-bench-failover

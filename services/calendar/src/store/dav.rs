@@ -215,12 +215,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Every event of a calendar with its tombstones, in one snapshot;
-    /// tombstones older than `history` are dropped on the way.
+    /// The events of a calendar changed after revision `since` (0: all)
+    /// and its tombstones, in one snapshot; tombstones older than
+    /// `history` are dropped on the way.
     async fn read_calendar(
         &self,
         caller: Uuid,
         cal: Calendar,
+        since: i64,
         history: std::time::Duration,
     ) -> ApiResult<CalendarRead> {
         let owner = cal.owner(caller);
@@ -235,7 +237,8 @@ impl Store {
             .snapshot(
                 &[],
                 [
-                    Read::prefix(&index),
+                    // A client that synced reads only what changed since.
+                    Read::prefix(&index).changed_after(since),
                     Read::prefix(&keys::dav_gones(owner)),
                     Read::key(&keys::dav_floor(owner)),
                 ],
@@ -304,7 +307,9 @@ impl Store {
                     .ok_or_else(invalid_token)?,
             ),
         };
-        let read = self.read_calendar(caller, cal, history).await?;
+        let read = self
+            .read_calendar(caller, cal, since.unwrap_or(0).max(0), history)
+            .await?;
         if let Some(s) = since {
             if s < read.floor || s > read.revision {
                 return Err(invalid_token());
@@ -347,7 +352,7 @@ impl Store {
     ) -> ApiResult<Vec<Resource>> {
         let from = from.map(|f| validate::instant("from", f)).transpose()?;
         let to = to.map(|t| validate::instant("to", t)).transpose()?;
-        let read = self.read_calendar(caller, cal, history).await?;
+        let read = self.read_calendar(caller, cal, 0, history).await?;
         let (lo, hi) = (
             from.unwrap_or(DateTime::<Utc>::MIN_UTC),
             to.unwrap_or(DateTime::<Utc>::MAX_UTC),

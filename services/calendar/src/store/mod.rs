@@ -96,6 +96,12 @@ impl Read {
         self
     }
 
+    /// Only keys changed after `revision` (0: all).
+    pub fn changed_after(mut self, revision: i64) -> Read {
+        self.0.min_mod_revision = revision;
+        self
+    }
+
     /// As of a past `revision` (0: the snapshot's own).
     pub fn at(mut self, revision: i64) -> Read {
         self.0.revision = revision;

@@ -102,8 +102,9 @@ fn range_selects(req: &RangeRequest, key: &[u8]) -> bool {
 /// Range over the current keys (used by reads and by txn range ops).
 pub(super) fn range(kv: &OrdMap<Key, Arc<KeyValue>>, req: &RangeRequest) -> RangeResponse {
     let mut resp = RangeResponse::default();
+    let fresh = |v: &KeyValue| v.mod_revision > req.min_mod_revision;
     if !req.prefix && req.range_end.is_empty() {
-        if let Some(v) = kv.get(req.key.as_slice()) {
+        if let Some(v) = kv.get(req.key.as_slice()).filter(|v| fresh(v)) {
             resp.count = 1;
             if !req.count_only {
                 resp.kvs.push(KeyValue::clone(v));
@@ -127,6 +128,9 @@ pub(super) fn range(kv: &OrdMap<Key, Arc<KeyValue>>, req: &RangeRequest) -> Rang
         },
     );
     for (_, v) in kv.range::<_, [u8]>(bounds) {
+        if !fresh(v) {
+            continue;
+        }
         resp.count += 1;
         if req.count_only {
             continue;
@@ -180,6 +184,7 @@ pub fn range_at(sm: &ReadView, req: &RangeRequest) -> Result<RangeResponse> {
             };
         }
     }
+    state.retain(|_, kv| kv.mod_revision > req.min_mod_revision);
     let mut resp = RangeResponse {
         header,
         count: state.len() as i64,
@@ -359,6 +364,52 @@ mod tests {
         assert!(!write.is_read_only());
         let (r, _) = f.apply("4", command::Op::Txn(write));
         assert_eq!(error_code(&r), Some(command_error::Code::InvalidArgument));
+    }
+
+    #[test]
+    fn min_mod_revision_keeps_only_what_changed_since() {
+        let mut f = Fixture::new();
+        for k in ["a/1", "a/2", "a/3"] {
+            f.apply(k, put(k, "x"));
+        }
+        let before = f.sm.view().revision;
+        f.apply("late", put("a/2", "y"));
+        let sm = f.sm.view();
+        let since = |rev: i64, at: i64| -> Vec<String> {
+            range_at(
+                &sm,
+                &RangeRequest {
+                    key: b"a/".to_vec(),
+                    prefix: true,
+                    min_mod_revision: rev,
+                    revision: at,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| String::from_utf8(kv.key).unwrap())
+            .collect()
+        };
+        assert_eq!(since(before, 0), ["a/2"]);
+        assert_eq!(since(0, 0).len(), 3);
+        assert!(since(sm.revision, 0).is_empty());
+        // As of a past revision, filtered by the revisions of then.
+        assert!(since(before, before).is_empty());
+        let one = |rev: i64| {
+            range_at(
+                &sm,
+                &RangeRequest {
+                    key: b"a/1".to_vec(),
+                    min_mod_revision: rev,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .count
+        };
+        assert_eq!((one(0), one(before)), (1, 0));
     }
 
     #[test]
