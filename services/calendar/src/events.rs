@@ -1540,4 +1540,60 @@ mod tests {
         let err = split_series(&ev, second, Some(update(json!({"attendees": []})))).unwrap_err();
         assert_eq!(err.details["field"], "attendees", "the series' own");
     }
+
+    #[test]
+    fn an_origin_replaces_exceptions_and_keeps_external_people() {
+        use crate::model::ExternalAttendee;
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let mut ev = EventRecord::sample(
+            "2030-03-04T09:00:00Z",
+            60,
+            "UTC",
+            Some("FREQ=DAILY;COUNT=5"),
+        );
+        // An exception from before: replaced by what the file says.
+        ev.overrides.insert(
+            at("2030-03-06T09:00:00Z"),
+            OccurrenceChange {
+                start: at("2030-03-06T10:00:00Z"),
+                end: at("2030-03-06T11:00:00Z"),
+                title: None,
+                description: None,
+                location: None,
+            },
+        );
+        let origin = Origin {
+            uid: "u@x".into(),
+            dav_name: Some("u.ics".into()),
+            external: vec![ExternalAttendee {
+                email: "zoe@elsewhere.org".into(),
+                name: String::new(),
+                status: AttendeeStatus::Accepted,
+            }],
+            overrides: vec![
+                (
+                    at("2030-03-05T09:00:00Z"),
+                    UpdateEventRequest {
+                        title: Some("Moved".into()),
+                        start: Some("2030-03-05T12:00:00Z".into()),
+                        end: Some("2030-03-05T13:00:00Z".into()),
+                        ..Default::default()
+                    },
+                ),
+                // No occurrence starts then: left out.
+                (at("2030-03-05T10:00:00Z"), UpdateEventRequest::default()),
+            ],
+            cancelled: vec![at("2030-03-07T09:00:00Z")],
+        };
+        let out = with_origin(&ev, &origin).unwrap();
+        assert_eq!(out.ical.as_ref().unwrap().uid, "u@x");
+        assert_eq!(out.external_attendees.len(), 1);
+        assert_eq!(out.overrides.len(), 1);
+        let moved = &out.overrides[&at("2030-03-05T09:00:00Z")];
+        assert_eq!(
+            (moved.start, moved.title.as_deref()),
+            (at("2030-03-05T12:00:00Z"), Some("Moved"))
+        );
+        assert_eq!(out.exdates, vec![at("2030-03-07T09:00:00Z")]);
+    }
 }

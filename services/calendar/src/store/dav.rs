@@ -637,3 +637,43 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IcalOrigin;
+
+    #[test]
+    fn a_client_s_name_holds_in_its_organizer_s_calendar_only() {
+        let mut ev = EventRecord::sample("2030-03-04T09:00:00Z", 60, "UTC", None);
+        let other = Uuid::new_v4();
+        assert_eq!(
+            resource_name(&ev, ev.organizer_id),
+            format!("{}.ics", ev.id)
+        );
+        ev.ical = Some(IcalOrigin {
+            uid: "u@x".into(),
+            dav_name: Some("u@x.ics".into()),
+        });
+        assert_eq!(resource_name(&ev, ev.organizer_id), "u@x.ics");
+        assert_eq!(resource_name(&ev, other), format!("{}.ics", ev.id));
+    }
+
+    #[test]
+    fn etags_and_tokens_read_back() {
+        assert_eq!(etag_revision(&etag(42)), Some(42));
+        assert_eq!(etag_revision("W/\"7\""), Some(7));
+        assert_eq!(etag_revision("\"x\""), None);
+        assert_eq!(token(9), "urn:agenda:sync:9");
+        assert_eq!(Calendar::parse("personal").unwrap(), Calendar::Personal);
+        let g = Uuid::new_v4();
+        assert_eq!(Calendar::parse(&g.to_string()).unwrap(), Calendar::Group(g));
+        assert!(Calendar::parse("nope").is_err());
+        assert!(check_name("a/b.ics").is_err() && check_name("").is_err());
+        assert!(check_name("a b@c.ics").is_ok());
+        assert_ne!(
+            dav_key(Calendar::Personal, "x"),
+            dav_key(Calendar::Group(g), "x")
+        );
+    }
+}

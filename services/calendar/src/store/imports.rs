@@ -3,6 +3,7 @@
 //! repeat by its UID (the event id is derived from it, as for an
 //! idempotency key), so importing a file twice changes nothing.
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -32,6 +33,9 @@ pub struct ImportedEvent {
     pub id: Uuid,
 }
 
+/// Events of one file created at once.
+const IN_FLIGHT: usize = 8;
+
 /// The idempotency key an import of `uid` creates under.
 fn import_key(uid: &str) -> String {
     format!("ical:{uid}")
@@ -47,44 +51,60 @@ impl Store {
             events: Vec::new(),
             skipped: Vec::new(),
         };
-        for p in parsed {
-            let p = match p {
-                Ok(p) => p,
-                Err(s) => {
-                    report.skipped.push(s);
-                    continue;
-                }
-            };
-            let uid = p.uid.clone();
-            let key = import_key(&uid);
-            let id = Idempotent::id_for(caller, &key);
-            if self.get::<EventRecord>(&keys::event(id)).await?.is_some() {
-                report.skipped.push(Skipped {
-                    uid,
-                    reason: format!("already imported (event {id})"),
-                });
-                continue;
-            }
-            let (req, origin) = self.request_of(caller, p, None).await?;
-            match self
-                .create_event_from(caller, req, false, Some(&key), Some(&origin))
-                .await
-            {
-                Ok((ev, _)) => {
+        // Several at once (they touch different records; the caller's
+        // costly-step queue of `cpu` holds 16): a big file stays well
+        // within one request's deadline.
+        let outcomes: Vec<ApiResult<Result<ImportedEvent, Skipped>>> =
+            futures::stream::iter(parsed.into_iter().map(|p| self.import_one(caller, p)))
+                .buffered(IN_FLIGHT)
+                .collect()
+                .await;
+        for o in outcomes {
+            match o? {
+                Ok(e) => {
                     report.imported += 1;
-                    report.events.push(ImportedEvent { uid, id: ev.id });
+                    report.events.push(e);
                 }
-                Err(e) if e.kind.is_refusal() => report.skipped.push(Skipped {
-                    uid,
-                    reason: match e.details.get("field").and_then(|f| f.as_str()) {
-                        Some(f) => format!("{f}: {}", e.message),
-                        None => e.message,
-                    },
-                }),
-                Err(e) => return Err(e),
+                Err(s) => report.skipped.push(s),
             }
         }
         Ok(report)
+    }
+
+    /// One event of a file: created, or skipped with the reason.
+    async fn import_one(
+        &self,
+        caller: Uuid,
+        parsed: Result<Parsed, Skipped>,
+    ) -> ApiResult<Result<ImportedEvent, Skipped>> {
+        let p = match parsed {
+            Ok(p) => p,
+            Err(s) => return Ok(Err(s)),
+        };
+        let uid = p.uid.clone();
+        let key = import_key(&uid);
+        let id = Idempotent::id_for(caller, &key);
+        if self.get::<EventRecord>(&keys::event(id)).await?.is_some() {
+            return Ok(Err(Skipped {
+                uid,
+                reason: format!("already imported (event {id})"),
+            }));
+        }
+        let (req, origin) = self.request_of(caller, p, None).await?;
+        match self
+            .create_event_from(caller, req, false, Some(&key), Some(&origin))
+            .await
+        {
+            Ok((ev, _)) => Ok(Ok(ImportedEvent { uid, id: ev.id })),
+            Err(e) if e.kind.is_refusal() => Ok(Err(Skipped {
+                uid,
+                reason: match e.details.get("field").and_then(|f| f.as_str()) {
+                    Some(f) => format!("{f}: {}", e.message),
+                    None => e.message,
+                },
+            })),
+            Err(e) => Err(e),
+        }
     }
 
     /// The creation request and origin of a parsed event: attendees with
