@@ -225,8 +225,8 @@ impl Store {
         Ok(user)
     }
 
-    /// Adds to an account's deletion the removal of its app passwords and
-    /// feeds.
+    /// Adds to an account's deletion the removal of its app passwords,
+    /// feeds and CalDAV tombstones.
     pub(crate) async fn forget_calendar_apps(
         &self,
         batch: &mut Batch,
@@ -246,7 +246,9 @@ impl Store {
         }
         batch
             .delete_prefix(&keys::app_passwords(user))
-            .delete_prefix(&keys::feeds_of(user));
+            .delete_prefix(&keys::feeds_of(user))
+            .delete_prefix(&keys::dav_gones(user))
+            .delete(&keys::dav_floor(user));
         Ok(())
     }
 }

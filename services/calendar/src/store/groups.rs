@@ -275,7 +275,10 @@ impl Store {
                 .delete_prefix(&keys::members(id))
                 .delete(&keys::group_version(id))
                 .delete_prefix(&keys::pending_invitations(id))
-                .delete_prefix(&keys::subgroups(id));
+                .delete_prefix(&keys::subgroups(id))
+                // Its CalDAV calendar goes with it.
+                .delete_prefix(&keys::dav_gones(id))
+                .delete(&keys::dav_floor(id));
             // Its subgroups stay, detached (a parent that no longer exists
             // names nothing); it leaves its own parent's list.
             for child in self.subgroups_of(id).await? {
