@@ -44,12 +44,14 @@ async function readBody(res) {
 }
 
 /**
- * Calls the API. `opts`: `body` (JSON), `auth` (default true: send the
- * bearer token), `headers`, `query` (object of query parameters).
+ * Calls the API. `opts`: `body` (JSON), or `raw` (a string sent as it is,
+ * with the `Content-Type` given in `headers`, e.g. an .ics file), `auth`
+ * (default true: send the bearer token), `headers`, `query` (object of
+ * query parameters).
  * Resolves with the parsed body (null for 204); rejects with ApiError.
  */
 export async function api(method, path, opts = {}) {
-  const { body, headers = {}, query } = opts;
+  const { body, raw, headers = {}, query } = opts;
   const withAuth = opts.auth !== false;
   let url = path;
   if (query) {
@@ -69,7 +71,7 @@ export async function api(method, path, opts = {}) {
     if (token) h.Authorization = `Bearer ${token}`;
     let res;
     try {
-      res = await fetch(url, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body), credentials: 'omit' });
+      res = await fetch(url, { method, headers: h, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)), credentials: 'omit' });
     } catch (e) {
       if (repeatable && Date.now() + 500 < deadline) { await sleep(500); continue; }
       throw new ApiError(0, null, 'Cannot reach the server. Check your connection and try again.');

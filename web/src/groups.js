@@ -1,7 +1,8 @@
 // Groups: create (hierarchical or flat, optionally under a group one
 // owns), invite by username, answer one's own invitations, members and
 // ranks, and the group agenda (details where the rules allow, otherwise
-// busy blocks), drawn with FullCalendar like the personal calendar.
+// busy blocks), drawn with FullCalendar like the personal calendar, with
+// its private feed URL for other calendar apps.
 
 import { Calendar } from '@fullcalendar/core';
 import timeGridPlugin from '@fullcalendar/timegrid';
@@ -11,6 +12,7 @@ import { get, post, patch, del } from './api.js';
 import { currentUser } from './session.js';
 import { isoUtc, formatRange, formatDays, midnightDays } from './time.js';
 import { trackToolbar } from './calendar.js';
+import { feedBox } from './calendar-apps.js';
 import { h, replace, field, showError, clearErrors, toast } from './ui.js';
 
 // Member colours: dark enough for white text (WCAG AA, 4.5:1).
@@ -27,6 +29,9 @@ export function mountGroups(root, hooks) {
   let groups = [];
   let selected = null; // group id
   let agendaCal = null;
+  // The feed URLs made here, by group (the API cannot show them again):
+  // the group's page drawn anew still shows its own. Gone on sign-out.
+  const feedUrls = new Map();
 
   const list = h('ul', { class: 'group-list' });
   const invites = h('ul', { class: 'invitation-list' });
@@ -221,6 +226,15 @@ export function mountGroups(root, hooks) {
       h('section', { class: 'card group-agenda', 'aria-labelledby': 'group-agenda-title' },
         h('h2', { id: 'group-agenda-title', text: 'Group agenda' }),
         h('p', { class: 'muted', text: 'Details where you may see them (yourself, the group’s own events, members ranked below you); busy blocks otherwise. All-day events sit in the all-day row: they are free time.' }),
+        h('div', { class: 'group-feed', role: 'group', 'aria-label': 'Feed of the group agenda' },
+          feedBox({
+            label: 'Feed URL',
+            name: `Feed URL of “${full.name}”`,
+            hint: 'Subscribe to it in another calendar app: the group agenda as you see it here. Anyone with the URL can read it: share it with nobody.',
+            make: () => post(`/v1/groups/${g.id}/calendar-feed`),
+            url: feedUrls.get(g.id),
+            made: (url) => feedUrls.set(g.id, url),
+          })),
         h('ul', { class: 'legend', 'aria-label': 'Members' }, members.map((m) => h('li', {}, h('span', { class: 'swatch', style: `background:${color.get(m.user_id)}`, 'aria-hidden': 'true' }), ` ${m.username}`))),
         agendaEl));
 

@@ -1,6 +1,7 @@
 // The app's entry: the sign-in / registration screen, then the shell
-// (top bar, calendar, groups, notifications) wired together. Sections are
-// chosen by the URL's hash (#/calendar, #/groups): the gateway serves only
+// (top bar, calendar, groups, calendar apps, notifications) wired together.
+// Sections are chosen by the URL's hash (#/calendar, #/groups,
+// #/calendar-apps): the gateway serves only
 // the app's own files, so every page of the app is the one index.html.
 
 import { api } from './api.js';
@@ -10,6 +11,7 @@ import { openNewEvent, openEvent, eventChanged, setOnChanged, knownStatus, close
 import { startNotifications } from './notifications.js';
 import { mountGroups } from './groups.js';
 import { mountSearch } from './search.js';
+import { mountCalendarApps } from './calendar-apps.js';
 import { zones, browserZone } from './time.js';
 import { h, replace, field, showError, clearErrors, toast, clearToasts, isTyping } from './ui.js';
 
@@ -94,8 +96,10 @@ function showApp() {
   });
   const calendarView = h('section', { id: 'calendar-view', class: 'view', 'aria-label': 'Calendar' }, search.el, calendarEl);
   const groupsView = h('section', { id: 'groups-view', class: 'view', 'aria-label': 'Groups', hidden: true });
+  const appsView = h('section', { id: 'apps-view', class: 'view', 'aria-label': 'Calendar apps', hidden: true });
   const navCal = h('a', { href: '#/calendar', class: 'nav-link' }, 'Calendar');
   const navGroups = h('a', { href: '#/groups', class: 'nav-link' }, 'Groups');
+  const navApps = h('a', { href: '#/calendar-apps', class: 'nav-link' }, 'Calendar apps');
   const shortcutsDialog = h('dialog', { class: 'dialog dialog-small', 'aria-labelledby': 'shortcuts-title' },
     h('h2', { id: 'shortcuts-title', text: 'Keyboard shortcuts' }),
     h('table', { class: 'shortcuts' },
@@ -105,6 +109,7 @@ function showApp() {
     h('form', { method: 'dialog' }, h('button', { class: 'btn btn-primary', type: 'submit' }, 'Close')));
 
   let groups = null;
+  let apps = null;
   let pendingGroup = null; // a group to show once the groups page is up
   const notifications = startNotifications({
     openEvent: (id) => openEvent(id),
@@ -127,7 +132,7 @@ function showApp() {
     h('a', { href: '#main', class: 'skip-link', onclick: (ev) => { ev.preventDefault(); document.getElementById('main').focus(); } }, 'Skip to content'),
     h('header', { class: 'topbar' },
       h('h1', { class: 'brand', text: 'Agenda' }),
-      h('nav', { 'aria-label': 'Sections' }, navCal, navGroups),
+      h('nav', { 'aria-label': 'Sections' }, navCal, navGroups, navApps),
       h('div', { class: 'topbar-tools' },
         notifications.button,
         h('div', { class: 'tz-picker' }, h('label', { for: 'my-time-zone', text: 'Time zone' }), tz),
@@ -135,7 +140,7 @@ function showApp() {
         h('span', { class: 'who', text: me.display_name || me.username, title: `Signed in as ${me.username}` }),
         h('button', { type: 'button', class: 'btn', onclick: () => session.logout() }, 'Log out'))),
     notifications.panel,
-    h('main', { id: 'main', tabindex: '-1' }, calendarView, groupsView),
+    h('main', { id: 'main', tabindex: '-1' }, calendarView, groupsView, appsView),
     shortcutsDialog);
 
   const cal = mountCalendar(calendarEl, { create: openNewEvent, open: openEvent });
@@ -157,11 +162,18 @@ function showApp() {
 
   function route() {
     const onGroups = location.hash.startsWith('#/groups');
-    calendarView.hidden = onGroups;
+    const onApps = location.hash.startsWith('#/calendar-apps');
+    calendarView.hidden = onGroups || onApps;
     groupsView.hidden = !onGroups;
-    navCal.setAttribute('aria-current', onGroups ? 'false' : 'page');
+    appsView.hidden = !onApps;
+    navCal.setAttribute('aria-current', onGroups || onApps ? 'false' : 'page');
     navGroups.setAttribute('aria-current', onGroups ? 'page' : 'false');
-    if (onGroups) {
+    navApps.setAttribute('aria-current', onApps ? 'page' : 'false');
+    if (onApps) {
+      if (!apps) apps = mountCalendarApps(appsView, { changed: () => cal.refetch() });
+      apps.show();
+      document.getElementById('main').scrollTop = 0; // not where the calendar was scrolled to
+    } else if (onGroups) {
       if (!groups) groups = mountGroups(groupsView, { openEvent: (id) => openEvent(id) });
       groups.show(pendingGroup);
       pendingGroup = null;
@@ -185,6 +197,7 @@ function showApp() {
     cal.destroy();
     search.destroy();
     groups?.destroy();
+    apps?.destroy();
     clearToasts();
   };
 }

@@ -12,7 +12,8 @@
 // without it).
 
 import { chromium } from 'playwright-core';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -167,6 +168,8 @@ browser = await chromium.launch({
 // NODE_EXTRA_CA_CERTS=.agenda/ca.pem.
 const tls = BASE.startsWith('https:');
 const ctxA = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'en-US', timezoneId: 'Europe/Madrid', ignoreHTTPSErrors: tls });
+// A's Copy buttons (calendar apps) write to the clipboard, which the test reads.
+await ctxA.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BASE });
 const ctxB = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'en-US', timezoneId: 'America/New_York', ignoreHTTPSErrors: tls });
 const pa = await ctxA.newPage();
 const pb = await ctxB.newPage();
@@ -1254,7 +1257,7 @@ await step('B\'s panel: "Load older" (pages of 2 by the test switch) reads every
 await step('attendees: A adds carol to an event with B and takes B off; B loses it and is told, carol is invited; the PATCH names attendees only when they change', async () => {
   if (!carol) throw new Error('carol was not made (B\'s stream step)');
   const name = `Review ${run}`;
-  await pa.getByRole('link', { name: 'Calendar' }).click();
+  await pa.getByRole('link', { name: 'Calendar', exact: true }).click();
   await visible(pa.locator('.fc-view-harness'));
   // Today 13:00 in B's zone (B's week in view always holds it), in an
   // event zone of its own: B is in A's group now, so added at once.
@@ -1410,6 +1413,193 @@ await step('find a time: for A and carol on a day carol is busy until 14:00 (Mad
   await visible(pa.locator('.toast'), `Created “${name}”`);
 });
 
+// Calendar apps: app passwords against the CalDAV server, the private
+// feed, an .ics import, and a group's feed.
+const appsNav = () => pa.getByRole('navigation', { name: 'Sections' }).getByRole('link', { name: 'Calendar apps' });
+/** A request to the server from Node (outside the browser), with its body as text. */
+async function fromNode(url, init = {}) {
+  const r = await fetch(url, init);
+  return { status: r.status, type: r.headers.get('content-type') || '', text: await r.text() };
+}
+/** An iCalendar body unfolded (RFC 5545 folds long lines). */
+const unfold = (ics) => ics.replace(/\r?\n[ \t]/g, '');
+const basic = (user, password) => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+const propfind = (user, password) => fromNode(`${BASE}/dav/`, { method: 'PROPFIND', headers: { authorization: basic(user, password), depth: '0' } });
+
+await step('calendar apps: A opens "Calendar apps" from the header: the feed, CalDAV details (server URL, username) and import (axe)', async () => {
+  await appsNav().focus();
+  await pa.keyboard.press('Enter');
+  await visible(pa.getByRole('heading', { name: 'Subscribe from another calendar app' }));
+  if ((await appsNav().getAttribute('aria-current')) !== 'page') throw new Error('the "Calendar apps" link is not marked as the current page');
+  await visible(pa.getByRole('heading', { name: 'CalDAV (Thunderbird, DAVx5, Apple Calendar)' }));
+  await visible(pa.getByRole('heading', { name: 'Import an .ics file' }));
+  const server = await pa.getByRole('textbox', { name: 'Server URL' }).inputValue();
+  if (server !== `${BASE}/dav/`) throw new Error(`the server URL reads ${server}, wanted ${BASE}/dav/`);
+  const user = await pa.getByRole('textbox', { name: 'Username' }).inputValue();
+  if (user !== A.name) throw new Error(`the username reads ${user}`);
+  await visible(pa.locator('.app-password-list'), 'No app passwords yet.');
+  if (await pa.locator('#calendar-view').isVisible()) throw new Error('the calendar is still shown');
+  await axe(pa, 'calendar apps page');
+});
+
+await step('calendar apps: A makes an app password ("Thunderbird"), shown once with Copy; it signs in to /dav/ (PROPFIND 207), and revoked by keyboard it no longer does (401)', async () => {
+  const form = pa.locator('form.app-password-form');
+  await form.getByLabel('Name').fill('Thunderbird');
+  const made = pa.waitForResponse((r) => r.request().method() === 'POST' && r.url().endsWith('/v1/me/app-passwords'), { timeout: T });
+  await form.getByLabel('Name').press('Enter');
+  if ((await made).status() !== 201) throw new Error(`POST /v1/me/app-passwords answered ${(await made).status()}`);
+  const field = pa.getByRole('textbox', { name: 'App password for “Thunderbird”' });
+  await visible(field);
+  await waitFor(pa, () => document.activeElement?.closest('.new-password'), null, 'focus on the new password');
+  const password = await field.inputValue();
+  if (password.length < 16) throw new Error(`the password shown is "${password}"`);
+  await visible(pa.locator('.new-password'), 'it will not be shown again');
+  // Copy puts it on the clipboard (the context may read it: permission granted).
+  await pa.locator('.new-password').getByRole('button', { name: /^Copy/ }).press('Enter');
+  await visible(pa.locator('.new-password .copy-status'), 'Copied.');
+  const clip = await pa.evaluate(() => navigator.clipboard.readText());
+  if (clip !== password) throw new Error(`the clipboard holds "${clip}"`);
+  const row = await visible(pa.locator('table.app-passwords tbody tr'), 'Thunderbird');
+  const today = new Intl.DateTimeFormat('en-US', { timeZone: A.zone, day: 'numeric', month: 'short', year: 'numeric' }).format(new Date());
+  if (!(await row.textContent()).includes(today)) throw new Error(`the row reads "${await row.textContent()}", wanted the date ${today}`);
+  await dismissToasts(pa);
+  notes.push(`screenshot ${await shot(pa, 'calendar-apps')}`);
+  await axe(pa, 'calendar apps page with a new app password');
+  // CalDAV with it, from outside the browser (as Thunderbird would).
+  const ok = await propfind(A.name, password);
+  if (ok.status !== 207) throw new Error(`PROPFIND /dav/ with the app password answered ${ok.status} ${ok.text.slice(0, 200)}`);
+  if (!ok.text.includes(`/dav/principals/${A.name}/`)) throw new Error(`the PROPFIND answer does not name A's principal: ${ok.text.slice(0, 300)}`);
+  const wrong = await propfind(A.name, PASSWORD);
+  if (wrong.status !== 401) throw new Error(`PROPFIND /dav/ with the account password answered ${wrong.status}`);
+  // "Done" puts the password away; revoke by keyboard.
+  await pa.locator('.new-password').getByRole('button', { name: 'Done' }).press('Enter');
+  await pa.locator('.new-password').waitFor({ state: 'hidden', timeout: T });
+  if (await pa.getByText(password).count()) throw new Error('the password is still on the page');
+  const revoked = pa.waitForResponse((r) => r.request().method() === 'DELETE' && r.url().includes('/v1/me/app-passwords/'), { timeout: T });
+  await row.getByRole('button', { name: 'Revoke Thunderbird' }).focus();
+  await pa.keyboard.press('Enter');
+  if ((await revoked).status() !== 204) throw new Error(`DELETE answered ${(await revoked).status()}`);
+  await visible(pa.locator('.toast'), 'Revoked “Thunderbird”');
+  await visible(pa.locator('.app-password-list'), 'No app passwords yet.');
+  await waitFor(pa, () => document.activeElement?.name === 'name', null, 'focus on the new password\'s name (no rows left)');
+  const after = await propfind(A.name, password);
+  if (after.status !== 401) throw new Error(`PROPFIND /dav/ with the revoked password answered ${after.status}`);
+});
+
+let feedUrl = null;
+await step('calendar apps: A creates the feed URL: text/calendar with the weekly event; "Make a new URL…" warns, and the old URL stops working', async () => {
+  const made = pa.waitForResponse((r) => r.request().method() === 'POST' && r.url().endsWith('/v1/me/calendar-feed'), { timeout: T });
+  await pa.getByRole('button', { name: 'Create feed URL' }).focus();
+  await pa.keyboard.press('Enter');
+  if ((await made).status() !== 201) throw new Error(`POST /v1/me/calendar-feed answered ${(await made).status()}`);
+  const url = pa.getByRole('textbox', { name: 'Feed URL of your agenda' });
+  await visible(url);
+  await waitFor(pa, () => document.activeElement?.classList.contains('copy-value'), null, 'focus on the URL');
+  feedUrl = await url.inputValue();
+  if (!feedUrl.startsWith(`${BASE}/v1/calendar.ics?key=`)) throw new Error(`the feed URL is ${feedUrl}`);
+  const feed = await fromNode(feedUrl);
+  if (feed.status !== 200 || !feed.type.startsWith('text/calendar')) throw new Error(`the feed answered ${feed.status} ${feed.type}`);
+  const ics = unfold(feed.text);
+  if (!ics.startsWith('BEGIN:VCALENDAR')) throw new Error(`the feed begins "${ics.slice(0, 40)}"`);
+  if (!ics.includes(`SUMMARY:${title}`)) throw new Error(`the feed has no "${title}": ${ics.slice(0, 400)}`);
+  // A new URL: asked first, then the old one is refused.
+  await pa.getByRole('button', { name: 'Make a new URL…' }).press('Enter');
+  const ask = await visible(pa.getByRole('group', { name: 'Make a new URL' }), 'stops working');
+  await waitFor(pa, () => document.activeElement?.textContent === 'Replace the URL', null, 'focus on "Replace the URL"');
+  await axe(pa, 'calendar apps page, new feed URL asked');
+  await pa.keyboard.press('Enter');
+  await ask.waitFor({ state: 'hidden', timeout: T });
+  await waitFor(pa, (old) => { const v = document.querySelector('#apps-view .feed-url .copy-value')?.value; return v && v !== old; }, feedUrl, 'a new URL');
+  const old = feedUrl;
+  feedUrl = await url.inputValue();
+  const gone = await fromNode(old);
+  if (gone.status !== 404) throw new Error(`the old feed URL answered ${gone.status}`);
+  const now = await fromNode(feedUrl);
+  if (now.status !== 200 || !unfold(now.text).includes(`SUMMARY:${title}`)) throw new Error(`the new feed URL answered ${now.status}`);
+});
+
+await step('calendar apps: A imports an .ics file (one event this week): "1 imported", the event is in the calendar; the same file again: "0 imported", skipped as already imported', async () => {
+  const name = `Imported ${run}`;
+  const uidValue = `import-${run}@example.com`;
+  // Today 07:00–07:30 in Madrid (the week in view), in that zone.
+  const start = DateTime.now().setZone(A.zone).startOf('day').set({ hour: 7 });
+  const local = (d) => d.toFormat("yyyyLLdd'T'HHmmss");
+  const stamp = (d) => d.toUTC().toFormat("yyyyLLdd'T'HHmmss'Z'");
+  const ics = [
+    'BEGIN:VCALENDAR', 'VERSION:2.0', 'PRODID:-//Agenda browser test//EN',
+    'BEGIN:VEVENT', `UID:${uidValue}`, `DTSTAMP:${stamp(DateTime.utc())}`,
+    `DTSTART;TZID=${A.zone}:${local(start)}`, `DTEND;TZID=${A.zone}:${local(start.plus({ minutes: 30 }))}`, `SUMMARY:${name}`,
+    'END:VEVENT', 'END:VCALENDAR', '',
+  ].join('\r\n');
+  const dir = mkdtempSync(join(tmpdir(), 'agenda-import-'));
+  const path = join(dir, `import-${run}.ics`);
+  writeFileSync(path, ics);
+  const form = pa.locator('form[aria-labelledby="import-title"]');
+  const importOnce = async () => {
+    await form.getByLabel('iCalendar file (.ics)').setInputFiles(path);
+    const sent = pa.waitForRequest((r) => r.method() === 'POST' && r.url().endsWith('/v1/events/import'), { timeout: T });
+    const answered = pa.waitForResponse((r) => r.request().method() === 'POST' && r.url().endsWith('/v1/events/import'), { timeout: T });
+    await form.getByRole('button', { name: 'Import' }).focus();
+    await pa.keyboard.press('Enter');
+    const req = await sent;
+    if (!req.headers()['content-type']?.startsWith('text/calendar') || req.postData() !== ics) throw new Error(`the import sent ${req.headers()['content-type']}: ${req.postData()?.slice(0, 100)}`);
+    const res = await answered;
+    if (res.status() !== 200) throw new Error(`the import answered ${res.status()} ${await res.text()}`);
+    return res.json();
+  };
+  const first = await importOnce();
+  if (first.imported !== 1 || first.events[0]?.uid !== uidValue) throw new Error(`the import answered ${JSON.stringify(first)}`);
+  await visible(form.locator('.import-summary'), `“import-${run}.ics”: 1 imported, 0 skipped.`);
+  await axe(pa, 'calendar apps page with an import report');
+  // In the calendar (read again), this week, by keyboard.
+  await form.getByRole('link', { name: 'Go to the calendar' }).focus();
+  await pa.keyboard.press('Enter');
+  await visible(pa.locator('.fc-view-harness'));
+  await pa.evaluate(() => document.activeElement?.blur());
+  await pa.keyboard.press('w');
+  await pa.keyboard.press('t');
+  await visible(calEvent(pa, name));
+  await openEvent(pa, name);
+  await visible(dialog(pa).getByRole('heading', { name: 'Edit event' }));
+  if ((await dialog(pa).getByLabel('Title').inputValue()) !== name) throw new Error('another event opened');
+  const starts = await dialog(pa).getByLabel('Starts').inputValue();
+  if (starts !== `${start.toISODate()}T07:00`) throw new Error(`the imported event starts ${starts}, wanted ${start.toISODate()} 07:00 (Madrid)`);
+  const zone = await dialog(pa).getByLabel('Time zone', { exact: true }).inputValue();
+  if (zone !== A.zone) throw new Error(`the imported event's time zone is ${zone}`);
+  await closeDialog(pa);
+  // The same file again: nothing new.
+  await appsNav().focus();
+  await pa.keyboard.press('Enter');
+  await visible(pa.getByRole('heading', { name: 'Import an .ics file' }));
+  const again = await importOnce();
+  if (again.imported !== 0 || again.skipped?.length !== 1) throw new Error(`the second import answered ${JSON.stringify(again)}`);
+  await visible(form.locator('.import-summary'), `“import-${run}.ics”: 0 imported, 1 skipped.`);
+  await visible(form.locator('.skipped li'), `${uidValue}: already imported`);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+await step('groups: the group\'s "Feed URL" gives the group agenda\'s feed (text/calendar, the group\'s name, the weekly event)', async () => {
+  // The page is drawn anew (the agenda read last): wait for it, not the
+  // copy left from the last visit.
+  const drawn = pa.waitForResponse((r) => /\/v1\/groups\/[^/]+\/agenda\?/.test(r.url()), { timeout: T });
+  await pa.getByRole('link', { name: 'Groups' }).click();
+  await drawn;
+  await visible(pa.getByRole('heading', { name: `Team ${run}` }));
+  const made = pa.waitForResponse((r) => r.request().method() === 'POST' && /\/v1\/groups\/[^/]+\/calendar-feed$/.test(r.url()), { timeout: T });
+  await pa.getByRole('button', { name: 'Feed URL', exact: true }).focus();
+  await pa.keyboard.press('Enter');
+  if ((await made).status() !== 201) throw new Error(`POST /v1/groups/{id}/calendar-feed answered ${(await made).status()}`);
+  const url = await visible(pa.getByRole('textbox', { name: `Feed URL of “Team ${run}”` }));
+  const groupUrl = await url.inputValue();
+  if (!groupUrl.startsWith(`${BASE}/v1/calendar.ics?key=`) || groupUrl === feedUrl) throw new Error(`the group feed URL is ${groupUrl}`);
+  const feed = await fromNode(groupUrl);
+  if (feed.status !== 200 || !feed.type.startsWith('text/calendar')) throw new Error(`the group feed answered ${feed.status} ${feed.type}`);
+  const ics = unfold(feed.text);
+  if (!ics.startsWith('BEGIN:VCALENDAR') || !ics.includes(`Team ${run}`) || !ics.includes(title)) throw new Error(`the group feed reads: ${ics.slice(0, 600)}`);
+  await visible(pa.getByRole('button', { name: 'Make a new URL…' }));
+  await axe(pa, 'group page with its feed URL');
+});
+
 /** Whether process `pid` has ended (gone, or a zombie not yet reaped). */
 function ended(pid) {
   if (!existsSync(`/proc/${pid}`)) return true;
@@ -1429,7 +1619,7 @@ await step('a users replica killed during a save: the event is saved once, no er
   }
   const victim = pids[0];
   if (ended(victim)) throw new Error(`users replica pid ${victim} is not running`);
-  await pa.getByRole('link', { name: 'Calendar' }).click();
+  await pa.getByRole('link', { name: 'Calendar', exact: true }).click();
   await visible(pa.locator('.fc-view-harness'));
   const name = `Failover ${run}`;
   const { log: before } = await toastLog(pa);

@@ -416,8 +416,18 @@ pub struct Skipped {
 /// that is not iCalendar at all is a 400.
 pub fn parse(text: &str, default_zone: &str) -> ApiResult<Vec<Result<Parsed, Skipped>>> {
     let unfolded = parser::unfold(text);
-    let cal = parser::read_calendar(&unfolded)
-        .map_err(|e| ApiError::bad_request(format!("not an iCalendar file: {}", first_line(&e))))?;
+    if !unfolded.trim_start().to_ascii_uppercase().starts_with("BEGIN:VCALENDAR") {
+        return Err(ApiError::bad_request(
+            "not an iCalendar file: it should start with BEGIN:VCALENDAR",
+        ));
+    }
+    let cal = parser::read_calendar(&unfolded).map_err(|e| {
+        // The parser's own words name its internals: logged, not sent.
+        tracing::debug!(error = %first_line(&e), "unreadable iCalendar text");
+        ApiError::bad_request(
+            "the iCalendar file could not be read: every line must be NAME:VALUE (RFC 5545), BEGIN and END in pairs",
+        )
+    })?;
     let vcalendars: Vec<&parser::Component> = cal
         .components
         .iter()
