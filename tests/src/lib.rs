@@ -17,12 +17,15 @@
 //! - [`ws`]: a client of the WebSocket stream.
 //! - [`redis`]: two `agenda-supervisor`s, each owning a real
 //!   redis-server (the Redis layer of the messaging tests).
+//! - [`child`]: outside programs (schemathesis, calendar-app clients) in
+//!   process groups of their own, waited on with deadlines.
 //! - [`chaos`]: faults under traffic with history checks (`make chaos`).
 //! - [`topology`]: the two-machine topology in network namespaces
 //!   (`deploy/netns.sh`), for the VIP tests and `make chaos`.
 //! - `tests/`: the system tests; `src/bin/bench_db.rs`: `make bench-db`.
 
 pub mod chaos;
+pub mod child;
 pub mod cluster;
 pub mod etcd;
 pub mod linearizability;

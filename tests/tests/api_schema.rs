@@ -15,11 +15,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agenda_tests::child::{tail, Group};
 use agenda_tests::system::{expect, System, SystemOptions};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -39,79 +39,6 @@ const RUN_DEADLINE: Duration = Duration::from_secs(240);
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis/run.sh")
-}
-
-/// A child in a process group of its own (schemathesis and whatever it
-/// starts), killed as a group when dropped.
-struct Group {
-    child: Child,
-}
-
-impl Group {
-    fn spawn(cmd: &mut Command) -> Group {
-        let child = cmd
-            .process_group(0)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
-        Group { child }
-    }
-
-    /// Waits for the exit; `None` when `deadline` passed (then the group
-    /// is killed).
-    async fn wait(&mut self, deadline: Duration) -> Option<ExitStatus> {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait for the child") {
-                return Some(st);
-            }
-            if Instant::now() >= end {
-                self.kill();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        let pgid = self.child.id() as libc::pid_t;
-        // SAFETY: killpg only sends a signal, to the group this child leads.
-        unsafe {
-            libc::killpg(pgid, libc::SIGTERM);
-        }
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // SAFETY: as above; whatever is left of the group goes.
-        unsafe {
-            libc::killpg(pgid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(Some(_))) {
-            self.kill();
-        } else {
-            // The leader is gone; anything it left in the group goes too.
-            // SAFETY: a signal to this child's group only.
-            unsafe {
-                libc::killpg(self.child.id() as libc::pid_t, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The virtualenv, made or found; panics saying what to install when it
