@@ -315,6 +315,11 @@ pub struct Origin {
     pub overrides: Vec<(DateTime<Utc>, UpdateEventRequest)>,
     /// Occurrences cancelled on their own.
     pub cancelled: Vec<DateTime<Utc>>,
+    /// Properties kept as written (`IcalOrigin::extra`).
+    pub extra: Vec<String>,
+    /// The organizer's reminders as its alarms say (None: left as they
+    /// are).
+    pub reminders: Option<Vec<u32>>,
 }
 
 /// `ev` as `origin` describes it: its UID and name, its external
@@ -326,7 +331,11 @@ pub fn with_origin(ev: &EventRecord, origin: &Origin) -> ApiResult<EventRecord> 
     out.ical = Some(crate::model::IcalOrigin {
         uid: origin.uid.clone(),
         dav_name: origin.dav_name.clone(),
+        extra: origin.extra.clone(),
     });
+    if let Some(m) = &origin.reminders {
+        out = with_reminders(&out, out.organizer_id, m)?;
+    }
     out.external_attendees = origin.external.clone();
     out.external_attendees.truncate(MAX_ATTENDEES);
     out.overrides.clear();
@@ -1584,6 +1593,8 @@ mod tests {
                 (at("2030-03-05T10:00:00Z"), UpdateEventRequest::default()),
             ],
             cancelled: vec![at("2030-03-07T09:00:00Z")],
+            extra: vec!["CATEGORIES:Work".into()],
+            reminders: Some(vec![15]),
         };
         let out = with_origin(&ev, &origin).unwrap();
         assert_eq!(out.ical.as_ref().unwrap().uid, "u@x");
@@ -1595,5 +1606,7 @@ mod tests {
             (at("2030-03-05T12:00:00Z"), Some("Moved"))
         );
         assert_eq!(out.exdates, vec![at("2030-03-07T09:00:00Z")]);
+        assert_eq!(out.ical.as_ref().unwrap().extra, ["CATEGORIES:Work"]);
+        assert_eq!(out.reminders[&out.organizer_id], [15]);
     }
 }

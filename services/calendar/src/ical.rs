@@ -23,6 +23,8 @@ use crate::recurrence;
 
 /// Most VEVENTs (series and their changed occurrences) one file may hold.
 pub const MAX_EVENTS: usize = 2000;
+/// Namespace of the UIDs of busy blocks.
+const BUSY_UIDS: Uuid = Uuid::from_u128(0x3c5e_21a8_77d0_4b8e_a1f4_6d02_9b7c_e815);
 /// Product id written in every calendar.
 const PRODID: &str = "-//Agenda//Agenda 1//EN";
 
@@ -39,6 +41,8 @@ pub enum Shown {
 pub struct Entry<'a> {
     pub ev: &'a EventRecord,
     pub shown: Shown,
+    /// Whose reminders to write as VALARMs (a CalDAV calendar's owner).
+    pub alarms_for: Option<Uuid>,
 }
 
 /// The people an export names, by account id: username and email.
@@ -60,12 +64,24 @@ pub fn calendar(name: &str, entries: &[Entry], people: &People) -> String {
     if !name.is_empty() {
         cal.name(name);
     }
-    for e in entries {
-        for v in vevents(e, people) {
+    for (i, e) in entries.iter().enumerate() {
+        for (j, mut v) in vevents(e, people).into_iter().enumerate() {
+            if j == 0 && e.shown == Shown::Details && !extra_of(e.ev).is_empty() {
+                // Kept as the client wrote them (already escaped): put in
+                // by hand below, not through the crate's escaping.
+                v.add_property(EXTRA_MARK, i.to_string());
+            }
             cal.push(v);
         }
     }
-    let text = cal.to_string();
+    let mut text = cal.to_string();
+    for (i, e) in entries.iter().enumerate() {
+        let lines = extra_of(e.ev);
+        if e.shown == Shown::Details && !lines.is_empty() {
+            let folded: String = lines.iter().map(|l| fold(l)).collect();
+            text = text.replacen(&format!("{EXTRA_MARK}:{i}\r\n"), &folded, 1);
+        }
+    }
     // The crate writes no VTIMEZONE of its own (its components gain a UID
     // and DTSTAMP, which a VTIMEZONE must not have): they go in before
     // the first VEVENT.
@@ -78,6 +94,29 @@ pub fn calendar(name: &str, entries: &[Entry], people: &People) -> String {
         .or_else(|| text.find("END:VCALENDAR"))
         .unwrap_or(text.len());
     format!("{}{zones}{}", &text[..at], &text[at..])
+}
+
+/// Marks where an event's kept properties go (see [`calendar`]).
+const EXTRA_MARK: &str = "X-AGENDA-KEPT";
+
+fn extra_of(ev: &EventRecord) -> &[String] {
+    ev.ical.as_ref().map_or(&[], |o| o.extra.as_slice())
+}
+
+/// A content line folded at 75 octets (RFC 5545 3.1), with its CRLF.
+fn fold(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 8);
+    let mut width = 0;
+    for c in line.chars() {
+        if width + c.len_utf8() > 75 {
+            out.push_str("\r\n ");
+            width = 1;
+        }
+        out.push(c);
+        width += c.len_utf8();
+    }
+    out.push_str("\r\n");
+    out
 }
 
 /// One event as a VCALENDAR of its own (a CalDAV resource).
@@ -250,7 +289,11 @@ fn person(name: &str, cn: &str, email: &str) -> Property {
 /// occurrence changed on its own.
 fn vevents(entry: &Entry, people: &People) -> Vec<VEvent> {
     let ev = entry.ev;
-    let uid = uid(ev);
+    let uid = match entry.shown {
+        Shown::Details => uid(ev),
+        // Nothing of the hidden event, not even its id.
+        Shown::Busy { .. } => format!("busy-{}", Uuid::new_v5(&BUSY_UIDS, ev.id.as_bytes())),
+    };
     let mut master = VEvent::new();
     master.uid(&uid);
     common(&mut master, ev, ev.start, ev.end);
@@ -291,6 +334,13 @@ fn vevents(entry: &Entry, people: &People) -> Vec<VEvent> {
         &ev.location,
         people,
     );
+    let mine = entry.alarms_for.and_then(|u| ev.reminders.get(&u));
+    for m in mine.into_iter().flatten() {
+        master.alarm(icalendar::Alarm::display(
+            &ev.title,
+            -Duration::minutes(i64::from(*m)),
+        ));
+    }
     out.push(master);
     for (original, change) in &ev.overrides {
         let mut o = VEvent::new();
@@ -331,7 +381,9 @@ fn common(v: &mut VEvent, ev: &EventRecord, start: DateTime<Utc>, end: DateTime<
         v.ends(when(end, &ev.time_zone));
         v.add_property("TRANSP", "OPAQUE");
     }
-    v.timestamp(Utc::now());
+    // Stable, so the same version of an event is the same bytes (its ETag
+    // names them).
+    v.timestamp(ev.created_at);
     v.add_property(
         "CREATED",
         ev.created_at.format("%Y%m%dT%H%M%SZ").to_string(),
@@ -402,6 +454,14 @@ pub struct Parsed {
     pub overrides: Vec<(DateTime<Utc>, UpdateEventRequest)>,
     /// Occurrences a RECURRENCE-ID cancels (STATUS:CANCELLED).
     pub cancelled: Vec<DateTime<Utc>>,
+    /// The writer's reminders, from its VALARMs (minutes before).
+    pub reminders: Vec<u32>,
+    /// The series' properties Agenda has no field for, as written.
+    pub extra: Vec<String>,
+    /// Something in it could not be kept (an alarm at a fixed time, an
+    /// RDATE, a property of a changed occurrence...): what is stored is
+    /// not what was sent.
+    pub lossy: bool,
 }
 
 /// A VEVENT left out of an import, and why.
@@ -416,7 +476,11 @@ pub struct Skipped {
 /// that is not iCalendar at all is a 400.
 pub fn parse(text: &str, default_zone: &str) -> ApiResult<Vec<Result<Parsed, Skipped>>> {
     let unfolded = parser::unfold(text);
-    if !unfolded.trim_start().to_ascii_uppercase().starts_with("BEGIN:VCALENDAR") {
+    if !unfolded
+        .trim_start()
+        .to_ascii_uppercase()
+        .starts_with("BEGIN:VCALENDAR")
+    {
         return Err(ApiError::bad_request(
             "not an iCalendar file: it should start with BEGIN:VCALENDAR",
         ));
@@ -451,7 +515,7 @@ pub fn parse(text: &str, default_zone: &str) -> ApiResult<Vec<Result<Parsed, Ski
         ));
     }
     // Series first, then the occurrences changed on their own, by UID.
-    let mut masters: Vec<(String, VEvent)> = Vec::new();
+    let mut masters: Vec<(String, VEvent, &parser::Component)> = Vec::new();
     let mut changed: HashMap<String, Vec<VEvent>> = HashMap::new();
     let mut out = Vec::new();
     for (i, c) in vevents.into_iter().enumerate() {
@@ -478,11 +542,11 @@ pub fn parse(text: &str, default_zone: &str) -> ApiResult<Vec<Result<Parsed, Ski
         if v.property_value("RECURRENCE-ID").is_some() {
             changed.entry(uid).or_default().push(v);
         } else {
-            masters.push((uid, v));
+            masters.push((uid, v, c));
         }
     }
     let mut seen = BTreeSet::new();
-    for (uid, master) in masters {
+    for (uid, master, raw) in masters {
         if !seen.insert(uid.clone()) {
             out.push(Err(Skipped {
                 uid,
@@ -492,7 +556,7 @@ pub fn parse(text: &str, default_zone: &str) -> ApiResult<Vec<Result<Parsed, Ski
         }
         let overrides = changed.remove(&uid).unwrap_or_default();
         out.push(
-            series(&uid, &master, &overrides, default_zone).map_err(|reason| Skipped {
+            series(&uid, &master, raw, &overrides, default_zone).map_err(|reason| Skipped {
                 uid: uid.clone(),
                 reason,
             }),
@@ -525,8 +589,160 @@ fn zone_named(tzid: &str) -> Option<Tz> {
         return Some(tz);
     }
     let parts: Vec<&str> = tzid.split('/').filter(|p| !p.is_empty()).collect();
-    (1..parts.len()).find_map(|i| parts[i..].join("/").parse().ok())
+    if let Some(tz) = (1..parts.len()).find_map(|i| parts[i..].join("/").parse().ok()) {
+        return Some(tz);
+    }
+    // Outlook and Exchange write Windows names.
+    WINDOWS_ZONES
+        .iter()
+        .find(|(w, _)| w.eq_ignore_ascii_case(tzid))
+        .and_then(|(_, iana)| iana.parse().ok())
 }
+
+/// Windows time zone names and the IANA zone each stands for (CLDR's
+/// windowsZones, territory 001).
+const WINDOWS_ZONES: &[(&str, &str)] = &[
+    ("Dateline Standard Time", "Etc/GMT+12"),
+    ("UTC-11", "Etc/GMT+11"),
+    ("Aleutian Standard Time", "America/Adak"),
+    ("Hawaiian Standard Time", "Pacific/Honolulu"),
+    ("Marquesas Standard Time", "Pacific/Marquesas"),
+    ("Alaskan Standard Time", "America/Anchorage"),
+    ("UTC-09", "Etc/GMT+9"),
+    ("Pacific Standard Time (Mexico)", "America/Tijuana"),
+    ("UTC-08", "Etc/GMT+8"),
+    ("Pacific Standard Time", "America/Los_Angeles"),
+    ("US Mountain Standard Time", "America/Phoenix"),
+    ("Mountain Standard Time (Mexico)", "America/Mazatlan"),
+    ("Mountain Standard Time", "America/Denver"),
+    ("Yukon Standard Time", "America/Whitehorse"),
+    ("Central America Standard Time", "America/Guatemala"),
+    ("Central Standard Time", "America/Chicago"),
+    ("Easter Island Standard Time", "Pacific/Easter"),
+    ("Central Standard Time (Mexico)", "America/Mexico_City"),
+    ("Canada Central Standard Time", "America/Regina"),
+    ("SA Pacific Standard Time", "America/Bogota"),
+    ("Eastern Standard Time (Mexico)", "America/Cancun"),
+    ("Eastern Standard Time", "America/New_York"),
+    ("Haiti Standard Time", "America/Port-au-Prince"),
+    ("Cuba Standard Time", "America/Havana"),
+    ("US Eastern Standard Time", "America/Indiana/Indianapolis"),
+    ("Turks And Caicos Standard Time", "America/Grand_Turk"),
+    ("Paraguay Standard Time", "America/Asuncion"),
+    ("Atlantic Standard Time", "America/Halifax"),
+    ("Venezuela Standard Time", "America/Caracas"),
+    ("Central Brazilian Standard Time", "America/Cuiaba"),
+    ("SA Western Standard Time", "America/La_Paz"),
+    ("Pacific SA Standard Time", "America/Santiago"),
+    ("Newfoundland Standard Time", "America/St_Johns"),
+    ("Tocantins Standard Time", "America/Araguaina"),
+    ("E. South America Standard Time", "America/Sao_Paulo"),
+    ("SA Eastern Standard Time", "America/Cayenne"),
+    ("Argentina Standard Time", "America/Argentina/Buenos_Aires"),
+    ("Greenland Standard Time", "America/Nuuk"),
+    ("Montevideo Standard Time", "America/Montevideo"),
+    ("Magallanes Standard Time", "America/Punta_Arenas"),
+    ("Saint Pierre Standard Time", "America/Miquelon"),
+    ("Bahia Standard Time", "America/Bahia"),
+    ("UTC-02", "Etc/GMT+2"),
+    ("Azores Standard Time", "Atlantic/Azores"),
+    ("Cape Verde Standard Time", "Atlantic/Cape_Verde"),
+    ("UTC", "Etc/UTC"),
+    ("Coordinated Universal Time", "Etc/UTC"),
+    ("GMT Standard Time", "Europe/London"),
+    ("Greenwich Standard Time", "Atlantic/Reykjavik"),
+    ("Sao Tome Standard Time", "Africa/Sao_Tome"),
+    ("Morocco Standard Time", "Africa/Casablanca"),
+    ("W. Europe Standard Time", "Europe/Berlin"),
+    ("Central Europe Standard Time", "Europe/Budapest"),
+    ("Romance Standard Time", "Europe/Paris"),
+    ("Central European Standard Time", "Europe/Warsaw"),
+    ("W. Central Africa Standard Time", "Africa/Lagos"),
+    ("Jordan Standard Time", "Asia/Amman"),
+    ("GTB Standard Time", "Europe/Bucharest"),
+    ("Middle East Standard Time", "Asia/Beirut"),
+    ("Egypt Standard Time", "Africa/Cairo"),
+    ("E. Europe Standard Time", "Europe/Chisinau"),
+    ("Syria Standard Time", "Asia/Damascus"),
+    ("West Bank Standard Time", "Asia/Hebron"),
+    ("South Africa Standard Time", "Africa/Johannesburg"),
+    ("FLE Standard Time", "Europe/Kyiv"),
+    ("Israel Standard Time", "Asia/Jerusalem"),
+    ("South Sudan Standard Time", "Africa/Juba"),
+    ("Kaliningrad Standard Time", "Europe/Kaliningrad"),
+    ("Sudan Standard Time", "Africa/Khartoum"),
+    ("Libya Standard Time", "Africa/Tripoli"),
+    ("Namibia Standard Time", "Africa/Windhoek"),
+    ("Arabic Standard Time", "Asia/Baghdad"),
+    ("Turkey Standard Time", "Europe/Istanbul"),
+    ("Arab Standard Time", "Asia/Riyadh"),
+    ("Belarus Standard Time", "Europe/Minsk"),
+    ("Russian Standard Time", "Europe/Moscow"),
+    ("E. Africa Standard Time", "Africa/Nairobi"),
+    ("Volgograd Standard Time", "Europe/Volgograd"),
+    ("Iran Standard Time", "Asia/Tehran"),
+    ("Arabian Standard Time", "Asia/Dubai"),
+    ("Astrakhan Standard Time", "Europe/Astrakhan"),
+    ("Azerbaijan Standard Time", "Asia/Baku"),
+    ("Russia Time Zone 3", "Europe/Samara"),
+    ("Mauritius Standard Time", "Indian/Mauritius"),
+    ("Saratov Standard Time", "Europe/Saratov"),
+    ("Georgian Standard Time", "Asia/Tbilisi"),
+    ("Caucasus Standard Time", "Asia/Yerevan"),
+    ("Afghanistan Standard Time", "Asia/Kabul"),
+    ("West Asia Standard Time", "Asia/Tashkent"),
+    ("Ekaterinburg Standard Time", "Asia/Yekaterinburg"),
+    ("Pakistan Standard Time", "Asia/Karachi"),
+    ("Qyzylorda Standard Time", "Asia/Qyzylorda"),
+    ("India Standard Time", "Asia/Kolkata"),
+    ("Sri Lanka Standard Time", "Asia/Colombo"),
+    ("Nepal Standard Time", "Asia/Kathmandu"),
+    ("Central Asia Standard Time", "Asia/Almaty"),
+    ("Bangladesh Standard Time", "Asia/Dhaka"),
+    ("Omsk Standard Time", "Asia/Omsk"),
+    ("Myanmar Standard Time", "Asia/Yangon"),
+    ("SE Asia Standard Time", "Asia/Bangkok"),
+    ("Altai Standard Time", "Asia/Barnaul"),
+    ("W. Mongolia Standard Time", "Asia/Hovd"),
+    ("North Asia Standard Time", "Asia/Krasnoyarsk"),
+    ("N. Central Asia Standard Time", "Asia/Novosibirsk"),
+    ("Tomsk Standard Time", "Asia/Tomsk"),
+    ("China Standard Time", "Asia/Shanghai"),
+    ("North Asia East Standard Time", "Asia/Irkutsk"),
+    ("Singapore Standard Time", "Asia/Singapore"),
+    ("W. Australia Standard Time", "Australia/Perth"),
+    ("Taipei Standard Time", "Asia/Taipei"),
+    ("Ulaanbaatar Standard Time", "Asia/Ulaanbaatar"),
+    ("Aus Central W. Standard Time", "Australia/Eucla"),
+    ("Transbaikal Standard Time", "Asia/Chita"),
+    ("Tokyo Standard Time", "Asia/Tokyo"),
+    ("North Korea Standard Time", "Asia/Pyongyang"),
+    ("Korea Standard Time", "Asia/Seoul"),
+    ("Yakutsk Standard Time", "Asia/Yakutsk"),
+    ("Cen. Australia Standard Time", "Australia/Adelaide"),
+    ("AUS Central Standard Time", "Australia/Darwin"),
+    ("E. Australia Standard Time", "Australia/Brisbane"),
+    ("AUS Eastern Standard Time", "Australia/Sydney"),
+    ("West Pacific Standard Time", "Pacific/Port_Moresby"),
+    ("Tasmania Standard Time", "Australia/Hobart"),
+    ("Vladivostok Standard Time", "Asia/Vladivostok"),
+    ("Lord Howe Standard Time", "Australia/Lord_Howe"),
+    ("Bougainville Standard Time", "Pacific/Bougainville"),
+    ("Russia Time Zone 10", "Asia/Srednekolymsk"),
+    ("Magadan Standard Time", "Asia/Magadan"),
+    ("Norfolk Standard Time", "Pacific/Norfolk"),
+    ("Sakhalin Standard Time", "Asia/Sakhalin"),
+    ("Central Pacific Standard Time", "Pacific/Guadalcanal"),
+    ("Russia Time Zone 11", "Asia/Kamchatka"),
+    ("New Zealand Standard Time", "Pacific/Auckland"),
+    ("UTC+12", "Etc/GMT-12"),
+    ("Fiji Standard Time", "Pacific/Fiji"),
+    ("Chatham Islands Standard Time", "Pacific/Chatham"),
+    ("UTC+13", "Etc/GMT-13"),
+    ("Tonga Standard Time", "Pacific/Tongatapu"),
+    ("Samoa Standard Time", "Pacific/Apia"),
+    ("Line Islands Standard Time", "Pacific/Kiritimati"),
+];
 
 fn resolve(t: DatePerhapsTime, default_zone: &str) -> Result<Time, String> {
     match t {
@@ -644,7 +860,114 @@ fn field(t: &Time) -> String {
     }
 }
 
-fn series(uid: &str, v: &VEvent, changed: &[VEvent], default_zone: &str) -> Result<Parsed, String> {
+/// Properties of a series mapped to fields (or written by us).
+const MAPPED: &[&str] = &[
+    "UID",
+    "DTSTART",
+    "DTEND",
+    "DURATION",
+    "RRULE",
+    "EXDATE",
+    "SUMMARY",
+    "DESCRIPTION",
+    "LOCATION",
+    "CLASS",
+    "ORGANIZER",
+    "ATTENDEE",
+    "DTSTAMP",
+    "CREATED",
+    "LAST-MODIFIED",
+    "SEQUENCE",
+    "TRANSP",
+];
+/// Properties with a meaning Agenda cannot keep (more occurrences).
+const UNSUPPORTED: &[&str] = &["RDATE", "EXRULE"];
+/// Properties of a changed occurrence that are mapped.
+const MAPPED_OCCURRENCE: &[&str] = &[
+    "UID",
+    "RECURRENCE-ID",
+    "DTSTART",
+    "DTEND",
+    "DURATION",
+    "SUMMARY",
+    "DESCRIPTION",
+    "LOCATION",
+    "DTSTAMP",
+    "CREATED",
+    "LAST-MODIFIED",
+    "SEQUENCE",
+    "ORGANIZER",
+    "ATTENDEE",
+    "CLASS",
+    "TRANSP",
+    "STATUS",
+    "RRULE",
+    "EXDATE",
+];
+/// Most kept properties of one event, and their total size.
+const MAX_EXTRA: usize = 50;
+const MAX_EXTRA_BYTES: usize = 8192;
+
+/// A parsed property as its (unfolded) content line.
+fn content_line(p: &parser::Property) -> String {
+    let mut line = p.name.as_str().to_string();
+    for param in &p.params {
+        line.push(';');
+        line.push_str(param.key.as_str());
+        if let Some(v) = &param.val {
+            line.push('=');
+            line.push_str(v.as_str());
+        }
+    }
+    line.push(':');
+    line.push_str(p.val.as_str());
+    line
+}
+
+/// The writer's reminders from the VALARMs of `raw`, and whether any
+/// alarm could not be one (a fixed time, after the start, relative to
+/// the end, too many or too far).
+fn alarms(raw: &parser::Component) -> (Vec<u32>, bool) {
+    let mut minutes = Vec::new();
+    let mut lossy = false;
+    for a in raw
+        .components
+        .iter()
+        .filter(|c| c.name.as_str().eq_ignore_ascii_case("VALARM"))
+    {
+        let Some(t) = a.find_prop("TRIGGER") else {
+            lossy = true;
+            continue;
+        };
+        let relative = t.params.iter().all(|p| {
+            let (k, v) = (p.key.as_str(), p.val.as_ref().map_or("", |v| v.as_str()));
+            !(k.eq_ignore_ascii_case("VALUE") && v.eq_ignore_ascii_case("DATE-TIME")
+                || k.eq_ignore_ascii_case("RELATED") && v.eq_ignore_ascii_case("END"))
+        });
+        match duration(t.val.as_str()) {
+            Ok(d) if relative && d <= Duration::zero() && -d <= Duration::minutes(40320) => {
+                let m = (-d).num_minutes() as u32;
+                if !minutes.contains(&m) {
+                    minutes.push(m);
+                }
+            }
+            _ => lossy = true,
+        }
+    }
+    if minutes.len() > 5 {
+        minutes.truncate(5);
+        lossy = true;
+    }
+    (minutes, lossy)
+}
+
+fn series(
+    uid: &str,
+    v: &VEvent,
+    raw: &parser::Component,
+    changed: &[VEvent],
+    default_zone: &str,
+) -> Result<Parsed, String> {
     if uid.len() > 255 {
         return Err("a UID longer than 255 characters".into());
     }
@@ -754,12 +1077,45 @@ fn series(uid: &str, v: &VEvent, changed: &[VEvent], default_zone: &str) -> Resu
             },
         ));
     }
+    let (reminders, mut lossy) = alarms(raw);
+    let mut extra = Vec::new();
+    let mut size = 0;
+    for p in &raw.properties {
+        let name = p.name.as_str().to_ascii_uppercase();
+        if MAPPED.contains(&name.as_str()) {
+            continue;
+        }
+        let line = content_line(p);
+        if UNSUPPORTED.contains(&name.as_str())
+            || extra.len() >= MAX_EXTRA
+            || size + line.len() > MAX_EXTRA_BYTES
+        {
+            lossy = true;
+            continue;
+        }
+        size += line.len();
+        extra.push(line);
+    }
+    lossy |= raw
+        .components
+        .iter()
+        .any(|c| !c.name.as_str().eq_ignore_ascii_case("VALARM"));
+    lossy |= changed.iter().any(|o| {
+        o.properties()
+            .keys()
+            .chain(o.multi_properties().keys())
+            .any(|k| !MAPPED_OCCURRENCE.contains(&k.to_ascii_uppercase().as_str()))
+            || !o.components().is_empty()
+    });
     Ok(Parsed {
         uid: uid.to_string(),
         request,
         attendees,
         overrides,
         cancelled,
+        reminders,
+        extra,
+        lossy,
     })
 }
 
@@ -884,6 +1240,7 @@ mod tests {
             &[Entry {
                 ev: &ev,
                 shown: Shown::Details,
+                alarms_for: None,
             }],
             &people,
         );
@@ -945,6 +1302,7 @@ mod tests {
                 shown: Shown::Busy {
                     label: "Busy (ana)".into(),
                 },
+                alarms_for: None,
             }],
             &People::new(),
         );
@@ -962,17 +1320,28 @@ mod tests {
         ev.ical = Some(IcalOrigin {
             uid: "abc@elsewhere".into(),
             dav_name: None,
+            extra: vec![
+                "CATEGORIES:Work,Travel".into(),
+                "X-LONG:".to_string() + &"x".repeat(100),
+            ],
         });
         let text = resource(
             &Entry {
                 ev: &ev,
                 shown: Shown::Details,
+                alarms_for: None,
             },
             &People::new(),
         );
         assert!(text.contains("DTSTART;VALUE=DATE:20301027"), "{text}");
         assert!(text.contains("DTEND;VALUE=DATE:20301029"), "{text}");
         assert!(text.contains("UID:abc@elsewhere"));
+        // Kept properties come back as written, folded.
+        assert!(text.contains("\r\nCATEGORIES:Work,Travel\r\n"), "{text}");
+        assert!(
+            text.contains("X-LONG:xxx") && !text.contains("X-AGENDA-KEPT"),
+            "{text}"
+        );
         let p = parse(&text, "Europe/Madrid").unwrap().remove(0).unwrap();
         assert_eq!(
             (p.request.start.as_str(), p.request.end.as_str()),
@@ -1036,6 +1405,55 @@ END:VCALENDAR\r\n";
     }
 
     #[test]
+    fn windows_zone_names_are_known() {
+        for (w, iana) in WINDOWS_ZONES {
+            assert!(iana.parse::<Tz>().is_ok(), "{w}: {iana}");
+        }
+        assert_eq!(
+            zone_named("W. Europe Standard Time"),
+            Some(chrono_tz::Europe::Berlin)
+        );
+        assert_eq!(
+            zone_named("\"Romance Standard Time\""),
+            Some(chrono_tz::Europe::Paris)
+        );
+    }
+
+    #[test]
+    fn alarms_become_reminders_and_the_rest_is_kept() {
+        let file = |body: &str| {
+            format!(
+                "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:a@x\r\n\
+                 DTSTART:20300105T090000Z\r\nDTEND:20300105T100000Z\r\nSUMMARY:s\r\n{body}END:VEVENT\r\nEND:VCALENDAR\r\n"
+            )
+        };
+        let one = |body: &str| parse(&file(body), "UTC").unwrap().remove(0).unwrap();
+        let p = one(
+            "CATEGORIES:Work,Travel\r\nSTATUS:TENTATIVE\r\nURL;VALUE=URI:https://x.example/a\r\n\
+             BEGIN:VALARM\r\nACTION:DISPLAY\r\nDESCRIPTION:r\r\nTRIGGER:-PT15M\r\nEND:VALARM\r\n\
+             BEGIN:VALARM\r\nACTION:AUDIO\r\nTRIGGER;RELATED=START:-P1D\r\nEND:VALARM\r\n",
+        );
+        assert_eq!(p.reminders, [15, 1440]);
+        assert_eq!(
+            p.extra,
+            [
+                "CATEGORIES:Work,Travel",
+                "STATUS:TENTATIVE",
+                "URL;VALUE=URI:https://x.example/a"
+            ]
+        );
+        assert!(!p.lossy);
+        // What cannot be kept says so.
+        for body in [
+            "RDATE:20300107T090000Z\r\n",
+            "BEGIN:VALARM\r\nTRIGGER;VALUE=DATE-TIME:20300101T000000Z\r\nEND:VALARM\r\n",
+            "BEGIN:VALARM\r\nTRIGGER;RELATED=END:-PT5M\r\nEND:VALARM\r\n",
+        ] {
+            assert!(one(body).lossy, "{body}");
+        }
+    }
+
+    #[test]
     fn durations_read_as_rfc5545_says() {
         assert_eq!(duration("PT1H30M").unwrap(), Duration::minutes(90));
         assert_eq!(duration("P1W").unwrap(), Duration::weeks(1));
@@ -1050,6 +1468,7 @@ END:VCALENDAR\r\n";
             &Entry {
                 ev: &ev,
                 shown: Shown::Details,
+                alarms_for: None,
             },
             &People::new(),
         );

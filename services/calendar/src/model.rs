@@ -289,6 +289,11 @@ pub struct IcalOrigin {
     /// calendar) a client put it under, when not `{id}.ics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dav_name: Option<String>,
+    /// Properties of its VEVENT that Agenda has no field for (STATUS,
+    /// CATEGORIES, URL, X-...), kept as written (unfolded content lines)
+    /// and given back to its organizer's clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<String>,
 }
 
 /// See [`EventRecord::external_attendees`].

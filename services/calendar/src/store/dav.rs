@@ -99,6 +99,9 @@ pub struct SyncReply {
 pub struct Written {
     pub etag: String,
     pub created: bool,
+    /// What is stored is what was sent (else the client must read it
+    /// back: RFC 4791 5.3.4, no ETag in the answer).
+    pub exact: bool,
 }
 
 /// A tombstone's value.
@@ -414,6 +417,7 @@ impl Store {
                         &Entry {
                             ev: &v.value,
                             shown,
+                            alarms_for: Some(caller),
                         },
                         &people,
                     )
@@ -484,6 +488,7 @@ impl Store {
         let p = parsed
             .remove(0)
             .map_err(|s| ApiError::invalid_field("calendar-data", s.reason))?;
+        let exact = !p.lossy;
         let existing = self.lookup(caller, cal, name).await?;
         let expect = match if_match {
             Some(tag) => Some(etag_revision(tag).ok_or_else(|| {
@@ -504,6 +509,7 @@ impl Store {
                 Ok(Written {
                     etag: etag(self.revision(&keys::event(ev.id)).await?),
                     created: true,
+                    exact,
                 })
             }
             Some(_) if if_none_match => Err(ApiError::precondition_failed(
@@ -534,6 +540,7 @@ impl Store {
                 Ok(Written {
                     etag: etag(self.revision(&keys::event(ev.id)).await?),
                     created: false,
+                    exact,
                 })
             }
         }
@@ -572,9 +579,11 @@ impl Store {
             ));
         };
         let (ev, _) = self.rsvp(caller, cur.value.id, status, false).await?;
+        // Only the answer was taken from what the client sent.
         Ok(Written {
             etag: etag(self.revision(&keys::event(ev.id)).await?),
             created: false,
+            exact: false,
         })
     }
 
@@ -654,6 +663,7 @@ mod tests {
         ev.ical = Some(IcalOrigin {
             uid: "u@x".into(),
             dav_name: Some("u@x.ics".into()),
+            extra: Vec::new(),
         });
         assert_eq!(resource_name(&ev, ev.organizer_id), "u@x.ics");
         assert_eq!(resource_name(&ev, other), format!("{}.ics", ev.id));

@@ -205,6 +205,7 @@ impl Store {
                     .map(|(ev, shown)| Entry {
                         ev,
                         shown: shown.clone(),
+                        alarms_for: None,
                     })
                     .collect();
                 ical::calendar(&name, &entries, &people)

@@ -119,12 +119,21 @@ impl Store {
         let (names, external) = self.attendees_by_email(caller, p.attendees).await?;
         let mut req = p.request;
         req.attendees = (!names.is_empty()).then_some(names);
+        // A client's calendar says the reminders outright (none: none);
+        // a file only adds them.
+        let reminders = if dav_name.is_some() || !p.reminders.is_empty() {
+            Some(p.reminders)
+        } else {
+            None
+        };
         let origin = Origin {
             uid: p.uid,
             dav_name,
             external,
             overrides: p.overrides,
             cancelled: p.cancelled,
+            extra: p.extra,
+            reminders,
         };
         Ok((req, origin))
     }

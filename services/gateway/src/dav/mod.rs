@@ -59,10 +59,20 @@ const NAME: &AsciiSet = &CONTROLS
 /// The CalDAV routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/", any(site_root))
         .route("/.well-known/caldav", any(well_known))
         .route("/dav", any(serve))
         .route("/dav/", any(serve))
         .route("/dav/{*path}", any(serve))
+}
+
+/// The site's root: WebDAV methods are the CalDAV root (clients given
+/// just the host start there), the rest the web app.
+async fn site_root(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if matches!(req.method().as_str(), "PROPFIND" | "OPTIONS" | "REPORT") {
+        return serve(State(state), req).await;
+    }
+    crate::web::fallback(state.web_dir.as_deref(), req).await
 }
 
 /// Discovery (RFC 6764): the tree starts at `/dav/`.
@@ -664,14 +674,15 @@ async fn put(
     } else {
         StatusCode::NO_CONTENT
     };
-    Ok((
-        status,
-        [(
-            header::ETAG,
-            v["etag"].as_str().unwrap_or_default().to_string(),
-        )],
-    )
-        .into_response())
+    let mut resp = status.into_response();
+    // RFC 4791 5.3.4: an ETag only when what is stored is what was sent;
+    // otherwise the client reads the event back.
+    if v["exact"].as_bool() == Some(true) {
+        if let Ok(tag) = HeaderValue::from_str(v["etag"].as_str().unwrap_or_default()) {
+            resp.headers_mut().insert(header::ETAG, tag);
+        }
+    }
+    Ok(resp)
 }
 
 async fn delete(me: &Me, cal: &str, name: &str, h: &HeaderMap) -> Result<Response, Response> {
