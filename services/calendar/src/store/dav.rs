@@ -99,8 +99,8 @@ pub struct SyncReply {
 pub struct Written {
     pub etag: String,
     pub created: bool,
-    /// What is stored is what was sent (else the client must read it
-    /// back: RFC 4791 5.3.4, no ETag in the answer).
+    /// Everything sent was kept (else the client must read it back:
+    /// RFC 4791 5.3.4, no ETag in the answer).
     pub exact: bool,
 }
 

@@ -31,6 +31,9 @@ pub struct ImportReport {
 pub struct ImportedEvent {
     pub uid: String,
     pub id: Uuid,
+    /// Something of it could not be kept (an alarm at a fixed time or
+    /// after the start, an RDATE, a property of a changed occurrence).
+    pub partial: bool,
 }
 
 /// Events of one file created at once.
@@ -90,12 +93,17 @@ impl Store {
                 reason: format!("already imported (event {id})"),
             }));
         }
+        let partial = p.lossy;
         let (req, origin) = self.request_of(caller, p, None).await?;
         match self
             .create_event_from(caller, req, false, Some(&key), Some(&origin))
             .await
         {
-            Ok((ev, _)) => Ok(Ok(ImportedEvent { uid, id: ev.id })),
+            Ok((ev, _)) => Ok(Ok(ImportedEvent {
+                uid,
+                id: ev.id,
+                partial,
+            })),
             Err(e) if e.kind.is_refusal() => Ok(Err(Skipped {
                 uid,
                 reason: match e.details.get("field").and_then(|f| f.as_str()) {

@@ -675,8 +675,11 @@ async fn put(
         StatusCode::NO_CONTENT
     };
     let mut resp = status.into_response();
-    // RFC 4791 5.3.4: an ETag only when what is stored is what was sent;
-    // otherwise the client reads the event back.
+    // RFC 4791 5.3.4: an ETag only when what is stored is what was sent
+    // (here: every property and alarm kept, in Agenda's rendering; a
+    // client that gets none reads the event back). Sync clients rely on
+    // it: without one, vdirsyncer takes its own upload for a change on
+    // the server and brings back an item deleted locally meanwhile.
     if v["exact"].as_bool() == Some(true) {
         if let Ok(tag) = HeaderValue::from_str(v["etag"].as_str().unwrap_or_default()) {
             resp.headers_mut().insert(header::ETAG, tag);
