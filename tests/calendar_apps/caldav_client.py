@@ -119,6 +119,8 @@ def sync_report(token):
 
 ann = User("davann")
 bob = User("davbob")
+carol = User("davcarol")
+carol_email = carol.email
 ap_id, ap = ann.app_password("caldav library")
 group = expect(ann.post("/v1/groups", {"name": "DAV team", "kind": "flat"}), 201, "create group")["id"]
 inv = expect(ann.post(f"/v1/groups/{group}/invitations", {"username": bob.username}), 201, "invite bob")["id"]
@@ -584,7 +586,8 @@ with checks.section("attendees without an account") as c:
         f"ORGANIZER;CN=Ann:mailto:{ann.email}\r\n"
         f"ATTENDEE;CN=Ann;PARTSTAT=ACCEPTED:mailto:{ann.email}\r\n"
         f"ATTENDEE;CN=Guest;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:{ext}\r\n"
-        f"ATTENDEE;CN=Bob;PARTSTAT=NEEDS-ACTION:mailto:{bob.email}\r\n"
+        f"ATTENDEE;CN=Bob;PARTSTAT=NEEDS-ACTION:mailto:{bob.username}@users.agenda.invalid\r\n"
+        f"ATTENDEE;CN=Carol;PARTSTAT=NEEDS-ACTION:mailto:{carol_email}\r\n"
     )
     personal.save_event(ics(uid, "Meeting with a guest", madrid(6, 23, 12), madrid(6, 23, 13), extra))
     obj = personal.event_by_uid(uid)
@@ -592,9 +595,15 @@ with checks.section("attendees without an account") as c:
     att = component(obj).get("ATTENDEE", [])
     att = [str(a).lower() for a in (att if isinstance(att, list) else [att])]
     c.ok(f"mailto:{ext}" in att, "GET of the resource still lists the attendee without an account", r.text)
-    c.ok(f"mailto:{bob.email}" in att, "and the one with an account", str(att))
+    c.ok(f"mailto:{bob.username}@users.agenda.invalid" in att,
+         "and the one with an account, by the address calendars show for them", str(att))
     bobs = api_by_title(bob, "Meeting with a guest", madrid(6, 23, 0), madrid(6, 24, 0))
     c.eq(len(bobs), 1, "the attendee with an account has it in their agenda (add_me: anyone)")
+    # An email never names an account (a client could otherwise probe
+    # which emails have one): Carol's real email stays an external one.
+    c.ok(f"mailto:{carol_email}" in att, "an account's real email is kept as an external attendee", str(att))
+    c.eq(api_by_title(carol, "Meeting with a guest", madrid(6, 23, 0), madrid(6, 24, 0)), [],
+         "and does not put the event in that account's agenda")
 
 with checks.section("a group calendar is read-only over CalDAV") as c:
     objs = group_cal.search(start=madrid(6, 1, 0), end=madrid(6, 10, 0), event=True)

@@ -449,6 +449,11 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// Largest call or reply between the gateway and the services (gRPC's
+/// default of 4 MiB is below a 4 MiB .ics import wrapped in its `Op`, and
+/// below the feed of a big agenda).
+pub const MAX_CALL_BYTES: usize = 32 << 20;
+
 /// The two stateless services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {

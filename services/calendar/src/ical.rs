@@ -45,8 +45,31 @@ pub struct Entry<'a> {
     pub alarms_for: Option<Uuid>,
 }
 
-/// The people an export names, by account id: username and email.
+/// People an export names by their own email (the viewer), by account
+/// id: username and email. Everyone else is written with their address
+/// here ([`address_of`]).
 pub type People = HashMap<Uuid, (String, String)>;
+
+/// The domain of the addresses people with an account here are written
+/// with in calendars others see (`.invalid`: never delivered).
+pub const ADDRESS_DOMAIN: &str = "users.agenda.invalid";
+
+/// The address `username` is written with for others.
+pub fn address_of(username: &str) -> String {
+    format!("{}@{ADDRESS_DOMAIN}", username.to_lowercase())
+}
+
+/// The username an address here names (None for any other address).
+pub fn username_in(address: &str) -> Option<&str> {
+    let (user, domain) = address.rsplit_once('@')?;
+    domain.eq_ignore_ascii_case(ADDRESS_DOMAIN).then_some(user)
+}
+
+/// Whether `address` is the person's: their email or their address here.
+pub fn is_address_of(address: &str, username: &str, email: &str) -> bool {
+    address.eq_ignore_ascii_case(email)
+        || username_in(address).is_some_and(|u| u.eq_ignore_ascii_case(username))
+}
 
 /// The UID an event is written with: the one it came with, else its id.
 pub fn uid(ev: &EventRecord) -> String {
@@ -74,14 +97,7 @@ pub fn calendar(name: &str, entries: &[Entry], people: &People) -> String {
             cal.push(v);
         }
     }
-    let mut text = cal.to_string();
-    for (i, e) in entries.iter().enumerate() {
-        let lines = extra_of(e.ev);
-        if e.shown == Shown::Details && !lines.is_empty() {
-            let folded: String = lines.iter().map(|l| fold(l)).collect();
-            text = text.replacen(&format!("{EXTRA_MARK}:{i}\r\n"), &folded, 1);
-        }
-    }
+    let text = with_kept_lines(&cal.to_string(), entries);
     // The crate writes no VTIMEZONE of its own (its components gain a UID
     // and DTSTAMP, which a VTIMEZONE must not have): they go in before
     // the first VEVENT.
@@ -89,15 +105,41 @@ pub fn calendar(name: &str, entries: &[Entry], people: &People) -> String {
         .into_iter()
         .map(|(tz, a, b)| vtimezone(tz, a, b))
         .collect();
+    // A line of its own (a calendar's name may hold the words).
     let at = text
-        .find("BEGIN:VEVENT")
-        .or_else(|| text.find("END:VCALENDAR"))
-        .unwrap_or(text.len());
+        .find("\r\nBEGIN:VEVENT\r\n")
+        .or_else(|| text.find("\r\nEND:VCALENDAR"))
+        .map_or(text.len(), |i| i + 2);
     format!("{}{zones}{}", &text[..at], &text[at..])
 }
 
 /// Marks where an event's kept properties go (see [`calendar`]).
 const EXTRA_MARK: &str = "X-AGENDA-KEPT";
+
+/// `text` with each mark line replaced by the kept lines of its entry, in
+/// one pass.
+fn with_kept_lines(text: &str, entries: &[Entry]) -> String {
+    let mark = format!("\r\n{EXTRA_MARK}:");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&mark) {
+        out.push_str(&rest[..at + 2]);
+        let after = &rest[at + mark.len()..];
+        let end = after.find("\r\n").unwrap_or(after.len());
+        if let Some(e) = after[..end]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| entries.get(i))
+        {
+            for line in extra_of(e.ev) {
+                out.push_str(&fold(line));
+            }
+        }
+        rest = after.get(end + 2..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
 
 fn extra_of(ev: &EventRecord) -> &[String] {
     ev.ical.as_ref().map_or(&[], |o| o.extra.as_slice())
@@ -409,11 +451,14 @@ fn details(
         Visibility::Private => icalendar::Class::Private,
         Visibility::Default => icalendar::Class::Public,
     });
-    let named = |id: Uuid, fallback: &str| {
+    // Emails are private: people appear by their address here, but the
+    // viewer by their own email (how a calendar app knows which attendee
+    // it is).
+    let named = |id: Uuid, username: &str| {
         people
             .get(&id)
             .cloned()
-            .unwrap_or_else(|| (fallback.to_string(), format!("{id}@agenda.invalid")))
+            .unwrap_or_else(|| (username.to_string(), address_of(username)))
     };
     let organizer = ev.attendees.iter().find(|a| a.user_id == ev.organizer_id);
     if let Some(o) = organizer {
@@ -808,13 +853,18 @@ fn span_of(v: &VEvent, default_zone: &str) -> Result<(Time, Time), String> {
                 .get("DURATION")
                 .map(|p| duration(p.value()))
                 .transpose()?;
+            // `duration` keeps lengths to ten years: no overflow here.
+            let days = length.map_or(1, |l| l.num_days().max(1));
             match &start {
                 Time::Date(d) => Time::Date(
-                    *d + length
-                        .map(|l| Duration::days(l.num_days().max(1)))
-                        .unwrap_or(Duration::days(1)),
+                    d.checked_add_signed(Duration::days(days))
+                        .ok_or("DURATION runs past the calendar")?,
                 ),
-                Time::At(t, z) => Time::At(*t + length.unwrap_or(Duration::zero()), z.clone()),
+                Time::At(t, z) => Time::At(
+                    t.checked_add_signed(length.unwrap_or(Duration::zero()))
+                        .ok_or("DURATION runs past the calendar")?,
+                    z.clone(),
+                ),
             }
         }
     };
@@ -836,21 +886,34 @@ fn duration(s: &str) -> Result<Duration, String> {
             '0'..='9' => number.push(c),
             'T' => {}
             'W' | 'D' | 'H' | 'M' | 'S' => {
-                let n: i64 = number.parse().map_err(|_| bad())?;
+                // Ten years of seconds fit any unit: larger is refused
+                // before any arithmetic can overflow.
+                let n: i64 = number
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= MAX_DURATION.num_seconds())
+                    .ok_or_else(bad)?;
                 number.clear();
-                total += match c {
-                    'W' => Duration::weeks(n),
-                    'D' => Duration::days(n),
-                    'H' => Duration::hours(n),
-                    'M' => Duration::minutes(n),
-                    _ => Duration::seconds(n),
+                let part = match c {
+                    'W' => Duration::try_weeks(n),
+                    'D' => Duration::try_days(n),
+                    'H' => Duration::try_hours(n),
+                    'M' => Duration::try_minutes(n),
+                    _ => Duration::try_seconds(n),
                 };
+                total = part
+                    .and_then(|p| total.checked_add(&p))
+                    .filter(|t| *t <= MAX_DURATION)
+                    .ok_or_else(|| format!("DURATION {s:?} is longer than ten years"))?;
             }
             _ => return Err(bad()),
         }
     }
     Ok(total * sign)
 }
+
+/// The longest DURATION (or alarm offset) read.
+const MAX_DURATION: Duration = Duration::days(3660);
 
 /// A request field for `t`: a date for an all-day event, else RFC 3339.
 fn field(t: &Time) -> String {
@@ -1001,15 +1064,17 @@ fn series(
         .get("ORGANIZER")
         .and_then(|p| email_of(p.value()));
     let mut attendees = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for p in v.multi_properties().get("ATTENDEE").into_iter().flatten() {
         let Some(email) = email_of(p.value()) else {
             continue;
         };
-        if Some(&email) == organizer.as_ref()
-            || attendees
-                .iter()
-                .any(|a: &ExternalAttendee| a.email == email)
-        {
+        if attendees.len() > crate::events::MAX_ATTENDEES {
+            // More than an event may have: refused when created, so no
+            // more are read.
+            break;
+        }
+        if Some(&email) == organizer.as_ref() || !seen.insert(email.clone()) {
             continue;
         }
         let status = match p
@@ -1459,6 +1524,14 @@ END:VCALENDAR\r\n";
         assert_eq!(duration("P1W").unwrap(), Duration::weeks(1));
         assert_eq!(duration("P1DT2H").unwrap(), Duration::hours(26));
         assert!(duration("1H").is_err());
+        for huge in [
+            "P99999999999W",
+            "P200000000D",
+            "-P9999999999999W",
+            "PT99999999999999999999S",
+        ] {
+            assert!(duration(huge).is_err(), "{huge}");
+        }
     }
 
     #[test]

@@ -252,6 +252,13 @@ pub fn dav_gone(calendar: Uuid, event: Uuid) -> String {
 pub fn dav_gones(calendar: Uuid) -> String {
     format!("/agenda/dav-gone/{calendar}/")
 }
+/// Every tombstone of every calendar.
+pub const DAV_GONE: &str = "/agenda/dav-gone/";
+/// The calendar of a [`dav_gone`] key.
+pub fn dav_gone_calendar(key: &str) -> Option<Uuid> {
+    let rest = key.strip_prefix(DAV_GONE)?;
+    Uuid::parse_str(rest.split('/').next()?).ok()
+}
 /// Sync tokens of a calendar up to this key's value (a revision) are
 /// expired: the tombstones they would need were dropped.
 pub fn dav_floor(calendar: Uuid) -> String {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use agenda_calendar::api::{Op, Service};
+use agenda_calendar::api::{Op, Service, MAX_CALL_BYTES};
 use agenda_calendar::ApiError;
 use agenda_common::registry::{self, Instance};
 use agenda_common::shutdown::CancellationToken;
@@ -115,8 +115,20 @@ impl Replicas for GrpcReplicas {
         let channel = self.channel(addr)?;
         Ok(Box::pin(async move {
             let reply = match service {
-                Service::Users => UsersClient::new(channel).call(request).await,
-                Service::Groups => GroupsClient::new(channel).call(request).await,
+                Service::Users => {
+                    UsersClient::new(channel)
+                        .max_decoding_message_size(MAX_CALL_BYTES)
+                        .max_encoding_message_size(MAX_CALL_BYTES)
+                        .call(request)
+                        .await
+                }
+                Service::Groups => {
+                    GroupsClient::new(channel)
+                        .max_decoding_message_size(MAX_CALL_BYTES)
+                        .max_encoding_message_size(MAX_CALL_BYTES)
+                        .call(request)
+                        .await
+                }
             };
             reply.map(tonic::Response::into_inner)
         }))

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agenda_calendar::api::Service;
+use agenda_calendar::api::{Service, MAX_CALL_BYTES};
 use agenda_common::admission::Admission;
 use agenda_common::registry::{self, Instance};
 use agenda_common::shutdown::CancellationToken;
@@ -110,8 +110,16 @@ pub async fn serve<H: Handler>(
     let endpoint = Endpoint::new(service, handler);
     let mut router = admission.grpc_server();
     let router = match service {
-        Service::Users => router.add_service(UsersServer::new(endpoint)),
-        Service::Groups => router.add_service(GroupsServer::new(endpoint)),
+        Service::Users => router.add_service(
+            UsersServer::new(endpoint)
+                .max_decoding_message_size(MAX_CALL_BYTES)
+                .max_encoding_message_size(MAX_CALL_BYTES),
+        ),
+        Service::Groups => router.add_service(
+            GroupsServer::new(endpoint)
+                .max_decoding_message_size(MAX_CALL_BYTES)
+                .max_encoding_message_size(MAX_CALL_BYTES),
+        ),
     };
     let stop_serving = CancellationToken::new();
     let stopped = stop_serving.clone();

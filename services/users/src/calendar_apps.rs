@@ -40,7 +40,9 @@ impl Users {
             }
             Op::CheckAppPassword { username, password } => {
                 let user = s.check_app_password(&username, &password).await?;
-                Reply::ok(json!({ "user_id": user.id, "username": user.username }))
+                Reply::ok(
+                    json!({ "user_id": user.id, "username": user.username, "email": user.email }),
+                )
             }
             Op::Dav(d) => self.dav(caller.user()?, d).await,
             other => Err(ApiError::bad_request(format!(

@@ -109,22 +109,36 @@ pub async fn run(
         &store,
         |store| async move { store.fire_due_reminders(chrono::Utc::now()).await },
     );
+    // CalDAV tombstones past the sync history, also of calendars no
+    // client reads (see `store::dav`).
+    let dav_history = std::time::Duration::from_secs(cfg.dav_sync_history_secs);
+    let tombstones = agenda_serving::sweep::spawn(
+        "CalDAV tombstones past the sync history dropped",
+        TOMBSTONES_EVERY,
+        shutdown.clone(),
+        &store,
+        move |store| async move { store.prune_tombstones(dav_history).await },
+    );
     let handler = handler::Users {
         store,
         keys: agenda_common::auth::follow_signing_keys(db.clone(), keys, shutdown.clone()),
         token_ttl_secs: cfg.token_ttl_secs,
-        dav_history: std::time::Duration::from_secs(cfg.dav_sync_history_secs),
+        dav_history,
     };
     agenda_serving::serve(Service::Users, handler, serving, db, shutdown).await?;
     // The shutdown token stops them between rounds.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sweeper).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), reminders).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), tombstones).await;
     if let Some(relay) = relay {
         // The shutdown token stops it; it resigns its election on the way.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), relay).await;
     }
     Ok(())
 }
+
+/// How often a replica drops CalDAV tombstones past the sync history.
+const TOMBSTONES_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How often a replica looks for reminders that are due.
 const REMINDERS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -34,6 +34,9 @@ use crate::{keys, rules, validate};
 /// for longer starts over.
 pub const SYNC_HISTORY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
+/// Most resources one calendar-multiget asks for.
+pub const MAX_MULTIGET: usize = 1000;
+
 /// Prefix of sync tokens (RFC 6578 wants a URI).
 const TOKEN_PREFIX: &str = "urn:agenda:sync:";
 
@@ -97,7 +100,8 @@ pub struct SyncReply {
 /// The outcome of a PUT.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Written {
-    pub etag: String,
+    /// None when the event changed again since it was written.
+    pub etag: Option<String>,
     pub created: bool,
     /// Everything sent was kept (else the client must read it back:
     /// RFC 4791 5.3.4, no ETag in the answer).
@@ -197,6 +201,8 @@ impl Store {
                     [
                         Read::prefix(&keys::group_events(g.id)),
                         Read::prefix(&keys::dav_gones(g.id)),
+                        // Pruning tombstones must not take the tag back.
+                        Read::key(&keys::dav_floor(g.id)),
                     ],
                 )
                 .await?
@@ -206,6 +212,7 @@ impl Store {
                 .into_iter()
                 .map(|(_, rev)| rev)
                 .chain(snap.values::<Gone>(1)?.iter().map(|v| v.mod_revision))
+                .chain([snap.mod_revision(2)])
                 .max()
                 .unwrap_or(1);
             out.push(CalendarInfo {
@@ -275,6 +282,7 @@ impl Store {
         if !old.is_empty() {
             let top = old.iter().map(|g| g.mod_revision).max().unwrap_or(0);
             let mut batch = Batch::default();
+            batch.unchanged(&keys::dav_floor(owner), snap.mod_revision(2));
             for g in &old {
                 let key = keys::dav_gone(owner, g.value.id);
                 batch.unchanged(&key, g.mod_revision).delete(&key);
@@ -356,10 +364,13 @@ impl Store {
         let from = from.map(|f| validate::instant("from", f)).transpose()?;
         let to = to.map(|t| validate::instant("to", t)).transpose()?;
         let read = self.read_calendar(caller, cal, 0, history).await?;
-        let (lo, hi) = (
-            from.unwrap_or(DateTime::<Utc>::MIN_UTC),
-            to.unwrap_or(DateTime::<Utc>::MAX_UTC),
+        // Open ends (RFC 4791 9.9) read as far as any event can be.
+        let (first, last) = (
+            DateTime::<Utc>::from_timestamp(-2_208_988_800, 0).unwrap_or_default(), // 1900
+            DateTime::<Utc>::from_timestamp(7_258_118_400, 0).unwrap_or_default(),  // 2200
         );
+        let lo = from.unwrap_or(first).clamp(first, last);
+        let hi = to.unwrap_or(last).clamp(first, last);
         let hits: Vec<&Versioned<EventRecord>> = read
             .events
             .iter()
@@ -375,8 +386,14 @@ impl Store {
         cal: Calendar,
         names: &[String],
     ) -> ApiResult<Vec<Resource>> {
+        if names.len() > MAX_MULTIGET {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_MULTIGET} hrefs in one calendar-multiget"
+            )));
+        }
         let mut found = Vec::new();
-        for n in names {
+        let mut asked = HashSet::new();
+        for n in names.iter().filter(|n| asked.insert(n.as_str())) {
             if let Some(v) = self.lookup(caller, cal, n).await? {
                 found.push(v);
             }
@@ -394,36 +411,49 @@ impl Store {
         data: bool,
     ) -> ApiResult<Vec<Resource>> {
         let people = if data {
-            self.people_named(events.iter().map(|v| &v.value)).await?
+            self.people_for(caller).await?
         } else {
             Default::default()
         };
-        Ok(events
+        let owned: Vec<Versioned<EventRecord>> = events
             .iter()
-            .map(|v| Resource {
-                name: resource_name(&v.value, owner),
-                etag: etag(v.mod_revision),
-                ics: data.then(|| {
-                    let shown = if rules::may_see_event(&v.value, caller)
-                        || v.value.visibility != crate::model::Visibility::Private
-                    {
-                        Shown::Details
-                    } else {
-                        Shown::Busy {
-                            label: "Busy".into(),
-                        }
-                    };
-                    ical::resource(
-                        &Entry {
-                            ev: &v.value,
-                            shown,
-                            alarms_for: Some(caller),
-                        },
-                        &people,
-                    )
-                }),
+            .map(|v| Versioned {
+                value: v.value.clone(),
+                mod_revision: v.mod_revision,
             })
-            .collect())
+            .collect();
+        let weight = crate::cpu::weight(owned.iter().map(|v| &v.value)).max(owned.len());
+        // Rendering is the costly part of a big sync: off the async
+        // workers, within the caller's share (`cpu`).
+        crate::cpu::run_sized(caller, if data { weight } else { 0 }, move || {
+            owned
+                .iter()
+                .map(|v| Resource {
+                    name: resource_name(&v.value, owner),
+                    etag: etag(v.mod_revision),
+                    ics: data.then(|| {
+                        let shown = if rules::may_see_event(&v.value, caller)
+                            || v.value.visibility != crate::model::Visibility::Private
+                        {
+                            Shown::Details
+                        } else {
+                            Shown::Busy {
+                                label: "Busy".into(),
+                            }
+                        };
+                        ical::resource(
+                            &Entry {
+                                ev: &v.value,
+                                shown,
+                                alarms_for: Some(caller),
+                            },
+                            &people,
+                        )
+                    }),
+                })
+                .collect()
+        })
+        .await
     }
 
     /// The event a resource name names in a calendar: `{id}.ics` of an
@@ -461,7 +491,6 @@ impl Store {
     /// A client's PUT: creates the event, or replaces it through the same
     /// change as `PATCH` (organizer only; an attendee's client may change
     /// only their own answer).
-    #[allow(clippy::too_many_arguments)]
     pub async fn dav_put(
         &self,
         caller: Uuid,
@@ -490,37 +519,36 @@ impl Store {
             .map_err(|s| ApiError::invalid_field("calendar-data", s.reason))?;
         let exact = !p.lossy;
         let existing = self.lookup(caller, cal, name).await?;
-        let expect = match if_match {
-            Some(tag) => Some(etag_revision(tag).ok_or_else(|| {
-                ApiError::precondition_failed("If-Match names no version of this resource")
-            })?),
-            None => None,
-        };
-        match existing {
+        let cond = Condition::of(if_match)?;
+        let written = match existing {
             None => {
-                if expect.is_some() {
+                if cond != Condition::None {
                     return Err(ApiError::precondition_failed("no such resource to match"));
                 }
                 let key = dav_key(cal, name);
-                let (req, origin) = self.request_of(caller, p, Some(name.to_string())).await?;
+                let (req, origin) = self
+                    .request_of(caller, p, Some(name.to_string()), true)
+                    .await?;
                 let (ev, _) = self
                     .create_event_from(caller, req, false, Some(&key), Some(&origin))
                     .await?;
-                Ok(Written {
-                    etag: etag(self.revision(&keys::event(ev.id)).await?),
-                    created: true,
-                    exact,
-                })
+                (ev, true, exact)
             }
-            Some(_) if if_none_match => Err(ApiError::precondition_failed(
-                "the resource exists (If-None-Match: *)",
-            )),
+            Some(_) if if_none_match => {
+                return Err(ApiError::precondition_failed(
+                    "the resource exists (If-None-Match: *)",
+                ))
+            }
             Some(cur) if cur.value.organizer_id != caller => {
-                self.dav_answer(caller, &me.email, cur, &p, expect).await
+                let ev = self
+                    .dav_answer(caller, &me, cur, &p, cond.revision())
+                    .await?;
+                // Only the answer was taken from what the client sent.
+                (ev, false, false)
             }
             Some(cur) => {
                 let dav_name = cur.value.ical.as_ref().and_then(|o| o.dav_name.clone());
-                let (req, origin) = self.request_of(caller, p, dav_name).await?;
+                let (req, origin) = self.request_of(caller, p, dav_name, true).await?;
                 let update = UpdateEventRequest {
                     title: Some(req.title),
                     start: Some(req.start),
@@ -535,15 +563,35 @@ impl Store {
                     attendees: Some(req.attendees.unwrap_or_default()),
                 };
                 let (ev, _) = self
-                    .update_event_from(caller, cur.value.id, update, false, expect, Some(&origin))
+                    .update_event_from(
+                        caller,
+                        cur.value.id,
+                        update,
+                        false,
+                        cond.revision(),
+                        Some(&origin),
+                    )
                     .await?;
-                Ok(Written {
-                    etag: etag(self.revision(&keys::event(ev.id)).await?),
-                    created: false,
-                    exact,
-                })
+                (ev, false, exact)
             }
-        }
+        };
+        let (ev, created, exact) = written;
+        Ok(Written {
+            etag: self.etag_of(&ev).await?,
+            created,
+            exact,
+        })
+    }
+
+    /// The ETag of `ev` as just written: None when it has changed again
+    /// since (the client then reads it back rather than take a newer
+    /// version's ETag for what it sent).
+    async fn etag_of(&self, ev: &EventRecord) -> ApiResult<Option<String>> {
+        Ok(self
+            .get::<EventRecord>(&keys::event(ev.id))
+            .await?
+            .filter(|v| v.value == *ev)
+            .map(|v| etag(v.mod_revision)))
     }
 
     /// An attendee's client wrote the event back: what it may change is
@@ -551,20 +599,15 @@ impl Store {
     async fn dav_answer(
         &self,
         caller: Uuid,
-        email: &str,
+        me: &crate::model::UserRecord,
         cur: Versioned<EventRecord>,
         p: &ical::Parsed,
         expect: Option<i64>,
-    ) -> ApiResult<Written> {
-        if expect.is_some_and(|r| r != cur.mod_revision) {
-            return Err(ApiError::precondition_failed(
-                "the event changed since that version (ETag) was read",
-            ));
-        }
+    ) -> ApiResult<EventRecord> {
         let mine = p
             .attendees
             .iter()
-            .find(|a| a.email.eq_ignore_ascii_case(email))
+            .find(|a| ical::is_address_of(&a.email, &me.username, &me.email))
             .map(|a| a.status);
         let Some(status) = mine.filter(|s| {
             matches!(
@@ -578,13 +621,10 @@ impl Store {
                 "only the organizer changes this event; an attendee may only answer it",
             ));
         };
-        let (ev, _) = self.rsvp(caller, cur.value.id, status, false).await?;
-        // Only the answer was taken from what the client sent.
-        Ok(Written {
-            etag: etag(self.revision(&keys::event(ev.id)).await?),
-            created: false,
-            exact: false,
-        })
+        let (ev, _) = self
+            .rsvp_at(caller, cur.value.id, status, false, expect)
+            .await?;
+        Ok(ev)
     }
 
     /// A client's DELETE: the organizer cancels the event; an attendee
@@ -603,31 +643,115 @@ impl Store {
                 "group calendars are read-only over CalDAV: change group events in the app or the API",
             ));
         }
+        let cond = Condition::of(if_match)?;
         let cur = self
             .lookup(caller, cal, name)
             .await?
             .ok_or_else(|| ApiError::not_found("resource"))?;
-        if let Some(tag) = if_match {
-            if etag_revision(tag) != Some(cur.mod_revision) {
-                return Err(ApiError::precondition_failed(
-                    "the event changed since that version (ETag) was read",
-                ));
-            }
-        }
         if cur.value.organizer_id == caller {
-            self.delete_event(caller, cur.value.id).await
+            self.delete_event_at(caller, cur.value.id, cond.revision())
+                .await
         } else {
-            self.rsvp(
+            self.rsvp_at(
                 caller,
                 cur.value.id,
                 crate::model::AttendeeStatus::Declined,
                 false,
+                cond.revision(),
             )
             .await
             .map(|_| ())
         }
     }
 }
+
+/// An `If-Match` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    /// None sent.
+    None,
+    /// `*`: the resource exists.
+    Exists,
+    /// This ETag.
+    At(i64),
+}
+
+impl Condition {
+    fn of(if_match: Option<&str>) -> ApiResult<Condition> {
+        match if_match.map(str::trim) {
+            None => Ok(Condition::None),
+            Some("*") => Ok(Condition::Exists),
+            Some(tag) => etag_revision(tag).map(Condition::At).ok_or_else(|| {
+                ApiError::precondition_failed("If-Match names no version of this resource")
+            }),
+        }
+    }
+
+    fn revision(self) -> Option<i64> {
+        match self {
+            Condition::At(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl Store {
+    /// Drops every calendar's tombstones older than `history` (those of
+    /// calendars no client reads are never dropped on a read) and raises
+    /// each one's floor past them. Pages through them; each calendar's
+    /// in one transaction compared on what was read, so replicas may run
+    /// it at once. Answers how many went.
+    pub async fn prune_tombstones(&self, history: std::time::Duration) -> ApiResult<usize> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(history).unwrap_or_default();
+        let end = format!("{}\u{10ffff}", keys::DAV_GONE);
+        let mut from = keys::DAV_GONE.to_string();
+        let mut pruned = 0;
+        loop {
+            let page = self
+                .snapshot(&[], [Read::span(&from, &end).limit(PRUNE_PAGE)])
+                .await?
+                .ok_or_else(|| ApiError::internal("a read without guards was refused"))?;
+            let entries = page.entries::<Gone>(0)?;
+            let Some((last, _)) = entries.last() else {
+                return Ok(pruned);
+            };
+            from = format!("{last}\u{0}");
+            let mut by_calendar: std::collections::BTreeMap<Uuid, Vec<Versioned<Gone>>> =
+                Default::default();
+            for (key, g) in entries.iter().filter(|(_, g)| g.value.at < cutoff) {
+                if let Some(calendar) = keys::dav_gone_calendar(key) {
+                    by_calendar.entry(calendar).or_default().push(Versioned {
+                        value: g.value.clone(),
+                        mod_revision: g.mod_revision,
+                    });
+                }
+            }
+            for (calendar, old) in by_calendar {
+                let floor_key = keys::dav_floor(calendar);
+                let floor = self.get::<i64>(&floor_key).await?;
+                let top = old.iter().map(|g| g.mod_revision).max().unwrap_or(0);
+                let mut batch = Batch::default();
+                batch.unchanged(&floor_key, floor.as_ref().map_or(0, |f| f.mod_revision));
+                for g in &old {
+                    let key = keys::dav_gone(calendar, g.value.id);
+                    batch.unchanged(&key, g.mod_revision).delete(&key);
+                }
+                batch.put(&floor_key, &floor.map_or(0, |f| f.value).max(top))?;
+                // Lost to another replica's round or a read's prune: done
+                // there, or next round.
+                if self.commit(batch).await? {
+                    pruned += old.len();
+                }
+            }
+            if entries.len() < PRUNE_PAGE as usize {
+                return Ok(pruned);
+            }
+        }
+    }
+}
+
+/// Tombstones read at once by [`Store::prune_tombstones`].
+const PRUNE_PAGE: i64 = 1000;
 
 /// The idempotency key a client's creation of `name` uses, so the name
 /// finds the event again and a repeated PUT creates it once.
@@ -674,6 +798,10 @@ mod tests {
         assert_eq!(etag_revision(&etag(42)), Some(42));
         assert_eq!(etag_revision("W/\"7\""), Some(7));
         assert_eq!(etag_revision("\"x\""), None);
+        assert_eq!(Condition::of(Some(" * ")).unwrap(), Condition::Exists);
+        assert_eq!(Condition::of(Some("\"3\"")).unwrap().revision(), Some(3));
+        assert_eq!(Condition::of(None).unwrap(), Condition::None);
+        assert!(Condition::of(Some("nonsense")).is_err());
         assert_eq!(token(9), "urn:agenda:sync:9");
         assert_eq!(Calendar::parse("personal").unwrap(), Calendar::Personal);
         let g = Uuid::new_v4();

@@ -43,6 +43,30 @@ fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
     Ok(batch)
 }
 
+/// Whether `cur` is at the revision a CalDAV `If-Match` named (always,
+/// when none did). A mismatch is a 412 on confirmed reads; on others it
+/// is decided again (false), as a stale read may be behind. The write
+/// that follows compares the record's revision, so the check holds at
+/// the commit.
+fn at_expected(
+    expect: Option<i64>,
+    cur: &Versioned<EventRecord>,
+    confirmed: bool,
+) -> ApiResult<bool> {
+    match expect {
+        Some(r) if r != cur.mod_revision => {
+            if confirmed {
+                Err(ApiError::precondition_failed(
+                    "the event changed since that version (ETag) was read",
+                ))
+            } else {
+                Ok(false)
+            }
+        }
+        _ => Ok(true),
+    }
+}
+
 /// The CalDAV calendars `ev` lives in: its group's, else each
 /// participant's own (see `store::dav`).
 pub(crate) fn dav_calendars(ev: &EventRecord) -> Vec<Uuid> {
@@ -516,13 +540,8 @@ impl Store {
             let req = req.clone();
             async move {
                 let cur = self.event_to_change(caller, id, confirmed).await?;
-                if expect.is_some_and(|r| r != cur.mod_revision) {
-                    if !confirmed {
-                        return Ok(Attempt::Retry);
-                    }
-                    return Err(ApiError::precondition_failed(
-                        "the event changed since that version (ETag) was read",
-                    ));
+                if !at_expected(expect, &cur, confirmed)? {
+                    return Ok(Attempt::Retry);
                 }
                 rules::check_may_change_event(&cur.value, caller)?;
                 let names = req.attendees.clone();
@@ -712,8 +731,22 @@ impl Store {
 
     /// Deletes an event from every agenda (organizer only).
     pub async fn delete_event(&self, caller: Uuid, id: Uuid) -> ApiResult<()> {
+        self.delete_event_at(caller, id, None).await
+    }
+
+    /// [`Store::delete_event`] only while the record is at revision
+    /// `expect` (a CalDAV `If-Match`; a 412 otherwise).
+    pub async fn delete_event_at(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        expect: Option<i64>,
+    ) -> ApiResult<()> {
         self.optimistic_unconfirmed_first("this event", |confirmed| async move {
             let cur = self.event_to_change(caller, id, confirmed).await?;
+            if !at_expected(expect, &cur, confirmed)? {
+                return Ok(Attempt::Retry);
+            }
             rules::check_may_delete_event(&cur.value, caller)?;
             let mut batch = cancellation(&cur, caller)?;
             self.refile_reminders(&mut batch, Some(&cur.value), None)
@@ -763,8 +796,24 @@ impl Store {
         status: AttendeeStatus,
         reject: bool,
     ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
+        self.rsvp_at(caller, id, status, reject, None).await
+    }
+
+    /// [`Store::rsvp`] only while the record is at revision `expect` (a
+    /// CalDAV `If-Match`; a 412 otherwise).
+    pub async fn rsvp_at(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        status: AttendeeStatus,
+        reject: bool,
+        expect: Option<i64>,
+    ) -> ApiResult<(EventRecord, Vec<Conflict>)> {
         self.optimistic_unconfirmed_first("this event", |confirmed| async move {
             let cur = self.event_to_change(caller, id, confirmed).await?;
+            if !at_expected(expect, &cur, confirmed)? {
+                return Ok(Attempt::Retry);
+            }
             let busy = rules::answer_is_busy(status);
             if cur.value.status_of(caller) == Some(status) {
                 // The same answer again (a retry, a second tab): nothing to

@@ -5,7 +5,7 @@
 //! The URL's key is stored as a keyed hash (`app_passwords`); a new one
 //! replaces the old in one transaction, so rotating revokes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use chrono::{Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -180,22 +180,14 @@ impl Store {
             .await
     }
 
-    /// The calendar text of `events`, with the emails of everyone named in
-    /// those shown in full.
+    /// The calendar text of `events` as `viewer` sees it.
     pub(crate) async fn render(
         &self,
         viewer: Uuid,
         name: String,
         events: Vec<(EventRecord, Shown)>,
     ) -> ApiResult<Feed> {
-        let people = self
-            .people_named(
-                events
-                    .iter()
-                    .filter(|(_, s)| *s == Shown::Details)
-                    .map(|(e, _)| e),
-            )
-            .await?;
+        let people = self.people_for(viewer).await?;
         let weight = cpu::weight(events.iter().map(|(e, _)| e)).max(events.len());
         let ics = cpu::run_sized(viewer, weight, {
             let name = name.clone();
@@ -215,19 +207,14 @@ impl Store {
         Ok(Feed { name, ics })
     }
 
-    /// Username and email of every account `events` name.
-    pub(crate) async fn people_named<'a>(
-        &self,
-        events: impl Iterator<Item = &'a EventRecord>,
-    ) -> ApiResult<People> {
-        let ids: HashSet<Uuid> = events
-            .flat_map(|e| e.attendees.iter().map(|a| a.user_id))
-            .collect();
+    /// The addresses `viewer` sees people with: their own email; everyone
+    /// else's address here ([`ical::address_of`]), never their email.
+    pub(crate) async fn people_for(&self, viewer: Uuid) -> ApiResult<People> {
         Ok(self
-            .records::<UserRecord>(ids, keys::user)
+            .user(viewer)
             .await?
+            .map(|u| (u.id, (u.username, u.email)))
             .into_iter()
-            .map(|u| (u.value.id, (u.value.username, u.value.email)))
             .collect())
     }
 }

@@ -14,7 +14,7 @@ use crate::error::ApiResult;
 use crate::events::{Idempotent, Origin};
 use crate::ical::{self, Parsed, Skipped};
 use crate::keys;
-use crate::model::{EventRecord, ExternalAttendee, UserRecord};
+use crate::model::{EventRecord, ExternalAttendee};
 
 /// What an import did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -94,7 +94,7 @@ impl Store {
             }));
         }
         let partial = p.lossy;
-        let (req, origin) = self.request_of(caller, p, None).await?;
+        let (req, origin) = self.request_of(caller, p, None, false).await?;
         match self
             .create_event_from(caller, req, false, Some(&key), Some(&origin))
             .await
@@ -115,7 +115,8 @@ impl Store {
         }
     }
 
-    /// The creation request and origin of a parsed event: attendees with
+    /// The creation request and origin of a parsed event (`client`: what
+    /// a CalDAV client wrote, which states the writer's alarms outright): attendees with
     /// an account here (by email) become attendees, the rest stay
     /// external; the caller is never their own attendee.
     pub(crate) async fn request_of(
@@ -123,13 +124,14 @@ impl Store {
         caller: Uuid,
         p: Parsed,
         dav_name: Option<String>,
+        client: bool,
     ) -> ApiResult<(CreateEventRequest, Origin)> {
         let (names, external) = self.attendees_by_email(caller, p.attendees).await?;
         let mut req = p.request;
         req.attendees = (!names.is_empty()).then_some(names);
-        // A client's calendar says the reminders outright (none: none);
-        // a file only adds them.
-        let reminders = if dav_name.is_some() || !p.reminders.is_empty() {
+        // A CalDAV client says the reminders outright (no alarm: none); a
+        // file only adds them.
+        let reminders = if client || !p.reminders.is_empty() {
             Some(p.reminders)
         } else {
             None
@@ -147,24 +149,30 @@ impl Store {
     }
 
     /// Splits attendees into usernames of accounts here and the rest.
+    /// People here are known by their address here (what calendars show
+    /// of them, [`crate::ical::address_of`]); an email never names an
+    /// account (but the caller's own), so a file cannot probe which
+    /// emails have one.
     async fn attendees_by_email(
         &self,
         caller: Uuid,
         list: Vec<ExternalAttendee>,
     ) -> ApiResult<(Vec<String>, Vec<ExternalAttendee>)> {
-        let found = futures::future::try_join_all(list.iter().map(|a| async move {
-            let Some(id) = self.get::<Uuid>(&keys::email(&a.email)).await? else {
-                return Ok(None);
-            };
-            self.get::<UserRecord>(&keys::user(id.value)).await
-        }))
-        .await?;
+        let me = self.me(caller).await?;
         let mut names = Vec::new();
         let mut external = Vec::new();
-        for (a, user) in list.into_iter().zip(found) {
-            match user {
-                Some(u) if u.value.id == caller => {}
-                Some(u) => names.push(u.value.username),
+        for a in list {
+            if crate::ical::is_address_of(&a.email, &me.username, &me.email) {
+                continue;
+            }
+            let here = match crate::ical::username_in(&a.email) {
+                Some(name) => self.user_by_name(name).await?,
+                None => None,
+            };
+            match here {
+                Some(u) if !names.contains(&u.username) => names.push(u.username),
+                Some(_) => {}
+                // Someone elsewhere, or a name no longer here.
                 None => external.push(a),
             }
         }

@@ -132,6 +132,14 @@ impl Snapshot {
         self.raw(i).iter().map(decode).collect()
     }
 
+    /// Read `i` as JSON values with their keys, in key order.
+    pub fn entries<T: DeserializeOwned>(&self, i: usize) -> ApiResult<Vec<(String, Versioned<T>)>> {
+        self.raw(i)
+            .iter()
+            .map(|kv| Ok((String::from_utf8_lossy(&kv.key).into_owned(), decode(kv)?)))
+            .collect()
+    }
+
     /// Read `i` as an index: the id each key ends in, with its revision.
     pub fn ids(&self, i: usize) -> Vec<(uuid::Uuid, i64)> {
         self.raw(i)

@@ -84,6 +84,7 @@ async fn well_known() -> Response {
 struct Me {
     caller: Caller,
     username: String,
+    email: String,
 }
 
 /// Which resource a path names.
@@ -201,6 +202,7 @@ async fn authenticate(
     Ok(Me {
         caller: public.as_user(user),
         username: body["username"].as_str().unwrap_or_default().to_string(),
+        email: body["email"].as_str().unwrap_or_default().to_string(),
     })
 }
 
@@ -331,8 +333,12 @@ fn tree_props(me: &Me, kind: &Target, asked: &[Prop]) -> PropStat {
         known.push((
             CALDAV,
             "calendar-user-address-set",
+            // How clients tell which ATTENDEE is this person: their email
+            // (as their own calendar shows it) and their address here.
             format!(
-                "<c:calendar-user-address-set><d:href>{}</d:href></c:calendar-user-address-set>",
+                "<c:calendar-user-address-set><d:href>mailto:{}</d:href><d:href>mailto:{}</d:href><d:href>{}</d:href></c:calendar-user-address-set>",
+                xml::escape(&me.email),
+                xml::escape(&agenda_calendar::ical::address_of(u)),
                 principal_href(u)
             ),
         ));
@@ -521,9 +527,14 @@ async fn report(me: &Me, cal: &str, body: &Bytes) -> Result<Response, Response> 
                 },
             )
             .await?;
-            let found = v["items"].as_array().cloned().unwrap_or_default();
+            let found: std::collections::HashMap<&str, &Value> = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| Some((r["name"].as_str()?, r)))
+                .collect();
             for (href, name) in b.hrefs.iter().zip(&names) {
-                match found.iter().find(|r| r["name"] == name.as_str()) {
+                match found.get(name.as_str()) {
                     Some(r) => ms.response(href, object_props(r, &b.props)),
                     None => ms.gone(href),
                 }
@@ -680,10 +691,11 @@ async fn put(
     // client that gets none reads the event back). Sync clients rely on
     // it: without one, vdirsyncer takes its own upload for a change on
     // the server and brings back an item deleted locally meanwhile.
-    if v["exact"].as_bool() == Some(true) {
-        if let Ok(tag) = HeaderValue::from_str(v["etag"].as_str().unwrap_or_default()) {
-            resp.headers_mut().insert(header::ETAG, tag);
-        }
+    let tag = v["etag"]
+        .as_str()
+        .filter(|_| v["exact"].as_bool() == Some(true));
+    if let Some(Ok(tag)) = tag.map(HeaderValue::from_str) {
+        resp.headers_mut().insert(header::ETAG, tag);
     }
     Ok(resp)
 }
