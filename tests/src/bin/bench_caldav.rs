@@ -55,6 +55,10 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let sys = System::start(SystemOptions {
         tls: true,
+        // One person fills a big calendar: past the per-person rate.
+        gateway_args: ["--person-burst", "100000", "--person-rate", "100000"]
+            .map(String::from)
+            .to_vec(),
         ..Default::default()
     })
     .await
