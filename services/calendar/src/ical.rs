@@ -97,7 +97,10 @@ pub fn calendar(name: &str, entries: &[Entry], people: &People) -> String {
             cal.push(v);
         }
     }
-    let text = with_kept_lines(&cal.to_string(), entries);
+    let mut text = with_kept_lines(&cal.to_string(), entries);
+    if entries.iter().any(|e| e.alarms_for.is_some()) {
+        text = without_alarm_stamps(&text);
+    }
     // The crate writes no VTIMEZONE of its own (its components gain a UID
     // and DTSTAMP, which a VTIMEZONE must not have): they go in before
     // the first VEVENT.
@@ -115,6 +118,24 @@ pub fn calendar(name: &str, entries: &[Entry], people: &People) -> String {
 
 /// Marks where an event's kept properties go (see [`calendar`]).
 const EXTRA_MARK: &str = "X-AGENDA-KEPT";
+
+/// `text` without the UID and DTSTAMP the crate gives each VALARM anew
+/// at every rendering (RFC 5545 asks neither of an alarm): the same
+/// version of an event must be the same bytes, as its ETag says.
+fn without_alarm_stamps(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_alarm = false;
+    for line in text.split_inclusive("\r\n") {
+        match line.trim_end() {
+            "BEGIN:VALARM" => in_alarm = true,
+            "END:VALARM" => in_alarm = false,
+            l if in_alarm && (l.starts_with("UID:") || l.starts_with("DTSTAMP:")) => continue,
+            _ => {}
+        }
+        out.push_str(line);
+    }
+    out
+}
 
 /// `text` with each mark line replaced by the kept lines of its entry, in
 /// one pass.
@@ -1467,6 +1488,30 @@ END:VCALENDAR\r\n";
         assert!(reasons.iter().any(|r| r == ": no UID"), "{reasons:?}");
         assert!(parse("hello", "UTC").is_err());
         assert!(parse("BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", "UTC").is_err());
+    }
+
+    #[test]
+    fn the_same_version_renders_the_same_bytes() {
+        let mut ev = weekly();
+        let me = ev.organizer_id;
+        ev.reminders.insert(me, vec![15]);
+        let render = || {
+            resource(
+                &Entry {
+                    ev: &ev,
+                    shown: Shown::Details,
+                    alarms_for: Some(me),
+                },
+                &People::new(),
+            )
+        };
+        let first = render();
+        assert!(
+            first.contains("BEGIN:VALARM") && first.contains("TRIGGER:-PT900S"),
+            "{first}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(first, render());
     }
 
     #[test]
