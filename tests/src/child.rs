@@ -84,3 +84,30 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Runs `script setup` (a `run.sh` that makes a tool's virtualenvs: exit
+/// 3 when no virtualenv can be made, 4 when pip fails), its output in
+/// `log`, within `deadline`; panics saying what to install, naming `tools`.
+pub async fn venv_setup(script: &Path, log: &Path, deadline: Duration, tools: &str) {
+    let out = std::fs::File::create(log).expect("setup log");
+    let mut group = Group::spawn(
+        Command::new("bash")
+            .arg(script)
+            .arg("setup")
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out),
+    );
+    let status = group.wait(deadline).await;
+    let said = tail(log, 20);
+    let script = script.display();
+    match status.and_then(|s| s.code()) {
+        Some(0) => {}
+        Some(3) => panic!(
+            "{tools} need a Python virtualenv and none can be made here: install \
+             python3-venv (apt-get install -y python3-venv; .ci/run does)\n{said}"
+        ),
+        Some(4) => panic!("pip could not install {tools} (PyPI unreachable?)\n{said}"),
+        Some(code) => panic!("{script} setup failed ({code})\n{said}"),
+        None => panic!("{script} setup took over {deadline:?}\n{said}"),
+    }
+}

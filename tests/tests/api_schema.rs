@@ -44,26 +44,7 @@ fn script() -> PathBuf {
 /// The virtualenv, made or found; panics saying what to install when it
 /// cannot be made.
 async fn setup(log: &Path) {
-    let out = std::fs::File::create(log).expect("setup log");
-    let mut group = Group::spawn(
-        Command::new("bash")
-            .arg(script())
-            .arg("setup")
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out),
-    );
-    let status = group.wait(SETUP_DEADLINE).await;
-    let said = tail(log, 20);
-    match status.and_then(|s| s.code()) {
-        Some(0) => {}
-        Some(3) => panic!(
-            "schemathesis needs a Python virtualenv and none can be made here: install \
-             python3-venv (apt-get install -y python3-venv; .ci/run does)\n{said}"
-        ),
-        Some(4) => panic!("pip could not install schemathesis (PyPI unreachable?)\n{said}"),
-        Some(code) => panic!("tests/schemathesis/run.sh setup failed ({code})\n{said}"),
-        None => panic!("tests/schemathesis/run.sh setup took over {SETUP_DEADLINE:?}\n{said}"),
-    }
+    agenda_tests::child::venv_setup(&script(), log, SETUP_DEADLINE, "schemathesis").await;
 }
 
 /// What a run's events say.

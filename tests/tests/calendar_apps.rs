@@ -60,29 +60,13 @@ fn script() -> PathBuf {
 /// The virtualenvs, made or found; panics saying what to install when
 /// they cannot be made.
 async fn setup(log: &Path) {
-    let out = std::fs::File::create(log).expect("setup log");
-    let mut group = Group::spawn(
-        Command::new("bash")
-            .arg(script())
-            .arg("setup")
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out),
-    );
-    let status = group.wait(SETUP_DEADLINE).await;
-    let said = tail(log, 20);
-    match status.and_then(|s| s.code()) {
-        Some(0) => {}
-        Some(3) => panic!(
-            "the calendar-app clients need a Python virtualenv and none can be made here: \
-             install python3-venv (apt-get install -y python3-venv)\n{said}"
-        ),
-        Some(4) => panic!(
-            "pip could not install the calendar-app clients (caldav, icalendar, \
-             recurring-ical-events, vdirsyncer; PyPI unreachable?)\n{said}"
-        ),
-        Some(code) => panic!("tests/calendar_apps/run.sh setup failed ({code})\n{said}"),
-        None => panic!("tests/calendar_apps/run.sh setup took over {SETUP_DEADLINE:?}\n{said}"),
-    }
+    agenda_tests::child::venv_setup(
+        &script(),
+        log,
+        SETUP_DEADLINE,
+        "the calendar-app clients (caldav, icalendar, recurring-ical-events, vdirsyncer)",
+    )
+    .await;
 }
 
 /// How one script ended.

@@ -298,9 +298,6 @@ async fn serve(State(state): State<Arc<AppState>>, req: Request) -> Response {
 /// The properties of a collection above the calendars.
 fn tree_props(me: &Me, kind: &Target, asked: &[Prop]) -> PropStat {
     let u = &me.username;
-    let all = asked.is_empty();
-    let wanted = |ns: &str, name: &str| all || asked.iter().any(|p| p.is(ns, name));
-    let mut out = PropStat::default();
     let mut known: Vec<(&str, &str, String)> = vec![
         (
             DAV,
@@ -343,22 +340,15 @@ fn tree_props(me: &Me, kind: &Target, asked: &[Prop]) -> PropStat {
             ),
         ));
     }
-    for (ns, name, xml) in &known {
-        if wanted(ns, name) {
-            out.found.push(xml.clone());
-        }
-    }
-    out.missing = asked
-        .iter()
-        .filter(|p| !known.iter().any(|(ns, n, _)| p.is(ns, n)))
-        .cloned()
+    let known = known
+        .into_iter()
+        .map(|(ns, name, xml)| (ns, name, Some(xml)))
         .collect();
-    out
+    PropStat::select(known, asked, &[])
 }
 
 /// The properties of one calendar (`c`: an item of `DavOp::Calendars`).
 fn calendar_props(c: &Value, asked: &[Prop]) -> PropStat {
-    let all = asked.is_empty();
     let writable = c["writable"].as_bool().unwrap_or(false);
     let token = c["token"].as_str().unwrap_or_default();
     let privileges = if writable {
@@ -377,23 +367,15 @@ fn calendar_props(c: &Value, asked: &[Prop]) -> PropStat {
         (APPLE, "calendar-color", format!("<a:calendar-color>{}</a:calendar-color>", if writable { "#2f6fdbff" } else { "#3a9a5bff" })),
         (CALDAV, "calendar-description", format!("<c:calendar-description>{}</c:calendar-description>", if writable { "Your Agenda events" } else { "A group's events (read-only here)" })),
     ];
-    let mut out = PropStat::default();
-    for (ns, name, xml) in &known {
-        if all || asked.iter().any(|p| p.is(ns, name)) {
-            out.found.push(xml.clone());
-        }
-    }
-    out.missing = asked
-        .iter()
-        .filter(|p| !known.iter().any(|(ns, n, _)| p.is(ns, n)))
-        .cloned()
+    let known = known
+        .into_iter()
+        .map(|(ns, name, xml)| (ns, name, Some(xml)))
         .collect();
-    out
+    PropStat::select(known, asked, &[])
 }
 
 /// The properties of one event resource (`r`: a `Resource`).
 fn object_props(r: &Value, asked: &[Prop]) -> PropStat {
-    let all = asked.is_empty();
     let known: Vec<(&str, &str, Option<String>)> = vec![
         (DAV, "getetag", Some(format!("<d:getetag>{}</d:getetag>", xml::escape(r["etag"].as_str().unwrap_or_default())))),
         (DAV, "getcontenttype", Some("<d:getcontenttype>text/calendar; charset=utf-8; component=vevent</d:getcontenttype>".into())),
@@ -404,22 +386,8 @@ fn object_props(r: &Value, asked: &[Prop]) -> PropStat {
             r["ics"].as_str().map(|ics| format!("<c:calendar-data>{}</c:calendar-data>", xml::escape(ics))),
         ),
     ];
-    let mut out = PropStat::default();
-    for (ns, name, xml) in &known {
-        let asked_for = asked.iter().any(|p| p.is(ns, name));
-        // calendar-data only when asked: it is the whole event.
-        if (all && *name != "calendar-data") || asked_for {
-            if let Some(x) = xml {
-                out.found.push(x.clone());
-            }
-        }
-    }
-    out.missing = asked
-        .iter()
-        .filter(|p| !known.iter().any(|(ns, n, _)| p.is(ns, n)))
-        .cloned()
-        .collect();
-    out
+    // calendar-data only when asked: it is the whole event.
+    PropStat::select(known, asked, &["calendar-data"])
 }
 
 fn wants_data(asked: &[Prop]) -> bool {

@@ -136,6 +136,32 @@ pub struct PropStat {
     pub missing: Vec<Prop>,
 }
 
+impl PropStat {
+    /// The `known` properties (namespace, name, XML; None: it has none)
+    /// a request `asked` for, or all of them when it named none but those
+    /// in `only_when_asked`; and those asked for that are not known.
+    pub fn select(
+        known: Vec<(&str, &str, Option<String>)>,
+        asked: &[Prop],
+        only_when_asked: &[&str],
+    ) -> PropStat {
+        let mut out = PropStat::default();
+        for (ns, name, xml) in &known {
+            let named = asked.iter().any(|p| p.is(ns, name));
+            let by_default = asked.is_empty() && !only_when_asked.contains(name);
+            if let (true, Some(x)) = (named || by_default, xml) {
+                out.found.push(x.clone());
+            }
+        }
+        out.missing = asked
+            .iter()
+            .filter(|p| !known.iter().any(|(ns, n, _)| p.is(ns, n)))
+            .cloned()
+            .collect();
+        out
+    }
+}
+
 impl Default for Multistatus {
     fn default() -> Self {
         Self::new()
