@@ -407,6 +407,17 @@ def group_feed():
         r = outsider.post(f"/v1/groups/{g}/calendar-feed")
         c.eq(r.status, 404, "someone outside the group gets no feed of it (404)")
 
+        # A member's group feed ends with the membership, also if they
+        # come back later.
+        url = expect(pat.post(f"/v1/groups/{g}/calendar-feed"), 201, "pat: group feed")["url"]
+        expect(request("GET", url), 200, "pat's group feed while a member")
+        expect(pat.call("DELETE", f"/v1/groups/{g}/members/{pat.id}"), 204, "pat leaves the group")
+        c.eq(request("GET", url).status, 404, "a member's group feed URL is 404 once they left")
+        inv = expect(boss.post(f"/v1/groups/{g}/invitations", {"username": pat.username, "rank": 2}),
+                     201, "invite pat again")["id"]
+        expect(pat.post(f"/v1/invitations/{inv}/accept"), 200, "pat rejoins")
+        c.eq(request("GET", url).status, 404, "and stays 404 when they rejoin")
+
 
 try:
     text, api, wq, window = person_feed()

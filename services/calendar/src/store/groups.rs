@@ -391,6 +391,15 @@ impl Store {
                 .delete(&keys::member(id, target))
                 .delete(&keys::user_group(target, id))
                 .put(&keys::group_sync(id, target), &PendingSync::new(id, target))?;
+            // Their feed URL of the group ends with the membership (else
+            // it would open again if they came back).
+            let feed = keys::feed_of(target, Some(id));
+            if let Some(f) = self.get::<super::feeds::FeedOf>(&feed).await? {
+                batch
+                    .unchanged(&feed, f.mod_revision)
+                    .delete(&feed)
+                    .delete(&keys::feed(&f.value.hash));
+            }
             audit::add(
                 &mut batch,
                 Some(caller),
