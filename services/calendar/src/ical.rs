@@ -1278,6 +1278,18 @@ mod tests {
     use super::*;
     use crate::model::{Attendee, IcalOrigin, OccurrenceChange};
 
+    /// `ev` as its own calendar resource, in full, nobody's alarms.
+    fn detailed(ev: &EventRecord) -> String {
+        resource(
+            &Entry {
+                ev,
+                shown: Shown::Details,
+                alarms_for: None,
+            },
+            &People::new(),
+        )
+    }
+
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()
     }
@@ -1411,14 +1423,7 @@ mod tests {
                 "X-LONG:".to_string() + &"x".repeat(100),
             ],
         });
-        let text = resource(
-            &Entry {
-                ev: &ev,
-                shown: Shown::Details,
-                alarms_for: None,
-            },
-            &People::new(),
-        );
+        let text = detailed(&ev);
         assert!(text.contains("DTSTART;VALUE=DATE:20301027"), "{text}");
         assert!(text.contains("DTEND;VALUE=DATE:20301029"), "{text}");
         assert!(text.contains("UID:abc@elsewhere"));
@@ -1582,14 +1587,7 @@ END:VCALENDAR\r\n";
     #[test]
     fn a_zone_without_changes_still_has_an_observance() {
         let ev = EventRecord::sample("2030-03-04T09:00:00Z", 60, "Asia/Tokyo", None);
-        let text = resource(
-            &Entry {
-                ev: &ev,
-                shown: Shown::Details,
-                alarms_for: None,
-            },
-            &People::new(),
-        );
+        let text = detailed(&ev);
         assert!(text.contains("TZOFFSETTO:+0900"), "{text}");
         assert!(
             text.contains("DTSTART;TZID=Asia/Tokyo:20300304T180000"),

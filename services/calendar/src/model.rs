@@ -55,6 +55,15 @@ pub struct User {
 }
 
 impl UserRecord {
+    /// The name others read: the display name, else the username.
+    pub fn name_shown(&self) -> &str {
+        if self.display_name.is_empty() {
+            &self.username
+        } else {
+            &self.display_name
+        }
+    }
+
     /// The profile as its owner sees it.
     pub fn view_own(&self) -> User {
         User {

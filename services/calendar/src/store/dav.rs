@@ -19,6 +19,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -36,6 +37,9 @@ pub const SYNC_HISTORY: std::time::Duration = std::time::Duration::from_secs(30 
 
 /// Most resources one calendar-multiget asks for.
 pub const MAX_MULTIGET: usize = 1000;
+
+/// Resource names of one multiget looked up at once.
+const LOOKUPS_AT_ONCE: usize = 16;
 
 /// Prefix of sync tokens (RFC 6578 wants a URI).
 const TOKEN_PREFIX: &str = "urn:agenda:sync:";
@@ -100,12 +104,11 @@ pub struct SyncReply {
 /// The outcome of a PUT.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Written {
-    /// None when the event changed again since it was written.
+    /// The version written, for the answer's ETag: None when something
+    /// sent was not kept (RFC 4791 5.3.4: the client reads it back) or
+    /// the event changed again since.
     pub etag: Option<String>,
     pub created: bool,
-    /// Everything sent was kept (else the client must read it back:
-    /// RFC 4791 5.3.4, no ETag in the answer).
-    pub exact: bool,
 }
 
 /// A tombstone's value.
@@ -186,11 +189,7 @@ impl Store {
             .ok_or_else(|| ApiError::internal("a read without guards was refused"))?;
         out.push(CalendarInfo {
             id: "personal".into(),
-            name: if me.display_name.is_empty() {
-                me.username.clone()
-            } else {
-                me.display_name.clone()
-            },
+            name: me.name_shown().to_string(),
             token: token(mine.mod_revision(0).max(mine.mod_revision(1)).max(1)),
             writable: true,
         });
@@ -391,14 +390,21 @@ impl Store {
                 "at most {MAX_MULTIGET} hrefs in one calendar-multiget"
             )));
         }
-        let mut found = Vec::new();
+        if let Calendar::Group(g) = cal {
+            self.membership(caller, g).await?;
+        }
         let mut asked = HashSet::new();
-        for n in names.iter().filter(|n| asked.insert(n.as_str())) {
-            if let Some(v) = self.lookup(caller, cal, n).await? {
-                found.push(v);
+        let mut lookups = Vec::new();
+        for n in names {
+            if asked.insert(n.as_str()) {
+                lookups.push(self.lookup(caller, cal, n));
             }
         }
-        let refs: Vec<&Versioned<EventRecord>> = found.iter().collect();
+        let found: Vec<Option<Versioned<EventRecord>>> = futures::stream::iter(lookups)
+            .buffered(LOOKUPS_AT_ONCE)
+            .try_collect()
+            .await?;
+        let refs: Vec<&Versioned<EventRecord>> = found.iter().flatten().collect();
         self.resources(caller, cal.owner(caller), &refs, true).await
     }
 
@@ -456,7 +462,8 @@ impl Store {
         .await
     }
 
-    /// The event a resource name names in a calendar: `{id}.ics` of an
+    /// The event a resource name names in a calendar (the caller's
+    /// membership of a group calendar is checked by the caller): `{id}.ics` of an
     /// event in it, or the name the caller's client created it under.
     async fn lookup(
         &self,
@@ -468,9 +475,6 @@ impl Store {
             Calendar::Personal => ev.group_id.is_none() && rules::takes_part(ev, caller),
             Calendar::Group(g) => ev.group_id == Some(g),
         };
-        if let Calendar::Group(g) = cal {
-            self.membership(caller, g).await?;
-        }
         if let Some(id) = name
             .strip_suffix(".ics")
             .and_then(|n| Uuid::parse_str(n).ok())
@@ -576,11 +580,11 @@ impl Store {
             }
         };
         let (ev, created, exact) = written;
-        Ok(Written {
-            etag: self.etag_of(&ev).await?,
-            created,
-            exact,
-        })
+        let etag = match exact {
+            true => self.etag_of(&ev).await?,
+            false => None,
+        };
+        Ok(Written { etag, created })
     }
 
     /// The ETag of `ev` as just written: None when it has changed again

@@ -128,7 +128,7 @@ impl Store {
                 (ev, s)
             })
             .collect();
-        let name = format!("{} (Agenda)", display_name(user));
+        let name = format!("{} (Agenda)", user.name_shown());
         self.render(user.id, name, shown).await
     }
 
@@ -216,13 +216,5 @@ impl Store {
             .map(|u| (u.id, (u.username, u.email)))
             .into_iter()
             .collect())
-    }
-}
-
-fn display_name(u: &UserRecord) -> &str {
-    if u.display_name.is_empty() {
-        &u.username
-    } else {
-        &u.display_name
     }
 }

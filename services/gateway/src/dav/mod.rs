@@ -659,10 +659,8 @@ async fn put(
     // client that gets none reads the event back). Sync clients rely on
     // it: without one, vdirsyncer takes its own upload for a change on
     // the server and brings back an item deleted locally meanwhile.
-    let tag = v["etag"]
-        .as_str()
-        .filter(|_| v["exact"].as_bool() == Some(true));
-    if let Some(Ok(tag)) = tag.map(HeaderValue::from_str) {
+    // The store sends an ETag only then.
+    if let Some(Ok(tag)) = v["etag"].as_str().map(HeaderValue::from_str) {
         resp.headers_mut().insert(header::ETAG, tag);
     }
     Ok(resp)
