@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-caldav bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
+.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-load bench-caldav bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
 
 ## make run: start the whole system in the foreground (Ctrl-C or `make stop` stops it).
 ## As root: two machines (network namespaces) behind a virtual IP (deploy/netns.sh).
@@ -88,6 +88,13 @@ bench-db: release deps-bench
 bench-api: release
 	target/release/bench_api
 
+## make bench-load: seed 003's load test (phases low, medium, high, stress; open model, think
+## times), a table per phase as the seed's. BENCH_LOAD_ARGS adds flags, e.g. --rate-scale 10,
+## --phase low, --endpoints .agenda/endpoints.json (a running make run), --json FILE;
+## target/release/agenda-bench --help explains them.
+bench-load: release
+	target/release/agenda-bench $(BENCH_LOAD_ARGS)
+
 ## make bench-caldav: a CalDAV client's sync of a 10,000-event calendar after its first sync, percentiles.
 bench-caldav: release
 	target/release/bench_caldav
@@ -115,6 +122,9 @@ deps-run:
 	  else echo "make run needs curl and redis-server: sudo apt-get install -y curl redis-server"; exit 1; fi; }
 	@if [ "$$(id -u)" = 0 ]; then { command -v ip && command -v arping; } >/dev/null || { \
 	  $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq iproute2 iputils-arping; }; fi
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq --no-install-recommends prometheus; \
+	  else echo "note: Prometheus is not installed, so make run starts without it (sudo apt-get install -y prometheus)"; fi; }
 
 ## make web: the web app (web/: npm ci, then esbuild into web/dist), which
 ## the gateway serves at /. Needs node and npm (Debian's).
@@ -136,6 +146,9 @@ deps-test:
 	  else echo "make test needs redis-server: sudo apt-get install -y redis-server"; exit 1; fi; }
 	@if [ "$$(id -u)" = 0 ]; then { command -v ip && command -v arping && command -v curl; } >/dev/null || { \
 	  $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq iproute2 iputils-arping curl; }; fi
+	@{ command -v prometheus && command -v promtool; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SUDO_APT) update -qq && $(SUDO_APT) install -y -qq --no-install-recommends prometheus; \
+	  else echo "make test needs Prometheus and promtool (the alert rules and the SLO report): sudo apt-get install -y prometheus"; exit 1; fi; }
 
 deps-bench:
 	@command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || { \

@@ -33,6 +33,9 @@
 # State under AGENDA_STATE (default .agenda): run/ (pid, command line and
 # machine of every process), logs/, data-netns/ (not run-local's data/), certs/, endpoints.json, url (the VIP
 # URL, for clients in the client namespace), local_url (the host relay).
+# `run` also starts Prometheus on the witness (AGENDA_PROMETHEUS=0: not;
+# `up` only with AGENDA_PROMETHEUS=1), reached from the host at
+# AGENDA_PROMETHEUS_LISTEN (127.0.0.1:9090), its URL in endpoints.json.
 #
 # AGENDA_VIP_DAEMON=keepalived (for `make bench-vip` only; default
 # agenda-vip): Debian's keepalived holds the same VIP instead of agenda-vip
@@ -53,6 +56,7 @@ fi
 prefix=${AGENDA_NETNS_PREFIX:-}
 subnet=${AGENDA_SUBNET:-10.77.0}
 relay_listen=${AGENDA_RELAY_LISTEN:-127.0.0.1:8080}
+prometheus_listen=${AGENDA_PROMETHEUS_LISTEN:-127.0.0.1:9090}
 vip_daemon=${AGENDA_VIP_DAEMON:-agenda-vip}
 run_dir="$state/run"
 logs="$state/logs"
@@ -319,9 +323,9 @@ ENV
     other=$([ $x = a ] && echo "${ip_of[machine-b]}" || echo "${ip_of[machine-a]}")
     prio=$([ $x = a ] && echo 150 || echo 100)
     tls_args "agenda-users-$x"
-    start "agenda-users-$x" "$m" "$bin/agenda-users" --listen "$a:7201" --db "$db" "${TLS[@]}"
+    start "agenda-users-$x" "$m" "$bin/agenda-users" --listen "$a:7201" --http "$a:7202" --db "$db" "${TLS[@]}"
     tls_args "agenda-groups-$x"
-    start "agenda-groups-$x" "$m" "$bin/agenda-groups" --listen "$a:7301" --db "$db" "${TLS[@]}"
+    start "agenda-groups-$x" "$m" "$bin/agenda-groups" --listen "$a:7301" --http "$a:7302" --db "$db" "${TLS[@]}"
     if [ "$vip_daemon" = keepalived ]; then
       start_keepalived "$x" "$a" "$other" "$prio" "$db"
       continue
@@ -345,8 +349,32 @@ ENV
     echo "$(scheme)://$relay_listen" >"$state/local_url"
   fi
   write_endpoints
+  [ "${AGENDA_PROMETHEUS:-0}" = 1 ] && start_prometheus
   echo "$(scheme)://$vip:8080" >"$state/url"
   trap - ERR
+}
+
+# Prometheus on the witness machine, scraping every process of both
+# machines with the alert rules of deploy/prometheus/; the host reaches it
+# through a relay like the VIP's (AGENDA_PROMETHEUS_LISTEN).
+start_prometheus() {
+  if ! command -v prometheus >/dev/null; then
+    say "prometheus is not installed (apt-get install prometheus): running without it"
+    return 0
+  fi
+  local dir="$data/prometheus" a=${ip_of[witness]} rules=() f
+  mkdir -p "$dir"
+  for f in "$root"/deploy/prometheus/alerts.yml "$root"/deploy/prometheus/recording.yml; do
+    [ -f "$f" ] && rules+=(--rules "$f")
+  done
+  "$bin/agendactl" prometheus-config --endpoints "$state/endpoints.json" "${rules[@]}" --out "$dir/prometheus.yml"
+  start prometheus witness prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    --storage.tsdb.retention.time=7d --web.listen-address="$a:9090" --log.level=warn
+  wait_until "Prometheus" 30 on witness curl -fsS -m 2 "http://$a:9090/-/ready"
+  start prometheus-relay host "$bin/agendactl" relay --listen "$prometheus_listen" --netns "$(ns witness)" --to "$a:9090"
+  wait_until "the Prometheus relay" 10 curl -fsS -m 2 "http://$prometheus_listen/-/ready"
+  write_endpoints
+  say "Prometheus scraping every process: http://$prometheus_listen (from this host)"
 }
 
 # AGENDA_VIP_DAEMON=keepalived: the gateway of machine X without the VIP
@@ -429,6 +457,7 @@ write_endpoints() {
     [ "$tls_on" = 1 ] && echo "  \"tls_dir\": \"$certs\","
     echo "  \"url\": \"$(scheme)://$vip:8080\","
     [ -s "$state/local_url" ] && echo "  \"local_url\": \"$(cat "$state/local_url")\","
+    [ -s "$run_dir/prometheus.pid" ] && echo "  \"prometheus_url\": \"http://$prometheus_listen\","
     echo "  \"processes\": ["
     while read -r name; do
       m=$(cat "$run_dir/$name.machine")
@@ -439,8 +468,10 @@ write_endpoints() {
         agenda-db-*) local i=${name##*-}; kind=agenda-db
           extra=", \"grpc\": \"$a:700$i\", \"http\": \"$(scheme)://$a:710$i\""; dir="\"$data/db$i\"" ;;
         agenda-supervisor-*) extra=", \"http\": \"http://$a:7501\", \"redis\": \"$a:7401\""; dir="\"$data/redis-${name##*-}\"" ;;
-        agenda-users-*) extra=", \"grpc\": \"$a:7201\"" ;;
-        agenda-groups-*) extra=", \"grpc\": \"$a:7301\"" ;;
+        agenda-users-*) extra=", \"grpc\": \"$a:7201\", \"http\": \"http://$a:7202\"" ;;
+        agenda-groups-*) extra=", \"grpc\": \"$a:7301\", \"http\": \"http://$a:7302\"" ;;
+        prometheus) kind=prometheus; extra=", \"http\": \"http://$a:9090\""; dir="\"$data/prometheus\"" ;;
+        prometheus-relay) kind=agenda-relay; extra=", \"http\": \"http://$prometheus_listen\"" ;;
         agenda-gateway-*) extra=", \"http\": \"$(scheme)://$a:8080\"" ;;
         agenda-vip-*) extra=", \"http\": \"http://$a:7601\", \"adverts\": \"$a:5405\"" ;;
         agenda-relay) kind=agenda-relay; extra=", \"http\": \"$(cat "$state/local_url" 2>/dev/null)\"" ;;
@@ -558,6 +589,8 @@ heal() {
 # The foreground runner of `make run`: outlives every death it exists to
 # survive; a process that dies is logged and stays down until restarted.
 run_fg() {
+  # A person's run gets Prometheus; tests (`up`) ask for it when they want it.
+  export AGENDA_PROMETHEUS=${AGENDA_PROMETHEUS:-1}
   up
   echo $$ >"$run_dir/runner.pid"
   trap 'echo; say "stopping..."; down; say "stopped."; exit 0' INT TERM
@@ -575,6 +608,7 @@ A browser or curl on this host uses the relay:       $(cat "$state/local_url" 2>
   $web $(cat "$state/local_url" 2>/dev/null)/v1/auth/register -H 'content-type: application/json' \\
     -d '{"username":"alice","email":"alice@example.org","password":"correct-horse-1"}'
 The whole system at a glance:  target/release/agendactl status
+Prometheus (alerts at /alerts):  $(grep -o '"prometheus_url": "[^"]*"' "$state/endpoints.json" | cut -d'"' -f4)   SLOs: target/release/agendactl slo --since 1h
 Break things:  deploy/netns.sh kill agenda-gateway-a | kill-machine machine-a | partition machine-a machine-b
                deploy/netns.sh restart NAME | start-machine M | heal      (deploy/netns.sh ps lists names)
 Logs: $logs/   Processes: $state/endpoints.json

@@ -4,10 +4,14 @@
 #
 # The system: five agenda-db nodes, two Redis servers each owned by an
 # agenda-supervisor (one per "machine"), two agenda-users, two
-# agenda-groups and one agenda-gateway. Writes, once everything is ready:
+# agenda-groups and one agenda-gateway, and Prometheus (Debian's, when
+# installed; AGENDA_PROMETHEUS=0: none) scraping all of them with the alert
+# rules of deploy/prometheus/ (config and data in .agenda/prometheus/, at
+# AGENDA_PROMETHEUS_ADDR, default 127.0.0.1:9090). Writes, once everything is ready:
 #   .agenda/url             the public base URL (the gateway)
 #   .agenda/ca.pem          the CA a client of that URL trusts (TLS only)
-#   .agenda/endpoints.json  every process: name, kind, machine, pid, addresses, data dir, log
+#   .agenda/endpoints.json  every process: name, kind, machine, pid, addresses, data dir, log;
+#                           prometheus_url
 # Data lives under .agenda/data (kept across runs; AGENDA_FRESH=1 wipes it).
 #
 # TLS (AGENDA_TLS=1, the default): `agendactl certs` writes a development CA
@@ -34,6 +38,10 @@ groups_base=${AGENDA_GROUPS_BASE:-7301}
 gateway=${AGENDA_GATEWAY_ADDR:-127.0.0.1:8080}
 redis_base=${AGENDA_REDIS_BASE:-7401}
 supervisor_base=${AGENDA_SUPERVISOR_BASE:-7501}
+# /metrics of the users and groups replicas (their gRPC port + 50).
+users_http_base=$((users_base + 50))
+groups_http_base=$((groups_base + 50))
+prometheus_addr=${AGENDA_PROMETHEUS_ADDR:-127.0.0.1:9090}
 replicas=2
 # One password for both Redis servers and their clients; kept in the
 # state dir so a restart finds the servers' AOF data under the same one.
@@ -119,6 +127,8 @@ trap stop EXIT
 for port in $(seq $grpc_base $((grpc_base + nodes - 1))) $(seq $http_base $((http_base + nodes - 1))) \
   $(seq $users_base $((users_base + replicas - 1))) $(seq $groups_base $((groups_base + replicas - 1))) \
   $(seq $redis_base $((redis_base + 1))) $(seq $supervisor_base $((supervisor_base + 1))) "${gateway##*:}" \
+  $(seq $users_http_base $((users_http_base + replicas - 1))) $(seq $groups_http_base $((groups_http_base + replicas - 1))) \
+  $([ "${AGENDA_PROMETHEUS:-1}" = 1 ] && echo "${prometheus_addr##*:}") \
   $([ -n "$peer_base" ] && seq $peer_base $((peer_base + nodes - 1))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use (another make run?); stop that first" >&2
@@ -204,10 +214,10 @@ done
 for r in $(seq 1 $replicas); do
   start "agenda-users-$r" agenda-users "127.0.0.1:$((users_base + r - 1))" "" \
     "$bin/agenda-users" --listen "127.0.0.1:$((users_base + r - 1))" --db "$db_endpoints" \
-    $(tls "agenda-users-$(letter "$r")")
+    --http "127.0.0.1:$((users_http_base + r - 1))" $(tls "agenda-users-$(letter "$r")")
   start "agenda-groups-$r" agenda-groups "127.0.0.1:$((groups_base + r - 1))" "" \
     "$bin/agenda-groups" --listen "127.0.0.1:$((groups_base + r - 1))" --db "$db_endpoints" \
-    $(tls "agenda-groups-$(letter "$r")")
+    --http "127.0.0.1:$((groups_http_base + r - 1))" $(tls "agenda-groups-$(letter "$r")")
 done
 start agenda-gateway agenda-gateway "$gateway" "" \
   "$bin/agenda-gateway" --listen "$gateway" --db "$db_endpoints" $(tls agenda-gateway-a)
@@ -225,37 +235,83 @@ until webcurl -fsS "$scheme://$gateway/readyz" >/dev/null 2>&1; do
   sleep 0.2
 done
 
-{
-  [ "$scheme" = https ] && printf '{"tls_dir": "%s",\n' "$certs" || echo '{'
-  echo '"processes": ['
-  last=$((${#pids[@]} - 1))
-  for idx in "${!pids[@]}"; do
-    sep=","; [ "$idx" = "$last" ] && sep=""
-    extra=""
-    case "${kinds[$idx]}" in
-      agenda-db) n=${names[$idx]##*-}; extra=", \"grpc\": \"${addrs[$idx]}\", \"http\": \"$scheme://127.0.0.1:$((http_base + n - 1))\"" ;;
-      agenda-gateway) extra=", \"http\": \"$scheme://${addrs[$idx]}\"" ;;
-      agenda-supervisor) m=${names[$idx]##*-}; k=$([ "$m" = a ] && echo 0 || echo 1)
-        extra=", \"http\": \"http://${addrs[$idx]}\", \"redis\": \"127.0.0.1:$((redis_base + k))\"" ;;
-      *) extra=", \"grpc\": \"${addrs[$idx]}\"" ;;
-    esac
-    printf '  {"name": "%s", "kind": "%s", "machine": "local", "pid": %s%s, "data_dir": %s, "log": "%s"}%s\n' \
-      "${names[$idx]}" "${kinds[$idx]}" "${pids[$idx]}" "$extra" \
-      "$([ -n "${dirs[$idx]}" ] && printf '"%s"' "${dirs[$idx]}" || echo null)" \
-      "$state/logs/${names[$idx]}.log" "$sep"
-  done
-  # The Redis servers are children of their supervisors.
-  for m in a b; do
-    k=$([ $m = a ] && echo 0 || echo 1)
-    port=$((redis_base + k))
-    # A node may be restarting (its supervisor brings it back): then null.
-    rpid=$(rcli -p "$port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p' || true)
-    role=$(rcli -p "$port" info replication 2>/dev/null | tr -d '\r' | sed -n 's/^role://p' || true)
-    printf '  ,{"name": "redis-%s", "kind": "redis-server", "machine": "local", "pid": %s, "redis": "127.0.0.1:%s", "role": "%s", "managed_by": "agenda-supervisor-%s", "data_dir": "%s"}\n' \
-      "$m" "${rpid:-null}" "$port" "${role:-unknown}" "$m" "$state/data/redis-$m"
-  done
-  echo ']}'
-} >"$state/endpoints.json"
+# endpoints.json: every process started (see the header).
+write_endpoints() {
+  {
+    echo '{'
+    [ "$scheme" = https ] && printf '"tls_dir": "%s",\n' "$certs"
+    [ -n "${prometheus_url:-}" ] && printf '"prometheus_url": "%s",\n' "$prometheus_url"
+    echo '"processes": ['
+    last=$((${#pids[@]} - 1))
+    for idx in "${!pids[@]}"; do
+      sep=","; [ "$idx" = "$last" ] && sep=""
+      extra=""
+      case "${kinds[$idx]}" in
+        agenda-db) n=${names[$idx]##*-}; extra=", \"grpc\": \"${addrs[$idx]}\", \"http\": \"$scheme://127.0.0.1:$((http_base + n - 1))\"" ;;
+        agenda-gateway) extra=", \"http\": \"$scheme://${addrs[$idx]}\"" ;;
+        agenda-supervisor) m=${names[$idx]##*-}; k=$([ "$m" = a ] && echo 0 || echo 1)
+          extra=", \"http\": \"http://${addrs[$idx]}\", \"redis\": \"127.0.0.1:$((redis_base + k))\"" ;;
+        agenda-users) n=${names[$idx]##*-}
+          extra=", \"grpc\": \"${addrs[$idx]}\", \"http\": \"http://127.0.0.1:$((users_http_base + n - 1))\"" ;;
+        agenda-groups) n=${names[$idx]##*-}
+          extra=", \"grpc\": \"${addrs[$idx]}\", \"http\": \"http://127.0.0.1:$((groups_http_base + n - 1))\"" ;;
+        prometheus) extra=", \"http\": \"http://${addrs[$idx]}\"" ;;
+        *) extra=", \"grpc\": \"${addrs[$idx]}\"" ;;
+      esac
+      printf '  {"name": "%s", "kind": "%s", "machine": "local", "pid": %s%s, "data_dir": %s, "log": "%s"}%s\n' \
+        "${names[$idx]}" "${kinds[$idx]}" "${pids[$idx]}" "$extra" \
+        "$([ -n "${dirs[$idx]}" ] && printf '"%s"' "${dirs[$idx]}" || echo null)" \
+        "$state/logs/${names[$idx]}.log" "$sep"
+    done
+    # The Redis servers are children of their supervisors.
+    for m in a b; do
+      k=$([ $m = a ] && echo 0 || echo 1)
+      port=$((redis_base + k))
+      # A node may be restarting (its supervisor brings it back): then null.
+      rpid=$(rcli -p "$port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p' || true)
+      role=$(rcli -p "$port" info replication 2>/dev/null | tr -d '\r' | sed -n 's/^role://p' || true)
+      printf '  ,{"name": "redis-%s", "kind": "redis-server", "machine": "local", "pid": %s, "redis": "127.0.0.1:%s", "role": "%s", "managed_by": "agenda-supervisor-%s", "data_dir": "%s"}\n' \
+        "$m" "${rpid:-null}" "$port" "${role:-unknown}" "$m" "$state/data/redis-$m"
+    done
+    echo ']}'
+  } >"$state/endpoints.json.tmp"
+  mv "$state/endpoints.json.tmp" "$state/endpoints.json"
+}
+write_endpoints
+
+# Prometheus scraping every process, with the alert rules of
+# deploy/prometheus/ (AGENDA_PROMETHEUS=0: none).
+prometheus_note="Prometheus: not started (AGENDA_PROMETHEUS=0)"
+if [ "${AGENDA_PROMETHEUS:-1}" = 1 ]; then
+  if command -v prometheus >/dev/null; then
+    mkdir -p "$state/prometheus"
+    rules=()
+    for f in "$root"/deploy/prometheus/alerts.yml "$root"/deploy/prometheus/recording.yml; do
+      [ -f "$f" ] && rules+=(--rules "$f")
+    done
+    "$bin/agendactl" prometheus-config --endpoints "$state/endpoints.json" "${rules[@]}" \
+      --out "$state/prometheus/prometheus.yml"
+    start prometheus prometheus "$prometheus_addr" "$state/prometheus" \
+      prometheus --config.file="$state/prometheus/prometheus.yml" \
+      --storage.tsdb.path="$state/prometheus/data" --storage.tsdb.retention.time=7d \
+      --web.listen-address="$prometheus_addr" --log.level=warn
+    echo "waiting for Prometheus..."
+    deadline=$((SECONDS + 30))
+    until curl -fsS "http://$prometheus_addr/-/ready" >/dev/null 2>&1; do
+      check_alive
+      if [ $SECONDS -ge $deadline ]; then
+        echo "Prometheus not ready after 30 s; see $state/logs/prometheus.log" >&2
+        exit 1
+      fi
+      sleep 0.2
+    done
+    prometheus_url="http://$prometheus_addr"
+    write_endpoints
+    prometheus_note="Prometheus: http://$prometheus_addr (alerts: /alerts; SLO table: $bin/agendactl slo --since 1h)"
+  else
+    prometheus_note="Prometheus: not installed (apt-get install prometheus), so not started"
+  fi
+fi
 echo "$scheme://$gateway" >"$state/url"
 
 kv_curl="curl -s $scheme://127.0.0.1:$http_base/v1/kv/%2Fregistry/config/redis-primary"
@@ -285,6 +341,7 @@ Redis primary (published by the acting supervisor):
   $kv_curl
 Operators: agenda-db REST on $scheme://127.0.0.1:$http_base..$((http_base + nodes - 1)) (/v1/cluster, /metrics)$tls_note
 The whole system at a glance: $bin/agendactl status
+$prometheus_note
 Ctrl-C stops everything.
 TXT
 

@@ -11,6 +11,9 @@
 //! - [`netns`]: sockets made inside a network namespace (the two-machine
 //!   topology's machines are namespaces the host cannot route to).
 //! - [`http`]: a minimal HTTP/1.1 GET over such a socket.
+//! - [`prometheus`]: `agendactl prometheus-config`, Prometheus scraping
+//!   every process of endpoints.json.
+//! - [`slo`]: `agendactl slo`, seed 000's SLO table from Prometheus.
 //! - [`status`]: `agendactl status`, one table of the whole system.
 //! - [`relay`]: `agendactl relay`, the host's loopback port relayed to
 //!   the VIP from inside the client namespace.
@@ -24,5 +27,7 @@ pub mod endpoints;
 pub mod error;
 pub mod http;
 pub mod netns;
+pub mod prometheus;
 pub mod relay;
+pub mod slo;
 pub mod status;

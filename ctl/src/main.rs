@@ -181,6 +181,50 @@ enum Cmd {
         #[arg(long)]
         to: SocketAddr,
     },
+    /// Write the Prometheus configuration that scrapes every process in
+    /// endpoints.json (one job per kind, TLS with agendactl's certificate
+    /// where the targets speak it) and loads the alert rules.
+    PrometheusConfig {
+        /// The endpoints file written by `make run`.
+        #[arg(
+            long,
+            env = "AGENDA_ENDPOINTS",
+            default_value = ".agenda/endpoints.json"
+        )]
+        endpoints: PathBuf,
+        /// Rule files to load (repeat the flag); made absolute.
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// Seconds between scrapes and rule evaluations.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=300))]
+        interval_secs: u32,
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The certificate shown to https targets, from endpoints.json's
+        /// tls_dir: NAME.pem and NAME-key.pem.
+        #[arg(long, default_value = "agendactl")]
+        tls_name: String,
+    },
+    /// Seed 000's SLO table from Prometheus: availability, request p95 and
+    /// agenda-db write p99 over the window, each with pass or FAIL (exit
+    /// status 1 when one fails). Prometheus is the one `make run` started
+    /// (endpoints.json) unless --prometheus names another.
+    Slo {
+        /// The window: 30m, 1h, 7d...
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Prometheus's base URL (reached from this namespace).
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// The endpoints file written by `make run`.
+        #[arg(
+            long,
+            env = "AGENDA_ENDPOINTS",
+            default_value = ".agenda/endpoints.json"
+        )]
+        endpoints: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -512,6 +556,68 @@ fn main() -> ExitCode {
             }
             Cmd::Relay { listen, netns, to } => {
                 Ok(agendactl::relay::run(&listen, &netns, to).await?)
+            }
+            Cmd::PrometheusConfig {
+                endpoints,
+                rules,
+                interval_secs,
+                out,
+                tls_name,
+            } => {
+                let ep = agendactl::endpoints::Endpoints::read(&endpoints)?;
+                let rules = rules
+                    .into_iter()
+                    .map(std::path::absolute)
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                let text = agendactl::prometheus::config(
+                    &ep,
+                    &agendactl::prometheus::Options {
+                        interval_secs,
+                        rules,
+                        tls_dir: ep.tls_dir.clone(),
+                        tls_name,
+                    },
+                )?;
+                match out {
+                    Some(path) => std::fs::write(&path, text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                    None => print!("{text}"),
+                }
+                Ok(())
+            }
+            Cmd::Slo {
+                since,
+                prometheus,
+                endpoints,
+            } => {
+                let since = agendactl::slo::parse_since(&since)?;
+                let (dialer, base) = match prometheus {
+                    Some(url) => (agendactl::netns::Dialer::here(), url),
+                    None => {
+                        let ep = agendactl::endpoints::Endpoints::read(&endpoints)?;
+                        let p = ep.of_kind("prometheus").next().ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "{} names no Prometheus (AGENDA_PROMETHEUS=0?); give --prometheus URL",
+                                endpoints.display()
+                            )
+                        })?;
+                        let url = p.http.clone().ok_or_else(|| {
+                            anyhow::anyhow!("the prometheus entry has no http address")
+                        })?;
+                        let dialer = if p.ns().is_empty() {
+                            agendactl::netns::Dialer::here()
+                        } else {
+                            agendactl::netns::Dialer::in_namespace(p.ns())?
+                        };
+                        (dialer, url)
+                    }
+                };
+                let report = agendactl::slo::fetch(&dialer, &base, &since).await?;
+                print!("{}", agendactl::slo::render(&report, &base));
+                if !report.passed() {
+                    anyhow::bail!("an objective was missed");
+                }
+                Ok(())
             }
             Cmd::User { cmd } => {
                 let (name, admin, conn) = match cmd {

@@ -101,10 +101,7 @@ impl Metrics {
 
     /// Text exposition.
     pub fn render(&self) -> String {
-        use prometheus::Encoder;
-        let mut out = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        agenda_common::metrics::render(Some(&self.registry))
     }
 }
 

@@ -39,6 +39,12 @@ pub struct SystemOptions {
     pub gateway_args: Vec<String>,
     /// Extra flags for every agenda-users replica.
     pub users_args: Vec<String>,
+    /// Extra flags for every agenda-groups replica.
+    pub groups_args: Vec<String>,
+    /// Give users and groups replicas a `--http` port (`/metrics`).
+    pub metrics: bool,
+    /// Log filter of every process (default `info`).
+    pub log: Option<String>,
     /// TLS on every link (mutual inside: agenda-db, its peers, users,
     /// groups, the supervisors and Redis; HTTPS at the gateway), with
     /// certificates from `agendactl certs`.
@@ -58,6 +64,9 @@ impl Default for SystemOptions {
             redis: false,
             gateway_args: Vec::new(),
             users_args: Vec::new(),
+            groups_args: Vec::new(),
+            metrics: false,
+            log: None,
             tls: false,
             restore_from: None,
         }
@@ -113,6 +122,8 @@ fn db_addrs(db: &Cluster) -> String {
 struct Proc {
     name: String,
     addr: String,
+    /// Its `--http` (`/metrics`), when it was given one.
+    http: Option<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -129,6 +140,10 @@ pub struct System {
     /// https:// and wss://); `None`: plaintext.
     pub public_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     dir: tempfile::TempDir,
+    /// Whether users and groups replicas get a `--http` port.
+    metrics: bool,
+    /// Their log filter.
+    log: String,
 }
 
 impl System {
@@ -169,6 +184,10 @@ impl System {
         } else {
             (Options::default(), Vec::new())
         };
+        let mut db_opts = db_opts;
+        if let Some(log) = &opts.log {
+            db_opts.args.push(format!("--log={log}"));
+        }
         let db = match &opts.restore_from {
             None => {
                 Cluster::start(Options {
@@ -231,6 +250,8 @@ impl System {
             redis,
             public_tls,
             dir,
+            metrics: false,
+            log: "info".into(),
         };
         let with_tls = |name: &str, extra: &[String]| -> Vec<String> {
             let mut args = extra.to_vec();
@@ -240,6 +261,10 @@ impl System {
             }
             args
         };
+        sys.metrics = opts.metrics;
+        if let Some(log) = &opts.log {
+            sys.log = log.clone();
+        }
         for i in 0..opts.users {
             sys.spawn(
                 &users_bin,
@@ -253,7 +278,7 @@ impl System {
                 &groups_bin,
                 format!("groups-{i}"),
                 &db_addrs,
-                &with_tls("groups", &[]),
+                &with_tls("groups", &opts.groups_args),
             )?;
         }
         sys.gateway = sys.spawn(
@@ -286,8 +311,11 @@ impl System {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = self.dir.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
+        let http =
+            (self.metrics && name != "gateway").then(|| format!("127.0.0.1:{}", free_port()));
         let child = Command::new(bin)
-            .args(["--listen", &addr, "--db", db, "--log", "info"])
+            .args(["--listen", &addr, "--db", db, "--log", &self.log])
+            .args(http.iter().flat_map(|h| ["--http".to_string(), h.clone()]))
             .args(extra)
             .env("RUST_BACKTRACE", "1")
             .env("AGENDA_REDIS_PASSWORD", REDIS_PASSWORD)
@@ -299,6 +327,7 @@ impl System {
         self.procs.push(Proc {
             name,
             addr: addr.clone(),
+            http,
             log,
             child: Some(child),
         });
@@ -370,6 +399,51 @@ impl System {
             }
         }
         Ok(())
+    }
+
+    /// The system as `make run`'s `endpoints.json` describes one (every
+    /// process with its kind, pid and `/metrics` base URL; the
+    /// certificates' directory with TLS), for agendactl.
+    pub fn endpoints_json(&self) -> serde_json::Value {
+        let tls = self.public_tls.is_some();
+        let scheme = if tls { "https" } else { "http" };
+        let mut procs = Vec::new();
+        for n in self.db.nodes.values() {
+            procs.push(serde_json::json!({
+                "name": format!("agenda-db-{}", n.id), "kind": "agenda-db", "machine": "local",
+                "pid": n.pid(), "grpc": n.grpc, "http": format!("{scheme}://{}", n.http),
+            }));
+        }
+        for p in &self.procs {
+            let kind = match p.name.split('-').next() {
+                Some("users") => "agenda-users",
+                Some("groups") => "agenda-groups",
+                _ => "agenda-gateway",
+            };
+            let http = if kind == "agenda-gateway" {
+                Some(self.url())
+            } else {
+                p.http.as_ref().map(|h| format!("http://{h}"))
+            };
+            procs.push(serde_json::json!({
+                "name": p.name, "kind": kind, "machine": "local",
+                "pid": p.child.as_ref().map(|c| c.id()), "grpc": p.addr, "http": http,
+            }));
+        }
+        if let Some(r) = &self.redis {
+            for i in 0..r.addrs().len() {
+                procs.push(serde_json::json!({
+                    "name": format!("agenda-supervisor-{i}"), "kind": "agenda-supervisor",
+                    "machine": "local", "pid": null,
+                    "http": format!("http://{}", r.supervisor_http(i)),
+                }));
+            }
+        }
+        let mut doc = serde_json::json!({ "processes": procs });
+        if tls {
+            doc["tls_dir"] = self.certs_dir().display().to_string().into();
+        }
+        doc
     }
 
     /// Public base URL, e.g. `http://127.0.0.1:1234`.
@@ -485,6 +559,12 @@ impl System {
 
     /// Last 40 lines of a process's log: `users-0`, `groups-1`, `gateway`,
     /// `db-2`...
+    /// The directory of the services' and the gateway's logs (`NAME.log`).
+    pub fn log_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The last lines of a process's log.
     pub fn log_tail(&self, name: &str) -> String {
         self.tail(name, 40)
     }

@@ -137,12 +137,7 @@ impl Metrics {
     }
 
     fn render(&self) -> String {
-        let mut buf = String::new();
-        let enc = prometheus::TextEncoder::new();
-        if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "cannot encode metrics");
-        }
-        buf
+        agenda_common::metrics::render(Some(&self.registry))
     }
 }
 

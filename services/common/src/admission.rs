@@ -199,6 +199,7 @@ impl Admission {
 
     /// Logs refusals, one line a second at most with how many there were.
     fn note_refusal(&self, what: &'static str) {
+        crate::metrics::refused(what);
         let i = &self.inner;
         i.unlogged.fetch_add(1, Ordering::Relaxed);
         let now = i.born.elapsed().as_millis() as u64;

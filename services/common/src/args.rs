@@ -23,6 +23,15 @@ pub struct DbArgs {
     pub db: Vec<String>,
 }
 
+/// The operators' HTTP port of a service without one of its own.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address of a plaintext HTTP listener for `/metrics` (Prometheus)
+    /// and `/healthz`, host:port; none when not given.
+    #[arg(long)]
+    pub http: Option<String>,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {

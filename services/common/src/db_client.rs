@@ -32,9 +32,15 @@ use std::time::{Duration, Instant};
 
 use agenda_proto::db::db_client::DbClient as Grpc;
 use agenda_proto::db::*;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
+use crate::metrics::DbCall;
+use crate::telemetry::PassRequestId;
+
+/// A node's gRPC client; every call carries the task's request id.
+type Node = Grpc<InterceptedService<Channel, PassRequestId>>;
 
 /// Default overall deadline of one call (all attempts).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,7 +74,7 @@ pub struct DbClient {
 }
 
 struct Inner {
-    nodes: Vec<(String, Grpc<Channel>)>,
+    nodes: Vec<(String, Node)>,
     current: AtomicUsize,
     timeout: Duration,
     /// Index in `nodes` of the believed leader, [`UNKNOWN`] if none.
@@ -96,7 +102,7 @@ const UNKNOWN: usize = usize::MAX;
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 impl Inner {
-    fn new(nodes: Vec<(String, Grpc<Channel>)>, current: usize, timeout: Duration) -> Self {
+    fn new(nodes: Vec<(String, Node)>, current: usize, timeout: Duration) -> Self {
         Inner {
             suspect_until_ms: Arc::new(nodes.iter().map(|_| AtomicU64::new(0)).collect()),
             ids: Arc::new(nodes.iter().map(|_| AtomicU64::new(0)).collect()),
@@ -210,6 +216,14 @@ fn overloaded(status: tonic::Status) -> Error {
     Error::Unavailable(format!("agenda-db is overloaded: {}", status.message()))
 }
 
+/// Runs one agenda-db call, recording its time and whether it failed.
+async fn timed<T>(kind: DbCall, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let started = Instant::now();
+    let result = call.await;
+    crate::metrics::db_call(kind, started.elapsed(), result.is_ok());
+    result
+}
+
 fn attempt_timeout(attempt: usize, left: Duration) -> Duration {
     ATTEMPT_TIMEOUTS[attempt.min(ATTEMPT_TIMEOUTS.len() - 1)].min(left)
 }
@@ -244,7 +258,7 @@ impl DbClient {
                 Some(config) => crate::net::tls_channel(e, config.clone())?,
                 None => crate::net::endpoint(e)?.connect_lazy(),
             };
-            let grpc = Grpc::new(channel)
+            let grpc = Grpc::with_interceptor(channel, PassRequestId)
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024);
             nodes.push((e.to_string(), grpc));
@@ -289,17 +303,21 @@ impl DbClient {
         }
     }
 
-    /// A read, write or lease call: hedged when the client is.
-    async fn call_data<T, F, Fut>(&self, f: F) -> Result<T>
+    /// A read, write or lease call: hedged when the client is; timed in
+    /// `agenda_db_client_call_duration_seconds`.
+    async fn call_data<T, F, Fut>(&self, kind: DbCall, f: F) -> Result<T>
     where
-        F: Fn(Grpc<Channel>) -> Fut,
+        F: Fn(Node) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        if self.inner.hedge {
-            self.call_hedged(f).await
-        } else {
-            self.call_leader_first(f).await
-        }
+        timed(kind, async {
+            if self.inner.hedge {
+                self.call_hedged(f).await
+            } else {
+                self.call_leader_first(f).await
+            }
+        })
+        .await
     }
 
     /// Index of the believed leader; starts a background probe when it is
@@ -350,7 +368,7 @@ impl DbClient {
     /// Runs a call first on the believed leader, then like [`Self::call`].
     async fn call_leader_first<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: Fn(Grpc<Channel>) -> Fut,
+        F: Fn(Node) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = Instant::now() + self.inner.timeout;
@@ -390,7 +408,7 @@ impl DbClient {
     /// Runs `f` against nodes until one answers or the deadline passes.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: Fn(Grpc<Channel>) -> Fut,
+        F: Fn(Node) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_until(f, Instant::now() + self.inner.timeout, 0)
@@ -401,7 +419,7 @@ impl DbClient {
     /// `attempts` were already made (they set the next attempt's timeout).
     async fn call_until<T, F, Fut>(&self, f: F, deadline: Instant, attempts: usize) -> Result<T>
     where
-        F: Fn(Grpc<Channel>) -> Fut,
+        F: Fn(Node) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let n = self.inner.nodes.len();
@@ -466,7 +484,7 @@ impl DbClient {
 
     /// Reads keys (linearizable unless `req.stale`).
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.call_data(|mut c| {
+        self.call_data(DbCall::Read, |mut c| {
             let req = req.clone();
             async move { c.range(req).await }
         })
@@ -497,7 +515,7 @@ impl DbClient {
     /// Writes a key (exactly once, whatever the retries).
     pub async fn put(&self, mut req: PutRequest) -> Result<PutResponse> {
         fill_id(&mut req.request_id);
-        self.call_data(|mut c| {
+        self.call_data(DbCall::Write, |mut c| {
             let req = req.clone();
             async move { c.put(req).await }
         })
@@ -507,7 +525,7 @@ impl DbClient {
     /// Deletes a key or prefix.
     pub async fn delete(&self, mut req: DeleteRequest) -> Result<DeleteResponse> {
         fill_id(&mut req.request_id);
-        self.call_data(|mut c| {
+        self.call_data(DbCall::Write, |mut c| {
             let req = req.clone();
             async move { c.delete(req).await }
         })
@@ -517,10 +535,13 @@ impl DbClient {
     /// Runs a transaction. One that only reads (every operation a range)
     /// is served like a read, without a log entry or a request id.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
-        if !req.is_read_only() {
+        let kind = if req.is_read_only() {
+            DbCall::Read
+        } else {
             fill_id(&mut req.request_id);
-        }
-        self.call_data(|mut c| {
+            DbCall::Write
+        };
+        self.call_data(kind, |mut c| {
             let req = req.clone();
             async move { c.txn(req).await }
         })
@@ -534,7 +555,7 @@ impl DbClient {
             request_id: Self::request_id(),
             ..Default::default()
         };
-        self.call_data(|mut c| {
+        self.call_data(DbCall::Lease, |mut c| {
             let req = req.clone();
             async move { c.lease_grant(req).await }
         })
@@ -548,10 +569,13 @@ impl DbClient {
             id,
             request_id: Self::request_id(),
         };
-        self.call_hedged(|mut c| {
-            let req = req.clone();
-            async move { c.lease_keep_alive(req).await }
-        })
+        timed(
+            DbCall::Lease,
+            self.call_hedged(|mut c| {
+                let req = req.clone();
+                async move { c.lease_keep_alive(req).await }
+            }),
+        )
         .await
     }
 
@@ -561,7 +585,7 @@ impl DbClient {
     /// once.
     async fn call_hedged<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: Fn(Grpc<Channel>) -> Fut,
+        F: Fn(Node) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         use futures::stream::{FuturesUnordered, StreamExt};
@@ -622,7 +646,7 @@ impl DbClient {
             id,
             request_id: Self::request_id(),
         };
-        self.call_data(|mut c| {
+        self.call_data(DbCall::Lease, |mut c| {
             let req = req.clone();
             async move { c.lease_revoke(req).await }
         })
@@ -632,12 +656,14 @@ impl DbClient {
     /// Opens a watch stream on whichever node answers. The stream ends
     /// with an error when its node falls silent (see [`WatchStream`]).
     pub async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
-        let inner = self
-            .call(|mut c| {
+        let inner = timed(
+            DbCall::Watch,
+            self.call(|mut c| {
                 let req = req.clone();
                 async move { c.watch(req).await }
-            })
-            .await?;
+            }),
+        )
+        .await?;
         // The node that answered: calls move `current` only on failure.
         let node = self.inner.current.load(Ordering::Relaxed) % self.inner.nodes.len();
         Ok(WatchStream {

@@ -11,12 +11,14 @@
 //!   request id, deadlines, leader failover).
 //! - [`registry`]: service registry on top of agenda-db (instances under
 //!   leases, config keys, watches).
+//! - [`metrics`]: metrics every process exports (build, agenda-db calls,
+//!   admission refusals) and the `/metrics` text.
 //! - [`net`]: every listener and client link is built here (one place to
 //!   switch TLS on for all links).
 //! - [`process`]: the shared `main` (logging, runtime, exit code).
 //! - [`shutdown`]: SIGINT/SIGTERM fanned out through a cancellation token,
 //!   and the waits that give way to it (retrying until agenda-db answers).
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging set-up and the request id a task works for.
 //! - [`tls`]: a process's certificate (reloaded when its files change) and
 //!   the rustls configurations, mutual on internal links.
 //! - [`error`]: the crate's error type.
@@ -29,6 +31,7 @@ pub mod bus;
 pub mod db_client;
 pub mod election;
 pub mod error;
+pub mod metrics;
 pub mod net;
 pub mod process;
 pub mod registry;

@@ -502,8 +502,21 @@ pub fn grpc_server() -> AdmittedServer {
 }
 
 /// The shared link settings of every gRPC server, without a cap.
+/// Each call carrying a request id (`x-request-id`, see
+/// [`crate::telemetry::PassRequestId`]) is served in a span naming it, so
+/// every line logged for it names the request.
 pub(crate) fn grpc_builder() -> Server {
     Server::builder()
+        .trace_fn(|req| {
+            match req
+                .headers()
+                .get(crate::telemetry::REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(id) => tracing::info_span!("grpc", request_id = %id),
+                None => tracing::Span::none(),
+            }
+        })
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))

@@ -14,6 +14,7 @@ pub fn run_main<E: Display>(
     body: impl Future<Output = Result<(), E>>,
 ) -> ExitCode {
     crate::telemetry::init(log);
+    crate::metrics::set_process(name);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cfg = Config::parse();
     agenda_common::telemetry::init(&cfg.log);
+    agenda_common::metrics::set_process("agenda-db");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

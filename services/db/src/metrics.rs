@@ -150,11 +150,6 @@ impl Metrics {
 
     /// Text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let encoder = prometheus::TextEncoder::new();
-        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
-            tracing::warn!(error = %e, "could not render metrics");
-        }
-        out
+        agenda_common::metrics::render(Some(&self.registry))
     }
 }

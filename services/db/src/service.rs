@@ -211,8 +211,10 @@ impl Db {
     /// none, and written into the request too) and returns its answer.
     async fn write<W: WriteRequest>(&self, mut req: W) -> Result<W::Response> {
         let id = take_id(req.request_id());
-        let result = self.propose(id, req.into_op()).await?;
-        W::answer(result).map_err(unexpected)
+        let result = self.propose(id, req.into_op()).await;
+        // In the span of the caller's request id (see agenda_common::net).
+        tracing::debug!(ok = result.is_ok(), "write");
+        W::answer(result?).map_err(unexpected)
     }
 
     /// This node's view of the cluster.

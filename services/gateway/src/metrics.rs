@@ -74,19 +74,18 @@ impl Metrics {
         })
     }
 
-    /// Text exposition.
+    /// Text exposition, the process-wide metrics included.
     pub fn render(&self) -> String {
-        use prometheus::Encoder;
-        let mut out = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        agenda_common::metrics::render(Some(&self.registry))
     }
 }
 
 const REQUEST_ID: &str = "x-request-id";
 
 /// Middleware (outermost): takes the caller's `x-request-id` or makes
-/// one, and echoes it on the response.
+/// one, and echoes it on the response. Every line logged while the
+/// request is served names it (a span), and the calls it makes carry it
+/// on to the services and agenda-db.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -96,7 +95,12 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut resp = tracing::Instrument::instrument(
+        agenda_common::telemetry::with_request_id(id.clone(), next.run(req)),
+        span,
+    )
+    .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
@@ -111,11 +115,6 @@ pub async fn track(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -134,9 +133,9 @@ pub async fn track(
         .with_label_values(&[&method, &route, &status.to_string()])
         .inc();
     if resp.status().is_server_error() {
-        tracing::warn!(request_id = %id, %method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request failed");
+        tracing::warn!(%method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request failed");
     } else {
-        tracing::debug!(request_id = %id, %method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
+        tracing::debug!(%method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
     }
     resp
 }

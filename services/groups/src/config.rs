@@ -23,6 +23,9 @@ pub struct Config {
     /// TLS identity (--tls-dir, --tls-name): mutual TLS on its gRPC links.
     #[command(flatten)]
     pub tls: agenda_common::args::TlsArgs,
+    /// `/metrics` and `/healthz` (--http).
+    #[command(flatten)]
+    pub http: agenda_common::args::HttpArgs,
     #[command(flatten)]
     pub log: agenda_common::args::LogArgs,
 }

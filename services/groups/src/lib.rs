@@ -25,6 +25,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     // The links stay alive while serving (they hold the certificate reloads).
+    agenda_serving::serve_http(&cfg.http, &shutdown).await?;
     let agenda_serving::Started {
         links: _links,
         db,

@@ -29,26 +29,46 @@ impl<H: Handler> Endpoint<H> {
     }
 
     async fn dispatch(&self, req: CallRequest) -> CallReply {
+        let started = std::time::Instant::now();
+        let mut op_tag = String::new();
         let result = match self.decode(&req) {
             Ok((caller, op)) => {
-                let started = std::time::Instant::now();
-                let r = agenda_calendar::audit::SOURCE
-                    .scope(req.source.clone(), self.handler.handle(caller, op))
-                    .await;
+                op_tag = op_name(&req.op);
+                // Every line logged while serving the call, here and in
+                // the store, names the request; its calls to agenda-db
+                // carry the id on.
+                let span = tracing::info_span!("call", request_id = %req.request_id, op = %op_tag);
+                let work = agenda_calendar::audit::SOURCE.scope(
+                    req.source.clone(),
+                    agenda_common::telemetry::with_request_id(
+                        req.request_id.clone(),
+                        self.handler.handle(caller, op),
+                    ),
+                );
+                let r = tracing::Instrument::instrument(work, span.clone()).await;
                 let (status, failed) = match &r {
                     Ok(reply) => (reply.status, false),
                     Err(e) => (e.status, !e.kind.is_refusal()),
                 };
-                // The name is only worked out when a line is written.
+                let _in = span.enter();
                 if failed {
-                    tracing::warn!(request_id = %req.request_id, op = op_name(&req.op), status, "call failed");
-                } else if tracing::enabled!(tracing::Level::DEBUG) {
-                    tracing::debug!(request_id = %req.request_id, op = op_name(&req.op), status, elapsed_ms = started.elapsed().as_millis() as u64, "call");
+                    tracing::warn!(status, "call failed");
+                } else {
+                    tracing::debug!(
+                        status,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "call"
+                    );
                 }
                 r
             }
             Err(e) => Err(e),
         };
+        let status = match &result {
+            Ok(reply) => reply.status,
+            Err(e) => e.status,
+        };
+        crate::metrics::call(self.service.name(), &op_tag, status, started.elapsed());
         let (status, body) = match result {
             Ok(reply) => (reply.status, reply.body),
             Err(e) => (e.status, e.body()),

@@ -11,6 +11,7 @@
 //! - [`server`]: the serving loop: listen (with the admission caps of
 //!   `--max-concurrent-requests` and `--max-connections`), register in the
 //!   registry once agenda-db answers, deregister and drain on shutdown.
+//! - [`metrics`]: calls served by operation, for `/metrics`.
 //! - [`sweep`]: background rounds that finish work a stopped process left
 //!   halfway and fire reminders.
 //! - [`error`]: why a replica could not serve.
@@ -19,9 +20,10 @@
 pub mod endpoint;
 pub mod error;
 pub mod handler;
+pub mod metrics;
 pub mod server;
 pub mod sweep;
 
 pub use error::Error;
 pub use handler::{Caller, Handler, Reply};
-pub use server::{serve, start, Serving, Started, DRAIN_GRACE, REGISTRY_TTL};
+pub use server::{serve, serve_http, start, Serving, Started, DRAIN_GRACE, REGISTRY_TTL};

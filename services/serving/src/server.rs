@@ -90,6 +90,27 @@ pub fn start(
     Ok(Started { links, db, serving })
 }
 
+/// Starts `/metrics` and `/healthz` on `http.http`, if given, until
+/// `shutdown`.
+pub async fn serve_http(
+    http: &agenda_common::args::HttpArgs,
+    shutdown: &CancellationToken,
+) -> Result<(), crate::Error> {
+    let Some(addr) = &http.http else {
+        return Ok(());
+    };
+    let listener = agenda_common::net::bind(addr, "--http")
+        .await
+        .map_err(crate::Error::setup("--http"))?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = agenda_common::metrics::serve(listener, stop).await {
+            tracing::warn!(error = %e, "the --http listener stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Serves `handler` as `service` until `shutdown`: registers the instance
 /// (`serving.advertise`) in the registry once listening; on shutdown
 /// deregisters first, keeps serving for [`DRAIN_GRACE`] while gateways

@@ -37,6 +37,9 @@ pub struct Config {
     /// Do not run the notification relay in this replica.
     #[arg(long, env = "AGENDA_NO_RELAY")]
     pub no_relay: bool,
+    /// `/metrics` and `/healthz` (--http).
+    #[command(flatten)]
+    pub http: agenda_common::args::HttpArgs,
     #[command(flatten)]
     pub log: agenda_common::args::LogArgs,
 }

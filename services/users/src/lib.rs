@@ -32,6 +32,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    agenda_serving::serve_http(&cfg.http, &shutdown).await?;
     let agenda_serving::Started { links, db, serving } = agenda_serving::start(
         &cfg.tls,
         &cfg.db,

@@ -43,8 +43,49 @@ struct Entry {
     data: Vec<u8>,
 }
 
+/// `agenda_relay_active` (1 in the replica relaying),
+/// `agenda_relay_published_total` and `agenda_relay_lag_seconds` (from a
+/// notification's arrival on the watch to the Redis replica's
+/// acknowledgement, the time a person's live notification waits here).
+struct Metrics {
+    active: prometheus::IntGauge,
+    published: prometheus::IntCounter,
+    lag: prometheus::Histogram,
+}
+
+static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
+    let active = prometheus::IntGauge::new(
+        "agenda_relay_active",
+        "1 while this replica is the notification relay.",
+    )
+    .expect("static metric options are valid");
+    let published = prometheus::IntCounter::new(
+        "agenda_relay_published_total",
+        "Notifications published to Redis and acknowledged by its replica.",
+    )
+    .expect("static metric options are valid");
+    let lag = prometheus::Histogram::with_opts(
+        prometheus::HistogramOpts::new(
+            "agenda_relay_lag_seconds",
+            "From a notification's arrival on the watch to the Redis replica's acknowledgement.",
+        )
+        .buckets(agenda_common::metrics::LATENCY_BUCKETS.to_vec()),
+    )
+    .expect("static metric options are valid");
+    let r = prometheus::default_registry();
+    let _ = r.register(Box::new(active.clone()));
+    let _ = r.register(Box::new(published.clone()));
+    let _ = r.register(Box::new(lag.clone()));
+    Metrics {
+        active,
+        published,
+        lag,
+    }
+});
+
 /// Runs as a relay candidate until `stop`.
 pub async fn run(db: DbClient, bus: Arc<Bus>, instance: String, stop: CancellationToken) {
+    let metrics = &*METRICS;
     while !stop.is_cancelled() {
         let Some(lead) =
             election::campaign(&db, ELECTION_KEY, &instance, Duration::from_secs(3), &stop).await
@@ -52,6 +93,7 @@ pub async fn run(db: DbClient, bus: Arc<Bus>, instance: String, stop: Cancellati
             return;
         };
         tracing::info!(%instance, "acting as the notification relay");
+        metrics.active.set(1);
         let result = tokio::select! {
             () = lead.lost.cancelled() => Ok(()),
             r = relay(&db, &bus, &lead) => r,
@@ -59,6 +101,7 @@ pub async fn run(db: DbClient, bus: Arc<Bus>, instance: String, stop: Cancellati
         if let Err(e) = result {
             tracing::warn!(error = %e, "relay interrupted; resuming from the cursor");
         }
+        metrics.active.set(0);
         lead.resign().await;
         if !shutdown::pause(&stop, Duration::from_millis(200)).await {
             return;
@@ -95,6 +138,7 @@ async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<
         };
         let mut stream = Box::pin(stream.into_stream());
         while let Some(first) = stream.next().await {
+            let arrived = std::time::Instant::now();
             // Take every response already waiting, so one XADD pipeline,
             // one WAIT and one cursor write cover them all: under load the
             // relay then keeps up instead of paying those per transaction.
@@ -138,6 +182,10 @@ async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<
             }
             if last > from {
                 publish(bus, &batch).await?;
+                if !batch.is_empty() {
+                    METRICS.published.inc_by(batch.len() as u64);
+                    METRICS.lag.observe(arrived.elapsed().as_secs_f64());
+                }
                 advance(db, lead, last).await?;
                 from = last;
             }

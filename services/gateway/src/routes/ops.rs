@@ -45,7 +45,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, agenda_common::metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
         .into_response()
