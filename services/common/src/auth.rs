@@ -199,6 +199,14 @@ impl SigningKeys {
 impl VerifyingKeys {
     /// Checks a token's algorithm, key id, signature and expiry.
     pub fn verify(&self, token: &str) -> std::result::Result<Claims, TokenError> {
+        self.verify_with_kid(token).map(|(_, claims)| claims)
+    }
+
+    /// [`Self::verify`], also naming the key that signed the token.
+    pub fn verify_with_kid(
+        &self,
+        token: &str,
+    ) -> std::result::Result<(String, Claims), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
@@ -219,7 +227,7 @@ impl VerifyingKeys {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_ed_der(&raw), &validation)
-            .map(|d| d.claims)
+            .map(|d| (kid, d.claims))
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,

@@ -190,15 +190,30 @@ pub fn strip_bearer(value: &str) -> Option<&str> {
 /// ended since it was issued: [`crate::sessions`]).
 pub fn verify(state: &AppState, token: &str) -> Result<Session, ApiError> {
     // Checked under the borrow: no copy of the key set per request.
-    let claims = match state.keys.borrow().as_ref() {
-        Some(keys) => keys.verify(token),
-        None => {
+    let claims = {
+        let keys = state.keys.borrow();
+        let Some(keys) = keys.as_ref() else {
             return Err(ApiError::unavailable(
                 "token keys not loaded yet; retry shortly",
-            ))
+            ));
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match state
+            .verified
+            .get(token, now, |kid| keys.keys.contains_key(kid))
+        {
+            Some(claims) => claims,
+            None => {
+                let (kid, claims) = keys
+                    .verify_with_kid(token)
+                    .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+                state.verified.insert(token, &kid, &claims, now);
+                claims
+            }
         }
-    }
-    .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+    };
     let user = Uuid::parse_str(&claims.sub)
         .map_err(|_| ApiError::unauthenticated("the access token is not valid"))?;
     state.sessions.check(user, claims.gen)?;

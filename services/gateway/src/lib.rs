@@ -19,6 +19,7 @@
 //! - [`server`]: why serving fails, and the deadline on draining at
 //!   shutdown (`--shutdown-grace-ms`).
 //! - [`shaped`]: the error shape for the answers hyper writes itself.
+//! - [`verified`]: access tokens already verified (a bounded cache).
 //! - [`web`]: the web app's files at `/` (`--web-dir`).
 //! - [`vip`]: the VIP fence (serve VIP traffic only while this machine
 //!   holds the VIP lease).
@@ -37,6 +38,7 @@ pub mod server;
 pub mod sessions;
 pub mod shaped;
 pub mod upstream;
+pub mod verified;
 pub mod vip;
 pub mod web;
 
@@ -78,6 +80,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Session generations (ended sessions refused at once).
     pub sessions: Arc<sessions::Sessions>,
+    /// Access tokens already verified.
+    pub verified: verified::VerifiedTokens,
     /// The web app's built files (`--web-dir`), served at `/`.
     pub web_dir: Option<std::path::PathBuf>,
     /// Whether the public side is HTTPS (the scheme of the URLs it hands
@@ -162,6 +166,7 @@ pub async fn run(
         )
         .with_admission(admission.clone()),
         sessions: sessions::follow(&db, stop.clone()),
+        verified: verified::VerifiedTokens::default(),
         web_dir: cfg.web_dir.clone(),
         https: public_tls.is_some(),
         db,

@@ -100,6 +100,7 @@ impl Gateway {
             // session generation, which answers 503. Signed-in requests
             // carry the session the limits layer would have verified.
             sessions: Arc::new(sessions::Sessions::default()),
+            verified: crate::verified::VerifiedTokens::default(),
             web_dir,
         });
         Gateway {
