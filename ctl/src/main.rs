@@ -439,7 +439,7 @@ impl DbConn {
             self.tls.tls_name = "agendactl".into();
         }
         let links = agenda_common::net::Links::from_args(&self.tls, stop)?;
-        Ok(links.db_client(&self.db.db)?)
+        Ok(links.db_client(&self.db.db)?.with_reads(self.db.db_reads))
     }
 }
 

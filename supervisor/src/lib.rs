@@ -57,7 +57,10 @@ pub async fn run(
     let http = tokio::spawn(metrics::serve(http_listener, metrics.clone(), stop.clone()));
     let links =
         agenda_common::net::Links::from_args(&cfg.tls, &stop).map_err(Error::setup("TLS"))?;
-    let db = links.db_client(&cfg.db.db).map_err(Error::setup("--db"))?;
+    let db = links
+        .db_client(&cfg.db.db)
+        .map_err(Error::setup("--db"))?
+        .with_reads(cfg.db.db_reads);
     let redis_link = links.redis(&cfg.redis.redis_password);
     let loop_db = db.with_timeout(Duration::from_secs(2));
     tracing::info!(%id, nodes = ?cfg.redis_nodes, local = ?cfg.local_redis, "agenda-supervisor starting");

@@ -997,6 +997,18 @@ async fn run_scenario(scenario: &Scenario) -> Result<()> {
             .collect();
         linearizability::check(None, &ops).map_err(|v| anyhow::anyhow!("key lin/{k}: {v}"))?;
     }
+    // The client spreads linearizable reads over every node: the nodes
+    // following the leader now served some of them (a ReadIndex round
+    // with the leader each), and the history above is linearizable.
+    let leader = c.leader().await?;
+    let mut by_followers = 0.0;
+    for id in c.nodes.keys().copied().filter(|id| *id != leader) {
+        by_followers += c
+            .metric(id, "agenda_db_linearizable_reads_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    ensure!(by_followers > 0.0, "no follower served a linearizable read");
     Ok(())
 }
 

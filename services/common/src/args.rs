@@ -21,6 +21,12 @@ pub struct DbArgs {
         value_delimiter = ','
     )]
     pub db: Vec<String>,
+    /// Where linearizable reads go: `spread` over every node (a follower
+    /// serves them after a ReadIndex round with the leader; the client
+    /// picks the node with the least expected wait, by measured latency
+    /// and calls in flight) or `leader` (like writes).
+    #[arg(long, env = "AGENDA_DB_READS", value_enum, default_value_t = crate::db_client::ReadRouting::Spread)]
+    pub db_reads: crate::db_client::ReadRouting,
 }
 
 /// The operators' HTTP port of a service without one of its own.

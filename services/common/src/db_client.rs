@@ -67,6 +67,69 @@ pub const WATCH_SILENCE: Duration = Duration::from_millis(1500);
 /// Pause before trying the next node.
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 
+/// Where linearizable reads go. Every node serves them (a follower asks
+/// the leader for its commit index, a ReadIndex round, and answers once
+/// it has applied that far), so spreading them shares the read load
+/// over the replicas; writes always go to the leader first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadRouting {
+    /// To the node with the least expected wait: its measured latency
+    /// (a moving average) times the calls it has in flight from here.
+    #[default]
+    Spread,
+    /// To the leader, like writes.
+    Leader,
+}
+
+/// One node's load as this client sees it (for [`ReadRouting::Spread`]).
+#[derive(Default)]
+struct Load {
+    /// Moving average of its read latency, microseconds (0: unknown).
+    latency_us: AtomicU64,
+    /// Calls from this client in flight on it.
+    in_flight: AtomicU64,
+}
+
+impl Load {
+    fn observe(&self, took: Duration) {
+        let sample = (took.as_micros() as u64).max(1);
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+
+    /// Expected wait: an unknown node looks fast, so it gets tried.
+    fn score(&self) -> u64 {
+        self.latency_us.load(Ordering::Relaxed).max(50)
+            * (self.in_flight.load(Ordering::Relaxed) + 1)
+    }
+}
+
+/// Counts a call in flight on a node until dropped (also when the call
+/// is cancelled).
+struct InFlight<'a>(&'a Load);
+
+impl<'a> InFlight<'a> {
+    fn new(load: &'a Load) -> Self {
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(load)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One read in this many goes to a node picked at random, so a node
+/// whose average is stale (one slow answer long ago) is measured again.
+const EXPLORE_EVERY: u64 = 32;
+
 /// A cheap-to-clone handle to the cluster.
 #[derive(Clone)]
 pub struct DbClient {
@@ -93,6 +156,12 @@ struct Inner {
     /// call: member addresses are raft addresses, which differ from the
     /// client endpoints when nodes take raft traffic on a port of its own.
     ids: Arc<Vec<AtomicU64>>,
+    /// Where reads go.
+    reads: ReadRouting,
+    /// Per node: its load as seen from here; shared with derived copies.
+    load: Arc<Vec<Load>>,
+    /// Reads routed so far (for [`EXPLORE_EVERY`]).
+    routed: Arc<AtomicU64>,
     epoch: Instant,
 }
 
@@ -107,6 +176,9 @@ impl Inner {
             suspect_until_ms: Arc::new(nodes.iter().map(|_| AtomicU64::new(0)).collect()),
             ids: Arc::new(nodes.iter().map(|_| AtomicU64::new(0)).collect()),
             hedge: false,
+            reads: ReadRouting::default(),
+            load: Arc::new(nodes.iter().map(|_| Load::default()).collect()),
+            routed: Arc::new(AtomicU64::new(0)),
             nodes,
             current: AtomicUsize::new(current),
             timeout,
@@ -119,6 +191,21 @@ impl Inner {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The node a read should go to ([`ReadRouting::Spread`]): the least
+    /// expected wait among those not suspect, now and then one at random.
+    fn pick_reader(&self) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.is_suspect(i))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        if self.routed.fetch_add(1, Ordering::Relaxed) % EXPLORE_EVERY == EXPLORE_EVERY - 1 {
+            return Some(candidates[rand::random_range(0..candidates.len())]);
+        }
+        candidates.into_iter().min_by_key(|&i| self.load[i].score())
     }
 
     /// Node `i`'s view of the cluster (within a second), learning its
@@ -274,6 +361,15 @@ impl DbClient {
         self.derive(timeout, self.inner.hedge)
     }
 
+    /// The same nodes with reads routed as `reads` says.
+    pub fn with_reads(&self, reads: ReadRouting) -> Self {
+        let mut copy = self.derive(self.inner.timeout, self.inner.hedge);
+        if let Some(inner) = Arc::get_mut(&mut copy.inner) {
+            inner.reads = reads;
+        }
+        copy
+    }
+
     /// The same client with every read, write and lease call hedged like
     /// keep-alives (each carries its request id, so copies apply once):
     /// for a caller whose every call races a deadline (agenda-vip's claim
@@ -295,6 +391,9 @@ impl DbClient {
         inner.suspect_until_ms = self.inner.suspect_until_ms.clone();
         inner.ids = self.inner.ids.clone();
         inner.hedge = hedge;
+        inner.reads = self.inner.reads;
+        inner.load = self.inner.load.clone();
+        inner.routed = self.inner.routed.clone();
         inner
             .leader
             .store(self.inner.leader.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -316,6 +415,56 @@ impl DbClient {
             } else {
                 self.call_leader_first(f).await
             }
+        })
+        .await
+    }
+
+    /// A linearizable read: routed by [`ReadRouting`] (hedged when the
+    /// client is); timed like every data call.
+    async fn call_read<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Node) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if self.inner.hedge || self.inner.reads == ReadRouting::Leader {
+            return self.call_data(DbCall::Read, f).await;
+        }
+        timed(DbCall::Read, async {
+            let deadline = Instant::now() + self.inner.timeout;
+            let Some(i) = self.inner.pick_reader() else {
+                return self.call_until(f, deadline, 0).await;
+            };
+            let load = &self.inner.load[i];
+            let started = Instant::now();
+            let attempt = {
+                let _counted = InFlight::new(load);
+                tokio::time::timeout(
+                    attempt_timeout(0, self.inner.timeout),
+                    f(self.inner.nodes[i].1.clone()),
+                )
+                .await
+            };
+            match attempt {
+                Ok(Ok(resp)) => {
+                    load.observe(started.elapsed());
+                    self.inner.trusted(i);
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(status)) => {
+                    if crate::admission::is_overloaded(&status) {
+                        return Err(overloaded(status));
+                    }
+                    let err = Error::from(status);
+                    if !err.is_retryable() {
+                        return Err(err);
+                    }
+                    self.inner.suspect(i);
+                }
+                Err(_) => self.inner.silent(i),
+            }
+            // Its node failed: the usual way round the others (the
+            // read has no side effect to repeat).
+            self.call_until(f, deadline, 1).await
         })
         .await
     }
@@ -484,7 +633,7 @@ impl DbClient {
 
     /// Reads keys (linearizable unless `req.stale`).
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.call_data(DbCall::Read, |mut c| {
+        self.call_read(|mut c| {
             let req = req.clone();
             async move { c.range(req).await }
         })
@@ -535,13 +684,16 @@ impl DbClient {
     /// Runs a transaction. One that only reads (every operation a range)
     /// is served like a read, without a log entry or a request id.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse> {
-        let kind = if req.is_read_only() {
-            DbCall::Read
-        } else {
-            fill_id(&mut req.request_id);
-            DbCall::Write
-        };
-        self.call_data(kind, |mut c| {
+        if req.is_read_only() {
+            return self
+                .call_read(|mut c| {
+                    let req = req.clone();
+                    async move { c.txn(req).await }
+                })
+                .await;
+        }
+        fill_id(&mut req.request_id);
+        self.call_data(DbCall::Write, |mut c| {
             let req = req.clone();
             async move { c.txn(req).await }
         })
@@ -822,5 +974,54 @@ impl WatchStream {
                 Err(e) => Some((Err(e), s)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_moving_average_follows_and_in_flight_calls_weigh() {
+        let l = Load::default();
+        assert_eq!(l.score(), 50, "unknown looks fast");
+        l.observe(Duration::from_micros(800));
+        assert_eq!(l.latency_us.load(Ordering::Relaxed), 800);
+        l.observe(Duration::from_micros(1600));
+        assert_eq!(l.latency_us.load(Ordering::Relaxed), 900);
+        {
+            let _a = InFlight::new(&l);
+            let _b = InFlight::new(&l);
+            assert_eq!(l.score(), 900 * 3);
+        }
+        assert_eq!(l.score(), 900);
+    }
+
+    #[tokio::test]
+    async fn reads_go_to_the_least_expected_wait_never_to_a_suspect() {
+        let c = DbClient::new(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]).unwrap();
+        let inner = &c.inner;
+        inner.load[0].observe(Duration::from_millis(5));
+        inner.load[1].observe(Duration::from_millis(1));
+        inner.load[2].observe(Duration::from_millis(2));
+        let picks: Vec<usize> = (0..EXPLORE_EVERY - 1)
+            .filter_map(|_| inner.pick_reader())
+            .collect();
+        assert!(picks.iter().all(|&i| i == 1), "{picks:?}");
+        // Busy now: three calls in flight make node 1 worse than node 2.
+        let _busy: Vec<_> = (0..3).map(|_| InFlight::new(&inner.load[1])).collect();
+        inner.routed.store(0, Ordering::Relaxed);
+        assert_eq!(inner.pick_reader(), Some(2));
+        inner.suspect(2);
+        inner.routed.store(0, Ordering::Relaxed);
+        assert_eq!(inner.pick_reader(), Some(1));
+        // Every so often one at random, among those not suspect.
+        for _ in 0..(EXPLORE_EVERY * 4) {
+            assert_ne!(inner.pick_reader(), Some(2));
+        }
+        assert_eq!(
+            c.with_reads(ReadRouting::Leader).inner.reads,
+            ReadRouting::Leader
+        );
     }
 }

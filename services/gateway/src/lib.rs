@@ -131,7 +131,10 @@ pub async fn run(
 ) -> Result<(), Error> {
     let setup = |what| move |cause| Error::Setup { what, cause };
     let links = agenda_common::net::Links::from_args(&cfg.tls, &shutdown).map_err(setup("TLS"))?;
-    let db = links.db_client(&cfg.db.db).map_err(setup("--db"))?;
+    let db = links
+        .db_client(&cfg.db.db)
+        .map_err(setup("--db"))?
+        .with_reads(cfg.db.db_reads);
     // With a certificate the public side is HTTPS (and WSS).
     let public_tls = links.public_server_config().map_err(setup("TLS"))?;
     let stop = shutdown.child_token();

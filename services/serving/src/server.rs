@@ -84,7 +84,10 @@ pub fn start(
 ) -> Result<Started, crate::Error> {
     use crate::Error;
     let links = agenda_common::net::Links::from_args(tls, shutdown).map_err(Error::setup("TLS"))?;
-    let db = links.db_client(&db.db).map_err(Error::setup("--db"))?;
+    let db = links
+        .db_client(&db.db)
+        .map_err(Error::setup("--db"))?
+        .with_reads(db.db_reads);
     let serving =
         Serving::new(listener, advertise, &links, admission).map_err(Error::setup("TLS"))?;
     Ok(Started { links, db, serving })
