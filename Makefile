@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-load bench-caldav bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
+.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-load bench-reads bench-caldav bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
 
 ## make run: start the whole system in the foreground (Ctrl-C or `make stop` stops it).
 ## As root: two machines (network namespaces) behind a virtual IP (deploy/netns.sh).
@@ -94,6 +94,11 @@ bench-api: release
 ## target/release/agenda-bench --help explains them.
 bench-load: release
 	target/release/agenda-bench $(BENCH_LOAD_ARGS)
+
+## make bench-reads: linearizable reads/s of agenda-db and of the week view with
+## 1, 3 and 5 nodes serving reads, each node held to a CPU share by a cgroup (root).
+bench-reads: release
+	target/release/bench-reads $(BENCH_READS_ARGS)
 
 ## make bench-caldav: a CalDAV client's sync of a 10,000-event calendar after its first sync, percentiles.
 bench-caldav: release

@@ -557,14 +557,44 @@ impl System {
         self.kill(&format!("groups-{i}"));
     }
 
-    /// Last 40 lines of a process's log: `users-0`, `groups-1`, `gateway`,
-    /// `db-2`...
     /// The directory of the services' and the gateway's logs (`NAME.log`).
     pub fn log_dir(&self) -> &std::path::Path {
         self.dir.path()
     }
 
-    /// The last lines of a process's log.
+    /// Replaces every agenda-users replica by as many new ones (`users-N`
+    /// numbered on) that reach agenda-db through `db` only (comma-separated
+    /// gRPC addresses) with `extra` flags; waits until they serve.
+    pub async fn replace_users(&mut self, db: &str, extra: &[String]) -> Result<()> {
+        let old: Vec<String> = self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with("users-") && p.child.is_some())
+            .map(|p| p.name.clone())
+            .collect();
+        let first = self.procs.iter().filter(|p| p.name.starts_with("users-")).count();
+        let bin = bin("agenda-users")?;
+        let mut args = extra.to_vec();
+        if self.public_tls.is_some() {
+            args.extend([
+                "--tls-dir".to_string(),
+                self.certs_dir().display().to_string(),
+                "--tls-name".to_string(),
+                "users".to_string(),
+            ]);
+        }
+        for i in 0..old.len() {
+            self.spawn(&bin, format!("users-{}", first + i), db, &args)?;
+        }
+        for name in old {
+            self.stop(&name);
+            self.procs.retain(|p| p.name != name);
+        }
+        self.wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// Last 40 lines of a process's log: `users-0`, `groups-1`, `gateway`,
+    /// `db-2`...
     pub fn log_tail(&self, name: &str) -> String {
         self.tail(name, 40)
     }
