@@ -324,8 +324,8 @@ async fn main() -> Result<()> {
         // than the nodes' CPU shares absorb.
         for chunk in tokens.chunks(4) {
             let mut making = Vec::new();
-            for token in chunk.iter().cloned() {
-                let api = api.clone();
+            for token in chunk {
+                let (api, token) = (api.clone(), token.clone());
                 making.push(tokio::spawn(async move {
                     for d in 0..5 {
                         for h in [9, 11, 13, 15] {
