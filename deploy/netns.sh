@@ -14,6 +14,7 @@
 #   deploy/netns.sh partition M1 M2     cut the link between two machines (both ways)
 #   deploy/netns.sh heal [M1 M2]        heal one cut, or every cut
 #   deploy/netns.sh exec M CMD...       run a command on a machine (e.g. `exec client curl ...`)
+#   deploy/netns.sh rolling-restart     every process stopped gracefully and started again, one at a time
 #
 # Machines: machine-a, machine-b, witness, client (namespaces, prefixed by
 # AGENDA_NETNS_PREFIX), joined by a bridge that lives in a namespace of its
@@ -520,6 +521,86 @@ ps_() {
   done <"$run_dir/order"
 }
 
+# rolling_restart: every process stopped gracefully (SIGTERM: it drains
+# and deregisters) and started again with the same flags, one at a time,
+# each back in service before the next goes, as an upgrade would do:
+# agenda-db nodes (followers first; the leader hands leadership to a
+# follower before it goes), the supervisors (the Redis primary's last),
+# the users and groups replicas, then per machine the gateway and its
+# agenda-vip (the passive machine first; the VIP holder's agenda-vip goes
+# before its gateway, so the VIP moves to a machine already serving).
+rolling_restart() {
+  need_root
+  [ -f "$run_dir/order" ] || die "nothing started under $state"
+  local started=$SECONDS name i leader f
+  db_field() { # node field
+    db_curl "${db_machine[$1]}" -fsS -m 2 "$(scheme)://${ip_of[${db_machine[$1]}]}:710$1/v1/cluster" 2>/dev/null |
+      sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"
+  }
+  cycle() { # name what-to-wait-for timeout command...
+    local name=$1 what=$2 timeout=$3 p
+    shift 3
+    p=$(pid_of "$name")
+    say "rolling restart: $name (pid $p)"
+    kill -TERM "$p" 2>/dev/null || true
+    for _ in $(seq 1 300); do pid_alive "$p" || break; sleep 0.1; done
+    pid_alive "$p" && { say "$name did not stop within 30 s; killing it"; kill -KILL "$p"; }
+    restart "$name"
+    wait_until "$what" "$timeout" "$@" || die "rolling restart stopped: $name did not come back"
+  }
+  db_caught_up() { # node: it follows a leader and has applied what the leader had committed
+    local lead c a
+    lead=$(db_field "$1" leader_id)
+    [ -n "$lead" ] && [ "$lead" != 0 ] || return 1
+    c=$(db_field "$lead" commit_index)
+    a=$(db_field "$1" applied_index)
+    [ -n "$c" ] && [ -n "$a" ] && [ "$a" -ge "$c" ]
+  }
+  leader=$(db_field 5 leader_id)
+  local order=()
+  for i in 1 2 3 4 5; do [ "$i" != "$leader" ] && order+=("$i"); done
+  order+=("$leader")
+  for i in "${order[@]}"; do
+    if [ "$i" = "$(db_field 5 leader_id)" ]; then
+      f=$([ "$i" = 1 ] && echo 2 || echo 1)
+      say "rolling restart: agenda-db-$i leads; handing leadership to $f first"
+      on witness "$bin/agendactl" leader transfer "$f" --db "${ip_of[witness]}:7005" \
+        $([ "$tls_on" = 1 ] && echo --tls-dir "$certs") >/dev/null
+    fi
+    cycle "agenda-db-$i" "agenda-db-$i caught up" 60 db_caught_up "$i"
+  done
+  for f in a b; do
+    cycle "agenda-supervisor-$f" "a published, answering Redis primary" 60 redis_is_primary
+  done
+  # A replica is back once it is in the registry again (its log says
+  # "serving" once more), so the gateways can route to it.
+  registered_again() { [ "$(grep -c 'agenda_serving::server: serving' "$logs/$1.log")" -gt "$2" ]; }
+  for f in a b; do
+    for name in "agenda-users-$f" "agenda-groups-$f"; do
+      cycle "$name" "$name in the registry" 30 registered_again "$name" \
+        "$(grep -c 'agenda_serving::server: serving' "$logs/$name.log")"
+    done
+  done
+  local holder passive
+  holder=$(for f in a b; do
+    if on "machine-$f" curl -fsS -m 2 "http://${ip_of[machine-$f]}:7601/status" 2>/dev/null | grep -q '"state":"master"'; then
+      echo "$f"
+    fi
+  done | head -1)
+  holder=${holder:-a}
+  passive=$([ "$holder" = a ] && echo b || echo a)
+  for f in "$passive" "$holder"; do
+    local a=${ip_of[machine-$f]}
+    if alive "agenda-vip-$f"; then
+      cycle "agenda-vip-$f" "agenda-vip-$f" 30 on "machine-$f" curl -fsS -m 2 "http://$a:7601/healthz"
+    fi
+    cycle "agenda-gateway-$f" "agenda-gateway-$f" 30 web_curl "machine-$f" -fsS -m 2 "$(scheme)://127.0.0.1:8080/healthz"
+  done
+  wait_until "the VIP" 30 vip_answers
+  write_endpoints
+  say "rolling restart done: every process restarted once in $((SECONDS - started)) s"
+}
+
 kill_() {
   local name=$1 sig=${2:-KILL} p
   p=$(pid_of "$name")
@@ -673,5 +754,6 @@ case "$cmd" in
   heal) heal "$@" ;;
   exec) [ $# -ge 2 ] || die "usage: exec MACHINE CMD..."; check_machine "$1"; m=$1; shift; on "$m" "$@" ;;
   endpoints) write_endpoints ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = --help ] || exit 2 ;;
+  rolling-restart) rolling_restart ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = --help ] || exit 2 ;;
 esac
