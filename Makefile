@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-load bench-reads bench-caldav bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
+.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-load bench-nginx soak bench-reads bench-caldav bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
 
 ## make run: start the whole system in the foreground (Ctrl-C or `make stop` stops it).
 ## As root: two machines (network namespaces) behind a virtual IP (deploy/netns.sh).
@@ -94,6 +94,28 @@ bench-api: release
 ## target/release/agenda-bench --help explains them.
 bench-load: release
 	target/release/agenda-bench $(BENCH_LOAD_ARGS)
+
+## make bench-nginx: the physical limit (issue 17): Debian's nginx serving a file with the bytes of
+## a week view, through the same TLS, against the week view itself; one closed loop (64
+## connections), alternating rounds, requests/s, latency, the ratio agenda/nginx. A system of its
+## own; BENCH_NGINX_ARGS adds flags (--round-secs, --rounds, --connections, --endpoints, --json).
+bench-nginx: release
+	@test -x /usr/sbin/nginx || command -v nginx >/dev/null || { \
+	  echo "make bench-nginx needs nginx: sudo apt-get install -y nginx-light"; exit 1; }
+	target/release/agenda-bench --vs-nginx $(BENCH_NGINX_ARGS)
+
+## make soak: an hour at a constant rate of VUs (half the saturation rate; not in CI), a row a
+## minute (latency, errors, the memory of every process), first and last ten minutes compared.
+## Against a running make run when .agenda/endpoints.json exists, else a system of its own.
+## SOAK_ARGS adds flags, e.g. --rate 12 --minutes 60 --json soak.json.
+soak: release
+	@if [ -f .agenda/endpoints.json ]; then \
+	  echo "target/release/agenda-bench --soak --endpoints .agenda/endpoints.json $(SOAK_ARGS)"; \
+	  target/release/agenda-bench --soak --endpoints .agenda/endpoints.json $(SOAK_ARGS); \
+	else \
+	  echo "target/release/agenda-bench --soak $(SOAK_ARGS)"; \
+	  target/release/agenda-bench --soak $(SOAK_ARGS); \
+	fi
 
 ## make bench-reads: linearizable reads/s of agenda-db and of the week view with
 ## 1, 3 and 5 nodes serving reads, each node held to a CPU share by a cgroup (root).

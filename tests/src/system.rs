@@ -572,7 +572,11 @@ impl System {
             .filter(|p| p.name.starts_with("users-") && p.child.is_some())
             .map(|p| p.name.clone())
             .collect();
-        let first = self.procs.iter().filter(|p| p.name.starts_with("users-")).count();
+        let first = self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with("users-"))
+            .count();
         let bin = bin("agenda-users")?;
         let mut args = extra.to_vec();
         if self.public_tls.is_some() {

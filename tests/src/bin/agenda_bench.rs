@@ -15,6 +15,12 @@
 //! percentiles, and the load generator's own CPU; `--json` writes it all.
 //! It never asserts speed.
 //!
+//! Two more modes (issue 17): `--vs-nginx` (`make bench-nginx`, module
+//! `nginx`) drives the week view and Debian's nginx serving the same
+//! bytes through the same TLS with one closed loop and reports the ratio;
+//! `--soak` (`make soak`, module `soak`) runs the flow at a constant
+//! arrival rate for an hour and prints a row a minute, memory included.
+//!
 //! Targets: a system of its own (release binaries, TLS on every link),
 //! `--url` (and `--ca`), or `--endpoints .agenda/endpoints.json` from
 //! `make run`: in the namespace topology the process re-executes itself
@@ -37,6 +43,16 @@ use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
+
+// The modes' own code, in tests/src/bin/agenda_bench/.
+#[path = "agenda_bench/http1.rs"]
+mod http1;
+#[path = "agenda_bench/nginx.rs"]
+mod nginx;
+#[path = "agenda_bench/procfs.rs"]
+mod procfs;
+#[path = "agenda_bench/soak.rs"]
+mod soak;
 
 /// Set (to the namespace's name) in the copy of this process that runs
 /// inside the client namespace, so it does not re-execute itself again.
@@ -93,6 +109,17 @@ errors by kind, per-step percentiles and the load generator's own CPU. Total req
 per VU (those never sent because the VU was dropped or its flow stopped included); Completed \
 are the 2xx answers; latencies are of completed requests, from the moment the VU wanted to send \
 (a wait for one of --connections included). It never asserts speed.\n\n\
+--vs-nginx (make bench-nginx): the physical limit. --week-people people (one per connection by \
+default) with the same realistic week (20 items); nginx (a child of this program, its own \
+configuration in a temporary directory) serves a file with exactly the bytes of one's week view, through the same TLS (the gateway's certificate, TLS \
+1.3, HTTP/1.1 keep-alive); one closed loop drives both: --connections (default 64) connections, \
+each GET, read the body, again, --rounds alternating rounds of --round-secs each. Per round \
+requests/s, p50/p95/p99, reconnects and the CPU of the generator, the server and the machine; \
+then the medians and the ratio agenda/nginx (issue 17 wants one third or better).\n\n\
+--soak (make soak): --minutes at a constant --rate of VUs (the flow above, with think times): \
+a row a minute with arrivals, requests, completed %, p50/p95/p99, errors and the RSS of every \
+process of the system (total and per kind), then the first and last ten minutes compared and \
+the memory's trend. Run it at half the saturation rate.\n\n\
 Target: by default a system of its own (5 agenda-db, 2 users, 2 groups, 1 gateway; release \
 binaries next to this one; TLS on every link). --url drives a running gateway; --endpoints reads \
 make run's .agenda/endpoints.json (in the namespace topology it runs inside the client namespace, \
@@ -124,8 +151,9 @@ struct Args {
     /// Keep-alive HTTP/1.1 connections to the gateway at most (one request
     /// each at a time); a request waits for one, and the wait counts in
     /// its latency. The gateway takes 4096 from one address by default.
-    #[arg(long, default_value_t = 1000)]
-    connections: usize,
+    /// Default 1000; with --vs-nginx: 64, exactly that many per server.
+    #[arg(long)]
+    connections: Option<usize>,
     /// Deadline of one request (the wait for a connection included), in
     /// seconds; a request past it counts as an error "timeout".
     #[arg(long, default_value_t = 10)]
@@ -141,6 +169,13 @@ struct Args {
     /// With --closed: seconds of load.
     #[arg(long, default_value_t = 60, requires = "closed")]
     seconds: u64,
+    /// How a VU logs in: `password` (POST /v1/auth/login: argon2id on the
+    /// server, deliberately costly, the seed's flow as written) or
+    /// `session` (a returning person: POST /v1/auth/refresh with a refresh
+    /// token from an earlier login of that person, as the web app does
+    /// when reopened; a password login when none is free).
+    #[arg(long, value_enum, default_value_t = LoginMode::Password)]
+    login: LoginMode,
     /// Accounts made before the load (VUs log in as one of them, chosen at
     /// random, and invite another).
     #[arg(long, default_value_t = 500)]
@@ -167,6 +202,82 @@ struct Args {
     /// Also write every figure as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// With a system of its own: one more flag for its gateway (repeat it;
+    /// e.g. --gateway-arg=--person-rate=500). With --vs-nginx the gateway
+    /// already gets --person-rate and --person-burst of 1000000 (one person
+    /// reads thousands of times a second), which these come after.
+    #[arg(long = "gateway-arg", allow_hyphen_values = true, value_name = "FLAG")]
+    gateway_args: Vec<String>,
+
+    /// The physical limit (issue 17) instead of the phases: nginx serving
+    /// a static file with the bytes of a week view (20 items; one person
+    /// per connection has that same week, see --week-people),
+    /// through the same TLS (the gateway's certificate and key, TLS 1.3,
+    /// HTTP/1.1 keep-alive), and the week view itself, driven by the same
+    /// closed loop (--connections, default 64, each GET then read the
+    /// body), in alternating rounds; requests/s per round, the medians, the
+    /// ratio agenda/nginx, latency percentiles and who used the CPU.
+    #[arg(long, conflicts_with_all = ["closed", "soak"])]
+    vs_nginx: bool,
+    /// With --vs-nginx: rounds per server (nginx, agenda, nginx, agenda...).
+    #[arg(long, default_value_t = 3, requires = "vs_nginx")]
+    rounds: usize,
+    /// With --vs-nginx: seconds of load per round.
+    #[arg(long, default_value_t = 20.0, requires = "vs_nginx")]
+    round_secs: f64,
+    /// With --vs-nginx: seconds of unreported load per server before the
+    /// rounds (handshakes done, caches warm).
+    #[arg(long, default_value_t = 3.0, requires = "vs_nginx")]
+    warmup_secs: f64,
+    /// With --vs-nginx: people with the same week (20 items); loop i reads
+    /// person i mod this. Default: one per connection, 256 at most (each
+    /// is made with 18 events before the rounds; Agenda runs one
+    /// person's costly steps one at a time, so a single person's 64 loops
+    /// would measure that queue, not the read path).
+    #[arg(long, requires = "vs_nginx")]
+    week_people: Option<usize>,
+    /// With --vs-nginx: the nginx binary (Debian's nginx-light or nginx).
+    #[arg(long, default_value = "/usr/sbin/nginx", requires = "vs_nginx")]
+    nginx: PathBuf,
+    /// With --vs-nginx: nginx's worker_processes (a number or auto: one
+    /// per core).
+    #[arg(long, default_value = "auto", requires = "vs_nginx")]
+    nginx_workers: String,
+    /// With --vs-nginx against an https --url: the certificate nginx
+    /// presents (the gateway's; for a system of its own and with
+    /// --endpoints, found in the certificates' directory).
+    #[arg(long, requires = "nginx_key")]
+    nginx_cert: Option<PathBuf>,
+    /// With --nginx-cert: its private key.
+    #[arg(long, requires = "nginx_cert")]
+    nginx_key: Option<PathBuf>,
+
+    /// The soak (issue 17, make soak) instead of the phases: VUs arrive at
+    /// a constant --rate for --minutes, each running the phases' flow with
+    /// its think times (--think-scale applies); a row a minute (arrivals,
+    /// requests, completed %, p50/p95/p99, errors, the RSS of every
+    /// process of the system, total and per kind), then the first and the
+    /// last ten minutes compared. Run it at half the saturation rate.
+    #[arg(long, conflicts_with_all = ["closed", "vs_nginx"])]
+    soak: bool,
+    /// With --soak: VUs arriving per second. Use half the saturation rate
+    /// (the arrivals/s past which the phases, or --closed's flows/s, stop
+    /// keeping up). The default, 12, is half of what a 2-core machine
+    /// sustained (a closed run with 64 clients finished 22 flows/s, each
+    /// login hashing a password with argon2id).
+    #[arg(long, default_value_t = 12.0, requires = "soak")]
+    rate: f64,
+    /// With --soak: minutes of load (a row each).
+    #[arg(long, default_value_t = 60, requires = "soak")]
+    minutes: u64,
+}
+
+impl Args {
+    /// --connections, or its default for the mode.
+    fn connections(&self) -> usize {
+        self.connections
+            .unwrap_or(if self.vs_nginx { 64 } else { 1000 })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -264,8 +375,20 @@ fn arrivals(stages: &[Stage]) -> Vec<f64> {
 }
 
 /// A pre-made account.
+/// How a VU logs in (--login).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LoginMode {
+    /// POST /v1/auth/login with the password.
+    Password,
+    /// POST /v1/auth/refresh with a refresh token of an earlier login.
+    Session,
+}
+
 struct Person {
     name: String,
+    /// Refresh tokens of this person's sessions not in use by a VU now
+    /// (each is spent by its refresh, which gives the next).
+    sessions: Mutex<Vec<String>>,
     /// An event another person organizes with this one as attendee (made
     /// during setup): what the VU answers when nobody invited it since.
     invited_event: String,
@@ -281,6 +404,7 @@ struct Ctx {
     timeout: Duration,
     people: Vec<Person>,
     think: [Duration; 3],
+    login: LoginMode,
 }
 
 /// What one phase measured.
@@ -562,18 +686,47 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
         }
     };
 
-    let body = json!({"username": me_p.name, "password": PASSWORD});
-    let login = request(
-        ctx,
-        rec,
-        LOGIN,
-        Method::POST,
-        "/v1/auth/login",
-        None,
-        Some(body),
-        "/access_token",
-    )
-    .await?;
+    let resumed = match ctx.login {
+        LoginMode::Session => me_p.sessions.lock().expect("not poisoned").pop(),
+        LoginMode::Password => None,
+    };
+    let login = match resumed {
+        Some(refresh) => {
+            request(
+                ctx,
+                rec,
+                LOGIN,
+                Method::POST,
+                "/v1/auth/refresh",
+                None,
+                Some(json!({"refresh_token": refresh})),
+                "/access_token",
+            )
+            .await?
+        }
+        None => {
+            let body = json!({"username": me_p.name, "password": PASSWORD});
+            request(
+                ctx,
+                rec,
+                LOGIN,
+                Method::POST,
+                "/v1/auth/login",
+                None,
+                Some(body),
+                "/access_token",
+            )
+            .await?
+        }
+    };
+    if ctx.login == LoginMode::Session {
+        if let Some(next) = login["refresh_token"].as_str() {
+            me_p.sessions
+                .lock()
+                .expect("not poisoned")
+                .push(next.to_string());
+        }
+    }
     let token = login["access_token"]
         .as_str()
         .unwrap_or_default()
@@ -892,12 +1045,12 @@ fn limit_notes(p: &PhaseResult, args: &Args) -> Vec<String> {
         ));
     }
     let conn = count("connect") + count("connection");
-    if conn > 0 && args.connections > GATEWAY_PER_SOURCE_CONNECTIONS {
+    if conn > 0 && args.connections() > GATEWAY_PER_SOURCE_CONNECTIONS {
         notes.push(format!(
             "{conn} connection failures with --connections {} above the gateway's default cap of \
              {GATEWAY_PER_SOURCE_CONNECTIONS} connections per address (--max-connections-per-source, \
              env AGENDA_MAX_CONNECTIONS_PER_SOURCE)",
-            args.connections
+            args.connections()
         ));
     }
     if p.rec.dropped > 0 {
@@ -1242,7 +1395,7 @@ async fn setup(http: &reqwest::Client, base: &str, args: &Args) -> Result<(Vec<P
     let names: Vec<String> = (0..n).map(|i| format!("lb{run}u{i}")).collect();
     let log_ref = &log;
     let mut done = 0usize;
-    let mut tokens: Vec<(usize, String)> = Vec::with_capacity(n);
+    let mut tokens: Vec<(usize, String, String)> = Vec::with_capacity(n);
     let mut stream = futures::stream::iter(names.iter().enumerate().map(|(i, name)| async move {
         let body = json!({
             "username": name,
@@ -1279,7 +1432,11 @@ async fn setup(http: &reqwest::Client, base: &str, args: &Args) -> Result<(Vec<P
             .as_str()
             .with_context(|| format!("log in as {name}: no access_token in {login}"))?
             .to_string();
-        Ok::<_, anyhow::Error>((i, token))
+        let refresh = login["refresh_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Ok::<_, anyhow::Error>((i, token, refresh))
     }))
     .buffer_unordered(args.setup_concurrency);
     while let Some(r) = stream.next().await {
@@ -1290,7 +1447,7 @@ async fn setup(http: &reqwest::Client, base: &str, args: &Args) -> Result<(Vec<P
         }
     }
     drop(stream);
-    tokens.sort_by_key(|(i, _)| *i);
+    tokens.sort_by_key(|(i, _, _)| *i);
     let accounts_secs = t0.elapsed().as_secs_f64();
 
     eprintln!("making one invitation per person to answer...");
@@ -1343,8 +1500,10 @@ async fn setup(http: &reqwest::Client, base: &str, args: &Args) -> Result<(Vec<P
     let people = names
         .into_iter()
         .zip(events)
-        .map(|(name, (_, invited_event))| Person {
+        .zip(&tokens)
+        .map(|((name, (_, invited_event)), (_, _, refresh))| Person {
             name,
+            sessions: Mutex::new(vec![refresh.clone()]),
             invited_event,
             pending: Mutex::new(Vec::new()),
         })
@@ -1381,6 +1540,10 @@ enum VipDelta {
 /// Where the load goes.
 #[derive(Debug, Clone)]
 struct Target {
+    /// make run's endpoints file, when the target came from one.
+    endpoints: Option<PathBuf>,
+    /// Its certificates' directory (`tls_dir`).
+    tls_dir: Option<PathBuf>,
     url: String,
     ca: Option<PathBuf>,
     client_netns: Option<String>,
@@ -1474,6 +1637,8 @@ fn read_endpoints(file: &Path, ca: Option<&Path>) -> Result<Target> {
         })
         .collect();
     Ok(Target {
+        endpoints: Some(file.to_path_buf()),
+        tls_dir: v["tls_dir"].as_str().map(PathBuf::from),
         url,
         ca,
         client_netns,
@@ -1580,6 +1745,44 @@ fn vip_delta(
     }
 }
 
+/// The flags the gateway of our own system gets.
+fn own_gateway_args(args: &Args) -> Vec<String> {
+    let mut out = Vec::new();
+    if args.vs_nginx {
+        // One person reads thousands of times a second: the per-person
+        // limit (100/s after 400 by default) would refuse it.
+        out.extend(["--person-rate", "1000000", "--person-burst", "1000000"].map(String::from));
+    }
+    out.extend(args.gateway_args.iter().cloned());
+    out
+}
+
+/// The gateway's certificate and key in a certificates' directory:
+/// `gateway.pem` (a system of its own), `agenda-gateway-a.pem` (make run),
+/// or any other `*gateway*.pem`.
+fn gateway_cert(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let pair = |stem: &str| {
+        let (c, k) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}-key.pem")),
+        );
+        (c.exists() && k.exists()).then_some((c, k))
+    };
+    pair("gateway")
+        .or_else(|| pair("agenda-gateway-a"))
+        .or_else(|| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .ok()?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| {
+                    n.contains("gateway") && n.ends_with(".pem") && !n.ends_with("-key.pem")
+                })
+                .collect();
+            names.sort();
+            names.iter().find_map(|n| pair(n.trim_end_matches(".pem")))
+        })
+}
+
 /// Runs this program again inside `ns` (never returns on success).
 fn reexec_in(ns: &str, target: &Target) -> Result<()> {
     use std::os::unix::process::CommandExt;
@@ -1641,7 +1844,8 @@ fn validate(args: &Args) -> Result<()> {
     }
     for (name, v) in [
         ("--max-in-flight", args.max_in_flight),
-        ("--connections", args.connections),
+        ("--connections", args.connections()),
+        ("--rounds", if args.vs_nginx { args.rounds } else { 1 }),
         ("--setup-concurrency", args.setup_concurrency),
         ("--clients", args.clients),
     ] {
@@ -1649,8 +1853,8 @@ fn validate(args: &Args) -> Result<()> {
             bail!("{name} must be at least 1");
         }
     }
-    if args.connections > Semaphore::MAX_PERMITS {
-        bail!("--connections {}: too many", args.connections);
+    if args.connections() > Semaphore::MAX_PERMITS {
+        bail!("--connections {}: too many", args.connections());
     }
     if args.timeout_secs == 0 || args.timeout_secs > 3600 {
         bail!("--timeout-secs must be 1 to 3600");
@@ -1658,7 +1862,46 @@ fn validate(args: &Args) -> Result<()> {
     if args.closed && args.seconds == 0 {
         bail!("--seconds must be at least 1");
     }
-    if !args.closed {
+    if args.vs_nginx {
+        positive("--round-secs", args.round_secs)?;
+        if !(args.warmup_secs.is_finite() && args.warmup_secs >= 0.0) {
+            bail!("--warmup-secs must be 0 or more");
+        }
+        if args.round_secs > 86_400.0 || args.warmup_secs > 86_400.0 {
+            bail!("--round-secs and --warmup-secs: at most a day");
+        }
+        if args.rounds > 1000 {
+            bail!("--rounds {}: at most 1000", args.rounds);
+        }
+        if args.week_people == Some(0) || args.week_people.is_some_and(|p| p > 100_000) {
+            bail!("--week-people must be 1 to 100000");
+        }
+        if args.connections() > 100_000 {
+            bail!(
+                "--connections {}: at most 100000 with --vs-nginx",
+                args.connections()
+            );
+        }
+        let w = &args.nginx_workers;
+        if w != "auto" && !w.parse::<u32>().is_ok_and(|n| (1..=1024).contains(&n)) {
+            bail!("--nginx-workers {w:?}: a number from 1 to 1024, or auto");
+        }
+        for f in [&args.nginx_cert, &args.nginx_key].into_iter().flatten() {
+            if !f.exists() {
+                bail!("{}: no such file", f.display());
+            }
+        }
+    }
+    if args.soak {
+        positive("--rate", args.rate)?;
+        if args.rate > 100_000.0 {
+            bail!("--rate {}: at most 100000 VUs/s", args.rate);
+        }
+        if args.minutes == 0 || args.minutes > 7 * 24 * 60 {
+            bail!("--minutes must be 1 to 10080");
+        }
+    }
+    if !args.closed && !args.vs_nginx && !args.soak {
         for plan in plans(args) {
             let n = plan.expected_arrivals();
             if n > 20_000_000.0 {
@@ -1712,6 +1955,8 @@ fn run(args: Args) -> Result<()> {
     validate(&args)?;
     let target = match (&args.url, &args.endpoints) {
         (Some(url), _) => Some(Target {
+            endpoints: None,
+            tls_dir: None,
             url: check_url(url)?,
             ca: args.ca.clone(),
             client_netns: None,
@@ -1751,9 +1996,14 @@ fn run(args: Args) -> Result<()> {
 }
 
 async fn bench(args: Args, target: Option<Target>) -> Result<()> {
-    let mut system = None;
-    let (base, tls, vips, label) = match target {
+    let mut system: Option<System> = None;
+    let (base, tls, vips, label, certs_dir, endpoints) = match target {
         Some(t) => {
+            if !args.gateway_args.is_empty() {
+                bail!(
+                    "--gateway-arg applies to a system of its own (not with --url or --endpoints)"
+                );
+            }
             let tls = match &t.ca {
                 Some(ca) => Some(
                     agenda_common::tls::public_client_config(ca)
@@ -1768,7 +2018,7 @@ async fn bench(args: Args, target: Option<Target>) -> Result<()> {
                 ),
                 None => format!("{} (from {})", t.url, t.source),
             };
-            (t.url, tls, t.vips, label)
+            (t.url, tls, t.vips, label, t.tls_dir, t.endpoints)
         }
         None => {
             eprintln!("starting a system (5 agenda-db, 2 users, 2 groups, 1 gateway; TLS on every link)...");
@@ -1777,6 +2027,7 @@ async fn bench(args: Args, target: Option<Target>) -> Result<()> {
                 users: 2,
                 groups: 2,
                 tls: true,
+                gateway_args: own_gateway_args(&args),
                 ..Default::default()
             })
             .await
@@ -1786,13 +2037,14 @@ async fn bench(args: Args, target: Option<Target>) -> Result<()> {
                 "{} (a system of its own: 5 agenda-db, 2 users, 2 groups, 1 gateway, TLS)",
                 out.0
             );
+            let certs = sys.certs_dir();
             system = Some(sys);
-            (out.0, out.1, out.2, label)
+            (out.0, out.1, out.2, label, Some(certs), None)
         }
     };
 
     let mut builder = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
+        .pool_max_idle_per_host(args.connections())
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(args.timeout_secs.min(10)))
@@ -1814,15 +2066,51 @@ async fn bench(args: Args, target: Option<Target>) -> Result<()> {
         }
     }
 
+    if args.vs_nginx {
+        let cert = match (&args.nginx_cert, &args.nginx_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => certs_dir.as_deref().and_then(gateway_cert),
+        };
+        let pids = match (&system, &endpoints) {
+            (Some(sys), _) => sys
+                .pids()
+                .into_iter()
+                .map(|(name, pid)| (soak::kind_of(&name), pid))
+                .collect(),
+            (None, Some(file)) => soak::read_procs(file)
+                .map(|v| v.into_iter().map(|p| (p.kind, p.pid)).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let agenda = nginx::Agenda {
+            base: &base,
+            tls,
+            http: &http,
+            label: &label,
+            cert,
+            pids,
+            gateway_args: if system.is_some() {
+                own_gateway_args(&args)
+            } else {
+                Vec::new()
+            },
+        };
+        return nginx::run(&args, agenda).await;
+    }
+
     println!("agenda-bench: target {label}");
     let think = if args.closed { 0.0 } else { args.think_scale };
     println!(
-        "flow per VU: login, think {}s, week, think {}s, create (1 attendee), think {}s, read, rsvp; \
+        "flow per VU: login ({}), think {}s, week, think {}s, create (1 attendee), think {}s, read, rsvp; \
          {} connections at most, {} s per request, {} people",
+        match args.login {
+            LoginMode::Password => "password",
+            LoginMode::Session => "session: a refresh token",
+        },
         num(THINK[0] * think),
         num(THINK[1] * think),
         num(THINK[2] * think),
-        args.connections,
+        args.connections(),
         args.timeout_secs,
         args.people
     );
@@ -1833,11 +2121,11 @@ async fn bench(args: Args, target: Option<Target>) -> Result<()> {
          requests at once, --max-concurrent-requests); the same flags are read from AGENDA_* \
          environment variables, which make run passes on"
     );
-    if args.connections > GATEWAY_PER_SOURCE_CONNECTIONS {
+    if args.connections() > GATEWAY_PER_SOURCE_CONNECTIONS {
         println!(
             "warning: --connections {} is above the gateway's default of {GATEWAY_PER_SOURCE_CONNECTIONS} per address: \
              raise it with AGENDA_MAX_CONNECTIONS_PER_SOURCE before make run",
-            args.connections
+            args.connections()
         );
     }
 
@@ -1845,9 +2133,10 @@ async fn bench(args: Args, target: Option<Target>) -> Result<()> {
     let ctx = Arc::new(Ctx {
         base: base.clone(),
         http,
-        connections: Semaphore::new(args.connections),
+        connections: Semaphore::new(args.connections()),
         timeout: Duration::from_secs(args.timeout_secs),
         people,
+        login: args.login,
         // The closed model runs flows back to back: no think time.
         think: THINK.map(|s| {
             if args.closed {
@@ -1857,6 +2146,24 @@ async fn bench(args: Args, target: Option<Target>) -> Result<()> {
             }
         }),
     });
+
+    if args.soak {
+        let procs = match (&system, &endpoints) {
+            (Some(sys), _) => soak::Procs::Fixed(
+                sys.pids()
+                    .into_iter()
+                    .map(|(name, pid)| soak::Proc {
+                        kind: soak::kind_of(&name),
+                        name,
+                        pid,
+                    })
+                    .collect(),
+            ),
+            (None, Some(file)) => soak::Procs::Endpoints(file.clone()),
+            _ => soak::Procs::Fixed(Vec::new()),
+        };
+        return soak::run(&ctx, &args, procs, &base, setup_report).await;
+    }
 
     let mut results = Vec::new();
     let runs: Vec<Option<PhasePlan>> = if args.closed {
@@ -1927,7 +2234,7 @@ async fn bench(args: Args, target: Option<Target>) -> Result<()> {
                 "think_scale": args.think_scale,
                 "think_secs": THINK.map(|s| if args.closed { 0.0 } else { s * args.think_scale }),
                 "max_in_flight": args.max_in_flight,
-                "connections": args.connections,
+                "connections": args.connections(),
                 "timeout_secs": args.timeout_secs,
                 "people": args.people,
             },
