@@ -180,6 +180,21 @@ pub fn weight<'a>(events: impl IntoIterator<Item = &'a crate::model::EventRecord
     events.into_iter().map(|e| rule_weight(&e.rrule)).sum()
 }
 
+/// [`weight`] for listing `events` in `[from, to)` only: a recurring
+/// event counts what its rule can have in that window (a week of a daily
+/// stand-up is a handful, not a rule's worth), so a week view stays a
+/// small step however long its series run.
+pub fn window_weight<'a>(
+    events: impl IntoIterator<Item = &'a crate::model::EventRecord>,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> usize {
+    events
+        .into_iter()
+        .map(|e| crate::recurrence::occurrences_at_most(e, from, to))
+        .sum()
+}
+
 /// The weight of one event's rule: a rule's worth of occurrences, or one.
 /// (Checking a request's rule counts as costly too: walking a rule that
 /// never occurs costs the crate up to 100 000 periods.)

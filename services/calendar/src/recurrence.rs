@@ -25,6 +25,85 @@ pub const MAX_PER_DAY: usize = 24;
 /// bounds the work).
 pub const MAX_COUNT: u32 = 10_000;
 
+/// At most how many occurrences `ev` can have in `[from, to)`, from its
+/// rule's text alone (no expansion): what listing a window costs is
+/// bounded by the window, not by the rule's whole life. Generous where
+/// unsure (a BYDAY in a monthly rule counts as five days a month), never
+/// more than [`MAX_OCCURRENCES`]; a rule it cannot read counts as that.
+pub fn occurrences_at_most(ev: &EventRecord, from: DateTime<Utc>, to: DateTime<Utc>) -> usize {
+    let max = usize::from(MAX_OCCURRENCES);
+    let Some(rule) = ev.rrule.as_deref() else {
+        return 1;
+    };
+    if ev.start >= to {
+        return 1;
+    }
+    let rule = rule.trim();
+    let rule = rule.strip_prefix("RRULE:").unwrap_or(rule);
+    let mut period: Option<i64> = None;
+    let mut interval: i64 = 1;
+    let mut spread: usize = 1;
+    let mut by_day = 1usize;
+    let mut by_month_day = 1usize;
+    let mut by_month = false;
+    for part in rule.split(';') {
+        let Some((name, value)) = part.split_once('=') else {
+            continue;
+        };
+        let items = value.split(',').filter(|v| !v.is_empty()).count().max(1);
+        match name.trim().to_ascii_uppercase().as_str() {
+            "FREQ" => {
+                period = match value.trim().to_ascii_uppercase().as_str() {
+                    "SECONDLY" => Some(1),
+                    "MINUTELY" => Some(60),
+                    "HOURLY" => Some(3_600),
+                    "DAILY" => Some(86_400),
+                    "WEEKLY" => Some(7 * 86_400),
+                    "MONTHLY" => Some(28 * 86_400),
+                    "YEARLY" => Some(365 * 86_400),
+                    _ => None,
+                }
+            }
+            "INTERVAL" => interval = value.trim().parse().unwrap_or(1).max(1),
+            "BYDAY" => by_day = items,
+            "BYMONTHDAY" => by_month_day = items,
+            "BYMONTH" => {
+                by_month = true;
+                spread = spread.saturating_mul(items);
+            }
+            "BYWEEKNO" | "BYYEARDAY" | "BYHOUR" | "BYMINUTE" | "BYSECOND" => {
+                spread = spread.saturating_mul(items);
+            }
+            _ => {}
+        }
+    }
+    let Some(period) = period else {
+        return max;
+    };
+    // A day-of-week in a monthly or yearly rule means every such day of
+    // the month or year; a day of the month in a yearly rule, of every
+    // month unless BYMONTH says which.
+    match period {
+        p if p >= 365 * 86_400 => {
+            by_day = by_day.saturating_mul(53);
+            if !by_month {
+                by_month_day = by_month_day.saturating_mul(12);
+            }
+        }
+        p if p >= 28 * 86_400 => by_day = by_day.saturating_mul(5),
+        _ => {}
+    }
+    let length = (ev.end - ev.start).num_seconds().max(0);
+    let span = (to - from).num_seconds().max(0).saturating_add(length);
+    let periods = span / period.saturating_mul(interval) + 2;
+    usize::try_from(periods)
+        .unwrap_or(max)
+        .saturating_mul(spread)
+        .saturating_mul(by_day)
+        .saturating_mul(by_month_day)
+        .min(max)
+}
+
 fn parse(rule: &str) -> ApiResult<RRule<Unvalidated>> {
     let rule = rule.trim();
     let rule = rule.strip_prefix("RRULE:").unwrap_or(rule);
@@ -516,6 +595,68 @@ mod tests {
         // Walking 90 years of hourly occurrences takes seconds; a week, far
         // under one.
         assert!(took < std::time::Duration::from_millis(500), "{took:?}");
+    }
+
+    /// The estimate of a window's occurrences is never below what the
+    /// window has (rules of every frequency, windows of a day to two
+    /// years, series started long before), and a week of an everyday
+    /// series is a small step however old the series is.
+    #[test]
+    fn the_occurrences_of_a_window_are_bounded_from_the_rule_alone() {
+        use rand::{Rng, SeedableRng};
+        let rules = [
+            "FREQ=DAILY",
+            "FREQ=DAILY;INTERVAL=3",
+            "FREQ=DAILY;BYHOUR=9,13,17",
+            "FREQ=WEEKLY;BYDAY=MO,WE,FR",
+            "FREQ=WEEKLY;INTERVAL=2",
+            "FREQ=HOURLY;INTERVAL=7",
+            "FREQ=HOURLY;BYMINUTE=0,30",
+            "FREQ=MONTHLY",
+            "FREQ=MONTHLY;BYDAY=MO",
+            "FREQ=MONTHLY;BYDAY=-1FR",
+            "FREQ=MONTHLY;BYMONTHDAY=1,15",
+            "FREQ=MONTHLY;INTERVAL=2;BYSETPOS=2;BYDAY=MO,TU,WE,TH,FR",
+            "FREQ=YEARLY",
+            "FREQ=YEARLY;BYDAY=MO",
+            "FREQ=YEARLY;BYMONTHDAY=1",
+            "FREQ=YEARLY;BYWEEKNO=20;BYDAY=MO",
+            "FREQ=YEARLY;BYMONTH=1,7;BYMONTHDAY=1,2",
+            "FREQ=DAILY;COUNT=5",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        for case in 0..400 {
+            let rule = rules[case % rules.len()];
+            let start = utc("2020-01-06T09:30:00Z")
+                + Duration::days(rng.random_range(0..800))
+                + Duration::minutes(rng.random_range(0..1440));
+            let ev = event(&start.to_rfc3339(), 45, "Europe/Madrid", Some(rule));
+            let from = start + Duration::days(rng.random_range(-30..1500));
+            let to = from + Duration::hours(rng.random_range(1..24 * 730));
+            let have = instances(&ev, from, to).len();
+            let bound = occurrences_at_most(&ev, from, to);
+            assert!(
+                have <= bound,
+                "{rule} from {from} to {to}: {have} > {bound}"
+            );
+        }
+        let old = event(
+            "2016-01-04T09:00:00+01:00",
+            15,
+            "Europe/Madrid",
+            Some("FREQ=DAILY"),
+        );
+        let week = (utc("2031-03-03T00:00:00Z"), utc("2031-03-10T00:00:00Z"));
+        let bound = occurrences_at_most(&old, week.0, week.1);
+        assert!(bound <= 10, "{bound}");
+        assert!(bound <= crate::cpu::SMALL);
+        let plain = event("2031-03-04T09:00:00Z", 60, "UTC", None);
+        assert_eq!(occurrences_at_most(&plain, week.0, week.1), 1);
+        let unreadable = event("2031-03-04T09:00:00Z", 60, "UTC", Some("FREQ=FORTNIGHTLY"));
+        assert_eq!(
+            occurrences_at_most(&unreadable, week.0, week.1),
+            usize::from(MAX_OCCURRENCES)
+        );
     }
 
     fn event(start: &str, minutes: i64, zone: &str, rrule: Option<&str>) -> EventRecord {

@@ -851,7 +851,7 @@ impl Store {
         to: DateTime<Utc>,
     ) -> ApiResult<Vec<Event>> {
         let agenda = self.agenda_window(caller, (from, to)).await?;
-        cpu::run_sized(caller, cpu::weight(&agenda), move || {
+        cpu::run_sized(caller, cpu::window_weight(&agenda, from, to), move || {
             let mut out: Vec<Event> = agenda
                 .iter()
                 .flat_map(|ev| {
