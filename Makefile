@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO_APT = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-load bench-nginx soak bench-reads bench-caldav bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
+.PHONY: web deps-web run stop run-local chaos docker-test manifests test lint unit system bench bench-api bench-load bench-nginx soak bench-reads bench-growth bench-caldav bench-notify bench-db bench-failover bench-vip build release deps-run deps-test deps-bench deps-bench-failover deps-bench-vip clean
 
 ## make run: start the whole system in the foreground (Ctrl-C or `make stop` stops it).
 ## As root: two machines (network namespaces) behind a virtual IP (deploy/netns.sh).
@@ -121,6 +121,15 @@ soak: release
 ## 1, 3 and 5 nodes serving reads, each node held to a CPU share by a cgroup (root).
 bench-reads: release
 	target/release/bench-reads $(BENCH_READS_ARGS)
+
+## make bench-growth: how cost grows with data (issue 17): one system grown in steps to a person
+## with 100,000 events over ten years, a group of 1,000 and 1,000,000 people (bulk-loaded through the
+## calendar store); p50/p95/p99 of the week view, group agenda and event creation, agenda-db's memory
+## per person, state-file writes, a node's restart and a new member's catch-up; tables (docs/GROWTH.md).
+## It first checks the last step fits the machine's disk and memory. BENCH_GROWTH_ARGS adds flags,
+## e.g. --quick, --scales 100/100/10,100000/10000/100, --tmp-dir /dev/shm/growth, --json growth.json.
+bench-growth: release
+	target/release/bench-growth $(BENCH_GROWTH_ARGS)
 
 ## make bench-caldav: a CalDAV client's sync of a 10,000-event calendar after its first sync, percentiles.
 bench-caldav: release
