@@ -48,7 +48,11 @@ impl From<tonic::Status> for Error {
             Code::InvalidArgument => Error::InvalidArgument(msg),
             Code::NotFound => Error::NotFound(msg),
             Code::FailedPrecondition | Code::AlreadyExists => Error::FailedPrecondition(msg),
-            Code::OutOfRange => Error::Compacted(msg),
+            // agenda-db says OutOfRange for compacted history only; tonic
+            // says it too for an answer over the message size limit, which
+            // retrying from a newer revision would never fix.
+            Code::OutOfRange if msg.contains("is compacted") => Error::Compacted(msg),
+            Code::OutOfRange => Error::Internal(msg),
             Code::PermissionDenied => Error::PermissionDenied(msg),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
                 Error::Unavailable(msg)
@@ -100,5 +104,21 @@ mod tests {
             Error::from(tonic::Status::not_found("lease")),
             Error::NotFound(_)
         ));
+    }
+
+    #[test]
+    fn only_compacted_history_reads_as_compacted() {
+        assert!(matches!(
+            Error::from(tonic::Status::out_of_range(
+                "revision 5 is compacted; the oldest available revision is 9"
+            )),
+            Error::Compacted(_)
+        ));
+        // tonic's own OutOfRange: an answer over the size limit.
+        let big = Error::from(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 86000000 bytes, the limit is: 67108864 bytes",
+        ));
+        assert!(matches!(big, Error::Internal(_)), "{big:?}");
+        assert!(!big.is_retryable());
     }
 }
