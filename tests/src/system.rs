@@ -572,11 +572,15 @@ impl System {
             .filter(|p| p.name.starts_with("users-") && p.child.is_some())
             .map(|p| p.name.clone())
             .collect();
+        // Numbered past every name in use: a name given twice would make
+        // `stop` and the `retain` below drop the new replica's handle
+        // (and leave it running after the system is gone).
         let first = self
             .procs
             .iter()
-            .filter(|p| p.name.starts_with("users-"))
-            .count();
+            .filter_map(|p| p.name.strip_prefix("users-")?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |n| n + 1);
         let bin = bin("agenda-users")?;
         let mut args = extra.to_vec();
         if self.public_tls.is_some() {
