@@ -311,6 +311,21 @@ async fn timed<T>(kind: DbCall, call: impl std::future::Future<Output = Result<T
     result
 }
 
+/// A failed attempt's error when another node may still answer; the
+/// error to give the caller at once otherwise (an overloaded node, or a
+/// refusal any node would repeat).
+fn retryable(status: tonic::Status) -> Result<Error> {
+    if crate::admission::is_overloaded(&status) {
+        return Err(overloaded(status));
+    }
+    let err = Error::from(status);
+    if err.is_retryable() {
+        Ok(err)
+    } else {
+        Err(err)
+    }
+}
+
 fn attempt_timeout(attempt: usize, left: Duration) -> Duration {
     ATTEMPT_TIMEOUTS[attempt.min(ATTEMPT_TIMEOUTS.len() - 1)].min(left)
 }
@@ -451,13 +466,7 @@ impl DbClient {
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => {
-                    if crate::admission::is_overloaded(&status) {
-                        return Err(overloaded(status));
-                    }
-                    let err = Error::from(status);
-                    if !err.is_retryable() {
-                        return Err(err);
-                    }
+                    retryable(status)?;
                     self.inner.suspect(i);
                 }
                 Err(_) => self.inner.silent(i),
@@ -531,13 +540,7 @@ impl DbClient {
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => {
-                    if crate::admission::is_overloaded(&status) {
-                        return Err(overloaded(status));
-                    }
-                    let err = Error::from(status);
-                    if !err.is_retryable() {
-                        return Err(err);
-                    }
+                    retryable(status)?;
                 }
                 Err(_) => self.inner.silent(i),
             }
@@ -598,13 +601,7 @@ impl DbClient {
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => {
-                    if crate::admission::is_overloaded(&status) {
-                        return Err(overloaded(status));
-                    }
-                    let err = Error::from(status);
-                    if !err.is_retryable() {
-                        return Err(err);
-                    }
+                    let err = retryable(status)?;
                     tracing::debug!(node = %addr, error = %err, "agenda-db call failed; trying the next node");
                     last_err = err;
                 }
