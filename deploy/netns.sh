@@ -381,7 +381,7 @@ start_prometheus() {
 # AGENDA_VIP_DAEMON=keepalived: the gateway of machine X without the VIP
 # fence, its health checker and keepalived, set up as agenda-vip is:
 # priority, no preemption, 100 ms adverts (VRRPv3, centisecond adverts),
-# unicast to the other machine, the same health check (interval 100 ms,
+# unicast to the other machine, the same health check (interval 100 ms, 1 s per check,
 # fall 3, rise 2, as a track_file: keepalived's vrrp_script runs at most
 # once a second), and gratuitous ARPs past Linux's 1 s ARP `locktime` as
 # agenda-vip sends them (its are 250 ms apart over 2 s; keepalived's way is
@@ -399,7 +399,7 @@ start_keepalived() {
   # curl reads the CA to trust from CURL_CA_BUNDLE (part of the command,
   # so `restart` keeps it).
   start "keepalived-health-$x" "$m" env CURL_CA_BUNDLE="$certs/ca.pem" bash "$root/deploy/keepalived-health.sh" \
-    "$kdir/$x.health" "$(scheme)://127.0.0.1:8080/healthz" 0.1 3 2
+    "$kdir/$x.health" "$(scheme)://127.0.0.1:8080/healthz" 0.1 3 2 1
   cat >"$kdir/notify-$x.sh" <<SH
 #!/bin/sh
 # keepalived notify: TYPE NAME STATE PRIORITY

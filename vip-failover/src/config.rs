@@ -74,9 +74,19 @@ pub struct Config {
         default_value = "http://127.0.0.1:8080/healthz"
     )]
     pub health_url: String,
-    /// Time between two health checks (each must answer within it).
+    /// Time between the starts of two health checks (a check still
+    /// waiting for its answer delays the next).
     #[arg(long, env = "AGENDA_VIP_HEALTH_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     pub health_interval: Duration,
+    /// How long one check waits for its answer before it counts as
+    /// failed. A gateway that is gone is seen at once (the connection is
+    /// refused), so this only decides how long a gateway that answers
+    /// slowly (starved of CPU under overload) is given: longer than its
+    /// slowest answer then, or a busy machine gives the VIP away to one
+    /// just as busy. A hung gateway is unhealthy after
+    /// --health-fall times this.
+    #[arg(long, env = "AGENDA_VIP_HEALTH_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub health_timeout: Duration,
     /// Failed checks in a row that make the gateway unhealthy (a refused
     /// connection, nothing listening on the port, counts at once).
     #[arg(long, env = "AGENDA_VIP_HEALTH_FALL", default_value_t = 3,
@@ -169,6 +179,11 @@ impl Config {
         if self.health_interval < Duration::from_millis(10) {
             return Err(Error::Config(
                 "--health-interval must be at least 10ms".into(),
+            ));
+        }
+        if self.health_timeout < Duration::from_millis(10) {
+            return Err(Error::Config(
+                "--health-timeout must be at least 10ms".into(),
             ));
         }
         if self.lease_ttl < Duration::from_millis(300) {

@@ -133,6 +133,7 @@ pub async fn run(
     let mut health = health::spawn(
         cfg.health_url.clone(),
         cfg.health_interval,
+        cfg.health_timeout,
         links.public_client_config().map_err(setup("TLS"))?,
         health::Debouncer::new(cfg.health_fall, cfg.health_rise),
         stop.clone(),

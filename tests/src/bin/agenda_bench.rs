@@ -101,7 +101,10 @@ running; each runs one flow with the seed's think times (3 s, 10 s, 5 s): POST /
 (a pre-made account) - think - GET /v1/events (one week) - think - POST /v1/events (another \
 pre-made account as attendee) - think - GET /v1/events/{id} - POST /v1/events/{id}/rsvp (an \
 event another VU invited this person to, else one made for them during setup). A flow stops at \
-its first failed request, as Artillery's do. Closed model (--closed): --clients loops run the same \
+its first failed request, as Artillery's do; before failing, a request is retried as the web app's \
+client retries (within 5 s: a 503 that is not an overload refusal, e.g. the VIP moving, after its \
+Retry-After; a reset connection of a GET or of the event creation, sent with an Idempotency-Key, \
+after 0.5 s), and the repeats are counted by why. Closed model (--closed): --clients loops run the same \
 flow with no think time for --seconds; after a failed flow a loop waits what the refusal asks \
 (Retry-After of a 429 or 503; 100 ms after other failures) before its next flow.\n\n\
 Per phase: Test | Total requests | Completed (%) | RPS mean | Min | Median | p95 | p99 | Max (ms), \
@@ -428,6 +431,9 @@ struct Rec {
     errors: BTreeMap<String, u64>,
     /// The first failure of each kind.
     samples: BTreeMap<String, String>,
+    /// Attempts the client repeated, by why (see [`request`]); the
+    /// request counts once, by its last attempt.
+    retried: BTreeMap<String, u64>,
     planned: u64,
     arrived: u64,
     dropped: u64,
@@ -449,6 +455,7 @@ impl Rec {
             failed: [0; 5],
             errors: BTreeMap::new(),
             samples: BTreeMap::new(),
+            retried: BTreeMap::new(),
             planned: 0,
             arrived: 0,
             dropped: 0,
@@ -499,6 +506,12 @@ impl Recorder {
         if r.samples.len() < 20 && !r.samples.contains_key(&kind) {
             r.samples.insert(kind, format!("{}: {sample}", STEPS[step]));
         }
+    }
+}
+
+impl Recorder {
+    fn retried(&self, kind: String) {
+        *self.lock().retried.entry(kind).or_default() += 1;
     }
 }
 
@@ -564,10 +577,36 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Why a request of a flow failed, for what the client does next.
+#[derive(Debug, Clone, Copy)]
+struct Failed {
+    /// How long a client should wait before its next try (a 429's or
+    /// 503's Retry-After, else a short pause); only the closed model's
+    /// loops use it.
+    pause: Duration,
+    /// The server refused it before doing anything (429, 503): a refresh
+    /// token sent with it is still unspent.
+    refused: bool,
+}
+
+/// How long a request is retried quietly, as the web app's client does
+/// (`web/src/api.js`, RETRY_BUDGET_MS).
+const RETRY_BUDGET: Duration = Duration::from_secs(5);
+
+/// The web app's pause before repeating a request after a network failure.
+const NETWORK_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// One request of a flow, recorded: the reply when it is a 2xx whose
-/// JSON has `need` (a JSON pointer); otherwise how long a client should
-/// wait before its next try (a 429's or 503's Retry-After, else a short
-/// pause), which only the closed model's loops use.
+/// JSON has `need` (a JSON pointer); otherwise why it failed.
+///
+/// The client retries as the web app's does (`web/src/api.js`), within
+/// [`RETRY_BUDGET`] and the request's deadline: a 503 that is not an
+/// overload refusal (a failover in progress: the VIP moving, a replica
+/// gone) after its Retry-After, and a network failure (reset, closed)
+/// of a request that is safe to repeat (a GET, or one with an
+/// `Idempotency-Key`) after half a second. Overload refusals end the
+/// flow, as they would in Artillery (retrying them would add load where
+/// the seed's runs add none). Every repeat is counted by why.
 #[allow(clippy::too_many_arguments)]
 async fn request(
     ctx: &Ctx,
@@ -577,18 +616,26 @@ async fn request(
     path: &str,
     token: Option<&str>,
     body: Option<Value>,
+    idempotency_key: Option<&str>,
     need: &str,
-) -> Result<Value, Duration> {
+) -> Result<Value, Failed> {
     const PAUSE: Duration = Duration::from_millis(100);
     rec.sent(step);
     let n = rec.requests_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     raise(&rec.peak_requests, n);
     let t0 = Instant::now();
-    let call = async {
+    let repeatable = method == Method::GET || idempotency_key.is_some();
+    let budget = t0 + RETRY_BUDGET.min(ctx.timeout);
+    let attempt = || async {
         let _permit = ctx.connections.acquire().await.ok();
-        let mut req = ctx.http.request(method, format!("{}{path}", ctx.base));
+        let mut req = ctx
+            .http
+            .request(method.clone(), format!("{}{path}", ctx.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
+        }
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
         }
         if let Some(b) = &body {
             req = req.json(b);
@@ -599,9 +646,42 @@ async fn request(
         let bytes = resp.bytes().await?;
         Ok::<_, reqwest::Error>((status, retry_after, bytes))
     };
+    let call = async {
+        loop {
+            let outcome = attempt().await;
+            let again = match &outcome {
+                Err(e) if repeatable && !e.is_timeout() => {
+                    Some((transport_kind(e), NETWORK_RETRY_PAUSE))
+                }
+                Ok((status, retry_after, bytes)) if *status == StatusCode::SERVICE_UNAVAILABLE => {
+                    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+                    let overload = v["error"]["details"]["reason"].as_str() == Some("overloaded");
+                    (!overload).then(|| {
+                        let jitter = Duration::from_millis(rand::rng().random_range(0..200));
+                        (
+                            status_kind(*status, &v),
+                            retry_after.unwrap_or(PAUSE) + jitter,
+                        )
+                    })
+                }
+                _ => None,
+            };
+            match again {
+                Some((why, wait)) if Instant::now() + wait < budget => {
+                    rec.retried(why);
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return outcome,
+            }
+        }
+    };
     let outcome = tokio::time::timeout(ctx.timeout, call).await;
     let us = t0.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
     rec.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+    let failed = |pause| Failed {
+        pause,
+        refused: false,
+    };
     match outcome {
         Err(_) => {
             rec.error(
@@ -609,23 +689,29 @@ async fn request(
                 "timeout".into(),
                 format!("no answer in {:?}", ctx.timeout),
             );
-            Err(Duration::ZERO)
+            Err(failed(Duration::ZERO))
         }
         Ok(Err(e)) => {
             rec.error(step, transport_kind(&e), chain(&e));
-            Err(PAUSE)
+            Err(failed(PAUSE))
         }
         Ok(Ok((status, retry_after, bytes))) => {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if !status.is_success() {
                 let sample = format!("{status} {}", truncate(&v.to_string(), 300));
                 rec.error(step, status_kind(status, &v), sample);
-                return Err(retry_after.unwrap_or(PAUSE));
+                return Err(Failed {
+                    pause: retry_after.unwrap_or(PAUSE),
+                    refused: matches!(
+                        status,
+                        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                    ),
+                });
             }
             if v.pointer(need).is_none_or(Value::is_null) {
                 let sample = format!("{status} without {need}: {}", truncate(&v.to_string(), 300));
                 rec.error(step, format!("bad reply ({status})"), sample);
-                return Err(PAUSE);
+                return Err(failed(PAUSE));
             }
             rec.ok(step, us);
             Ok(v)
@@ -633,7 +719,6 @@ async fn request(
     }
 }
 
-/// A reply's Retry-After (seconds), at most a minute.
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let secs = resp
         .headers()
@@ -665,7 +750,7 @@ fn slot(rng: &mut impl Rng) -> (String, String) {
 /// One VU's flow. `until`: the closed model's end (no step starts after
 /// it). True when every step succeeded, false when `until` came first;
 /// at the first failure, the pause a client owes before trying again.
-async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool, Duration> {
+async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool, Failed> {
     let n = ctx.people.len();
     let (me, other, week, (start, end), answer) = {
         let mut rng = rand::rng();
@@ -692,17 +777,24 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
     };
     let login = match resumed {
         Some(refresh) => {
-            request(
+            let answer = request(
                 ctx,
                 rec,
                 LOGIN,
                 Method::POST,
                 "/v1/auth/refresh",
                 None,
-                Some(json!({"refresh_token": refresh})),
+                Some(json!({"refresh_token": refresh.clone()})),
+                None,
                 "/access_token",
             )
-            .await?
+            .await;
+            // A refusal (429, 503) spent nothing: the person still holds
+            // the token, as the web app keeps it.
+            if let Err(Failed { refused: true, .. }) = answer {
+                me_p.sessions.lock().expect("not poisoned").push(refresh);
+            }
+            answer?
         }
         None => {
             let body = json!({"username": me_p.name, "password": PASSWORD});
@@ -714,6 +806,7 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
                 "/v1/auth/login",
                 None,
                 Some(body),
+                None,
                 "/access_token",
             )
             .await?
@@ -750,6 +843,7 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
         &path,
         Some(&token),
         None,
+        None,
         "/items",
     )
     .await?;
@@ -766,6 +860,9 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
         "time_zone": "Europe/Madrid",
         "attendees": [other_p.name],
     });
+    // As the web app's event dialog does: the creation may then be
+    // repeated after a network failure without making two events.
+    let key = uuid::Uuid::new_v4().to_string();
     let created = request(
         ctx,
         rec,
@@ -774,6 +871,7 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
         "/v1/events",
         Some(&token),
         Some(body),
+        Some(&key),
         "/event/id",
     )
     .await?;
@@ -802,6 +900,7 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
         &path,
         Some(&token),
         None,
+        None,
         "/id",
     )
     .await?;
@@ -825,6 +924,7 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
         &path,
         Some(&token),
         Some(body),
+        None,
         "/event/id",
     )
     .await?;
@@ -972,6 +1072,18 @@ fn print_phase(p: &PhaseResult, args: &Args) {
         let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         println!("errors: {}", list.join(", "));
     }
+    if !p.rec.retried.is_empty() {
+        let list: Vec<String> = p
+            .rec
+            .retried
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        println!(
+            "retried by the client, as the web app does (then counted by their last answer): {}",
+            list.join(", ")
+        );
+    }
     if p.not_sent() > 0 {
         println!(
             "not sent: {} requests (flows stopped at an earlier error, or dropped VUs)",
@@ -1106,6 +1218,7 @@ fn phase_json(p: &PhaseResult) -> Value {
         "steps": steps,
         "errors": p.errors(),
         "error_samples": p.rec.samples,
+        "retried": p.rec.retried,
         "peak_vus_in_flight": p.peak_vus,
         "peak_requests_in_flight": p.peak_requests,
         "load_generator_cpu": {
@@ -1234,9 +1347,9 @@ async fn run_closed(ctx: &Arc<Ctx>, args: &Args) -> PhaseResult {
                     Ok(false) => {}
                     // As a client should: wait what a refusal asks
                     // (Retry-After), or a moment, before the next flow.
-                    Err(pause) => {
+                    Err(f) => {
                         let left = until.saturating_duration_since(Instant::now());
-                        tokio::time::sleep(pause.min(left)).await;
+                        tokio::time::sleep(f.pause.min(left)).await;
                     }
                 }
             }
