@@ -98,6 +98,50 @@ async fn the_vip_moves_on_every_death_and_never_has_two_holders() -> Result<()> 
         "a forged advert moved the VIP"
     );
 
+    // 0. A planned handover (the holder's agenda-vip stopped, as an
+    //    upgrade does): clients holding idle keep-alive connections send
+    //    requests that may not be repeated once the VIP has moved. The
+    //    holder's gateway closed those connections before the address
+    //    went, so each request opens a new one to the new holder; without
+    //    that, it would go down the old connection and be reset by the
+    //    new holder, which knows nothing of it.
+    let vip_ip = |m: &str| if m == "machine-a" { "10.77.0.11" } else { "10.77.0.12" };
+    let clients: Vec<Api> = (0..4)
+        .map(|_| Api::with_tls(&t.url, t.public_tls()))
+        .collect();
+    for c in &clients {
+        let (st, _) = c.get("/v1/me", &token).await;
+        ensure!(st == StatusCode::OK, "warming a connection: {st}");
+    }
+    let stopped = format!("agenda-vip-{}", suffix(holder));
+    t.netns(&["kill", &stopped, "TERM"])?;
+    t.wait_vip_on(backup, Duration::from_secs(10))?;
+    for (i, c) in clients.iter().enumerate() {
+        let req = c
+            .request(reqwest::Method::POST, "/v1/events")
+            .bearer_auth(&token)
+            .json(&json!({"title": format!("after handover {i}"), "start": "2026-12-02T09:00:00Z", "end": "2026-12-02T10:00:00Z", "time_zone": "UTC"}));
+        let reply = c.try_send(req).await;
+        ensure!(
+            matches!(reply, Ok((StatusCode::CREATED, _))),
+            "a request on a connection held across the handover failed: {reply:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.alive(&stopped) {
+        ensure!(Instant::now() < deadline, "{stopped} did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.netns(&["restart", &stopped])?;
+    let status = format!("http://{}:7601/status", vip_ip(holder));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !t.curl(holder, &status).is_ok_and(|s| s.contains("\"backup\"")) {
+        ensure!(Instant::now() < deadline, "{stopped} did not come back as backup");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let holder = backup;
+    let backup = other(holder);
+
     // 1. The active gateway dies: its daemon releases at once and the
     //    backup takes over.
     let watch = t.watch_holders();

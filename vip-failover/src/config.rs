@@ -106,6 +106,14 @@ pub struct Config {
     /// releasing it (its lease expired), as Chubby's lock-delay.
     #[arg(long, env = "AGENDA_VIP_LOCK_DELAY", default_value = "300ms", value_parser = parse_duration)]
     pub lock_delay: Duration,
+    /// On a planned stop (SIGTERM) while holding the VIP: how long the
+    /// local gateway is given to close its VIP connections (idle ones at
+    /// once, busy ones after their answer; new VIP requests are answered
+    /// 503 with Retry-After) before the address and the lease go. Clients
+    /// then retry on the next holder instead of finding their open
+    /// connections reset by it. 0 releases at once.
+    #[arg(long, env = "AGENDA_VIP_HANDOVER_GRACE", default_value = "500ms", value_parser = parse_duration)]
+    pub handover_grace: Duration,
     /// Command run at every state change as `CMD STATE REASON` (through
     /// `sh -c`, not waited for).
     #[arg(long, env = "AGENDA_VIP_NOTIFY")]
@@ -185,6 +193,9 @@ impl Config {
             return Err(Error::Config(
                 "--health-timeout must be at least 10ms".into(),
             ));
+        }
+        if self.handover_grace > Duration::from_secs(10) {
+            return Err(Error::Config("--handover-grace must be at most 10s".into()));
         }
         if self.lease_ttl < Duration::from_millis(300) {
             return Err(Error::Config("--lease-ttl must be at least 300ms".into()));

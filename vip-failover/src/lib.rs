@@ -110,7 +110,11 @@ pub async fn run(
             .ok_or_else(|| Error::Config(format!("--peers {p}: no address")))?;
         peers.push(resolved);
     }
-    let stop = shutdown.child_token();
+    // Not a child of `shutdown`: the lease must stay renewed through a
+    // handover after the signal; cancelled once the VIP is released (or
+    // on any way out of here).
+    let stop = CancellationToken::new();
+    let _stop_on_exit = stop.clone().drop_guard();
     let timing = lease::Timing {
         ttl: cfg.lease_ttl,
         lock_delay: cfg.lock_delay,
@@ -209,6 +213,7 @@ pub async fn run(
         };
         d.perform(actions).await;
     }
+    d.hand_over().await;
     let actions = d.vrrp.shutdown(Instant::now());
     d.perform(actions).await;
     stop.cancel();
@@ -330,6 +335,49 @@ impl Daemon {
         tracing::info!(lease = held.lease, lock_delay, took = ?started.elapsed(), "VIP taken");
         self.held = Some(held);
         true
+    }
+
+    /// A planned stop while holding the VIP: the lease names this daemon
+    /// as releasing (`/registry/vip/releasing`, on the lease, so it goes
+    /// with it), which makes the local gateway refuse new VIP requests
+    /// (503, Retry-After) and close its VIP connections; after
+    /// --handover-grace the address and the lease go as on any release.
+    async fn hand_over(&mut self) {
+        let grace = self.cfg.handover_grace;
+        let Some(held) = &self.held else { return };
+        if grace.is_zero() {
+            return;
+        }
+        let marked = self
+            .db
+            .put(agenda_proto::db::PutRequest {
+                key: agenda_common::registry::VIP_RELEASING.as_bytes().to_vec(),
+                value: self.cfg.id.as_bytes().to_vec(),
+                lease: held.lease,
+                ..Default::default()
+            })
+            .await;
+        if let Err(e) = marked {
+            tracing::warn!(error = %e, "cannot announce the handover; releasing the VIP at once");
+            return;
+        }
+        tracing::info!(
+            ?grace,
+            "handing the VIP over: the local gateway closes its VIP connections first"
+        );
+        let lost = held.lost.clone();
+        let until = tokio::time::Instant::now() + grace;
+        // Still the master meanwhile: adverts go on, so the peer waits for
+        // the release (and claims without a lock-delay) rather than
+        // finding the master silent.
+        while tokio::time::Instant::now() < until && !lost.is_cancelled() {
+            self.advert(self.cfg.priority).await;
+            let next = (tokio::time::Instant::now() + self.cfg.advert_interval).min(until);
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                () = lost.cancelled() => {}
+            }
+        }
     }
 
     /// Address first, then the lease, then the priority-0 advert.

@@ -30,8 +30,14 @@ pub const REDIS_PRIMARY: &str = "/registry/config/redis-primary";
 pub const REDIS_SUPERVISOR_ELECTION: &str = "/registry/election/redis-supervisor";
 /// The election of the notification relay (one users replica).
 pub const NOTIFICATION_RELAY_ELECTION: &str = "/registry/election/notification-relay";
+/// Prefix of the VIP's keys.
+pub const VIP: &str = "/registry/vip/";
 /// The VIP lease: the machine whose gateway serves the VIP.
 pub const VIP_HOLDER: &str = "/registry/vip/holder";
+/// A holder handing the VIP over (a planned stop) writes its id here, on
+/// its lease, for its drain: its gateway stops serving VIP requests and
+/// closes its VIP connections before the address moves.
+pub const VIP_RELEASING: &str = "/registry/vip/releasing";
 
 /// The record under [`REDIS_PRIMARY`]: `{"addr": "host:port", "epoch": N}`.
 /// The acting supervisor writes it; every Redis client (the bus, the

@@ -185,12 +185,13 @@ pub async fn run(
         "gateway listening"
     );
     let mut router = app(state.clone(), cfg.max_body_bytes);
+    let mut fence = None;
     if let (Some(vip), Some(me)) = (cfg.vip_addr, &cfg.vip_holder_id) {
         tracing::info!(%vip, holder_id = %me, "serving VIP traffic only while this machine holds the VIP lease");
-        let fence = vip::Fence::new(&state.db, vip, me, stop.clone());
-        router = router.layer(axum::middleware::from_fn_with_state(fence, vip::fence));
+        let f = vip::Fence::new(&state.db, vip, me, stop.clone());
+        router = router.layer(axum::middleware::from_fn_with_state(f.clone(), vip::fence));
+        fence = Some(f);
     }
-    let done = shutdown.clone().cancelled_owned();
     let grace = cfg.shutdown_grace();
     let send_buffer = cfg.send_buffer_bytes as usize;
     let per_source = cfg.max_connections_per_source;
@@ -198,24 +199,25 @@ pub async fn run(
         Some(config) => {
             let listener = agenda_common::net::TlsListener::public(listener, config, send_buffer)
                 .map_err(Error::Serve)?;
-            let serving = axum::serve(
-                shaped::Shaped(
-                    limits::PerSource::new(listener, per_source).with_admission(admission),
-                ),
-                router.into_make_service_with_connect_info::<listener::Addrs>(),
-            )
-            .with_graceful_shutdown(done);
+            let public = shaped::Shaped(
+                limits::PerSource::new(listener, per_source).with_admission(admission),
+            );
+            let serving =
+                server::serve(public, router, listener::tls_local, fence, shutdown.clone());
             server::drain(serving, shutdown, grace).await
         }
         None => {
-            let serving = axum::serve(
-                shaped::Shaped(
-                    limits::PerSource::new(listener::Tuned::new(listener, send_buffer), per_source)
-                        .with_admission(admission),
-                ),
-                router.into_make_service_with_connect_info::<listener::Addrs>(),
-            )
-            .with_graceful_shutdown(done);
+            let public = shaped::Shaped(
+                limits::PerSource::new(listener::Tuned::new(listener, send_buffer), per_source)
+                    .with_admission(admission),
+            );
+            let serving = server::serve(
+                public,
+                router,
+                listener::plain_local,
+                fence,
+                shutdown.clone(),
+            );
             server::drain(serving, shutdown, grace).await
         }
     }?;

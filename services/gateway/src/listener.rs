@@ -1,11 +1,11 @@
 //! The gateway's plaintext listener: every accepted connection gets its
 //! socket options, and handlers can learn the local address it arrived on
-//! (the VIP fence needs it), also over TLS (`net::TlsListener::public`).
+//! (the VIP fence needs it), also over TLS (`net::TlsListener::public`):
+//! `server::serve` hands each request its [`Addrs`] as `ConnectInfo`.
 
 use std::net::SocketAddr;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::limits::PerSource;
@@ -61,32 +61,17 @@ const UNKNOWN: SocketAddr =
 /// hyper-made errors in the error shape.
 pub type Public<L> = Shaped<PerSource<L>>;
 
-impl Connected<IncomingStream<'_, Public<Tuned>>> for Addrs {
-    fn connect_info(stream: IncomingStream<'_, Public<Tuned>>) -> Self {
-        Addrs {
-            local: stream
-                .io()
-                .get_ref()
-                .get_ref()
-                .local_addr()
-                .unwrap_or(UNKNOWN),
-            peer: *stream.remote_addr(),
-        }
-    }
+/// The local address a plaintext connection arrived on.
+pub fn plain_local(io: &<Public<Tuned> as Listener>::Io) -> SocketAddr {
+    io.get_ref().get_ref().local_addr().unwrap_or(UNKNOWN)
 }
 
-impl Connected<IncomingStream<'_, Public<agenda_common::net::TlsListener>>> for Addrs {
-    fn connect_info(stream: IncomingStream<'_, Public<agenda_common::net::TlsListener>>) -> Self {
-        Addrs {
-            local: stream
-                .io()
-                .get_ref()
-                .get_ref()
-                .get_ref()
-                .0
-                .local_addr()
-                .unwrap_or(UNKNOWN),
-            peer: *stream.remote_addr(),
-        }
-    }
+/// The local address a TLS connection arrived on.
+pub fn tls_local(io: &<Public<agenda_common::net::TlsListener> as Listener>::Io) -> SocketAddr {
+    io.get_ref()
+        .get_ref()
+        .get_ref()
+        .0
+        .local_addr()
+        .unwrap_or(UNKNOWN)
 }

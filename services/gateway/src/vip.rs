@@ -1,14 +1,23 @@
 //! The VIP fence: with `--vip-addr`, a request that arrived on the
 //! virtual IP is served only while this machine's agenda-vip holds the
-//! VIP lease (`/registry/vip/holder` = `--vip-holder-id`). An address can
-//! outlive its holder on an interface (a daemon killed before its guard
-//! ran, a partition); this makes such an address answer nobody, with a
-//! 503 that tells clients to retry (they reach the real holder).
+//! VIP lease (`/registry/vip/holder` = `--vip-holder-id`) and is not
+//! handing it over (`/registry/vip/releasing`). An address can outlive
+//! its holder on an interface (a daemon killed before its guard ran, a
+//! partition); this makes such an address answer nobody, with a 503 that
+//! tells clients to retry (they reach the real holder).
+//!
+//! The moment the fence closes, the gateway also closes its connections
+//! that arrived on the VIP ([`Fence::closed`], `server::serve`): idle ones
+//! at once, busy ones after their answer. On a planned handover (agenda-vip
+//! stopped) that happens before the address moves, so no client is left
+//! holding a connection that the next holder would answer with a reset.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use agenda_calendar::ApiError;
+use agenda_common::registry::{VIP, VIP_HOLDER, VIP_RELEASING};
 use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
 use axum::extract::{ConnectInfo, Request, State};
@@ -19,35 +28,63 @@ use tokio::sync::watch;
 use crate::error::HttpError;
 use crate::listener::Addrs;
 
-/// The key agenda-vip holds (see vip-failover's `lease.rs`).
-pub const HOLDER_KEY: &str = agenda_common::registry::VIP_HOLDER;
+/// The VIP's keys in agenda-db, followed.
+type Keys = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// Whether VIP traffic may be served here.
 #[derive(Clone)]
 pub struct Fence {
     vip: IpAddr,
-    holder: watch::Receiver<Option<Vec<u8>>>,
+    keys: watch::Receiver<Keys>,
     me: Vec<u8>,
 }
 
 impl Fence {
-    /// Follows the holder key from agenda-db.
+    /// Follows the VIP's keys in agenda-db.
     pub fn new(db: &DbClient, vip: IpAddr, me: &str, stop: CancellationToken) -> Arc<Self> {
         Arc::new(Fence {
             vip,
-            holder: agenda_common::registry::watch_key(db, HOLDER_KEY.to_string(), stop),
+            keys: agenda_common::registry::watch_prefix(db, VIP.to_string(), stop),
             me: me.as_bytes().to_vec(),
         })
     }
 
+    /// The VIP may be served here now.
+    fn serving(&self, keys: &Keys) -> bool {
+        let mine = |key: &str| keys.get(key.as_bytes()) == Some(&self.me);
+        mine(VIP_HOLDER) && !mine(VIP_RELEASING)
+    }
+
     /// A request that arrived on `local` may be served.
     pub fn allows(&self, local: IpAddr) -> bool {
-        local != self.vip || self.holder.borrow().as_deref() == Some(self.me.as_slice())
+        local != self.vip || self.serving(&self.keys.borrow())
+    }
+
+    /// Resolves once a connection that arrived on `local` must close: for
+    /// the VIP, when it stops being served here (it may have been
+    /// fenced from the start); for any other address, never.
+    pub async fn closed(&self, local: IpAddr) {
+        if local != self.vip {
+            return std::future::pending().await;
+        }
+        let mut keys = self.keys.clone();
+        // An error means the follower stopped (the gateway is stopping):
+        // the server's own shutdown closes the connection then.
+        if keys.wait_for(|k| !self.serving(k)).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Why VIP requests are refused now (for the 503's message).
+    fn handing_over(&self) -> bool {
+        let keys = self.keys.borrow();
+        keys.get(VIP_HOLDER.as_bytes()) == Some(&self.me)
+            && keys.get(VIP_RELEASING.as_bytes()) == Some(&self.me)
     }
 }
 
 /// Middleware: refuses VIP requests while another machine (or nobody)
-/// holds the VIP lease.
+/// holds the VIP lease, or while this one hands it over.
 pub async fn fence(
     State(fence): State<Arc<Fence>>,
     ConnectInfo(Addrs { local, .. }): ConnectInfo<Addrs>,
@@ -57,14 +94,23 @@ pub async fn fence(
     if fence.allows(local.ip()) {
         return next.run(req).await;
     }
-    let mut resp = HttpError(ApiError::unavailable(
-        "this machine does not hold the virtual IP; retry (the VIP is moving)",
-    ))
+    let message = if fence.handing_over() {
+        "this machine is handing the virtual IP over to the other one; retry"
+    } else {
+        "this machine does not hold the virtual IP; retry (the VIP is moving)"
+    };
+    let secs = agenda_common::admission::RETRY_AFTER.as_secs().max(1);
+    let mut resp = HttpError(
+        ApiError::unavailable(message)
+            .with_details(serde_json::json!({ "reason": "vip_moving", "retry_after": secs })),
+    )
     .into_response();
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         axum::http::header::CONNECTION,
         axum::http::HeaderValue::from_static("close"),
     );
+    headers.insert(axum::http::header::RETRY_AFTER, secs.into());
     resp
 }
 
@@ -72,21 +118,71 @@ pub async fn fence(
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_vip_traffic_is_fenced_and_only_while_another_machine_holds_it() {
-        let (tx, holder) = watch::channel(None);
+    fn fence() -> (watch::Sender<Keys>, Fence) {
+        let (tx, keys) = watch::channel(Keys::new());
         let f = Fence {
             vip: "10.77.0.10".parse().unwrap(),
-            holder,
+            keys,
             me: b"machine-a".to_vec(),
         };
+        (tx, f)
+    }
+
+    fn set(tx: &watch::Sender<Keys>, key: &str, value: Option<&str>) {
+        tx.send_modify(|k| match value {
+            Some(v) => {
+                k.insert(key.as_bytes().to_vec(), v.as_bytes().to_vec());
+            }
+            None => {
+                k.remove(key.as_bytes());
+            }
+        });
+    }
+
+    #[test]
+    fn only_vip_traffic_is_fenced_and_only_while_another_machine_holds_it() {
+        let (tx, f) = fence();
         let vip: IpAddr = "10.77.0.10".parse().unwrap();
         let own: IpAddr = "10.77.0.11".parse().unwrap();
         assert!(!f.allows(vip), "nobody holds the lease");
         assert!(f.allows(own), "the machine's own address is never fenced");
-        tx.send(Some(b"machine-a".to_vec())).unwrap();
+        set(&tx, VIP_HOLDER, Some("machine-a"));
         assert!(f.allows(vip));
-        tx.send(Some(b"machine-b".to_vec())).unwrap();
+        set(&tx, VIP_HOLDER, Some("machine-b"));
         assert!(!f.allows(vip));
+    }
+
+    #[test]
+    fn a_handover_fences_the_vip_before_the_lease_goes() {
+        let (tx, f) = fence();
+        let vip: IpAddr = "10.77.0.10".parse().unwrap();
+        set(&tx, VIP_HOLDER, Some("machine-a"));
+        set(&tx, VIP_RELEASING, Some("machine-b"));
+        assert!(f.allows(vip), "another machine's handover is not ours");
+        set(&tx, VIP_RELEASING, Some("machine-a"));
+        assert!(!f.allows(vip) && f.handing_over());
+        assert!(f.allows("10.77.0.11".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn vip_connections_close_when_the_fence_does_and_others_never() {
+        let (tx, f) = fence();
+        let vip: IpAddr = "10.77.0.10".parse().unwrap();
+        set(&tx, VIP_HOLDER, Some("machine-a"));
+        let short = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(short, f.closed(vip)).await.is_err(),
+            "served: stays open"
+        );
+        set(&tx, VIP_RELEASING, Some("machine-a"));
+        tokio::time::timeout(std::time::Duration::from_secs(5), f.closed(vip))
+            .await
+            .expect("a handover closes VIP connections");
+        assert!(
+            tokio::time::timeout(short, f.closed("10.77.0.11".parse().unwrap()))
+                .await
+                .is_err(),
+            "the machine's own address: never"
+        );
     }
 }
