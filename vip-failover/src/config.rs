@@ -107,11 +107,11 @@ pub struct Config {
     #[arg(long, env = "AGENDA_VIP_LOCK_DELAY", default_value = "300ms", value_parser = parse_duration)]
     pub lock_delay: Duration,
     /// On a planned stop (SIGTERM) while holding the VIP: how long the
-    /// local gateway is given to close its VIP connections (idle ones at
-    /// once, busy ones after their answer; new VIP requests are answered
-    /// 503 with Retry-After) before the address and the lease go. Clients
-    /// then retry on the next holder instead of finding their open
-    /// connections reset by it. 0 releases at once.
+    /// local gateway is given to drain its VIP connections before the
+    /// address and the lease go (four fifths of it answering VIP requests
+    /// 503 with Retry-After and `Connection: close`, then closing the idle
+    /// ones too). Clients then retry on the next holder instead of finding
+    /// their open connections reset by it. 0 releases at once.
     #[arg(long, env = "AGENDA_VIP_HANDOVER_GRACE", default_value = "500ms", value_parser = parse_duration)]
     pub handover_grace: Duration,
     /// Command run at every state change as `CMD STATE REASON` (through

@@ -337,45 +337,52 @@ impl Daemon {
         true
     }
 
-    /// A planned stop while holding the VIP: the lease names this daemon
-    /// as releasing (`/registry/vip/releasing`, on the lease, so it goes
-    /// with it), which makes the local gateway refuse new VIP requests
-    /// (503, Retry-After) and close its VIP connections; after
-    /// --handover-grace the address and the lease go as on any release.
+    /// A planned stop while holding the VIP: the handover's steps
+    /// (`registry::Handover`) go to `/registry/vip/releasing`, on the
+    /// lease (so they go with it). For the first four fifths of
+    /// --handover-grace the local gateway answers VIP requests 503 with
+    /// `Connection: close` (each connection that carries one ends cleanly;
+    /// clients retry on the next holder), for the last fifth it also
+    /// closes the idle ones; then the address and the lease go as on any
+    /// release. Adverts go on meanwhile (still the master), so the peer
+    /// waits for the release and claims without a lock-delay.
     async fn hand_over(&mut self) {
+        use agenda_common::registry::{vip_handover, Handover};
         let grace = self.cfg.handover_grace;
         let Some(held) = &self.held else { return };
         if grace.is_zero() {
             return;
         }
-        let marked = self
-            .db
-            .put(agenda_proto::db::PutRequest {
-                key: agenda_common::registry::VIP_RELEASING.as_bytes().to_vec(),
-                value: self.cfg.id.as_bytes().to_vec(),
-                lease: held.lease,
-                ..Default::default()
-            })
-            .await;
-        if let Err(e) = marked {
-            tracing::warn!(error = %e, "cannot announce the handover; releasing the VIP at once");
-            return;
-        }
+        let (lease, lost) = (held.lease, held.lost.clone());
         tracing::info!(
             ?grace,
-            "handing the VIP over: the local gateway closes its VIP connections first"
+            "handing the VIP over: the local gateway drains its VIP connections first"
         );
-        let lost = held.lost.clone();
-        let until = tokio::time::Instant::now() + grace;
-        // Still the master meanwhile: adverts go on, so the peer waits for
-        // the release (and claims without a lock-delay) rather than
-        // finding the master silent.
-        while tokio::time::Instant::now() < until && !lost.is_cancelled() {
-            self.advert(self.cfg.priority).await;
-            let next = (tokio::time::Instant::now() + self.cfg.advert_interval).min(until);
-            tokio::select! {
-                () = tokio::time::sleep_until(next) => {}
-                () = lost.cancelled() => {}
+        let start = tokio::time::Instant::now();
+        for (step, until) in [
+            (Handover::Refusing, start + grace.mul_f64(0.8)),
+            (Handover::Closing, start + grace),
+        ] {
+            let marked = self
+                .db
+                .put(agenda_proto::db::PutRequest {
+                    key: agenda_common::registry::VIP_RELEASING.as_bytes().to_vec(),
+                    value: vip_handover(&self.cfg.id, step),
+                    lease,
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = marked {
+                tracing::warn!(error = %e, ?step, "cannot announce the handover's step; releasing the VIP now");
+                return;
+            }
+            while tokio::time::Instant::now() < until && !lost.is_cancelled() {
+                self.advert(self.cfg.priority).await;
+                let next = (tokio::time::Instant::now() + self.cfg.advert_interval).min(until);
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    () = lost.cancelled() => {}
+                }
             }
         }
     }

@@ -34,10 +34,32 @@ pub const NOTIFICATION_RELAY_ELECTION: &str = "/registry/election/notification-r
 pub const VIP: &str = "/registry/vip/";
 /// The VIP lease: the machine whose gateway serves the VIP.
 pub const VIP_HOLDER: &str = "/registry/vip/holder";
-/// A holder handing the VIP over (a planned stop) writes its id here, on
-/// its lease, for its drain: its gateway stops serving VIP requests and
-/// closes its VIP connections before the address moves.
+/// A holder handing the VIP over (a planned stop) writes here, on its
+/// lease, where its drain is ([`vip_handover`]): its gateway stops serving
+/// VIP requests, then closes its idle VIP connections, before the address
+/// moves.
 pub const VIP_RELEASING: &str = "/registry/vip/releasing";
+
+/// The steps of a planned VIP handover, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// The holder's gateway answers every VIP request 503 with
+    /// `Connection: close`: each connection that carries a request ends
+    /// cleanly, and its client retries (on the next holder). Idle ones are
+    /// left alone: closing one races with a request the client may be
+    /// sending on it at that moment.
+    Refusing,
+    /// Then the connections still idle are closed too (few are left).
+    Closing,
+}
+
+/// The [`VIP_RELEASING`] value of `holder`'s handover at `step`.
+pub fn vip_handover(holder: &str, step: Handover) -> Vec<u8> {
+    match step {
+        Handover::Refusing => holder.as_bytes().to_vec(),
+        Handover::Closing => format!("{holder}\nclosing").into_bytes(),
+    }
+}
 
 /// The record under [`REDIS_PRIMARY`]: `{"addr": "host:port", "epoch": N}`.
 /// The acting supervisor writes it; every Redis client (the bus, the

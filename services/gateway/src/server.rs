@@ -77,9 +77,10 @@ where
 ///
 /// A connection is closed gracefully (an idle one at once, a busy one
 /// after its answer, keep-alive off) at shutdown, and one that arrived on
-/// the VIP also the moment `fence` stops serving the VIP here: a client's
-/// idle keep-alive connection would otherwise outlive the address, and
-/// its next request would reach the next holder as a reset.
+/// the VIP also when `fence` says so ([`Fence::closed`]: another machine
+/// holds the VIP, or this one's handover has reached its last step): a
+/// client's idle keep-alive connection would otherwise outlive the
+/// address, and its next request would reach the next holder as a reset.
 pub async fn serve<L>(
     mut listener: L,
     router: axum::Router,
@@ -131,7 +132,7 @@ where
                     None
                 }
                 () = shutdown.cancelled() => Some("shutting down"),
-                () = fenced => Some("the VIP is no longer served here"),
+                () = fenced => Some("the VIP's connections are closing here"),
             };
             if let Some(why) = why {
                 tracing::debug!(peer = %addrs.peer, local = %addrs.local, why, "closing the connection gracefully");

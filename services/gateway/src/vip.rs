@@ -6,10 +6,13 @@
 //! partition); this makes such an address answer nobody, with a 503 that
 //! tells clients to retry (they reach the real holder).
 //!
-//! The moment the fence closes, the gateway also closes its connections
-//! that arrived on the VIP ([`Fence::closed`], `server::serve`): idle ones
-//! at once, busy ones after their answer. On a planned handover (agenda-vip
-//! stopped) that happens before the address moves, so no client is left
+//! When the fence closes, the gateway also closes its connections that
+//! arrived on the VIP ([`Fence::closed`], `server::serve`): idle ones at
+//! once, busy ones after their answer. A planned handover (agenda-vip
+//! stopped) goes in two steps before the address moves
+//! ([`agenda_common::registry::Handover`]): first every VIP request is
+//! answered 503 with `Connection: close` (clients retry, and reconnect),
+//! then the connections still idle are closed; so no client is left
 //! holding a connection that the next holder would answer with a reset.
 
 use std::collections::BTreeMap;
@@ -17,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use agenda_calendar::ApiError;
-use agenda_common::registry::{VIP, VIP_HOLDER, VIP_RELEASING};
+use agenda_common::registry::{vip_handover, Handover, VIP, VIP_HOLDER, VIP_RELEASING};
 use agenda_common::shutdown::CancellationToken;
 use agenda_common::DbClient;
 use axum::extract::{ConnectInfo, Request, State};
@@ -49,10 +52,30 @@ impl Fence {
         })
     }
 
+    fn holding(&self, keys: &Keys) -> bool {
+        keys.get(VIP_HOLDER.as_bytes()) == Some(&self.me)
+    }
+
+    /// This machine's handover has reached `step` (or a later one).
+    fn handing_over_at(&self, keys: &Keys, step: Handover) -> bool {
+        let Some(v) = keys.get(VIP_RELEASING.as_bytes()) else {
+            return false;
+        };
+        let at = |s| *v == vip_handover(&String::from_utf8_lossy(&self.me), s);
+        match step {
+            Handover::Refusing => at(Handover::Refusing) || at(Handover::Closing),
+            Handover::Closing => at(Handover::Closing),
+        }
+    }
+
     /// The VIP may be served here now.
     fn serving(&self, keys: &Keys) -> bool {
-        let mine = |key: &str| keys.get(key.as_bytes()) == Some(&self.me);
-        mine(VIP_HOLDER) && !mine(VIP_RELEASING)
+        self.holding(keys) && !self.handing_over_at(keys, Handover::Refusing)
+    }
+
+    /// VIP connections must close now, idle ones included.
+    fn closing(&self, keys: &Keys) -> bool {
+        !self.holding(keys) || self.handing_over_at(keys, Handover::Closing)
     }
 
     /// A request that arrived on `local` may be served.
@@ -60,9 +83,10 @@ impl Fence {
         local != self.vip || self.serving(&self.keys.borrow())
     }
 
-    /// Resolves once a connection that arrived on `local` must close: for
-    /// the VIP, when it stops being served here (it may have been
-    /// fenced from the start); for any other address, never.
+    /// Resolves once a connection that arrived on `local` must close,
+    /// idle or not: for the VIP, when another machine (or nobody) holds
+    /// it (perhaps from the start) or this one's handover reaches
+    /// [`Handover::Closing`]; for any other address, never.
     pub async fn closed(&self, local: IpAddr) {
         if local != self.vip {
             return std::future::pending().await;
@@ -70,7 +94,7 @@ impl Fence {
         let mut keys = self.keys.clone();
         // An error means the follower stopped (the gateway is stopping):
         // the server's own shutdown closes the connection then.
-        if keys.wait_for(|k| !self.serving(k)).await.is_err() {
+        if keys.wait_for(|k| self.closing(k)).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
@@ -78,8 +102,7 @@ impl Fence {
     /// Why VIP requests are refused now (for the 503's message).
     fn handing_over(&self) -> bool {
         let keys = self.keys.borrow();
-        keys.get(VIP_HOLDER.as_bytes()) == Some(&self.me)
-            && keys.get(VIP_RELEASING.as_bytes()) == Some(&self.me)
+        self.holding(&keys) && self.handing_over_at(&keys, Handover::Refusing)
     }
 }
 
@@ -161,6 +184,13 @@ mod tests {
         assert!(f.allows(vip), "another machine's handover is not ours");
         set(&tx, VIP_RELEASING, Some("machine-a"));
         assert!(!f.allows(vip) && f.handing_over());
+        assert!(
+            !f.closing(&f.keys.borrow()),
+            "idle connections stay at first"
+        );
+        set(&tx, VIP_RELEASING, Some("machine-a\nclosing"));
+        assert!(!f.allows(vip) && f.handing_over());
+        assert!(f.closing(&f.keys.borrow()), "then they close too");
         assert!(f.allows("10.77.0.11".parse().unwrap()));
     }
 
@@ -175,9 +205,19 @@ mod tests {
             "served: stays open"
         );
         set(&tx, VIP_RELEASING, Some("machine-a"));
+        assert!(
+            tokio::time::timeout(short, f.closed(vip)).await.is_err(),
+            "refusing: requests end their connections, idle ones stay"
+        );
+        set(&tx, VIP_RELEASING, Some("machine-a\nclosing"));
         tokio::time::timeout(std::time::Duration::from_secs(5), f.closed(vip))
             .await
-            .expect("a handover closes VIP connections");
+            .expect("the handover's last step closes VIP connections");
+        set(&tx, VIP_RELEASING, None);
+        set(&tx, VIP_HOLDER, Some("machine-b"));
+        tokio::time::timeout(std::time::Duration::from_secs(5), f.closed(vip))
+            .await
+            .expect("another holder: closed at once");
         assert!(
             tokio::time::timeout(short, f.closed("10.77.0.11".parse().unwrap()))
                 .await

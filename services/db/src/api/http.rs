@@ -227,6 +227,7 @@ async fn list(State(s): State<HttpState>, Q(q): Q<ListQuery>) -> ApiResult<Json<
     Ok(Json(json!({
         "items": resp.kvs.iter().map(kv_json).collect::<Vec<_>>(),
         "more": resp.more,
+        // With a limit, the items plus one if `more` (see db.proto).
         "count": resp.count,
         "revision": resp.header.map_or(0, |h| h.revision),
     })))

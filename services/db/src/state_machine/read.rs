@@ -100,10 +100,16 @@ fn range_selects(req: &RangeRequest, key: &[u8]) -> bool {
 }
 
 /// Range over the current keys (used by reads and by txn range ops).
+///
+/// With a limit (and not `count_only`) the walk stops at the first
+/// matching key past the limit: a page costs its own keys, not the rest of
+/// the span, so `count` is then the keys returned plus one if `more`.
+/// Without a limit, or with `count_only`, every matching key is visited and
+/// `count` is exact.
 pub(super) fn range(kv: &OrdMap<Key, Arc<KeyValue>>, req: &RangeRequest) -> RangeResponse {
-    let mut resp = RangeResponse::default();
     let fresh = |v: &KeyValue| v.mod_revision > req.min_mod_revision;
     if !req.prefix && req.range_end.is_empty() {
+        let mut resp = RangeResponse::default();
         if let Some(v) = kv.get(req.key.as_slice()).filter(|v| fresh(v)) {
             resp.count = 1;
             if !req.count_only {
@@ -113,7 +119,7 @@ pub(super) fn range(kv: &OrdMap<Key, Arc<KeyValue>>, req: &RangeRequest) -> Rang
         return resp;
     }
     if !req.range_end.is_empty() && req.range_end <= req.key {
-        return resp;
+        return RangeResponse::default();
     }
     let end = if req.range_end.is_empty() {
         prefix_end(&req.key)
@@ -127,20 +133,32 @@ pub(super) fn range(kv: &OrdMap<Key, Arc<KeyValue>>, req: &RangeRequest) -> Rang
             None => Bound::Unbounded,
         },
     );
-    for (_, v) in kv.range::<_, [u8]>(bounds) {
-        if !fresh(v) {
-            continue;
-        }
-        resp.count += 1;
-        if req.count_only {
-            continue;
-        }
+    page(
+        kv.range::<_, [u8]>(bounds)
+            .map(|(_, v)| v.as_ref())
+            .filter(|v| fresh(v)),
+        req,
+    )
+}
+
+/// Fills a response from the matching keys of a span, in key order: every
+/// key for `count_only` or no limit, else at most one key past the limit
+/// (enough to know `more`). Taking an iterator lets the tests count the
+/// keys visited.
+fn page<'a>(matching: impl Iterator<Item = &'a KeyValue>, req: &RangeRequest) -> RangeResponse {
+    let mut resp = RangeResponse::default();
+    if req.count_only {
+        resp.count = matching.count() as i64;
+        return resp;
+    }
+    for v in matching {
         if req.limit > 0 && resp.kvs.len() as i64 >= req.limit {
             resp.more = true;
-            continue;
+            break;
         }
-        resp.kvs.push(KeyValue::clone(v));
+        resp.kvs.push(v.clone());
     }
+    resp.count = resp.kvs.len() as i64 + i64::from(resp.more);
     resp
 }
 
@@ -184,21 +202,15 @@ pub fn range_at(sm: &ReadView, req: &RangeRequest) -> Result<RangeResponse> {
             };
         }
     }
-    state.retain(|_, kv| kv.mod_revision > req.min_mod_revision);
-    let mut resp = RangeResponse {
-        header,
-        count: state.len() as i64,
-        ..Default::default()
-    };
-    if !req.count_only {
-        for kv in state.into_values() {
-            if req.limit > 0 && resp.kvs.len() as i64 >= req.limit {
-                resp.more = true;
-                break;
-            }
-            resp.kvs.push(kv);
-        }
-    }
+    // The same `count` as now, though the whole span is at hand here: a
+    // client must not see its meaning change with the revision it asks for.
+    let mut resp = page(
+        state
+            .values()
+            .filter(|kv| kv.mod_revision > req.min_mod_revision),
+        req,
+    );
+    resp.header = header;
     Ok(resp)
 }
 
@@ -514,6 +526,100 @@ mod tests {
         assert!(read(&view, "other").kvs.is_empty());
         assert_eq!(read(&view, "k").header.unwrap().revision, 1);
         assert_eq!(read(&f.sm.view(), "k").kvs[0].value, b"new");
+    }
+
+    #[test]
+    fn a_limited_read_counts_the_page_plus_one_if_more_matched() {
+        let mut f = Fixture::new();
+        for k in ["a/1", "a/2", "a/3", "a/4", "a/5", "b/1"] {
+            f.apply(k, put(k, "x"));
+        }
+        let then = f.sm.view().revision;
+        f.apply("late", put("a/4", "y"));
+        f.apply(
+            "gone",
+            command::Op::Delete(DeleteRequest {
+                key: b"a/1".to_vec(),
+                ..Default::default()
+            }),
+        );
+        let sm = f.sm.view();
+        let read = |limit: i64, count_only: bool, revision: i64, min_mod: i64| {
+            let resp = range_at(
+                &sm,
+                &RangeRequest {
+                    key: b"a/".to_vec(),
+                    prefix: true,
+                    limit,
+                    count_only,
+                    revision,
+                    min_mod_revision: min_mod,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            (resp.kvs.len(), resp.more, resp.count)
+        };
+        // Now: a/2..a/5.
+        assert_eq!(read(2, false, 0, 0), (2, true, 3));
+        assert_eq!(read(3, false, 0, 0), (3, true, 4));
+        assert_eq!(read(4, false, 0, 0), (4, false, 4), "exactly the limit");
+        assert_eq!(read(9, false, 0, 0), (4, false, 4));
+        assert_eq!(read(0, false, 0, 0), (4, false, 4), "no limit: exact");
+        assert_eq!(read(2, true, 0, 0), (0, false, 4), "count_only: exact");
+        // Only the keys changed since count toward the limit.
+        assert_eq!(read(1, false, 0, then), (1, false, 1));
+        // As of a past revision (a/1..a/5), the same meaning of count.
+        assert_eq!(read(2, false, then, 0), (2, true, 3));
+        assert_eq!(read(5, false, then, 0), (5, false, 5));
+        assert_eq!(read(2, true, then, 0), (0, false, 5));
+        // The same over a span ending past the prefix.
+        let span = range(
+            &f.sm.t.kv,
+            &RangeRequest {
+                key: b"a/3".to_vec(),
+                range_end: b"b/2".to_vec(),
+                limit: 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!((span.kvs.len(), span.more, span.count), (1, true, 2));
+        assert_eq!(span.kvs[0].key, b"a/3");
+    }
+
+    #[test]
+    fn a_page_of_a_big_span_visits_one_key_past_its_limit() {
+        let kv: OrdMap<Key, Arc<KeyValue>> = (0..10_000)
+            .map(|i| {
+                let key = format!("k/{i:05}").into_bytes();
+                let v = KeyValue {
+                    key: key.clone(),
+                    mod_revision: i + 1,
+                    ..Default::default()
+                };
+                (Key::from(key), Arc::new(v))
+            })
+            .collect();
+        let visits = |req: &RangeRequest| {
+            let mut visited = 0;
+            let resp = page(
+                kv.values().map(|v| v.as_ref()).inspect(|_| visited += 1),
+                req,
+            );
+            assert_eq!(resp, range(&kv, req), "range() pages the same way");
+            (visited, resp.kvs.len(), resp.more, resp.count)
+        };
+        let req = |limit: i64, count_only: bool| RangeRequest {
+            key: b"k/".to_vec(),
+            prefix: true,
+            limit,
+            count_only,
+            ..Default::default()
+        };
+        assert_eq!(visits(&req(100, false)), (101, 100, true, 101));
+        assert_eq!(visits(&req(0, false)), (10_000, 10_000, false, 10_000));
+        // Asking for the count is asking for the whole walk.
+        assert_eq!(visits(&req(100, true)), (10_000, 0, false, 10_000));
     }
 
     #[test]
