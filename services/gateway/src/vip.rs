@@ -40,16 +40,29 @@ pub struct Fence {
     vip: IpAddr,
     keys: watch::Receiver<Keys>,
     me: Vec<u8>,
+    /// This machine's handover values at each step (`vip_handover`).
+    refusing: Vec<u8>,
+    closing: Vec<u8>,
 }
 
 impl Fence {
     /// Follows the VIP's keys in agenda-db.
     pub fn new(db: &DbClient, vip: IpAddr, me: &str, stop: CancellationToken) -> Arc<Self> {
-        Arc::new(Fence {
+        Arc::new(Fence::following(
             vip,
-            keys: agenda_common::registry::watch_prefix(db, VIP.to_string(), stop),
+            agenda_common::registry::watch_prefix(db, VIP.to_string(), stop),
+            me,
+        ))
+    }
+
+    fn following(vip: IpAddr, keys: watch::Receiver<Keys>, me: &str) -> Fence {
+        Fence {
+            vip,
+            keys,
             me: me.as_bytes().to_vec(),
-        })
+            refusing: vip_handover(me, Handover::Refusing),
+            closing: vip_handover(me, Handover::Closing),
+        }
     }
 
     fn holding(&self, keys: &Keys) -> bool {
@@ -61,11 +74,7 @@ impl Fence {
         let Some(v) = keys.get(VIP_RELEASING.as_bytes()) else {
             return false;
         };
-        let at = |s| *v == vip_handover(&String::from_utf8_lossy(&self.me), s);
-        match step {
-            Handover::Refusing => at(Handover::Refusing) || at(Handover::Closing),
-            Handover::Closing => at(Handover::Closing),
-        }
+        *v == self.closing || (step == Handover::Refusing && *v == self.refusing)
     }
 
     /// The VIP may be served here now.
@@ -143,11 +152,7 @@ mod tests {
 
     fn fence() -> (watch::Sender<Keys>, Fence) {
         let (tx, keys) = watch::channel(Keys::new());
-        let f = Fence {
-            vip: "10.77.0.10".parse().unwrap(),
-            keys,
-            me: b"machine-a".to_vec(),
-        };
+        let f = Fence::following("10.77.0.10".parse().unwrap(), keys, "machine-a");
         (tx, f)
     }
 

@@ -1,7 +1,9 @@
 //! A state machine fed commands at consecutive indexes, and command
 //! builders, for the unit tests of every part of the state machine.
 
-use agenda_proto::db::{KeyValue, LeaseGrantRequest, LeaseRevokeRequest, PutRequest};
+use agenda_proto::db::{
+    DeleteRequest, KeyValue, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
+};
 use agenda_proto::raft::{command, command_error, command_result, Command, CommandResult};
 
 use super::{Effects, StateMachine};
@@ -58,6 +60,13 @@ pub(super) fn put(key: &str, value: &str) -> command::Op {
     command::Op::Put(PutRequest {
         key: key.into(),
         value: value.into(),
+        ..Default::default()
+    })
+}
+
+pub(super) fn delete(key: &str) -> command::Op {
+    command::Op::Delete(DeleteRequest {
+        key: key.into(),
         ..Default::default()
     })
 }

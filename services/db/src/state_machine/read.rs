@@ -289,7 +289,7 @@ pub fn compare_holds(c: &Compare, kv: Option<&KeyValue>) -> bool {
 mod tests {
     use super::*;
     use crate::state_machine::fixture::*;
-    use agenda_proto::db::{DeleteRequest, PutRequest};
+    use agenda_proto::db::PutRequest;
     use agenda_proto::raft::{command, command_error};
 
     #[test]
@@ -479,13 +479,7 @@ mod tests {
         for i in 1..=5 {
             f.apply(&format!("p{i}"), put("k", &i.to_string()));
         }
-        f.apply(
-            "d",
-            command::Op::Delete(DeleteRequest {
-                key: b"k".to_vec(),
-                ..Default::default()
-            }),
-        );
+        f.apply("d", delete("k"));
         let view = f.sm.view();
         let at = |rev: i64| {
             range_at(
@@ -536,13 +530,7 @@ mod tests {
         }
         let then = f.sm.view().revision;
         f.apply("late", put("a/4", "y"));
-        f.apply(
-            "gone",
-            command::Op::Delete(DeleteRequest {
-                key: b"a/1".to_vec(),
-                ..Default::default()
-            }),
-        );
+        f.apply("gone", delete("a/1"));
         let sm = f.sm.view();
         let read = |limit: i64, count_only: bool, revision: i64, min_mod: i64| {
             let resp = range_at(
