@@ -40,6 +40,14 @@ pub struct Metrics {
     pub snapshots_installed: IntCounter,
     /// Log compactions.
     pub compactions: IntCounter,
+    /// Raft log entries kept (in memory and in the log file).
+    pub log_entries: IntGauge,
+    /// Bytes of raft log entries held in memory (see `storage.rs`).
+    pub log_memory_bytes: IntGauge,
+    /// Live keys of the state.
+    pub keys: IntGauge,
+    /// Encoded bytes of the watch history kept.
+    pub history_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -124,6 +132,22 @@ impl Metrics {
             )
             .unwrap(),
             compactions: IntCounter::new("log_compactions_total", "Raft log compactions").unwrap(),
+            log_entries: IntGauge::new(
+                "raft_log_entries",
+                "Raft log entries kept until a state file covers them",
+            )
+            .unwrap(),
+            log_memory_bytes: IntGauge::new(
+                "raft_log_memory_bytes",
+                "Bytes of the newest raft log entries held in memory",
+            )
+            .unwrap(),
+            keys: IntGauge::new("keys", "Live keys of the state").unwrap(),
+            history_bytes: IntGauge::new(
+                "history_bytes",
+                "Encoded bytes of the revision history kept for watches",
+            )
+            .unwrap(),
             registry,
         };
         for c in [
@@ -142,6 +166,10 @@ impl Metrics {
             Box::new(m.apply_seconds.clone()),
             Box::new(m.snapshots_installed.clone()),
             Box::new(m.compactions.clone()),
+            Box::new(m.log_entries.clone()),
+            Box::new(m.log_memory_bytes.clone()),
+            Box::new(m.keys.clone()),
+            Box::new(m.history_bytes.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

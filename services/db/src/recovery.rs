@@ -19,6 +19,13 @@ use crate::storage::RaftStorage;
 
 /// The raft log file inside the data dir (see `schema.rs`).
 pub const LOG_FILE: &str = "raft-log.redb";
+
+/// The log file's page cache. redb's default is 1 GiB per file, and every
+/// page written stays cached until it is full: a soak of half an hour
+/// grew each node by that much for a log that is written once and read
+/// back only by a far-behind follower or a restart (the newest entries
+/// are in memory anyway, see `storage.rs`).
+const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Where the log of a new cluster starts (see `RaftStorage::bootstrap`).
 const BOOTSTRAP_INDEX: u64 = 5;
 /// Term of that starting point.
@@ -112,7 +119,7 @@ pub fn recover_files(
     sm.set_history_bytes(start.history_bytes);
     let snapshot_source = Published::new(sm.clone());
 
-    let mut storage = RaftStorage::load(&log_db, snapshot_source.clone())?;
+    let mut storage = RaftStorage::load(log_db.clone(), snapshot_source.clone())?;
     if !storage.is_initialized() && !start.join {
         bootstrap(&log_db, &state_files, &mut storage, &mut sm, members)?;
         tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapped a new cluster member");
@@ -148,7 +155,10 @@ pub fn recover_files(
 /// Opens (or creates) a node's log file, creating its tables so readers
 /// never meet a missing one.
 pub fn open_database(path: &Path) -> Result<Database> {
-    let db = Database::create(path).map_err(|e| match e {
+    let db = Database::builder()
+        .set_cache_size(LOG_CACHE_BYTES)
+        .create(path)
+        .map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => Error::Config(format!(
             "{} is already in use by another agenda-db process",
             path.display()
@@ -301,12 +311,12 @@ pub fn seed(
     }
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
-    let log_db = open_database(&dir.join(LOG_FILE))?;
+    let log_db = Arc::new(open_database(&dir.join(LOG_FILE))?);
     check_identity(&log_db, cluster_token, id)?;
     let state_files = StateFiles::new(dir, cluster_token, id);
     let mut sm = StateMachine::new(history);
     sm.load((BOOTSTRAP_INDEX, BOOTSTRAP_TERM), Default::default(), data);
-    let mut storage = RaftStorage::load(&log_db, Published::new(sm.clone()))?;
+    let mut storage = RaftStorage::load(log_db.clone(), Published::new(sm.clone()))?;
     bootstrap(&log_db, &state_files, &mut storage, &mut sm, members)
 }
 
@@ -331,14 +341,14 @@ mod tests {
         compact_to: u64,
     ) -> (
         tempfile::TempDir,
-        Database,
+        Arc<Database>,
         Published<StateMachine>,
         RaftStorage,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let log = open_database(&dir.path().join(LOG_FILE)).unwrap();
+        let log = Arc::new(open_database(&dir.path().join(LOG_FILE)).unwrap());
         let state = Published::new(StateMachine::new(100));
-        let mut storage = RaftStorage::load(&log, state.clone()).unwrap();
+        let mut storage = RaftStorage::load(log.clone(), state.clone()).unwrap();
         let txn = log.begin_write().unwrap();
         storage.bootstrap(&txn, 5, 5).unwrap();
         storage.append(&txn, &entries(6, 10)).unwrap();
@@ -355,7 +365,7 @@ mod tests {
         reconcile(&log, &mut storage, &sm).unwrap();
         assert_eq!((storage.first(), storage.last()), (21, 20));
         assert!(storage.hard_state().commit >= 20);
-        let reloaded = RaftStorage::load(&log, state).unwrap();
+        let reloaded = RaftStorage::load(log.clone(), state).unwrap();
         assert_eq!((reloaded.first(), reloaded.last()), (21, 20));
     }
 

@@ -4,10 +4,14 @@
 //! committed with an fsync on every Ready that must sync. The conf state
 //! belongs to the state machine: it is the configuration as of the applied
 //! index, saved with the state (`state_file.rs`). Writes happen only inside
-//! transactions opened by the node loop. The live part of the log
-//! (everything after the last compaction) is also kept in memory: raft-rs
-//! reads it on every append and heartbeat, and the compaction threshold
-//! bounds its size.
+//! transactions opened by the node loop. The newest part of the log is
+//! also kept in memory (at most [`MEMORY_LOG_BYTES`], see
+//! [`RaftStorage::trim_memory`]): raft-rs reads it on every append and
+//! heartbeat. Older entries, back to the last compaction, are read from the
+//! log file when asked for (a follower far behind, a restart's replay):
+//! the log is compacted only once a state file covers it, and that file
+//! comes after about the state's own size of log, so the whole live log in
+//! memory grew with the store (a 663 MB state kept ~1 GB of log per node).
 //!
 //! What callers may rely on: `first_index() == truncated index + 1`,
 //! `term(truncated index)` always answers, after `apply_snapshot` the log
@@ -17,6 +21,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -26,6 +31,17 @@ use redb::{Database, ReadableDatabase, WriteTransaction};
 use crate::error::{Error, Result};
 use crate::schema::{self, LOG, META};
 use crate::state_machine::{Published, StateMachine};
+
+/// Most bytes of log entries kept in memory. Followers in step, and any
+/// within this much of the leader, are served from memory; a restart
+/// replays the rest from the file in batches.
+pub const MEMORY_LOG_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What an entry counts against [`MEMORY_LOG_BYTES`]: its payload and
+/// about the size of the struct around it.
+fn entry_bytes(e: &Entry) -> u64 {
+    (e.data.len() + e.context.len()) as u64 + 96
+}
 
 /// raft-rs storage of one node.
 pub struct RaftStorage {
@@ -41,14 +57,22 @@ pub struct RaftStorage {
     conf_state: ConfState,
     /// (index, term) of the last entry removed from the log.
     truncated: (u64, u64),
-    /// Entries `truncated.0 + 1 ..= last_index`.
+    /// The log file, for entries no longer in memory.
+    db: Arc<Database>,
+    /// Entries after `truncated` that are only in the log file: the log
+    /// is `truncated.0 + 1 ..= truncated.0 + on_disk_only` there, then
+    /// `entries` in memory.
+    on_disk_only: u64,
+    /// The newest entries, up to the last index.
     entries: VecDeque<Entry>,
+    /// [`entry_bytes`] of `entries`.
+    memory_bytes: u64,
 }
 
 impl RaftStorage {
     /// Loads the persisted log and hard state (log file); the conf state
     /// comes from the loaded state machine.
-    pub fn load(log_db: &Database, state: Published<StateMachine>) -> Result<Self> {
+    pub fn load(log_db: Arc<Database>, state: Published<StateMachine>) -> Result<Self> {
         let conf_state = state.load().conf_state.clone();
         let txn = log_db.begin_read()?;
         let meta = txn.open_table(META)?;
@@ -62,7 +86,18 @@ impl RaftStorage {
             None => (0, 0),
         };
         let log = txn.open_table(LOG)?;
-        let mut entries = VecDeque::new();
+        let mut storage = RaftStorage {
+            state,
+            wants_state: AtomicBool::new(false),
+            hard_state,
+            conf_state,
+            truncated,
+            db: log_db.clone(),
+            on_disk_only: 0,
+            entries: VecDeque::new(),
+            memory_bytes: 0,
+        };
+        // Every entry is checked; only the newest stay in memory.
         for (expect, item) in (truncated.0 + 1..).zip(log.range(truncated.0 + 1..)?) {
             let (k, v) = item?;
             if k.value() != expect {
@@ -71,16 +106,67 @@ impl RaftStorage {
                     k.value()
                 )));
             }
-            entries.push_back(Entry::parse_from_bytes(v.value())?);
+            let e = Entry::parse_from_bytes(v.value())?;
+            storage.memory_bytes += entry_bytes(&e);
+            storage.entries.push_back(e);
+            storage.trim_memory();
         }
-        Ok(RaftStorage {
-            state,
-            wants_state: AtomicBool::new(false),
-            hard_state,
-            conf_state,
-            truncated,
-            entries,
-        })
+        Ok(storage)
+    }
+
+    /// Drops the oldest entries from memory while they hold more than
+    /// [`MEMORY_LOG_BYTES`] (the newest one always stays). Only entries
+    /// already in the log file may go: the node calls this after its
+    /// write transaction committed.
+    pub fn trim_memory(&mut self) {
+        while self.memory_bytes > MEMORY_LOG_BYTES && self.entries.len() > 1 {
+            if let Some(e) = self.entries.pop_front() {
+                self.memory_bytes -= entry_bytes(&e);
+                self.on_disk_only += 1;
+            }
+        }
+    }
+
+    /// Bytes of entries held in memory ([`MEMORY_LOG_BYTES`] at most,
+    /// past one large entry).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
+    }
+
+    /// The first index held in memory.
+    fn memory_first(&self) -> u64 {
+        self.truncated.0 + self.on_disk_only + 1
+    }
+
+    /// Entries `low..high` from the log file, stopping once past
+    /// `max_size` bytes (raft-rs trims the last one off).
+    fn read_from_disk(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for item in log.range(low..high)? {
+            let (k, v) = item?;
+            let e = Entry::parse_from_bytes(v.value())?;
+            if e.index != k.value() || e.index != low + out.len() as u64 {
+                return Err(Error::Corrupt(format!(
+                    "raft log entry {} read where {} was expected",
+                    e.index,
+                    low + out.len() as u64
+                )));
+            }
+            size += u64::from(protobuf::Message::compute_size(&e));
+            out.push(e);
+            if size > max_size {
+                break;
+            }
+        }
+        if out.is_empty() && low < high {
+            return Err(Error::Corrupt(format!(
+                "raft log entry {low} is missing from the log file"
+            )));
+        }
+        Ok(out)
     }
 
     /// Whether a snapshot was refused because the state it is built from
@@ -94,7 +180,7 @@ impl RaftStorage {
     pub fn is_initialized(&self) -> bool {
         !self.conf_state.voters.is_empty()
             || self.hard_state != HardState::default()
-            || !self.entries.is_empty()
+            || self.last() > self.truncated.0
             || self.truncated.0 > 0
     }
 
@@ -105,7 +191,7 @@ impl RaftStorage {
 
     /// The index of the last entry.
     pub fn last(&self) -> u64 {
-        self.truncated.0 + self.entries.len() as u64
+        self.truncated.0 + self.on_disk_only + self.entries.len() as u64
     }
 
     /// Current hard state.
@@ -138,10 +224,23 @@ impl RaftStorage {
         let mut log = txn.open_table(LOG)?;
         if first_new <= self.last() {
             log.retain_in(first_new.., |_, _| false)?;
-            self.entries.truncate((first_new - self.first()) as usize);
+            if first_new >= self.memory_first() {
+                for e in self
+                    .entries
+                    .drain((first_new - self.memory_first()) as usize..)
+                {
+                    self.memory_bytes -= entry_bytes(&e);
+                }
+            } else {
+                // The conflict reaches into what is only on disk.
+                self.entries.clear();
+                self.memory_bytes = 0;
+                self.on_disk_only = first_new - self.first();
+            }
         }
         for e in ents {
             log.insert(e.index, e.write_to_bytes()?.as_slice())?;
+            self.memory_bytes += entry_bytes(e);
             self.entries.push_back(e.clone());
         }
         Ok(())
@@ -202,8 +301,16 @@ impl RaftStorage {
         let term = self.term_of(index)?;
         let mut log = txn.open_table(LOG)?;
         log.retain_in(..=index, |_, _| false)?;
-        let n = (index - self.truncated.0) as usize;
-        self.entries.drain(..n);
+        let n = index - self.truncated.0;
+        if n <= self.on_disk_only {
+            self.on_disk_only -= n;
+        } else {
+            let from_memory = (n - self.on_disk_only) as usize;
+            for e in self.entries.drain(..from_memory) {
+                self.memory_bytes -= entry_bytes(&e);
+            }
+            self.on_disk_only = 0;
+        }
         self.truncated = (index, term);
         txn.open_table(META)?.insert(
             schema::META_TRUNCATED,
@@ -221,6 +328,8 @@ impl RaftStorage {
     ) -> Result<()> {
         txn.open_table(LOG)?.retain(|_, _| false)?;
         self.entries.clear();
+        self.memory_bytes = 0;
+        self.on_disk_only = 0;
         self.truncated = (meta.index, meta.term);
         txn.open_table(META)?.insert(
             schema::META_TRUNCATED,
@@ -241,7 +350,13 @@ impl RaftStorage {
         if idx < self.truncated.0 {
             return Err(Error::Raft(raft::Error::Store(StorageError::Compacted)));
         }
-        match self.entries.get((idx - self.first()) as usize) {
+        if idx > self.last() {
+            return Err(Error::Raft(raft::Error::Store(StorageError::Unavailable)));
+        }
+        if idx < self.memory_first() {
+            return Ok(self.read_from_disk(idx, idx + 1, 0)?[0].term);
+        }
+        match self.entries.get((idx - self.memory_first()) as usize) {
             Some(e) => Ok(e.term),
             None => Err(Error::Raft(raft::Error::Store(StorageError::Unavailable))),
         }
@@ -276,10 +391,28 @@ impl raft::Storage for RaftStorage {
         if high > self.last() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let from = (low - self.first()) as usize;
-        let to = (high - self.first()) as usize;
-        let mut out: Vec<Entry> = self.entries.range(from..to).cloned().collect();
-        raft::util::limit_size(&mut out, max_size.into());
+        let max_size = max_size.into();
+        let mem = self.memory_first();
+        let mut out = if low < mem {
+            let disk = self
+                .read_from_disk(low, high.min(mem), max_size.unwrap_or(u64::MAX))
+                .map_err(other)?;
+            // Stopped short on size: the memory part would not fit either.
+            if (disk.len() as u64) < high.min(mem) - low {
+                let mut disk = disk;
+                raft::util::limit_size(&mut disk, max_size);
+                return Ok(disk);
+            }
+            disk
+        } else {
+            Vec::new()
+        };
+        if high > mem {
+            let from = (low.max(mem) - mem) as usize;
+            let to = (high - mem) as usize;
+            out.extend(self.entries.range(from..to).cloned());
+        }
+        raft::util::limit_size(&mut out, max_size);
         Ok(out)
     }
 
@@ -325,15 +458,15 @@ mod tests {
         }
     }
 
-    fn open() -> (tempfile::TempDir, Database) {
+    fn open() -> (tempfile::TempDir, Arc<Database>) {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::open_database(&dir.path().join("db.redb")).unwrap();
-        (dir, db)
+        (dir, Arc::new(db))
     }
 
-    fn load(db: &Database) -> RaftStorage {
+    fn load(db: &Arc<Database>) -> RaftStorage {
         let state = Published::new(StateMachine::new(10));
-        RaftStorage::load(db, state).unwrap()
+        RaftStorage::load(db.clone(), state).unwrap()
     }
 
     #[test]
@@ -394,6 +527,96 @@ mod tests {
                 .len(),
             4
         );
+    }
+
+    /// Entries of 1 MiB each, so a few dozen pass the memory budget.
+    fn big(from: u64, to: u64, term: u64) -> Vec<Entry> {
+        (from..=to)
+            .map(|index| Entry {
+                index,
+                term,
+                data: vec![index as u8; 1 << 20].into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn indexes(s: &RaftStorage, low: u64, high: u64, max: Option<u64>) -> Vec<(u64, u64)> {
+        s.entries(low, high, max, GetEntriesContext::empty(false))
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert!(
+                    e.data.iter().all(|b| *b == e.index as u8),
+                    "entry {}",
+                    e.index
+                );
+                (e.index, e.term)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_newest_entries_stay_in_memory_and_the_rest_is_read_from_the_file() {
+        let (_dir, db) = open();
+        let mut s = load(&db);
+        let txn = db.begin_write().unwrap();
+        s.append(&txn, &big(1, 60, 1)).unwrap();
+        txn.commit().unwrap();
+        s.trim_memory();
+        assert!(s.memory_bytes <= MEMORY_LOG_BYTES, "{}", s.memory_bytes);
+        let on_disk = s.on_disk_only;
+        assert!(on_disk >= 28, "{on_disk} entries left memory");
+        assert_eq!((s.first(), s.last()), (1, 60));
+
+        // Reads cross from the file into memory, in order, within a size.
+        let all: Vec<_> = (1..=60).map(|i| (i, 1)).collect();
+        assert_eq!(indexes(&s, 1, 61, None), all);
+        assert_eq!(
+            indexes(&s, on_disk, on_disk + 3, None),
+            all[on_disk as usize - 1..on_disk as usize + 2]
+        );
+        assert_eq!(indexes(&s, 2, 61, Some((3 << 20) + 100)).len(), 3);
+        assert_eq!(indexes(&s, 2, 61, Some(0)), vec![(2, 1)]);
+        assert_eq!(s.term(5).unwrap(), 1);
+
+        // A conflict that reaches into the file replaces what follows.
+        let txn = db.begin_write().unwrap();
+        s.append(&txn, &big(10, 12, 2)).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(s.last(), 12);
+        assert_eq!(s.term(9).unwrap(), 1);
+        assert_eq!(s.term(10).unwrap(), 2);
+        assert_eq!(
+            indexes(&s, 8, 13, None),
+            vec![(8, 1), (9, 1), (10, 2), (11, 2), (12, 2)]
+        );
+
+        // Compaction into the part on disk, then past it.
+        let txn = db.begin_write().unwrap();
+        s.append(&txn, &big(13, 70, 2)).unwrap();
+        txn.commit().unwrap();
+        s.trim_memory();
+        let txn = db.begin_write().unwrap();
+        s.compact(&txn, 20).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(indexes(&s, 21, 23, None), vec![(21, 2), (22, 2)]);
+        let txn = db.begin_write().unwrap();
+        s.compact(&txn, 65).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(s.on_disk_only, 0);
+        assert_eq!(indexes(&s, 66, 71, None).len(), 5);
+
+        // A reload keeps only the newest in memory and reads the same log.
+        let txn = db.begin_write().unwrap();
+        s.append(&txn, &big(71, 120, 2)).unwrap();
+        txn.commit().unwrap();
+        drop(s);
+        let s = load(&db);
+        assert!(s.memory_bytes <= MEMORY_LOG_BYTES);
+        assert!(s.on_disk_only > 0);
+        assert_eq!((s.first(), s.last()), (66, 120));
+        assert_eq!(indexes(&s, 66, 121, None).len(), 55);
     }
 
     #[test]

@@ -263,6 +263,9 @@ impl Node {
             heartbeat_tick: cfg.heartbeat_ticks,
             applied: sm.applied.0,
             max_size_per_msg: 1024 * 1024,
+            // A restart replays the log past the state file in batches of
+            // this much, not all of it in one Vec.
+            max_committed_size_per_ready: 16 * 1024 * 1024,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
@@ -695,6 +698,7 @@ impl Node {
             }
             self.maybe_compact(&txn)?;
             txn.commit()?;
+            self.raw.mut_store().trim_memory();
             if must_sync {
                 self.metrics
                     .fsync_seconds
@@ -941,6 +945,17 @@ impl Node {
             .store(self.raw.raft.term, Ordering::Release);
         self.metrics.term.set(self.raw.raft.term as i64);
         self.metrics.applied_index.set(self.sm.applied.0 as i64);
+        let store = self.raw.store();
+        self.metrics
+            .log_entries
+            .set((store.last() + 1 - store.first()) as i64);
+        self.metrics
+            .log_memory_bytes
+            .set(store.memory_bytes() as i64);
+        self.metrics.keys.set(self.sm.len() as i64);
+        self.metrics
+            .history_bytes
+            .set(self.sm.history_bytes() as i64);
         // Callers that gave up (dropped their receiver) are forgotten.
         self.pending.retain(|_, ws| {
             ws.retain(|(tx, _, _)| !tx.is_closed());

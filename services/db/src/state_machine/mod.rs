@@ -184,6 +184,11 @@ impl StateMachine {
         self.t.leases.iter().map(|(id, ttl)| (*id, *ttl)).collect()
     }
 
+    /// Encoded bytes of the history kept now.
+    pub fn history_bytes(&self) -> u64 {
+        self.history_bytes
+    }
+
     /// Caps the bytes of history kept (besides the revision count).
     pub fn set_history_bytes(&mut self, bytes: u64) {
         self.history_max_bytes = bytes;
