@@ -147,6 +147,21 @@ pub struct System {
 }
 
 impl System {
+    /// The default system without the gateway's per-person rate, for tests
+    /// whose load is one person (or everyone) as fast as answers come and
+    /// that are not about that rate (api_limits is); panics if it does not
+    /// come up.
+    pub async fn start_without_person_rate() -> System {
+        System::start(SystemOptions {
+            gateway_args: ["--person-rate", "1000000", "--person-burst", "1000000"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start the system: {e:#}"))
+    }
+
     /// The default system and a client of its gateway; panics if it does
     /// not come up.
     pub async fn start_with_api() -> (System, Api) {

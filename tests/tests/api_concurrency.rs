@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use agenda_tests::cluster::wait_for;
 use agenda_tests::system::{
     error_shape_problem, expect, expect_ok, fmt_time, instant, items, range, Api, Reply, System,
-    SystemOptions, PASSWORD,
+    PASSWORD,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -620,16 +620,9 @@ async fn creations_in_flight_survive_a_killed_replica() {
 /// drains: clients see no failure at all, unlike a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_stopped_gracefully_costs_no_request() {
-    // The load is one person's, as fast as the system answers: no
-    // per-person rate in the way (its 429s are not what is tested).
-    let mut sys = System::start(SystemOptions {
-        gateway_args: ["--person-rate", "1000000", "--person-burst", "1000000"]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    // The load is one person's, as fast as the system answers: its 429s
+    // are not what is tested.
+    let mut sys = System::start_without_person_rate().await;
     let api = sys.api();
     let (_, token) = api.register("steady").await;
     let db = sys.db.client();

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agenda_tests::system::{enc, error_shape_problem, fmt_time, System, SystemOptions};
+use agenda_tests::system::{enc, error_shape_problem, fmt_time, System};
 use rand::Rng;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -745,15 +745,8 @@ async fn setup(sys: &System) -> Arc<Load> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_refused_cleanly_and_what_is_admitted_keeps_its_latency() {
-    let sys = System::start(SystemOptions {
-        // The flood comes from everyone: no person's own rate in the way.
-        gateway_args: ["--person-rate", "1000000", "--person-burst", "1000000"]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    // The flood comes from everyone: no person's own rate in the way.
+    let sys = System::start_without_person_rate().await;
     let load = setup(&sys).await;
 
     // Capacity: closed loops at full speed, after a warm-up at a light

@@ -393,21 +393,15 @@ impl raft::Storage for RaftStorage {
         }
         let max_size = max_size.into();
         let mem = self.memory_first();
-        let mut out = if low < mem {
-            let disk = self
+        let mut out = Vec::new();
+        if low < mem {
+            out = self
                 .read_from_disk(low, high.min(mem), max_size.unwrap_or(u64::MAX))
                 .map_err(other)?;
-            // Stopped short on size: the memory part would not fit either.
-            if (disk.len() as u64) < high.min(mem) - low {
-                let mut disk = disk;
-                raft::util::limit_size(&mut disk, max_size);
-                return Ok(disk);
-            }
-            disk
-        } else {
-            Vec::new()
-        };
-        if high > mem {
+        }
+        // The part in memory follows, unless the file's part stopped short
+        // on size already.
+        if high > mem && out.len() as u64 == mem.saturating_sub(low) {
             let from = (low.max(mem) - mem) as usize;
             let to = (high - mem) as usize;
             out.extend(self.entries.range(from..to).cloned());
