@@ -209,8 +209,11 @@ impl Store {
             return Err(refused());
         }
         let hash = keyed_hash(&self.hash_key().await?, password);
+        // A confirmed read: a revoked password must be refused from the
+        // next request on, and a replica that has not yet applied the
+        // revocation (follower reads) would still find it.
         let Some(entry) = self
-            .get_unconfirmed::<HashEntry>(&keys::app_password_hash(&hash))
+            .get::<HashEntry>(&keys::app_password_hash(&hash))
             .await?
         else {
             return Err(refused());
