@@ -30,7 +30,7 @@ use agenda_proto::db::KeyValue;
 use agenda_proto::raft::{
     Applied, DedupRecord, Lease, Members, Revision, RevisionRecord, SnapshotData, StateFile,
 };
-use prost::Message as _;
+use prost::{encoding, Message as _};
 use protobuf::Message as _;
 use raft::prelude::ConfState;
 use redb::{ReadableDatabase, ReadableTable};
@@ -199,43 +199,54 @@ impl StateFiles {
             return Ok(false);
         }
         let started = Instant::now();
-        let file = StateFile {
-            identity: self.identity.clone(),
-            applied_index: sm.applied.0,
-            applied_term: sm.applied.1,
-            conf_state: sm.conf_state.write_to_bytes()?,
-            data: Some(sm.snapshot_data()),
-            compact_revision: sm.compact_revision,
-            history: sm.history_records(),
-        };
-        let body = file.encode_to_vec();
         let tmp = self.dir.join(TMP_FILE);
-        let mut f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-        let mut put = || -> std::io::Result<()> {
-            f.write_all(MAGIC)?;
-            f.write_all(&(body.len() as u64).to_le_bytes())?;
-            let mut done = 0u64;
-            for piece in body.chunks(SYNC_EVERY) {
-                f.write_all(piece)?;
-                f.sync_data()?;
-                done += piece.len() as u64;
-                if let Some(rate) = rate {
-                    let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
-                    std::thread::sleep(due.saturating_sub(started.elapsed()));
+        let f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+        let conf_state = sm.conf_state.write_to_bytes()?;
+        let mut body = Body::new(f, rate, started);
+        let put = |body: &mut Body| -> std::io::Result<()> {
+            body.start()?;
+            // The body is `StateFile`'s encoding, written field by field in
+            // prost's order (so byte for byte what `encode_to_vec` gives)
+            // without ever holding the whole of it: the scalars, then the
+            // state (5) piece by piece, then the history (7) record by
+            // record.
+            let head = StateFile {
+                identity: self.identity.clone(),
+                applied_index: sm.applied.0,
+                applied_term: sm.applied.1,
+                conf_state,
+                ..Default::default()
+            };
+            body.put(&head.encode_to_vec())?;
+            let mut field = Vec::new();
+            encoding::encode_key(5, encoding::WireType::LengthDelimited, &mut field);
+            encoding::encode_varint(sm.snapshot_data_len() as u64, &mut field);
+            body.put(&field)?;
+            sm.encode_snapshot_data(SYNC_EVERY, |piece| body.put(piece))?;
+            field.clear();
+            if sm.compact_revision != 0 {
+                encoding::int64::encode(6, &sm.compact_revision, &mut field);
+            }
+            for record in sm.history_records() {
+                encoding::message::encode(7, &record, &mut field);
+                if field.len() >= SYNC_EVERY {
+                    body.put(&field)?;
+                    field.clear();
                 }
             }
-            f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
-            f.sync_all()
+            body.put(&field)?;
+            body.finish()
         };
-        put().map_err(|e| io("write", &tmp, e))?;
-        drop(f);
+        put(&mut body).map_err(|e| io("write", &tmp, e))?;
+        let len = body.len;
+        drop(body);
         let path = self.path();
         std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io("sync", &self.dir, e))?;
         *self.lock() = Some(sm.applied.0);
-        self.size.store(body.len() as u64 + 20, Ordering::Relaxed);
+        self.size.store(len + 20, Ordering::Relaxed);
         if let Some(timer) = &self.timer {
             timer.observe(started.elapsed().as_secs_f64());
         }
@@ -299,6 +310,72 @@ impl StateFiles {
         sm.load(applied, conf_state, data);
         sm.restore_history(compact_revision as i64, history);
         Ok(sm)
+    }
+}
+
+/// A state file's body on its way to disk: kept in pieces of
+/// [`SYNC_EVERY`], each written, checksummed and synced before the next,
+/// and paced to `rate`; the length goes in the header at the end.
+struct Body {
+    f: File,
+    pending: Vec<u8>,
+    crc: crc32fast::Hasher,
+    len: u64,
+    rate: Option<u64>,
+    started: Instant,
+}
+
+impl Body {
+    fn new(f: File, rate: Option<u64>, started: Instant) -> Self {
+        Body {
+            f,
+            pending: Vec::with_capacity(SYNC_EVERY + 1024),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            rate,
+            started,
+        }
+    }
+
+    /// The magic and a length to be filled in by [`finish`](Self::finish).
+    fn start(&mut self) -> std::io::Result<()> {
+        self.f.write_all(MAGIC)?;
+        self.f.write_all(&0u64.to_le_bytes())
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= SYNC_EVERY {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.f.write_all(&self.pending)?;
+        self.f.sync_data()?;
+        self.crc.update(&self.pending);
+        self.len += self.pending.len() as u64;
+        self.pending.clear();
+        if let Some(rate) = self.rate {
+            let due = std::time::Duration::from_secs_f64(self.len as f64 / rate as f64);
+            std::thread::sleep(due.saturating_sub(self.started.elapsed()));
+        }
+        Ok(())
+    }
+
+    /// The checksum after the body and the body's length in the header.
+    fn finish(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        self.flush()?;
+        self.f
+            .write_all(&self.crc.clone().finalize().to_le_bytes())?;
+        self.f
+            .write_all_at(&self.len.to_le_bytes(), MAGIC.len() as u64)?;
+        self.f.sync_all()
     }
 }
 
@@ -447,6 +524,73 @@ mod tests {
         assert!(back.dedup_lookup("r3").is_some(), "dedup survives");
         let history = crate::state_machine::history_since(&back.view(), 1);
         assert_eq!(history.len(), 20, "history survives");
+    }
+
+    #[test]
+    fn the_body_is_written_piece_by_piece_as_the_whole_message_would_be() {
+        use agenda_proto::db::LeaseGrantRequest;
+        // Enough keys for several pieces, history past its keep (so a
+        // compact revision), a lease and dedup records: every field.
+        let mut sm = state_with(3000);
+        let grant = Command {
+            request_id: "grant".into(),
+            proposed_at_ms: 1,
+            caller_role: String::new(),
+            op: Some(command::Op::LeaseGrant(LeaseGrantRequest {
+                id: 7,
+                ttl: 30,
+                ..Default::default()
+            })),
+        };
+        sm.apply(5000, 2, 1, &grant).unwrap();
+        for i in 0..6 {
+            let big = Command {
+                request_id: format!("big{i}"),
+                proposed_at_ms: 1,
+                caller_role: String::new(),
+                op: Some(command::Op::Put(PutRequest {
+                    key: format!("big{i}").into(),
+                    value: vec![i as u8; 1 << 20],
+                    ..Default::default()
+                })),
+            };
+            sm.apply(5001 + i, 2, 1, &big).unwrap();
+        }
+        assert!(sm.compact_revision > 0);
+        let whole = StateFile {
+            identity: "t\n1".into(),
+            applied_index: sm.applied.0,
+            applied_term: sm.applied.1,
+            conf_state: sm.conf_state.write_to_bytes().unwrap(),
+            data: Some(sm.snapshot_data()),
+            compact_revision: sm.compact_revision,
+            history: sm.history_records().collect(),
+        }
+        .encode_to_vec();
+        assert!(whole.len() > 2 * SYNC_EVERY, "{} bytes", whole.len());
+
+        let dir = tempfile::tempdir().unwrap();
+        StateFiles::new(dir.path(), "t", 1).write(&sm).unwrap();
+        let bytes = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
+        assert_eq!(&bytes[..8], MAGIC);
+        assert_eq!(bytes[8..16], (whole.len() as u64).to_le_bytes());
+        assert!(bytes[16..bytes.len() - 4] == whole[..], "the body differs");
+        assert_eq!(
+            bytes[bytes.len() - 4..],
+            crc32fast::hash(&whole).to_le_bytes()
+        );
+
+        // A raft snapshot's data is encoded the same way, in small pieces.
+        let mut pieces = Vec::new();
+        sm.encode_snapshot_data(1000, |p| {
+            pieces.push(p.len());
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert!(pieces.len() > 10, "{pieces:?}");
+        let snap = sm.to_snapshot().unwrap();
+        assert!(snap.get_data() == &sm.snapshot_data().encode_to_vec()[..]);
+        assert_eq!(sm.snapshot_data_len(), snap.get_data().len());
     }
 
     #[test]
