@@ -486,19 +486,28 @@ mod tests {
             ..Default::default()
         };
         for i in 0..keys {
-            let cmd = Command {
-                request_id: format!("r{i}"),
-                proposed_at_ms: 1,
-                caller_role: String::new(),
-                op: Some(command::Op::Put(PutRequest {
-                    key: format!("k{i}").into(),
-                    value: b"v".to_vec(),
-                    ..Default::default()
-                })),
-            };
-            sm.apply(10 + i as u64, 2, 1, &cmd).unwrap();
+            let put = put(&format!("k{i}"), b"v".to_vec());
+            sm.apply(10 + i as u64, 2, 1, &command(&format!("r{i}"), put))
+                .unwrap();
         }
         sm
+    }
+
+    fn put(key: &str, value: Vec<u8>) -> command::Op {
+        command::Op::Put(PutRequest {
+            key: key.into(),
+            value,
+            ..Default::default()
+        })
+    }
+
+    fn command(request_id: &str, op: command::Op) -> Command {
+        Command {
+            request_id: request_id.into(),
+            proposed_at_ms: 1,
+            caller_role: String::new(),
+            op: Some(op),
+        }
     }
 
     #[test]
@@ -532,29 +541,16 @@ mod tests {
         // Enough keys for several pieces, history past its keep (so a
         // compact revision), a lease and dedup records: every field.
         let mut sm = state_with(3000);
-        let grant = Command {
-            request_id: "grant".into(),
-            proposed_at_ms: 1,
-            caller_role: String::new(),
-            op: Some(command::Op::LeaseGrant(LeaseGrantRequest {
-                id: 7,
-                ttl: 30,
-                ..Default::default()
-            })),
-        };
-        sm.apply(5000, 2, 1, &grant).unwrap();
+        let grant = command::Op::LeaseGrant(LeaseGrantRequest {
+            id: 7,
+            ttl: 30,
+            ..Default::default()
+        });
+        sm.apply(5000, 2, 1, &command("grant", grant)).unwrap();
         for i in 0..6 {
-            let big = Command {
-                request_id: format!("big{i}"),
-                proposed_at_ms: 1,
-                caller_role: String::new(),
-                op: Some(command::Op::Put(PutRequest {
-                    key: format!("big{i}").into(),
-                    value: vec![i as u8; 1 << 20],
-                    ..Default::default()
-                })),
-            };
-            sm.apply(5001 + i, 2, 1, &big).unwrap();
+            let big = put(&format!("big{i}"), vec![i as u8; 1 << 20]);
+            sm.apply(5001 + i, 2, 1, &command(&format!("big{i}"), big))
+                .unwrap();
         }
         assert!(sm.compact_revision > 0);
         let whole = StateFile {
