@@ -28,6 +28,15 @@ async fn refresh(api: &Api, token: &str) -> (StatusCode, Value) {
     .await
 }
 
+/// A refresh with an `Idempotency-Key`.
+async fn refresh_with(api: &Api, token: &str, key: &str) -> (StatusCode, Value) {
+    let req = api
+        .request(Method::POST, "/v1/auth/refresh")
+        .header("idempotency-key", key)
+        .json(&json!({"refresh_token": token}));
+    api.try_send(req).await.expect("transport")
+}
+
 fn field<'a>(v: &'a Value, name: &str) -> &'a str {
     v[name].as_str().unwrap_or_else(|| panic!("no {name}: {v}"))
 }
@@ -119,6 +128,73 @@ async fn refresh_tokens_rotate_and_a_spent_one_ends_its_chain() {
     expect_ok(
         refresh(&api, field(&two, "refresh_token")).await,
         "the other session",
+    );
+    assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
+}
+
+/// A refresh whose answer was lost can be sent again with the same key
+/// and gets the same next token; anything else that presents a spent
+/// token still ends the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_with_a_key_is_safe_to_repeat() {
+    let (_sys, api) = System::start_with_api().await;
+    api.register("rosa").await;
+    let r0 = field(&login(&api, "rosa", PASSWORD).await, "refresh_token").to_string();
+
+    let first = expect_ok(refresh_with(&api, &r0, "k-1").await, "refresh with a key");
+    let r1 = field(&first, "refresh_token").to_string();
+    assert_ne!(r1, r0);
+    let again = expect_ok(refresh_with(&api, &r0, "k-1").await, "its repeat");
+    assert_eq!(field(&again, "refresh_token"), r1, "the same next token");
+    expect_ok(
+        api.get("/v1/me", field(&again, "access_token")).await,
+        "the repeat's access token works",
+    );
+    // Two repeats at once both get it.
+    let (a, b) = tokio::join!(
+        refresh_with(&api, &r0, "k-1"),
+        refresh_with(&api, &r0, "k-1")
+    );
+    for x in [&a, &b] {
+        assert_eq!(x.0, StatusCode::OK, "{x:?}");
+        assert_eq!(field(&x.1, "refresh_token"), r1);
+    }
+
+    // The spent token with another key (or none) is a reuse: the chain ends.
+    let (st, body) = refresh_with(&api, &r0, "k-2").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "another key: {body}");
+    let (st, body) = refresh_with(&api, &r1, "k-3").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "the chain is ended: {body}");
+
+    // Once the next token is used, the old use is no longer repeatable.
+    let s0 = field(&login(&api, "rosa", PASSWORD).await, "refresh_token").to_string();
+    let s1 = expect_ok(refresh_with(&api, &s0, "a").await, "refresh");
+    let s1 = field(&s1, "refresh_token").to_string();
+    let s2 = expect_ok(refresh_with(&api, &s1, "b").await, "next refresh");
+    let s2 = field(&s2, "refresh_token").to_string();
+    let (st, body) = refresh_with(&api, &s0, "a").await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "a repeat after the chain moved on: {body}"
+    );
+    let (st, _) = refresh_with(&api, &s2, "c").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "and that ended the chain");
+
+    // The same token at once with two keys: still exactly one wins.
+    let t0 = field(&login(&api, "rosa", PASSWORD).await, "refresh_token").to_string();
+    let (a, b) = tokio::join!(refresh_with(&api, &t0, "x"), refresh_with(&api, &t0, "y"));
+    let won: Vec<_> = [&a, &b]
+        .into_iter()
+        .filter(|r| r.0 == StatusCode::OK)
+        .collect();
+    assert_eq!(won.len(), 1, "one winner: {a:?} {b:?}");
+
+    expect_error(
+        refresh_with(&api, &t0, "two words").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "a malformed key",
     );
     assert!(api.server_errors().is_empty(), "{:?}", api.server_errors());
 }

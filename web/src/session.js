@@ -5,10 +5,14 @@
 // login (API.md). Several tabs share the stored token, so every refresh
 // runs under a Web Lock and reads the token from storage inside it; the
 // tab that comes second simply uses the token the first one stored.
+// Each stored token has an Idempotency-Key of its own: a refresh whose
+// answer was lost (a connection closed mid-request) is sent again with it
+// and answered with the same next token instead of ending the login.
 
 import { api, setAuth, ApiError } from './api.js';
 
 const KEY = 'agenda.refresh_token';
+const REPEAT_KEY = 'agenda.refresh_key';
 // Renew this long before the access token runs out.
 const EARLY_MS = 60_000;
 
@@ -30,7 +34,13 @@ function adopt(reply) {
   access = { token: reply.access_token, expiresAt: Date.now() + reply.expires_in * 1000 };
   user = reply.user;
   localStorage.setItem(KEY, reply.refresh_token);
+  localStorage.setItem(REPEAT_KEY, newKey());
   schedule();
+}
+
+function newKey() {
+  if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
 }
 
 function schedule() {
@@ -47,6 +57,7 @@ function forget(reason) {
   access = null;
   user = null;
   localStorage.removeItem(KEY);
+  localStorage.removeItem(REPEAT_KEY);
   emit(reason);
 }
 
@@ -66,7 +77,11 @@ export function refresh() {
     const stored = localStorage.getItem(KEY);
     if (!stored) { if (user) forget('signed-out'); return false; }
     try {
-      const reply = await api('POST', '/v1/auth/refresh', { auth: false, body: { refresh_token: stored } });
+      let repeatKey = localStorage.getItem(REPEAT_KEY);
+      if (!repeatKey) { repeatKey = newKey(); localStorage.setItem(REPEAT_KEY, repeatKey); }
+      const reply = await api('POST', '/v1/auth/refresh', {
+        auth: false, body: { refresh_token: stored }, headers: { 'Idempotency-Key': repeatKey },
+      });
       adopt(reply);
       emit('refreshed');
       return true;

@@ -281,7 +281,14 @@ pub struct OccurrenceScope {
 pub enum Op {
     Register(RegisterRequest),
     Login(LoginRequest),
-    Refresh(RefreshRequest),
+    /// The body's fields as they are (so a gateway of the version before,
+    /// which sent `RefreshRequest` alone, is still understood).
+    Refresh {
+        refresh_token: String,
+        /// Makes the use safe to repeat (see `store::sessions`).
+        #[serde(default)]
+        idempotency_key: Option<String>,
+    },
     Logout(LogoutRequest),
     GetMe,
     UpdateMe(UpdateMeRequest),
@@ -540,6 +547,10 @@ impl Op {
                         idempotency_key: Some(_),
                         ..
                     }
+                    | Op::Refresh {
+                        idempotency_key: Some(_),
+                        ..
+                    }
             )
     }
 
@@ -549,7 +560,7 @@ impl Op {
             self,
             Op::Register(_)
                 | Op::Login(_)
-                | Op::Refresh(_)
+                | Op::Refresh { .. }
                 | Op::Feed { .. }
                 | Op::CheckAppPassword { .. }
         )

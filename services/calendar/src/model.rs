@@ -464,4 +464,8 @@ pub struct RefreshFamily {
     /// The session generation it belongs to: a later one ends it.
     pub generation: u64,
     pub expires_at: DateTime<Utc>,
+    /// When the chain last moved, if that move carried an idempotency key
+    /// (its repeat is answered again for a while: `store::sessions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_at: Option<DateTime<Utc>>,
 }

@@ -177,6 +177,16 @@ where
     }
 }
 
+/// The request's `Idempotency-Key`, or a fresh one when the client gave
+/// none: with a key the services treat the call as safe to repeat, so the
+/// gateway may retry it on another replica after any failure.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    match headers.get("idempotency-key") {
+        Some(v) => agenda_calendar::validate::idempotency_key(v.as_bytes()),
+        None => Ok(Uuid::new_v4().to_string()),
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` value.
 pub fn strip_bearer(value: &str) -> Option<&str> {
     value

@@ -94,8 +94,13 @@ impl Handler for Users {
                 let refresh = s.start_refresh_chain(&user, generation).await?;
                 Reply::ok(self.session_reply(&user, generation, refresh)?)
             }
-            Op::Refresh(req) => {
-                let r = s.refresh(&req.refresh_token).await?;
+            Op::Refresh {
+                refresh_token,
+                idempotency_key,
+            } => {
+                let r = s
+                    .refresh(&refresh_token, idempotency_key.as_deref())
+                    .await?;
                 Reply::ok(self.session_reply(&r.user, r.generation, r.refresh_token)?)
             }
             Op::Logout(req) => {

@@ -777,6 +777,10 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
     };
     let login = match resumed {
         Some(refresh) => {
+            // With a key a refresh whose answer was lost (a connection
+            // closed as the VIP moved) is repeated as the web app does,
+            // and answered with the same next token.
+            let key = uuid::Uuid::new_v4().to_string();
             let answer = request(
                 ctx,
                 rec,
@@ -785,7 +789,7 @@ async fn flow(ctx: &Ctx, rec: &Recorder, until: Option<Instant>) -> Result<bool,
                 "/v1/auth/refresh",
                 None,
                 Some(json!({"refresh_token": refresh.clone()})),
-                None,
+                Some(&key),
                 "/access_token",
             )
             .await;

@@ -10,7 +10,16 @@
 //! - a logout ends its own refresh chain (its access token lives out its
 //!   short lifetime);
 //! - a spent refresh token presented again ends its whole chain (someone
-//!   kept a copy).
+//!   kept a copy), unless it is the repeat of the use that spent it.
+//!
+//! A repeat: a refresh whose answer was lost (a connection closed as the
+//! VIP moved, a replica that died after committing) can be sent again with
+//! the same `Idempotency-Key`. A use with a key makes the next secret from
+//! the spent one and the key ([`RefreshToken::next_for`]), so the repeat
+//! is recognised by the chain's current hash alone and answered with the
+//! same next token, for [`REPEAT_WINDOW`] and while the chain has not
+//! moved again. Only someone holding both the spent secret and the key
+//! gets that answer.
 
 use std::time::Duration;
 
@@ -30,6 +39,9 @@ use crate::model::{RefreshFamily, UserRecord};
 /// How long a refresh token stays usable without being used.
 pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// How long after a use with an idempotency key its repeat is answered.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(300);
+
 const REFUSED: &str = "this refresh token is not valid (log in again)";
 
 /// A refresh token as handed out: the family it belongs to and its secret.
@@ -45,6 +57,21 @@ impl RefreshToken {
         RefreshToken {
             family,
             secret: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+
+    /// The token a use of `self` with `idempotency_key` moves the chain
+    /// to: the same for every repeat of that use, unknowable without the
+    /// secret.
+    fn next_for(&self, idempotency_key: &str) -> RefreshToken {
+        let mut h = Sha256::new();
+        h.update(b"agenda refresh repeat\0");
+        h.update(self.secret.as_bytes());
+        h.update(b"\0");
+        h.update(idempotency_key.as_bytes());
+        RefreshToken {
+            family: self.family,
+            secret: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
 
@@ -120,6 +147,7 @@ impl Store {
             hash: token.hash(),
             generation,
             expires_at: Utc::now() + REFRESH_TTL,
+            moved_at: None,
         };
         let key = keys::refresh_family(token.family);
         let mut batch = Batch::default();
@@ -140,72 +168,120 @@ impl Store {
     /// Uses a refresh token: the chain moves to a new one (of two
     /// concurrent uses one wins, the other is refused). A spent token,
     /// a chain of an older generation or an expired one is 401; a spent
-    /// one ends its chain for good.
-    pub async fn refresh(&self, presented: &str) -> ApiResult<Refreshed> {
+    /// one ends its chain for good, unless this is a repeat (the same
+    /// `idempotency_key`) of the use that spent it, which is answered with
+    /// the same next token.
+    pub async fn refresh(
+        &self,
+        presented: &str,
+        idempotency_key: Option<&str>,
+    ) -> ApiResult<Refreshed> {
         let token = RefreshToken::parse(presented.trim())
             .ok_or_else(|| ApiError::unauthenticated(REFUSED))?;
         let key = keys::refresh_family(token.family);
-        let cur = self
-            .get::<RefreshFamily>(&key)
-            .await?
-            .ok_or_else(|| ApiError::unauthenticated(REFUSED))?;
-        let family = cur.value;
-        if family.hash != token.hash() {
-            // Spent (or made up by someone who knows the family id, which
-            // only a token of it shows): the chain is compromised.
+        let next = match idempotency_key {
+            Some(k) => token.next_for(k),
+            None => RefreshToken::fresh(token.family),
+        };
+        // Twice at most: a use that lost the race to a concurrent one may
+        // have lost it to its own earlier attempt, which the second read
+        // shows as a repeat.
+        for round in 0..2 {
+            let cur = self
+                .get::<RefreshFamily>(&key)
+                .await?
+                .ok_or_else(|| ApiError::unauthenticated(REFUSED))?;
+            let family = cur.value;
+            let repeat = idempotency_key.is_some()
+                && family.hash == next.hash()
+                && family.moved_at.is_some_and(|at| {
+                    Utc::now() - at <= chrono::Duration::from_std(REPEAT_WINDOW).expect("small")
+                });
+            if family.hash != token.hash() && !repeat {
+                if round > 0 {
+                    return Err(ApiError::unauthenticated(
+                        "this refresh token was used at the same moment by another request",
+                    ));
+                }
+                return Err(self
+                    .end_reused_chain(&token, &key, cur.mod_revision, &family)
+                    .await?);
+            }
+            let (generation, deleted) = self.session_generation(family.user_id).await?;
+            if deleted || generation != family.generation || family.expires_at <= Utc::now() {
+                return Err(ApiError::unauthenticated(REFUSED));
+            }
+            let user = self
+                .get::<UserRecord>(&keys::user(family.user_id))
+                .await?
+                .ok_or_else(|| ApiError::unauthenticated(REFUSED))?;
+            if repeat {
+                return Ok(Refreshed {
+                    user: user.value,
+                    generation,
+                    refresh_token: next,
+                });
+            }
+            let moved = RefreshFamily {
+                hash: next.hash(),
+                expires_at: Utc::now() + REFRESH_TTL,
+                moved_at: idempotency_key.map(|_| Utc::now()),
+                ..family
+            };
+            // Both as read: the chain not moved by a concurrent use, the
+            // generation not moved by a password change meanwhile.
             let mut batch = Batch::default();
-            batch.unchanged(&key, cur.mod_revision).delete(&key);
+            batch
+                .unchanged(&key, cur.mod_revision)
+                .at_version(&keys::session(user.value.id), generation as i64)
+                .put(&key, &moved)?;
             audit::add(
                 &mut batch,
-                Some(family.user_id),
-                "",
-                "refresh_token_reused",
-                json!({"session": token.family, "ended": true}),
+                Some(user.value.id),
+                &user.value.username,
+                "token_refreshed",
+                json!({"session": token.family}),
             )?;
-            self.commit(batch).await?;
-            tracing::warn!(user = %family.user_id, family = %token.family, "a spent refresh token was presented: its chain is ended");
-            return Err(ApiError::unauthenticated(
-                "this refresh token was already used; its session is ended (log in again)",
-            ));
+            if self.commit(batch).await? {
+                return Ok(Refreshed {
+                    user: user.value,
+                    generation,
+                    refresh_token: next,
+                });
+            }
+            if idempotency_key.is_none() {
+                break;
+            }
         }
-        let (generation, deleted) = self.session_generation(family.user_id).await?;
-        if deleted || generation != family.generation || family.expires_at <= Utc::now() {
-            return Err(ApiError::unauthenticated(REFUSED));
-        }
-        let user = self
-            .get::<UserRecord>(&keys::user(family.user_id))
-            .await?
-            .ok_or_else(|| ApiError::unauthenticated(REFUSED))?;
-        let next = RefreshToken::fresh(token.family);
-        let moved = RefreshFamily {
-            hash: next.hash(),
-            expires_at: Utc::now() + REFRESH_TTL,
-            ..family
-        };
-        // Both as read: the chain not moved by a concurrent use, the
-        // generation not moved by a password change meanwhile.
+        Err(ApiError::unauthenticated(
+            "this refresh token was used at the same moment by another request",
+        ))
+    }
+
+    /// A spent token was presented (or one made up by someone who knows
+    /// the family id, which only a token of it shows): the chain is
+    /// compromised and ends. Returns the refusal to give.
+    async fn end_reused_chain(
+        &self,
+        token: &RefreshToken,
+        key: &str,
+        revision: i64,
+        family: &RefreshFamily,
+    ) -> ApiResult<ApiError> {
         let mut batch = Batch::default();
-        batch
-            .unchanged(&key, cur.mod_revision)
-            .at_version(&keys::session(user.value.id), generation as i64)
-            .put(&key, &moved)?;
+        batch.unchanged(key, revision).delete(key);
         audit::add(
             &mut batch,
-            Some(user.value.id),
-            &user.value.username,
-            "token_refreshed",
-            json!({"session": token.family}),
+            Some(family.user_id),
+            "",
+            "refresh_token_reused",
+            json!({"session": token.family, "ended": true}),
         )?;
-        if !self.commit(batch).await? {
-            return Err(ApiError::unauthenticated(
-                "this refresh token was used at the same moment by another request",
-            ));
-        }
-        Ok(Refreshed {
-            user: user.value,
-            generation,
-            refresh_token: next,
-        })
+        self.commit(batch).await?;
+        tracing::warn!(user = %family.user_id, family = %token.family, "a spent refresh token was presented: its chain is ended");
+        Ok(ApiError::unauthenticated(
+            "this refresh token was already used; its session is ended (log in again)",
+        ))
     }
 
     /// Ends the refresh chain of `presented` if it is `user`'s (a logout).
@@ -266,6 +342,15 @@ mod tests {
         assert!(!t.hash().contains(&t.secret));
         assert_eq!(t.hash().len(), 64);
         assert_ne!(RefreshToken::fresh(t.family).hash(), t.hash());
+        // A use with a key moves to the same next token every time, which
+        // depends on the secret and the key and belongs to the same chain.
+        let next = t.next_for("k-1");
+        assert_eq!(next, t.next_for("k-1"));
+        assert_eq!(next.family, t.family);
+        assert_eq!(RefreshToken::parse(&next.to_string()), Some(next.clone()));
+        assert_ne!(next, t.next_for("k-2"));
+        assert_ne!(next, RefreshToken::fresh(t.family).next_for("k-1"));
+        assert_ne!(next.secret, t.secret);
         for bad in [
             "",
             "x.y",

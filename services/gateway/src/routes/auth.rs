@@ -5,10 +5,11 @@ use agenda_calendar::api::{
 };
 use agenda_calendar::model::User;
 use agenda_calendar::ErrorKind;
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use crate::error::HttpError;
-use crate::extract::{Authed, JsonBody, Public};
+use crate::extract::{idempotency_key, Authed, JsonBody, Public};
 
 /// Creates an account.
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", operation_id = "register",
@@ -51,15 +52,30 @@ pub async fn login(
 /// Exchanges a refresh token for a new access token and a new refresh
 /// token (the one presented is spent: presenting it again ends the
 /// session).
+///
+/// Safe to repeat with an `Idempotency-Key` header: a repeat of a use
+/// (same token, same key, within five minutes and before the next token
+/// is used) is answered with the same next refresh token instead of
+/// ending the session, so a client whose answer was lost may send it
+/// again. Without one the gateway still makes its own retries safe with a
+/// key of its own.
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", operation_id = "refresh",
+    params(("Idempotency-Key" = Option<String>, Header,
+            description = "1-255 visible ASCII characters; a repeat with it is answered again")),
     request_body = RefreshRequest,
     responses((status = 200, description = "a new access token and the next refresh token", body = LoginReply),
+              (status = 400, description = "malformed Idempotency-Key, or a malformed body"),
               (status = 401, description = "not a valid refresh token: unknown, expired, spent (which ends its session), or its session ended")))]
 pub async fn refresh(
     Public(c): Public,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> Result<Response, HttpError> {
-    c.call(Op::Refresh(body)).await
+    c.call(Op::Refresh {
+        refresh_token: body.refresh_token,
+        idempotency_key: Some(idempotency_key(&headers)?),
+    })
+    .await
 }
 
 /// Ends a session (its refresh token), or with `everywhere` every session

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::HttpError;
-use crate::extract::{Authed, JsonBody, Path, Query};
+use crate::extract::{idempotency_key, Authed, JsonBody, Path, Query};
 
 /// Reply of create, update and RSVP: the event and the overlapping
 /// occurrences of each affected person.
@@ -50,12 +50,7 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateEventRequest>,
 ) -> Result<Response, HttpError> {
     let reject = reject(&p)?;
-    // A fresh key per request when the client gives none: the gateway may
-    // then retry the call on another replica after any failure.
-    let idempotency_key = Some(match headers.get("idempotency-key") {
-        Some(v) => validate::idempotency_key(v.as_bytes())?,
-        None => uuid::Uuid::new_v4().to_string(),
-    });
+    let idempotency_key = Some(idempotency_key(&headers)?);
     c.call(if body.group_id.is_some() {
         Op::CreateGroupEvent {
             body,
