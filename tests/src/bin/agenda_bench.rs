@@ -103,8 +103,8 @@ pre-made account as attendee) - think - GET /v1/events/{id} - POST /v1/events/{i
 event another VU invited this person to, else one made for them during setup). A flow stops at \
 its first failed request, as Artillery's do; before failing, a request is retried as the web app's \
 client retries (within 5 s: a 503 that is not an overload refusal, e.g. the VIP moving, after its \
-Retry-After; a reset connection of a GET or of the event creation, sent with an Idempotency-Key, \
-after 0.5 s), and the repeats are counted by why. Closed model (--closed): --clients loops run the same \
+Retry-After; a reset connection of a GET, of the event creation or of a refresh login (both \
+sent with an Idempotency-Key) after 0.5 s), and the repeats are counted by why. Closed model (--closed): --clients loops run the same \
 flow with no think time for --seconds; after a failed flow a loop waits what the refusal asks \
 (Retry-After of a 429 or 503; 100 ms after other failures) before its next flow.\n\n\
 Per phase: Test | Total requests | Completed (%) | RPS mean | Min | Median | p95 | p99 | Max (ms), \
