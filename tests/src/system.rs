@@ -37,6 +37,8 @@ pub struct SystemOptions {
     pub redis: bool,
     /// Extra flags for the gateway.
     pub gateway_args: Vec<String>,
+    /// Extra flags for every agenda-db node.
+    pub db_args: Vec<String>,
     /// Extra flags for every agenda-users replica.
     pub users_args: Vec<String>,
     /// Extra flags for every agenda-groups replica.
@@ -63,6 +65,7 @@ impl Default for SystemOptions {
             groups: 2,
             redis: false,
             gateway_args: Vec::new(),
+            db_args: Vec::new(),
             users_args: Vec::new(),
             groups_args: Vec::new(),
             metrics: false,
@@ -200,6 +203,7 @@ impl System {
             (Options::default(), Vec::new())
         };
         let mut db_opts = db_opts;
+        db_opts.args.extend(opts.db_args.iter().cloned());
         if let Some(log) = &opts.log {
             db_opts.args.push(format!("--log={log}"));
         }

@@ -198,6 +198,56 @@ mod live {
         assert!(!missed.contains(&ids(&live)[0]));
     }
 
+    /// When agenda-db's history no longer reaches back to the relay's
+    /// cursor (no relay ran while more happened than the history keeps),
+    /// the next relay republishes every notification made since from a
+    /// scan, page by page: a tab open all along gets each once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_relay_behind_the_history_catches_up_page_by_page() {
+        let mut sys = System::start(SystemOptions {
+            redis: true,
+            users: 1,
+            groups: 1,
+            // 20 revisions of history: the invitations below outrun it.
+            db_args: vec!["--history=20".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start the system with Redis: {e:#}"));
+        let api = sys.api();
+        let (_, alice) = api.register("alice").await;
+        let (_, bob) = api.register("bob").await;
+        let mut tab = sys.ws(Some(&bob), None).await.expect("tab");
+        tab.ready(Duration::from_secs(10)).await.expect("ready");
+
+        // The relay runs in agenda-users; group invitations are
+        // agenda-groups' work, so they go on while no relay runs. More
+        // than one page of the catch-up (100).
+        sys.stop("users-0").expect("users-0 stops");
+        const N: usize = 130;
+        for i in 0..N {
+            let group = api.create_group(&alice, &format!("g{i}"), "flat").await;
+            api.invite(&alice, &group, "bob", 0).await;
+        }
+        sys.start_users("users-again").expect("agenda-users again");
+        let got = tab
+            .notifications(N, Duration::from_secs(60))
+            .await
+            .expect("every invitation, live");
+        assert!(repeats(&ids(&got)).is_empty(), "a repeat: {got:?}");
+        let mut got = ids(&got);
+        got.sort();
+        let mut want = stored_ids(&api, &bob).await;
+        want.sort();
+        assert_eq!(got, want, "the tab got exactly the stored notifications");
+        let log = std::fs::read_to_string(sys.log_dir().join("users-again.log"))
+            .expect("users-again's log");
+        assert!(
+            log.contains("history compacted past the cursor") && log.contains("caught up"),
+            "the relay did not go through the catch-up:\n{log}"
+        );
+    }
+
     /// With TLS on every link, as deployed: Redis serves TLS only,
     /// replicates over TLS, and the socket is WSS.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -18,7 +18,7 @@ use agenda_common::election;
 use agenda_common::shutdown::{self, CancellationToken};
 use agenda_common::{DbClient, Error};
 use agenda_proto::db::{
-    event::EventType, request_op, PutRequest, RequestOp, TxnRequest, WatchRequest,
+    event::EventType, request_op, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchRequest,
 };
 use futures::{FutureExt, StreamExt};
 
@@ -200,8 +200,15 @@ async fn relay(db: &DbClient, bus: &Bus, lead: &election::Leadership) -> Result<
     }
 }
 
+/// Notifications read per page by [`catch_up`]: one read of everyone's
+/// notifications at once passed agenda-db's 64 MiB answer limit at about
+/// 170,000 of them, failed every time, and the relay stopped for good
+/// (GROWTH.md Found 4).
+const CATCH_UP_PAGE: i64 = 100;
+
 /// The history was compacted past the cursor: republish every stored
-/// notification created after it (consumers drop the repeats).
+/// notification created after it (consumers drop the repeats), reading
+/// them page by page and publishing each page as it comes.
 async fn catch_up(
     db: &DbClient,
     bus: &Bus,
@@ -212,18 +219,45 @@ async fn catch_up(
     tracing::warn!(
         cursor = from,
         why,
-        "history compacted past the cursor; republishing from a full scan"
+        "history compacted past the cursor; republishing from a scan"
     );
-    let resp = db.get_prefix(keys::NOTIFICATIONS).await?;
-    let now = resp.header.map_or(from, |h| h.revision);
-    let batch: Vec<Entry> = resp
-        .kvs
-        .into_iter()
-        .filter(|kv| kv.create_revision > from)
-        .filter_map(|kv| entry(&kv.key, kv.value))
-        .collect();
-    publish(bus, &batch).await?;
+    let prefix = keys::NOTIFICATIONS.as_bytes();
+    // The prefix ends in '/': the span of its keys ends where '/' + 1 begins.
+    let mut end = prefix.to_vec();
+    *end.last_mut().expect("a non-empty prefix") += 1;
+    let mut start = prefix.to_vec();
+    // Whatever is created after the first page's revision the watch
+    // delivers from there; pages read later may repeat some of it.
+    let mut now = None;
+    let mut published = 0usize;
+    loop {
+        let resp = db
+            .range(RangeRequest {
+                key: start.clone(),
+                range_end: end.clone(),
+                limit: CATCH_UP_PAGE,
+                min_mod_revision: from,
+                ..Default::default()
+            })
+            .await?;
+        now.get_or_insert(resp.header.map_or(from, |h| h.revision));
+        let Some(last) = resp.kvs.last() else { break };
+        start = [last.key.as_slice(), &[0]].concat();
+        let batch: Vec<Entry> = resp
+            .kvs
+            .into_iter()
+            .filter(|kv| kv.create_revision > from)
+            .filter_map(|kv| entry(&kv.key, kv.value))
+            .collect();
+        publish(bus, &batch).await?;
+        published += batch.len();
+        if !resp.more {
+            break;
+        }
+    }
+    let now = now.unwrap_or(from);
     advance(db, lead, now).await?;
+    tracing::info!(cursor = now, published, "caught up");
     Ok(now)
 }
 
