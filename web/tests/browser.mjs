@@ -544,6 +544,10 @@ await step('drag moves an event (PATCH), resize stretches it', async () => {
   await pa.mouse.up();
   await visible(pa.locator('.toast'), `Moved “Overlap ${run}”`);
   await visible(pa.locator('.fc-timegrid-event', { hasText: `Overlap ${run}` }), '11:30');
+  // The toast sits over the grid's lower right corner: on a Friday around
+  // 10:00 it covered the moved event's end (the handle below).
+  await pa.locator('.toast', { hasText: `Moved “Overlap ${run}”` }).getByRole('button', { name: 'Dismiss' }).click();
+  await pa.locator('.toast', { hasText: `Moved “Overlap ${run}”` }).waitFor({ state: 'detached', timeout: T });
   // Resize: the end handle appears on hover; half an hour longer.
   const moved = pa.locator('.fc-timegrid-event', { hasText: `Overlap ${run}` }).first();
   await moved.hover();
@@ -557,6 +561,9 @@ await step('drag moves an event (PATCH), resize stretches it', async () => {
   const saved = pa.waitForResponse((r) => r.request().method() === 'PATCH' && r.url().includes('/v1/events/'), { timeout: T });
   saved.then(() => { patched = true; }, () => {});
   const reread = pa.waitForResponse((r) => patched && r.request().method() === 'GET' && r.url().includes('/v1/events?'), { timeout: T });
+  // Awaited below; until then a timeout must not be an unhandled
+  // rejection, which ends the process before the step can say what failed.
+  reread.catch(() => {});
   await pa.mouse.up();
   await visible(pa.locator('.fc-timegrid-event', { hasText: `Overlap ${run}` }), '13:00');
   if ((await saved).status() !== 200) throw new Error('the resize was not saved');
