@@ -49,6 +49,9 @@ const MAGIC: &[u8; 8] = b"AGDBSTA1";
 /// next, so a large file never queues a burst of dirty pages in front of
 /// the raft log's small fsyncs on the same disk.
 const SYNC_EVERY: usize = 4 * 1024 * 1024;
+/// The state is encoded in pieces of about this size, which [`Body`]
+/// gathers into [`SYNC_EVERY`] before writing.
+const ENCODE_PIECE: usize = 64 * 1024;
 /// Background writes go no faster than this (bytes per second), for the
 /// same reason: the raft log's fsyncs, which every acknowledgement waits
 /// for, keep most of the disk.
@@ -222,19 +225,17 @@ impl StateFiles {
             encoding::encode_key(5, encoding::WireType::LengthDelimited, &mut field);
             encoding::encode_varint(sm.snapshot_data_len() as u64, &mut field);
             body.put(&field)?;
-            sm.encode_snapshot_data(SYNC_EVERY, |piece| body.put(piece))?;
+            sm.encode_snapshot_data(ENCODE_PIECE, |piece| body.put(piece))?;
             field.clear();
             if sm.compact_revision != 0 {
                 encoding::int64::encode(6, &sm.compact_revision, &mut field);
             }
-            for record in sm.history_records() {
-                encoding::message::encode(7, &record, &mut field);
-                if field.len() >= SYNC_EVERY {
-                    body.put(&field)?;
-                    field.clear();
-                }
-            }
             body.put(&field)?;
+            for record in sm.history_records() {
+                field.clear();
+                encoding::message::encode(7, &record, &mut field);
+                body.put(&field)?;
+            }
             body.finish()
         };
         put(&mut body).map_err(|e| io("write", &tmp, e))?;

@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use serde_json::json;
 
+use super::app_passwords::keyed_hash;
 use super::{Attempt, Batch, Store};
 use crate::audit;
 use crate::error::{ApiError, ApiResult};
@@ -43,6 +44,7 @@ pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(300);
 
 const REFUSED: &str = "this refresh token is not valid (log in again)";
+const RACED: &str = "this refresh token was used at the same moment by another request";
 
 /// A refresh token as handed out: the family it belongs to and its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,14 +66,9 @@ impl RefreshToken {
     /// to: the same for every repeat of that use, unknowable without the
     /// secret.
     fn next_for(&self, idempotency_key: &str) -> RefreshToken {
-        let mut h = Sha256::new();
-        h.update(b"agenda refresh repeat\0");
-        h.update(self.secret.as_bytes());
-        h.update(b"\0");
-        h.update(idempotency_key.as_bytes());
         RefreshToken {
             family: self.family,
-            secret: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            secret: keyed_hash(self.secret.as_bytes(), idempotency_key),
         }
     }
 
@@ -199,9 +196,7 @@ impl Store {
                 });
             if family.hash != token.hash() && !repeat {
                 if round > 0 {
-                    return Err(ApiError::unauthenticated(
-                        "this refresh token was used at the same moment by another request",
-                    ));
+                    return Err(ApiError::unauthenticated(RACED));
                 }
                 return Err(self
                     .end_reused_chain(&token, &key, cur.mod_revision, &family)
@@ -253,9 +248,7 @@ impl Store {
                 break;
             }
         }
-        Err(ApiError::unauthenticated(
-            "this refresh token was used at the same moment by another request",
-        ))
+        Err(ApiError::unauthenticated(RACED))
     }
 
     /// A spent token was presented (or one made up by someone who knows
