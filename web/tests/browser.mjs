@@ -736,9 +736,8 @@ await step('recurring: A makes a weekly event (COUNT 4) in the week view, drags 
   const drag = async (text, date) => {
     const ev = week.locator('.fc-timegrid-event', { hasText: text }).first();
     await ev.scrollIntoViewIfNeeded();
-    const box = await ev.boundingBox();
     const col = await week.locator(`.fc-timegrid-col[data-date="${date}"]`).boundingBox();
-    const [x, y] = [box.x + box.width / 2, box.y + 8];
+    const { x, y } = await reachable(ev);
     await pa.mouse.move(x, y);
     await pa.mouse.down();
     await pa.mouse.move(x + 10, y, { steps: 3 });
