@@ -419,17 +419,29 @@ impl Store {
         if q.is_empty() {
             return Err(ApiError::invalid_field("q", "q must not be empty"));
         }
-        let mut out: Vec<UserRecord> = self
-            .list::<UserRecord>(keys::USERS)
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .filter(|u| {
-                u.username.to_lowercase().contains(&q) || u.display_name.to_lowercase().contains(&q)
-            })
-            .collect();
-        out.sort_by(|a, b| a.username.cmp(&b.username));
-        out.truncate(SEARCH_LIMIT);
+        // Every account is read (a page at a time) and only the first
+        // SEARCH_LIMIT matches by username are kept, so the memory is a
+        // page's whatever the store holds; the time still grows with it
+        // (docs/GROWTH.md, Found 3).
+        let mut out: Vec<UserRecord> = Vec::new();
+        self.scan::<UserRecord>(keys::USERS, |v| {
+            let u = v.value;
+            if u.username.to_lowercase().contains(&q) || u.display_name.to_lowercase().contains(&q)
+            {
+                out.push(u);
+                if out.len() >= 4 * SEARCH_LIMIT {
+                    keep_first(&mut out);
+                }
+            }
+        })
+        .await?;
+        keep_first(&mut out);
         Ok(out)
     }
+}
+
+/// The first [`SEARCH_LIMIT`] people by username.
+fn keep_first(people: &mut Vec<UserRecord>) {
+    people.sort_by(|a, b| a.username.cmp(&b.username));
+    people.truncate(SEARCH_LIMIT);
 }
