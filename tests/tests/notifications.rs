@@ -399,7 +399,20 @@ mod live {
         // queue still holds a whole batch of 20 for the reading tab, whose
         // 8 KiB send buffer may wait out a delayed ACK (40 ms) while the 20
         // notifications are made (a queue of 8 made it look slow).
-        let sys = start(&["--ws-queue", "64", "--send-buffer-bytes", "8192"]).await;
+        // The kernel's loopback buffers still hold hundreds of
+        // notifications before the gateway's sends block (about 900 here
+        // on 2026-11-27, near the person's request burst of 400 plus
+        // 100/s, which made this fail with 429): this test is not about
+        // that limit.
+        let sys = start(&[
+            "--ws-queue",
+            "64",
+            "--send-buffer-bytes",
+            "8192",
+            "--person-burst",
+            "10000",
+        ])
+        .await;
         let api = sys.api();
         let (_, alice) = api.register("alice").await;
         let (_, bob) = api.register("bob").await;
@@ -410,7 +423,7 @@ mod live {
             .expect("stalled tab");
         let mut reader = sys.ws(Some(&bob), None).await.expect("reading tab");
         reader.ready(Duration::from_secs(10)).await.expect("ready");
-        // Bounded: at most 1,000 events and 120 s, stopping as soon as the
+        // Bounded: at most 4,000 events and 120 s, stopping as soon as the
         // gateway has dropped the stalled connection.
         let metrics = format!("{}/metrics", sys.url());
         let slow_cuts = || async {
@@ -430,11 +443,15 @@ mod live {
         let deadline = Instant::now() + Duration::from_secs(120);
         while slow_cuts().await < 1.0 {
             assert!(
-                sent < 1000 && Instant::now() < deadline,
+                sent < 4000 && Instant::now() < deadline,
                 "the stalled tab was never cut ({sent} notifications sent)"
             );
             for _ in 0..20 {
-                assert_eq!(invite(&api, &alice, sent).await, StatusCode::CREATED);
+                assert_eq!(
+                    invite(&api, &alice, sent).await,
+                    StatusCode::CREATED,
+                    "invitation {sent}"
+                );
                 sent += 1;
             }
             let batch = reader.notifications(20, Duration::from_secs(20)).await;

@@ -1,16 +1,24 @@
-//! Reads of the calendar store that walk a whole prefix do it a page at a
-//! time (`Store::scan`), against a real agenda-db: the user search reads
-//! every account, and at 200,000 people one read of them all was over the
-//! agenda-db client's 64 MiB (docs/GROWTH.md, Found 3). Here the accounts
-//! span several pages, and the answer must be what one read would give.
+//! Reads of the calendar store that must not grow with the whole store or
+//! a person's whole history, against a real agenda-db (docs/GROWTH.md):
+//! the user search reads every account a page at a time (`Store::scan`;
+//! at 200,000 people one read of them all was over the agenda-db client's
+//! 64 MiB, Found 3), and a person's notifications are kept to the newest
+//! `KEEP` and caught up as a span (Found 4).
 //! Run: `cargo test -p agenda-tests --test store_pages`.
 
 use agenda_calendar::keys;
-use agenda_calendar::model::UserRecord;
+use agenda_calendar::model::{Notification, UserRecord};
+use agenda_calendar::store::notifications::{self, KEEP};
 use agenda_calendar::store::{Batch, Store, SCAN_PAGE};
 use agenda_tests::cluster::{Cluster, Options};
 use anyhow::{ensure, Result};
+use serde_json::json;
 use uuid::Uuid;
+
+/// The calendar's errors as anyhow's.
+fn api(e: agenda_calendar::ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{e:?}")
+}
 
 /// Two full pages and part of a third.
 const PEOPLE: usize = 2 * SCAN_PAGE + 345;
@@ -55,15 +63,10 @@ async fn the_user_search_reads_every_account_in_pages() -> Result<()> {
     for chunk in people.chunks(PER_TXN) {
         let mut batch = Batch::default();
         for u in chunk {
-            batch
-                .put(&keys::user(u.id), u)
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            batch.put(&keys::user(u.id), u).map_err(api)?;
         }
         ensure!(
-            store
-                .commit(batch)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            store.commit(batch).await.map_err(api)?,
             "a batch was refused"
         );
     }
@@ -71,10 +74,7 @@ async fn the_user_search_reads_every_account_in_pages() -> Result<()> {
     let search = |q: &'static str| {
         let store = store.clone();
         async move {
-            let found = store
-                .search_users(q)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let found = store.search_users(q).await.map_err(api)?;
             Ok::<Vec<String>, anyhow::Error>(found.into_iter().map(|u| u.username).collect())
         }
     };
@@ -114,5 +114,109 @@ async fn the_user_search_reads_every_account_in_pages() -> Result<()> {
         search("needle_0").await?.last() == Some(last),
         "the last account was not read"
     );
+    Ok(())
+}
+
+/// The `i` each notification was made with.
+fn order(items: &[Notification]) -> Vec<u64> {
+    items
+        .iter()
+        .map(|n| n.data["i"].as_u64().unwrap_or(u64::MAX))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persons_notifications_are_kept_to_the_newest_and_caught_up_as_a_span() -> Result<()> {
+    let c = Cluster::start(Options {
+        size: 1,
+        ..Options::default()
+    })
+    .await?;
+    let store = Store::new(c.client());
+    let user = Uuid::new_v4();
+    let add = |from: usize, to: usize| {
+        let store = store.clone();
+        async move {
+            for a in (from..to).step_by(250) {
+                let mut batch = Batch::default();
+                for i in a..(a + 250).min(to) {
+                    notifications::add(&mut batch, user, "rsvp", json!({ "i": i })).map_err(api)?;
+                }
+                ensure!(
+                    store.commit(batch).await.map_err(api)?,
+                    "a batch was refused"
+                );
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+    };
+    let stored = || {
+        let store = store.clone();
+        async move {
+            Ok::<usize, anyhow::Error>(
+                store
+                    .list::<Notification>(&keys::notifications(user))
+                    .await
+                    .map_err(api)?
+                    .len(),
+            )
+        }
+    };
+    let total = KEEP + 250;
+    add(0, total).await?;
+    ensure!(stored().await? == total);
+
+    // A listing keeps the newest KEEP and deletes the rest.
+    let (first, mut next) = store
+        .notifications(user, false, 200, None)
+        .await
+        .map_err(api)?;
+    let want: Vec<u64> = (total - 200..total).rev().map(|i| i as u64).collect();
+    ensure!(
+        order(&first) == want,
+        "the first page is {:?}",
+        &order(&first)[..5]
+    );
+    ensure!(
+        stored().await? == KEEP,
+        "{} stored after a listing, wanted {KEEP}",
+        stored().await?
+    );
+    let mut seen = first.len();
+    while let Some(before) = next {
+        let (page, more) = store
+            .notifications(user, false, 200, Some(before))
+            .await
+            .map_err(api)?;
+        seen += page.len();
+        next = more;
+        if next.is_none() {
+            ensure!(
+                order(&page).last() == Some(&((total - KEEP) as u64)),
+                "the oldest kept is not the right one"
+            );
+        }
+    }
+    ensure!(seen == KEEP, "the pages held {seen}");
+
+    // A stream's catch-up: what came after the one it saw last, oldest first.
+    let tenth = &first[9];
+    let after = store
+        .notifications_after(user, Some(tenth.id))
+        .await
+        .map_err(api)?;
+    ensure!(order(&after) == (total - 9..total).map(|i| i as u64).collect::<Vec<_>>());
+    let from_start = store.notifications_after(user, None).await.map_err(api)?;
+    ensure!(from_start.len() == KEEP && order(&from_start)[0] == (total - KEEP) as u64);
+
+    // "Mark all read" trims too, and marks what is kept.
+    add(total, total + 40).await?;
+    ensure!(store.mark_all_read(user).await.map_err(api)? == KEEP);
+    ensure!(stored().await? == KEEP);
+    let (unread, _) = store
+        .notifications(user, true, 200, None)
+        .await
+        .map_err(api)?;
+    ensure!(unread.is_empty(), "{} still unread", unread.len());
     Ok(())
 }

@@ -50,7 +50,7 @@ pub const SCAN_PAGE: usize = 2_000;
 
 /// The end of `prefix`'s span: the prefix with its last byte raised by
 /// one (keys are ASCII paths ending in `/`, so no byte is 0xff).
-fn prefix_end(prefix: &str) -> String {
+pub(crate) fn prefix_end(prefix: &str) -> String {
     let mut end = prefix.as_bytes().to_vec();
     if let Some(last) = end.last_mut() {
         *last += 1;

@@ -6,13 +6,18 @@ use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Attempt, Batch, Store};
+use super::{Attempt, Batch, Read, Store};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::Notification;
 
 /// Most notifications one listing returns.
 pub const LIST_LIMIT: usize = 200;
+
+/// Notifications kept per person: the newest. Older ones are deleted when
+/// the person's list is next read whole (a listing, "mark all read"), so
+/// those reads cost at most this many, not every notification ever had.
+pub const KEEP: usize = 1_000;
 
 /// A page of `all` (oldest first, as stored): newest first, unread only
 /// if asked, at most `limit` (1..=[`LIST_LIMIT`]) older than `before`, and
@@ -62,13 +67,35 @@ impl Store {
         limit: usize,
         before: Option<Uuid>,
     ) -> ApiResult<(Vec<Notification>, Option<Uuid>)> {
-        let all: Vec<Notification> = self
+        let all = self.kept_notifications(user).await?;
+        Ok(page(all, unread_only, limit, before))
+    }
+
+    /// `user`'s newest [`KEEP`] notifications, oldest first; any older are
+    /// deleted on the way (in transactions of at most [`LIST_LIMIT`]).
+    async fn kept_notifications(&self, user: Uuid) -> ApiResult<Vec<Notification>> {
+        let mut all: Vec<Notification> = self
             .list::<Notification>(&keys::notifications(user))
             .await?
             .into_iter()
             .map(|v| v.value)
             .collect();
-        Ok(page(all, unread_only, limit, before))
+        let over = all.len().saturating_sub(KEEP);
+        for old in all[..over].chunks(LIST_LIMIT) {
+            // Blind deletes: a notification is never written again once
+            // older than the newest KEEP, except to mark it read, and a
+            // read mark on one about to go is no loss.
+            let mut batch = Batch::default();
+            for n in old {
+                batch.delete(&keys::notification(user, n.id));
+            }
+            self.commit(batch).await?;
+        }
+        if over > 0 {
+            tracing::info!(%user, deleted = over, kept = KEEP, "older notifications deleted");
+        }
+        all.drain(..over);
+        Ok(all)
     }
 
     /// Marks every unread notification of `user` read; how many were.
@@ -76,6 +103,7 @@ impl Store {
     /// backlog never makes one oversized transaction.
     pub async fn mark_all_read(&self, user: Uuid) -> ApiResult<usize> {
         let mut marked = 0;
+        self.kept_notifications(user).await?;
         loop {
             let unread: Vec<_> = self
                 .list::<Notification>(&keys::notifications(user))
@@ -105,22 +133,28 @@ impl Store {
         }
     }
 
-    /// `user`'s notifications created after `after` (ids are time-ordered),
-    /// oldest first, at most [`LIST_LIMIT`] × 5.
+    /// `user`'s notifications created after `after` (ids are time-ordered,
+    /// and so are their keys), oldest first, at most [`LIST_LIMIT`] × 5:
+    /// one span read from `after` on, whatever came before it.
     pub async fn notifications_after(
         &self,
         user: Uuid,
         after: Option<Uuid>,
     ) -> ApiResult<Vec<Notification>> {
-        let mut out: Vec<Notification> = self
-            .list::<Notification>(&keys::notifications(user))
-            .await?
+        let prefix = keys::notifications(user);
+        let start = match after {
+            Some(a) => format!("{}\u{0}", keys::notification(user, a)),
+            None => prefix.clone(),
+        };
+        let read = Read::span(&start, &super::prefix_end(&prefix)).limit((LIST_LIMIT * 5) as i64);
+        let Some(snap) = self.snapshot(&[], [read]).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(snap
+            .values::<Notification>(0)?
             .into_iter()
             .map(|v| v.value)
-            .filter(|n| after.is_none_or(|a| n.id > a))
-            .collect();
-        out.truncate(LIST_LIMIT * 5);
-        Ok(out)
+            .collect())
     }
 
     /// Marks one of `user`'s notifications read.
