@@ -107,3 +107,129 @@ async fn events_of_the_old_layout_survive_an_upgrade() {
         assert!(old.is_none(), "old copy of {user} still there");
     }
 }
+
+/// Layout 3 filed every recurring or long event's copy under `r/` by id
+/// alone, and every window read all of them, a series that ended years
+/// ago too (docs/GROWTH.md, Found 1). Layout 4 files them by when they
+/// end: after an upgrade an ended series is still in its own weeks and
+/// no longer read by later ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn series_of_layout_3_are_filed_by_their_end() {
+    let mut sys = System::start_single().await;
+    let api = sys.api();
+    let (alice, token) = api.register("alice").await;
+    assert!(sys.stop("users-0").is_some(), "stop users-0");
+    let db = sys.db.client();
+    let series = |id: &str, title: &str, rrule: &str| {
+        json!({
+            "id": id, "title": title, "description": "", "location": "",
+            "start": "2019-01-07T09:00:00Z", "end": "2019-01-07T10:00:00Z",
+            "time_zone": "UTC", "rrule": rrule, "exdates": [],
+            "organizer_id": alice, "group_id": null, "visibility": "default",
+            "attendees": [{"user_id": alice, "username": "alice", "status": "accepted"}],
+            "created_at": "2019-01-01T00:00:00Z"
+        })
+    };
+    let ended = uuid::Uuid::new_v4().to_string();
+    let open = uuid::Uuid::new_v4().to_string();
+    for (id, ev) in [
+        (
+            &ended,
+            series(&ended, "Ended weekly", "FREQ=WEEKLY;COUNT=3"),
+        ),
+        (&open, series(&open, "Open weekly", "FREQ=WEEKLY")),
+    ] {
+        for key in [
+            format!("/agenda/events/{id}"),
+            format!("/agenda/agenda/{alice}/r/{id}"),
+        ] {
+            db.put(PutRequest {
+                key: key.into_bytes(),
+                value: serde_json::to_vec(&ev).unwrap(),
+                ..Default::default()
+            })
+            .await
+            .expect("write a layout-3 key");
+        }
+    }
+    db.put(PutRequest {
+        key: b"/agenda/layout".to_vec(),
+        value: b"3".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("mark layout 3");
+
+    sys.start_users("users-upgraded")
+        .expect("start agenda-users");
+    let week = |from: &str, to: &str| format!("/v1/events?{}", range(from, to));
+    let titles = |body: &serde_json::Value| -> Vec<String> {
+        items(body)
+            .iter()
+            .map(|e| e["title"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let second = week("2019-01-14T00:00:00Z", "2019-01-21T00:00:00Z");
+    wait_for("the upgraded agenda", Duration::from_secs(30), || async {
+        let (st, body) = api.get(&second, &token).await;
+        (st == StatusCode::OK && titles(&body).len() == 2).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sys.log_tail("users-upgraded")));
+    let later = expect(
+        api.get(
+            &week("2031-03-10T00:00:00Z", "2031-03-17T00:00:00Z"),
+            &token,
+        )
+        .await,
+        StatusCode::OK,
+        "a week of 2031",
+    );
+    assert_eq!(titles(&later), ["Open weekly"]);
+    // Where the copies are now: the ended series by its end, the open one
+    // last; none under r/ by id.
+    let copies: Vec<String> = sys
+        .db
+        .client()
+        .get_prefix(format!("/agenda/agenda/{alice}/r/").into_bytes())
+        .await
+        .expect("read the copies")
+        .kvs
+        .into_iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert!(
+        copies
+            .iter()
+            .any(|k| k.contains("/r/t") && k.ends_with(ended.as_str())),
+        "{copies:?}"
+    );
+    assert!(
+        copies.iter().any(|k| k.ends_with(&format!("/r/~/{open}"))),
+        "{copies:?}"
+    );
+    // A change refiles: the open series, ended now, leaves 2031.
+    expect(
+        api.patch(
+            &format!("/v1/events/{open}"),
+            &token,
+            json!({"rrule": "FREQ=WEEKLY;UNTIL=20190301T090000Z"}),
+        )
+        .await,
+        StatusCode::OK,
+        "end the open series",
+    );
+    let later = expect(
+        api.get(
+            &week("2031-03-10T00:00:00Z", "2031-03-17T00:00:00Z"),
+            &token,
+        )
+        .await,
+        StatusCode::OK,
+        "a week of 2031",
+    );
+    assert!(titles(&later).is_empty(), "{:?}", titles(&later));
+    let (_, body) = api.get(&second, &token).await;
+    assert_eq!(titles(&body).len(), 2, "both still in their own week");
+}

@@ -58,14 +58,29 @@ pub const GROUP_SYNCS: &str = "/agenda/group-sync/";
 pub fn group_sync(group: Uuid, user: Uuid) -> String {
     format!("/agenda/group-sync/{group}/{user}")
 }
-/// A person's copy of an event, filed by time.
+/// A person's copy of an event, filed by time (see [`filing`]).
 pub fn agenda_event(user: Uuid, ev: &EventRecord) -> String {
+    agenda_copy(user, &filing(ev), ev.id)
+}
+/// Where `ev`'s copy goes in an agenda: a short one-off event by its
+/// start (a window reads the span of starts that may overlap it); a
+/// recurring or long one under `r/` by when its last occurrence ends
+/// (`r/~`: never), so a window reads only those not over by its start,
+/// not every series a person ever had. Worked out once for a write to
+/// many agendas: a counted rule is expanded.
+pub fn filing(ev: &EventRecord) -> String {
     let long = ev.rrule.is_some() || ev.end - ev.start > SHORT_EVENT;
-    if long {
-        format!("/agenda/agenda/{user}/r/{}", ev.id)
-    } else {
-        format!("/agenda/agenda/{user}/{}/{}", at(ev.start), ev.id)
+    if !long {
+        return at(ev.start);
     }
+    match crate::recurrence::ends_by(ev) {
+        Some(end) => format!("r/{}", at(end)),
+        None => "r/~".to_string(),
+    }
+}
+/// The copy of event `id` in `user`'s agenda, filed at `filing`.
+pub fn agenda_copy(user: Uuid, filing: &str, id: Uuid) -> String {
+    format!("/agenda/agenda/{user}/{filing}/{id}")
 }
 /// Every agenda copy of everyone.
 pub const AGENDAS: &str = "/agenda/agenda/";
@@ -73,9 +88,17 @@ pub const AGENDAS: &str = "/agenda/agenda/";
 pub fn agenda(user: Uuid) -> String {
     format!("/agenda/agenda/{user}/")
 }
-/// A person's recurring and long events, which every window reads.
+/// A person's recurring and long events.
 pub fn agenda_long(user: Uuid) -> String {
     format!("/agenda/agenda/{user}/r/")
+}
+/// The key span of a person's recurring and long events that may overlap
+/// a window from `from` on: those not over before it (the unending last).
+pub fn agenda_long_span(user: Uuid, from: DateTime<Utc>) -> (String, String) {
+    (
+        format!("/agenda/agenda/{user}/r/{}", at(from)),
+        format!("/agenda/agenda/{user}/r0"), // just past "r/"
+    )
 }
 /// The key span `[start, end)` of a person's one-off events that may
 /// overlap `[from, to)` (a little more, never less).
@@ -274,6 +297,15 @@ pub fn layout1_agenda_event(key: &[u8]) -> Option<(Uuid, Uuid)> {
     Some((Uuid::parse_str(user).ok()?, Uuid::parse_str(event).ok()?))
 }
 
+/// The user and event of a layout-3 copy of a recurring or long event,
+/// filed under `r/` by id alone (`/agenda/agenda/{user}/r/{id}`).
+pub fn layout3_long_copy(key: &[u8]) -> Option<(Uuid, Uuid)> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(AGENDAS)?;
+    let (user, rest) = rest.split_once('/')?;
+    let id = rest.strip_prefix("r/")?;
+    Some((Uuid::parse_str(user).ok()?, Uuid::parse_str(id).ok()?))
+}
+
 /// The id after the last `/` of a key.
 pub fn last_id(key: &[u8]) -> Option<Uuid> {
     let s = std::str::from_utf8(key).ok()?;
@@ -316,6 +348,81 @@ mod tests {
             super::event(e),
         ] {
             assert_eq!(layout1_agenda_event(key.as_bytes()), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn only_layout3_long_copies_are_recognised() {
+        let (u, e) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(
+            layout3_long_copy(format!("/agenda/agenda/{u}/r/{e}").as_bytes()),
+            Some((u, e))
+        );
+        let mut recurring = event("2027-03-10T09:00:00Z", 1, Some("FREQ=DAILY"));
+        recurring.id = e;
+        let ended = event("2027-03-10T09:00:00Z", 1, Some("FREQ=DAILY;COUNT=3"));
+        let long = event("2027-03-08T00:00:00Z", 72, None);
+        let short = event("2027-03-10T09:00:00Z", 1, None);
+        for ev in [&recurring, &ended, &long, &short] {
+            let key = agenda_event(u, ev);
+            assert_eq!(layout3_long_copy(key.as_bytes()), None, "{key}");
+        }
+        assert_eq!(
+            layout1_agenda_event(format!("/agenda/agenda/{u}/r/{e}").as_bytes()),
+            None
+        );
+    }
+
+    /// A window reads the recurring and long events not over before it:
+    /// every one with an occurrence in it, none that ended before it.
+    #[test]
+    fn a_window_reads_the_series_not_over_before_it() {
+        let user = Uuid::new_v4();
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let weekly = |rule: &str| event("2019-01-07T09:00:00Z", 1, Some(rule));
+        let cases = [
+            // (event, a window with one of its occurrences, a window after its end)
+            (
+                weekly("FREQ=WEEKLY;COUNT=10"),
+                "2019-03-11T00:00:00Z",
+                Some("2019-03-18T00:00:00Z"),
+            ),
+            (
+                weekly("FREQ=WEEKLY;UNTIL=20190311T090000Z"),
+                "2019-03-11T00:00:00Z",
+                Some("2019-03-14T00:00:00Z"),
+            ),
+            (weekly("FREQ=WEEKLY"), "2031-03-10T00:00:00Z", None),
+            (
+                event("2027-03-08T00:00:00Z", 72, None),
+                "2027-03-10T23:00:00Z",
+                Some("2027-03-11T00:00:01Z"),
+            ),
+        ];
+        for (ev, during, after) in cases {
+            let key = agenda_event(user, &ev);
+            assert!(key.starts_with(&agenda_long(user)), "{key}");
+            let from = t(during);
+            assert!(
+                in_span(&key, &agenda_long_span(user, from)),
+                "{:?} is not read from {during}",
+                ev.rrule
+            );
+            assert!(in_span(
+                &key,
+                &agenda_long_span(user, t("2000-01-01T00:00:00Z"))
+            ));
+            match after {
+                Some(after) => assert!(
+                    !in_span(&key, &agenda_long_span(user, t(after))),
+                    "{:?} is still read from {after}",
+                    ev.rrule
+                ),
+                None => assert!(in_span(
+                    &key,
+                    &agenda_long_span(user, t("2099-01-01T00:00:00Z"))
+                )),
+            }
         }
     }
 

@@ -458,6 +458,44 @@ fn fast_forward(
     start
 }
 
+/// When `ev`'s last occurrence has ended, at the latest (None: never, or
+/// not known): what files a recurring or long event by its end
+/// (`keys::filing`), so that windows after it no longer read it. Later
+/// than the truth is harmless (the event is read a little longer);
+/// earlier would lose it from windows, so every doubt goes later.
+pub fn ends_by(ev: &EventRecord) -> Option<DateTime<Utc>> {
+    let Some(rule) = ev.rrule.as_deref() else {
+        return Some(ev.end);
+    };
+    let length = ev.end - ev.start;
+    let moved = ev.overrides.values().map(|c| c.end).max();
+    let parsed = parse(rule).ok()?;
+    let last_start = if let Some(until) = parsed.get_until() {
+        // No occurrence starts after UNTIL; a day more for an UNTIL
+        // written as a floating local time.
+        until.with_timezone(&Utc) + Duration::days(1)
+    } else if parsed.get_count().is_some() {
+        // COUNT is at most MAX_COUNT: every occurrence, exdates aside
+        // (they only remove).
+        let tz = ev.time_zone.parse::<chrono_tz::Tz>().ok()?;
+        let all = parsed
+            .build(in_zone(ev.start, tz))
+            .ok()?
+            .all(MAX_COUNT as u16);
+        if all.limited {
+            return None;
+        }
+        all.dates.iter().map(|d| d.with_timezone(&Utc)).max()?
+    } else {
+        return None;
+    };
+    Some(
+        (last_start + length)
+            .max(ev.end)
+            .max(moved.unwrap_or(ev.end)),
+    )
+}
+
 /// The occurrences used for conflict checks: from the event's start up to
 /// [`CONFLICT_HORIZON`] later.
 pub fn upcoming(ev: &EventRecord) -> Vec<Interval> {
@@ -468,6 +506,60 @@ pub fn upcoming(ev: &EventRecord) -> Vec<Interval> {
 mod tests {
     use super::*;
     use chrono::{Offset, TimeZone, Timelike};
+
+    /// The end bound of a series is never before its last occurrence ends
+    /// (where it was moved to, too), and none for a rule without end.
+    #[test]
+    fn a_series_ends_by_its_last_occurrence() {
+        let plain = event("2027-03-01T09:00:00Z", 60, "UTC", None);
+        assert_eq!(ends_by(&plain), Some(utc("2027-03-01T10:00:00Z")));
+        let counted = event(
+            "2027-03-01T09:00:00Z",
+            60,
+            "Europe/Madrid",
+            Some("FREQ=WEEKLY;COUNT=5"),
+        );
+        let last = occurrences(
+            &counted,
+            utc("2027-01-01T00:00:00Z"),
+            utc("2028-01-01T00:00:00Z"),
+        );
+        assert_eq!(last.len(), 5);
+        // The fifth Monday is after the change to summer time: 10:00 in
+        // Madrid is an hour earlier in UTC, and the bound follows it.
+        assert_eq!(ends_by(&counted), Some(last[4].end));
+        assert_eq!(last[4].end, utc("2027-03-29T09:00:00Z"));
+        let until = event(
+            "2027-03-01T09:00:00Z",
+            60,
+            "UTC",
+            Some("FREQ=DAILY;UNTIL=20270310T090000Z"),
+        );
+        let bound = ends_by(&until).expect("a bound");
+        assert!(
+            bound >= utc("2027-03-10T10:00:00Z") && bound <= utc("2027-03-11T10:00:00Z"),
+            "{bound}"
+        );
+        let mut moved = counted.clone();
+        moved.overrides.insert(
+            last[1].start,
+            crate::model::OccurrenceChange {
+                start: utc("2027-06-01T09:00:00Z"),
+                end: utc("2027-06-01T10:00:00Z"),
+                title: None,
+                description: None,
+                location: None,
+            },
+        );
+        assert_eq!(ends_by(&moved), Some(utc("2027-06-01T10:00:00Z")));
+        for open in ["FREQ=WEEKLY", "FREQ=DAILY;INTERVAL=2"] {
+            assert_eq!(
+                ends_by(&event("2027-03-01T09:00:00Z", 60, "UTC", Some(open))),
+                None,
+                "{open}"
+            );
+        }
+    }
 
     /// Dense rules are refused by what they say, whatever their FREQ, and
     /// rules that never occur are refused; a never-ending weekly meeting

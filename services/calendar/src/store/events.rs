@@ -25,9 +25,10 @@ fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
     batch
         .unchanged(&keys::event(ev.id), cur.mod_revision)
         .delete(&keys::event(ev.id));
+    let filing = keys::filing(ev);
     for p in ev.participants() {
         batch
-            .delete(&keys::agenda_event(p, ev))
+            .delete(&keys::agenda_copy(p, &filing, ev.id))
             .bump(&keys::agenda_version(p));
     }
     // CalDAV clients hear of it at their next sync.
@@ -80,12 +81,14 @@ pub(crate) fn dav_calendars(ev: &EventRecord) -> Vec<Uuid> {
 pub type Window = (DateTime<Utc>, DateTime<Utc>);
 
 /// The two reads of `user`'s agenda for `window`, as of `revision`: the
-/// one-off events that may overlap it and the recurring or long ones.
+/// one-off events that may overlap it and the recurring or long ones not
+/// over before it.
 pub(crate) fn window_reads(user: Uuid, (from, to): Window, revision: i64) -> [Read; 2] {
     let (start, end) = keys::agenda_span(user, from, to);
+    let (long_start, long_end) = keys::agenda_long_span(user, from);
     [
         Read::span(&start, &end).at(revision),
-        Read::prefix(&keys::agenda_long(user)).at(revision),
+        Read::span(&long_start, &long_end).at(revision),
     ]
 }
 
@@ -276,14 +279,16 @@ impl Store {
         if let Some(g) = w.ev.group_id {
             batch.put_raw(&keys::group_event(g, w.ev.id), Vec::new());
         }
+        let filing = keys::filing(w.ev);
         let copies: Vec<String> =
             w.ev.participants()
-                .map(|p| keys::agenda_event(p, w.ev))
+                .map(|p| keys::agenda_copy(p, &filing, w.ev.id))
                 .collect();
         if let Some(prev) = w.previous {
             // Copies filed elsewhere before (the event moved) go.
+            let was = keys::filing(&prev.value);
             for p in prev.value.participants() {
-                let old = keys::agenda_event(p, &prev.value);
+                let old = keys::agenda_copy(p, &was, prev.value.id);
                 if !copies.contains(&old) {
                     batch.delete(&old);
                 }

@@ -373,29 +373,50 @@ impl Store {
         }))
     }
 
-    /// Every JSON value under `prefix`, in key order, handed to `each` a
-    /// page of [`SCAN_PAGE`] keys at a time: no read is larger than a page
-    /// however much the prefix holds (one read of every account passed
-    /// the client's 64 MiB at 200,000 people). The pages are separate
-    /// reads, so a key changed during the walk may be seen either way.
+    /// Every JSON value under `prefix`, in key order, handed to `each`
+    /// with its key a page of [`SCAN_PAGE`] keys at a time (see
+    /// [`Store::scan_raw`]).
     pub async fn scan<T: DeserializeOwned>(
         &self,
         prefix: &str,
-        mut each: impl FnMut(Versioned<T>),
+        mut each: impl FnMut(String, Versioned<T>),
     ) -> ApiResult<()> {
+        let mut failed = None;
+        self.scan_raw(prefix, |kv| match decode(&kv) {
+            Ok(v) => each(String::from_utf8_lossy(&kv.key).into_owned(), v),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        })
+        .await?;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Every key under `prefix` with its value, undecoded, in key order,
+    /// read [`SCAN_PAGE`] keys at a time: no read is larger than a page
+    /// however much the prefix holds (one read of every account passed
+    /// the client's 64 MiB at 200,000 people). The pages are separate
+    /// reads, so a key changed during the walk may be seen either way.
+    pub async fn scan_raw(&self, prefix: &str, mut each: impl FnMut(KeyValue)) -> ApiResult<()> {
         let end = prefix_end(prefix);
-        let mut start = prefix.to_owned();
+        let mut start = prefix.as_bytes().to_vec();
         loop {
-            let read = Read::span(&start, &end).limit(SCAN_PAGE as i64);
-            let Some(snap) = self.snapshot(&[], [read]).await? else {
+            let read = Read(RangeRequest {
+                key: start.clone(),
+                range_end: end.as_bytes().to_vec(),
+                limit: SCAN_PAGE as i64,
+                ..Default::default()
+            });
+            let Some(mut snap) = self.snapshot(&[], [read]).await? else {
                 return Ok(());
             };
-            let page = snap.entries::<T>(0)?;
+            let page = std::mem::take(&mut snap.results[0]);
             let full = page.len() == SCAN_PAGE;
-            for (key, value) in page {
+            for kv in page {
                 // Just past it: the next key in byte order.
-                start = format!("{key}\u{0}");
-                each(value);
+                start = kv.key.clone();
+                start.push(0);
+                each(kv);
             }
             if !full {
                 return Ok(());

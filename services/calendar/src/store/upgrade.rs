@@ -4,7 +4,10 @@
 //! ([`keys::layout1_agenda_event`]) and no event record; layout 2 (see
 //! [`crate::keys`]) files copies by time and keeps one record per event;
 //! layout 3 indexes each group's events ([`keys::group_event`]), so
-//! members who join or leave later are added to them or taken out.
+//! members who join or leave later are added to them or taken out;
+//! layout 4 files copies of recurring and long events by when they end
+//! ([`keys::filing`]; they were under `r/` by id alone, read by every
+//! window forever).
 //! `agenda-users` runs [`Store::upgrade_layout`] before it serves, so an
 //! existing deployment keeps every event.
 
@@ -17,7 +20,7 @@ use crate::model::EventRecord;
 
 /// The layout this code reads and writes (recorded at [`keys::LAYOUT`];
 /// absent: 1, or empty).
-pub const LAYOUT: u32 = 3;
+pub const LAYOUT: u32 = 4;
 /// Copies moved per transaction (each is a delete and two puts).
 const CHUNK: usize = 64;
 
@@ -36,12 +39,69 @@ impl Store {
         } else {
             0
         };
-        let indexed = self.index_group_events().await?;
+        let indexed = if at < 3 {
+            self.index_group_events().await?
+        } else {
+            0
+        };
+        let refiled = self.file_long_copies_by_end().await?;
         let mut done = Batch::default();
         done.put(keys::LAYOUT, &LAYOUT)?;
         self.commit(done).await?;
-        if moved > 0 || indexed > 0 {
-            tracing::info!(moved, indexed, "data brought to layout {LAYOUT}");
+        if moved > 0 || indexed > 0 || refiled > 0 {
+            tracing::info!(moved, indexed, refiled, "data brought to layout {LAYOUT}");
+        }
+        Ok(moved + refiled)
+    }
+
+    /// Layout 4: copies of recurring and long events filed by when they
+    /// end. Each move compares the old copy; one that changed meanwhile
+    /// (another replica moved it, or an older version still serving wrote
+    /// it) is looked for again, a few passes at most.
+    async fn file_long_copies_by_end(&self) -> ApiResult<usize> {
+        let mut moved = 0;
+        for _ in 0..5 {
+            let mut old: Vec<(uuid::Uuid, String, super::Versioned<EventRecord>)> = Vec::new();
+            let mut undecoded = 0;
+            // Raw: only the few copies under r/ by id are decoded.
+            self.scan_raw(keys::AGENDAS, |kv| {
+                let Some((user, _)) = keys::layout3_long_copy(&kv.key) else {
+                    return;
+                };
+                match serde_json::from_slice(&kv.value) {
+                    Ok(value) => old.push((
+                        user,
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        super::Versioned {
+                            value,
+                            mod_revision: kv.mod_revision,
+                        },
+                    )),
+                    Err(_) => undecoded += 1,
+                }
+            })
+            .await?;
+            if undecoded > 0 {
+                tracing::warn!(
+                    undecoded,
+                    "agenda copies that do not decode were left where they are"
+                );
+            }
+            if old.is_empty() {
+                break;
+            }
+            for chunk in old.chunks(CHUNK) {
+                let mut batch = Batch::default();
+                for (user, key, copy) in chunk {
+                    batch
+                        .unchanged(key, copy.mod_revision)
+                        .delete(key)
+                        .put(&keys::agenda_event(*user, &copy.value), &copy.value)?;
+                }
+                if self.commit(batch).await? {
+                    moved += chunk.len();
+                }
+            }
         }
         Ok(moved)
     }

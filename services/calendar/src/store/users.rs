@@ -424,7 +424,7 @@ impl Store {
         // page's whatever the store holds; the time still grows with it
         // (docs/GROWTH.md, Found 3).
         let mut out: Vec<UserRecord> = Vec::new();
-        self.scan::<UserRecord>(keys::USERS, |v| {
+        self.scan::<UserRecord>(keys::USERS, |_, v| {
             let u = v.value;
             if u.username.to_lowercase().contains(&q) || u.display_name.to_lowercase().contains(&q)
             {
