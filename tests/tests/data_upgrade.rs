@@ -8,7 +8,18 @@ use agenda_proto::db::{DeleteRequest, PutRequest};
 use agenda_tests::cluster::wait_for;
 use agenda_tests::system::{expect, items, range, System};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
+
+/// Writes `value` at `key` as an earlier version would have.
+async fn put(db: &agenda_common::DbClient, key: String, value: &Value) {
+    db.put(PutRequest {
+        key: key.into_bytes(),
+        value: serde_json::to_vec(value).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("write an old key: {e:#}"));
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_of_the_old_layout_survive_an_upgrade() {
@@ -33,26 +44,14 @@ async fn events_of_the_old_layout_survive_an_upgrade() {
         "created_at": "2026-01-01T00:00:00Z"
     });
     for user in [&alice, &bob] {
-        db.put(PutRequest {
-            key: format!("/agenda/agenda/{user}/{id}").into_bytes(),
-            value: serde_json::to_vec(&event).unwrap(),
-            ..Default::default()
-        })
-        .await
-        .expect("write an old-layout copy");
+        put(&db, format!("/agenda/agenda/{user}/{id}"), &event).await;
     }
     // A group event of layout 2: a record, not yet in its group's index.
     let (group, group_event) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let mut record = event.clone();
     record["id"] = json!(group_event);
     record["group_id"] = json!(group);
-    db.put(PutRequest {
-        key: format!("/agenda/events/{group_event}").into_bytes(),
-        value: serde_json::to_vec(&record).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .expect("write a group event record");
+    put(&db, format!("/agenda/events/{group_event}"), &record).await;
     db.delete(DeleteRequest {
         key: b"/agenda/layout".to_vec(),
         ..Default::default()
@@ -143,27 +142,15 @@ async fn series_of_layout_3_are_filed_by_their_end() {
             format!("/agenda/events/{id}"),
             format!("/agenda/agenda/{alice}/r/{id}"),
         ] {
-            db.put(PutRequest {
-                key: key.into_bytes(),
-                value: serde_json::to_vec(&ev).unwrap(),
-                ..Default::default()
-            })
-            .await
-            .expect("write a layout-3 key");
+            put(&db, key, &ev).await;
         }
     }
-    db.put(PutRequest {
-        key: b"/agenda/layout".to_vec(),
-        value: b"3".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .expect("mark layout 3");
+    put(&db, "/agenda/layout".into(), &json!(3)).await;
 
     sys.start_users("users-upgraded")
         .expect("start agenda-users");
     let week = |from: &str, to: &str| format!("/v1/events?{}", range(from, to));
-    let titles = |body: &serde_json::Value| -> Vec<String> {
+    let titles = |body: &Value| -> Vec<String> {
         items(body)
             .iter()
             .map(|e| e["title"].as_str().unwrap_or_default().to_string())
