@@ -96,8 +96,8 @@ pub fn agenda_long(user: Uuid) -> String {
 /// a window from `from` on: those not over before it (the unending last).
 pub fn agenda_long_span(user: Uuid, from: DateTime<Utc>) -> (String, String) {
     (
-        format!("/agenda/agenda/{user}/r/{}", at(from)),
-        format!("/agenda/agenda/{user}/r0"), // just past "r/"
+        format!("{}{}", agenda_long(user), at(from)),
+        prefix_end(&agenda_long(user)),
     )
 }
 /// The key span `[start, end)` of a person's one-off events that may
@@ -306,6 +306,17 @@ pub fn layout3_long_copy(key: &[u8]) -> Option<(Uuid, Uuid)> {
     Some((Uuid::parse_str(user).ok()?, Uuid::parse_str(id).ok()?))
 }
 
+/// Where the span of the keys under `prefix` ends: the prefix with its
+/// last byte raised by one (prefixes are ASCII paths ending in `/`, so
+/// `/` becomes `0`).
+pub fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    String::from_utf8(end).expect("an ASCII key prefix")
+}
+
 /// The id after the last `/` of a key.
 pub fn last_id(key: &[u8]) -> Option<Uuid> {
     let s = std::str::from_utf8(key).ok()?;
@@ -349,6 +360,17 @@ mod tests {
         ] {
             assert_eq!(layout1_agenda_event(key.as_bytes()), None, "{key}");
         }
+    }
+
+    #[test]
+    fn a_prefix_span_ends_just_past_its_keys() {
+        let end = prefix_end(NOTIFICATIONS);
+        assert_eq!(end, "/agenda/notifications0");
+        let key = notification(Uuid::max(), Uuid::max());
+        assert!(NOTIFICATIONS < key.as_str() && key.as_str() < end.as_str());
+        assert!(
+            end.as_str() < "/agenda/notifications1" && "/agenda/notifications-" < NOTIFICATIONS
+        );
     }
 
     #[test]

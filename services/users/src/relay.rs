@@ -221,11 +221,8 @@ async fn catch_up(
         why,
         "history compacted past the cursor; republishing from a scan"
     );
-    let prefix = keys::NOTIFICATIONS.as_bytes();
-    // The prefix ends in '/': the span of its keys ends where '/' + 1 begins.
-    let mut end = prefix.to_vec();
-    *end.last_mut().expect("a non-empty prefix") += 1;
-    let mut start = prefix.to_vec();
+    let end = keys::prefix_end(keys::NOTIFICATIONS).into_bytes();
+    let mut start = keys::NOTIFICATIONS.as_bytes().to_vec();
     // Whatever is created after the first page's revision the watch
     // delivers from there; pages read later may repeat some of it.
     let mut now = None;

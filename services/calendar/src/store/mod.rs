@@ -48,16 +48,6 @@ const MAX_ATTEMPTS: u32 = 64;
 /// Keys per read of [`Store::scan`]: about 1 MB of accounts.
 pub const SCAN_PAGE: usize = 2_000;
 
-/// The end of `prefix`'s span: the prefix with its last byte raised by
-/// one (keys are ASCII paths ending in `/`, so no byte is 0xff).
-pub(crate) fn prefix_end(prefix: &str) -> String {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    String::from_utf8(end).expect("an ASCII key prefix")
-}
-
 /// The calendar's view of agenda-db.
 #[derive(Clone)]
 pub struct Store {
@@ -398,7 +388,7 @@ impl Store {
     /// the client's 64 MiB at 200,000 people). The pages are separate
     /// reads, so a key changed during the walk may be seen either way.
     pub async fn scan_raw(&self, prefix: &str, mut each: impl FnMut(KeyValue)) -> ApiResult<()> {
-        let end = prefix_end(prefix);
+        let end = crate::keys::prefix_end(prefix);
         let mut start = prefix.as_bytes().to_vec();
         loop {
             let read = Read(RangeRequest {

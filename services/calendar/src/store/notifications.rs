@@ -6,7 +6,7 @@ use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Attempt, Batch, Read, Store};
+use super::{Attempt, Batch, Read, Store, Versioned};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::Notification;
@@ -68,18 +68,20 @@ impl Store {
         before: Option<Uuid>,
     ) -> ApiResult<(Vec<Notification>, Option<Uuid>)> {
         let all = self.kept_notifications(user).await?;
-        Ok(page(all, unread_only, limit, before))
+        Ok(page(
+            all.into_iter().map(|v| v.value).collect(),
+            unread_only,
+            limit,
+            before,
+        ))
     }
 
     /// `user`'s newest [`KEEP`] notifications, oldest first; any older are
     /// deleted on the way (in transactions of at most [`LIST_LIMIT`]).
-    async fn kept_notifications(&self, user: Uuid) -> ApiResult<Vec<Notification>> {
-        let mut all: Vec<Notification> = self
+    async fn kept_notifications(&self, user: Uuid) -> ApiResult<Vec<Versioned<Notification>>> {
+        let mut all = self
             .list::<Notification>(&keys::notifications(user))
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
+            .await?;
         let over = all.len().saturating_sub(KEEP);
         for old in all[..over].chunks(LIST_LIMIT) {
             // Blind deletes: a notification is never written again once
@@ -87,7 +89,7 @@ impl Store {
             // read mark on one about to go is no loss.
             let mut batch = Batch::default();
             for n in old {
-                batch.delete(&keys::notification(user, n.id));
+                batch.delete(&keys::notification(user, n.value.id));
             }
             self.commit(batch).await?;
         }
@@ -103,10 +105,9 @@ impl Store {
     /// backlog never makes one oversized transaction.
     pub async fn mark_all_read(&self, user: Uuid) -> ApiResult<usize> {
         let mut marked = 0;
-        self.kept_notifications(user).await?;
         loop {
             let unread: Vec<_> = self
-                .list::<Notification>(&keys::notifications(user))
+                .kept_notifications(user)
                 .await?
                 .into_iter()
                 .filter(|n| !n.value.read)
@@ -146,7 +147,7 @@ impl Store {
             Some(a) => format!("{}\u{0}", keys::notification(user, a)),
             None => prefix.clone(),
         };
-        let read = Read::span(&start, &super::prefix_end(&prefix)).limit((LIST_LIMIT * 5) as i64);
+        let read = Read::span(&start, &keys::prefix_end(&prefix)).limit((LIST_LIMIT * 5) as i64);
         let Some(snap) = self.snapshot(&[], [read]).await? else {
             return Ok(Vec::new());
         };
