@@ -13,7 +13,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    disable_transparent_huge_pages();
+    agenda_common::process::no_transparent_huge_pages();
     let cfg = Config::parse();
     agenda_common::telemetry::init(&cfg.log);
     agenda_common::metrics::set_process("agenda-db");
@@ -33,20 +33,6 @@ fn main() -> ExitCode {
             eprintln!("agenda-db: error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// mimalloc asks for transparent huge pages and later hands parts of them
-/// back to the kernel; under a write load the kernel then spent about a
-/// quarter of the raft threads' time zeroing fresh 2 MiB pages, and writes
-/// at 512 clients ran ~35% slower with twice the p99 (`make bench-db`, with
-/// and without). Off for this process only; harmless where THP is absent.
-fn disable_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches
-    // no memory of ours.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 

@@ -71,15 +71,11 @@ impl<H: Handler> Endpoint<H> {
         crate::metrics::call(self.service.name(), &op_tag, status, started.elapsed());
         let (status, body) = match result {
             Ok(reply) => (reply.status, reply.body),
-            Err(e) => (e.status, e.body()),
+            Err(e) => (e.status, serde_json::to_vec(&e.body()).unwrap_or_default()),
         };
         CallReply {
             status: status as u32,
-            body: if body.is_null() {
-                Vec::new()
-            } else {
-                serde_json::to_vec(&body).unwrap_or_default()
-            },
+            body,
         }
     }
 

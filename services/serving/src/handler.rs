@@ -6,7 +6,6 @@ use std::future::Future;
 use agenda_calendar::api::Op;
 use agenda_calendar::{ApiError, ApiResult};
 use serde::Serialize;
-use serde_json::Value;
 use uuid::Uuid;
 
 /// A successful answer: status and JSON body.
@@ -14,8 +13,10 @@ use uuid::Uuid;
 pub struct Reply {
     /// HTTP status the gateway answers with.
     pub status: u16,
-    /// JSON body (null: none).
-    pub body: Value,
+    /// The JSON body, encoded (empty: none). Encoded straight from the
+    /// handler's types: going through a `serde_json::Value` first (a map
+    /// per object) was a tenth of agenda-users' CPU on the week view.
+    pub body: Vec<u8>,
 }
 
 impl Reply {
@@ -23,7 +24,7 @@ impl Reply {
     pub fn ok(value: impl Serialize) -> ApiResult<Reply> {
         Ok(Reply {
             status: 200,
-            body: serde_json::to_value(value).map_err(ApiError::internal)?,
+            body: serde_json::to_vec(&value).map_err(ApiError::internal)?,
         })
     }
     /// 201 with `value`.
@@ -37,12 +38,16 @@ impl Reply {
     pub fn no_content() -> ApiResult<Reply> {
         Ok(Reply {
             status: 204,
-            body: Value::Null,
+            body: Vec::new(),
         })
     }
     /// `{"items": [...]}`.
     pub fn items<T: Serialize>(items: Vec<T>) -> ApiResult<Reply> {
-        Self::ok(serde_json::json!({ "items": items }))
+        #[derive(Serialize)]
+        struct Items<T> {
+            items: Vec<T>,
+        }
+        Self::ok(Items { items })
     }
 }
 

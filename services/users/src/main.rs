@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use agenda_users::Config;
 use clap::Parser;
 
+// Each request allocates and frees many short-lived buffers (TLS records,
+// gRPC frames, JSON); glibc's malloc was about a quarter of agenda-users'
+// CPU on the week view (perf during `make bench-nginx`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cfg = Config::parse();
     let log = cfg.log.log.clone();
