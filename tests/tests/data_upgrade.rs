@@ -220,3 +220,94 @@ async fn series_of_layout_3_are_filed_by_their_end() {
     let (_, body) = api.get(&second, &token).await;
     assert_eq!(titles(&body).len(), 2, "both still in their own week");
 }
+
+/// During a rolling upgrade a replica of the previous version still
+/// serves and files a series' copy under `r/` by id, where no reader of
+/// layout 4 looks, after the data was already upgraded. The next
+/// `agenda-users` to start refiles it from the event's record (which a
+/// newer replica may have changed since), and drops a copy whose event is
+/// gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_an_older_replica_writes_after_the_upgrade_are_refiled() {
+    let mut sys = System::start_single().await;
+    let api = sys.api();
+    let (alice, token) = api.register("alice").await;
+    let db = sys.db.client();
+    let series = |id: &str, title: &str| {
+        json!({
+            "id": id, "title": title, "description": "", "location": "",
+            "start": "2027-03-01T09:00:00Z", "end": "2027-03-01T10:00:00Z",
+            "time_zone": "UTC", "rrule": "FREQ=WEEKLY;COUNT=4", "exdates": [],
+            "organizer_id": alice, "group_id": null, "visibility": "default",
+            "attendees": [{"user_id": alice, "username": "alice", "status": "accepted"}],
+            "created_at": "2027-01-01T00:00:00Z"
+        })
+    };
+    let week = format!(
+        "/v1/events?{}",
+        range("2027-03-08T00:00:00Z", "2027-03-15T00:00:00Z")
+    );
+    let titles = |body: &Value| -> Vec<String> {
+        items(body)
+            .iter()
+            .map(|e| e["title"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    // The running replica has brought the (empty) store to layout 4.
+    let layout = db
+        .get(b"/agenda/layout".to_vec())
+        .await
+        .expect("read the layout")
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    assert_eq!(layout.as_deref(), Some("4"));
+    // What the old replica wrote: a series whose record a newer replica
+    // renamed since, and the copy of an event deleted since.
+    let (kept, gone) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    put(
+        &db,
+        format!("/agenda/events/{kept}"),
+        &series(&kept, "Renamed"),
+    )
+    .await;
+    put(
+        &db,
+        format!("/agenda/agenda/{alice}/r/{kept}"),
+        &series(&kept, "Old name"),
+    )
+    .await;
+    put(
+        &db,
+        format!("/agenda/agenda/{alice}/r/{gone}"),
+        &series(&gone, "Deleted"),
+    )
+    .await;
+    let (st, body) = api.get(&week, &token).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(titles(&body).is_empty(), "not seen before: {body}");
+
+    assert!(sys.stop("users-0").is_some(), "stop users-0");
+    sys.start_users("users-next").expect("start agenda-users");
+    wait_for("the refiled series", Duration::from_secs(30), || async {
+        let (st, body) = api.get(&week, &token).await;
+        (st == StatusCode::OK && !titles(&body).is_empty()).then_some(titles(&body))
+    })
+    .await
+    .map(|seen| assert_eq!(seen, ["Renamed"], "the record's version, once"))
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sys.log_tail("users-next")));
+    let left: Vec<String> = db
+        .get_prefix(format!("/agenda/agenda/{alice}/r/").into_bytes())
+        .await
+        .expect("read the copies")
+        .kvs
+        .into_iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0].contains("/r/t") && left[0].ends_with(&kept),
+        "{left:?}"
+    );
+}

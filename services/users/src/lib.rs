@@ -88,6 +88,22 @@ pub async fn run(
             })
         }
     }
+    // A replica of the previous version may still be serving (a rolling
+    // upgrade) and writing where layout 3 kept series; looked for again
+    // at every start, in the background (see `Store::refile_stragglers`).
+    let stragglers = tokio::spawn({
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                refiled = store.refile_stragglers() => match refiled {
+                    Ok(0) => {}
+                    Ok(moved) => tracing::info!(moved, "series copies of an older version refiled"),
+                    Err(e) => tracing::warn!(error = %e.message, "could not look for series copies of an older version"),
+                },
+            }
+        }
+    });
     // Account deletions a stopped process left halfway (see
     // `Store::delete_user`).
     let sweeper = agenda_serving::sweep::spawn(
@@ -130,6 +146,7 @@ pub async fn run(
     // The shutdown token stops them between rounds.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sweeper).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), reminders).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), stragglers).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), tombstones).await;
     if let Some(relay) = relay {
         // The shutdown token stops it; it resigns its election on the way.

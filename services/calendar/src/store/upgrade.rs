@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 
-use super::{Batch, Store};
+use super::{Batch, Read, Store};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::model::EventRecord;
@@ -32,6 +32,7 @@ impl Store {
     pub async fn upgrade_layout(&self) -> ApiResult<usize> {
         let at = self.get::<u32>(keys::LAYOUT).await?.map_or(1, |v| v.value);
         if at >= LAYOUT {
+            tracing::info!(layout = at, "data already at layout {LAYOUT} or later");
             return Ok(0);
         }
         let moved = if at < 2 {
@@ -48,62 +49,99 @@ impl Store {
         let mut done = Batch::default();
         done.put(keys::LAYOUT, &LAYOUT)?;
         self.commit(done).await?;
-        if moved > 0 || indexed > 0 || refiled > 0 {
-            tracing::info!(moved, indexed, refiled, "data brought to layout {LAYOUT}");
-        }
+        tracing::info!(
+            from = at,
+            moved,
+            indexed,
+            refiled,
+            "data brought to layout {LAYOUT}"
+        );
         Ok(moved + refiled)
     }
 
     /// Layout 4: copies of recurring and long events filed by when they
-    /// end. Each move compares the old copy; one that changed meanwhile
-    /// (another replica moved it, or an older version still serving wrote
-    /// it) is looked for again, a few passes at most.
+    /// end. Each copy is refiled from its event's record (the event as it
+    /// is now: a copy that a replica of the previous version wrote during
+    /// a rolling upgrade may be behind it), comparing both; one that
+    /// changed meanwhile is looked for again, a few passes at most. Also
+    /// run in the background at every start ([`Store::refile_stragglers`]).
     async fn file_long_copies_by_end(&self) -> ApiResult<usize> {
         let mut moved = 0;
         for _ in 0..5 {
-            let mut old: Vec<(uuid::Uuid, String, super::Versioned<EventRecord>)> = Vec::new();
-            let mut undecoded = 0;
-            // Raw: only the few copies under r/ by id are decoded.
+            // (person, event, key of the old copy, its revision); raw,
+            // as nothing but the keys under r/ by id is looked at.
+            let mut old: Vec<(uuid::Uuid, uuid::Uuid, String, i64)> = Vec::new();
             self.scan_raw(keys::AGENDAS, |kv| {
-                let Some((user, _)) = keys::layout3_long_copy(&kv.key) else {
-                    return;
-                };
-                match serde_json::from_slice(&kv.value) {
-                    Ok(value) => old.push((
-                        user,
-                        String::from_utf8_lossy(&kv.key).into_owned(),
-                        super::Versioned {
-                            value,
-                            mod_revision: kv.mod_revision,
-                        },
-                    )),
-                    Err(_) => undecoded += 1,
+                if let Some((user, id)) = keys::layout3_long_copy(&kv.key) {
+                    let key = String::from_utf8_lossy(&kv.key).into_owned();
+                    old.push((user, id, key, kv.mod_revision));
                 }
             })
             .await?;
-            if undecoded > 0 {
-                tracing::warn!(
-                    undecoded,
-                    "agenda copies that do not decode were left where they are"
-                );
-            }
             if old.is_empty() {
                 break;
             }
             for chunk in old.chunks(CHUNK) {
+                let reads = chunk
+                    .iter()
+                    .map(|(_, id, _, _)| Read::key(&keys::event(*id)));
+                // Without guards a snapshot always reads.
+                let Some(records) = self.snapshot(&[], reads).await? else {
+                    continue;
+                };
                 let mut batch = Batch::default();
-                for (user, key, copy) in chunk {
-                    batch
-                        .unchanged(key, copy.mod_revision)
-                        .delete(key)
-                        .put(&keys::agenda_event(*user, &copy.value), &copy.value)?;
+                let mut bumped = HashSet::new();
+                let mut undecoded = 0;
+                for (i, (user, id, key, revision)) in chunk.iter().enumerate() {
+                    let record = match records.value::<EventRecord>(i) {
+                        Ok(record) => record,
+                        Err(_) => {
+                            undecoded += 1;
+                            continue;
+                        }
+                    };
+                    batch.unchanged(key, *revision).delete(key);
+                    match record {
+                        Some(ev) => {
+                            batch.unchanged(&keys::event(*id), ev.mod_revision);
+                            // A person taken out of the event keeps no copy.
+                            if ev.value.participants().any(|p| p == *user) {
+                                batch.put(&keys::agenda_event(*user, &ev.value), &ev.value)?;
+                            }
+                        }
+                        // The event is gone: so goes its copy.
+                        None => {
+                            batch.unchanged(&keys::event(*id), 0);
+                        }
+                    }
+                    // What a window shows changes: conflict checks of the
+                    // moment must see it (they compare this version).
+                    if bumped.insert(*user) {
+                        batch.bump(&keys::agenda_version(*user));
+                    }
+                }
+                if undecoded > 0 {
+                    tracing::warn!(
+                        undecoded,
+                        "event records that do not decode: their agenda copies were left where they are"
+                    );
                 }
                 if self.commit(batch).await? {
-                    moved += chunk.len();
+                    moved += chunk.len() - undecoded;
                 }
             }
         }
         Ok(moved)
+    }
+
+    /// Copies of series and long events that a replica of the previous
+    /// version (layout 3) wrote after the data was brought to layout 4:
+    /// no reader of layout 4 looks where it put them. Every `agenda-users`
+    /// runs this in the background after it starts, so the last replica
+    /// restarted in a rolling upgrade refiles what the old ones wrote while
+    /// they still served; returns how many copies moved.
+    pub async fn refile_stragglers(&self) -> ApiResult<usize> {
+        self.file_long_copies_by_end().await
     }
 
     /// Layout 2: agenda copies filed by time, one record per event.
