@@ -21,6 +21,17 @@ async fn put(db: &agenda_common::DbClient, key: String, value: &Value) {
     .unwrap_or_else(|e| panic!("write an old key: {e:#}"));
 }
 
+/// The keys of `user`'s copies of series and long events (under `r/`).
+async fn series_copies(db: &agenda_common::DbClient, user: impl std::fmt::Display) -> Vec<String> {
+    db.get_prefix(format!("/agenda/agenda/{user}/r/").into_bytes())
+        .await
+        .expect("read the copies")
+        .kvs
+        .into_iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn events_of_the_old_layout_survive_an_upgrade() {
     let mut sys = System::start_single().await;
@@ -175,16 +186,7 @@ async fn series_of_layout_3_are_filed_by_their_end() {
     assert_eq!(titles(&later), ["Open weekly"]);
     // Where the copies are now: the ended series by its end, the open one
     // last; none under r/ by id.
-    let copies: Vec<String> = sys
-        .db
-        .client()
-        .get_prefix(format!("/agenda/agenda/{alice}/r/").into_bytes())
-        .await
-        .expect("read the copies")
-        .kvs
-        .into_iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-        .collect();
+    let copies = series_copies(&sys.db.client(), alice).await;
     assert_eq!(copies.len(), 2, "{copies:?}");
     assert!(
         copies
@@ -297,14 +299,7 @@ async fn copies_an_older_replica_writes_after_the_upgrade_are_refiled() {
     .await
     .map(|seen| assert_eq!(seen, ["Renamed"], "the record's version, once"))
     .unwrap_or_else(|e| panic!("{e:#}\n{}", sys.log_tail("users-next")));
-    let left: Vec<String> = db
-        .get_prefix(format!("/agenda/agenda/{alice}/r/").into_bytes())
-        .await
-        .expect("read the copies")
-        .kvs
-        .into_iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-        .collect();
+    let left = series_copies(&db, alice).await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(
         left[0].contains("/r/t") && left[0].ends_with(&kept),
