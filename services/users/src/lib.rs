@@ -78,22 +78,23 @@ pub async fn run(
         || store.upgrade_layout(),
     )
     .await;
-    match upgraded {
+    let already_upgraded = match upgraded {
         None => return Ok(()),
-        Some(Ok(_)) => {}
+        Some(Ok(moved)) => moved.is_none(),
         Some(Err(e)) => {
             return Err(Error::Start {
                 what: "upgrading the data layout",
                 cause: e.message,
             })
         }
-    }
+    };
     // A replica of the previous version may still be serving (a rolling
     // upgrade) and writing where layout 3 kept series; looked for again
-    // at every start, in the background (see `Store::refile_stragglers`).
-    let stragglers = tokio::spawn({
+    // at every start after the one that upgraded (which just walked them),
+    // in the background (see `Store::refile_stragglers`).
+    let stragglers = already_upgraded.then(|| {
         let (store, shutdown) = (store.clone(), shutdown.clone());
-        async move {
+        tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 refiled = store.refile_stragglers() => match refiled {
@@ -102,7 +103,7 @@ pub async fn run(
                     Err(e) => tracing::warn!(error = %e.message, "could not look for series copies of an older version"),
                 },
             }
-        }
+        })
     });
     // Account deletions a stopped process left halfway (see
     // `Store::delete_user`).
@@ -146,7 +147,9 @@ pub async fn run(
     // The shutdown token stops them between rounds.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sweeper).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), reminders).await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), stragglers).await;
+    if let Some(stragglers) = stragglers {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), stragglers).await;
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), tombstones).await;
     if let Some(relay) = relay {
         // The shutdown token stops it; it resigns its election on the way.

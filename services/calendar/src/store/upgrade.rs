@@ -25,15 +25,16 @@ pub const LAYOUT: u32 = 4;
 const CHUNK: usize = 64;
 
 impl Store {
-    /// Moves layout-1 agenda copies to layout 2 and records the layout;
-    /// returns how many copies moved. Safe to run on several replicas at
-    /// once (each move compares the old copy's revision) and again after
-    /// a crash half way (it picks up what is left).
-    pub async fn upgrade_layout(&self) -> ApiResult<usize> {
+    /// Brings the data to [`LAYOUT`] and records it; returns how many
+    /// copies moved, or None when the data was already there. Safe to run
+    /// on several replicas at once (each move compares the old copy's
+    /// revision) and again after a crash half way (it picks up what is
+    /// left).
+    pub async fn upgrade_layout(&self) -> ApiResult<Option<usize>> {
         let at = self.get::<u32>(keys::LAYOUT).await?.map_or(1, |v| v.value);
         if at >= LAYOUT {
             tracing::info!(layout = at, "data already at layout {LAYOUT} or later");
-            return Ok(0);
+            return Ok(None);
         }
         let moved = if at < 2 {
             self.file_copies_by_time().await?
@@ -56,7 +57,7 @@ impl Store {
             refiled,
             "data brought to layout {LAYOUT}"
         );
-        Ok(moved + refiled)
+        Ok(Some(moved + refiled))
     }
 
     /// Layout 4: copies of recurring and long events filed by when they
@@ -126,6 +127,9 @@ impl Store {
                         "event records that do not decode: their agenda copies were left where they are"
                     );
                 }
+                if undecoded == chunk.len() {
+                    continue;
+                }
                 if self.commit(batch).await? {
                     moved += chunk.len() - undecoded;
                 }
@@ -137,7 +141,8 @@ impl Store {
     /// Copies of series and long events that a replica of the previous
     /// version (layout 3) wrote after the data was brought to layout 4:
     /// no reader of layout 4 looks where it put them. Every `agenda-users`
-    /// runs this in the background after it starts, so the last replica
+    /// that finds the data already upgraded runs this in the background
+    /// after it starts, so the last replica
     /// restarted in a rolling upgrade refiles what the old ones wrote while
     /// they still served; returns how many copies moved.
     pub async fn refile_stragglers(&self) -> ApiResult<usize> {
