@@ -5,9 +5,12 @@ make of it must be what GET /v1/events says.
 1. A person's feed: a weekly series in Europe/Madrid across the late-March
    change to summer time, with an exception date and one occurrence moved
    (PATCH /v1/events/{occurrence_id}), an all-day event, a private event,
-   an event with an attendee, and one last summer. The occurrences the
-   libraries expand over a window are GET /v1/events's over it (start and
-   end instants, titles; the private one "Busy" with nothing else); a
+   an event with an attendee, one of two months ago and a series begun
+   two years ago that ended ten months ago (in the feed), an event and a
+   series that ended two years ago (not: the feed is a window). The
+   occurrences the libraries expand over a window are GET /v1/events's
+   over it (start and end instants, titles; the private one "Busy" with
+   nothing else); a
    VTIMEZONE for Europe/Madrid that gives every time in the feed the
    offset it has; ORGANIZER and ATTENDEE with PARTSTAT. A new feed URL
    makes the old one 404.
@@ -202,12 +205,35 @@ def person_feed():
             time_zone="Europe/Madrid",
             attendees=[b.username],
         )
-        last_summer = dt.date(dt.date.today().year - 1, 7, 15)
+        # The feed is a window, a year back to two years ahead: an event
+        # of two months ago is in it, one of two years ago is not.
+        recent = dt.date.today() - dt.timedelta(days=60)
         a.create_event(
-            title="Last summer's review",
-            start=madrid(last_summer, 10),
-            end=madrid(last_summer, 11),
+            title="Recent review",
+            start=madrid(recent, 10),
+            end=madrid(recent, 11),
             time_zone="Europe/Madrid",
+        )
+        old_day = dt.date.today() - dt.timedelta(days=2 * 365)
+        a.create_event(
+            title="Old review",
+            start=madrid(old_day, 10),
+            end=madrid(old_day, 11),
+            time_zone="Europe/Madrid",
+        )
+        a.create_event(
+            title="Old weekly",
+            start=madrid(old_day, 8),
+            end=madrid(old_day, 9),
+            time_zone="Europe/Madrid",
+            rrule="FREQ=WEEKLY;COUNT=4",
+        )
+        a.create_event(
+            title="Weekly since long ago",
+            start=madrid(old_day, 7),
+            end=madrid(old_day, 7, 30),
+            time_zone="Europe/Madrid",
+            rrule="FREQ=WEEKLY;COUNT=60",  # its last ~310 days ago
         )
 
         api = api_occurrences(a.events(wfrom, wto), private_titles={"Doctor appointment"})
@@ -275,8 +301,13 @@ def person_feed():
              "the attendee's own feed has the event, organized by Ann (by her address here)",
              bt.text[-1500:])
         c.ok(a.email not in bt.text, "Ann's email is nowhere in Bob's feed")
-        summer = [e for e in vevents if str(e.get("SUMMARY")) == "Last summer's review"]
-        c.eq(len(summer), 1, "last summer's event is in the feed (every event of the agenda)")
+        titles = [str(e.get("SUMMARY")) for e in vevents]
+        c.eq(titles.count("Recent review"), 1, "an event of two months ago is in the feed")
+        c.eq(titles.count("Weekly since long ago"), 1,
+             "a series begun two years ago that ended ten months ago is in the feed")
+        c.ok("Old review" not in titles and "Old weekly" not in titles,
+             "an event and a series that ended two years ago are not (the feed is a window)",
+             str(sorted(set(titles))))
         check_vtimezone(c, cal, text)
 
         # Rotation.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agenda_proto::db::{DeleteRequest, PutRequest};
 use agenda_tests::cluster::wait_for;
-use agenda_tests::system::{expect, items, range, System};
+use agenda_tests::system::{expect, expect_ok, items, range, System};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -26,6 +26,17 @@ async fn series_copies(db: &agenda_common::DbClient, user: impl std::fmt::Displa
     db.get_prefix(format!("/agenda/agenda/{user}/r/").into_bytes())
         .await
         .expect("read the copies")
+        .kvs
+        .into_iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+/// The keys of `group`'s event index.
+async fn group_index(db: &agenda_common::DbClient, group: impl std::fmt::Display) -> Vec<String> {
+    db.get_prefix(format!("/agenda/group-events/{group}/").into_bytes())
+        .await
+        .expect("read the group's index")
         .kvs
         .into_iter()
         .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
@@ -103,11 +114,13 @@ async fn events_of_the_old_layout_survive_an_upgrade() {
         StatusCode::OK,
         "the attendee answers the old event",
     );
-    let indexed = db
-        .get(format!("/agenda/group-events/{group}/{group_event}").into_bytes())
-        .await
-        .expect("read");
-    assert!(indexed.is_some(), "the group event is in its group's index");
+    let indexed = group_index(&db, group).await;
+    assert!(
+        indexed.len() == 1
+            && indexed[0].contains("/t")
+            && indexed[0].ends_with(&group_event.to_string()),
+        "the group event is in its group's index, filed by its end: {indexed:?}"
+    );
     // No copy is left under the old keys.
     for user in [&alice, &bob] {
         let old = db
@@ -255,13 +268,13 @@ async fn copies_an_older_replica_writes_after_the_upgrade_are_refiled() {
             .map(|e| e["title"].as_str().unwrap_or_default().to_string())
             .collect()
     };
-    // The running replica has brought the (empty) store to layout 4.
+    // The running replica has brought the (empty) store to the layout.
     let layout = db
         .get(b"/agenda/layout".to_vec())
         .await
         .expect("read the layout")
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-    assert_eq!(layout.as_deref(), Some("4"));
+    assert_eq!(layout.as_deref(), Some("5"));
     // What the old replica wrote: a series whose record a newer replica
     // renamed since, and the copy of an event deleted since.
     let (kept, gone) = (
@@ -305,4 +318,129 @@ async fn copies_an_older_replica_writes_after_the_upgrade_are_refiled() {
         left[0].contains("/r/t") && left[0].ends_with(&kept),
         "{left:?}"
     );
+}
+
+/// Layout 5 files a group's event index by when each event ends, so a
+/// join reads only the events ahead (docs/GROWTH.md Found 5). The upgrade
+/// from layout 4 refiles the entries kept by id from their events'
+/// records (one whose event is gone just goes), and an entry by id that a
+/// replica of layout 4 writes afterwards is still read by a join.
+#[tokio::test(flavor = "multi_thread")]
+async fn group_index_of_layout_4_is_filed_by_end() {
+    let mut sys = System::start_single().await;
+    let api = sys.api();
+    let (alice, alice_token) = api.register("alice").await;
+    let (_, bob_token) = api.register("bob").await;
+    let (_, carol_token) = api.register("carol").await;
+    let group = api.create_group(&alice_token, "Lab", "flat").await;
+    let mut ids = Vec::new();
+    for (title, start, end) in [
+        ("Planning", "2031-03-03T09:00:00Z", "2031-03-03T10:00:00Z"),
+        ("Kickoff", "2020-01-06T09:00:00Z", "2020-01-06T10:00:00Z"),
+    ] {
+        let body = json!({"title": title, "start": start, "end": end,
+                          "time_zone": "UTC", "group_id": group});
+        let ev = expect(
+            api.post("/v1/events", &alice_token, body).await,
+            StatusCode::CREATED,
+            "a group event",
+        );
+        ids.push(ev["event"]["id"].as_str().expect("event id").to_string());
+    }
+    let db = sys.db.client();
+    assert_eq!(group_index(&db, &group).await.len(), 2);
+
+    // As layout 4 kept the index: by id alone (and one whose event is gone).
+    assert!(sys.stop("users-0").is_some(), "stop users-0");
+    for key in group_index(&db, &group).await {
+        db.delete(DeleteRequest {
+            key: key.into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .expect("drop a filed entry");
+    }
+    let gone = uuid::Uuid::new_v4().to_string();
+    for id in ids.iter().chain([&gone]) {
+        put(
+            &db,
+            format!("/agenda/group-events/{group}/{id}"),
+            &json!(""),
+        )
+        .await;
+    }
+    put(&db, "/agenda/layout".into(), &json!(4)).await;
+
+    sys.start_users("users-upgraded")
+        .expect("start agenda-users");
+    wait_for("layout 5", Duration::from_secs(30), || async {
+        let kv = db.get(b"/agenda/layout".to_vec()).await.ok()??;
+        (kv.value == b"5").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sys.log_tail("users-upgraded")));
+    let index = group_index(&db, &group).await;
+    assert_eq!(index.len(), 2, "{index:?}");
+    for id in &ids {
+        assert!(
+            index
+                .iter()
+                .any(|k| k.contains("/t") && k.ends_with(id.as_str())),
+            "{id} filed by its end: {index:?}"
+        );
+    }
+
+    // Written by a replica of layout 4 after the upgrade: a group event
+    // indexed by id alone.
+    let late = uuid::Uuid::new_v4().to_string();
+    let record = json!({
+        "id": late, "title": "Late review", "description": "", "location": "",
+        "start": "2031-03-03T14:00:00Z", "end": "2031-03-03T15:00:00Z",
+        "time_zone": "UTC", "rrule": null, "exdates": [],
+        "organizer_id": alice, "group_id": group, "visibility": "default",
+        "attendees": [{"user_id": alice, "username": "alice", "status": "accepted"}],
+        "created_at": "2026-01-01T00:00:00Z"
+    });
+    put(&db, format!("/agenda/events/{late}"), &record).await;
+    put(
+        &db,
+        format!("/agenda/group-events/{group}/{late}"),
+        &json!(""),
+    )
+    .await;
+
+    // Those who join are added to the events ahead, whichever way they
+    // are indexed, and not to the one that is over.
+    let titles = |body: &Value| -> Vec<String> {
+        let mut t: Vec<String> = items(body)
+            .iter()
+            .map(|e| e["title"].as_str().unwrap_or_default().to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    let day = format!(
+        "/v1/events?{}",
+        range("2031-03-03T00:00:00Z", "2031-03-04T00:00:00Z")
+    );
+    let old_day = format!(
+        "/v1/events?{}",
+        range("2020-01-06T00:00:00Z", "2020-01-07T00:00:00Z")
+    );
+    for (name, token) in [("bob", &bob_token), ("carol", &carol_token)] {
+        let inv = api.invite(&alice_token, &group, name, 1).await;
+        expect_ok(api.accept(token, &inv).await, "join the group");
+        wait_for("the events ahead", Duration::from_secs(30), || async {
+            let (st, body) = api.get(&day, token).await;
+            (st == StatusCode::OK && titles(&body) == ["Late review", "Planning"]).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e:#}\n{}", sys.log_tail("users-upgraded")));
+        let over = expect(
+            api.get(&old_day, token).await,
+            StatusCode::OK,
+            "the day over",
+        );
+        assert!(titles(&over).is_empty(), "{name}: {over}");
+    }
 }

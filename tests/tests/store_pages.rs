@@ -2,12 +2,14 @@
 //! a person's whole history, against a real agenda-db (docs/GROWTH.md):
 //! the user search reads every account a page at a time (`Store::scan`;
 //! at 200,000 people one read of them all was over the agenda-db client's
-//! 64 MiB, Found 3), and a person's notifications are kept to the newest
-//! `KEEP` and caught up as a span (Found 4).
+//! 64 MiB, Found 3), a person's notifications are kept to the newest
+//! `KEEP` and caught up as a span (Found 4), and their answered
+//! invitations to the newest `KEEP_ANSWERED_INVITATIONS` (Found 8).
 //! Run: `cargo test -p agenda-tests --test store_pages`.
 
 use agenda_calendar::keys;
-use agenda_calendar::model::{Notification, UserRecord};
+use agenda_calendar::model::{Invitation, InvitationStatus, Notification, UserRecord};
+use agenda_calendar::rules::KEEP_ANSWERED_INVITATIONS;
 use agenda_calendar::store::notifications::{self, KEEP};
 use agenda_calendar::store::{Batch, Store, SCAN_PAGE};
 use agenda_tests::cluster::{Cluster, Options};
@@ -18,6 +20,18 @@ use uuid::Uuid;
 /// The calendar's errors as anyhow's.
 fn api(e: agenda_calendar::ApiError) -> anyhow::Error {
     anyhow::anyhow!("{e:?}")
+}
+
+/// A one-node agenda-db and a calendar store over it (kept while the
+/// cluster value lives).
+async fn one_node() -> Result<(Cluster, Store)> {
+    let c = Cluster::start(Options {
+        size: 1,
+        ..Options::default()
+    })
+    .await?;
+    let store = Store::new(c.client());
+    Ok((c, store))
 }
 
 /// Two full pages and part of a third.
@@ -53,12 +67,7 @@ fn person(i: usize) -> UserRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_search_reads_every_account_in_pages() -> Result<()> {
-    let c = Cluster::start(Options {
-        size: 1,
-        ..Options::default()
-    })
-    .await?;
-    let store = Store::new(c.client());
+    let (_cluster, store) = one_node().await?;
     let people: Vec<UserRecord> = (0..PEOPLE).map(person).collect();
     for chunk in people.chunks(PER_TXN) {
         let mut batch = Batch::default();
@@ -127,12 +136,7 @@ fn order(items: &[Notification]) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persons_notifications_are_kept_to_the_newest_and_caught_up_as_a_span() -> Result<()> {
-    let c = Cluster::start(Options {
-        size: 1,
-        ..Options::default()
-    })
-    .await?;
-    let store = Store::new(c.client());
+    let (_cluster, store) = one_node().await?;
     let user = Uuid::new_v4();
     let add = |from: usize, to: usize| {
         let store = store.clone();
@@ -218,5 +222,91 @@ async fn a_persons_notifications_are_kept_to_the_newest_and_caught_up_as_a_span(
         .await
         .map_err(api)?;
     ensure!(unread.is_empty(), "{} still unread", unread.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persons_answered_invitations_are_kept_to_the_newest() -> Result<()> {
+    let (_cluster, store) = one_node().await?;
+    let user = Uuid::new_v4();
+    let t0 = chrono::Utc::now() - chrono::Duration::days(30);
+    // Oldest first: 350 answered, a pending one every 25th among them.
+    let all: Vec<Invitation> = (0..350)
+        .map(|i| Invitation {
+            id: Uuid::new_v4(),
+            group_id: Uuid::new_v4(),
+            group_name: format!("g{i}"),
+            invited_by: Uuid::new_v4(),
+            invitee_id: user,
+            rank: 1,
+            status: match i % 25 {
+                0 => InvitationStatus::Pending,
+                1 => InvitationStatus::Revoked,
+                2..=12 => InvitationStatus::Accepted,
+                _ => InvitationStatus::Declined,
+            },
+            created_at: t0 + chrono::Duration::minutes(i),
+        })
+        .collect();
+    for chunk in all.chunks(100) {
+        let mut batch = Batch::default();
+        for inv in chunk {
+            batch
+                .put(&keys::invitation(inv.id), inv)
+                .map_err(api)?
+                .put_raw(&keys::user_invitation(user, inv.id), Vec::new());
+        }
+        ensure!(
+            store.commit(batch).await.map_err(api)?,
+            "a batch was refused"
+        );
+    }
+    let pending = all
+        .iter()
+        .filter(|i| i.status == InvitationStatus::Pending)
+        .count();
+    let stored = || {
+        let store = store.clone();
+        async move {
+            Ok::<usize, anyhow::Error>(
+                store
+                    .list::<Invitation>("/agenda/invitations/")
+                    .await
+                    .map_err(api)?
+                    .len(),
+            )
+        }
+    };
+
+    let listed = store.invitations(user).await.map_err(api)?;
+    // Every pending one, and the newest KEEP_ANSWERED_INVITATIONS answered.
+    let mut want: Vec<&Invitation> = all
+        .iter()
+        .rev()
+        .filter(|i| i.status != InvitationStatus::Pending)
+        .take(KEEP_ANSWERED_INVITATIONS)
+        .chain(all.iter().filter(|i| i.status == InvitationStatus::Pending))
+        .collect();
+    want.sort_by_key(|i| std::cmp::Reverse(i.created_at));
+    let ids = |v: &[&Invitation]| v.iter().map(|i| i.id).collect::<Vec<_>>();
+    ensure!(
+        ids(&listed.iter().collect::<Vec<_>>()) == ids(&want),
+        "listed {} (wanted {} pending and {KEEP_ANSWERED_INVITATIONS} answered, newest first)",
+        listed.len(),
+        pending
+    );
+    let kept = pending + KEEP_ANSWERED_INVITATIONS;
+    ensure!(
+        stored().await? == kept,
+        "{} records after a listing",
+        stored().await?
+    );
+    let indexed = store
+        .indexed_ids(&keys::user_invitations(user))
+        .await
+        .map_err(api)?;
+    ensure!(indexed.len() == kept, "{} left in the index", indexed.len());
+    let again = store.invitations(user).await.map_err(api)?;
+    ensure!(again.len() == kept, "a second listing has {}", again.len());
     Ok(())
 }

@@ -44,13 +44,40 @@ pub fn event(id: Uuid) -> String {
 }
 /// Every event record.
 pub const EVENTS: &str = "/agenda/events/";
-/// An event of a group (value: empty): what members who join or leave
-/// later are added to or taken out of.
-pub fn group_event(group: Uuid, event: Uuid) -> String {
-    format!("/agenda/group-events/{group}/{event}")
+/// An event of a group (value: empty, written again at every change of
+/// the event, so its revision says when it changed): what members who
+/// join or leave later are added to or taken out of. Filed by when its
+/// last occurrence ends (`~`: never), so a join reads only those not over
+/// yet, not every event the group ever had; under the group's prefix by
+/// id alone until layout 5 ([`layout4_group_event`]).
+pub fn group_event(group: Uuid, ev: &EventRecord) -> String {
+    let ends = match crate::recurrence::ends_by(ev) {
+        Some(end) => at(end),
+        None => "~".to_string(),
+    };
+    format!("/agenda/group-events/{group}/{ends}/{}", ev.id)
 }
 pub fn group_events(group: Uuid) -> String {
     format!("/agenda/group-events/{group}/")
+}
+/// Every group's event index.
+pub const GROUP_EVENTS: &str = "/agenda/group-events/";
+/// The key span of `group`'s events not over by `now` (and those that
+/// never end).
+pub fn group_events_ahead(group: Uuid, now: DateTime<Utc>) -> (String, String) {
+    let prefix = group_events(group);
+    (format!("{prefix}{}", at(now)), prefix_end(&prefix))
+}
+/// A layout-4 entry of a group's event index, by id alone.
+pub fn group_event_by_id(group: Uuid, event: Uuid) -> String {
+    format!("/agenda/group-events/{group}/{event}")
+}
+/// The key span of `group`'s index entries in layout 4, by id alone: an
+/// id's first character is a hex digit, below the `t` and `~` that begin
+/// every filed entry.
+pub fn group_events_by_id(group: Uuid) -> (String, String) {
+    let prefix = group_events(group);
+    (prefix.clone(), format!("{prefix}g"))
 }
 /// Members whose part in their group's events is being brought in line
 /// with a join or a departure (see `Store::sync_group_member`).
@@ -306,6 +333,14 @@ pub fn layout3_long_copy(key: &[u8]) -> Option<(Uuid, Uuid)> {
     Some((Uuid::parse_str(user).ok()?, Uuid::parse_str(id).ok()?))
 }
 
+/// The group and event of a layout-4 entry of a group's event index, by
+/// id alone (`/agenda/group-events/{group}/{event}`); None for a filed one.
+pub fn layout4_group_event(key: &[u8]) -> Option<(Uuid, Uuid)> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(GROUP_EVENTS)?;
+    let (group, event) = rest.split_once('/')?;
+    Some((Uuid::parse_str(group).ok()?, Uuid::parse_str(event).ok()?))
+}
+
 /// Where the span of the keys under `prefix` ends: the prefix with its
 /// last byte raised by one (prefixes are ASCII paths ending in `/`, so
 /// `/` becomes `0`).
@@ -371,6 +406,48 @@ mod tests {
         assert!(
             end.as_str() < "/agenda/notifications1" && "/agenda/notifications-" < NOTIFICATIONS
         );
+    }
+
+    #[test]
+    fn a_groups_events_are_filed_by_their_end_and_a_join_reads_those_ahead() {
+        let g = Uuid::new_v4();
+        let now: DateTime<Utc> = "2027-03-10T12:00:00Z".parse().unwrap();
+        let ahead = group_events_ahead(g, now);
+        let by_id = group_events_by_id(g);
+        let cases = [
+            (event("2027-03-10T09:00:00Z", 2, None), false), // over at 11:00
+            (event("2027-03-10T11:00:00Z", 2, None), true),  // until 13:00
+            (
+                event("2026-01-05T09:00:00Z", 1, Some("FREQ=WEEKLY;COUNT=3")),
+                false,
+            ),
+            (
+                event(
+                    "2026-01-05T09:00:00Z",
+                    1,
+                    Some("FREQ=WEEKLY;UNTIL=20270401T000000Z"),
+                ),
+                true,
+            ),
+            (event("2020-01-06T09:00:00Z", 1, Some("FREQ=WEEKLY")), true), // never ends
+        ];
+        for (ev, is_ahead) in &cases {
+            let key = group_event(g, ev);
+            assert!(key.starts_with(&group_events(g)) && key.ends_with(&ev.id.to_string()));
+            assert_eq!(in_span(&key, &ahead), *is_ahead, "{key}");
+            assert!(!in_span(&key, &by_id), "{key}");
+            assert_eq!(layout4_group_event(key.as_bytes()), None, "{key}");
+            assert_eq!(last_id(key.as_bytes()), Some(ev.id));
+        }
+        // Layout 4's entries by id: all in their own span, none in the other.
+        for id in [Uuid::nil(), Uuid::max(), Uuid::new_v4()] {
+            let old = group_event_by_id(g, id);
+            assert!(in_span(&old, &by_id) && !in_span(&old, &ahead), "{old}");
+            assert_eq!(layout4_group_event(old.as_bytes()), Some((g, id)));
+        }
+        // Another group's entries are in neither.
+        let other = group_event(Uuid::new_v4(), &cases[1].0);
+        assert!(!in_span(&other, &ahead) && !in_span(&other, &by_id));
     }
 
     #[test]

@@ -188,6 +188,23 @@ pub fn check_answerable(inv: &Invitation) -> ApiResult<()> {
     Ok(())
 }
 
+/// How many answered invitations (accepted, declined, revoked) a person
+/// keeps, besides every pending one: older answered ones go when the list
+/// is next read, so reading it costs what is pending and recent, not every
+/// invitation ever received (docs/GROWTH.md Found 8).
+pub const KEEP_ANSWERED_INVITATIONS: usize = 100;
+
+/// The ids of the answered invitations of `newest_first` past the newest
+/// [`KEEP_ANSWERED_INVITATIONS`] answered ones: those to forget.
+pub fn answered_to_forget(newest_first: &[Invitation]) -> Vec<Uuid> {
+    newest_first
+        .iter()
+        .filter(|i| i.status != InvitationStatus::Pending)
+        .skip(KEEP_ANSWERED_INVITATIONS)
+        .map(|i| i.id)
+        .collect()
+}
+
 /// Whether `actor` may change or remove `target` (a superior acting on a
 /// member ranked below them).
 pub fn may_manage(actor: &Member, target: &Member) -> bool {
@@ -551,6 +568,39 @@ mod tests {
             status,
             created_at: chrono::Utc::now(),
         }
+    }
+
+    #[test]
+    fn pending_invitations_stay_and_only_the_newest_answered_ones() {
+        let by = member(0);
+        let statuses = [
+            InvitationStatus::Accepted,
+            InvitationStatus::Declined,
+            InvitationStatus::Revoked,
+        ];
+        // Newest first: a pending one every 10th, answered ones between.
+        let all: Vec<Invitation> = (0..300)
+            .map(|i| {
+                let status = if i % 10 == 0 {
+                    InvitationStatus::Pending
+                } else {
+                    statuses[i % 3]
+                };
+                invitation(&by, 1, status)
+            })
+            .collect();
+        let forget = answered_to_forget(&all);
+        let answered: Vec<&Invitation> = all
+            .iter()
+            .filter(|i| i.status != InvitationStatus::Pending)
+            .collect();
+        assert_eq!(answered.len(), 270);
+        let want: Vec<Uuid> = answered[KEEP_ANSWERED_INVITATIONS..]
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(forget, want, "the oldest 170 answered, no pending one");
+        assert!(answered_to_forget(&all[..100]).is_empty());
     }
 
     #[test]

@@ -21,7 +21,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -41,6 +42,30 @@ pub const MEMORY_LOG_BYTES: u64 = 32 * 1024 * 1024;
 /// about the size of the struct around it.
 fn entry_bytes(e: &Entry) -> u64 {
     (e.data.len() + e.context.len()) as u64 + 96
+}
+
+/// The snapshot for a follower too far behind, built off the raft loop:
+/// building one from a large store (about 4 s at 500,000 people) on the
+/// loop outlasted the election timeout, so the leader was deposed and the
+/// next one did the same (docs/GROWTH.md Found A). raft-rs asks again,
+/// on the follower's next heartbeat answer, while this says
+/// `SnapshotTemporarilyUnavailable`.
+#[derive(Default)]
+enum Built {
+    #[default]
+    Nothing,
+    Building,
+    /// Handed out once (then sent): a large one is not kept in memory
+    /// for a send that may never come.
+    Ready(Snapshot),
+}
+
+fn lock(built: &Mutex<Built>) -> MutexGuard<'_, Built> {
+    built.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn temporarily_unavailable() -> raft::Error {
+    raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)
 }
 
 /// raft-rs storage of one node.
@@ -67,6 +92,11 @@ pub struct RaftStorage {
     entries: VecDeque<Entry>,
     /// [`entry_bytes`] of `entries`.
     memory_bytes: u64,
+    /// The snapshot being built for a follower, or built.
+    built: Arc<Mutex<Built>>,
+    /// Build snapshots on the caller's thread, still handing each out on
+    /// the next ask (the simulated cluster: no threads, same steps).
+    build_inline: bool,
 }
 
 impl RaftStorage {
@@ -96,6 +126,8 @@ impl RaftStorage {
             on_disk_only: 0,
             entries: VecDeque::new(),
             memory_bytes: 0,
+            built: Arc::default(),
+            build_inline: false,
         };
         // Every entry is checked; only the newest stay in memory.
         for (expect, item) in (truncated.0 + 1..).zip(log.range(truncated.0 + 1..)?) {
@@ -173,6 +205,56 @@ impl RaftStorage {
     /// was too old (the request is cleared).
     pub fn take_snapshot_request(&self) -> bool {
         self.wants_state.swap(false, Ordering::AcqRel)
+    }
+
+    /// Builds snapshots on the caller's thread (see `build_inline`).
+    pub fn build_snapshots_inline(&mut self) {
+        self.build_inline = true;
+    }
+
+    /// Drops a snapshot built and not handed out (leadership lost: the
+    /// send it was for will not happen here).
+    pub fn forget_built_snapshot(&self) {
+        let mut built = lock(&self.built);
+        if matches!(*built, Built::Ready(_)) {
+            *built = Built::Nothing;
+        }
+    }
+
+    /// Builds a snapshot of `state` for the next ask (the slot is
+    /// already marked `Building`).
+    fn build(&self, state: Arc<StateMachine>) {
+        let slot = self.built.clone();
+        let work = move || {
+            let started = Instant::now();
+            let next = match state.to_snapshot() {
+                Ok(snap) => {
+                    tracing::info!(
+                        index = snap.get_metadata().index,
+                        bytes = snap.get_data().len(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "built a snapshot for a follower"
+                    );
+                    Built::Ready(snap)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "building a snapshot for a follower failed");
+                    Built::Nothing
+                }
+            };
+            *lock(&slot) = next;
+        };
+        if self.build_inline {
+            work();
+            return;
+        }
+        if let Err(e) = std::thread::Builder::new()
+            .name("snapshot-build".into())
+            .spawn(work)
+        {
+            tracing::error!(error = %e, "cannot start a thread to build a snapshot");
+            *lock(&self.built) = Built::Nothing;
+        }
     }
 
     /// True once the node has a configuration, a vote or log entries: a
@@ -262,6 +344,13 @@ impl RaftStorage {
     /// replay a log without the founding configuration).
     pub fn bootstrap(&mut self, txn: &WriteTransaction, index: u64, term: u64) -> Result<()> {
         self.truncated = (index, term);
+        {
+            // A follower given this one would find the entries after it gone.
+            let mut built = lock(&self.built);
+            if matches!(&*built, Built::Ready(s) if s.get_metadata().index < index) {
+                *built = Built::Nothing;
+            }
+        }
         txn.open_table(META)?.insert(
             schema::META_TRUNCATED,
             schema::pair_u64(index, term).as_slice(),
@@ -331,6 +420,7 @@ impl RaftStorage {
         self.memory_bytes = 0;
         self.on_disk_only = 0;
         self.truncated = (meta.index, meta.term);
+        self.forget_built_snapshot();
         txn.open_table(META)?.insert(
             schema::META_TRUNCATED,
             schema::pair_u64(meta.index, meta.term).as_slice(),
@@ -423,19 +513,35 @@ impl raft::Storage for RaftStorage {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Its index is never below the log start, so the leader can always
-        // continue with the entries after it. But the receiver must find
-        // itself in the snapshot's configuration: one from before the last
-        // membership change is no use (a new member would ignore it), so
-        // ask the node for a current state and let raft try again.
+        // Built off the loop (see `Built`) from the published state, whose
+        // index is never below the log start, so the leader can continue
+        // with the entries after it; one the log was compacted past since
+        // is built again. The receiver must find itself in the snapshot's
+        // configuration: one from before the last membership change is no
+        // use (a new member would ignore it), so ask the node for a
+        // current state and let raft try again.
         let state = self.state.load();
         if state.conf_state != self.conf_state {
             self.wants_state.store(true, Ordering::Release);
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return Err(temporarily_unavailable());
         }
-        state.to_snapshot().map_err(other)
+        let mut built = lock(&self.built);
+        let usable = match &*built {
+            Built::Building => return Err(temporarily_unavailable()),
+            Built::Ready(snap) => {
+                snap.get_metadata().index >= self.truncated.0
+                    && snap.get_metadata().get_conf_state() == &self.conf_state
+            }
+            Built::Nothing => false,
+        };
+        if let (true, Built::Ready(snap)) = (usable, std::mem::take(&mut *built)) {
+            return Ok(snap);
+        }
+        // None yet, or one the log or the configuration moved past.
+        *built = Built::Building;
+        drop(built);
+        self.build(state);
+        Err(temporarily_unavailable())
     }
 }
 
@@ -521,6 +627,67 @@ mod tests {
                 .len(),
             4
         );
+    }
+
+    fn unavailable(r: &raft::Result<Snapshot>) -> bool {
+        matches!(
+            r,
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        )
+    }
+
+    #[test]
+    fn snapshots_are_built_off_the_loop_handed_out_once_and_rebuilt_when_stale() {
+        let (_dir, db) = open();
+        let mut sm = StateMachine::new(10);
+        sm.applied = (5, 1);
+        let state = Published::new(sm);
+        let mut s = RaftStorage::load(db.clone(), state.clone()).unwrap();
+        let txn = db.begin_write().unwrap();
+        s.append(&txn, &(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
+            .unwrap();
+        txn.commit().unwrap();
+
+        // On a thread: the first ask starts it, a later ask gets it.
+        let until_built = |s: &RaftStorage| {
+            let deadline = Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let r = s.snapshot(0, 2);
+                if let Ok(snap) = r {
+                    return snap;
+                }
+                assert!(unavailable(&r), "{r:?}");
+                assert!(Instant::now() < deadline, "no snapshot built in 60 s");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        assert!(unavailable(&s.snapshot(0, 2)));
+        assert_eq!(until_built(&s).get_metadata().index, 5);
+        // Handed out once: the next ask builds another.
+        assert!(unavailable(&s.snapshot(0, 2)));
+        assert_eq!(until_built(&s).get_metadata().index, 5);
+
+        // Inline (the simulator): still handed out on the next ask.
+        s.build_snapshots_inline();
+        assert!(unavailable(&s.snapshot(0, 2)));
+        // A newer state file let the log be compacted past the one built:
+        // it is dropped and the next ask builds from the newer state.
+        let mut newer = StateMachine::new(10);
+        newer.applied = (8, 1);
+        state.store(newer);
+        let txn = db.begin_write().unwrap();
+        s.compact(&txn, 7).unwrap();
+        txn.commit().unwrap();
+        assert!(unavailable(&s.snapshot(0, 2)));
+        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 8);
+
+        // Leadership lost: one built and not handed out is dropped.
+        assert!(unavailable(&s.snapshot(0, 2)));
+        s.forget_built_snapshot();
+        assert!(unavailable(&s.snapshot(0, 2)));
+        assert!(s.snapshot(0, 2).is_ok());
     }
 
     /// Entries of 1 MiB each, so a few dozen pass the memory budget.

@@ -36,7 +36,9 @@ fn cancellation(cur: &Versioned<EventRecord>, by: Uuid) -> ApiResult<Batch> {
         super::dav::bury(&mut batch, ev, calendar)?;
     }
     if let Some(g) = ev.group_id {
-        batch.delete(&keys::group_event(g, ev.id));
+        batch
+            .delete(&keys::group_event(g, ev))
+            .delete(&keys::group_event_by_id(g, ev.id));
     }
     for (p, kind) in notices(ev, by, Change::Cancelled) {
         notifications::add(&mut batch, p, kind, events::notice(ev, kind, by))?;
@@ -276,8 +278,18 @@ impl Store {
                 w.previous.map_or(0, |p| p.mod_revision),
             )
             .put(&keys::event(w.ev.id), w.ev)?;
-        if let Some(g) = w.ev.group_id {
-            batch.put_raw(&keys::group_event(g, w.ev.id), Vec::new());
+        let entry = w.ev.group_id.map(|g| keys::group_event(g, w.ev));
+        if let Some((prev, g)) = w.previous.and_then(|p| Some((p, p.value.group_id?))) {
+            // Filed elsewhere before (its end moved), or by id alone by a
+            // replica of layout 4 in a rolling upgrade: that entry goes.
+            let was = keys::group_event(g, &prev.value);
+            if entry.as_ref() != Some(&was) {
+                batch.delete(&was);
+            }
+            batch.delete(&keys::group_event_by_id(g, prev.value.id));
+        }
+        if let Some(entry) = entry {
+            batch.put_raw(&entry, Vec::new());
         }
         let filing = keys::filing(w.ev);
         let copies: Vec<String> =

@@ -25,6 +25,12 @@ use crate::{audit, cpu, keys};
 const GROUP_FEED_PAST: Duration = Duration::days(90);
 /// ...to this much after.
 const GROUP_FEED_AHEAD: Duration = Duration::days(400);
+/// A personal feed holds what overlaps a year before now to two years
+/// after: a window, like the group's, so that a feed's cost follows the
+/// span shown and not the years of history behind it (at 100,000 events
+/// the whole agenda rendered to 39 MB and failed; docs/GROWTH.md Found 2).
+const PERSONAL_FEED_PAST: Duration = Duration::days(365);
+const PERSONAL_FEED_AHEAD: Duration = Duration::days(730);
 
 /// A person's current feed of one kind (the hash of its key).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,13 +114,21 @@ impl Store {
         }
     }
 
-    /// Every event of the person's agenda; private ones as busy blocks
-    /// (a feed URL travels further than a session).
+    /// The person's agenda from a year back to two years ahead (a series
+    /// whole if any of it ends in that span); private events as busy
+    /// blocks (a feed URL travels further than a session).
     async fn personal_feed(&self, user: &UserRecord) -> ApiResult<Feed> {
-        let mut events: BTreeMap<Uuid, EventRecord> = BTreeMap::new();
-        for v in self.list::<EventRecord>(&keys::agenda(user.id)).await? {
-            events.insert(v.value.id, v.value);
-        }
+        let now = Utc::now();
+        let window = (now - PERSONAL_FEED_PAST, now + PERSONAL_FEED_AHEAD);
+        let snap = self
+            .snapshot(&[], window_reads(user.id, window, 0))
+            .await?
+            .ok_or_else(|| ApiError::internal("a read without guards was refused"))?;
+        // Each event is filed once in an agenda; by id for a stable order.
+        let events: BTreeMap<Uuid, EventRecord> = window_events(&snap, 0)?
+            .into_iter()
+            .map(|ev| (ev.id, ev))
+            .collect();
         let shown: Vec<(EventRecord, Shown)> = events
             .into_values()
             .map(|ev| {

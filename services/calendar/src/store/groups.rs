@@ -53,6 +53,9 @@ impl PendingSync {
     }
 }
 
+/// Answered invitations deleted per transaction (see `invitations`).
+const FORGET_PER_TXN: usize = 200;
+
 /// How long a change of membership waits for its events before it
 /// answers (the rest goes on in the background).
 const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -542,12 +545,30 @@ impl Store {
         .await
     }
 
-    /// The caller's invitations, newest first.
+    /// The caller's invitations, newest first: every pending one and the
+    /// newest answered ones; older answered ones are deleted on the way
+    /// ([`rules::answered_to_forget`]).
     pub async fn invitations(&self, caller: Uuid) -> ApiResult<Vec<Invitation>> {
         let ids = self.indexed_ids(&keys::user_invitations(caller)).await?;
         let found = self.records::<Invitation>(ids, keys::invitation).await?;
         let mut out: Vec<Invitation> = found.into_iter().map(|v| v.value).collect();
         out.sort_by_key(|i| std::cmp::Reverse(i.created_at));
+        let forget = rules::answered_to_forget(&out);
+        for old in forget.chunks(FORGET_PER_TXN) {
+            // Blind deletes: an answered invitation is never written again.
+            let mut batch = Batch::default();
+            for id in old {
+                batch
+                    .delete(&keys::invitation(*id))
+                    .delete(&keys::user_invitation(caller, *id));
+            }
+            self.commit(batch).await?;
+        }
+        if !forget.is_empty() {
+            tracing::info!(user = %caller, deleted = forget.len(), "older answered invitations deleted");
+            let forget: std::collections::HashSet<Uuid> = forget.into_iter().collect();
+            out.retain(|i| !forget.contains(&i.id));
+        }
         Ok(out)
     }
 
@@ -773,6 +794,27 @@ impl Store {
         }
     }
 
+    /// The ids of `group`'s events not over by `now` (and any a replica
+    /// of layout 4 indexed by id alone): what a change of membership
+    /// touches. Those over are not read at all (docs/GROWTH.md Found 5).
+    async fn group_events_ahead(&self, group: Uuid, now: DateTime<Utc>) -> ApiResult<Vec<Uuid>> {
+        let (from, to) = keys::group_events_ahead(group, now);
+        let (by_id, by_id_end) = keys::group_events_by_id(group);
+        let snap = self
+            .snapshot(
+                &[],
+                [Read::span(&from, &to), Read::span(&by_id, &by_id_end)],
+            )
+            .await?
+            .ok_or_else(|| ApiError::internal("a read without guards was refused"))?;
+        Ok(snap
+            .ids(0)
+            .into_iter()
+            .chain(snap.ids(1))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// Brings `user`'s part in the events ahead of `group` in line with
     /// their membership now: a member is added to those they are not in
     /// (status by the hierarchy, [`rules::group_event_status`]), someone
@@ -798,7 +840,7 @@ impl Store {
         let kind = snap.value::<GroupRecord>(2)?.map(|v| v.value.kind);
         let now = Utc::now();
         let mut changed = 0;
-        for id in self.indexed_ids(&keys::group_events(group)).await? {
+        for id in self.group_events_ahead(group, now).await? {
             let mut retried = false;
             let outcome = self
                 .optimistic("this group's event", || {

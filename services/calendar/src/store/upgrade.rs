@@ -7,7 +7,9 @@
 //! members who join or leave later are added to them or taken out;
 //! layout 4 files copies of recurring and long events by when they end
 //! ([`keys::filing`]; they were under `r/` by id alone, read by every
-//! window forever).
+//! window forever); layout 5 files each group's event index by when the
+//! event ends ([`keys::group_event`]; by id alone, a join read every event
+//! the group ever had).
 //! `agenda-users` runs [`Store::upgrade_layout`] before it serves, so an
 //! existing deployment keeps every event.
 
@@ -20,7 +22,7 @@ use crate::model::EventRecord;
 
 /// The layout this code reads and writes (recorded at [`keys::LAYOUT`];
 /// absent: 1, or empty).
-pub const LAYOUT: u32 = 4;
+pub const LAYOUT: u32 = 5;
 /// Copies moved per transaction (each is a delete and two puts).
 const CHUNK: usize = 64;
 
@@ -46,7 +48,13 @@ impl Store {
         } else {
             0
         };
-        let refiled = self.file_long_copies_by_end().await?;
+        let refiled = if at < 4 {
+            self.file_long_copies_by_end().await?
+        } else {
+            0
+        };
+        // Layout 3's index (by id) is filed by end here.
+        let filed = self.file_group_events_by_end().await?;
         let mut done = Batch::default();
         done.put(keys::LAYOUT, &LAYOUT)?;
         self.commit(done).await?;
@@ -55,34 +63,73 @@ impl Store {
             moved,
             indexed,
             refiled,
+            filed,
             "data brought to layout {LAYOUT}"
         );
-        Ok(Some(moved + refiled))
+        Ok(Some(moved + refiled + filed))
     }
 
     /// Layout 4: copies of recurring and long events filed by when they
-    /// end. Each copy is refiled from its event's record (the event as it
-    /// is now: a copy that a replica of the previous version wrote during
-    /// a rolling upgrade may be behind it), comparing both; one that
-    /// changed meanwhile is looked for again, a few passes at most. Also
+    /// end, refiled from their events' records ([`Self::refile`]). Also
     /// run in the background at every start ([`Store::refile_stragglers`]).
     async fn file_long_copies_by_end(&self) -> ApiResult<usize> {
+        self.refile(
+            keys::AGENDAS,
+            keys::layout3_long_copy,
+            "agenda copies",
+            |batch, user, record, bumped| {
+                // A person taken out of the event keeps no copy.
+                if let Some(ev) = record.filter(|ev| ev.participants().any(|p| p == user)) {
+                    batch.put(&keys::agenda_event(user, ev), ev)?;
+                }
+                // What a window shows changes: conflict checks of the
+                // moment must see it (they compare this version).
+                if bumped.insert(user) {
+                    batch.bump(&keys::agenda_version(user));
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// Moves the keys under `prefix` that `old` recognises (giving the
+    /// owner, a person or a group, and the event) to where the event's
+    /// record says: each is deleted, and `place` adds what replaces it
+    /// (None: the event is gone), comparing the old key and the record.
+    /// The record is read as it is now (a key that a replica of the
+    /// previous version wrote during a rolling upgrade may be behind it);
+    /// one that changed meanwhile is looked for again, a few passes at
+    /// most. `place` gets a set that is new for each transaction. Keys
+    /// whose record does not decode stay where they are.
+    async fn refile(
+        &self,
+        prefix: &str,
+        old: impl Fn(&[u8]) -> Option<(uuid::Uuid, uuid::Uuid)>,
+        what: &str,
+        mut place: impl FnMut(
+            &mut Batch,
+            uuid::Uuid,
+            Option<&EventRecord>,
+            &mut HashSet<uuid::Uuid>,
+        ) -> ApiResult<()>,
+    ) -> ApiResult<usize> {
         let mut moved = 0;
         for _ in 0..5 {
-            // (person, event, key of the old copy, its revision); raw,
-            // as nothing but the keys under r/ by id is looked at.
-            let mut old: Vec<(uuid::Uuid, uuid::Uuid, String, i64)> = Vec::new();
-            self.scan_raw(keys::AGENDAS, |kv| {
-                if let Some((user, id)) = keys::layout3_long_copy(&kv.key) {
+            // (owner, event, the old key, its revision); raw, as nothing
+            // but the keys is looked at.
+            let mut found: Vec<(uuid::Uuid, uuid::Uuid, String, i64)> = Vec::new();
+            self.scan_raw(prefix, |kv| {
+                if let Some((owner, id)) = old(&kv.key) {
                     let key = String::from_utf8_lossy(&kv.key).into_owned();
-                    old.push((user, id, key, kv.mod_revision));
+                    found.push((owner, id, key, kv.mod_revision));
                 }
             })
             .await?;
-            if old.is_empty() {
+            if found.is_empty() {
                 break;
             }
-            for chunk in old.chunks(CHUNK) {
+            for chunk in found.chunks(CHUNK) {
                 let reads = chunk
                     .iter()
                     .map(|(_, id, _, _)| Read::key(&keys::event(*id)));
@@ -91,40 +138,29 @@ impl Store {
                     continue;
                 };
                 let mut batch = Batch::default();
-                let mut bumped = HashSet::new();
+                let mut seen = HashSet::new();
                 let mut undecoded = 0;
-                for (i, (user, id, key, revision)) in chunk.iter().enumerate() {
-                    let record = match records.value::<EventRecord>(i) {
-                        Ok(record) => record,
-                        Err(_) => {
-                            undecoded += 1;
-                            continue;
-                        }
+                for (i, (owner, id, key, revision)) in chunk.iter().enumerate() {
+                    let Ok(record) = records.value::<EventRecord>(i) else {
+                        undecoded += 1;
+                        continue;
                     };
                     batch.unchanged(key, *revision).delete(key);
-                    match record {
-                        Some(ev) => {
-                            batch.unchanged(&keys::event(*id), ev.mod_revision);
-                            // A person taken out of the event keeps no copy.
-                            if ev.value.participants().any(|p| p == *user) {
-                                batch.put(&keys::agenda_event(*user, &ev.value), &ev.value)?;
-                            }
-                        }
-                        // The event is gone: so goes its copy.
-                        None => {
-                            batch.unchanged(&keys::event(*id), 0);
-                        }
-                    }
-                    // What a window shows changes: conflict checks of the
-                    // moment must see it (they compare this version).
-                    if bumped.insert(*user) {
-                        batch.bump(&keys::agenda_version(*user));
-                    }
+                    batch.unchanged(
+                        &keys::event(*id),
+                        record.as_ref().map_or(0, |r| r.mod_revision),
+                    );
+                    place(
+                        &mut batch,
+                        *owner,
+                        record.as_ref().map(|r| &r.value),
+                        &mut seen,
+                    )?;
                 }
                 if undecoded > 0 {
                     tracing::warn!(
                         undecoded,
-                        "event records that do not decode: their agenda copies were left where they are"
+                        "event records that do not decode: their {what} were left where they are"
                     );
                 }
                 if undecoded == chunk.len() {
@@ -138,15 +174,37 @@ impl Store {
         Ok(moved)
     }
 
-    /// Copies of series and long events that a replica of the previous
-    /// version (layout 3) wrote after the data was brought to layout 4:
-    /// no reader of layout 4 looks where it put them. Every `agenda-users`
-    /// that finds the data already upgraded runs this in the background
-    /// after it starts, so the last replica
-    /// restarted in a rolling upgrade refiles what the old ones wrote while
-    /// they still served; returns how many copies moved.
+    /// What a replica of a previous version wrote after the data was
+    /// upgraded: copies of series and long events under `r/` by id
+    /// (layout 3), where no reader of layout 4 looks, and group index
+    /// entries by id (layout 4). Every `agenda-users` that finds the data
+    /// already upgraded runs this in the background after it starts, so
+    /// the last replica restarted in a rolling upgrade refiles what the
+    /// old ones wrote while they still served; returns how many moved.
     pub async fn refile_stragglers(&self) -> ApiResult<usize> {
-        self.file_long_copies_by_end().await
+        Ok(self.file_long_copies_by_end().await? + self.file_group_events_by_end().await?)
+    }
+
+    /// Layout 5: each group's event index filed by when the event ends,
+    /// refiled from the events' records ([`Self::refile`]); an entry whose
+    /// event is gone, or no longer the group's, just goes. Readers of
+    /// layout 5 also read what is left by id (`keys::group_events_by_id`),
+    /// so a group's events indexed by a replica of layout 4 during a
+    /// rolling upgrade are never missed; this only makes that read empty
+    /// again.
+    async fn file_group_events_by_end(&self) -> ApiResult<usize> {
+        self.refile(
+            keys::GROUP_EVENTS,
+            keys::layout4_group_event,
+            "group index entries",
+            |batch, group, record, _| {
+                if let Some(ev) = record.filter(|ev| ev.group_id == Some(group)) {
+                    batch.put_raw(&keys::group_event(group, ev), Vec::new());
+                }
+                Ok(())
+            },
+        )
+        .await
     }
 
     /// Layout 2: agenda copies filed by time, one record per event.
@@ -187,18 +245,18 @@ impl Store {
     }
 
     /// Layout 3: every group event in its group's index (a put of an
-    /// empty value: harmless to repeat).
+    /// empty value: harmless to repeat), filed as layout 5 has it.
     async fn index_group_events(&self) -> ApiResult<usize> {
-        let group_events: Vec<(uuid::Uuid, uuid::Uuid)> = self
+        let group_events: Vec<String> = self
             .list::<EventRecord>(keys::EVENTS)
             .await?
             .into_iter()
-            .filter_map(|ev| ev.value.group_id.map(|g| (g, ev.value.id)))
+            .filter_map(|ev| Some(keys::group_event(ev.value.group_id?, &ev.value)))
             .collect();
         for chunk in group_events.chunks(CHUNK) {
             let mut batch = Batch::default();
-            for (g, id) in chunk {
-                batch.put_raw(&keys::group_event(*g, *id), Vec::new());
+            for key in chunk {
+                batch.put_raw(key, Vec::new());
             }
             self.commit(batch).await?;
         }

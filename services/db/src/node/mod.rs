@@ -130,8 +130,9 @@ pub struct NodeIo {
     pub clock: Arc<dyn Clock>,
     /// Outgoing raft messages.
     pub peers: Box<dyn Peers>,
-    /// Write state files on a thread of their own (a server) or inline,
-    /// in the loop's turn (the simulator: no thread decides timing).
+    /// Write state files and build snapshots for followers on threads
+    /// of their own (a server) or inline, in the loop's turn (the
+    /// simulator: no thread decides timing).
     pub state_files_inline: bool,
     /// First ReadIndex context (random in a server, see [`ReadQueue::new`]).
     pub first_read_ctx: u64,
@@ -274,6 +275,10 @@ impl Node {
         };
         raft_cfg.validate()?;
         let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => cfg.id));
+        let mut storage = storage;
+        if io.state_files_inline {
+            storage.build_snapshots_inline();
+        }
         let raw = RawNode::new(&raft_cfg, storage, &logger)?;
         let now = io.clock.now();
         let mut leases = LeaseClock::default();
@@ -636,6 +641,9 @@ impl Node {
         if role == StateRole::Leader && self.role != StateRole::Leader {
             self.leases.promote();
             self.lease_gate = self.raw.raft.raft_log.last_index();
+        }
+        if role != StateRole::Leader && self.role == StateRole::Leader {
+            self.raw.store().forget_built_snapshot();
         }
         self.role = role;
         self.metrics

@@ -48,8 +48,8 @@ async fn feed_url(
     Ok((StatusCode::CREATED, axum::Json(json!({ "url": url }))).into_response())
 }
 
-/// A new private iCalendar feed URL of your agenda (the old one stops
-/// working).
+/// A new private iCalendar feed URL of your agenda, a year back to two
+/// years ahead (the old one stops working).
 #[utoipa::path(post, path = "/v1/me/calendar-feed", tag = "calendar apps", operation_id = "create_my_feed", security(("bearer" = [])),
     responses((status = 201, description = "the feed's URL (private events show as busy)", body = FeedUrl)))]
 pub async fn my_feed(Authed(c): Authed, headers: HeaderMap) -> Result<Response, HttpError> {
