@@ -274,7 +274,7 @@ async fn copies_an_older_replica_writes_after_the_upgrade_are_refiled() {
         .await
         .expect("read the layout")
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-    assert_eq!(layout.as_deref(), Some("5"));
+    assert_eq!(layout.as_deref(), Some("6"));
     // What the old replica wrote: a series whose record a newer replica
     // renamed since, and the copy of an event deleted since.
     let (kept, gone) = (
@@ -373,9 +373,9 @@ async fn group_index_of_layout_4_is_filed_by_end() {
 
     sys.start_users("users-upgraded")
         .expect("start agenda-users");
-    wait_for("layout 5", Duration::from_secs(30), || async {
+    wait_for("the current layout", Duration::from_secs(30), || async {
         let kv = db.get(b"/agenda/layout".to_vec()).await.ok()??;
-        (kv.value == b"5").then_some(())
+        (kv.value == b"6").then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", sys.log_tail("users-upgraded")));

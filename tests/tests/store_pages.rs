@@ -1,16 +1,18 @@
 //! Reads of the calendar store that must not grow with the whole store or
 //! a person's whole history, against a real agenda-db (docs/GROWTH.md):
-//! the user search reads every account a page at a time (`Store::scan`;
-//! at 200,000 people one read of them all was over the agenda-db client's
-//! 64 MiB, Found 3), a person's notifications are kept to the newest
+//! the user search reads the spans of the words typed (it read every
+//! account, and at 200,000 people one read of them all was over the
+//! agenda-db client's 64 MiB, Found 3), a person's notifications are kept to the newest
 //! `KEEP` and caught up as a span (Found 4), and their answered
 //! invitations to the newest `KEEP_ANSWERED_INVITATIONS` (Found 8).
 //! Run: `cargo test -p agenda-tests --test store_pages`.
 
+use agenda_calendar::api::UpdateMeRequest;
 use agenda_calendar::keys;
 use agenda_calendar::model::{Invitation, InvitationStatus, Notification, UserRecord};
-use agenda_calendar::rules::KEEP_ANSWERED_INVITATIONS;
+use agenda_calendar::rules::{self, KEEP_ANSWERED_INVITATIONS};
 use agenda_calendar::store::notifications::{self, KEEP};
+use agenda_calendar::store::users::{index_name_words, SEARCH_LIMIT};
 use agenda_calendar::store::{Batch, Store, SCAN_PAGE};
 use agenda_tests::cluster::{Cluster, Options};
 use anyhow::{ensure, Result};
@@ -65,14 +67,22 @@ fn person(i: usize) -> UserRecord {
     }
 }
 
+/// The accounts written in the test's first transactions are indexed as
+/// `Store::create_user` does; the rest as a replica of layout 5 wrote
+/// them, without words.
+const INDEXED: usize = 8 * PER_TXN;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_user_search_reads_every_account_in_pages() -> Result<()> {
+async fn the_user_search_reads_the_words_typed_and_stragglers_are_indexed() -> Result<()> {
     let (_cluster, store) = one_node().await?;
     let people: Vec<UserRecord> = (0..PEOPLE).map(person).collect();
-    for chunk in people.chunks(PER_TXN) {
+    for (n, chunk) in people.chunks(PER_TXN).enumerate() {
         let mut batch = Batch::default();
         for u in chunk {
             batch.put(&keys::user(u.id), u).map_err(api)?;
+            if n * PER_TXN < INDEXED {
+                index_name_words(&mut batch, u);
+            }
         }
         ensure!(
             store.commit(batch).await.map_err(api)?,
@@ -87,19 +97,33 @@ async fn the_user_search_reads_every_account_in_pages() -> Result<()> {
             Ok::<Vec<String>, anyhow::Error>(found.into_iter().map(|u| u.username).collect())
         }
     };
-    let expect = |keep: &dyn Fn(&UserRecord) -> bool| {
-        let mut names: Vec<String> = people
+    // The first 50 by username of `among` that `q` finds.
+    let expect = |q: &str, among: &[UserRecord]| {
+        let query = rules::search_words(q);
+        let mut names: Vec<String> = among
             .iter()
-            .filter(|u| keep(u))
+            .filter(|u| rules::found_by(&query, u))
             .map(|u| u.username.clone())
             .collect();
         names.sort();
-        names.truncate(50);
+        names.truncate(SEARCH_LIMIT);
         names
     };
 
-    // Display names and usernames, in any case, from every page.
-    let needles = expect(&|u| u.display_name.contains("Needle") || u.username.contains("needle"));
+    // Only the indexed accounts are found...
+    let needles = expect("NEEDLE", &people[..INDEXED]);
+    ensure!(needles.len() == INDEXED.div_ceil(97), "{needles:?}");
+    ensure!(search("NEEDLE").await? == needles, "the indexed needles");
+    // ...until the walk that every agenda-users start runs indexes the rest.
+    let walked = store.refile_stragglers().await.map_err(api)?;
+    ensure!(walked == PEOPLE - INDEXED, "the walk indexed {walked}");
+    ensure!(
+        store.refile_stragglers().await.map_err(api)? == 0,
+        "a second walk indexed more"
+    );
+
+    // Display names and usernames, in any case, from every part.
+    let needles = expect("NEEDLE", &people);
     ensure!(
         needles.len() == PEOPLE.div_ceil(97) + 3,
         "the data has {} needles",
@@ -109,20 +133,32 @@ async fn the_user_search_reads_every_account_in_pages() -> Result<()> {
         search("NEEDLE").await? == needles,
         "the search for NEEDLE found another set"
     );
-    // More matches than the answer holds: the first 50 by username, not the
-    // first 50 read.
-    let many = expect(&|u| u.username.contains('3'));
-    ensure!(many.len() == 50);
+    ensure!(search("needle_0").await? == expect("needle_0", &people));
+    // More matches than the answer holds: the first 50 by username.
+    let many = expect("p0", &people);
+    ensure!(many.len() == SEARCH_LIMIT && many[0] == "p00000");
+    ensure!(search("p0").await? == many, "the search for p0");
+    // "person" names nearly everyone; "12" few: the answer is still exact.
+    let few = expect("Person 12", &people);
+    ensure!(few.len() == SEARCH_LIMIT && few[0] == "p00012", "{few:?}");
     ensure!(
-        search("3").await? == many,
-        "the search for 3 is not the first 50 by username"
+        search("Person 12").await? == few,
+        "the search for Person 12"
     );
-    // The last account of the last page.
-    let last = &people[PEOPLE - 1].username;
-    ensure!(
-        search("needle_0").await?.last() == Some(last),
-        "the last account was not read"
-    );
+    // Words begin, they are not found inside ("eedle" is in no word's start).
+    ensure!(search("eedle").await?.is_empty());
+    // A word longer than any name begins none (and is no key to read).
+    let long = "n".repeat(5_000);
+    ensure!(store.search_users(&long).await.map_err(api)?.is_empty());
+    // A renamed person is found by the new name only.
+    let renamed = &people[5];
+    let req: UpdateMeRequest = serde_json::from_value(json!({"display_name": "Zebra Quagga"}))?;
+    store
+        .update_user(renamed.id, req, None)
+        .await
+        .map_err(api)?;
+    ensure!(search("quagga").await? == std::slice::from_ref(&renamed.username));
+    ensure!(!search("Person 5").await?.contains(&renamed.username));
     Ok(())
 }
 

@@ -26,6 +26,18 @@ pub fn user(id: Uuid) -> String {
     format!("/agenda/users/{id}")
 }
 pub const USERS: &str = "/agenda/users/";
+/// A word a person is found by (value: empty; the words are
+/// [`crate::rules::words_of`]): the user search reads the span of the
+/// words that begin with what was typed, not every account.
+pub fn name_word(word: &str, user: Uuid) -> String {
+    format!("/agenda/name-words/{word}/{user}")
+}
+/// Every account's words.
+pub const NAME_WORDS: &str = "/agenda/name-words/";
+/// The entries of every word that begins with `start`.
+pub fn name_words_from(start: &str) -> String {
+    format!("/agenda/name-words/{start}")
+}
 /// Lower-cased username -> user id.
 pub fn username(name: &str) -> String {
     format!("/agenda/usernames/{}", name.to_lowercase())

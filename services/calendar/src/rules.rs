@@ -1,6 +1,8 @@
 //! The domain rules of DESIGN.md, pure: hierarchy, invitations, conflicts,
 //! free/busy and privacy. The store applies them; tests pin them here.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -186,6 +188,33 @@ pub fn check_answerable(inv: &Invitation) -> ApiResult<()> {
         )));
     }
     Ok(())
+}
+
+/// The words of `text` a search matches: lower-cased, split at anything
+/// that is not a letter or a digit (`ann_lee` and "Ann Lee" are both
+/// `ann` and `lee`).
+pub fn search_words(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// The words `user` is found by: those of their username and their
+/// display name.
+pub fn words_of(user: &UserRecord) -> BTreeSet<String> {
+    let mut words = search_words(&user.username);
+    words.extend(search_words(&user.display_name));
+    words
+}
+
+/// Whether `user` is found by a search of `query` ([`search_words`]):
+/// every word of it begins one of their words.
+pub fn found_by(query: &BTreeSet<String>, user: &UserRecord) -> bool {
+    let words = words_of(user);
+    query
+        .iter()
+        .all(|q| words.iter().any(|w| w.starts_with(q.as_str())))
 }
 
 /// How many answered invitations (accepted, declined, revoked) a person
@@ -568,6 +597,41 @@ mod tests {
             status,
             created_at: chrono::Utc::now(),
         }
+    }
+
+    #[test]
+    fn people_are_found_by_the_beginnings_of_their_words() {
+        let u = UserRecord {
+            id: Uuid::new_v4(),
+            username: "ann_lee".into(),
+            email: "ann@example.com".into(),
+            display_name: "Ana María Ñúñez-Smith".into(),
+            time_zone: "UTC".into(),
+            password_hash: String::new(),
+            created_at: Utc::now(),
+            add_me: Default::default(),
+            admin: false,
+        };
+        let words: Vec<String> = words_of(&u).into_iter().collect();
+        assert_eq!(words, ["ana", "ann", "lee", "maría", "smith", "ñúñez"]);
+        let found = |q: &str| found_by(&search_words(q), &u);
+        for q in [
+            "ann",
+            "ANN_",
+            "lee",
+            "sm",
+            "MARÍA",
+            "ñú",
+            "ann smi",
+            "smith ana",
+            "an",
+        ] {
+            assert!(found(q), "{q}");
+        }
+        for q in ["nn", "ith", "ann xavier", "mario", "annl"] {
+            assert!(!found(q), "{q}");
+        }
+        assert!(search_words(" -_. ").is_empty());
     }
 
     #[test]

@@ -43,7 +43,7 @@ use agenda_calendar::api::{CreateEventRequest, InviteRequest, RegisterRequest};
 use agenda_calendar::events::new_event;
 use agenda_calendar::keys;
 use agenda_calendar::model::UserRecord;
-use agenda_calendar::store::users::NewUser;
+use agenda_calendar::store::users::{index_name_words, NewUser};
 use agenda_calendar::store::{Batch, Store};
 use agenda_calendar::ApiError;
 use agenda_common::DbClient;
@@ -308,6 +308,7 @@ impl World {
                     batch.put(&keys::user(user.id), &user).map_err(api_err)?;
                     batch.put(&name_key, &user.id).map_err(api_err)?;
                     batch.put(&email_key, &user.id).map_err(api_err)?;
+                    index_name_words(&mut batch, &user);
                     out.push((i, user.id));
                 }
                 ensure!(

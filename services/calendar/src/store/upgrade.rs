@@ -9,7 +9,8 @@
 //! ([`keys::filing`]; they were under `r/` by id alone, read by every
 //! window forever); layout 5 files each group's event index by when the
 //! event ends ([`keys::group_event`]; by id alone, a join read every event
-//! the group ever had).
+//! the group ever had); layout 6 indexes the words each account is found
+//! by ([`keys::name_word`]; the user search read every account).
 //! `agenda-users` runs [`Store::upgrade_layout`] before it serves, so an
 //! existing deployment keeps every event.
 
@@ -18,11 +19,11 @@ use std::collections::HashSet;
 use super::{Batch, Read, Store};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
-use crate::model::EventRecord;
+use crate::model::{EventRecord, UserRecord};
 
 /// The layout this code reads and writes (recorded at [`keys::LAYOUT`];
 /// absent: 1, or empty).
-pub const LAYOUT: u32 = 5;
+pub const LAYOUT: u32 = 6;
 /// Copies moved per transaction (each is a delete and two puts).
 const CHUNK: usize = 64;
 
@@ -55,6 +56,7 @@ impl Store {
         };
         // Layout 3's index (by id) is filed by end here.
         let filed = self.file_group_events_by_end().await?;
+        let named = self.index_name_words().await?;
         let mut done = Batch::default();
         done.put(keys::LAYOUT, &LAYOUT)?;
         self.commit(done).await?;
@@ -64,9 +66,10 @@ impl Store {
             indexed,
             refiled,
             filed,
+            named,
             "data brought to layout {LAYOUT}"
         );
-        Ok(Some(moved + refiled + filed))
+        Ok(Some(moved + refiled + filed + named))
     }
 
     /// Layout 4: copies of recurring and long events filed by when they
@@ -182,7 +185,41 @@ impl Store {
     /// the last replica restarted in a rolling upgrade refiles what the
     /// old ones wrote while they still served; returns how many moved.
     pub async fn refile_stragglers(&self) -> ApiResult<usize> {
-        Ok(self.file_long_copies_by_end().await? + self.file_group_events_by_end().await?)
+        Ok(self.file_long_copies_by_end().await?
+            + self.file_group_events_by_end().await?
+            + self.index_name_words().await?)
+    }
+
+    /// Layout 6: the words each account is found by
+    /// ([`crate::rules::words_of`]), for the accounts that have
+    /// none yet (all of them at the upgrade; later, those a replica of
+    /// layout 5 registered during a rolling upgrade). Holds each such
+    /// account's id and words meanwhile (about 100 bytes each).
+    async fn index_name_words(&self) -> ApiResult<usize> {
+        let mut indexed = HashSet::new();
+        self.scan_raw(keys::NAME_WORDS, |kv| {
+            if let Some(id) = keys::last_id(&kv.key) {
+                indexed.insert(id);
+            }
+        })
+        .await?;
+        let mut missing = Vec::new();
+        self.scan::<UserRecord>(keys::USERS, |_, v| {
+            if !indexed.contains(&v.value.id) {
+                missing.push((v.value.id, crate::rules::words_of(&v.value)));
+            }
+        })
+        .await?;
+        for chunk in missing.chunks(CHUNK) {
+            let mut batch = Batch::default();
+            for (id, words) in chunk {
+                for word in words {
+                    batch.put_raw(&keys::name_word(word, *id), Vec::new());
+                }
+            }
+            self.commit(batch).await?;
+        }
+        Ok(missing.len())
     }
 
     /// Layout 5: each group's event index filed by when the event ends,

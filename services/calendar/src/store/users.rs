@@ -1,12 +1,13 @@
 //! Accounts: unique usernames and emails (case-insensitive), profiles.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Attempt, Batch, Store, Versioned};
+use super::{Attempt, Batch, Read, Store, Versioned};
 use crate::api::{RegisterRequest, UpdateMeRequest};
 use crate::audit;
 use crate::error::{ApiError, ApiResult};
@@ -20,6 +21,19 @@ type People = (Versioned<UserRecord>, Vec<Versioned<UserRecord>>);
 
 /// Most users one search returns.
 pub const SEARCH_LIMIT: usize = 50;
+/// Most word-index entries one search reads per word of the query.
+const SEARCH_CANDIDATES: usize = 4 * SEARCH_LIMIT;
+/// Most words in one search.
+const SEARCH_WORDS: usize = 8;
+
+/// Adds to `batch` the entries `user` is found by ([`keys::name_word`],
+/// one per word of [`rules::words_of`]).
+pub fn index_name_words(batch: &mut Batch, user: &UserRecord) {
+    for word in rules::words_of(user) {
+        batch.put_raw(&keys::name_word(&word, user.id), Vec::new());
+    }
+}
+
 /// An account deletion still marked as under way after this long was
 /// interrupted (a live one finishes in seconds); a users replica finishes
 /// it (see [`Store::finish_pending_deletions`]).
@@ -91,6 +105,7 @@ impl Store {
             .put(&keys::user(user.id), &user)?
             .put(&name_key, &user.id)?
             .put(&email_key, &user.id)?;
+        index_name_words(&mut batch, &user);
         if self.commit(batch).await? {
             return Ok(user);
         }
@@ -261,6 +276,16 @@ impl Store {
             if let Some(a) = add_me {
                 user.add_me = a;
             }
+            // A new display name: the words it is found by follow. Every
+            // word is written (not only the new ones), so an account that
+            // a replica of layout 5 registered without them has them all.
+            let (was, now) = (rules::words_of(&cur.value), rules::words_of(&user));
+            for word in was.difference(&now) {
+                batch.delete(&keys::name_word(word, id));
+            }
+            for word in &now {
+                batch.put_raw(&keys::name_word(word, id), Vec::new());
+            }
             batch.put(&key, &user)?;
             if self.commit(batch).await? {
                 return Ok(Attempt::Done(user));
@@ -359,6 +384,9 @@ impl Store {
                 .delete(&keys::email(&user.value.email))
                 .delete_prefix(&keys::user_groups(id))
                 .delete_prefix(&keys::notifications(id));
+            for word in rules::words_of(&user.value) {
+                batch.delete(&keys::name_word(&word, id));
+            }
             self.forget_calendar_apps(&mut batch, id).await?;
             super::sessions::end_all_sessions(&mut batch, id, true);
             audit::add(
@@ -413,28 +441,65 @@ impl Store {
         .await
     }
 
-    /// Users whose username or display name contains `q` (case-insensitive).
+    /// People found by `q`: every word of it begins a word of their
+    /// username or display name ([`rules::found_by`]), the first
+    /// [`SEARCH_LIMIT`] by username. Reads, for each word of `q`, the span
+    /// of the index's words that begin with it (at most
+    /// [`SEARCH_CANDIDATES`] entries each), then the accounts of the
+    /// smallest: the answer is exact when one word names fewer people
+    /// than that, and neither time nor memory grows with the store
+    /// (docs/GROWTH.md Found 3; the search read every account).
     pub async fn search_users(&self, q: &str) -> ApiResult<Vec<UserRecord>> {
-        let q = q.trim().to_lowercase();
-        if q.is_empty() {
+        if q.trim().is_empty() {
             return Err(ApiError::invalid_field("q", "q must not be empty"));
         }
-        // Every account is read (a page at a time) and only the first
-        // SEARCH_LIMIT matches by username are kept, so the memory is a
-        // page's whatever the store holds; the time still grows with it
-        // (docs/GROWTH.md, Found 3).
-        let mut out: Vec<UserRecord> = Vec::new();
-        self.scan::<UserRecord>(keys::USERS, |_, v| {
-            let u = v.value;
-            if u.username.to_lowercase().contains(&q) || u.display_name.to_lowercase().contains(&q)
-            {
-                out.push(u);
-                if out.len() >= 4 * SEARCH_LIMIT {
-                    keep_first(&mut out);
+        let query = rules::search_words(q);
+        if query.is_empty() {
+            return Err(ApiError::invalid_field(
+                "q",
+                "q must have a letter or a digit",
+            ));
+        }
+        if query.len() > SEARCH_WORDS {
+            return Err(ApiError::invalid_field(
+                "q",
+                format!("q has more than {SEARCH_WORDS} words"),
+            ));
+        }
+        // Longer than any display name: it begins no one's word (and is
+        // not sent to agenda-db as a key).
+        if query.iter().any(|w| w.chars().count() > 100) {
+            return Ok(Vec::new());
+        }
+        let unguarded = || ApiError::internal("a read without guards was refused");
+        let spans = query
+            .iter()
+            .map(|word| Read::prefix(&keys::name_words_from(word)).limit(SEARCH_CANDIDATES as i64));
+        let snap = self.snapshot(&[], spans).await?.ok_or_else(unguarded)?;
+        // The word that names fewest people.
+        let ids: BTreeSet<Uuid> = (0..query.len())
+            .map(|i| snap.ids(i))
+            .min_by_key(|ids| ids.len())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let accounts = self
+            .snapshot(&[], ids.iter().map(|id| Read::key(&keys::user(*id))))
+            .await?
+            .ok_or_else(unguarded)?;
+        let mut out = Vec::new();
+        for i in 0..ids.len() {
+            // Gone since, or its words changed since: not found.
+            if let Some(u) = accounts.value::<UserRecord>(i)? {
+                if rules::found_by(&query, &u.value) {
+                    out.push(u.value);
                 }
             }
-        })
-        .await?;
+        }
         keep_first(&mut out);
         Ok(out)
     }

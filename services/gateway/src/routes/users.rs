@@ -41,15 +41,17 @@ pub async fn delete_me(Authed(c): Authed) -> Result<Response, HttpError> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct Search {
-    /// Part of a username or display name.
+    /// Words, each the beginning of a word of the person's username or
+    /// display name (case-insensitive; `ann sm` finds "Ann Smith").
     pub q: Option<String>,
 }
 
-/// Finds people by username or display name.
+/// Finds people by the beginnings of the words of their username or
+/// display name.
 #[utoipa::path(get, path = "/v1/users", tag = "users", operation_id = "search_users", security(("bearer" = [])),
     params(Search),
     responses((status = 200, description = "matching people, by username (at most 50)", body = crate::openapi::UserList),
-              (status = 422, description = "q is missing or blank")))]
+              (status = 422, description = "q is missing, has no letter or digit, or more than 8 words")))]
 pub async fn search(Authed(c): Authed, Query(s): Query<Search>) -> Result<Response, HttpError> {
     c.call(Op::SearchUsers {
         q: s.q.unwrap_or_default(),
