@@ -150,7 +150,11 @@ async fn the_user_search_reads_the_words_typed_and_stragglers_are_indexed() -> R
     // A word longer than any name begins none (and is no key to read).
     let long = "n".repeat(5_000);
     ensure!(store.search_users(&long).await.map_err(api)?.is_empty());
-    // A renamed person is found by the new name only.
+    // No letter or digit: no word, no one; many words: the longest read.
+    ensure!(search("-_- !").await?.is_empty());
+    let nine = search("haystack needle 97 h ha hay hays hayst haysta").await?;
+    ensure!(nine == ["p00097", "p00970"], "{nine:?}"); // 970 begins with 97
+                                                       // A renamed person is found by the new name only.
     let renamed = &people[5];
     let req: UpdateMeRequest = serde_json::from_value(json!({"display_name": "Zebra Quagga"}))?;
     store

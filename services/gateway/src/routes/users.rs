@@ -51,7 +51,7 @@ pub struct Search {
 #[utoipa::path(get, path = "/v1/users", tag = "users", operation_id = "search_users", security(("bearer" = [])),
     params(Search),
     responses((status = 200, description = "matching people, by username (at most 50)", body = crate::openapi::UserList),
-              (status = 422, description = "q is missing, has no letter or digit, or more than 8 words")))]
+              (status = 422, description = "q is missing or blank")))]
 pub async fn search(Authed(c): Authed, Query(s): Query<Search>) -> Result<Response, HttpError> {
     c.call(Op::SearchUsers {
         q: s.q.unwrap_or_default(),
