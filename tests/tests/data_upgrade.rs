@@ -21,26 +21,25 @@ async fn put(db: &agenda_common::DbClient, key: String, value: &Value) {
     .unwrap_or_else(|e| panic!("write an old key: {e:#}"));
 }
 
-/// The keys of `user`'s copies of series and long events (under `r/`).
-async fn series_copies(db: &agenda_common::DbClient, user: impl std::fmt::Display) -> Vec<String> {
-    db.get_prefix(format!("/agenda/agenda/{user}/r/").into_bytes())
+/// The keys under `prefix`.
+async fn keys_under(db: &agenda_common::DbClient, prefix: String) -> Vec<String> {
+    db.get_prefix(prefix.into_bytes())
         .await
-        .expect("read the copies")
+        .expect("read the keys")
         .kvs
         .into_iter()
         .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
         .collect()
 }
 
+/// The keys of `user`'s copies of series and long events (under `r/`).
+async fn series_copies(db: &agenda_common::DbClient, user: impl std::fmt::Display) -> Vec<String> {
+    keys_under(db, format!("/agenda/agenda/{user}/r/")).await
+}
+
 /// The keys of `group`'s event index.
 async fn group_index(db: &agenda_common::DbClient, group: impl std::fmt::Display) -> Vec<String> {
-    db.get_prefix(format!("/agenda/group-events/{group}/").into_bytes())
-        .await
-        .expect("read the group's index")
-        .kvs
-        .into_iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-        .collect()
+    keys_under(db, format!("/agenda/group-events/{group}/")).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -213,9 +213,7 @@ impl Store {
         for chunk in missing.chunks(CHUNK) {
             let mut batch = Batch::default();
             for (id, words) in chunk {
-                for word in words {
-                    batch.put_raw(&keys::name_word(word, *id), Vec::new());
-                }
+                super::users::put_name_words(&mut batch, *id, words);
             }
             self.commit(batch).await?;
         }

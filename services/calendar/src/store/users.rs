@@ -29,8 +29,13 @@ const SEARCH_WORDS: usize = 8;
 /// Adds to `batch` the entries `user` is found by ([`keys::name_word`],
 /// one per word of [`rules::words_of`]).
 pub fn index_name_words(batch: &mut Batch, user: &UserRecord) {
-    for word in rules::words_of(user) {
-        batch.put_raw(&keys::name_word(&word, user.id), Vec::new());
+    put_name_words(batch, user.id, &rules::words_of(user));
+}
+
+/// Adds to `batch` an entry for each of `words` of account `id`.
+pub(crate) fn put_name_words(batch: &mut Batch, id: Uuid, words: &BTreeSet<String>) {
+    for word in words {
+        batch.put_raw(&keys::name_word(word, id), Vec::new());
     }
 }
 
@@ -283,9 +288,7 @@ impl Store {
             for word in was.difference(&now) {
                 batch.delete(&keys::name_word(word, id));
             }
-            for word in &now {
-                batch.put_raw(&keys::name_word(word, id), Vec::new());
-            }
+            put_name_words(&mut batch, id, &now);
             batch.put(&key, &user)?;
             if self.commit(batch).await? {
                 return Ok(Attempt::Done(user));
