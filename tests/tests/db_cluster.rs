@@ -1009,6 +1009,19 @@ async fn run_scenario(scenario: &Scenario) -> Result<()> {
             .unwrap_or(0.0);
     }
     ensure!(by_followers > 0.0, "no follower served a linearizable read");
+    // The leader answered reads (its own or its followers') under its
+    // read lease, without a heartbeat round, and the history still holds.
+    let mut by_lease = 0.0;
+    for id in c.nodes.keys().copied() {
+        by_lease += c
+            .metric(id, "agenda_db_lease_reads_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    ensure!(
+        by_lease > 0.0,
+        "no read was answered under the leader's lease"
+    );
     Ok(())
 }
 

@@ -27,6 +27,10 @@ fn a_sweep_of_seeds_finds_nothing() {
         );
         assert!(r.ops_checked > 100, "seed {seed} checked too little: {r:?}");
         assert!(r.elections > 0, "seed {seed} elected no one: {r:?}");
+        assert!(
+            r.lease_reads > 0,
+            "seed {seed}: no read was answered under a leader's lease: {r:?}"
+        );
     }
 }
 
@@ -58,6 +62,32 @@ fn the_local_clock_in_apply_is_caught() {
     let found = caught(bug, 20);
     assert!(found.is_some(), "20 seeds missed the local clock in apply");
     println!("local clock in apply caught: {found:?}");
+}
+
+/// A leader frozen (cut off, its ticks stopped) keeps answering the
+/// reads put to it while its lease lasts; with a lease longer than an
+/// election timeout it answers them after the others elected a new leader
+/// and wrote: stale reads, which the checker must see.
+#[test]
+fn a_frozen_leader_reading_past_a_too_long_lease_is_caught() {
+    let bug = Reintroduced {
+        long_read_lease: true,
+        ..Default::default()
+    };
+    let frozen = agenda_tests::scenario::named("the leader frozen, then thawed into a newer term")
+        .expect("the scenario");
+    let found = (1..=5).find_map(|seed| {
+        sim::run_scenario(seed, &cfg(bug), frozen)
+            .violation
+            .map(|v| (seed, v))
+    });
+    assert!(
+        found
+            .as_ref()
+            .is_some_and(|(_, v)| v.contains("not linearizable")),
+        "5 seeds missed a frozen leader reading past its lease: {found:?}"
+    );
+    println!("long read lease caught: {found:?}");
 }
 
 #[test]

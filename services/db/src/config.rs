@@ -64,7 +64,10 @@ pub struct Config {
     pub tls: agenda_common::args::TlsArgs,
 
     /// Raft tick in milliseconds (heartbeats every 2 ticks, elections after
-    /// 10-20 ticks without a leader).
+    /// 10-20 ticks without a leader). Every member must use the same tick
+    /// and election ticks: the leader's read lease (3/4 of election ticks
+    /// minus one, in ticks) relies on the others waiting that long before
+    /// electing another.
     #[arg(long, env = "AGENDA_DB_TICK_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=1000))]
     pub tick_ms: u64,
 

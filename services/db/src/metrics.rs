@@ -18,9 +18,11 @@ pub struct Metrics {
     pub proposals: IntCounter,
     /// Proposals raft refused (no leader).
     pub proposals_failed: IntCounter,
-    /// Linearizable reads (and read-only txns) that waited for a ReadIndex
-    /// round on this node.
+    /// Linearizable reads (and read-only txns) asked of this node.
     pub linearizable_reads: IntCounter,
+    /// Linearizable reads (this leader's or a follower's) answered under
+    /// the leader's read lease, with no heartbeat round.
+    pub lease_reads: IntCounter,
     /// ReadIndex rounds that got no answer within a second and were asked
     /// again (lost on the way; a leader change is not counted).
     pub read_index_retries: IntCounter,
@@ -75,7 +77,12 @@ impl Metrics {
             .unwrap(),
             linearizable_reads: IntCounter::new(
                 "linearizable_reads_total",
-                "Reads that waited for a ReadIndex round on this node",
+                "Linearizable reads asked of this node",
+            )
+            .unwrap(),
+            lease_reads: IntCounter::new(
+                "lease_reads_total",
+                "Linearizable reads answered under this leader's read lease (no heartbeat round)",
             )
             .unwrap(),
             read_index_retries: IntCounter::new(
@@ -157,6 +164,7 @@ impl Metrics {
             Box::new(m.proposals.clone()),
             Box::new(m.proposals_failed.clone()),
             Box::new(m.linearizable_reads.clone()),
+            Box::new(m.lease_reads.clone()),
             Box::new(m.read_index_retries.clone()),
             Box::new(m.applied_index.clone()),
             Box::new(m.commit_seconds.clone()),

@@ -36,8 +36,9 @@ struct Args {
     #[arg(long)]
     no_faults: bool,
     /// Put back a defect: ack-before-fsync, local-clock-in-apply,
-    /// shared-read-ctx (agenda-db) or election-ignores-deadline (a leader
-    /// acting until told its lease is gone). With --seeds, stops at the
+    /// shared-read-ctx, long-read-lease (agenda-db) or
+    /// election-ignores-deadline (a leader acting until told its lease is
+    /// gone). With --seeds, stops at the
     /// first seed that catches it.
     #[arg(long)]
     bug: Option<String>,
@@ -65,10 +66,11 @@ fn main() -> ExitCode {
         Some("ack-before-fsync") => reintroduced.ack_before_fsync = true,
         Some("local-clock-in-apply") => reintroduced.local_clock_in_apply = true,
         Some("shared-read-ctx") => reintroduced.shared_read_ctx = true,
+        Some("long-read-lease") => reintroduced.long_read_lease = true,
         Some("election-ignores-deadline") => election_ignores_deadline = true,
         Some(other) => {
             eprintln!(
-                "sim: unknown --bug {other:?}; one of ack-before-fsync, local-clock-in-apply, shared-read-ctx, election-ignores-deadline"
+                "sim: unknown --bug {other:?}; one of ack-before-fsync, local-clock-in-apply, shared-read-ctx, long-read-lease, election-ignores-deadline"
             );
             return ExitCode::from(2);
         }
@@ -103,8 +105,8 @@ fn main() -> ExitCode {
     if let Some(seed) = args.seed {
         let r = run(seed, &cfg);
         println!(
-            "seed {seed}: {} ops checked ({} writes acknowledged), {} crashes, {} partitions, {} leader changes, {} elections, {} events",
-            r.ops_checked, r.acked_writes, r.crashes, r.partitions, r.leader_changes, r.elections, r.events
+            "seed {seed}: {} ops checked ({} writes acknowledged, {} reads under a leader's lease), {} crashes, {} partitions, {} leader changes, {} elections, {} events",
+            r.ops_checked, r.acked_writes, r.lease_reads, r.crashes, r.partitions, r.leader_changes, r.elections, r.events
         );
         if let Some(v) = &r.violation {
             println!("seed {seed}: FAILED: {v}");
@@ -123,8 +125,9 @@ fn main() -> ExitCode {
         let r = run(seed, &cfg);
         ran += 1;
         println!(
-            "seed {seed}: {} ops checked, {} crashes, {} partitions, {} leader changes, {} elections{}",
+            "seed {seed}: {} ops checked, {} lease reads, {} crashes, {} partitions, {} leader changes, {} elections{}",
             r.ops_checked,
+            r.lease_reads,
             r.crashes,
             r.partitions,
             r.leader_changes,

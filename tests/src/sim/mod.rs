@@ -141,6 +141,8 @@ pub struct Report {
     pub partitions: u64,
     /// Times some node saw a new leader.
     pub leader_changes: u64,
+    /// Linearizable reads a leader answered under its read lease.
+    pub lease_reads: u64,
     /// Watches told to resume elsewhere because their node caught up by
     /// snapshot.
     pub watch_resumes: u64,
@@ -212,6 +214,8 @@ struct SimNode {
     /// Tick length of this node (drift between nodes).
     tick_ns: u64,
     last_leader: u64,
+    /// Lease reads counted by this node's incarnations.
+    incarnations: Vec<Metrics>,
 }
 
 enum Event {
@@ -329,6 +333,7 @@ impl World {
                     // Within raft's bounds: ±10% drift.
                     tick_ns: 50 * MS * rng.between(90, 110) / 100,
                     last_leader: 0,
+                    incarnations: Vec::new(),
                 }
             })
             .collect();
@@ -371,6 +376,7 @@ impl World {
                 crashes: 0,
                 partitions: 0,
                 leader_changes: 0,
+                lease_reads: 0,
                 watch_resumes: 0,
                 elections: 0,
                 events: 0,
@@ -713,6 +719,7 @@ impl World {
             reintroduced: self.cfg.reintroduced,
             handle: None,
         };
+        let metrics = Metrics::new(id);
         let node_cfg = NodeConfig {
             id,
             tick: Duration::from_nanos(n.tick_ns),
@@ -735,9 +742,10 @@ impl World {
             rec.snapshot_source,
             hub,
             io,
-            Metrics::new(id),
+            metrics.clone(),
         )?;
         let tick = self.now() + self.nodes[i].tick_ns;
+        self.nodes[i].incarnations.push(metrics.clone());
         self.nodes[i].up = Some(Up {
             node,
             handle,
@@ -1353,6 +1361,12 @@ impl World {
             self.check();
         }
         self.report.violation = self.violation.clone();
+        self.report.lease_reads = self
+            .nodes
+            .iter()
+            .flat_map(|n| &n.incarnations)
+            .map(|m| m.lease_reads.get())
+            .sum();
         self.report.digest = hex(&self.trace.clone().finalize());
         self.report
     }

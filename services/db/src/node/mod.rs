@@ -31,11 +31,17 @@
 //! A storage error ends the loop with an error: the node stops rather than
 //! continue with a state it could not persist.
 //!
+//! Linearizable reads take a ReadIndex round, except on a leader holding
+//! its read lease ([`read_lease`]), which answers its own and its
+//! followers' reads from its commit index.
+//!
 //! Layout: [`handle`] (requests, the handle, shared values), [`mailbox`]
-//! (the bounded queues), [`read_queue`] (ReadIndex bookkeeping).
+//! (the bounded queues), [`read_queue`] (ReadIndex bookkeeping),
+//! [`read_lease`] (the leader's read lease and why it holds).
 
 pub mod handle;
 pub mod mailbox;
+pub mod read_lease;
 pub mod read_queue;
 
 use std::collections::BTreeMap;
@@ -54,6 +60,7 @@ use tokio::sync::oneshot;
 
 pub use handle::{Exit, NodeHandle, Request, Shared, Status};
 use mailbox::Mailbox;
+use read_lease::{ReadLease, VoteGuard};
 use read_queue::ReadQueue;
 
 use crate::clock::{Clock, SystemClock};
@@ -81,6 +88,8 @@ const SLOW_TURN: Duration = Duration::from_millis(500);
 /// Read batches whose ReadIndex never came back are dropped after this
 /// (their callers retry).
 const READ_INDEX_GIVE_UP: Duration = Duration::from_secs(3);
+/// A leader stops renewing its read lease when no read came for this long.
+const READ_LEASE_IDLE: Duration = Duration::from_secs(2);
 /// Longest a new state waits before readers' view is replaced when no
 /// reader asks for it sooner. A publish makes the next writes copy the tree
 /// nodes they touch, so under a write load the view is replaced at this
@@ -179,6 +188,10 @@ pub struct Reintroduced {
     /// ReadIndex contexts without the node id (they collided across
     /// followers at the leader).
     pub shared_read_ctx: bool,
+    /// The leader's read lease lasts three election timeouts instead of
+    /// less than one: a leader cut off from the others answers reads after
+    /// a new one was elected.
+    pub long_read_lease: bool,
 }
 
 /// Outcome of one applied entry, delivered after the transaction commits.
@@ -232,6 +245,11 @@ pub struct Node {
     /// (ordered: proposed again after a leader change in this order).
     pending: BTreeMap<String, Vec<Waiter>>,
     reads: ReadQueue<oneshot::Sender<Result<()>>>,
+    read_lease: ReadLease,
+    /// When a read was last answered under the lease (renewed only while
+    /// reads come).
+    last_lease_read: Option<Instant>,
+    vote_guard: VoteGuard,
     role: StateRole,
     removed: bool,
     /// Where the log is being compacted to, a step per log-file
@@ -316,6 +334,16 @@ impl Node {
                     io.first_read_ctx
                 },
             ),
+            read_lease: ReadLease::new(
+                if io.reintroduced.long_read_lease {
+                    cfg.tick * cfg.election_ticks as u32 * 3
+                } else {
+                    read_lease::lease_length(cfg.tick, cfg.election_ticks)
+                },
+                now,
+            ),
+            last_lease_read: None,
+            vote_guard: VoteGuard::new(cfg.election_ticks),
             cfg,
             raw,
             log_db,
@@ -406,6 +434,11 @@ impl Node {
             return Ok(Some(Exit::Stopped));
         }
         self.flush_reads();
+        if self.raw.raft.lead_transferee.is_some() {
+            // See `read_lease`: the target may win with votes that the
+            // lease counted on; rounds started until now give nothing.
+            self.read_lease.revoke(self.clock.now());
+        }
         if self.repropose {
             self.repropose = false;
             self.propose_pending_again();
@@ -413,10 +446,13 @@ impl Node {
         if tick {
             self.last_tick = self.clock.now();
             self.raw.tick();
+            self.vote_guard.tick();
             self.on_tick();
             self.maybe_write_state();
         }
         self.on_ready()?;
+        // Reads answered under the lease this turn may need no Ready.
+        self.release_reads();
         self.draw_election_timeout();
         if self.raw.store().take_snapshot_request() {
             self.snapshot_source.store(self.sm.clone());
@@ -520,15 +556,15 @@ impl Node {
                 self.metrics.linearizable_reads.inc();
                 if self.raw.raft.leader_id == INVALID_ID {
                     let _ = reply.send(Err(Error::NoLeader));
+                } else if self.lease_holds() {
+                    self.metrics.lease_reads.inc();
+                    self.reads
+                        .push_ready(self.raw.raft.raft_log.committed, reply);
                 } else {
                     self.reads.push(reply);
                 }
             }
-            Request::Raft(m) => {
-                if let Err(e) = self.raw.step(*m) {
-                    tracing::debug!(error = %e, "raft step refused a message");
-                }
-            }
+            Request::Raft(m) => self.step(*m),
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -550,6 +586,7 @@ impl Node {
             }
             Request::TransferLeader(to) => {
                 tracing::info!(to, "transferring leadership (operator's request)");
+                self.read_lease.revoke(self.clock.now());
                 self.raw.transfer_leader(to);
             }
             Request::Wake => {}
@@ -577,12 +614,76 @@ impl Node {
         }
     }
 
+    /// Steps a message from a peer into raft, except what the read lease
+    /// answers or forbids (see `read_lease`).
+    fn step(&mut self, m: Message) {
+        match m.get_msg_type() {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                if m.term > self.raw.raft.term
+                    && self
+                        .vote_guard
+                        .ignores_vote(m.context.as_ref() == raft::CAMPAIGN_TRANSFER) =>
+            {
+                tracing::debug!(
+                    from = m.from,
+                    "ignored a vote request: started less than an election timeout ago"
+                );
+                return;
+            }
+            MessageType::MsgReadIndex
+                if m.from != self.cfg.id && m.entries.len() == 1 && self.lease_holds() =>
+            {
+                // A follower's read: the commit index is its read index,
+                // as after a round (raft-rs answers the same way).
+                self.metrics.lease_reads.inc();
+                let mut resp = Message::default();
+                resp.set_msg_type(MessageType::MsgReadIndexResp);
+                resp.from = self.cfg.id;
+                resp.to = m.from;
+                resp.term = self.raw.raft.term;
+                resp.index = self.raw.raft.raft_log.committed;
+                resp.entries = m.entries;
+                self.peers.send(vec![resp]);
+                return;
+            }
+            MessageType::MsgTransferLeader => self.read_lease.revoke(self.clock.now()),
+            _ => {}
+        }
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!(error = %e, "raft step refused a message");
+        }
+    }
+
+    /// Whether this node may answer a linearizable read from its commit
+    /// index now, without a round (see `read_lease`).
+    fn lease_holds(&mut self) -> bool {
+        let now = self.clock.now();
+        let holds = self.role == StateRole::Leader
+            && self.raw.raft.state == StateRole::Leader
+            && self.raw.raft.lead_transferee.is_none()
+            && self.read_lease.holds(now);
+        if holds {
+            self.last_lease_read = Some(now);
+        }
+        holds
+    }
+
     fn flush_reads(&mut self) {
         let now = self.clock.now();
+        // Renewed ahead of its end while reads come, so they never wait
+        // for a round; an idle leader lets it lapse.
+        let renew = self.role == StateRole::Leader
+            && self.read_lease.wants_renewal(now)
+            && self
+                .last_lease_read
+                .is_some_and(|at| now.duration_since(at) < READ_LEASE_IDLE);
         if let Some(ctx) = self
             .reads
-            .start_round(now, self.reintroduced.shared_read_ctx)
+            .start_round(now, self.reintroduced.shared_read_ctx, renew)
         {
+            if renew {
+                self.read_lease.renewal_started(now);
+            }
             self.raw.read_index(ctx);
         }
     }
@@ -638,6 +739,9 @@ impl Node {
             self.reads.leader_changed();
             self.repropose = leader != INVALID_ID;
         }
+        if old_leader != leader || role != self.role {
+            self.read_lease.revoke(self.clock.now());
+        }
         if role == StateRole::Leader && self.role != StateRole::Leader {
             self.leases.promote();
             self.lease_gate = self.raw.raft.raft_log.last_index();
@@ -662,8 +766,13 @@ impl Node {
         }
         self.peers.send(coalesce_proposals(rd.take_messages()));
         for rs in rd.take_read_states() {
-            self.reads
-                .confirmed(&rs.request_ctx, rs.index, self.reintroduced.shared_read_ctx);
+            let started =
+                self.reads
+                    .confirmed(&rs.request_ctx, rs.index, self.reintroduced.shared_read_ctx);
+            // A leader's own round was confirmed by a quorum of this term.
+            if let Some(started) = started.filter(|_| self.role == StateRole::Leader) {
+                self.read_lease.confirmed(started);
+            }
         }
 
         // A follower's messages all wait for this Ready's fsync, but only
@@ -826,6 +935,9 @@ impl Node {
                         change.proposed_at_ms = self.clock.wall_ms();
                     }
                     let result = self.apply_conf_change(&cc, &change, term);
+                    // Quorums change with the members: a new lease needs a
+                    // round of the new configuration (see `read_lease`).
+                    self.read_lease.revoke(self.clock.now());
                     let added = cc.get_change_type() != ConfChangeType::RemoveNode;
                     let effects = self
                         .sm

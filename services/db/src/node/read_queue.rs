@@ -40,12 +40,19 @@ impl<W> ReadQueue<W> {
         self.gathering.push(reader);
     }
 
+    /// A reader whose read index is already known (the leader's commit
+    /// index under its read lease): released once applied that far.
+    pub fn push_ready(&mut self, index: u64, reader: W) {
+        self.ready.push((index, vec![reader]));
+    }
+
     /// Closes this turn's round: the context to hand raft's `read_index`,
-    /// if anyone is waiting. `shared_ctx` re-creates an old defect for the
+    /// if anyone is waiting or `renew` asks for a round anyway (the
+    /// leader's read lease). `shared_ctx` re-creates an old defect for the
     /// simulator (contexts without the node id, which collided across
     /// followers at the leader): never set outside it.
-    pub fn start_round(&mut self, now: Instant, shared_ctx: bool) -> Option<Vec<u8>> {
-        if self.gathering.is_empty() {
+    pub fn start_round(&mut self, now: Instant, shared_ctx: bool, renew: bool) -> Option<Vec<u8>> {
+        if self.gathering.is_empty() && !renew {
             return None;
         }
         let ctx = self.next_ctx;
@@ -60,15 +67,19 @@ impl<W> ReadQueue<W> {
     }
 
     /// Raft confirmed the read index of a round (of this node or not).
-    pub fn confirmed(&mut self, ctx: &[u8], index: u64, shared_ctx: bool) {
+    /// Returns when that round started, if it was this node's and still
+    /// awaited.
+    pub fn confirmed(&mut self, ctx: &[u8], index: u64, shared_ctx: bool) -> Option<Instant> {
         let mine = if shared_ctx { 0 } else { self.id };
         let ctx = match parse_read_ctx(ctx) {
             Some((id, ctx)) if id == mine => ctx,
-            _ => return,
+            _ => return None,
         };
-        if let Some((batch, _)) = self.in_flight.remove(&ctx) {
+        let (batch, started) = self.in_flight.remove(&ctx)?;
+        if !batch.is_empty() {
             self.ready.push((index, batch));
         }
+        Some(started)
     }
 
     /// Drops rounds that waited longer than `limit` for their index (their
@@ -141,13 +152,17 @@ mod tests {
     fn one_round_per_turn_released_once_applied() {
         let now = Instant::now();
         let mut q = ReadQueue::new(2, 10);
-        assert_eq!(q.start_round(now, false), None, "nobody waiting, no round");
+        assert_eq!(
+            q.start_round(now, false, false),
+            None,
+            "nobody waiting, no round"
+        );
         q.push("a");
         q.push("b");
-        let ctx = q.start_round(now, false).unwrap();
+        let ctx = q.start_round(now, false, false).unwrap();
         assert_eq!(ctx, read_ctx(2, 10));
         q.push("c");
-        let ctx2 = q.start_round(now, false).unwrap();
+        let ctx2 = q.start_round(now, false, false).unwrap();
         assert_eq!(ctx2, read_ctx(2, 11));
         // Another node's round with the same counter is not ours.
         q.confirmed(&read_ctx(3, 10), 5, false);
@@ -168,7 +183,7 @@ mod tests {
         let t0 = Instant::now();
         let mut q = ReadQueue::new(1, 0);
         q.push(1);
-        let old = q.start_round(t0, false).unwrap();
+        let old = q.start_round(t0, false, false).unwrap();
         q.leader_changed();
         q.confirmed(&old, 3, false);
         assert!(
@@ -177,12 +192,29 @@ mod tests {
         );
 
         q.push(2);
-        let slow = q.start_round(t0, false).unwrap();
+        let slow = q.start_round(t0, false, false).unwrap();
         q.push(3);
-        let fresh = q.start_round(t0 + Duration::from_secs(2), false).unwrap();
+        let fresh = q
+            .start_round(t0 + Duration::from_secs(2), false, false)
+            .unwrap();
         q.give_up_older_than(t0 + Duration::from_secs(3), Duration::from_secs(3));
         q.confirmed(&slow, 1, false);
         q.confirmed(&fresh, 1, false);
         assert_eq!(q.release(1), vec![3]);
+    }
+
+    #[test]
+    fn a_renewal_round_has_no_readers_and_tells_when_it_started() {
+        let t0 = Instant::now();
+        let mut q: ReadQueue<u8> = ReadQueue::new(1, 0);
+        assert_eq!(q.start_round(t0, false, false), None);
+        let ctx = q.start_round(t0, false, true).expect("a round to renew");
+        assert_eq!(q.confirmed(&ctx, 4, false), Some(t0));
+        assert_eq!(q.confirmed(&ctx, 4, false), None, "answered once");
+        assert!(!q.any_released_at(4), "nobody was waiting");
+        // Readers under the lease skip the round.
+        q.push_ready(6, 9);
+        assert!(q.release(5).is_empty());
+        assert_eq!(q.release(6), vec![9]);
     }
 }
