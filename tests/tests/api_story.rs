@@ -326,6 +326,128 @@ async fn search_finds_text_in_your_agenda_only() {
     );
 }
 
+/// Week views are answered again from agenda-users' cache of answered
+/// views, yet every change to the agenda shows at once on either replica:
+/// an invitation, an edit by its organiser, one's own answer, a deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_week_view_read_again_shows_every_change_at_once() {
+    let sys = System::start(SystemOptions {
+        metrics: true,
+        ..SystemOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("start the system: {e:#}"));
+    let api = sys.api();
+    let (_, alice) = api.register("alice").await;
+    let (_, bob) = api.register("bob").await;
+    let week = range("2030-06-03T00:00:00Z", "2030-06-10T00:00:00Z");
+    // Read several times: both replicas answer, and keep, the view.
+    let seen = |what: &'static str| {
+        let (api, week, alice) = (&api, &week, &alice);
+        async move {
+            let mut views = Vec::new();
+            for _ in 0..6 {
+                let body = expect_ok(api.get(&format!("/v1/events?{week}"), alice).await, what);
+                let view: Vec<(String, String)> = items(&body)
+                    .iter()
+                    .map(|e| (s(&e["title"]).to_string(), s(&e["my_status"]).to_string()))
+                    .collect();
+                views.push(view);
+            }
+            assert!(
+                views.windows(2).all(|w| w[0] == w[1]),
+                "{what}: the replicas answered differently: {views:?}"
+            );
+            views.pop().unwrap_or_default()
+        }
+    };
+    let pair = |t: &str, st: &str| (t.to_string(), st.to_string());
+    expect(
+        api.post(
+            "/v1/events",
+            &alice,
+            utc_event("Mine", "2030-06-04", "09:00", "10:00"),
+        )
+        .await,
+        StatusCode::CREATED,
+        "alice's event",
+    );
+    assert_eq!(seen("alice's own").await, [pair("Mine", "accepted")]);
+
+    let mut body = utc_event("Bob's", "2030-06-05", "09:00", "10:00");
+    body["attendees"] = json!(["alice"]);
+    let id = event_id(&expect(
+        api.post("/v1/events", &bob, body).await,
+        StatusCode::CREATED,
+        "bob invites alice",
+    ));
+    assert_eq!(
+        seen("invited").await,
+        [pair("Mine", "accepted"), pair("Bob's", "needs_action")]
+    );
+    expect_ok(
+        api.patch(
+            &format!("/v1/events/{id}"),
+            &bob,
+            json!({"title": "Bob's, renamed"}),
+        )
+        .await,
+        "bob renames it",
+    );
+    assert_eq!(
+        seen("renamed").await,
+        [
+            pair("Mine", "accepted"),
+            pair("Bob's, renamed", "needs_action")
+        ]
+    );
+    expect_ok(
+        api.post(
+            &format!("/v1/events/{id}/rsvp"),
+            &alice,
+            json!({"status": "accepted"}),
+        )
+        .await,
+        "alice accepts",
+    );
+    assert_eq!(
+        seen("accepted").await,
+        [pair("Mine", "accepted"), pair("Bob's, renamed", "accepted")]
+    );
+    expect_ok(
+        api.delete(&format!("/v1/events/{id}"), &bob).await,
+        "bob deletes it",
+    );
+    assert_eq!(seen("deleted").await, [pair("Mine", "accepted")]);
+
+    // And the views were answered from the cache in between.
+    let mut hits = 0.0;
+    for p in sys.endpoints_json()["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["kind"] == "agenda-users")
+    {
+        let url = format!("{}/metrics", s(&p["http"]));
+        let text = reqwest::get(&url)
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+            .text()
+            .await
+            .expect("metrics text");
+        hits += text
+            .lines()
+            .filter(|l| l.starts_with("agenda_users_week_view_cache_total{result=\"hit\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(
+        hits >= 10.0,
+        "only {hits} views were answered from the cache"
+    );
+}
+
 /// Moving a personal event asks its attendees again (their answers go
 /// back to needs_action and they are told); other edits keep answers; a
 /// PATCH that changes nothing writes nothing and tells nobody.

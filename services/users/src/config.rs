@@ -34,6 +34,12 @@ pub struct Config {
     pub dav_sync_history_secs: u64,
     #[command(flatten)]
     pub redis: agenda_common::args::RedisAuthArgs,
+    /// Memory for week views already answered, in MiB (0: none). A view
+    /// kept is answered again after one read of the person's agenda
+    /// version instead of the agenda itself, only while that version has
+    /// not moved; the oldest views go first.
+    #[arg(long, env = "AGENDA_USERS_WEEK_VIEW_CACHE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub week_view_cache_mib: u64,
     /// Do not run the notification relay in this replica.
     #[arg(long, env = "AGENDA_NO_RELAY")]
     pub no_relay: bool,

@@ -3,6 +3,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
 use agenda_calendar::api::{LoginReply, Op};
 use agenda_calendar::events::{view, with_conflicts, with_conflicts_at};
 use agenda_calendar::model::UserRecord;
@@ -13,6 +16,7 @@ use agenda_calendar::{validate, ApiError, ApiResult};
 use agenda_common::auth::SigningKeys;
 use agenda_serving::{Caller, Handler, Reply};
 
+use crate::listings::{self, Listings};
 use crate::password;
 
 /// The users service.
@@ -23,6 +27,8 @@ pub struct Users {
     pub token_ttl_secs: u64,
     /// How long CalDAV calendars remember deletions.
     pub dav_history: std::time::Duration,
+    /// Week views answered, to answer again (see `listings`).
+    pub listings: Listings,
 }
 
 const BAD_LOGIN: &str = "unknown user or wrong password";
@@ -59,6 +65,34 @@ impl Users {
             refresh_expires_in: REFRESH_TTL.as_secs(),
             user: user.view_own(),
         })
+    }
+}
+
+impl Users {
+    /// `GET /v1/events?from&to`, answered again from [`Listings`] while
+    /// the person's agenda version has not moved (see `listings`).
+    async fn week_view(
+        &self,
+        me: Uuid,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> ApiResult<Reply> {
+        let key = (me, from, to);
+        let kept = self.listings.get(&key);
+        if let Some(kept) = &kept {
+            if self.store.agenda_revision(me).await? == kept.version {
+                listings::count("hit");
+                return Ok(Reply {
+                    status: 200,
+                    body: kept.body.to_vec(),
+                });
+            }
+        }
+        listings::count(if kept.is_some() { "stale" } else { "miss" });
+        let (version, events) = self.store.list_events_versioned(me, from, to).await?;
+        let reply = Reply::items(events)?;
+        self.listings.put(key, version, &reply.body);
+        Ok(reply)
     }
 }
 
@@ -173,7 +207,7 @@ impl Handler for Users {
             Op::ListEvents { window } => {
                 let me = caller.user()?;
                 let (from, to) = validate::window(window.from.as_deref(), window.to.as_deref())?;
-                Reply::items(s.list_events(me, from, to).await?)
+                self.week_view(me, from, to).await
             }
             Op::SearchEvents { q, window } => {
                 let me = caller.user()?;

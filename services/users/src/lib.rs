@@ -8,12 +8,15 @@
 //! - [`handler`]: the operations, on top of `agenda_calendar::store`,
 //!   served by `agenda_serving`.
 //! - [`password`]: argon2id hashing off the async workers.
+//! - [`listings`]: week views answered, answered again while the agenda
+//!   has not changed.
 //! - `calendar_apps`: feeds, imports, app passwords and CalDAV calls.
 //! - [`relay`]: notifications from agenda-db to the Redis stream.
 
 mod calendar_apps;
 pub mod config;
 pub mod handler;
+pub mod listings;
 pub mod password;
 pub mod relay;
 
@@ -142,6 +145,7 @@ pub async fn run(
         keys: agenda_common::auth::follow_signing_keys(db.clone(), keys, shutdown.clone()),
         token_ttl_secs: cfg.token_ttl_secs,
         dav_history,
+        listings: listings::Listings::new(cfg.week_view_cache_mib as usize * 1024 * 1024),
     };
     agenda_serving::serve(Service::Users, handler, serving, db, shutdown).await?;
     // The shutdown token stops them between rounds.

@@ -101,6 +101,29 @@ pub(crate) fn window_events(snap: &Snapshot, i: usize) -> ApiResult<Vec<EventRec
     Ok(out.into_iter().map(|v| v.value).collect())
 }
 
+/// The occurrences of `agenda` in `[from, to)` as `caller` sees them, in
+/// time order; worked out within `caller`'s CPU budget.
+async fn expand_window(
+    caller: Uuid,
+    agenda: Vec<EventRecord>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> ApiResult<Vec<Event>> {
+    cpu::run_sized(caller, cpu::window_weight(&agenda, from, to), move || {
+        let mut out: Vec<Event> = agenda
+            .iter()
+            .flat_map(|ev| {
+                recurrence::instances(ev, from, to)
+                    .into_iter()
+                    .map(move |o| view(ev, caller, Some(o)))
+            })
+            .collect();
+        out.sort_by_key(|e| (e.start, e.id));
+        out
+    })
+    .await
+}
+
 /// The span in which `ev` can conflict with anything (None: no
 /// occurrence), worked out within `viewer`'s CPU budget ([`cpu::run_sized`]).
 async fn conflict_window(ev: &EventRecord, viewer: Uuid) -> ApiResult<Option<Window>> {
@@ -868,19 +891,34 @@ impl Store {
         to: DateTime<Utc>,
     ) -> ApiResult<Vec<Event>> {
         let agenda = self.agenda_window(caller, (from, to)).await?;
-        cpu::run_sized(caller, cpu::window_weight(&agenda, from, to), move || {
-            let mut out: Vec<Event> = agenda
-                .iter()
-                .flat_map(|ev| {
-                    recurrence::instances(ev, from, to)
-                        .into_iter()
-                        .map(move |o| view(ev, caller, Some(o)))
-                })
-                .collect();
-            out.sort_by_key(|e| (e.start, e.id));
-            out
-        })
-        .await
+        expand_window(caller, agenda, from, to).await
+    }
+
+    /// [`Store::list_events`], with the revision of the caller's agenda
+    /// version read in the same snapshot: the answer stays right while
+    /// [`Store::agenda_revision`] gives the same.
+    pub async fn list_events_versioned(
+        &self,
+        caller: Uuid,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> ApiResult<(i64, Vec<Event>)> {
+        let version = Read::key(&keys::agenda_version(caller));
+        let reads = std::iter::once(version).chain(window_reads(caller, (from, to), 0));
+        let Some(snap) = self.snapshot(&[], reads).await? else {
+            return Err(ApiError::internal("a read without guards was refused"));
+        };
+        let agenda = window_events(&snap, 1)?;
+        Ok((
+            snap.mod_revision(0),
+            expand_window(caller, agenda, from, to).await?,
+        ))
+    }
+
+    /// The revision of `user`'s agenda version (linearizable): it moves
+    /// with every change to their events.
+    pub async fn agenda_revision(&self, user: Uuid) -> ApiResult<i64> {
+        self.revision(&keys::agenda_version(user)).await
     }
 
     /// The occurrences in the caller's agenda in `[from, to)` whose title,
