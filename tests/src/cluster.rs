@@ -143,6 +143,30 @@ pub fn channels(addrs: &[String]) -> Result<Vec<tonic::transport::Channel>> {
         .collect()
 }
 
+/// Reads one metric from `base`'s `/metrics`: the first sample whose line
+/// starts with `name` (a name, or a name with its labels).
+pub async fn scrape_metric(base: &str, name: &str) -> Result<f64> {
+    sample(&metrics_text(base).await?, name)
+        .with_context(|| format!("metric {name} not found at {base}"))
+}
+
+/// `base`'s `/metrics` page.
+pub async fn metrics_text(base: &str) -> Result<String> {
+    Ok(reqwest::get(format!("{base}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The first sample of `text` whose line starts with `name`.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
 where
@@ -463,15 +487,9 @@ impl Cluster {
     /// Reads one metric (first sample whose line starts with `name`) from a
     /// node's `/metrics`.
     pub async fn metric(&self, id: u64, name: &str) -> Result<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.nodes[&id].url()))
-            .await?
-            .text()
-            .await?;
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("metric {name} not found on node {id}"))
+        scrape_metric(&self.nodes[&id].url(), name)
+            .await
+            .with_context(|| format!("on node {id}"))
     }
 
     /// Last lines of a node's log (for failure messages).

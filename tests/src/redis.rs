@@ -26,7 +26,7 @@ use agenda_common::net::RedisLink;
 use agenda_common::DbClient;
 use anyhow::{bail, Context, Result};
 
-use crate::cluster::{bin, free_port, wait_for};
+use crate::cluster::{bin, free_port, scrape_metric, wait_for};
 
 /// Registry key of the published primary.
 pub const PRIMARY_KEY: &str = agenda_common::registry::REDIS_PRIMARY;
@@ -296,15 +296,9 @@ impl RedisLayer {
 
     /// Reads one metric of supervisor `i` (first sample starting with `name`).
     pub async fn metric(&self, i: usize, name: &str) -> Result<f64> {
-        let text = reqwest::get(format!("http://{}/metrics", self.sups[i].http))
-            .await?
-            .text()
-            .await?;
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("metric {name} not found on supervisor {i}"))
+        scrape_metric(&format!("http://{}", self.sups[i].http), name)
+            .await
+            .with_context(|| format!("on supervisor {i}"))
     }
 
     /// The last lines of every supervisor's log and redis log.

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::cluster::{bin, free_port, Cluster, Options};
+use crate::cluster::{bin, free_port, metrics_text, sample, Cluster, Options};
 
 /// Password of the test Redis servers.
 pub const REDIS_PASSWORD: &str = "test-redis-password";
@@ -418,6 +418,19 @@ impl System {
             }
         }
         Ok(())
+    }
+
+    /// One metric (see [`sample`]) summed over the agenda-users replicas,
+    /// a series a replica never had counting 0; needs
+    /// `SystemOptions::metrics`.
+    pub async fn users_metric(&self, name: &str) -> Result<f64> {
+        let mut sum = 0.0;
+        for p in self.procs.iter().filter(|p| p.name.starts_with("users-")) {
+            let http = p.http.as_ref().context("users replicas without --http")?;
+            let text = metrics_text(&format!("http://{http}")).await?;
+            sum += sample(&text, name).unwrap_or(0.0);
+        }
+        Ok(sum)
     }
 
     /// The system as `make run`'s `endpoints.json` describes one (every

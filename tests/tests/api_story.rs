@@ -421,27 +421,10 @@ async fn a_week_view_read_again_shows_every_change_at_once() {
     assert_eq!(seen("deleted").await, [pair("Mine", "accepted")]);
 
     // And the views were answered from the cache in between.
-    let mut hits = 0.0;
-    for p in sys.endpoints_json()["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["kind"] == "agenda-users")
-    {
-        let url = format!("{}/metrics", s(&p["http"]));
-        let text = reqwest::get(&url)
-            .await
-            .and_then(|r| r.error_for_status())
-            .unwrap_or_else(|e| panic!("{url}: {e}"))
-            .text()
-            .await
-            .expect("metrics text");
-        hits += text
-            .lines()
-            .filter(|l| l.starts_with("agenda_users_week_view_cache_total{result=\"hit\"}"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
+    let hits = sys
+        .users_metric("agenda_users_week_view_cache_total{result=\"hit\"}")
+        .await
+        .unwrap_or_else(|e| panic!("cache hits: {e:#}"));
     assert!(
         hits >= 10.0,
         "only {hits} views were answered from the cache"

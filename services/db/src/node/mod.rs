@@ -586,7 +586,6 @@ impl Node {
             }
             Request::TransferLeader(to) => {
                 tracing::info!(to, "transferring leadership (operator's request)");
-                self.read_lease.revoke(self.clock.now());
                 self.raw.transfer_leader(to);
             }
             Request::Wake => {}
@@ -646,7 +645,6 @@ impl Node {
                 self.peers.send(vec![resp]);
                 return;
             }
-            MessageType::MsgTransferLeader => self.read_lease.revoke(self.clock.now()),
             _ => {}
         }
         if let Err(e) = self.raw.step(m) {
@@ -658,8 +656,7 @@ impl Node {
     /// index now, without a round (see `read_lease`).
     fn lease_holds(&mut self) -> bool {
         let now = self.clock.now();
-        let holds = self.role == StateRole::Leader
-            && self.raw.raft.state == StateRole::Leader
+        let holds = self.raw.raft.state == StateRole::Leader
             && self.raw.raft.lead_transferee.is_none()
             && self.read_lease.holds(now);
         if holds {
