@@ -3,7 +3,7 @@
 //! the user search reads the spans of the words typed (it read every
 //! account, and at 200,000 people one read of them all was over the
 //! agenda-db client's 64 MiB, Found 3), a person's notifications are kept to the newest
-//! `KEEP` and caught up as a span (Found 4), and their answered
+//! `KEEP` (as they arrive, and when read) and caught up as a span (Found 4), and their answered
 //! invitations to the newest `KEEP_ANSWERED_INVITATIONS` (Found 8).
 //! Run: `cargo test -p agenda-tests --test store_pages`.
 
@@ -167,6 +167,9 @@ async fn the_user_search_reads_the_words_typed_and_stragglers_are_indexed() -> R
 }
 
 /// The `i` each notification was made with.
+// The notifications below go 250 to a transaction: each trims.
+const _: () = assert!(250 >= notifications::TRIM_ONE_IN);
+
 fn order(items: &[Notification]) -> Vec<u64> {
     items
         .iter()
@@ -178,13 +181,28 @@ fn order(items: &[Notification]) -> Vec<u64> {
 async fn a_persons_notifications_are_kept_to_the_newest_and_caught_up_as_a_span() -> Result<()> {
     let (_cluster, store) = one_node().await?;
     let user = Uuid::new_v4();
-    let add = |from: usize, to: usize| {
+    // Notifications `from..to` for `who`, 250 to a transaction: through
+    // `notifications::add` (`trimmed`), or written as a replica of the
+    // version before trims on add did, during a rolling upgrade.
+    let add_for = |who: Uuid, from: usize, to: usize, trimmed: bool| {
         let store = store.clone();
         async move {
             for a in (from..to).step_by(250) {
                 let mut batch = Batch::default();
                 for i in a..(a + 250).min(to) {
-                    notifications::add(&mut batch, user, "rsvp", json!({ "i": i })).map_err(api)?;
+                    let data = json!({ "i": i });
+                    if trimmed {
+                        notifications::add(&mut batch, who, "rsvp", data).map_err(api)?;
+                    } else {
+                        let n = Notification {
+                            id: Uuid::now_v7(),
+                            kind: "rsvp".into(),
+                            created_at: chrono::Utc::now(),
+                            read: false,
+                            data,
+                        };
+                        batch.put(&keys::notification(who, n.id), &n).map_err(api)?;
+                    }
                 }
                 ensure!(
                     store.commit(batch).await.map_err(api)?,
@@ -194,20 +212,42 @@ async fn a_persons_notifications_are_kept_to_the_newest_and_caught_up_as_a_span(
             Ok::<(), anyhow::Error>(())
         }
     };
-    let stored = || {
+    let add = |from: usize, to: usize| add_for(user, from, to, true);
+    let stored_of = |who: Uuid| {
         let store = store.clone();
         async move {
             Ok::<usize, anyhow::Error>(
                 store
-                    .list::<Notification>(&keys::notifications(user))
+                    .list::<Notification>(&keys::notifications(who))
                     .await
                     .map_err(api)?
                     .len(),
             )
         }
     };
+    let stored = || stored_of(user);
+
+    // A person who never reads keeps the newest KEEP: a batch of
+    // TRIM_ONE_IN or more for one person trims their list as it commits
+    // (fewer do when one of them is drawn, one in TRIM_ONE_IN).
+    let unread = Uuid::new_v4();
+    add_for(unread, 0, 3 * KEEP, true).await?;
+    ensure!(
+        stored_of(unread).await? == KEEP,
+        "{} kept by one who never reads, wanted {KEEP}",
+        stored_of(unread).await?
+    );
+    ensure!(store.trim_notifications(unread).await.map_err(api)? == 0);
+    let newest = store.notifications_after(unread, None).await.map_err(api)?;
+    ensure!(
+        order(&newest).first() == Some(&(2 * KEEP as u64)),
+        "the oldest kept is not the right one"
+    );
+
+    // Written untrimmed (a replica of the version before), a listing
+    // trims them.
     let total = KEEP + 250;
-    add(0, total).await?;
+    add_for(user, 0, total, false).await?;
     ensure!(stored().await? == total);
 
     // A listing keeps the newest KEEP and deletes the rest.

@@ -99,6 +99,12 @@ impl Read {
         self
     }
 
+    /// Only the number of keys, every one counted (see [`Snapshot::count`]).
+    pub fn count_only(mut self) -> Read {
+        self.0.count_only = true;
+        self
+    }
+
     /// Only keys changed after `revision` (0: all).
     pub fn changed_after(mut self, revision: i64) -> Read {
         self.0.min_mod_revision = revision;
@@ -117,6 +123,7 @@ pub struct Snapshot {
     /// The store's revision at the read.
     pub revision: i64,
     results: Vec<Vec<KeyValue>>,
+    counts: Vec<i64>,
 }
 
 impl Snapshot {
@@ -151,6 +158,13 @@ impl Snapshot {
             .collect()
     }
 
+    /// The number of keys read `i` matched: every one for a
+    /// [`Read::count_only`] or a read without a limit (agenda-db's
+    /// `RangeResponse.count`).
+    pub fn count(&self, i: usize) -> i64 {
+        self.counts.get(i).copied().unwrap_or(0)
+    }
+
     fn raw(&self, i: usize) -> &[KeyValue] {
         self.results.get(i).map_or(&[], Vec::as_slice)
     }
@@ -161,6 +175,10 @@ impl Snapshot {
 pub struct Batch {
     compares: Vec<Compare>,
     ops: Vec<RequestOp>,
+    /// People this batch adds notifications for: how many, and whether one
+    /// of them was drawn to trim the person's list once committed
+    /// ([`notifications::add`]).
+    notified: std::collections::BTreeMap<uuid::Uuid, (usize, bool)>,
 }
 
 impl Batch {
@@ -347,19 +365,22 @@ impl Store {
         if !resp.succeeded {
             return Ok(None);
         }
-        let results = resp
+        let (results, counts) = resp
             .responses
             .into_iter()
             .map(|r| match r.response {
-                Some(response_op::Response::Range(r)) => Ok(r.kvs),
+                Some(response_op::Response::Range(r)) => Ok((r.kvs, r.count)),
                 other => Err(ApiError::internal(format!(
                     "a read-only txn answered {other:?}"
                 ))),
             })
-            .collect::<ApiResult<_>>()?;
+            .collect::<ApiResult<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         Ok(Some(Snapshot {
             revision: resp.header.map_or(0, |h| h.revision),
             results,
+            counts,
         }))
     }
 
@@ -468,7 +489,18 @@ impl Store {
     }
 
     /// Like [`Store::commit`], returning the revision of the commit.
-    pub async fn commit_at(&self, batch: Batch) -> ApiResult<Option<i64>> {
+    pub async fn commit_at(&self, mut batch: Batch) -> ApiResult<Option<i64>> {
+        let notified = std::mem::take(&mut batch.notified);
+        let revision = self.commit_untrimmed(batch).await?;
+        if revision.is_some() {
+            self.trim_notified(notified).await;
+        }
+        Ok(revision)
+    }
+
+    /// Commits `batch` without the trims of notification lists it asks
+    /// for (what a trim's own deletes commit with).
+    async fn commit_untrimmed(&self, batch: Batch) -> ApiResult<Option<i64>> {
         let resp = self
             .db
             .txn(TxnRequest {

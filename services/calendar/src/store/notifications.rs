@@ -2,6 +2,8 @@
 //! causes them (the outbox of the messaging layer), read and marked read
 //! by their owner.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
@@ -16,8 +18,17 @@ pub const LIST_LIMIT: usize = 200;
 
 /// Notifications kept per person: the newest. Older ones are deleted when
 /// the person's list is next read whole (a listing, "mark all read"), so
-/// those reads cost at most this many, not every notification ever had.
+/// those reads cost at most this many, not every notification ever had,
+/// and as new ones arrive ([`TRIM_ONE_IN`]), so a person who never reads
+/// theirs does not keep them all either.
 pub const KEEP: usize = 1_000;
+
+/// A committed batch that adds notifications for a person also trims that
+/// person's list to the newest [`KEEP`] when it adds this many or more,
+/// or when one of them is drawn (its id's random bits, one in this many):
+/// about one count of a person's list per this many notifications, so a
+/// person who never reads keeps about [`KEEP`] plus a few times this.
+pub const TRIM_ONE_IN: usize = 64;
 
 /// A page of `all` (oldest first, as stored): newest first, unread only
 /// if asked, at most `limit` (1..=[`LIST_LIMIT`]) older than `before`, and
@@ -53,6 +64,10 @@ pub fn add(batch: &mut Batch, user: Uuid, kind: &str, data: Value) -> ApiResult<
         data,
     };
     batch.put(&keys::notification(user, n.id), &n)?;
+    let drawn = n.id.as_u128().is_multiple_of(TRIM_ONE_IN as u128);
+    let (count, trim) = batch.notified.entry(user).or_default();
+    *count += 1;
+    *trim |= drawn;
     Ok(())
 }
 
@@ -77,27 +92,95 @@ impl Store {
     }
 
     /// `user`'s newest [`KEEP`] notifications, oldest first; any older are
-    /// deleted on the way (in transactions of at most [`LIST_LIMIT`]).
+    /// deleted on the way.
     async fn kept_notifications(&self, user: Uuid) -> ApiResult<Vec<Versioned<Notification>>> {
         let mut all = self
             .list::<Notification>(&keys::notifications(user))
             .await?;
         let over = all.len().saturating_sub(KEEP);
-        for old in all[..over].chunks(LIST_LIMIT) {
-            // Blind deletes: a notification is never written again once
-            // older than the newest KEEP, except to mark it read, and a
-            // read mark on one about to go is no loss.
-            let mut batch = Batch::default();
-            for n in old {
-                batch.delete(&keys::notification(user, n.value.id));
-            }
-            self.commit(batch).await?;
-        }
+        self.delete_notifications(user, all[..over].iter().map(|n| n.value.id))
+            .await?;
         if over > 0 {
             tracing::info!(%user, deleted = over, kept = KEEP, "older notifications deleted");
         }
         all.drain(..over);
         Ok(all)
+    }
+
+    /// Deletes `user`'s notifications older than the newest [`KEEP`]; how
+    /// many went. Each round reads, in one snapshot, how many the person
+    /// has (a count: nothing sent back) and the oldest page of them, and
+    /// deletes as many of that page as are over. Trims that race (two
+    /// replicas, or a listing) each delete the oldest of a list as one
+    /// snapshot saw it, so together they never go below KEEP.
+    pub async fn trim_notifications(&self, user: Uuid) -> ApiResult<usize> {
+        let prefix = keys::notifications(user);
+        let mut deleted = 0;
+        loop {
+            let reads = [
+                Read::prefix(&prefix).count_only(),
+                // Keys are by time-ordered id: the first are the oldest.
+                Read::prefix(&prefix).limit(LIST_LIMIT as i64),
+            ];
+            let Some(snap) = self.snapshot(&[], reads).await? else {
+                break;
+            };
+            let over = usize::try_from(snap.count(0))
+                .unwrap_or(0)
+                .saturating_sub(KEEP);
+            let ids: Vec<Uuid> = snap
+                .ids(1)
+                .into_iter()
+                .take(over)
+                .map(|(id, _)| id)
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            deleted += ids.len();
+            self.delete_notifications(user, ids).await?;
+        }
+        if deleted > 0 {
+            tracing::info!(%user, deleted, kept = KEEP, "older notifications deleted as new ones came");
+        }
+        Ok(deleted)
+    }
+
+    /// After a committed batch: trims the lists of the people it notified
+    /// that [`add`] marked (see [`TRIM_ONE_IN`]), side by side. The batch
+    /// is committed whatever happens here, so a failure is only logged:
+    /// the next drawn notification tries again.
+    pub(super) async fn trim_notified(&self, notified: BTreeMap<Uuid, (usize, bool)>) {
+        let due = notified
+            .into_iter()
+            .filter(|(_, (count, drawn))| *drawn || *count >= TRIM_ONE_IN)
+            .map(|(user, _)| async move {
+                if let Err(e) = self.trim_notifications(user).await {
+                    tracing::warn!(%user, error = %e, "could not trim the notifications");
+                }
+            });
+        futures::future::join_all(due).await;
+    }
+
+    /// Deletes `user`'s notifications `ids`, in transactions of at most
+    /// [`LIST_LIMIT`].
+    async fn delete_notifications(
+        &self,
+        user: Uuid,
+        ids: impl IntoIterator<Item = Uuid>,
+    ) -> ApiResult<()> {
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        for chunk in ids.chunks(LIST_LIMIT) {
+            // Blind deletes: a notification is never written again once
+            // older than the newest KEEP, except to mark it read, and a
+            // read mark on one about to go is no loss.
+            let mut batch = Batch::default();
+            for id in chunk {
+                batch.delete(&keys::notification(user, *id));
+            }
+            self.commit_untrimmed(batch).await?;
+        }
+        Ok(())
     }
 
     /// Marks every unread notification of `user` read; how many were.
