@@ -279,6 +279,32 @@ impl Topology {
         bail!("the VIP did not settle on {machine} within {timeout:?}")
     }
 
+    /// Polls until one machine has held the VIP, by the lease and by the
+    /// address (alone), for `hold` without a break; returns it. After a
+    /// partition heals the VIP may still move once (the higher priority
+    /// takes it back), so "served once" is not yet "settled".
+    pub fn settled_holder(&self, hold: Duration, timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        let mut since: Option<(String, Instant)> = None;
+        while start.elapsed() < timeout {
+            let now = self
+                .lease_holder()
+                .filter(|m| self.has_vip(m) && !self.has_vip(other_machine(m)));
+            since = match (now, since) {
+                (Some(m), Some((was, at))) if m == was => {
+                    if at.elapsed() >= hold {
+                        return Ok(m);
+                    }
+                    Some((was, at))
+                }
+                (Some(m), _) => Some((m, Instant::now())),
+                (None, _) => None,
+            };
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the VIP did not stay on one machine for {hold:?} within {timeout:?}")
+    }
+
     /// Keeps the state dir (logs, histories) when dropped.
     pub fn keep_state(&self) {
         self.keep_state.store(true, Ordering::Relaxed);
