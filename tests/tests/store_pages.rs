@@ -4,15 +4,16 @@
 //! account, and at 200,000 people one read of them all was over the
 //! agenda-db client's 64 MiB, Found 3), a person's notifications are kept to the newest
 //! `KEEP` (as they arrive, and when read) and caught up as a span (Found 4), and their answered
-//! invitations to the newest `KEEP_ANSWERED_INVITATIONS` (Found 8).
+//! invitations to the newest `KEEP_ANSWERED_INVITATIONS` (as they are answered, and when
+//! read; Found 8).
 //! Run: `cargo test -p agenda-tests --test store_pages`.
 
-use agenda_calendar::api::UpdateMeRequest;
+use agenda_calendar::api::{CreateGroupRequest, InviteRequest, UpdateMeRequest};
 use agenda_calendar::keys;
-use agenda_calendar::model::{Invitation, InvitationStatus, Notification, UserRecord};
+use agenda_calendar::model::{AddMe, Invitation, InvitationStatus, Notification, UserRecord};
 use agenda_calendar::rules::{self, KEEP_ANSWERED_INVITATIONS};
 use agenda_calendar::store::notifications::{self, KEEP};
-use agenda_calendar::store::users::{index_name_words, SEARCH_LIMIT};
+use agenda_calendar::store::users::{index_name_words, NewUser, SEARCH_LIMIT};
 use agenda_calendar::store::{Batch, Store, SCAN_PAGE};
 use agenda_tests::cluster::{Cluster, Options};
 use anyhow::{ensure, Result};
@@ -388,5 +389,150 @@ async fn a_persons_answered_invitations_are_kept_to_the_newest() -> Result<()> {
     ensure!(indexed.len() == kept, "{} left in the index", indexed.len());
     let again = store.invitations(user).await.map_err(api)?;
     ensure!(again.len() == kept, "a second listing has {}", again.len());
+    Ok(())
+}
+
+/// An account made through the store (the password hash is not checked
+/// here).
+async fn account(store: &Store, username: &str) -> Result<UserRecord> {
+    let new = NewUser {
+        username: username.to_string(),
+        email: format!("{username}@pages.example"),
+        password: String::new(),
+        display_name: username.to_string(),
+        time_zone: "UTC".into(),
+        add_me: AddMe::default(),
+    };
+    store.create_user(new, "-".into()).await.map_err(api)
+}
+
+#[tokio::test]
+async fn answered_invitations_are_trimmed_as_they_are_answered_and_a_deleted_group_withdraws_its_own(
+) -> Result<()> {
+    let (_cluster, store) = one_node().await?;
+    let owner = account(&store, "owner").await?;
+    let invitee = account(&store, "invitee").await?;
+    let group = store
+        .create_group(
+            owner.id,
+            CreateGroupRequest {
+                name: "often".into(),
+                description: None,
+                kind: "flat".into(),
+                parent_id: None,
+            },
+        )
+        .await
+        .map_err(api)?;
+    let invite = || {
+        store.invite(
+            owner.id,
+            group.id,
+            InviteRequest {
+                username: invitee.username.clone(),
+                rank: None,
+            },
+        )
+    };
+    // Invited and declining, again and again, and never listing them.
+    let mut declined = Vec::new();
+    for _ in 0..KEEP_ANSWERED_INVITATIONS + 30 {
+        let inv = invite().await.map_err(api)?;
+        store
+            .answer_invitation(invitee.id, inv.id, false)
+            .await
+            .map_err(api)?;
+        declined.push(inv.id);
+    }
+    let pending = invite().await.map_err(api)?;
+    let indexed = || async {
+        let mut ids = store
+            .indexed_ids(&keys::user_invitations(invitee.id))
+            .await
+            .map_err(api)?;
+        ids.sort();
+        Ok::<Vec<Uuid>, anyhow::Error>(ids)
+    };
+    let mut want: Vec<Uuid> = declined[declined.len() - KEEP_ANSWERED_INVITATIONS..].to_vec();
+    want.push(pending.id);
+    want.sort();
+    ensure!(
+        indexed().await? == want,
+        "kept {} invitations, not the pending one and the newest {KEEP_ANSWERED_INVITATIONS} answered",
+        indexed().await?.len()
+    );
+    let records = store
+        .list::<Invitation>("/agenda/invitations/")
+        .await
+        .map_err(api)?;
+    ensure!(
+        records.len() == want.len(),
+        "{} invitation records left",
+        records.len()
+    );
+
+    // The group goes: its pending invitation is withdrawn and the invitee
+    // told, and the oldest answered one makes room.
+    store.delete_group(owner.id, group.id).await.map_err(api)?;
+    let listed = store.invitations(invitee.id).await.map_err(api)?;
+    ensure!(
+        listed.len() == KEEP_ANSWERED_INVITATIONS
+            && listed[0].id == pending.id
+            && listed.iter().all(|i| i.status != InvitationStatus::Pending),
+        "after the group's deletion: {} listed, {} pending, the newest {} not the withdrawn one",
+        listed.len(),
+        listed
+            .iter()
+            .filter(|i| i.status == InvitationStatus::Pending)
+            .count(),
+        listed[0].id
+    );
+    ensure!(
+        !listed
+            .iter()
+            .any(|i| i.id == declined[declined.len() - KEEP_ANSWERED_INVITATIONS]),
+        "the oldest answered one was kept"
+    );
+    let told = store
+        .notifications_after(invitee.id, None)
+        .await
+        .map_err(api)?;
+    ensure!(
+        told.iter()
+            .any(|n| n.kind == "invitation_revoked" && n.data["invitation_id"] == json!(pending.id)),
+        "the invitee was not told of the withdrawal"
+    );
+
+    // One left pending for a group already gone (as an earlier version's
+    // deletion left them): answering it withdraws it, and says why.
+    let stray = Invitation {
+        id: Uuid::new_v4(),
+        group_id: Uuid::new_v4(),
+        group_name: "gone".into(),
+        invited_by: owner.id,
+        invitee_id: invitee.id,
+        rank: 1,
+        status: InvitationStatus::Pending,
+        created_at: chrono::Utc::now(),
+    };
+    let mut batch = Batch::default();
+    batch
+        .put(&keys::invitation(stray.id), &stray)
+        .map_err(api)?
+        .put_raw(&keys::user_invitation(invitee.id, stray.id), Vec::new());
+    ensure!(
+        store.commit(batch).await.map_err(api)?,
+        "the stray was refused"
+    );
+    let refused = store.answer_invitation(invitee.id, stray.id, true).await;
+    ensure!(
+        matches!(&refused, Err(e) if e.status == 409),
+        "answering for a group that is gone: {refused:?}"
+    );
+    let listed = store.invitations(invitee.id).await.map_err(api)?;
+    ensure!(
+        listed.iter().all(|i| i.status != InvitationStatus::Pending),
+        "the stray is still pending"
+    );
     Ok(())
 }

@@ -265,13 +265,37 @@ impl Store {
         .await
     }
 
-    /// Deletes a group and its memberships (owner only).
+    /// Deletes a group and its memberships (owner only); its pending
+    /// invitations are withdrawn (the invitees told), not left pending
+    /// for a group that is gone.
     pub async fn delete_group(&self, caller: Uuid, id: Uuid) -> ApiResult<()> {
-        self.optimistic("this group", || async {
+        let invitees = self.optimistic("this group", || async {
             let m = self.membership(caller, id).await?;
             rules::check_owner(&m.group, caller, "delete the group")?;
             let members = self.members(id).await?;
+            let pending = self.list::<Uuid>(&keys::pending_invitations(id)).await?;
+            let pending = self
+                .records::<Invitation>(pending.into_iter().map(|v| v.value), keys::invitation)
+                .await?;
             let mut batch = Batch::default();
+            let mut invitees = Vec::new();
+            for cur in pending {
+                let mut inv = cur.value;
+                if inv.status != InvitationStatus::Pending {
+                    continue;
+                }
+                inv.status = InvitationStatus::Revoked;
+                batch
+                    .unchanged(&keys::invitation(inv.id), cur.mod_revision)
+                    .put(&keys::invitation(inv.id), &inv)?;
+                notifications::add(
+                    &mut batch,
+                    inv.invitee_id,
+                    "invitation_revoked",
+                    json!({"invitation_id": inv.id, "group_id": id, "group_name": inv.group_name, "by": caller}),
+                )?;
+                invitees.push(inv.invitee_id);
+            }
             batch
                 .unchanged(&keys::group_version(id), m.version)
                 .delete(&keys::group(id))
@@ -312,9 +336,16 @@ impl Store {
                     )?;
                 }
             }
-            self.commit_or_retry(batch, ()).await
+            self.commit_or_retry(batch, invitees).await
         })
-        .await
+        .await?;
+        futures::future::join_all(
+            invitees
+                .into_iter()
+                .map(|u| self.trim_answered_invitations(u)),
+        )
+        .await;
+        Ok(())
     }
 
     /// Changes a member's rank, or hands ownership over (`rank` 0 by the
@@ -514,7 +545,7 @@ impl Store {
         id: Uuid,
         invitation: Uuid,
     ) -> ApiResult<Invitation> {
-        self.optimistic("this invitation", || async {
+        let inv = self.optimistic("this invitation", || async {
             let m = self.membership(caller, id).await?;
             let cur = self
                 .get::<Invitation>(&keys::invitation(invitation))
@@ -542,7 +573,9 @@ impl Store {
             )?;
             self.commit_or_retry(batch, inv.clone()).await
         })
-        .await
+        .await?;
+        self.trim_answered_invitations(inv.invitee_id).await;
+        Ok(inv)
     }
 
     /// The caller's invitations, newest first: every pending one and the
@@ -550,26 +583,63 @@ impl Store {
     /// ([`rules::answered_to_forget`]).
     pub async fn invitations(&self, caller: Uuid) -> ApiResult<Vec<Invitation>> {
         let ids = self.indexed_ids(&keys::user_invitations(caller)).await?;
+        let mut out = self.invitations_newest_first(ids).await?;
+        let forget = self.forget_answered(caller, &out).await?;
+        if !forget.is_empty() {
+            let forget: std::collections::HashSet<Uuid> = forget.into_iter().collect();
+            out.retain(|i| !forget.contains(&i.id));
+        }
+        Ok(out)
+    }
+
+    async fn invitations_newest_first(&self, ids: Vec<Uuid>) -> ApiResult<Vec<Invitation>> {
         let found = self.records::<Invitation>(ids, keys::invitation).await?;
         let mut out: Vec<Invitation> = found.into_iter().map(|v| v.value).collect();
         out.sort_by_key(|i| std::cmp::Reverse(i.created_at));
-        let forget = rules::answered_to_forget(&out);
+        Ok(out)
+    }
+
+    /// Deletes `user`'s answered invitations of `newest_first` past the
+    /// newest [`rules::KEEP_ANSWERED_INVITATIONS`]; returns their ids.
+    async fn forget_answered(
+        &self,
+        user: Uuid,
+        newest_first: &[Invitation],
+    ) -> ApiResult<Vec<Uuid>> {
+        let forget = rules::answered_to_forget(newest_first);
         for old in forget.chunks(FORGET_PER_TXN) {
             // Blind deletes: an answered invitation is never written again.
             let mut batch = Batch::default();
             for id in old {
                 batch
                     .delete(&keys::invitation(*id))
-                    .delete(&keys::user_invitation(caller, *id));
+                    .delete(&keys::user_invitation(user, *id));
             }
             self.commit(batch).await?;
         }
         if !forget.is_empty() {
-            tracing::info!(user = %caller, deleted = forget.len(), "older answered invitations deleted");
-            let forget: std::collections::HashSet<Uuid> = forget.into_iter().collect();
-            out.retain(|i| !forget.contains(&i.id));
+            tracing::info!(%user, deleted = forget.len(), "older answered invitations deleted");
         }
-        Ok(out)
+        Ok(forget)
+    }
+
+    /// After one of `user`'s invitations was answered or revoked: trims
+    /// their answered ones as a listing does, so a person who never lists
+    /// them keeps no more than a listing would leave. Only the index is
+    /// read while it holds no more than the answered ones kept. A failure
+    /// is only logged: the change that called it is committed.
+    async fn trim_answered_invitations(&self, user: Uuid) {
+        let trimmed = async {
+            let ids = self.indexed_ids(&keys::user_invitations(user)).await?;
+            if ids.len() <= rules::KEEP_ANSWERED_INVITATIONS {
+                return Ok(());
+            }
+            let list = self.invitations_newest_first(ids).await?;
+            self.forget_answered(user, &list).await.map(drop)
+        };
+        if let Err(e) = trimmed.await {
+            tracing::warn!(%user, error = ?e, "answered invitations not trimmed; the next listing does it");
+        }
     }
 
     /// Accepts or declines an invitation, once.
@@ -600,37 +670,38 @@ impl Store {
                 return Ok(Attempt::Retry);
             };
             let version = snap.mod_revision(0);
-            let Some(group) = snap.value::<GroupRecord>(1)?.map(|v| v.value) else {
-                return Err(ApiError::conflict("the group no longer exists"));
-            };
+            let group = snap.value::<GroupRecord>(1)?.map(|v| v.value);
             let inviter = snap.value::<Member>(2)?.map(|v| v.value);
-            if accept {
-                if let Err(refused) =
-                    rules::invitation_still_valid(group.kind, inviter.as_ref(), inv.rank)
-                {
-                    // Withdrawn for good (and no longer blocking a new
-                    // invitation of this person), then refused.
-                    inv.status = InvitationStatus::Revoked;
-                    let mut batch = Batch::default();
-                    batch
-                        .unchanged(&keys::invitation(id), cur.mod_revision)
-                        .unchanged(&keys::group_version(g), version)
-                        .put(&keys::invitation(id), &inv)?
-                        .delete(&keys::pending_invitation(g, caller));
-                    return match self.commit_or_retry(batch, ()).await? {
-                        Attempt::Done(()) => Err(refused),
-                        Attempt::Retry => Ok(Attempt::Retry),
-                    };
+            let refused = match &group {
+                // One its group's deletion missed (sent as the group
+                // went, or left pending by an earlier version, which did
+                // not withdraw them) goes the same way.
+                None => Some(ApiError::conflict("the group no longer exists")),
+                Some(group) if accept => {
+                    rules::invitation_still_valid(group.kind, inviter.as_ref(), inv.rank).err()
                 }
-            }
-            let me = self.me(caller).await?;
-            inv.status = if accept { InvitationStatus::Accepted } else { InvitationStatus::Declined };
+                Some(_) => None,
+            };
+            // A refused one is withdrawn for good (and no longer blocks a
+            // new invitation of this person), then refused.
+            inv.status = match (&refused, accept) {
+                (Some(_), _) => InvitationStatus::Revoked,
+                (None, true) => InvitationStatus::Accepted,
+                (None, false) => InvitationStatus::Declined,
+            };
             let mut batch = Batch::default();
             batch
                 .unchanged(&keys::invitation(id), cur.mod_revision)
                 .unchanged(&keys::group_version(g), version)
                 .put(&keys::invitation(id), &inv)?
                 .delete(&keys::pending_invitation(g, caller));
+            if let Some(refused) = refused {
+                return match self.commit_or_retry(batch, ()).await? {
+                    Attempt::Done(()) => Err(refused),
+                    Attempt::Retry => Ok(Attempt::Retry),
+                };
+            }
+            let me = self.me(caller).await?;
             if accept {
                 batch
                     .put(
@@ -653,6 +724,7 @@ impl Store {
         if inv.status == InvitationStatus::Accepted {
             self.sync_group_member_soon(inv.group_id, caller).await;
         }
+        self.trim_answered_invitations(caller).await;
         Ok(inv)
     }
 
