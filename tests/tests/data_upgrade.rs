@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use agenda_calendar::store::upgrade::LAYOUT;
 use agenda_proto::db::{DeleteRequest, PutRequest};
 use agenda_tests::cluster::wait_for;
 use agenda_tests::system::{expect, expect_ok, items, range, System};
@@ -273,7 +274,7 @@ async fn copies_an_older_replica_writes_after_the_upgrade_are_refiled() {
         .await
         .expect("read the layout")
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-    assert_eq!(layout.as_deref(), Some("6"));
+    assert_eq!(layout, Some(LAYOUT.to_string()));
     // What the old replica wrote: a series whose record a newer replica
     // renamed since, and the copy of an event deleted since.
     let (kept, gone) = (
@@ -374,7 +375,7 @@ async fn group_index_of_layout_4_is_filed_by_end() {
         .expect("start agenda-users");
     wait_for("the current layout", Duration::from_secs(30), || async {
         let kv = db.get(b"/agenda/layout".to_vec()).await.ok()??;
-        (kv.value == b"6").then_some(())
+        (kv.value == LAYOUT.to_string().as_bytes()).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", sys.log_tail("users-upgraded")));

@@ -5,7 +5,8 @@
 //! agenda-db client's 64 MiB, Found 3), a person's notifications are kept to the newest
 //! `KEEP` (as they arrive, and when read) and caught up as a span (Found 4), and their answered
 //! invitations to the newest `KEEP_ANSWERED_INVITATIONS` (as they are answered, and when
-//! read; Found 8).
+//! read; Found 8); a deleted account's session key, which every gateway keeps, is forgotten
+//! once none of its tokens can be alive (Found 9).
 //! Run: `cargo test -p agenda-tests --test store_pages`.
 
 use agenda_calendar::api::{CreateGroupRequest, InviteRequest, UpdateMeRequest};
@@ -13,6 +14,7 @@ use agenda_calendar::keys;
 use agenda_calendar::model::{AddMe, Invitation, InvitationStatus, Notification, UserRecord};
 use agenda_calendar::rules::{self, KEEP_ANSWERED_INVITATIONS};
 use agenda_calendar::store::notifications::{self, KEEP};
+use agenda_calendar::store::sessions::ENDED_SESSION_KEEP;
 use agenda_calendar::store::users::{index_name_words, NewUser, SEARCH_LIMIT};
 use agenda_calendar::store::{Batch, Store, SCAN_PAGE};
 use agenda_tests::cluster::{Cluster, Options};
@@ -533,6 +535,73 @@ async fn answered_invitations_are_trimmed_as_they_are_answered_and_a_deleted_gro
     ensure!(
         listed.iter().all(|i| i.status != InvitationStatus::Pending),
         "the stray is still pending"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_accounts_session_key_is_forgotten_once_no_token_of_it_can_live() -> Result<()> {
+    let (_cluster, store) = one_node().await?;
+    let gone = account(&store, "gone").await?;
+    let stays = account(&store, "stays").await?;
+    store.end_sessions(stays.id).await.map_err(api)?;
+    store.delete_user(gone.id).await.map_err(api)?;
+    let generation = |u: Uuid| {
+        let store = store.clone();
+        async move { store.session_generation(u).await.map_err(api) }
+    };
+    ensure!(
+        generation(gone.id).await? == (1, true),
+        "the deletion did not end the account's sessions"
+    );
+    // Too recent: every gateway must still refuse its tokens.
+    let kept = store
+        .forget_ended_sessions(ENDED_SESSION_KEEP)
+        .await
+        .map_err(api)?;
+    ensure!(
+        kept == 0 && generation(gone.id).await? == (1, true),
+        "forgotten {kept} too early"
+    );
+    // Once older than that: the key and its entry go; a living account's
+    // key (its generation moved) stays.
+    let forgotten = store
+        .forget_ended_sessions(std::time::Duration::ZERO)
+        .await
+        .map_err(api)?;
+    ensure!(forgotten == 1, "forgot {forgotten}");
+    ensure!(
+        generation(gone.id).await? == (0, false),
+        "the deleted account's key is still there"
+    );
+    let left = store.keys(keys::ENDED_SESSIONS, 0).await.map_err(api)?;
+    ensure!(left.is_empty(), "{} entries left", left.len());
+    ensure!(
+        generation(stays.id).await? == (1, false),
+        "a living account's generation was touched"
+    );
+
+    // One deleted by a replica of layout 6 (no entry): filed by the
+    // straggler walk every start runs (and the upgrade), then forgotten.
+    let old = Uuid::new_v4();
+    let mut batch = Batch::default();
+    batch.put_raw(&keys::session(old), keys::SESSION_DELETED.to_vec());
+    ensure!(store.commit(batch).await.map_err(api)?, "refused");
+    store.refile_stragglers().await.map_err(api)?;
+    let filed = store.keys(keys::ENDED_SESSIONS, 0).await.map_err(api)?;
+    ensure!(
+        filed.len() == 1 && keys::last_id(&filed[0].key) == Some(old),
+        "{} entries filed",
+        filed.len()
+    );
+    ensure!(
+        store
+            .forget_ended_sessions(std::time::Duration::ZERO)
+            .await
+            .map_err(api)?
+            == 1
+            && generation(old).await? == (0, false),
+        "the older replica's deletion was not forgotten"
     );
     Ok(())
 }

@@ -196,8 +196,9 @@ pub fn notification_parts(key: &[u8]) -> Option<(&str, &str)> {
 /// by one, in the same transaction as a password change, "log out
 /// everywhere" or the account's deletion, whose put says `deleted`).
 /// Access tokens carry the version they were issued at; the gateways
-/// follow this prefix and refuse older ones. Never deleted, so a version
-/// never starts over.
+/// follow this prefix and refuse older ones. Never deleted while the
+/// account lives, so a version never starts over; a deleted account's
+/// goes once no token of it can be alive ([`ended_session`]).
 pub const SESSIONS: &str = "/agenda/sessions/";
 pub fn session(user: Uuid) -> String {
     format!("/agenda/sessions/{user}")
@@ -209,6 +210,21 @@ pub fn session_user(key: &[u8]) -> Option<Uuid> {
 }
 /// The value the deletion of an account puts in its session key.
 pub const SESSION_DELETED: &[u8] = b"deleted";
+/// A deleted account's [`session`] key waiting to be forgotten, filed by
+/// when the account went (value empty; see
+/// `Store::forget_ended_sessions`).
+pub fn ended_session(when: DateTime<Utc>, user: Uuid) -> String {
+    format!("/agenda/ended-sessions/{}/{user}", at(when))
+}
+/// Every deleted account's session key waiting to be forgotten.
+pub const ENDED_SESSIONS: &str = "/agenda/ended-sessions/";
+/// Where those of accounts deleted at `t` or before end (exclusive).
+pub fn ended_sessions_until(t: DateTime<Utc>) -> String {
+    format!(
+        "/agenda/ended-sessions/{}",
+        at(t + chrono::Duration::seconds(1))
+    )
+}
 /// One login's chain of refresh tokens (value: [`crate::model::RefreshFamily`]).
 pub fn refresh_family(family: Uuid) -> String {
     format!("/agenda/refresh/{family}")

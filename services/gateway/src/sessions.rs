@@ -7,7 +7,7 @@
 //! Until the first listing arrives nothing authenticated is served (503):
 //! failing open would accept tokens that were ended.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -97,6 +97,31 @@ impl Sessions {
         Ok(())
     }
 
+    /// Takes a whole listing of the session keys: learns each, and
+    /// forgets the people whose key is gone since the `listed` before (a
+    /// deleted account's, removed once none of its tokens can be alive:
+    /// `Store::forget_ended_sessions`), so memory follows the keys that
+    /// exist, not every account ever deleted.
+    fn mirror(&self, map: &BTreeMap<Vec<u8>, Generation>, listed: &mut HashSet<Uuid>) {
+        let now: HashSet<Uuid> = map
+            .iter()
+            .filter_map(|(key, generation)| {
+                let user = keys::session_user(key)?;
+                self.learn(user, *generation);
+                Some(user)
+            })
+            .collect();
+        let gone: Vec<Uuid> = listed.difference(&now).copied().collect();
+        if !gone.is_empty() {
+            let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+            for user in &gone {
+                known.remove(user);
+            }
+        }
+        *listed = now;
+        self.loaded.store(true, Ordering::Release);
+    }
+
     /// People whose sessions end from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
         self.ended.subscribe()
@@ -114,18 +139,14 @@ pub fn follow(db: &DbClient, stop: CancellationToken) -> Arc<Sessions> {
     );
     let s = sessions.clone();
     tokio::spawn(async move {
+        let mut listed = HashSet::new();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 changed = rx.changed() => if changed.is_err() { return },
             }
             let map = rx.borrow_and_update().clone();
-            for (key, generation) in map {
-                if let Some(user) = keys::session_user(&key) {
-                    s.learn(user, generation);
-                }
-            }
-            s.loaded.store(true, Ordering::Release);
+            s.mirror(&map, &mut listed);
         }
     });
     sessions
@@ -172,5 +193,39 @@ mod tests {
         );
         assert_eq!(s.check(bob, 5).unwrap_err().status, 401);
         s.check(Uuid::new_v4(), 0).unwrap();
+    }
+
+    #[test]
+    fn a_session_key_that_goes_is_forgotten_and_one_learnt_meanwhile_kept() {
+        let s = Sessions::default();
+        let (gone, stays, fresh) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let key = |u: Uuid| keys::session(u).into_bytes();
+        let deleted = Generation {
+            version: 3,
+            deleted: true,
+        };
+        let moved = Generation {
+            version: 2,
+            deleted: false,
+        };
+        let mut listed = HashSet::new();
+        s.mirror(
+            &BTreeMap::from([(key(gone), deleted), (key(stays), moved)]),
+            &mut listed,
+        );
+        assert_eq!(s.check(gone, 9).unwrap_err().status, 401);
+        assert_eq!(s.check(stays, 1).unwrap_err().status, 401);
+        // A reload learns a key the watch has not listed yet.
+        s.learn(fresh, moved);
+        s.mirror(&BTreeMap::from([(key(stays), moved)]), &mut listed);
+        let known = s.known.read().unwrap().clone();
+        assert!(!known.contains_key(&gone), "a deleted key is still kept");
+        assert_eq!(known.get(&stays), Some(&moved));
+        assert_eq!(
+            known.get(&fresh),
+            Some(&moved),
+            "a reload's news was dropped"
+        );
+        assert_eq!(s.check(stays, 1).unwrap_err().status, 401);
     }
 }

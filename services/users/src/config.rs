@@ -25,7 +25,7 @@ pub struct Config {
     pub tls: agenda_common::args::TlsArgs,
     /// Lifetime of issued access tokens, in seconds (short: a client
     /// keeps its session with the refresh token of its login).
-    #[arg(long, env = "AGENDA_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..=604_800))]
+    #[arg(long, env = "AGENDA_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..=agenda_calendar::store::sessions::MAX_ACCESS_TTL_SECS))]
     pub token_ttl_secs: u64,
     /// How long a CalDAV calendar remembers deletions, in seconds: a
     /// client that has not synced for longer is told its sync token

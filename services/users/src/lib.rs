@@ -121,6 +121,19 @@ pub async fn run(
                 .await
         },
     );
+    // Session keys of accounts deleted longer ago than any token lives
+    // (see `Store::forget_ended_sessions`).
+    let ended_sessions = agenda_serving::sweep::spawn(
+        "session keys of deleted accounts forgotten",
+        agenda_serving::sweep::SWEEP_EVERY,
+        shutdown.clone(),
+        &store,
+        |store| async move {
+            store
+                .forget_ended_sessions(agenda_calendar::store::sessions::ENDED_SESSION_KEEP)
+                .await
+        },
+    );
     // Reminders, fired within a second of being due (see
     // `Store::fire_due_reminders`).
     let reminders = agenda_serving::sweep::spawn(
@@ -150,6 +163,7 @@ pub async fn run(
     agenda_serving::serve(Service::Users, handler, serving, db, shutdown).await?;
     // The shutdown token stops them between rounds.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sweeper).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), ended_sessions).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), reminders).await;
     if let Some(stragglers) = stragglers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), stragglers).await;

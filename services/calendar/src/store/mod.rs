@@ -150,6 +150,14 @@ impl Snapshot {
             .collect()
     }
 
+    /// The keys of read `i`, in key order.
+    pub fn keys(&self, i: usize) -> Vec<String> {
+        self.raw(i)
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect()
+    }
+
     /// Read `i` as an index: the id each key ends in, with its revision.
     pub fn ids(&self, i: usize) -> Vec<(uuid::Uuid, i64)> {
         self.raw(i)

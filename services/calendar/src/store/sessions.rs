@@ -31,7 +31,7 @@ use uuid::Uuid;
 use serde_json::json;
 
 use super::app_passwords::keyed_hash;
-use super::{Attempt, Batch, Store};
+use super::{Attempt, Batch, Read, Store};
 use crate::audit;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
@@ -39,6 +39,18 @@ use crate::model::{RefreshFamily, UserRecord};
 
 /// How long a refresh token stays usable without being used.
 pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The longest an access token may live (`agenda-users --token-ttl-secs`
+/// accepts no more): a week.
+pub const MAX_ACCESS_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// How long a deleted account's session key stays: past the longest an
+/// access token lives (and an hour for clocks), so none of the account's
+/// tokens is alive to be let through once it is gone.
+pub const ENDED_SESSION_KEEP: Duration = Duration::from_secs(MAX_ACCESS_TTL_SECS + 3600);
+
+/// Ended session keys forgotten per transaction.
+const FORGET_PAGE: i64 = 200;
 
 /// How long after a use with an idempotency key its repeat is answered.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(300);
@@ -107,9 +119,11 @@ pub struct Refreshed {
 }
 
 /// Adds to `batch` the move of `user`'s generation (and with `deleted`,
-/// the mark that the account is gone).
+/// the mark that the account is gone, filed to be forgotten after
+/// [`ENDED_SESSION_KEEP`]).
 pub fn end_all_sessions(batch: &mut Batch, user: Uuid, deleted: bool) {
     let value = if deleted {
+        batch.put_raw(&keys::ended_session(Utc::now(), user), Vec::new());
         keys::SESSION_DELETED.to_vec()
     } else {
         Vec::new()
@@ -308,6 +322,41 @@ impl Store {
             self.commit_or_retry(batch, ()).await
         })
         .await
+    }
+
+    /// Deletes the session keys of accounts deleted longer than
+    /// `older_than` ago ([`ENDED_SESSION_KEEP`] but in tests), with their
+    /// [`keys::ended_session`] entries, a page per transaction; returns
+    /// how many. Every gateway keeps each session key in memory, so
+    /// without this they would grow with every account ever deleted.
+    /// Blind deletes: a deleted account's key is never
+    /// written again (its id is never reused).
+    pub async fn forget_ended_sessions(&self, older_than: Duration) -> ApiResult<usize> {
+        let older_than = chrono::Duration::from_std(older_than).map_err(ApiError::internal)?;
+        let end = keys::ended_sessions_until(Utc::now() - older_than);
+        let mut forgotten = 0;
+        loop {
+            let read = Read::span(keys::ENDED_SESSIONS, &end).limit(FORGET_PAGE);
+            let Some(snap) = self.snapshot(&[], [read]).await? else {
+                return Ok(forgotten);
+            };
+            let page = snap.keys(0);
+            if page.is_empty() {
+                return Ok(forgotten);
+            }
+            let mut batch = Batch::default();
+            for key in &page {
+                batch.delete(key);
+                if let Some(user) = keys::last_id(key.as_bytes()) {
+                    batch.delete(&keys::session(user));
+                }
+            }
+            self.commit(batch).await?;
+            forgotten += page.len();
+            if page.len() < FORGET_PAGE as usize {
+                return Ok(forgotten);
+            }
+        }
     }
 
     /// "Log out everywhere": every access and refresh token of `user` ends.

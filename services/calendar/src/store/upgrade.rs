@@ -10,7 +10,9 @@
 //! window forever); layout 5 files each group's event index by when the
 //! event ends ([`keys::group_event`]; by id alone, a join read every event
 //! the group ever had); layout 6 indexes the words each account is found
-//! by ([`keys::name_word`]; the user search read every account).
+//! by ([`keys::name_word`]; the user search read every account); layout 7
+//! files each deleted account's session key to be forgotten
+//! ([`keys::ended_session`]; every gateway kept them all, forever).
 //! `agenda-users` runs [`Store::upgrade_layout`] before it serves, so an
 //! existing deployment keeps every event.
 
@@ -23,7 +25,7 @@ use crate::model::{EventRecord, UserRecord};
 
 /// The layout this code reads and writes (recorded at [`keys::LAYOUT`];
 /// absent: 1, or empty).
-pub const LAYOUT: u32 = 6;
+pub const LAYOUT: u32 = 7;
 /// Copies moved per transaction (each is a delete and two puts).
 const CHUNK: usize = 64;
 
@@ -57,6 +59,7 @@ impl Store {
         // Layout 3's index (by id) is filed by end here.
         let filed = self.file_group_events_by_end().await?;
         let named = self.index_name_words().await?;
+        let ended = self.file_ended_sessions().await?;
         let mut done = Batch::default();
         done.put(keys::LAYOUT, &LAYOUT)?;
         self.commit(done).await?;
@@ -67,9 +70,10 @@ impl Store {
             refiled,
             filed,
             named,
+            ended,
             "data brought to layout {LAYOUT}"
         );
-        Ok(Some(moved + refiled + filed + named))
+        Ok(Some(moved + refiled + filed + named + ended))
     }
 
     /// Layout 4: copies of recurring and long events filed by when they
@@ -187,7 +191,48 @@ impl Store {
     pub async fn refile_stragglers(&self) -> ApiResult<usize> {
         Ok(self.file_long_copies_by_end().await?
             + self.file_group_events_by_end().await?
-            + self.index_name_words().await?)
+            + self.index_name_words().await?
+            + self.file_ended_sessions().await?)
+    }
+
+    /// Layout 7: each deleted account's session key filed to be forgotten
+    /// ([`keys::ended_session`]), for those not filed yet (every one at
+    /// the upgrade; later, those a replica of layout 6 deleted during a
+    /// rolling upgrade). Filed as deleted now, which is never early: no
+    /// token of theirs outlives `ENDED_SESSION_KEEP` from now. Filing one
+    /// twice (an account deleted between the two reads) only leaves a
+    /// second entry, forgotten the same way.
+    async fn file_ended_sessions(&self) -> ApiResult<usize> {
+        let filed = self.ids_under(keys::ENDED_SESSIONS).await?;
+        let mut missing = Vec::new();
+        self.scan_raw(keys::SESSIONS, |kv| match keys::session_user(&kv.key) {
+            Some(user) if kv.value == keys::SESSION_DELETED && !filed.contains(&user) => {
+                missing.push(user)
+            }
+            _ => {}
+        })
+        .await?;
+        let now = chrono::Utc::now();
+        for chunk in missing.chunks(CHUNK) {
+            let mut batch = Batch::default();
+            for user in chunk {
+                batch.put_raw(&keys::ended_session(now, *user), Vec::new());
+            }
+            self.commit(batch).await?;
+        }
+        Ok(missing.len())
+    }
+
+    /// The ids the keys under `prefix` end in, read page by page.
+    async fn ids_under(&self, prefix: &str) -> ApiResult<HashSet<uuid::Uuid>> {
+        let mut ids = HashSet::new();
+        self.scan_raw(prefix, |kv| {
+            if let Some(id) = keys::last_id(&kv.key) {
+                ids.insert(id);
+            }
+        })
+        .await?;
+        Ok(ids)
     }
 
     /// Layout 6: the words each account is found by
@@ -196,13 +241,7 @@ impl Store {
     /// layout 5 registered during a rolling upgrade). Holds each such
     /// account's id and words meanwhile (about 100 bytes each).
     async fn index_name_words(&self) -> ApiResult<usize> {
-        let mut indexed = HashSet::new();
-        self.scan_raw(keys::NAME_WORDS, |kv| {
-            if let Some(id) = keys::last_id(&kv.key) {
-                indexed.insert(id);
-            }
-        })
-        .await?;
+        let indexed = self.ids_under(keys::NAME_WORDS).await?;
         let mut missing = Vec::new();
         self.scan::<UserRecord>(keys::USERS, |_, v| {
             if !indexed.contains(&v.value.id) {
