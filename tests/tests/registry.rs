@@ -337,3 +337,48 @@ async fn elections_have_one_leader_and_end_on_shutdown() -> Result<()> {
     again.resign().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_longer_than_a_page_is_listed_whole_at_one_revision() -> Result<()> {
+    let c = Cluster::start(Options {
+        size: 1,
+        ..Options::default()
+    })
+    .await?;
+    let client = c.client();
+    let mut last = 0;
+    for i in 0..12 {
+        let put = client
+            .put(agenda_proto::db::PutRequest {
+                key: format!("/t/list/{i:02}").into_bytes(),
+                value: vec![b'v'; i],
+                ..Default::default()
+            })
+            .await?;
+        last = put.header.map_or(0, |h| h.revision);
+    }
+    // The key just past the prefix stays out.
+    client
+        .put(agenda_proto::db::PutRequest {
+            key: b"/t/list0".to_vec(),
+            value: b"outside".to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    let (listed, revision) = registry::list_prefix(&client, "/t/list/", 5, |kv| kv.value).await?;
+    let want: Vec<Vec<u8>> = (0..12)
+        .map(|i| format!("/t/list/{i:02}").into_bytes())
+        .collect();
+    assert_eq!(listed.keys().cloned().collect::<Vec<_>>(), want);
+    assert!(listed.values().enumerate().all(|(i, v)| v.len() == i));
+    assert!(
+        revision > last,
+        "listed at {revision}, the last write was {last}"
+    );
+    // A watch of the prefix starts from the same listing, page by page.
+    let stop = CancellationToken::new();
+    let mut seen = registry::watch_prefix(&client, "/t/list/".into(), stop.clone());
+    tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|m| m.len() == 12)).await??;
+    stop.cancel();
+    Ok(())
+}

@@ -369,16 +369,7 @@ pub fn layout4_group_event(key: &[u8]) -> Option<(Uuid, Uuid)> {
     Some((Uuid::parse_str(group).ok()?, Uuid::parse_str(event).ok()?))
 }
 
-/// Where the span of the keys under `prefix` ends: the prefix with its
-/// last byte raised by one (prefixes are ASCII paths ending in `/`, so
-/// `/` becomes `0`).
-pub fn prefix_end(prefix: &str) -> String {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    String::from_utf8(end).expect("an ASCII key prefix")
-}
+pub use agenda_common::db_client::prefix_end;
 
 /// The id after the last `/` of a key.
 pub fn last_id(key: &[u8]) -> Option<Uuid> {

@@ -44,6 +44,17 @@ type Node = Grpc<InterceptedService<Channel, PassRequestId>>;
 
 /// Default overall deadline of one call (all attempts).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the span of the keys under `prefix` ends: the prefix with its
+/// last byte raised by one (prefixes are ASCII paths ending in `/`, so
+/// `/` becomes `0`).
+pub fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    String::from_utf8(end).expect("an ASCII key prefix")
+}
 /// Deadline of the n-th attempt of one call against one node (the last
 /// one repeats): a dead node is given up on quickly, a slow call still
 /// gets its time on later attempts.

@@ -326,6 +326,50 @@ pub fn watch_prefix_with<V: Clone + Send + Sync + 'static>(
     rx
 }
 
+/// Keys per read of a listing: a prefix followed by every gateway (the
+/// session generations, one per account that ever ended its sessions)
+/// can outgrow what one answer may carry (the client's 64 MiB).
+pub const LIST_PAGE: i64 = 5_000;
+
+/// Every key under `prefix` as of one revision, read `page` keys at a
+/// time (each read after the first at the first one's revision), as
+/// `project(kv)`; the keys and that revision.
+pub async fn list_prefix<V>(
+    client: &DbClient,
+    prefix: &str,
+    page: i64,
+    project: fn(KeyValue) -> V,
+) -> Result<(BTreeMap<Vec<u8>, V>, i64)> {
+    let end = crate::db_client::prefix_end(prefix).into_bytes();
+    let mut start = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut map = BTreeMap::new();
+    loop {
+        let resp = client
+            .range(RangeRequest {
+                key: start.clone(),
+                range_end: end.clone(),
+                limit: page,
+                revision,
+                ..Default::default()
+            })
+            .await?;
+        if revision == 0 {
+            revision = resp.header.map_or(0, |h| h.revision);
+        }
+        let more = resp.more;
+        for kv in resp.kvs {
+            // Just past it: the next key in byte order.
+            start = kv.key.clone();
+            start.push(0);
+            map.insert(kv.key.clone(), project(kv));
+        }
+        if !more {
+            return Ok((map, revision));
+        }
+    }
+}
+
 async fn mirror<V: Clone>(
     client: &DbClient,
     prefix: &str,
@@ -333,19 +377,7 @@ async fn mirror<V: Clone>(
     stop: &CancellationToken,
     project: fn(KeyValue) -> V,
 ) -> Result<()> {
-    let resp = client
-        .range(RangeRequest {
-            key: prefix.as_bytes().to_vec(),
-            prefix: true,
-            ..Default::default()
-        })
-        .await?;
-    let revision = resp.header.map_or(0, |h| h.revision);
-    let mut map: BTreeMap<Vec<u8>, V> = resp
-        .kvs
-        .into_iter()
-        .map(|kv| (kv.key.clone(), project(kv)))
-        .collect();
+    let (mut map, revision) = list_prefix(client, prefix, LIST_PAGE, project).await?;
     tx.send_replace(map.clone());
     let mut stream = client
         .watch(WatchRequest {
