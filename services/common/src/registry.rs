@@ -360,8 +360,7 @@ pub async fn list_prefix<V>(
         let more = resp.more;
         for kv in resp.kvs {
             // Just past it: the next key in byte order.
-            start = kv.key.clone();
-            start.push(0);
+            start = [kv.key.as_slice(), &[0]].concat();
             map.insert(kv.key.clone(), project(kv));
         }
         if !more {

@@ -273,10 +273,7 @@ impl Store {
             let m = self.membership(caller, id).await?;
             rules::check_owner(&m.group, caller, "delete the group")?;
             let members = self.members(id).await?;
-            let pending = self.list::<Uuid>(&keys::pending_invitations(id)).await?;
-            let pending = self
-                .records::<Invitation>(pending.into_iter().map(|v| v.value), keys::invitation)
-                .await?;
+            let pending = self.pending_invitations_of(id).await?;
             let mut batch = Batch::default();
             let mut invitees = Vec::new();
             for cur in pending {
@@ -517,15 +514,21 @@ impl Store {
         Err(ApiError::not_found("group"))
     }
 
+    /// The records of a group's pending invitations (by its index of
+    /// them), with their revisions.
+    async fn pending_invitations_of(&self, group: Uuid) -> ApiResult<Vec<Versioned<Invitation>>> {
+        let pending = self.list::<Uuid>(&keys::pending_invitations(group)).await?;
+        self.records(pending.into_iter().map(|v| v.value), keys::invitation)
+            .await
+    }
+
     /// The pending invitations of a group that the caller may manage
     /// ([`rules::may_manage_invitation`]), newest first.
     pub async fn group_invitations(&self, caller: Uuid, id: Uuid) -> ApiResult<Vec<Invitation>> {
         let m = self.membership(caller, id).await?;
-        let pending = self.list::<Uuid>(&keys::pending_invitations(id)).await?;
-        let found = self
-            .records::<Invitation>(pending.into_iter().map(|v| v.value), keys::invitation)
-            .await?;
-        let mut out: Vec<Invitation> = found
+        let mut out: Vec<Invitation> = self
+            .pending_invitations_of(id)
+            .await?
             .into_iter()
             .map(|v| v.value)
             .filter(|i| {
